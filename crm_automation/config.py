@@ -1,0 +1,331 @@
+"""config.toml -> a frozen, validated :class:`Config` (SPEC §3).
+
+Every problem is collected and reported at once with the file, the key and
+what was expected (the Singer SDK's ``_validate_config`` habit). Secrets are
+never in the file: only the *names* of environment variables are.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from crm_automation.errors import ConfigError
+
+CONFIG_ENV = "CRM_AUTOMATION_CONFIG"
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_WINDOW = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class WorkspaceSection(_Strict):
+    """``[workspace]``."""
+
+    timezone: str = "UTC"
+    database: str = "var/crm.sqlite"
+    mappings: str = "mappings"
+    templates: str = "email_templates"
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as e:
+            msg = f"{v!r} is not an IANA time zone (expected e.g. \"Asia/Shanghai\")"
+            raise ValueError(msg) from e
+        return v
+
+
+class SheetSection(_Strict):
+    """``[sheet]``."""
+
+    source: Literal["excel", "csv", "google"]
+    path: str | None = None
+    worksheet: str | None = None
+    spreadsheet: str | None = None
+    credentials: str | None = None
+    writeback: bool = True
+    encoding: str | None = None
+    delimiter: str | None = None
+
+
+class _ServerSection(_Strict):
+    host: str | None = None
+    port: int | None = None
+    security: Literal["ssl", "starttls", "none"] = "ssl"
+    username: str | None = None
+    password_env: str | None = None
+    oauth2_token_command: str | None = None
+    allow_insecure: bool = False
+    ca_file: str | None = None
+    timeout: float = 30.0
+
+
+class MailboxSection(_ServerSection):
+    """``[mailbox]``."""
+
+    source: Literal["maildir", "imap"]
+    path: str | None = None
+    folders: tuple[str, ...] = ("INBOX",)
+    processed_folder: str | None = None
+    new_senders: Literal["log", "add_to_sheet"] = "log"
+    batch_size: int = Field(default=500, ge=1, le=5000)
+    max_message_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+
+
+class OutboundSection(_ServerSection):
+    """``[outbound]``."""
+
+    transport: Literal["outbox", "smtp"] = "outbox"
+    outbox: str = "var/outbox"
+    from_: str = Field(alias="from")
+    reply_to: str | None = None
+    max_per_minute: int = Field(default=30, ge=0)
+    max_per_day: int = Field(default=1500, ge=0)
+    send_window: str | None = None
+    unsubscribe_mailto: str | None = None
+    unsubscribe_url: str | None = None
+    sent_folder: str | None = None
+    notify_owner: bool = False
+    one_per_cycle: bool = True
+
+    @field_validator("send_window")
+    @classmethod
+    def _window(cls, v: str | None) -> str | None:
+        if v is not None and parse_window(v) is None:
+            msg = f"{v!r} is not a time window (expected \"HH:MM-HH:MM\", e.g. \"09:00-18:00\")"
+            raise ValueError(msg)
+        return v
+
+    @field_validator("unsubscribe_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("https://"):
+            msg = f"{v!r} is not an https:// URL (one-click unsubscribe requires HTTPS, RFC 8058)"
+            raise ValueError(msg)
+        return v
+
+
+class ScheduleSection(_Strict):
+    """``[schedule]``."""
+
+    sync_every: str = "5m"
+    fetch_every: str = "2m"
+    send_every: str = "10m"
+
+    @field_validator("sync_every", "fetch_every", "send_every")
+    @classmethod
+    def _dur(cls, v: str) -> str:
+        if parse_duration(v) is None:
+            msg = f"{v!r} is not an interval (expected a number and s, m, h or d, e.g. \"5m\")"
+            raise ValueError(msg)
+        return v
+
+
+class _ConfigModel(_Strict):
+    workspace: WorkspaceSection = WorkspaceSection()
+    sheet: SheetSection
+    mailbox: MailboxSection
+    outbound: OutboundSection
+    schedule: ScheduleSection = ScheduleSection()
+
+
+def parse_duration(text: str) -> timedelta | None:
+    """``"5m"`` -> 5 minutes; None when the text is not an interval."""
+    m = _DURATION.match(text)
+    if not m or int(m.group(1)) == 0:
+        return None
+    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
+    return timedelta(**{unit: int(m.group(1))})
+
+
+def parse_window(text: str) -> tuple[int, int] | None:
+    """``"09:00-18:00"`` -> minutes of the day (540, 1080); None when malformed."""
+    m = _WINDOW.match(text)
+    if not m:
+        return None
+    h1, m1, h2, m2 = (int(x) for x in m.groups())
+    if h1 > 24 or h2 > 24 or m1 > 59 or m2 > 59:
+        return None
+    start, end = h1 * 60 + m1, h2 * 60 + m2
+    if start == end or start > 1440 or end > 1440:
+        return None
+    return start, end
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for localhost and the loopback ranges, where plain text is allowed."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The validated configuration with every path made absolute."""
+
+    path: Path
+    root: Path
+    timezone: ZoneInfo
+    database: Path
+    mappings: Path
+    templates: Path
+    sheet: SheetSection
+    mailbox: MailboxSection
+    outbound: OutboundSection
+    schedule: ScheduleSection
+
+    def resolve(self, value: str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+
+def find_config(explicit: str | os.PathLike[str] | None) -> Path:
+    """``--config``, else ``$CRM_AUTOMATION_CONFIG``, else ``./config.toml`` (SPEC §2)."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    return Path("config.toml")
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if not str(p).startswith(("function-", "literal["))]
+    out = ".".join(parts)
+    return out.replace("from_", "from")
+
+
+def _explain(err: dict[str, Any]) -> str:
+    kind = err["type"]
+    got = err.get("input")
+    if kind == "missing":
+        return "is required but missing"
+    if kind == "extra_forbidden":
+        return "is not a known key (check the spelling; see config.example.toml)"
+    if kind == "literal_error":
+        return f"is {got!r} (expected {err['ctx']['expected']})"
+    if kind in {"string_type", "int_type", "bool_type", "float_type", "tuple_type", "model_type", "dict_type"}:
+        want = {"string_type": "a string in quotes", "int_type": "a whole number", "bool_type": "true or false",
+                "float_type": "a number", "tuple_type": "a list like [\"INBOX\"]", "model_type": "a table",
+                "dict_type": "a table"}[kind]
+        return f"is {got!r} (expected {want})"
+    if kind == "value_error":
+        return str(err["msg"]).removeprefix("Value error, ")
+    return f"is {got!r} ({err['msg']})"
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate the config; raise one :class:`ConfigError` listing every problem."""
+    cfg_path = find_config(path)
+    if not cfg_path.is_file():
+        raise ConfigError(
+            f"{cfg_path}: config file not found",
+            hint="pass --config PATH, set CRM_AUTOMATION_CONFIG, or copy config.example.toml to config.toml",
+        )
+    try:
+        raw = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{cfg_path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{cfg_path}: not UTF-8 text (save the file as UTF-8)") from None
+    try:
+        model = _ConfigModel.model_validate(raw)
+    except ValidationError as e:
+        problems = [f"{cfg_path}: [{_loc(err['loc'])}] {_explain(err)}" if len(err["loc"]) > 1
+                    else f"{cfg_path}: {_loc(err['loc'])} {_explain(err)}" for err in e.errors()]
+        problems = [p.replace("[", "", 1).replace("]", "", 1) if False else p for p in problems]
+        raise ConfigError.collect(problems) from None
+    problems = _cross_checks(cfg_path, model)
+    if problems:
+        raise ConfigError.collect(problems)
+    root = cfg_path.resolve().parent
+
+    def res(v: str) -> Path:
+        p = Path(v).expanduser()
+        return p if p.is_absolute() else root / p
+
+    ws = model.workspace
+    return Config(
+        path=cfg_path.resolve(), root=root, timezone=ZoneInfo(ws.timezone), database=res(ws.database),
+        mappings=res(ws.mappings), templates=res(ws.templates), sheet=model.sheet, mailbox=model.mailbox,
+        outbound=model.outbound, schedule=model.schedule,
+    )
+
+
+def _cross_checks(p: Path, m: _ConfigModel) -> list[str]:
+    """Rules that span keys: which keys each source needs, TLS policy, secrets."""
+    out: list[str] = []
+    s = m.sheet
+    if s.source in {"excel", "csv"} and not s.path:
+        out.append(f"{p}: sheet.path is required when sheet.source = {s.source!r}")
+    if s.source == "google":
+        if not s.spreadsheet:
+            out.append(f"{p}: sheet.spreadsheet is required when sheet.source = \"google\" (a key or URL)")
+        if not s.credentials:
+            out.append(f"{p}: sheet.credentials is required when sheet.source = \"google\" (a service-account JSON file)")
+    mb = m.mailbox
+    if mb.source == "maildir" and not mb.path:
+        out.append(f"{p}: mailbox.path is required when mailbox.source = \"maildir\"")
+    if mb.source == "imap":
+        out += _server_checks(p, "mailbox", mb)
+        if not mb.folders:
+            out.append(f"{p}: mailbox.folders is empty (expected at least one folder, e.g. [\"INBOX\"])")
+    ob = m.outbound
+    if ob.transport == "smtp":
+        out += _server_checks(p, "outbound", ob)
+    from email.utils import parseaddr
+
+    if "@" not in parseaddr(ob.from_)[1]:
+        out.append(f"{p}: outbound.from is {ob.from_!r} (expected an address like \"Sales <sales@example.com>\")")
+    return out
+
+
+def _server_checks(p: Path, section: str, s: _ServerSection) -> list[str]:
+    out: list[str] = []
+    if not s.host:
+        out.append(f"{p}: {section}.host is required for a server connection")
+    if s.security == "none" and not s.allow_insecure and not is_loopback(s.host):
+        out.append(
+            f"{p}: {section}.security = \"none\" sends the password in clear text to {s.host!r}; "
+            f"it is allowed only on loopback or with {section}.allow_insecure = true"
+        )
+    if s.password_env and s.oauth2_token_command:
+        out.append(f"{p}: {section}: set password_env or oauth2_token_command, not both")
+    if s.username and not (s.password_env or s.oauth2_token_command):
+        out.append(f"{p}: {section}.password_env is required with username (the name of an environment variable "
+                   f"holding the password; secrets never go in the config file)")
+    for key in ("password", "token", "secret"):
+        if key in s.model_fields_set:  # pragma: no cover - extra keys are refused earlier
+            out.append(f"{p}: {section}.{key}: secrets are read from the environment, never from the file")
+    return out
+
+
+def secret_from_env(section: str, name: str | None) -> str:
+    """Read a password from the environment variable ``name``; a clear error when unset."""
+    if not name:
+        raise ConfigError(f"{section}.password_env is not set (name an environment variable holding the password)")
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError(f"{section}.password_env names ${name}, which is not set in the environment",
+                          hint=f"export {name}=... before running (the value is never logged)")
+    return value

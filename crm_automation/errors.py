@@ -1,0 +1,86 @@
+"""The exception tree, grouped by what the caller does next.
+
+Modelled on imapclient's small tree and the Meltano Singer SDK's split into
+fatal, skippable and retriable errors. Every message is written for the user:
+where, what, what was found, what was expected. ``hint`` holds the next step.
+Only :mod:`crm_automation.cli` turns these into exit codes.
+"""
+
+from __future__ import annotations
+
+
+class CrmError(Exception):
+    """Root of every error this package raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(CrmError):
+    """Config, mapping, template or command-line misuse: nothing was done (exit 2).
+
+    ``problems`` holds every problem found, so one run reports them all.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, problems: list[str] | None = None, hint: str | None = None) -> None:
+        self.problems = problems or [message]
+        super().__init__(message, hint=hint)
+
+    @classmethod
+    def collect(cls, problems: list[str], *, hint: str | None = None) -> ConfigError:
+        """Build one error out of several problem lines."""
+        if len(problems) == 1:
+            return cls(problems[0], problems=problems, hint=hint)
+        text = f"{len(problems)} configuration problems:\n" + "\n".join(f"  - {p}" for p in problems)
+        return cls(text, problems=problems, hint=hint)
+
+
+class DataError(CrmError):
+    """One item is bad (a row, a template render, a recipient refused with 5xx).
+
+    The item is recorded and skipped; the rest of the work carries on (exit 1).
+    """
+
+    exit_code = 1
+
+
+class ServiceError(CrmError):
+    """A sheet, mailbox or SMTP server cannot be reached, refuses the login,
+    or answers with a temporary failure: the stage stops and the next pass
+    retries (exit 3).
+    """
+
+    exit_code = 3
+
+
+class TransientSendError(ServiceError):
+    """An SMTP 4xx answer for one message: retried on a later pass."""
+
+    def __init__(self, message: str, *, code: int | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.code = code
+
+
+class PermanentSendError(DataError):
+    """An SMTP 5xx answer for one message: the send is marked ``failed``."""
+
+    def __init__(self, message: str, *, code: int | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.code = code
+
+
+class MessageError(DataError):
+    """An inbound message that cannot be understood; it goes to quarantine whole."""
+
+
+class LockedError(ConfigError):
+    """Another worker holds the workspace lock (exit 2: nothing was done)."""

@@ -1,0 +1,47 @@
+"""The mailbox-source seam: Maildir and IMAP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from crm_automation.models import RawMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where a folder was read up to: UIDVALIDITY plus the last UID logged."""
+
+    uidvalidity: int
+    last_uid: int
+
+
+class MailboxSource(Protocol):
+    """A mailbox to read. Nothing is ever deleted from it and nothing is marked read."""
+
+    name: str
+
+    def folders(self) -> list[str]:
+        """The folders to read, as configured."""
+        ...
+
+    def uidvalidity(self, folder: str) -> int:
+        """The folder's current UIDVALIDITY (select it if needed)."""
+        ...
+
+    def fetch(self, folder: str, cursor: Cursor | None, *, batch: int = 500) -> Iterator[RawMessage]:
+        """Yield messages after ``cursor`` in UID order.
+
+        When ``cursor.uidvalidity`` differs from the folder's, every message is
+        yielded again (the caller deduplicates by Message-ID).
+        """
+        ...
+
+    def mark_processed(self, messages: list[RawMessage]) -> None:
+        """Move logged messages to ``processed_folder`` (a no-op when none is set)."""
+        ...
+
+    def close(self) -> None:
+        """Log out / release the source."""
+        ...

@@ -1,0 +1,50 @@
+"""The sheet-source seam: one adapter per format (csv, excel, google)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from crm_automation.models import SheetData
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a write-back did: cells changed, columns added, and whether it was postponed."""
+
+    cells: int = 0
+    added_columns: tuple[str, ...] = ()
+    postponed: str | None = None  # why the write waits for the next cycle (sheet changed meanwhile)
+    missing_keys: tuple[str, ...] = ()
+
+
+class SheetSource(Protocol):
+    """A customer sheet.
+
+    ``read`` costs at most one request; ``write_back`` at most one batched
+    write. Rows are found by key at write time because people sort and insert
+    rows while the worker runs.
+    """
+
+    name: str
+
+    def read(self) -> SheetData:
+        """Read headers and all rows (raw cell values)."""
+        ...
+
+    def write_back(
+        self, key_column: str, updates: dict[str, dict[str, str]], *, version: str
+    ) -> WriteResult:
+        """Set ``updates[key][column] = value`` in the rows whose ``key_column`` equals key.
+
+        Only the named columns change; a missing column is appended to the
+        header; values are written as text, never as formulas. ``version`` is
+        the token from the read: if the sheet changed since, the adapter may
+        postpone (``WriteResult.postponed``) instead of overwriting an edit.
+        Keys are compared after ``strip().lower()`` for email keys.
+        """
+        ...
+
+    def append_rows(self, rows: list[dict[str, str]]) -> int:
+        """Append rows (header name -> text) at the end; return how many were written."""
+        ...

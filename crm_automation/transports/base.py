@@ -1,0 +1,30 @@
+"""The outbound-transport seam: ``outbox`` (.eml files) and ``smtp``."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Transport(Protocol):
+    """Hands finished messages to their carrier.
+
+    ``send`` raises :class:`~crm_automation.errors.TransientSendError` for a
+    4xx answer (retry later), :class:`~crm_automation.errors.PermanentSendError`
+    for a 5xx answer (mark failed), and
+    :class:`~crm_automation.errors.ServiceError` when the server cannot be
+    reached at all (stop the stage).
+    """
+
+    name: str
+
+    def open(self) -> None:
+        """Connect and log in once for a batch."""
+        ...
+
+    def send(self, message: bytes, *, sender: str, recipients: list[str], message_id: str) -> None:
+        """Hand one message over."""
+        ...
+
+    def close(self) -> None:
+        """Quit the connection."""
+        ...
