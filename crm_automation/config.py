@@ -79,7 +79,7 @@ class MailboxSection(_ServerSection):
 
     source: Literal["maildir", "imap"]
     path: str | None = None
-    folders: tuple[str, ...] = ("INBOX",)
+    folders: list[str] = Field(default_factory=lambda: ["INBOX"])
     processed_folder: str | None = None
     new_senders: Literal["log", "add_to_sheet"] = "log"
     batch_size: int = Field(default=500, ge=1, le=5000)
@@ -224,9 +224,9 @@ def _explain(err: dict[str, Any]) -> str:
         return "is not a known key (check the spelling; see config.example.toml)"
     if kind == "literal_error":
         return f"is {got!r} (expected {err['ctx']['expected']})"
-    if kind in {"string_type", "int_type", "bool_type", "float_type", "tuple_type", "model_type", "dict_type"}:
+    if kind in {"string_type", "int_type", "bool_type", "float_type", "list_type", "model_type", "dict_type"}:
         want = {"string_type": "a string in quotes", "int_type": "a whole number", "bool_type": "true or false",
-                "float_type": "a number", "tuple_type": "a list like [\"INBOX\"]", "model_type": "a table",
+                "float_type": "a number", "list_type": "a list like [\"INBOX\"]", "model_type": "a table",
                 "dict_type": "a table"}[kind]
         return f"is {got!r} (expected {want})"
     if kind == "value_error":
@@ -251,9 +251,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     try:
         model = _ConfigModel.model_validate(raw)
     except ValidationError as e:
-        problems = [f"{cfg_path}: [{_loc(err['loc'])}] {_explain(err)}" if len(err["loc"]) > 1
-                    else f"{cfg_path}: {_loc(err['loc'])} {_explain(err)}" for err in e.errors()]
-        problems = [p.replace("[", "", 1).replace("]", "", 1) if False else p for p in problems]
+        problems = [f"{cfg_path}: {_loc(err['loc'])} {_explain(err)}" for err in e.errors()]
         raise ConfigError.collect(problems) from None
     problems = _cross_checks(cfg_path, model)
     if problems:

@@ -84,3 +84,10 @@ class MessageError(DataError):
 
 class LockedError(ConfigError):
     """Another worker holds the workspace lock (exit 2: nothing was done)."""
+
+
+class UncertainSendError(ServiceError):
+    """The connection broke after the message data was handed over but before the
+    server confirmed it: the message may or may not have been delivered. The
+    send is marked ``uncertain`` and never silently repeated (SPEC §10).
+    """

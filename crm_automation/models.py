@@ -86,6 +86,8 @@ class RowError:
         where = f"{self.source} row {self.row}"
         if self.column is None:
             return f"{where}: {self.reason}"
+        if self.value is None or (isinstance(self.value, str) and not self.value.strip()):
+            return f"{where}, \"{self.column}\" {self.reason}"
         return f"{where}, \"{self.column}\": {self.value!r} {self.reason}"
 
 

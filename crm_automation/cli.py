@@ -1,0 +1,536 @@
+"""The command line (SPEC §7): each verb parses its arguments, calls one library function, and exits.
+
+Only this module exits. ``CrmError`` becomes a message on stderr and its
+exit code (2 config/usage, 1 some items failed, 3 a service is down);
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from filelock import FileLock, Timeout
+
+from crm_automation.errors import ConfigError, CrmError, LockedError
+from crm_automation.workspace import Clock, Workspace
+
+log = logging.getLogger("crm_automation")
+
+
+class Ctx:
+    """Global options shared by every verb."""
+
+    def __init__(self) -> None:
+        self.config: str | None = None
+        self.now: datetime | None = None
+        self.json = False
+        self.verbosity = 0
+
+    def clock(self, ws: Workspace | None = None) -> Clock:
+        """The run's clock (``--now`` or the real time); a ``--now`` without offset is workspace local time."""
+        now = self.now
+        if now is not None and now.tzinfo is None:
+            now = now.replace(tzinfo=ws.cfg.timezone) if ws is not None else now.replace(tzinfo=UTC)
+        return Clock(now)
+
+
+def _parse_now(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        msg = f"{value!r} is not a date and time (expected ISO 8601, e.g. 2026-12-01T09:30 or 2026-12-01T09:30+08:00)"
+        raise click.BadParameter(msg) from None
+    return dt
+
+
+def _global(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Accept the global options after the verb as well as before it."""
+    f = click.option("--config", "config_", metavar="PATH", help="config.toml (default: $CRM_AUTOMATION_CONFIG, "
+                     "else ./config.toml)")(f)
+    f = click.option("--now", "now_", metavar="DATETIME", help="act as if it were this time (local time of the "
+                     "workspace if no offset)")(f)
+    f = click.option("--json", "json_", is_flag=True, default=None, help="machine-readable output")(f)
+    f = click.option("-v", "--verbose", "verbose_", count=True, help="more log lines")(f)
+    return click.option("-q", "--quiet", "quiet_", count=True, help="fewer log lines")(f)
+
+
+def _apply(ctx: click.Context, kw: dict[str, Any]) -> Ctx:
+    """Merge this command's global options into the shared :class:`Ctx` (a later one wins)."""
+    o: Ctx = ctx.ensure_object(Ctx)
+    if kw.get("config_"):
+        o.config = kw["config_"]
+    if kw.get("now_"):
+        o.now = _parse_now(kw["now_"])
+    if kw.get("json_"):
+        o.json = True
+    o.verbosity += (kw.get("verbose_") or 0) - (kw.get("quiet_") or 0)
+    _setup_logging(o.verbosity)
+    return o
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Log lines to whatever ``sys.stderr`` is now (test runners swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.INFO if verbosity == 0 else (logging.DEBUG if verbosity > 0 else logging.WARNING)
+    root = logging.getLogger("crm_automation")
+    root.setLevel(level)
+    if not root.handlers:
+        h: logging.Handler = _StderrHandler()
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        root.addHandler(h)
+    root.propagate = False
+    if verbosity <= 0:
+        for name in ("imapclient", "urllib3", "google", "gspread"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _emit(o: Ctx, data: Any, human: Callable[[], None]) -> None:
+    if o.json:
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+    else:
+        human()
+
+
+def _progress_factory() -> Callable[[str, int | None], Any]:
+    """A rich progress bar on a terminal; plain log lines every 500 items otherwise."""
+    if sys.stderr.isatty():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        class _Bar:
+            def __init__(self, desc: str, total: int | None) -> None:
+                self.p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), transient=True)
+                self.p.start()
+                self.t = self.p.add_task(desc, total=total)
+
+            def advance(self, n: int = 1) -> None:
+                self.p.advance(self.t, n)
+
+            def close(self) -> None:
+                self.p.stop()
+
+        return _Bar
+
+    class _Lines:
+        def __init__(self, desc: str, total: int | None) -> None:
+            self.desc, self.total, self.n = desc, total, 0
+
+        def advance(self, n: int = 1) -> None:
+            self.n += n
+            if self.n % 500 == 0:
+                log.info("%s: %d%s", self.desc, self.n, f"/{self.total}" if self.total else "")
+
+        def close(self) -> None:
+            if self.n >= 500:
+                log.info("%s: %d done", self.desc, self.n)
+
+    return _Lines
+
+
+class _Lock:
+    """One worker per workspace: a file lock beside the log (filelock), held for the whole command."""
+
+    def __init__(self, ws: Workspace) -> None:
+        ws.cfg.database.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(str(ws.cfg.database) + ".lock")
+        self.lock = FileLock(str(self.path))
+
+    def __enter__(self) -> _Lock:
+        try:
+            self.lock.acquire(timeout=0)
+        except Timeout:
+            raise LockedError(f"{self.path}: another crm-automation worker is running on this workspace",
+                              hint="wait for it to finish, or stop it (Ctrl-C / SIGTERM)") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+def _worker(o: Ctx, ws: Workspace, stop: threading.Event | None = None) -> Any:
+    from crm_automation.worker import Worker
+
+    return Worker(ws, clock=o.clock(ws), progress=_progress_factory(), stop=stop)
+
+
+def _print_results(o: Ctx, results: list[Any]) -> int:
+    code = max((r.exit_code() for r in results), default=0)
+    if o.json:
+        click.echo(json.dumps({"ok": code == 0, "exit": code, "stages": [r.to_json() for r in results]},
+                              ensure_ascii=False, indent=2, default=str))
+        return code
+    for r in results:
+        stats = ", ".join(f"{k} {v}" for k, v in r.stats.items() if not isinstance(v, (list, dict)) or v)
+        state = "ok" if r.ok else ("FAILED" if r.error else "done with problems")
+        click.echo(f"{r.job}: {state}" + (f" ({stats})" if stats else ""))
+        for p in r.problems[:50]:
+            click.echo(f"  - {p}", err=True)
+        if len(r.problems) > 50:
+            click.echo(f"  ... and {len(r.problems) - 50} more", err=True)
+        if r.error is not None:
+            click.echo(f"  error: {r.error}", err=True)
+            if r.error.hint:
+                click.echo(f"  hint: {r.error.hint}", err=True)
+    return code
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@_global
+@click.version_option(package_name="crm-automation")
+@click.pass_context
+def cli(ctx: click.Context, **kw: Any) -> None:
+    """crm-automation: a shared spreadsheet as the customer master, a mailbox as the activity log,
+    and campaigns sent exactly once.
+
+    Start with `crm-automation --config config.example.toml run --once`.
+    """
+    _apply(ctx, kw)
+
+
+@cli.command()
+@_global
+@click.option("--connect", is_flag=True, help="also log in to the mailbox and the SMTP server")
+@click.pass_context
+def check(ctx: click.Context, connect: bool, **kw: Any) -> None:
+    """Validate config, mappings, templates and the sheet; report every problem at once."""
+    o = _apply(ctx, kw)
+    from crm_automation.checks import run_checks
+
+    report = run_checks(o.config, connect=connect)
+    _emit(o, report, lambda: _print_check(report))
+    ctx.exit(report["exit"])
+
+
+def _print_check(report: dict[str, Any]) -> None:
+    for item in report["checks"]:
+        mark = "ok " if item["ok"] else "ERR"
+        click.echo(f"[{mark}] {item['name']}: {item['summary']}")
+        for p in item.get("problems", [])[:100]:
+            click.echo(f"      - {p}")
+
+
+@cli.command()
+@_global
+@click.pass_context
+def sync(ctx: click.Context, **kw: Any) -> None:
+    """Read the sheet, validate rows, record new customers and field changes."""
+    o = _apply(ctx, kw)
+    ws = Workspace.load(o.config)
+    with _Lock(ws):
+        w = _worker(o, ws)
+        try:
+            ctx.exit(_print_results(o, [w.sync()]))
+        finally:
+            w.close()
+
+
+@cli.command()
+@_global
+@click.pass_context
+def fetch(ctx: click.Context, **kw: Any) -> None:
+    """Read new mail and log each message exactly once."""
+    o = _apply(ctx, kw)
+    ws = Workspace.load(o.config)
+    with _Lock(ws):
+        stop = _install_signals()
+        w = _worker(o, ws, stop)
+        try:
+            ctx.exit(_print_results(o, [w.fetch()]))
+        finally:
+            w.close()
+
+
+@cli.command()
+@_global
+@click.option("--dry-run", is_flag=True, help="render and report what would be sent; send and record nothing")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="send at most N messages in this pass")
+@click.pass_context
+def send(ctx: click.Context, dry_run: bool, limit: int | None, **kw: Any) -> None:
+    """Queue and send what is due, exactly once each."""
+    o = _apply(ctx, kw)
+    ws = Workspace.load(o.config)
+    with _Lock(ws):
+        stop = _install_signals()
+        w = _worker(o, ws, stop)
+        try:
+            res = w.send(dry_run=dry_run, limit=limit)
+            if dry_run and not o.json:
+                for d in res.details[:200]:
+                    click.echo(f"  {d['status']:<10} {d['campaign']}/{d['step']} -> {d['customer']} "
+                               f"{d.get('subject') or d.get('reason') or ''}")
+                click.echo("dry run: nothing was sent or recorded. Run without --dry-run to send.")
+            ctx.exit(_print_results(o, [res]))
+        finally:
+            w.close()
+
+
+def _install_signals() -> threading.Event:
+    """SIGINT/SIGTERM set a flag checked between items: the current message finishes, then the worker stops."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:  # noqa: ARG001
+        if stop.is_set():
+            raise KeyboardInterrupt
+        log.warning("stopping after the current item (signal %s); press Ctrl-C again to abort", signum)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+@cli.command()
+@_global
+@click.option("--once", is_flag=True, help="run one cycle (sync, fetch, send, write-back) and exit")
+@click.pass_context
+def run(ctx: click.Context, once: bool, **kw: Any) -> None:
+    """The scheduled worker: intervals from [schedule]; one cycle at a time; stops cleanly on Ctrl-C/SIGTERM."""
+    o = _apply(ctx, kw)
+    ws = Workspace.load(o.config)
+    with _Lock(ws):
+        stop = _install_signals()
+        w = _worker(o, ws, stop)
+        try:
+            if once:
+                ctx.exit(_print_results(o, w.run_once()))
+            log.info("worker started (sync every %s, fetch every %s, send every %s); Ctrl-C to stop",
+                     ws.cfg.schedule.sync_every, ws.cfg.schedule.fetch_every, ws.cfg.schedule.send_every)
+            w.run_forever(on_result=lambda r: _print_results(o, [r]))
+            log.info("worker stopped")
+        finally:
+            w.close()
+
+
+@cli.command()
+@_global
+@click.argument("template")
+@click.option("--customer", "key", required=True, help="the customer's key (e.g. their email)")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="write the message to FILE.eml")
+@click.option("--campaign", default="preview", help="campaign id shown to the template")
+@click.pass_context
+def preview(ctx: click.Context, template: str, key: str, out: Path | None, campaign: str, **kw: Any) -> None:
+    """Render one email for one customer, to the terminal or an .eml file. Sends nothing."""
+    o = _apply(ctx, kw)
+    ws = Workspace.load(o.config)
+    from crm_automation.planner import CustomerView
+
+    w = _worker(o, ws)
+    try:
+        c = w.store.customer(key.strip().lower()) or w.store.customer(key.strip())
+        if c is None:
+            raise ConfigError(f"customer {key!r} is not in the log", hint="run `crm-automation sync` first; "
+                              "the key is the mapping's key field (e.g. the email address)")
+        ef = ws.email_field
+        view = CustomerView(c.key, c.data.get(ef) if ef else None, c.data, c.first_seen, c.email_status)
+        mid = w._message_id()  # noqa: SLF001
+        data, subject, text = w.render_send(template, view, campaign, 0, mid)
+    finally:
+        w.close()
+    if out is not None:
+        out.write_bytes(data)
+        _emit(o, {"out": str(out), "subject": subject}, lambda: click.echo(f"wrote {out} ({subject})"))
+        return
+    _emit(o, {"subject": subject, "text": text, "eml": data.decode("ascii", "replace")},
+          lambda: click.echo(f"Subject: {subject}\n\n{text}"))
+
+
+@cli.command()
+@_global
+@click.option("--csv", "as_csv", is_flag=True, help="CSV output")
+@click.pass_context
+def report(ctx: click.Context, as_csv: bool, **kw: Any) -> None:
+    """Per campaign and step: queued, sent, failed, uncertain, skipped, bounced, replied, unsubscribed."""
+    o = _apply(ctx, kw)
+    ws = Workspace.load(o.config)
+    store = ws.open_store()
+    try:
+        rows = store.funnel()
+        attention = [{"id": s.id, "campaign": s.campaign, "step": s.step, "customer": s.customer_key,
+                      "status": s.status, "error": s.error, "message_id": s.message_id}
+                     for s in store.sends(status=["uncertain", "failed"])]
+    finally:
+        store.close()
+    cols = ["campaign", "step", "queued", "sent", "failed", "uncertain", "skipped", "bounced", "replied",
+            "unsubscribed", "reply_rate"]
+    if as_csv:
+        buf = io.StringIO()
+        wr = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+        wr.writeheader()
+        wr.writerows(rows)
+        click.echo(buf.getvalue(), nl=False)
+        return
+
+    def human() -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(*cols)
+        for r in rows:
+            t.add_row(*(f"{r[c]:.1%}" if c == "reply_rate" else str(r[c]) for c in cols))
+        console = Console(width=140)
+        console.print(t)
+        if attention:
+            console.print(f"{len(attention)} send(s) need attention (`crm-automation requeue --id N` to send again):")
+            for a in attention:
+                console.print(f"  #{a['id']} {a['status']} {a['campaign']}/{a['step']} {a['customer']}: {a['error']}")
+
+    _emit(o, {"campaigns": rows, "attention": attention}, human)
+
+
+@cli.command()
+@_global
+@click.argument("key")
+@click.pass_context
+def timeline(ctx: click.Context, key: str, **kw: Any) -> None:
+    """One customer's activities, oldest first."""
+    o = _apply(ctx, kw)
+    ws = Workspace.load(o.config)
+    store = ws.open_store()
+    try:
+        k = key.strip().lower() if store.customer(key.strip().lower()) else key.strip()
+        items = store.timeline(k)
+        known = store.customer(k) is not None
+    finally:
+        store.close()
+    if not items and not known:
+        raise ConfigError(f"customer {key!r} is not in the log", hint="keys are the mapping's key field")
+
+    def human() -> None:
+        tz = ws.cfg.timezone
+        for a in items:
+            when = datetime.fromisoformat(a["occurred_at"].replace("Z", "+00:00")).astimezone(tz)
+            extra = a["subject"] or ""
+            if a["kind"] == "field_changed":
+                d = json.loads(a["details"] or "{}")
+                extra = f"{d.get('field')}: {d.get('old')!r} -> {d.get('new')!r}"
+            if a["campaign"]:
+                extra = f"[{a['campaign']}/{a['step']}] {extra}"
+            click.echo(f"{when:%Y-%m-%d %H:%M}  {a['kind']:<15} {extra}")
+            if a["body"] and a["kind"] in {"email_in", "unsubscribe"}:
+                for line in a["body"].strip().splitlines()[:6]:
+                    click.echo(f"{'':19}| {line}")
+
+    _emit(o, {"customer": k, "activities": items}, human)
+
+
+@cli.group()
+def suppress() -> None:
+    """Manage the suppression list (addresses never mailed)."""
+
+
+@suppress.command("add")
+@_global
+@click.argument("emails", nargs=-1, required=True)
+@click.option("--reason", type=click.Choice(["manual", "unsubscribed", "bounced"]), default="manual")
+@click.pass_context
+def suppress_add(ctx: click.Context, emails: tuple[str, ...], reason: str, **kw: Any) -> None:
+    """Add addresses."""
+    o = _apply(ctx, kw)
+    ws = Workspace.load(o.config)
+    store = ws.open_store()
+    try:
+        added = [e for e in emails if store.suppress(e, reason, "cli", o.clock(ws).now())]
+    finally:
+        store.close()
+    _emit(o, {"added": added}, lambda: click.echo(f"added {len(added)} of {len(emails)}"))
+
+
+@suppress.command("remove")
+@_global
+@click.argument("emails", nargs=-1, required=True)
+@click.pass_context
+def suppress_remove(ctx: click.Context, emails: tuple[str, ...], **kw: Any) -> None:
+    """Remove addresses (they may be mailed again)."""
+    o = _apply(ctx, kw)
+    ws = Workspace.load(o.config)
+    store = ws.open_store()
+    try:
+        removed = [e for e in emails if store.unsuppress(e)]
+    finally:
+        store.close()
+    _emit(o, {"removed": removed}, lambda: click.echo(f"removed {len(removed)} of {len(emails)}"))
+
+
+@suppress.command("list")
+@_global
+@click.pass_context
+def suppress_list(ctx: click.Context, **kw: Any) -> None:
+    """List suppressed addresses."""
+    o = _apply(ctx, kw)
+    ws = Workspace.load(o.config)
+    store = ws.open_store()
+    try:
+        items = [{"email": e, "reason": r, "at": a, "source": s} for e, (r, a, s) in store.suppressions().items()]
+    finally:
+        store.close()
+    _emit(o, {"suppressions": items},
+          lambda: [click.echo(f"{i['email']:<40} {i['reason']:<13} {i['at']} {i['source']}") for i in items])
+
+
+@cli.command()
+@_global
+@click.option("--id", "ids", type=int, multiple=True, help="send id (from `report`); repeatable")
+@click.option("--all-uncertain", is_flag=True, help="every uncertain send")
+@click.option("--all-failed", is_flag=True, help="every failed send")
+@click.pass_context
+def requeue(ctx: click.Context, ids: tuple[int, ...], all_uncertain: bool, all_failed: bool, **kw: Any) -> None:
+    """Queue uncertain or failed sends again, on purpose (they go out on the next `send`)."""
+    o = _apply(ctx, kw)
+    if not ids and not all_uncertain and not all_failed:
+        raise ConfigError("requeue: name sends with --id N, or use --all-uncertain / --all-failed")
+    statuses = tuple(s for s, on in (("uncertain", all_uncertain or bool(ids)), ("failed", all_failed or bool(ids)))
+                     if on)
+    ws = Workspace.load(o.config)
+    with _Lock(ws):
+        store = ws.open_store()
+        try:
+            n = store.requeue(list(ids) or None, statuses)
+        finally:
+            store.close()
+    _emit(o, {"requeued": n}, lambda: click.echo(f"requeued {n} send(s)"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    try:
+        rv = cli.main(args=argv, prog_name="crm-automation", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2 if isinstance(e, click.UsageError) else e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except CrmError as e:
+        click.echo(f"error: {e}", err=True)
+        if e.hint:
+            click.echo(f"hint: {e.hint}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+_ = UTC

@@ -1,0 +1,344 @@
+"""mappings/customers.toml and mappings/campaigns.toml (SPEC §4, §5).
+
+``Mapping.apply`` turns the raw sheet into :class:`Customer` values or
+:class:`RowError` reports. Columns are found by header name, never by
+position, because people reorder and insert columns. Each row's raw mapped
+cells are hashed: a row whose hash was already seen at the last sync is not
+validated again, which keeps a re-sync of an unchanged 100,000-row sheet cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from crm_automation.errors import ConfigError
+from crm_automation.fieldtypes import FieldValueError, convert
+from crm_automation.models import Customer, FieldSpec, FieldType, RowError, SheetData
+
+CUSTOMERS_FILE = "customers.toml"
+CAMPAIGNS_FILE = "campaigns.toml"
+WRITEBACK_NAMES = ("last_sent", "last_reply", "email_status")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _FieldModel(_Strict):
+    column: str = Field(min_length=1)
+    type: FieldType = FieldType.TEXT
+    required: bool = False
+    choices: tuple[str, ...] = ()
+    region: str | None = None
+
+
+class _CustomersModel(_Strict):
+    key: str
+    fields: dict[str, _FieldModel]
+    writeback: dict[Literal["last_sent", "last_reply", "email_status"], str] = {}
+
+
+class _FollowUp(_Strict):
+    after_days: float = Field(gt=0)
+    template: str = Field(min_length=1)
+
+
+class _CampaignModel(_Strict):
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    template: str = Field(min_length=1)
+    trigger: Literal["new", "change", "at"]
+    where: dict[str, str | list[str] | bool | int | float] = {}
+    follow_up: tuple[_FollowUp, ...] = ()
+    stop_on: tuple[Literal["reply", "bounce", "unsubscribe"], ...] = ("reply", "bounce", "unsubscribe")
+    field: str | None = None
+    to: str | int | float | bool | None = None
+    at: str | None = None
+    include_existing: bool = False
+    enabled: bool = True
+
+    @field_validator("at")
+    @classmethod
+    def _at(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            datetime.fromisoformat(v)
+        except ValueError:
+            msg = f"{v!r} is not a date and time (expected e.g. \"2026-12-20T10:00\", local time)"
+            raise ValueError(msg) from None
+        return v
+
+
+class _CampaignsModel(_Strict):
+    campaign: tuple[_CampaignModel, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One email of a campaign: step 0 is the first, 1.. the follow-ups."""
+
+    number: int
+    template: str
+    after_days: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Campaign:
+    """A validated campaign (SPEC §5). ``at`` is aware UTC."""
+
+    id: str
+    trigger: str
+    steps: tuple[Step, ...]
+    where: dict[str, tuple[str, ...]]
+    stop_on: frozenset[str]
+    field: str | None = None
+    to: str | None = None
+    at: datetime | None = None
+    include_existing: bool = False
+    enabled: bool = True
+
+
+@dataclass(slots=True)
+class MappingResult:
+    """What one pass over the sheet found.
+
+    ``customers`` are rows validated now (new or changed since the last
+    sync); ``unchanged`` are keys of rows whose raw cells hash the same as
+    last time (not validated again); ``hashes`` maps every good key to its hash.
+    """
+
+    customers: list[Customer] = field(default_factory=list)
+    unchanged: dict[str, int] = field(default_factory=dict)
+    errors: list[RowError] = field(default_factory=list)
+    hashes: dict[str, str] = field(default_factory=dict)
+    rejected_keys: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _norm_value(value: Any) -> str:
+    """Text form of a raw cell for the change hash."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Mapping:
+    """The customer mapping: which column feeds which field, and the key."""
+
+    path: Path
+    key: str
+    fields: dict[str, FieldSpec]
+    writeback: dict[str, str]
+
+    def columns(self, headers: tuple[str, ...], source: str) -> dict[str, str | None]:
+        """Field name -> header found (None for an optional column not in the sheet).
+
+        A missing required column is one error listing the headers found.
+        """
+        present = {h.strip(): h for h in headers if h is not None}
+        out: dict[str, str | None] = {}
+        missing = []
+        for name, spec in self.fields.items():
+            h = present.get(spec.column.strip())
+            if h is None and (spec.required or name == self.key):
+                missing.append(f"\"{spec.column}\" (field {name})")
+            out[name] = h
+        if missing:
+            found = ", ".join(f"\"{h}\"" for h in headers if h) or "none"
+            raise ConfigError(
+                f"{source}: required column {', '.join(missing)} not found in the header row; headers found: {found}",
+                hint=f"rename the column in the sheet or change \"column\" in {self.path}",
+            )
+        return out
+
+    def apply(self, data: SheetData, previous: dict[str, str] | None = None) -> MappingResult:
+        """Validate rows; rows whose raw hash is in ``previous`` (hash -> key) are not validated again."""
+        cols = self.columns(data.headers, data.source)
+        res = MappingResult()
+        for name, h in cols.items():
+            if h is None:
+                res.warnings.append(
+                    f"{data.source}: optional column \"{self.fields[name].column}\" (field {name}) not found; "
+                    f"customer.{name} is empty")
+        previous = previous or {}
+        items = [(n, self.fields[n], h) for n, h in cols.items() if h is not None]
+        seen: dict[str, int] = {}
+        for srow in data.rows:
+            vals = srow.values
+            raw = [vals.get(h) for _, _, h in items]
+            digest = hashlib.blake2b("\x1f".join(map(_norm_value, raw)).encode(), digest_size=12).hexdigest()
+            key = previous.get(digest)
+            if key is not None:
+                if key in seen:
+                    res.errors.append(RowError(data.source, srow.row, self.fields[self.key].column, key,
+                                               f"duplicates the key of row {seen[key]} (the first row wins)"))
+                    continue
+                seen[key] = srow.row
+                res.unchanged[key] = srow.row
+                res.hashes[key] = digest
+                continue
+            cust = self._validate_row(data.source, srow.row, items, raw, res.errors)
+            if cust is None:
+                self._note_rejected_key(items, raw, srow.row, res)
+                continue
+            if cust.key in seen:
+                res.errors.append(RowError(data.source, srow.row, self.fields[self.key].column, cust.key,
+                                           f"duplicates the key of row {seen[cust.key]} (the first row wins)"))
+                continue
+            seen[cust.key] = srow.row
+            res.customers.append(cust)
+            res.hashes[cust.key] = digest
+        return res
+
+    def _note_rejected_key(self, items: list[tuple[str, FieldSpec, str]], raw: list[Any], row: int,
+                           res: MappingResult) -> None:
+        """A rejected row whose key is still readable keeps its customer in the log (a typo is not a removal)."""
+        for (name, spec, _), value in zip(items, raw, strict=True):
+            if name == self.key:
+                try:
+                    k = convert(value, spec)
+                except FieldValueError:
+                    return
+                if k is not None:
+                    res.rejected_keys.setdefault(str(k), row)
+                return
+
+    def _validate_row(self, source: str, row: int, items: list[tuple[str, FieldSpec, str]], raw: list[Any],
+                      errors: list[RowError]) -> Customer | None:
+        out: dict[str, Any] = dict.fromkeys(self.fields)
+        bad = False
+        for (name, spec, header), value in zip(items, raw, strict=True):
+            try:
+                v = convert(value, spec)
+            except FieldValueError as e:
+                errors.append(RowError(source, row, header, value, str(e)))
+                bad = True
+                continue
+            if v is None and (spec.required or name == self.key):
+                errors.append(RowError(source, row, header, value, "is empty (expected a value: the column is required)"))
+                bad = True
+                continue
+            out[name] = v
+        if bad:
+            return None
+        return Customer(key=str(out[self.key]), row=row, data=out)
+
+
+def _problems(path: Path, e: ValidationError) -> list[str]:
+    from crm_automation.config import _explain, _loc
+
+    return [f"{path}: {_loc(err['loc'])} {_explain(err)}" for err in e.errors()]
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found", hint="see the mappings/ folder of the example workspace")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text (save the file as UTF-8)") from None
+
+
+def load_mapping(mappings_dir: Path) -> Mapping:
+    """Load and check mappings/customers.toml."""
+    path = mappings_dir / CUSTOMERS_FILE
+    raw = _read_toml(path)
+    try:
+        m = _CustomersModel.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError.collect(_problems(path, e)) from None
+    problems = []
+    if m.key not in m.fields:
+        problems.append(f"{path}: key = {m.key!r} is not one of the fields ({', '.join(m.fields)})")
+    fields: dict[str, FieldSpec] = {}
+    for name, f in m.fields.items():
+        if not name.isidentifier():
+            problems.append(f"{path}: fields.{name}: field names must be identifiers (letters, digits, _), "
+                            f"because templates use them as customer.{name}")
+        if f.type is FieldType.CHOICE and not f.choices:
+            problems.append(f"{path}: fields.{name}: type \"choice\" needs choices = [...]")
+        if f.region is not None and f.type is not FieldType.PHONE:
+            problems.append(f"{path}: fields.{name}: region applies only to type \"phone\"")
+        fields[name] = FieldSpec(name=name, column=f.column, type=f.type, required=f.required,
+                                 choices=f.choices, region=f.region)
+    cols = [f.column.strip() for f in m.fields.values()]
+    dup_cols = sorted({c for c in cols if cols.count(c) > 1})
+    if dup_cols:
+        problems.append(f"{path}: column(s) {', '.join(dup_cols)} mapped to more than one field")
+    for name, col in m.writeback.items():
+        if col.strip() in cols:
+            problems.append(f"{path}: writeback.{name} = {col!r} is also a mapped field's column; "
+                            f"the worker must own its columns alone")
+    if problems:
+        raise ConfigError.collect(problems)
+    return Mapping(path=path, key=m.key, fields=fields, writeback=dict(m.writeback))
+
+
+def load_campaigns(mappings_dir: Path, mapping: Mapping, tz: ZoneInfo) -> list[Campaign]:
+    """Load and check mappings/campaigns.toml (a missing file means no campaigns)."""
+    path = mappings_dir / CAMPAIGNS_FILE
+    if not path.exists():
+        return []
+    raw = _read_toml(path)
+    try:
+        m = _CampaignsModel.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError.collect(_problems(path, e)) from None
+    problems = []
+    out = []
+    ids: set[str] = set()
+    for i, c in enumerate(m.campaign):
+        where = f"{path}: campaign[{i}] (id {c.id!r})"
+        if c.id in ids:
+            problems.append(f"{where}: id is used twice (ids must be unique: sends are keyed on them)")
+        ids.add(c.id)
+        for fname in c.where:
+            if fname not in mapping.fields:
+                problems.append(f"{where}: where.{fname} is not a field of {mapping.path.name} "
+                                f"(fields: {', '.join(mapping.fields)})")
+        at = None
+        if c.trigger == "change":
+            if not c.field or c.to is None:
+                problems.append(f"{where}: trigger \"change\" needs field = \"...\" and to = \"...\"")
+            elif c.field not in mapping.fields:
+                problems.append(f"{where}: field = {c.field!r} is not a field of {mapping.path.name}")
+        if c.trigger == "at":
+            if not c.at:
+                problems.append(f"{where}: trigger \"at\" needs at = \"YYYY-MM-DDTHH:MM\" (local time)")
+            else:
+                local = datetime.fromisoformat(c.at)
+                if local.tzinfo is None:
+                    local = local.replace(tzinfo=tz)
+                at = local.astimezone(ZoneInfo("UTC"))
+        if c.include_existing and c.trigger != "new":
+            problems.append(f"{where}: include_existing applies only to trigger \"new\"")
+        steps = [Step(0, c.template)]
+        last = 0.0
+        for n, fu in enumerate(c.follow_up, start=1):
+            if fu.after_days <= last:
+                problems.append(f"{where}: follow_up[{n - 1}].after_days = {fu.after_days} must be greater than "
+                                f"the step before ({last}); days count from the first email")
+            last = fu.after_days
+            steps.append(Step(n, fu.template, fu.after_days))
+        out.append(Campaign(
+            id=c.id, trigger=c.trigger, steps=tuple(steps),
+            where={k: tuple(str(x) for x in (v if isinstance(v, list) else [v])) for k, v in c.where.items()},
+            stop_on=frozenset(c.stop_on), field=c.field, to=None if c.to is None else str(c.to), at=at,
+            include_existing=c.include_existing, enabled=c.enabled,
+        ))
+    if problems:
+        raise ConfigError.collect(problems)
+    return out

@@ -1,0 +1,376 @@
+"""A CSV customer sheet on a shared drive, plus the grid logic every sheet adapter shares.
+
+Encodings: UTF-8, UTF-8 with BOM, UTF-16 with BOM (Excel's "Unicode text") and
+GBK/GB18030, which is what Chinese Excel saves as "CSV" by default. Without a
+BOM, UTF-8 is tried first and GB18030 (a superset of GBK and GB2312) second.
+The delimiter (``,`` ``;`` or tab) is detected from the header line unless
+``[sheet] delimiter`` is set; ``[sheet] encoding`` overrides detection.
+
+Write-back rewrites the whole file atomically (a temporary file in the same
+folder, then ``os.replace``) in the same encoding, delimiter and line ending.
+A value starting with ``=``, ``+``, ``-``, ``@``, tab or CR is written with a
+leading single quote (``'=cmd``): Excel evaluates such CSV cells as formulas
+(CSV injection, see OWASP "CSV Injection"), and CSV has no cell type to say
+"text". The worker compares its values in that stored form, so it does not
+rewrite them every cycle.
+
+Header rules shared by all adapters (:func:`grid_to_data`): header names are
+stripped; a blank header cell's column is ignored (it cannot be mapped by
+name); when two columns carry the same header, the first (leftmost) one is
+used and the later ones are ignored, the same "first wins" rule as duplicate
+keys. Fully empty rows are skipped, but row numbers stay those of the sheet.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import csv
+import io
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, Self
+
+from crm_automation.config import Config
+from crm_automation.errors import ConfigError, DataError, ServiceError
+from crm_automation.models import SheetData, SheetRow
+from crm_automation.sheets.base import WriteResult
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+# ------------------------------------------------------------------ shared grid logic
+
+
+def cell_text(value: object) -> str:
+    """The text a cell shows, for comparing keys and write-back values across formats.
+
+    Excel returns 13800138000 as a float and dates as date objects; Google
+    returns numbers as JSON numbers; CSV returns text. All compare as text.
+    """
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e16:
+            return str(int(value))
+        return repr(value)
+    if isinstance(value, datetime):
+        if value.hour == value.minute == value.second == value.microsecond == 0:
+            return value.date().isoformat()
+        return value.isoformat(sep=" ")
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value).strip()
+
+
+def norm_key(value: object) -> str:
+    """Keys compare trimmed and case-insensitively (email keys are lower-cased by the mapping)."""
+    return cell_text(value).lower()
+
+
+def _blank(value: object) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def grid_to_data(source: str, grid: Sequence[Sequence[Any]], version: str) -> SheetData:
+    """Header row + data rows -> :class:`SheetData` (see the module docstring for header rules).
+
+    ``grid[0]`` is sheet row 1. Empty strings become None so every format
+    reports an empty cell the same way.
+    """
+    if not grid:
+        return SheetData(source=source, headers=(), rows=(), version=version)
+    cols: list[tuple[int, str]] = []
+    seen: set[str] = set()
+    for i, h in enumerate(grid[0]):
+        name = cell_text(h)
+        if name and name not in seen:
+            seen.add(name)
+            cols.append((i, name))
+    rows = []
+    for n, line in enumerate(grid[1:], start=2):
+        width = len(line)
+        values = {name: (None if i >= width or _blank(line[i]) else line[i]) for i, name in cols}
+        if any(v is not None for v in values.values()):
+            rows.append(SheetRow(row=n, values=values))
+    return SheetData(source=source, headers=tuple(name for _, name in cols), rows=tuple(rows), version=version)
+
+
+@dataclass(slots=True)
+class CellPlan:
+    """What a write-back must change: 0-based (grid row, column, text) cells."""
+
+    cells: list[tuple[int, int, str]] = field(default_factory=list)
+    added_columns: list[str] = field(default_factory=list)
+    missing_keys: list[str] = field(default_factory=list)
+    postponed: str | None = None
+
+
+def plan_writeback(
+    grid: Sequence[Sequence[Any]],
+    key_column: str,
+    updates: dict[str, dict[str, str]],
+    *,
+    stored: Callable[[str], str] = lambda v: v,
+) -> CellPlan:
+    """Find each key's row in ``grid`` (read at write time) and the cells whose text differs.
+
+    A missing write-back column is placed right of the widest row, so that it
+    never lands on data in an unlabelled column. ``stored`` maps a value to
+    the text the format keeps (CSV adds a quote before ``=``), so equal
+    values are not rewritten. Duplicate keys: the first row wins, as in sync.
+    """
+    plan = CellPlan()
+    header = [cell_text(h) for h in grid[0]] if grid else []
+    want = key_column.strip()
+    if want not in header:
+        found = ", ".join(f'"{h}"' for h in header if h) or "none"
+        plan.postponed = f'key column "{key_column}" not found in the header row (headers found: {found})'
+        return plan
+    kc = header.index(want)
+    width = max((len(r) for r in grid), default=0)
+    col_of: dict[str, int] = {}
+    for name in dict.fromkeys(c for cols in updates.values() for c in cols):
+        if name.strip() in header:
+            col_of[name] = header.index(name.strip())
+        else:
+            col_of[name] = width
+            plan.cells.append((0, width, name.strip()))
+            plan.added_columns.append(name.strip())
+            header.append(name.strip())
+            width += 1
+    row_of: dict[str, int] = {}
+    for i in range(1, len(grid)):
+        line = grid[i]
+        if kc < len(line):
+            k = norm_key(line[kc])
+            if k and k not in row_of:
+                row_of[k] = i
+    for key, cols in updates.items():
+        i = row_of.get(norm_key(key))
+        if i is None:
+            plan.missing_keys.append(key)
+            continue
+        line = grid[i]
+        for name, value in cols.items():
+            c = col_of[name]
+            current = cell_text(line[c]) if c < len(line) and line[c] is not None else ""
+            text = stored(value)
+            if current != text.strip():
+                plan.cells.append((i, c, text))
+    return plan
+
+
+def file_version(path: Path) -> str:
+    """Return mtime and size, which change whenever someone saves the file."""
+    st = path.stat()
+    return f"{st.st_mtime_ns}:{st.st_size}"
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through ``write(tmp)`` to a temporary file next to ``path``, then ``os.replace`` it.
+
+    Same folder so the rename is atomic on the same file system; the
+    original's permission bits are kept.
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with contextlib.suppress(OSError):
+            tmp.chmod(path.stat().st_mode & 0o7777)
+        tmp.replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def escape_formula(value: str) -> str:
+    """``=cmd`` -> ``'=cmd``: keep a CSV value from being evaluated by Excel (CSV injection)."""
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
+# ------------------------------------------------------------------ the CSV adapter
+
+
+def _detect_encoding(raw: bytes) -> str | None:
+    if raw.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    for enc in ("utf-8", "gb18030"):
+        try:
+            raw.decode(enc)
+        except UnicodeDecodeError:
+            continue
+        return enc
+    return None
+
+
+def _detect_delimiter(text: str) -> str:
+    """The delimiter most frequent in the header line, outside quotes; ``,`` by default."""
+    counts = dict.fromkeys([",", ";", "\t"], 0)
+    quoted = False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        elif ch in "\r\n" and not quoted:
+            break
+        elif not quoted and ch in counts:
+            counts[ch] += 1
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] else ","
+
+
+class CsvSource:
+    """A ``.csv`` customer sheet (``[sheet] source = "csv"``)."""
+
+    def __init__(self, path: Path, *, encoding: str | None = None, delimiter: str | None = None) -> None:
+        self.path = Path(path)
+        self.name = self.path.name
+        self._encoding = encoding
+        self._delimiter = delimiter
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Self:
+        """Build from ``[sheet]``: ``path``, optional ``encoding`` and ``delimiter``."""
+        if not cfg.sheet.path:
+            raise ConfigError(f"{cfg.path}: sheet.path is required when sheet.source = \"csv\"")
+        delim = cfg.sheet.delimiter
+        if delim is not None:
+            delim = {"\\t": "\t", "tab": "\t"}.get(delim, delim)
+            if len(delim) != 1:
+                raise ConfigError(f"{cfg.path}: sheet.delimiter is {cfg.sheet.delimiter!r} (expected one character, "
+                                  f"e.g. \",\", \";\" or \"\\t\")")
+        if cfg.sheet.encoding is not None:
+            try:
+                codecs.lookup(cfg.sheet.encoding)
+            except LookupError:
+                raise ConfigError(f"{cfg.path}: sheet.encoding is {cfg.sheet.encoding!r}, which Python does not know "
+                                  f"(expected e.g. \"utf-8\", \"utf-8-sig\" or \"gb18030\")") from None
+        return cls(cfg.resolve(cfg.sheet.path), encoding=cfg.sheet.encoding, delimiter=delim)
+
+    # -- reading
+
+    def _load(self) -> tuple[list[list[str]], str, str, str, str]:
+        """Grid, encoding, delimiter, line ending and version of the file as it is now."""
+        try:
+            version = file_version(self.path)
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            raise ServiceError(f"{self.path}: sheet file not found",
+                               hint="check [sheet] path, and that the shared drive is mounted") from None
+        except OSError as e:
+            raise ServiceError(f"{self.path}: cannot read the sheet file: {e.strerror or e}") from None
+        enc = self._encoding or _detect_encoding(raw)
+        if enc is None:
+            raise ServiceError(f"{self.path}: the file is neither UTF-8 nor GBK/GB18030 text",
+                               hint="save it as \"CSV UTF-8\" or set [sheet] encoding")
+        try:
+            text = raw.decode(enc)
+        except (UnicodeDecodeError, LookupError) as e:
+            raise ServiceError(f"{self.path}: cannot decode the file as {enc}: {e}",
+                               hint="fix [sheet] encoding, or remove it to detect the encoding") from None
+        text = text.removeprefix("\ufeff")
+        delim = self._delimiter or _detect_delimiter(text)
+        newline = "\r\n" if "\r\n" in text[:65536] else "\n"
+        try:
+            grid = list(csv.reader(io.StringIO(text, newline=""), delimiter=delim))
+        except csv.Error as e:
+            raise ServiceError(f"{self.path}: not readable as CSV: {e}") from None
+        return grid, enc, delim, newline, version
+
+    def read(self) -> SheetData:
+        """Read the whole file (one read of the file)."""
+        grid, _, _, _, version = self._load()
+        return grid_to_data(self.name, grid, version)
+
+    # -- writing
+
+    def _save(self, grid: list[list[str]], enc: str, delim: str, newline: str) -> None:
+        def write(tmp: Path) -> None:
+            buf = io.StringIO()
+            csv.writer(buf, delimiter=delim, lineterminator=newline).writerows(grid)
+            try:
+                data = buf.getvalue().encode(enc)
+            except UnicodeEncodeError as e:
+                bad = e.object[e.start:e.end]
+                raise DataError(
+                    f"{self.path}: {bad!r} cannot be written in the file's encoding {enc}",
+                    hint="save the sheet as \"CSV UTF-8\" or set [sheet] encoding = \"utf-8-sig\"",
+                ) from None
+            tmp.write_bytes(data)
+
+        try:
+            atomic_write(self.path, write)
+        except OSError as e:
+            raise ServiceError(f"{self.path}: cannot write the sheet file: {e.strerror or e}") from None
+
+    def write_back(self, key_column: str, updates: dict[str, dict[str, str]], *, version: str) -> WriteResult:
+        """Set the worker's columns by key; postpone if the file was saved since ``version`` was read."""
+        grid, enc, delim, newline, now = self._load()
+        if version and now != version:
+            return WriteResult(postponed=f"{self.path} changed since it was read; write-back waits for the next cycle")
+        plan = plan_writeback(grid, key_column, updates, stored=escape_formula)
+        if plan.postponed:
+            return WriteResult(postponed=f"{self.path}: {plan.postponed}")
+        if not plan.cells:
+            return WriteResult(missing_keys=tuple(plan.missing_keys))
+        for i, c, text in plan.cells:
+            line = grid[i]
+            if c >= len(line):
+                line.extend([""] * (c + 1 - len(line)))
+            line[c] = text
+        self._save(grid, enc, delim, newline)
+        header_cells = len(plan.added_columns)
+        return WriteResult(cells=len(plan.cells) - header_cells, added_columns=tuple(plan.added_columns),
+                           missing_keys=tuple(plan.missing_keys))
+
+    def append_rows(self, rows: list[dict[str, str]]) -> int:
+        """Append rows at the end (new header columns added as needed); values are formula-escaped."""
+        if not rows:
+            return 0
+        grid, enc, delim, newline, _ = self._load()
+        lines = append_plan(grid, rows, stored=escape_formula)
+        grid.extend(lines)
+        self._save(grid, enc, delim, newline)
+        return len(lines)
+
+
+def append_plan(grid: list[list[Any]], rows: Iterable[dict[str, str]], *,
+                stored: Callable[[str], str] = lambda v: v) -> list[list[str]]:
+    """Lay ``rows`` out by header name; unknown names are added to ``grid[0]`` (mutated) first.
+
+    Trailing blank lines of ``grid`` are dropped so the new rows follow the last data row.
+    """
+    if not grid:
+        grid.append([])
+    while len(grid) > 1 and all(_blank(v) for v in grid[-1]):
+        grid.pop()
+    header = [cell_text(h) for h in grid[0]]
+    for r in rows:
+        for name in r:
+            if name.strip() not in header:
+                header.append(name.strip())
+                grid[0].append(name.strip())
+    index = {}
+    for i, h in enumerate(header):
+        if h and h not in index:
+            index[h] = i
+    out = []
+    for r in rows:
+        line = [""] * len(header)
+        for name, value in r.items():
+            line[index[name.strip()]] = stored(value)
+        out.append(line)
+    return out

@@ -1,0 +1,485 @@
+"""The only module that speaks SQL. Every write that must be atomic is one transaction.
+
+Exactly-once rests on three unique keys: inbound activities on
+``message_id``, sends on (campaign, step, customer), quarantine on the raw
+message's digest; and on moving the mailbox cursor in the same transaction
+as the activity it covers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from crm_automation.errors import ConfigError, ServiceError
+from crm_automation.models import Customer, Kind
+from crm_automation.store.migrations import migrate
+from crm_automation.store.schema import INBOUND_KINDS
+
+
+def iso(dt: datetime) -> str:
+    """ISO 8601 UTC text, the log's one time format."""
+    return dt.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def parse_iso(text: str | None) -> datetime | None:
+    """Inverse of :func:`iso` (accepts any ISO form)."""
+    if not text:
+        return None
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCustomer:
+    """A customer as the log knows it."""
+
+    key: str
+    row: int
+    data: dict[str, Any]
+    first_seen: datetime
+    email_status: str
+    present: bool
+
+
+@dataclass(slots=True)
+class SyncStats:
+    """What one sync changed."""
+
+    added: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    returned: int = 0
+    changes: list[tuple[str, str, Any, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class SendRow:
+    """One row of ``sends``."""
+
+    id: int
+    campaign: str
+    step: int
+    customer_key: str
+    status: str
+    message_id: str | None
+    queued_at: datetime | None
+    sent_at: datetime | None
+    error: str | None
+    email: str | None
+    attempts: int
+    next_attempt_at: datetime | None
+
+
+class Store:
+    """The activity log. Open with :meth:`open`; one connection per process."""
+
+    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        self.conn = conn
+        self.path = path
+        self.db = sqlite_utils.Database(conn)
+
+    @classmethod
+    def open(cls, path: Path | str) -> Store:
+        """Open (creating and migrating) the log; WAL mode so readers never block the worker."""
+        p = str(path)
+        if p != ":memory:":
+            try:
+                Path(p).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ConfigError(f"{p}: cannot create the database folder: {e.strerror}") from None
+        try:
+            conn = sqlite3.connect(p, isolation_level=None, timeout=30.0)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.DatabaseError as e:
+            raise ConfigError(f"{p}: cannot open the activity log: {e}") from None
+        store = cls(conn, p)
+        migrate(store.db)
+        return store
+
+    def close(self) -> None:
+        """Close the connection (checkpointing the WAL)."""
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic unit: everything inside commits together or not at all."""
+        if self.conn.in_transaction:
+            with self.db.atomic():
+                yield
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.OperationalError as e:  # pragma: no cover - disk full and the like
+            self.conn.execute("ROLLBACK")
+            raise ServiceError(f"{self.path}: could not commit to the activity log: {e}") from None
+
+    # ----------------------------------------------------------- customers
+    def row_hashes(self) -> dict[str, str]:
+        """hash -> key of customers present at the last sync."""
+        return {h: k for k, h in self.conn.execute(
+            "SELECT key, row_hash FROM customers WHERE present = 1 AND row_hash IS NOT NULL")}
+
+    def customers(self, *, present_only: bool = True) -> dict[str, StoredCustomer]:
+        """All customers (present in the sheet at the last sync, unless asked otherwise)."""
+        sql = "SELECT key, row, data, first_seen, email_status, present FROM customers"
+        if present_only:
+            sql += " WHERE present = 1"
+        return {
+            k: StoredCustomer(k, r, json.loads(d), parse_iso(fs) or datetime.now(UTC), es or "ok", bool(p))
+            for k, r, d, fs, es, p in self.conn.execute(sql)
+        }
+
+    def customer(self, key: str) -> StoredCustomer | None:
+        """One customer by key, present or not."""
+        row = self.conn.execute(
+            "SELECT key, row, data, first_seen, email_status, present FROM customers WHERE key = ?", (key,)
+        ).fetchone()
+        if row is None:
+            return None
+        k, r, d, fs, es, p = row
+        return StoredCustomer(k, r, json.loads(d), parse_iso(fs) or datetime.now(UTC), es or "ok", bool(p))
+
+    def apply_sync(self, source: str, changed: list[Customer], unchanged: dict[str, int],
+                   hashes: dict[str, str], now: datetime, *, complete: bool = True) -> SyncStats:
+        """Record new customers and field changes; mark rows that disappeared.
+
+        ``complete`` is False when the sheet could not be fully mapped (a
+        required column missing): then nobody is marked removed.
+        """
+        stats = SyncStats(unchanged=len(unchanged))
+        ts = iso(now)
+        with self.transaction():
+            existing = {k: (json.loads(d), p) for k, d, p in self.conn.execute(
+                "SELECT key, data, present FROM customers")}
+            acts: list[tuple[Any, ...]] = []
+            for c in changed:
+                old = existing.get(c.key)
+                data_json = json.dumps(c.data, ensure_ascii=False, sort_keys=True)
+                if old is None:
+                    self.conn.execute(
+                        "INSERT INTO customers (key, row, data, first_seen, last_changed, email_status, row_hash, "
+                        "present) VALUES (?, ?, ?, ?, ?, 'ok', ?, 1)",
+                        (c.key, c.row, data_json, ts, ts, hashes.get(c.key)))
+                    acts.append((c.key, Kind.CUSTOMER_ADDED.value, ts, None, None, source,
+                                 json.dumps({"row": c.row}, ensure_ascii=False)))
+                    stats.added += 1
+                    continue
+                old_data, present = old
+                diffs = {f: (old_data.get(f), v) for f, v in c.data.items() if old_data.get(f) != v}
+                for f, (a, b) in diffs.items():
+                    acts.append((c.key, Kind.FIELD_CHANGED.value, ts, None, None, source,
+                                 json.dumps({"field": f, "old": a, "new": b, "row": c.row}, ensure_ascii=False)))
+                    stats.changes.append((c.key, f, a, b))
+                if not present:
+                    stats.returned += 1
+                    acts.append((c.key, Kind.CUSTOMER_ADDED.value, ts, None, None, source,
+                                 json.dumps({"row": c.row, "returned": True}, ensure_ascii=False)))
+                if diffs:
+                    stats.changed += 1
+                self.conn.execute(
+                    "UPDATE customers SET row = ?, data = ?, row_hash = ?, present = 1, removed_at = NULL"
+                    + (", last_changed = ?" if diffs else "") + " WHERE key = ?",
+                    (c.row, data_json, hashes.get(c.key), *((ts,) if diffs else ()), c.key))
+            if unchanged:
+                self.conn.executemany("UPDATE customers SET row = ? WHERE key = ? AND row != ?",
+                                      [(r, k, r) for k, r in unchanged.items()])
+            if complete:
+                seen = set(unchanged) | {c.key for c in changed}
+                gone = [k for k, (_, p) in existing.items() if p and k not in seen]
+                for k in gone:
+                    self.conn.execute("UPDATE customers SET present = 0, removed_at = ? WHERE key = ?", (ts, k))
+                    acts.append((k, Kind.CUSTOMER_REMOVED.value, ts, None, None, source,
+                                 json.dumps({"note": "row no longer in the sheet; history kept"})))
+                stats.removed = len(gone)
+            self.conn.executemany(
+                "INSERT INTO activities (customer_key, kind, occurred_at, subject, body, source, details, logged_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(*a, ts) for a in acts])
+        return stats
+
+    def set_email_status(self, key: str, status: str) -> None:
+        """``ok`` | ``bounced`` | ``unsubscribed`` (shown in the sheet's status column)."""
+        self.conn.execute("UPDATE customers SET email_status = ? WHERE key = ?", (status, key))
+
+    def keys_by_email(self, email_fields: Iterable[str]) -> dict[str, str]:
+        """address -> customer key, over the key and every other email field."""
+        out: dict[str, str] = {}
+        fields = list(email_fields)
+        for key, data in self.conn.execute("SELECT key, data FROM customers ORDER BY present ASC, first_seen DESC"):
+            d = json.loads(data)
+            for f in fields:
+                v = d.get(f)
+                if isinstance(v, str) and v:
+                    out[v.lower()] = key
+        return out
+
+    # ----------------------------------------------------------- inbound
+    def mailbox_cursor(self, folder: str) -> tuple[int, int] | None:
+        """(uidvalidity, last_uid) for a folder, or None before the first fetch."""
+        row = self.conn.execute("SELECT uidvalidity, last_uid FROM mailbox_state WHERE folder = ?",
+                                (folder,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def set_cursor(self, folder: str, uidvalidity: int, last_uid: int, now: datetime) -> None:
+        """Move a folder's cursor (call inside the transaction that logs the message)."""
+        self.conn.execute(
+            "INSERT INTO mailbox_state (folder, uidvalidity, last_uid, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(folder) DO UPDATE SET uidvalidity = excluded.uidvalidity, last_uid = excluded.last_uid, "
+            "updated_at = excluded.updated_at", (folder, uidvalidity, last_uid, iso(now)))
+
+    def has_inbound(self, message_id: str) -> bool:
+        """True when this Message-ID is already logged as an inbound activity."""
+        kinds = ",".join("?" * len(INBOUND_KINDS))
+        return self.conn.execute(
+            f"SELECT 1 FROM activities WHERE message_id = ? AND kind IN ({kinds}) LIMIT 1",
+            (message_id, *INBOUND_KINDS)).fetchone() is not None
+
+    def add_activity(self, *, kind: str, occurred_at: datetime, now: datetime, customer_key: str | None = None,
+                     subject: str | None = None, body: str | None = None, message_id: str | None = None,
+                     in_reply_to: str | None = None, campaign: str | None = None, step: int | None = None,
+                     source: str | None = None, details: dict[str, Any] | None = None) -> int | None:
+        """Insert one activity; an inbound Message-ID already logged is ignored (returns None)."""
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO activities (customer_key, kind, occurred_at, subject, body, message_id, "
+            "in_reply_to, campaign, step, source, details, logged_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (customer_key, kind, iso(occurred_at), subject, body, message_id, in_reply_to, campaign, step, source,
+             json.dumps(details or {}, ensure_ascii=False), iso(now)))
+        return cur.lastrowid if cur.rowcount else None
+
+    def quarantine(self, *, source: str, raw: bytes, error: str, now: datetime) -> bool:
+        """Keep a message that could not be understood, whole; False if it is already there."""
+        digest = hashlib.sha256(raw).hexdigest()
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO quarantine (source, received_at, error, raw, digest) VALUES (?, ?, ?, ?, ?)",
+            (source, iso(now), error, raw, digest))
+        return cur.rowcount > 0
+
+    def sent_message_ids(self, ids: Iterable[str]) -> dict[str, tuple[str, str, int]]:
+        """Message-ID -> (customer, campaign, step) for ids the worker sent."""
+        out: dict[str, tuple[str, str, int]] = {}
+        for mid in ids:
+            row = self.conn.execute("SELECT customer_key, campaign, step FROM sends WHERE message_id = ?",
+                                    (mid,)).fetchone()
+            if row:
+                out[mid] = (row[0], row[1], row[2])
+        return out
+
+    # ----------------------------------------------------------- suppressions
+    def suppress(self, email: str, reason: str, source: str, now: datetime) -> bool:
+        """Add an address to the suppression list; False when it was already there."""
+        cur = self.conn.execute("INSERT OR IGNORE INTO suppressions (email, reason, at, source) VALUES (?,?,?,?)",
+                                (email.strip().lower(), reason, iso(now), source))
+        return cur.rowcount > 0
+
+    def unsuppress(self, email: str) -> bool:
+        """Remove an address from the suppression list."""
+        cur = self.conn.execute("DELETE FROM suppressions WHERE email = ?", (email.strip().lower(),))
+        return cur.rowcount > 0
+
+    def suppressions(self) -> dict[str, tuple[str, str, str]]:
+        """email -> (reason, at, source)."""
+        return {e: (r, a, s) for e, r, a, s in self.conn.execute(
+            "SELECT email, reason, at, source FROM suppressions ORDER BY at")}
+
+    # ----------------------------------------------------------- campaigns and sends
+    def campaign_first_seen(self, ids: Iterable[str], now: datetime, *, record: bool = True) -> dict[str, datetime]:
+        """When each campaign was first seen (recording ``now`` for new ones unless ``record`` is False)."""
+        ids = list(ids)
+        if not record:
+            known = {i: parse_iso(fs) or now for i, fs in self.conn.execute("SELECT id, first_seen FROM campaigns")}
+            return {i: known.get(i, now) for i in ids}
+        with self.transaction():
+            self.conn.executemany("INSERT OR IGNORE INTO campaigns (id, first_seen) VALUES (?, ?)",
+                                  [(i, iso(now)) for i in ids])
+        return {i: parse_iso(fs) or now for i, fs in self.conn.execute("SELECT id, first_seen FROM campaigns")
+                if i in ids}
+
+    def _send(self, r: tuple[Any, ...]) -> SendRow:
+        return SendRow(r[0], r[1], r[2], r[3], r[4], r[5], parse_iso(r[6]), parse_iso(r[7]), r[8], r[9], r[10] or 0,
+                       parse_iso(r[11]))
+
+    _SEND_COLS = ("id, campaign, step, customer_key, status, message_id, queued_at, sent_at, error, email, attempts, "
+                  "next_attempt_at")
+
+    def sends(self, *, status: Iterable[str] | None = None, campaign: str | None = None) -> list[SendRow]:
+        """Send rows, oldest first."""
+        sql = f"SELECT {self._SEND_COLS} FROM sends"
+        cond, args = [], []
+        if status is not None:
+            st = list(status)
+            cond.append(f"status IN ({','.join('?' * len(st))})")
+            args += st
+        if campaign is not None:
+            cond.append("campaign = ?")
+            args.append(campaign)
+        if cond:
+            sql += " WHERE " + " AND ".join(cond)
+        return [self._send(r) for r in self.conn.execute(sql + " ORDER BY id", args)]
+
+    def send_keys(self) -> set[tuple[str, int, str]]:
+        """Every (campaign, step, customer) that has a sends row, whatever its status."""
+        return {(c, s, k) for c, s, k in self.conn.execute("SELECT campaign, step, customer_key FROM sends")}
+
+    def queue_sends(self, rows: list[dict[str, Any]]) -> int:
+        """Insert planned sends (queued or skipped) in one transaction; existing keys are left alone."""
+        with self.transaction():
+            cur = self.conn.executemany(
+                "INSERT OR IGNORE INTO sends (campaign, step, customer_key, status, message_id, queued_at, error, "
+                "email, attempts) VALUES (:campaign, :step, :customer_key, :status, :message_id, :queued_at, "
+                ":error, :email, 0)", rows)
+        return cur.rowcount
+
+    def mark_sending(self, send_id: int, message_id: str, now: datetime) -> bool:
+        """queued -> sending, committed before the message is handed over. False if it was not queued."""
+        cur = self.conn.execute(
+            "UPDATE sends SET status = 'sending', message_id = ?, attempts = attempts + 1, next_attempt_at = ? "
+            "WHERE id = ? AND status = 'queued'", (message_id, iso(now), send_id))
+        return cur.rowcount == 1
+
+    def mark_sent(self, send_id: int, now: datetime, *, customer_key: str, campaign: str, step: int,
+                  message_id: str, subject: str, body: str, source: str) -> None:
+        """sending -> sent, with the email_out activity, in one transaction."""
+        with self.transaction():
+            self.conn.execute("UPDATE sends SET status = 'sent', sent_at = ?, error = NULL WHERE id = ?",
+                              (iso(now), send_id))
+            self.add_activity(kind=Kind.EMAIL_OUT.value, occurred_at=now, now=now, customer_key=customer_key,
+                              subject=subject, body=body, message_id=message_id, campaign=campaign, step=step,
+                              source=source)
+
+    def mark_retry(self, send_id: int, error: str, next_attempt: datetime) -> None:
+        """sending -> queued after a 4xx answer: retried at ``next_attempt``."""
+        self.conn.execute("UPDATE sends SET status = 'queued', error = ?, next_attempt_at = ? WHERE id = ?",
+                          (error, iso(next_attempt), send_id))
+
+    def mark_failed(self, send_id: int, error: str, now: datetime, *, customer_key: str, campaign: str,
+                    step: int) -> None:
+        """A 5xx answer or a message that cannot be built: failed, with a send_failed activity."""
+        with self.transaction():
+            self.conn.execute("UPDATE sends SET status = 'failed', error = ? WHERE id = ?", (error, send_id))
+            self.add_activity(kind=Kind.SEND_FAILED.value, occurred_at=now, now=now, customer_key=customer_key,
+                              campaign=campaign, step=step, source="outbound", details={"error": error})
+
+    def mark_status(self, send_id: int, status: str, error: str | None = None, *, sent_at: datetime | None = None
+                    ) -> None:
+        """Set a send's status directly (crash recovery and ``requeue``)."""
+        self.conn.execute("UPDATE sends SET status = ?, error = ?, sent_at = COALESCE(?, sent_at) WHERE id = ?",
+                          (status, error, iso(sent_at) if sent_at else None, send_id))
+
+    def requeue(self, ids: list[int] | None, statuses: tuple[str, ...] = ("uncertain", "failed")) -> int:
+        """Put uncertain/failed sends back in the queue on purpose (the admin's decision)."""
+        with self.transaction():
+            if ids:
+                q = ",".join("?" * len(ids))
+                cur = self.conn.execute(
+                    f"UPDATE sends SET status = 'queued', next_attempt_at = NULL WHERE id IN ({q}) "
+                    f"AND status IN ({','.join('?' * len(statuses))})", (*ids, *statuses))
+            else:
+                cur = self.conn.execute(
+                    f"UPDATE sends SET status = 'queued', next_attempt_at = NULL "
+                    f"WHERE status IN ({','.join('?' * len(statuses))})", statuses)
+        return cur.rowcount
+
+    def sent_count_since(self, since: datetime) -> int:
+        """Messages handed over since ``since`` (sent, sending, uncertain): for max_per_day/minute."""
+        return self.conn.execute(
+            "SELECT COUNT(*) FROM sends WHERE status IN ('sent', 'sending', 'uncertain') AND "
+            "COALESCE(sent_at, next_attempt_at) >= ?", (iso(since),)).fetchone()[0]
+
+    def sent_times_since(self, since: datetime) -> list[datetime]:
+        """Hand-over times since ``since``, oldest first (rate limits across restarts)."""
+        return [t for (s,) in self.conn.execute(
+            "SELECT COALESCE(sent_at, next_attempt_at) AS t FROM sends WHERE status IN ('sent','sending','uncertain') "
+            "AND t >= ? ORDER BY t", (iso(since),)) if (t := parse_iso(s)) is not None]
+
+    def inbound_history(self) -> list[tuple[str, str, datetime, str | None]]:
+        """(customer, kind, logged_at, details) of inbound activities matched to a customer."""
+        kinds = ",".join("?" * len(INBOUND_KINDS))
+        return [(k, kind, parse_iso(t) or datetime.now(UTC), d) for k, kind, t, d in self.conn.execute(
+            f"SELECT customer_key, kind, COALESCE(logged_at, occurred_at), details FROM activities "
+            f"WHERE customer_key IS NOT NULL AND kind IN ({kinds})", INBOUND_KINDS)]
+
+    def field_changes(self, field_name: str) -> list[tuple[str, Any, datetime]]:
+        """(customer, new value, when) for each change of one field."""
+        out = []
+        for k, d, t in self.conn.execute(
+                "SELECT customer_key, details, occurred_at FROM activities WHERE kind = 'field_changed' "
+                "AND json_extract(details, '$.field') = ? ORDER BY id", (field_name,)):
+            out.append((k, json.loads(d).get("new"), parse_iso(t) or datetime.now(UTC)))
+        return out
+
+    # ----------------------------------------------------------- runs, reports
+    def start_run(self, job: str, now: datetime) -> int:
+        """Record that a job started."""
+        cur = self.conn.execute("INSERT INTO runs (job, started_at, ok) VALUES (?, ?, NULL)", (job, iso(now)))
+        return int(cur.lastrowid or 0)
+
+    def finish_run(self, run_id: int, now: datetime, *, ok: bool, stats: dict[str, Any], error: str | None) -> None:
+        """Record how a job ended."""
+        self.conn.execute("UPDATE runs SET finished_at = ?, ok = ?, stats = ?, error = ? WHERE id = ?",
+                          (iso(now), int(ok), json.dumps(stats, ensure_ascii=False, default=str), error, run_id))
+
+    def timeline(self, key: str) -> list[dict[str, Any]]:
+        """One customer's activities, oldest first."""
+        cols = ["id", "kind", "occurred_at", "subject", "body", "message_id", "campaign", "step", "source", "details"]
+        rows = self.conn.execute(f"SELECT {', '.join(cols)} FROM activities WHERE customer_key = ? "
+                                 f"ORDER BY occurred_at, id", (key,)).fetchall()
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    def last_times(self) -> tuple[dict[str, datetime], dict[str, datetime]]:
+        """Per customer: time of the last email sent and of the last reply."""
+        sent = {k: t for k, s in self.conn.execute(
+            "SELECT customer_key, MAX(sent_at) FROM sends WHERE status = 'sent' GROUP BY customer_key")
+            if (t := parse_iso(s))}
+        replied = {k: t for k, s in self.conn.execute(
+            "SELECT customer_key, MAX(occurred_at) FROM activities WHERE kind = 'email_in' AND customer_key "
+            "IS NOT NULL GROUP BY customer_key") if (t := parse_iso(s))}
+        return sent, replied
+
+    def funnel(self) -> list[dict[str, Any]]:
+        """Per campaign and step: counts by status, plus bounced/replied/unsubscribed after the send."""
+        out = []
+        rows = self.conn.execute(
+            "SELECT campaign, step, status, COUNT(*) FROM sends GROUP BY campaign, step, status ORDER BY campaign, step")
+        table: dict[tuple[str, int], dict[str, Any]] = {}
+        for c, s, st, n in rows:
+            d = table.setdefault((c, s), {"campaign": c, "step": s, "queued": 0, "sending": 0, "sent": 0,
+                                          "failed": 0, "uncertain": 0, "skipped": 0})
+            d[st] = n
+        for (c, s), d in table.items():
+            for kind, col in (("bounce", "bounced"), ("email_in", "replied"), ("unsubscribe", "unsubscribed")):
+                d[col] = self.conn.execute(
+                    "SELECT COUNT(DISTINCT s.customer_key) FROM sends s JOIN activities a ON a.customer_key = "
+                    "s.customer_key WHERE s.campaign = ? AND s.step = ? AND s.status = 'sent' AND a.kind = ? "
+                    "AND COALESCE(a.logged_at, a.occurred_at) >= s.sent_at", (c, s, kind)).fetchone()[0]
+            d["reply_rate"] = round(d["replied"] / d["sent"], 4) if d["sent"] else 0.0
+            out.append(d)
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """Row counts per table (for --json summaries and tests)."""
+        return {t: self.conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                for t in ("customers", "activities", "sends", "suppressions", "quarantine")}
+
+
+def day_ago(now: datetime) -> datetime:
+    """The start of the rolling 24 hours that ``max_per_day`` counts."""
+    return now - timedelta(days=1)

@@ -1,0 +1,57 @@
+"""The ``outbox`` transport: each message becomes one ``.eml`` file, for trying things out.
+
+Files are written to a temporary name and renamed, so a half-written file
+never appears; the name is derived from the Message-ID, so handing the same
+message over twice rewrites one file instead of adding a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+from crm_automation.config import Config
+from crm_automation.errors import ServiceError
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class OutboxTransport:
+    """Writes ``<outbox>/<message-id>.eml``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.name = f"outbox {folder}"
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> OutboxTransport:
+        """The folder named by ``[outbound] outbox``."""
+        return cls(cfg.resolve(cfg.outbound.outbox))
+
+    def open(self) -> None:
+        """Create the folder."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ServiceError(f"{self.folder}: cannot create the outbox folder: {e.strerror}") from None
+
+    def path_for(self, message_id: str) -> Path:
+        """Where a message's file goes."""
+        stem = _SAFE.sub("_", message_id.strip("<>"))[:120] or hashlib.sha256(message_id.encode()).hexdigest()
+        return self.folder / f"{stem}.eml"
+
+    def send(self, message: bytes, *, sender: str, recipients: list[str], message_id: str) -> None:  # noqa: ARG002
+        """Write the message atomically."""
+        dest = self.path_for(message_id)
+        tmp = dest.with_suffix(".eml.tmp")
+        try:
+            with tmp.open("wb") as f:
+                f.write(message)
+            os.replace(tmp, dest)
+        except OSError as e:
+            raise ServiceError(f"{dest}: cannot write to the outbox: {e.strerror}") from None
+
+    def close(self) -> None:
+        """Nothing to close."""

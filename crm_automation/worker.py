@@ -1,0 +1,679 @@
+"""The worker: stage order, the clock, and the failure policy.
+
+One pass is sync, fetch, send, write-back: sync first so inbound mail can
+match new rows, fetch before send so a fresh reply or bounce stops a send.
+Each stage is recorded in ``runs``. This module owns the per-item failure
+boundary: a bad row, message or send is recorded and the stage carries on;
+a service that cannot be reached stops the stage, and the next pass retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import parseaddr
+from typing import Any, Protocol
+
+from crm_automation.config import parse_duration, parse_window
+from crm_automation.effects import effects
+from crm_automation.errors import (
+    ConfigError,
+    CrmError,
+    DataError,
+    MessageError,
+    PermanentSendError,
+    ServiceError,
+    TransientSendError,
+    UncertainSendError,
+)
+from crm_automation.mailbox.base import Cursor, MailboxSource
+from crm_automation.match import match
+from crm_automation.models import Classification, Kind, ParsedMessage, RawMessage
+from crm_automation.planner import CustomerView, History, PlannedSend, blocked_reason, plan, stop_reason
+from crm_automation.store.repo import Store, iso
+from crm_automation.templating import build_message
+from crm_automation.workspace import Clock, Workspace
+
+log = logging.getLogger("crm_automation")
+RETRY_BASE = timedelta(minutes=5)
+RETRY_MAX = timedelta(hours=6)
+
+
+class Progress(Protocol):
+    """Where long stages report progress (a rich bar on a terminal, log lines otherwise)."""
+
+    def __call__(self, desc: str, total: int | None) -> Any:
+        """Return an object with ``advance(n=1)`` and ``close()``."""
+        ...
+
+
+class _NoBar:
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def no_progress(desc: str, total: int | None) -> _NoBar:  # noqa: ARG001
+    """The default: no progress display."""
+    return _NoBar()
+
+
+@dataclass
+class StageResult:
+    """How one stage went. ``problems`` are per-item failures (exit 1); ``error`` a stopped stage (exit 3)."""
+
+    job: str
+    stats: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    error: CrmError | None = None
+    details: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """No problems and no error."""
+        return self.error is None and not self.problems
+
+    def exit_code(self) -> int:
+        """SPEC §7: 0 done; 1 some items failed; 3 a service could not be reached (2 raised earlier)."""
+        if self.error is not None:
+            return self.error.exit_code
+        return 1 if self.problems else 0
+
+    def to_json(self) -> dict[str, Any]:
+        """Machine-readable form for ``--json``."""
+        out: dict[str, Any] = {"job": self.job, "ok": self.ok, "stats": self.stats, "problems": self.problems}
+        if self.error is not None:
+            out["error"] = str(self.error)
+        if self.details:
+            out["details"] = self.details
+        return out
+
+
+class Worker:
+    """Runs stages against one workspace. Library entry point; the CLI is a thin layer over it."""
+
+    def __init__(self, ws: Workspace, *, clock: Clock | None = None, progress: Progress = no_progress,
+                 stop: threading.Event | None = None, sleep: Callable[[float], None] = time.sleep,
+                 store: Store | None = None) -> None:
+        self.ws = ws
+        self.clock = clock or Clock()
+        self.progress = progress
+        self.stop = stop or threading.Event()
+        self.sleep = sleep
+        self.store = store or ws.open_store()
+        self.sheet_version: str | None = None
+        self._sheet = None
+
+    def close(self) -> None:
+        """Close the log."""
+        self.store.close()
+
+    @property
+    def sheet(self) -> Any:
+        """The sheet adapter, opened on first use."""
+        if self._sheet is None:
+            self._sheet = self.ws.open_sheet()
+        return self._sheet
+
+    @contextmanager
+    def _run(self, job: str) -> Iterator[StageResult]:
+        res = StageResult(job)
+        run_id = self.store.start_run(job, self.clock.now())
+        try:
+            yield res
+        except ServiceError as e:
+            res.error = e
+            log.warning("%s stopped: %s", job, e)
+        finally:
+            self.store.finish_run(run_id, self.clock.now(), ok=res.ok, stats=res.stats,
+                                  error=str(res.error) if res.error else ("; ".join(res.problems[:5]) or None))
+
+    # ------------------------------------------------------------------ sync
+    def sync(self) -> StageResult:
+        """Read the sheet, validate, record new customers and field changes."""
+        with self._run("sync") as res:
+            data = self.sheet.read()
+            self.sheet_version = data.version
+            result = self.ws.mapping.apply(data, self.store.row_hashes())
+            keep = dict(result.unchanged)
+            for k, r in result.rejected_keys.items():
+                keep.setdefault(k, r)
+            stats = self.store.apply_sync(data.source, result.customers, keep, result.hashes, self.clock.now())
+            res.problems += [str(e) for e in result.errors]
+            for w in result.warnings:
+                log.warning("%s", w)
+            res.stats = {"rows": len(data.rows), "added": stats.added, "changed": stats.changed,
+                         "unchanged": stats.unchanged, "removed": stats.removed, "rejected": len(result.errors)}
+            for p in res.problems:
+                log.warning("%s", p)
+        return res
+
+    # ------------------------------------------------------------------ fetch
+    def fetch(self) -> StageResult:
+        """Read new mail and log each message exactly once (or quarantine it whole)."""
+        with self._run("fetch") as res:
+            source = self.ws.open_mailbox()
+            try:
+                self._fetch(source, res)
+            finally:
+                with suppress(CrmError, OSError):
+                    source.close()
+        return res
+
+    def _fetch(self, source: MailboxSource, res: StageResult) -> None:
+        mb = self.ws.cfg.mailbox
+        email_fields = [f.name for f in self.ws.mapping.fields.values() if f.type.value == "email"
+                        and f.name != "owner"]
+        by_email = self.store.keys_by_email(email_fields)
+        unsub = self._unsubscribe_addresses()
+        counts: dict[str, int] = {"messages": 0, "duplicates": 0, "quarantined": 0, "unknown": 0}
+        new_senders: dict[str, str] = {}
+        bar = self.progress("fetch", None)
+        try:
+            for folder in source.folders():
+                uv = source.uidvalidity(folder)
+                stored = self.store.mailbox_cursor(folder)
+                cursor = None
+                if stored is not None and stored[0] == uv:
+                    cursor = Cursor(*stored)
+                elif stored is not None:
+                    log.warning("%s: UIDVALIDITY changed (%s -> %s): re-reading the folder; messages already "
+                                "logged are recognised by Message-ID", folder, stored[0], uv)
+                done: list[RawMessage] = []
+                for raw in source.fetch(folder, cursor, batch=mb.batch_size):
+                    if self.stop.is_set():
+                        break
+                    kind = self._handle(raw, source.name, by_email, unsub, new_senders)
+                    counts[kind] = counts.get(kind, 0) + 1
+                    counts["messages"] += 1
+                    bar.advance()
+                    done.append(raw)
+                    if len(done) >= mb.batch_size:
+                        source.mark_processed(done)
+                        done = []
+                if done:
+                    source.mark_processed(done)
+                if self.stop.is_set():
+                    break
+        finally:
+            bar.close()
+        if new_senders and mb.new_senders == "add_to_sheet":
+            counts["added_to_sheet"] = self._add_senders(new_senders, by_email)
+        res.stats = counts
+
+    def _unsubscribe_addresses(self) -> frozenset[str]:
+        ob = self.ws.cfg.outbound
+        if ob.unsubscribe_mailto:
+            addr = parseaddr(ob.unsubscribe_mailto)[1].lower()
+            if addr and addr != parseaddr(ob.from_)[1].lower():
+                return frozenset({addr})
+        return frozenset()
+
+    def _handle(self, raw: RawMessage, source_name: str, by_email: dict[str, str], unsub: frozenset[str],
+                new_senders: dict[str, str]) -> str:
+        """Log one message; returns the kind logged, ``duplicates`` or ``quarantined``. The per-item boundary."""
+        from crm_automation.classify import classify
+        from crm_automation.parse import parse
+
+        now = self.clock.now()
+        src = f"{source_name}/{raw.folder}"
+        try:
+            msg = parse(raw.raw, max_bytes=self.ws.cfg.mailbox.max_message_bytes)
+            cls = classify(msg, unsubscribe_addresses=unsub)
+            cls = self._own_unsubscribe(msg, cls)
+            refs = [r for r in (msg.in_reply_to, *msg.references) if r]
+            sent = {m: v[0] for m, v in self.store.sent_message_ids(refs).items()} if refs else {}
+            key, how = match(msg, cls, by_email, sent)
+        except MessageError as e:
+            return self._quarantine(raw, src, str(e), now)
+        except Exception as e:  # noqa: BLE001 - the per-item boundary: never lose a message to a bug
+            log.debug("parse failure", exc_info=True)
+            return self._quarantine(raw, src, f"internal error while reading the message: {type(e).__name__}: {e}",
+                                    now)
+        cust_email = None
+        if key is not None:
+            c = self.store.customer(key)
+            ef = self.ws.email_field
+            cust_email = c.data.get(ef) if (c and ef) else None
+        with self.store.transaction():
+            aid = self.store.add_activity(
+                kind=cls.kind.value, occurred_at=msg.date or now, now=now, customer_key=key, subject=msg.subject,
+                body=msg.reply, message_id=msg.message_id, in_reply_to=msg.in_reply_to, source=src,
+                details={"from": msg.from_addr, "to": list(msg.to_addrs), "evidence": cls.evidence,
+                         "matched_by": how, "recipients": list(cls.recipients), "permanent": cls.permanent,
+                         "uid": raw.uid})
+            if aid is not None:
+                for eff in effects(msg, cls, cust_email):
+                    self.store.suppress(eff.email, eff.reason, f"{cls.kind.value} {msg.message_id}", now)
+                    if eff.status:
+                        k = key if key is not None else by_email.get(eff.email)
+                        if k is not None:
+                            self.store.set_email_status(k, eff.status)
+            self.store.set_cursor(raw.folder, raw.uidvalidity, raw.uid, now)
+        if aid is None:
+            return "duplicates"
+        if key is None and cls.kind is Kind.EMAIL_IN and msg.from_addr:
+            new_senders.setdefault(msg.from_addr, msg.from_name)
+        return cls.kind.value if key is not None else "unknown"
+
+    def _own_unsubscribe(self, msg: ParsedMessage, cls: Classification) -> Classification:
+        """A reply to our own ``mailto:...?subject=unsubscribe`` link is an unsubscribe request."""
+        if cls.kind is Kind.EMAIL_IN and msg.subject.strip().lower() in {"unsubscribe", "退订"}:
+            return Classification(Kind.UNSUBSCRIBE, f"subject {msg.subject.strip()!r} (the List-Unsubscribe mailto)")
+        return cls
+
+    def _quarantine(self, raw: RawMessage, src: str, error: str, now: datetime) -> str:
+        with self.store.transaction():
+            self.store.quarantine(source=f"{src} uid {raw.uid}", raw=raw.raw, error=error, now=now)
+            self.store.set_cursor(raw.folder, raw.uidvalidity, raw.uid, now)
+        log.warning("%s uid %s quarantined: %s", src, raw.uid, error)
+        return "quarantined"
+
+    def _add_senders(self, senders: dict[str, str], by_email: dict[str, str]) -> int:
+        """``new_senders = "add_to_sheet"``: unknown senders become new rows (key and name columns)."""
+        m = self.ws.mapping
+        ef = self.ws.email_field
+        if ef is None or ef != m.key:
+            log.warning("new_senders = \"add_to_sheet\" needs the mapping key to be an email field; not adding")
+            return 0
+        name_field = m.fields.get("name")
+        rows = []
+        for addr, name in sorted(senders.items()):
+            if addr in by_email:
+                continue
+            row = {m.fields[ef].column: addr}
+            if name_field is not None:
+                row[name_field.column] = name or addr.split("@")[0]
+            rows.append(row)
+        return self.sheet.append_rows(rows) if rows else 0
+
+    # ------------------------------------------------------------------ send
+    def _views(self) -> dict[str, CustomerView]:
+        ef = self.ws.email_field
+        return {k: CustomerView(k, (c.data.get(ef) if ef else None), c.data, c.first_seen, c.email_status)
+                for k, c in self.store.customers().items()}
+
+    def _history(self) -> History:
+        h = History()
+        for s in self.store.sends():
+            h.send_keys.add((s.campaign, s.step, s.customer_key))
+            if s.status == "sent" and s.sent_at is not None:
+                h.sent_at[(s.campaign, s.step, s.customer_key)] = s.sent_at
+        for key, kind, at, details in self.store.inbound_history():
+            if kind == "bounce" and details and '"permanent": false' in details:
+                continue
+            h.inbound.setdefault(key, []).append((kind, at))
+        for f in {c.field for c in self.ws.campaigns if c.trigger == "change" and c.field}:
+            h.changes[f] = self.store.field_changes(f)
+        h.suppressed = frozenset(self.store.suppressions())
+        return h
+
+    def _message_id(self) -> str:
+        domain = parseaddr(self.ws.cfg.outbound.from_)[1].rpartition("@")[2] or "localhost"
+        return f"<crm.{uuid.uuid4().hex}@{domain}>"
+
+    def recover(self) -> StageResult:
+        """Resolve sends left in ``sending`` by a killed worker: found in Sent, or ``uncertain``; never resent."""
+        with self._run("recover") as res:
+            stuck = self.store.sends(status=["sending"])
+            if not stuck:
+                return res
+            ob = self.ws.cfg.outbound
+            found: set[str] = set()
+            if ob.transport == "outbox":
+                from crm_automation.transports.outbox import OutboxTransport
+
+                box = OutboxTransport.from_config(self.ws.cfg)
+                found = {s.message_id for s in stuck if s.message_id and box.path_for(s.message_id).exists()}
+                for s in stuck:
+                    if s.message_id not in found:  # the file was never renamed into place: not handed over
+                        self.store.mark_status(s.id, "queued", "requeued after a crash: no .eml was written")
+            elif ob.sent_folder and self.ws.cfg.mailbox.source == "imap":
+                source = self.ws.open_mailbox()
+                try:
+                    found = source.find_message_ids(ob.sent_folder, [s.message_id for s in stuck if s.message_id])
+                finally:
+                    with suppress(CrmError, OSError):
+                        source.close()
+            now = self.clock.now()
+            n_sent = n_unc = 0
+            for s in stuck:
+                if s.message_id in found:
+                    self._record_sent(s.id, s.customer_key, s.campaign, s.step, s.message_id or "", now,
+                                      "(recovered after a crash)", "", note="found after a crash")
+                    n_sent += 1
+                elif ob.transport != "outbox":
+                    self.store.mark_status(s.id, "uncertain", "the worker stopped while handing this message over; "
+                                           "it may or may not have been delivered (see `crm-automation report`)")
+                    n_unc += 1
+            res.stats = {"stuck": len(stuck), "confirmed_sent": n_sent, "uncertain": n_unc}
+            if n_unc:
+                res.problems.append(f"{n_unc} send(s) marked uncertain after a crash; `crm-automation report` "
+                                    f"lists them and `crm-automation requeue` sends them again on purpose")
+        return res
+
+    def _record_sent(self, send_id: int, key: str, campaign: str, step: int, message_id: str, now: datetime,
+                     subject: str, body: str, note: str = "") -> None:
+        self.store.mark_sent(send_id, now, customer_key=key, campaign=campaign, step=step, message_id=message_id,
+                             subject=subject, body=body, source=note or self.ws.cfg.outbound.transport)
+
+    def plan(self, *, record: bool = True) -> list[PlannedSend]:
+        """What is due now (pure planning over the log); ``record`` notes campaigns seen for the first time."""
+        now = self.clock.now()
+        first_seen = self.store.campaign_first_seen([c.id for c in self.ws.campaigns], now, record=record)
+        return plan(self.ws.campaigns, self._views(), first_seen, self._history(), now,
+                    one_per_cycle=self.ws.cfg.outbound.one_per_cycle)
+
+    def _context(self, view: CustomerView, campaign_id: str, step: int, message_id: str) -> dict[str, Any]:
+        ob = self.ws.cfg.outbound
+        name, addr = parseaddr(ob.from_)
+        unsubscribe = self._unsubscribe_text(view.email or "", message_id)
+        return {"customer": {**view.data, "_key": view.key}, "campaign": {"id": campaign_id, "step": step},
+                "sender": {"name": name, "email": addr, "from": ob.from_}, "unsubscribe": unsubscribe,
+                "now": self.clock.now().astimezone(self.ws.cfg.timezone)}
+
+    def _unsubscribe_text(self, email: str, message_id: str) -> str:
+        ob = self.ws.cfg.outbound
+        if ob.unsubscribe_url:
+            from urllib.parse import quote
+
+            return ob.unsubscribe_url.replace("{token}", message_id.strip("<>").partition("@")[0]).replace(
+                "{email}", quote(email))
+        mailto = parseaddr(ob.unsubscribe_mailto or ob.from_)[1]
+        return f"mailto:{mailto}?subject=unsubscribe"
+
+    def _list_unsubscribe(self, email: str, message_id: str) -> str:
+        ob = self.ws.cfg.outbound
+        mailto = parseaddr(ob.unsubscribe_mailto or ob.from_)[1]
+        parts = [f"<mailto:{mailto}?subject=unsubscribe>"]
+        if ob.unsubscribe_url:
+            parts.append(f"<{self._unsubscribe_text(email, message_id)}>")
+        return ", ".join(parts)
+
+    def render_send(self, template: str, view: CustomerView, campaign_id: str, step: int, message_id: str
+                    ) -> tuple[bytes, str, str]:
+        """Render and build one message: (bytes, subject, text)."""
+        from email.utils import parseaddr as _pa
+
+        ctx = self._context(view, campaign_id, step, message_id)
+        r = self.ws.templates.render(template, ctx)
+        ob = self.ws.cfg.outbound
+        name = view.data.get("name") if isinstance(view.data.get("name"), str) else None
+        if not view.email or _pa(view.email)[1] != view.email:
+            raise DataError(f"customer {view.key!r}: {view.email!r} is not a usable address")
+        data = build_message(r, sender=ob.from_, to_name=name, to_email=view.email, message_id=message_id,
+                             now=self.clock.now(), reply_to=ob.reply_to,
+                             list_unsubscribe=self._list_unsubscribe(view.email, message_id),
+                             one_click=bool(ob.unsubscribe_url))
+        return data, r.subject, r.text
+
+    def send(self, *, dry_run: bool = False, limit: int | None = None) -> StageResult:
+        """Queue what is due and send it, exactly once each."""
+        if not dry_run:
+            rec = self.recover()
+        with self._run("send-dry-run" if dry_run else "send") as res:
+            if not dry_run and rec.problems:
+                res.problems += rec.problems
+            planned = self.plan(record=not dry_run)
+            views = self._views()
+            if dry_run:
+                self._dry_run(planned, views, res, limit)
+                return res
+            now = self.clock.now()
+            rows = [{"campaign": p.campaign, "step": p.step, "customer_key": p.customer_key, "status": p.status,
+                     "message_id": self._message_id() if p.status == "queued" else None, "queued_at": iso(now),
+                     "error": p.reason, "email": p.email} for p in planned]
+            if rows:
+                self.store.queue_sends(rows)
+            res.stats["planned"] = sum(p.status == "queued" for p in planned)
+            res.stats["skipped"] = sum(p.status == "skipped" for p in planned)
+            self._send_queue(views, res, limit)
+        return res
+
+    def _dry_run(self, planned: list[PlannedSend], views: dict[str, CustomerView], res: StageResult,
+                 limit: int | None) -> None:
+        shown = 0
+        for p in planned:
+            item: dict[str, Any] = {"campaign": p.campaign, "step": p.step, "customer": p.customer_key,
+                                    "email": p.email, "status": p.status}
+            if p.status == "skipped":
+                item["reason"] = p.reason
+            elif limit is None or shown < limit:
+                try:
+                    _, subject, _ = self.render_send(p.template, views[p.customer_key], p.campaign, p.step,
+                                                     "<dry-run@localhost>")
+                    item["subject"] = subject
+                    shown += 1
+                except DataError as e:
+                    item["status"] = "would fail"
+                    item["reason"] = str(e)
+                    res.problems.append(str(e))
+            res.details.append(item)
+        res.stats = {"would_send": sum(d["status"] == "queued" for d in res.details),
+                     "would_skip": sum(d["status"] == "skipped" for d in res.details),
+                     "would_fail": sum(d["status"] == "would fail" for d in res.details)}
+
+    def _in_window(self, now: datetime) -> bool:
+        w = self.ws.cfg.outbound.send_window
+        if not w:
+            return True
+        start, end = parse_window(w) or (0, 1440)
+        local = now.astimezone(self.ws.cfg.timezone)
+        minute = local.hour * 60 + local.minute
+        return start <= minute < end if start < end else (minute >= start or minute < end)
+
+    def _send_queue(self, views: dict[str, CustomerView], res: StageResult, limit: int | None) -> None:
+        ob = self.ws.cfg.outbound
+        now = self.clock.now()
+        due = [s for s in self.store.sends(status=["queued"])
+               if s.next_attempt_at is None or s.next_attempt_at <= now or s.attempts == 0]
+        stats = {"sent": 0, "failed": 0, "retry_later": 0, "uncertain": 0, "skipped_now": 0, "waiting": 0}
+        res.stats.update(stats)
+        if not due:
+            return
+        if not self._in_window(now):
+            res.stats["waiting"] = len(due)
+            res.stats["note"] = f"outside send_window {ob.send_window} ({self.ws.cfg.timezone.key})"
+            return
+        h = self._history()
+        campaigns = {c.id: c for c in self.ws.campaigns}
+        recent = deque(self.store.sent_times_since(now - timedelta(minutes=1)))
+        day_count = self.store.sent_count_since(now - timedelta(days=1))
+        transport = self.ws.open_transport()
+        transport.open()
+        bar = self.progress("send", len(due))
+        try:
+            for s in due:
+                if self.stop.is_set() or (limit is not None and res.stats["sent"] >= limit):
+                    break
+                now = self.clock.now()
+                if not self._in_window(now):
+                    res.stats["note"] = f"send_window {ob.send_window} closed during the pass"
+                    break
+                if ob.max_per_day and day_count >= ob.max_per_day:
+                    res.stats["note"] = f"max_per_day {ob.max_per_day} reached (rolling 24 hours)"
+                    break
+                if ob.max_per_minute and not self._pace(recent, ob.max_per_minute):
+                    break
+                bar.advance()
+                self._send_one(s, views, campaigns, h, transport, res)
+                if res.error is not None:
+                    break
+                day_count += 1
+                recent.append(self.clock.now())
+        finally:
+            bar.close()
+            with suppress(CrmError, OSError):
+                transport.close()
+        res.stats["waiting"] = len(self.store.sends(status=["queued"]))
+
+    def _pace(self, recent: deque[datetime], per_minute: int) -> bool:
+        """Wait until one more message fits in the last 60 s; False if asked to stop meanwhile."""
+        while True:
+            now = self.clock.now()
+            while recent and recent[0] <= now - timedelta(minutes=1):
+                recent.popleft()
+            if len(recent) < per_minute:
+                return True
+            wait = (recent[0] + timedelta(minutes=1) - now).total_seconds()
+            if self.stop.wait(min(max(wait, 0.05), 5.0)):
+                return False
+
+    def _send_one(self, s: Any, views: dict[str, CustomerView], campaigns: dict[str, Any], h: History,
+                  transport: Any, res: StageResult) -> None:
+        now = self.clock.now()
+        view = views.get(s.customer_key)
+        camp = campaigns.get(s.campaign)
+        why = None
+        if view is None:
+            why = "customer no longer in the sheet"
+        elif camp is None or not camp.enabled:
+            why = "campaign removed or disabled"
+        else:
+            why = blocked_reason(view, h)
+            if why is None and s.step > 0:
+                t0 = h.sent_at.get((s.campaign, 0, s.customer_key))
+                if t0 is not None:
+                    why = stop_reason(camp, view, t0, h)
+        if why is not None:
+            self.store.mark_status(s.id, "skipped", why)
+            res.stats["skipped_now"] += 1
+            return
+        assert view is not None and camp is not None  # noqa: S101
+        step = camp.steps[s.step] if s.step < len(camp.steps) else None
+        if step is None:
+            self.store.mark_status(s.id, "skipped", f"step {s.step} no longer in the campaign")
+            return
+        message_id = s.message_id or self._message_id()
+        try:
+            data, subject, text = self.render_send(step.template, view, s.campaign, s.step, message_id)
+        except (DataError, ConfigError) as e:
+            self.store.mark_failed(s.id, str(e), now, customer_key=s.customer_key, campaign=s.campaign, step=s.step)
+            res.stats["failed"] += 1
+            res.problems.append(f"send {s.campaign}/{s.step} to {s.customer_key}: {e}")
+            return
+        if not self.store.mark_sending(s.id, message_id, now):
+            return
+        try:
+            transport.send(data, sender=parseaddr(self.ws.cfg.outbound.from_)[1], recipients=[view.email or ""],
+                           message_id=message_id)
+        except UncertainSendError as e:
+            self.store.mark_status(s.id, "uncertain", str(e))
+            res.stats["uncertain"] += 1
+            res.problems.append(f"send {s.campaign}/{s.step} to {s.customer_key}: uncertain: {e}")
+            return
+        except TransientSendError as e:
+            delay = min(RETRY_BASE * (2 ** max(s.attempts, 0)), RETRY_MAX)
+            self.store.mark_retry(s.id, str(e), now + delay)
+            res.stats["retry_later"] += 1
+            return
+        except PermanentSendError as e:
+            self.store.mark_failed(s.id, str(e), now, customer_key=s.customer_key, campaign=s.campaign, step=s.step)
+            res.stats["failed"] += 1
+            res.problems.append(f"send {s.campaign}/{s.step} to {s.customer_key}: {e}")
+            return
+        except ServiceError as e:
+            # Raised only when the message was not handed over (no connection): safe to queue again.
+            self.store.mark_retry(s.id, str(e), now)
+            res.error = e
+            return
+        self._record_sent(s.id, s.customer_key, s.campaign, s.step, message_id, self.clock.now(), subject, text)
+        res.stats["sent"] += 1
+
+    # ------------------------------------------------------------------ write-back
+    def writeback(self) -> StageResult:
+        """Fill the worker's own columns in the sheet (rows found by key at write time)."""
+        with self._run("writeback") as res:
+            wb = self.ws.mapping.writeback
+            if not wb or not self.ws.cfg.sheet.writeback:
+                res.stats = {"skipped": "write-back is off ([sheet] writeback = false or no [writeback] columns)"}
+                return res
+            if self.sheet_version is None:
+                self.sheet_version = self.sheet.read().version
+            tz = self.ws.cfg.timezone
+            sent, replied = self.store.last_times()
+
+            def fmt(t: datetime | None) -> str:
+                return t.astimezone(tz).strftime("%Y-%m-%d %H:%M") if t else ""
+
+            updates: dict[str, dict[str, str]] = {}
+            for k, c in self.store.customers().items():
+                vals = {}
+                if "last_sent" in wb:
+                    vals[wb["last_sent"]] = fmt(sent.get(k))
+                if "last_reply" in wb:
+                    vals[wb["last_reply"]] = fmt(replied.get(k))
+                if "email_status" in wb:
+                    vals[wb["email_status"]] = c.email_status
+                updates[k] = vals
+            key_col = self.ws.mapping.fields[self.ws.mapping.key].column
+            r = self.sheet.write_back(key_col, updates, version=self.sheet_version)
+            res.stats = {"cells": r.cells, "added_columns": list(r.added_columns),
+                         "missing_keys": len(r.missing_keys)}
+            if r.postponed:
+                res.stats["postponed"] = r.postponed
+                self.sheet_version = None
+                log.info("write-back postponed: %s", r.postponed)
+        return res
+
+    # ------------------------------------------------------------------ cycles
+    def run_once(self, *, dry_run: bool = False) -> list[StageResult]:
+        """One cycle: sync, fetch, send, write-back. A failed stage does not stop the later ones."""
+        out = [self.sync()]
+        if not self.stop.is_set():
+            out.append(self.fetch())
+        if not self.stop.is_set():
+            out.append(self.send(dry_run=dry_run))
+        if not self.stop.is_set() and not dry_run:
+            out.append(self.writeback())
+        return out
+
+    def run_forever(self, on_result: Callable[[StageResult], None] = lambda r: None) -> None:
+        """The scheduled worker: intervals from ``[schedule]``, one job at a time, until ``stop`` is set.
+
+        Uses its own ``schedule.Scheduler`` (no module-level default, schedule
+        issue #151). Job errors are the worker's policy: a stage that fails
+        is recorded and retried at its next interval.
+        """
+        import schedule
+
+        sc = self.ws.cfg.schedule
+        sched = schedule.Scheduler()
+
+        def job(fn: Callable[[], StageResult], wb: bool) -> None:
+            if self.stop.is_set():
+                return
+            r = fn()
+            on_result(r)
+            if wb and not self.stop.is_set():
+                on_result(self.writeback())
+
+        for every, fn, wb in ((sc.sync_every, self.sync, False), (sc.fetch_every, self.fetch, True),
+                              (sc.send_every, self.send, True)):
+            d = parse_duration(every)
+            assert d is not None  # noqa: S101 - validated in config.py
+            sched.every(int(d.total_seconds())).seconds.do(job, fn, wb)
+        for r in self.run_once():
+            on_result(r)
+        while not self.stop.is_set():
+            sched.run_pending()
+            idle = sched.idle_seconds
+            self.stop.wait(min(max(idle if idle is not None else 1.0, 0.1), 1.0))
+
+
+def local_now(now: datetime, ws: Workspace) -> datetime:
+    """``now`` in the workspace time zone (for display)."""
+    return now.astimezone(ws.cfg.timezone)
+
+
+__all__ = ["Progress", "StageResult", "Worker", "local_now"]
+_ = UTC

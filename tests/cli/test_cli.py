@@ -1,0 +1,160 @@
+"""CLI behaviour: exit codes, messages without tracebacks, the lock, --json, dry runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from filelock import FileLock
+
+from tests.fixtures.core import db_rows, make_workspace, run_subprocess
+
+CAMPAIGN = """
+[[campaign]]
+id = "hello"
+template = "hello"
+trigger = "new"
+include_existing = true
+"""
+
+
+def test_every_verb_has_help(cli):
+    from crm_automation.cli import cli as group
+
+    for name, cmd in group.commands.items():
+        assert cmd.help, f"{name} has no help text"
+        r = cli(name, "--help")
+        assert r.code == 0, (name, r.err)
+        assert "Usage:" in r.out
+
+
+def test_config_error_exits_2_with_file_and_key_and_no_traceback(tmp_path):
+    cfg = make_workspace(tmp_path / "ws", extra_config="max_per_hour = 5\n")
+    r = run_subprocess("sync", "--config", str(cfg))
+    assert r.code == 2
+    assert "outbound.max_per_hour is not a known key" in r.err
+    assert str(cfg) in r.err
+    assert "Traceback" not in r.err
+
+
+def test_missing_config_file_exits_2(tmp_path, cli):
+    r = cli("sync", "--config", str(tmp_path / "nope.toml"))
+    assert r.code == 2
+    assert "config file not found" in r.err and "hint:" in r.err
+
+
+def test_unknown_verb_and_bad_option_exit_2(cli):
+    assert cli("frobnicate").code == 2
+    assert cli("send", "--limit", "zero").code == 2
+
+
+def test_mapping_error_names_file_and_field(tmp_path, cli):
+    cfg = make_workspace(tmp_path / "ws", mapping='key = "mail"\n[fields]\nemail = { column = "Email", type = "emial" }\n')
+    r = cli("check", "--config", str(cfg))
+    assert r.code == 2
+    assert "customers.toml" in r.out
+    assert "fields.email.type" in r.out and "'emial'" in r.out
+
+
+def test_missing_required_column_lists_headers_found(tmp_path, cli):
+    cfg = make_workspace(tmp_path / "ws", rows=[{"E-mail": "a@example.com", "Name": "A"}])
+    r = cli("sync", "--config", str(cfg))
+    assert r.code == 2
+    assert 'required column "Email" (field email) not found' in r.err
+    assert 'headers found: "E-mail", "Name"' in r.err
+
+
+def test_bad_rows_are_reported_and_the_rest_processed(tmp_path, cli):
+    rows = [{"Email": "ok@example.com", "Name": "Ok", "Stage": "", "Owner": ""},
+            {"Email": "bob@", "Name": "Bob", "Stage": "", "Owner": ""},
+            {"Email": "ok@example.com", "Name": "Dup", "Stage": "", "Owner": ""},
+            {"Email": "x@example.com", "Name": "", "Stage": "", "Owner": ""}]
+    cfg = make_workspace(tmp_path / "ws", rows=rows)
+    r = cli("sync", "--config", str(cfg), "--json")
+    assert r.code == 1
+    out = json.loads(r.out)["stages"][0]
+    assert out["stats"]["added"] == 1 and out["stats"]["rejected"] == 3
+    probs = "\n".join(out["problems"])
+    assert "customers.csv row 3, \"Email\": 'bob@' is not an address" in probs
+    assert "row 4" in probs and "duplicates the key of row 2" in probs
+    assert "row 5, \"Name\" is empty (expected a value: the column is required)" in probs
+
+
+def test_lock_prevents_two_workers(tmp_path, cli):
+    cfg = make_workspace(tmp_path / "ws")
+    lock = FileLock(str(tmp_path / "ws" / "var" / "crm.sqlite.lock"))
+    (tmp_path / "ws" / "var").mkdir(parents=True, exist_ok=True)
+    with lock:
+        r = run_subprocess("run", "--once", "--config", str(cfg))
+        assert r.code == 2
+        assert "another crm-automation worker is running" in r.err
+    assert run_subprocess("run", "--once", "--config", str(cfg)).code == 0
+
+
+def test_unreachable_sheet_exits_3(tmp_path, cli):
+    cfg = make_workspace(tmp_path / "ws")
+    (tmp_path / "ws" / "customers.csv").unlink()
+    r = cli("sync", "--config", str(cfg))
+    assert r.code == 3
+    assert "customers.csv" in r.err
+
+
+def test_dry_run_sends_and_records_nothing(tmp_path, cli):
+    cfg = make_workspace(tmp_path / "ws", campaigns=CAMPAIGN)
+    assert cli("sync", "--config", str(cfg)).code == 0
+    r = cli("send", "--dry-run", "--config", str(cfg), "--json")
+    assert r.code == 0, r.err
+    out = json.loads(r.out)["stages"][0]
+    assert out["stats"]["would_send"] == 3
+    assert {d["subject"] for d in out["details"]} == {f"Hello Customer {i}" for i in range(3)}
+    db = tmp_path / "ws" / "var" / "crm.sqlite"
+    assert db_rows(db, "SELECT COUNT(*) FROM sends") == [(0,)]
+    assert db_rows(db, "SELECT COUNT(*) FROM campaigns") == [(0,)]
+    assert not list((tmp_path / "ws" / "var").glob("outbox/*.eml"))
+    r = cli("send", "--config", str(cfg))
+    assert r.code == 0
+    assert len(list((tmp_path / "ws" / "var" / "outbox").glob("*.eml"))) == 3
+
+
+def test_template_with_unmapped_variable_fails_check_before_sending(tmp_path, cli):
+    cfg = make_workspace(tmp_path / "ws", campaigns=CAMPAIGN,
+                         templates={"hello.txt": "Subject: Hi {{ customer.nickname }}\n\nx\n"})
+    r = cli("check", "--config", str(cfg))
+    assert r.code == 2
+    assert "uses customer.nickname, which is not a field" in r.out
+
+
+def test_send_failure_of_one_template_is_exit_1_and_recorded(tmp_path, cli):
+    cfg = make_workspace(tmp_path / "ws", campaigns=CAMPAIGN,
+                         templates={"hello.txt": "Subject: Hi\n\n{{ customer.nickname }}\n"})
+    cli("sync", "--config", str(cfg))
+    r = cli("send", "--config", str(cfg))
+    assert r.code == 1
+    db = tmp_path / "ws" / "var" / "crm.sqlite"
+    assert db_rows(db, "SELECT DISTINCT status FROM sends") == [("failed",)]
+    assert db_rows(db, "SELECT COUNT(*) FROM activities WHERE kind = 'send_failed'") == [(3,)]
+
+
+def test_timeline_report_and_suppress(tmp_path, cli):
+    cfg = make_workspace(tmp_path / "ws", campaigns=CAMPAIGN)
+    assert cli("suppress", "add", "C1@example.com", "--config", str(cfg)).code == 0
+    assert cli("run", "--once", "--config", str(cfg)).code == 0
+    r = cli("report", "--config", str(cfg), "--json")
+    row = json.loads(r.out)["campaigns"][0]
+    assert (row["campaign"], row["sent"], row["skipped"]) == ("hello", 2, 1)
+    r = cli("timeline", "c0@example.com", "--config", str(cfg))
+    assert r.code == 0 and "customer_added" in r.out and "email_out" in r.out
+    r = cli("suppress", "list", "--config", str(cfg), "--json")
+    assert [s["email"] for s in json.loads(r.out)["suppressions"]] == ["c1@example.com"]
+    assert cli("suppress", "remove", "c1@example.com", "--config", str(cfg)).code == 0
+    assert cli("timeline", "nobody@example.com", "--config", str(cfg)).code == 2
+    r = cli("report", "--config", str(cfg), "--csv")
+    assert r.out.splitlines()[0].startswith("campaign,step,queued,sent")
+
+
+@pytest.mark.parametrize("when", ["not-a-date", "2026-13-01"])
+def test_bad_now_is_a_usage_error(tmp_path, cli, when):
+    cfg = make_workspace(tmp_path / "ws")
+    r = cli("sync", "--config", str(cfg), "--now", when)
+    assert r.code == 2
+    assert "is not a date and time" in r.err

@@ -1,0 +1,377 @@
+"""ImapSource against a real Dovecot on loopback (plain, implicit TLS, STARTTLS).
+
+The server is checked through the stdlib imaplib (the fixture's helpers), never
+through the client under test, so "nothing got \\Seen" and "the message moved"
+are what the server really holds.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+import trustme
+
+from crm_automation.config import load_config
+from crm_automation.errors import ConfigError, ServiceError
+from crm_automation.mailbox.base import Cursor
+from crm_automation.mailbox.imap import ImapSource
+from tests.fixtures.dovecot import Account, free_port, make_message, start_dovecot
+
+pytestmark = pytest.mark.integration
+
+PW_ENV = "CRM_TEST_IMAP_PASSWORD"
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_config(tmp_path: Path, **mailbox: object) -> Path:
+    lines = ["[sheet]", 'source = "csv"', 'path = "customers.csv"', "", "[mailbox]", 'source = "imap"']
+    lines += [f"{k} = {_toml(v)}" for k, v in mailbox.items() if v is not None]
+    lines += ["", "[outbound]", 'from = "Sales <sales@example.test>"', ""]
+    path = tmp_path / "config.toml"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def source_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Build an ImapSource through config.toml and load_config, as the worker does."""
+    made: list[ImapSource] = []
+
+    def build(account: Account, *, security: str = "none", port: int | None = None, password: str | None = None,
+              **mailbox: object) -> ImapSource:
+        server = account.server
+        if port is None:
+            port = server.tls_port if security == "ssl" else server.port
+        if "oauth2_token_command" not in mailbox:
+            monkeypatch.setenv(PW_ENV, account.password if password is None else password)
+            mailbox.setdefault("password_env", PW_ENV)
+        cfg = load_config(write_config(tmp_path, host=server.host, port=port, security=security,
+                                       username=account.user, timeout=10, **mailbox))
+        src = ImapSource.from_config(cfg)
+        made.append(src)
+        return src
+
+    yield build
+    for s in made:
+        s.close()
+
+
+def bodies(n: int, start: int = 0, **kw) -> list[bytes]:
+    return [make_message(start + i, **kw) for i in range(n)]
+
+
+# ------------------------------------------------------------------ login / TLS
+def test_plain_fetch_yields_every_message_in_uid_order(imap_account, source_for):
+    msgs = bodies(3)
+    uids = imap_account.append(msgs)
+    src = source_for(imap_account)
+    uv = src.uidvalidity("INBOX")
+    assert uv == imap_account.uidvalidity()
+    got = list(src.fetch("INBOX", None))
+    assert [m.uid for m in got] == uids
+    assert [m.raw for m in got] == msgs
+    assert {(m.folder, m.uidvalidity) for m in got} == {("INBOX", uv)}
+
+
+@pytest.mark.parametrize("security", ["ssl", "starttls"])
+def test_tls_login_with_test_ca(imap_tls_account, source_for, security):
+    imap_tls_account.append(bodies(2))
+    src = source_for(imap_tls_account, security=security, ca_file=str(imap_tls_account.server.ca_file))
+    assert len(list(src.fetch("INBOX", None))) == 2
+
+
+@pytest.mark.parametrize("security", ["ssl", "starttls"])
+def test_tls_with_untrusted_ca_is_refused(imap_tls_account, source_for, tmp_path, security):
+    other = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    src = source_for(imap_tls_account, security=security, ca_file=str(other))
+    with pytest.raises(ServiceError) as e:
+        src.uidvalidity("INBOX")
+    msg = str(e.value)
+    assert "not trusted" in msg
+    assert f"127.0.0.1:{src.port}" in msg
+    assert imap_tls_account.user in msg
+    assert e.value.exit_code == 3
+    assert "ca_file" in (e.value.hint or "")
+
+
+def test_tls_port_without_ca_is_refused_by_default(imap_tls_account, source_for):
+    """The system trust store does not know the test CA: verification is on by default."""
+    src = source_for(imap_tls_account, security="ssl")
+    with pytest.raises(ServiceError, match="not trusted"):
+        src.uidvalidity("INBOX")
+
+
+def test_missing_ca_file_is_a_config_error(imap_tls_account, source_for, tmp_path):
+    with pytest.raises(ConfigError, match=r"ca_file: .*nope\.pem does not exist"):
+        source_for(imap_tls_account, security="ssl", ca_file=str(tmp_path / "nope.pem"))
+
+
+def test_bad_password_names_server_and_user_but_not_the_password(imap_account, source_for):
+    wrong = "Wr0ng-Secret-xyz"
+    src = source_for(imap_account, password=wrong)
+    with pytest.raises(ServiceError) as e:
+        list(src.fetch("INBOX", None))
+    text = f"{e.value} {e.value.hint}"
+    assert f"127.0.0.1:{src.port}" in text
+    assert imap_account.user in text
+    assert "login refused" in text
+    assert PW_ENV in text
+    assert wrong not in text
+    assert imap_account.password not in text
+
+
+def test_server_down_is_a_service_error(imap_account, source_for):
+    port = free_port()  # nothing listens there
+    src = source_for(imap_account, port=port)
+    with pytest.raises(ServiceError) as e:
+        src.uidvalidity("INBOX")
+    assert f"127.0.0.1:{port}" in str(e.value)
+    assert imap_account.user in str(e.value)
+    assert "cannot connect" in str(e.value)
+
+
+def test_secrets_never_reach_the_debug_log(imap_account, source_for, caplog, tmp_path):
+    caplog.set_level(logging.DEBUG)
+    imap_account.append(bodies(1))
+    src = source_for(imap_account)
+    assert len(list(src.fetch("INBOX", None))) == 1
+    src.close()
+    token_file = tmp_path / "token"
+    token_file.write_text(imap_account.password + "\n")
+    oauth = source_for(imap_account, oauth2_token_command=f"cat {token_file}")
+    assert len(list(oauth.fetch("INBOX", None))) == 1
+    oauth.close()
+    assert "LOGIN" in caplog.text or "AUTHENTICATE" in caplog.text  # the DEBUG lines were really captured
+    auth = f"user={imap_account.user}\1auth=Bearer {imap_account.password}\1\1".encode()
+    assert imap_account.password not in caplog.text
+    assert base64.b64encode(auth).decode() not in caplog.text
+
+
+# -------------------------------------------------------------------- XOAUTH2
+def test_xoauth2_with_token_command(imap_account, source_for, tmp_path):
+    """A real SASL XOAUTH2 exchange: Dovecot's passwd-file passdb checks the bearer token like a password."""
+    token = "ya29.test-token-" + imap_account.password
+    imap_account.server.set_password(imap_account.user, token)
+    script = tmp_path / "token.py"
+    script.write_text(f"print({token!r})\n")
+    imap_account.append(bodies(2))
+    src = source_for(imap_account, oauth2_token_command=f"{sys.executable} {script}")
+    assert len(list(src.fetch("INBOX", None))) == 2
+
+
+def test_xoauth2_rejected_token(imap_account, source_for, tmp_path):
+    script = tmp_path / "token.py"
+    script.write_text("print('expired-token-123')\n")
+    src = source_for(imap_account, oauth2_token_command=f"{sys.executable} {script}")
+    with pytest.raises(ServiceError) as e:
+        src.uidvalidity("INBOX")
+    assert "XOAUTH2" in str(e.value)
+    assert imap_account.user in str(e.value)
+    assert "expired-token-123" not in f"{e.value} {e.value.hint}"
+
+
+def test_failing_token_command_is_reported(imap_account, source_for, tmp_path):
+    script = tmp_path / "token.py"
+    script.write_text("import sys\nsys.exit(4)\n")
+    src = source_for(imap_account, oauth2_token_command=f"{sys.executable} {script}")
+    with pytest.raises(ServiceError, match=r"oauth2_token_command exited with status 4"):
+        src.uidvalidity("INBOX")
+
+
+# ------------------------------------------------------------------ fetching
+def test_incremental_fetch_by_uid(imap_account, source_for):
+    imap_account.append(bodies(5))
+    src = source_for(imap_account)
+    first = list(src.fetch("INBOX", None, batch=2))
+    assert [m.uid for m in first] == [1, 2, 3, 4, 5]
+    uv = first[0].uidvalidity
+    assert list(src.fetch("INBOX", Cursor(uv, 5))) == []
+    new = imap_account.append(bodies(2, start=100))
+    again = list(src.fetch("INBOX", Cursor(uv, 5), batch=2))
+    assert [m.uid for m in again] == new == [6, 7]
+    assert [m.uid for m in src.fetch("INBOX", Cursor(uv, 6))] == [7]
+
+
+def test_cursor_past_the_highest_uid_yields_nothing(imap_account, source_for):
+    """``UID FETCH 7:*`` returns UID 6 when 6 is the highest: it must be filtered out."""
+    imap_account.append(bodies(7))
+    with imap_account.session() as c:  # expunge the last message: highest UID 6, UIDNEXT 8
+        c.select("INBOX")
+        c.uid("STORE", "7", "+FLAGS.SILENT", r"(\Deleted)")
+        c.expunge()
+    src = source_for(imap_account)
+    uv = src.uidvalidity("INBOX")
+    assert imap_account.uids() == [1, 2, 3, 4, 5, 6]
+    assert list(src.fetch("INBOX", Cursor(uv, 6))) == []
+
+
+def test_fetch_marks_nothing_seen(imap_account, source_for):
+    imap_account.append(bodies(4))
+    src = source_for(imap_account)
+    assert len(list(src.fetch("INBOX", None))) == 4
+    assert imap_account.seen_uids() == []
+
+
+def test_several_folders(imap_account, source_for):
+    imap_account.append(bodies(2), "INBOX")
+    imap_account.append(bodies(3, start=10), "Support")
+    src = source_for(imap_account, folders=["INBOX", "Support"])
+    assert src.folders() == ["INBOX", "Support"]
+    got = {f: [m.uid for m in src.fetch(f, None)] for f in src.folders()}
+    assert got == {"INBOX": [1, 2], "Support": [1, 2, 3]}
+    assert imap_account.seen_uids("Support") == []
+
+
+def test_missing_folder_is_named(imap_account, source_for):
+    src = source_for(imap_account, folders=["Nope"])
+    with pytest.raises(ServiceError, match=r"folder 'Nope' does not exist \(folders there: INBOX"):
+        list(src.fetch("Nope", None))
+
+
+def test_uidvalidity_change_yields_everything_again(imap_account, source_for):
+    imap_account.append(bodies(3), "Work")
+    src = source_for(imap_account, folders=["Work"])
+    first = list(src.fetch("Work", None))
+    old = Cursor(first[-1].uidvalidity, first[-1].uid)
+    src.close()
+    imap_account.delete("Work")
+    imap_account.append(bodies(3) + bodies(1, start=50), "Work")
+    new_uv = src.uidvalidity("Work")
+    assert new_uv != old.uidvalidity
+    again = list(src.fetch("Work", old))
+    assert [m.uid for m in again] == [1, 2, 3, 4]
+    assert {m.uidvalidity for m in again} == {new_uv}
+
+
+def test_oversized_message_is_yielded_cut_one_byte_past_the_limit(imap_account, source_for):
+    big = make_message(1, body="x" * 5000)
+    small = make_message(2)
+    imap_account.append([big, small])
+    src = source_for(imap_account, max_message_bytes=1024)
+    got = list(src.fetch("INBOX", None))
+    assert [m.uid for m in got] == [1, 2]
+    assert got[0].raw == big[:1025]
+    assert got[1].raw == small
+
+
+def test_dropped_connection_mid_fetch_reconnects_and_misses_nothing(imap_account, source_for, caplog):
+    msgs = bodies(30)
+    imap_account.append(msgs)
+    src = source_for(imap_account, batch_size=10)
+    got = []
+    with caplog.at_level(logging.WARNING, logger="crm_automation.mailbox.imap"):
+        for m in src.fetch("INBOX", None):
+            got.append(m)
+            if len(got) in (1, 15):  # kick while the caller is busy: next batch finds the socket closed
+                imap_account.kick()
+    assert [m.uid for m in got] == list(range(1, 31))
+    assert [m.raw for m in got] == msgs
+    assert caplog.text.count("reconnecting") == 2
+    assert imap_account.seen_uids() == []
+
+
+def test_server_gone_mid_fetch_raises_after_one_retry(tmp_path, source_for):
+    server = start_dovecot()
+    try:
+        account = server.add_user()
+        account.append(bodies(6))
+        src = source_for(account, batch_size=3)
+        it = src.fetch("INBOX", None)
+        assert [next(it).uid for _ in range(3)] == [1, 2, 3]
+        server.stop()
+        with pytest.raises(ServiceError, match=r"cannot connect"):
+            next(it)
+    finally:
+        server.stop()
+
+
+# ----------------------------------------------------------- processed folder
+@pytest.mark.parametrize("dest", ["Processed", "CRM.Processed"])
+def test_mark_processed_moves_only_those_messages(imap_account, source_for, dest):
+    imap_account.append(bodies(5))
+    src = source_for(imap_account, processed_folder=dest)
+    got = list(src.fetch("INBOX", None))
+    src.mark_processed(got[:3])
+    assert imap_account.uids() == [4, 5]
+    moved = imap_account.message_ids(dest)
+    assert len(moved) == 3
+    assert imap_account.seen_uids(dest) == []
+    # the generator goes on after mark_processed, as the worker interleaves them
+    src.mark_processed(got[3:])
+    assert imap_account.uids() == []
+    assert len(imap_account.message_ids(dest)) == 5
+
+
+def test_mark_processed_interleaved_with_fetch(imap_account, source_for):
+    imap_account.append(bodies(9))
+    src = source_for(imap_account, processed_folder="Done", batch_size=3)
+    seen = []
+    batch = []
+    for m in src.fetch("INBOX", None):
+        seen.append(m.uid)
+        batch.append(m)
+        if len(batch) == 2:
+            src.mark_processed(batch)
+            batch = []
+    src.mark_processed(batch)
+    assert seen == list(range(1, 10))
+    assert imap_account.uids() == []
+    assert len(imap_account.uids("Done")) == 9
+
+
+def test_mark_processed_without_folder_is_a_no_op(imap_account, source_for):
+    imap_account.append(bodies(2))
+    src = source_for(imap_account)
+    src.mark_processed(list(src.fetch("INBOX", None)))
+    assert imap_account.uids() == [1, 2]
+
+
+def test_mark_processed_skips_messages_from_an_old_uidvalidity(imap_account, source_for):
+    imap_account.append(bodies(2), "Work")
+    src = source_for(imap_account, folders=["Work"], processed_folder="Done")
+    old = list(src.fetch("Work", None))
+    src.close()
+    imap_account.delete("Work")
+    imap_account.append(bodies(2, start=10), "Work")
+    src.mark_processed(old)
+    assert imap_account.uids("Work") == [1, 2]  # the new messages with the same UIDs stay put
+
+
+# ----------------------------------------------------------- find_message_ids
+def test_find_message_ids(imap_account, source_for):
+    ids = [f"<send-{i}@example.test>" for i in range(25)]
+    imap_account.append([make_message(i, message_id=mid) for i, mid in enumerate(ids)], "Sent")
+    src = source_for(imap_account)
+    wanted = [*ids[:22], "<send-1@example.test.other>", "<send-99@example.test>", "<end-1@example.test>"]
+    assert src.find_message_ids("Sent", wanted) == set(ids[:22])
+    # brackets are optional on the caller's side
+    assert src.find_message_ids("Sent", ["send-3@example.test"]) == {"send-3@example.test"}
+    assert src.find_message_ids("Sent", []) == set()
+
+
+def test_find_message_ids_in_missing_folder_finds_nothing(imap_account, source_for):
+    src = source_for(imap_account)
+    assert src.find_message_ids("Sent", ["<a@b>"]) == set()
+
+
+def test_close_is_idempotent(imap_account, source_for):
+    src = source_for(imap_account)
+    src.uidvalidity("INBOX")
+    src.close()
+    src.close()
+    assert src.uidvalidity("INBOX") > 0  # reconnects on use
+
