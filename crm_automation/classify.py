@@ -33,6 +33,7 @@ from crm_automation.models import Classification, Kind, ParsedMessage
 
 __all__ = ["classify"]
 
+_ASCII_ONLY = bytes(range(128)) + b"?" * 128
 _BOUNCE_SENDERS = re.compile(r"^(?:mailer-daemon|mailer_daemon|postmaster|mail-daemon|mdaemon|mailerdaemon)$")
 _BOUNCE_SUBJECT = re.compile(
     r"undeliver|undelivered mail|delivery status notification|delivery failure|delivery has failed|"
@@ -161,10 +162,17 @@ def _bounce(msg: ParsedMessage) -> Classification | None:
 
 
 def _reparse(msg: ParsedMessage) -> Message | None:
+    """The bounce as a stdlib Message for flufl.bounce, with 8-bit bytes made ASCII.
+
+    compat32 hands raw 8-bit header values out as ``Header`` objects, on
+    which flufl.bounce's detectors call ``.lower()`` and crash (logging a
+    traceback each time). Bounce notices name addresses in ASCII anyway,
+    so every byte over 0x7F becomes ``?`` first.
+    """
     if not msg.raw:
         return None
     try:
-        return email.message_from_bytes(msg.raw)
+        return email.message_from_bytes(msg.raw.translate(_ASCII_ONLY))
     except (ValueError, LookupError, TypeError, AttributeError, IndexError, RecursionError,
             email.errors.MessageError):
         return None

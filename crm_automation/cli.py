@@ -510,6 +510,59 @@ def requeue(ctx: click.Context, ids: tuple[int, ...], all_uncertain: bool, all_f
     _emit(o, {"requeued": n}, lambda: click.echo(f"requeued {n} send(s)"))
 
 
+@cli.command("import")
+@_global
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--map", "maps", multiple=True, metavar="EXPORT=SHEET", help="rename an export column, e.g. "
+              "'Email=邮箱' (repeatable); other columns are matched by the mapping's column or field names")
+@click.option("--worksheet", default=None, help="worksheet of an .xlsx export (default: the first)")
+@click.option("--dry-run", is_flag=True, help="report what would be added, updated and rejected; write nothing")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="write rejected and duplicate rows to this CSV")
+@click.pass_context
+def import_(ctx: click.Context, file: Path, maps: tuple[str, ...], worksheet: str | None, dry_run: bool,
+            report_path: Path | None, **kw: Any) -> None:
+    """Migrate customers from a CSV/Excel export into the sheet, deduplicating by key. Try --dry-run first."""
+    o = _apply(ctx, kw)
+    from crm_automation.importer import apply_import, parse_column_map, plan_import, write_report
+
+    ws = Workspace.load(o.config)
+    column_map = parse_column_map(maps)
+    if not file.is_file():
+        raise ConfigError(f"{file}: file not found (expected a .csv or .xlsx export)")
+    if file.suffix.lower() in {".xlsx", ".xlsm"}:
+        from crm_automation.sheets.excel import ExcelSource
+
+        export = ExcelSource(file, worksheet=worksheet).read()
+    else:
+        from crm_automation.sheets.csv import CsvSource
+
+        export = CsvSource(file).read()
+    with _Lock(ws):
+        sheet = ws.open_sheet()
+        plan = plan_import(export, sheet.read(), ws.mapping, column_map)
+        written = 0 if dry_run else apply_import(plan, sheet)
+    n_report = write_report(plan, report_path) if report_path else 0
+    summary = {"dry_run": dry_run, "add": len(plan.add), "update": len(plan.update), "unchanged": plan.unchanged,
+               "rejected": len(plan.rejected), "duplicates": len(plan.duplicates), "written": written,
+               "rejected_rows": [str(e) for e in plan.rejected], "duplicate_rows": [str(e) for e in plan.duplicates]}
+
+    def human() -> None:
+        verb = "would add" if dry_run else "added"
+        click.echo(f"{file.name}: {verb} {len(plan.add)}, {'would update' if dry_run else 'updated'} "
+                   f"{len(plan.update)}, unchanged {plan.unchanged}, rejected {len(plan.rejected)}, "
+                   f"duplicates {len(plan.duplicates)}")
+        for e in [*plan.rejected, *plan.duplicates][:50]:
+            click.echo(f"  - {e}", err=True)
+        if report_path:
+            click.echo(f"{n_report} problem row(s) written to {report_path}")
+        if dry_run:
+            click.echo("dry run: the sheet was not changed. Run without --dry-run to import.")
+
+    _emit(o, summary, human)
+    ctx.exit(1 if plan.rejected else 0)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     try:

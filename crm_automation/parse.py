@@ -102,6 +102,7 @@ _ALIASES = {
 }
 
 _MSGID = re.compile(r"<([^<>\s]+)>")
+_MD_ESCAPE = re.compile(r"\\([-+#.!*_`\[\]()])")
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _HTML_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
 
@@ -184,7 +185,17 @@ def _check_structure(msg: Message, *, max_parts: int, max_depth: int) -> None:
 
 
 def _build(raw: bytes, msg: Message) -> ParsedMessage:
-    from_name, from_addr = email.utils.parseaddr(_header_str(msg, "from"))
+    # raw_items() keeps raw 8-bit bytes as surrogates; msg.get() would turn
+    # them into U+FFFD through compat32's unknown-8bit Header.
+    raw_headers: dict[str, list[str]] = {}
+    for name, value in msg.raw_items():
+        raw_headers.setdefault(name.lower(), []).append(value if isinstance(value, str) else str(value))
+
+    def first(name: str) -> str:
+        values = raw_headers.get(name)
+        return values[0] if values else ""
+
+    from_name, from_addr = email.utils.parseaddr(first("from"))
     from_addr = decode_header_value(from_addr).strip().lower()
     from_name = decode_header_value(from_name).strip()
     text = body_text(msg)
@@ -193,37 +204,31 @@ def _build(raw: bytes, msg: Message) -> ParsedMessage:
 
     to_addrs: list[str] = []
     for name in ("to", "cc"):
-        for _n, addr in email.utils.getaddresses(msg.get_all(name) or []):
+        for _n, addr in email.utils.getaddresses(raw_headers.get(name, [])):
             addr = decode_header_value(addr).strip().lower()
             if addr and addr not in to_addrs:
                 to_addrs.append(addr)
 
     headers = {}
     for name in _KEPT_HEADERS:
-        value = msg.get(name)
-        if value is not None:
-            headers[name] = decode_header_value(str(value))
+        if name in raw_headers:
+            headers[name] = decode_header_value(raw_headers[name][0])
 
-    in_reply_to = _MSGID.search(_header_str(msg, "in-reply-to"))
+    in_reply_to = _MSGID.search(first("in-reply-to"))
     return ParsedMessage(
-        message_id=_message_id(raw, _header_str(msg, "message-id")),
+        message_id=_message_id(raw, first("message-id")),
         from_addr=from_addr,
         from_name=from_name,
         to_addrs=tuple(to_addrs),
         subject=headers.get("subject", "").strip(),
-        date=_date(_header_str(msg, "date")),
+        date=_date(first("date")),
         in_reply_to=f"<{in_reply_to.group(1)}>" if in_reply_to else None,
-        references=tuple(f"<{m}>" for m in _MSGID.findall(_header_str(msg, "references"))),
+        references=tuple(f"<{m}>" for m in _MSGID.findall(first("references"))),
         headers=headers,
         text=text,
         reply=reply_text.extract(text),
         raw=raw,
     )
-
-
-def _header_str(msg: Message, name: str) -> str:
-    value = msg.get(name)
-    return "" if value is None else str(value)
 
 
 def _message_id(raw: bytes, value: str) -> str:
@@ -304,7 +309,7 @@ def decode_header_value(value: str) -> str:
         data = value.encode("ascii", "surrogateescape")
     except UnicodeEncodeError:
         data = None
-    if data is not None and any(b > 0x7F for b in data):
+    if data is not None and not data.isascii():
         value = decode_bytes(data)
     elif data is None:
         value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
@@ -389,4 +394,6 @@ def html_to_text(html: str) -> str:
     converter.ignore_tables = True
     converter.body_width = 0
     converter.unicode_snob = True
-    return converter.handle(html).strip()
+    text = converter.handle(html)
+    # html2text escapes Markdown ("\\-" for a QQ divider); we want plain text.
+    return _MD_ESCAPE.sub(r"\1", text).replace("\xa0", " ").strip()

@@ -20,13 +20,14 @@ start of the quoted history differently:
   ``从我的 iPhone 发送``, ``Get Outlook for iOS``) sit right above the quote.
 - A signature follows a ``-- `` line (RFC 3676 §4.3).
 
-``mail-parser-reply`` (``mailparser_reply``) was measured against the test
-corpus first: its Chinese ``wrote_header`` pattern never matches (it is a
-negative look-ahead of itself), it knows neither the QQ/Foxmail/163 dividers
-nor the Traditional Chinese Outlook block, and it cuts the body at "谢谢，"
-which is a normal sentence in a Chinese reply. It is also about 20 times
-slower than the line scan below. So these are our own rules, one pass over
-the lines with precompiled patterns.
+``mail-parser-reply`` (``mailparser_reply``, languages zh+en) was measured
+against the test corpus first and got 18 of 41 replies right: its Chinese
+``wrote_header`` pattern never matches (it is a negative look-ahead of
+itself), it knows neither the QQ/Foxmail/163 dividers nor the Traditional
+Chinese Outlook block, and it treats "谢谢，" (a normal sentence in a Chinese
+reply) as the start of a signature. It was also 3-7 times slower
+(0.2-0.3 ms against 0.04-0.08 ms a message). So these are our own rules:
+one pass over the lines with precompiled patterns.
 """
 
 from __future__ import annotations

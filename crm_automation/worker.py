@@ -42,6 +42,7 @@ from crm_automation.templating import build_message
 from crm_automation.workspace import Clock, Workspace
 
 log = logging.getLogger("crm_automation")
+NOTIFY = "owner-notify"  # pseudo-campaign: owner notifications reuse the sends table's exactly-once rows
 RETRY_BASE = timedelta(minutes=5)
 RETRY_MAX = timedelta(hours=6)
 
@@ -252,6 +253,7 @@ class Worker:
                          "matched_by": how, "recipients": list(cls.recipients), "permanent": cls.permanent,
                          "uid": raw.uid})
             if aid is not None:
+                self._queue_notification(aid, key, cls, now)
                 for eff in effects(msg, cls, cust_email):
                     self.store.suppress(eff.email, eff.reason, f"{cls.kind.value} {msg.message_id}", now)
                     if eff.status:
@@ -264,6 +266,38 @@ class Worker:
         if key is None and cls.kind is Kind.EMAIL_IN and msg.from_addr:
             new_senders.setdefault(msg.from_addr, msg.from_name)
         return cls.kind.value if key is not None else "unknown"
+
+    def _queue_notification(self, activity_id: int, key: str | None, cls: Classification, now: datetime) -> None:
+        """``notify_owner``: queue a note to the customer's owner in the activity's own transaction."""
+        if not self.ws.cfg.outbound.notify_owner or key is None or cls.kind is not Kind.EMAIL_IN:
+            return
+        c = self.store.customer(key)
+        owner = c.data.get("owner") if c else None
+        if not isinstance(owner, str) or "@" not in owner:
+            return
+        self.store.queue_sends([{"campaign": NOTIFY, "step": activity_id, "customer_key": key, "status": "queued",
+                                 "message_id": self._message_id(), "queued_at": iso(now), "error": None,
+                                 "email": owner}])
+
+    def _notification(self, s: Any, view: CustomerView, message_id: str) -> tuple[bytes, str, str]:
+        """The owner's note: who replied, what they newly wrote, and a reply link that keeps the thread."""
+        from urllib.parse import quote
+
+        from crm_automation.templating import Rendered
+
+        a = self.store.activity(s.step) or {}
+        name = view.data.get("name") or view.key
+        subj = a.get("subject") or ""
+        reply_link = f"mailto:{view.email}?subject={quote('Re: ' + subj)}"
+        if a.get("message_id"):
+            reply_link += f"&In-Reply-To={quote(a['message_id'])}"
+        text = (f"{name} <{view.email}> replied / 客户回复:\n\nSubject / 主题: {subj}\n\n{a.get('body') or ''}\n\n"
+                f"Reply / 回复: {reply_link}\nTimeline / 时间线: crm-automation timeline {view.key}\n")
+        r = Rendered(subject=f"[CRM] {name}: {subj}", text=text, html=None, reply_to=view.email)
+        extra = {"In-Reply-To": a["message_id"], "References": a["message_id"]} if a.get("message_id") else {}
+        data = build_message(r, sender=self.ws.cfg.outbound.from_, to_name=None, to_email=s.email or "",
+                             message_id=message_id, now=self.clock.now(), reply_to=view.email, extra_headers=extra)
+        return data, r.subject, text
 
     def _own_unsubscribe(self, msg: ParsedMessage, cls: Classification) -> Classification:
         """A reply to our own ``mailto:...?subject=unsubscribe`` link is an unsubscribe request."""
@@ -534,6 +568,9 @@ class Worker:
         view = views.get(s.customer_key)
         camp = campaigns.get(s.campaign)
         why = None
+        if s.campaign == NOTIFY and view is not None:
+            self._deliver(s, view, transport, res, lambda mid: self._notification(s, view, mid), s.email or "")
+            return
         if view is None:
             why = "customer no longer in the sheet"
         elif camp is None or not camp.enabled:
@@ -553,9 +590,16 @@ class Worker:
         if step is None:
             self.store.mark_status(s.id, "skipped", f"step {s.step} no longer in the campaign")
             return
+        self._deliver(s, view, transport, res,
+                      lambda mid: self.render_send(step.template, view, s.campaign, s.step, mid), view.email or "")
+
+    def _deliver(self, s: Any, view: CustomerView, transport: Any, res: StageResult,
+                 build: Callable[[str], tuple[bytes, str, str]], recipient: str) -> None:
+        """Build, mark ``sending`` (committed), hand over, record: the exactly-once sequence for one send."""
+        now = self.clock.now()
         message_id = s.message_id or self._message_id()
         try:
-            data, subject, text = self.render_send(step.template, view, s.campaign, s.step, message_id)
+            data, subject, text = build(message_id)
         except (DataError, ConfigError) as e:
             self.store.mark_failed(s.id, str(e), now, customer_key=s.customer_key, campaign=s.campaign, step=s.step)
             res.stats["failed"] += 1
@@ -564,7 +608,7 @@ class Worker:
         if not self.store.mark_sending(s.id, message_id, now):
             return
         try:
-            transport.send(data, sender=parseaddr(self.ws.cfg.outbound.from_)[1], recipients=[view.email or ""],
+            transport.send(data, sender=parseaddr(self.ws.cfg.outbound.from_)[1], recipients=[recipient],
                            message_id=message_id)
         except UncertainSendError as e:
             self.store.mark_status(s.id, "uncertain", str(e))

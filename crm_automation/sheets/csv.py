@@ -11,8 +11,9 @@ folder, then ``os.replace``) in the same encoding, delimiter and line ending.
 A value starting with ``=``, ``+``, ``-``, ``@``, tab or CR is written with a
 leading single quote (``'=cmd``): Excel evaluates such CSV cells as formulas
 (CSV injection, see OWASP "CSV Injection"), and CSV has no cell type to say
-"text". The worker compares its values in that stored form, so it does not
-rewrite them every cycle.
+"text". Reading removes that one quote again (``'=cmd`` reads as ``=cmd``), so
+values round-trip; the worker compares its values in the stored form, so it
+does not rewrite them every cycle.
 
 Header rules shared by all adapters (:func:`grid_to_data`): header names are
 stripped; a blank header cell's column is ignored (it cannot be mapped by
@@ -200,6 +201,13 @@ def escape_formula(value: str) -> str:
     return "'" + value if value.startswith(_FORMULA_START) else value
 
 
+def unescape_formula(value: str) -> str:
+    """``'=cmd`` -> ``=cmd``: undo :func:`escape_formula` when reading."""
+    if len(value) > 1 and value[0] == "'" and value[1] in _FORMULA_START:
+        return value[1:]
+    return value
+
+
 # ------------------------------------------------------------------ the CSV adapter
 
 
@@ -291,8 +299,9 @@ class CsvSource:
         return grid, enc, delim, newline, version
 
     def read(self) -> SheetData:
-        """Read the whole file (one read of the file)."""
+        """Read the whole file (one read of the file); ``'=x`` written by the guard reads as ``=x``."""
         grid, _, _, _, version = self._load()
+        grid = [[unescape_formula(v) if v[:1] == "'" else v for v in line] for line in grid]
         return grid_to_data(self.name, grid, version)
 
     # -- writing

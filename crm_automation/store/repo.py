@@ -283,6 +283,12 @@ class Store:
                 out[mid] = (row[0], row[1], row[2])
         return out
 
+    def activity(self, activity_id: int) -> dict[str, Any] | None:
+        """One activity by id."""
+        cols = ["id", "customer_key", "kind", "occurred_at", "subject", "body", "message_id", "details"]
+        row = self.conn.execute(f"SELECT {', '.join(cols)} FROM activities WHERE id = ?", (activity_id,)).fetchone()
+        return dict(zip(cols, row, strict=True)) if row else None
+
     # ----------------------------------------------------------- suppressions
     def suppress(self, email: str, reason: str, source: str, now: datetime) -> bool:
         """Add an address to the suppression list; False when it was already there."""
@@ -447,7 +453,8 @@ class Store:
     def last_times(self) -> tuple[dict[str, datetime], dict[str, datetime]]:
         """Per customer: time of the last email sent and of the last reply."""
         sent = {k: t for k, s in self.conn.execute(
-            "SELECT customer_key, MAX(sent_at) FROM sends WHERE status = 'sent' GROUP BY customer_key")
+            "SELECT customer_key, MAX(sent_at) FROM sends WHERE status = 'sent' AND campaign != 'owner-notify' "
+            "GROUP BY customer_key")
             if (t := parse_iso(s))}
         replied = {k: t for k, s in self.conn.execute(
             "SELECT customer_key, MAX(occurred_at) FROM activities WHERE kind = 'email_in' AND customer_key "

@@ -165,11 +165,11 @@ def test_secrets_never_reach_the_debug_log(imap_account, source_for, caplog, tmp
 def test_xoauth2_with_token_command(imap_account, source_for, tmp_path):
     """A real SASL XOAUTH2 exchange: Dovecot's passwd-file passdb checks the bearer token like a password."""
     token = "ya29.test-token-" + imap_account.password
-    imap_account.server.set_password(imap_account.user, token)
+    account = imap_account.server.set_password(imap_account.user, token)
     script = tmp_path / "token.py"
     script.write_text(f"print({token!r})\n")
-    imap_account.append(bodies(2))
-    src = source_for(imap_account, oauth2_token_command=f"{sys.executable} {script}")
+    account.append(bodies(2))
+    src = source_for(account, oauth2_token_command=f"{sys.executable} {script}")
     assert len(list(src.fetch("INBOX", None))) == 2
 
 

@@ -1,0 +1,214 @@
+"""Sync benchmark on a generated 100,000-row customer sheet (issue #3, Performance).
+
+Measures side by side, each in its own child process (so peak memory is that
+step's alone):
+
+1. ``pandas.read_excel(path, engine="calamine")`` alone: the yardstick;
+2. ``ExcelSource.read()`` alone;
+3. ``ExcelSource.read()`` + ``Mapping.apply()`` (validate every row), then a
+   second ``apply`` with the first pass's hashes (nothing changed);
+4. the real CLI: ``python -m crm_automation --config CFG sync`` into an empty
+   log, then again with nothing changed (when the CLI exists).
+
+Targets: first sync <= 3x the pandas read, re-sync <= 1.2x, peak < 500 MB.
+
+    python benchmarks/bench_sync.py [--rows 100000] [--keep DIR]
+
+Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MAPPING = """
+key = "email"
+
+[fields]
+email   = { column = "邮箱", type = "email", required = true }
+name    = { column = "客户名称", required = true }
+company = { column = "公司" }
+stage   = { column = "阶段", type = "choice", choices = ["潜在客户", "意向", "报价", "成交", "流失"] }
+owner   = { column = "负责人邮箱", type = "email" }
+phone   = { column = "电话", type = "phone", region = "CN" }
+
+[writeback]
+last_sent    = "最近发送"
+last_reply   = "最近回复"
+email_status = "邮件状态"
+"""
+
+CONFIG = """
+[workspace]
+timezone = "Asia/Shanghai"
+database = "var/crm.sqlite"
+
+[sheet]
+source = "excel"
+path = "customers.xlsx"
+writeback = false
+
+[mailbox]
+source = "maildir"
+path = "inbox"
+
+[outbound]
+transport = "outbox"
+outbox = "var/outbox"
+from = "Sales <sales@example.com>"
+"""
+
+
+def generate(path: Path, rows: int) -> None:
+    import openpyxl  # noqa: TID251 - the benchmark writes its input workbook
+
+    stages = ["潜在客户", "意向", "报价", "成交", "流失"]
+    wb = openpyxl.Workbook(write_only=True)
+    ws = wb.create_sheet("客户")
+    ws.append(["邮箱", "客户名称", "公司", "阶段", "负责人邮箱", "电话"])
+    for i in range(rows):
+        phone = 13000000000 + i * 7 if i % 2 else f"139 {i % 10000:04d} {i // 10000:04d}"
+        ws.append([f"User{i}@Company{i % 5000}.com", f"客户{i}", f"公司{i % 5000}", stages[i % 5],
+                   f"owner{i % 20}@example.com", phone])
+    wb.save(path)
+
+
+CHILD = {
+    "pandas": """
+        import pandas as pd
+        t = time.perf_counter()
+        df = pd.read_excel(PATH, engine="calamine")
+        out["work"] = time.perf_counter() - t
+        out["rows"] = len(df)
+    """,
+    "source": """
+        from crm_automation.sheets.excel import ExcelSource
+        t = time.perf_counter()
+        data = ExcelSource(Path(PATH)).read()
+        out["work"] = time.perf_counter() - t
+        out["rows"] = len(data.rows)
+    """,
+    "mapping": """
+        from crm_automation.sheets.excel import ExcelSource
+        from crm_automation.mapping import load_mapping
+        m = load_mapping(Path(WS) / "mappings")
+        t = time.perf_counter()
+        data = ExcelSource(Path(PATH)).read()
+        res = m.apply(data)
+        out["work"] = time.perf_counter() - t
+        out["rows"] = len(res.customers)
+        out["errors"] = len(res.errors)
+        previous = {h: k for k, h in res.hashes.items()}
+        t = time.perf_counter()
+        data = ExcelSource(Path(PATH)).read()
+        res2 = m.apply(data, previous)
+        out["again"] = time.perf_counter() - t
+        out["again_validated"] = len(res2.customers)
+    """,
+}
+
+
+def run_child(name: str, path: Path, ws: Path) -> dict:
+    code = "import json, sys, time\nfrom pathlib import Path\nout = {}\n"
+    code += f"PATH = {str(path)!r}\nWS = {str(ws)!r}\n" + textwrap.dedent(CHILD[name])
+    code += "\nprint(json.dumps(out))\n"
+    return run([sys.executable, "-c", code])
+
+
+def run(cmd: list[str], cwd: Path | None = None) -> dict:
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    out, err = proc.stdout.read(), proc.stderr.read()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    res: dict = {}
+    last = out.strip().splitlines()[-1] if out.strip() else ""
+    if last.startswith("{"):
+        try:
+            res = json.loads(last)
+        except ValueError:
+            res = {}
+    res.update(wall=wall, rss_mb=usage.ru_maxrss / 1024, rc=proc.returncode)
+    if proc.returncode != 0:
+        res["stderr"] = err.strip().splitlines()[-3:]
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--keep", type=Path, help="workspace folder to use and keep (default: a temp folder)")
+    args = ap.parse_args()
+    tmp = None
+    if args.keep:
+        ws = args.keep
+        ws.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="crm-bench-")
+        ws = Path(tmp.name)
+    (ws / "mappings").mkdir(exist_ok=True)
+    (ws / "mappings" / "customers.toml").write_text(MAPPING, encoding="utf-8")
+    (ws / "email_templates").mkdir(exist_ok=True)
+    for sub in ("cur", "new", "tmp"):
+        (ws / "inbox" / sub).mkdir(parents=True, exist_ok=True)
+    (ws / "config.toml").write_text(CONFIG, encoding="utf-8")
+    xlsx = ws / "customers.xlsx"
+    if not xlsx.exists():
+        t = time.perf_counter()
+        generate(xlsx, args.rows)
+        print(f"generated {args.rows} rows in {time.perf_counter() - t:.1f} s ({xlsx.stat().st_size / 1e6:.1f} MB)")
+
+    results: list[tuple[str, dict, float]] = []
+    pandas = run_child("pandas", xlsx, ws)
+    base = pandas.get("work", float("nan"))
+    results.append(("pandas.read_excel(calamine)", pandas, pandas.get("work", float("nan"))))
+    src = run_child("source", xlsx, ws)
+    results.append(("ExcelSource.read", src, src.get("work", float("nan"))))
+    mp = run_child("mapping", xlsx, ws)
+    results.append(("read + validate all rows", mp, mp.get("work", float("nan"))))
+    results.append(("read + re-validate (unchanged)", mp, mp.get("again", float("nan"))))
+
+    cli_ok = (ROOT / "crm_automation" / "cli.py").exists()
+    if cli_ok:
+        db = ws / "var" / "crm.sqlite"
+        for p in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+            if p.exists():
+                p.unlink()
+        cmd = [sys.executable, "-m", "crm_automation", "--config", str(ws / "config.toml"), "-q", "sync"]
+        env_cwd = ROOT
+        first = run(cmd, cwd=env_cwd)
+        results.append(("CLI sync, empty log (wall)", first, first["wall"]))
+        again = run(cmd, cwd=env_cwd)
+        results.append(("CLI re-sync, unchanged (wall)", again, again["wall"]))
+
+    print()
+    print(f"{'step':34} {'seconds':>8} {'x pandas':>9} {'peak MB':>8}  note")
+    print("-" * 78)
+    for name, res, secs in results:
+        note = "" if res.get("rc", 0) == 0 else f"exit {res['rc']}: {' | '.join(res.get('stderr', []))}"
+        if name.startswith("read + re-validate"):
+            note = note or f"{res.get('again_validated', '?')} rows validated again"
+        print(f"{name:34} {secs:8.2f} {secs / base:9.2f} {res['rss_mb']:8.0f}  {note}")
+    print(f"\npandas child wall time (with interpreter start and imports): {pandas['wall']:.2f} s")
+    if cli_ok:
+        print(f"targets: first sync <= 3x ({3 * base:.2f} s), re-sync <= 1.2x ({1.2 * base:.2f} s), peak < 500 MB")
+    else:
+        print("the CLI does not exist yet: only the sheet read and validation were measured")
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Worker behaviour through the CLI: exactly-once inbound, write-back into a real .xlsx, the scheduled loop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import openpyxl
+
+from tests.fixtures.core import REPO, db_rows, make_workspace, run_subprocess
+
+REPLY = (b"From: Customer 0 <C0@Example.com>\r\nTo: sales@example.com\r\nSubject: Re: hello\r\n"
+         b"Message-ID: <dup-1@example.com>\r\nDate: Fri, 27 Nov 2026 09:00:00 +0800\r\n\r\nYes please.\r\n")
+
+
+def test_same_message_id_twice_is_one_activity(tmp_path, cli):
+    cfg = make_workspace(tmp_path / "ws")
+    inbox = tmp_path / "ws" / "inbox"
+    (inbox / "new" / "1.a").write_bytes(REPLY)
+    (inbox / "cur" / "2.b:2,S").write_bytes(REPLY)  # the same message delivered again (CC + BCC)
+    assert cli("run", "--once", "--config", str(cfg)).code == 0
+    assert cli("fetch", "--config", str(cfg)).code == 0
+    db = tmp_path / "ws" / "var" / "crm.sqlite"
+    rows = db_rows(db, "SELECT customer_key, kind, body FROM activities WHERE message_id = '<dup-1@example.com>'")
+    assert rows == [("c0@example.com", "email_in", "Yes please.")]
+
+
+def test_malformed_message_is_quarantined_whole_and_the_rest_logged(tmp_path, cli):
+    cfg = make_workspace(tmp_path / "ws")
+    inbox = tmp_path / "ws" / "inbox" / "new"
+    junk = b"\x00\x01 this is not an email at all \xff\xfe" * 3
+    (inbox / "1.junk").write_bytes(junk)
+    (inbox / "2.ok").write_bytes(REPLY)
+    r = cli("fetch", "--config", str(cfg), "--json")
+    assert r.code == 0
+    db = tmp_path / "ws" / "var" / "crm.sqlite"
+    q = db_rows(db, "SELECT raw, error FROM quarantine")
+    assert len(q) == 1 and q[0][0] == junk and q[0][1]
+    assert db_rows(db, "SELECT COUNT(*) FROM activities WHERE kind = 'email_in'") == [(1,)]
+    cli("fetch", "--config", str(cfg))
+    assert db_rows(db, "SELECT COUNT(*) FROM quarantine") == [(1,)]
+
+
+def test_writeback_into_real_xlsx_keeps_formulas_and_other_columns(sample_ws):
+    cfg = sample_ws / "config.toml"
+    cfg.write_text(cfg.read_text(encoding="utf-8").replace("writeback = false", "writeback = true"), encoding="utf-8")
+    r = run_subprocess("run", "--once", "--config", str(cfg), "--now", "2026-11-27T10:00")
+    assert r.code == 1, r.err
+    wb = openpyxl.load_workbook(sample_ws / "examples" / "customers.xlsx")
+    ws = wb["客户"]
+    headers = [c.value for c in ws[1]]
+    for col in ("最近发送", "最近回复", "邮件状态"):
+        assert col in headers
+    assert ws["I2"].value == "=TODAY()-DATE(2026,11,1)"  # the team's formula is untouched
+    assert "说明" in wb.sheetnames
+    rows = {r[headers.index("邮箱")]: r for r in ws.iter_rows(min_row=2, values_only=True)}
+    zhang = rows["zhang.wei@example.cn"]
+    assert zhang[headers.index("最近发送")] == "2026-11-27 10:00"
+    assert zhang[headers.index("最近回复")] == "2026-11-21 09:30"
+    assert rows["huang.li@example.cn"][headers.index("邮件状态")] == "unsubscribed"
+    assert rows["zhang.wei@example.cn"][headers.index("备注")] == "展会名片"
+
+
+def test_scheduled_worker_stops_cleanly_on_sigterm(tmp_path):
+    cfg = make_workspace(tmp_path / "ws", extra_config='[schedule]\nsync_every = "1s"\nfetch_every = "1s"\n'
+                                                          'send_every = "1s"\n')
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    p = subprocess.Popen([sys.executable, "-m", "crm_automation", "run", "--config", str(cfg)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    db = tmp_path / "ws" / "var" / "crm.sqlite"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if db.exists() and db_rows(db, "SELECT COUNT(*) FROM runs WHERE job = 'sync' AND finished_at IS NOT NULL"
+                                   )[0][0] >= 2:
+            break
+        time.sleep(0.2)
+    else:
+        p.kill()
+        raise AssertionError("the scheduled worker did not run sync twice in 30 s")
+    # While it runs, a second worker is refused.
+    r = run_subprocess("run", "--once", "--config", str(cfg))
+    assert r.code == 2 and "another crm-automation worker" in r.err
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert "worker stopped" in err and "Traceback" not in err
+    assert db_rows(db, "SELECT COUNT(*) FROM runs WHERE finished_at IS NULL") == [(0,)]
+
+
+def test_owner_is_notified_of_a_reply_exactly_once(tmp_path, cli):
+    import email as email_mod
+
+    cfg = make_workspace(tmp_path / "ws", extra_config="notify_owner = true\n")
+    (tmp_path / "ws" / "inbox" / "new" / "1.a").write_bytes(REPLY)
+    assert cli("run", "--once", "--config", str(cfg)).code == 0
+    assert cli("run", "--once", "--config", str(cfg)).code == 0
+    emls = list((tmp_path / "ws" / "var" / "outbox").glob("*.eml"))
+    assert len(emls) == 1
+    msg = email_mod.message_from_bytes(emls[0].read_bytes())
+    assert msg["To"] == "owner@example.com"
+    assert msg["In-Reply-To"] == "<dup-1@example.com>"
+    assert msg["Reply-To"] == "c0@example.com"
+    assert "Yes please." in msg.get_payload(decode=True).decode()
+    db = tmp_path / "ws" / "var" / "crm.sqlite"
+    assert db_rows(db, "SELECT campaign, status FROM sends") == [("owner-notify", "sent")]

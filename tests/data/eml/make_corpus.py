@@ -1,0 +1,523 @@
+"""Write the labelled inbound corpus: tests/data/eml/<kind>/<name>.eml.
+
+Every message is invented and anonymised (example.com/.cn/.net/.org
+domains), written to look like what each client really sends. Many need
+exact bytes in legacy charsets (GBK labelled GB2312, Big5, raw 8-bit
+headers), which is why they are generated rather than typed.
+
+Expectations travel with the files:
+- email_in / unsubscribe: ``<name>.expected.txt`` holds the newly written text.
+- bounce: headers ``X-Test-Expected-Recipient`` and ``X-Test-Expected-Permanent``.
+- quarantine: parsing must raise MessageError.
+
+Run ``python tests/data/eml/make_corpus.py`` after changing a case; the
+output files are committed.
+"""
+
+from __future__ import annotations
+
+import base64
+import quopri
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SALES = "Sales Team <sales@example.com>"
+DATE = "Tue, 24 Nov 2026 10:15:00 +0800"
+
+ENCODE_AS = {"gb2312": "gbk", "gbk": "gbk", "gb18030": "gb18030", "big5": "big5", "utf-8": "utf-8", "us-ascii": "utf-8"}
+
+
+def encode(text: str, charset: str) -> bytes:
+    return text.encode(ENCODE_AS.get(charset.lower(), "gbk"))
+
+
+def word(text: str, charset: str = "utf-8", kind: str = "B") -> str:
+    """An RFC 2047 encoded word."""
+    data = encode(text, charset)
+    if kind == "B":
+        return f"=?{charset}?B?{base64.b64encode(data).decode()}?="
+    q = quopri.encodestring(data, header=True).decode()
+    return f"=?{charset}?Q?{q}?="
+
+
+def body_bytes(text: str, charset: str, cte: str) -> bytes:
+    data = encode(text.replace("\n", "\r\n"), charset)
+    if cte == "base64":
+        return base64.encodebytes(data).replace(b"\n", b"\r\n")
+    if cte == "quoted-printable":
+        return quopri.encodestring(data).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return data
+
+
+def headers_bytes(headers: list[tuple[str, str | bytes]]) -> bytes:
+    out = b""
+    for name, value in headers:
+        v = value if isinstance(value, bytes) else value.encode("ascii")
+        out += name.encode() + b": " + v + b"\r\n"
+    return out
+
+
+def message(
+    headers: list[tuple[str, str | bytes]],
+    text: str,
+    *,
+    charset: str = "utf-8",
+    cte: str = "base64",
+    subtype: str = "plain",
+) -> bytes:
+    h = [*headers, ("MIME-Version", "1.0"), ("Content-Type", f'text/{subtype}; charset="{charset}"'),
+         ("Content-Transfer-Encoding", cte)]
+    return headers_bytes(h) + b"\r\n" + body_bytes(text, charset, cte)
+
+
+def alternative(headers: list[tuple[str, str | bytes]], text: str, html: str, *, charset: str = "utf-8") -> bytes:
+    b = "----=_Part_alt_0001"
+    h = [*headers, ("MIME-Version", "1.0"), ("Content-Type", f'multipart/alternative; boundary="{b}"')]
+    parts = b""
+    for sub, content in (("plain", text), ("html", html)):
+        parts += (f"--{b}\r\nContent-Type: text/{sub}; charset=\"{charset}\"\r\n"
+                  "Content-Transfer-Encoding: base64\r\n\r\n").encode() + body_bytes(content, charset, "base64")
+    return headers_bytes(h) + b"\r\n" + parts + f"--{b}--\r\n".encode()
+
+
+def std(frm: str, subject: str, mid: str, *, to: str = SALES, date: str = DATE, extra: tuple = ()) -> list:
+    return [("From", frm), ("To", to), ("Subject", subject), ("Date", date), ("Message-ID", f"<{mid}>"),
+            ("In-Reply-To", "<c1.s1.k42@example.com>"), ("References", "<c1.s1.k42@example.com>"), *extra]
+
+
+QQ_QUOTE = """
+
+------------------ 原始邮件 ------------------
+发件人: "Sales Team"<sales@example.com>;
+发送时间: 2026年11月23日(星期一) 下午3:00
+收件人: "王先生"<wang@qq.example.cn>;
+主题: 关于2027年度报价
+
+王先生您好，
+
+附件是我们2027年度的报价单，请查收。
+
+销售部
+"""
+
+OUTLOOK_EN_QUOTE = """
+
+________________________________
+From: Sales Team <sales@example.com>
+Sent: Monday, November 23, 2026 3:00 PM
+To: Alice Brown <alice@example.org>
+Subject: Your quote for 2027
+
+Dear Alice,
+
+Please find our 2027 quote attached.
+
+Kind regards,
+Sales
+"""
+
+EMAIL_IN: dict[str, tuple[bytes, str]] = {}
+UNSUB: dict[str, tuple[bytes, str]] = {}
+AUTO: dict[str, bytes] = {}
+BOUNCE: dict[str, bytes] = {}
+QUARANTINE: dict[str, bytes] = {}
+
+
+def add_in(name: str, raw: bytes, expected: str, target: dict | None = None) -> None:
+    (EMAIL_IN if target is None else target)[name] = (raw, expected)
+
+
+# ---------------------------------------------------------------- email_in
+
+r = "王先生回复：报价收到，我们下周一开会讨论后给您答复。\n\n谢谢！"
+add_in("qq_reply_gb18030", message(std(f"{word('王先生', 'gb18030')} <wang@qq.example.cn>",
+       word("回复：关于2027年度报价", "gb18030"), "tencent_1A2B3C@qq.com",
+       extra=(("X-Mailer", "QQMail 2.x"),)), r + QQ_QUOTE, charset="gb18030"), r)
+
+r = "李总：\n样品已经收到，质量不错。喆哥说下周可以下单。"
+add_in("foxmail_gb2312_label_gbk_qp", message(std(f"{word('李堃', 'gb2312')} <likun@foxmail.example.cn>",
+       word("Re: 样品", "gb2312"), "202611241015327654321@foxmail.example.cn",
+       extra=(("X-Mailer", "Foxmail 7.2.25.228[cn]"),)),
+       r + "\n\n\n------------------ Original ------------------\nFrom:  \"Sales Team\"<sales@example.com>;\n"
+       "Date:  Mon, Nov 23, 2026 03:00 PM\nTo:  \"李堃\"<likun@foxmail.example.cn>;\nSubject:  样品\n\n李总您好，样品已寄出。\n",
+       charset="gb2312", cte="quoted-printable"), r)
+
+r = "您好，价格可以接受，请发合同过来。"
+add_in("163_reply_gbk_base64", message(std(f"{word('张三', 'gbk')} <zhangsan@163.example.cn>",
+       word("Re:合同", "gbk"), "4c5d6e7f.1a2b.18c0000000a.Coremail.zhangsan@163.example.cn"),
+       r + "\n\n\n\n\n\n在 2026-11-23 15:00:00，\"Sales Team\" <sales@example.com> 写道：\n>张先生您好，\n>\n>报价见附件。\n",
+       charset="gbk"), r)
+
+r = "收到，谢谢。我们会尽快安排付款。"
+add_in("126_reply_wrapped", message(std("zhaoliu <zhaoliu@126.example.cn>", word("Re:付款通知", "gbk"),
+       "1b2c3d4e.2a3b.18c0000000b.Coremail.zhaoliu@126.example.cn"),
+       r + "\n\n在 2026-11-23 15:00:00，\"Sales Team\"\n<sales@example.com> 写道：\n> 赵先生您好，\n> 请安排付款。\n",
+       charset="gbk"), r)
+
+r = "好的，我周三有空。\n\n陈七"
+add_in("126_original_divider", message(std("chenqi <chenqi@126.example.cn>", word("回复:拜访", "gbk"),
+       "3c4d5e6f.3a4b.18c0000000c.Coremail.chenqi@126.example.cn"),
+       r + "\n\n----- 原始邮件 -----\n发件人：\"Sales Team\" <sales@example.com>\n发送日期：2026-11-23 15:00\n"
+       "收件人：chenqi@126.example.cn\n主题：拜访\n\n陈先生，下周方便拜访吗？\n", charset="gbk"), r)
+
+r = "Hi,\n\nThanks for the quote. Could you also include shipping to Rotterdam?\n\nBest,\nAlice"
+add_in("outlook_en_underscore", message(std("Alice Brown <Alice.Brown@Example.org>", "RE: Your quote for 2027",
+       "DB9PR01MB1234ABCD@DB9PR01MB1234.eurprd01.prod.exchangelabs.example.com",
+       extra=(("Thread-Topic", "Your quote for 2027"),)), r + OUTLOOK_EN_QUOTE, cte="quoted-printable"), r)
+
+r = "您好，\n\n请把发票寄到新地址：上海市浦东新区世纪大道100号。"
+add_in("outlook_zh_fullwidth_block", message(std(f"{word('孙经理', 'gb2312')} <sun@corp.example.cn>",
+       word("答复: 发票", "gb2312"), "HK0PR01MB5678EF@HK0PR01MB5678.apcprd01.prod.example.com"),
+       r + "\n\n发件人： Sales Team <sales@example.com>\n发送时间： 2026年11月23日 15:00\n收件人： 孙经理 <sun@corp.example.cn>\n"
+       "主题： 发票\n\n孙经理您好，发票已开具。\n", charset="gb2312"), r)
+
+r = "Please go ahead with the order.\n\nRegards,\nBob"
+add_in("outlook_original_message", message(std("bob@example.net", "RE: Order 1042", "000001d9a1b2$c3d4e5f0$@example.net",
+       extra=(("X-Mailer", "Microsoft Outlook 16.0"),)),
+       r + "\n\n-----Original Message-----\nFrom: Sales Team <sales@example.com> \nSent: Monday, November 23, 2026 3:00 PM\n"
+       "To: bob@example.net\nSubject: Order 1042\n\nHi Bob, shall we go ahead?\n", cte="7bit"), r)
+
+r = "Thanks, that works for us. Let's talk on Friday."
+add_in("gmail_en_alternative", alternative(std("Carol White <carol.white@gmail.example.com>", "Re: Meeting",
+       "CAF=abc123+XyZ@mail.gmail.example.com"),
+       r + "\n\nOn Mon, Nov 23, 2026 at 3:00 PM Sales Team <sales@example.com> wrote:\n\n> Hi Carol,\n> Does Friday suit you?\n>\n",
+       f"<div dir=\"ltr\">{r}</div><br><div class=\"gmail_quote\"><div dir=\"ltr\" class=\"gmail_attr\">On Mon, Nov 23, 2026 at "
+       "3:00 PM Sales Team &lt;<a href=\"mailto:sales@example.com\">sales@example.com</a>&gt; wrote:<br></div>"
+       "<blockquote class=\"gmail_quote\">Hi Carol,<br>Does Friday suit you?</blockquote></div>"), r)
+
+r = "Yes, please send the samples."
+add_in("gmail_en_wrapped_header", message(std("Dan Green <dan@example.org>", "Re: Samples", "CAF=def456@mail.gmail.example.com"),
+       r + "\n\nOn Mon, Nov 23, 2026 at 3:00 PM Sales Team from Example Company Limited <\nsales@example.com> wrote:\n\n"
+       "> Dan, shall we send samples?\n", cte="quoted-printable"), r)
+
+r = "没问题，周五见。"
+add_in("gmail_zh_yu_xiedao", message(std(f"{word('周八')} <zhouba@gmail.example.com>", word("Re: 会议"),
+       "CAG=zh001@mail.gmail.example.com"),
+       r + "\n\nSales Team <sales@example.com> 于2026年11月23日周一 15:00写道：\n\n> 周先生，周五开会可以吗？\n"), r)
+
+r = "好的，我把资料发给同事。"
+add_in("gmail_zh_zai_wrapped", message(std(f"{word('吴九')} <wujiu@gmail.example.com>", word("Re: 资料"),
+       "CAG=zh002@mail.gmail.example.com"),
+       r + "\n\n在 2026年11月23日周一 下午3:00，Sales Team <\nsales@example.com> 写道：\n\n> 吴先生，资料请查收。\n"), r)
+
+r = "Sounds good, see you then."
+add_in("apple_mail_en", message(std("Erin Black <erin@example.org>", "Re: Visit", "1F2E3D4C-5B6A-7980-ABCD-EF0123456789@example.org",
+       extra=(("X-Mailer", "Apple Mail (2.3774.200.91.1.1)"),)),
+       r + "\n\n> On 23 Nov 2026, at 15:00, Sales Team <sales@example.com> wrote:\n> \n> Erin, can we visit on Thursday?\n> \n",
+       cte="quoted-printable"), r)
+
+r = "收到，马上处理"
+add_in("iphone_zh_qq", message(std(f"{word('郑十')} <zhengshi@qq.example.cn>", word("回复：订单"),
+       "tencent_9F8E7D@qq.com"), r + "\n\n\n发自我的iPhone" + QQ_QUOTE), r)
+
+r = "Sounds good."
+add_in("iphone_en", message(std("Frank Miller <frank@example.net>", "Re: Delivery date", "A1B2C3D4-iphone@example.net"),
+       r + "\n\nSent from my iPhone\n\n> On Nov 23, 2026, at 3:00 PM, Sales Team <sales@example.com> wrote:\n>\n> Frank, delivery is on Monday.\n",
+       cte="7bit"), r)
+
+r = "好的，明天上午发货。"
+add_in("iphone_zh_cong_wode", message(std(f"{word('钱一')} <qianyi@example.cn>", word("Re: 发货"), "iphone-zh-2@example.cn"),
+       r + "\n\n从我的 iPhone 发送\n\n> 在 2026年11月23日，15:00，Sales Team <sales@example.com> 写道：\n>\n> 钱先生，什么时候发货？\n"), r)
+
+r = "您好：\n報價已收到，我們下週回覆。\n\n林小姐"
+add_in("big5_outlook_tw", message(std(f"{word('林小姐', 'big5')} <lin@example.com.tw>", word("回覆: 報價", "big5"),
+       "TY0PR01MB9999@example.com.tw"),
+       r + "\n\n寄件者: Sales Team <sales@example.com>\n寄件日期: 2026年11月23日 下午 03:00\n收件者: 林小姐 <lin@example.com.tw>\n"
+       "主旨: 報價\n\n林小姐您好，報價如附件。\n", charset="big5"), r)
+
+r = "谢谢😀，价格没问题，䶮总已经同意。"
+add_in("gb18030_four_byte", message(std(f"{word('刘䶮', 'gb18030')} <liuyan@example.cn>", word("回复：价格", "gb18030"),
+       "gb18030-4byte@example.cn"), r + QQ_QUOTE, charset="gb18030"), r)
+
+r = "您好，请问交货期可以提前一周吗？"
+add_in("rfc2047_q_subject_signature", message(std(f"\"{word('何经理', 'gb2312', 'Q')}\" <he@example.cn>",
+       word("交货期咨询", "gb2312", "Q"), "rfc2047-q@example.cn"),
+       r + "\n\n-- \n何经理\n采购部 | 示例贸易有限公司\n电话 021-00000000\n", charset="gb2312", cte="quoted-printable"), r)
+
+r = "价格我们同意，合同下周签。"
+add_in("raw_8bit_gbk_headers", message([("From", "冯先生 <feng@example.cn>".encode("gbk")), ("To", SALES),
+       ("Subject", "回复: 合同".encode("gbk")), ("Date", DATE), ("Message-ID", "<raw8bit@example.cn>")],
+       r, charset="gbk", cte="8bit"), r)
+
+r = "你好，我们想订购五百件。"
+add_in("unknown_charset_label", message(std(f"{word('陈先生')} <chen@example.cn>", word("订购"), "unknown-charset@example.cn"),
+       r, charset="x-weird-charset", cte="base64"), r)
+# The body above was encoded with GBK (ENCODE_AS fallback) under an unknown label.
+
+r = "Thanks Sales team, we will confirm by Friday."
+add_in("html_only_gmail", message(std("Grace Lee <grace@example.org>", "Re: Confirmation", "html-only-1@example.org"),
+       "<html><body><div dir=\"ltr\">Thanks Sales team, we will confirm by <b>Friday</b>.<img src=\"cid:logo\"></div>"
+       "<br><div class=\"gmail_quote\">On Mon, Nov 23, 2026 at 3:00 PM Sales Team &lt;<a href=\"mailto:sales@example.com\">"
+       "sales@example.com</a>&gt; wrote:<br><blockquote>Hi Grace, can you confirm?<br>"
+       "<a href=\"https://example.com/x\">Our site</a></blockquote></div></body></html>", subtype="html"), r)
+
+r = "好的，样品我们收到了。"
+add_in("html_only_qq_gb18030", message(std(f"{word('黄先生', 'gb18030')} <huang@qq.example.cn>", word("回复：样品", "gb18030"),
+       "tencent_html@qq.com"),
+       "<div>好的，样品我们收到了。</div><div><br></div><div style=\"font-size: 12px;\">------------------&nbsp;原始邮件&nbsp;"
+       "------------------</div><div><b>发件人:</b>&nbsp;\"Sales Team\"&lt;sales@example.com&gt;;<br><b>发送时间:</b>&nbsp;"
+       "2026年11月23日(星期一) 下午3:00<br><b>收件人:</b>&nbsp;\"黄先生\"&lt;huang@qq.example.cn&gt;;<br><b>主题:</b>&nbsp;样品"
+       "</div><div>样品已寄出。</div>", charset="gb18030", subtype="html"), r)
+
+r = "Hello,\n\nIs the blue model still available?\n\nThanks"
+add_in("signature_dashdash_en", message(std("Henry Ford <henry@example.net>", "Blue model", "sig-en@example.net"),
+       r + "\n-- \nHenry Ford\nPurchasing, Example Motors\n+1 555 0100\n", cte="7bit"), r)
+
+r = "My answer: yes, 200 units."
+add_in("bottom_post", message(std("ivy@example.org", "Re: Quantity", "bottom-post@example.org"),
+       "On Mon, Nov 23, 2026 at 3:00 PM Sales Team <sales@example.com> wrote:\n> How many units do you need?\n\n" + r + "\n",
+       cte="7bit"), r)
+
+r = "Please call me tomorrow."
+add_in("no_message_id", message([("From", "Jack <jack@example.net>"), ("To", SALES), ("Subject", "Call"), ("Date", DATE)],
+       r, cte="7bit"), r)
+
+r = "你好，我想退订上周的订单，麻烦帮我处理一下退款。订单号 20261117-008。"
+add_in("order_cancel_tuiding", message(std(f"{word('马女士')} <ma@example.cn>", word("订单退订"), "order-cancel@example.cn"),
+       r), r)
+
+r = "我想退订上周的订单"
+add_in("order_cancel_short", message(std(f"{word('马女士')} <ma@example.cn>", word("Re: 订单"), "order-cancel-2@example.cn"),
+       r + QQ_QUOTE), r)
+
+r = "Can you send the price list again?"
+add_in("us_ascii_label_utf8_body", message(std("Kim <kim@example.org>", "Price list", "ascii-label@example.org"),
+       r + "\n\n— Kim Müller", charset="us-ascii", cte="8bit"), r + "\n\n— Kim Müller")
+
+r = "Noted, thanks. Will reply from the office."
+add_in("outlook_mobile", message(std("Liam <liam@example.org>", "RE: Schedule", "outlook-ios@example.org"),
+       r + "\n\nGet Outlook for iOS\n" + OUTLOOK_EN_QUOTE), r)
+
+r = "We read your newsletter and would like a demo."
+add_in("precedence_bulk_is_not_auto", message(std("Mia <mia@example.org>", "Re: November newsletter", "bulk-1@example.org",
+       extra=(("Precedence", "bulk"), ("List-Id", "<customers.example.org>"))), r, cte="7bit"), r)
+
+r = "Real answer from a person: we accept."
+add_in("auto_submitted_no", message(std("Noah <noah@example.org>", "Re: Offer", "autosub-no@example.org",
+       extra=(("Auto-Submitted", "no"),)), r, cte="7bit"), r)
+
+# ---------------------------------------------------------------- unsubscribe
+
+r = "TD"
+add_in("td_qq", message(std(f"{word('客户')} <kehu1@qq.example.cn>", word("回复：双十二优惠"), "tencent_td@qq.com"),
+       r + QQ_QUOTE), r, UNSUB)
+
+r = "退订"
+add_in("tuiding_gbk_163", message(std("user2 <user2@163.example.cn>", word("Re:双十二优惠", "gbk"),
+       "unsub-163@163.example.cn"), r + "\n\n在 2026-11-23 15:00:00，\"Sales Team\" <sales@example.com> 写道：\n>优惠活动\n",
+       charset="gbk"), r, UNSUB)
+
+r = "退订，谢谢！"
+add_in("tuiding_xiexie", message(std("user3 <user3@example.cn>", word("回复：活动"), "unsub-3@example.cn"),
+       r + "\n\n发自我的iPhone" + QQ_QUOTE), r, UNSUB)
+
+r = "取消订阅"
+add_in("quxiao_dingyue", message(std("user4 <user4@126.example.cn>", word("回复:新品"), "unsub-4@126.example.cn"),
+       r, charset="gb2312"), r, UNSUB)
+
+r = "Please unsubscribe me."
+add_in("please_unsubscribe_me", message(std("Olivia <olivia@example.org>", "RE: November offers", "unsub-5@example.org"),
+       r + OUTLOOK_EN_QUOTE), r, UNSUB)
+
+r = "unsubscribe"
+add_in("unsubscribe_word", message(std("pat@example.net", "unsubscribe", "unsub-6@example.net"), r, cte="7bit"), r, UNSUB)
+
+r = "T"
+add_in("t_single_letter", message(std("user7 <user7@qq.example.cn>", word("回复：活动"), "unsub-7@qq.com"),
+       r + QQ_QUOTE), r, UNSUB)
+
+r = "Hello, I would like to stop receiving your marketing emails, and please also delete my data."
+add_in("to_unsubscribe_address", message(std("Quinn <quinn@example.org>", "remove", "unsub-8@example.org",
+       to="unsubscribe@example.com"), r, cte="7bit"), r, UNSUB)
+
+add_in("empty_body_subject_unsubscribe", message(std("rose@example.org", "Unsubscribe", "unsub-9@example.org"),
+       "", cte="7bit"), "", UNSUB)
+
+# ---------------------------------------------------------------- auto_reply
+
+AUTO["auto_submitted_ooo"] = message(std("Sam <sam@example.org>", "Out of Office: Re: Offer", "ooo-1@example.org",
+    extra=(("Auto-Submitted", "auto-replied"),)), "I am out of the office until 1 December.", cte="7bit")
+AUTO["exchange_automatic_reply"] = message(std("Tina <tina@example.org>", "Automatic reply: Your quote for 2027",
+    "ooo-2@example.org", extra=(("X-Auto-Response-Suppress", "All"), ("X-MS-Exchange-Inbox-Rules-Loop", "tina@example.org"))),
+    "Thank you for your email. I am on leave and will reply after my return." + OUTLOOK_EN_QUOTE, cte="quoted-printable")
+AUTO["exchange_zh_zidong_dafu"] = message(std(f"{word('周经理', 'gb2312')} <zhou@corp.example.cn>",
+    word("自动答复: 关于2027年度报价", "gb2312"), "ooo-3@corp.example.cn", extra=(("X-Auto-Response-Suppress", "All"),)),
+    "您好，我正在出差，12月1日回来后回复您。", charset="gb2312")
+AUTO["qq_holiday_body"] = message(std(f"{word('王先生', 'gb18030')} <wang@qq.example.cn>", word("Re:关于2027年度报价", "gb18030"),
+    "tencent_holiday@qq.com"), "这是一封自动回复邮件。您好，我最近正在休假中，无法亲自回复您的邮件。我将在假期结束后，尽快给您回复。",
+    charset="gb18030")
+AUTO["qq_holiday_bracket_subject"] = message(std("user8 <user8@qq.example.cn>", word("【自动回复】Re: 报价"),
+    "tencent_holiday2@qq.com"), "您好，邮件已收到，我会尽快回复。")
+AUTO["x_autoreply_yes"] = message(std("Uma <uma@example.org>", "Re: Offer", "xauto-1@example.org",
+    extra=(("X-Autoreply", "yes"),)), "Thanks for your message. I will be back soon.", cte="7bit")
+AUTO["x_autorespond"] = message(std("Victor <victor@example.net>", "Re: Offer", "xauto-2@example.net",
+    extra=(("X-Autorespond", "Re: Offer"),)), "Your message has been received.", cte="7bit")
+AUTO["precedence_auto_reply"] = message(std("Wendy <wendy@example.net>", "Re: Offer", "prec-1@example.net",
+    extra=(("Precedence", "auto_reply"),)), "I am travelling this week.", cte="7bit")
+AUTO["subject_auto_colon_notes"] = message(std("Xavier <xavier@example.net>", "Auto: Your quote for 2027", "notes-1@example.net"),
+    "I am out of the office until 30/11/2026.", cte="7bit")
+AUTO["163_zidong_huifu_gbk"] = message(std("user9 <user9@163.example.cn>", word("自动回复：关于2027年度报价", "gbk"),
+    "auto-163@163.example.cn"), "您好，您的邮件我已收到，会尽快处理。", charset="gbk")
+AUTO["xiujia_subject"] = message(std("user10 <user10@example.cn>", word("休假中：Re: 报价"), "xiujia@example.cn"),
+    "本人休假至12月5日。")
+AUTO["auto_submitted_generated"] = message(std("system <noreply@example.org>", "Ticket #4411 received",
+    "ticket-4411@example.org", extra=(("Auto-Submitted", "auto-generated"),)), "We received your request.", cte="7bit")
+
+# ---------------------------------------------------------------- bounce
+
+ORIGINAL = ("From: Sales Team <sales@example.com>\r\nTo: {rcpt}\r\nSubject: Your quote for 2027\r\n"
+            "Message-ID: <c1.s1.k42@example.com>\r\nDate: Mon, 23 Nov 2026 15:00:00 +0800\r\n\r\nHello!\r\n")
+
+
+def dsn(name: str, *, frm: str, subject: str, rcpt: str, action: str, status: str, notice: str, permanent: bool,
+        diagnostic: str, extra: tuple = ()) -> None:
+    b = "B0UND4RY.1764000000/mx.example.net"
+    head = headers_bytes([("From", frm), ("To", "sales@example.com"), ("Subject", subject), ("Date", DATE),
+                          ("Message-ID", f"<{name}@mx.example.net>"), ("Auto-Submitted", "auto-replied"), *extra,
+                          ("X-Test-Expected-Recipient", rcpt), ("X-Test-Expected-Permanent", str(permanent).lower()),
+                          ("MIME-Version", "1.0"),
+                          ("Content-Type", f'multipart/report; report-type=delivery-status; boundary="{b}"')])
+    body = (f"This is a MIME-encapsulated message.\r\n\r\n--{b}\r\nContent-Description: Notification\r\n"
+            f"Content-Type: text/plain; charset=us-ascii\r\n\r\n{notice}\r\n\r\n--{b}\r\n"
+            "Content-Description: Delivery report\r\nContent-Type: message/delivery-status\r\n\r\n"
+            "Reporting-MTA: dns; mx.example.net\r\nArrival-Date: Mon, 23 Nov 2026 15:00:01 +0800\r\n\r\n"
+            f"Final-Recipient: rfc822; {rcpt}\r\nOriginal-Recipient: rfc822;{rcpt}\r\nAction: {action}\r\n"
+            f"Status: {status}\r\nDiagnostic-Code: smtp; {diagnostic}\r\n\r\n--{b}\r\n"
+            "Content-Description: Undelivered Message Headers\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+            + ORIGINAL.format(rcpt=rcpt).split("\r\n\r\n")[0] + f"\r\n\r\n--{b}--\r\n")
+    BOUNCE[name] = head + b"\r\n" + body.encode()
+
+
+dsn("postfix_permanent", frm="MAILER-DAEMON@mx.example.net (Mail Delivery System)",
+    subject="Undelivered Mail Returned to Sender", rcpt="bob.unknown@example.net", action="failed", status="5.1.1",
+    permanent=True, diagnostic="550 5.1.1 <bob.unknown@example.net>: Recipient address rejected: User unknown",
+    notice="This is the mail system at host mx.example.net.\r\n\r\nI'm sorry to have to inform you that your message could not\r\n"
+           "be delivered to one or more recipients. It's attached below.\r\n\r\n                   The mail system\r\n\r\n"
+           "<bob.unknown@example.net>: host mx2.example.net[192.0.2.10] said: 550 5.1.1\r\n    User unknown (in reply to RCPT TO command)")
+dsn("postfix_delayed", frm="MAILER-DAEMON@mx.example.net (Mail Delivery System)",
+    subject="Delayed Mail (still being retried)", rcpt="slow@example.org", action="delayed", status="4.4.1",
+    permanent=False, diagnostic="451 4.4.1 connection timed out",
+    notice="This is the mail system at host mx.example.net.\r\n\r\n####################################################\r\n"
+           "# THIS IS A WARNING ONLY.  YOU DO NOT NEED TO RESEND YOUR MESSAGE. #\r\n"
+           "####################################################\r\n\r\nYour message could not be delivered for more than 4 hour(s).\r\n"
+           "It will be retried until it is 5 day(s) old.")
+dsn("exchange_ndr", frm="postmaster@corp.example.com", subject="Undeliverable: Your quote for 2027",
+    rcpt="Erin.Gone@Corp.Example.com", action="failed", status="5.1.10", permanent=True,
+    diagnostic="smtp;550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
+    notice="Your message to Erin.Gone@Corp.Example.com couldn't be delivered.\r\n\r\nErin.Gone wasn't found at corp.example.com.\r\n\r\n"
+           "Remote Server returned '550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup'",
+    extra=(("X-MS-Exchange-Message-Is-Ndr", ""),))
+dsn("gmail_permanent", frm="Mail Delivery Subsystem <mailer-daemon@googlemail.example.com>",
+    subject="Delivery Status Notification (Failure)", rcpt="nobody123@example.org", action="failed", status="5.1.1",
+    permanent=True, diagnostic="smtp; 550-5.1.1 The email account that you tried to reach does not exist.",
+    notice="** Address not found **\r\n\r\nYour message wasn't delivered to nobody123@example.org because the address couldn't be "
+           "found, or is unable to receive mail.\r\n\r\nThe response from the remote server was:\r\n550 5.1.1 The email account that "
+           "you tried to reach does not exist.")
+dsn("gmail_delay", frm="Mail Delivery Subsystem <mailer-daemon@googlemail.example.com>",
+    subject="Delivery Status Notification (Delay)", rcpt="busy@example.org", action="delayed", status="4.7.0",
+    permanent=False, diagnostic="smtp; 421 4.7.0 Try again later",
+    notice="** Message not delivered yet **\r\n\r\nThere was a temporary problem delivering your message to busy@example.org. "
+           "Gmail will retry for 46 more hours. You'll be notified if the delivery fails permanently.")
+
+
+def plain_bounce(name: str, headers: list, text: str, rcpt: str, permanent: bool, *, charset: str = "us-ascii",
+                 cte: str = "7bit", subtype: str = "plain", attach_original: bool = True) -> None:
+    hs = [*headers, ("To", "sales@example.com"), ("Date", DATE), ("Message-ID", f"<{name}@bounce.example.net>"),
+          ("X-Test-Expected-Recipient", rcpt), ("X-Test-Expected-Permanent", str(permanent).lower())]
+    if not attach_original:
+        BOUNCE[name] = message(hs, text, charset=charset, cte=cte, subtype=subtype)
+        return
+    b = "----=_NextPart_bounce_01"
+    head = headers_bytes([*hs, ("MIME-Version", "1.0"), ("Content-Type", f'multipart/mixed; boundary="{b}"')])
+    body = (f"--{b}\r\nContent-Type: text/{subtype}; charset=\"{charset}\"\r\nContent-Transfer-Encoding: {cte}\r\n\r\n".encode()
+            + body_bytes(text, charset, cte)
+            + f"\r\n--{b}\r\nContent-Type: message/rfc822\r\n\r\n{ORIGINAL.format(rcpt=rcpt)}\r\n--{b}--\r\n".encode())
+    BOUNCE[name] = head + b"\r\n" + body
+
+
+plain_bounce("exim_permanent", [("From", "Mail Delivery System <Mailer-Daemon@mail.example.org>"),
+             ("Subject", "Mail delivery failed: returning message to sender"), ("X-Failed-Recipients", "carol.x@example.org"),
+             ("Auto-Submitted", "auto-replied")],
+             "This message was created automatically by mail delivery software.\n\nA message that you sent could not be "
+             "delivered to one or more of its\nrecipients. This is a permanent error. The following address(es) failed:\n\n"
+             "  carol.x@example.org\n    SMTP error from remote mail server after RCPT TO:<carol.x@example.org>:\n"
+             "    550 5.1.1 User unknown\n\n------ This is a copy of the message, including all the headers. ------\n",
+             "carol.x@example.org", True, attach_original=False)
+plain_bounce("exim_delay_warning", [("From", "Mail Delivery System <Mailer-Daemon@mail.example.org>"),
+             ("Subject", "Warning: message 1tAbCd-000123-4x delayed 24 hours"), ("Auto-Submitted", "auto-replied")],
+             "This message was created automatically by mail delivery software.\nA message that you sent has not yet been "
+             "delivered to one or more of its\nrecipients after more than 24 hours on the queue on mail.example.org.\n\n"
+             "The message identifier is:     1tAbCd-000123-4x\nThe subject of the message is: Your quote for 2027\n\n"
+             "The address to which the message has not yet been delivered is:\n\n  dave.slow@example.org\n"
+             "    host mx.example.org [192.0.2.20]: 451 4.7.1 Greylisted, try again later\n\n"
+             "No action is required on your part. Delivery attempts will continue for\nsome time, and this warning may be "
+             "repeated at intervals if the message\nremains undelivered. Eventually the mail delivery software will give up,\n"
+             "and when that happens, the message will be returned to you.\n", "dave.slow@example.org", False,
+             attach_original=False)
+plain_bounce("qq_bounce_html", [("From", f"{word('腾讯邮件系统', 'gb18030')} <PostMaster@qq.example.cn>"),
+             ("Subject", word("退信：Your quote for 2027", "gb18030"))],
+             "<div><b>很抱歉您发送的邮件被退回，以下是该邮件的相关信息：</b></div><table><tr><td>被退回的邮件：</td>"
+             "<td>Your quote for 2027</td></tr><tr><td>时　　间：</td><td>2026年11月23日(星期一) 下午3:00</td></tr>"
+             "<tr><td>收 件 人：</td><td>ghost88@qq.example.cn</td></tr></table><div><b>无法发送到 ghost88@qq.example.cn</b></div>"
+             "<div>退信原因：收件人邮箱地址不存在 (550 Mailbox not found)</div>",
+             "ghost88@qq.example.cn", True, charset="gb18030", cte="base64", subtype="html")
+plain_bounce("163_system_bounce", [("From", "Postmaster@163.example.cn"), ("Subject", word("系统退信", "gbk"))],
+             "您好！\n\n您发送到 nosuch@163.example.cn 的邮件被退回。\n\n收件人：nosuch@163.example.cn\n"
+             "退信原因：收件人不存在 (550 User not found: nosuch@163.example.cn)\n\n"
+             "建议解决方案：请检查收件人地址是否正确。\n", "nosuch@163.example.cn", True, charset="gbk", cte="base64")
+plain_bounce("163_temporary", [("From", "Postmaster@163.example.cn"), ("Subject", word("系统退信：投递延迟", "gbk"))],
+             "您好！\n\n您的邮件暂时无法投递到 later@example.cn，系统将继续尝试投递。\n\n"
+             "原因：对方服务器暂时不可用 (451 Temporary failure, please try again later)\n",
+             "later@example.cn", False, charset="gbk", cte="base64", attach_original=False)
+
+# ---------------------------------------------------------------- quarantine
+
+
+def nested(depth: int) -> bytes:
+    head = "From: deep@example.net\r\nTo: sales@example.com\r\nSubject: deep\r\nMIME-Version: 1.0\r\n"
+    out = head
+    for i in range(depth):
+        out += f'Content-Type: multipart/mixed; boundary="b{i}"\r\n\r\n--b{i}\r\n'
+    out += "Content-Type: text/plain\r\n\r\nhi\r\n"
+    for i in reversed(range(depth)):
+        out += f"--b{i}--\r\n"
+    return out.encode()
+
+
+def many_parts(n: int) -> bytes:
+    out = ("From: parts@example.net\r\nTo: sales@example.com\r\nSubject: parts\r\nMIME-Version: 1.0\r\n"
+           'Content-Type: multipart/mixed; boundary="p"\r\n\r\n')
+    for i in range(n):
+        out += f"--p\r\nContent-Type: text/plain\r\n\r\npart {i}\r\n"
+    return (out + "--p--\r\n").encode()
+
+
+QUARANTINE["deep_nesting"] = nested(40)
+QUARANTINE["too_many_parts"] = many_parts(260)
+QUARANTINE["not_an_email_binary"] = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10" + bytes(range(256)) * 4
+QUARANTINE["not_an_email_text"] = "这不是一封邮件，只是一段文字。\nJust some text.\n".encode()
+QUARANTINE["no_from_no_body"] = b"Subject: nothing\r\nDate: Tue, 24 Nov 2026 10:15:00 +0800\r\n\r\n"
+QUARANTINE["empty"] = b""
+
+
+def main() -> int:
+    for kind in ("email_in", "unsubscribe", "auto_reply", "bounce", "quarantine"):
+        folder = HERE / kind
+        folder.mkdir(exist_ok=True)
+        for old in folder.iterdir():
+            old.unlink()
+    for kind, table in (("email_in", EMAIL_IN), ("unsubscribe", UNSUB)):
+        for name, (raw, expected) in table.items():
+            (HERE / kind / f"{name}.eml").write_bytes(raw)
+            (HERE / kind / f"{name}.expected.txt").write_text(expected + "\n", encoding="utf-8")
+    for kind, table2 in (("auto_reply", AUTO), ("bounce", BOUNCE), ("quarantine", QUARANTINE)):
+        for name, raw in table2.items():
+            (HERE / kind / f"{name}.eml").write_bytes(raw)
+    total = sum(map(len, (EMAIL_IN, UNSUB, AUTO, BOUNCE, QUARANTINE)))
+    sys.stdout.write(f"wrote {total} messages\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
