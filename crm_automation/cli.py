@@ -198,10 +198,9 @@ def _print_results(o: Ctx, results: list[Any]) -> int:
 @click.version_option(package_name="crm-automation")
 @click.pass_context
 def cli(ctx: click.Context, **kw: Any) -> None:
-    """crm-automation: a shared spreadsheet as the customer master, a mailbox as the activity log,
-    and campaigns sent exactly once.
+    """crm-automation: a shared sheet as customer master, a mailbox as activity log, campaigns sent once.
 
-    Start with `crm-automation --config config.example.toml run --once`.
+    Start with `crm-automation run --once --config config.example.toml`.
     """
     _apply(ctx, kw)
 
@@ -287,7 +286,7 @@ def _install_signals() -> threading.Event:
     """SIGINT/SIGTERM set a flag checked between items: the current message finishes, then the worker stops."""
     stop = threading.Event()
 
-    def handler(signum: int, frame: object) -> None:  # noqa: ARG001
+    def handler(signum: int, frame: object) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
         log.warning("stopping after the current item (signal %s); press Ctrl-C again to abort", signum)
@@ -342,7 +341,7 @@ def preview(ctx: click.Context, template: str, key: str, out: Path | None, campa
                               "the key is the mapping's key field (e.g. the email address)")
         ef = ws.email_field
         view = CustomerView(c.key, c.data.get(ef) if ef else None, c.data, c.first_seen, c.email_status)
-        mid = w._message_id()  # noqa: SLF001
+        mid = w._message_id()
         data, subject, text = w.render_send(template, view, campaign, 0, mid)
     finally:
         w.close()

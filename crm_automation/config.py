@@ -280,7 +280,8 @@ def _cross_checks(p: Path, m: _ConfigModel) -> list[str]:
         if not s.spreadsheet:
             out.append(f"{p}: sheet.spreadsheet is required when sheet.source = \"google\" (a key or URL)")
         if not s.credentials:
-            out.append(f"{p}: sheet.credentials is required when sheet.source = \"google\" (a service-account JSON file)")
+            out.append(f"{p}: sheet.credentials is required when sheet.source = \"google\" "
+                       f"(a service-account JSON file)")
     mb = m.mailbox
     if mb.source == "maildir" and not mb.path:
         out.append(f"{p}: mailbox.path is required when mailbox.source = \"maildir\"")

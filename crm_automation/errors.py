@@ -54,9 +54,9 @@ class DataError(CrmError):
 
 
 class ServiceError(CrmError):
-    """A sheet, mailbox or SMTP server cannot be reached, refuses the login,
-    or answers with a temporary failure: the stage stops and the next pass
-    retries (exit 3).
+    """A sheet, mailbox or SMTP server is unreachable, refuses the login, or fails for now.
+
+    The stage stops and the next pass retries (exit 3).
     """
 
     exit_code = 3
@@ -87,7 +87,8 @@ class LockedError(ConfigError):
 
 
 class UncertainSendError(ServiceError):
-    """The connection broke after the message data was handed over but before the
-    server confirmed it: the message may or may not have been delivered. The
+    """The connection broke after the message data was handed over: delivery unknown.
+
+    The server had not confirmed it yet: the message may or may not have been delivered. The
     send is marked ``uncertain`` and never silently repeated (SPEC §10).
     """

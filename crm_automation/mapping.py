@@ -226,7 +226,8 @@ class Mapping:
                 bad = True
                 continue
             if v is None and (spec.required or name == self.key):
-                errors.append(RowError(source, row, header, value, "is empty (expected a value: the column is required)"))
+                errors.append(RowError(source, row, header, value,
+                                       "is empty (expected a value: the column is required)"))
                 bad = True
                 continue
             out[name] = v

@@ -102,6 +102,7 @@ _ALIASES = {
 }
 
 _MSGID = re.compile(r"<([^<>\s]+)>")
+_MULTIPART_HEADER = re.compile(rb"(?im)^content-type:[ \t]*multipart/")
 _MD_ESCAPE = re.compile(r"\\([-+#.!*_`\[\]()])")
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _HTML_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
@@ -155,6 +156,14 @@ def parse_with_message(
         raise MessageError(f"message: {len(raw)} bytes is over the limit (expected at most {max_bytes})")
     if not raw.strip():
         raise MessageError("message: empty (expected RFC 5322 headers and a body)")
+    # The stdlib parser recurses once per nesting level: refuse absurd
+    # nesting before it runs instead of waiting for a RecursionError.
+    multiparts = len(_MULTIPART_HEADER.findall(raw))
+    if multiparts > max_parts:
+        raise MessageError(
+            f"message: {multiparts} multipart Content-Type headers, more than {max_parts} MIME parts "
+            f"(limit max_parts={max_parts})"
+        )
     try:
         msg = email.message_from_bytes(raw)
         _check_structure(msg, max_parts=max_parts, max_depth=max_depth)

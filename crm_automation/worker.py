@@ -63,7 +63,7 @@ class _NoBar:
         pass
 
 
-def no_progress(desc: str, total: int | None) -> _NoBar:  # noqa: ARG001
+def no_progress(desc: str, total: int | None) -> _NoBar:
     """The default: no progress display."""
     return _NoBar()
 
@@ -236,7 +236,7 @@ class Worker:
             key, how = match(msg, cls, by_email, sent)
         except MessageError as e:
             return self._quarantine(raw, src, str(e), now)
-        except Exception as e:  # noqa: BLE001 - the per-item boundary: never lose a message to a bug
+        except Exception as e:
             log.debug("parse failure", exc_info=True)
             return self._quarantine(raw, src, f"internal error while reading the message: {type(e).__name__}: {e}",
                                     now)
@@ -564,7 +564,6 @@ class Worker:
 
     def _send_one(self, s: Any, views: dict[str, CustomerView], campaigns: dict[str, Any], h: History,
                   transport: Any, res: StageResult) -> None:
-        now = self.clock.now()
         view = views.get(s.customer_key)
         camp = campaigns.get(s.campaign)
         why = None
@@ -585,7 +584,8 @@ class Worker:
             self.store.mark_status(s.id, "skipped", why)
             res.stats["skipped_now"] += 1
             return
-        assert view is not None and camp is not None  # noqa: S101
+        assert view is not None  # noqa: S101
+        assert camp is not None  # noqa: S101
         step = camp.steps[s.step] if s.step < len(camp.steps) else None
         if step is None:
             self.store.mark_status(s.id, "skipped", f"step {s.step} no longer in the campaign")

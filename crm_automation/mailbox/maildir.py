@@ -24,7 +24,8 @@ UIDVALIDITY = 1
 class MaildirSource:
     """Reads ``<path>/new`` and ``<path>/cur`` (and ``<path>/.<Folder>`` for other folders)."""
 
-    def __init__(self, path: Path, folders: list[str] | tuple[str, ...] = ("INBOX",), max_bytes: int = 25 * 1024 * 1024) -> None:
+    def __init__(self, path: Path, folders: list[str] | tuple[str, ...] = ("INBOX",),
+                 max_bytes: int = 25 * 1024 * 1024) -> None:
         self.path = path
         self._folders = list(folders)
         self.max_bytes = max_bytes
@@ -50,7 +51,7 @@ class MaildirSource:
             raise ServiceError(f"{d}: not a Maildir (expected the folders new/ and cur/ inside it)")
         return UIDVALIDITY
 
-    def fetch(self, folder: str, cursor: Cursor | None, *, batch: int = 500) -> Iterator[RawMessage]:  # noqa: ARG002
+    def fetch(self, folder: str, cursor: Cursor | None, *, batch: int = 500) -> Iterator[RawMessage]:
         """Messages whose file time is at or after the cursor, oldest first."""
         d = self._dir(folder)
         since = cursor.last_uid if cursor is not None else -1

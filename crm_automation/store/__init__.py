@@ -1,0 +1,1 @@
+"""The activity log: schema, migrations and the repository (the only SQL)."""

@@ -135,7 +135,7 @@ class Store:
 
     # ----------------------------------------------------------- customers
     def row_hashes(self) -> dict[str, str]:
-        """hash -> key of customers present at the last sync."""
+        """Hash -> key of customers present at the last sync."""
         return {h: k for k, h in self.conn.execute(
             "SELECT key, row_hash FROM customers WHERE present = 1 AND row_hash IS NOT NULL")}
 
@@ -221,7 +221,7 @@ class Store:
         self.conn.execute("UPDATE customers SET email_status = ? WHERE key = ?", (status, key))
 
     def keys_by_email(self, email_fields: Iterable[str]) -> dict[str, str]:
-        """address -> customer key, over the key and every other email field."""
+        """Address -> customer key, over the key and every other email field."""
         out: dict[str, str] = {}
         fields = list(email_fields)
         for key, data in self.conn.execute("SELECT key, data FROM customers ORDER BY present ASC, first_seen DESC"):
@@ -302,7 +302,7 @@ class Store:
         return cur.rowcount > 0
 
     def suppressions(self) -> dict[str, tuple[str, str, str]]:
-        """email -> (reason, at, source)."""
+        """Email -> (reason, at, source)."""
         return {e: (r, a, s) for e, r, a, s in self.conn.execute(
             "SELECT email, reason, at, source FROM suppressions ORDER BY at")}
 
@@ -355,7 +355,7 @@ class Store:
         return cur.rowcount
 
     def mark_sending(self, send_id: int, message_id: str, now: datetime) -> bool:
-        """queued -> sending, committed before the message is handed over. False if it was not queued."""
+        """Queued -> sending, committed before the message is handed over. False if it was not queued."""
         cur = self.conn.execute(
             "UPDATE sends SET status = 'sending', message_id = ?, attempts = attempts + 1, next_attempt_at = ? "
             "WHERE id = ? AND status = 'queued'", (message_id, iso(now), send_id))
@@ -363,7 +363,7 @@ class Store:
 
     def mark_sent(self, send_id: int, now: datetime, *, customer_key: str, campaign: str, step: int,
                   message_id: str, subject: str, body: str, source: str) -> None:
-        """sending -> sent, with the email_out activity, in one transaction."""
+        """Sending -> sent, with the email_out activity, in one transaction."""
         with self.transaction():
             self.conn.execute("UPDATE sends SET status = 'sent', sent_at = ?, error = NULL WHERE id = ?",
                               (iso(now), send_id))
@@ -372,7 +372,7 @@ class Store:
                               source=source)
 
     def mark_retry(self, send_id: int, error: str, next_attempt: datetime) -> None:
-        """sending -> queued after a 4xx answer: retried at ``next_attempt``."""
+        """Sending -> queued after a 4xx answer: retried at ``next_attempt``."""
         self.conn.execute("UPDATE sends SET status = 'queued', error = ?, next_attempt_at = ? WHERE id = ?",
                           (error, iso(next_attempt), send_id))
 
@@ -465,7 +465,8 @@ class Store:
         """Per campaign and step: counts by status, plus bounced/replied/unsubscribed after the send."""
         out = []
         rows = self.conn.execute(
-            "SELECT campaign, step, status, COUNT(*) FROM sends GROUP BY campaign, step, status ORDER BY campaign, step")
+            "SELECT campaign, step, status, COUNT(*) FROM sends GROUP BY campaign, step, status "
+            "ORDER BY campaign, step")
         table: dict[tuple[str, int], dict[str, Any]] = {}
         for c, s, st, n in rows:
             d = table.setdefault((c, s), {"campaign": c, "step": s, "queued": 0, "sending": 0, "sent": 0,

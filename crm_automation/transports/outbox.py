@@ -8,7 +8,6 @@ message over twice rewrites one file instead of adding a second.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from pathlib import Path
 
@@ -42,14 +41,14 @@ class OutboxTransport:
         stem = _SAFE.sub("_", message_id.strip("<>"))[:120] or hashlib.sha256(message_id.encode()).hexdigest()
         return self.folder / f"{stem}.eml"
 
-    def send(self, message: bytes, *, sender: str, recipients: list[str], message_id: str) -> None:  # noqa: ARG002
+    def send(self, message: bytes, *, sender: str, recipients: list[str], message_id: str) -> None:
         """Write the message atomically."""
         dest = self.path_for(message_id)
         tmp = dest.with_suffix(".eml.tmp")
         try:
             with tmp.open("wb") as f:
                 f.write(message)
-            os.replace(tmp, dest)
+            tmp.replace(dest)
         except OSError as e:
             raise ServiceError(f"{dest}: cannot write to the outbox: {e.strerror}") from None
 
