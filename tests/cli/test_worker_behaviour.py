@@ -106,3 +106,27 @@ def test_owner_is_notified_of_a_reply_exactly_once(tmp_path, cli):
     assert "Yes please." in msg.get_payload(decode=True).decode()
     db = tmp_path / "ws" / "var" / "crm.sqlite"
     assert db_rows(db, "SELECT campaign, status FROM sends") == [("owner-notify", "sent")]
+
+
+def test_unknown_senders_become_new_rows_when_configured(tmp_path, cli):
+    import csv
+
+    cfg = make_workspace(tmp_path / "ws", mailbox='source = "maildir"\npath = "inbox"\nnew_senders = "add_to_sheet"')
+    (tmp_path / "ws" / "inbox" / "new" / "1.a").write_bytes(
+        b"From: =?utf-8?b?5YiY5YWI55Sf?= <Mr.Liu@NewLead.example.cn>\r\nTo: sales@example.com\r\n"
+        b"Subject: enquiry\r\nMessage-ID: <lead-1@example.cn>\r\n\r\nPrice for 200 desks?\r\n")
+    (tmp_path / "ws" / "inbox" / "new" / "2.b").write_bytes(
+        b"From: robot@example.net\r\nTo: sales@example.com\r\nSubject: Automatic reply: away\r\n"
+        b"Auto-Submitted: auto-replied\r\nMessage-ID: <auto-1@example.net>\r\n\r\nI am away.\r\n")
+    r = cli("run", "--once", "--config", str(cfg), "--json")
+    assert r.code == 0, r.err
+    rows = list(csv.DictReader((tmp_path / "ws" / "customers.csv").open(encoding="utf-8")))
+    added = [x for x in rows if x["Email"] == "mr.liu@newlead.example.cn"]
+    assert len(added) == 1 and added[0]["Name"] == "刘先生"
+    assert not any(x["Email"] == "robot@example.net" for x in rows)  # auto-replies are not leads
+    # The next cycle's sync picks the new row up; a second fetch adds nothing twice.
+    cli("run", "--once", "--config", str(cfg))
+    rows = list(csv.DictReader((tmp_path / "ws" / "customers.csv").open(encoding="utf-8")))
+    assert sum(x["Email"] == "mr.liu@newlead.example.cn" for x in rows) == 1
+    db = tmp_path / "ws" / "var" / "crm.sqlite"
+    assert db_rows(db, "SELECT COUNT(*) FROM customers WHERE key = 'mr.liu@newlead.example.cn'") == [(1,)]
