@@ -14,9 +14,9 @@ from crm_automation.errors import ConfigError, CrmError, ServiceError
 from crm_automation.workspace import Workspace
 
 
-def _item(name: str, problems: list[str], summary: str) -> dict[str, Any]:
+def _item(name: str, problems: list[str], summary: str, hint: str | None = None) -> dict[str, Any]:
     return {"name": name, "ok": not problems, "summary": summary if not problems else
-            f"{len(problems)} problem(s)", "problems": problems}
+            f"{len(problems)} problem(s)", "problems": problems, "hint": hint}
 
 
 def run_checks(config_path: str | None, *, connect: bool = False) -> dict[str, Any]:
@@ -25,7 +25,7 @@ def run_checks(config_path: str | None, *, connect: bool = False) -> dict[str, A
     try:
         ws = Workspace.load(config_path)
     except ConfigError as e:
-        checks.append(_item("config and mappings", e.problems, ""))
+        checks.append(_item("config and mappings", e.problems, "", e.hint))
         return {"checks": checks, "exit": 2}
     checks.append(_item("config and mappings", [], f"{ws.cfg.path.name}: {len(ws.mapping.fields)} fields, "
                         f"{len(ws.campaigns)} campaign(s)"))
@@ -43,10 +43,10 @@ def run_checks(config_path: str | None, *, connect: bool = False) -> dict[str, A
         if rows:
             code = max(code, 1)
     except ConfigError as e:
-        checks.append(_item("sheet", e.problems, ""))
+        checks.append(_item("sheet", e.problems, "", e.hint))
         code = 2
     except ServiceError as e:
-        checks.append(_item("sheet", [str(e)], ""))
+        checks.append(_item("sheet", [str(e)], "", e.hint))
         code = max(code, 3)
     if connect:
         code = max(code, _connect(ws, checks))
@@ -64,7 +64,7 @@ def _connect(ws: Workspace, checks: list[dict[str, Any]]) -> int:
                 src.close()
         checks.append(_item("mailbox", [], f"{src.name}: folders {', '.join(folders)} readable"))
     except CrmError as e:
-        checks.append(_item("mailbox", [str(e)], ""))
+        checks.append(_item("mailbox", [str(e)], "", e.hint))
         code = e.exit_code
     try:
         t = ws.open_transport()
@@ -72,6 +72,6 @@ def _connect(ws: Workspace, checks: list[dict[str, Any]]) -> int:
         t.close()
         checks.append(_item("outbound", [], f"{t.name}: connected and logged in"))
     except CrmError as e:
-        checks.append(_item("outbound", [str(e)], ""))
+        checks.append(_item("outbound", [str(e)], "", e.hint))
         code = max(code, e.exit_code)
     return code

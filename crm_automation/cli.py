@@ -225,6 +225,8 @@ def _print_check(report: dict[str, Any]) -> None:
         click.echo(f"[{mark}] {item['name']}: {item['summary']}")
         for p in item.get("problems", [])[:100]:
             click.echo(f"      - {p}")
+        if item.get("hint"):
+            click.echo(f"      hint: {item['hint']}")
 
 
 @cli.command()
@@ -449,6 +451,8 @@ def suppress_add(ctx: click.Context, emails: tuple[str, ...], reason: str, **kw:
     store = ws.open_store()
     try:
         added = [e for e in emails if store.suppress(e, reason, "cli", o.clock(ws).now())]
+        if reason != "manual":
+            store.set_status_by_email(emails, reason)
     finally:
         store.close()
     _emit(o, {"added": added}, lambda: click.echo(f"added {len(added)} of {len(emails)}"))
@@ -465,6 +469,7 @@ def suppress_remove(ctx: click.Context, emails: tuple[str, ...], **kw: Any) -> N
     store = ws.open_store()
     try:
         removed = [e for e in emails if store.unsuppress(e)]
+        store.set_status_by_email(removed, "ok")
     finally:
         store.close()
     _emit(o, {"removed": removed}, lambda: click.echo(f"removed {len(removed)} of {len(emails)}"))

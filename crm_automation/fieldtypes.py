@@ -115,8 +115,48 @@ def _convert_email(value: object, spec: FieldSpec) -> str:
 # ---------------------------------------------------------------- phone
 
 
+# Chinese mobile numbers are most of a Chinese CRM's phone column, and a full
+# phonenumbers.parse + is_valid_number costs ~16 µs (more on a busy machine).
+# For "1[3-9]" + 9 digits (optionally "+86"), parse yields exactly country code
+# 86 and those 11 digits as the national number (no trunk prefix, no carrier
+# code: "179xx" carrier prefixes are excluded), so when the digits match
+# phonenumbers' own CN general and mobile patterns the number is valid, and its
+# E.164 form is "+86" + digits. Anything else takes the full path. The tests
+# compare both paths over every mobile prefix.
+_CN_MOBILE = re.compile(r"(\+86)?(1[3-9]\d{9})")
+_PHONE_PUNCT = str.maketrans("", "", " -.()\u00a0")
+
+
+@lru_cache(maxsize=1)
+def _cn_patterns() -> tuple[re.Pattern[str], re.Pattern[str], frozenset[int]]:
+    md = phonenumbers.PhoneMetadata.metadata_for_region("CN")
+    lengths = md.mobile.possible_length or md.general_desc.possible_length
+    return (re.compile(md.general_desc.national_number_pattern), re.compile(md.mobile.national_number_pattern),
+            frozenset(lengths))
+
+
+def _fast_cn_mobile(text: str, region: str | None) -> str | None:
+    m = _CN_MOBILE.fullmatch(text.translate(_PHONE_PUNCT))
+    if m is None or (m.group(1) is None and region != "CN"):
+        return None
+    digits = m.group(2)
+    if digits.startswith("179"):
+        return None
+    general, mobile, lengths = _cn_patterns()
+    if len(digits) in lengths and general.fullmatch(digits) and mobile.fullmatch(digits):
+        return "+86" + digits
+    return None
+
+
 @lru_cache(maxsize=_CACHE_SIZE)
 def _phone(text: str, region: str | None) -> str:
+    fast = _fast_cn_mobile(text, region)
+    if fast is not None:
+        return fast
+    return _phone_full(text, region)
+
+
+def _phone_full(text: str, region: str | None) -> str:
     try:
         num = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:

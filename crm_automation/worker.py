@@ -10,6 +10,7 @@ a service that cannot be reached stops the stage, and the next pass retries.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
@@ -44,6 +45,11 @@ from crm_automation.workspace import Clock, Workspace
 log = logging.getLogger("crm_automation")
 NOTIFY = "owner-notify"  # pseudo-campaign: owner notifications reuse the sends table's exactly-once rows
 RETRY_BASE = timedelta(minutes=5)
+# Providers answer a sending quota with a *permanent* code (Gmail 550 5.4.5, Microsoft 554 5.2.0
+# SubmissionQuotaExceeded); failing the whole queue for it would be wrong, so these wait an hour instead.
+_QUOTA = re.compile(r"quota|rate.?limit|too many|5\.4\.5|SubmissionQuotaExceeded|sending limit|超过|频率|限制",
+                    re.IGNORECASE)
+MAX_CONSECUTIVE_5XX = 3
 RETRY_MAX = timedelta(hours=6)
 
 
@@ -112,6 +118,8 @@ class Worker:
         self.sleep = sleep
         self.store = store or ws.open_store()
         self.sheet_version: str | None = None
+        self._sheet_cells: dict[str, dict[str, str]] | None = None  # key -> write-back column -> text, as read
+        self._consecutive_5xx = 0
         self._sheet = None
 
     def close(self) -> None:
@@ -144,6 +152,7 @@ class Worker:
         with self._run("sync") as res:
             data = self.sheet.read()
             self.sheet_version = data.version
+            self._remember_cells(data)
             result = self.ws.mapping.apply(data, self.store.row_hashes())
             keep = dict(result.unchanged)
             for k, r in result.rejected_keys.items():
@@ -157,6 +166,15 @@ class Worker:
             for p in res.problems:
                 log.warning("%s", p)
         return res
+
+    def _remember_cells(self, data: Any) -> None:
+        """Keep the write-back columns' values as read, so write-back only asks the sheet when a value differs."""
+        from crm_automation.sheets.csv import cell_text, norm_key
+
+        key_col = self.ws.mapping.fields[self.ws.mapping.key].column
+        cols = list(self.ws.mapping.writeback.values())
+        self._sheet_cells = {norm_key(r.values.get(key_col)): {c: cell_text(r.values.get(c)) for c in cols}
+                             for r in data.rows}
 
     # ------------------------------------------------------------------ fetch
     def fetch(self) -> StageResult:
@@ -621,9 +639,21 @@ class Worker:
             res.stats["retry_later"] += 1
             return
         except PermanentSendError as e:
+            if _QUOTA.search(str(e)):
+                self.store.mark_retry(s.id, str(e), now + timedelta(hours=1))
+                res.stats["retry_later"] += 1
+                res.error = ServiceError(f"the server refuses more mail for now (a sending quota): {e}",
+                                         hint="the queue waits; lower max_per_day / max_per_minute")
+                return
             self.store.mark_failed(s.id, str(e), now, customer_key=s.customer_key, campaign=s.campaign, step=s.step)
             res.stats["failed"] += 1
             res.problems.append(f"send {s.campaign}/{s.step} to {s.customer_key}: {e}")
+            self._consecutive_5xx += 1
+            if self._consecutive_5xx >= MAX_CONSECUTIVE_5XX:
+                res.error = ServiceError(
+                    f"{self._consecutive_5xx} messages in a row were refused with a 5xx answer; stopping this pass "
+                    f"so the rest of the queue is not failed too (last: {e})",
+                    hint="check [outbound] from and the account; `crm-automation requeue --all-failed` resends")
             return
         except ServiceError as e:
             # Raised only when the message was not handed over (no connection): safe to queue again.
@@ -632,6 +662,7 @@ class Worker:
             return
         self._record_sent(s.id, s.customer_key, s.campaign, s.step, message_id, self.clock.now(), subject, text)
         res.stats["sent"] += 1
+        self._consecutive_5xx = 0
 
     # ------------------------------------------------------------------ write-back
     def writeback(self) -> StageResult:
@@ -641,8 +672,10 @@ class Worker:
             if not wb or not self.ws.cfg.sheet.writeback:
                 res.stats = {"skipped": "write-back is off ([sheet] writeback = false or no [writeback] columns)"}
                 return res
-            if self.sheet_version is None:
-                self.sheet_version = self.sheet.read().version
+            if self.sheet_version is None or self._sheet_cells is None:
+                data = self.sheet.read()
+                self.sheet_version = data.version
+                self._remember_cells(data)
             tz = self.ws.cfg.timezone
             sent, replied = self.store.last_times()
 
@@ -660,13 +693,27 @@ class Worker:
                     vals[wb["email_status"]] = c.email_status
                 updates[k] = vals
             key_col = self.ws.mapping.fields[self.ws.mapping.key].column
-            r = self.sheet.write_back(key_col, updates, version=self.sheet_version)
-            res.stats = {"cells": r.cells, "added_columns": list(r.added_columns),
+            from crm_automation.sheets.csv import norm_key
+
+            cells = self._sheet_cells or {}
+            changed = {k: v for k, v in updates.items()
+                       if any(cells.get(norm_key(k), {}).get(col, "") != val for col, val in v.items())}
+            if not changed:
+                res.stats = {"cells": 0, "note": "the sheet already shows these values; nothing to write"}
+                return res
+            r = self.sheet.write_back(key_col, changed, version=self.sheet_version)
+            res.stats = {"rows": len(changed), "cells": r.cells, "added_columns": list(r.added_columns),
                          "missing_keys": len(r.missing_keys)}
             if r.postponed:
                 res.stats["postponed"] = r.postponed
                 self.sheet_version = None
+                self._sheet_cells = None
                 log.info("write-back postponed: %s", r.postponed)
+            else:
+                for k, v in changed.items():
+                    cells.setdefault(norm_key(k), {}).update(v)
+                if r.version:
+                    self.sheet_version = r.version
         return res
 
     # ------------------------------------------------------------------ cycles

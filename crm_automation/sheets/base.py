@@ -16,6 +16,7 @@ class WriteResult:
     added_columns: tuple[str, ...] = ()
     postponed: str | None = None  # why the write waits for the next cycle (sheet changed meanwhile)
     missing_keys: tuple[str, ...] = ()
+    version: str = ""  # the sheet's version after this write ("" when unknown): the next write compares to it
 
 
 class SheetSource(Protocol):

@@ -220,6 +220,14 @@ class Store:
         """``ok`` | ``bounced`` | ``unsubscribed`` (shown in the sheet's status column)."""
         self.conn.execute("UPDATE customers SET email_status = ? WHERE key = ?", (status, key))
 
+    def set_status_by_email(self, emails: Iterable[str], status: str) -> int:
+        """Set ``email_status`` of the customers whose key is one of ``emails`` (suppress add/remove)."""
+        n = 0
+        for e in emails:
+            n += self.conn.execute("UPDATE customers SET email_status = ? WHERE key = ?",
+                                   (status, e.strip().lower())).rowcount
+        return n
+
     def keys_by_email(self, email_fields: Iterable[str]) -> dict[str, str]:
         """Address -> customer key, over the key and every other email field."""
         out: dict[str, str] = {}

@@ -158,3 +158,13 @@ def test_bad_now_is_a_usage_error(tmp_path, cli, when):
     r = cli("sync", "--config", str(cfg), "--now", when)
     assert r.code == 2
     assert "is not a date and time" in r.err
+
+
+def test_suppress_with_reason_sets_and_clears_email_status(tmp_path, cli):
+    cfg = make_workspace(tmp_path / "ws")
+    cli("sync", "--config", str(cfg))
+    db = tmp_path / "ws" / "var" / "crm.sqlite"
+    assert cli("suppress", "add", "c2@example.com", "--reason", "unsubscribed", "--config", str(cfg)).code == 0
+    assert db_rows(db, "SELECT email_status FROM customers WHERE key = 'c2@example.com'") == [("unsubscribed",)]
+    assert cli("suppress", "remove", "c2@example.com", "--config", str(cfg)).code == 0
+    assert db_rows(db, "SELECT email_status FROM customers WHERE key = 'c2@example.com'") == [("ok",)]

@@ -187,3 +187,32 @@ def test_reason_reads_well_inside_a_row_error():
         convert("bob@", spec(FieldType.EMAIL))
     err = RowError("customers.xlsx", 14, "邮箱", "bob@", e.value.reason)
     assert str(err).startswith("customers.xlsx row 14, \"邮箱\": 'bob@' is not an address (expected name@domain")
+
+
+def test_cn_mobile_fast_path_agrees_with_phonenumbers_over_every_prefix():
+    import random
+
+    from crm_automation.fieldtypes import _fast_cn_mobile, _phone_full
+
+    rnd = random.Random(3)
+    fast = 0
+    for prefix in range(1000, 2000):
+        for _ in range(4):
+            d = f"{prefix}{rnd.randrange(10**7):07d}"
+            for text, region in ((d, "CN"), ("+86" + d, None), (f"{d[:3]}-{d[3:7]}-{d[7:]}", "CN"), (d, "US")):
+                got = _fast_cn_mobile(text, region)
+                if got is None:
+                    continue
+                fast += 1
+                assert got == _phone_full(text, region), text
+    assert fast > 5000  # the fast path is really taken for mobiles
+
+
+def test_phone_conversion_is_fast_for_cn_mobiles():
+    s = spec(FieldType.PHONE, region="CN")
+    nums = [13000000000 + i * 7 for i in range(20000)]
+    start = time.perf_counter()
+    for n in nums:
+        convert(float(n), s)
+    per = (time.perf_counter() - start) / len(nums)
+    assert per < 15e-6, f"{per * 1e6:.1f} µs per number"

@@ -1,0 +1,153 @@
+"""`crm-automation fetch` from a real Dovecot, SIGKILLed at random instants (SPEC §9, issue #4 item 2).
+
+A few hundred messages (known customers, unknown senders, auto-replies,
+unsubscribes, the same Message-ID in two folders, two oversized messages) are
+fetched by the real CLI in a subprocess that is killed again and again while
+it works, then run to completion. The SQLite log must then hold every message
+exactly once (or its quarantine row), the cursor must stand on each folder's
+last UID, and nothing in the mailbox may be marked read.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.dovecot import make_message, write_imap_workspace
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+PW_ENV = "CRM_TEST_IMAP_PASSWORD"
+INBOUND = ("email_in", "auto_reply", "bounce", "unsubscribe")
+KILLS = 12
+MAX_BYTES = 2048
+
+
+def corpus() -> tuple[dict[str, list[bytes]], set[str], int]:
+    """Messages per folder, the Message-IDs that must be logged, and how many must be quarantined."""
+    inbox: list[bytes] = []
+    support: list[bytes] = []
+    ids: set[str] = set()
+    n = 0
+
+    def add(box: list[bytes], mid: str | None = None, **kw) -> None:
+        nonlocal n
+        n += 1
+        mid = mid or f"<k{n}@mail.example.test>"
+        box.append(make_message(n, message_id=mid, **kw))
+        ids.add(mid)
+
+    for i in range(180):  # replies from customers in the sheet
+        add(inbox, sender=f"c{i % 40}@customer.example.com", subject=f"Re: 报价 {i}",
+            body=f"好的，我们下周确认订单 {i}。\r\n\r\n在 2026年11月20日 10:00，销售部 写道：\r\n> 报价单见附件")
+    for i in range(80):  # new enquiries from unknown senders
+        add(inbox if i % 2 else support, sender=f"stranger{i}@elsewhere.test", subject=f"Enquiry {i}")
+    for i in range(15):
+        add(inbox, sender=f"c{i}@customer.example.com", subject=f"自动回复: 报价 {i}",
+            extra_headers="Auto-Submitted: auto-replied\r\n", body="我正在休假，11月30日回来。")
+    for i in range(8):
+        add(inbox, sender=f"c{20 + i}@customer.example.com", subject="Re: 年终优惠", body="退订")
+    for i in range(10):  # the same message delivered to two folders (CC and BCC): one activity
+        mid = f"<dup{i}@mail.example.test>"
+        add(inbox, mid, sender=f"c{i}@customer.example.com", subject=f"Re: 合同 {i}")
+        support.append(make_message(1000 + i, message_id=mid, sender=f"c{i}@customer.example.com", subject=f"Re: 合同 {i}"))
+    for i in range(2):  # above max_message_bytes: quarantined, never logged as an activity
+        n += 1
+        inbox.append(make_message(n, message_id=f"<big{i}@mail.example.test>", body="x" * (3 * MAX_BYTES)))
+    return {"INBOX": inbox, "Support": support}, ids, 2
+
+
+def _fetch(cfg: Path, env: dict[str, str], started: threading.Event | None = None) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crm_automation", "--config", str(cfg), "fetch"],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    if started is not None:
+        def watch() -> None:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                if "logged in" in line:
+                    started.set()
+            started.set()  # the process ended without logging in: do not wait for it
+
+        threading.Thread(target=watch, daemon=True).start()
+    return proc
+
+
+def _logged(db_path: Path) -> int:
+    if not db_path.exists():
+        return 0
+    with sqlite3.connect(db_path, timeout=10) as db:
+        try:
+            return db.execute("SELECT COUNT(*) FROM activities WHERE message_id IS NOT NULL").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
+
+def test_fetch_killed_at_random_instants_logs_every_message_exactly_once(imap_account, tmp_path):
+    boxes, expected_ids, n_quarantined = corpus()
+    for folder, msgs in boxes.items():
+        imap_account.load_maildir(msgs, folder)
+    customers = [(f"c{i}@customer.example.com", f"客户{i}") for i in range(40)]
+    cfg = write_imap_workspace(tmp_path / "ws", imap_account, customers=customers, folders=("INBOX", "Support"),
+                               password_env=PW_ENV, batch_size=10, max_message_bytes=MAX_BYTES)
+    env = {**os.environ, PW_ENV: imap_account.password,
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    sync = subprocess.run([sys.executable, "-m", "crm_automation", "--config", str(cfg), "sync"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert sync.returncode == 0, sync.stderr
+
+    seed = int(os.environ.get("CRM_KILL_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+    killed = 0
+    deadline = time.monotonic() + 32
+    progress: list[int] = []
+    db_path = tmp_path / "ws" / "var" / "crm.sqlite"
+    for _ in range(KILLS):
+        started = threading.Event()
+        proc = _fetch(cfg, env, started)
+        started.wait(timeout=30)
+        time.sleep(rng.uniform(0.0, 0.1))  # somewhere in the fetch: between batches, mid-transaction, ...
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+        proc.wait(timeout=30)
+        progress.append(_logged(db_path))
+        if time.monotonic() > deadline:
+            break
+    final = subprocess.run([sys.executable, "-m", "crm_automation", "--config", str(cfg), "fetch"], env=env,
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert final.returncode in (0, 1), final.stderr  # 1: the oversized messages were quarantined
+    assert killed >= 3, f"seed {seed}: only {killed} runs were killed mid-fetch; the test proved little"
+
+    db = sqlite3.connect(tmp_path / "ws" / "var" / "crm.sqlite")
+    rows = db.execute(
+        f"SELECT message_id, COUNT(*) FROM activities WHERE kind IN ({','.join('?' * len(INBOUND))}) "
+        "GROUP BY message_id", INBOUND).fetchall()
+    counts = Counter({mid: c for mid, c in rows})
+    twice = {m: c for m, c in counts.items() if c != 1}
+    assert not twice, f"seed {seed}: logged more than once: {twice}"
+    assert set(counts) == expected_ids, (f"seed {seed}: missing {sorted(expected_ids - set(counts))[:5]}, "
+                                         f"unexpected {sorted(set(counts) - expected_ids)[:5]}")
+    assert db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0] == n_quarantined
+    kinds = dict(db.execute("SELECT kind, COUNT(*) FROM activities GROUP BY kind").fetchall())
+    assert kinds.get("auto_reply") == 15, kinds
+    assert kinds.get("unsubscribe") == 8, kinds
+    known = db.execute("SELECT COUNT(*) FROM activities WHERE kind = 'email_in' AND customer_key IS NOT NULL")
+    assert known.fetchone()[0] == 180 + 10
+    for folder in boxes:
+        state = db.execute("SELECT uidvalidity, last_uid FROM mailbox_state WHERE folder = ?", (folder,)).fetchone()
+        assert state == (imap_account.uidvalidity(folder), max(imap_account.uids(folder))), folder
+        assert imap_account.seen_uids(folder) == []
+    print(f"seed {seed}: {killed} kills; messages logged after each run: {progress}")
