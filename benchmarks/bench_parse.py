@@ -6,9 +6,11 @@ The set mixes generated replies (1-5 KB; UTF-8, GBK labelled GB2312,
 GB18030 and Big5; base64, quoted-printable and 8bit; plain, alternative and
 HTML-only; quoted history in the Gmail/Outlook/QQ styles) with the labelled
 corpus in tests/data/eml (bounces, auto-replies, unsubscribes). The peer is
-what most code does: ``email.message_from_bytes(raw, policy=email.policy.default)``
-then ``get_body(("plain", "html")).get_content()``. Each row is the best of
-three runs over the whole set, in one process.
+what most code does: ``email.message_from_bytes(raw, policy=email.policy.default)``,
+the same headers read (From/To/Cc addresses, Subject, Date, ids), then
+``get_body(("plain", "html")).get_content()``; it does no reply extraction
+and no HTML-to-text, so it does less work than ``parse``. Each row is the best of
+two runs over the whole set, in one process.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ def build(count: int, seed: int) -> list[bytes]:
     return out
 
 
-def best_of(fn, messages: list[bytes], runs: int = 3) -> tuple[float, int]:
+def best_of(fn, messages: list[bytes], runs: int = 2) -> tuple[float, int]:
     best = float("inf")
     errors = 0
     for _ in range(runs):
@@ -120,6 +122,11 @@ def ours_classify(raw: bytes) -> int:
 
 def peer(raw: bytes) -> int:
     msg = email.message_from_bytes(raw, policy=email.policy.default)
+    # The same header work parse() does: sender, recipients, subject, date, ids.
+    for name in ("from", "to", "cc", "subject", "date", "message-id", "in-reply-to", "references"):
+        value = msg.get(name)
+        if name in {"from", "to", "cc"} and value is not None:
+            _ = [a.addr_spec for a in getattr(value, "addresses", ())]
     body = msg.get_body(("plain", "html"))
     if body is None:
         return 0

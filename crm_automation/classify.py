@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import email
 import email.errors
+import email.utils
 import re
 import unicodedata
+from collections.abc import Iterable
 from email.message import Message
 
 import flufl.bounce
@@ -58,8 +60,8 @@ _RECIPIENT_HINT = re.compile(
 
 _AUTO_SUBJECT = re.compile(
     r"^[\s【\[(（]*(?:auto(?:matic)?[ -]?(?:reply|response|answer)|autoreply|auto:|out of (?:the )?office|"
-    r"ooo\b|on vacation|vacation reply|abwesenheit|automatische antwort|"
-    r"自动回复|自动答复|自動回覆|自動回复|休假|外出|不在办公室)",
+    r"on vacation|vacation reply|abwesenheit|automatische antwort|"
+    r"自动回复|自动答复|自動回覆|自動回复|休假|不在办公室)",
     re.IGNORECASE,
 )
 _AUTO_BODY = re.compile(r"这是一封自动回复邮件|假期自动回复邮件|此邮件为自动回复|这是一封自动回复|本邮件为自动回复")
@@ -112,6 +114,7 @@ def _bounce_hint(msg: ParsedMessage) -> str | None:
 
 
 def _bounce(msg: ParsedMessage) -> Classification | None:
+    """A bounce, read in order of trust: RFC 3464 fields, flufl.bounce, then the notice text."""
     hint = _bounce_hint(msg)
     if hint is None:
         return None
@@ -149,16 +152,20 @@ def _bounce(msg: ParsedMessage) -> Classification | None:
     if not recipients:
         recipients = _text_recipients(msg)
         source = "notice text"
-    if not recipients and not strong:
+    if not strong and not (recipients and (_STATUS.search(msg.text) or _SMTP_CODE.search(msg.text))):
+        # Only the subject looked like a bounce: a person writing about a
+        # returned parcel ("退回") must not become a bounce of their colleague.
         return None
     code = _permanent_code(msg.text)
+    # A notice without a 5xx code that says "delayed"/"暂时" is temporary;
+    # one that says nothing either way is taken as permanent, as they usually are.
     is_permanent = code is not None or not text_temporary
-    if code is None and text_temporary:
-        temp = _SMTP_CODE.search(msg.text)
-        code = temp.group(0) if temp else "temporary"
-    detail = f"{code} " if code else ""
+    if code is None:
+        temp = _STATUS.search(msg.text) or _SMTP_CODE.search(msg.text)
+        code = temp.group(0) if temp else None
+    detail = ("permanent failure" if is_permanent else "temporary failure") + (f" {code}" if code else "")
     who = ", ".join(recipients) if recipients else "unknown recipient"
-    return Classification(Kind.BOUNCE, f"{detail}for {who} ({source}; {hint})", recipients, is_permanent)
+    return Classification(Kind.BOUNCE, f"{detail} for {who} ({source}; {hint})", recipients, is_permanent)
 
 
 def _reparse(msg: ParsedMessage) -> Message | None:
@@ -228,6 +235,10 @@ def _is_success_report(mime: Message) -> bool:
 def _flufl(mime: Message | None) -> tuple[frozenset[bytes | str], frozenset[bytes | str]]:
     if mime is None:
         return frozenset(), frozenset()
+    # flufl.bounce's Yale detector indexes getaddresses(From)[0] and logs a
+    # traceback (then raises) when From holds no address: skip it up front.
+    if not email.utils.getaddresses([str(mime.get("from", ""))]):
+        return frozenset(), frozenset()
     try:
         temporary, permanent = flufl.bounce.all_failures(mime)
     except (ValueError, LookupError, TypeError, AttributeError, IndexError, UnicodeError,
@@ -236,9 +247,10 @@ def _flufl(mime: Message | None) -> tuple[frozenset[bytes | str], frozenset[byte
     return frozenset(temporary), frozenset(permanent)
 
 
-def _unique(items: object) -> tuple[str, ...]:
+def _unique(items: Iterable[bytes | str]) -> tuple[str, ...]:
+    """Lower-cased, de-duplicated addresses in first-seen order (flufl gives bytes)."""
     out: list[str] = []
-    for item in items:  # type: ignore[attr-defined]
+    for item in items:
         text = item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
         text = text.strip().strip("<>").lower()
         if text and text not in out:

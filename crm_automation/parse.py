@@ -38,7 +38,15 @@ from crm_automation import reply_text
 from crm_automation.errors import MessageError
 from crm_automation.models import ParsedMessage
 
-__all__ = ["decode_bytes", "decode_header_value", "parse", "parse_with_message"]
+__all__ = [
+    "body_text",
+    "codec_for",
+    "decode_bytes",
+    "decode_header_value",
+    "html_to_text",
+    "parse",
+    "parse_with_message",
+]
 
 DEFAULT_MAX_BYTES = 25 * 1024 * 1024
 
@@ -158,7 +166,8 @@ def parse_with_message(
         raise MessageError("message: empty (expected RFC 5322 headers and a body)")
     # The stdlib parser recurses once per nesting level: refuse absurd
     # nesting before it runs instead of waiting for a RecursionError.
-    multiparts = len(_MULTIPART_HEADER.findall(raw))
+    rough = raw.count(b"ultipart/") + raw.count(b"ULTIPART/")
+    multiparts = len(_MULTIPART_HEADER.findall(raw)) if rough > max_parts else 0
     if multiparts > max_parts:
         raise MessageError(
             f"message: {multiparts} multipart Content-Type headers, more than {max_parts} MIME parts "
@@ -201,10 +210,12 @@ def _build(raw: bytes, msg: Message) -> ParsedMessage:
         raw_headers.setdefault(name.lower(), []).append(value if isinstance(value, str) else str(value))
 
     def first(name: str) -> str:
+        # Decoded, so that no lone surrogate (raw 8-bit byte) reaches SQLite.
         values = raw_headers.get(name)
-        return values[0] if values else ""
+        return decode_header_value(values[0]) if values else ""
 
-    from_name, from_addr = email.utils.parseaddr(first("from"))
+    raw_from = raw_headers.get("from", [""])[0]
+    from_name, from_addr = email.utils.parseaddr(raw_from)
     from_addr = decode_header_value(from_addr).strip().lower()
     from_name = decode_header_value(from_name).strip()
     text = body_text(msg)

@@ -25,9 +25,10 @@ against the test corpus first and got 18 of 41 replies right: its Chinese
 ``wrote_header`` pattern never matches (it is a negative look-ahead of
 itself), it knows neither the QQ/Foxmail/163 dividers nor the Traditional
 Chinese Outlook block, and it treats "谢谢，" (a normal sentence in a Chinese
-reply) as the start of a signature. It was also 3-7 times slower
-(0.2-0.3 ms against 0.04-0.08 ms a message). So these are our own rules:
-one pass over the lines with precompiled patterns.
+reply) as the start of a signature. It was also 3-13 times slower
+(0.2-0.9 ms against 0.04-0.08 ms a message, benchmarks/bench_parse.py).
+So these are our own rules: one pass over the lines with precompiled
+patterns.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ _SENT_FROM = re.compile(
 
 _SIGNATURE = re.compile(r"^--\s?$")
 _QUOTED = re.compile(r"^\s*>")
-_SPACES = str.maketrans({"\xa0": " ", "\u3000": " ", "\u200b": None, "\ufeff": None})
+_SPACES = (("\xa0", " "), ("\u3000", " "), ("\u200b", ""), ("\ufeff", ""))
 
 
 def extract(text: str) -> str:
@@ -83,7 +84,13 @@ def extract(text: str) -> str:
     The result has trailing spaces and surrounding blank lines removed;
     an all-quote message gives ``""``.
     """
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").translate(_SPACES).split("\n")
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.isascii():
+        # str.translate with a dict is slow on long text; four replaces are not.
+        for char, repl in _SPACES:
+            if char in text:
+                text = text.replace(char, repl)
+    lines = text.split("\n")
     cut = _find_cut(lines)
     if cut is not None:
         start, end = cut

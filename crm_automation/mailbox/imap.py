@@ -13,7 +13,8 @@ The only module that imports imapclient. Design choices, and why:
   server must return the highest message even when n is above it (RFC 3501
   §6.4.8), so every UID list is filtered to ``>= n``. A poll first compares
   the cursor with UIDNEXT and issues no search at all when nothing is new.
-* **Size bound.** RFC822.SIZE is read before any body. A message above
+* **Size bound.** The sizes of the large messages (one ``SEARCH LARGER``)
+  are read before any body. A message above
   ``max_message_bytes`` is still yielded (the cursor must pass it and the
   worker must record it), but with only its first ``max_message_bytes + 1``
   bytes (a partial ``BODY.PEEK[]<0.N>``): one byte over the limit, so the
@@ -57,6 +58,8 @@ DEFAULT_PORTS = {"ssl": 993, "starttls": 143, "none": 143}
 MAX_BATCH_BYTES = 64 * 1024 * 1024
 #: Message-IDs OR-ed into one ``UID SEARCH`` by :meth:`ImapSource.find_message_ids`.
 SEARCH_CHUNK = 20
+#: UIDs per ``UID SEARCH`` window (keeps each answer line under imaplib's 1 MB limit).
+SEARCH_WINDOW = 50_000
 
 # Errors that mean the connection is gone (worth one reconnect), as opposed to
 # a server answering NO/BAD to a command.
@@ -100,6 +103,7 @@ class ImapSource:
         self._client: imapclient.IMAPClient | None = None
         self._selected: tuple[str, bool] | None = None  # (folder, readonly)
         self._processed_ready = False
+        self._delimiter: str | None = None
         self.name = f"imap://{self.username}@{self.host}" if self.username else f"imap://{self.host}"
 
     @classmethod
@@ -123,7 +127,7 @@ class ImapSource:
         return text
 
     def _tls_context(self) -> ssl.SSLContext:
-        """Certificates and host names verified; ``ca_file`` adds a company or test CA."""
+        """Certificates and host names verified; ``ca_file`` (a company or test CA) replaces the system store."""
         return ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
 
     def _open(self) -> imapclient.IMAPClient:
@@ -211,12 +215,28 @@ class ImapSource:
                 raise ServiceError(f"{self.where}: {what} failed: {self._scrub(str(e))}") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _server_name(self, client: imapclient.IMAPClient, folder: str) -> str:
+        """The server's name for a configured folder: ``/`` is the hierarchy separator in the config.
+
+        Mail clients show ``CRM/Processed`` whatever the server's delimiter is;
+        Dovecot's Maildir++ default is ``.`` and refuses ``/`` in a name, Gmail,
+        Exchange, QQ and 163 use ``/``. The delimiter is read once (``LIST "" ""``).
+        """
+        if "/" not in folder:
+            return folder
+        if self._delimiter is None:
+            listed = client.list_folders("", "")
+            delim = listed[0][1] if listed and listed[0][1] else b"/"
+            self._delimiter = delim.decode() if isinstance(delim, bytes) else str(delim)
+        return folder if self._delimiter == "/" else folder.replace("/", self._delimiter)
+
     def _select(self, client: imapclient.IMAPClient, folder: str, *, readonly: bool) -> dict[bytes, object]:
         """SELECT/EXAMINE ``folder``; a missing folder is reported by name."""
+        name = self._server_name(client, folder)
         try:
-            info = client.select_folder(folder, readonly=readonly)
+            info = client.select_folder(name, readonly=readonly)
         except IMAPClientError as e:
-            if not client.folder_exists(folder):
+            if not client.folder_exists(name):
                 names = ", ".join(sorted(str(f[2]) for f in client.list_folders()))
                 raise ServiceError(f"{self.where}: folder {folder!r} does not exist (folders there: {names})",
                                    hint=f"fix {self.section}.folders, or create the folder") from None
@@ -254,11 +274,18 @@ class ImapSource:
         if int(info.get(b"EXISTS", 0) or 0) == 0 or (isinstance(uidnext, int) and start >= uidnext):  # type: ignore[call-overload]
             log.debug("%s %s: nothing after UID %s", self.where, folder, start - 1)
             return
-        pending = self._new_uids(folder, uv, start)
+        pending = self._new_uids(folder, uv, start, uidnext if isinstance(uidnext, int) else None)
         log.info("%s %s: %d new message(s) after UID %d", self.where, folder, len(pending), start - 1)
+        if not pending:
+            return
+        # One SEARCH LARGER names the few big messages; only their sizes are fetched. Every other
+        # message is known to be at most `small` (and so under max_message_bytes), which bounds a
+        # batch's memory without a size round trip per batch (that costs as much as the bodies in
+        # imapclient's parser).
+        small = max(1, min(MAX_BATCH_BYTES // size, self.settings.max_message_bytes))
+        sizes = self._large_sizes(folder, uv, start, small)
         while pending:
-            sizes = self._sizes(folder, uv, pending[:size])
-            chunk = self._cut(pending[:size], sizes)
+            chunk = self._cut(pending[:size], sizes, small)
             bodies = self._bodies(folder, uv, chunk, sizes)
             for uid in chunk:
                 raw = bodies.get(uid)
@@ -276,29 +303,50 @@ class ImapSource:
                 hint="the next pass re-reads the folder; messages already logged are recognised by Message-ID",
             )
 
-    def _new_uids(self, folder: str, uv: int, start: int) -> list[int]:
+    def _new_uids(self, folder: str, uv: int, start: int, uidnext: int | None) -> list[int]:
+        """Every UID from ``start`` on, searched in windows of :data:`SEARCH_WINDOW` UIDs.
+
+        One ``SEARCH UID 1:*`` answer on a folder of a few hundred thousand
+        messages is one line longer than imaplib accepts (1 MB), hence windows;
+        the last one is open-ended so mail arriving meanwhile is not missed.
+        """
         def op(c: imapclient.IMAPClient) -> list[int]:
             self._check_uidvalidity(c, folder, uv)
-            found = c.search(["UID", f"{start}:*"])
-            # "start:*" also matches the highest UID when start is above it: filter.
+            found: set[int] = set()
+            lo = start
+            while uidnext is not None and uidnext - lo > SEARCH_WINDOW:
+                found.update(c.search(["UID", f"{lo}:{lo + SEARCH_WINDOW - 1}"]))
+                lo += SEARCH_WINDOW
+            found.update(c.search(["UID", f"{lo}:*"]))
+            # "lo:*" also matches the highest UID when lo is above it: filter.
             return sorted(u for u in found if isinstance(u, int) and u >= start)
 
         return self._call(f"listing new messages in {folder!r}", op)
 
-    def _sizes(self, folder: str, uv: int, uids: list[int]) -> dict[int, int]:
+    def _large_sizes(self, folder: str, uv: int, start: int, threshold: int) -> dict[int, int]:
+        """RFC822.SIZE of the messages above ``threshold`` bytes (searched after the UID list, so none is missed)."""
         def op(c: imapclient.IMAPClient) -> dict[int, int]:
             self._check_uidvalidity(c, folder, uv)
-            return {uid: int(d.get(b"RFC822.SIZE", 0)) for uid, d in c.fetch(uids, ["RFC822.SIZE"]).items()}
+            big = sorted(u for u in c.search(["UID", f"{start}:*", "LARGER", threshold])
+                         if isinstance(u, int) and u >= start)
+            sizes: dict[int, int] = {}
+            for i in range(0, len(big), 500):
+                for uid, d in c.fetch(big[i:i + 500], ["RFC822.SIZE"]).items():
+                    sizes[uid] = int(d.get(b"RFC822.SIZE", 0))
+            return sizes
 
         return self._call(f"reading message sizes in {folder!r}", op)
 
-    def _cut(self, uids: list[int], sizes: dict[int, int]) -> list[int]:
-        """The leading UIDs whose bodies fit :data:`MAX_BATCH_BYTES` (at least one)."""
+    def _cut(self, uids: list[int], sizes: dict[int, int], small: int) -> list[int]:
+        """The leading UIDs whose bodies fit :data:`MAX_BATCH_BYTES` (at least one).
+
+        A UID without a size is one of the small messages (at most ``small`` bytes).
+        """
         limit = self.settings.max_message_bytes + 1
         chunk: list[int] = []
         total = 0
         for uid in uids:
-            n = min(sizes.get(uid, 0), limit)
+            n = min(sizes.get(uid, small), limit)
             if chunk and total + n > MAX_BATCH_BYTES:
                 break
             chunk.append(uid)
@@ -307,18 +355,18 @@ class ImapSource:
 
     def _bodies(self, folder: str, uv: int, chunk: list[int], sizes: dict[int, int]) -> dict[int, bytes]:
         limit = self.settings.max_message_bytes
-        small = [u for u in chunk if sizes.get(u, 0) <= limit]
-        big = [u for u in chunk if sizes.get(u, 0) > limit]
+        whole = [u for u in chunk if sizes.get(u, 0) <= limit]
+        cut = [u for u in chunk if sizes.get(u, 0) > limit]
 
         def op(c: imapclient.IMAPClient) -> dict[int, bytes]:
             self._check_uidvalidity(c, folder, uv)
             out: dict[int, bytes] = {}
-            if small:
-                for uid, d in c.fetch(small, ["BODY.PEEK[]"]).items():
+            if whole:
+                for uid, d in c.fetch(whole, ["BODY.PEEK[]"]).items():
                     if b"BODY[]" in d:
                         out[uid] = bytes(d[b"BODY[]"])
-            if big:
-                for uid, d in c.fetch(big, [f"BODY.PEEK[]<0.{limit + 1}>"]).items():
+            if cut:
+                for uid, d in c.fetch(cut, [f"BODY.PEEK[]<0.{limit + 1}>"]).items():
                     part = d.get(b"BODY[]<0>")
                     if part is not None:
                         log.warning("%s %s: UID %s is %d bytes, above max_message_bytes = %d; reading only the "
@@ -351,9 +399,9 @@ class ImapSource:
                        lambda c, f=folder, m=msgs: self._move(c, f, m, dest))
 
     def _ensure_processed_folder(self, client: imapclient.IMAPClient) -> None:
-        dest = self.settings.processed_folder
-        if self._processed_ready or not dest:
+        if self._processed_ready or not self.settings.processed_folder:
             return
+        dest = self._server_name(client, self.settings.processed_folder)
         if not client.folder_exists(dest):
             try:
                 client.create_folder(dest)
@@ -365,6 +413,7 @@ class ImapSource:
 
     def _move(self, client: imapclient.IMAPClient, folder: str, msgs: list[RawMessage], dest: str) -> None:
         info = self._select(client, folder, readonly=False)
+        dest = self._server_name(client, dest)
         uv = int(info[b"UIDVALIDITY"])  # type: ignore[call-overload]
         uids = [m.uid for m in msgs if m.uidvalidity == uv]
         if len(uids) < len(msgs):
@@ -400,7 +449,7 @@ class ImapSource:
             return set()
 
         def op(c: imapclient.IMAPClient) -> set[str]:
-            if not c.folder_exists(folder):
+            if not c.folder_exists(self._server_name(c, folder)):
                 log.warning("%s: folder %r does not exist; no sent copies to look up", self.where, folder)
                 return set()
             self._select(c, folder, readonly=True)

@@ -163,6 +163,8 @@ class GoogleSource:
                 f"{self.name}: {what} refused with HTTP {e.code} ({msg})",
                 hint=f"share the spreadsheet with {self._account or 'the service account'} as an editor, "
                      f"and check sheet.spreadsheet")
+        if e.code == 400:
+            self._title = None  # e.g. the worksheet was renamed: look it up again next time
         if e.code == 401:
             return ServiceError(f"{self.name}: {what} refused with HTTP 401: the service account is not authorised",
                                 hint=f"check the key file {self.credentials.name}")

@@ -252,7 +252,8 @@ def test_unchanged_values_do_not_rewrite_the_sheet(backend):
     data = src.read()
     res = src.write_back("邮箱", {"a@x.com": {"最近发送": "2026-11-24 10:00"}, "b@x.com": {"最近发送": "-x"}},
                          version=data.version)
-    assert res == type(res)()
+    assert (res.cells, res.added_columns, res.postponed, res.missing_keys) == (0, (), None, ())
+    assert res.version == data.version
     assert backend.mtime() == before
 
 
@@ -341,3 +342,110 @@ def test_wrong_worksheet_lists_the_worksheets(backend, tmp_path):
         src.read()
     assert '"客户"' in str(e.value)
     assert '"备注"' in str(e.value)
+
+
+# ---------------------------------------------------------------- Excel specifics
+
+
+def _members(path: Path) -> dict[str, bytes]:
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        return {i.filename: z.read(i) for i in z.infolist()}
+
+
+def _add_member(path: Path, name: str, data: bytes) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path, "a") as z:
+        z.writestr(name, data)
+
+
+def test_excel_write_back_copies_every_other_part_unchanged(tmp_path):
+    h = ExcelHarness(tmp_path)
+    src = h.make(ROWS)
+    _add_member(h.path, "xl/media/image1.png", b"\x89PNG not really")  # stands in for charts and images
+    before = _members(h.path)
+    res = src.write_back("邮箱", {"b@x.com": {"邮件状态": "=evil()"}}, version=src.read().version)
+    assert res.cells == 1
+    after = _members(h.path)
+    changed = {k for k in before if before[k] != after.get(k)}
+    assert changed == {"xl/worksheets/sheet1.xml"}
+    assert list(after) == list(before)
+    wb = openpyxl.load_workbook(h.path)
+    assert wb["客户"]["A1"].font.b  # formatting kept
+    assert wb["备注"]["B2"].value == "=1+2"
+    cell = wb["客户"]["E3"]
+    assert (cell.value, cell.data_type) == ("=evil()", "s")
+    assert list(tmp_path.iterdir()) == [h.path]  # no temporary files left behind
+
+
+def test_excel_append_rows_patches_in_place(tmp_path):
+    h = ExcelHarness(tmp_path)
+    src = h.make(ROWS)
+    _add_member(h.path, "xl/media/image1.png", b"img")
+    assert src.append_rows([{"邮箱": "n1@x.com"}, {"邮箱": "n2@x.com", "新列": "+1"}]) == 2
+    assert _members(h.path)["xl/media/image1.png"] == b"img"
+    rows = src.read().rows
+    assert [(r.row, r.values["邮箱"], r.values["新列"]) for r in rows[-2:]] == [(6, "n1@x.com", None),
+                                                                                (7, "n2@x.com", "+1")]
+
+
+def test_excel_formula_in_a_target_cell_falls_back_to_openpyxl(tmp_path):
+    h = ExcelHarness(tmp_path)
+    src = h.make([["邮箱", "邮件状态", "合计"], ["a@x.com", F("=1+1"), F("=LEN(A2)")]])
+    res = src.write_back("邮箱", {"a@x.com": {"邮件状态": "ok"}}, version=src.read().version)
+    assert res.cells == 1
+    grid = h.cells()
+    assert grid[1][1] == "ok"
+    assert grid[1][2] == F("=LEN(A2)")
+    assert isinstance(grid[1][2], F)
+
+
+@pytest.mark.parametrize("owner", ["~$customers.xlsx", "~$stomers.xlsx"])
+def test_excel_open_in_excel_postpones(tmp_path, owner):
+    h = ExcelHarness(tmp_path)
+    src = h.make(ROWS)
+    lock = tmp_path / owner
+    lock.write_bytes(b"someone")
+    before = h.path.read_bytes()
+    res = src.write_back("邮箱", {"a@x.com": {"邮件状态": "ok"}}, version=src.read().version)
+    assert res.postponed
+    assert "open in Excel" in res.postponed
+    assert h.path.read_bytes() == before
+    lock.unlink()
+    assert src.write_back("邮箱", {"a@x.com": {"邮件状态": "ok"}}, version=src.read().version).cells == 1
+
+
+def test_excel_not_a_workbook_is_a_service_error(tmp_path):
+    bad = tmp_path / "customers.xlsx"
+    bad.write_text("not a zip", encoding="utf-8")
+    with pytest.raises(ServiceError, match="not a readable Excel workbook") as e:
+        ExcelSource(bad).read()
+    assert str(bad) in str(e.value)
+
+
+def test_consecutive_writes_with_the_returned_version_are_not_postponed(backend):
+    src = backend.make(ROWS)
+    version = src.read().version
+    for i, key in enumerate(["a@x.com", "b@x.com", "a@x.com"]):
+        res = src.write_back("邮箱", {key: {"最近发送": f"2026-11-2{i}"}}, version=version)
+        assert res.postponed is None
+        assert res.cells == 1
+        if backend.checks_version:
+            assert res.version == src.read().version  # what the file is now, after our own write
+        version = res.version
+    backend.edit(lambda g: g[1].__setitem__(1, "改"))
+    res = src.write_back("邮箱", {"b@x.com": {"最近发送": "x"}}, version=version)
+    assert (res.postponed is not None) == backend.checks_version
+
+
+def test_file_fingerprint_ignores_saves_that_change_nothing(backend):
+    if backend.name == "google":
+        pytest.skip("Google Sheets has no cheap content digest")
+    src = backend.make(ROWS)
+    first = src.fingerprint()
+    _bump_mtime(backend.path)  # saved again, same bytes
+    assert src.fingerprint() == first
+    src.write_back("邮箱", {"a@x.com": {"邮件状态": "ok"}}, version=src.read().version)
+    assert src.fingerprint() != first

@@ -236,6 +236,13 @@ def test_several_folders(imap_account, source_for):
     assert imap_account.seen_uids("Support") == []
 
 
+def test_nested_folder_names_use_slash_in_the_config(imap_account, source_for):
+    imap_account.append(bodies(2), "Clients.Acme")
+    src = source_for(imap_account, folders=["Clients/Acme"])
+    got = list(src.fetch("Clients/Acme", None))
+    assert [(m.folder, m.uid) for m in got] == [("Clients/Acme", 1), ("Clients/Acme", 2)]
+
+
 def test_missing_folder_is_named(imap_account, source_for):
     src = source_for(imap_account, folders=["Nope"])
     with pytest.raises(ServiceError, match=r"folder 'Nope' does not exist \(folders there: INBOX"):
@@ -300,10 +307,11 @@ def test_server_gone_mid_fetch_raises_after_one_retry(tmp_path, source_for):
 
 
 # ----------------------------------------------------------- processed folder
-@pytest.mark.parametrize("dest", ["Processed", "CRM.Processed"])
-def test_mark_processed_moves_only_those_messages(imap_account, source_for, dest):
+@pytest.mark.parametrize(("configured", "dest"), [("Processed", "Processed"), ("CRM/Processed", "CRM.Processed")])
+def test_mark_processed_moves_only_those_messages(imap_account, source_for, configured, dest):
+    """``/`` in the config is the hierarchy separator; Dovecot's Maildir++ delimiter is ``.``."""
     imap_account.append(bodies(5))
-    src = source_for(imap_account, processed_folder=dest)
+    src = source_for(imap_account, processed_folder=configured)
     got = list(src.fetch("INBOX", None))
     src.mark_processed(got[:3])
     assert imap_account.uids() == [4, 5]
@@ -375,3 +383,30 @@ def test_close_is_idempotent(imap_account, source_for):
     src.close()
     assert src.uidvalidity("INBOX") > 0  # reconnects on use
 
+
+
+def test_batches_are_cut_by_total_size(imap_account, source_for, monkeypatch, caplog):
+    """A run of large messages is fetched a few at a time, whatever batch_size says."""
+    import crm_automation.mailbox.imap as imap_mod
+
+    monkeypatch.setattr(imap_mod, "MAX_BATCH_BYTES", 3000)
+    msgs = [make_message(i, body="y" * 1200) for i in range(6)]  # ~1.4 kB each: two per 3 kB batch
+    imap_account.append(msgs)
+    src = source_for(imap_account, batch_size=100)
+    with caplog.at_level(logging.DEBUG, logger="imapclient"):
+        got = list(src.fetch("INBOX", None))
+    assert [m.raw for m in got] == msgs
+    body_fetches = [r.getMessage() for r in caplog.records if "BODY.PEEK[]" in r.getMessage()
+                    and r.getMessage().startswith(">")]
+    assert len(body_fetches) == 3, body_fetches
+
+
+def test_uid_search_in_windows_misses_nothing(imap_account, source_for, monkeypatch):
+    import crm_automation.mailbox.imap as imap_mod
+
+    monkeypatch.setattr(imap_mod, "SEARCH_WINDOW", 3)
+    imap_account.append(bodies(11))
+    src = source_for(imap_account)
+    uv = src.uidvalidity("INBOX")
+    assert [m.uid for m in src.fetch("INBOX", None)] == list(range(1, 12))
+    assert [m.uid for m in src.fetch("INBOX", Cursor(uv, 4))] == list(range(5, 12))

@@ -211,6 +211,12 @@ def test_human_subject_mentioning_bounce_without_addresses_is_email_in():
     assert classify(msg2).kind is Kind.EMAIL_IN
 
 
+def test_human_subject_with_address_in_signature_is_email_in():
+    text = "货物已经退回，请查收。\n\n张三\n邮箱地址：zhangsan@example.cn"
+    msg = make(subject="Re: 退回货物", text=text, reply=text)
+    assert classify(msg).kind is Kind.EMAIL_IN
+
+
 def test_x_failed_recipients_header():
     raw = (b"From: Mail Delivery System <Mailer-Daemon@mx.example.org>\r\nTo: sales@example.com\r\n"
            b"Subject: Mail delivery failed\r\nX-Failed-Recipients: Dave@Example.org\r\n\r\n"
@@ -242,3 +248,27 @@ def test_bounce_own_addresses_are_not_recipients():
     text = "Your message to sales@example.com from mailer-daemon@mx.example.net failed: frank@example.org unknown (550)"
     msg = make(from_addr="mailer-daemon@mx.example.net", subject="Returned mail", text=text, reply=text)
     assert classify(msg).recipients == ("frank@example.org",)
+
+
+def test_fuzzed_bounces_classify_without_errors_or_library_tracebacks(caplog):
+    """Mangled bounces either parse and classify cleanly or are refused by parse."""
+    import logging
+    import random
+
+    from crm_automation.errors import MessageError
+
+    rng = random.Random(7)
+    sources = [p.read_bytes() for p in sorted((CORPUS / "bounce").glob("*.eml"))]
+    kinds = set()
+    caplog.set_level(logging.WARNING)
+    for _ in range(600):
+        buf = bytearray(rng.choice(sources))
+        for _ in range(rng.randrange(1, 30)):
+            buf[rng.randrange(len(buf))] = rng.randrange(256)
+        try:
+            msg = parse(bytes(buf))
+        except MessageError:
+            continue
+        kinds.add(classify(msg).kind)
+    assert Kind.BOUNCE in kinds
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import date, datetime
 
@@ -216,3 +217,20 @@ def test_phone_conversion_is_fast_for_cn_mobiles():
         convert(float(n), s)
     per = (time.perf_counter() - start) / len(nums)
     assert per < 15e-6, f"{per * 1e6:.1f} µs per number"
+
+
+@pytest.mark.parametrize(("raw", "t"), [
+    (None, FieldType.TEXT), ("  ", FieldType.EMAIL), (float("nan"), FieldType.NUMBER), (" A@X.com", FieldType.EMAIL),
+    (13800138000.0, FieldType.PHONE), ("2026年11月24日", FieldType.DATE), ("是", FieldType.BOOL), ("bob@", FieldType.EMAIL),
+])
+def test_converter_matches_convert(raw, t):
+    from crm_automation.fieldtypes import converter
+
+    s = spec(t, region="CN")
+    try:
+        want = convert(raw, s)
+    except FieldValueError as e:
+        with pytest.raises(FieldValueError, match=re.escape(e.reason)):
+            converter(s)(raw)
+    else:
+        assert converter(s)(raw) == want

@@ -122,3 +122,26 @@ def test_missing_or_broken_credentials_file_is_a_config_error(fake_sheets, tmp_p
     bad.write_text(json.dumps({"type": "service_account"}), encoding="utf-8")
     with pytest.raises(ConfigError, match="not a service-account JSON key file"):
         GoogleSource("K", bad).read()
+
+
+def test_renamed_worksheet_is_looked_up_again(fake_sheets):
+    ss = fake_sheets.create("K", {"客户": ROWS})
+    src = fake_sheets.source("K")  # the first worksheet, whatever its name
+    src.read()
+    ss.sheets = {"客户2026": ss.sheets["客户"]}  # someone renames the tab
+    with pytest.raises(ServiceError, match="HTTP 400"):
+        src.read()
+    assert len(src.read().rows) == 500
+    assert fake_sheets.count("spreadsheets.get") == 2
+
+
+def test_append_rows_adds_header_then_appends_raw(fake_sheets):
+    fake_sheets.create("K", {"客户": [["邮箱", "客户名称"], ["a@x.com", "A"], [], []]})
+    src = fake_sheets.source("K")
+    src.read()
+    fake_sheets.reset_log()
+    assert src.append_rows([{"邮箱": "n@x.com", "来源": "=IMPORTXML()"}]) == 1
+    assert [r.op for r in fake_sheets.log] == ["values.get", "values.batchUpdate", "values.append"]
+    append = fake_sheets.log[-1]
+    assert append.params["valueInputOption"] == ["RAW"]
+    assert fake_sheets.grid("K") == [["邮箱", "客户名称", "来源"], ["a@x.com", "A"], ["n@x.com", "", "=IMPORTXML()"]]

@@ -185,6 +185,11 @@ def test_missing_message_id_is_synthetic_and_stable():
     assert parse(raw + b"more").message_id != expected
 
 
+def test_raw_8bit_message_id_is_decoded_not_surrogates():
+    raw = mail(b"x").replace(b"<m1@example.org>", "<编号1@example.cn>".encode("gbk"))
+    assert parse(raw).message_id == "<编号1@example.cn>"
+
+
 def test_references_and_in_reply_to():
     raw = mail(b"x", extra=b"In-Reply-To: <a@x> (comment)\r\nReferences: <r1@x>\r\n <r2@x>  <a@x>\r\n")
     msg = parse(raw)
@@ -353,11 +358,16 @@ def test_fuzz_only_message_error_escapes():
         else:
             data = rng.randbytes(rng.randrange(400))
         try:
-            parse(data)
+            msg = parse(data)
         except MessageError:
             outcomes["refused"] += 1
         else:
             outcomes["parsed"] += 1
+            # Every text field must be storable: no lone surrogates from raw bytes.
+            fields = [msg.message_id, msg.from_addr, msg.from_name, msg.subject, msg.text, msg.reply,
+                      msg.in_reply_to or "", *msg.to_addrs, *msg.references, *msg.headers.values()]
+            for value in fields:
+                value.encode("utf-8")
     # Both paths were exercised, so the test can tell them apart.
     assert outcomes["parsed"] > 100
     assert outcomes["refused"] > 100

@@ -455,6 +455,13 @@ plain_bounce("exim_delay_warning", [("From", "Mail Delivery System <Mailer-Daemo
              "repeated at intervals if the message\nremains undelivered. Eventually the mail delivery software will give up,\n"
              "and when that happens, the message will be returned to you.\n", "dave.slow@example.org", False,
              attach_original=False)
+plain_bounce("exchange_legacy_text_ndr", [("From", "System Administrator <postmaster@corp.example.com>"),
+             ("Subject", "Undeliverable: Your quote for 2027")],
+             "Your message did not reach some or all of the intended recipients.\n\n      Subject:\tYour quote for 2027\n"
+             "      Sent:\t11/23/2026 3:00 PM\n\nThe following recipient(s) cannot be reached:\n\n"
+             "      'Old.Contact@corp.example.com' on 11/23/2026 3:00 PM\n"
+             "            550 5.1.1 <Old.Contact@corp.example.com>... User unknown\n",
+             "old.contact@corp.example.com", True)
 plain_bounce("qq_bounce_html", [("From", f"{word('腾讯邮件系统', 'gb18030')} <PostMaster@qq.example.cn>"),
              ("Subject", word("退信：Your quote for 2027", "gb18030"))],
              "<div><b>很抱歉您发送的邮件被退回，以下是该邮件的相关信息：</b></div><table><tr><td>被退回的邮件：</td>"

@@ -1,0 +1,179 @@
+"""Fetch benchmark (issue #4, Performance): crm-automation vs mbsync against one throwaway Dovecot.
+
+    python benchmarks/bench_fetch.py                 # 10,000 messages
+    python benchmarks/bench_fetch.py --messages 100000 --skip-mbsync   # the memory bound
+
+Starts a Dovecot on 127.0.0.1 (tests/fixtures/dovecot.py, the same code the test
+suite uses), loads generated messages into one user's INBOX, lets Dovecot build
+its index once, then measures side by side in one run:
+
+* ``mbsync`` (isync) copying INBOX into an empty Maildir (plain IMAP on loopback);
+* ``crm-automation fetch`` (the real CLI, a subprocess) into an empty log:
+  wall time, and peak RSS of that process;
+* the bare ``ImapSource.fetch`` loop in this process (no parsing or logging);
+* a poll with no new mail: the CLI again (includes Python start-up) and the
+  IMAP part alone (connect, log in, EXAMINE, compare UIDNEXT, log out).
+
+Needs root (Dovecot's users), ``dovecot`` and, for the comparison, ``mbsync``.
+Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from crm_automation.config import load_config  # noqa: E402
+from crm_automation.mailbox.base import Cursor  # noqa: E402
+from crm_automation.mailbox.imap import ImapSource  # noqa: E402
+from tests.fixtures.dovecot import make_message, start_dovecot, write_imap_workspace  # noqa: E402
+
+PW_ENV = "CRM_BENCH_IMAP_PASSWORD"
+LINES_ZH = ["您好，报价单已收到，我们内部讨论后回复您。", "请问交货期能否提前到下月初？", "合同我们已经盖章，请查收。",
+            "发自我的iPhone", "谢谢！"]
+LINES_EN = ["Thanks for the quote, we will get back to you next week.", "Could you send the updated price list?",
+            "Best regards,", "Sent from my iPhone"]
+
+
+def generate(n: int, customers: int) -> list[bytes]:
+    """Messages of about 860 bytes (like the issue's 10,000 / 8.6 MB), half Chinese, a third from customers."""
+    rng = random.Random(4)
+    out = []
+    for i in range(n):
+        sender = f"c{i % customers}@customer.example.com" if i % 3 == 0 else f"someone{i}@elsewhere.example.net"
+        lines = LINES_ZH if i % 2 else LINES_EN
+        body = "\r\n".join(rng.choice(lines) for _ in range(8))
+        body += "\r\n\r\n> " + "\r\n> ".join(rng.choice(lines) for _ in range(4))
+        out.append(make_message(i, sender=sender, subject=f"Re: 报价 {i}" if i % 2 else f"Re: quote {i}", body=body))
+    return out
+
+
+def run_timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int, int]:
+    """Wall seconds, exit status and peak RSS (MB) of one child process."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    code = os.waitstatus_to_exitcode(status)
+    if code not in (0, 1):
+        print(f"  ! {cmd[0]} exited {code}: {err[-800:]}", file=sys.stderr)
+    return wall, code, usage.ru_maxrss // 1024
+
+
+def mbsync(server, account, work: Path) -> tuple[float, int, int] | None:
+    exe = shutil.which("mbsync")
+    if exe is None:
+        return None
+    local = work / "mbsync-maildir"
+    local.mkdir()
+    rc = work / "mbsyncrc"
+    rc.write_text(
+        f"IMAPAccount bench\nHost {server.host}\nPort {server.port}\nUser {account.user}\n"
+        f"PassCmd \"printenv {PW_ENV}\"\nSSLType None\nAuthMechs LOGIN\n\n"
+        f"IMAPStore remote\nAccount bench\n\n"
+        f"MaildirStore local\nPath {local}/\nInbox {local}/INBOX\n\n"
+        f"Channel bench\nFar :remote:\nNear :local:\nPatterns INBOX\nCreate Near\nSync Pull\n"
+        f"SyncState *\nExpunge None\n", encoding="utf-8")
+    env = {**os.environ, PW_ENV: account.password}
+    result = run_timed([exe, "-q", "-c", str(rc), "bench"], env)
+    copied = sum(1 for _ in (local / "INBOX" / "new").iterdir()) + sum(1 for _ in (local / "INBOX" / "cur").iterdir())
+    print(f"  mbsync copied {copied} messages")
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--messages", type=int, default=10_000)
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--skip-mbsync", action="store_true")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="crm-bench-"))
+    server = start_dovecot()
+    try:
+        account = server.add_user()
+        msgs = generate(args.messages, customers=200)
+        t = time.perf_counter()
+        account.load_maildir(msgs)
+        size_mb = sum(len(m) for m in msgs) / 1e6
+        del msgs
+        print(f"{args.messages} messages ({size_mb:.1f} MB) written in {time.perf_counter() - t:.1f} s")
+        t = time.perf_counter()
+        account.uids()  # let Dovecot index the folder once, so no contender pays for it
+        print(f"Dovecot indexed them in {time.perf_counter() - t:.1f} s")
+
+        rows: list[tuple[str, str, str, str]] = []
+        if not args.skip_mbsync:
+            res = mbsync(server, account, work)
+            if res is None:
+                rows.append(("mbsync -> Maildir", "not installed", "", ""))
+            else:
+                rows.append(("mbsync -> Maildir", f"{res[0]:.2f} s", f"{res[2]} MB", f"exit {res[1]}"))
+
+        customers = [(f"c{i}@customer.example.com", f"客户{i}") for i in range(200)]
+        cfg = write_imap_workspace(work / "ws", account, customers=customers, password_env=PW_ENV,
+                                   batch_size=args.batch)
+        env = {**os.environ, PW_ENV: account.password,
+               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+        cli = [sys.executable, "-m", "crm_automation", "--config", str(cfg), "-q"]
+        sync = run_timed([*cli, "sync"], env)
+        print(f"  crm-automation sync: {sync[0]:.2f} s")
+        wall, code, rss = run_timed([*cli, "fetch"], env)
+        db = sqlite3.connect(work / "ws" / "var" / "crm.sqlite")
+        logged = db.execute("SELECT COUNT(*) FROM activities WHERE message_id IS NOT NULL").fetchone()[0]
+        quarantined = db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
+        db.close()
+        rows.append(("crm-automation fetch (CLI, empty log)", f"{wall:.2f} s", f"{rss} MB",
+                     f"exit {code}; {logged} logged, {quarantined} quarantined"))
+        startup = run_timed([sys.executable, "-c", "import crm_automation.cli"], env)
+        rows.append(("  of which Python start-up + imports", f"{startup[0]:.2f} s", f"{startup[2]} MB", ""))
+        poll = run_timed([*cli, "fetch"], env)
+        rows.append(("poll, no new mail (CLI)", f"{poll[0]:.2f} s", f"{poll[2]} MB", f"exit {poll[1]}"))
+
+        os.environ[PW_ENV] = account.password
+        src = ImapSource.from_config(load_config(cfg))
+        t = time.perf_counter()
+        n = 0
+        last = None
+        for m in src.fetch("INBOX", None, batch=args.batch):
+            n += 1
+            last = m
+        bare = time.perf_counter() - t
+        src.close()
+        rows.append(("ImapSource.fetch loop alone (in process)", f"{bare:.2f} s", "", f"{n} messages"))
+        assert last is not None
+        polls = []
+        for _ in range(5):
+            t = time.perf_counter()
+            src = ImapSource.from_config(load_config(cfg))
+            got = list(src.fetch("INBOX", Cursor(last.uidvalidity, last.uid)))
+            src.close()
+            polls.append(time.perf_counter() - t)
+            assert got == []
+        rows.append(("poll, no new mail (IMAP part, best of 5)", f"{min(polls) * 1000:.0f} ms", "",
+                     "connect + login + EXAMINE + logout"))
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    w = max(len(r[0]) for r in rows)
+    print(f"\n{'what':<{w}}  {'time':>10}  {'peak RSS':>9}  notes")
+    for what, tm, rss_s, note in rows:
+        print(f"{what:<{w}}  {tm:>10}  {rss_s:>9}  {note}")
+
+
+if __name__ == "__main__":
+    main()
