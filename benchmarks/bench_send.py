@@ -29,7 +29,7 @@ import csv
 import multiprocessing as mp
 import os
 import shutil
-import smtplib  # noqa: TID251 - the bare-loop and floor baselines use smtplib directly, on purpose
+import smtplib
 import subprocess
 import sys
 import tempfile

@@ -7,6 +7,7 @@ step's alone):
 2. ``ExcelSource.read()`` alone;
 3. ``ExcelSource.read()`` + ``Mapping.apply()`` (validate every row), then a
    second ``apply`` with the first pass's hashes (nothing changed);
+   ``ExcelSource.write_back`` of two status columns in 1% of the rows;
 4. the real CLI: ``python -m crm_automation --config CFG sync`` into an empty
    log, then again with nothing changed (when the CLI exists).
 
@@ -70,7 +71,7 @@ from = "Sales <sales@example.com>"
 
 
 def generate(path: Path, rows: int) -> None:
-    import openpyxl  # noqa: TID251 - the benchmark writes its input workbook
+    import openpyxl
 
     stages = ["潜在客户", "意向", "报价", "成交", "流失"]
     wb = openpyxl.Workbook(write_only=True)
@@ -115,7 +116,28 @@ CHILD = {
         out["again"] = time.perf_counter() - t
         out["again_validated"] = len(res2.customers)
     """,
+    "writeback": """
+        import shutil
+        from crm_automation.sheets.excel import ExcelSource
+        copy = Path(WS) / "writeback-copy.xlsx"
+        shutil.copyfile(PATH, copy)
+        src = ExcelSource(copy)
+        data = src.read()
+        ups = {str(r.values["邮箱"]): {"邮件状态": "ok", "最近发送": "2026-11-24 10:00"} for r in data.rows[::100]}
+        t = time.perf_counter()
+        res = src.write_back("邮箱", ups, version=data.version)
+        out["work"] = time.perf_counter() - t
+        out["rows"] = len(ups)
+        out["cells"] = res.cells
+        copy.unlink()
+    """,
 }
+
+
+def best_child(name: str, path: Path, ws: Path, repeat: int) -> dict:
+    """Run a step ``repeat`` times; keep the fastest (a busy machine only ever adds time)."""
+    runs = [run_child(name, path, ws) for _ in range(repeat)]
+    return min(runs, key=lambda r: r.get("work", float("inf")))
 
 
 def run_child(name: str, path: Path, ws: Path) -> dict:
@@ -148,6 +170,7 @@ def run(cmd: list[str], cwd: Path | None = None) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--repeat", type=int, default=1, help="run each step N times and keep the fastest")
     ap.add_argument("--keep", type=Path, help="workspace folder to use and keep (default: a temp folder)")
     args = ap.parse_args()
     tmp = None
@@ -170,14 +193,16 @@ def main() -> int:
         print(f"generated {args.rows} rows in {time.perf_counter() - t:.1f} s ({xlsx.stat().st_size / 1e6:.1f} MB)")
 
     results: list[tuple[str, dict, float]] = []
-    pandas = run_child("pandas", xlsx, ws)
+    pandas = best_child("pandas", xlsx, ws, args.repeat)
     base = pandas.get("work", float("nan"))
     results.append(("pandas.read_excel(calamine)", pandas, pandas.get("work", float("nan"))))
-    src = run_child("source", xlsx, ws)
+    src = best_child("source", xlsx, ws, args.repeat)
     results.append(("ExcelSource.read", src, src.get("work", float("nan"))))
-    mp = run_child("mapping", xlsx, ws)
+    mp = best_child("mapping", xlsx, ws, args.repeat)
     results.append(("read + validate all rows", mp, mp.get("work", float("nan"))))
     results.append(("read + re-validate (unchanged)", mp, mp.get("again", float("nan"))))
+    wb = best_child("writeback", xlsx, ws, args.repeat)
+    results.append(("ExcelSource.write_back 1% of rows", wb, wb.get("work", float("nan"))))
 
     cli_ok = (ROOT / "crm_automation" / "cli.py").exists()
     if cli_ok:
@@ -186,10 +211,16 @@ def main() -> int:
             if p.exists():
                 p.unlink()
         cmd = [sys.executable, "-m", "crm_automation", "--config", str(ws / "config.toml"), "-q", "sync"]
-        env_cwd = ROOT
-        first = run(cmd, cwd=env_cwd)
+        firsts, agains = [], []
+        for _ in range(args.repeat):
+            for p in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+                if p.exists():
+                    p.unlink()
+            firsts.append(run(cmd, cwd=ROOT))
+            agains.append(run(cmd, cwd=ROOT))
+        first = min(firsts, key=lambda r: r["wall"])
+        again = min(agains, key=lambda r: r["wall"])
         results.append(("CLI sync, empty log (wall)", first, first["wall"]))
-        again = run(cmd, cwd=env_cwd)
         results.append(("CLI re-sync, unchanged (wall)", again, again["wall"]))
 
     print()
@@ -199,6 +230,8 @@ def main() -> int:
         note = "" if res.get("rc", 0) == 0 else f"exit {res['rc']}: {' | '.join(res.get('stderr', []))}"
         if name.startswith("read + re-validate"):
             note = note or f"{res.get('again_validated', '?')} rows validated again"
+        if name.startswith("ExcelSource.write_back"):
+            note = note or f"{res.get('cells', '?')} cells, 2 new columns; includes the fresh read at write time"
         print(f"{name:34} {secs:8.2f} {secs / base:9.2f} {res['rss_mb']:8.0f}  {note}")
     print(f"\npandas child wall time (with interpreter start and imports): {pandas['wall']:.2f} s")
     if cli_ok:

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from crm_automation.errors import ConfigError
-from crm_automation.fieldtypes import FieldValueError, convert
+from crm_automation.fieldtypes import FieldValueError, convert, converter
 from crm_automation.models import Customer, FieldSpec, FieldType, RowError, SheetData
 
 CUSTOMERS_FILE = "customers.toml"
@@ -173,6 +173,7 @@ class Mapping:
                     f"customer.{name} is empty")
         previous = previous or {}
         items = [(n, self.fields[n], h) for n, h in cols.items() if h is not None]
+        convs = [converter(spec) for _, spec, _ in items]
         seen: dict[str, int] = {}
         for srow in data.rows:
             vals = srow.values
@@ -188,7 +189,7 @@ class Mapping:
                 res.unchanged[key] = srow.row
                 res.hashes[key] = digest
                 continue
-            cust = self._validate_row(data.source, srow.row, items, raw, res.errors)
+            cust = self._validate_row(data.source, srow.row, items, convs, raw, res.errors)
             if cust is None:
                 self._note_rejected_key(items, raw, srow.row, res)
                 continue
@@ -214,13 +215,13 @@ class Mapping:
                     res.rejected_keys.setdefault(str(k), row)
                 return
 
-    def _validate_row(self, source: str, row: int, items: list[tuple[str, FieldSpec, str]], raw: list[Any],
-                      errors: list[RowError]) -> Customer | None:
+    def _validate_row(self, source: str, row: int, items: list[tuple[str, FieldSpec, str]],
+                      convs: list[Any], raw: list[Any], errors: list[RowError]) -> Customer | None:
         out: dict[str, Any] = dict.fromkeys(self.fields)
         bad = False
-        for (name, spec, header), value in zip(items, raw, strict=True):
+        for (name, spec, header), conv, value in zip(items, convs, raw, strict=True):
             try:
-                v = convert(value, spec)
+                v = conv(value)
             except FieldValueError as e:
                 errors.append(RowError(source, row, header, value, str(e)))
                 bad = True

@@ -150,6 +150,14 @@ class Worker:
     def sync(self) -> StageResult:
         """Read the sheet, validate, record new customers and field changes."""
         with self._run("sync") as res:
+            fp = self._fingerprint()
+            last = self.store.sheet_state(self.sheet.name)
+            if fp is not None and last is not None and last[0] == fp:
+                # The file's bytes and the mapping are as they were at the last complete sync: nothing to do.
+                res.stats = {"rows": last[1], "added": 0, "changed": 0, "unchanged": last[1], "removed": 0,
+                             "rejected": len(last[2]), "note": "sheet unchanged since the last sync"}
+                res.problems += last[2]
+                return res
             data = self.sheet.read()
             self.sheet_version = data.version
             self._remember_cells(data)
@@ -163,9 +171,20 @@ class Worker:
                 log.warning("%s", w)
             res.stats = {"rows": len(data.rows), "added": stats.added, "changed": stats.changed,
                          "unchanged": stats.unchanged, "removed": stats.removed, "rejected": len(result.errors)}
+            self.store.set_sheet_state(self.sheet.name, fp, len(data.rows), res.problems, self.clock.now())
             for p in res.problems:
                 log.warning("%s", p)
         return res
+
+    def _fingerprint(self) -> str | None:
+        """The file's digest plus the mapping's, for sources that have one (Excel, CSV); None otherwise."""
+        fn = getattr(self.sheet, "fingerprint", None)
+        if fn is None:
+            return None
+        import hashlib
+
+        mapping_digest = hashlib.sha256(self.ws.mapping.path.read_bytes()).hexdigest()[:16]
+        return f"{fn()}:{mapping_digest}"
 
     def _remember_cells(self, data: Any) -> None:
         """Keep the write-back columns' values as read, so write-back only asks the sheet when a value differs."""
@@ -540,6 +559,7 @@ class Worker:
         campaigns = {c.id: c for c in self.ws.campaigns}
         recent = deque(self.store.sent_times_since(now - timedelta(minutes=1)))
         day_count = self.store.sent_count_since(now - timedelta(days=1))
+        res.stats["waiting"] = len(due)
         transport = self.ws.open_transport()
         transport.open()
         bar = self.progress("send", len(due))

@@ -235,6 +235,8 @@ class ImapSource:
         name = self._server_name(client, folder)
         try:
             info = client.select_folder(name, readonly=readonly)
+        except imaplib.IMAP4.abort:
+            raise  # the connection dropped: _call reconnects
         except IMAPClientError as e:
             if not client.folder_exists(name):
                 names = ", ".join(sorted(str(f[2]) for f in client.list_folders()))
@@ -284,8 +286,9 @@ class ImapSource:
         # imapclient's parser).
         small = max(1, min(MAX_BATCH_BYTES // size, self.settings.max_message_bytes))
         sizes = self._large_sizes(folder, uv, start, small)
-        while pending:
-            chunk = self._cut(pending[:size], sizes, small)
+        pos = 0
+        while pos < len(pending):
+            chunk = self._cut(pending[pos:pos + size], sizes, small)
             bodies = self._bodies(folder, uv, chunk, sizes)
             for uid in chunk:
                 raw = bodies.get(uid)
@@ -293,7 +296,7 @@ class ImapSource:
                     log.debug("%s %s: UID %s vanished before it was read", self.where, folder, uid)
                     continue
                 yield RawMessage(folder=folder, uid=uid, uidvalidity=uv, raw=raw, ref=f"{uv}/{uid}")
-            pending = pending[len(chunk):]
+            pos += len(chunk)
 
     def _check_uidvalidity(self, client: imapclient.IMAPClient, folder: str, uv: int) -> None:
         info = self._ensure_selected(client, folder)
@@ -406,6 +409,8 @@ class ImapSource:
             try:
                 client.create_folder(dest)
                 log.info("%s: created folder %r", self.where, dest)
+            except imaplib.IMAP4.abort:
+                raise
             except IMAPClientError:
                 if not client.folder_exists(dest):  # not a race with another client: a real failure
                     raise

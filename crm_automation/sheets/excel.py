@@ -45,6 +45,7 @@ from typing import Any, Self
 from xml.sax.saxutils import escape
 
 import openpyxl  # noqa: TID251 - this is the Excel adapter
+from openpyxl.utils.exceptions import InvalidFileException  # noqa: TID251 - as above
 from python_calamine import CalamineError, CalamineWorkbook, WorksheetNotFound
 
 from crm_automation.config import Config
@@ -170,6 +171,10 @@ class ExcelSource:
             wb = openpyxl.load_workbook(self.path, keep_vba=keep_vba, rich_text=True)
         except OSError as e:
             raise ServiceError(f"{self.path}: cannot open the workbook for writing: {e.strerror or e}") from None
+        except (InvalidFileException, zipfile.BadZipFile, KeyError) as e:
+            raise ServiceError(f"{self.path}: cannot write back into this file ({e}); write-back needs an .xlsx "
+                               f"or .xlsm workbook",
+                               hint="save it as .xlsx, or set [sheet] writeback = false") from None
         ws = wb[title]
         for i, c, text in cells:
             cell = ws.cell(row=i + 1, column=c + 1)

@@ -26,9 +26,12 @@ one round trip before the write.
 
 429 and 5xx answers (and dropped connections) are retried with exponential
 backoff, 1 s doubling up to ``max_retries`` times; then :class:`ServiceError`
-names the status. The ``sleep`` and an HTTP ``adapter`` are injectable for
-tests: ``adapter`` is mounted for ``https://`` on both the Sheets session and
-the token session, so the whole exchange stays in-process.
+names the status. ``values.append`` is retried only after a 429: after a 5xx
+it may have been carried out, and a retry would add the rows twice.
+
+The ``sleep`` and an HTTP ``adapter`` are injectable for tests: ``adapter``
+is mounted for ``https://`` on both the Sheets session and the token
+session, so the whole exchange stays in-process.
 """
 
 from __future__ import annotations
@@ -130,8 +133,13 @@ class GoogleSource:
         self._http = http
         return http
 
-    def _call(self, what: str, fn: Callable[[gspread.http_client.HTTPClient], Any]) -> Any:
-        """Run one request, retrying 429/5xx and dropped connections with exponential backoff."""
+    def _call(self, what: str, fn: Callable[[gspread.http_client.HTTPClient], Any], *, idempotent: bool = True) -> Any:
+        """Run one request, retrying 429/5xx and dropped connections with exponential backoff.
+
+        A request that is not idempotent (``values.append``) is retried only
+        after a 429, which means it was not carried out: after a 5xx or a
+        dropped connection it may have been, and a retry would add the rows twice.
+        """
         http = self._client()
         delay = 1.0
         for attempt in range(self._max_retries + 1):
@@ -143,8 +151,16 @@ class GoogleSource:
                     status = f"HTTP {code}"
                 else:
                     raise self._refused(what, e) from None
+                if code != 429 and not idempotent:
+                    raise ServiceError(f"{self.name}: {what} failed with HTTP {code}; not retried, because the "
+                                       f"request may have been carried out",
+                                       hint="check the sheet's last rows") from None
             except (requests.ConnectionError, requests.Timeout, TransportError) as e:
                 status = f"no answer ({type(e).__name__})"
+                if not idempotent:
+                    raise ServiceError(f"{self.name}: {what} got no answer ({type(e).__name__}); not retried, "
+                                       f"because the request may have been carried out",
+                                       hint="check the sheet's last rows") from None
             except GoogleAuthError as e:
                 raise ServiceError(f"{self.name}: the service account could not log in ({e})",
                                    hint=f"check the key file {self.credentials.name}") from None
@@ -231,5 +247,6 @@ class GoogleSource:
             self._update("adding header columns", [(0, c, grid[0][c]) for c in range(width, len(grid[0]))])
         title = _quote_title(self._open())
         params = {"valueInputOption": "RAW", "insertDataOption": "INSERT_ROWS"}
-        self._call("appending rows", lambda h: h.values_append(self.key, f"{title}!A1", params, {"values": lines}))
+        self._call("appending rows", lambda h: h.values_append(self.key, f"{title}!A1", params, {"values": lines}),
+                   idempotent=False)
         return len(lines)

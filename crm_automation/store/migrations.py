@@ -8,32 +8,44 @@ order, inside a transaction, so a crash mid-migration leaves the old schema.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
-
-import sqlite_utils
+from typing import TYPE_CHECKING
 
 from crm_automation.errors import ConfigError
-from crm_automation.store.schema import create_v1
+from crm_automation.store.schema import create_v1, create_v2
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial", create_v1),
+    ("0002_sheet_state", create_v2),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def migrate(db: sqlite_utils.Database) -> list[str]:
-    """Apply pending migrations; return the names applied."""
-    conn = db.conn
+def migrate(conn: sqlite3.Connection) -> list[str]:
+    """Apply pending migrations; return the names applied.
+
+    sqlite-utils (which imports pandas: about 0.9 s) is loaded only when a
+    migration is pending, so a routine run starts fast.
+    """
+    if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+        return []
     conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
     done = {r[0] for r in conn.execute("SELECT name FROM _migrations")}
     known = {name for name, _ in MIGRATIONS}
     unknown = done - known
     if unknown:
         raise ConfigError(
-            f"{db.conn.execute('PRAGMA database_list').fetchone()[2]}: the log was written by a newer "
+            f"{conn.execute('PRAGMA database_list').fetchone()[2]}: the log was written by a newer "
             f"crm-automation (migrations {', '.join(sorted(unknown))}); upgrade before using it"
         )
+    import sqlite_utils
+
+    db = sqlite_utils.Database(conn)
     applied = []
     for name, fn in MIGRATIONS:
         if name in done:

@@ -18,8 +18,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from crm_automation.errors import ConfigError, ServiceError
 from crm_automation.models import Customer, Kind
 from crm_automation.store.migrations import migrate
@@ -87,7 +85,7 @@ class Store:
     def __init__(self, conn: sqlite3.Connection, path: str) -> None:
         self.conn = conn
         self.path = path
-        self.db = sqlite_utils.Database(conn)
+        self._savepoints = 0
 
     @classmethod
     def open(cls, path: Path | str) -> Store:
@@ -106,7 +104,7 @@ class Store:
         except sqlite3.DatabaseError as e:
             raise ConfigError(f"{p}: cannot open the activity log: {e}") from None
         store = cls(conn, p)
-        migrate(store.db)
+        migrate(conn)
         return store
 
     def close(self) -> None:
@@ -117,8 +115,16 @@ class Store:
     def transaction(self) -> Iterator[None]:
         """One atomic unit: everything inside commits together or not at all."""
         if self.conn.in_transaction:
-            with self.db.atomic():
+            self._savepoints += 1
+            name = f"sp{self._savepoints}"
+            self.conn.execute(f"SAVEPOINT {name}")
+            try:
                 yield
+            except BaseException:
+                self.conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                self.conn.execute(f"RELEASE SAVEPOINT {name}")
+                raise
+            self.conn.execute(f"RELEASE SAVEPOINT {name}")
             return
         self.conn.execute("BEGIN IMMEDIATE")
         try:
@@ -169,22 +175,18 @@ class Store:
         stats = SyncStats(unchanged=len(unchanged))
         ts = iso(now)
         with self.transaction():
-            existing = {k: (json.loads(d), p) for k, d, p in self.conn.execute(
-                "SELECT key, data, present FROM customers")}
+            existing = {k: (d, p) for k, d, p in self.conn.execute("SELECT key, data, present FROM customers")}
             acts: list[tuple[Any, ...]] = []
+            inserts: list[tuple[Any, ...]] = []
             for c in changed:
                 old = existing.get(c.key)
                 data_json = json.dumps(c.data, ensure_ascii=False, sort_keys=True)
                 if old is None:
-                    self.conn.execute(
-                        "INSERT INTO customers (key, row, data, first_seen, last_changed, email_status, row_hash, "
-                        "present) VALUES (?, ?, ?, ?, ?, 'ok', ?, 1)",
-                        (c.key, c.row, data_json, ts, ts, hashes.get(c.key)))
-                    acts.append((c.key, Kind.CUSTOMER_ADDED.value, ts, None, None, source,
-                                 json.dumps({"row": c.row}, ensure_ascii=False)))
-                    stats.added += 1
+                    inserts.append((c.key, c.row, data_json, ts, ts, hashes.get(c.key)))
+                    acts.append((c.key, Kind.CUSTOMER_ADDED.value, ts, None, None, source, f'{{"row": {c.row}}}'))
                     continue
-                old_data, present = old
+                old_json, present = old
+                old_data = json.loads(old_json)
                 diffs = {f: (old_data.get(f), v) for f, v in c.data.items() if old_data.get(f) != v}
                 for f, (a, b) in diffs.items():
                     acts.append((c.key, Kind.FIELD_CHANGED.value, ts, None, None, source,
@@ -200,11 +202,17 @@ class Store:
                     "UPDATE customers SET row = ?, data = ?, row_hash = ?, present = 1, removed_at = NULL"
                     + (", last_changed = ?" if diffs else "") + " WHERE key = ?",
                     (c.row, data_json, hashes.get(c.key), *((ts,) if diffs else ()), c.key))
+            if inserts:
+                self.conn.executemany(
+                    "INSERT INTO customers (key, row, data, first_seen, last_changed, email_status, row_hash, "
+                    "present) VALUES (?, ?, ?, ?, ?, 'ok', ?, 1)", inserts)
+                stats.added = len(inserts)
             if unchanged:
                 self.conn.executemany("UPDATE customers SET row = ? WHERE key = ? AND row != ?",
                                       [(r, k, r) for k, r in unchanged.items()])
             if complete:
-                seen = set(unchanged) | {c.key for c in changed}
+                seen = set(unchanged)
+                seen.update(c.key for c in changed)
                 gone = [k for k, (_, p) in existing.items() if p and k not in seen]
                 for k in gone:
                     self.conn.execute("UPDATE customers SET present = 0, removed_at = ? WHERE key = ?", (ts, k))
@@ -215,6 +223,24 @@ class Store:
                 "INSERT INTO activities (customer_key, kind, occurred_at, subject, body, source, details, logged_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(*a, ts) for a in acts])
         return stats
+
+    def sheet_state(self, source: str) -> tuple[str, int, list[str]] | None:
+        """(fingerprint, rows, problems) recorded at the last complete sync of ``source``."""
+        row = self.conn.execute("SELECT fingerprint, rows, problems FROM sheet_state WHERE source = ?",
+                                (source,)).fetchone()
+        return (row[0], row[1] or 0, json.loads(row[2] or "[]")) if row else None
+
+    def set_sheet_state(self, source: str, fingerprint: str | None, rows: int, problems: list[str],
+                        now: datetime) -> None:
+        """Remember the sheet's digest after a complete sync (None forgets it)."""
+        if fingerprint is None:
+            self.conn.execute("DELETE FROM sheet_state WHERE source = ?", (source,))
+            return
+        self.conn.execute(
+            "INSERT INTO sheet_state (source, fingerprint, synced_at, rows, problems) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(source) DO UPDATE SET fingerprint = excluded.fingerprint, synced_at = excluded.synced_at, "
+            "rows = excluded.rows, problems = excluded.problems",
+            (source, fingerprint, iso(now), rows, json.dumps(problems, ensure_ascii=False)))
 
     def set_email_status(self, key: str, status: str) -> None:
         """``ok`` | ``bounced`` | ``unsubscribed`` (shown in the sheet's status column)."""

@@ -32,6 +32,7 @@ import smtplib  # noqa: TID251 - this is the one module allowed to use it
 import socket
 import ssl
 from collections.abc import Callable
+from email.utils import parseaddr
 from typing import TYPE_CHECKING, Literal
 
 from crm_automation.config import is_loopback
@@ -78,6 +79,13 @@ def frame_message(message: bytes) -> bytes:
     if not message.endswith(b"\r\n"):
         message += b"\r\n"
     return message + b".\r\n"
+
+
+def _bare(addr: str) -> str:
+    """``Name <a@b>`` -> ``a@b``; a plain address passes untouched (smtplib's quoteaddr parses every time)."""
+    if "<" in addr or " " in addr:
+        return parseaddr(addr)[1] or addr
+    return addr
 
 
 def _text(resp: bytes | str) -> str:
@@ -339,12 +347,13 @@ class SmtpTransport:
         retry never mails the accepted ones twice.
         """
         try:
-            code, resp = smtp.mail(sender, [f"SIZE={size}"] if self._size_ok else [])
+            size_opt = f" SIZE={size}" if self._size_ok else ""
+            code, resp = smtp.docmd("MAIL", f"FROM:<{_bare(sender)}>{size_opt}")
             if code != 250:
                 self._refused(smtp, code, resp, f"MAIL FROM:<{sender}>", message_id)
             refused: list[tuple[str, int, bytes]] = []
             for rcpt in recipients:
-                code, resp = smtp.rcpt(rcpt)
+                code, resp = smtp.docmd("RCPT", f"TO:<{_bare(rcpt)}>")
                 if code not in (250, 251):
                     if code == _SERVER_GONE:
                         raise _Dropped(f"{code} {_text(resp)}")
@@ -357,6 +366,9 @@ class SmtpTransport:
             raise _Dropped(str(e)) from None
         except OSError as e:
             raise _Dropped(f"{type(e).__name__}: {e}") from None
+        except smtplib.SMTPException as e:  # e.g. an over-long reply line: the server is not speaking SMTP
+            self._discard()
+            raise self._fail(f"protocol error before message {message_id} was handed over (not sent)", e) from None
         if code != 354:
             self._refused(smtp, code, resp, "DATA", message_id)
 

@@ -168,3 +168,29 @@ def test_suppress_with_reason_sets_and_clears_email_status(tmp_path, cli):
     assert db_rows(db, "SELECT email_status FROM customers WHERE key = 'c2@example.com'") == [("unsubscribed",)]
     assert cli("suppress", "remove", "c2@example.com", "--config", str(cfg)).code == 0
     assert db_rows(db, "SELECT email_status FROM customers WHERE key = 'c2@example.com'") == [("ok",)]
+
+
+def test_resync_tracks_changes_and_removals_and_skips_an_unchanged_file(tmp_path, cli):
+    import csv as csv_mod
+
+    cfg = make_workspace(tmp_path / "ws")
+    assert cli("sync", "--config", str(cfg)).code == 0
+    r = cli("sync", "--config", str(cfg), "--json")
+    assert json.loads(r.out)["stages"][0]["stats"]["note"] == "sheet unchanged since the last sync"
+    path = tmp_path / "ws" / "customers.csv"
+    rows = list(csv_mod.DictReader(path.open(encoding="utf-8")))
+    rows[0]["Stage"] = "won"
+    rows.reverse()  # the team sorted the sheet
+    del rows[0]  # ... and deleted c2
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv_mod.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    r = cli("sync", "--config", str(cfg), "--json")
+    st = json.loads(r.out)["stages"][0]["stats"]
+    assert (st["changed"], st["removed"], st["unchanged"]) == (1, 1, 1)
+    db = tmp_path / "ws" / "var" / "crm.sqlite"
+    details = db_rows(db, "SELECT details FROM activities WHERE kind = 'field_changed'")
+    assert json.loads(details[0][0])["old"] == "lead" and json.loads(details[0][0])["new"] == "won"
+    assert db_rows(db, "SELECT key, present FROM customers WHERE key = 'c2@example.com'") == [("c2@example.com", 0)]
+    assert db_rows(db, "SELECT COUNT(*) FROM activities WHERE customer_key = 'c2@example.com'") == [(2,)]

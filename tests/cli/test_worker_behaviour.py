@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -71,10 +72,15 @@ def test_scheduled_worker_stops_cleanly_on_sigterm(tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "crm_automation", "run", "--config", str(cfg)], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     db = tmp_path / "ws" / "var" / "crm.sqlite"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
+    def syncs_done() -> int:
+        try:
+            return db_rows(db, "SELECT COUNT(*) FROM runs WHERE job = 'sync' AND finished_at IS NOT NULL")[0][0]
+        except sqlite3.OperationalError:  # the worker is still creating the log
+            return 0
+
     while time.monotonic() < deadline:
-        if db.exists() and db_rows(db, "SELECT COUNT(*) FROM runs WHERE job = 'sync' AND finished_at IS NOT NULL"
-                                   )[0][0] >= 2:
+        if db.exists() and syncs_done() >= 2:
             break
         time.sleep(0.2)
     else:

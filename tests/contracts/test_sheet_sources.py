@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import openpyxl  # noqa: TID251 - tests inspect the workbook the adapter wrote
+import openpyxl
 import pytest
 
 from crm_automation.errors import ConfigError, ServiceError
@@ -449,3 +449,42 @@ def test_file_fingerprint_ignores_saves_that_change_nothing(backend):
     assert src.fingerprint() == first
     src.write_back("邮箱", {"a@x.com": {"邮件状态": "ok"}}, version=src.read().version)
     assert src.fingerprint() != first
+
+
+EXCEL_STYLE_SHEET = (
+    b'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\r\n'
+    b'<worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" '
+    b'xmlns:x14ac="http://schemas.microsoft.com/office/spreadsheetml/2009/9/ac">'
+    b'<dimension ref="A1:C4"/><sheetData>'
+    b'<row r="1" spans="1:3" x14ac:dyDescent="0.25"><c r="A1" s="2" t="s"><v>0</v></c><c r="C1" t="s"><v>1</v></c></row>'
+    b'<row r="2" spans="1:3"><c r="A2" t="s"><v>2</v></c><c r="C2" s="5" t="s"><v>3</v></c></row>'
+    b'<row r="4" spans="1:3"><c r="A4" t="s"><v>4</v></c><c r="B4"><f>LEN(A4)</f><v>7</v></c></row>'
+    b'</sheetData><pageMargins left="0.7" right="0.7" top="0.75" bottom="0.75" header="0.3" footer="0.3"/>'
+    b'</worksheet>'
+)
+
+
+def test_excel_xml_patch_on_an_excel_style_sheet():
+    from crm_automation.sheets.excel import _patch_sheet
+
+    out = _patch_sheet(EXCEL_STYLE_SHEET, [(1, 2, "a&b <x>"), (1, 1, "=1+1"), (2, 0, "new row"), (3, 4, "E4"),
+                                           (0, 4, "状态")])
+    assert out is not None
+    text = out.decode()
+    # a replaced cell keeps its style and becomes an inline string; new cells go in column order
+    assert ('<row r="2" x14ac:dyDescent="0.25">' not in text)
+    assert ('<row r="2"><c r="A2" t="s"><v>2</v></c>'
+            '<c r="B2" t="inlineStr"><is><t xml:space="preserve">=1+1</t></is></c>'
+            '<c r="C2" s="5" t="inlineStr"><is><t xml:space="preserve">a&amp;b &lt;x&gt;</t></is></c></row>') in text
+    # the missing row 3 is inserted between rows 2 and 4; the formula in B4 is untouched
+    assert text.index('<row r="3">') < text.index('<row r="4">')
+    assert '<c r="B4"><f>LEN(A4)</f><v>7</v></c><c r="E4" t="inlineStr">' in text
+    assert '<row r="1" x14ac:dyDescent="0.25"><c r="A1" s="2" t="s"><v>0</v></c>' in text  # spans dropped
+    assert '<dimension ref="A1:E4"' in text
+    assert text.endswith("</worksheet>")
+
+
+def test_excel_xml_patch_refuses_to_overwrite_a_formula():
+    from crm_automation.sheets.excel import _patch_sheet
+
+    assert _patch_sheet(EXCEL_STYLE_SHEET, [(3, 1, "x")]) is None

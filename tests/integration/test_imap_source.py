@@ -410,3 +410,54 @@ def test_uid_search_in_windows_misses_nothing(imap_account, source_for, monkeypa
     uv = src.uidvalidity("INBOX")
     assert [m.uid for m in src.fetch("INBOX", None)] == list(range(1, 12))
     assert [m.uid for m in src.fetch("INBOX", Cursor(uv, 4))] == list(range(5, 12))
+
+
+def test_certificate_for_another_host_name_is_refused(source_for):
+    """The CA is trusted but the certificate names another host: host names are verified too."""
+    server = start_dovecot(tls=True, tls_names=("mail.example.test",))
+    try:
+        account = server.add_user()
+        src = source_for(account, security="ssl", ca_file=str(server.ca_file))
+        with pytest.raises(ServiceError, match=r"not trusted: .*(mismatch|doesn't match|not valid for)"):
+            src.uidvalidity("INBOX")
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("uidplus", [True, False], ids=["copy+uid-expunge", "copy-only"])
+def test_mark_processed_on_a_server_without_move(source_for, uidplus, caplog):
+    """Without MOVE: COPY, then \\Deleted + UID EXPUNGE of exactly those UIDs (UIDPLUS); else copy only."""
+    caps = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT CHILDREN" + (" UIDPLUS" if uidplus else "")
+    server = start_dovecot(extra_conf=f"protocol imap {{\n  imap_capability = {caps}\n}}\n")
+    try:
+        account = server.add_user()
+        account.append(bodies(5))
+        with account.session() as c:  # someone else's message marked \Deleted, not yet expunged
+            c.select("INBOX")
+            c.uid("STORE", "5", "+FLAGS.SILENT", r"(\Deleted)")
+        src = source_for(account, processed_folder="Done")
+        got = list(src.fetch("INBOX", None))
+        with caplog.at_level(logging.DEBUG, logger="imapclient"):
+            src.mark_processed(got[:3])
+        sent = [r.getMessage() for r in caplog.records if r.getMessage().startswith(">")]
+        assert not any(" MOVE " in line for line in sent), sent
+        assert any("UID EXPUNGE 1,2,3" in line for line in sent) == uidplus, sent
+        assert len(account.uids("Done")) == 3
+        if uidplus:
+            assert account.uids() == [4, 5]  # 5 is still there: only our UIDs were expunged
+        else:
+            assert account.uids() == [1, 2, 3, 4, 5]
+    finally:
+        server.stop()
+
+
+def test_stale_connection_between_calls_is_reopened(imap_account, source_for):
+    imap_account.append(bodies(3))
+    src = source_for(imap_account, processed_folder="Done")
+    got = list(src.fetch("INBOX", None))
+    imap_account.kick()  # e.g. the server's idle timeout while the worker was writing the log
+    src.mark_processed(got)
+    assert imap_account.uids() == []
+    imap_account.kick()
+    assert src.find_message_ids("Done", [m for m in imap_account.message_ids("Done")]) == set(
+        imap_account.message_ids("Done"))

@@ -378,3 +378,19 @@ def test_frame_message():
     assert frame_message(b"a\r\nb\r\n") == b"a\r\nb\r\n.\r\n"
     assert frame_message(b"a\nb") == b"a\r\nb\r\n.\r\n"
     assert frame_message(b".x\r\n.\r\n") == b"..x\r\n..\r\n.\r\n"
+
+
+def test_ssl_against_a_plain_server_is_a_tls_error_with_a_hint(tmp_path, smtpd, smtp_ca):
+    t = SmtpTransport(smtpd.host, smtpd.port, security="ssl", ca_file=str(smtp_ca.ca_file), timeout=2)
+    with pytest.raises(ServiceError) as ei:
+        t.open()
+    assert "TLS failed" in str(ei.value)
+    assert "465" in (ei.value.hint or "")
+
+
+def test_unreadable_ca_file_is_named(tmp_path, smtpd_tls):
+    missing = tmp_path / "nope.pem"
+    t = SmtpTransport(smtpd_tls.host, smtpd_tls.port, security="starttls", ca_file=str(missing), timeout=2)
+    with pytest.raises(ServiceError, match="nope.pem"):
+        t.open()
+    assert smtpd_tls.connections == 0

@@ -76,13 +76,30 @@ def test_email_fast_path_agrees_with_email_validator():
         assert ours == lib, addr
 
 
+def _best_of(n, fn):
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
 def test_email_is_fast_for_common_addresses():
-    addrs = [f"user{i}.name@company{i % 500}.com.cn" for i in range(20000)]
-    start = time.perf_counter()
-    for a in addrs:
-        convert(a, spec(FieldType.EMAIL))
-    per = (time.perf_counter() - start) / len(addrs)
-    assert per < 15e-6, f"{per * 1e6:.1f} µs per address"
+    """Measured against email-validator itself, so a busy machine slows both sides alike."""
+    addrs = [f"user{i}.name@company{i % 500}.com.cn" for i in range(2000)]
+    s = spec(FieldType.EMAIL)
+
+    def ours():
+        _email.cache_clear()
+        for a in addrs:
+            convert(a, s)
+
+    def library():
+        for a in addrs:
+            validate_email(a, check_deliverability=False)
+
+    assert _best_of(3, ours) * 3 < _best_of(3, library)
 
 
 @pytest.mark.parametrize(("raw", "region", "want"), [
@@ -210,13 +227,21 @@ def test_cn_mobile_fast_path_agrees_with_phonenumbers_over_every_prefix():
 
 
 def test_phone_conversion_is_fast_for_cn_mobiles():
+    from crm_automation.fieldtypes import _phone, _phone_full
+
     s = spec(FieldType.PHONE, region="CN")
-    nums = [13000000000 + i * 7 for i in range(20000)]
-    start = time.perf_counter()
-    for n in nums:
-        convert(float(n), s)
-    per = (time.perf_counter() - start) / len(nums)
-    assert per < 15e-6, f"{per * 1e6:.1f} µs per number"
+    nums = [13000000000 + i * 7 for i in range(2000)]
+
+    def ours():
+        _phone.cache_clear()
+        for n in nums:
+            convert(float(n), s)
+
+    def library():
+        for n in nums:
+            _phone_full(str(n), "CN")
+
+    assert _best_of(3, ours) * 2 < _best_of(3, library)
 
 
 @pytest.mark.parametrize(("raw", "t"), [

@@ -145,3 +145,14 @@ def test_append_rows_adds_header_then_appends_raw(fake_sheets):
     append = fake_sheets.log[-1]
     assert append.params["valueInputOption"] == ["RAW"]
     assert fake_sheets.grid("K") == [["邮箱", "客户名称", "来源"], ["a@x.com", "A"], ["n@x.com", "", "=IMPORTXML()"]]
+
+
+def test_append_is_retried_after_429_but_not_after_500(fake_sheets):
+    fake_sheets.create("K", {"客户": [["邮箱"], ["a@x.com"]]})
+    src = fake_sheets.source("K")
+    fake_sheets.fail(429, times=1, op="values.append")
+    assert src.append_rows([{"邮箱": "b@x.com"}]) == 1
+    fake_sheets.fail(500, times=1, op="values.append")
+    with pytest.raises(ServiceError, match="not retried"):
+        src.append_rows([{"邮箱": "c@x.com"}])
+    assert [r[0] for r in fake_sheets.grid("K")] == ["邮箱", "a@x.com", "b@x.com"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import os
 
-import openpyxl  # noqa: TID251 - the test builds a real workbook
+import openpyxl
 import pytest
 
 from crm_automation.errors import ConfigError, ServiceError
