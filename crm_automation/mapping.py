@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from crm_automation.errors import ConfigError
-from crm_automation.fieldtypes import FieldValueError, convert, converter
+from crm_automation.fieldtypes import FieldValueError, converter
 from crm_automation.models import Customer, FieldSpec, FieldType, RowError, SheetData
 
 CUSTOMERS_FILE = "customers.toml"
@@ -123,15 +123,6 @@ class MappingResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def _norm_value(value: Any) -> str:
-    """Text form of a raw cell for the change hash."""
-    if value is None:
-        return ""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
 @dataclass(frozen=True, slots=True)
 class Mapping:
     """The customer mapping: which column feeds which field, and the key."""
@@ -163,7 +154,12 @@ class Mapping:
         return out
 
     def apply(self, data: SheetData, previous: dict[str, str] | None = None) -> MappingResult:
-        """Validate rows; rows whose raw hash is in ``previous`` (hash -> key) are not validated again."""
+        """Validate rows; rows whose raw hash is in ``previous`` (hash -> key) are not validated again.
+
+        Work is done column by column with a per-column memo (stages, owners
+        and choices repeat thousands of times), which keeps a first sync of
+        100,000 rows within issue #3's budget.
+        """
         cols = self.columns(data.headers, data.source)
         res = MappingResult()
         for name, h in cols.items():
@@ -173,68 +169,89 @@ class Mapping:
                     f"customer.{name} is empty")
         previous = previous or {}
         items = [(n, self.fields[n], h) for n, h in cols.items() if h is not None]
-        convs = [converter(spec) for _, spec, _ in items]
-        seen: dict[str, int] = {}
+        headers = [h for _, _, h in items]
+        blake = hashlib.blake2b
+        pending: list[tuple[int, list[Any], str]] = []
         for srow in data.rows:
             vals = srow.values
-            raw = [vals.get(h) for _, _, h in items]
-            digest = hashlib.blake2b("\x1f".join(map(_norm_value, raw)).encode(), digest_size=12).hexdigest()
+            raw = [vals.get(h) for h in headers]
+            pending.append((srow.row, raw, blake(repr(raw).encode(), digest_size=12).hexdigest()))
+        todo = [p for p in pending if p[2] not in previous]
+        converted = self._convert_columns(items, [p[1] for p in todo])
+        results = iter(converted)
+        key_col = self.fields[self.key].column
+        key_idx = next(i for i, (n, _, _) in enumerate(items) if n == self.key)
+        names = [n for n, _, _ in items]
+        required = [spec.required or n == self.key for n, spec, _ in items]
+        empty = dict.fromkeys(self.fields)
+        seen: dict[str, int] = {}
+        for row, raw, digest in pending:
             key = previous.get(digest)
-            if key is not None:
+            if key is None:
+                out = next(results)
+                problems = [(j, r) for j, r in enumerate(out) if r.__class__ is _Bad]
+                problems += [(j, _EMPTY) for j, r in enumerate(out) if r is None and required[j]]
+                if problems:
+                    for j, bad in sorted(problems, key=lambda x: x[0]):
+                        res.errors.append(RowError(data.source, row, headers[j], raw[j], bad.reason))
+                    k = out[key_idx]
+                    if k is not None and k.__class__ is not _Bad:
+                        res.rejected_keys.setdefault(str(k), row)
+                    continue
+                d = dict(empty)
+                d.update(zip(names, out, strict=True))
+                key = str(out[key_idx])
                 if key in seen:
-                    res.errors.append(RowError(data.source, srow.row, self.fields[self.key].column, key,
+                    res.errors.append(RowError(data.source, row, key_col, key,
                                                f"duplicates the key of row {seen[key]} (the first row wins)"))
                     continue
-                seen[key] = srow.row
-                res.unchanged[key] = srow.row
-                res.hashes[key] = digest
+                res.customers.append(Customer(key=key, row=row, data=d))
+            elif key in seen:
+                res.errors.append(RowError(data.source, row, key_col, key,
+                                           f"duplicates the key of row {seen[key]} (the first row wins)"))
                 continue
-            cust = self._validate_row(data.source, srow.row, items, convs, raw, res.errors)
-            if cust is None:
-                self._note_rejected_key(items, raw, srow.row, res)
-                continue
-            if cust.key in seen:
-                res.errors.append(RowError(data.source, srow.row, self.fields[self.key].column, cust.key,
-                                           f"duplicates the key of row {seen[cust.key]} (the first row wins)"))
-                continue
-            seen[cust.key] = srow.row
-            res.customers.append(cust)
-            res.hashes[cust.key] = digest
+            else:
+                res.unchanged[key] = row
+            seen[key] = row
+            res.hashes[key] = digest
         return res
 
-    def _note_rejected_key(self, items: list[tuple[str, FieldSpec, str]], raw: list[Any], row: int,
-                           res: MappingResult) -> None:
-        """A rejected row whose key is still readable keeps its customer in the log (a typo is not a removal)."""
-        for (name, spec, _), value in zip(items, raw, strict=True):
-            if name == self.key:
+    @staticmethod
+    def _convert_columns(items: list[tuple[str, FieldSpec, str]], raws: list[list[Any]]) -> list[list[Any]]:
+        """Convert every pending row, one column at a time; a failure becomes a ``_Bad(reason)``."""
+        columns: list[list[Any]] = []
+        for j, (_, spec, _) in enumerate(items):
+            conv = converter(spec)
+            memo: dict[tuple[type, Any], Any] = {}
+            out: list[Any] = []
+            for raw in raws:
+                v = raw[j]
+                mk = (v.__class__, v)
                 try:
-                    k = convert(value, spec)
-                except FieldValueError:
-                    return
-                if k is not None:
-                    res.rejected_keys.setdefault(str(k), row)
-                return
+                    r = memo[mk]
+                except KeyError:
+                    try:
+                        r = conv(v)
+                    except FieldValueError as e:
+                        r = _Bad(str(e))
+                    except TypeError:  # an unhashable cell cannot be memoised; never expected from a sheet
+                        r = _Bad("is not a cell value")
+                    memo[mk] = r
+                out.append(r)
+            columns.append(out)
+        return [list(t) for t in zip(*columns, strict=True)] if columns else [[] for _ in raws]
 
-    def _validate_row(self, source: str, row: int, items: list[tuple[str, FieldSpec, str]],
-                      convs: list[Any], raw: list[Any], errors: list[RowError]) -> Customer | None:
-        out: dict[str, Any] = dict.fromkeys(self.fields)
-        bad = False
-        for (name, spec, header), conv, value in zip(items, convs, raw, strict=True):
-            try:
-                v = conv(value)
-            except FieldValueError as e:
-                errors.append(RowError(source, row, header, value, str(e)))
-                bad = True
-                continue
-            if v is None and (spec.required or name == self.key):
-                errors.append(RowError(source, row, header, value,
-                                       "is empty (expected a value: the column is required)"))
-                bad = True
-                continue
-            out[name] = v
-        if bad:
-            return None
-        return Customer(key=str(out[self.key]), row=row, data=out)
+
+class _Bad:
+    """A conversion failure kept in place of a value."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+_EMPTY = _Bad("is empty (expected a value: the column is required)")
 
 
 def _problems(path: Path, e: ValidationError) -> list[str]:

@@ -13,14 +13,17 @@ The only module that imports imapclient. Design choices, and why:
   server must return the highest message even when n is above it (RFC 3501
   §6.4.8), so every UID list is filtered to ``>= n``. A poll first compares
   the cursor with UIDNEXT and issues no search at all when nothing is new.
-* **Size bound.** The sizes of the large messages (one ``SEARCH LARGER``)
-  are read before any body. A message above
+* **Size bound.** One ``SEARCH LARGER`` names the large messages and only
+  their RFC822.SIZE is read, before any body. A message above
   ``max_message_bytes`` is still yielded (the cursor must pass it and the
   worker must record it), but with only its first ``max_message_bytes + 1``
   bytes (a partial ``BODY.PEEK[]<0.N>``): one byte over the limit, so the
   parser's size check refuses it and the worker quarantines that prefix, while
   the whole message stays untouched in the mailbox. Batches are also cut by
   total size so a run of large messages cannot exhaust memory.
+* **Folder names.** ``/`` is the hierarchy separator in the config (as mail
+  clients show it); it is translated to the server's delimiter (``.`` on
+  Dovecot's Maildir++), so ``CRM/Processed`` works everywhere.
 * **One transparent reconnect.** A dropped connection (server restart, idle
   timeout, ``doveadm kick``) is reopened once and the fetch resumes after the
   last UID yielded; a second failure in a row raises :class:`ServiceError`.

@@ -31,7 +31,6 @@ def create_v1(db: sqlite_utils.Database) -> None:
         pk="id", not_null={"kind", "occurred_at"},
     )
     db["activities"].create_index(["customer_key", "occurred_at"])
-    db["activities"].create_index(["kind"])
     kinds = ", ".join(f"'{k}'" for k in INBOUND_KINDS)
     db.execute(
         f"CREATE UNIQUE INDEX idx_activities_inbound_message_id ON activities(message_id) "

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.dovecot import make_message, write_imap_workspace
+from tests.fixtures.dovecot import free_port, make_message, write_imap_workspace
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -151,3 +151,27 @@ def test_fetch_killed_at_random_instants_logs_every_message_exactly_once(imap_ac
         assert state == (imap_account.uidvalidity(folder), max(imap_account.uids(folder))), folder
         assert imap_account.seen_uids(folder) == []
     print(f"seed {seed}: {killed} kills; messages logged after each run: {progress}")
+
+
+def test_fetch_cli_exit_3_when_the_server_is_down_or_refuses_the_login(imap_account, tmp_path):
+    """SPEC §7: a service that cannot be reached is exit status 3; the message names host:port, never the secret."""
+    cfg = write_imap_workspace(tmp_path / "ws", imap_account, customers=[("c1@customer.example.com", "客户1")],
+                               password_env=PW_ENV)
+    env = {**os.environ, PW_ENV: "Wr0ng-Secret-123",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "crm_automation", "--config", str(cfg), "fetch"]
+    wrong = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert wrong.returncode == 3, wrong.stderr
+    assert f"127.0.0.1:{imap_account.server.port}" in wrong.stderr
+    assert imap_account.user in wrong.stderr
+    assert "Wr0ng-Secret-123" not in wrong.stderr + wrong.stdout
+    assert "Traceback" not in wrong.stderr
+
+    port = free_port()
+    text = cfg.read_text(encoding="utf-8").replace(f"port = {imap_account.server.port}", f"port = {port}")
+    cfg.write_text(text, encoding="utf-8")
+    down = subprocess.run(cmd, env={**env, PW_ENV: imap_account.password}, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert down.returncode == 3, down.stderr
+    assert f"127.0.0.1:{port}" in down.stderr
+    assert "Traceback" not in down.stderr

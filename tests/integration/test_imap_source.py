@@ -45,6 +45,21 @@ def write_config(tmp_path: Path, **mailbox: object) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _logs_reach_caplog():
+    """The CLI (run in-process by other tests) stops propagation and raises levels; undo that here."""
+    saved = []
+    for name in ("crm_automation", "imapclient"):
+        lg = logging.getLogger(name)
+        saved.append((lg, lg.level, lg.propagate))
+        lg.setLevel(logging.NOTSET)
+        lg.propagate = True
+    yield
+    for lg, level, propagate in saved:
+        lg.setLevel(level)
+        lg.propagate = propagate
+
+
 @pytest.fixture
 def source_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Build an ImapSource through config.toml and load_config, as the worker does."""
@@ -113,6 +128,19 @@ def test_tls_port_without_ca_is_refused_by_default(imap_tls_account, source_for)
     src = source_for(imap_tls_account, security="ssl")
     with pytest.raises(ServiceError, match="not trusted"):
         src.uidvalidity("INBOX")
+
+
+def test_starttls_required_but_not_offered(imap_account, source_for):
+    src = source_for(imap_account, security="starttls")  # the plain server has ssl = no
+    with pytest.raises(ServiceError, match=r"127\.0\.0\.1:\d+ .*does not offer STARTTLS"):
+        src.uidvalidity("INBOX")
+
+
+def test_implicit_tls_against_a_plain_port_fails_cleanly(imap_account, source_for):
+    src = source_for(imap_account, security="ssl", port=imap_account.server.port)
+    with pytest.raises(ServiceError, match=r"TLS handshake failed|cannot connect") as e:
+        src.uidvalidity("INBOX")
+    assert f"127.0.0.1:{imap_account.server.port}" in str(e.value)
 
 
 def test_missing_ca_file_is_a_config_error(imap_tls_account, source_for, tmp_path):
@@ -339,6 +367,8 @@ def test_mark_processed_interleaved_with_fetch(imap_account, source_for):
     assert seen == list(range(1, 10))
     assert imap_account.uids() == []
     assert len(imap_account.uids("Done")) == 9
+    # batches after the first were read while INBOX was selected read-write (for the move): PEEK matters
+    assert imap_account.seen_uids("Done") == []
 
 
 def test_mark_processed_without_folder_is_a_no_op(imap_account, source_for):
