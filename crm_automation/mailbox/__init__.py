@@ -1,0 +1,1 @@
+"""Mailbox sources: Maildir and IMAP."""

@@ -186,7 +186,20 @@ class ImapSource:
                 hint=("check the token command's account and scopes" if creds.token
                       else f"check ${self.settings.password_env}; many providers need an app password for IMAP"),
             ) from None
+        self._send_id(client)
         log.info("%s: logged in (%s)", self.where, self.settings.security)
+
+    def _send_id(self, client: imapclient.IMAPClient) -> None:
+        """Identify the client (RFC 2971) where the server offers ID.
+
+        NetEase (163.com, 126.com) refuses SELECT with "Unsafe Login" until the
+        client has sent ID; other servers just log it. A refusal is ignored.
+        """
+        try:
+            if b"ID" in client.capabilities():
+                client.id_({"name": "crm-automation", "version": "0.1"})
+        except (IMAPClientError, *_DROPPED) as e:
+            log.debug("%s: IMAP ID not accepted: %s", self.where, self._scrub(str(e)))
 
     def _conn(self) -> imapclient.IMAPClient:
         if self._client is None:

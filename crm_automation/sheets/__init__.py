@@ -1,0 +1,1 @@
+"""Sheet sources: CSV, Excel and Google Sheets."""

@@ -23,7 +23,6 @@ from crm_automation.models import Customer, Kind
 from crm_automation.store.migrations import migrate
 from crm_automation.store.schema import INBOUND_KINDS
 
-
 _dumps = json.JSONEncoder(ensure_ascii=False).encode  # fields keep the mapping's order; readable Chinese
 
 

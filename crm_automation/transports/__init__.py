@@ -1,0 +1,1 @@
+"""Outbound transports: outbox (.eml files) and SMTP."""

@@ -491,3 +491,12 @@ def test_stale_connection_between_calls_is_reopened(imap_account, source_for):
     imap_account.kick()
     assert src.find_message_ids("Done", [m for m in imap_account.message_ids("Done")]) == set(
         imap_account.message_ids("Done"))
+
+
+def test_client_identifies_itself_with_imap_id(imap_account, source_for):
+    """163.com/126.com refuse SELECT until the client sends ID (RFC 2971); Dovecot logs what it received."""
+    src = source_for(imap_account)
+    assert list(src.fetch("INBOX", None)) == []
+    src.close()
+    log = (imap_account.server.directory / "dovecot.log").read_text(errors="replace")
+    assert "name=crm-automation" in log
