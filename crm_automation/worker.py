@@ -120,6 +120,10 @@ class Worker:
         self.sheet_version: str | None = None
         self._sheet_cells: dict[str, dict[str, str]] | None = None  # key -> write-back column -> text, as read
         self._consecutive_5xx = 0
+        ob = ws.cfg.outbound
+        self._from_name, self._from_addr = parseaddr(ob.from_)
+        self._domain = self._from_addr.rpartition("@")[2] or "localhost"
+        self._mailto = parseaddr(ob.unsubscribe_mailto or ob.from_)[1]
         self._sheet = None
 
     def close(self) -> None:
@@ -389,8 +393,7 @@ class Worker:
         return h
 
     def _message_id(self) -> str:
-        domain = parseaddr(self.ws.cfg.outbound.from_)[1].rpartition("@")[2] or "localhost"
-        return f"<crm.{uuid.uuid4().hex}@{domain}>"
+        return f"<crm.{uuid.uuid4().hex}@{self._domain}>"
 
     def recover(self) -> StageResult:
         """Resolve sends left in ``sending`` by a killed worker: found in Sent, or ``uncertain``; never resent."""
@@ -446,10 +449,10 @@ class Worker:
 
     def _context(self, view: CustomerView, campaign_id: str, step: int, message_id: str) -> dict[str, Any]:
         ob = self.ws.cfg.outbound
-        name, addr = parseaddr(ob.from_)
         unsubscribe = self._unsubscribe_text(view.email or "", message_id)
         return {"customer": {**view.data, "_key": view.key}, "campaign": {"id": campaign_id, "step": step},
-                "sender": {"name": name, "email": addr, "from": ob.from_}, "unsubscribe": unsubscribe,
+                "sender": {"name": self._from_name, "email": self._from_addr, "from": ob.from_},
+                "unsubscribe": unsubscribe,
                 "now": self.clock.now().astimezone(self.ws.cfg.timezone)}
 
     def _unsubscribe_text(self, email: str, message_id: str) -> str:
@@ -459,13 +462,11 @@ class Worker:
 
             return ob.unsubscribe_url.replace("{token}", message_id.strip("<>").partition("@")[0]).replace(
                 "{email}", quote(email))
-        mailto = parseaddr(ob.unsubscribe_mailto or ob.from_)[1]
-        return f"mailto:{mailto}?subject=unsubscribe"
+        return f"mailto:{self._mailto}?subject=unsubscribe"
 
     def _list_unsubscribe(self, email: str, message_id: str) -> str:
         ob = self.ws.cfg.outbound
-        mailto = parseaddr(ob.unsubscribe_mailto or ob.from_)[1]
-        parts = [f"<mailto:{mailto}?subject=unsubscribe>"]
+        parts = [f"<mailto:{self._mailto}?subject=unsubscribe>"]
         if ob.unsubscribe_url:
             parts.append(f"<{self._unsubscribe_text(email, message_id)}>")
         return ", ".join(parts)
@@ -473,13 +474,11 @@ class Worker:
     def render_send(self, template: str, view: CustomerView, campaign_id: str, step: int, message_id: str
                     ) -> tuple[bytes, str, str]:
         """Render and build one message: (bytes, subject, text)."""
-        from email.utils import parseaddr as _pa
-
         ctx = self._context(view, campaign_id, step, message_id)
         r = self.ws.templates.render(template, ctx)
         ob = self.ws.cfg.outbound
         name = view.data.get("name") if isinstance(view.data.get("name"), str) else None
-        if not view.email or _pa(view.email)[1] != view.email:
+        if not view.email or "@" not in view.email or any(c in view.email for c in " \r\n<>,;\""):
             raise DataError(f"customer {view.key!r}: {view.email!r} is not a usable address")
         data = build_message(r, sender=ob.from_, to_name=name, to_email=view.email, message_id=message_id,
                              now=self.clock.now(), reply_to=ob.reply_to,
@@ -646,7 +645,7 @@ class Worker:
         if not self.store.mark_sending(s.id, message_id, now):
             return
         try:
-            transport.send(data, sender=parseaddr(self.ws.cfg.outbound.from_)[1], recipients=[recipient],
+            transport.send(data, sender=self._from_addr, recipients=[recipient],
                            message_id=message_id)
         except UncertainSendError as e:
             self.store.mark_status(s.id, "uncertain", str(e))

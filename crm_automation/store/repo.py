@@ -102,6 +102,9 @@ class Store:
             conn = sqlite3.connect(p, isolation_level=None, timeout=30.0)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            # Checkpoints fsync the database file; one every ~40 MB of log instead of every 4 MB keeps a
+            # campaign's two commits a message cheap on slow disks (issue #5: commits cost 0.5 ms each here).
+            conn.execute("PRAGMA wal_autocheckpoint=10000")
             conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: a 100,000-row first sync stays in memory
             conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.DatabaseError as e:
