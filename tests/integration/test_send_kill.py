@@ -265,3 +265,33 @@ def test_received_messages_carry_list_unsubscribe_message_id_and_date(tmp_path, 
         assert body is not None
         assert "专享九折" in body.get_content()
     assert len(mids) == 4
+
+
+# -- a refusing provider does not fail the whole queue ---------------------------------------------------
+
+
+def test_quota_answer_stops_the_pass_and_keeps_the_queue(tmp_path, smtpd):
+    rows = customers(5)
+    cfg = write_workspace(tmp_path, smtpd, rows)
+    assert cli(cfg, "sync").returncode == 0
+    smtpd.handler.data_reply = "550 5.4.5 Daily user sending quota exceeded."
+    r = cli(cfg, "send")
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "sending quota" in r.stderr
+    statuses = [s["status"] for s in sends(cfg)]
+    assert statuses.count("queued") == 5 and "failed" not in statuses
+    smtpd.handler.data_reply = None
+    assert cli(cfg, "--now", "2026-12-31T23:00", "send").returncode == 0  # after the hour's wait
+    assert {s["status"] for s in sends(cfg)} == {"sent"}
+
+
+def test_three_5xx_in_a_row_stop_the_pass(tmp_path, smtpd):
+    rows = customers(6)
+    cfg = write_workspace(tmp_path, smtpd, rows)
+    assert cli(cfg, "sync").returncode == 0
+    smtpd.handler.data_reply = "554 5.7.1 Sender address rejected: not owned by user"
+    r = cli(cfg, "send")
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "3 messages in a row were refused" in r.stderr
+    statuses = [s["status"] for s in sends(cfg)]
+    assert statuses.count("failed") == 3 and statuses.count("queued") == 3
