@@ -42,9 +42,7 @@ def create_v1(db: sqlite_utils.Database) -> None:
         pk="id", not_null={"campaign", "step", "customer_key", "status"}, defaults={"attempts": 0},
     )
     db["sends"].create_index(["campaign", "step", "customer_key"], unique=True)
-    db["sends"].create_index(["status"])
     db["sends"].create_index(["message_id"])
-    db["sends"].create_index(["sent_at"])
     db["suppressions"].create({"email": str, "reason": str, "at": str, "source": str}, pk="email")
     db["quarantine"].create(
         {"id": int, "source": str, "received_at": str, "error": str, "raw": bytes, "digest": str}, pk="id"

@@ -136,3 +136,41 @@ def test_unknown_senders_become_new_rows_when_configured(tmp_path, cli):
     assert sum(x["Email"] == "mr.liu@newlead.example.cn" for x in rows) == 1
     db = tmp_path / "ws" / "var" / "crm.sqlite"
     assert db_rows(db, "SELECT COUNT(*) FROM customers WHERE key = 'mr.liu@newlead.example.cn'") == [(1,)]
+
+
+def test_bounces_suppress_only_when_permanent(tmp_path, cli):
+    eml = REPO / "tests" / "data" / "eml" / "bounce"
+    rows = [{"Email": "bob.unknown@example.net", "Name": "Bob", "Stage": "lead", "Owner": ""},
+            {"Email": "slow@example.org", "Name": "Slow", "Stage": "lead", "Owner": ""}]
+    cfg = make_workspace(tmp_path / "ws", rows=rows)
+    new = tmp_path / "ws" / "inbox" / "new"
+    (new / "1.perm").write_bytes((eml / "postfix_permanent.eml").read_bytes())
+    (new / "2.temp").write_bytes((eml / "postfix_delayed.eml").read_bytes())
+    assert cli("run", "--once", "--config", str(cfg)).code == 0
+    db = tmp_path / "ws" / "var" / "crm.sqlite"
+    acts = dict(db_rows(db, "SELECT customer_key, kind FROM activities WHERE kind = 'bounce'"))
+    assert acts == {"bob.unknown@example.net": "bounce", "slow@example.org": "bounce"}
+    assert db_rows(db, "SELECT email, reason FROM suppressions") == [("bob.unknown@example.net", "bounced")]
+    status = dict(db_rows(db, "SELECT key, email_status FROM customers"))
+    assert status == {"bob.unknown@example.net": "bounced", "slow@example.org": "ok"}
+
+
+def test_reply_from_a_colleague_is_matched_through_in_reply_to(tmp_path, cli):
+    import email as email_mod
+
+    campaign = '[[campaign]]\nid = "hello"\ntemplate = "hello"\ntrigger = "new"\ninclude_existing = true\n'
+    cfg = make_workspace(tmp_path / "ws", campaigns=campaign)
+    assert cli("run", "--once", "--config", str(cfg)).code == 0
+    db = tmp_path / "ws" / "var" / "crm.sqlite"
+    mid = db_rows(db, "SELECT message_id FROM sends WHERE customer_key = 'c1@example.com'")[0][0]
+    sent = [p for p in (tmp_path / "ws" / "var" / "outbox").glob("*.eml")
+            if email_mod.message_from_bytes(p.read_bytes())["Message-ID"] == mid]
+    assert len(sent) == 1
+    (tmp_path / "ws" / "inbox" / "new" / "9.colleague").write_bytes(
+        b"From: Assistant <assistant@partner.example.org>\r\nTo: sales@example.com\r\nSubject: Re: Hello\r\n"
+        b"Message-ID: <colleague-1@partner.example.org>\r\nIn-Reply-To: " + mid.encode() + b"\r\n"
+        b"References: " + mid.encode() + b"\r\n\r\nAnswering for my boss: yes, interested.\r\n")
+    assert cli("fetch", "--config", str(cfg)).code == 0
+    row = db_rows(db, "SELECT customer_key, kind, json_extract(details, '$.matched_by') FROM activities "
+                      "WHERE message_id = '<colleague-1@partner.example.org>'")
+    assert row == [("c1@example.com", "email_in", f"reply to {mid}")]
