@@ -120,6 +120,9 @@ class Worker:
         self.sheet_version: str | None = None
         self._sheet_cells: dict[str, dict[str, str]] | None = None  # key -> write-back column -> text, as read
         self._consecutive_5xx = 0
+        # The ``sent`` record of the message just handed over rides in the same commit as the next
+        # message's ``sending`` mark: one commit a message instead of two, same exactly-once guarantee.
+        self._pending_sent: tuple[Any, ...] | None = None
         ob = ws.cfg.outbound
         self._from_name, self._from_addr = parseaddr(ob.from_)
         self._domain = self._from_addr.rpartition("@")[2] or "localhost"
@@ -582,10 +585,17 @@ class Worker:
                 day_count += 1
                 recent.append(self.clock.now())
         finally:
+            self._flush_sent()
             bar.close()
             with suppress(CrmError, OSError):
                 transport.close()
         res.stats["waiting"] = len(self.store.sends(status=["queued"]))
+
+    def _flush_sent(self) -> None:
+        """Commit the ``sent`` record still held for the last message handed over."""
+        if self._pending_sent is not None:
+            args, self._pending_sent = self._pending_sent, None
+            self._record_sent(*args)
 
     def _pace(self, recent: deque[datetime], per_minute: int) -> bool:
         """Wait until one more message fits in the last 60 s; False if asked to stop meanwhile."""
@@ -596,6 +606,7 @@ class Worker:
             if len(recent) < per_minute:
                 return True
             wait = (recent[0] + timedelta(minutes=1) - now).total_seconds()
+            self._flush_sent()  # never hold a delivered message's record across a wait
             if self.stop.wait(min(max(wait, 0.05), 5.0)):
                 return False
 
@@ -642,7 +653,12 @@ class Worker:
             res.stats["failed"] += 1
             res.problems.append(f"send {s.campaign}/{s.step} to {s.customer_key}: {e}")
             return
-        if not self.store.mark_sending(s.id, message_id, now):
+        with self.store.transaction():
+            if self._pending_sent is not None:
+                args, self._pending_sent = self._pending_sent, None
+                self._record_sent(*args)
+            marked = self.store.mark_sending(s.id, message_id, now)
+        if not marked:
             return
         try:
             transport.send(data, sender=self._from_addr, recipients=[recipient],
@@ -679,7 +695,7 @@ class Worker:
             self.store.mark_retry(s.id, str(e), now)
             res.error = e
             return
-        self._record_sent(s.id, s.customer_key, s.campaign, s.step, message_id, self.clock.now(), subject, text)
+        self._pending_sent = (s.id, s.customer_key, s.campaign, s.step, message_id, self.clock.now(), subject, text)
         res.stats["sent"] += 1
         self._consecutive_5xx = 0
 

@@ -194,3 +194,19 @@ def test_resync_tracks_changes_and_removals_and_skips_an_unchanged_file(tmp_path
     assert json.loads(details[0][0])["old"] == "lead" and json.loads(details[0][0])["new"] == "won"
     assert db_rows(db, "SELECT key, present FROM customers WHERE key = 'c2@example.com'") == [("c2@example.com", 0)]
     assert db_rows(db, "SELECT COUNT(*) FROM activities WHERE customer_key = 'c2@example.com'") == [(2,)]
+
+
+def test_preview_renders_to_terminal_and_eml(tmp_path, cli):
+    import email as email_mod
+
+    cfg = make_workspace(tmp_path / "ws", campaigns=CAMPAIGN)
+    cli("sync", "--config", str(cfg))
+    r = cli("preview", "hello", "--customer", "C0@example.com", "--config", str(cfg))
+    assert r.code == 0 and "Subject: Hello Customer 0" in r.out and "Hi Customer 0" in r.out
+    out = tmp_path / "p.eml"
+    assert cli("preview", "hello", "--customer", "c0@example.com", "--out", str(out), "--config", str(cfg)).code == 0
+    msg = email_mod.message_from_bytes(out.read_bytes())
+    assert msg["To"] == "Customer 0 <c0@example.com>" and msg["List-Unsubscribe"]
+    assert cli("preview", "hello", "--customer", "nobody@example.com", "--config", str(cfg)).code == 2
+    db = tmp_path / "ws" / "var" / "crm.sqlite"
+    assert db_rows(db, "SELECT COUNT(*) FROM sends") == [(0,)]  # a preview sends and records nothing
