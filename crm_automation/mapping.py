@@ -20,7 +20,6 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from crm_automation.errors import ConfigError
-from crm_automation.fieldtypes import FieldValueError, converter
 from crm_automation.models import Customer, FieldSpec, FieldType, RowError, SheetData
 
 CUSTOMERS_FILE = "customers.toml"
@@ -177,8 +176,9 @@ class Mapping:
             raw = [vals.get(h) for h in headers]
             pending.append((srow.row, raw, blake(repr(raw).encode(), digest_size=12).hexdigest()))
         todo = [p for p in pending if p[2] not in previous]
-        converted = self._convert_columns(items, [p[1] for p in todo])
+        converted, bad_rows = self._convert_columns(items, [p[1] for p in todo], self.key)
         results = iter(converted)
+        position = 0
         key_col = self.fields[self.key].column
         key_idx = next(i for i, (n, _, _) in enumerate(items) if n == self.key)
         names = [n for n, _, _ in items]
@@ -189,9 +189,10 @@ class Mapping:
             key = previous.get(digest)
             if key is None:
                 out = next(results)
-                problems = [(j, r) for j, r in enumerate(out) if r.__class__ is _Bad]
-                problems += [(j, _EMPTY) for j, r in enumerate(out) if r is None and required[j]]
-                if problems:
+                position += 1
+                if position - 1 in bad_rows:
+                    problems = [(j, r) for j, r in enumerate(out) if r.__class__ is _Bad]
+                    problems += [(j, _EMPTY) for j, r in enumerate(out) if r is None and required[j]]
                     for j, bad in sorted(problems, key=lambda x: x[0]):
                         res.errors.append(RowError(data.source, row, headers[j], raw[j], bad.reason))
                     k = out[key_idx]
@@ -217,29 +218,32 @@ class Mapping:
         return res
 
     @staticmethod
-    def _convert_columns(items: list[tuple[str, FieldSpec, str]], raws: list[list[Any]]) -> list[list[Any]]:
-        """Convert every pending row, one column at a time; a failure becomes a ``_Bad(reason)``."""
+    def _convert_columns(items: list[tuple[str, FieldSpec, str]], raws: list[list[Any]], key_field: str
+                         ) -> tuple[list[list[Any]], set[int]]:
+        """Convert every pending row, one column at a time; a failure becomes a ``_Bad(reason)``.
+
+        fieldtypes (email-validator, phonenumbers: ~0.1 s to import) loads here, not at start-up,
+        so commands that never validate a row (send, fetch, report) start faster.
+        """
+        from crm_automation.fieldtypes import FieldValueError, converter
+
         columns: list[list[Any]] = []
-        for j, (_, spec, _) in enumerate(items):
+        bad: set[int] = set()
+        for j, (name, spec, _) in enumerate(items):
             conv = converter(spec)
-            memo: dict[tuple[type, Any], Any] = {}
             out: list[Any] = []
-            for raw in raws:
-                v = raw[j]
-                mk = (v.__class__, v)
+            append = out.append
+            for i, raw in enumerate(raws):
                 try:
-                    r = memo[mk]
-                except KeyError:
-                    try:
-                        r = conv(v)
-                    except FieldValueError as e:
-                        r = _Bad(str(e))
-                    except TypeError:  # an unhashable cell cannot be memoised; never expected from a sheet
-                        r = _Bad("is not a cell value")
-                    memo[mk] = r
-                out.append(r)
+                    append(conv(raw[j]))
+                except FieldValueError as e:
+                    append(_Bad(str(e)))
+                    bad.add(i)
+            if spec.required or name == key_field:
+                bad.update(i for i, v in enumerate(out) if v is None)
             columns.append(out)
-        return [list(t) for t in zip(*columns, strict=True)] if columns else [[] for _ in raws]
+        rows = [list(t) for t in zip(*columns, strict=True)] if columns else [[] for _ in raws]
+        return rows, bad
 
 
 class _Bad:
