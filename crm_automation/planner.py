@@ -79,7 +79,7 @@ def stop_reason(c: Campaign, cust: CustomerView, since: datetime, h: History) ->
     """Why a sequence stops: the first stop_on event logged since step 0 was sent."""
     wanted = {STOP_KINDS[s] for s in c.stop_on}
     for kind, at in h.inbound.get(cust.key, ()):
-        if kind in wanted and at >= since:
+        if kind in wanted and at > since:  # times are whole seconds: a same-second reply was fetched first
             return f"stopped: {kind} logged {at.isoformat()}"
     return None
 

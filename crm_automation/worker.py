@@ -181,8 +181,6 @@ class Worker:
             res.stats = {"rows": n_rows, "added": stats.added, "changed": stats.changed,
                          "unchanged": stats.unchanged, "removed": stats.removed, "rejected": len(result.errors)}
             self.store.set_sheet_state(self.sheet.name, fp, n_rows, res.problems, self.clock.now())
-            for p in res.problems:
-                log.warning("%s", p)
         return res
 
     def _fingerprint(self) -> str | None:

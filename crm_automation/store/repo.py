@@ -519,7 +519,7 @@ class Store:
                 d[col] = self.conn.execute(
                     "SELECT COUNT(DISTINCT s.customer_key) FROM sends s JOIN activities a ON a.customer_key = "
                     "s.customer_key WHERE s.campaign = ? AND s.step = ? AND s.status = 'sent' AND a.kind = ? "
-                    "AND COALESCE(a.logged_at, a.occurred_at) >= s.sent_at", (c, s, kind)).fetchone()[0]
+                    "AND COALESCE(a.logged_at, a.occurred_at) > s.sent_at", (c, s, kind)).fetchone()[0]
             d["reply_rate"] = round(d["replied"] / d["sent"], 4) if d["sent"] else 0.0
             out.append(d)
         return out

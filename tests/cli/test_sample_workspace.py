@@ -48,6 +48,10 @@ def test_run_once_on_sample_workspace_then_again_adds_nothing(sample_ws):
     unknown = db_rows(db, "SELECT customer_key FROM activities WHERE message_id = '<sample-5@newlead.example.cn>'")
     assert unknown == [(None,)]
 
+    # Replies fetched in the same pass, before the send, are not replies to it (times are whole seconds).
+    rep = json.loads(run_subprocess("report", "--json", "--config", str(sample_ws / "config.toml")).out)
+    assert {r["campaign"]: r["replied"] for r in rep["campaigns"]} == {"welcome": 0, "year-end": 0}
+
     counts = db_rows(db, "SELECT (SELECT COUNT(*) FROM activities), (SELECT COUNT(*) FROM sends)")[0]
     r2 = run_subprocess("run", "--once", "--config", str(sample_ws / "config.toml"), "--json",
                         "--now", "2026-11-27T10:05")
