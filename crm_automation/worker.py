@@ -105,6 +105,27 @@ class StageResult:
         return out
 
 
+class _LazyIndex(dict):  # type: ignore[type-arg]
+    """address -> customer key, loaded on first use: a poll that finds no mail never decodes the customers."""
+
+    def __init__(self, load: Callable[[], dict[str, str]]) -> None:
+        super().__init__()
+        self._load: Callable[[], dict[str, str]] | None = load
+
+    def _ensure(self) -> None:
+        if self._load is not None:
+            load, self._load = self._load, None
+            self.update(load())
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self._ensure()
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self._ensure()
+        return super().__contains__(key)
+
+
 class Worker:
     """Runs stages against one workspace. Library entry point; the CLI is a thin layer over it."""
 
@@ -221,7 +242,7 @@ class Worker:
         mb = self.ws.cfg.mailbox
         email_fields = [f.name for f in self.ws.mapping.fields.values() if f.type.value == "email"
                         and f.name != "owner"]
-        by_email = self.store.keys_by_email(email_fields)
+        by_email = _LazyIndex(lambda: self.store.keys_by_email(email_fields))  # built on the first message
         unsub = self._unsubscribe_addresses()
         counts: dict[str, int] = {"messages": 0, "duplicates": 0, "quarantined": 0, "unknown": 0}
         new_senders: dict[str, str] = {}
