@@ -14,7 +14,8 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,18 @@ def _worker(o: Ctx, ws: Workspace, stop: threading.Event | None = None) -> Any:
     return Worker(ws, clock=o.clock(ws), progress=_progress_factory(), stop=stop)
 
 
+@contextmanager
+def _locked_worker(o: Ctx, *, signals: bool = False) -> Iterator[Any]:
+    """Load the workspace, take its lock, and yield a Worker (closed afterwards): the frame of every stage verb."""
+    ws = Workspace.load(o.config)
+    with _Lock(ws):
+        w = _worker(o, ws, _install_signals() if signals else None)
+        try:
+            yield w
+        finally:
+            w.close()
+
+
 def _print_results(o: Ctx, results: list[Any]) -> int:
     code = max((r.exit_code() for r in results), default=0)
     if o.json:
@@ -235,13 +248,8 @@ def _print_check(report: dict[str, Any]) -> None:
 def sync(ctx: click.Context, **kw: Any) -> None:
     """Read the sheet, validate rows, record new customers and field changes."""
     o = _apply(ctx, kw)
-    ws = Workspace.load(o.config)
-    with _Lock(ws):
-        w = _worker(o, ws)
-        try:
-            ctx.exit(_print_results(o, [w.sync()]))
-        finally:
-            w.close()
+    with _locked_worker(o) as w:
+        ctx.exit(_print_results(o, [w.sync()]))
 
 
 @cli.command()
@@ -250,14 +258,8 @@ def sync(ctx: click.Context, **kw: Any) -> None:
 def fetch(ctx: click.Context, **kw: Any) -> None:
     """Read new mail and log each message exactly once."""
     o = _apply(ctx, kw)
-    ws = Workspace.load(o.config)
-    with _Lock(ws):
-        stop = _install_signals()
-        w = _worker(o, ws, stop)
-        try:
-            ctx.exit(_print_results(o, [w.fetch()]))
-        finally:
-            w.close()
+    with _locked_worker(o, signals=True) as w:
+        ctx.exit(_print_results(o, [w.fetch()]))
 
 
 @cli.command()
@@ -268,20 +270,14 @@ def fetch(ctx: click.Context, **kw: Any) -> None:
 def send(ctx: click.Context, dry_run: bool, limit: int | None, **kw: Any) -> None:
     """Queue and send what is due, exactly once each."""
     o = _apply(ctx, kw)
-    ws = Workspace.load(o.config)
-    with _Lock(ws):
-        stop = _install_signals()
-        w = _worker(o, ws, stop)
-        try:
-            res = w.send(dry_run=dry_run, limit=limit)
-            if dry_run and not o.json:
-                for d in res.details[:200]:
-                    click.echo(f"  {d['status']:<10} {d['campaign']}/{d['step']} -> {d['customer']} "
-                               f"{d.get('subject') or d.get('reason') or ''}")
-                click.echo("dry run: nothing was sent or recorded. Run without --dry-run to send.")
-            ctx.exit(_print_results(o, [res]))
-        finally:
-            w.close()
+    with _locked_worker(o, signals=True) as w:
+        res = w.send(dry_run=dry_run, limit=limit)
+        if dry_run and not o.json:
+            for d in res.details[:200]:
+                click.echo(f"  {d['status']:<10} {d['campaign']}/{d['step']} -> {d['customer']} "
+                           f"{d.get('subject') or d.get('reason') or ''}")
+            click.echo("dry run: nothing was sent or recorded. Run without --dry-run to send.")
+        ctx.exit(_print_results(o, [res]))
 
 
 def _install_signals() -> threading.Event:
@@ -307,19 +303,14 @@ def _install_signals() -> threading.Event:
 def run(ctx: click.Context, once: bool, **kw: Any) -> None:
     """The scheduled worker: intervals from [schedule]; one cycle at a time; stops cleanly on Ctrl-C/SIGTERM."""
     o = _apply(ctx, kw)
-    ws = Workspace.load(o.config)
-    with _Lock(ws):
-        stop = _install_signals()
-        w = _worker(o, ws, stop)
-        try:
-            if once:
-                ctx.exit(_print_results(o, w.run_once()))
-            log.info("worker started (sync every %s, fetch every %s, send every %s); Ctrl-C to stop",
-                     ws.cfg.schedule.sync_every, ws.cfg.schedule.fetch_every, ws.cfg.schedule.send_every)
-            w.run_forever(on_result=lambda r: _print_results(o, [r]))
-            log.info("worker stopped")
-        finally:
-            w.close()
+    with _locked_worker(o, signals=True) as w:
+        if once:
+            ctx.exit(_print_results(o, w.run_once()))
+        sc = w.ws.cfg.schedule
+        log.info("worker started (sync every %s, fetch every %s, send every %s); Ctrl-C to stop",
+                 sc.sync_every, sc.fetch_every, sc.send_every)
+        w.run_forever(on_result=lambda r: _print_results(o, [r]))
+        log.info("worker stopped")
 
 
 @cli.command()

@@ -26,6 +26,7 @@ import phonenumbers
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
 from crm_automation.models import FieldSpec, FieldType
+from crm_automation.sheets.csv import cell_text
 
 __all__ = ["FieldValueError", "convert", "converter"]
 
@@ -52,27 +53,7 @@ def _is_empty(value: object) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
-def _number_text(value: float) -> str:
-    """Excel stores 13800138000 as 13800138000.0; show it as the digits typed."""
-    if value.is_integer() and abs(value) < 1e16:
-        return str(int(value))
-    return repr(value)
-
-
-def _to_text(value: object) -> str:
-    if isinstance(value, str):
-        return value.strip()
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, float):
-        return _number_text(value)
-    if isinstance(value, datetime):
-        if value.hour == value.minute == value.second == value.microsecond == 0:
-            return value.date().isoformat()
-        return value.isoformat(sep=" ")
-    if isinstance(value, date):
-        return value.isoformat()
-    return str(value).strip()
+_to_text = cell_text  # one rule for "the text a cell shows", shared with write-back's key matching
 
 
 # ---------------------------------------------------------------- email
