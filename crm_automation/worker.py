@@ -388,9 +388,14 @@ class Worker:
             log.warning("new_senders = \"add_to_sheet\" needs the mapping key to be an email field; not adding")
             return 0
         name_field = m.fields.get("name")
+        from crm_automation.sheets.csv import norm_key
+
+        key_col = m.fields[ef].column
+        # Not yet synced rows count too: a sender added by the last fetch is in the sheet, not yet in the log.
+        in_sheet = {norm_key(r.values.get(key_col)) for r in self.sheet.read().rows}
         rows = []
         for addr, name in sorted(senders.items()):
-            if addr in by_email:
+            if addr in by_email or addr in in_sheet:
                 continue
             row = {m.fields[ef].column: addr}
             if name_field is not None:

@@ -130,6 +130,13 @@ def test_unknown_senders_become_new_rows_when_configured(tmp_path, cli):
     added = [x for x in rows if x["Email"] == "mr.liu@newlead.example.cn"]
     assert len(added) == 1 and added[0]["Name"] == "刘先生"
     assert not any(x["Email"] == "robot@example.net" for x in rows)  # auto-replies are not leads
+    # Another message from the same lead before the next sync does not add the row twice.
+    (tmp_path / "ws" / "inbox" / "new" / "3.c").write_bytes(
+        b"From: Mr.Liu@NewLead.example.cn\r\nTo: sales@example.com\r\nSubject: again\r\n"
+        b"Message-ID: <lead-2@example.cn>\r\n\r\nAny news?\r\n")
+    assert cli("fetch", "--config", str(cfg)).code == 0
+    rows = list(csv.DictReader((tmp_path / "ws" / "customers.csv").open(encoding="utf-8")))
+    assert sum(x["Email"] == "mr.liu@newlead.example.cn" for x in rows) == 1
     # The next cycle's sync picks the new row up; a second fetch adds nothing twice.
     cli("run", "--once", "--config", str(cfg))
     rows = list(csv.DictReader((tmp_path / "ws" / "customers.csv").open(encoding="utf-8")))
