@@ -13,6 +13,7 @@ import hashlib
 import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -170,10 +171,13 @@ class Mapping:
         items = [(n, self.fields[n], h) for n, h in cols.items() if h is not None]
         headers = [h for _, _, h in items]
         blake = hashlib.blake2b
-        pending: list[tuple[int, list[Any], str]] = []
+        get = itemgetter(*headers) if len(headers) > 1 else (lambda v, h=headers[0]: (v.get(h),))
+        pending: list[tuple[int, tuple[Any, ...], str]] = []
         for srow in data.rows:
-            vals = srow.values
-            raw = [vals.get(h) for h in headers]
+            try:
+                raw = get(srow.values)
+            except KeyError:  # a row built by hand without every column
+                raw = tuple(srow.values.get(h) for h in headers)
             pending.append((srow.row, raw, blake(repr(raw).encode(), digest_size=12).hexdigest()))
         todo = [p for p in pending if p[2] not in previous]
         converted, bad_rows = self._convert_columns(items, [p[1] for p in todo], self.key)
@@ -218,7 +222,7 @@ class Mapping:
         return res
 
     @staticmethod
-    def _convert_columns(items: list[tuple[str, FieldSpec, str]], raws: list[list[Any]], key_field: str
+    def _convert_columns(items: list[tuple[str, FieldSpec, str]], raws: list[tuple[Any, ...]], key_field: str
                          ) -> tuple[list[list[Any]], set[int]]:
         """Convert every pending row, one column at a time; a failure becomes a ``_Bad(reason)``.
 
@@ -231,13 +235,22 @@ class Mapping:
         bad: set[int] = set()
         for j, (name, spec, _) in enumerate(items):
             conv = converter(spec)
-            out: list[Any] = []
-            append = out.append
-            for i, raw in enumerate(raws):
+            col = [raw[j] for raw in raws]
+            out: list[Any]
+            if spec.type in (FieldType.TEXT, FieldType.CHOICE):
+                # Fast path for plain text cells (most of a sheet); anything else takes the converter below.
+                ok = frozenset(spec.choices) if spec.type is FieldType.CHOICE else None
+                out = [(_SLOW if (t := v.strip()) and ok is not None and t not in ok else (t or None))
+                       if v.__class__ is str else (None if v is None else _SLOW) for v in col]
+            else:
+                out = [_SLOW] * len(col)
+            for i, r in enumerate(out):
+                if r is not _SLOW:
+                    continue
                 try:
-                    append(conv(raw[j]))
+                    out[i] = conv(col[i])
                 except FieldValueError as e:
-                    append(_Bad(str(e)))
+                    out[i] = _Bad(str(e))
                     bad.add(i)
             if spec.required or name == key_field:
                 bad.update(i for i, v in enumerate(out) if v is None)
@@ -256,6 +269,7 @@ class _Bad:
 
 
 _EMPTY = _Bad("is empty (expected a value: the column is required)")
+_SLOW = object()  # placeholder: this cell needs the full converter
 
 
 def _problems(path: Path, e: ValidationError) -> list[str]:
