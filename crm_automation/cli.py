@@ -273,8 +273,10 @@ def send(ctx: click.Context, dry_run: bool, limit: int | None, **kw: Any) -> Non
     with _locked_worker(o, signals=True) as w:
         res = w.send(dry_run=dry_run, limit=limit)
         if dry_run and not o.json:
+            label = {"queued": "would send", "skipped": "would skip"}
             for d in res.details[:200]:
-                click.echo(f"  {d['status']:<10} {d['campaign']}/{d['step']} -> {d['customer']} "
+                what = label.get(d["status"], d["status"])
+                click.echo(f"  {what:<10} {d['campaign']}/{d['step']} -> {d['customer']} "
                            f"{d.get('subject') or d.get('reason') or ''}")
             click.echo("dry run: nothing was sent or recorded. Run without --dry-run to send.")
         ctx.exit(_print_results(o, [res]))

@@ -111,6 +111,9 @@ def test_dry_run_sends_and_records_nothing(tmp_path, cli):
     assert db_rows(db, "SELECT COUNT(*) FROM sends") == [(0,)]
     assert db_rows(db, "SELECT COUNT(*) FROM campaigns") == [(0,)]
     assert not list((tmp_path / "ws" / "var").glob("outbox/*.eml"))
+    r = cli("send", "--dry-run", "--config", str(cfg))
+    assert "would send hello/0 -> c0@example.com Hello Customer 0" in r.out
+    assert "nothing was sent or recorded" in r.out
     r = cli("send", "--config", str(cfg))
     assert r.code == 0
     assert len(list((tmp_path / "ws" / "var" / "outbox").glob("*.eml"))) == 3
