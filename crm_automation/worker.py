@@ -9,6 +9,7 @@ a service that cannot be reached stops the stage, and the next pass retries.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -18,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from email.utils import parseaddr
 from typing import Any, Protocol
 
@@ -416,8 +417,8 @@ class Worker:
             if s.status == "sent" and s.sent_at is not None:
                 h.sent_at[(s.campaign, s.step, s.customer_key)] = s.sent_at
         for key, kind, at, details in self.store.inbound_history():
-            if kind == "bounce" and details and '"permanent": false' in details:
-                continue
+            if kind == "bounce" and not json.loads(details or "{}").get("permanent"):
+                continue  # a temporary bounce never stops a sequence
             h.inbound.setdefault(key, []).append((kind, at))
         for f in {c.field for c in self.ws.campaigns if c.trigger == "change" and c.field}:
             h.changes[f] = self.store.field_changes(f)
@@ -825,10 +826,4 @@ class Worker:
             self.stop.wait(min(max(idle if idle is not None else 1.0, 0.1), 1.0))
 
 
-def local_now(now: datetime, ws: Workspace) -> datetime:
-    """``now`` in the workspace time zone (for display)."""
-    return now.astimezone(ws.cfg.timezone)
-
-
-__all__ = ["Progress", "StageResult", "Worker", "local_now"]
-_ = UTC
+__all__ = ["Progress", "StageResult", "Worker"]

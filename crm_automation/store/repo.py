@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -288,13 +288,6 @@ class Store:
             "ON CONFLICT(folder) DO UPDATE SET uidvalidity = excluded.uidvalidity, last_uid = excluded.last_uid, "
             "updated_at = excluded.updated_at", (folder, uidvalidity, last_uid, iso(now)))
 
-    def has_inbound(self, message_id: str) -> bool:
-        """True when this Message-ID is already logged as an inbound activity."""
-        kinds = ",".join("?" * len(INBOUND_KINDS))
-        return self.conn.execute(
-            f"SELECT 1 FROM activities WHERE message_id = ? AND kind IN ({kinds}) LIMIT 1",
-            (message_id, *INBOUND_KINDS)).fetchone() is not None
-
     def add_activity(self, *, kind: str, occurred_at: datetime, now: datetime, customer_key: str | None = None,
                      subject: str | None = None, body: str | None = None, message_id: str | None = None,
                      in_reply_to: str | None = None, campaign: str | None = None, step: int | None = None,
@@ -529,7 +522,3 @@ class Store:
         return {t: self.conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
                 for t in ("customers", "activities", "sends", "suppressions", "quarantine")}
 
-
-def day_ago(now: datetime) -> datetime:
-    """The start of the rolling 24 hours that ``max_per_day`` counts."""
-    return now - timedelta(days=1)
