@@ -38,7 +38,7 @@ def run_checks(config_path: str | None, *, connect: bool = False) -> dict[str, A
         res = ws.mapping.apply(data)
         rows = [str(e) for e in res.errors]
         checks.append(_item("sheet", rows + res.warnings if rows else [],
-                            f"{data.source}: {len(data.rows)} rows, {len(res.customers)} valid"
+                            f"{data.source}: {len(data)} rows, {len(res.customers)} valid"
                             + (f"; warnings: {'; '.join(res.warnings)}" if res.warnings else "")))
         if rows:
             code = max(code, 1)

@@ -29,7 +29,7 @@ from typing import Any
 
 from crm_automation.errors import ConfigError, ServiceError
 from crm_automation.mapping import Mapping
-from crm_automation.models import FieldType, RowError, SheetData, SheetRow
+from crm_automation.models import FieldType, RowError, SheetData
 from crm_automation.sheets.base import SheetSource
 from crm_automation.sheets.csv import norm_key
 
@@ -111,11 +111,8 @@ def plan_import(rows: SheetData, sheet: SheetData, mapping: Mapping, column_map:
         found = ", ".join(f'"{h}"' for h in rows.headers) or "none"
         raise ConfigError(f"{rows.source}: no column for {', '.join(missing)}; the file's headers are: {found}",
                           hint="name the export column with --map 'EXPORT_COLUMN=SHEET_COLUMN'")
-    renamed = SheetData(
-        source=rows.source, headers=tuple(cmap.values()),
-        rows=tuple(SheetRow(r.row, {dst: r.values.get(src) for src, dst in cmap.items()}) for r in rows.rows),
-        version=rows.version,
-    )
+    renamed = SheetData(rows.source, tuple(cmap.values()), {dst: rows.column(src) for src, dst in cmap.items()},
+                        rows.row_numbers, rows.version)
     incoming = mapping.apply(renamed)
     rejected = [e for e in incoming.errors if not e.reason.startswith(_DUPLICATE)]
     duplicates = [e for e in incoming.errors if e.reason.startswith(_DUPLICATE)]
@@ -123,10 +120,10 @@ def plan_import(rows: SheetData, sheet: SheetData, mapping: Mapping, column_map:
     key_col = mapping.fields[mapping.key].column
     existing = {c.key: c for c in mapping.apply(sheet).customers}
     raw_rows: dict[str, int] = {}
-    for r in sheet.rows:
-        k = norm_key(r.values.get(key_col))
+    for n, v in zip(sheet.row_numbers, sheet.column(key_col), strict=True):
+        k = norm_key(v)
         if k and k not in raw_rows:
-            raw_rows[k] = r.row
+            raw_rows[k] = n
     add: list[ImportRow] = []
     update: list[ImportRow] = []
     unchanged = 0

@@ -9,6 +9,7 @@ a service that cannot be reached stops the stage, and the next pass retries.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import re
@@ -68,6 +69,25 @@ class _NoBar:
 
     def close(self) -> None:
         pass
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a sync builds its many objects.
+
+    Reading, validating and logging 100,000 rows allocates millions of
+    lists, dicts and strings and no reference cycles; each allocation burst
+    set off full collections that walked every one of them again, about a
+    second of a first sync (issue #3). Reference counting still frees
+    everything as usual.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def no_progress(desc: str, total: int | None) -> _NoBar:
@@ -140,7 +160,9 @@ class Worker:
         self.sleep = sleep
         self.store = store or ws.open_store()
         self.sheet_version: str | None = None
-        self._sheet_cells: dict[str, dict[str, str]] | None = None  # key -> write-back column -> text, as read
+        self._fresh_read = False  # the sync of this cycle read the sheet (a metered write-back may reuse it)
+        # key -> write-back column -> text, as read (or a function building it: see _remember_cells)
+        self._sheet_cells: dict[str, dict[str, str]] | Callable[[], dict[str, dict[str, str]]] | None = None
         self._consecutive_5xx = 0
         # The ``sent`` record of the message just handed over rides in the same commit as the next
         # message's ``sending`` mark: one commit a message instead of two, same exactly-once guarantee.
@@ -187,16 +209,18 @@ class Worker:
                              "rejected": len(last[2]), "note": "sheet unchanged since the last sync"}
                 res.problems += last[2]
                 return res
-            data = self.sheet.read()
-            self.sheet_version = data.version
-            self._remember_cells(data)
-            result = self.ws.mapping.apply(data, self.store.row_hashes())
-            keep = dict(result.unchanged)
-            for k, r in result.rejected_keys.items():
-                keep.setdefault(k, r)
-            n_rows, source_name = len(data.rows), data.source
-            del data  # the rows are mapped: free them before the log's bulk insert (100,000 rows ~ 150 MB)
-            stats = self.store.apply_sync(source_name, result.customers, keep, result.hashes, self.clock.now())
+            with _gc_paused():
+                data = self.sheet.read()
+                self._fresh_read = True
+                self.sheet_version = data.version
+                self._remember_cells(data)
+                result = self.ws.mapping.apply(data, self.store.row_hashes())
+                keep = dict(result.unchanged)
+                for k, r in result.rejected_keys.items():
+                    keep.setdefault(k, r)
+                n_rows, source_name = len(data), data.source
+                del data  # the rows are mapped: free them before the log's bulk insert (100,000 rows ~ 150 MB)
+                stats = self.store.apply_sync(source_name, result.customers, keep, result.hashes, self.clock.now())
             res.problems += [str(e) for e in result.errors]
             for w in result.warnings:
                 log.warning("%s", w)
@@ -216,16 +240,35 @@ class Worker:
         return f"{fn()}:{mapping_digest}"
 
     def _remember_cells(self, data: Any) -> None:
-        """Keep the write-back columns' values as read, so write-back only asks the sheet when a value differs."""
-        from crm_automation.sheets.csv import cell_text, norm_key
+        """Keep the write-back columns' values as read, so write-back only asks the sheet when a value differs.
 
+        Only references to the columns are kept here; the key -> cells lookup
+        is built when a write-back first needs it (:meth:`_cells`), so a
+        plain ``sync`` of 100,000 rows does not pay for it (issue #3).
+        """
         if not self.ws.cfg.sheet.writeback or not self.ws.mapping.writeback:
             self._sheet_cells = {}
             return
         key_col = self.ws.mapping.fields[self.ws.mapping.key].column
         cols = list(self.ws.mapping.writeback.values())
-        self._sheet_cells = {norm_key(r.values.get(key_col)): {c: cell_text(r.values.get(c)) for c in cols}
-                             for r in data.rows}
+        keys = data.column(key_col)
+        present = [data.column(c) if c in data.headers else None for c in cols]
+
+        def build() -> dict[str, dict[str, str]]:
+            from crm_automation.sheets.csv import cell_text, norm_key
+
+            blank = [""] * len(keys)  # a column the sheet does not have yet reads as empty
+            texts = [blank if col is None else [cell_text(v) for v in col] for col in present]
+            return {norm_key(k): dict(zip(cols, vals, strict=True))
+                    for k, vals in zip(keys, zip(*texts, strict=True), strict=True)}
+
+        self._sheet_cells = build
+
+    def _cells(self) -> dict[str, dict[str, str]]:
+        """The write-back columns as last read (key -> column -> text), built on first use."""
+        if callable(self._sheet_cells):
+            self._sheet_cells = self._sheet_cells()
+        return self._sheet_cells or {}
 
     # ------------------------------------------------------------------ fetch
     def fetch(self) -> StageResult:
@@ -393,7 +436,7 @@ class Worker:
 
         key_col = m.fields[ef].column
         # Not yet synced rows count too: a sender added by the last fetch is in the sheet, not yet in the log.
-        in_sheet = {norm_key(r.values.get(key_col)) for r in self.sheet.read().rows}
+        in_sheet = {norm_key(v) for v in self.sheet.read().column(key_col)}
         rows = []
         for addr, name in sorted(senders.items()):
             if addr in by_email or addr in in_sheet:
@@ -730,12 +773,21 @@ class Worker:
         self._consecutive_5xx = 0
 
     # ------------------------------------------------------------------ write-back
-    def writeback(self) -> StageResult:
-        """Fill the worker's own columns in the sheet (rows found by key at write time)."""
+    def writeback(self, *, reuse_read: bool = False) -> StageResult:
+        """Fill the worker's own columns in the sheet (rows found by key at write time).
+
+        ``reuse_read``: called right after :meth:`sync` for a metered sheet
+        (Google): the cells are placed by the sync's read, so the cycle costs
+        one read; without a read in this cycle, nothing is written.
+        """
+        fresh, self._fresh_read = self._fresh_read, False
         with self._run("writeback") as res:
             wb = self.ws.mapping.writeback
             if not wb or not self.ws.cfg.sheet.writeback:
                 res.stats = {"skipped": "write-back is off ([sheet] writeback = false or no [writeback] columns)"}
+                return res
+            if reuse_read and not fresh:
+                res.stats = {"skipped": "the sheet was not read in this cycle; the next sync writes back"}
                 return res
             if self.sheet_version is None or self._sheet_cells is None:
                 data = self.sheet.read()
@@ -760,13 +812,13 @@ class Worker:
             key_col = self.ws.mapping.fields[self.ws.mapping.key].column
             from crm_automation.sheets.csv import norm_key
 
-            cells = self._sheet_cells or {}
+            cells = self._cells()
             changed = {k: v for k, v in updates.items()
                        if any(cells.get(norm_key(k), {}).get(col, "") != val for col, val in v.items())}
             if not changed:
                 res.stats = {"cells": 0, "note": "the sheet already shows these values; nothing to write"}
                 return res
-            r = self.sheet.write_back(key_col, changed, version=self.sheet_version)
+            r = self.sheet.write_back(key_col, changed, version=self.sheet_version, reuse_read=reuse_read)
             res.stats = {"rows": len(changed), "cells": r.cells, "added_columns": list(r.added_columns),
                          "missing_keys": len(r.missing_keys)}
             if r.postponed:
@@ -783,13 +835,21 @@ class Worker:
 
     # ------------------------------------------------------------------ cycles
     def run_once(self, *, dry_run: bool = False) -> list[StageResult]:
-        """One cycle: sync, fetch, send, write-back. A failed stage does not stop the later ones."""
+        """One cycle: sync, fetch, send, write-back. A failed stage does not stop the later ones.
+
+        A metered sheet (Google) is written back right after the sync, on the
+        sync's read: one read and at most one write per cycle (issue #3); what
+        fetch and send change reaches the sheet at the next cycle's sync.
+        """
+        metered = bool(getattr(self.sheet, "metered", False))
         out = [self.sync()]
+        if metered and not self.stop.is_set() and not dry_run:
+            out.append(self.writeback(reuse_read=True))
         if not self.stop.is_set():
             out.append(self.fetch())
         if not self.stop.is_set():
             out.append(self.send(dry_run=dry_run))
-        if not self.stop.is_set() and not dry_run:
+        if not metered and not self.stop.is_set() and not dry_run:
             out.append(self.writeback())
         return out
 
@@ -811,10 +871,12 @@ class Worker:
             r = fn()
             on_result(r)
             if wb and not self.stop.is_set():
-                on_result(self.writeback())
+                on_result(self.writeback(reuse_read=metered))
 
-        for every, fn, wb in ((sc.sync_every, self.sync, False), (sc.fetch_every, self.fetch, True),
-                              (sc.send_every, self.send, True)):
+        # A metered sheet (Google) is written back only on the sync's read; files after every change.
+        metered = bool(getattr(self.sheet, "metered", False))
+        for every, fn, wb in ((sc.sync_every, self.sync, metered), (sc.fetch_every, self.fetch, not metered),
+                              (sc.send_every, self.send, not metered)):
             d = parse_duration(every)
             assert d is not None  # noqa: S101 - validated in config.py
             sched.every(int(d.total_seconds())).seconds.do(job, fn, wb)

@@ -28,13 +28,17 @@ class SheetSource(Protocol):
     """
 
     name: str
+    #: True when every request counts against a quota (Google: 60 a minute per user). The worker
+    #: then writes back right after the sync's read, reusing it (``reuse_read=True``): one read
+    #: and at most one write per sync, whatever the number of rows.
+    metered: bool
 
     def read(self) -> SheetData:
         """Read headers and all rows (raw cell values)."""
         ...
 
     def write_back(
-        self, key_column: str, updates: dict[str, dict[str, str]], *, version: str
+        self, key_column: str, updates: dict[str, dict[str, str]], *, version: str, reuse_read: bool = False
     ) -> WriteResult:
         """Set ``updates[key][column] = value`` in the rows whose ``key_column`` equals key.
 
@@ -43,6 +47,9 @@ class SheetSource(Protocol):
         the token from the read: if the sheet changed since, the adapter may
         postpone (``WriteResult.postponed``) instead of overwriting an edit.
         Keys are compared after ``strip().lower()`` for email keys.
+        ``reuse_read`` says the caller read the sheet a moment ago: a
+        metered source then places the cells by that read instead of reading
+        again; the others read again anyway (it costs no quota).
         """
         ...
 

@@ -30,17 +30,18 @@ import csv
 import hashlib
 import io
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from operator import itemgetter
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any, Self
 
 from crm_automation.config import Config
 from crm_automation.errors import ConfigError, DataError, ServiceError
-from crm_automation.models import SheetData, SheetRow
+from crm_automation.models import SheetData
 from crm_automation.sheets.base import WriteResult
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -83,14 +84,29 @@ def _blank(value: object) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
+_BLANK_CELL = re.compile(r"(?:\A|\x00)\s*(?:\x00|\Z)")
+
+
+def _no_blank_text(values: Sequence[Any]) -> bool:
+    """True when no cell is blank text: checked in one regex pass over the column (C speed).
+
+    Only for all-text columns; a NUL inside a cell can only make this say
+    False, which costs the slow per-cell pass, never a wrong value.
+    """
+    return (bool(values) and {v.__class__ for v in values} == {str}
+            and _BLANK_CELL.search("\x00".join(values)) is None)
+
+
 def grid_to_data(source: str, grid: Sequence[Sequence[Any]], version: str) -> SheetData:
     """Header row + data rows -> :class:`SheetData` (see the module docstring for header rules).
 
     ``grid[0]`` is sheet row 1. Empty strings become None so every format
-    reports an empty cell the same way.
+    reports an empty cell the same way. The grid is turned into columns in
+    one transpose (C speed): 100,000 rows must convert in well under a
+    second (issue #3).
     """
     if not grid:
-        return SheetData(source=source, headers=(), rows=(), version=version)
+        return SheetData(source, (), {}, [], version)
     cols: list[tuple[int, str]] = []
     seen: set[str] = set()
     for i, h in enumerate(grid[0]):
@@ -98,22 +114,25 @@ def grid_to_data(source: str, grid: Sequence[Sequence[Any]], version: str) -> Sh
         if name and name not in seen:
             seen.add(name)
             cols.append((i, name))
-    names = [name for _, name in cols]
     if not cols:
-        return SheetData(source=source, headers=(), rows=(), version=version)
-    # A hot loop: 100,000 rows must convert in well under a second (issue #3).
-    pick = itemgetter(*(i for i, _ in cols)) if len(cols) > 1 else (lambda line, i=cols[0][0]: (line[i],))
-    need = cols[-1][0] + 1
-    n_cols = len(cols)
-    rows = []
-    append = rows.append
-    for n, line in enumerate(grid[1:], start=2):
-        if len(line) < need:
-            line = [*line, *([None] * (need - len(line)))]  # pad a short row (CSV, Google)
-        vals = [None if v.__class__ is str and not v.strip() else v for v in pick(line)]
-        if vals.count(None) != n_cols:
-            append(SheetRow(row=n, values=dict(zip(names, vals, strict=True))))
-    return SheetData(source=source, headers=tuple(names), rows=tuple(rows), version=version)
+        return SheetData(source, (), {}, [], version)
+    lines = grid[1:]
+    transposed = list(zip_longest(*lines)) if lines else []  # short rows (CSV, Google) are padded with None
+    n = len(lines)
+    columns: dict[str, list[Any]] = {}
+    for i, name in cols:
+        raw = transposed[i] if i < len(transposed) else (None,) * n
+        columns[name] = list(raw) if _no_blank_text(raw) else [
+            None if v.__class__ is str and not v.strip() else v for v in raw]
+    numbers = list(range(2, n + 2))
+    picked = list(columns.values())
+    if n and any(None in c for c in picked):
+        width = len(picked)
+        keep = [t.count(None) != width for t in zip(*picked, strict=True)]
+        if not all(keep):  # empty rows are skipped
+            numbers = [r for r, k in zip(numbers, keep, strict=True) if k]
+            columns = {name: [v for v, k in zip(c, keep, strict=True) if k] for name, c in columns.items()}
+    return SheetData(source, tuple(columns), columns, numbers, version)
 
 
 @dataclass(slots=True)
@@ -267,6 +286,8 @@ def _detect_delimiter(text: str) -> str:
 class CsvSource:
     """A ``.csv`` customer sheet (``[sheet] source = "csv"``)."""
 
+    metered = False  # a file on a shared drive: reading it again costs no quota
+
     def __init__(self, path: Path, *, encoding: str | None = None, delimiter: str | None = None) -> None:
         self.path = Path(path)
         self.name = self.path.name
@@ -357,7 +378,8 @@ class CsvSource:
             raise ServiceError(f"{self.path}: cannot write the sheet file: {e.strerror or e}") from None
         return self._written
 
-    def write_back(self, key_column: str, updates: dict[str, dict[str, str]], *, version: str) -> WriteResult:
+    def write_back(self, key_column: str, updates: dict[str, dict[str, str]], *, version: str,
+                   reuse_read: bool = False) -> WriteResult:
         """Set the worker's columns by key; postpone if the file was saved since ``version`` was read."""
         grid, enc, delim, newline, now = self._load()
         if version and now != version:

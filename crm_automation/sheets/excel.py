@@ -44,8 +44,6 @@ from pathlib import Path
 from typing import Any, Self
 from xml.sax.saxutils import escape
 
-import openpyxl  # noqa: TID251 - this is the Excel adapter
-from openpyxl.utils.exceptions import InvalidFileException  # noqa: TID251 - as above
 from python_calamine import CalamineError, CalamineWorkbook, WorksheetNotFound
 
 from crm_automation.config import Config
@@ -70,6 +68,8 @@ class _Postponed(Exception):  # noqa: N818 - internal signal, never escapes this
 
 class ExcelSource:
     """An Excel workbook (``[sheet] source = "excel"``); ``worksheet`` defaults to the first sheet."""
+
+    metered = False  # a file on a shared drive: reading it again costs no quota
 
     def __init__(self, path: Path, *, worksheet: str | None = None) -> None:
         self.path = Path(path)
@@ -165,7 +165,13 @@ class ExcelSource:
         return None
 
     def _apply_openpyxl(self, title: str, cells: list[tuple[int, int, str]], version: str | None) -> str | None:
-        """The fallback: load and save the whole workbook with openpyxl."""
+        """The fallback: load and save the whole workbook with openpyxl.
+
+        openpyxl (with numpy, ~0.25 s) is imported here, not at start-up: reading never needs it.
+        """
+        import openpyxl  # noqa: TID251 - this is the Excel adapter
+        from openpyxl.utils.exceptions import InvalidFileException  # noqa: TID251 - as above
+
         keep_vba = self.path.suffix.lower() == ".xlsm"
         try:
             wb = openpyxl.load_workbook(self.path, keep_vba=keep_vba, rich_text=True)
@@ -182,7 +188,8 @@ class ExcelSource:
             cell.data_type = "s"  # text, never a formula, even for "=..." (SPEC §11)
         return self._replace(wb.save, version)
 
-    def write_back(self, key_column: str, updates: dict[str, dict[str, str]], *, version: str) -> WriteResult:
+    def write_back(self, key_column: str, updates: dict[str, dict[str, str]], *, version: str,
+                   reuse_read: bool = False) -> WriteResult:
         """Set the worker's columns in the rows found by key now; see the module docstring."""
         grid, title, now = self._load()
         if version and now != version:

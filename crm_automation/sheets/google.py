@@ -7,10 +7,11 @@ counted and kept flat whatever the number of rows:
   done once per :class:`GoogleSource` on first use, plus the OAuth token
   request google-auth makes about once an hour;
 - :meth:`GoogleSource.read` is one ``values.get`` of the whole worksheet;
-- :meth:`GoogleSource.write_back` is one ``values.get`` (rows are found by
-  key in the sheet as it is *now*, because people sort and insert rows) and
-  one ``values.batchUpdate`` holding every cell, header cells of new columns
-  included; no request at all when nothing would change;
+- :meth:`GoogleSource.write_back` is one ``values.batchUpdate`` holding every
+  cell, header cells of new columns included (none when nothing would
+  change), placed by key in the sheet as just read: the worker calls it with
+  ``reuse_read=True`` right after the sync's ``values.get``, so a sync cycle
+  costs one read and at most one write; called on its own it reads first;
 - :meth:`GoogleSource.append_rows` is one ``values.get`` of the header row,
   one ``values.batchUpdate`` only if the header needs new columns, and one
   ``values.append``.
@@ -21,8 +22,9 @@ stays text and is never evaluated (SPEC §11). Values are read unformatted
 dates as formatted text.
 
 Google Sheets has no cheap revision number, so ``SheetData.version`` is empty
-and write-back never postpones: cells are placed by key from the fresh read,
-one round trip before the write.
+and write-back never postpones: cells are placed by key from a read made
+a moment before the write (rows people sorted or inserted since the last
+cycle are found where they are now).
 
 429 and 5xx answers (and dropped connections) are retried with exponential
 backoff, 1 s doubling up to ``max_retries`` times; then :class:`ServiceError`
@@ -77,6 +79,8 @@ def _quote_title(title: str) -> str:
 class GoogleSource:
     """A Google Sheets worksheet (``[sheet] source = "google"``)."""
 
+    metered = True  # every request counts against Google's quota
+
     def __init__(
         self,
         spreadsheet: str,
@@ -99,6 +103,7 @@ class GoogleSource:
         self._http: gspread.http_client.HTTPClient | None = None
         self._title: str | None = None
         self._account = ""
+        self._last_grid: list[list[Any]] | None = None
 
     @classmethod
     def from_config(cls, cfg: Config) -> Self:
@@ -221,12 +226,24 @@ class GoogleSource:
     # -- the protocol
 
     def read(self) -> SheetData:
-        """All values of the worksheet in one ``values.get``."""
-        return grid_to_data(self.name, self._grid("reading the sheet"), "")
+        """All values of the worksheet in one ``values.get`` (kept for a write-back that reuses it)."""
+        grid = self._grid("reading the sheet")
+        self._last_grid = grid
+        return grid_to_data(self.name, grid, "")
 
-    def write_back(self, key_column: str, updates: dict[str, dict[str, str]], *, version: str) -> WriteResult:
-        """One fresh read to find rows by key, then one RAW ``values.batchUpdate`` (none if nothing changes)."""
-        grid = self._grid("reading the sheet for write-back")
+    def write_back(self, key_column: str, updates: dict[str, dict[str, str]], *, version: str,
+                   reuse_read: bool = False) -> WriteResult:
+        """Find rows by key, then one RAW ``values.batchUpdate`` (none if nothing changes).
+
+        Rows are found in a fresh read, or, with ``reuse_read``, in the grid
+        of the last :meth:`read` (the worker writes right after its sync's
+        read, so a cycle costs one read). That grid is used once: our own
+        write makes it stale.
+        """
+        grid = self._last_grid if reuse_read and self._last_grid is not None else None
+        self._last_grid = None
+        if grid is None:
+            grid = self._grid("reading the sheet for write-back")
         plan = plan_writeback(grid, key_column, updates)
         if plan.postponed:
             return WriteResult(postponed=f"{self.name}: {plan.postponed}")

@@ -9,9 +9,10 @@ order, inside a transaction, so a crash mid-migration leaves the old schema.
 from __future__ import annotations
 
 import sqlite3
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from crm_automation.errors import ConfigError
 from crm_automation.store.schema import create_v1, create_v2
@@ -29,8 +30,8 @@ SCHEMA_VERSION = len(MIGRATIONS)
 def migrate(conn: sqlite3.Connection) -> list[str]:
     """Apply pending migrations; return the names applied.
 
-    sqlite-utils (which imports pandas: about 0.9 s) is loaded only when a
-    migration is pending, so a routine run starts fast.
+    sqlite-utils is loaded only when a migration is pending, so a routine
+    run starts fast.
     """
     if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
         return []
@@ -43,9 +44,7 @@ def migrate(conn: sqlite3.Connection) -> list[str]:
             f"{conn.execute('PRAGMA database_list').fetchone()[2]}: the log was written by a newer "
             f"crm-automation (migrations {', '.join(sorted(unknown))}); upgrade before using it"
         )
-    import sqlite_utils
-
-    db = sqlite_utils.Database(conn)
+    db = _sqlite_utils().Database(conn)
     applied = []
     for name, fn in MIGRATIONS:
         if name in done:
@@ -56,3 +55,23 @@ def migrate(conn: sqlite3.Connection) -> list[str]:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         applied.append(name)
     return applied
+
+
+def _sqlite_utils() -> Any:
+    """Import sqlite-utils without the pandas and numpy imports it attempts.
+
+    sqlite-utils imports them, when installed, only to accept their values
+    in inserts, which we never pass; that took ~0.5 s of a first sync
+    (issue #3). A ``None`` entry in ``sys.modules`` makes those imports fail
+    fast, as if the packages were absent; a module already loaded is left
+    alone.
+    """
+    blocked = [m for m in ("pandas", "numpy") if m not in sys.modules]
+    for m in blocked:
+        sys.modules[m] = None  # type: ignore[assignment]
+    try:
+        import sqlite_utils
+    finally:
+        for m in blocked:
+            del sys.modules[m]
+    return sqlite_utils
