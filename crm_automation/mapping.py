@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import marshal
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from crm_automation.errors import ConfigError
-from crm_automation.models import Customer, FieldSpec, FieldType, RowError, SheetData
+from crm_automation.models import Customer, CustomerColumns, FieldSpec, FieldType, RowError, SheetData
 
 CUSTOMERS_FILE = "customers.toml"
 CAMPAIGNS_FILE = "campaigns.toml"
@@ -115,7 +116,7 @@ class MappingResult:
     last time (not validated again); ``hashes`` maps every good key to its hash.
     """
 
-    customers: list[Customer] = field(default_factory=list)
+    customers: Sequence[Customer] = field(default_factory=list)
     unchanged: dict[str, int] = field(default_factory=dict)
     errors: list[RowError] = field(default_factory=list)
     hashes: dict[str, str] = field(default_factory=dict)
@@ -185,7 +186,8 @@ class Mapping:
         names = [n for n, _, _ in items]
         empty = dict.fromkeys(self.fields) if len(names) != len(self.fields) else None
         seen: dict[str, int] = {}
-        customers = res.customers
+        customers: list[Customer] = []
+        res.customers = customers
         for row, digest in zip(data.row_numbers, digests, strict=True):
             key = previous.get(digest) if previous else None
             if key is None:
@@ -234,13 +236,7 @@ class Mapping:
             keys = [str(k) for k in keys]
         if len(set(keys)) != len(keys):
             return False
-        names = [n for n, _, _ in items]
-        if len(names) == len(self.fields):
-            datas = [dict(zip(names, vals, strict=True)) for vals in zip(*converted, strict=True)]
-        else:
-            empty = dict.fromkeys(self.fields)
-            datas = [{**empty, **dict(zip(names, vals, strict=True))} for vals in zip(*converted, strict=True)]
-        res.customers = [Customer(k, n, d) for k, n, d in zip(keys, numbers, datas, strict=True)]
+        res.customers = CustomerColumns(tuple(self.fields), tuple(n for n, _, _ in items), keys, numbers, converted)
         res.hashes = dict(zip(keys, digests, strict=True))
         return True
 

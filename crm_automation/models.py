@@ -8,10 +8,10 @@ All datetimes are timezone-aware UTC.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, overload
 
 
 class FieldType(enum.StrEnum):
@@ -117,6 +117,47 @@ class Customer:
     key: str
     row: int
     data: dict[str, Any]
+
+
+class CustomerColumns(Sequence[Customer]):
+    """Validated customers kept as columns; each :class:`Customer` is built when asked for.
+
+    A first sync of 100,000 new rows hands them to the log column by column
+    (``names``, ``keys``, ``rows``, ``columns``: values per field, in
+    ``names`` order), without a dict per row (issue #3). ``fields`` is every
+    field of the mapping: one missing from ``names`` (no such column in the
+    sheet) reads as None.
+    """
+
+    __slots__ = ("columns", "fields", "keys", "names", "rows")
+
+    def __init__(self, fields: tuple[str, ...], names: tuple[str, ...], keys: list[str], rows: list[int],
+                 columns: list[list[Any]]) -> None:
+        self.fields = fields
+        self.names = names
+        self.keys = keys
+        self.rows = rows
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def _make(self, i: int) -> Customer:
+        data = dict.fromkeys(self.fields)
+        data.update(zip(self.names, (col[i] for col in self.columns), strict=True))
+        return Customer(self.keys[i], self.rows[i], data)
+
+    @overload
+    def __getitem__(self, i: int) -> Customer: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Customer]: ...
+    def __getitem__(self, i: int | slice) -> Customer | list[Customer]:
+        if isinstance(i, slice):
+            return [self._make(j) for j in range(*i.indices(len(self)))]
+        return self._make(range(len(self))[i])
+
+    def __iter__(self) -> Iterator[Customer]:
+        return (self._make(i) for i in range(len(self)))
 
 
 @dataclass(frozen=True, slots=True)

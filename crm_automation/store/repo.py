@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from crm_automation.errors import ConfigError, ServiceError
-from crm_automation.models import Customer, Kind
+from crm_automation.models import Customer, CustomerColumns, Kind
 from crm_automation.store.migrations import migrate
 from crm_automation.store.schema import INBOUND_KINDS
 
@@ -172,7 +172,7 @@ class Store:
         k, r, d, fs, es, p = row
         return StoredCustomer(k, r, json.loads(d), parse_iso(fs) or datetime.now(UTC), es or "ok", bool(p))
 
-    def apply_sync(self, source: str, changed: list[Customer], unchanged: dict[str, int],
+    def apply_sync(self, source: str, changed: Sequence[Customer], unchanged: dict[str, int],
                    hashes: dict[str, str], now: datetime, *, complete: bool = True) -> SyncStats:
         """Record new customers and field changes; mark rows that disappeared.
 
@@ -184,7 +184,9 @@ class Store:
         with self.transaction():
             existing = {k: (d, p) for k, d, p in self.conn.execute("SELECT key, data, present FROM customers")}
             acts: list[tuple[Any, ...]] = []
-            fresh: list[Customer] = []
+            fresh: list[Customer] | CustomerColumns = []
+            if isinstance(changed, CustomerColumns) and not existing.keys() & set(changed.keys):
+                fresh, changed = changed, []  # all new (a first sync): inserted column by column
             for c in changed:
                 old = existing.get(c.key)
                 if old is None:
@@ -236,7 +238,7 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(*a, ts) for a in acts])
         return stats
 
-    def _insert_customers(self, fresh: list[Customer], hashes: dict[str, str], ts: str) -> None:
+    def _insert_customers(self, fresh: list[Customer] | CustomerColumns, hashes: dict[str, str], ts: str) -> None:
         """Insert new customers, SQLite building each ``data`` JSON with ``json_object``.
 
         Why: encoding 100,000 small dicts in Python was a fifth of a first
@@ -245,12 +247,21 @@ class Store:
         text from Python's encoder through ``json(?)``, so what is read back
         is exactly what was validated.
         """
-        fresh.sort(key=lambda c: c.key)  # key order keeps the primary-key B-tree appending instead of splitting
-        groups: dict[tuple[str, ...], list[Customer]] = {}
-        for c in fresh:
-            groups.setdefault(tuple(c.data), []).append(c)
-        for names, group in groups.items():
-            columns = [[c.data[n] for c in group] for n in names]
+        # Key order keeps the primary-key B-tree appending instead of splitting pages.
+        groups: list[tuple[tuple[str, ...], list[str], list[int], list[list[Any]]]] = []
+        if isinstance(fresh, CustomerColumns):
+            order = sorted(range(len(fresh)), key=fresh.keys.__getitem__)
+            by_name = dict(zip(fresh.names, fresh.columns, strict=True))
+            groups.append((fresh.fields, [fresh.keys[i] for i in order], [fresh.rows[i] for i in order],
+                           [[col[i] for i in order] if (col := by_name.get(n)) is not None else [None] * len(order)
+                            for n in fresh.fields]))
+        else:
+            by_fields: dict[tuple[str, ...], list[Customer]] = {}
+            for c in sorted(fresh, key=lambda c: c.key):
+                by_fields.setdefault(tuple(c.data), []).append(c)
+            groups = [(names, [c.key for c in g], [c.row for c in g], [[c.data[n] for c in g] for n in names])
+                      for names, g in by_fields.items()]
+        for names, keys, rows, columns in groups:
             exprs = []
             for col in columns:
                 kinds = {v.__class__ for v in col}
@@ -260,11 +271,11 @@ class Store:
                     col[:] = [_dumps(v) for v in col]
                 exprs.append("?" if plain else "json(?)")
             obj = ", ".join(f"'{n.replace(chr(39), chr(39) * 2)}', {e}" for n, e in zip(names, exprs, strict=True))
-            values = zip(*columns, strict=True) if columns else [()] * len(group)
+            at = "'" + ts.replace("'", "''") + "'"  # the same for every row: a literal, not 2 parameters a row
             self.conn.executemany(
-                "INSERT INTO customers (key, row, data, first_seen, last_changed, email_status, row_hash, present) "
-                f"VALUES (?, ?, json_object({obj}), ?, ?, 'ok', ?, 1)",
-                [(c.key, c.row, *vals, ts, ts, hashes.get(c.key)) for c, vals in zip(group, values, strict=True)])
+                "INSERT INTO customers (key, row, data, row_hash, first_seen, last_changed, email_status, present) "
+                f"VALUES (?, ?, json_object({obj}), ?, {at}, {at}, 'ok', 1)",
+                zip(keys, rows, *columns, [hashes.get(k) for k in keys], strict=True))
 
     def sheet_state(self, source: str) -> tuple[str, int, list[str]] | None:
         """(fingerprint, rows, problems) recorded at the last complete sync of ``source``."""

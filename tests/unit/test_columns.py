@@ -193,3 +193,33 @@ def test_first_sync_bulk_path_gives_what_the_row_by_row_path_gives(tmp_path, mon
     assert [(c.key, c.row, c.data) for c in fast.customers] == [(c.key, c.row, c.data) for c in slow.customers]
     assert fast.hashes == slow.hashes and not fast.errors and len(fast.customers) == 300
     assert fast.customers[1].data == {"email": "u1@x.com", "name": "客户1", "vip": True, "fax": None}
+
+
+def test_customer_columns_go_into_the_log_as_the_same_customers(tmp_path):
+    from crm_automation.models import CustomerColumns
+
+    now = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
+    keys = [f"k{i:03d}@x.com" for i in (5, 1, 3, 2, 4)]  # not in key order
+    cols = CustomerColumns(("email", "vip", "fax", "name"), ("email", "vip", "name"), keys, [6, 2, 4, 3, 5],
+                           [keys, [True, False, None, True, False], ["五", "一", "三", "二", "四"]])
+    assert cols[1] == Customer("k001@x.com", 2, {"email": "k001@x.com", "vip": False, "fax": None, "name": "一"})
+    assert cols[-1].row == 5 and [c.row for c in cols[1:3]] == [2, 4] and len(cols) == 5
+
+    store = Store.open(tmp_path / "crm.sqlite")
+    stats = store.apply_sync("s.xlsx", cols, {}, {k: f"h{k}" for k in keys}, now)
+    assert stats.added == 5
+    got = store.customers()
+    for c in cols:
+        assert got[c.key].data == c.data and list(got[c.key].data) == ["email", "vip", "fax", "name"]
+        assert got[c.key].row == c.row
+    assert store.row_hashes() == {f"h{k}": k for k in keys}
+    added = store.conn.execute("SELECT customer_key, details FROM activities WHERE kind = 'customer_added' "
+                               "ORDER BY id").fetchall()
+    assert [k for k, _ in added] == sorted(keys)  # one each, in key order
+    assert json.loads(dict(added)["k003@x.com"]) == {"row": 4}
+
+    # The same columns again, now that the customers exist: the row-by-row path, nothing new, nothing changed.
+    stats = store.apply_sync("s.xlsx", cols, {}, {k: f"h{k}" for k in keys}, now)
+    assert (stats.added, stats.changed) == (0, 0)
+    assert store.conn.execute("SELECT COUNT(*) FROM customers").fetchone() == (5,)
+    store.close()
