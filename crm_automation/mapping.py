@@ -172,7 +172,7 @@ class Mapping:
         items = [(n, self.fields[n], h) for n, h in cols.items() if h is not None]
         headers = [h for _, _, h in items]
         values = [data.column(h) for h in headers]
-        digests = _row_digests(values)
+        digests = _row_digests(values, repr([spec for _, spec, _ in items]))
         todo = [i for i, d in enumerate(digests) if d not in previous] if previous else range(len(digests))
         if len(todo) != len(digests):
             values = [[col[i] for i in todo] for col in values]
@@ -266,21 +266,25 @@ class Mapping:
 _EMPTY = "is empty (expected a value: the column is required)"
 
 
-def _row_digests(columns: list[list[Any]]) -> list[str]:
+def _row_digests(columns: list[list[Any]], rules: str) -> list[str]:
     """A digest of each row's raw cells: a row whose digest is as at the last sync is not validated again.
+
+    ``rules`` (the mapped fields' specs) salts every digest, so a change to
+    the mapping (a type, a region, the choices) validates every row again.
 
     ``marshal`` format 0 encodes str, int, float, bool and None exactly and
     deterministically (no references, no interning marks) at C speed; a
     sheet holding other cell types (dates from Excel) takes a ``%r`` per
     cell instead. Types count: 1, 1.0, True and "1" differ.
     """
+    salt = hashlib.blake2b(rules.encode(), digest_size=16).digest()
     blake = hashlib.blake2b
     rows = list(zip(*columns, strict=True))
     try:
-        return [blake(marshal.dumps(raw, 0), digest_size=12).hexdigest() for raw in rows]
+        return [blake(marshal.dumps(raw, 0), digest_size=12, salt=salt).hexdigest() for raw in rows]
     except ValueError:  # a value marshal cannot encode (datetime)
         fmt = "\x1f".join(["%r"] * len(columns))
-        return [blake((fmt % raw).encode(), digest_size=12).hexdigest() for raw in rows]
+        return [blake((fmt % raw).encode(), digest_size=12, salt=salt).hexdigest() for raw in rows]
 
 
 def _problems(path: Path, e: ValidationError) -> list[str]:

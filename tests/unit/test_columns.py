@@ -223,3 +223,22 @@ def test_customer_columns_go_into_the_log_as_the_same_customers(tmp_path):
     assert (stats.added, stats.changed) == (0, 0)
     assert store.conn.execute("SELECT COUNT(*) FROM customers").fetchone() == (5,)
     store.close()
+
+
+def test_a_changed_mapping_validates_unchanged_rows_again(tmp_path):
+    from crm_automation.mapping import load_mapping
+
+    def mapping(choices: str):
+        (tmp_path / "customers.toml").write_text(
+            'key = "email"\n[fields]\nemail = { column = "邮箱", type = "email", required = true }\n'
+            f'stage = {{ column = "阶段", type = "choice", choices = [{choices}] }}\n', encoding="utf-8")
+        return load_mapping(tmp_path)
+
+    data = grid_to_data("s.xlsx", [["邮箱", "阶段"], ["a@x.com", "意向"], ["b@x.com", "报价"]], "")
+    first = mapping('"意向", "报价"').apply(data)
+    previous = {h: k for k, h in first.hashes.items()}
+    assert not first.errors
+    same = mapping('"意向", "报价"').apply(data, previous)
+    assert same.unchanged == {"a@x.com": 2, "b@x.com": 3} and not same.customers
+    narrower = mapping('"意向"').apply(data, previous)  # the cells did not change; the rules did
+    assert [(e.row, e.value) for e in narrower.errors] == [(3, "报价")]
