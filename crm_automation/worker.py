@@ -205,8 +205,8 @@ class Worker:
             last = self.store.sheet_state(self.sheet.name)
             if fp is not None and last is not None and last[0] == fp:
                 # The file's bytes and the mapping are as they were at the last complete sync: nothing to do.
-                res.stats = {"rows": last[1], "added": 0, "changed": 0, "unchanged": last[1], "removed": 0,
-                             "rejected": len(last[2]), "note": "sheet unchanged since the last sync"}
+                res.stats = {"rows": last[1], "added": 0, "changed": 0, "unchanged": max(last[1] - len(last[2]), 0),
+                             "removed": 0, "rejected": len(last[2]), "note": "sheet unchanged since the last sync"}
                 res.problems += last[2]
                 return res
             with _gc_paused():
@@ -224,8 +224,9 @@ class Worker:
             res.problems += [str(e) for e in result.errors]
             for w in result.warnings:
                 log.warning("%s", w)
+            # "unchanged" counts rows whose cells are as at the last sync (not the rejected rows kept present).
             res.stats = {"rows": n_rows, "added": stats.added, "changed": stats.changed,
-                         "unchanged": stats.unchanged, "removed": stats.removed, "rejected": len(result.errors)}
+                         "unchanged": len(result.unchanged), "removed": stats.removed, "rejected": len(result.errors)}
             self.store.set_sheet_state(self.sheet.name, fp, n_rows, res.problems, self.clock.now())
         return res
 

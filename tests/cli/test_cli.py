@@ -176,15 +176,21 @@ def test_suppress_with_reason_sets_and_clears_email_status(tmp_path, cli):
 def test_resync_tracks_changes_and_removals_and_skips_an_unchanged_file(tmp_path, cli):
     import csv as csv_mod
 
-    cfg = make_workspace(tmp_path / "ws")
-    assert cli("sync", "--config", str(cfg)).code == 0
+    cfg = make_workspace(tmp_path / "ws", rows=[
+        {"Email": f"c{i}@example.com", "Name": f"Customer {i}", "Stage": "lead", "Owner": "owner@example.com"}
+        for i in range(3)] + [{"Email": "typo@example.com", "Name": "", "Stage": "lead", "Owner": "x"}])
     r = cli("sync", "--config", str(cfg), "--json")
-    assert json.loads(r.out)["stages"][0]["stats"]["note"] == "sheet unchanged since the last sync"
+    st = json.loads(r.out)["stages"][0]["stats"]
+    assert (st["rows"], st["added"], st["unchanged"], st["rejected"]) == (4, 3, 0, 2)  # typo: no name, bad owner
+    r = cli("sync", "--config", str(cfg), "--json")
+    st = json.loads(r.out)["stages"][0]["stats"]
+    assert st["note"] == "sheet unchanged since the last sync"
+    assert (st["rows"], st["added"], st["rejected"]) == (4, 0, 2)
     path = tmp_path / "ws" / "customers.csv"
     rows = list(csv_mod.DictReader(path.open(encoding="utf-8")))
     rows[0]["Stage"] = "won"
     rows.reverse()  # the team sorted the sheet
-    del rows[0]  # ... and deleted c2
+    rows = [r for r in rows if r["Email"] != "c2@example.com"]  # ... and deleted c2
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv_mod.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
