@@ -29,7 +29,7 @@ from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, valida
 from crm_automation.models import FieldSpec, FieldType
 from crm_automation.sheets.csv import cell_text
 
-__all__ = ["FieldValueError", "convert", "convert_column", "converter"]
+__all__ = ["FieldValueError", "convert", "convert_column", "converter", "prepare"]
 
 _CACHE_SIZE = 1 << 17  # enough for the 100k-row benchmark; bounded memory
 
@@ -410,6 +410,13 @@ def convert_column(spec: FieldSpec, values: list[Any]) -> tuple[list[Any], dict[
                 out[i] = None
                 errors[i] = e.reason
     return out, errors
+
+
+def prepare(specs: tuple[FieldSpec, ...]) -> None:
+    """Compile the patterns :func:`convert_column` will need for ``specs`` (cached for the process)."""
+    for spec in specs:
+        if spec.type is FieldType.PHONE:
+            _phone_block(spec.region.upper() if spec.region else None)
 
 
 def _number_text(v: object) -> str | None:

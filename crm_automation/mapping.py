@@ -154,6 +154,12 @@ class Mapping:
             )
         return out
 
+    def prepare(self) -> None:
+        """Load the validators and compile their patterns now (the worker does it while the sheet is read)."""
+        from crm_automation.fieldtypes import prepare
+
+        prepare(tuple(self.fields.values()))
+
     def apply(self, data: SheetData, previous: dict[str, str] | None = None) -> MappingResult:
         """Validate rows; rows whose raw hash is in ``previous`` (hash -> key) are not validated again.
 

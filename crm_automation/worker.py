@@ -18,6 +18,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -161,6 +162,8 @@ class Worker:
         self.store = store or ws.open_store()
         self.sheet_version: str | None = None
         self._fresh_read = False  # the sync of this cycle read the sheet (a metered write-back may reuse it)
+        self._sheet_keys: list[Any] | None = None  # the key column as the last sync read it
+        self._appended: set[str] = set()  # senders this worker appended to the sheet since that read
         # key -> write-back column -> text, as read (or a function building it: see _remember_cells)
         self._sheet_cells: dict[str, dict[str, str]] | Callable[[], dict[str, dict[str, str]]] | None = None
         self._consecutive_5xx = 0
@@ -209,12 +212,19 @@ class Worker:
                              "removed": 0, "rejected": len(last[2]), "note": "sheet unchanged since the last sync"}
                 res.problems += last[2]
                 return res
-            with _gc_paused():
-                data = self.sheet.read()
+            with _gc_paused(), ThreadPoolExecutor(1, thread_name_prefix="sheet-read") as pool:
+                # The read runs beside the log's row digests and the validators' set-up: calamine
+                # parses without holding the GIL, and Google's answer is network time.
+                reading = pool.submit(self.sheet.read)
+                previous = self.store.row_hashes()
+                self.ws.mapping.prepare()
+                data = reading.result()
                 self._fresh_read = True
+                self._sheet_keys = data.column(self.ws.mapping.fields[self.ws.mapping.key].column)
+                self._appended = set()
                 self.sheet_version = data.version
                 self._remember_cells(data)
-                result = self.ws.mapping.apply(data, self.store.row_hashes())
+                result = self.ws.mapping.apply(data, previous)
                 keep = dict(result.unchanged)
                 for k, r in result.rejected_keys.items():
                     keep.setdefault(k, r)
@@ -437,7 +447,11 @@ class Worker:
 
         key_col = m.fields[ef].column
         # Not yet synced rows count too: a sender added by the last fetch is in the sheet, not yet in the log.
-        in_sheet = {norm_key(v) for v in self.sheet.read().column(key_col)}
+        if getattr(self.sheet, "metered", False) and self._sheet_keys is not None:
+            # Google: no second read of the worksheet; the keys of the last sync's read plus those added since.
+            in_sheet = {norm_key(v) for v in self._sheet_keys} | self._appended
+        else:
+            in_sheet = {norm_key(v) for v in self.sheet.read().column(key_col)}
         rows = []
         for addr, name in sorted(senders.items()):
             if addr in by_email or addr in in_sheet:
@@ -446,7 +460,11 @@ class Worker:
             if name_field is not None:
                 row[name_field.column] = name or addr.split("@")[0]
             rows.append(row)
-        return self.sheet.append_rows(rows) if rows else 0
+        if not rows:
+            return 0
+        n = self.sheet.append_rows(rows)
+        self._appended.update(r[key_col] for r in rows)
+        return n
 
     # ------------------------------------------------------------------ send
     def _views(self) -> dict[str, CustomerView]:

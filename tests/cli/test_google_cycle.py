@@ -19,8 +19,8 @@ CAMPAIGN = '[[campaign]]\nid = "welcome"\ntrigger = "new"\ninclude_existing = tr
 HEADER = ["Email", "Name", "Stage", "Owner", "Notes"]
 
 
-def _workspace(tmp_path, fake_sheets, rows: int):
-    cfg = make_workspace(tmp_path / "ws", campaigns=CAMPAIGN)
+def _workspace(tmp_path, fake_sheets, rows: int, mailbox: str = ""):
+    cfg = make_workspace(tmp_path / "ws", campaigns=CAMPAIGN, mailbox=mailbox)
     text = cfg.read_text(encoding="utf-8").replace('[sheet]\nsource = "csv"\npath = "customers.csv"\n',
                                                    fake_sheets.config_lines("KEY"))
     cfg.write_text(text, encoding="utf-8")
@@ -87,5 +87,32 @@ def test_a_failed_read_writes_nothing_and_the_next_cycle_catches_up(tmp_path, fa
         assert fake_sheets.count("values.batchUpdate") == 0
         assert _cycle(w, fake_sheets) == {"values.get": 1, "values.batchUpdate": 1, "values.append": 0}
         assert _rows(fake_sheets)["c1@example.com"]["Email status"] == "ok"
+    finally:
+        w.close()
+
+
+def test_new_senders_are_added_once_without_reading_the_worksheet_again(tmp_path, fake_sheets):
+    ws = _workspace(tmp_path, fake_sheets, rows=3,
+                    mailbox='source = "maildir"\npath = "inbox"\nnew_senders = "add_to_sheet"')
+    inbox = tmp_path / "ws" / "inbox" / "new"
+    (inbox / "1.a").write_bytes(b"From: Lead <lead@new.example.cn>\r\nTo: sales@example.com\r\nSubject: enquiry\r\n"
+                                b"Message-ID: <lead-1@new.example.cn>\r\n\r\nPrice for 200 desks?\r\n")
+    w = Worker(ws, clock=Clock(datetime(2026, 11, 27, 2, 0, tzinfo=UTC)))
+    try:
+        # The sync's read, then (in fetch) the header row and one append; the worksheet is not read again.
+        assert _cycle(w, fake_sheets) == {"values.get": 2, "values.batchUpdate": 1, "values.append": 1}
+        assert fake_sheets.count("spreadsheets.get") == 1  # first use: the worksheet titles, once per worker
+        assert sum(r == "lead@new.example.cn" for r in _rows(fake_sheets)) == 1
+        # Another message from the same lead before the next sync: not added twice, no request at all.
+        (inbox / "2.b").write_bytes(b"From: lead@new.example.cn\r\nTo: sales@example.com\r\nSubject: again\r\n"
+                                    b"Message-ID: <lead-2@new.example.cn>\r\n\r\nAny news?\r\n")
+        fake_sheets.reset_log()
+        st = w.fetch().stats
+        assert st["messages"] >= 1 and st.get("added_to_sheet", 0) == 0
+        assert fake_sheets.count() == 0
+        # The next cycle syncs the new row in and mails it like everyone else.
+        assert _cycle(w, fake_sheets)["values.append"] == 0
+        assert sum(r == "lead@new.example.cn" for r in _rows(fake_sheets)) == 1
+        assert "lead@new.example.cn" in w.store.customers()
     finally:
         w.close()
