@@ -163,6 +163,8 @@ class Worker:
         self.sheet_version: str | None = None
         self._fresh_read = False  # the sync of this cycle read the sheet (a metered write-back may reuse it)
         self._sheet_keys: list[Any] | None = None  # the key column as the last sync read it
+        # (fingerprint, version) of the file content the log's last sync recorded, when this worker knows both
+        self._synced: tuple[str, str | None] | None = None
         self._appended: set[str] = set()  # senders this worker appended to the sheet since that read
         # key -> write-back column -> text, as read (or a function building it: see _remember_cells)
         self._sheet_cells: dict[str, dict[str, str]] | Callable[[], dict[str, dict[str, str]]] | None = None
@@ -211,6 +213,8 @@ class Worker:
                 res.stats = {"rows": last[1], "added": 0, "changed": 0, "unchanged": max(last[1] - len(last[2]), 0),
                              "removed": 0, "rejected": len(last[2]), "note": "sheet unchanged since the last sync"}
                 res.problems += last[2]
+                known = self._synced[1] if self._synced is not None and self._synced[0] == fp else None
+                self._synced = (fp, known)
                 return res
             with _gc_paused(), ThreadPoolExecutor(1, thread_name_prefix="sheet-read") as pool:
                 # The read runs beside the log's row digests and the validators' set-up: calamine
@@ -238,7 +242,28 @@ class Worker:
             res.stats = {"rows": n_rows, "added": stats.added, "changed": stats.changed,
                          "unchanged": len(result.unchanged), "removed": stats.removed, "rejected": len(result.errors)}
             self.store.set_sheet_state(self.sheet.name, fp, n_rows, res.problems, self.clock.now())
+            self._synced = (fp, self.sheet_version) if fp is not None else None
         return res
+
+    def _keep_synced_after_own_write(self, base: str | None, r: Any) -> None:
+        """After our write-back, the file's new digest still stands for the synced sheet.
+
+        Why: the write changes only the worker's own columns, which are never
+        mapped fields, so re-reading the file would find nothing new; without
+        this, every write-back would cost the next sync a full read. Only when
+        the write was made on the very file we synced (``base`` is that read's
+        version; the source postpones otherwise) and nobody has synced since.
+        The digest is of the bytes we wrote, so a save by someone else a moment
+        later still differs and is read.
+        """
+        if not r.fingerprint or self._synced is None or not base or base != self._synced[1]:
+            return
+        last = self.store.sheet_state(self.sheet.name)
+        if last is None or last[0] != self._synced[0]:
+            return
+        new = f"{r.fingerprint}:{last[0].partition(':')[2]}"  # the mapping the rows were validated with
+        self.store.set_sheet_state(self.sheet.name, new, last[1], last[2], self.clock.now())
+        self._synced = (new, r.version)
 
     def _fingerprint(self) -> str | None:
         """The file's digest plus the mapping's, for sources that have one (Excel, CSV); None otherwise."""
@@ -837,7 +862,8 @@ class Worker:
             if not changed:
                 res.stats = {"cells": 0, "note": "the sheet already shows these values; nothing to write"}
                 return res
-            r = self.sheet.write_back(key_col, changed, version=self.sheet_version, reuse_read=reuse_read)
+            base = self.sheet_version
+            r = self.sheet.write_back(key_col, changed, version=base, reuse_read=reuse_read)
             res.stats = {"rows": len(changed), "cells": r.cells, "added_columns": list(r.added_columns),
                          "missing_keys": len(r.missing_keys)}
             if r.postponed:
@@ -848,6 +874,7 @@ class Worker:
             else:
                 for k, v in changed.items():
                     cells.setdefault(norm_key(k), {}).update(v)
+                self._keep_synced_after_own_write(base, r)
                 if r.version:
                     self.sheet_version = r.version
         return res

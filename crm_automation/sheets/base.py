@@ -17,6 +17,7 @@ class WriteResult:
     postponed: str | None = None  # why the write waits for the next cycle (sheet changed meanwhile)
     missing_keys: tuple[str, ...] = ()
     version: str = ""  # the sheet's version after this write ("" when unknown): the next write compares to it
+    fingerprint: str = ""  # digest of the file as written (files only), so a re-sync can tell our write from theirs
 
 
 class SheetSource(Protocol):

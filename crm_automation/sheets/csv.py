@@ -294,6 +294,7 @@ class CsvSource:
         self._encoding = encoding
         self._delimiter = delimiter
         self._written = ""
+        self._written_fp = ""
 
     @classmethod
     def from_config(cls, cfg: Config) -> Self:
@@ -371,6 +372,7 @@ class CsvSource:
                 ) from None
             tmp.write_bytes(data)
             self._written = file_version(tmp)  # the rename keeps mtime and size: the version after the write
+            self._written_fp = file_fingerprint(tmp)
 
         try:
             atomic_write(self.path, write)
@@ -397,7 +399,7 @@ class CsvSource:
         written = self._save(grid, enc, delim, newline)
         header_cells = len(plan.added_columns)
         return WriteResult(cells=len(plan.cells) - header_cells, added_columns=tuple(plan.added_columns),
-                           missing_keys=tuple(plan.missing_keys), version=written)
+                           missing_keys=tuple(plan.missing_keys), version=written, fingerprint=self._written_fp)
 
     def append_rows(self, rows: list[dict[str, str]]) -> int:
         """Append rows at the end (new header columns added as needed); values are formula-escaped."""

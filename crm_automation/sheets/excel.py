@@ -76,6 +76,7 @@ class ExcelSource:
         self.worksheet = worksheet
         self.name = self.path.name if not worksheet else f"{self.path.name} [{worksheet}]"
         self._written = ""
+        self._written_fp = ""
 
     @classmethod
     def from_config(cls, cfg: Config) -> Self:
@@ -149,6 +150,7 @@ class ExcelSource:
         def write(tmp: Path) -> None:
             save(tmp)
             self._written = file_version(tmp)  # the rename keeps mtime and size: the version after the write
+            self._written_fp = file_fingerprint(tmp)
             # Someone may have saved while we prepared ours: check once more just before the rename.
             busy = self._busy(version)
             if busy:
@@ -203,7 +205,7 @@ class ExcelSource:
         if why:
             return WriteResult(postponed=why, missing_keys=tuple(plan.missing_keys))
         return WriteResult(cells=len(plan.cells) - len(plan.added_columns), added_columns=tuple(plan.added_columns),
-                           missing_keys=tuple(plan.missing_keys), version=self._written)
+                           missing_keys=tuple(plan.missing_keys), version=self._written, fingerprint=self._written_fp)
 
     def append_rows(self, rows: list[dict[str, str]]) -> int:
         """Append rows below the last used row, as text cells; new header names are added."""

@@ -181,3 +181,50 @@ def test_reply_from_a_colleague_is_matched_through_in_reply_to(tmp_path, cli):
     row = db_rows(db, "SELECT customer_key, kind, json_extract(details, '$.matched_by') FROM activities "
                       "WHERE message_id = '<colleague-1@partner.example.org>'")
     assert row == [("c1@example.com", "email_in", f"reply to {mid}")]
+
+
+def test_our_own_write_back_does_not_cost_the_next_sync_a_read_but_their_edits_do(tmp_path):
+    import csv
+
+    from crm_automation.worker import Worker
+    from crm_automation.workspace import Workspace
+
+    cfg = make_workspace(tmp_path / "ws")
+    path = tmp_path / "ws" / "customers.csv"
+
+    def edit_name(key: str, name: str) -> None:
+        rows = list(csv.DictReader(path.open(encoding="utf-8")))
+        for r in rows:
+            if r["Email"] == key:
+                r["Name"] = name
+        with path.open("w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+
+    w = Worker(Workspace.load(cfg))
+    try:
+        results = {r.job: r for r in w.run_once()}
+        assert results["writeback"].stats["cells"] > 0  # the status columns were written into the file
+        assert "Email status" in path.read_text(encoding="utf-8")
+        assert w.sync().stats.get("note") == "sheet unchanged since the last sync"
+        edit_name("c1@example.com", "Renamed")  # a colleague saves the file
+        st = w.sync().stats
+        assert "note" not in st and st["changed"] == 1
+        # Their save between our sync and our write-back: the write waits, and the next sync reads the file.
+        w.store.set_email_status("c0@example.com", "unsubscribed")
+        edit_name("c2@example.com", "Also renamed")
+        assert "changed since it was read" in w.writeback().stats["postponed"]
+        st = w.sync().stats
+        assert "note" not in st and st["changed"] == 1
+        assert w.writeback().stats["cells"] == 1
+        assert w.sync().stats.get("note") == "sheet unchanged since the last sync"
+        assert "Also renamed" in path.read_text(encoding="utf-8") and "unsubscribed" in path.read_text(encoding="utf-8")
+    finally:
+        w.close()
+    # A new worker process trusts the digest the last one recorded.
+    w = Worker(Workspace.load(cfg))
+    try:
+        assert w.sync().stats.get("note") == "sheet unchanged since the last sync"
+    finally:
+        w.close()

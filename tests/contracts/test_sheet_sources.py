@@ -488,3 +488,13 @@ def test_excel_xml_patch_refuses_to_overwrite_a_formula():
     from crm_automation.sheets.excel import _patch_sheet
 
     assert _patch_sheet(EXCEL_STYLE_SHEET, [(3, 1, "x")]) is None
+
+
+def test_write_back_reports_the_digest_of_what_it_wrote(backend):
+    src = backend.make(ROWS)
+    res = src.write_back("邮箱", {"a@x.com": {"邮件状态": "ok"}}, version=src.read().version)
+    assert res.cells == 1
+    if backend.checks_version:  # files: the worker records it, so its own write does not force a re-read
+        assert res.fingerprint == src.fingerprint()
+    else:
+        assert res.fingerprint == ""
