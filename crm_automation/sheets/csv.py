@@ -283,6 +283,10 @@ def _detect_delimiter(text: str) -> str:
     return best if counts[best] else ","
 
 
+class _Changed(Exception):  # noqa: N818 - internal signal, never escapes this module
+    """The file was saved by someone else between our read and our rename."""
+
+
 class CsvSource:
     """A ``.csv`` customer sheet (``[sheet] source = "csv"``)."""
 
@@ -357,8 +361,13 @@ class CsvSource:
 
     # -- writing
 
-    def _save(self, grid: list[list[str]], enc: str, delim: str, newline: str) -> str:
-        """Rewrite the file atomically; return its version after the write."""
+    def _save(self, grid: list[list[str]], enc: str, delim: str, newline: str, expect: str) -> str | None:
+        """Rewrite the file atomically; return its version after the write.
+
+        None, and the file untouched, if it is no longer at version ``expect``
+        (the one ``grid`` was read from) just before the rename: someone saved
+        meanwhile, and their edit must not be overwritten.
+        """
         def write(tmp: Path) -> None:
             buf = io.StringIO()
             csv.writer(buf, delimiter=delim, lineterminator=newline).writerows(grid)
@@ -373,9 +382,13 @@ class CsvSource:
             tmp.write_bytes(data)
             self._written = file_version(tmp)  # the rename keeps mtime and size: the version after the write
             self._written_fp = file_fingerprint(tmp)
+            if file_version(self.path) != expect:
+                raise _Changed
 
         try:
             atomic_write(self.path, write)
+        except _Changed:
+            return None
         except OSError as e:
             raise ServiceError(f"{self.path}: cannot write the sheet file: {e.strerror or e}") from None
         return self._written
@@ -396,7 +409,10 @@ class CsvSource:
             if c >= len(line):
                 line.extend([""] * (c + 1 - len(line)))
             line[c] = text
-        written = self._save(grid, enc, delim, newline)
+        written = self._save(grid, enc, delim, newline, now)
+        if written is None:
+            return WriteResult(postponed=f"{self.path} changed while it was being written; write-back waits for the "
+                                         f"next cycle", missing_keys=tuple(plan.missing_keys))
         header_cells = len(plan.added_columns)
         return WriteResult(cells=len(plan.cells) - header_cells, added_columns=tuple(plan.added_columns),
                            missing_keys=tuple(plan.missing_keys), version=written, fingerprint=self._written_fp)
@@ -405,10 +421,11 @@ class CsvSource:
         """Append rows at the end (new header columns added as needed); values are formula-escaped."""
         if not rows:
             return 0
-        grid, enc, delim, newline, _ = self._load()
+        grid, enc, delim, newline, now = self._load()
         lines = append_plan(grid, rows, stored=escape_formula)
         grid.extend(lines)
-        self._save(grid, enc, delim, newline)
+        if self._save(grid, enc, delim, newline, now) is None:
+            raise ServiceError(f"{self.path} changed while rows were being added; rows not added")
         return len(lines)
 
 

@@ -498,3 +498,28 @@ def test_write_back_reports_the_digest_of_what_it_wrote(backend):
         assert res.fingerprint == src.fingerprint()
     else:
         assert res.fingerprint == ""
+
+
+@pytest.mark.parametrize("op", ["write_back", "append_rows"])
+def test_a_save_while_we_write_is_never_overwritten(backend, monkeypatch, op):
+    if not backend.checks_version:
+        pytest.skip("Google Sheets writes cells in place: there is no file to overwrite")
+    src = backend.make(ROWS)
+    data = src.read()
+    load = src._load
+
+    def load_then_a_colleague_saves():
+        out = load()
+        backend.edit(lambda g: g[1].__setitem__(1, "阿里巴巴"))  # saved just after our read, before our rename
+        return out
+
+    monkeypatch.setattr(src, "_load", load_then_a_colleague_saves)
+    if op == "write_back":
+        res = src.write_back("邮箱", {"a@x.com": {"邮件状态": "ok"}}, version=data.version)
+        assert res.postponed and "changed" in res.postponed
+    else:
+        with pytest.raises(ServiceError, match="rows not added"):
+            src.append_rows([{"邮箱": "new@x.com", "客户名称": "新"}])
+    grid = backend.cells()
+    assert _row_of(grid, "a@x.com")[1] == "阿里巴巴"  # their save survives
+    assert "邮件状态" not in [_text(h) for h in grid[0]] and not any(r and r[0] == "new@x.com" for r in grid)
