@@ -501,9 +501,9 @@ def test_write_back_reports_the_digest_of_what_it_wrote(backend):
 
 
 @pytest.mark.parametrize("op", ["write_back", "append_rows"])
-def test_a_save_while_we_write_is_never_overwritten(backend, monkeypatch, op):
-    if not backend.checks_version:
-        pytest.skip("Google Sheets writes cells in place: there is no file to overwrite")
+@pytest.mark.parametrize("harness", [CsvHarness, ExcelHarness])  # files only: Google writes cells in place
+def test_a_save_while_we_write_is_never_overwritten(harness, tmp_path, monkeypatch, op):
+    backend = harness(tmp_path)
     src = backend.make(ROWS)
     data = src.read()
     load = src._load
