@@ -153,6 +153,18 @@ def backend(request, tmp_path):
     return GoogleHarness(request.getfixturevalue("fake_sheets"))
 
 
+@pytest.fixture(params=["csv", "excel"])
+def file_backend(request, tmp_path):
+    """The sources kept in a file (a digest, a rename that must not overwrite a save)."""
+    return CsvHarness(tmp_path) if request.param == "csv" else ExcelHarness(tmp_path)
+
+
+@pytest.fixture(params=["excel", "google"])
+def tabbed_backend(request, tmp_path):
+    """The sources with worksheets."""
+    return ExcelHarness(tmp_path) if request.param == "excel" else GoogleHarness(request.getfixturevalue("fake_sheets"))
+
+
 HEADER = ["邮箱", "客户名称", "阶段", "合计"]
 ROWS = [
     HEADER,
@@ -332,9 +344,8 @@ def test_missing_sheet_is_a_service_error(backend, tmp_path):
         assert str(missing) in str(e.value)
 
 
-def test_wrong_worksheet_lists_the_worksheets(backend, tmp_path):
-    if backend.name == "csv":
-        pytest.skip("a CSV file has no worksheets")
+def test_wrong_worksheet_lists_the_worksheets(tabbed_backend):
+    backend = tabbed_backend
     backend.make(ROWS)
     src = (ExcelSource(backend.path, worksheet="Customers") if backend.name == "excel"
            else backend.fake.source("SHEETKEY", worksheet="Customers"))
@@ -440,9 +451,8 @@ def test_consecutive_writes_with_the_returned_version_are_not_postponed(backend)
     assert (res.postponed is not None) == backend.checks_version
 
 
-def test_file_fingerprint_ignores_saves_that_change_nothing(backend):
-    if backend.name == "google":
-        pytest.skip("Google Sheets has no cheap content digest")
+def test_file_fingerprint_ignores_saves_that_change_nothing(file_backend):
+    backend = file_backend
     src = backend.make(ROWS)
     first = src.fingerprint()
     _bump_mtime(backend.path)  # saved again, same bytes
@@ -501,9 +511,8 @@ def test_write_back_reports_the_digest_of_what_it_wrote(backend):
 
 
 @pytest.mark.parametrize("op", ["write_back", "append_rows"])
-@pytest.mark.parametrize("harness", [CsvHarness, ExcelHarness])  # files only: Google writes cells in place
-def test_a_save_while_we_write_is_never_overwritten(harness, tmp_path, monkeypatch, op):
-    backend = harness(tmp_path)
+def test_a_save_while_we_write_is_never_overwritten(file_backend, monkeypatch, op):
+    backend = file_backend  # files only: Google writes cells in place
     src = backend.make(ROWS)
     data = src.read()
     load = src._load
