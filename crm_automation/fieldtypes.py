@@ -149,13 +149,18 @@ def _phone_full(text: str, region: str | None) -> str:
     return phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)
 
 
+def _region(spec: FieldSpec) -> str | None:
+    """The field's default phone region as phonenumbers wants it (``cn`` -> ``CN``)."""
+    return spec.region.upper() if spec.region else None
+
+
 def _convert_phone(value: object, spec: FieldSpec) -> str:
     if isinstance(value, bool):
         raise FieldValueError("is not a phone number (expected digits, got TRUE/FALSE)")
     text = _to_text(value)
     if not text.isascii():
         text = unicodedata.normalize("NFKC", text)  # full-width digits
-    return _phone(text, spec.region.upper() if spec.region else None)
+    return _phone(text, _region(spec))
 
 
 # ---------------------------------------------------------------- date
@@ -391,10 +396,9 @@ def convert_column(spec: FieldSpec, values: list[Any]) -> tuple[list[Any], dict[
         for start, block in zip(range(0, len(values), _BLOCK), _blocks(texts, _EMAIL_BLOCK, True), strict=True):
             out.extend(block if block is not None else [_SLOW] * len(values[start:start + _BLOCK]))
     elif spec.type is FieldType.PHONE:
-        region = spec.region.upper() if spec.region else None
         texts = [v if v.__class__ is str else _number_text(v) for v in values]
         out = []
-        for start, block in zip(range(0, len(values), _BLOCK), _blocks(texts, _phone_block(region), False),
+        for start, block in zip(range(0, len(values), _BLOCK), _blocks(texts, _phone_block(_region(spec)), False),
                                 strict=True):
             out.extend(["+86" + t[-11:] for t in block] if block is not None
                        else [_SLOW] * len(values[start:start + _BLOCK]))
@@ -416,16 +420,12 @@ def prepare(specs: tuple[FieldSpec, ...]) -> None:
     """Compile the patterns :func:`convert_column` will need for ``specs`` (cached for the process)."""
     for spec in specs:
         if spec.type is FieldType.PHONE:
-            _phone_block(spec.region.upper() if spec.region else None)
+            _phone_block(_region(spec))
 
 
 def _number_text(v: object) -> str | None:
-    """The text of a whole-number cell, as :func:`cell_text` shows it; None for anything else."""
-    if v.__class__ is int:
-        return str(v)
-    if v.__class__ is float and v.is_integer() and abs(v) < 1e16:  # type: ignore[attr-defined]
-        return str(int(v))  # type: ignore[call-overload]
-    return None
+    """The text a number cell shows (:func:`cell_text`, the per-cell path's rule); None for anything else."""
+    return _to_text(v) if v.__class__ is int or v.__class__ is float else None
 
 
 _TEXT_OR_EMPTY = frozenset({str, type(None)})

@@ -8,7 +8,7 @@ All datetimes are timezone-aware UTC.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, overload
@@ -72,16 +72,6 @@ class SheetData:
         self.row_numbers = row_numbers  # 1-based sheet row of each data row (empty rows are left out)
         self._columns = columns
         self._rows: tuple[SheetRow, ...] | None = None
-
-    @classmethod
-    def from_rows(cls, source: str, headers: tuple[str, ...], rows: Iterable[SheetRow], version: str = ""
-                  ) -> SheetData:
-        """Build from row dicts (a missing header in a row reads as an empty cell)."""
-        rows = tuple(rows)
-        columns = {h: [r.values.get(h) for r in rows] for h in headers}
-        data = cls(source, headers, columns, [r.row for r in rows], version)
-        data._rows = rows
-        return data
 
     def __len__(self) -> int:
         return len(self.row_numbers)

@@ -189,6 +189,11 @@ class Worker:
             self._sheet = self.ws.open_sheet()
         return self._sheet
 
+    @property
+    def _metered(self) -> bool:
+        """Whether the sheet's requests count against a quota (Google): see :meth:`run_once`."""
+        return bool(getattr(self.sheet, "metered", False))
+
     @contextmanager
     def _run(self, job: str) -> Iterator[StageResult]:
         res = StageResult(job)
@@ -472,7 +477,7 @@ class Worker:
 
         key_col = m.fields[ef].column
         # Not yet synced rows count too: a sender added by the last fetch is in the sheet, not yet in the log.
-        if getattr(self.sheet, "metered", False) and self._sheet_keys is not None:
+        if self._metered and self._sheet_keys is not None:
             # Google: no second read of the worksheet; the keys of the last sync's read plus those added since.
             in_sheet = {norm_key(v) for v in self._sheet_keys} | self._appended
         else:
@@ -887,7 +892,7 @@ class Worker:
         sync's read: one read and at most one write per cycle (issue #3); what
         fetch and send change reaches the sheet at the next cycle's sync.
         """
-        metered = bool(getattr(self.sheet, "metered", False))
+        metered = self._metered
         out = [self.sync()]
         if metered and not self.stop.is_set() and not dry_run:
             out.append(self.writeback(reuse_read=True))
@@ -920,7 +925,7 @@ class Worker:
                 on_result(self.writeback(reuse_read=metered))
 
         # A metered sheet (Google) is written back only on the sync's read; files after every change.
-        metered = bool(getattr(self.sheet, "metered", False))
+        metered = self._metered
         for every, fn, wb in ((sc.sync_every, self.sync, metered), (sc.fetch_every, self.fetch, not metered),
                               (sc.send_every, self.send, not metered)):
             d = parse_duration(every)

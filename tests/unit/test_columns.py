@@ -16,7 +16,7 @@ import pytest
 
 from crm_automation import fieldtypes
 from crm_automation.fieldtypes import FieldValueError, convert, convert_column
-from crm_automation.models import Customer, FieldSpec, FieldType, SheetData, SheetRow
+from crm_automation.models import Customer, FieldSpec, FieldType, SheetData
 from crm_automation.sheets.csv import grid_to_data
 from crm_automation.store.repo import Store
 
@@ -132,8 +132,9 @@ def test_sheet_data_columns_rows_and_empty_rows():
     assert data.column("absent") == [None, None]
     assert [(r.row, r.values) for r in data.rows] == [(2, {"邮箱": "a@x.com", "姓名": "甲"}),
                                                      (5, {"邮箱": "b@x.com", "姓名": "乙"})]
-    again = SheetData.from_rows("s.csv", data.headers, [SheetRow(7, {"邮箱": "c@x.com"})], "v2")
-    assert again.column("姓名") == [None] and len(again) == 1 and again.rows[0].row == 7
+    again = SheetData("s.csv", ("邮箱", "姓名"), {"邮箱": ["c@x.com"]}, [7], "v2")
+    assert again.column("姓名") == [None] and len(again) == 1
+    assert [(r.row, r.values) for r in again.rows] == [(7, {"邮箱": "c@x.com", "姓名": None})]
 
 
 def test_log_keeps_every_value_exactly_as_validated(tmp_path):
