@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from crm_automation.errors import ConfigError
+from crm_automation.sheets.status_words import DEFAULT_LANGUAGE, LANGUAGES, expected_languages
 
 CONFIG_ENV = "CRM_AUTOMATION_CONFIG"
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
@@ -37,6 +38,7 @@ class WorkspaceSection(_Strict):
     database: str = "var/crm.sqlite"
     mappings: str = "mappings"
     templates: str = "email_templates"
+    language: str = DEFAULT_LANGUAGE
 
     @field_validator("timezone")
     @classmethod
@@ -46,6 +48,15 @@ class WorkspaceSection(_Strict):
         except (ZoneInfoNotFoundError, ValueError) as e:
             msg = f"{v!r} is not an IANA time zone (expected e.g. \"Asia/Shanghai\")"
             raise ValueError(msg) from e
+        return v
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, v: str) -> str:
+        if v not in LANGUAGES:
+            msg = (f"is {v!r}, not a supported language (expected {expected_languages()}: "
+                   f"the language of the words and dates written into the sheet)")
+            raise ValueError(msg)
         return v
 
 
@@ -192,6 +203,7 @@ class Config:
     mailbox: MailboxSection
     outbound: OutboundSection
     schedule: ScheduleSection
+    language: str = DEFAULT_LANGUAGE  # [workspace] language: the sheet's status words, unless [writeback] says
 
     def resolve(self, value: str) -> Path:
         """A path from the config, relative to the config file's folder."""
@@ -266,7 +278,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     return Config(
         path=cfg_path.resolve(), root=root, timezone=ZoneInfo(ws.timezone), database=res(ws.database),
         mappings=res(ws.mappings), templates=res(ws.templates), sheet=model.sheet, mailbox=model.mailbox,
-        outbound=model.outbound, schedule=model.schedule,
+        outbound=model.outbound, schedule=model.schedule, language=ws.language,
     )
 
 

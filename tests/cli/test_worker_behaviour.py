@@ -59,9 +59,11 @@ def test_writeback_into_real_xlsx_keeps_formulas_and_other_columns(sample_ws):
     assert "说明" in wb.sheetnames
     rows = {r[headers.index("邮箱")]: r for r in ws.iter_rows(min_row=2, values_only=True)}
     zhang = rows["zhang.wei@example.cn"]
-    assert zhang[headers.index("最近发送")] == "2026-11-27 10:00"
-    assert zhang[headers.index("最近回复")] == "2026-11-21 09:30"
-    assert rows["huang.li@example.cn"][headers.index("邮件状态")] == "unsubscribed"
+    # The sample workspace is zh-CN ([workspace] language): Chinese words, dates year first and zero-padded.
+    assert rows["Wang.Fang@Example.cn"][headers.index("最近发送")] == "2026年11月27日 10:00"
+    assert zhang[headers.index("最近回复")] == "2026年11月21日 09:30"
+    assert zhang[headers.index("邮件状态")] == "正常"
+    assert rows["huang.li@example.cn"][headers.index("邮件状态")] == "已退订"
     assert rows["zhang.wei@example.cn"][headers.index("备注")] == "展会名片"
 
 
