@@ -18,12 +18,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from filelock import FileLock, Timeout
 
-from crm_automation.errors import ConfigError, CrmError, LockedError
+from crm_automation.errors import ConfigError, CrmError, LockedError, StorageError
 from crm_automation.workspace import Clock, Workspace
 
 log = logging.getLogger("crm_automation")
@@ -37,6 +37,7 @@ class Ctx:
         self.now: datetime | None = None
         self.json = False
         self.verbosity = 0
+        self.accept_new_log = False
 
     def clock(self, ws: Workspace | None = None) -> Clock:
         """The run's clock (``--now`` or the real time); a ``--now`` without offset is workspace local time."""
@@ -64,6 +65,9 @@ def _global(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--now", "now_", metavar="DATETIME", help="act as if it were this time (local time of the "
                      "workspace if no offset)")(f)
     f = click.option("--json", "json_", is_flag=True, default=None, help="machine-readable output")(f)
+    f = click.option("--accept-new-log", "accept_new_log_", is_flag=True, default=None,
+                     help="use the activity log as it is even if it is not the one this workspace was using "
+                          "(deleted, replaced or emptied): campaigns that already ran may mail customers again")(f)
     f = click.option("-v", "--verbose", "verbose_", count=True, help="more log lines")(f)
     return click.option("-q", "--quiet", "quiet_", count=True, help="fewer log lines")(f)
 
@@ -77,6 +81,8 @@ def _apply(ctx: click.Context, kw: dict[str, Any]) -> Ctx:
         o.now = _parse_now(kw["now_"])
     if kw.get("json_"):
         o.json = True
+    if kw.get("accept_new_log_"):
+        o.accept_new_log = True
     o.verbosity += (kw.get("verbose_") or 0) - (kw.get("quiet_") or 0)
     _setup_logging(o.verbosity)
     return o
@@ -151,8 +157,13 @@ class _Lock:
     """One worker per workspace: a file lock beside the log (filelock), held for the whole command."""
 
     def __init__(self, ws: Workspace) -> None:
-        ws.cfg.database.parent.mkdir(parents=True, exist_ok=True)
         self.path = Path(str(ws.cfg.database) + ".lock")
+        try:
+            ws.cfg.database.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"{ws.cfg.database.parent}: cannot create the folder for the activity log: "
+                               f"{e.strerror}", hint="create it, or make its parent writable, or change "
+                                                     "[workspace] database") from None
         self.lock = FileLock(str(self.path))
 
     def __enter__(self) -> _Lock:
@@ -161,6 +172,9 @@ class _Lock:
         except Timeout:
             raise LockedError(f"{self.path}: another crm-automation worker is running on this workspace",
                               hint="wait for it to finish, or stop it (Ctrl-C / SIGTERM)") from None
+        except OSError as e:
+            raise StorageError(f"{self.path}: cannot create the workspace lock: {e.strerror}",
+                               hint=f"make {self.path.parent} writable by the user running crm-automation") from None
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -170,7 +184,7 @@ class _Lock:
 def _worker(o: Ctx, ws: Workspace, stop: threading.Event | None = None) -> Any:
     from crm_automation.worker import Worker
 
-    return Worker(ws, clock=o.clock(ws), progress=_progress_factory(), stop=stop)
+    return Worker(ws, clock=o.clock(ws), progress=_progress_factory(), stop=stop, accept_new_log=o.accept_new_log)
 
 
 @contextmanager
@@ -271,7 +285,9 @@ def send(ctx: click.Context, dry_run: bool, limit: int | None, **kw: Any) -> Non
     """Queue and send what is due, exactly once each."""
     o = _apply(ctx, kw)
     with _locked_worker(o, signals=True) as w:
-        res = w.send(dry_run=dry_run, limit=limit)
+        # A real send fetches first and sends only on a fresh inbound view (issue #9).
+        results = [w.send(dry_run=True, limit=limit)] if dry_run else w.fetch_and_send(limit=limit)
+        res = results[-1]
         if dry_run and not o.json:
             label = {"queued": "would send", "skipped": "would skip"}
             for d in res.details[:200]:
@@ -279,7 +295,7 @@ def send(ctx: click.Context, dry_run: bool, limit: int | None, **kw: Any) -> Non
                 click.echo(f"  {what:<10} {d['campaign']}/{d['step']} -> {d['customer']} "
                            f"{d.get('subject') or d.get('reason') or ''}")
             click.echo("dry run: nothing was sent or recorded. Run without --dry-run to send.")
-        ctx.exit(_print_results(o, [res]))
+        ctx.exit(_print_results(o, results))
 
 
 def _install_signals() -> threading.Event:
@@ -341,7 +357,9 @@ def preview(ctx: click.Context, template: str, key: str, out: Path | None, campa
     finally:
         w.close()
     if out is not None:
-        out.write_bytes(data)
+        from crm_automation.files import write_output
+
+        write_output(out, data, what="the previewed message")
         _emit(o, {"out": str(out), "subject": subject}, lambda: click.echo(f"wrote {out} ({subject})"))
         return
     _emit(o, {"subject": subject, "text": text, "eml": data.decode("ascii", "replace")},
@@ -440,15 +458,27 @@ def suppress() -> None:
 def suppress_add(ctx: click.Context, emails: tuple[str, ...], reason: str, **kw: Any) -> None:
     """Add addresses."""
     o = _apply(ctx, kw)
+    from crm_automation.fieldtypes import address_problem
+
     ws = Workspace.load(o.config)
-    store = ws.open_store()
-    try:
-        added = [e for e in emails if store.suppress(e, reason, "cli", o.clock(ws).now())]
-        if reason != "manual":
-            store.set_status_by_email(emails, reason)
-    finally:
-        store.close()
-    _emit(o, {"added": added}, lambda: click.echo(f"added {len(added)} of {len(emails)}"))
+    rejected = [f"{e!r}: {why}" for e in emails if (why := address_problem(e)) is not None]
+    valid = [e for e in emails if address_problem(e) is None]
+    with _Lock(ws):  # the worker must not plan a send while the list changes under it
+        store = ws.open_store()
+        try:
+            added = [e for e in valid if store.suppress(e, reason, "cli", o.clock(ws).now())]
+            if reason != "manual":
+                store.set_status_by_email(valid, reason)
+        finally:
+            store.close()
+
+    def human() -> None:
+        click.echo(f"added {len(added)} of {len(emails)}")
+        for r in rejected:
+            click.echo(f"  - not added: {r}", err=True)
+
+    _emit(o, {"added": added, "rejected": rejected}, human)
+    ctx.exit(1 if rejected else 0)
 
 
 @suppress.command("remove")
@@ -459,12 +489,13 @@ def suppress_remove(ctx: click.Context, emails: tuple[str, ...], **kw: Any) -> N
     """Remove addresses (they may be mailed again)."""
     o = _apply(ctx, kw)
     ws = Workspace.load(o.config)
-    store = ws.open_store()
-    try:
-        removed = [e for e in emails if store.unsuppress(e)]
-        store.set_status_by_email(removed, "ok")
-    finally:
-        store.close()
+    with _Lock(ws):
+        store = ws.open_store()
+        try:
+            removed = [e for e in emails if store.unsuppress(e)]
+            store.set_status_by_email(removed, "ok")
+        finally:
+            store.close()
     _emit(o, {"removed": removed}, lambda: click.echo(f"removed {len(removed)} of {len(emails)}"))
 
 
@@ -501,10 +532,18 @@ def requeue(ctx: click.Context, ids: tuple[int, ...], all_uncertain: bool, all_f
     with _Lock(ws):
         store = ws.open_store()
         try:
+            problems = store.requeue_problems(list(ids), statuses)
             n = store.requeue(list(ids) or None, statuses)
         finally:
             store.close()
-    _emit(o, {"requeued": n}, lambda: click.echo(f"requeued {n} send(s)"))
+
+    def human() -> None:
+        click.echo(f"requeued {n} send(s)")
+        for p in problems:
+            click.echo(f"  - {p}", err=True)
+
+    _emit(o, {"requeued": n, "problems": problems}, human)
+    ctx.exit(1 if problems else 0)
 
 
 @cli.command("import")
@@ -560,6 +599,18 @@ def import_(ctx: click.Context, file: Path, maps: tuple[str, ...], worksheet: st
     ctx.exit(1 if plan.rejected else 0)
 
 
+def _fail(e: CrmError, argv: list[str] | None) -> NoReturn:
+    """Print an error (a JSON object on stdout with ``--json``) and exit with its code."""
+    args = sys.argv[1:] if argv is None else argv
+    if "--json" in args:
+        click.echo(json.dumps({"ok": False, "exit": e.exit_code, "error": str(e), "hint": e.hint,
+                               "kind": type(e).__name__}, ensure_ascii=False, indent=2))
+    click.echo(f"error: {e}", err=True)
+    if e.hint:
+        click.echo(f"hint: {e.hint}", err=True)
+    sys.exit(e.exit_code)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     try:
@@ -573,10 +624,12 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("aborted", err=True)
         sys.exit(130)
     except CrmError as e:
-        click.echo(f"error: {e}", err=True)
-        if e.hint:
-            click.echo(f"hint: {e.hint}", err=True)
-        sys.exit(e.exit_code)
+        _fail(e, argv)
+    except OSError as e:
+        # An environmental failure that no adapter turned into a CrmError (a full disk, a read-only folder):
+        # still a message and exit 3, never a traceback (issue #9). The traceback is kept at -v.
+        log.debug("unexpected OS error", exc_info=True)
+        _fail(StorageError.from_os(e.filename or "crm-automation", e, "running the command"), argv)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)

@@ -86,6 +86,40 @@ class LockedError(ConfigError):
     """Another worker holds the workspace lock (exit 2: nothing was done)."""
 
 
+class StorageError(ServiceError):
+    """The activity log (or another file the worker writes) cannot be written: disk full, read-only, no permission.
+
+    Environmental, not a bug and not a configuration mistake: the message
+    names the path and what to do; whatever was being written was rolled back
+    (SQLite transactions, files written to a temporary name and renamed), so
+    nothing is half-written (exit 3).
+    """
+
+    @classmethod
+    def from_os(cls, path: object, e: OSError, doing: str) -> CrmError:
+        """The error for an ``OSError`` met while ``doing`` something with ``path``, by its errno.
+
+        A missing folder is the admin's path to fix (ConfigError, exit 2);
+        a full or read-only disk and a permission problem are the
+        environment (StorageError, exit 3).
+        """
+        import errno
+
+        reason = e.strerror or str(e)
+        if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
+            return cls(f"{path}: the disk is full while {doing}", hint="free space on that disk and run again; "
+                       "nothing was half-written")
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return cls(f"{path}: {reason} while {doing}",
+                       hint="make the file and its folder writable by the user running crm-automation")
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            return ConfigError(f"{path}: the folder does not exist ({reason}) while {doing}",
+                               hint="create the folder first, or give a path in an existing folder")
+        if e.errno == errno.EISDIR:
+            return ConfigError(f"{path}: is a folder, expected a file name, while {doing}")
+        return cls(f"{path}: {reason} while {doing}")
+
+
 class UncertainSendError(ServiceError):
     """The connection broke after the message data was handed over: delivery unknown.
 

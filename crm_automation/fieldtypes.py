@@ -94,6 +94,15 @@ def _convert_email(value: object, spec: FieldSpec) -> str:
     return _email(text)
 
 
+def address_problem(text: str) -> str | None:
+    """Why ``text`` is not an email address (the sheet's rule), or None when it is one."""
+    try:
+        _convert_email(text, FieldSpec("email", "email", FieldType.EMAIL))
+    except FieldValueError as e:
+        return str(e)
+    return None
+
+
 # ---------------------------------------------------------------- phone
 
 
@@ -172,7 +181,7 @@ _YMD = re.compile(
     r"(?:[T\s]+\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?"  # a time part is ignored
 )
 _COMPACT = re.compile(r"(\d{4})(\d{2})(\d{2})")
-_DMY = re.compile(r"\d{1,2}\s*[-/.]\s*\d{1,2}\s*[-/.]\s*\d{2,4}")
+_DMY = re.compile(r"(\d{1,2})\s*[-/.]\s*(\d{1,2})\s*[-/.]\s*(\d{2,4})")
 _DATE_EXPECTED = "(expected a date like 2026-11-24, 2026/11/24 or 2026年11月24日)"
 
 
@@ -187,6 +196,18 @@ def _ymd(y: str, m: str, d: str) -> str:
         return date(int(y), int(m), int(d)).isoformat()
     except ValueError:
         raise FieldValueError(f"is not a real calendar date {_DATE_EXPECTED}") from None
+
+
+def _day_month_possible(a: str, b: str, y: str) -> bool:
+    """Whether ``a/b/y`` is a real date read as day/month or as month/day (a 2-digit year is 20yy)."""
+    year = int(y) + 2000 if len(y) == 2 else int(y)
+    for d, mo in ((a, b), (b, a)):
+        try:
+            date(year, int(mo), int(d))
+        except ValueError:
+            continue
+        return True
+    return False
 
 
 def _convert_date(value: object, spec: FieldSpec) -> str:
@@ -205,7 +226,11 @@ def _convert_date(value: object, spec: FieldSpec) -> str:
     m = _COMPACT.fullmatch(text)
     if m:
         return _ymd(*m.groups())
-    if _DMY.fullmatch(text):
+    m = _DMY.fullmatch(text)
+    if m:
+        if not _day_month_possible(*m.groups()):
+            # Issue #9: 32/13/2026 is no date in either order; calling it "ambiguous" misleads.
+            raise FieldValueError(f"is not a date: no day/month order makes it a calendar date {_DATE_EXPECTED}")
         raise FieldValueError(
             "is ambiguous: day and month order cannot be told apart "
             "(expected year first, e.g. 2026-11-24 or 2026年11月24日)"

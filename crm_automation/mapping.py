@@ -23,6 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from crm_automation.errors import ConfigError
 from crm_automation.models import Customer, CustomerColumns, FieldSpec, FieldType, RowError, SheetData
+from crm_automation.sheets.base import GridData
+from crm_automation.sheets.status_words import LANGUAGES, expected_languages
 
 CUSTOMERS_FILE = "customers.toml"
 CAMPAIGNS_FILE = "campaigns.toml"
@@ -44,7 +46,8 @@ class _FieldModel(_Strict):
 class _CustomersModel(_Strict):
     key: str
     fields: dict[str, _FieldModel]
-    writeback: dict[Literal["last_sent", "last_reply", "email_status"], str] = {}
+    # the worker's columns, plus ``language``: the words and dates written into them (default: the workspace's)
+    writeback: dict[Literal["last_sent", "last_reply", "email_status", "language"], str] = {}
 
 
 class _FollowUp(_Strict):
@@ -63,6 +66,7 @@ class _CampaignModel(_Strict):
     to: str | int | float | bool | None = None
     at: str | None = None
     include_existing: bool = False
+    skip_if_already_wrote: bool | None = None
     enabled: bool = True
 
     @field_validator("at")
@@ -105,6 +109,9 @@ class Campaign:
     at: datetime | None = None
     include_existing: bool = False
     enabled: bool = True
+    # ``new`` campaigns: a lead whose mail is already in the log (an enquiry before they were added to the
+    # sheet) is not sent the first email as if they had never written (issue #9).
+    skip_if_already_wrote: bool = True
 
 
 @dataclass(slots=True)
@@ -132,6 +139,7 @@ class Mapping:
     key: str
     fields: dict[str, FieldSpec]
     writeback: dict[str, str]
+    writeback_language: str | None = None  # [writeback] language; None: the workspace's ([workspace] language)
 
     def columns(self, headers: tuple[str, ...], source: str) -> dict[str, str | None]:
         """Field name -> header found (None for an optional column not in the sheet).
@@ -169,6 +177,8 @@ class Mapping:
         """
         cols = self.columns(data.headers, data.source)
         res = MappingResult()
+        if isinstance(data, GridData) and data.duplicate_headers:
+            self._report_duplicate_headers(data, res)
         for name, h in cols.items():
             if h is None:
                 res.warnings.append(
@@ -228,6 +238,31 @@ class Mapping:
             seen[key] = row
             res.hashes[key] = digest
         return res
+
+    def _report_duplicate_headers(self, data: GridData, res: MappingResult) -> None:
+        """A header over several columns (issue #9): an error when the mapping uses it, else a warning.
+
+        Only the first (leftmost) column is read and written (``grid_to_data``,
+        ``plan_writeback``), so a mapped name there may be read from the column
+        the user did not mean: the row error makes ``sync`` and ``check`` exit 1.
+        """
+        used = {spec.column.strip(): (f"field {name}", "reads") for name, spec in self.fields.items()}
+        for name, col in self.writeback.items():
+            used.setdefault(col.strip(), (f"write-back column {name}", "reads and writes"))
+        for dup in data.duplicate_headers:
+            first, *rest = dup.letters
+            where = f"columns {', '.join(dup.letters[:-1])} and {dup.letters[-1]}"
+            role = used.get(dup.name)
+            if role is None:
+                res.warnings.append(
+                    f"{data.source}: header \"{dup.name}\" is in {where}; no field uses it, so only column "
+                    f"{first} counts (rename the others if they matter)")
+                continue
+            what, verb = role
+            res.errors.append(RowError(
+                data.source, 1, dup.name, None,
+                f"heads {where}, so {what} is ambiguous: the worker {verb} column {first} (the first) and "
+                f"ignores {' and '.join(rest)} (expected each header once: rename one of the columns)"))
 
     def _all_new(self, res: MappingResult, numbers: list[int], digests: list[str], converted: list[list[Any]],
                  items: list[tuple[str, FieldSpec, str]]) -> bool:
@@ -336,13 +371,30 @@ def load_mapping(mappings_dir: Path) -> Mapping:
     dup_cols = sorted({c for c in cols if cols.count(c) > 1})
     if dup_cols:
         problems.append(f"{path}: column(s) {', '.join(dup_cols)} mapped to more than one field")
-    for name, col in m.writeback.items():
+    writeback: dict[str, str] = dict(m.writeback.items())
+    language = writeback.pop("language", None)
+    if language is not None and language not in LANGUAGES:
+        problems.append(f"{path}: writeback.language is {language!r}, not a supported language "
+                        f"(expected {expected_languages()}, or leave it out to use [workspace] language)")
+    for name, col in writeback.items():
         if col.strip() in cols:
             problems.append(f"{path}: writeback.{name} = {col!r} is also a mapped field's column; "
                             f"the worker must own its columns alone")
     if problems:
         raise ConfigError.collect(problems)
-    return Mapping(path=path, key=m.key, fields=fields, writeback=dict(m.writeback))
+    return Mapping(path=path, key=m.key, fields=fields, writeback=writeback, writeback_language=language)
+
+
+def _off_choices(where: str, spec: FieldSpec, values: list[Any]) -> list[str]:
+    """A problem line per value a choice field can never hold: it would silently match nobody (issue #9).
+
+    Values compare as the planner compares them, as text: a sheet cell holds exactly one of the choices.
+    """
+    if spec.type is not FieldType.CHOICE:
+        return []
+    allowed = ", ".join(f'"{c}"' for c in spec.choices)
+    return [f"{where} = {str(v)!r} is not one of the choices of field {spec.name} (expected one of {allowed})"
+            for v in values if str(v) not in spec.choices]
 
 
 def load_campaigns(mappings_dir: Path, mapping: Mapping, tz: ZoneInfo) -> list[Campaign]:
@@ -363,16 +415,21 @@ def load_campaigns(mappings_dir: Path, mapping: Mapping, tz: ZoneInfo) -> list[C
         if c.id in ids:
             problems.append(f"{where}: id is used twice (ids must be unique: sends are keyed on them)")
         ids.add(c.id)
-        for fname in c.where:
+        for fname, wanted in c.where.items():
             if fname not in mapping.fields:
                 problems.append(f"{where}: where.{fname} is not a field of {mapping.path.name} "
                                 f"(fields: {', '.join(mapping.fields)})")
+            else:
+                problems += _off_choices(f"{where}: where.{fname}", mapping.fields[fname],
+                                         wanted if isinstance(wanted, list) else [wanted])
         at = None
         if c.trigger == "change":
             if not c.field or c.to is None:
                 problems.append(f"{where}: trigger \"change\" needs field = \"...\" and to = \"...\"")
             elif c.field not in mapping.fields:
                 problems.append(f"{where}: field = {c.field!r} is not a field of {mapping.path.name}")
+            else:
+                problems += _off_choices(f"{where}: to", mapping.fields[c.field], [c.to])
         if c.trigger == "at":
             if not c.at:
                 problems.append(f"{where}: trigger \"at\" needs at = \"YYYY-MM-DDTHH:MM\" (local time)")
@@ -383,6 +440,8 @@ def load_campaigns(mappings_dir: Path, mapping: Mapping, tz: ZoneInfo) -> list[C
                 at = local.astimezone(ZoneInfo("UTC"))
         if c.include_existing and c.trigger != "new":
             problems.append(f"{where}: include_existing applies only to trigger \"new\"")
+        if c.skip_if_already_wrote is not None and c.trigger != "new":
+            problems.append(f"{where}: skip_if_already_wrote applies only to trigger \"new\"")
         steps = [Step(0, c.template)]
         last = 0.0
         for n, fu in enumerate(c.follow_up, start=1):
@@ -396,6 +455,7 @@ def load_campaigns(mappings_dir: Path, mapping: Mapping, tz: ZoneInfo) -> list[C
             where={k: tuple(str(x) for x in (v if isinstance(v, list) else [v])) for k, v in c.where.items()},
             stop_on=frozenset(c.stop_on), field=c.field, to=None if c.to is None else str(c.to), at=at,
             include_existing=c.include_existing, enabled=c.enabled,
+            skip_if_already_wrote=c.skip_if_already_wrote is not False,
         ))
     if problems:
         raise ConfigError.collect(problems)

@@ -175,7 +175,11 @@ class RawMessage:
 
     ``uid`` is the IMAP UID (or the Maildir equivalent); ``uidvalidity``
     the folder's UIDVALIDITY. ``ref`` is what the source needs to move the
-    message to ``processed_folder`` afterwards.
+    message to ``processed_folder`` afterwards. ``seen_key`` is set by
+    sources whose cursor is a set of names (Maildir): the worker records it
+    in the transaction that logs the message. ``size`` is the whole
+    message's size when ``raw`` holds only its start (above
+    ``max_message_bytes``).
     """
 
     folder: str
@@ -183,6 +187,8 @@ class RawMessage:
     uidvalidity: int
     raw: bytes
     ref: str = ""
+    seen_key: str | None = None
+    size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

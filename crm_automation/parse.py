@@ -417,3 +417,41 @@ def html_to_text(html: str) -> str:
     text = converter.handle(html)
     # html2text escapes Markdown ("\\-" for a QQ divider); we want plain text.
     return _MD_ESCAPE.sub(r"\1", text).replace("\xa0", " ").strip()
+
+
+def content_digest(msg: ParsedMessage) -> str:
+    """A digest of what a message says: sender, subject, date and text (SHA-256, hex).
+
+    Why not the raw bytes: the same message delivered twice (CC and BCC, or
+    in two folders) differs in its ``Received``/``Delivered-To`` headers but
+    is one message, logged once. Two messages that share a Message-ID but
+    differ here are two messages (issue #9: a mailer that reuses ids).
+    """
+    h = hashlib.sha256()
+    date = msg.date.isoformat() if msg.date is not None else ""
+    for part in (msg.from_addr, msg.subject, date, msg.text):
+        h.update(part.encode("utf-8", "surrogatepass"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+_FROM_LINE = re.compile(rb"^From:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+
+
+def sender_of(raw: bytes) -> str | None:
+    """The From address of a message that could not be parsed, when its header block still shows one.
+
+    Used for quarantined messages, so one from a customer counts as their
+    contact (issue #9). Reads only the header block (up to the first blank
+    line, at most 64 KiB) and never raises.
+    """
+    head = raw[:65536]
+    end = re.search(rb"\r?\n\r?\n", head)
+    if end is not None:
+        head = head[:end.start()]
+    m = _FROM_LINE.search(head)
+    if m is None:
+        return None
+    value = m.group(1).decode("utf-8", "replace")
+    addr = email.utils.parseaddr(re.sub(r"\s+", " ", value))[1].strip().lower()
+    return addr if "@" in addr and " " not in addr else None

@@ -12,6 +12,11 @@ Rules (SPEC §5, §10, and what the README documents where the SPEC is silent):
   sent and nothing in ``stop_on`` happened since step 0 was sent.
 - suppressed, bounced and unsubscribed customers are planned as ``skipped``
   with the reason, so the log shows why nobody mailed them.
+- a quarantined message from the customer counts as a reply (their contact
+  stops the sequence, issue #9), with the quarantine's reason in the skip.
+- ``new``: a lead whose mail was logged before they were added to the sheet
+  (an enquiry from an unknown sender, linked when the row appeared) is
+  skipped, unless the campaign says ``skip_if_already_wrote = false``.
 - one email per customer per cycle (``one_per_cycle``): the others wait for
   the next cycle.
 """
@@ -25,7 +30,8 @@ from typing import Any
 
 from crm_automation.mapping import Campaign
 
-STOP_KINDS = {"reply": "email_in", "bounce": "bounce", "unsubscribe": "unsubscribe"}
+QUARANTINED = "quarantined"  # History.inbound kind of a quarantined message from the customer
+STOP_KINDS = {"reply": ("email_in", QUARANTINED), "bounce": ("bounce",), "unsubscribe": ("unsubscribe",)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +54,7 @@ class History:
     inbound: dict[str, list[tuple[str, datetime]]] = field(default_factory=dict)  # key -> [(kind, logged_at)]
     changes: dict[str, list[tuple[str, Any, datetime]]] = field(default_factory=dict)  # field -> [(key, new, at)]
     suppressed: frozenset[str] = frozenset()
+    quarantine_reasons: dict[str, str] = field(default_factory=dict)  # key -> why their last message was quarantined
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +84,25 @@ def matches(where: MappingT[str, tuple[str, ...]], data: MappingT[str, Any]) -> 
 
 def stop_reason(c: Campaign, cust: CustomerView, since: datetime, h: History) -> str | None:
     """Why a sequence stops: the first stop_on event logged since step 0 was sent."""
-    wanted = {STOP_KINDS[s] for s in c.stop_on}
+    wanted = {k for s in c.stop_on for k in STOP_KINDS[s]}
     for kind, at in h.inbound.get(cust.key, ()):
         if kind in wanted and at > since:  # times are whole seconds: a same-second reply was fetched first
-            return f"stopped: {kind} logged {at.isoformat()}"
+            return f"stopped: {_described(kind, cust.key, h)} logged {at.isoformat()}"
+    return None
+
+
+def _described(kind: str, key: str, h: History) -> str:
+    if kind == QUARANTINED:
+        return f"quarantined message from the customer (reason: {h.quarantine_reasons.get(key, 'unreadable')})"
+    return kind
+
+
+def wrote_first(cust: CustomerView, h: History) -> str | None:
+    """Why a ``new`` campaign's first email would be wrong: the lead already wrote to us (issue #9)."""
+    for kind, at in h.inbound.get(cust.key, ()):
+        if kind in STOP_KINDS["reply"] and at < cust.first_seen:
+            return (f"already wrote to us before being added to the sheet ({_described(kind, cust.key, h)} "
+                    f"logged {at.isoformat()})")
     return None
 
 
@@ -122,6 +144,8 @@ def plan(campaigns: list[Campaign], customers: MappingT[str, CustomerView], firs
             if (c.id, 0, cust.key) in h.send_keys:
                 continue
             why = blocked_reason(cust, h)
+            if why is None and c.trigger == "new" and c.skip_if_already_wrote:
+                why = wrote_first(cust, h)
             out.append(PlannedSend(c.id, 0, cust.key, cust.email, step0.template,
                                    "skipped" if why else "queued", why))
         for step in c.steps[1:]:

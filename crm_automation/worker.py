@@ -34,13 +34,23 @@ from crm_automation.errors import (
     MessageError,
     PermanentSendError,
     ServiceError,
+    StorageError,
     TransientSendError,
     UncertainSendError,
 )
 from crm_automation.mailbox.base import Cursor, MailboxSource
 from crm_automation.match import match
 from crm_automation.models import Classification, Kind, ParsedMessage, RawMessage
-from crm_automation.planner import CustomerView, History, PlannedSend, blocked_reason, plan, stop_reason
+from crm_automation.planner import (
+    QUARANTINED,
+    CustomerView,
+    History,
+    PlannedSend,
+    blocked_reason,
+    plan,
+    stop_reason,
+)
+from crm_automation.store import identity
 from crm_automation.store.repo import Store, iso
 from crm_automation.templating import build_message
 from crm_automation.workspace import Clock, Workspace
@@ -153,13 +163,20 @@ class Worker:
 
     def __init__(self, ws: Workspace, *, clock: Clock | None = None, progress: Progress = no_progress,
                  stop: threading.Event | None = None, sleep: Callable[[float], None] = time.sleep,
-                 store: Store | None = None) -> None:
+                 store: Store | None = None, accept_new_log: bool = False) -> None:
         self.ws = ws
         self.clock = clock or Clock()
         self.progress = progress
         self.stop = stop or threading.Event()
         self.sleep = sleep
-        self.store = store or ws.open_store()
+        if store is None:
+            store = ws.open_store()
+            try:
+                identity.guard(store, ws.cfg, accept_new=accept_new_log)
+            except CrmError:
+                store.close()
+                raise
+        self.store = store
         self.sheet_version: str | None = None
         self._fresh_read = False  # the sync of this cycle read the sheet (a metered write-back may reuse it)
         self._sheet_keys: list[Any] | None = None  # the key column as the last sync read it
@@ -196,6 +213,13 @@ class Worker:
 
     @contextmanager
     def _run(self, job: str) -> Iterator[StageResult]:
+        """Record one stage in ``runs``; a service that fails stops the stage (``res.error``), not the worker.
+
+        The log file is checked first (deleted or replaced under the worker:
+        ConfigError, the worker stops). A log that cannot be written
+        (StorageError) cannot record the stage either: that is raised.
+        """
+        self.store.check_file()
         res = StageResult(job)
         run_id = self.store.start_run(job, self.clock.now())
         try:
@@ -204,8 +228,9 @@ class Worker:
             res.error = e
             log.warning("%s stopped: %s", job, e)
         finally:
-            self.store.finish_run(run_id, self.clock.now(), ok=res.ok, stats=res.stats,
-                                  error=str(res.error) if res.error else ("; ".join(res.problems[:5]) or None))
+            with suppress(StorageError):  # the stage's own error already says the log cannot be written
+                self.store.finish_run(run_id, self.clock.now(), ok=res.ok, stats=res.stats,
+                                      error=str(res.error) if res.error else ("; ".join(res.problems[:5]) or None))
 
     # ------------------------------------------------------------------ sync
     def sync(self) -> StageResult:
@@ -240,15 +265,30 @@ class Worker:
                 n_rows, source_name = len(data), data.source
                 del data  # the rows are mapped: free them before the log's bulk insert (100,000 rows ~ 150 MB)
                 stats = self.store.apply_sync(source_name, result.customers, keep, result.hashes, self.clock.now())
+            relinked = self._relink() if stats.added or stats.returned else 0
             res.problems += [str(e) for e in result.errors]
             for w in result.warnings:
                 log.warning("%s", w)
             # "unchanged" counts rows whose cells are as at the last sync (not the rejected rows kept present).
-            res.stats = {"rows": n_rows, "added": stats.added, "changed": stats.changed,
+            # Rows that come back (a wiped sheet restored) count as added, and are shown apart too (issue #9).
+            res.stats = {"rows": n_rows, "added": stats.added + stats.returned, "changed": stats.changed,
                          "unchanged": len(result.unchanged), "removed": stats.removed, "rejected": len(result.errors)}
+            if stats.returned:
+                res.stats["returned"] = stats.returned
+            if relinked:
+                res.stats["earlier_mail_linked"] = relinked
             self.store.set_sheet_state(self.sheet.name, fp, n_rows, res.problems, self.clock.now())
             self._synced = (fp, self.sheet_version) if fp is not None else None
         return res
+
+    def _email_fields(self) -> list[str]:
+        """The mapped fields that hold a customer's own address (an ``owner`` is a colleague, not them)."""
+        return [f.name for f in self.ws.mapping.fields.values() if f.type.value == "email" and f.name != "owner"]
+
+    def _relink(self) -> int:
+        """Attach mail logged before its sender was a customer (issue #9); after a sync that added customers."""
+        return self.store.relink_inbound(_LazyIndex(lambda: self.store.keys_by_email(self._email_fields())),
+                                         self.clock.now())
 
     def _keep_synced_after_own_write(self, base: str | None, r: Any) -> None:
         """After our write-back, the file's new digest still stands for the synced sheet.
@@ -325,8 +365,7 @@ class Worker:
 
     def _fetch(self, source: MailboxSource, res: StageResult) -> None:
         mb = self.ws.cfg.mailbox
-        email_fields = [f.name for f in self.ws.mapping.fields.values() if f.type.value == "email"
-                        and f.name != "owner"]
+        email_fields = self._email_fields()
         by_email = _LazyIndex(lambda: self.store.keys_by_email(email_fields))  # built on the first message
         unsub = self._unsubscribe_addresses()
         counts: dict[str, int] = {"messages": 0, "duplicates": 0, "quarantined": 0, "unknown": 0}
@@ -337,7 +376,9 @@ class Worker:
                 uv = source.uidvalidity(folder)
                 stored = self.store.mailbox_cursor(folder)
                 cursor = None
-                if stored is not None and stored[0] == uv:
+                if source.tracks_names:
+                    cursor = Cursor(uv, stored[1] if stored else 0, self.store.maildir_seen(folder))
+                elif stored is not None and stored[0] == uv:
                     cursor = Cursor(*stored)
                 elif stored is not None:
                     log.warning("%s: UIDVALIDITY changed (%s -> %s): re-reading the folder; messages already "
@@ -376,23 +417,28 @@ class Worker:
                 new_senders: dict[str, str]) -> str:
         """Log one message; returns the kind logged, ``duplicates`` or ``quarantined``. The per-item boundary."""
         from crm_automation.classify import classify
-        from crm_automation.parse import parse
+        from crm_automation.parse import content_digest, parse
 
         now = self.clock.now()
         src = f"{source_name}/{raw.folder}"
+        limit = self.ws.cfg.mailbox.max_message_bytes
+        if raw.size is not None and raw.size > limit:
+            return self._quarantine(raw, src, f"message: {raw.size} bytes is over max_message_bytes = {limit}; "
+                                    f"its first {limit} bytes are kept here, the whole message stays in the mailbox",
+                                    now, by_email)
         try:
-            msg = parse(raw.raw, max_bytes=self.ws.cfg.mailbox.max_message_bytes)
+            msg = parse(raw.raw, max_bytes=limit)
             cls = classify(msg, unsubscribe_addresses=unsub)
             cls = self._own_unsubscribe(msg, cls)
             refs = [r for r in (msg.in_reply_to, *msg.references) if r]
             sent = {m: v[0] for m, v in self.store.sent_message_ids(refs).items()} if refs else {}
             key, how = match(msg, cls, by_email, sent)
         except MessageError as e:
-            return self._quarantine(raw, src, str(e), now)
+            return self._quarantine(raw, src, str(e), now, by_email)
         except Exception as e:
             log.debug("parse failure", exc_info=True)
             return self._quarantine(raw, src, f"internal error while reading the message: {type(e).__name__}: {e}",
-                                    now)
+                                    now, by_email)
         cust_email = None
         if key is not None:
             c = self.store.customer(key)
@@ -404,7 +450,7 @@ class Worker:
                 body=msg.reply, message_id=msg.message_id, in_reply_to=msg.in_reply_to, source=src,
                 details={"from": msg.from_addr, "to": list(msg.to_addrs), "evidence": cls.evidence,
                          "matched_by": how, "recipients": list(cls.recipients), "permanent": cls.permanent,
-                         "uid": raw.uid})
+                         "uid": raw.uid}, digest=content_digest(msg))
             if aid is not None:
                 self._queue_notification(aid, key, cls, now)
                 for eff in effects(msg, cls, cust_email):
@@ -413,7 +459,7 @@ class Worker:
                         k = key if key is not None else by_email.get(eff.email)
                         if k is not None:
                             self.store.set_email_status(k, eff.status)
-            self.store.set_cursor(raw.folder, raw.uidvalidity, raw.uid, now)
+            self._advance(raw, now)
         if aid is None:
             return "duplicates"
         if key is None and cls.kind is Kind.EMAIL_IN and msg.from_addr:
@@ -458,10 +504,23 @@ class Worker:
             return Classification(Kind.UNSUBSCRIBE, f"subject {msg.subject.strip()!r} (the List-Unsubscribe mailto)")
         return cls
 
-    def _quarantine(self, raw: RawMessage, src: str, error: str, now: datetime) -> str:
+    def _advance(self, raw: RawMessage, now: datetime) -> None:
+        """Move the folder's cursor past ``raw`` (inside the transaction that logs it)."""
+        self.store.set_cursor(raw.folder, raw.uidvalidity, raw.uid, now)
+        if raw.seen_key is not None:
+            self.store.mark_maildir_seen(raw.folder, raw.seen_key)
+
+    def _quarantine(self, raw: RawMessage, src: str, error: str, now: datetime, by_email: dict[str, str]) -> str:
+        """Keep a message that could not be understood, with whose it was when its From header tells."""
+        from crm_automation.parse import sender_of
+
+        limit = self.ws.cfg.mailbox.max_message_bytes
+        sender = sender_of(raw.raw)
         with self.store.transaction():
-            self.store.quarantine(source=f"{src} uid {raw.uid}", raw=raw.raw, error=error, now=now)
-            self.store.set_cursor(raw.folder, raw.uidvalidity, raw.uid, now)
+            self.store.quarantine(source=f"{src} uid {raw.uid}", raw=raw.raw[:limit], error=error, now=now,
+                                  from_addr=sender, customer_key=by_email.get(sender) if sender else None,
+                                  size=raw.size)
+            self._advance(raw, now)
         log.warning("%s uid %s quarantined: %s", src, raw.uid, error)
         return "quarantined"
 
@@ -515,6 +574,9 @@ class Worker:
         for f in {c.field for c in self.ws.campaigns if c.trigger == "change" and c.field}:
             h.changes[f] = self.store.field_changes(f)
         h.suppressed = frozenset(self.store.suppressions())
+        for key, at, error in self.store.quarantined_contacts():
+            h.inbound.setdefault(key, []).append((QUARANTINED, at))
+            h.quarantine_reasons[key] = error
         return h
 
     def _message_id(self) -> str:
@@ -618,10 +680,15 @@ class Worker:
         with self._run("send-dry-run" if dry_run else "send") as res:
             if not dry_run and rec.problems:
                 res.problems += rec.problems
+            if not dry_run:
+                identity.guard(self.store, self.ws.cfg)  # emptied under a running worker: stop before mailing
+            held = self.template_problems()
+            res.problems += [p for problems in held.values() for p in problems]
             planned = self.plan(record=not dry_run)
             views = self._views()
             if dry_run:
-                self._dry_run(planned, views, res, limit)
+                self._dry_run(planned, views, res, limit, held)
+                self._hold(held, res)
                 return res
             now = self.clock.now()
             rows = [{"campaign": p.campaign, "step": p.step, "customer_key": p.customer_key, "status": p.status,
@@ -631,17 +698,83 @@ class Worker:
                 self.store.queue_sends(rows)
             res.stats["planned"] = sum(p.status == "queued" for p in planned)
             res.stats["skipped"] = sum(p.status == "skipped" for p in planned)
-            self._send_queue(views, res, limit)
+            try:
+                self._send_queue(views, res, limit, held)
+            finally:
+                self._record_sent_count()
+            self._hold(held, res)
         return res
 
+    def template_problems(self) -> dict[str, list[str]]:
+        """Campaign id -> problems of its templates (syntax, unknown names, missing files); checked every pass.
+
+        Why every pass: a typo met only when a send is due used to fail every
+        due send of the campaign, and nothing went after the fix until
+        ``requeue --all-failed`` (issue #9). A campaign with a problem is
+        held: its sends stay ``queued`` and go out once the template is fixed.
+        """
+        fields = set(self.ws.mapping.fields)
+        checked: dict[str, list[str]] = {}
+        out: dict[str, list[str]] = {}
+        for c in self.ws.campaigns:
+            if not c.enabled:
+                continue
+            problems = []
+            for step in c.steps:
+                if step.template not in checked:
+                    checked[step.template] = self.ws.templates.check(step.template, fields)
+                problems += checked[step.template]
+            if problems:
+                out[c.id] = [f"campaign {c.id!r} held, its sends stay queued: {p}" for p in dict.fromkeys(problems)]
+        return out
+
+    @staticmethod
+    def _hold(held: dict[str, list[str]], res: StageResult) -> None:
+        """A held campaign is a configuration error of this pass (exit 2); the rest of the queue went."""
+        if held and res.error is None:
+            res.error = ConfigError(f"template problems hold campaign(s) {', '.join(sorted(held))}; their sends "
+                                    "stay queued and the other campaigns were sent",
+                                    hint="fix the templates (`crm-automation check` lists the problems); the held "
+                                         "sends go out at the next pass")
+
+    def _record_sent_count(self) -> None:
+        """Let the workspace's log marker know how many messages this log has sent (issue #9)."""
+        try:
+            identity.record(self.store, self.ws.cfg)
+        except StorageError as e:  # not dangerous: the marker only guards against a log with *fewer* sends
+            log.warning("%s", e)
+
+    def fetch_and_send(self, *, limit: int | None = None) -> list[StageResult]:
+        """Fetch, then send only if the fetch succeeded: campaigns never go out on a stale inbound view.
+
+        Why (issue #9): with the mailbox unreachable (a wrong path, IMAP down,
+        a changed password), an unsubscribe or bounce waiting there would be
+        missed and the customer mailed. The send is recorded as held, with
+        the fetch's error (exit 3); the next pass tries both again.
+        """
+        fetched = self.fetch()
+        if self.stop.is_set():
+            return [fetched]
+        if fetched.error is None:
+            return [fetched, self.send(limit=limit)]
+        with self._run("send") as res:
+            res.stats = {"sent": 0, "note": "held: the fetch stage failed"}
+            res.error = ServiceError(
+                f"nothing was sent: the mailbox could not be read ({fetched.error}), so a reply, bounce or "
+                "unsubscribe waiting there would be missed", hint=fetched.error.hint or "the next pass tries again")
+        return [fetched, res]
+
     def _dry_run(self, planned: list[PlannedSend], views: dict[str, CustomerView], res: StageResult,
-                 limit: int | None) -> None:
+                 limit: int | None, held: dict[str, list[str]]) -> None:
         shown = 0
         for p in planned:
             item: dict[str, Any] = {"campaign": p.campaign, "step": p.step, "customer": p.customer_key,
                                     "email": p.email, "status": p.status}
             if p.status == "skipped":
                 item["reason"] = p.reason
+            elif p.campaign in held:
+                item["status"] = "held"
+                item["reason"] = "template problems (see above)"
             elif limit is None or shown < limit:
                 try:
                     _, subject, _ = self.render_send(p.template, views[p.customer_key], p.campaign, p.step,
@@ -654,6 +787,7 @@ class Worker:
                     res.problems.append(str(e))
             res.details.append(item)
         res.stats = {"would_send": sum(d["status"] == "queued" for d in res.details),
+                     "held": sum(d["status"] == "held" for d in res.details),
                      "would_skip": sum(d["status"] == "skipped" for d in res.details),
                      "would_fail": sum(d["status"] == "would fail" for d in res.details)}
 
@@ -666,13 +800,18 @@ class Worker:
         minute = local.hour * 60 + local.minute
         return start <= minute < end if start < end else (minute >= start or minute < end)
 
-    def _send_queue(self, views: dict[str, CustomerView], res: StageResult, limit: int | None) -> None:
+    def _send_queue(self, views: dict[str, CustomerView], res: StageResult, limit: int | None,
+                    held: dict[str, list[str]]) -> None:
         ob = self.ws.cfg.outbound
         now = self.clock.now()
-        due = [s for s in self.store.sends(status=["queued"])
-               if s.next_attempt_at is None or s.next_attempt_at <= now or s.attempts == 0]
+        queued = self.store.sends(status=["queued"])
+        due = [s for s in queued
+               if (s.next_attempt_at is None or s.next_attempt_at <= now or s.attempts == 0)
+               and s.campaign not in held]
         stats = {"sent": 0, "failed": 0, "retry_later": 0, "uncertain": 0, "skipped_now": 0, "waiting": 0}
         res.stats.update(stats)
+        if held:
+            res.stats["held"] = sum(s.campaign in held for s in queued)
         if not due:
             return
         if not self._in_window(now):
@@ -844,9 +983,13 @@ class Worker:
                 self._remember_cells(data)
             tz = self.ws.cfg.timezone
             sent, replied = self.store.last_times()
+            from crm_automation.sheets.status_words import status_words
+
+            # The team's words and date format; the log keeps ok | bounced | unsubscribed (status_words.py).
+            words = status_words(self.ws.mapping.writeback_language or self.ws.cfg.language)
 
             def fmt(t: datetime | None) -> str:
-                return t.astimezone(tz).strftime("%Y-%m-%d %H:%M") if t else ""
+                return words.time(t, tz)
 
             updates: dict[str, dict[str, str]] = {}
             for k, c in self.store.customers().items():
@@ -856,7 +999,7 @@ class Worker:
                 if "last_reply" in wb:
                     vals[wb["last_reply"]] = fmt(replied.get(k))
                 if "email_status" in wb:
-                    vals[wb["email_status"]] = c.email_status
+                    vals[wb["email_status"]] = words.status(c.email_status)
                 updates[k] = vals
             key_col = self.ws.mapping.fields[self.ws.mapping.key].column
             from crm_automation.sheets.csv import norm_key
@@ -897,9 +1040,10 @@ class Worker:
         if metered and not self.stop.is_set() and not dry_run:
             out.append(self.writeback(reuse_read=True))
         if not self.stop.is_set():
-            out.append(self.fetch())
-        if not self.stop.is_set():
-            out.append(self.send(dry_run=dry_run))
+            if dry_run:
+                out += [self.fetch(), self.send(dry_run=True)]
+            else:
+                out += self.fetch_and_send()  # no send on a stale inbound view (issue #9)
         if not metered and not self.stop.is_set() and not dry_run:
             out.append(self.writeback())
         return out
@@ -916,18 +1060,22 @@ class Worker:
         sc = self.ws.cfg.schedule
         sched = schedule.Scheduler()
 
-        def job(fn: Callable[[], StageResult], wb: bool) -> None:
+        def job(fn: Callable[[], StageResult | list[StageResult]], wb: bool) -> None:
             if self.stop.is_set():
                 return
             r = fn()
-            on_result(r)
+            for one in r if isinstance(r, list) else [r]:
+                on_result(one)
             if wb and not self.stop.is_set():
                 on_result(self.writeback(reuse_read=metered))
 
         # A metered sheet (Google) is written back only on the sync's read; files after every change.
         metered = self._metered
-        for every, fn, wb in ((sc.sync_every, self.sync, metered), (sc.fetch_every, self.fetch, not metered),
-                              (sc.send_every, self.send, not metered)):
+        # The send job fetches first and sends only on a fresh inbound view (issue #9).
+        jobs: list[tuple[str, Callable[[], StageResult | list[StageResult]], bool]] = [
+            (sc.sync_every, self.sync, metered), (sc.fetch_every, self.fetch, not metered),
+            (sc.send_every, self.fetch_and_send, not metered)]
+        for every, fn, wb in jobs:
             d = parse_duration(every)
             assert d is not None  # noqa: S101 - validated in config.py
             sched.every(int(d.total_seconds())).seconds.do(job, fn, wb)

@@ -15,12 +15,16 @@ class Cursor:
 
     uidvalidity: int
     last_uid: int
+    seen: frozenset[str] = frozenset()  # sources that track names (Maildir): the names already logged
 
 
 class MailboxSource(Protocol):
     """A mailbox to read. Nothing is ever deleted from it and nothing is marked read."""
 
     name: str
+    # True when the cursor is the set of names already logged (``Cursor.seen``, ``RawMessage.seen_key``)
+    # rather than a UID: the worker then loads and records those names.
+    tracks_names: bool
 
     def folders(self) -> list[str]:
         """The folders to read, as configured."""

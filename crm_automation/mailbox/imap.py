@@ -108,6 +108,7 @@ class ImapSource:
         self._processed_ready = False
         self._delimiter: str | None = None
         self.name = f"imap://{self.username}@{self.host}" if self.username else f"imap://{self.host}"
+        self.tracks_names = False  # the cursor is UIDVALIDITY + last UID
 
     @classmethod
     def from_config(cls, cfg: Config) -> ImapSource:
@@ -311,7 +312,9 @@ class ImapSource:
                 if raw is None:
                     log.debug("%s %s: UID %s vanished before it was read", self.where, folder, uid)
                     continue
-                yield RawMessage(folder=folder, uid=uid, uidvalidity=uv, raw=raw, ref=f"{uv}/{uid}")
+                big = sizes.get(uid, 0) > self.settings.max_message_bytes
+                yield RawMessage(folder=folder, uid=uid, uidvalidity=uv, raw=raw, ref=f"{uv}/{uid}",
+                                 size=sizes[uid] if big else None)
             pos += len(chunk)
 
     def _check_uidvalidity(self, client: imapclient.IMAPClient, folder: str, uv: int) -> None:

@@ -1,10 +1,19 @@
 """A local Maildir as the mailbox (tests, the sample workspace, or mail delivered by another tool).
 
-Maildir has no UIDs. The "UID" here is the file's modification time in
-nanoseconds, so the cursor (SPEC §8 ``mailbox_state``) advances as new mail
-lands; files with the same time as the cursor are offered again and the
-worker's Message-ID deduplication drops the ones already logged. Reading
-never renames, flags or deletes a file.
+Maildir has no UIDs, and file times are no cursor: a message moved back
+from Junk keeps its old time, a backup restored with ``cp -p`` too, and a
+busy MTA (Postfix's virtual delivery agent) sets a file's time when it
+finishes writing but links it into ``new/`` up to tens of milliseconds
+later, after a time-based cursor may have passed it (issue #9 measured 7 of
+4,001 messages lost that way). So the cursor is the set of files already
+logged, by *base name* — the part before ``:2,`` that mail clients keep
+when they move a message from ``new/`` to ``cur/`` and flag it (the
+Maildir specification's unique name). One directory scan per folder finds
+every file not yet logged, whatever its time; the worker records each
+name in the transaction that logs the message (``RawMessage.seen_key``).
+The "UID" reported is the file's modification time in nanoseconds, kept
+only for ordering and the log's ``mailbox_state``. Reading never renames,
+flags or deletes a file.
 """
 
 from __future__ import annotations
@@ -21,8 +30,15 @@ from crm_automation.models import RawMessage
 UIDVALIDITY = 1
 
 
+def base_name(file_name: str) -> str:
+    """A Maildir file's unique part: its name without the ``:2,FLAGS`` info suffix."""
+    return file_name.partition(":")[0]
+
+
 class MaildirSource:
     """Reads ``<path>/new`` and ``<path>/cur`` (and ``<path>/.<Folder>`` for other folders)."""
+
+    tracks_names = True
 
     def __init__(self, path: Path, folders: list[str] | tuple[str, ...] = ("INBOX",),
                  max_bytes: int = 25 * 1024 * 1024) -> None:
@@ -45,37 +61,53 @@ class MaildirSource:
         return list(self._folders)
 
     def uidvalidity(self, folder: str) -> int:
-        """Always 1: a Maildir's file times do not restart."""
+        """Always 1: the cursor is a set of names, which never needs resetting."""
         d = self._dir(folder)
         if not (d / "new").is_dir() and not (d / "cur").is_dir():
-            raise ServiceError(f"{d}: not a Maildir (expected the folders new/ and cur/ inside it)")
+            raise ServiceError(f"{d}: not a Maildir (expected the folders new/ and cur/ inside it)",
+                               hint="check [mailbox] path in config.toml (relative paths start at the config's "
+                                    "folder)")
         return UIDVALIDITY
 
     def fetch(self, folder: str, cursor: Cursor | None, *, batch: int = 500) -> Iterator[RawMessage]:
-        """Messages whose file time is at or after the cursor, oldest first."""
+        """Every message whose base name is not in ``cursor.seen``, oldest file time first."""
         d = self._dir(folder)
-        since = cursor.last_uid if cursor is not None else -1
-        entries: list[tuple[int, str, Path]] = []
+        seen = cursor.seen if cursor is not None else frozenset()
+        entries: list[tuple[int, str, Path, int]] = []
+        names: set[str] = set()  # a message moved from new/ to cur/ during the scan is read once
         for sub in ("new", "cur"):
             try:
                 it = os.scandir(d / sub)
             except FileNotFoundError:
                 continue
+            except OSError as e:
+                raise ServiceError(f"{d / sub}: cannot read the Maildir folder: {e.strerror}",
+                                   hint="check that the user running crm-automation may read it") from None
             with it:
                 for e in it:
-                    if e.name.startswith(".") or not e.is_file():
+                    key = base_name(e.name)
+                    if e.name.startswith(".") or key in seen or key in names:
                         continue
-                    mt = e.stat().st_mtime_ns
-                    if mt >= since:
-                        entries.append((mt, e.name, Path(e.path)))
+                    try:
+                        if not e.is_file():
+                            continue
+                        st = e.stat()
+                    except FileNotFoundError:  # moved by a mail client meanwhile; seen at the next scan
+                        continue
+                    names.add(key)
+                    entries.append((st.st_mtime_ns, e.name, Path(e.path), st.st_size))
         entries.sort()
-        for mt, name, p in entries:
+        for mt, name, p, size in entries:
             try:
                 with p.open("rb") as f:
                     raw = f.read(self.max_bytes + 1)
             except FileNotFoundError:  # moved by a mail client meanwhile; seen again under its new name
                 continue
-            yield RawMessage(folder=folder, uid=mt, uidvalidity=UIDVALIDITY, raw=raw, ref=name)
+            except OSError as e:
+                raise ServiceError(f"{p}: cannot read the message: {e.strerror}",
+                                   hint="check that the user running crm-automation may read the Maildir") from None
+            yield RawMessage(folder=folder, uid=mt, uidvalidity=UIDVALIDITY, raw=raw, ref=name,
+                             seen_key=base_name(name), size=size if size > self.max_bytes else None)
 
     def mark_processed(self, messages: list[RawMessage]) -> None:
         """Maildir messages stay where they are."""

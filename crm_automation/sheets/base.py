@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from crm_automation.models import SheetData
 
@@ -18,6 +18,46 @@ class WriteResult:
     missing_keys: tuple[str, ...] = ()
     version: str = ""  # the sheet's version after this write ("" when unknown): the next write compares to it
     fingerprint: str = ""  # digest of the file as written (files only), so a re-sync can tell our write from theirs
+
+
+def column_letters(index: int) -> str:
+    """0-based column index -> the letters a spreadsheet shows (0 -> A, 25 -> Z, 26 -> AA)."""
+    out = ""
+    n = index + 1
+    while n:
+        n, r = divmod(n - 1, 26)
+        out = chr(65 + r) + out
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateHeader:
+    """A header name found over several columns: ``columns`` are 0-based, leftmost (the one read) first."""
+
+    name: str
+    columns: tuple[int, ...]
+
+    @property
+    def letters(self) -> tuple[str, ...]:
+        """The columns as the sheet labels them (B, F)."""
+        return tuple(column_letters(c) for c in self.columns)
+
+
+class GridData(SheetData):
+    """:class:`SheetData` read from a header row, plus the header names that head more than one column.
+
+    Only the first of such columns is read (see ``grid_to_data``); the
+    mapping reports the rest (issue #9), so the names are kept here, found
+    once per read. (A field of ``SheetData`` itself would do as well.)
+    """
+
+    __slots__ = ("duplicate_headers",)
+
+    def __init__(self, source: str, headers: tuple[str, ...], columns: dict[str, list[Any]],
+                 row_numbers: list[int], version: str = "",
+                 duplicate_headers: tuple[DuplicateHeader, ...] = ()) -> None:
+        super().__init__(source, headers, columns, row_numbers, version)
+        self.duplicate_headers = duplicate_headers
 
 
 class SheetSource(Protocol):

@@ -3,6 +3,9 @@
 Encodings: UTF-8, UTF-8 with BOM, UTF-16 with BOM (Excel's "Unicode text") and
 GBK/GB18030, which is what Chinese Excel saves as "CSV" by default. Without a
 BOM, UTF-8 is tried first and GB18030 (a superset of GBK and GB2312) second.
+A file that switches between UTF-8 and GBK part-way (rows appended by
+another program) is refused, naming the line where it switches, instead of
+being read with one part garbled (issue #9).
 The delimiter (``,`` ``;`` or tab) is detected from the header line unless
 ``[sheet] delimiter`` is set; ``[sheet] encoding`` overrides detection.
 
@@ -19,7 +22,9 @@ Header rules shared by all adapters (:func:`grid_to_data`): header names are
 stripped; a blank header cell's column is ignored (it cannot be mapped by
 name); when two columns carry the same header, the first (leftmost) one is
 used and the later ones are ignored, the same "first wins" rule as duplicate
-keys. Fully empty rows are skipped, but row numbers stay those of the sheet.
+keys, and the name is kept in ``GridData.duplicate_headers`` so the mapping
+can report it (issue #9). Fully empty rows are skipped, but row numbers stay
+those of the sheet.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from typing import Any, Self
 from crm_automation.config import Config
 from crm_automation.errors import ConfigError, DataError, ServiceError
 from crm_automation.models import SheetData
-from crm_automation.sheets.base import WriteResult
+from crm_automation.sheets.base import DuplicateHeader, GridData, WriteResult
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -97,8 +102,8 @@ def _no_blank_text(values: Sequence[Any]) -> bool:
             and _BLANK_CELL.search("\x00".join(values)) is None)
 
 
-def grid_to_data(source: str, grid: Sequence[Sequence[Any]], version: str) -> SheetData:
-    """Header row + data rows -> :class:`SheetData` (see the module docstring for header rules).
+def grid_to_data(source: str, grid: Sequence[Sequence[Any]], version: str) -> GridData:
+    """Header row + data rows -> :class:`GridData` (see the module docstring for header rules).
 
     ``grid[0]`` is sheet row 1. Empty strings become None so every format
     reports an empty cell the same way. The grid is turned into columns in
@@ -106,16 +111,22 @@ def grid_to_data(source: str, grid: Sequence[Sequence[Any]], version: str) -> Sh
     second (issue #3).
     """
     if not grid:
-        return SheetData(source, (), {}, [], version)
+        return GridData(source, (), {}, [], version)
     cols: list[tuple[int, str]] = []
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
+    twice: dict[str, list[int]] = {}  # header name -> every column it heads, when more than one
     for i, h in enumerate(grid[0]):
         name = cell_text(h)
-        if name and name not in seen:
-            seen.add(name)
+        if not name:
+            continue
+        if name in seen:
+            twice.setdefault(name, [seen[name]]).append(i)
+        else:
+            seen[name] = i
             cols.append((i, name))
     if not cols:
-        return SheetData(source, (), {}, [], version)
+        return GridData(source, (), {}, [], version)
+    duplicates = tuple(DuplicateHeader(name, tuple(where)) for name, where in twice.items())
     lines = grid[1:]
     transposed = list(zip_longest(*lines)) if lines else []  # short rows (CSV, Google) are padded with None
     n = len(lines)
@@ -132,7 +143,7 @@ def grid_to_data(source: str, grid: Sequence[Sequence[Any]], version: str) -> Sh
         if not all(keep):  # empty rows are skipped
             numbers = [r for r, k in zip(numbers, keep, strict=True) if k]
             columns = {name: [v for v, k in zip(c, keep, strict=True) if k] for name, c in columns.items()}
-    return SheetData(source, tuple(columns), columns, numbers, version)
+    return GridData(source, tuple(columns), columns, numbers, version, duplicates)
 
 
 @dataclass(slots=True)
@@ -268,6 +279,161 @@ def _detect_encoding(raw: bytes) -> str | None:
     return None
 
 
+_GBK = "GBK/GB18030"
+_CJK = re.compile(r"[\u3000-\u9fff\uff00-\uffef]")  # CJK punctuation, ideographs, full-width forms
+_NON_ASCII = re.compile(r"[^\x00-\x7f\ufeff]")
+
+
+def _reads_as_chinese(text: str) -> bool:
+    """Whether text that decoded as UTF-8 is UTF-8 Chinese, not GBK bytes that happen to be valid UTF-8.
+
+    Short GBK names are valid UTF-8 about one time in ten, but they decode to
+    Latin, Greek or Cyrillic letters (2-byte sequences); real Chinese in
+    UTF-8 is 3-byte sequences that decode to ideographs.
+    """
+    sample = text[:65536]
+    cjk = len(_CJK.findall(sample))
+    return cjk >= 2 and cjk * 2 >= len(_NON_ASCII.findall(sample))
+
+
+@dataclass(frozen=True, slots=True)
+class _Switch:
+    """Where a file changes between UTF-8 and GBK: sheet tools append rows in their own encoding (issue #9)."""
+
+    line: int  # 1-based line of the file where the second encoding starts
+    before: str  # the first part's encoding, as shown to the user
+    after: str  # the second part's, or "neither UTF-8 nor GBK/GB18030"
+    before_line: int
+    before_text: str
+    after_text: str
+
+
+def _first_non_ascii(raw: bytes, start: int, end: int) -> int:
+    """Start offset of the first line in ``raw[start:end]`` that is not plain ASCII (``start`` if none)."""
+    pos = start
+    while pos < end:
+        nl = raw.find(b"\n", pos, end)
+        stop = end if nl < 0 else nl + 1
+        if not raw[pos:stop].isascii():
+            return pos
+        pos = stop
+    return start
+
+
+def _line_text(raw: bytes, start: int, enc: str) -> str:
+    """The line starting at byte ``start`` as it reads in ``enc`` (shortened for a message)."""
+    nl = raw.find(b"\n", start)
+    text = raw[start:len(raw) if nl < 0 else nl].decode(enc, errors="replace").strip("\r\ufeff")
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def _encoding_switch(raw: bytes) -> _Switch | None:
+    """A file that is UTF-8 for a while and then GBK, or GBK and then UTF-8; None otherwise.
+
+    Only a part that plainly reads as Chinese counts as UTF-8 (see
+    :func:`_reads_as_chinese`), so a GBK file is never taken for a mixed one.
+    Cost: one UTF-8 pass, plus a walk back over the lines that end the file
+    (usually one) for a GBK file.
+    """
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad = raw.rfind(b"\n", 0, e.start) + 1  # the line holding the first byte that is not UTF-8
+    else:
+        return None
+    n_bad = raw.count(b"\n", 0, bad) + 1
+    if bad and _reads_as_chinese(raw[:bad].decode("utf-8")):  # UTF-8, then something else
+        first = _first_non_ascii(raw, 0, bad)
+        try:
+            raw[bad:].decode("gb18030")
+            after = _GBK
+        except UnicodeDecodeError:
+            after = f"neither UTF-8 nor {_GBK}"
+        return _Switch(n_bad, "UTF-8", after, raw.count(b"\n", 0, first) + 1, _line_text(raw, first, "utf-8"),
+                       _line_text(raw, bad, "gb18030"))
+    tail = len(raw)  # the lines at the end that are valid UTF-8 start here
+    while tail > bad:
+        start = raw.rfind(b"\n", 0, tail - 1) + 1
+        line = raw[start:tail]
+        if not line.isascii():
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                break
+        tail = start
+    if tail >= len(raw) or not _reads_as_chinese(raw[tail:].decode("utf-8")):
+        return None
+    try:
+        raw[:tail].decode("gb18030")
+    except UnicodeDecodeError:
+        return None
+    first, switch = _first_non_ascii(raw, 0, tail), _first_non_ascii(raw, tail, len(raw))
+    return _Switch(raw.count(b"\n", 0, switch) + 1, _GBK, "UTF-8", raw.count(b"\n", 0, first) + 1,
+                   _line_text(raw, first, "gb18030"), _line_text(raw, switch, "utf-8"))
+
+
+def _lines(first: int, last: int) -> str:
+    return f"line {first}" if first == last else f"lines {first}-{last}"
+
+
+def _switch_error(path: Path, sw: _Switch) -> ServiceError:
+    """The message for a mixed file: where it switches, how each side reads, and the two ways out."""
+    head, rest = _lines(1, sw.line - 1), f"lines {sw.line} on"
+    other = head if sw.before != "UTF-8" else rest
+    fix = f"save the sheet as \"CSV UTF-8\" with {other} retyped or re-imported as UTF-8"
+    if _GBK in (sw.before, sw.after):
+        fix += ", or make it all GBK and set [sheet] encoding = \"gb18030\" in config.toml"
+    reads = f"reads as {sw.after}" if sw.after in ("UTF-8", _GBK) else f"is {sw.after}"
+    return ServiceError(
+        f"{path} line {sw.line}: the encoding changes here: line {sw.line} {reads} (\"{sw.after_text}\") but "
+        f"line {sw.before_line} before it reads as {sw.before} (\"{sw.before_text}\") "
+        f"(expected one encoding for the whole file)",
+        hint=f"{head} and {rest} were saved by different programs; make the file one encoding: {fix}")
+
+
+def _ascii_lines(enc: str) -> bool:
+    """Whether a line break is one byte in ``enc`` (not so in UTF-16), so lines can be counted in bytes."""
+    try:
+        return b"\n".decode(enc) == "\n"
+    except (LookupError, UnicodeDecodeError):
+        return False
+
+
+def _where(path: Path, enc: str, e: UnicodeDecodeError) -> str:
+    """``path line N`` of a decoding error; just ``path`` where lines cannot be counted in bytes.
+
+    ``e.object`` is what the codec saw: without the BOM for utf-8-sig.
+    """
+    if not _ascii_lines(enc):
+        return str(path)
+    line = bytes(e.object).count(b"\n", 0, e.start) + 1
+    return f"{path} line {line}"
+
+
+def _got(e: UnicodeDecodeError) -> str:
+    """The bytes a codec refused, as hex."""
+    return ("byte " if e.end - e.start == 1 else "bytes ") + bytes(e.object[e.start:e.end]).hex(" ")
+
+
+def _undecodable_error(path: Path, raw: bytes, enc: str, e: UnicodeDecodeError) -> ServiceError:
+    """``[sheet] encoding`` names an encoding the file is not in: where it fails, and what it likely is."""
+    likely = _detect_encoding(raw)
+    if likely is not None:
+        try:
+            raw.decode(likely)
+        except UnicodeDecodeError:
+            likely = None  # a BOM, and then something else
+    label = {"utf-8": "UTF-8", "utf-8-sig": "UTF-8", "utf-16": "UTF-16", "gb18030": _GBK}
+    if likely is not None:
+        hint = (f"the file reads as {label[likely]}: set [sheet] encoding = \"{likely}\" in config.toml, or "
+                f"remove the key so the encoding is detected")
+    else:
+        hint = (f"the file is neither UTF-8 nor {_GBK}: save the sheet as \"CSV UTF-8\" and remove [sheet] "
+                f"encoding from config.toml (the encoding is then detected)")
+    return ServiceError(f"{_where(path, enc, e)}: cannot decode the file as {enc} ([sheet] encoding): got {_got(e)}, "
+                        f"which {enc} does not allow (expected a file saved as {enc})", hint=hint)
+
+
 def _detect_delimiter(text: str) -> str:
     """The delimiter most frequent in the header line, outside quotes; ``,`` by default."""
     counts = dict.fromkeys([",", ";", "\t"], 0)
@@ -331,16 +497,7 @@ class CsvSource:
                                hint="check [sheet] path, and that the shared drive is mounted") from None
         except OSError as e:
             raise ServiceError(f"{self.path}: cannot read the sheet file: {e.strerror or e}") from None
-        enc = self._encoding or _detect_encoding(raw)
-        if enc is None:
-            raise ServiceError(f"{self.path}: the file is neither UTF-8 nor GBK/GB18030 text",
-                               hint="save it as \"CSV UTF-8\" or set [sheet] encoding")
-        try:
-            text = raw.decode(enc)
-        except (UnicodeDecodeError, LookupError) as e:
-            raise ServiceError(f"{self.path}: cannot decode the file as {enc}: {e}",
-                               hint="fix [sheet] encoding, or remove it to detect the encoding") from None
-        text = text.removeprefix("\ufeff")
+        text, enc = self._decode(raw)
         delim = self._delimiter or _detect_delimiter(text)
         newline = "\r\n" if "\r\n" in text[:65536] else "\n"
         try:
@@ -348,6 +505,42 @@ class CsvSource:
         except csv.Error as e:
             raise ServiceError(f"{self.path}: not readable as CSV: {e}") from None
         return grid, enc, delim, newline, version
+
+    def _decode(self, raw: bytes) -> tuple[str, str]:
+        """Text and encoding of the file; a file that switches encoding part-way is refused (issue #9).
+
+        Each part alone would decode, one of them as garbled text (headers then
+        do not match the mapping and the user sees no reason), so the switch
+        is looked for whenever UTF-8 or GBK is in play: after a failed decode,
+        and when the file reads as GBK (by detection or by ``[sheet] encoding``).
+        """
+        enc = self._encoding or _detect_encoding(raw)
+        if enc is None:
+            sw = _encoding_switch(raw)
+            if sw is not None:
+                raise _switch_error(self.path, sw)
+            raise ServiceError(f"{self.path}: the file is neither UTF-8 nor GBK/GB18030 text",
+                               hint="save it as \"CSV UTF-8\" or set [sheet] encoding")
+        try:
+            text = raw.decode(enc)
+        except UnicodeDecodeError as e:
+            sw = _encoding_switch(raw) if _ascii_lines(enc) else None
+            if sw is not None:
+                raise _switch_error(self.path, sw) from None
+            if self._encoding is None:  # a BOM said UTF-8 but the rest is not
+                name = "UTF-8" if enc == "utf-8-sig" else "UTF-16"
+                raise ServiceError(f"{_where(self.path, enc, e)}: cannot decode the file as {name}: got {_got(e)} "
+                                   f"(expected {name} text: the file starts with a {name} byte order mark)",
+                                   hint="save the sheet again as \"CSV UTF-8\"") from None
+            raise _undecodable_error(self.path, raw, enc, e) from None
+        except LookupError as e:
+            raise ServiceError(f"{self.path}: cannot decode the file as {enc}: {e}",
+                               hint="fix [sheet] encoding, or remove it to detect the encoding") from None
+        if codecs.lookup(enc).name in ("gb18030", "gbk", "gb2312"):
+            sw = _encoding_switch(raw)
+            if sw is not None:
+                raise _switch_error(self.path, sw)
+        return text.removeprefix("\ufeff"), enc
 
     def fingerprint(self) -> str:
         """A digest of the file's bytes (see :func:`file_fingerprint`)."""

@@ -10,21 +10,33 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from crm_automation.errors import ConfigError, ServiceError
+from crm_automation.errors import ConfigError, CrmError, ServiceError, StorageError
 from crm_automation.models import Customer, CustomerColumns, Kind
 from crm_automation.store.migrations import migrate
 from crm_automation.store.schema import INBOUND_KINDS
 
 _dumps = json.JSONEncoder(ensure_ascii=False).encode  # fields keep the mapping's order; readable Chinese
 _PLAIN = frozenset({str, int, type(None)})  # values SQLite's json_object renders exactly as Python's json would
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the log file, or None for an in-memory log or a missing file."""
+    if path == ":memory:":
+        return None
+    try:
+        st = Path(path).stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def iso(dt: datetime) -> str:
@@ -82,13 +94,99 @@ class SendRow:
     next_attempt_at: datetime | None
 
 
+_NEARLY_FULL = 256 * 1024
+
+
+def _free_bytes(folder: str) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return _NEARLY_FULL
+
+
+def storage_error(path: str, e: sqlite3.Error, doing: str = "writing") -> CrmError:
+    """Turn SQLite's answer for an environmental failure into a message for the admin (issue #9).
+
+    Decided by SQLite's result code (``sqlite_errorcode``), not by its text.
+    Returns the error to raise; a code that is not environmental (a bug in
+    our SQL) is re-raised as it is by the caller.
+    """
+    folder = str(Path(path).parent)
+    code = getattr(e, "sqlite_errorcode", 0) & 0xFF
+    if code == sqlite3.SQLITE_IOERR and _free_bytes(folder) < _NEARLY_FULL:
+        code = sqlite3.SQLITE_FULL  # SQLite reports some writes on a full disk (the WAL index) as I/O errors
+    if code == sqlite3.SQLITE_FULL:
+        return StorageError(f"{path}: the disk is full: {doing} the activity log failed and was rolled back",
+                            hint=f"free space on the disk that holds {folder}, then run again; nothing was "
+                                 "half-written")
+    if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH):
+        return StorageError(f"{path}: cannot write the activity log (the file or its folder is read-only or "
+                            f"not accessible: {e})",
+                            hint=f"make {folder} and the files in it writable by the user running crm-automation "
+                                 f"([workspace] database names the file)")
+    if code == sqlite3.SQLITE_IOERR:
+        return StorageError(f"{path}: disk I/O error while {doing} the activity log ({e}, "
+                            f"{getattr(e, 'sqlite_errorname', '')})",
+                            hint=f"check the disk that holds {folder} (full, removed, or a network drive that "
+                                 "dropped); nothing was half-written")
+    if code == sqlite3.SQLITE_BUSY:
+        return ServiceError(f"{path}: the activity log is locked by another program ({e})",
+                            hint="close other programs writing to the log (a SQLite browser with unsaved "
+                                 "changes); the next pass retries")
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return ConfigError(f"{path}: not a crm-automation activity log, or the file is damaged ({e})",
+                           hint="restore it from a backup, or point [workspace] database at the right file")
+    raise e
+
+
+class _Guarded:
+    """The SQLite connection, with environmental failures turned into :class:`StorageError` (issue #9).
+
+    Why a wrapper: every write in this module can meet a full disk or a
+    read-only folder, and a raw ``sqlite3.OperationalError`` reached the user
+    as a traceback with exit 1. One place turns them into a message naming
+    the file and what to do.
+    """
+
+    __slots__ = ("_c", "path")
+
+    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        self._c = conn
+        self.path = path
+
+    def execute(self, sql: str, args: Any = ()) -> sqlite3.Cursor:
+        try:
+            return self._c.execute(sql, args)
+        except (sqlite3.OperationalError, sqlite3.DatabaseError) as e:
+            raise storage_error(self.path, e) from None
+
+    def executemany(self, sql: str, args: Any) -> sqlite3.Cursor:
+        try:
+            return self._c.executemany(sql, args)
+        except (sqlite3.OperationalError, sqlite3.DatabaseError) as e:
+            raise storage_error(self.path, e) from None
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._c.in_transaction
+
+    @property
+    def raw(self) -> sqlite3.Connection:
+        """The sqlite3 connection itself (tests inject faults through it)."""
+        return self._c
+
+    def close(self) -> None:
+        self._c.close()
+
+
 class Store:
     """The activity log. Open with :meth:`open`; one connection per process."""
 
     def __init__(self, conn: sqlite3.Connection, path: str) -> None:
-        self.conn = conn
+        self.conn = _Guarded(conn, path)
         self.path = path
         self._savepoints = 0
+        self._identity = _file_identity(path)
 
     @classmethod
     def open(cls, path: Path | str) -> Store:
@@ -101,6 +199,7 @@ class Store:
                 raise ConfigError(f"{p}: cannot create the database folder: {e.strerror}") from None
         try:
             conn = sqlite3.connect(p, isolation_level=None, timeout=30.0)
+            conn.execute("PRAGMA user_version")  # reads the header: a file that is not a database fails here
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             # Checkpoints fsync the database file; one every ~40 MB of log instead of every 4 MB keeps a
@@ -109,14 +208,50 @@ class Store:
             conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: a 100,000-row first sync stays in memory
             conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.DatabaseError as e:
-            raise ConfigError(f"{p}: cannot open the activity log: {e}") from None
-        store = cls(conn, p)
-        migrate(conn)
-        return store
+            raise storage_error(p, e, "opening") from None
+        try:
+            migrate(conn)
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            raise storage_error(p, e, "upgrading") from None
+        return cls(conn, p)
 
     def close(self) -> None:
         """Close the connection (checkpointing the WAL)."""
-        self.conn.close()
+        with suppress(sqlite3.Error):
+            self.conn.close()
+
+    def check_file(self) -> None:
+        """Stop if the log file was deleted or replaced since it was opened (issue #9).
+
+        SQLite keeps writing into a deleted file's inode, so without this a
+        worker whose log was removed would go on and the next start would
+        find an empty log, which looks exactly like "nobody has been mailed".
+        """
+        if self._identity is None:
+            return
+        now = _file_identity(self.path)
+        if now is None:
+            raise ConfigError(f"{self.path}: the activity log was deleted while the worker was running; stopping "
+                              "so nothing is sent twice",
+                              hint="restore the file from a backup (or the recycle bin), then start again")
+        if now != self._identity:
+            raise ConfigError(f"{self.path}: the activity log was replaced by another file while the worker was "
+                              "running; stopping so nothing is sent twice",
+                              hint="put the original log back, or start the worker again to check the new one")
+
+    def log_id(self) -> str:
+        """The identity written into the log when it was created (table ``meta``)."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()
+        return str(row[0]) if row else ""
+
+    def sent_count(self) -> int:
+        """How many sends this log records as ``sent``: only ever grows (``sent`` is final, rows are never deleted).
+
+        Sends in ``sending``/``uncertain`` are left out on purpose: crash
+        recovery and ``requeue`` move them back to ``queued``.
+        """
+        return int(self.conn.execute("SELECT COUNT(*) FROM sends WHERE status = 'sent'").fetchone()[0])
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -142,9 +277,10 @@ class Store:
             raise
         try:
             self.conn.execute("COMMIT")
-        except sqlite3.OperationalError as e:  # pragma: no cover - disk full and the like
-            self.conn.execute("ROLLBACK")
-            raise ServiceError(f"{self.path}: could not commit to the activity log: {e}") from None
+        except CrmError:  # disk full and the like: nothing of this unit is kept
+            with suppress(sqlite3.Error, CrmError):
+                self.conn.execute("ROLLBACK")
+            raise
 
     # ----------------------------------------------------------- customers
     def row_hashes(self) -> dict[str, str]:
@@ -336,22 +472,104 @@ class Store:
     def add_activity(self, *, kind: str, occurred_at: datetime, now: datetime, customer_key: str | None = None,
                      subject: str | None = None, body: str | None = None, message_id: str | None = None,
                      in_reply_to: str | None = None, campaign: str | None = None, step: int | None = None,
-                     source: str | None = None, details: dict[str, Any] | None = None) -> int | None:
-        """Insert one activity; an inbound Message-ID already logged is ignored (returns None)."""
+                     source: str | None = None, details: dict[str, Any] | None = None,
+                     digest: str | None = None) -> int | None:
+        """Insert one activity; returns its id, or None for an inbound message already logged.
+
+        An inbound message (``digest`` given) is "already logged" when its
+        Message-ID was logged with the same content digest, or by a version
+        before digests were kept. The same Message-ID with *different*
+        content is a different message and is logged too (issue #9: some
+        mailers reuse ids; dropping the second message lost it).
+        """
+        if digest is not None and message_id is not None:
+            kinds = ",".join("?" * len(INBOUND_KINDS))
+            for (d,) in self.conn.execute(
+                    f"SELECT digest FROM activities WHERE message_id = ? AND kind IN ({kinds})",
+                    (message_id, *INBOUND_KINDS)):
+                if d is None or d == digest:
+                    return None
         cur = self.conn.execute(
             "INSERT OR IGNORE INTO activities (customer_key, kind, occurred_at, subject, body, message_id, "
-            "in_reply_to, campaign, step, source, details, logged_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            "in_reply_to, campaign, step, source, details, logged_at, digest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (customer_key, kind, iso(occurred_at), subject, body, message_id, in_reply_to, campaign, step, source,
-             json.dumps(details or {}, ensure_ascii=False), iso(now)))
+             json.dumps(details or {}, ensure_ascii=False), iso(now), digest))
         return cur.lastrowid if cur.rowcount else None
 
-    def quarantine(self, *, source: str, raw: bytes, error: str, now: datetime) -> bool:
-        """Keep a message that could not be understood, whole; False if it is already there."""
+    def maildir_seen(self, folder: str) -> frozenset[str]:
+        """Base names of the Maildir files of ``folder`` already logged or quarantined."""
+        return frozenset(n for (n,) in self.conn.execute("SELECT name FROM maildir_seen WHERE folder = ?",
+                                                          (folder,)))
+
+    def mark_maildir_seen(self, folder: str, name: str) -> None:
+        """Record a Maildir file as logged (call inside the transaction that logs it)."""
+        self.conn.execute("INSERT OR IGNORE INTO maildir_seen (folder, name) VALUES (?, ?)", (folder, name))
+
+    def relink_inbound(self, index: dict[str, str], now: datetime) -> int:
+        """Attach inbound activities and quarantined messages logged without a customer, by address (issue #9).
+
+        ``index`` maps address -> customer key. Called after a sync that
+        added customers: a lead who wrote before being added to the sheet
+        gets that enquiry in their history, so a ``new`` campaign can see it
+        and follow-ups stop. The activity is updated (``details.matched_by``
+        says when and how), not logged again. An address suppressed while it
+        was unknown gives the customer its email status.
+        """
+        kinds = ",".join("?" * len(INBOUND_KINDS))
+        rows = self.conn.execute(
+            f"SELECT id, kind, details FROM activities WHERE customer_key IS NULL AND kind IN ({kinds})",
+            INBOUND_KINDS).fetchall()
+        qrows = self.conn.execute(
+            "SELECT id, from_addr FROM quarantine WHERE customer_key IS NULL AND from_addr IS NOT NULL").fetchall()
+        if not rows and not qrows:
+            return 0
+        ts = iso(now)
+        linked: set[str] = set()
+        n = 0
+        with self.transaction():
+            for aid, kind, details in rows:
+                d = json.loads(details or "{}")
+                addrs = list(d.get("recipients") or []) if kind == Kind.BOUNCE.value else [d.get("from") or ""]
+                key = next((k for a in addrs if (k := index.get(str(a).lower())) is not None), None)
+                if key is None:
+                    continue
+                d["matched_by"] = f"address, when the customer was added ({ts})"
+                self.conn.execute("UPDATE activities SET customer_key = ?, details = ? WHERE id = ?",
+                                  (key, json.dumps(d, ensure_ascii=False), aid))
+                linked.add(key)
+                n += 1
+            for qid, addr in qrows:
+                key = index.get(str(addr).lower())
+                if key is not None:
+                    self.conn.execute("UPDATE quarantine SET customer_key = ? WHERE id = ?", (key, qid))
+                    n += 1
+            statuses = {"unsubscribed": "unsubscribed", "bounced": "bounced"}
+            for addr, (reason, _, _) in self.suppressions().items():
+                key = index.get(addr)
+                if key in linked and reason in statuses:
+                    self.set_email_status(key, statuses[reason])
+        return n
+
+    def quarantine(self, *, source: str, raw: bytes, error: str, now: datetime, from_addr: str | None = None,
+                   customer_key: str | None = None, size: int | None = None) -> bool:
+        """Keep a message that could not be understood; False if it is already there.
+
+        ``raw`` is the whole message, or its first ``max_message_bytes`` when
+        it is larger (``size`` then says how large it was; the message itself
+        stays in the mailbox). ``from_addr``/``customer_key``: whose it was,
+        as far as its headers tell, so it counts as the customer's contact.
+        """
         digest = hashlib.sha256(raw).hexdigest()
         cur = self.conn.execute(
-            "INSERT OR IGNORE INTO quarantine (source, received_at, error, raw, digest) VALUES (?, ?, ?, ?, ?)",
-            (source, iso(now), error, raw, digest))
+            "INSERT OR IGNORE INTO quarantine (source, received_at, error, raw, digest, from_addr, customer_key, "
+            "size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (source, iso(now), error, raw, digest, from_addr, customer_key, size if size is not None else len(raw)))
         return cur.rowcount > 0
+
+    def quarantined_contacts(self) -> list[tuple[str, datetime, str]]:
+        """(customer, received_at, error) of quarantined messages from known customers."""
+        return [(k, parse_iso(t) or datetime.now(UTC), e) for k, t, e in self.conn.execute(
+            "SELECT customer_key, received_at, error FROM quarantine WHERE customer_key IS NOT NULL ORDER BY id")]
 
     def sent_message_ids(self, ids: Iterable[str]) -> dict[str, tuple[str, str, int]]:
         """Message-ID -> (customer, campaign, step) for ids the worker sent."""
@@ -469,6 +687,20 @@ class Store:
         """Set a send's status directly (crash recovery and ``requeue``)."""
         self.conn.execute("UPDATE sends SET status = ?, error = ?, sent_at = COALESCE(?, sent_at) WHERE id = ?",
                           (status, error, iso(sent_at) if sent_at else None, send_id))
+
+    def requeue_problems(self, ids: list[int], statuses: tuple[str, ...]) -> list[str]:
+        """Why some of ``ids`` cannot be requeued: unknown ids, or sends not in one of ``statuses``."""
+        out = []
+        for i in ids:
+            row = self.conn.execute("SELECT status, campaign, step, customer_key FROM sends WHERE id = ?",
+                                    (i,)).fetchone()
+            if row is None:
+                out.append(f"send #{i} does not exist (`crm-automation report --json` lists the ids of sends "
+                           "that need attention)")
+            elif row[0] not in statuses:
+                out.append(f"send #{i} ({row[1]}/{row[2]} to {row[3]}) is {row[0]}, not "
+                           f"{' or '.join(statuses)}: nothing to requeue")
+        return out
 
     def requeue(self, ids: list[int] | None, statuses: tuple[str, ...] = ("uncertain", "failed")) -> int:
         """Put uncertain/failed sends back in the queue on purpose (the admin's decision)."""

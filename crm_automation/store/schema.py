@@ -66,3 +66,44 @@ def create_v2(db: sqlite_utils.Database) -> None:
     """
     db["sheet_state"].create({"source": str, "fingerprint": str, "synced_at": str, "rows": int, "problems": str},
                              pk="source")
+
+
+def create_v3(db: sqlite_utils.Database) -> None:
+    """Schema version 3 (issue #9, hardening): nothing lost, nothing sent from a swapped log.
+
+    - ``activities.digest`` (extra): a digest of an inbound message's content
+      (sender, subject, date, text). The unique key becomes (Message-ID,
+      digest), so a second message that reuses a Message-ID with different
+      content is logged instead of dropped, while the same message delivered
+      twice (CC + BCC, two folders) is still logged once. Rows logged before
+      this version have no digest; the store treats them as matching any
+      content of their Message-ID, so upgrading never logs a message twice.
+    - ``maildir_seen`` (extra): the Maildir files already logged, by base name
+      (the part before ``:2,``, which mail clients change when they flag a
+      message). The Maildir cursor used to be the newest file time, which
+      lost a message whose file time is older (moved back from Junk, restored
+      from a backup, or linked into ``new/`` late by a busy MTA).
+    - ``quarantine.from_addr``, ``customer_key``, ``size`` (extra): whose
+      message it was, so a quarantined message from a customer counts as
+      contact, and how large the whole message was when only its start is kept.
+    - ``meta`` (extra): ``log_id``, the identity the workspace's marker file
+      checks, so a deleted, replaced or emptied log is noticed.
+    """
+    import uuid
+
+    db["activities"].add_column("digest", str)
+    db.execute("DROP INDEX IF EXISTS idx_activities_inbound_message_id")
+    kinds = ", ".join(f"'{k}'" for k in INBOUND_KINDS)
+    db.execute(
+        f"CREATE UNIQUE INDEX idx_activities_inbound_message_digest ON activities(message_id, digest) "
+        f"WHERE kind IN ({kinds})"
+    )
+    db.execute(f"CREATE INDEX idx_activities_inbound_message_id ON activities(message_id) WHERE kind IN ({kinds})")
+    db.execute("CREATE TABLE maildir_seen (folder TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (folder, name)) "
+               "WITHOUT ROWID")
+    db["quarantine"].add_column("from_addr", str)
+    db["quarantine"].add_column("customer_key", str)
+    db["quarantine"].add_column("size", int)
+    db["quarantine"].create_index(["customer_key"])
+    db["meta"].create({"key": str, "value": str}, pk="key")
+    db["meta"].insert({"key": "log_id", "value": uuid.uuid4().hex})

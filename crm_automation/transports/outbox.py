@@ -7,6 +7,7 @@ message over twice rewrites one file instead of adding a second.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from pathlib import Path
@@ -50,7 +51,11 @@ class OutboxTransport:
                 f.write(message)
             tmp.replace(dest)
         except OSError as e:
-            raise ServiceError(f"{dest}: cannot write to the outbox: {e.strerror}") from None
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # never leave a half-written file behind (a full disk)
+            raise ServiceError(f"{dest}: cannot write to the outbox: {e.strerror}",
+                               hint="free space on that disk or make the outbox folder writable; the message "
+                                    "stays queued") from None
 
     def close(self) -> None:
         """Nothing to close."""

@@ -127,15 +127,22 @@ def test_template_with_unmapped_variable_fails_check_before_sending(tmp_path, cl
     assert "uses customer.nickname, which is not a field" in r.out
 
 
-def test_send_failure_of_one_template_is_exit_1_and_recorded(tmp_path, cli):
+def test_template_typo_holds_the_campaign_queued_and_it_goes_after_the_fix(tmp_path, cli):
+    # Issue #9: a typo used to fail every due send, and nothing went after the fix without requeue.
     cfg = make_workspace(tmp_path / "ws", campaigns=CAMPAIGN,
                          templates={"hello.txt": "Subject: Hi\n\n{{ customer.nickname }}\n"})
     cli("sync", "--config", str(cfg))
     r = cli("send", "--config", str(cfg))
-    assert r.code == 1
+    assert r.code == 2
+    assert "hello.txt line 3: uses customer.nickname" in r.err and "held" in r.err
     db = tmp_path / "ws" / "var" / "crm.sqlite"
-    assert db_rows(db, "SELECT DISTINCT status FROM sends") == [("failed",)]
-    assert db_rows(db, "SELECT COUNT(*) FROM activities WHERE kind = 'send_failed'") == [(3,)]
+    assert db_rows(db, "SELECT DISTINCT status FROM sends") == [("queued",)]
+    assert db_rows(db, "SELECT COUNT(*) FROM activities WHERE kind = 'send_failed'") == [(0,)]
+    assert not list((tmp_path / "ws" / "var" / "outbox").glob("*.eml"))
+    (tmp_path / "ws" / "email_templates" / "hello.txt").write_text("Subject: Hi\n\n{{ customer.name }}\n")
+    assert cli("send", "--config", str(cfg)).code == 0
+    assert db_rows(db, "SELECT DISTINCT status FROM sends") == [("sent",)]
+    assert len(list((tmp_path / "ws" / "var" / "outbox").glob("*.eml"))) == 3
 
 
 def test_timeline_report_and_suppress(tmp_path, cli):

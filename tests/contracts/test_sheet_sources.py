@@ -330,6 +330,18 @@ def test_duplicate_and_blank_headers_first_column_wins(backend):
     assert data.rows[0].values == {"邮箱": "a@x.com", "姓名": "A"}
 
 
+def test_duplicate_headers_are_kept_for_the_mapping_to_report(backend):
+    # Issue #9: the later columns are still ignored, but every source says which names head several columns.
+    from crm_automation.sheets.base import DuplicateHeader
+
+    src = backend.make([["邮箱", "姓名", "", "邮箱", "备注", " 姓名 ", "邮箱"], ["a@x.com", "A", "", "b@x.com", "x", "B", "c"]])
+    data = src.read()
+    assert data.duplicate_headers == (DuplicateHeader("邮箱", (0, 3, 6)), DuplicateHeader("姓名", (1, 5)))
+    assert [d.letters for d in data.duplicate_headers] == [("A", "D", "G"), ("B", "F")]
+    assert data.rows[0].values == {"邮箱": "a@x.com", "姓名": "A", "备注": "x"}
+    assert backend.make([["邮箱", "姓名"], ["a@x.com", "A"]]).read().duplicate_headers == ()
+
+
 def test_missing_sheet_is_a_service_error(backend, tmp_path):
     if backend.name == "google":
         src = backend.fake.source("NO-SUCH-KEY")

@@ -61,7 +61,8 @@ def corpus() -> tuple[dict[str, list[bytes]], set[str], int]:
     for i in range(10):  # the same message delivered to two folders (CC and BCC): one activity
         mid = f"<dup{i}@mail.example.test>"
         add(inbox, mid, sender=f"c{i}@customer.example.com", subject=f"Re: 合同 {i}")
-        support.append(make_message(1000 + i, message_id=mid, sender=f"c{i}@customer.example.com", subject=f"Re: 合同 {i}"))
+        # The second copy differs only in its delivery headers (issue #9: same Message-ID and content = one message).
+        support.append(b"Delivered-To: support@mail.example.test\r\n" + inbox[-1])
     for i in range(2):  # above max_message_bytes: quarantined, never logged as an activity
         n += 1
         inbox.append(make_message(n, message_id=f"<big{i}@mail.example.test>", body="x" * (3 * MAX_BYTES)))

@@ -102,9 +102,10 @@ def test_sigkill_at_random_instants_never_sends_twice(tmp_path, smtpd):
     cfg = write_workspace(tmp_path, smtpd, rows)
     r = cli(cfg, "sync")
     assert r.returncode == 0, r.stderr
-    # The server commits each message, then waits 3 ms before saying 250: a kill landing
-    # there leaves a delivered message whose row the worker could not mark sent.
-    smtpd.handler.data_delay = 0.003
+    # The server commits each message, then waits 10 ms before saying 250: a kill landing
+    # there leaves a delivered message whose row the worker could not mark sent. (3 ms let a
+    # fast machine send all 300 within one random sleep, so too few kills landed to test anything.)
+    smtpd.handler.data_delay = 0.01
     start = time.monotonic()
     kills = 0
 

@@ -157,6 +157,24 @@ def test_date_rejected(raw, reason):
         convert(raw, spec(FieldType.DATE))
 
 
+@pytest.mark.parametrize("raw", ["32/13/2026", "31/02/2026", "00/05/2026", "13/13/26", "30.02.2026", "29/02/2025"])
+def test_impossible_day_month_date_is_invalid_not_ambiguous(raw):
+    # Issue #9: no day/month order makes these a calendar date, so "ambiguous" would send people hunting.
+    with pytest.raises(FieldValueError) as e:
+        convert(raw, spec(FieldType.DATE))
+    assert "ambiguous" not in e.value.reason
+    assert e.value.reason.startswith("is not a date")
+    assert "expected a date like 2026-11-24, 2026/11/24 or 2026年11月24日" in e.value.reason
+    err = RowError("customers.xlsx", 9, "签约日期", raw, e.value.reason)
+    assert str(err).startswith(f"customers.xlsx row 9, \"签约日期\": '{raw}' is not a date")
+
+
+@pytest.mark.parametrize("raw", ["03/04/2026", "12/11/2026", "1.2.26", "05-06-2026"])
+def test_genuinely_ambiguous_day_month_date_keeps_its_message(raw):
+    with pytest.raises(FieldValueError, match="is ambiguous: day and month order cannot be told apart"):
+        convert(raw, spec(FieldType.DATE))
+
+
 @pytest.mark.parametrize(("raw", "want"), [
     ("1,234.5", 1234.5), ("1234", 1234), ("１２３", 123), (" -7 ", -7), ("3.0", 3), (12.0, 12), (12.25, 12.25),
     (5, 5), ("¥1,000", 1000), ("1e3", 1000), ("+2.5", 2.5),

@@ -1,0 +1,117 @@
+"""Which activity log belongs to a workspace: a marker file beside the config (issue #9).
+
+Why: an empty log looks exactly like "nobody has been mailed". If the log
+is deleted, replaced by another workspace's copy, restored from an older
+backup or emptied, the next run would mail every customer again. The log
+carries an identity (``meta.log_id``, made when it is created); the
+workspace keeps, outside the log's folder, a small marker naming that
+identity and how many messages the log had sent. Before a worker
+uses the log, the two must agree:
+
+- no marker yet (a new workspace, or one upgraded from before this check):
+  one is written;
+- the log's identity differs from the marker's, and the marker's log had
+  sent messages: refused (exit 2), unless the admin says so with
+  ``--accept-new-log``; a marker whose log never sent anything is simply
+  moved to the new log;
+- the same log, but it has fewer sent messages than the marker
+  recorded (emptied, or an older copy put back): refused likewise.
+
+The marker lives beside the config file (``.<config name>.log-id.json``),
+so deleting the runtime folder (``var/``) does not delete it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from crm_automation.config import Config
+from crm_automation.errors import ConfigError, StorageError
+from crm_automation.store.repo import Store
+
+log = logging.getLogger("crm_automation")
+ACCEPT_HINT = ("if you really mean to start over with this log, run the command once with --accept-new-log "
+               "(every customer may then be mailed again by campaigns that already ran)")
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """What the workspace remembers of its log."""
+
+    log_id: str
+    database: str
+    sent: int
+
+
+def marker_path(cfg: Config) -> Path:
+    """``.<config stem>.log-id.json`` beside the config file."""
+    return cfg.path.with_name(f".{cfg.path.stem}.log-id.json")
+
+
+def read_marker(path: Path) -> Marker | None:
+    """The marker, or None when there is none (a damaged one is reported, not ignored)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return Marker(str(data["log_id"]), str(data.get("database", "")), int(data.get("sent", 0)))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: the workspace's log marker cannot be read ({e})",
+                          hint="delete the file only if you are sure the activity log is this workspace's own; "
+                               "it is written again at the next run") from None
+
+
+def write_marker(path: Path, marker: Marker) -> None:
+    """Write the marker atomically (temporary file, then rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps({"log_id": marker.log_id, "database": marker.database,
+                                   "sent": marker.sent}, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise StorageError(f"{path}: cannot write the workspace's log marker: {e.strerror}",
+                           hint=f"make {path.parent} writable by the user running crm-automation") from None
+
+
+def guard(store: Store, cfg: Config, *, accept_new: bool = False) -> None:
+    """Check that ``store`` is this workspace's log (see the module docstring); raise ConfigError if not."""
+    path = marker_path(cfg)
+    marker = read_marker(path)
+    current = Marker(store.log_id(), str(cfg.database), store.sent_count())
+    if marker is None or accept_new:
+        if marker is not None and (marker.log_id != current.log_id or current.sent < marker.sent):
+            log.warning("%s: accepting %s as this workspace's log (--accept-new-log); the previous log had "
+                        "sent %d message(s)", path, cfg.database, marker.sent)
+        write_marker(path, current)
+        return
+    if marker.log_id != current.log_id:
+        if marker.sent == 0:
+            write_marker(path, current)  # the old log never mailed anyone: nothing can be sent twice
+            return
+        raise ConfigError(
+            f"{cfg.database}: this is not the activity log this workspace was using (the workspace's log had "
+            f"sent {marker.sent} message(s); this one is "
+            f"{'one that has sent nothing' if current.sent == 0 else 'another log'}). It was deleted, replaced or "
+            "moved; starting from it would mail customers again",
+            hint=f"put the original log back at {cfg.database}, or fix [workspace] database; {ACCEPT_HINT}")
+    if current.sent < marker.sent:
+        raise ConfigError(
+            f"{cfg.database}: the activity log has {current.sent} sent message(s), but this "
+            f"workspace recorded {marker.sent}: it was emptied or replaced by an older copy; starting from "
+            "it would mail customers again",
+            hint=f"put the newest copy of the log back; {ACCEPT_HINT}")
+
+
+def record(store: Store, cfg: Config) -> None:
+    """After a send pass: remember how many messages the log has sent (the marker only grows)."""
+    path = marker_path(cfg)
+    marker = read_marker(path)
+    n = store.sent_count()
+    if marker is None or marker.log_id != store.log_id() or n > marker.sent:
+        write_marker(path, Marker(store.log_id(), str(cfg.database), n))
