@@ -2,7 +2,9 @@
 
 Exit codes follow SPEC §7: 2 when config, mappings or templates are wrong
 (nothing would run), 3 when the sheet or (with ``--connect``) a server
-cannot be reached, 1 when rows of the sheet would be rejected, else 0.
+cannot be reached, 1 when rows of the sheet would be rejected, else 0. Cells
+that ``sync`` would blank in rows it keeps (``on_invalid = "blank"``, issue
+#11) are listed as the sheet check's ``notes`` and do not fail it.
 """
 
 from __future__ import annotations
@@ -35,11 +37,15 @@ def run_checks(config_path: str | None, *, connect: bool = False) -> dict[str, A
     try:
         sheet = ws.open_sheet()
         data = sheet.read()
-        res = ws.mapping.apply(data)
+        res = ws.mapping.apply(data, blank_invalid=True)
         rows = [str(e) for e in res.errors]
-        checks.append(_item("sheet", rows + res.warnings if rows else [],
-                            f"{data.source}: {len(data)} rows, {len(res.customers)} valid"
-                            + (f"; warnings: {'; '.join(res.warnings)}" if res.warnings else "")))
+        item = _item("sheet", rows + res.warnings if rows else [],
+                     f"{data.source}: {len(data)} rows, {len(res.customers)} valid"
+                     + (f", {len(res.blanked)} cell(s) to be left blank" if res.blanked else "")
+                     + (f"; warnings: {'; '.join(res.warnings)}" if res.warnings else ""))
+        if res.blanked:
+            item["notes"] = [str(b) for b in res.blanked]
+        checks.append(item)
         if rows:
             code = max(code, 1)
     except ConfigError as e:

@@ -6,12 +6,22 @@ may quote the word "unsubscribe" from the footer it answers), then
 unsubscribe requests; everything else is ``email_in``.
 
 Bounces are detected with GNU Mailman's ``flufl.bounce`` plus our own reading
-of RFC 3464 ``Action:``/``Status:`` fields, which tells a permanent failure
-(``5.x.x``, ``failed``) from a temporary one (``4.x.x``, ``delayed``). The
-Chinese providers (QQ Mail, 163.com) send no DSN and are not known to
-``flufl.bounce``; their notices are read from the text. To keep the common
-path fast, the message is only re-parsed for ``flufl.bounce`` when a cheap
-pre-check (sender, ``multipart/report``, subject) says it may be a bounce.
+of RFC 3464 ``Action:``/``Status:`` fields. Every failed recipient is named
+with its own permanence (issue #11): ``Action: failed`` means the message is
+lost whatever the status class — *hard* with a 5.x.x status, *soft* with a
+4.x.x one (4.4.7 "delivery time expired": the server gave up); ``Action:
+delayed`` is a *delay* (still retrying). The Chinese providers (QQ Mail,
+163.com) and many older servers send no DSN and are not known to
+``flufl.bounce``; their notices are read from the text, recipient by
+recipient. To keep the common path fast, the message is only re-parsed for
+``flufl.bounce`` when a cheap pre-check (sender, ``multipart/report``,
+subject) says it may be a bounce.
+
+A notice without DSN structure (a postmaster-like sender, or a failure
+subject) is a bounce when its text names one of *our* recipients (the
+``is_ours`` callback: a customer's address) next to a failure phrase; the
+evidence says which rule decided. ``Auto-Submitted`` alone never makes a
+delivery failure an auto-reply: bounces are checked first.
 
 ``Precedence: bulk``, ``junk`` and ``list`` are deliberately NOT auto-replies:
 RFC 3834 §3.1.8 uses them to tell responders not to answer newsletters and
@@ -26,24 +36,40 @@ import email.errors
 import email.utils
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from email.message import Message
 
 import flufl.bounce
 
-from crm_automation.models import Classification, Kind, ParsedMessage
+from crm_automation.models import BounceFailure, Classification, Kind, ParsedMessage, Permanence
 
 __all__ = ["classify"]
 
 _ASCII_ONLY = bytes(range(128)) + b"?" * 128
 _BOUNCE_SENDERS = re.compile(r"^(?:mailer-daemon|mailer_daemon|postmaster|mail-daemon|mdaemon|mailerdaemon)$")
+# Display names of delivery-failure senders whose address says nothing ("Mail Delivery System <mx@...>").
+_BOUNCE_NAMES = re.compile(r"mail delivery (?:sub)?system|mailer[- _]?daemon|postmaster|mail administrator|"
+                           r"系统退信|退信|邮件系统|系統退信", re.IGNORECASE)
 _BOUNCE_SUBJECT = re.compile(
     r"undeliver|undelivered mail|delivery status notification|delivery failure|delivery has failed|"
     r"mail delivery failed|returned mail|failure notice|delivery notification|non[- ]?delivery|"
-    r"delayed mail|warning: message .* delayed|"
+    r"delayed mail|warning: message .* delayed|could not be delivered|delivery warning|rejected mail|"
+    r"returned to sender|delivery failed|"
     r"退信|系统退信|投递失败|未送达|无法送达|无法投递|发送失败|投遞失敗|退回",
     re.IGNORECASE,
 )
+# Next to one of our recipients, these say the delivery failed (rule for notices without DSN structure).
+_FAILURE_PHRASE = re.compile(
+    r"user unknown|unknown user|no such user|does not exist|doesn't have a .{0,20}account|not found|"
+    r"mailbox (?:unavailable|full|is full|not found)|over quota|quota exceeded|rejected|refused|"
+    r"could not be delivered|undeliverable|unable to deliver|delivery (?:has )?failed|failed|"
+    r"invalid (?:recipient|address|mailbox)|address (?:rejected|unknown)|expired|"
+    r"用户不存在|收件人不存在|地址不存在|无效|拒收|被拒|退回|投递失败|失败|满",
+    re.IGNORECASE,
+)
+# A 4.x.x failure with these words is a lost message (the server gave up), not a delay.
+_GAVE_UP = re.compile(r"\bfailed\b|expired|gave up|giving up|retry time(?:out)? exceeded|"
+                      r"could not be delivered|undeliver|returned to sender|已退回|放弃", re.IGNORECASE)
 _TEMPORARY_TEXT = re.compile(
     r"\(delay\)|delayed|will (?:continue to )?(?:be )?retr|still (?:being )?retr|not yet been delivered|"
     r"temporar|暂时|延迟|继续尝试|稍后重试|重试",
@@ -81,14 +107,17 @@ _MAX_UNSUBSCRIBE_CHARS = 40
 _REPLY_PREFIX = re.compile(r"^\s*(?:(?:re|fw|fwd|aw|sv|回复|答复|回覆|转发)\s*[:：]\s*)+", re.IGNORECASE)
 
 
-def classify(msg: ParsedMessage, *, unsubscribe_addresses: frozenset[str] = frozenset()) -> Classification:
+def classify(msg: ParsedMessage, *, unsubscribe_addresses: frozenset[str] = frozenset(),
+             is_ours: Callable[[str], bool] | None = None) -> Classification:
     """Classify ``msg`` as bounce, auto_reply, unsubscribe or email_in, with evidence.
 
     ``unsubscribe_addresses`` are the addresses whose mail is always an
-    unsubscribe request (``unsubscribe_mailto``, SPEC §9).
+    unsubscribe request (``unsubscribe_mailto``, SPEC §9). ``is_ours`` tells
+    whether an address is one of our recipients (a customer's), for notices
+    without DSN structure (issue #11).
     """
     return (
-        _bounce(msg)
+        _bounce(msg, is_ours)
         or _auto_reply(msg)
         or _unsubscribe(msg, unsubscribe_addresses)
         or Classification(Kind.EMAIL_IN, "no bounce, auto-reply or unsubscribe sign")
@@ -103,6 +132,8 @@ def _bounce_hint(msg: ParsedMessage) -> str | None:
     local = msg.from_addr.split("@", 1)[0]
     if _BOUNCE_SENDERS.match(local):
         return f"sender {msg.from_addr}"
+    if msg.from_name and _BOUNCE_NAMES.search(msg.from_name):
+        return f"sender name {msg.from_name!r}"
     ctype = msg.headers.get("content-type", "").lower()
     if ctype.startswith("multipart/report") and "delivery-status" in ctype:
         return "Content-Type multipart/report"
@@ -113,59 +144,151 @@ def _bounce_hint(msg: ParsedMessage) -> str | None:
     return None
 
 
-def _bounce(msg: ParsedMessage) -> Classification | None:
+def _bounce(msg: ParsedMessage, is_ours: Callable[[str], bool] | None = None) -> Classification | None:
     """A bounce, read in order of trust: RFC 3464 fields, flufl.bounce, then the notice text."""
     hint = _bounce_hint(msg)
     if hint is None:
         return None
     strong = not hint.startswith("subject")
     mime = _reparse(msg)
+    original = _original_message_id(mime) if mime is not None else None
 
-    # 1. RFC 3464 delivery-status fields.
+    # 1. RFC 3464 delivery-status fields: every recipient block, each with its own permanence.
     dsn = _dsn_failures(mime) if mime is not None else []
     if dsn:
-        permanent = any(p for _a, p, _s in dsn)
-        recipients = _unique(a for a, p, _s in dsn if p == permanent)
-        status = next(s for a, p, s in dsn if p == permanent)
-        word = "Status" if status[0].isdigit() else "Action"
-        return Classification(
-            Kind.BOUNCE, f"DSN {word} {status} for {', '.join(recipients)}", recipients, permanent
-        )
+        described = "; ".join(f"{f.address} {f.status} {f.permanence.value}" for f in dsn)
+        return Classification(Kind.BOUNCE, f"DSN {described}", dsn, original)
     if mime is not None and _is_success_report(mime):
         return Classification(Kind.AUTO_REPLY, "delivery report without failures (Action delivered/relayed)")
 
-    # 2. GNU Mailman's detectors (Postfix, Exim, Exchange, qmail ...).
+    # 2. GNU Mailman's detectors (Postfix, Exim, Exchange, qmail ...), refined per recipient from the text.
     temporary, permanent_set = _flufl(mime)
-    text_temporary = bool(_TEMPORARY_TEXT.search(msg.subject) or _TEMPORARY_TEXT.search(msg.text[:3000]))
     if permanent_set or temporary:
-        is_permanent = bool(permanent_set) and not (text_temporary and not _permanent_code(msg.text))
-        chosen = permanent_set if permanent_set else temporary
-        recipients = _unique(sorted(chosen))
-        kind = "permanent" if is_permanent else "temporary"
-        return Classification(
-            Kind.BOUNCE, f"{kind} failure for {', '.join(recipients)} (flufl.bounce; {hint})", recipients, is_permanent
-        )
+        failures = _text_failures(msg, _unique([*sorted(permanent_set), *sorted(temporary)]),
+                                  default_hard=bool(permanent_set), temporary=_unique(sorted(temporary)))
+        return Classification(Kind.BOUNCE, f"{_describe(failures)} (flufl.bounce; {hint})", failures, original)
 
-    # 3. Our own reading: X-Failed-Recipients, then addresses in the notice.
+    # 3. Our own reading: X-Failed-Recipients, then addresses on recipient lines of the notice.
     recipients = _unique(a.strip().lower() for a in msg.headers.get("x-failed-recipients", "").split(",") if a.strip())
     source = "header X-Failed-Recipients"
     if not recipients:
         recipients = _text_recipients(msg)
         source = "notice text"
-    if not strong and not (recipients and (_STATUS.search(msg.text) or _SMTP_CODE.search(msg.text))):
+    ours = tuple(a for a in recipients if is_ours is not None and is_ours(a))
+    has_code = bool(_STATUS.search(msg.text) or _SMTP_CODE.search(msg.text))
+    if not strong and (_REPLY_PREFIX.match(msg.subject) or msg.in_reply_to):
+        return None  # a person's reply about a failure ("the parcel was returned / 退回"), not a notice
+    phrase = _near_failure(msg.text[:5000], ours)
+    if ours and phrase is not None and (not strong or not has_code):
+        # Issue #11: a notice without DSN structure that names our recipient next to a failure phrase.
+        source = f"rule: notice names our recipient with {phrase.group(0)!r}"
+        recipients = ours
+    elif not strong and not (recipients and has_code):
         # Only the subject looked like a bounce: a person writing about a
         # returned parcel ("退回") must not become a bounce of their colleague.
         return None
-    code = _permanent_code(msg.text)
-    # A notice without a 5xx code that says "delayed"/"暂时" is temporary;
-    # one that says nothing either way is taken as permanent, as they usually are.
-    is_permanent = code is not None or not text_temporary
-    if code is None:
-        temp = _STATUS.search(msg.text) or _SMTP_CODE.search(msg.text)
-        code = temp.group(0) if temp else None
-    detail = ("permanent failure" if is_permanent else "temporary failure") + (f" {code}" if code else "")
-    who = ", ".join(recipients) if recipients else "unknown recipient"
-    return Classification(Kind.BOUNCE, f"{detail} for {who} ({source}; {hint})", recipients, is_permanent)
+    elif ours:
+        recipients = ours  # a notice naming our customer and, say, the relay's postmaster: ours only
+    failures = _text_failures(msg, recipients, default_hard=True)
+    who = _describe(failures) if failures else "failure for unknown recipient"
+    return Classification(Kind.BOUNCE, f"{who} ({source}; {hint})", failures, original)
+
+
+def _near_failure(text: str, addresses: tuple[str, ...]) -> re.Match[str] | None:
+    """A failure phrase on the line naming one of ``addresses``, or on the two lines around it."""
+    if not addresses:
+        return None
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        low = line.lower()
+        if any(a in low for a in addresses):
+            m = _FAILURE_PHRASE.search("\n".join(lines[max(i - 1, 0):i + 3]))
+            if m is not None:
+                return m
+    return None
+
+
+def _describe(failures: Iterable[BounceFailure]) -> str:
+    return "; ".join(f"{f.permanence.value} failure{' ' + f.status if f.status else ''} for {f.address}"
+                     for f in failures)
+
+
+def _text_failures(msg: ParsedMessage, recipients: tuple[str, ...], *, default_hard: bool,
+                   temporary: tuple[str, ...] = ()) -> tuple[BounceFailure, ...]:
+    """Each recipient's permanence, read from the part of the notice about it.
+
+    Notices name several recipients one after the other (Exim, qmail): the
+    lines from one address to the next are that recipient's. A 5.x.x or 5xx
+    code there is hard; a 4.x.x status with "failed"/"expired" words is a
+    lost message (soft); "delayed"/"will retry" is a delay. Without a sign
+    for that recipient, the whole notice decides, as before: a permanent
+    code anywhere is hard, "delayed" words a delay, and silence hard (as
+    such notices usually are) — or flufl.bounce's own verdict.
+    """
+    text = msg.text[:20000]
+    whole_code = _permanent_code(text)
+    whole_temp = bool(_TEMPORARY_TEXT.search(msg.subject) or _TEMPORARY_TEXT.search(text[:3000]))
+    lines = text.splitlines()
+    starts: list[tuple[int, str]] = []
+    for i, line in enumerate(lines):
+        low = line.lower()
+        for a in recipients:
+            if a in low and all(a != b for _, b in starts):
+                starts.append((i, a))
+    starts.sort()
+    segment: dict[str, str] = {}
+    for n, (i, a) in enumerate(starts):
+        end = starts[n + 1][0] if n + 1 < len(starts) else min(len(lines), i + 12)
+        segment[a] = "\n".join(lines[i:max(end, i + 1)])
+    out = []
+    for a in recipients:
+        seg = segment.get(a, "")
+        out.append(_failure(a, seg, whole_code=whole_code, whole_temp=whole_temp,
+                            default_hard=default_hard and a not in temporary))
+    return tuple(out)
+
+
+def _failure(address: str, segment: str, *, whole_code: str | None, whole_temp: bool,
+             default_hard: bool) -> BounceFailure:
+    code = _permanent_code(segment)
+    if code:
+        return BounceFailure(address, Permanence.HARD, code)
+    status = _STATUS.search(segment) or _SMTP_CODE.search(segment)
+    if status is not None and status.group(1) == "4":
+        # Lost only when the text about it says the server gave up, and the notice is no delay warning
+        # ("will give up in 5 days" is a warning: future tense is not matched).
+        gave_up = _GAVE_UP.search(segment) and not _TEMPORARY_TEXT.search(segment) and not whole_temp
+        return BounceFailure(address, Permanence.SOFT if gave_up else Permanence.DELAYED, status.group(0))
+    if segment and _TEMPORARY_TEXT.search(segment):
+        return BounceFailure(address, Permanence.DELAYED, "")
+    if whole_code:
+        return BounceFailure(address, Permanence.HARD, whole_code)
+    if whole_temp:
+        temp = _STATUS.search(segment) or None
+        return BounceFailure(address, Permanence.DELAYED, temp.group(0) if temp else "")
+    return BounceFailure(address, Permanence.HARD if default_hard else Permanence.DELAYED, "")
+
+
+def _original_message_id(mime: Message) -> str | None:
+    """The Message-ID of the message that bounced, from the returned message or its headers (RFC 3462)."""
+    for part in mime.walk():
+        ctype = part.get_content_type()
+        value = None
+        if ctype == "message/rfc822":
+            payload = part.get_payload()
+            inner = payload[0] if isinstance(payload, list) and payload else None
+            if isinstance(inner, Message):
+                value = inner.get("message-id")
+        elif ctype == "text/rfc822-headers":
+            text = part.get_payload(decode=False)
+            if isinstance(text, str):
+                m = re.search(r"^message-id:\s*(<[^>\s]+>)", text, re.IGNORECASE | re.MULTILINE)
+                value = m.group(1) if m else None
+        if value:
+            m = re.search(r"<[^<>\s]+>", str(value))
+            if m:
+                return m.group(0)
+    return None
 
 
 def _reparse(msg: ParsedMessage) -> Message | None:
@@ -185,9 +308,15 @@ def _reparse(msg: ParsedMessage) -> Message | None:
         return None
 
 
-def _dsn_failures(mime: Message) -> list[tuple[str, bool, str]]:
-    """(recipient, permanent, status) for each failed or delayed recipient in a DSN."""
-    out: list[tuple[str, bool, str]] = []
+def _dsn_failures(mime: Message) -> tuple[BounceFailure, ...]:
+    """Each failed or delayed recipient of a DSN with its permanence (RFC 3464 §2.3.3, RFC 3463).
+
+    ``Action: failed`` is a lost message whatever the status class: hard
+    with 5.x.x (or no status), soft with 4.x.x (e.g. 4.4.7, the queue
+    lifetime expired). ``Action: delayed``, or a 4.x.x status without
+    ``failed``, is a delay.
+    """
+    out: list[BounceFailure] = []
     for part in mime.walk():
         if part.get_content_type() != "message/delivery-status":
             continue
@@ -201,15 +330,16 @@ def _dsn_failures(mime: Message) -> list[tuple[str, bool, str]]:
             status_match = _STATUS.search(str(block.get("status", "")))
             status = status_match.group(0) if status_match else ""
             addr = _dsn_address(block)
-            if not addr:
+            if not addr or any(f.address == addr for f in out):
                 continue
-            if status.startswith("5") or (not status and action == "failed"):
-                out.append((addr, True, status or action))
-            elif status.startswith("4") or action == "delayed":
-                out.append((addr, False, status or action))
+            if status.startswith("5"):
+                out.append(BounceFailure(addr, Permanence.HARD, status))
             elif action == "failed":
-                out.append((addr, True, action))
-    return out
+                soft = status.startswith("4")
+                out.append(BounceFailure(addr, Permanence.SOFT if soft else Permanence.HARD, status or action))
+            elif status.startswith("4") or action == "delayed":
+                out.append(BounceFailure(addr, Permanence.DELAYED, status or action))
+    return tuple(out)
 
 
 def _dsn_address(block: Message) -> str:

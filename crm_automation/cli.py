@@ -213,6 +213,10 @@ def _print_results(o: Ctx, results: list[Any]) -> int:
             click.echo(f"  - {p}", err=True)
         if len(r.problems) > 50:
             click.echo(f"  ... and {len(r.problems) - 50} more", err=True)
+        for n in r.notes[:50]:
+            click.echo(f"  - {n}", err=True)
+        if len(r.notes) > 50:
+            click.echo(f"  ... and {len(r.notes) - 50} more", err=True)
         if r.error is not None:
             click.echo(f"  error: {r.error}", err=True)
             if r.error.hint:
@@ -252,6 +256,8 @@ def _print_check(report: dict[str, Any]) -> None:
         click.echo(f"[{mark}] {item['name']}: {item['summary']}")
         for p in item.get("problems", [])[:100]:
             click.echo(f"      - {p}")
+        for n in item.get("notes", [])[:100]:
+            click.echo(f"      - {n}")
         if item.get("hint"):
             click.echo(f"      hint: {item['hint']}")
 

@@ -11,7 +11,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -146,12 +146,25 @@ class ScheduleSection(_Strict):
         return v
 
 
+class InboundSection(_Strict):
+    """``[inbound]``: the soft-bounce score (issue #11; Mailman's bounce score, listmonk's soft-bounce count).
+
+    ``soft_bounce_limit`` soft bounces or delays of *distinct* messages to one
+    address within ``soft_bounce_days`` suppress it (reason ``soft_bounces``);
+    a reply from the customer starts the count again. ``0`` turns it off.
+    """
+
+    soft_bounce_limit: int = Field(default=3, ge=0)
+    soft_bounce_days: int = Field(default=30, ge=0)
+
+
 class _ConfigModel(_Strict):
     workspace: WorkspaceSection = WorkspaceSection()
     sheet: SheetSection
     mailbox: MailboxSection
     outbound: OutboundSection
     schedule: ScheduleSection = ScheduleSection()
+    inbound: InboundSection = InboundSection()
 
 
 def parse_duration(text: str) -> timedelta | None:
@@ -203,6 +216,7 @@ class Config:
     mailbox: MailboxSection
     outbound: OutboundSection
     schedule: ScheduleSection
+    inbound: InboundSection = field(default_factory=InboundSection)
     language: str = DEFAULT_LANGUAGE  # [workspace] language: the sheet's status words, unless [writeback] says
 
     def resolve(self, value: str) -> Path:
@@ -278,7 +292,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     return Config(
         path=cfg_path.resolve(), root=root, timezone=ZoneInfo(ws.timezone), database=res(ws.database),
         mappings=res(ws.mappings), templates=res(ws.templates), sheet=model.sheet, mailbox=model.mailbox,
-        outbound=model.outbound, schedule=model.schedule, language=ws.language,
+        outbound=model.outbound, schedule=model.schedule, inbound=model.inbound, language=ws.language,
     )
 
 

@@ -1,16 +1,19 @@
 """What an inbound activity does to a customer (SPEC §9). Pure.
 
-Permanent bounces and unsubscribes suppress the address and set the
-sheet's status column; replies stop sequences — the planner derives that
-from the log, so no state is stored for it here. Auto-replies and temporary
-bounces change nothing (RFC 3834: an auto-reply is never a reply).
+Hard bounces and unsubscribes suppress the address and set the sheet's
+status column; replies and lost messages stop sequences — the planner
+derives that from the log, so no state is stored for it here. Soft bounces
+and delays suppress only when they reach the soft-bounce score (issue #11,
+GNU Mailman's bounce score): ``soft_bounce_limit`` distinct messages within
+``soft_bounce_days``, counted by the store since the customer's last reply.
+Auto-replies change nothing (RFC 3834: an auto-reply is never a reply).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from crm_automation.models import Classification, Kind, ParsedMessage
+from crm_automation.models import BounceFailure, Classification, Kind, ParsedMessage, Permanence
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,14 +26,27 @@ class Effect:
 
 
 def effects(msg: ParsedMessage, cls: Classification, customer_email: str | None) -> list[Effect]:
-    """The suppressions and status changes one classified message causes."""
-    if cls.kind is Kind.BOUNCE and cls.permanent:
-        addrs = list(cls.recipients) or ([customer_email] if customer_email else [])
-        return [Effect(a.lower(), "bounced", "bounced") for a in addrs]
+    """The suppressions and status changes one classified message causes (bounces: :func:`bounce_effects`)."""
+    if cls.kind is Kind.BOUNCE and not cls.failures and customer_email:
+        return [Effect(customer_email.lower(), "bounced", "bounced")]  # a notice naming nobody, matched otherwise
     if cls.kind is Kind.UNSUBSCRIBE:
         addr = msg.from_addr or customer_email
         out = [Effect(addr.lower(), "unsubscribed", "unsubscribed")] if addr else []
         if customer_email and addr and customer_email.lower() != addr.lower():
             out.append(Effect(customer_email.lower(), "unsubscribed", "unsubscribed"))
         return out
+    return []
+
+
+def bounce_effects(failure: BounceFailure, *, soft_count: int, soft_limit: int) -> list[Effect]:
+    """What one failed recipient causes: a hard bounce suppresses at once; soft ones when the score is reached.
+
+    ``soft_count`` is the number of distinct messages to this address that
+    soft-bounced or were delayed in the window, this one included;
+    ``soft_limit`` 0 turns the score off.
+    """
+    if failure.permanence is Permanence.HARD:
+        return [Effect(failure.address, "bounced", "bounced")]
+    if soft_limit and soft_count >= soft_limit:
+        return [Effect(failure.address, "soft_bounces", "bounced")]
     return []

@@ -71,11 +71,20 @@ class TransientSendError(ServiceError):
 
 
 class PermanentSendError(DataError):
-    """An SMTP 5xx answer for one message: the send is marked ``failed``."""
+    """An SMTP 5xx answer for one message: the send is marked ``failed``.
 
-    def __init__(self, message: str, *, code: int | None = None, hint: str | None = None) -> None:
+    ``unknown_recipient`` names the address when the server refused the
+    recipient itself as non-existent (RCPT answered 5.1.x, or 550 "user
+    unknown"): a hard bounce for that address (issue #11), decided by the
+    transport that read the answer.
+    """
+
+    def __init__(self, message: str, *, code: int | None = None, hint: str | None = None,
+                 enhanced: str | None = None, unknown_recipient: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.code = code
+        self.enhanced = enhanced
+        self.unknown_recipient = unknown_recipient
 
 
 class MessageError(DataError):

@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from crm_automation.errors import ConfigError
-from crm_automation.models import Customer, CustomerColumns, FieldSpec, FieldType, RowError, SheetData
+from crm_automation.models import Customer, CustomerColumns, FieldSpec, FieldType, OnInvalid, RowError, SheetData
 from crm_automation.sheets.base import GridData
 from crm_automation.sheets.status_words import LANGUAGES, expected_languages
 
@@ -41,6 +41,8 @@ class _FieldModel(_Strict):
     required: bool = False
     choices: tuple[str, ...] = ()
     region: str | None = None
+    # None: "reject_row" for the key and required fields, "blank" for the others (issue #11)
+    on_invalid: Literal["reject_row", "blank"] | None = None
 
 
 class _CustomersModel(_Strict):
@@ -114,13 +116,31 @@ class Campaign:
     skip_if_already_wrote: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class BlankedCell:
+    """A cell of an ``on_invalid = "blank"`` field that failed: its row was kept with ``field`` empty (issue #11).
+
+    Shown apart from rejected rows (``kept with phone blank: <the row error>``)
+    because it is not a failed item: the customer is in the log and can be mailed.
+    """
+
+    field: str
+    error: RowError
+
+    def __str__(self) -> str:
+        return f"kept with {self.field} blank: {self.error}"
+
+
 @dataclass(slots=True)
 class MappingResult:
     """What one pass over the sheet found.
 
     ``customers`` are rows validated now (new or changed since the last
     sync); ``unchanged`` are keys of rows whose raw cells hash the same as
-    last time (not validated again); ``hashes`` maps every good key to its hash.
+    last time (not validated again); ``hashes`` maps every good key to its
+    hash, except rows kept with a blanked cell: they have none, so they are
+    validated, and their cells reported, again at every sync until fixed.
+    ``errors`` reject rows; ``blanked`` are cells emptied in rows that were kept.
     """
 
     customers: Sequence[Customer] = field(default_factory=list)
@@ -129,6 +149,7 @@ class MappingResult:
     hashes: dict[str, str] = field(default_factory=dict)
     rejected_keys: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    blanked: list[BlankedCell] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,12 +189,19 @@ class Mapping:
 
         prepare(tuple(self.fields.values()))
 
-    def apply(self, data: SheetData, previous: dict[str, str] | None = None) -> MappingResult:
+    def apply(self, data: SheetData, previous: dict[str, str] | None = None, *,
+              blank_invalid: bool = False) -> MappingResult:
         """Validate rows; rows whose raw hash is in ``previous`` (hash -> key) are not validated again.
 
         Work is done column by column with a per-column memo (stages, owners
         and choices repeat thousands of times), which keeps a first sync of
         100,000 rows within issue #3's budget.
+
+        ``blank_invalid`` (``sync``, ``check``): a failing cell of an
+        ``on_invalid = "blank"`` field is emptied and reported in ``blanked``,
+        and its row kept (issue #11). Without it every failing cell rejects
+        its row, as ``import`` needs: it writes rows into the sheet, where a
+        cell dropped on the way would be lost.
         """
         cols = self.columns(data.headers, data.source)
         res = MappingResult()
@@ -192,13 +220,18 @@ class Mapping:
         todo = [i for i, d in enumerate(digests) if d not in previous] if previous else range(len(digests))
         if len(todo) != len(digests):
             values = [[col[i] for i in todo] for col in values]
-        converted, bad = self._convert_columns(items, values, self.key)
+        converted, bad, blanked = self._convert_columns(items, values, self.key, blank_invalid=blank_invalid)
+        key_idx = next(i for i, (n, _, _) in enumerate(items) if n == self.key)
         if not previous and not bad and self._all_new(res, data.row_numbers, digests, converted, items):
+            for position in sorted(blanked):  # the bulk path stays; these rows only lose their hash
+                self._report_blanked(res, data.source, data.row_numbers[position], items, values, position,
+                                     blanked[position])
+                k = converted[key_idx][position]
+                del res.hashes[k if k.__class__ is str else str(k)]
             return res
         results = zip(*converted, strict=True)
         position = -1
         key_col = self.fields[self.key].column
-        key_idx = next(i for i, (n, _, _) in enumerate(items) if n == self.key)
         names = [n for n, _, _ in items]
         empty = dict.fromkeys(self.fields) if len(names) != len(self.fields) else None
         seen: dict[str, int] = {}
@@ -210,7 +243,10 @@ class Mapping:
                 out = next(results)
                 position += 1
                 if position in bad:
-                    for j, reason in sorted(bad[position].items()):
+                    cells = bad[position]
+                    if blanked and position in blanked:  # a rejected row reports every cell that fails
+                        cells = cells | blanked[position]
+                    for j, reason in sorted(cells.items()):
                         res.errors.append(RowError(data.source, row, headers[j], values[j][position], reason))
                     k = out[key_idx]
                     if k is not None and key_idx not in bad[position]:
@@ -229,6 +265,10 @@ class Mapping:
                     d = dict(empty)
                     d.update(zip(names, out, strict=True))
                 customers.append(Customer(key=key, row=row, data=d))
+                if blanked and position in blanked:
+                    self._report_blanked(res, data.source, row, items, values, position, blanked[position])
+                    seen[key] = row
+                    continue  # no hash: validated, and reported, again at the next sync
             elif key in seen:
                 res.errors.append(RowError(data.source, row, key_col, key,
                                            f"duplicates the key of row {seen[key]} (the first row wins)"))
@@ -238,6 +278,14 @@ class Mapping:
             seen[key] = row
             res.hashes[key] = digest
         return res
+
+    @staticmethod
+    def _report_blanked(res: MappingResult, source: str, row: int, items: list[tuple[str, FieldSpec, str]],
+                        values: list[list[Any]], position: int, cells: dict[int, str]) -> None:
+        """Report the cells emptied in a kept row: sheet row, column, value as read, reason (issue #11)."""
+        for j, reason in sorted(cells.items()):
+            name, _, header = items[j]
+            res.blanked.append(BlankedCell(name, RowError(source, row, header, values[j][position], reason)))
 
     def _report_duplicate_headers(self, data: GridData, res: MappingResult) -> None:
         """A header over several columns (issue #9): an error when the mapping uses it, else a warning.
@@ -282,9 +330,15 @@ class Mapping:
         return True
 
     @staticmethod
-    def _convert_columns(items: list[tuple[str, FieldSpec, str]], values: list[list[Any]], key_field: str
-                         ) -> tuple[list[list[Any]], dict[int, dict[int, str]]]:
-        """Convert the pending cells column by column: (columns, {row position: {column index: reason}}).
+    def _convert_columns(items: list[tuple[str, FieldSpec, str]], values: list[list[Any]], key_field: str, *,
+                         blank_invalid: bool = False
+                         ) -> tuple[list[list[Any]], dict[int, dict[int, str]], dict[int, dict[int, str]]]:
+        """Convert the pending cells column by column: (columns, bad, blanked).
+
+        ``bad`` and ``blanked`` are {row position: {column index: reason}}:
+        cells that reject their row, and cells of ``on_invalid = "blank"``
+        fields (with ``blank_invalid``), already None in ``columns``. The key
+        and required fields always reject, whatever a hand-made FieldSpec says.
 
         fieldtypes (email-validator, phonenumbers: ~0.1 s to import) loads here, not at start-up,
         so commands that never validate a row (send, fetch, report) start faster.
@@ -293,15 +347,19 @@ class Mapping:
 
         columns: list[list[Any]] = []
         bad: dict[int, dict[int, str]] = {}
+        blanked: dict[int, dict[int, str]] = {}
         for j, ((name, spec, _), col) in enumerate(zip(items, values, strict=True)):
             out, errors = convert_column(spec, col)
-            for i, reason in errors.items():
-                bad.setdefault(i, {})[j] = reason
-            if spec.required or name == key_field:
+            strict = spec.required or name == key_field
+            if errors:
+                into = blanked if blank_invalid and not strict and spec.on_invalid is OnInvalid.BLANK else bad
+                for i, reason in errors.items():
+                    into.setdefault(i, {})[j] = reason
+            if strict:
                 for i in (i for i, v in enumerate(out) if v is None):
                     bad.setdefault(i, {}).setdefault(j, _EMPTY)
             columns.append(out)
-        return columns, bad
+        return columns, bad, blanked
 
 
 _EMPTY = "is empty (expected a value: the column is required)"
@@ -365,8 +423,14 @@ def load_mapping(mappings_dir: Path) -> Mapping:
             problems.append(f"{path}: fields.{name}: type \"choice\" needs choices = [...]")
         if f.region is not None and f.type is not FieldType.PHONE:
             problems.append(f"{path}: fields.{name}: region applies only to type \"phone\"")
+        strict = f.required or name == m.key
+        if f.on_invalid == OnInvalid.BLANK and strict:
+            what = "the key field" if name == m.key else "a required field"
+            problems.append(f"{path}: fields.{name}: on_invalid = \"blank\" is not allowed on {what}: a row without "
+                            f"it cannot be kept (expected \"reject_row\", or leave on_invalid out)")
+        on_invalid = OnInvalid(f.on_invalid) if f.on_invalid else (OnInvalid.REJECT_ROW if strict else OnInvalid.BLANK)
         fields[name] = FieldSpec(name=name, column=f.column, type=f.type, required=f.required,
-                                 choices=f.choices, region=f.region)
+                                 choices=f.choices, region=f.region, on_invalid=on_invalid)
     cols = [f.column.strip() for f in m.fields.values()]
     dup_cols = sorted({c for c in cols if cols.count(c) > 1})
     if dup_cols:

@@ -26,9 +26,26 @@ class FieldType(enum.StrEnum):
     BOOL = "bool"
 
 
+class OnInvalid(enum.StrEnum):
+    """What a cell that fails validation does to its row (``on_invalid``, issue #11).
+
+    ``reject_row``: the row is reported and skipped (the key and required
+    fields, where nothing else makes sense). ``blank``: the row is kept with
+    that field empty (None) and the cell is reported, so a mistyped phone
+    does not keep a new customer from being mailed.
+    """
+
+    REJECT_ROW = "reject_row"
+    BLANK = "blank"
+
+
 @dataclass(frozen=True, slots=True)
 class FieldSpec:
-    """One mapped field: sheet column ``column`` becomes ``customer.<name>``."""
+    """One mapped field: sheet column ``column`` becomes ``customer.<name>``.
+
+    ``on_invalid`` defaults to rejecting the row here; ``load_mapping`` sets
+    ``blank`` for every field that is neither the key nor required.
+    """
 
     name: str
     column: str
@@ -36,6 +53,7 @@ class FieldSpec:
     required: bool = False
     choices: tuple[str, ...] = ()
     region: str | None = None
+    on_invalid: OnInvalid = OnInvalid.REJECT_ROW
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,15 +246,58 @@ class Kind(enum.StrEnum):
     CUSTOMER_REMOVED = "customer_removed"
 
 
+class Permanence(enum.StrEnum):
+    """What a bounce says happened to one recipient's copy (issue #11).
+
+    ``hard``: lost for good (``Action: failed`` with a 5.x.x status, a 5xx
+    refusal): the address is suppressed at once. ``soft``: this message is
+    lost, but the cause may pass (``Action: failed`` with a 4.x.x status,
+    e.g. 4.4.7 "delivery time expired"): it stops that campaign's sequence
+    and counts towards the soft-bounce score. ``delayed``: the server is
+    still trying (``Action: delayed``): nothing stops; it counts towards the
+    score, once per message.
+    """
+
+    HARD = "hard"
+    SOFT = "soft"
+    DELAYED = "delayed"
+
+    @property
+    def lost(self) -> bool:
+        """The message will never arrive (hard or soft)."""
+        return self is not Permanence.DELAYED
+
+
+@dataclass(frozen=True, slots=True)
+class BounceFailure:
+    """One failed recipient named by a bounce, with its own permanence and status (e.g. ``5.1.1``)."""
+
+    address: str
+    permanence: Permanence
+    status: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class Classification:
     """What an inbound message is, and why (``evidence`` is shown in the timeline).
 
-    For a bounce, ``recipients`` are the addresses that failed and
-    ``permanent`` tells a hard bounce (5.x.x) from a soft one (4.x.x).
+    For a bounce, ``failures`` names each failed recipient with its own
+    permanence; ``recipients`` and ``permanent`` are derived from them (the
+    addresses, and whether any failure is hard). ``original_message_id`` is
+    the Message-ID of the message that bounced, when the report quotes it.
     """
 
     kind: Kind
     evidence: str
-    recipients: tuple[str, ...] = ()
-    permanent: bool = False
+    failures: tuple[BounceFailure, ...] = ()
+    original_message_id: str | None = None
+
+    @property
+    def recipients(self) -> tuple[str, ...]:
+        """The failed recipients' addresses, in the bounce's order."""
+        return tuple(f.address for f in self.failures)
+
+    @property
+    def permanent(self) -> bool:
+        """Whether any recipient failed for good (a hard bounce)."""
+        return any(f.permanence is Permanence.HARD for f in self.failures)

@@ -55,6 +55,9 @@ class History:
     changes: dict[str, list[tuple[str, Any, datetime]]] = field(default_factory=dict)  # field -> [(key, new, at)]
     suppressed: frozenset[str] = frozenset()
     quarantine_reasons: dict[str, str] = field(default_factory=dict)  # key -> why their last message was quarantined
+    # key -> [(campaign or None, logged_at)] of soft bounces: that message was lost (issue #11); it stops the
+    # sequence of its campaign (or every sequence when the bounce did not say which message it was).
+    lost: dict[str, list[tuple[str | None, datetime]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,10 @@ def stop_reason(c: Campaign, cust: CustomerView, since: datetime, h: History) ->
     for kind, at in h.inbound.get(cust.key, ()):
         if kind in wanted and at > since:  # times are whole seconds: a same-second reply was fetched first
             return f"stopped: {_described(kind, cust.key, h)} logged {at.isoformat()}"
+    if "bounce" in c.stop_on:
+        for campaign, at in h.lost.get(cust.key, ()):
+            if (campaign is None or campaign == c.id) and at > since:
+                return f"stopped: soft bounce (a message to the customer was lost) logged {at.isoformat()}"
     return None
 
 

@@ -40,7 +40,7 @@ from crm_automation.errors import (
 )
 from crm_automation.mailbox.base import Cursor, MailboxSource
 from crm_automation.match import match
-from crm_automation.models import Classification, Kind, ParsedMessage, RawMessage
+from crm_automation.models import Classification, Kind, ParsedMessage, Permanence, RawMessage
 from crm_automation.planner import (
     QUARANTINED,
     CustomerView,
@@ -108,13 +108,17 @@ def no_progress(desc: str, total: int | None) -> _NoBar:
 
 @dataclass
 class StageResult:
-    """How one stage went. ``problems`` are per-item failures (exit 1); ``error`` a stopped stage (exit 3)."""
+    """How one stage went. ``problems`` are per-item failures (exit 1); ``error`` a stopped stage (exit 3).
+
+    ``notes`` are shown like problems but fail nothing: e.g. sheet cells blanked in rows that were kept (issue #11).
+    """
 
     job: str
     stats: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     error: CrmError | None = None
     details: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -134,6 +138,8 @@ class StageResult:
             out["error"] = str(self.error)
         if self.details:
             out["details"] = self.details
+        if self.notes:
+            out["notes"] = self.notes
         return out
 
 
@@ -243,6 +249,9 @@ class Worker:
                 res.stats = {"rows": last[1], "added": 0, "changed": 0, "unchanged": max(last[1] - len(last[2]), 0),
                              "removed": 0, "rejected": len(last[2]), "note": "sheet unchanged since the last sync"}
                 res.problems += last[2]
+                res.notes += last[3]
+                if last[3]:
+                    res.stats["blanked"] = len(last[3])
                 known = self._synced[1] if self._synced is not None and self._synced[0] == fp else None
                 self._synced = (fp, known)
                 return res
@@ -258,7 +267,7 @@ class Worker:
                 self._appended = set()
                 self.sheet_version = data.version
                 self._remember_cells(data)
-                result = self.ws.mapping.apply(data, previous)
+                result = self.ws.mapping.apply(data, previous, blank_invalid=True)
                 keep = dict(result.unchanged)
                 for k, r in result.rejected_keys.items():
                     keep.setdefault(k, r)
@@ -267,6 +276,7 @@ class Worker:
                 stats = self.store.apply_sync(source_name, result.customers, keep, result.hashes, self.clock.now())
             relinked = self._relink() if stats.added or stats.returned else 0
             res.problems += [str(e) for e in result.errors]
+            res.notes += [str(b) for b in result.blanked]
             for w in result.warnings:
                 log.warning("%s", w)
             # "unchanged" counts rows whose cells are as at the last sync (not the rejected rows kept present).
@@ -277,7 +287,11 @@ class Worker:
                 res.stats["returned"] = stats.returned
             if relinked:
                 res.stats["earlier_mail_linked"] = relinked
-            self.store.set_sheet_state(self.sheet.name, fp, n_rows, res.problems, self.clock.now())
+            if result.blanked:
+                # Reported at every sync until fixed (issue #11): kept with the sheet's state for a skipped
+                # unchanged sheet; their rows have no row hash, so a changed sheet validates them again.
+                res.stats["blanked"] = len(result.blanked)
+            self.store.set_sheet_state(self.sheet.name, fp, n_rows, res.problems, self.clock.now(), res.notes)
             self._synced = (fp, self.sheet_version) if fp is not None else None
         return res
 
@@ -307,7 +321,7 @@ class Worker:
         if last is None or last[0] != self._synced[0]:
             return
         new = f"{r.fingerprint}:{last[0].partition(':')[2]}"  # the mapping the rows were validated with
-        self.store.set_sheet_state(self.sheet.name, new, last[1], last[2], self.clock.now())
+        self.store.set_sheet_state(self.sheet.name, new, last[1], last[2], self.clock.now(), last[3])
         self._synced = (new, r.version)
 
     def _fingerprint(self) -> str | None:
@@ -428,7 +442,7 @@ class Worker:
                                     now, by_email)
         try:
             msg = parse(raw.raw, max_bytes=limit)
-            cls = classify(msg, unsubscribe_addresses=unsub)
+            cls = classify(msg, unsubscribe_addresses=unsub, is_ours=by_email.__contains__)
             cls = self._own_unsubscribe(msg, cls)
             refs = [r for r in (msg.in_reply_to, *msg.references) if r]
             sent = {m: v[0] for m, v in self.store.sent_message_ids(refs).items()} if refs else {}
@@ -439,6 +453,8 @@ class Worker:
             log.debug("parse failure", exc_info=True)
             return self._quarantine(raw, src, f"internal error while reading the message: {type(e).__name__}: {e}",
                                     now, by_email)
+        if cls.kind is Kind.BOUNCE and cls.failures:
+            return self._log_bounce(raw, msg, cls, src, by_email, now)
         cust_email = None
         if key is not None:
             c = self.store.customer(key)
@@ -465,6 +481,60 @@ class Worker:
         if key is None and cls.kind is Kind.EMAIL_IN and msg.from_addr:
             new_senders.setdefault(msg.from_addr, msg.from_name)
         return cls.kind.value if key is not None else "unknown"
+
+    def _log_bounce(self, raw: RawMessage, msg: ParsedMessage, cls: Classification, src: str,
+                    by_email: dict[str, str], now: datetime) -> str:
+        """One ``bounce`` activity per failed recipient, each with its own permanence and effects (issue #11).
+
+        Why one each: the timeline, ``report`` and the planner read bounces
+        per customer; a report naming two customers used to mark only the
+        first. The bounced message (``original_message_id``) tells which
+        send, so the activity carries its campaign and step. All of it, with
+        the cursor, in one transaction.
+        """
+        from crm_automation.effects import bounce_effects
+        from crm_automation.parse import content_digest
+
+        original = self.store.sent_message_ids([cls.original_message_id]).get(cls.original_message_id or "") \
+            if cls.original_message_id else None
+        inb = self.ws.cfg.inbound
+        since = now - timedelta(days=inb.soft_bounce_days)
+        digest = content_digest(msg)
+        logged = 0
+        first_key: str | None = None
+        with self.store.transaction():
+            for f in cls.failures:
+                key = by_email.get(f.address)
+                how = f"failed recipient {f.address}"
+                if key is None and original is not None and len(cls.failures) == 1:
+                    key, how = original[0], f"bounced message {cls.original_message_id}"
+                campaign, step = (original[1], original[2]) if original and original[0] == key else (None, None)
+                aid = self.store.add_activity(
+                    kind=Kind.BOUNCE.value, occurred_at=msg.date or now, now=now, customer_key=key,
+                    subject=msg.subject, body=msg.reply, message_id=msg.message_id, in_reply_to=msg.in_reply_to,
+                    campaign=campaign, step=step, source=src, digest=f"{digest}:{f.address}",
+                    details={"from": msg.from_addr, "to": list(msg.to_addrs), "evidence": cls.evidence,
+                             "matched_by": how if key else "unknown recipient", "recipient": f.address,
+                             "permanence": f.permanence.value, "status": f.status,
+                             "permanent": f.permanence is Permanence.HARD, "recipients": list(cls.recipients),
+                             "original_message_id": cls.original_message_id, "uid": raw.uid})
+                if aid is None:
+                    continue
+                logged += 1
+                first_key = first_key or key
+                soft = 0
+                if f.permanence is not Permanence.HARD and inb.soft_bounce_limit:
+                    soft = self.store.soft_bounce_count(f.address, key, since)
+                for eff in bounce_effects(f, soft_count=soft, soft_limit=inb.soft_bounce_limit):
+                    why = (f"bounce {msg.message_id}" if eff.reason == "bounced" else
+                           f"{soft} soft bounces within {inb.soft_bounce_days} days (last {msg.message_id})")
+                    self.store.suppress(eff.email, eff.reason, why, now)
+                    if eff.status and key is not None:
+                        self.store.set_email_status(key, eff.status)
+            self._advance(raw, now)
+        if not logged:
+            return "duplicates"
+        return Kind.BOUNCE.value if first_key is not None else "unknown"
 
     def _queue_notification(self, activity_id: int, key: str | None, cls: Classification, now: datetime) -> None:
         """``notify_owner``: queue a note to the customer's owner in the activity's own transaction."""
@@ -567,9 +637,15 @@ class Worker:
             h.send_keys.add((s.campaign, s.step, s.customer_key))
             if s.status == "sent" and s.sent_at is not None:
                 h.sent_at[(s.campaign, s.step, s.customer_key)] = s.sent_at
-        for key, kind, at, details in self.store.inbound_history():
-            if kind == "bounce" and not json.loads(details or "{}").get("permanent"):
-                continue  # a temporary bounce never stops a sequence
+        for key, kind, at, details, campaign in self.store.inbound_history():
+            if kind == "bounce":
+                d = json.loads(details or "{}")
+                permanence = d.get("permanence") or ("hard" if d.get("permanent") else "delayed")
+                if permanence == Permanence.DELAYED:
+                    continue  # a delay never stops a sequence: the message may still arrive
+                if permanence == Permanence.SOFT:
+                    h.lost.setdefault(key, []).append((campaign, at))  # that message is lost (issue #11)
+                    continue
             h.inbound.setdefault(key, []).append((kind, at))
         for f in {c.field for c in self.ws.campaigns if c.trigger == "change" and c.field}:
             h.changes[f] = self.store.field_changes(f)
@@ -941,6 +1017,14 @@ class Worker:
                 res.error = ServiceError(f"the server refuses more mail for now (a sending quota): {e}",
                                          hint="the queue waits; lower max_per_day / max_per_minute")
                 return
+            if e.unknown_recipient is not None:
+                # Refused at RCPT as non-existent: a hard bounce for that address, not a server problem, so it
+                # does not count towards the 5xx streak (issue #11).
+                self._refused_recipient(s, e, e.unknown_recipient, now)
+                res.stats["failed"] += 1
+                res.stats["bounced_at_rcpt"] = res.stats.get("bounced_at_rcpt", 0) + 1
+                res.problems.append(f"send {s.campaign}/{s.step} to {s.customer_key}: {e}")
+                return
             self.store.mark_failed(s.id, str(e), now, customer_key=s.customer_key, campaign=s.campaign, step=s.step)
             res.stats["failed"] += 1
             res.problems.append(f"send {s.campaign}/{s.step} to {s.customer_key}: {e}")
@@ -959,6 +1043,20 @@ class Worker:
         self._pending_sent = (s.id, s.customer_key, s.campaign, s.step, message_id, self.clock.now(), subject, text)
         res.stats["sent"] += 1
         self._consecutive_5xx = 0
+
+    def _refused_recipient(self, s: Any, e: PermanentSendError, address: str, now: datetime) -> None:
+        """The send failed, and the address is a hard bounce: activity, suppression, email_status, one commit."""
+        with self.store.transaction():
+            self.store.mark_failed(s.id, str(e), now, customer_key=s.customer_key, campaign=s.campaign, step=s.step)
+            self.store.add_activity(
+                kind=Kind.BOUNCE.value, occurred_at=now, now=now, customer_key=s.customer_key,
+                subject=f"refused at RCPT: {e.code} {e.enhanced or ''}".strip(), campaign=s.campaign, step=s.step,
+                message_id=s.message_id, source="smtp",
+                details={"recipient": address.lower(), "permanence": Permanence.HARD.value, "permanent": True,
+                         "status": e.enhanced or str(e.code or ""), "evidence": f"refused at RCPT: {e}",
+                         "recipients": [address.lower()], "original_message_id": s.message_id})
+            self.store.suppress(address, "bounced", f"refused at RCPT for {s.message_id}", now)
+            self.store.set_email_status(s.customer_key, "bounced")
 
     # ------------------------------------------------------------------ write-back
     def writeback(self, *, reuse_read: bool = False) -> StageResult:

@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.dovecot",
     "tests.fixtures.smtpd",
     "tests.fixtures.sheets_api",
+    "tests.fixtures.postfix",
 ]

@@ -24,6 +24,10 @@ from crm_automation.models import Customer, CustomerColumns, Kind
 from crm_automation.store.migrations import migrate
 from crm_automation.store.schema import INBOUND_KINDS
 
+# A bounce activity's permanence: ``details.permanence`` (issue #11), or for rows logged before it,
+# ``details.permanent`` (true: hard; false: a delay, as they were treated then).
+PERMANENCE_SQL = ("COALESCE(json_extract(a.details, '$.permanence'), "
+                  "CASE WHEN json_extract(a.details, '$.permanent') THEN 'hard' ELSE 'delayed' END)")
 _dumps = json.JSONEncoder(ensure_ascii=False).encode  # fields keep the mapping's order; readable Chinese
 _PLAIN = frozenset({str, int, type(None)})  # values SQLite's json_object renders exactly as Python's json would
 
@@ -413,23 +417,34 @@ class Store:
                 f"VALUES (?, ?, json_object({obj}), ?, {at}, {at}, 'ok', 1)",
                 zip(keys, rows, *columns, [hashes.get(k) for k in keys], strict=True))
 
-    def sheet_state(self, source: str) -> tuple[str, int, list[str]] | None:
-        """(fingerprint, rows, problems) recorded at the last complete sync of ``source``."""
+    def sheet_state(self, source: str) -> tuple[str, int, list[str], list[str]] | None:
+        """(fingerprint, rows, problems, notes) recorded at the last complete sync of ``source``.
+
+        ``notes`` are the cells kept blank (issue #11), reported again when an
+        unchanged sheet is skipped; the column holds a JSON list of problems,
+        or an object with both when there are notes.
+        """
         row = self.conn.execute("SELECT fingerprint, rows, problems FROM sheet_state WHERE source = ?",
                                 (source,)).fetchone()
-        return (row[0], row[1] or 0, json.loads(row[2] or "[]")) if row else None
+        if row is None:
+            return None
+        saved = json.loads(row[2] or "[]")
+        if isinstance(saved, dict):
+            return row[0], row[1] or 0, list(saved.get("problems", [])), list(saved.get("notes", []))
+        return row[0], row[1] or 0, list(saved), []
 
     def set_sheet_state(self, source: str, fingerprint: str | None, rows: int, problems: list[str],
-                        now: datetime) -> None:
+                        now: datetime, notes: list[str] | None = None) -> None:
         """Remember the sheet's digest after a complete sync (None forgets it)."""
         if fingerprint is None:
             self.conn.execute("DELETE FROM sheet_state WHERE source = ?", (source,))
             return
+        saved: list[str] | dict[str, list[str]] = {"problems": problems, "notes": notes} if notes else problems
         self.conn.execute(
             "INSERT INTO sheet_state (source, fingerprint, synced_at, rows, problems) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT(source) DO UPDATE SET fingerprint = excluded.fingerprint, synced_at = excluded.synced_at, "
             "rows = excluded.rows, problems = excluded.problems",
-            (source, fingerprint, iso(now), rows, json.dumps(problems, ensure_ascii=False)))
+            (source, fingerprint, iso(now), rows, json.dumps(saved, ensure_ascii=False)))
 
     def set_email_status(self, key: str, status: str) -> None:
         """``ok`` | ``bounced`` | ``unsubscribed`` (shown in the sheet's status column)."""
@@ -728,12 +743,35 @@ class Store:
             "SELECT COALESCE(sent_at, next_attempt_at) AS t FROM sends WHERE status IN ('sent','sending','uncertain') "
             "AND t >= ? ORDER BY t", (iso(since),)) if (t := parse_iso(s)) is not None]
 
-    def inbound_history(self) -> list[tuple[str, str, datetime, str | None]]:
-        """(customer, kind, logged_at, details) of inbound activities matched to a customer."""
+    def inbound_history(self) -> list[tuple[str, str, datetime, str | None, str | None]]:
+        """(customer, kind, logged_at, details, campaign) of inbound activities matched to a customer."""
         kinds = ",".join("?" * len(INBOUND_KINDS))
-        return [(k, kind, parse_iso(t) or datetime.now(UTC), d) for k, kind, t, d in self.conn.execute(
-            f"SELECT customer_key, kind, COALESCE(logged_at, occurred_at), details FROM activities "
+        return [(k, kind, parse_iso(t) or datetime.now(UTC), d, c) for k, kind, t, d, c in self.conn.execute(
+            f"SELECT customer_key, kind, COALESCE(logged_at, occurred_at), details, campaign FROM activities "
             f"WHERE customer_key IS NOT NULL AND kind IN ({kinds})", INBOUND_KINDS)]
+
+    def soft_bounce_count(self, address: str, key: str | None, since: datetime) -> int:
+        """Distinct messages to ``address`` that soft-bounced or were delayed since ``since`` and the last reply.
+
+        Issue #11: a reply proves the address works and starts the count again.
+
+        A message is the bounced one (``details.original_message_id``) when
+        the report named it, else the bounce itself: a delay warning and the
+        later failure of the same message count once.
+        """
+        if key is not None:
+            last = self.conn.execute("SELECT MAX(COALESCE(logged_at, occurred_at)) FROM activities "
+                                     "WHERE kind = 'email_in' AND customer_key = ?", (key,)).fetchone()[0]
+        else:
+            last = self.conn.execute("SELECT MAX(COALESCE(logged_at, occurred_at)) FROM activities WHERE kind = "
+                                     "'email_in' AND json_extract(details, '$.from') = ?", (address,)).fetchone()[0]
+        start = max(iso(since), last or "")
+        return int(self.conn.execute(
+            "SELECT COUNT(DISTINCT COALESCE(json_extract(details, '$.original_message_id'), message_id)) "
+            "FROM activities WHERE kind = 'bounce' AND json_extract(details, '$.recipient') = ? "
+            "AND json_extract(details, '$.permanence') IN ('soft', 'delayed') "
+            "AND COALESCE(logged_at, occurred_at) >= ? AND (? = '' OR COALESCE(logged_at, occurred_at) > ?)",
+            (address, start, last or "", last or "")).fetchone()[0])
 
     def field_changes(self, field_name: str) -> list[tuple[str, Any, datetime]]:
         """(customer, new value, when) for each change of one field."""
@@ -784,12 +822,17 @@ class Store:
             d = table.setdefault((c, s), {"campaign": c, "step": s, "queued": 0, "sending": 0, "sent": 0,
                                           "failed": 0, "uncertain": 0, "skipped": 0})
             d[st] = n
+        # "bounced" counts what the planner and the suppressions treat as bounced (issue #11): a hard bounce,
+        # or a lost message (soft) of this campaign or of an unknown one; a delay warning is not a bounce.
+        bounced = (f"a.kind = 'bounce' AND {PERMANENCE_SQL} != 'delayed' AND ({PERMANENCE_SQL} = 'hard' OR "
+                   "a.campaign IS NULL OR a.campaign = s.campaign)")
         for (c, s), d in table.items():
-            for kind, col in (("bounce", "bounced"), ("email_in", "replied"), ("unsubscribe", "unsubscribed")):
+            for cond, col in ((bounced, "bounced"), ("a.kind = 'email_in'", "replied"),
+                              ("a.kind = 'unsubscribe'", "unsubscribed")):
                 d[col] = self.conn.execute(
                     "SELECT COUNT(DISTINCT s.customer_key) FROM sends s JOIN activities a ON a.customer_key = "
-                    "s.customer_key WHERE s.campaign = ? AND s.step = ? AND s.status = 'sent' AND a.kind = ? "
-                    "AND COALESCE(a.logged_at, a.occurred_at) > s.sent_at", (c, s, kind)).fetchone()[0]
+                    f"s.customer_key WHERE s.campaign = ? AND s.step = ? AND s.status = 'sent' AND {cond} "
+                    "AND COALESCE(a.logged_at, a.occurred_at) > s.sent_at", (c, s)).fetchone()[0]
             d["reply_rate"] = round(d["replied"] / d["sent"], 4) if d["sent"] else 0.0
             out.append(d)
         return out

@@ -360,7 +360,8 @@ class SmtpTransport:
                     refused.append((rcpt, code, resp))
             if refused:
                 worst = max(refused, key=lambda r: r[1])
-                self._refused(smtp, worst[1], worst[2], f"RCPT TO:<{worst[0]}>", message_id)
+                self._refused(smtp, worst[1], worst[2], f"RCPT TO:<{worst[0]}>", message_id,
+                              recipient=worst[0])
             code, resp = smtp.docmd("DATA")
         except smtplib.SMTPServerDisconnected as e:
             raise _Dropped(str(e)) from None
@@ -372,7 +373,8 @@ class SmtpTransport:
         if code != 354:
             self._refused(smtp, code, resp, "DATA", message_id)
 
-    def _refused(self, smtp: smtplib.SMTP, code: int, resp: bytes, stage: str, message_id: str) -> None:
+    def _refused(self, smtp: smtplib.SMTP, code: int, resp: bytes, stage: str, message_id: str,
+                 recipient: str | None = None) -> None:
         """Turn a refusal before the content into the matching error (after RSET)."""
         if code == _SERVER_GONE:
             raise _Dropped(f"{code} {_text(resp)}")
@@ -384,7 +386,9 @@ class SmtpTransport:
         if 400 <= code < 500:
             raise TransientSendError(text, code=code, hint="the server asks to try later; the send stays queued")
         if 500 <= code < 600:
-            raise PermanentSendError(text, code=code)
+            enhanced = enhanced_status(resp)
+            unknown = recipient if recipient is not None and recipient_unknown(code, enhanced, resp) else None
+            raise PermanentSendError(text, code=code, enhanced=enhanced, unknown_recipient=unknown)
         self._discard()
         raise ServiceError(f"{text} (not an SMTP answer expected here; message not sent)")
 
@@ -414,3 +418,29 @@ class SmtpTransport:
             raise PermanentSendError(text, code=code)
         self._discard()
         raise UncertainSendError(f"{text} (not an SMTP answer; it may have been delivered, so it is not sent again)")
+
+
+_ENHANCED = re.compile(rb"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+# Providers that answer an unknown mailbox with a bare 550 say so in words (Postfix "User unknown in
+# virtual mailbox table", Exchange "RecipientNotFound", QQ/163 "用户不存在" / "Mailbox not found").
+_USER_UNKNOWN = re.compile(rb"user unknown|unknown user|no such user|recipient ?not ?found|mailbox not found|"
+                           rb"mailbox unavailable|does not exist|invalid recipient|address rejected: user|"
+                           rb"\xe7\x94\xa8\xe6\x88\xb7\xe4\xb8\x8d\xe5\xad\x98\xe5\x9c\xa8", re.IGNORECASE)
+
+
+def enhanced_status(resp: bytes) -> str | None:
+    """The RFC 3463 enhanced status code at the start of a reply's text (``5.1.1``), if any."""
+    m = _ENHANCED.search(resp[:40])
+    return m.group(0).decode("ascii") if m else None
+
+
+def recipient_unknown(code: int, enhanced: str | None, resp: bytes) -> bool:
+    """Whether a RCPT refusal says the address does not exist: a hard bounce for it (issue #11).
+
+    RFC 3463 §3.2: 5.1.x are addressing failures (5.1.1 bad mailbox, 5.1.2
+    bad system, 5.1.10 null MX). Servers that send no enhanced code answer
+    550 with words; 用户不存在 is matched as UTF-8 bytes.
+    """
+    if enhanced is not None:
+        return enhanced.startswith("5.1.")
+    return code == 550 and bool(_USER_UNKNOWN.search(resp))

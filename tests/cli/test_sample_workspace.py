@@ -12,14 +12,18 @@ from tests.fixtures.core import db_rows, run_subprocess
 def test_run_once_on_sample_workspace_then_again_adds_nothing(sample_ws):
     r = run_subprocess("run", "--once", "--config", str(sample_ws / "config.toml"), "--json",
                        "--now", "2026-11-27T10:00")
-    assert r.code == 1, r.err  # two sample rows are rejected on purpose (SPEC §7: 1 = done, some items failed)
+    # Two sample rows are wrong on purpose: a bad address rejects its row (SPEC §7: 1 = done, some items
+    # failed); a stage not in the list only blanks the stage, and the row is kept (issue #11).
+    assert r.code == 1, r.err
     assert "Traceback" not in r.err
     out = json.loads(r.out)
     stages = {s["job"]: s for s in out["stages"]}
     assert set(stages) == {"sync", "fetch", "send", "writeback"}
-    assert stages["sync"]["stats"]["added"] == 19
-    assert stages["sync"]["stats"]["rejected"] == 2
+    assert stages["sync"]["stats"]["added"] == 20
+    assert stages["sync"]["stats"]["rejected"] == 1
     assert any('"wang.xm@" ' in p or "'wang.xm@'" in p for p in stages["sync"]["problems"])
+    assert [n.split(": ")[0] for n in stages["sync"]["notes"]] == ["kept with stage blank"]
+    assert "'大客户' is not one of the choices" in stages["sync"]["notes"][0]
     assert stages["fetch"]["stats"]["messages"] == 6
     db = sample_ws / "var" / "crm.sqlite"
     outbox = sample_ws / "var" / "outbox"

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import email
+import functools
+import json
 from pathlib import Path
 
 import pytest
 
 from crm_automation.classify import classify
-from crm_automation.models import Kind, ParsedMessage
+from crm_automation.models import BounceFailure, Kind, ParsedMessage, Permanence
 from crm_automation.parse import parse
+from tests.fixtures.postfix import original_message_id as returned_message_id
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "eml"
 UNSUB_ADDRESSES = frozenset({"unsubscribe@example.com"})
 KINDS = ("email_in", "auto_reply", "bounce", "unsubscribe")
 FILES = sorted((kind, p) for kind in KINDS for p in (CORPUS / kind).glob("*.eml"))
+BOUNCES = CORPUS / "bounce"
+# The real-Postfix corpus (issue #11) is real bytes: its expectations live beside it, not in headers.
+POSTFIX_EXPECTED: dict[str, dict[str, dict[str, str]]] = json.loads(
+    (BOUNCES / "postfix_expected.json").read_text(encoding="utf-8"))
+# Contacts in our sheet that non-bounce messages of the corpus name: a customer's colleague, a
+# deputy named by an auto-reply, a recipient of a successful-delivery report.
+OTHER_CUSTOMERS = frozenset({"warehouse@shop.example.cn", "tom.deputy@example.org", "wendy@example.org"})
 
 
 def make(**kw) -> ParsedMessage:
@@ -32,18 +42,67 @@ def message(headers: str, body: str = "Fine, thanks.") -> ParsedMessage:
     return parse(raw.encode())
 
 
+def expected(path: Path) -> tuple[dict[str, Permanence], str | None]:
+    """What a bounce file expects: each failed recipient's permanence, and the bounced Message-ID.
+
+    Generated files declare it (``X-Test-Expected-Failures: a@x=hard, b@y=soft`` and, when the
+    report returns the message, ``X-Test-Expected-Original``; tests/data/eml/make_corpus.py). The
+    real-Postfix files take it from postfix_expected.json and from their returned part, read with
+    the stdlib.
+    """
+    raw = path.read_bytes()
+    if path.name in POSTFIX_EXPECTED:
+        recipients = POSTFIX_EXPECTED[path.name]["recipients"]
+        return {a: Permanence(p) for a, p in recipients.items()}, returned_message_id(email.message_from_bytes(raw))
+    headers = email.message_from_bytes(raw)
+    failures: dict[str, Permanence] = {}
+    for item in str(headers["X-Test-Expected-Failures"] or "").split(","):
+        address, _, permanence = item.strip().partition("=")
+        failures[address] = Permanence(permanence)
+    return failures, headers["X-Test-Expected-Original"]
+
+
+@functools.cache
+def customers() -> frozenset[str]:
+    """Our sheet for the corpus: every recipient a bounce names, and the contacts in OTHER_CUSTOMERS."""
+    named = {a for p in BOUNCES.glob("*.eml") for a in expected(p)[0]}
+    return frozenset(named | OTHER_CUSTOMERS)
+
+
 @pytest.mark.parametrize(("kind", "path"), FILES, ids=lambda v: v.stem if isinstance(v, Path) else v)
 def test_corpus(kind, path):
     raw = path.read_bytes()
-    result = classify(parse(raw), unsubscribe_addresses=UNSUB_ADDRESSES)
+    result = classify(parse(raw), unsubscribe_addresses=UNSUB_ADDRESSES, is_ours=customers().__contains__)
     assert result.kind == Kind(kind), result.evidence
     assert result.evidence
     if kind == "bounce":
-        headers = email.message_from_bytes(raw)
-        assert result.recipients == (headers["X-Test-Expected-Recipient"].lower(),)
-        assert result.permanent is (headers["X-Test-Expected-Permanent"] == "true")
+        failures, original = expected(path)
+        assert {f.address: f.permanence for f in result.failures} == failures, result.evidence
+        assert len(result.failures) == len(failures), f"a recipient named twice: {result.failures}"
+        if original is not None:
+            assert result.original_message_id == original, result.evidence
     else:
-        assert result.recipients == ()
+        assert result.failures == ()
+
+
+def test_bounce_corpus_declares_its_expectations():
+    """Generated bounces declare what they expect; the real-Postfix files stay byte for byte as Postfix wrote them."""
+    names = {p.name for p in BOUNCES.glob("*.eml")}
+    assert set(POSTFIX_EXPECTED) <= names
+    for path in sorted(BOUNCES.glob("*.eml")):
+        fields = [k for k in email.message_from_bytes(path.read_bytes()) if k.lower().startswith("x-test-")]
+        if path.name in POSTFIX_EXPECTED:
+            assert fields == [], path.name
+            continue
+        assert set(fields) <= {"X-Test-Expected-Failures", "X-Test-Expected-Original"}, (path.name, fields)
+        failures, original = expected(path)
+        assert failures, path.name
+        assert all(a == a.lower() and "@" in a for a in failures), (path.name, failures)
+        assert original is None or (original.startswith("<") and original.endswith(">")), (path.name, original)
+    for kind in KINDS:
+        if kind != "bounce":
+            for path in (CORPUS / kind).glob("*.eml"):
+                assert "X-Test-Expected-Failures" not in email.message_from_bytes(path.read_bytes()), path
 
 
 def test_corpus_covers_every_kind_and_is_big_enough():
@@ -177,21 +236,47 @@ def test_dsn_permanent():
     assert result.kind is Kind.BOUNCE
     assert result.recipients == ("bob@example.net",)
     assert result.permanent is True
-    assert result.evidence == "DSN Status 5.1.1 for bob@example.net"
+    assert result.failures == (BounceFailure("bob@example.net", Permanence.HARD, "5.1.1"),)
+    assert result.evidence == "DSN bob@example.net 5.1.1 hard"
 
 
 def test_dsn_temporary():
     result = classify(parse(dsn("delayed", "4.4.1")))
     assert result.kind is Kind.BOUNCE
     assert result.permanent is False
-    assert result.evidence == "DSN Status 4.4.1 for bob@example.net"
+    assert result.failures == (BounceFailure("bob@example.net", Permanence.DELAYED, "4.4.1"),)
+    assert result.evidence == "DSN bob@example.net 4.4.1 delayed"
 
 
-def test_dsn_mixed_reports_the_permanent_recipients():
-    raw = dsn("delayed", "4.4.1", extra_block="Final-Recipient: rfc822; carol@example.org\r\nAction: failed\r\nStatus: 5.2.2\r\n\r\n")
+@pytest.mark.parametrize("status", ["4.4.7", "4.4.1", "4.2.2"])
+def test_dsn_action_failed_with_a_4xx_status_is_a_lost_message_soft(status):
+    # Issue #11: the server gave up (e.g. delivery time expired); the message will never arrive.
+    result = classify(parse(dsn("failed", status)))
+    assert result.failures == (BounceFailure("bob@example.net", Permanence.SOFT, status),)
+    assert result.permanent is False
+    assert result.failures[0].permanence.lost
+
+
+def test_dsn_action_failed_without_status_is_hard():
+    raw = dsn("failed", "").replace(b"Status: \r\n", b"")
+    assert classify(parse(raw)).failures == (BounceFailure("bob@example.net", Permanence.HARD, "failed"),)
+
+
+def test_dsn_mixed_reports_every_recipient_with_its_own_permanence():
+    raw = dsn("delayed", "4.4.1", extra_block="Final-Recipient: rfc822; carol@example.org\r\nAction: failed\r\nStatus: 5.2.2\r\n\r\n"
+              "Final-Recipient: rfc822; dave@example.org\r\nAction: failed\r\nStatus: 4.4.7\r\n\r\n")
     result = classify(parse(raw))
     assert result.permanent is True
-    assert result.recipients == ("carol@example.org",)
+    assert result.failures == (BounceFailure("bob@example.net", Permanence.DELAYED, "4.4.1"),
+                               BounceFailure("carol@example.org", Permanence.HARD, "5.2.2"),
+                               BounceFailure("dave@example.org", Permanence.SOFT, "4.4.7"))
+
+
+def test_dsn_names_the_original_message_id():
+    raw = dsn("failed", "5.1.1").replace(
+        b"--R--", b"--R\r\nContent-Type: text/rfc822-headers\r\n\r\nFrom: sales@example.com\r\n"
+        b"Message-ID: <crm.abc123@example.com>\r\nSubject: Hello\r\n\r\n--R--")
+    assert classify(parse(raw)).original_message_id == "<crm.abc123@example.com>"
 
 
 def test_dsn_success_report_is_not_a_bounce():
@@ -272,3 +357,94 @@ def test_fuzzed_bounces_classify_without_errors_or_library_tracebacks(caplog):
         kinds.add(classify(msg).kind)
     assert Kind.BOUNCE in kinds
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+# -- issue #11: every failed recipient, its own permanence, the bounced message ----------------
+
+
+def test_dsn_names_only_recipients_that_failed_or_wait():
+    # RFC 3464 §2.3.3: delivered, relayed and expanded recipients did not bounce.
+    raw = dsn("delivered", "2.0.0", extra_block=(
+        "Final-Recipient: rfc822; carol@example.org\r\nAction: relayed\r\nStatus: 2.0.0\r\n\r\n"
+        "Final-Recipient: rfc822; dave@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
+        "Final-Recipient: rfc822; erin@example.org\r\nAction: delayed\r\nStatus: 4.4.1\r\n\r\n"))
+    result = classify(parse(raw))
+    assert result.kind is Kind.BOUNCE
+    assert {f.address: f.permanence for f in result.failures} == {
+        "dave@example.org": Permanence.HARD, "erin@example.org": Permanence.DELAYED}
+
+
+def test_dsn_enhanced_status_decides_not_the_reply_code():
+    # Exchange writes "550 4.4.7 QUEUE.Expired": the 4.4.7 (RFC 3463) says the message expired, so soft.
+    raw = dsn("failed", "4.4.7\r\nDiagnostic-Code: smtp;550 4.4.7 QUEUE.Expired; message expired")
+    assert classify(parse(raw)).failures == (BounceFailure("bob@example.net", Permanence.SOFT, "4.4.7"),)
+
+
+def test_original_message_id_from_a_returned_message():
+    raw = dsn("failed", "5.1.1").replace(
+        b"--R--", b"--R\r\nContent-Type: message/rfc822\r\n\r\nFrom: sales@example.com\r\nTo: bob@example.net\r\n"
+        b"Message-ID: <crm.def456@example.com>\r\nSubject: Hello\r\n\r\nHello!\r\n--R--")
+    assert classify(parse(raw)).original_message_id == "<crm.def456@example.com>"
+
+
+def test_bounce_without_returned_message_has_no_original():
+    assert classify(parse(dsn("failed", "5.1.1"))).original_message_id is None
+
+
+def test_not_a_bounce_has_no_failures_and_no_original():
+    result = classify(message("In-Reply-To: <c1.s1.k42@example.com>\r\n", "Thanks, see the attached order."))
+    assert result.kind is Kind.EMAIL_IN
+    assert (result.failures, result.recipients, result.permanent, result.original_message_id) == ((), (), False, None)
+
+
+def test_x_failed_recipients_names_every_address():
+    raw = (b"From: Mail Delivery System <Mailer-Daemon@mx.example.org>\r\nTo: sales@example.com\r\n"
+           b"Subject: Mail delivery failed: returning message to sender\r\n"
+           b"X-Failed-Recipients: Dave@Example.org, erin@example.net\r\n\r\n"
+           b"A message that you sent could not be delivered to one or more of its\r\nrecipients. "
+           b"This is a permanent error. The following address(es) failed:\r\n\r\n"
+           b"  dave@example.org\r\n    550 5.1.1 User unknown\r\n"
+           b"  erin@example.net\r\n    550 5.2.1 Mailbox disabled\r\n")
+    result = classify(parse(raw))
+    assert {f.address: f.permanence for f in result.failures} == {
+        "dave@example.org": Permanence.HARD, "erin@example.net": Permanence.HARD}
+
+
+def test_text_notice_gives_each_recipient_its_own_permanence():
+    # Exim lists each failed address with its own reason. No status after a retry timeout: lost,
+    # hard. A 4.x.x status with "expired": the server gave up, so the message is lost, soft.
+    raw = (b"From: Mail Delivery System <Mailer-Daemon@mx.example.org>\r\nTo: sales@example.com\r\n"
+           b"Subject: Mail delivery failed: returning message to sender\r\n"
+           b"X-Failed-Recipients: dave@example.org, erin@example.net, frank@example.com.cn\r\n\r\n"
+           b"A message that you sent could not be delivered to one or more of its\r\nrecipients. "
+           b"This is a permanent error. The following address(es) failed:\r\n\r\n"
+           b"  dave@example.org\r\n    SMTP error from remote mail server after RCPT TO:<dave@example.org>:\r\n"
+           b"    550 5.1.1 User unknown\r\n"
+           b"  erin@example.net\r\n    retry timeout exceeded\r\n"
+           b"  frank@example.com.cn\r\n    451 4.4.7 Message expired: delivery time exceeded, giving up\r\n")
+    result = classify(parse(raw))
+    assert {f.address: f.permanence for f in result.failures} == {
+        "dave@example.org": Permanence.HARD, "erin@example.net": Permanence.HARD,
+        "frank@example.com.cn": Permanence.SOFT}
+
+
+def test_rejection_carrying_auto_submitted_is_a_bounce():
+    # Rule 5 of issue #11: Auto-Submitted alone does not make a delivery failure an auto-reply.
+    raw = (b"From: Postmaster <postmaster-noreply@mx.partner.example.net>\r\nTo: sales@example.com\r\n"
+           b"Subject: Automatically rejected mail\r\nAuto-Submitted: auto-replied\r\n\r\n"
+           b"Your message to uma.k@partner.example.net has been rejected:\r\n\r\n"
+           b"    550 5.7.1 <uma.k@partner.example.net>: Recipient address rejected: Access denied\r\n")
+    result = classify(parse(raw), is_ours={"uma.k@partner.example.net"}.__contains__)
+    assert result.kind is Kind.BOUNCE, result.evidence
+    assert result.failures == (BounceFailure("uma.k@partner.example.net", Permanence.HARD, "5.7.1"),)
+
+
+def test_person_naming_a_customer_next_to_a_failure_word_is_not_a_bounce():
+    # A reply from a person: "退回" in the subject and the text, and a colleague who is in our
+    # sheet too. Marking the colleague bounced would suppress a good address.
+    text = "您好，样品包裹被快递退回了。请把新地址发到 warehouse@shop.example.cn，我们重新寄出。"
+    msg = make(from_addr="he.xiaojie@shop.example.cn", from_name="何小姐", subject="Re: 样品包裹退回",
+               in_reply_to="<c1.s1.k42@example.com>", text=text, reply=text)
+    result = classify(msg, is_ours={"warehouse@shop.example.cn", "he.xiaojie@shop.example.cn"}.__contains__)
+    assert result.kind is Kind.EMAIL_IN, result.evidence
+    assert result.failures == ()

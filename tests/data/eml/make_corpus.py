@@ -7,11 +7,19 @@ headers), which is why they are generated rather than typed.
 
 Expectations travel with the files:
 - email_in / unsubscribe: ``<name>.expected.txt`` holds the newly written text.
-- bounce: headers ``X-Test-Expected-Recipient`` and ``X-Test-Expected-Permanent``.
+- bounce: header ``X-Test-Expected-Failures: addr1=hard, addr2=soft`` names
+  every failed recipient (lower-case) with its permanence (``hard``: Action
+  failed + 5.x.x or a permanent refusal; ``soft``: Action failed + 4.x.x, the
+  message is lost; ``delayed``: still retrying; issue #11), and, when the
+  report returns the message (a message/rfc822 or text/rfc822-headers part),
+  ``X-Test-Expected-Original: <message-id>``. The real-Postfix files
+  (``bounce/postfix_*.eml`` listed in ``bounce/postfix_expected.json``, made
+  by ``make_postfix_bounces.py``) are real bytes without these headers.
 - quarantine: parsing must raise MessageError.
 
 Run ``python tests/data/eml/make_corpus.py`` after changing a case; the
-output files are committed.
+output files are committed. It writes only the files it generates (other
+files in these folders, such as the real-Postfix corpus, are left alone).
 """
 
 from __future__ import annotations
@@ -365,17 +373,44 @@ AUTO["auto_submitted_generated"] = message(std("system <noreply@example.org>", "
     "ticket-4411@example.org", extra=(("Auto-Submitted", "auto-generated"),)), "We received your request.", cte="7bit")
 
 # ---------------------------------------------------------------- bounce
+#
+# Each file declares what it expects (see the module docstring): every failed recipient with its
+# permanence, and the Message-ID of the bounced message when the report returns it. The formats
+# follow RFC 3464 (DSN), RFC 3463 (enhanced status codes) and what each server really writes.
 
-ORIGINAL = ("From: Sales Team <sales@example.com>\r\nTo: {rcpt}\r\nSubject: Your quote for 2027\r\n"
-            "Message-ID: <c1.s1.k42@example.com>\r\nDate: Mon, 23 Nov 2026 15:00:00 +0800\r\n\r\nHello!\r\n")
+PERMANENCE = ("hard", "soft", "delayed")
+QUOTE_DATE = "Mon, 23 Nov 2026 15:00:00 +0800"
 
 
-def dsn(name: str, *, frm: str, subject: str, rcpt: str, action: str, status: str, notice: str, permanent: bool,
+def expect(failures: dict[str, str], original: str | None = None) -> list[tuple[str, str]]:
+    """The expectation headers: ``X-Test-Expected-Failures`` and, if quoted, ``X-Test-Expected-Original``."""
+    bad = {a: p for a, p in failures.items() if p not in PERMANENCE}
+    if bad or not failures:
+        msg = f"expected failures {failures!r}: each needs one of {PERMANENCE}"
+        raise ValueError(msg)
+    out = [("X-Test-Expected-Failures", ", ".join(f"{a.lower()}={p}" for a, p in failures.items()))]
+    if original:
+        out.append(("X-Test-Expected-Original", original))
+    return out
+
+
+def original_headers(to: str, mid: str = "c1.s1.k42@example.com", subject: str = "Your quote for 2027") -> str:
+    """The headers of the message we sent (CRLF lines, no blank line)."""
+    return (f"From: Sales Team <sales@example.com>\r\nTo: {to}\r\nSubject: {subject}\r\n"
+            f"Message-ID: <{mid}>\r\nDate: {QUOTE_DATE}")
+
+
+def original(to: str, mid: str = "c1.s1.k42@example.com", subject: str = "Your quote for 2027") -> str:
+    """The message we sent, as returned inside a bounce."""
+    return original_headers(to, mid, subject) + "\r\n\r\nHello!\r\n"
+
+
+def dsn(name: str, *, frm: str, subject: str, rcpt: str, action: str, status: str, notice: str, expected: str,
         diagnostic: str, extra: tuple = ()) -> None:
     b = "B0UND4RY.1764000000/mx.example.net"
     head = headers_bytes([("From", frm), ("To", "sales@example.com"), ("Subject", subject), ("Date", DATE),
                           ("Message-ID", f"<{name}@mx.example.net>"), ("Auto-Submitted", "auto-replied"), *extra,
-                          ("X-Test-Expected-Recipient", rcpt), ("X-Test-Expected-Permanent", str(permanent).lower()),
+                          *expect({rcpt: expected}, "<c1.s1.k42@example.com>"),
                           ("MIME-Version", "1.0"),
                           ("Content-Type", f'multipart/report; report-type=delivery-status; boundary="{b}"')])
     body = (f"This is a MIME-encapsulated message.\r\n\r\n--{b}\r\nContent-Description: Notification\r\n"
@@ -385,54 +420,57 @@ def dsn(name: str, *, frm: str, subject: str, rcpt: str, action: str, status: st
             f"Final-Recipient: rfc822; {rcpt}\r\nOriginal-Recipient: rfc822;{rcpt}\r\nAction: {action}\r\n"
             f"Status: {status}\r\nDiagnostic-Code: smtp; {diagnostic}\r\n\r\n--{b}\r\n"
             "Content-Description: Undelivered Message Headers\r\nContent-Type: text/rfc822-headers\r\n\r\n"
-            + ORIGINAL.format(rcpt=rcpt).split("\r\n\r\n")[0] + f"\r\n\r\n--{b}--\r\n")
+            + original_headers(rcpt) + f"\r\n\r\n--{b}--\r\n")
     BOUNCE[name] = head + b"\r\n" + body.encode()
 
 
 dsn("postfix_permanent", frm="MAILER-DAEMON@mx.example.net (Mail Delivery System)",
     subject="Undelivered Mail Returned to Sender", rcpt="bob.unknown@example.net", action="failed", status="5.1.1",
-    permanent=True, diagnostic="550 5.1.1 <bob.unknown@example.net>: Recipient address rejected: User unknown",
+    expected="hard", diagnostic="550 5.1.1 <bob.unknown@example.net>: Recipient address rejected: User unknown",
     notice="This is the mail system at host mx.example.net.\r\n\r\nI'm sorry to have to inform you that your message could not\r\n"
            "be delivered to one or more recipients. It's attached below.\r\n\r\n                   The mail system\r\n\r\n"
            "<bob.unknown@example.net>: host mx2.example.net[192.0.2.10] said: 550 5.1.1\r\n    User unknown (in reply to RCPT TO command)")
 dsn("postfix_delayed", frm="MAILER-DAEMON@mx.example.net (Mail Delivery System)",
     subject="Delayed Mail (still being retried)", rcpt="slow@example.org", action="delayed", status="4.4.1",
-    permanent=False, diagnostic="451 4.4.1 connection timed out",
+    expected="delayed", diagnostic="451 4.4.1 connection timed out",
     notice="This is the mail system at host mx.example.net.\r\n\r\n####################################################\r\n"
            "# THIS IS A WARNING ONLY.  YOU DO NOT NEED TO RESEND YOUR MESSAGE. #\r\n"
            "####################################################\r\n\r\nYour message could not be delivered for more than 4 hour(s).\r\n"
            "It will be retried until it is 5 day(s) old.")
 dsn("exchange_ndr", frm="postmaster@corp.example.com", subject="Undeliverable: Your quote for 2027",
-    rcpt="Erin.Gone@Corp.Example.com", action="failed", status="5.1.10", permanent=True,
+    rcpt="Erin.Gone@Corp.Example.com", action="failed", status="5.1.10", expected="hard",
     diagnostic="smtp;550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
     notice="Your message to Erin.Gone@Corp.Example.com couldn't be delivered.\r\n\r\nErin.Gone wasn't found at corp.example.com.\r\n\r\n"
            "Remote Server returned '550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup'",
     extra=(("X-MS-Exchange-Message-Is-Ndr", ""),))
 dsn("gmail_permanent", frm="Mail Delivery Subsystem <mailer-daemon@googlemail.example.com>",
     subject="Delivery Status Notification (Failure)", rcpt="nobody123@example.org", action="failed", status="5.1.1",
-    permanent=True, diagnostic="smtp; 550-5.1.1 The email account that you tried to reach does not exist.",
+    expected="hard", diagnostic="smtp; 550-5.1.1 The email account that you tried to reach does not exist.",
     notice="** Address not found **\r\n\r\nYour message wasn't delivered to nobody123@example.org because the address couldn't be "
            "found, or is unable to receive mail.\r\n\r\nThe response from the remote server was:\r\n550 5.1.1 The email account that "
            "you tried to reach does not exist.")
 dsn("gmail_delay", frm="Mail Delivery Subsystem <mailer-daemon@googlemail.example.com>",
     subject="Delivery Status Notification (Delay)", rcpt="busy@example.org", action="delayed", status="4.7.0",
-    permanent=False, diagnostic="smtp; 421 4.7.0 Try again later",
+    expected="delayed", diagnostic="smtp; 421 4.7.0 Try again later",
     notice="** Message not delivered yet **\r\n\r\nThere was a temporary problem delivering your message to busy@example.org. "
            "Gmail will retry for 46 more hours. You'll be notified if the delivery fails permanently.")
 
 
-def plain_bounce(name: str, headers: list, text: str, rcpt: str, permanent: bool, *, charset: str = "us-ascii",
-                 cte: str = "7bit", subtype: str = "plain", attach_original: bool = True) -> None:
+def plain_bounce(name: str, headers: list, text: str, failures: dict[str, str], *, charset: str = "us-ascii",
+                 cte: str = "7bit", subtype: str = "plain", attach_original: bool = True,
+                 original_to: str | None = None, original_id: str = "c1.s1.k42@example.com") -> None:
+    """A notice without DSN structure: one text part, or text + the returned message (message/rfc822)."""
     hs = [*headers, ("To", "sales@example.com"), ("Date", DATE), ("Message-ID", f"<{name}@bounce.example.net>"),
-          ("X-Test-Expected-Recipient", rcpt), ("X-Test-Expected-Permanent", str(permanent).lower())]
+          *expect(failures, f"<{original_id}>" if attach_original else None)]
     if not attach_original:
         BOUNCE[name] = message(hs, text, charset=charset, cte=cte, subtype=subtype)
         return
     b = "----=_NextPart_bounce_01"
     head = headers_bytes([*hs, ("MIME-Version", "1.0"), ("Content-Type", f'multipart/mixed; boundary="{b}"')])
+    to = original_to or ", ".join(failures)
     body = (f"--{b}\r\nContent-Type: text/{subtype}; charset=\"{charset}\"\r\nContent-Transfer-Encoding: {cte}\r\n\r\n".encode()
             + body_bytes(text, charset, cte)
-            + f"\r\n--{b}\r\nContent-Type: message/rfc822\r\n\r\n{ORIGINAL.format(rcpt=rcpt)}\r\n--{b}--\r\n".encode())
+            + f"\r\n--{b}\r\nContent-Type: message/rfc822\r\n\r\n{original(to, original_id)}\r\n--{b}--\r\n".encode())
     BOUNCE[name] = head + b"\r\n" + body
 
 
@@ -443,7 +481,7 @@ plain_bounce("exim_permanent", [("From", "Mail Delivery System <Mailer-Daemon@ma
              "delivered to one or more of its\nrecipients. This is a permanent error. The following address(es) failed:\n\n"
              "  carol.x@example.org\n    SMTP error from remote mail server after RCPT TO:<carol.x@example.org>:\n"
              "    550 5.1.1 User unknown\n\n------ This is a copy of the message, including all the headers. ------\n",
-             "carol.x@example.org", True, attach_original=False)
+             {"carol.x@example.org": "hard"}, attach_original=False)
 plain_bounce("exim_delay_warning", [("From", "Mail Delivery System <Mailer-Daemon@mail.example.org>"),
              ("Subject", "Warning: message 1tAbCd-000123-4x delayed 24 hours"), ("Auto-Submitted", "auto-replied")],
              "This message was created automatically by mail delivery software.\nA message that you sent has not yet been "
@@ -453,7 +491,7 @@ plain_bounce("exim_delay_warning", [("From", "Mail Delivery System <Mailer-Daemo
              "    host mx.example.org [192.0.2.20]: 451 4.7.1 Greylisted, try again later\n\n"
              "No action is required on your part. Delivery attempts will continue for\nsome time, and this warning may be "
              "repeated at intervals if the message\nremains undelivered. Eventually the mail delivery software will give up,\n"
-             "and when that happens, the message will be returned to you.\n", "dave.slow@example.org", False,
+             "and when that happens, the message will be returned to you.\n", {"dave.slow@example.org": "delayed"},
              attach_original=False)
 plain_bounce("exchange_legacy_text_ndr", [("From", "System Administrator <postmaster@corp.example.com>"),
              ("Subject", "Undeliverable: Your quote for 2027")],
@@ -461,22 +499,335 @@ plain_bounce("exchange_legacy_text_ndr", [("From", "System Administrator <postma
              "      Sent:\t11/23/2026 3:00 PM\n\nThe following recipient(s) cannot be reached:\n\n"
              "      'Old.Contact@corp.example.com' on 11/23/2026 3:00 PM\n"
              "            550 5.1.1 <Old.Contact@corp.example.com>... User unknown\n",
-             "old.contact@corp.example.com", True)
+             {"old.contact@corp.example.com": "hard"})
 plain_bounce("qq_bounce_html", [("From", f"{word('腾讯邮件系统', 'gb18030')} <PostMaster@qq.example.cn>"),
              ("Subject", word("退信：Your quote for 2027", "gb18030"))],
              "<div><b>很抱歉您发送的邮件被退回，以下是该邮件的相关信息：</b></div><table><tr><td>被退回的邮件：</td>"
              "<td>Your quote for 2027</td></tr><tr><td>时　　间：</td><td>2026年11月23日(星期一) 下午3:00</td></tr>"
              "<tr><td>收 件 人：</td><td>ghost88@qq.example.cn</td></tr></table><div><b>无法发送到 ghost88@qq.example.cn</b></div>"
              "<div>退信原因：收件人邮箱地址不存在 (550 Mailbox not found)</div>",
-             "ghost88@qq.example.cn", True, charset="gb18030", cte="base64", subtype="html")
+             {"ghost88@qq.example.cn": "hard"}, charset="gb18030", cte="base64", subtype="html")
 plain_bounce("163_system_bounce", [("From", "Postmaster@163.example.cn"), ("Subject", word("系统退信", "gbk"))],
              "您好！\n\n您发送到 nosuch@163.example.cn 的邮件被退回。\n\n收件人：nosuch@163.example.cn\n"
              "退信原因：收件人不存在 (550 User not found: nosuch@163.example.cn)\n\n"
-             "建议解决方案：请检查收件人地址是否正确。\n", "nosuch@163.example.cn", True, charset="gbk", cte="base64")
+             "建议解决方案：请检查收件人地址是否正确。\n", {"nosuch@163.example.cn": "hard"}, charset="gbk", cte="base64")
+# "系统将继续尝试投递": the server is still retrying, so a delay.
 plain_bounce("163_temporary", [("From", "Postmaster@163.example.cn"), ("Subject", word("系统退信：投递延迟", "gbk"))],
              "您好！\n\n您的邮件暂时无法投递到 later@example.cn，系统将继续尝试投递。\n\n"
              "原因：对方服务器暂时不可用 (451 Temporary failure, please try again later)\n",
-             "later@example.cn", False, charset="gbk", cte="base64", attach_original=False)
+             {"later@example.cn": "delayed"}, charset="gbk", cte="base64", attach_original=False)
+
+# -- issue #11: several recipients, Action failed + 4.x.x, notices without DSN structure
+
+# Exim's classic text bounce (no DSN part): two addresses, the first refused at RCPT with 5.1.1,
+# the second given up after its retry timeout (no status given: lost, taken as hard). Exim copies
+# the message into the text, so no returned part and no expected original.
+plain_bounce("exim_multi_recipient", [("From", "Mail Delivery System <Mailer-Daemon@mx1.hosting.example.net>"),
+             ("Subject", "Mail delivery failed: returning message to sender"),
+             ("X-Failed-Recipients", "henry.left@example.org, iris@oldhost.example.net"),
+             ("Auto-Submitted", "auto-replied")],
+             "This message was created automatically by mail delivery software.\n\n"
+             "A message that you sent could not be delivered to one or more of its\n"
+             "recipients. This is a permanent error. The following address(es) failed:\n\n"
+             "  henry.left@example.org\n"
+             "    host mx.example.org [192.0.2.25]\n"
+             "    SMTP error from remote mail server after RCPT TO:<henry.left@example.org>:\n"
+             "    550 5.1.1 <henry.left@example.org>: Recipient address rejected: User unknown in virtual mailbox table\n"
+             "  iris@oldhost.example.net\n"
+             "    retry timeout exceeded\n\n"
+             "------ This is a copy of the message, including all the headers. ------\n\n"
+             "Return-path: <sales@example.com>\n"
+             "Received: from [198.51.100.7] (helo=client.example.com)\n"
+             "\tby mx1.hosting.example.net with esmtpsa (Exim 4.96)\n"
+             "\t(envelope-from <sales@example.com>)\n"
+             "\tid 1tAbCe-0004Ab-7y;\n"
+             "\tMon, 23 Nov 2026 15:00:00 +0800\n"
+             "From: Sales Team <sales@example.com>\n"
+             "To: henry.left@example.org, iris@oldhost.example.net\n"
+             "Subject: Your quote for 2027\n"
+             "Message-ID: <c1.s1.k43@example.com>\n"
+             f"Date: {QUOTE_DATE}\n\n"
+             "Hello!\n",
+             {"henry.left@example.org": "hard", "iris@oldhost.example.net": "hard"}, attach_original=False)
+
+# qmail-send's "failure notice": one paragraph per address, the copy after "--- Below this line".
+plain_bounce("qmail_multi_recipient", [("From", "MAILER-DAEMON@smtp.hosting.example.net"), ("Subject", "failure notice")],
+             "Hi. This is the qmail-send program at smtp.hosting.example.net.\n"
+             "I'm afraid I wasn't able to deliver your message to the following addresses.\n"
+             "This is a permanent error; I've given up. Sorry it didn't work out.\n\n"
+             "<jack.old@example.net>:\n"
+             "192.0.2.30 does not like recipient.\n"
+             "Remote host said: 550 5.1.1 <jack.old@example.net>: Recipient address rejected: User unknown in local recipient table\n"
+             "Giving up on 192.0.2.30.\n\n"
+             "<kate@nohost.example.org>:\n"
+             "Sorry, I couldn't find any host named nohost.example.org. (#5.1.2)\n\n"
+             "--- Below this line is a copy of the message.\n\n"
+             "Return-Path: <sales@example.com>\n"
+             "Received: (qmail 31337 invoked by uid 89); 23 Nov 2026 07:00:01 -0000\n"
+             "Received: from unknown (HELO client.example.com) (198.51.100.7)\n"
+             "  by smtp.hosting.example.net with SMTP; 23 Nov 2026 07:00:01 -0000\n"
+             "From: Sales Team <sales@example.com>\n"
+             "To: jack.old@example.net, kate@nohost.example.org\n"
+             "Subject: Your quote for 2027\n"
+             "Message-ID: <c1.s1.k44@example.com>\n"
+             f"Date: {QUOTE_DATE}\n\n"
+             "Hello!\n",
+             {"jack.old@example.net": "hard", "kate@nohost.example.org": "hard"}, attach_original=False)
+
+
+def report(name: str, headers: list, parts: list[str], failures: dict[str, str], original_id: str | None,
+           *, boundary: str) -> None:
+    """An RFC 3464 multipart/report written part by part (each part: its headers, a blank line, its body)."""
+    head = headers_bytes([*headers, ("To", "sales@example.com"), *expect(failures, original_id and f"<{original_id}>"),
+                          ("MIME-Version", "1.0"),
+                          ("Content-Type", f'multipart/report; report-type=delivery-status; boundary="{boundary}"')])
+    body = "This is a MIME-encapsulated message\r\n\r\n"
+    for part in parts:
+        body += f"--{boundary}\r\n" + part.replace("\r\n", "\n").replace("\n", "\r\n") + "\r\n"
+    BOUNCE[name] = head + b"\r\n" + (body + f"--{boundary}--\r\n").encode()
+
+
+# Exchange / Office 365: one NDR for two recipients. One refused (5.1.1), one whose copy expired in
+# the queue: Action failed + Status 4.4.7 -- lost, so soft. Exchange writes "550 4.4.7
+# QUEUE.Expired": the enhanced status (4.4.7), not the 550 reply code, is what counts (RFC 3463).
+EXCHANGE_TEXT = (
+    "Delivery has failed to these recipients or groups:\n\n"
+    "liam.gone@corp.example.net<mailto:liam.gone@corp.example.net>\n"
+    "The email address you entered couldn't be found. Please check the recipient's email address and try to "
+    "resend the message. If the problem continues, please contact your helpdesk.\n\n"
+    "Mia Chen (Mia.Chen@Partner.Example.org)<mailto:Mia.Chen@Partner.Example.org>\n"
+    "The recipient's email system didn't accept the message in the time allowed. The message expired and "
+    "was not delivered. Please try to resend the message later.\n\n\n\n\n\n"
+    "Diagnostic information for administrators:\n\n"
+    "Generating server: AM0PR01MB1234.eurprd01.prod.outlook.example.com\n\n"
+    "liam.gone@corp.example.net\n"
+    "Remote Server returned '550 5.1.1 <liam.gone@corp.example.net>: Recipient address rejected: User unknown'\n\n"
+    "Mia.Chen@Partner.Example.org\n"
+    "Remote Server returned '550 4.4.7 QUEUE.Expired; message expired'\n\n"
+    "Original message headers:\n\n"
+    "Received: from AM0PR01MB5678.eurprd01.prod.outlook.example.com (2001:db8::5678) by\n"
+    " AM0PR01MB1234.eurprd01.prod.outlook.example.com with HTTPS; Mon, 23 Nov 2026 07:00:01 +0000\n"
+    "From: Sales Team <sales@example.com>\n"
+    "To: liam.gone@corp.example.net, Mia Chen <Mia.Chen@Partner.Example.org>\n"
+    "Subject: Your quote for 2027\n"
+    "Message-ID: <c2.s1.k77@example.com>\n"
+)
+report("exchange_multi_recipient_4_4_7",
+       [("From", "Microsoft Outlook <postmaster@example.onmicrosoft.example.com>"),
+        ("Subject", "Undeliverable: Your quote for 2027"), ("Date", "Sat, 28 Nov 2026 07:01:12 +0000"),
+        ("Message-ID", "<4f1e2d3c-5b6a-4789-90ab-cdef01234567@AM0PR01MB1234.eurprd01.prod.outlook.example.com>"),
+        ("Content-Language", "en-US"), ("X-MS-Exchange-Message-Is-Ndr", ""), ("Auto-Submitted", "auto-replied")],
+       ['Content-Type: multipart/alternative; boundary="_001_ndr_alt_"\n\n'
+        "--_001_ndr_alt_\nContent-Type: text/plain; charset=\"us-ascii\"\n\n" + EXCHANGE_TEXT + "\n"
+        "--_001_ndr_alt_\nContent-Type: text/html; charset=\"us-ascii\"\n\n"
+        "<html><body><p><b><font color=\"#000066\">Delivery has failed to these recipients or groups:</font></b></p>"
+        "<p><a href=\"mailto:liam.gone@corp.example.net\">liam.gone@corp.example.net</a><br>The email address you "
+        "entered couldn't be found.</p><p><a href=\"mailto:Mia.Chen@Partner.Example.org\">Mia Chen "
+        "(Mia.Chen@Partner.Example.org)</a><br>The recipient's email system didn't accept the message in the time "
+        "allowed. The message expired and was not delivered.</p></body></html>\n"
+        "--_001_ndr_alt_--\n",
+        "Content-Type: message/delivery-status\n\n"
+        "Reporting-MTA: dns;AM0PR01MB1234.eurprd01.prod.outlook.example.com\n"
+        "Received-From-MTA: dns;AM0PR01MB5678.eurprd01.prod.outlook.example.com\n"
+        "Arrival-Date: Mon, 23 Nov 2026 07:00:01 +0000\n\n"
+        "Original-Recipient: rfc822;liam.gone@corp.example.net\n"
+        "Final-Recipient: rfc822;liam.gone@corp.example.net\n"
+        "Action: failed\n"
+        "Status: 5.1.1\n"
+        "Diagnostic-Code: smtp;550 5.1.1 <liam.gone@corp.example.net>: Recipient address rejected: User unknown\n"
+        "Remote-MTA: dns;mx.corp.example.net\n\n"
+        "Original-Recipient: rfc822;Mia.Chen@Partner.Example.org\n"
+        "Final-Recipient: rfc822;Mia.Chen@Partner.Example.org\n"
+        "Action: failed\n"
+        "Status: 4.4.7\n"
+        "Diagnostic-Code: smtp;550 4.4.7 QUEUE.Expired; message expired\n"
+        "X-Display-Name: Mia Chen\n",
+        "Content-Type: message/rfc822\n\n"
+        + original_headers("liam.gone@corp.example.net, Mia Chen <Mia.Chen@Partner.Example.org>",
+                           "c2.s1.k77@example.com").replace("\r\n", "\n")
+        + "\n\nHello!\n"],
+       {"liam.gone@corp.example.net": "hard", "mia.chen@partner.example.org": "soft"}, "c2.s1.k77@example.com",
+       boundary="_000_ndr_report_AM0PR01MB1234_")
+
+# Office 365, one recipient: "Delivery has failed ... message expired" (Action failed, 4.4.7).
+# The returned part is text/rfc822-headers, as Exchange sends for large originals.
+report("exchange_expired_4_4_7",
+       [("From", "Microsoft Outlook <postmaster@example.onmicrosoft.example.com>"),
+        ("Subject", "Undeliverable: Your quote for 2027"), ("Date", "Sat, 28 Nov 2026 07:05:40 +0000"),
+        ("Message-ID", "<8a7b6c5d-4e3f-4a1b-9c8d-7e6f5a4b3c2d@DB9PR01MB4321.eurprd01.prod.outlook.example.com>"),
+        ("Content-Language", "en-US"), ("X-MS-Exchange-Message-Is-Ndr", ""), ("Auto-Submitted", "auto-replied")],
+       ["Content-Type: text/plain; charset=\"us-ascii\"\n\n"
+        "Delivery has failed to these recipients or groups:\n\n"
+        "nina@far.example.org<mailto:nina@far.example.org>\n"
+        "The destination server for this recipient didn't respond in time, and the message expired. "
+        "It was not delivered.\n\n\n\n\n\n"
+        "Diagnostic information for administrators:\n\n"
+        "Generating server: DB9PR01MB4321.eurprd01.prod.outlook.example.com\n\n"
+        "nina@far.example.org\n"
+        "Remote Server returned '550 4.4.7 QUEUE.Expired; message expired'\n",
+        "Content-Type: message/delivery-status\n\n"
+        "Reporting-MTA: dns;DB9PR01MB4321.eurprd01.prod.outlook.example.com\n"
+        "Received-From-MTA: dns;DB9PR01MB8765.eurprd01.prod.outlook.example.com\n"
+        "Arrival-Date: Mon, 23 Nov 2026 07:00:03 +0000\n\n"
+        "Original-Recipient: rfc822;nina@far.example.org\n"
+        "Final-Recipient: rfc822;nina@far.example.org\n"
+        "Action: failed\n"
+        "Status: 4.4.7\n"
+        "Diagnostic-Code: smtp;550 4.4.7 QUEUE.Expired; message expired\n",
+        "Content-Type: text/rfc822-headers\n\n"
+        "Received: from DB9PR01MB8765.eurprd01.prod.outlook.example.com (2001:db8::8765) by\n"
+        " DB9PR01MB4321.eurprd01.prod.outlook.example.com with HTTPS; Mon, 23 Nov 2026 07:00:03 +0000\n"
+        + original_headers("Nina <nina@far.example.org>", "c3.s1.k10@example.com").replace("\r\n", "\n")
+        + "\nMIME-Version: 1.0\nContent-Type: text/plain; charset=\"utf-8\"\n"],
+       {"nina@far.example.org": "soft"}, "c3.s1.k10@example.com", boundary="_000_ndr_report_DB9PR01MB4321_")
+
+# Sendmail gives up after its queue lifetime: Action failed + Status 4.4.1 (no answer from the
+# host) -- lost, so soft, though its text says "permanent fatal errors" and "Deferred".
+# Sendmail writes the first part without headers (text/plain by default).
+report("sendmail_expired_4_4_1",
+       [("From", "Mail Delivery Subsystem <MAILER-DAEMON@mail.example.com>"),
+        ("Subject", "Returned mail: Cannot send message for 5 days"), ("Date", "Sat, 28 Nov 2026 15:05:13 +0800"),
+        ("Message-ID", "<202611280705.4AS75D1x012345@mail.example.com>"),
+        ("Auto-Submitted", "auto-generated (failure)")],
+       ["\nThe original message was received at Mon, 23 Nov 2026 15:00:01 +0800\n"
+        "from client.example.com [198.51.100.7]\n\n"
+        "   ----- The following addresses had permanent fatal errors -----\n"
+        "<noah@down.example.org>\n"
+        "    (reason: Connection timed out)\n\n"
+        "   ----- Transcript of session follows -----\n"
+        "<noah@down.example.org>... Deferred: Connection timed out with mx.down.example.org.\n"
+        "Message could not be delivered for 5 days\n"
+        "Message will be deleted from queue\n",
+        "Content-Type: message/delivery-status\n\n"
+        "Reporting-MTA: dns; mail.example.com\n"
+        "Received-From-MTA: DNS; client.example.com\n"
+        "Arrival-Date: Mon, 23 Nov 2026 15:00:01 +0800\n\n"
+        "Final-Recipient: RFC822; noah@down.example.org\n"
+        "Action: failed\n"
+        "Status: 4.4.1\n"
+        "Remote-MTA: DNS; mx.down.example.org\n"
+        "Last-Attempt-Date: Sat, 28 Nov 2026 15:05:12 +0800\n",
+        "Content-Type: text/rfc822-headers\n\n"
+        "Return-Path: <sales@example.com>\n"
+        "Received: from client.example.com (client.example.com [198.51.100.7])\n"
+        "\tby mail.example.com (8.17.1/8.17.1) with ESMTP id 4AN7011x012345\n"
+        "\tfor <noah@down.example.org>; Mon, 23 Nov 2026 15:00:01 +0800\n"
+        + original_headers("noah@down.example.org", "c1.s2.k42@example.com",
+                           "Follow-up: your quote for 2027").replace("\r\n", "\n") + "\n"],
+       {"noah@down.example.org": "soft"}, "c1.s2.k42@example.com",
+       boundary="4AS75D1x012345.1764313513/mail.example.com")
+
+# Free-text notices without DSN structure (issue #11, rule 5): a postmaster-like sender or a
+# failure subject, and a text that names our recipient next to a failure phrase.
+plain_bounce("free_text_could_not_be_delivered",
+             [("From", "postmaster@mail.partner.example.org"), ("Subject", "Mail could not be delivered")],
+             "This message was created automatically by the mail system at mail.partner.example.org.\n\n"
+             "Your message could not be delivered to the following recipient:\n\n"
+             "    olivia.b@partner.example.org\n\n"
+             "Reason: the mailbox has been disabled and no longer accepts mail.\n\n"
+             "Your original message is attached.\n",
+             {"olivia.b@partner.example.org": "hard"}, original_id="c1.s1.k45@example.com")
+plain_bounce("free_text_delivery_warning",
+             [("From", "Mail Delivery System <mailsystem@relay.example.net>"), ("Subject", "Mail Delivery Warning"),
+              ("Auto-Submitted", "auto-generated")],
+             "This is an automatically generated message from relay.example.net.\n\n"
+             "THIS IS A WARNING MESSAGE ONLY.\nYOU DO NOT NEED TO RESEND YOUR MESSAGE.\n\n"
+             "Delivery to the following recipient has been delayed:\n\n"
+             "    victor.p@slow.example.net\n\n"
+             "Reason: 421 4.4.2 mx.slow.example.net: Connection timed out\n\n"
+             "The server will keep trying to deliver your message for another 4 days.\n",
+             {"victor.p@slow.example.net": "delayed"}, attach_original=False)
+# "Automatically rejected mail" carries Auto-Submitted: auto-replied, yet it is a refusal: a bounce.
+plain_bounce("automatically_rejected_mail",
+             [("From", "Postmaster <postmaster-noreply@mx.partner.example.net>"), ("Subject", "Automatically rejected mail"),
+              ("Auto-Submitted", "auto-replied")],
+             "This is an automatically generated message from mx.partner.example.net.\n\n"
+             "Your message to uma.k@partner.example.net has been rejected:\n\n"
+             "    550 5.7.1 <uma.k@partner.example.net>: Recipient address rejected: "
+             "mail from external senders is not accepted\n\n"
+             f"    Subject: Your quote for 2027\n    Date: {QUOTE_DATE}\n\n"
+             "The message has not been delivered. Please contact the recipient by other means.\n",
+             {"uma.k@partner.example.net": "hard"}, attach_original=False)
+# sina.com-style Chinese notice (GBK): 系统退信, the recipient on its own line, reason 用户不存在, no code.
+plain_bounce("sina_system_bounce",
+             [("From", f"{word('系统退信', 'gbk')} <MAILER-DAEMON@sina.example.cn>"), ("Subject", word("系统退信", "gbk"))],
+             "您好！\n\n"
+             "您于 2026年11月23日 15:00 发送的邮件《Your quote for 2027》未能成功投递到以下收件人：\n\n"
+             "<sam.w@sina.example.cn>\n"
+             "退信原因：用户不存在 (User unknown)\n\n"
+             "请核实收件人地址后重新发送。\n\n"
+             "------------------------------\n"
+             "此邮件由新浪邮件系统发出，请勿直接回复。\n",
+             {"sam.w@sina.example.cn": "hard"}, charset="gbk", cte="base64", original_id="c1.s1.k46@example.com")
+# Yahoo's "Failure Notice": plain text, the copy after "--- Below this line".
+plain_bounce("yahoo_failure_notice",
+             [("From", "MAILER-DAEMON@yahoo.example.com"), ("Subject", "Failure Notice")],
+             "Sorry, we were unable to deliver your message to the following address.\n\n"
+             "<quinn.x@yahoo.example.com>:\n"
+             "554: delivery error: dd This user doesn't have a yahoo.com account (quinn.x@yahoo.example.com) [0] - "
+             "mta1042.mail.ne1.yahoo.example.com\n\n"
+             "--- Below this line is a copy of the message.\n\n"
+             "Received: from [198.51.100.7] by mta1042.mail.ne1.yahoo.example.com with NNFMP; 23 Nov 2026 07:00:02 -0000\n"
+             "From: Sales Team <sales@example.com>\n"
+             "To: quinn.x@yahoo.example.com\n"
+             "Subject: Your quote for 2027\n"
+             "Message-ID: <c1.s1.k47@example.com>\n"
+             f"Date: {QUOTE_DATE}\n\n"
+             "Hello!\n",
+             {"quinn.x@yahoo.example.com": "hard"}, attach_original=False)
+# An old SMTP32 (Ipswitch IMail) / Netscape-era "Undeliverable mail" notice.
+plain_bounce("smtp32_undeliverable_mail",
+             [("From", "postmaster@mail.widgets.example.net"), ("Subject", "Undeliverable mail"),
+              ("X-Mailer", "<SMTP32 v8.22>")],
+             "Unknown user: rachel@widgets.example.net\n\n"
+             "RCPT TO generated following response:\n"
+             "550 5.1.1 Unknown user rachel@widgets.example.net\n\n"
+             "Original message follows.\n\n"
+             "Received: from client.example.com [198.51.100.7] by mail.widgets.example.net\n"
+             "  (SMTPD32-8.22) id A1B2C3D400E4; Mon, 23 Nov 2026 15:00:03 +0800\n"
+             "From: Sales Team <sales@example.com>\n"
+             "To: rachel@widgets.example.net\n"
+             "Subject: Your quote for 2027\n"
+             "Message-ID: <c1.s1.k48@example.com>\n"
+             f"Date: {QUOTE_DATE}\n\n"
+             "Hello!\n",
+             {"rachel@widgets.example.net": "hard"}, attach_original=False)
+
+# -- negatives next to the bounce rules
+
+# A customer writing that a parcel was returned (退回): a failure subject and a failure phrase next
+# to an address, but a person's reply, not a bounce. warehouse@ is a contact in our sheet too.
+r = ("您好，\n\n我们寄给贵司的样品包裹因收件地址不详被快递退回了（运单号 SF1234567890）。\n"
+     "请把正确的收货地址发到 warehouse@shop.example.cn，我们收到后马上重新寄出。\n\n谢谢！\n何小姐")
+add_in("parcel_returned_tuihui", message(std(f"{word('何小姐')} <he.xiaojie@shop.example.cn>",
+       word("Re: 样品包裹退回 / Your parcel was returned"), "parcel-returned@shop.example.cn"), r), r)
+
+# A "left the company" auto-reply: Auto-Submitted, "not forwarded", another address -- an auto-reply.
+AUTO["left_company_not_forwarded"] = message(std("Tom Baker <tom.baker@example.org>", "Automatic reply: Your quote for 2027",
+    "ooo-left@example.org", extra=(("Auto-Submitted", "auto-replied"), ("X-Auto-Response-Suppress", "All"))),
+    "I have left Example Org. This mailbox is no longer monitored and your message has not been forwarded.\n\n"
+    "Please contact my colleague tom.deputy@example.org instead.", cte="7bit")
+
+# A successful-delivery DSN (Postfix "Successful Mail Delivery Report", Action relayed, 2.0.0): no failure.
+AUTO["dsn_relayed_success"] = (
+    headers_bytes([("From", "MAILER-DAEMON@mx.example.net (Mail Delivery System)"), ("To", "sales@example.com"),
+                   ("Subject", "Successful Mail Delivery Report"), ("Date", DATE),
+                   ("Message-ID", "<dsn-relayed@mx.example.net>"), ("Auto-Submitted", "auto-replied"),
+                   ("MIME-Version", "1.0"),
+                   ("Content-Type", 'multipart/report; report-type=delivery-status; boundary="R3LAY.1764000000/mx.example.net"')])
+    + b"\r\n" + (
+        "This is a MIME-encapsulated message.\r\n\r\n--R3LAY.1764000000/mx.example.net\r\n"
+        "Content-Description: Notification\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
+        "This is the mail system at host mx.example.net.\r\n\r\nYour message was successfully delivered to the destination(s)\r\n"
+        "listed below. If the message was delivered to mailbox you will\r\nreceive no further notifications. Otherwise you may "
+        "still receive\r\nnotifications of mail delivery errors from other systems.\r\n\r\n                   The mail system\r\n\r\n"
+        "<wendy@example.org>: delivery via mx.example.org[192.0.2.40]:25: 250 2.0.0 Ok:\r\n    queued as 4ABC1234DE\r\n\r\n"
+        "--R3LAY.1764000000/mx.example.net\r\nContent-Description: Delivery report\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.example.net\r\nArrival-Date: Mon, 23 Nov 2026 15:00:01 +0800\r\n\r\n"
+        "Final-Recipient: rfc822; wendy@example.org\r\nOriginal-Recipient: rfc822;wendy@example.org\r\nAction: relayed\r\n"
+        "Status: 2.0.0\r\nRemote-MTA: dns; mx.example.org\r\nDiagnostic-Code: smtp; 250 2.0.0 Ok: queued as 4ABC1234DE\r\n\r\n"
+        "--R3LAY.1764000000/mx.example.net\r\nContent-Description: Message Headers\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        + original_headers("wendy@example.org") + "\r\n\r\n--R3LAY.1764000000/mx.example.net--\r\n").encode())
 
 # ---------------------------------------------------------------- quarantine
 
@@ -508,19 +859,35 @@ QUARANTINE["no_from_no_body"] = b"Subject: nothing\r\nDate: Tue, 24 Nov 2026 10:
 QUARANTINE["empty"] = b""
 
 
-def main() -> int:
-    for kind in ("email_in", "unsubscribe", "auto_reply", "bounce", "quarantine"):
-        folder = HERE / kind
-        folder.mkdir(exist_ok=True)
-        for old in folder.iterdir():
-            old.unlink()
+def generated() -> dict[Path, bytes]:
+    """Every file this script writes, path -> bytes."""
+    out: dict[Path, bytes] = {}
     for kind, table in (("email_in", EMAIL_IN), ("unsubscribe", UNSUB)):
         for name, (raw, expected) in table.items():
-            (HERE / kind / f"{name}.eml").write_bytes(raw)
-            (HERE / kind / f"{name}.expected.txt").write_text(expected + "\n", encoding="utf-8")
+            out[HERE / kind / f"{name}.eml"] = raw
+            out[HERE / kind / f"{name}.expected.txt"] = (expected + "\n").encode("utf-8")
     for kind, table2 in (("auto_reply", AUTO), ("bounce", BOUNCE), ("quarantine", QUARANTINE)):
         for name, raw in table2.items():
-            (HERE / kind / f"{name}.eml").write_bytes(raw)
+            out[HERE / kind / f"{name}.eml"] = raw
+    return out
+
+
+def main() -> int:
+    """Write the generated files, and only those.
+
+    Other files in these folders are not ours to delete: the real-Postfix
+    corpus (``bounce/postfix_*.eml``, ``bounce/postfix_expected.json``,
+    written by make_postfix_bounces.py) lives there too. Files left from a
+    renamed or removed case are listed, for the author to delete by hand.
+    """
+    files = generated()
+    for path, raw in files.items():
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(raw)
+    kinds = ("email_in", "unsubscribe", "auto_reply", "bounce", "quarantine")
+    others = sorted(p for kind in kinds for p in (HERE / kind).iterdir() if p not in files and not p.name.startswith("postfix_"))
+    for path in others:
+        sys.stdout.write(f"not generated here, left alone: {path.relative_to(HERE)}\n")
     total = sum(map(len, (EMAIL_IN, UNSUB, AUTO, BOUNCE, QUARANTINE)))
     sys.stdout.write(f"wrote {total} messages\n")
     return 0
