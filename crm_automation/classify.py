@@ -120,6 +120,7 @@ def classify(msg: ParsedMessage, *, unsubscribe_addresses: frozenset[str] = froz
         _bounce(msg, is_ours)
         or _auto_reply(msg)
         or _unsubscribe(msg, unsubscribe_addresses)
+        or _own_unsubscribe(msg)
         or Classification(Kind.EMAIL_IN, "no bounce, auto-reply or unsubscribe sign")
     )
 
@@ -154,7 +155,7 @@ def _bounce(msg: ParsedMessage, is_ours: Callable[[str], bool] | None = None) ->
     original = _original_message_id(mime) if mime is not None else None
 
     # 1. RFC 3464 delivery-status fields: every recipient block, each with its own permanence.
-    dsn = _dsn_failures(mime) if mime is not None else []
+    dsn = _dsn_failures(mime) if mime is not None else ()
     if dsn:
         described = "; ".join(f"{f.address} {f.status} {f.permanence.value}" for f in dsn)
         return Classification(Kind.BOUNCE, f"DSN {described}", dsn, original)
@@ -475,4 +476,16 @@ def _unsubscribe(msg: ParsedMessage, addresses: frozenset[str]) -> Classificatio
     subject = _REPLY_PREFIX.sub("", msg.subject)
     if _is_unsubscribe_text(subject):
         return Classification(Kind.UNSUBSCRIBE, f"empty reply with subject {msg.subject[:60]!r}")
+    return None
+
+
+def _own_unsubscribe(msg: ParsedMessage) -> Classification | None:
+    """A reply to our own ``mailto:...?subject=unsubscribe`` link (``List-Unsubscribe``) is an unsubscribe request.
+
+    Whatever the body says: a mail client fills in the subject from the link
+    and may add a signature, so only the exact subject is trusted.
+    """
+    subject = msg.subject.strip()
+    if subject.lower() in {"unsubscribe", "退订"}:
+        return Classification(Kind.UNSUBSCRIBE, f"subject {subject!r} (the List-Unsubscribe mailto)")
     return None

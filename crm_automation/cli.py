@@ -24,6 +24,7 @@ import click
 from filelock import FileLock, Timeout
 
 from crm_automation.errors import ConfigError, CrmError, LockedError, StorageError
+from crm_automation.stage import Progress
 from crm_automation.workspace import Clock, Workspace
 
 log = logging.getLogger("crm_automation")
@@ -72,7 +73,7 @@ def _global(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("-q", "--quiet", "quiet_", count=True, help="fewer log lines")(f)
 
 
-def _apply(ctx: click.Context, kw: dict[str, Any]) -> Ctx:
+def _apply(ctx: click.Context, /, kw: dict[str, Any]) -> Ctx:
     """Merge this command's global options into the shared :class:`Ctx` (a later one wins)."""
     o: Ctx = ctx.ensure_object(Ctx)
     if kw.get("config_"):
@@ -117,7 +118,7 @@ def _emit(o: Ctx, data: Any, human: Callable[[], None]) -> None:
         human()
 
 
-def _progress_factory() -> Callable[[str, int | None], Any]:
+def _progress_factory() -> Progress:
     """A rich progress bar on a terminal; plain log lines every 500 items otherwise."""
     if sys.stderr.isatty():
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -228,7 +229,7 @@ def _print_results(o: Ctx, results: list[Any]) -> int:
 @_global
 @click.version_option(package_name="crm-automation")
 @click.pass_context
-def cli(ctx: click.Context, **kw: Any) -> None:
+def cli(ctx: click.Context, /, **kw: Any) -> None:
     """crm-automation: a shared sheet as customer master, a mailbox as activity log, campaigns sent once.
 
     Start with `crm-automation run --once --config config.example.toml`.
@@ -240,7 +241,7 @@ def cli(ctx: click.Context, **kw: Any) -> None:
 @_global
 @click.option("--connect", is_flag=True, help="also log in to the mailbox and the SMTP server")
 @click.pass_context
-def check(ctx: click.Context, connect: bool, **kw: Any) -> None:
+def check(ctx: click.Context, /, connect: bool, **kw: Any) -> None:
     """Validate config, mappings, templates and the sheet; report every problem at once."""
     o = _apply(ctx, kw)
     from crm_automation.checks import run_checks
@@ -265,7 +266,7 @@ def _print_check(report: dict[str, Any]) -> None:
 @cli.command()
 @_global
 @click.pass_context
-def sync(ctx: click.Context, **kw: Any) -> None:
+def sync(ctx: click.Context, /, **kw: Any) -> None:
     """Read the sheet, validate rows, record new customers and field changes."""
     o = _apply(ctx, kw)
     with _locked_worker(o) as w:
@@ -275,7 +276,7 @@ def sync(ctx: click.Context, **kw: Any) -> None:
 @cli.command()
 @_global
 @click.pass_context
-def fetch(ctx: click.Context, **kw: Any) -> None:
+def fetch(ctx: click.Context, /, **kw: Any) -> None:
     """Read new mail and log each message exactly once."""
     o = _apply(ctx, kw)
     with _locked_worker(o, signals=True) as w:
@@ -287,7 +288,7 @@ def fetch(ctx: click.Context, **kw: Any) -> None:
 @click.option("--dry-run", is_flag=True, help="render and report what would be sent; send and record nothing")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="send at most N messages in this pass")
 @click.pass_context
-def send(ctx: click.Context, dry_run: bool, limit: int | None, **kw: Any) -> None:
+def send(ctx: click.Context, /, dry_run: bool, limit: int | None, **kw: Any) -> None:
     """Queue and send what is due, exactly once each."""
     o = _apply(ctx, kw)
     with _locked_worker(o, signals=True) as w:
@@ -324,7 +325,7 @@ def _install_signals() -> threading.Event:
 @_global
 @click.option("--once", is_flag=True, help="run one cycle (sync, fetch, send, write-back) and exit")
 @click.pass_context
-def run(ctx: click.Context, once: bool, **kw: Any) -> None:
+def run(ctx: click.Context, /, once: bool, **kw: Any) -> None:
     """The scheduled worker: intervals from [schedule]; one cycle at a time; stops cleanly on Ctrl-C/SIGTERM."""
     o = _apply(ctx, kw)
     with _locked_worker(o, signals=True) as w:
@@ -344,24 +345,16 @@ def run(ctx: click.Context, once: bool, **kw: Any) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="write the message to FILE.eml")
 @click.option("--campaign", default="preview", help="campaign id shown to the template")
 @click.pass_context
-def preview(ctx: click.Context, template: str, key: str, out: Path | None, campaign: str, **kw: Any) -> None:
+def preview(ctx: click.Context, /, template: str, key: str, out: Path | None, campaign: str, **kw: Any) -> None:
     """Render one email for one customer, to the terminal or an .eml file. Sends nothing."""
     o = _apply(ctx, kw)
     ws = Workspace.load(o.config)
-    from crm_automation.planner import CustomerView
-
     w = _worker(o, ws)
     try:
-        c = w.store.customer(key.strip().lower()) or w.store.customer(key.strip())
-        if c is None:
-            raise ConfigError(f"customer {key!r} is not in the log", hint="run `crm-automation sync` first; "
-                              "the key is the mapping's key field (e.g. the email address)")
-        ef = ws.email_field
-        view = CustomerView(c.key, c.data.get(ef) if ef else None, c.data, c.first_seen, c.email_status)
-        mid = w._message_id()
-        data, subject, text = w.render_send(template, view, campaign, 0, mid)
+        composed = w.preview(template, key, campaign)
     finally:
         w.close()
+    data, subject, text = composed.data, composed.subject, composed.text
     if out is not None:
         from crm_automation.files import write_output
 
@@ -376,7 +369,7 @@ def preview(ctx: click.Context, template: str, key: str, out: Path | None, campa
 @_global
 @click.option("--csv", "as_csv", is_flag=True, help="CSV output")
 @click.pass_context
-def report(ctx: click.Context, as_csv: bool, **kw: Any) -> None:
+def report(ctx: click.Context, /, as_csv: bool, **kw: Any) -> None:
     """Per campaign and step: queued, sent, failed, uncertain, skipped, bounced, replied, unsubscribed."""
     o = _apply(ctx, kw)
     ws = Workspace.load(o.config)
@@ -419,7 +412,7 @@ def report(ctx: click.Context, as_csv: bool, **kw: Any) -> None:
 @_global
 @click.argument("key")
 @click.pass_context
-def timeline(ctx: click.Context, key: str, **kw: Any) -> None:
+def timeline(ctx: click.Context, /, key: str, **kw: Any) -> None:
     """One customer's activities, oldest first."""
     o = _apply(ctx, kw)
     ws = Workspace.load(o.config)
@@ -461,7 +454,7 @@ def suppress() -> None:
 @click.argument("emails", nargs=-1, required=True)
 @click.option("--reason", type=click.Choice(["manual", "unsubscribed", "bounced"]), default="manual")
 @click.pass_context
-def suppress_add(ctx: click.Context, emails: tuple[str, ...], reason: str, **kw: Any) -> None:
+def suppress_add(ctx: click.Context, /, emails: tuple[str, ...], reason: str, **kw: Any) -> None:
     """Add addresses."""
     o = _apply(ctx, kw)
     from crm_automation.fieldtypes import address_problem
@@ -491,7 +484,7 @@ def suppress_add(ctx: click.Context, emails: tuple[str, ...], reason: str, **kw:
 @_global
 @click.argument("emails", nargs=-1, required=True)
 @click.pass_context
-def suppress_remove(ctx: click.Context, emails: tuple[str, ...], **kw: Any) -> None:
+def suppress_remove(ctx: click.Context, /, emails: tuple[str, ...], **kw: Any) -> None:
     """Remove addresses (they may be mailed again)."""
     o = _apply(ctx, kw)
     ws = Workspace.load(o.config)
@@ -508,7 +501,7 @@ def suppress_remove(ctx: click.Context, emails: tuple[str, ...], **kw: Any) -> N
 @suppress.command("list")
 @_global
 @click.pass_context
-def suppress_list(ctx: click.Context, **kw: Any) -> None:
+def suppress_list(ctx: click.Context, /, **kw: Any) -> None:
     """List suppressed addresses."""
     o = _apply(ctx, kw)
     ws = Workspace.load(o.config)
@@ -517,8 +510,11 @@ def suppress_list(ctx: click.Context, **kw: Any) -> None:
         items = [{"email": e, "reason": r, "at": a, "source": s} for e, (r, a, s) in store.suppressions().items()]
     finally:
         store.close()
-    _emit(o, {"suppressions": items},
-          lambda: [click.echo(f"{i['email']:<40} {i['reason']:<13} {i['at']} {i['source']}") for i in items])
+    def human() -> None:
+        for i in items:
+            click.echo(f"{i['email']:<40} {i['reason']:<13} {i['at']} {i['source']}")
+
+    _emit(o, {"suppressions": items}, human)
 
 
 @cli.command()
@@ -527,7 +523,7 @@ def suppress_list(ctx: click.Context, **kw: Any) -> None:
 @click.option("--all-uncertain", is_flag=True, help="every uncertain send")
 @click.option("--all-failed", is_flag=True, help="every failed send")
 @click.pass_context
-def requeue(ctx: click.Context, ids: tuple[int, ...], all_uncertain: bool, all_failed: bool, **kw: Any) -> None:
+def requeue(ctx: click.Context, /, ids: tuple[int, ...], all_uncertain: bool, all_failed: bool, **kw: Any) -> None:
     """Queue uncertain or failed sends again, on purpose (they go out on the next `send`)."""
     o = _apply(ctx, kw)
     if not ids and not all_uncertain and not all_failed:
@@ -562,7 +558,7 @@ def requeue(ctx: click.Context, ids: tuple[int, ...], all_uncertain: bool, all_f
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="write rejected and duplicate rows to this CSV")
 @click.pass_context
-def import_(ctx: click.Context, file: Path, maps: tuple[str, ...], worksheet: str | None, dry_run: bool,
+def import_(ctx: click.Context, /, file: Path, maps: tuple[str, ...], worksheet: str | None, dry_run: bool,
             report_path: Path | None, **kw: Any) -> None:
     """Migrate customers from a CSV/Excel export into the sheet, deduplicating by key. Try --dry-run first."""
     o = _apply(ctx, kw)

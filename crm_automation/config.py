@@ -14,10 +14,11 @@ import tomllib
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 
 from crm_automation.errors import ConfigError
 from crm_automation.sheets.status_words import DEFAULT_LANGUAGE, LANGUAGES, expected_languages
@@ -235,13 +236,13 @@ def find_config(explicit: str | os.PathLike[str] | None) -> Path:
     return Path("config.toml")
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
+def _loc(loc: tuple[int | str, ...]) -> str:
     parts = [str(p) for p in loc if not str(p).startswith(("function-", "literal["))]
     out = ".".join(parts)
     return out.replace("from_", "from")
 
 
-def _explain(err: dict[str, Any]) -> str:
+def _explain(err: ErrorDetails) -> str:
     kind = err["type"]
     got = err.get("input")
     if kind == "missing":

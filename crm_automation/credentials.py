@@ -10,6 +10,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from crm_automation.errors import ConfigError, ServiceError
 
@@ -21,6 +22,14 @@ class Credentials:
     username: str | None
     password: str | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
+
+
+class ServerLogin(Protocol):
+    """The login keys of a ``[mailbox]`` or ``[outbound]`` section (``config.MailboxSection``, ``OutboundSection``)."""
+
+    username: str | None
+    password_env: str | None
+    oauth2_token_command: str | None
 
 
 def token_from_command(section: str, command: str, timeout: float = 60.0) -> str:
@@ -38,17 +47,17 @@ def token_from_command(section: str, command: str, timeout: float = 60.0) -> str
     return token
 
 
-def load_credentials(section: str, s: object) -> Credentials:
+def load_credentials(section: str, s: ServerLogin) -> Credentials:
     """Credentials for a ``[mailbox]`` or ``[outbound]`` server section."""
     from crm_automation.config import secret_from_env
 
-    username = getattr(s, "username", None)
+    username = s.username
     if not username:
         return Credentials(None)
-    cmd = getattr(s, "oauth2_token_command", None)
+    cmd = s.oauth2_token_command
     if cmd:
         return Credentials(username, token=token_from_command(section, cmd))
-    env = getattr(s, "password_env", None)
+    env = s.password_env
     if not env:
         raise ConfigError(f"{section}.password_env is required with username")
     return Credentials(username, password=secret_from_env(section, env))

@@ -87,6 +87,16 @@ class PermanentSendError(DataError):
         self.unknown_recipient = unknown_recipient
 
 
+class QuotaExceededError(ServiceError):
+    """The provider refuses more mail for now: a sending quota (Gmail 5.4.5, Microsoft SubmissionQuotaExceeded).
+
+    Providers answer a quota with a *permanent* code; failing the whole queue
+    for it would be wrong, so the send waits an hour and the pass stops.
+    Raised by the transport that read the answer (it knows the providers'
+    words), so the send pass decides by type, not by text.
+    """
+
+
 class MessageError(DataError):
     """An inbound message that cannot be understood; it goes to quarantine whole."""
 

@@ -21,13 +21,13 @@ import unicodedata
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import phonenumbers
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
 from crm_automation.models import FieldSpec, FieldType
-from crm_automation.sheets.csv import cell_text
+from crm_automation.sheets.grid import cell_text
 
 __all__ = ["FieldValueError", "convert", "convert_column", "converter", "prepare"]
 
@@ -88,7 +88,7 @@ def _email(text: str) -> str:
 
 
 def _convert_email(value: object, spec: FieldSpec) -> str:
-    text = value.strip() if value.__class__ is str else _to_text(value)  # type: ignore[attr-defined]
+    text = value.strip() if value.__class__ is str else _to_text(value)
     if "@" not in text:
         raise FieldValueError("is not an address (expected name@domain)")
     return _email(text)
@@ -121,8 +121,16 @@ _PHONE_PUNCT = str.maketrans("", "", " -.()\u00a0")
 @lru_cache(maxsize=1)
 def _cn_patterns() -> tuple[re.Pattern[str], re.Pattern[str], frozenset[int]]:
     md = phonenumbers.PhoneMetadata.metadata_for_region("CN")
-    lengths = md.mobile.possible_length or md.general_desc.possible_length
-    return (re.compile(md.general_desc.national_number_pattern), re.compile(md.mobile.national_number_pattern),
+    general = md.general_desc if md is not None else None
+    mobile = md.mobile if md is not None else None
+    if (general is None or mobile is None or general.national_number_pattern is None
+            or mobile.national_number_pattern is None):
+        # phonenumbers without CN mobile metadata (never in a release): no length fits, every number takes the
+        # full path.
+        never = re.compile(r"(?!)")
+        return never, never, frozenset()
+    lengths = mobile.possible_length or general.possible_length
+    return (re.compile(general.national_number_pattern), re.compile(mobile.national_number_pattern),
             frozenset(lengths))
 
 
@@ -321,7 +329,7 @@ def convert(value: object, spec: FieldSpec) -> object:
         FieldValueError: the value does not fit the type; ``reason`` says why
             and what was expected.
     """
-    if value is None or (value.__class__ is str and not value.strip()) or _is_empty(value):  # type: ignore[attr-defined]
+    if value is None or (value.__class__ is str and not value.strip()) or _is_empty(value):
         return None
     return _CONVERTERS[spec.type](value, spec)
 
@@ -334,7 +342,7 @@ def converter(spec: FieldSpec) -> Callable[[object], object]:
         if value is None:
             return None
         if value.__class__ is str:
-            if not value.strip():  # type: ignore[attr-defined]
+            if not value.strip():
                 return None
         elif value.__class__ is float and value != value:  # NaN from pandas
             return None
@@ -383,7 +391,7 @@ def _blocks(texts: list[str | None], pattern: re.Pattern[str], lower: bool) -> l
         if None in block:
             out.append(None)
             continue
-        joined = "\n".join(block)  # type: ignore[arg-type]
+        joined = "\n".join(cast("list[str]", block))  # no None: checked just above
         if joined.count("\n") != len(block) - 1 or not joined.isascii():
             out.append(None)  # a cell holding a line break would shift the block; non-ASCII needs NFKC
             continue

@@ -31,7 +31,7 @@ from crm_automation.errors import ConfigError, ServiceError
 from crm_automation.mapping import Mapping
 from crm_automation.models import FieldType, RowError, SheetData
 from crm_automation.sheets.base import SheetSource
-from crm_automation.sheets.csv import norm_key
+from crm_automation.sheets.grid import norm_key
 
 _DUPLICATE = "duplicates the key"  # the start of mapping.py's reason for a repeated key
 

@@ -424,7 +424,7 @@ def load_mapping(mappings_dir: Path) -> Mapping:
         if f.region is not None and f.type is not FieldType.PHONE:
             problems.append(f"{path}: fields.{name}: region applies only to type \"phone\"")
         strict = f.required or name == m.key
-        if f.on_invalid == OnInvalid.BLANK and strict:
+        if f.on_invalid == "blank" and strict:
             what = "the key field" if name == m.key else "a required field"
             problems.append(f"{path}: fields.{name}: on_invalid = \"blank\" is not allowed on {what}: a row without "
                             f"it cannot be kept (expected \"reject_row\", or leave on_invalid out)")

@@ -232,6 +232,17 @@ class ParsedMessage:
     raw: bytes = field(repr=False, default=b"")
 
 
+class SendStatus(enum.StrEnum):
+    """A ``sends`` row's status (SPEC §8): queued -> sending -> sent, or failed/uncertain/skipped."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    UNCERTAIN = "uncertain"
+    SKIPPED = "skipped"
+
+
 class Kind(enum.StrEnum):
     """Activity kinds (SPEC §8)."""
 

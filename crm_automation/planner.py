@@ -163,11 +163,11 @@ def plan(campaigns: list[Campaign], customers: MappingT[str, CustomerView], firs
                     continue
                 if now < t0 + timedelta(days=step.after_days):
                     continue
-                cust = customers.get(key)
-                if cust is None:
+                follower = customers.get(key)
+                if follower is None:
                     continue
-                why = blocked_reason(cust, h) or stop_reason(c, cust, t0, h)
-                out.append(PlannedSend(c.id, step.number, key, cust.email, step.template,
+                why = blocked_reason(follower, h) or stop_reason(c, follower, t0, h)
+                out.append(PlannedSend(c.id, step.number, key, follower.email, step.template,
                                        "skipped" if why else "queued", why))
     if one_per_cycle:
         taken: set[str] = set()

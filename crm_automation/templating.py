@@ -289,14 +289,15 @@ class _Template:
     html: jinja2.Template | None
 
 
-def _format_date(value: Any, fmt: str = "%Y-%m-%d", *, tz: ZoneInfo) -> str:
+def _format_date(value: object, fmt: str = "%Y-%m-%d", *, tz: ZoneInfo) -> str:
     if value is None or value == "":
         return ""
     if isinstance(value, str):
+        text = value
         try:
-            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            value = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
-            return value
+            return text
     if isinstance(value, datetime):
         if value.tzinfo is not None:
             value = value.astimezone(tz)

@@ -46,6 +46,13 @@ class MailboxSource(Protocol):
         """Move logged messages to ``processed_folder`` (a no-op when none is set)."""
         ...
 
+    def find_message_ids(self, folder: str, message_ids: list[str]) -> set[str]:
+        """Which of these Message-IDs are in ``folder`` (crash recovery looks in the Sent folder).
+
+        A missing folder finds nothing; ids compare without their angle brackets' case.
+        """
+        ...
+
     def close(self) -> None:
         """Log out / release the source."""
         ...

@@ -38,10 +38,11 @@ import imaplib
 import logging
 import re
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from itertools import groupby
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import imapclient  # noqa: TID251 - this is the one module allowed to use it
 from imapclient.exceptions import IMAPClientError, LoginError  # noqa: TID251
@@ -70,9 +71,53 @@ _DROPPED: tuple[type[BaseException], ...] = (imaplib.IMAP4.abort, OSError, EOFEr
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 
 
+#: One ``LIST`` answer line as imapclient parses it: (flags, hierarchy delimiter or None, folder name).
+_FolderEntry = tuple[tuple[bytes, ...], bytes | None, str]
+
+
+class _Client(Protocol):
+    """What this module uses of ``imapclient.IMAPClient``, typed (imapclient ships no type information).
+
+    Answers not read here are ``object``. ``fetch`` is typed for the items
+    fetched here: ``RFC822.SIZE`` is an int, ``BODY[...]`` bytes.
+    """
+
+    def has_capability(self, capability: str) -> bool: ...
+    def capabilities(self) -> tuple[bytes, ...]: ...
+    def starttls(self, ssl_context: ssl.SSLContext | None = None) -> object: ...
+    def login(self, username: str, password: str) -> object: ...
+    def oauth2_login(self, user: str, access_token: str) -> object: ...
+    def id_(self, parameters: dict[str, str] | None = None) -> object: ...
+    def list_folders(self, directory: str = "", pattern: str = "*") -> list[_FolderEntry]: ...
+    # EXISTS, UIDNEXT and UIDVALIDITY are ints; other keys hold flags or raw answers
+    def select_folder(self, folder: str, readonly: bool = False) -> dict[bytes, object]: ...
+    def folder_exists(self, folder: str) -> bool: ...
+    def create_folder(self, folder: str) -> object: ...
+    def search(self, criteria: Sequence[object]) -> list[int]: ...
+    def fetch(self, messages: list[int], data: list[str]) -> dict[int, dict[bytes, bytes | int]]: ...
+    def move(self, messages: list[int], folder: str) -> object: ...
+    def copy(self, messages: list[int], folder: str) -> object: ...
+    def add_flags(self, messages: list[int], flags: list[bytes], silent: bool = False) -> object: ...
+    def uid_expunge(self, messages: list[int]) -> object: ...
+    def logout(self) -> object: ...
+    def shutdown(self) -> None: ...
+
+
+def _uidvalidity(info: Mapping[bytes, object]) -> int:
+    """UIDVALIDITY of a SELECT answer (imapclient parses it to an int)."""
+    value = info[b"UIDVALIDITY"]
+    if not isinstance(value, int):
+        raise TypeError(f"UIDVALIDITY {value!r} is not a number")
+    return value
+
+
 def _norm_id(message_id: str) -> str:
-    """``<a@b>`` and `` a@b `` compare equal: servers and clients differ on the brackets."""
-    return message_id.strip().strip("<>").strip()
+    """``<a@b>``, `` a@b `` and ``<A@B>`` compare equal: servers and clients differ on brackets and case.
+
+    The server's ``SEARCH HEADER`` ignores case too (RFC 3501 §6.4.4), so the
+    confirmation must; our own ids are UUIDs, which case cannot confuse.
+    """
+    return message_id.strip().strip("<>").strip().lower()
 
 
 class ImapSource:
@@ -103,7 +148,7 @@ class ImapSource:
         self.username = settings.username or ""
         self._credentials = credentials or (lambda: load_credentials(section, settings))
         self._secrets: list[str] = []
-        self._client: imapclient.IMAPClient | None = None
+        self._client: _Client | None = None
         self._selected: tuple[str, bool] | None = None  # (folder, readonly)
         self._processed_ready = False
         self._delimiter: str | None = None
@@ -134,9 +179,10 @@ class ImapSource:
         """Certificates and host names verified; ``ca_file`` (a company or test CA) replaces the system store."""
         return ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
 
-    def _open(self) -> imapclient.IMAPClient:
+    def _open(self) -> _Client:
         sec = self.settings.security
         timeout = self.settings.timeout
+        client: _Client
         try:
             if sec == "ssl":
                 client = imapclient.IMAPClient(self.host, self.port, ssl=True, ssl_context=self._tls_context(),
@@ -165,7 +211,7 @@ class ImapSource:
         self._login(client)
         return client
 
-    def _login(self, client: imapclient.IMAPClient) -> None:
+    def _login(self, client: _Client) -> None:
         creds = self._credentials()
         if not creds.username:
             client.shutdown()
@@ -190,7 +236,7 @@ class ImapSource:
         self._send_id(client)
         log.info("%s: logged in (%s)", self.where, self.settings.security)
 
-    def _send_id(self, client: imapclient.IMAPClient) -> None:
+    def _send_id(self, client: _Client) -> None:
         """Identify the client (RFC 2971) where the server offers ID.
 
         NetEase (163.com, 126.com) refuses SELECT with "Unsafe Login" until the
@@ -202,7 +248,7 @@ class ImapSource:
         except (IMAPClientError, *_DROPPED) as e:
             log.debug("%s: IMAP ID not accepted: %s", self.where, self._scrub(str(e)))
 
-    def _conn(self) -> imapclient.IMAPClient:
+    def _conn(self) -> _Client:
         if self._client is None:
             self._client = self._open()
             self._selected = None
@@ -216,7 +262,7 @@ class ImapSource:
         self._client = None
         self._selected = None
 
-    def _call(self, what: str, op: Callable[[imapclient.IMAPClient], T]) -> T:
+    def _call(self, what: str, op: Callable[[_Client], T]) -> T:
         """Run ``op`` on the connection, reconnecting once if the connection dropped."""
         for attempt in (1, 2):
             client = self._conn()
@@ -232,7 +278,7 @@ class ImapSource:
                 raise ServiceError(f"{self.where}: {what} failed: {self._scrub(str(e))}") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _server_name(self, client: imapclient.IMAPClient, folder: str) -> str:
+    def _server_name(self, client: _Client, folder: str) -> str:
         """The server's name for a configured folder: ``/`` is the hierarchy separator in the config.
 
         Mail clients show ``CRM/Processed`` whatever the server's delimiter is;
@@ -247,7 +293,7 @@ class ImapSource:
             self._delimiter = delim.decode() if isinstance(delim, bytes) else str(delim)
         return folder if self._delimiter == "/" else folder.replace("/", self._delimiter)
 
-    def _select(self, client: imapclient.IMAPClient, folder: str, *, readonly: bool) -> dict[bytes, object]:
+    def _select(self, client: _Client, folder: str, *, readonly: bool) -> dict[bytes, object]:
         """SELECT/EXAMINE ``folder``; a missing folder is reported by name."""
         name = self._server_name(client, folder)
         try:
@@ -263,7 +309,7 @@ class ImapSource:
         self._selected = (folder, readonly)
         return info
 
-    def _ensure_selected(self, client: imapclient.IMAPClient, folder: str) -> dict[bytes, object] | None:
+    def _ensure_selected(self, client: _Client, folder: str) -> dict[bytes, object] | None:
         """Select ``folder`` read-only unless it is already selected (in either mode)."""
         if self._selected is not None and self._selected[0] == folder:
             return None
@@ -277,7 +323,7 @@ class ImapSource:
     def uidvalidity(self, folder: str) -> int:
         """The folder's current UIDVALIDITY, read by EXAMINE (marks nothing)."""
         info = self._call(f"opening {folder!r}", lambda c: self._select(c, folder, readonly=True))
-        return int(info[b"UIDVALIDITY"])  # type: ignore[call-overload]
+        return _uidvalidity(info)
 
     def fetch(self, folder: str, cursor: Cursor | None, *, batch: int | None = None) -> Iterator[RawMessage]:
         """Yield the messages after ``cursor`` in UID order, ``batch`` bodies per round trip.
@@ -287,10 +333,10 @@ class ImapSource:
         """
         size = batch or self.settings.batch_size
         info = self._call(f"opening {folder!r}", lambda c: self._select(c, folder, readonly=True))
-        uv = int(info[b"UIDVALIDITY"])  # type: ignore[call-overload]
+        uv = _uidvalidity(info)
         start = cursor.last_uid + 1 if cursor is not None and cursor.uidvalidity == uv else 1
         uidnext = info.get(b"UIDNEXT")
-        if int(info.get(b"EXISTS", 0) or 0) == 0 or (isinstance(uidnext, int) and start >= uidnext):  # type: ignore[call-overload]
+        if not info.get(b"EXISTS") or (isinstance(uidnext, int) and start >= uidnext):
             log.debug("%s %s: nothing after UID %s", self.where, folder, start - 1)
             return
         pending = self._new_uids(folder, uv, start, uidnext if isinstance(uidnext, int) else None)
@@ -317,9 +363,9 @@ class ImapSource:
                                  size=sizes[uid] if big else None)
             pos += len(chunk)
 
-    def _check_uidvalidity(self, client: imapclient.IMAPClient, folder: str, uv: int) -> None:
+    def _check_uidvalidity(self, client: _Client, folder: str, uv: int) -> None:
         info = self._ensure_selected(client, folder)
-        if info is not None and int(info[b"UIDVALIDITY"]) != uv:  # type: ignore[call-overload]
+        if info is not None and _uidvalidity(info) != uv:
             raise ServiceError(
                 f"{self.where}: UIDVALIDITY of {folder!r} changed during the fetch ({uv} -> {info[b'UIDVALIDITY']})",
                 hint="the next pass re-reads the folder; messages already logged are recognised by Message-ID",
@@ -332,7 +378,7 @@ class ImapSource:
         messages is one line longer than imaplib accepts (1 MB), hence windows;
         the last one is open-ended so mail arriving meanwhile is not missed.
         """
-        def op(c: imapclient.IMAPClient) -> list[int]:
+        def op(c: _Client) -> list[int]:
             self._check_uidvalidity(c, folder, uv)
             found: set[int] = set()
             lo = start
@@ -347,7 +393,7 @@ class ImapSource:
 
     def _large_sizes(self, folder: str, uv: int, start: int, threshold: int) -> dict[int, int]:
         """RFC822.SIZE of the messages above ``threshold`` bytes (searched after the UID list, so none is missed)."""
-        def op(c: imapclient.IMAPClient) -> dict[int, int]:
+        def op(c: _Client) -> dict[int, int]:
             self._check_uidvalidity(c, folder, uv)
             big = sorted(u for u in c.search(["UID", f"{start}:*", "LARGER", threshold])
                          if isinstance(u, int) and u >= start)
@@ -380,7 +426,7 @@ class ImapSource:
         whole = [u for u in chunk if sizes.get(u, 0) <= limit]
         cut = [u for u in chunk if sizes.get(u, 0) > limit]
 
-        def op(c: imapclient.IMAPClient) -> dict[int, bytes]:
+        def op(c: _Client) -> dict[int, bytes]:
             self._check_uidvalidity(c, folder, uv)
             out: dict[int, bytes] = {}
             if whole:
@@ -418,9 +464,9 @@ class ImapSource:
                 continue
             msgs = list(group)
             self._call(f"moving {len(msgs)} message(s) from {folder!r} to {dest!r}",
-                       lambda c, f=folder, m=msgs: self._move(c, f, m, dest))
+                       partial(self._move, folder=folder, msgs=msgs, dest=dest))
 
-    def _ensure_processed_folder(self, client: imapclient.IMAPClient) -> None:
+    def _ensure_processed_folder(self, client: _Client) -> None:
         if self._processed_ready or not self.settings.processed_folder:
             return
         dest = self._server_name(client, self.settings.processed_folder)
@@ -435,10 +481,10 @@ class ImapSource:
                     raise
         self._processed_ready = True
 
-    def _move(self, client: imapclient.IMAPClient, folder: str, msgs: list[RawMessage], dest: str) -> None:
+    def _move(self, client: _Client, folder: str, msgs: list[RawMessage], dest: str) -> None:
         info = self._select(client, folder, readonly=False)
         dest = self._server_name(client, dest)
-        uv = int(info[b"UIDVALIDITY"])  # type: ignore[call-overload]
+        uv = _uidvalidity(info)
         uids = [m.uid for m in msgs if m.uidvalidity == uv]
         if len(uids) < len(msgs):
             log.warning("%s %s: %d message(s) not moved: UIDVALIDITY changed since they were read",
@@ -472,7 +518,7 @@ class ImapSource:
         if not wanted:
             return set()
 
-        def op(c: imapclient.IMAPClient) -> set[str]:
+        def op(c: _Client) -> set[str]:
             if not c.folder_exists(self._server_name(c, folder)):
                 log.warning("%s: folder %r does not exist; no sent copies to look up", self.where, folder)
                 return set()

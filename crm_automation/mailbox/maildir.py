@@ -19,6 +19,7 @@ flags or deletes a file.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from crm_automation.mailbox.base import Cursor
 from crm_automation.models import RawMessage
 
 UIDVALIDITY = 1
+_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(<?[^\s>]+>?)", re.IGNORECASE | re.MULTILINE)
 
 
 def base_name(file_name: str) -> str:
@@ -54,7 +56,16 @@ class MaildirSource:
         return cls(cfg.resolve(cfg.mailbox.path), cfg.mailbox.folders, cfg.mailbox.max_message_bytes)
 
     def _dir(self, folder: str) -> Path:
-        return self.path if folder.upper() == "INBOX" else self.path / f".{folder}"
+        """INBOX is the Maildir itself; ``CRM/Leads`` is ``.CRM.Leads`` (Maildir++, as Dovecot and Courier write)."""
+        return self.path if folder.upper() == "INBOX" else self.path / ("." + folder.replace("/", "."))
+
+    def _require(self, folder: str) -> Path:
+        d = self._dir(folder)
+        if not (d / "new").is_dir() and not (d / "cur").is_dir():
+            raise ServiceError(f"{d}: not a Maildir (expected the folders new/ and cur/ inside it)",
+                               hint="check [mailbox] path and folders in config.toml (relative paths start at the "
+                                    "config's folder)")
+        return d
 
     def folders(self) -> list[str]:
         """The configured folders."""
@@ -62,16 +73,12 @@ class MaildirSource:
 
     def uidvalidity(self, folder: str) -> int:
         """Always 1: the cursor is a set of names, which never needs resetting."""
-        d = self._dir(folder)
-        if not (d / "new").is_dir() and not (d / "cur").is_dir():
-            raise ServiceError(f"{d}: not a Maildir (expected the folders new/ and cur/ inside it)",
-                               hint="check [mailbox] path in config.toml (relative paths start at the config's "
-                                    "folder)")
+        self._require(folder)
         return UIDVALIDITY
 
     def fetch(self, folder: str, cursor: Cursor | None, *, batch: int = 500) -> Iterator[RawMessage]:
         """Every message whose base name is not in ``cursor.seen``, oldest file time first."""
-        d = self._dir(folder)
+        d = self._require(folder)  # a mistyped folder is an error, never "no new mail" forever
         seen = cursor.seen if cursor is not None else frozenset()
         entries: list[tuple[int, str, Path, int]] = []
         names: set[str] = set()  # a message moved from new/ to cur/ during the scan is read once
@@ -84,18 +91,18 @@ class MaildirSource:
                 raise ServiceError(f"{d / sub}: cannot read the Maildir folder: {e.strerror}",
                                    hint="check that the user running crm-automation may read it") from None
             with it:
-                for e in it:
-                    key = base_name(e.name)
-                    if e.name.startswith(".") or key in seen or key in names:
+                for entry in it:
+                    key = base_name(entry.name)
+                    if entry.name.startswith(".") or key in seen or key in names:
                         continue
                     try:
-                        if not e.is_file():
+                        if not entry.is_file():
                             continue
-                        st = e.stat()
+                        st = entry.stat()
                     except FileNotFoundError:  # moved by a mail client meanwhile; seen at the next scan
                         continue
                     names.add(key)
-                    entries.append((st.st_mtime_ns, e.name, Path(e.path), st.st_size))
+                    entries.append((st.st_mtime_ns, entry.name, Path(entry.path), st.st_size))
         entries.sort()
         for mt, name, p, size in entries:
             try:
@@ -108,6 +115,31 @@ class MaildirSource:
                                    hint="check that the user running crm-automation may read the Maildir") from None
             yield RawMessage(folder=folder, uid=mt, uidvalidity=UIDVALIDITY, raw=raw, ref=name,
                              seen_key=base_name(name), size=size if size > self.max_bytes else None)
+
+    def find_message_ids(self, folder: str, message_ids: list[str]) -> set[str]:
+        """Which of ``message_ids`` are in ``folder`` (a Sent folder kept as a Maildir); read headers only."""
+        wanted = {m.strip().strip("<>").lower(): m for m in message_ids if m and m.strip().strip("<>")}
+        if not wanted:
+            return set()
+        found: set[str] = set()
+        d = self._dir(folder)
+        for sub in ("new", "cur"):
+            try:
+                names = [e.path for e in os.scandir(d / sub) if not e.name.startswith(".")]
+            except OSError:
+                continue
+            for path in names:
+                try:
+                    with Path(path).open("rb") as f:
+                        head = f.read(65536).split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+                except OSError:
+                    continue
+                m = _MESSAGE_ID.search(head)
+                if m is not None:
+                    got = m.group(1).decode("ascii", "replace").strip().strip("<>").lower()
+                    if got in wanted:
+                        found.add(wanted[got])
+        return found
 
     def mark_processed(self, messages: list[RawMessage]) -> None:
         """Maildir messages stay where they are."""

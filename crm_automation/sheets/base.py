@@ -74,6 +74,14 @@ class SheetSource(Protocol):
     #: and at most one write per sync, whatever the number of rows.
     metered: bool
 
+    def fingerprint(self) -> str | None:
+        """A digest of the sheet's content as stored, or None when the source has none (Google).
+
+        Files have one: an untouched file is then skipped by the next sync
+        (issue #3), one hash instead of a read.
+        """
+        ...
+
     def read(self) -> SheetData:
         """Read headers and all rows (raw cell values)."""
         ...

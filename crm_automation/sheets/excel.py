@@ -50,7 +50,7 @@ from crm_automation.config import Config
 from crm_automation.errors import ConfigError, ServiceError
 from crm_automation.models import SheetData
 from crm_automation.sheets.base import WriteResult
-from crm_automation.sheets.csv import (
+from crm_automation.sheets.grid import (
     append_plan,
     atomic_write,
     file_fingerprint,

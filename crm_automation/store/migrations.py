@@ -12,7 +12,7 @@ import sqlite3
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from crm_automation.errors import ConfigError
 from crm_automation.store.schema import create_v1, create_v2, create_v3
@@ -45,7 +45,7 @@ def migrate(conn: sqlite3.Connection) -> list[str]:
             f"{conn.execute('PRAGMA database_list').fetchone()[2]}: the log was written by a newer "
             f"crm-automation (migrations {', '.join(sorted(unknown))}); upgrade before using it"
         )
-    db = _sqlite_utils().Database(conn)
+    db = _database(conn)
     applied = []
     for name, fn in MIGRATIONS:
         if name in done:
@@ -58,8 +58,8 @@ def migrate(conn: sqlite3.Connection) -> list[str]:
     return applied
 
 
-def _sqlite_utils() -> Any:
-    """Import sqlite-utils without the pandas and numpy imports it attempts.
+def _database(conn: sqlite3.Connection) -> sqlite_utils.Database:
+    """``conn`` as a sqlite-utils ``Database``, importing sqlite-utils without the pandas and numpy it attempts.
 
     sqlite-utils imports them, when installed, only to accept their values
     in inserts, which we never pass; that took ~0.5 s of a first sync
@@ -69,10 +69,11 @@ def _sqlite_utils() -> Any:
     """
     blocked = [m for m in ("pandas", "numpy") if m not in sys.modules]
     for m in blocked:
+        # typeshed types sys.modules as dict[str, ModuleType]; None is the documented way to block an import.
         sys.modules[m] = None  # type: ignore[assignment]
     try:
         import sqlite_utils
     finally:
         for m in blocked:
             del sys.modules[m]
-    return sqlite_utils
+    return sqlite_utils.Database(conn)

@@ -17,12 +17,17 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crm_automation.errors import ConfigError, CrmError, ServiceError, StorageError
 from crm_automation.models import Customer, CustomerColumns, Kind
 from crm_automation.store.migrations import migrate
 from crm_automation.store.schema import INBOUND_KINDS
+
+if TYPE_CHECKING:
+    from crm_automation.inbound import Decision
+
+NOTIFY_CAMPAIGN = "owner-notify"  # pseudo-campaign: owner notifications reuse the sends table's exactly-once rows
 
 # A bounce activity's permanence: ``details.permanence`` (issue #11), or for rows logged before it,
 # ``details.permanent`` (true: hard; false: a delay, as they were treated then).
@@ -324,13 +329,14 @@ class Store:
         with self.transaction():
             existing = {k: (d, p) for k, d, p in self.conn.execute("SELECT key, data, present FROM customers")}
             acts: list[tuple[Any, ...]] = []
-            fresh: list[Customer] | CustomerColumns = []
+            new: list[Customer] = []
+            fresh: list[Customer] | CustomerColumns = new
             if isinstance(changed, CustomerColumns) and not existing.keys() & set(changed.keys):
                 fresh, changed = changed, []  # all new (a first sync): inserted column by column
             for c in changed:
                 old = existing.get(c.key)
                 if old is None:
-                    fresh.append(c)
+                    new.append(c)
                     continue
                 data_json = _dumps(c.data)
                 old_json, present = old
@@ -510,6 +516,52 @@ class Store:
             (customer_key, kind, iso(occurred_at), subject, body, message_id, in_reply_to, campaign, step, source,
              json.dumps(details or {}, ensure_ascii=False), iso(now), digest))
         return cur.lastrowid if cur.rowcount else None
+
+    def apply_inbound(self, d: Decision, now: datetime, *, soft_days: int, soft_limit: int) -> bool:
+        """Record one fetched message's decision and move the folder's cursor, in one transaction.
+
+        Returns whether anything new was recorded (False: every activity was
+        already logged). Effects, the soft-bounce score (issue #11) and an
+        owner notification apply only to activities that are new.
+        """
+        from datetime import timedelta
+
+        from crm_automation.effects import bounce_effects
+
+        logged = False
+        with self.transaction():
+            q = d.quarantine
+            if q is not None:
+                self.quarantine(source=q.source, raw=q.raw, error=q.error, now=now, from_addr=q.from_addr,
+                                customer_key=q.customer_key, size=q.size)
+            for a in d.activities:
+                aid = self.add_activity(kind=a.kind.value, occurred_at=a.occurred_at, now=now,
+                                        customer_key=a.customer_key, subject=a.subject, body=a.body,
+                                        message_id=a.message_id, in_reply_to=a.in_reply_to, campaign=a.campaign,
+                                        step=a.step, source=a.source, details=a.details, digest=a.digest)
+                if aid is None:
+                    continue
+                logged = True
+                for eff, key in a.effects:
+                    self.suppress(eff.email, eff.reason, f"{a.kind.value} {a.message_id}", now)
+                    if eff.status and key is not None:
+                        self.set_email_status(key, eff.status)
+                if a.scored is not None and soft_limit:
+                    n = self.soft_bounce_count(a.scored.address, a.customer_key, now - timedelta(days=soft_days))
+                    for eff in bounce_effects(a.scored, soft_count=n, soft_limit=soft_limit):
+                        self.suppress(eff.email, eff.reason,
+                                      f"{n} soft bounces within {soft_days} days (last {a.message_id})", now)
+                        if eff.status and a.customer_key is not None:
+                            self.set_email_status(a.customer_key, eff.status)
+                if a.notify_owner is not None and a.customer_key is not None:
+                    owner, mid = a.notify_owner
+                    self.queue_sends([{"campaign": NOTIFY_CAMPAIGN, "step": aid, "customer_key": a.customer_key,
+                                       "status": "queued", "message_id": mid, "queued_at": iso(now), "error": None,
+                                       "email": owner}])
+            self.set_cursor(d.folder, d.uidvalidity, d.uid, now)
+            if d.seen_key is not None:
+                self.mark_maildir_seen(d.folder, d.seen_key)
+        return logged
 
     def maildir_seen(self, folder: str) -> frozenset[str]:
         """Base names of the Maildir files of ``folder`` already logged or quarantined."""
@@ -733,9 +785,10 @@ class Store:
 
     def sent_count_since(self, since: datetime) -> int:
         """Messages handed over since ``since`` (sent, sending, uncertain): for max_per_day/minute."""
-        return self.conn.execute(
+        count: int = self.conn.execute(
             "SELECT COUNT(*) FROM sends WHERE status IN ('sent', 'sending', 'uncertain') AND "
             "COALESCE(sent_at, next_attempt_at) >= ?", (iso(since),)).fetchone()[0]
+        return count
 
     def sent_times_since(self, since: datetime) -> list[datetime]:
         """Hand-over times since ``since``, oldest first (rate limits across restarts)."""

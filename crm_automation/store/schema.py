@@ -1,5 +1,9 @@
 """The SQLite log's tables (SPEC §8), created through sqlite-utils.
 
+Tables are named with ``db.table(name)`` (a :class:`sqlite_utils.db.Table`)
+rather than ``db[name]``, which may also be a view and so types as
+``Table | View``; the log has no views.
+
 Columns beyond the SPEC's are marked "extra" and exist for exactly-once
 bookkeeping: ``customers.row_hash`` (skip unchanged rows), ``activities.logged_at``,
 ``sends.email``/``attempts``/``next_attempt_at``, ``quarantine.digest`` and the
@@ -19,43 +23,43 @@ INBOUND_KINDS = ("email_in", "auto_reply", "bounce", "unsubscribe")
 
 def create_v1(db: sqlite_utils.Database) -> None:
     """Schema version 1: every table of SPEC §8."""
-    db["customers"].create(
+    db.table("customers").create(
         {"key": str, "row": int, "data": str, "first_seen": str, "last_changed": str, "email_status": str,
          "row_hash": str, "present": int, "removed_at": str},
         pk="key", defaults={"email_status": "ok", "present": 1}, not_null={"data", "first_seen"},
     )
-    db["activities"].create(
+    db.table("activities").create(
         {"id": int, "customer_key": str, "kind": str, "occurred_at": str, "subject": str, "body": str,
          "message_id": str, "in_reply_to": str, "campaign": str, "step": int, "source": str, "details": str,
          "logged_at": str},
         pk="id", not_null={"kind", "occurred_at"},
     )
-    db["activities"].create_index(["customer_key", "occurred_at"])
+    db.table("activities").create_index(["customer_key", "occurred_at"])
     kinds = ", ".join(f"'{k}'" for k in INBOUND_KINDS)
     db.execute(
         f"CREATE UNIQUE INDEX idx_activities_inbound_message_id ON activities(message_id) "
         f"WHERE kind IN ({kinds})"
     )
-    db["sends"].create(
+    db.table("sends").create(
         {"id": int, "campaign": str, "step": int, "customer_key": str, "status": str, "message_id": str,
          "queued_at": str, "sent_at": str, "error": str, "email": str, "attempts": int, "next_attempt_at": str},
         pk="id", not_null={"campaign", "step", "customer_key", "status"}, defaults={"attempts": 0},
     )
-    db["sends"].create_index(["campaign", "step", "customer_key"], unique=True)
-    db["sends"].create_index(["message_id"])
-    db["suppressions"].create({"email": str, "reason": str, "at": str, "source": str}, pk="email")
-    db["quarantine"].create(
+    db.table("sends").create_index(["campaign", "step", "customer_key"], unique=True)
+    db.table("sends").create_index(["message_id"])
+    db.table("suppressions").create({"email": str, "reason": str, "at": str, "source": str}, pk="email")
+    db.table("quarantine").create(
         {"id": int, "source": str, "received_at": str, "error": str, "raw": bytes, "digest": str}, pk="id"
     )
-    db["quarantine"].create_index(["digest"], unique=True)
-    db["mailbox_state"].create(
+    db.table("quarantine").create_index(["digest"], unique=True)
+    db.table("mailbox_state").create(
         {"folder": str, "uidvalidity": int, "last_uid": int, "updated_at": str}, pk="folder"
     )
-    db["runs"].create(
+    db.table("runs").create(
         {"id": int, "job": str, "started_at": str, "finished_at": str, "ok": int, "stats": str, "error": str},
         pk="id",
     )
-    db["campaigns"].create({"id": str, "first_seen": str}, pk="id")
+    db.table("campaigns").create({"id": str, "first_seen": str}, pk="id")
 
 
 def create_v2(db: sqlite_utils.Database) -> None:
@@ -64,8 +68,9 @@ def create_v2(db: sqlite_utils.Database) -> None:
     A re-sync of an unchanged file then costs one hash of its bytes instead
     of a read, a validation and a diff (issue #3's 1.2x target).
     """
-    db["sheet_state"].create({"source": str, "fingerprint": str, "synced_at": str, "rows": int, "problems": str},
-                             pk="source")
+    db.table("sheet_state").create(
+        {"source": str, "fingerprint": str, "synced_at": str, "rows": int, "problems": str}, pk="source"
+    )
 
 
 def create_v3(db: sqlite_utils.Database) -> None:
@@ -91,7 +96,7 @@ def create_v3(db: sqlite_utils.Database) -> None:
     """
     import uuid
 
-    db["activities"].add_column("digest", str)
+    db.table("activities").add_column("digest", str)
     db.execute("DROP INDEX IF EXISTS idx_activities_inbound_message_id")
     kinds = ", ".join(f"'{k}'" for k in INBOUND_KINDS)
     db.execute(
@@ -101,9 +106,9 @@ def create_v3(db: sqlite_utils.Database) -> None:
     db.execute(f"CREATE INDEX idx_activities_inbound_message_id ON activities(message_id) WHERE kind IN ({kinds})")
     db.execute("CREATE TABLE maildir_seen (folder TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (folder, name)) "
                "WITHOUT ROWID")
-    db["quarantine"].add_column("from_addr", str)
-    db["quarantine"].add_column("customer_key", str)
-    db["quarantine"].add_column("size", int)
-    db["quarantine"].create_index(["customer_key"])
-    db["meta"].create({"key": str, "value": str}, pk="key")
-    db["meta"].insert({"key": "log_id", "value": uuid.uuid4().hex})
+    db.table("quarantine").add_column("from_addr", str)
+    db.table("quarantine").add_column("customer_key", str)
+    db.table("quarantine").add_column("size", int)
+    db.table("quarantine").create_index(["customer_key"])
+    db.table("meta").create({"key": str, "value": str}, pk="key")
+    db.table("meta").insert({"key": "log_id", "value": uuid.uuid4().hex})

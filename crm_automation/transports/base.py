@@ -28,3 +28,12 @@ class Transport(Protocol):
     def close(self) -> None:
         """Quit the connection."""
         ...
+
+    def handed_over(self, message_ids: list[str]) -> set[str] | None:
+        """Which of these messages the carrier holds, or None when it cannot tell (crash recovery).
+
+        The outbox can: a message was handed over when its ``.eml`` was
+        renamed into place. An SMTP server cannot be asked; recovery then
+        looks in the mailbox's Sent folder when ``sent_folder`` is set.
+        """
+        ...

@@ -35,7 +35,9 @@ class OutboxTransport:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise ServiceError(f"{self.folder}: cannot create the outbox folder: {e.strerror}") from None
+            raise ServiceError(f"{self.folder}: cannot create the outbox folder: {e.strerror}",
+                               hint="check [outbound] outbox in config.toml, and that its parent is a writable "
+                                    "folder with free space") from None
 
     def path_for(self, message_id: str) -> Path:
         """Where a message's file goes."""
@@ -59,3 +61,7 @@ class OutboxTransport:
 
     def close(self) -> None:
         """Nothing to close."""
+
+    def handed_over(self, message_ids: list[str]) -> set[str] | None:
+        """The messages whose ``.eml`` is in place (written to a temporary name, then renamed)."""
+        return {m for m in message_ids if self.path_for(m).exists()}

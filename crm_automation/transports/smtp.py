@@ -40,6 +40,7 @@ from crm_automation.credentials import Credentials, load_credentials
 from crm_automation.errors import (
     ConfigError,
     PermanentSendError,
+    QuotaExceededError,
     ServiceError,
     TransientSendError,
     UncertainSendError,
@@ -285,6 +286,10 @@ class SmtpTransport:
         smtp, self._smtp = self._smtp, None
         self._quietly_close(smtp)
 
+    def handed_over(self, message_ids: list[str]) -> set[str] | None:
+        """An SMTP server cannot be asked what it received: None (recovery uses the Sent folder)."""
+        return None
+
     def close(self) -> None:
         """Say QUIT and close; errors are ignored because nothing is pending."""
         smtp, self._smtp = self._smtp, None
@@ -387,6 +392,8 @@ class SmtpTransport:
             raise TransientSendError(text, code=code, hint="the server asks to try later; the send stays queued")
         if 500 <= code < 600:
             enhanced = enhanced_status(resp)
+            if quota_answer(enhanced, resp):
+                raise _quota_error(text)
             unknown = recipient if recipient is not None and recipient_unknown(code, enhanced, resp) else None
             raise PermanentSendError(text, code=code, enhanced=enhanced, unknown_recipient=unknown)
         self._discard()
@@ -415,7 +422,10 @@ class SmtpTransport:
         if 400 <= code < 500:
             raise TransientSendError(text, code=code, hint="the server asks to try later; the send stays queued")
         if 500 <= code < 600:
-            raise PermanentSendError(text, code=code)
+            enhanced = enhanced_status(resp)
+            if quota_answer(enhanced, resp):
+                raise _quota_error(text)
+            raise PermanentSendError(text, code=code, enhanced=enhanced)
         self._discard()
         raise UncertainSendError(f"{text} (not an SMTP answer; it may have been delivered, so it is not sent again)")
 
@@ -444,3 +454,20 @@ def recipient_unknown(code: int, enhanced: str | None, resp: bytes) -> bool:
     if enhanced is not None:
         return enhanced.startswith("5.1.")
     return code == 550 and bool(_USER_UNKNOWN.search(resp))
+
+
+# The providers' known quota answers, which come with a permanent code (Gmail "550 5.4.5 Daily user sending
+# quota exceeded", Microsoft "554 5.2.0 ...SubmissionQuotaExceededException", QQ/163 "...发送频率过高",
+# "...超过..."): read from the server's reply only, never from our own message text.
+_QUOTA_WORDS = re.compile(rb"quota|rate.?limit|too many|sending limit|SubmissionQuotaExceeded|"
+                          rb"\xe8\xb6\x85\xe8\xbf\x87|\xe9\xa2\x91\xe7\x8e\x87", re.IGNORECASE)  # 超过, 频率
+
+
+def quota_answer(enhanced: str | None, resp: bytes) -> bool:
+    """Whether a 5xx answer is a sending quota rather than a refusal of this message (see :data:`_QUOTA_WORDS`)."""
+    return enhanced == "5.4.5" or bool(_QUOTA_WORDS.search(resp))
+
+
+def _quota_error(text: str) -> QuotaExceededError:
+    return QuotaExceededError(f"the server refuses more mail for now (a sending quota): {text}",
+                              hint="the queue waits an hour; lower max_per_day / max_per_minute")

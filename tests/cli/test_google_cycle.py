@@ -78,7 +78,7 @@ def test_each_cycle_is_one_read_and_at_most_one_write_whatever_the_rows(tmp_path
 def test_a_failed_read_writes_nothing_and_the_next_cycle_catches_up(tmp_path, fake_sheets):
     ws = _workspace(tmp_path, fake_sheets, rows=3)
     w = Worker(ws, clock=Clock(datetime(2026, 11, 27, 2, 0, tzinfo=UTC)))
-    w.sheet._max_retries = 0  # no backoff in a test
+    w.session.sheet._max_retries = 0  # type: ignore[attr-defined]  # no backoff in a test
     try:
         fake_sheets.fail(503, times=1, op="values.get")
         results = {r.job: r for r in w.run_once()}

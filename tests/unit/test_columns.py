@@ -17,7 +17,7 @@ import pytest
 from crm_automation import fieldtypes
 from crm_automation.fieldtypes import FieldValueError, convert, convert_column
 from crm_automation.models import Customer, FieldSpec, FieldType, SheetData
-from crm_automation.sheets.csv import grid_to_data
+from crm_automation.sheets.grid import grid_to_data
 from crm_automation.store.repo import Store
 
 

@@ -11,7 +11,7 @@ from crm_automation.errors import ConfigError
 from crm_automation.mapping import Mapping, load_campaigns, load_mapping
 from crm_automation.models import SheetData
 from crm_automation.sheets.base import column_letters
-from crm_automation.sheets.csv import grid_to_data
+from crm_automation.sheets.grid import grid_to_data
 
 TZ = ZoneInfo("Asia/Shanghai")
 MAPPING = """key = "email"

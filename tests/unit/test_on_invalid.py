@@ -15,7 +15,7 @@ import pytest
 from crm_automation.errors import ConfigError
 from crm_automation.mapping import BlankedCell, Mapping, load_mapping
 from crm_automation.models import CustomerColumns, FieldSpec, FieldType, OnInvalid, RowError
-from crm_automation.sheets.csv import grid_to_data
+from crm_automation.sheets.grid import grid_to_data
 
 MAPPING = """key = "email"
 [fields]

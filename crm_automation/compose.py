@@ -1,0 +1,126 @@
+"""Composing outgoing mail: sender identity, Message-ID, template context, unsubscribe links, rendering.
+
+One module so the send pass, ``preview``, the owner notification and,
+later, a web endpoint (one-click unsubscribe, a dashboard's "send now")
+build messages the same way (issue #10). Pure apart from reading templates:
+the time comes in as ``now``. Templates render in the workspace's Jinja2
+sandbox (:mod:`crm_automation.templating`); bytes are assembled by
+:func:`~crm_automation.templating.build_message`, which keeps every header
+free of CR/LF.
+
+The owner notification is a template too (``_owner_notification.txt``),
+overridable in ``email_templates/`` like the others; the default ships with
+the package (bilingual, as the team reads both).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from crm_automation.config import Config
+from crm_automation.errors import DataError
+from crm_automation.planner import CustomerView
+from crm_automation.templating import Templates, build_message
+
+NOTIFICATION = "_owner_notification"
+DEFAULT_TEMPLATES = Path(__file__).resolve().parent / "default_templates"
+
+
+@dataclass(frozen=True, slots=True)
+class Composed:
+    """One finished message: the bytes to hand over, and the subject and text the log keeps."""
+
+    data: bytes
+    subject: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class InboundNote:
+    """What the owner is told about a customer's message (from its ``email_in`` activity)."""
+
+    subject: str
+    body: str
+    message_id: str | None
+
+
+class Composer:
+    """Builds the workspace's outgoing messages; one per run (sender parsing and templates are cached)."""
+
+    def __init__(self, cfg: Config, templates: Templates) -> None:
+        ob = cfg.outbound
+        self.cfg = cfg
+        self.templates = templates
+        self.from_name, self.from_addr = parseaddr(ob.from_)
+        self.domain = self.from_addr.rpartition("@")[2] or "localhost"
+        self.mailto = parseaddr(ob.unsubscribe_mailto or ob.from_)[1]
+        self._defaults: Templates | None = None
+
+    def message_id(self) -> str:
+        """A new, unique Message-ID on the sender's domain (SPEC §10)."""
+        return f"<crm.{uuid.uuid4().hex}@{self.domain}>"
+
+    def unsubscribe_link(self, email: str, message_id: str) -> str:
+        """What templates show as ``unsubscribe``: the one-click URL when configured, else the mailto."""
+        url = self.cfg.outbound.unsubscribe_url
+        if url:
+            return url.replace("{token}", message_id.strip("<>").partition("@")[0]).replace("{email}", quote(email))
+        return f"mailto:{self.mailto}?subject=unsubscribe"
+
+    def list_unsubscribe(self, email: str, message_id: str) -> str:
+        """The ``List-Unsubscribe`` header value (RFC 2369; with the URL for RFC 8058 one-click)."""
+        parts = [f"<mailto:{self.mailto}?subject=unsubscribe>"]
+        if self.cfg.outbound.unsubscribe_url:
+            parts.append(f"<{self.unsubscribe_link(email, message_id)}>")
+        return ", ".join(parts)
+
+    def context(self, view: CustomerView, campaign_id: str, step: int, message_id: str,
+                now: datetime) -> dict[str, Any]:
+        """The names a campaign template sees (SPEC §6)."""
+        return {"customer": {**view.data, "_key": view.key}, "campaign": {"id": campaign_id, "step": step},
+                "sender": {"name": self.from_name, "email": self.from_addr, "from": self.cfg.outbound.from_},
+                "unsubscribe": self.unsubscribe_link(view.email or "", message_id),
+                "now": now.astimezone(self.cfg.timezone)}
+
+    def campaign_email(self, template: str, view: CustomerView, campaign_id: str, step: int, message_id: str,
+                       now: datetime) -> Composed:
+        """Render and build one campaign email; a DataError names the template or the bad address."""
+        r = self.templates.render(template, self.context(view, campaign_id, step, message_id, now))
+        ob = self.cfg.outbound
+        name = view.data.get("name") if isinstance(view.data.get("name"), str) else None
+        if not view.email or "@" not in view.email or any(c in view.email for c in " \r\n<>,;\""):
+            raise DataError(f"customer {view.key!r}: {view.email!r} is not a usable address")
+        data = build_message(r, sender=ob.from_, to_name=name, to_email=view.email, message_id=message_id, now=now,
+                             reply_to=ob.reply_to, list_unsubscribe=self.list_unsubscribe(view.email, message_id),
+                             one_click=bool(ob.unsubscribe_url))
+        return Composed(data, r.subject, r.text)
+
+    def owner_notification(self, view: CustomerView, note: InboundNote, owner: str, message_id: str,
+                           now: datetime) -> Composed:
+        """The owner's note: who wrote, what they newly wrote, and a reply link that keeps the thread."""
+        name = view.data.get("name") or view.key
+        reply_link = f"mailto:{view.email}?subject={quote('Re: ' + note.subject)}"
+        if note.message_id:
+            reply_link += f"&In-Reply-To={quote(note.message_id)}"
+        ctx = {"name": name, "email": view.email or "", "key": view.key, "subject": note.subject,
+               "body": note.body, "reply_link": reply_link, "customer": {**view.data, "_key": view.key},
+               "now": now.astimezone(self.cfg.timezone)}
+        r = self._notification_templates().render(NOTIFICATION, ctx)
+        extra = {"In-Reply-To": note.message_id, "References": note.message_id} if note.message_id else {}
+        data = build_message(r, sender=self.cfg.outbound.from_, to_name=None, to_email=owner, message_id=message_id,
+                             now=now, reply_to=view.email, extra_headers=extra)
+        return Composed(data, r.subject, r.text)
+
+    def _notification_templates(self) -> Templates:
+        """The workspace's templates when it has its own notification, else the package's default."""
+        if (self.templates.folder / f"{NOTIFICATION}.txt").is_file():
+            return self.templates
+        if self._defaults is None:
+            self._defaults = Templates(DEFAULT_TEMPLATES, self.cfg.timezone)
+        return self._defaults

@@ -1,0 +1,301 @@
+"""The fetch stage: source -> parse -> classify -> match -> a decision -> the store applies it.
+
+Each message goes down these layers once and never climbs back (issue #10):
+:func:`decide` turns one raw message into a :class:`Decision` value — the
+activities to log (one per failed recipient for a bounce), their effects,
+an owner notification to queue, or a quarantine record — and
+:meth:`~crm_automation.store.repo.Store.apply_inbound` commits it together
+with the folder's cursor in one transaction, so a kill at any instant
+neither loses nor repeats a message (SPEC §9).
+
+The one reading done before the decision is which of our sends a message
+answers or reports on (``sent_message_ids``), which matching needs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.utils import parseaddr
+from typing import Any
+
+from crm_automation.effects import Effect, effects
+from crm_automation.errors import CrmError, MessageError
+from crm_automation.mailbox.base import Cursor, MailboxSource
+from crm_automation.match import match
+from crm_automation.models import BounceFailure, Classification, Kind, Permanence, RawMessage
+from crm_automation.stage import LazyIndex, StageContext, StageResult, address_index, recorded
+from crm_automation.workspace import Workspace
+
+log = logging.getLogger("crm_automation")
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityRecord:
+    """One inbound activity to log, with what it causes when it is new (not already logged)."""
+
+    kind: Kind
+    customer_key: str | None
+    occurred_at: datetime
+    subject: str
+    body: str
+    message_id: str
+    in_reply_to: str | None
+    source: str
+    details: dict[str, Any]
+    digest: str
+    campaign: str | None = None
+    step: int | None = None
+    # (effect, the customer whose email_status it sets): applied only when the activity is new
+    effects: tuple[tuple[Effect, str | None], ...] = ()
+    # A soft bounce or delay: the store counts the address's soft bounces and applies the score (issue #11).
+    scored: BounceFailure | None = None
+    # (owner's address, the note's Message-ID), when ``notify_owner`` asks for a note to the owner
+    notify_owner: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineRecord:
+    """A message that could not be understood: kept (whole up to the limit), with whose it was."""
+
+    source: str
+    raw: bytes
+    error: str
+    from_addr: str | None
+    customer_key: str | None
+    size: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to record for one fetched message; the store applies all of it and the cursor in one transaction."""
+
+    folder: str
+    uidvalidity: int
+    uid: int
+    seen_key: str | None
+    activities: tuple[ActivityRecord, ...] = ()
+    quarantine: QuarantineRecord | None = None
+    # what the fetch stage counts it as when it is new: a kind, "unknown" or "quarantined"
+    label: str = "unknown"
+    new_sender: tuple[str, str] | None = None  # (address, name) of an unknown sender of a normal message
+
+
+@dataclass(frozen=True, slots=True)
+class InboundPolicy:
+    """The workspace's settings the decisions depend on."""
+
+    max_bytes: int
+    unsubscribe_addresses: frozenset[str]
+    notify_owner: bool
+    soft_bounce_limit: int
+    soft_bounce_days: int
+    email_field: str | None
+    email_fields: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def of(cls, ws: Workspace) -> InboundPolicy:
+        """Read from the workspace's config and mapping."""
+        ob = ws.cfg.outbound
+        unsub: frozenset[str] = frozenset()
+        if ob.unsubscribe_mailto:
+            addr = parseaddr(ob.unsubscribe_mailto)[1].lower()
+            if addr and addr != parseaddr(ob.from_)[1].lower():
+                unsub = frozenset({addr})
+        fields = tuple(f.name for f in ws.mapping.fields.values() if f.type.value == "email" and f.name != "owner")
+        return cls(max_bytes=ws.cfg.mailbox.max_message_bytes, unsubscribe_addresses=unsub,
+                   notify_owner=ob.notify_owner, soft_bounce_limit=ws.cfg.inbound.soft_bounce_limit,
+                   soft_bounce_days=ws.cfg.inbound.soft_bounce_days, email_field=ws.email_field, email_fields=fields)
+
+
+# Lookups a decision may need from the log (reads only).
+SentLookup = Callable[[list[str]], dict[str, tuple[str, str, int]]]
+CustomerLookup = Callable[[str], dict[str, Any] | None]
+
+
+def decide(raw: RawMessage, src: str, now: datetime, policy: InboundPolicy, by_email: dict[str, str],
+           sent: SentLookup, customer: CustomerLookup, new_id: Callable[[], str]) -> Decision:
+    """What to record for one message. The per-item boundary: anything unreadable becomes a quarantine."""
+    from crm_automation.classify import classify
+    from crm_automation.parse import content_digest, parse
+
+    pos = (raw.folder, raw.uidvalidity, raw.uid, raw.seen_key)
+    limit = policy.max_bytes
+    if raw.size is not None and raw.size > limit:
+        return _quarantined(raw, src, f"message: {raw.size} bytes is over max_message_bytes = {limit}; its first "
+                            f"{limit} bytes are kept here, the whole message stays in the mailbox", by_email, limit)
+    try:
+        msg = parse(raw.raw, max_bytes=limit)
+        cls = classify(msg, unsubscribe_addresses=policy.unsubscribe_addresses, is_ours=by_email.__contains__)
+        refs = [r for r in (msg.in_reply_to, *msg.references) if r]
+        answered = {m: v[0] for m, v in sent(refs).items()} if refs else {}
+        key, how = match(msg, cls, by_email, answered)
+    except MessageError as e:
+        return _quarantined(raw, src, str(e), by_email, limit)
+    except Exception as e:
+        log.debug("parse failure", exc_info=True)
+        return _quarantined(raw, src, f"internal error while reading the message: {type(e).__name__}: {e}",
+                            by_email, limit)
+    digest = content_digest(msg)
+    common = _Common(msg.date or now, msg.subject, msg.reply, msg.message_id, msg.in_reply_to, src)
+    if cls.kind is Kind.BOUNCE and cls.failures:
+        acts = _bounce_records(cls, msg.from_addr, list(msg.to_addrs), raw.uid, common, digest, by_email, sent)
+        first = next((a.customer_key for a in acts if a.customer_key is not None), None)
+        return Decision(*pos, activities=acts, label=Kind.BOUNCE.value if first is not None else "unknown")
+    c = customer(key) if key is not None else None
+    cust_email = c.get(policy.email_field) if (c and policy.email_field) else None
+    owner = c.get("owner") if c else None
+    notify = (owner, new_id()) if (policy.notify_owner and key is not None and cls.kind is Kind.EMAIL_IN
+                                   and isinstance(owner, str) and "@" in owner) else None
+    caused = effects(msg, cls, cust_email if isinstance(cust_email, str) else None)
+    record = ActivityRecord(
+        kind=cls.kind, customer_key=key, digest=digest, occurred_at=common.occurred_at, subject=common.subject,
+        body=common.body, message_id=common.message_id, in_reply_to=common.in_reply_to, source=common.source,
+        details={"from": msg.from_addr, "to": list(msg.to_addrs), "evidence": cls.evidence, "matched_by": how,
+                 "recipients": list(cls.recipients), "permanent": cls.permanent, "uid": raw.uid},
+        effects=tuple((e, key if key is not None else by_email.get(e.email)) for e in caused),
+        notify_owner=notify)
+    sender = (msg.from_addr, msg.from_name) if key is None and cls.kind is Kind.EMAIL_IN and msg.from_addr else None
+    return Decision(*pos, activities=(record,), label=cls.kind.value if key is not None else "unknown",
+                    new_sender=sender)
+
+
+@dataclass(frozen=True, slots=True)
+class _Common:
+    """What every activity of one message shares."""
+
+    occurred_at: datetime
+    subject: str
+    body: str
+    message_id: str
+    in_reply_to: str | None
+    source: str
+
+
+def _bounce_records(cls: Classification, from_addr: str, to: list[str], uid: int, common: _Common,
+                    digest: str, by_email: dict[str, str], sent: SentLookup) -> tuple[ActivityRecord, ...]:
+    """One ``bounce`` activity per failed recipient, each with its own permanence and effects (issue #11).
+
+    Why one each: the timeline, ``report`` and the planner read bounces per
+    customer; a report naming two customers used to mark only the first.
+    The bounced message (``original_message_id``) tells which send, so the
+    activity carries its campaign and step.
+    """
+    original = sent([cls.original_message_id]).get(cls.original_message_id) if cls.original_message_id else None
+    out = []
+    for f in cls.failures:
+        key = by_email.get(f.address)
+        how = f"failed recipient {f.address}"
+        if key is None and original is not None and len(cls.failures) == 1:
+            key, how = original[0], f"bounced message {cls.original_message_id}"
+        campaign, step = (original[1], original[2]) if original and original[0] == key else (None, None)
+        hard = f.permanence is Permanence.HARD
+        out.append(ActivityRecord(
+            kind=Kind.BOUNCE, customer_key=key, digest=f"{digest}:{f.address}", campaign=campaign, step=step,
+            occurred_at=common.occurred_at, subject=common.subject, body=common.body, message_id=common.message_id,
+            in_reply_to=common.in_reply_to, source=common.source,
+            details={"from": from_addr, "to": to, "evidence": cls.evidence,
+                     "matched_by": how if key else "unknown recipient", "recipient": f.address,
+                     "permanence": f.permanence.value, "status": f.status, "permanent": hard,
+                     "recipients": list(cls.recipients), "original_message_id": cls.original_message_id, "uid": uid},
+            effects=((Effect(f.address, "bounced", "bounced"), key),) if hard else (),
+            scored=None if hard else f))
+    return tuple(out)
+
+
+def _quarantined(raw: RawMessage, src: str, error: str, by_email: dict[str, str], limit: int) -> Decision:
+    from crm_automation.parse import sender_of
+
+    sender = sender_of(raw.raw)
+    return Decision(raw.folder, raw.uidvalidity, raw.uid, raw.seen_key, label="quarantined",
+                    quarantine=QuarantineRecord(source=f"{src} uid {raw.uid}", raw=raw.raw[:limit], error=error,
+                                                from_addr=sender,
+                                                customer_key=by_email.get(sender) if sender else None,
+                                                size=raw.size))
+
+
+class InboundPass:
+    """Reads new mail and logs each message exactly once (or quarantines it whole)."""
+
+    def __init__(self, ws: Workspace, ctx: StageContext, new_id: Callable[[], str]) -> None:
+        self.ws = ws
+        self.ctx = ctx
+        self.store = ctx.store
+        self.policy = InboundPolicy.of(ws)
+        self.new_id = new_id  # Message-IDs for owner notifications (the composer's)
+
+    def index(self) -> LazyIndex:
+        """The customers' addresses, loaded on the first message."""
+        return address_index(self.store, list(self.policy.email_fields))
+
+    def run(self, on_new_senders: Callable[[dict[str, str], dict[str, str]], int] | None = None) -> StageResult:
+        """The fetch stage. ``on_new_senders(senders, index)`` adds unknown senders to the sheet when asked."""
+        with recorded(self.ctx, "fetch") as res:
+            source = self.ws.open_mailbox()
+            try:
+                self._fetch(source, res, on_new_senders)
+            finally:
+                with suppress(CrmError, OSError):
+                    source.close()
+        return res
+
+    def _fetch(self, source: MailboxSource, res: StageResult,
+               on_new_senders: Callable[[dict[str, str], dict[str, str]], int] | None) -> None:
+        mb = self.ws.cfg.mailbox
+        by_email = self.index()
+        counts: dict[str, int] = {"messages": 0, "duplicates": 0, "quarantined": 0, "unknown": 0}
+        new_senders: dict[str, str] = {}
+        bar = self.ctx.progress("fetch", None)
+        stop = self.ctx.stop
+        try:
+            for folder in source.folders():
+                cursor = self._cursor(source, folder)
+                done: list[RawMessage] = []
+                for raw in source.fetch(folder, cursor, batch=mb.batch_size):
+                    if stop.is_set():
+                        break
+                    now = self.ctx.clock.now()
+                    d = decide(raw, f"{source.name}/{raw.folder}", now, self.policy, by_email,
+                               self.store.sent_message_ids, self._customer, self.new_id)
+                    logged = self.store.apply_inbound(d, now, soft_days=self.policy.soft_bounce_days,
+                                                      soft_limit=self.policy.soft_bounce_limit)
+                    if d.quarantine is not None:
+                        log.warning("%s quarantined: %s", d.quarantine.source, d.quarantine.error)
+                    kind = d.label if logged or d.quarantine is not None else "duplicates"
+                    if logged and d.new_sender is not None:
+                        new_senders.setdefault(*d.new_sender)
+                    counts[kind] = counts.get(kind, 0) + 1
+                    counts["messages"] += 1
+                    bar.advance()
+                    done.append(raw)
+                    if len(done) >= mb.batch_size:
+                        source.mark_processed(done)
+                        done = []
+                if done:
+                    source.mark_processed(done)
+                if stop.is_set():
+                    break
+        finally:
+            bar.close()
+        if new_senders and mb.new_senders == "add_to_sheet" and on_new_senders is not None:
+            counts["added_to_sheet"] = on_new_senders(new_senders, by_email)
+        res.stats = counts
+
+    def _cursor(self, source: MailboxSource, folder: str) -> Cursor | None:
+        uv = source.uidvalidity(folder)
+        stored = self.store.mailbox_cursor(folder)
+        if source.tracks_names:
+            return Cursor(uv, stored[1] if stored else 0, self.store.maildir_seen(folder))
+        if stored is not None and stored[0] == uv:
+            return Cursor(*stored)
+        if stored is not None:
+            log.warning("%s: UIDVALIDITY changed (%s -> %s): re-reading the folder; messages already "
+                        "logged are recognised by Message-ID", folder, stored[0], uv)
+        return None
+
+    def _customer(self, key: str) -> dict[str, Any] | None:
+        c = self.store.customer(key)
+        return c.data if c is not None else None

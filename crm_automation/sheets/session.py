@@ -1,0 +1,302 @@
+"""The worker's view of the customer sheet between stages: sync, write-back and new rows (issue #10).
+
+One object holds what a cycle knows of the sheet — the version and the
+write-back cells of the last read, the key column, the senders appended
+since — so write-back reuses the sync's read where it may:
+
+* **Skip if unchanged.** A file source's ``fingerprint()`` plus the
+  mapping's digest, stored with the sync (``sheet_state``): an untouched
+  file costs one hash, not a read (issue #3). After our own write-back the
+  new digest still stands for the synced sheet (:meth:`_keep_synced_after_own_write`).
+* **Metered sheets** (Google): one read and at most one write per cycle;
+  the write follows the sync directly and places cells by that read.
+* **Write-back** compares what it would write with what the cells show, so
+  an up-to-date sheet is not written at all.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import logging
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from crm_automation.models import SheetData
+from crm_automation.sheets.base import SheetSource, WriteResult
+from crm_automation.sheets.grid import cell_text, norm_key
+from crm_automation.stage import StageContext, StageResult, recorded
+from crm_automation.workspace import Workspace
+
+log = logging.getLogger("crm_automation")
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a sync builds its many objects.
+
+    Reading, validating and logging 100,000 rows allocates millions of
+    lists, dicts and strings and no reference cycles; each allocation burst
+    set off full collections that walked every one of them again, about a
+    second of a first sync (issue #3). Reference counting still frees
+    everything as usual.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+class SheetSession:
+    """The sheet for one worker: its adapter, opened on first use, and what the last read showed."""
+
+    def __init__(self, ws: Workspace, ctx: StageContext) -> None:
+        self.ws = ws
+        self.ctx = ctx
+        self.store = ctx.store
+        self._sheet: SheetSource | None = None
+        self.version: str | None = None  # the file version (or revision) of the last read
+        self._fresh_read = False  # the sync of this cycle read the sheet (a metered write-back may reuse it)
+        self._keys: list[Any] | None = None  # the key column as the last sync read it
+        # (fingerprint, version) of the file content the log's last sync recorded, when this session knows both
+        self._synced: tuple[str, str | None] | None = None
+        self._appended: set[str] = set()  # senders appended to the sheet since that read
+        # key -> write-back column -> text, as read (or a function building it: see _remember_cells)
+        self._cells: dict[str, dict[str, str]] | Callable[[], dict[str, dict[str, str]]] | None = None
+
+    @property
+    def sheet(self) -> SheetSource:
+        """The sheet adapter, opened on first use."""
+        if self._sheet is None:
+            self._sheet = self.ws.open_sheet()
+        return self._sheet
+
+    @property
+    def metered(self) -> bool:
+        """Whether the sheet's requests count against a quota (Google): one read and one write per cycle."""
+        return self.sheet.metered
+
+    # ------------------------------------------------------------ sync
+    def sync(self, after_added: Callable[[], int] | None = None) -> StageResult:
+        """Read the sheet, validate, record new customers and field changes.
+
+        ``after_added`` runs when customers were added or came back (the
+        worker relinks mail logged before they were customers, issue #9).
+        """
+        with recorded(self.ctx, "sync") as res:
+            fp = self._fingerprint()
+            last = self.store.sheet_state(self.sheet.name)
+            if fp is not None and last is not None and last[0] == fp:
+                # The file's bytes and the mapping are as they were at the last complete sync: nothing to do.
+                res.stats = {"rows": last[1], "added": 0, "changed": 0, "unchanged": max(last[1] - len(last[2]), 0),
+                             "removed": 0, "rejected": len(last[2]), "note": "sheet unchanged since the last sync"}
+                res.problems += last[2]
+                res.notes += last[3]
+                if last[3]:
+                    res.stats["blanked"] = len(last[3])
+                known = self._synced[1] if self._synced is not None and self._synced[0] == fp else None
+                self._synced = (fp, known)
+                return res
+            with gc_paused(), ThreadPoolExecutor(1, thread_name_prefix="sheet-read") as pool:
+                # The read runs beside the log's row digests and the validators' set-up: calamine
+                # parses without holding the GIL, and Google's answer is network time.
+                reading = pool.submit(self.sheet.read)
+                previous = self.store.row_hashes()
+                self.ws.mapping.prepare()
+                data = reading.result()
+                self._fresh_read = True
+                self._keys = data.column(self.ws.mapping.fields[self.ws.mapping.key].column)
+                self._appended = set()
+                self.version = data.version
+                self._remember_cells(data)
+                result = self.ws.mapping.apply(data, previous, blank_invalid=True)
+                keep = dict(result.unchanged)
+                for k, r in result.rejected_keys.items():
+                    keep.setdefault(k, r)
+                n_rows, source_name = len(data), data.source
+                del data  # the rows are mapped: free them before the log's bulk insert (100,000 rows ~ 150 MB)
+                stats = self.store.apply_sync(source_name, result.customers, keep, result.hashes,
+                                              self.ctx.clock.now())
+            relinked = after_added() if after_added is not None and (stats.added or stats.returned) else 0
+            res.problems += [str(e) for e in result.errors]
+            res.notes += [str(b) for b in result.blanked]
+            for w in result.warnings:
+                log.warning("%s", w)
+            # "unchanged" counts rows whose cells are as at the last sync (not the rejected rows kept present).
+            # Rows that come back (a wiped sheet restored) count as added, and are shown apart too (issue #9).
+            res.stats = {"rows": n_rows, "added": stats.added + stats.returned, "changed": stats.changed,
+                         "unchanged": len(result.unchanged), "removed": stats.removed, "rejected": len(result.errors)}
+            if stats.returned:
+                res.stats["returned"] = stats.returned
+            if relinked:
+                res.stats["earlier_mail_linked"] = relinked
+            if result.blanked:
+                # Reported at every sync until fixed (issue #11): kept with the sheet's state for a skipped
+                # unchanged sheet; their rows have no row hash, so a changed sheet validates them again.
+                res.stats["blanked"] = len(result.blanked)
+            self.store.set_sheet_state(self.sheet.name, fp, n_rows, res.problems, self.ctx.clock.now(), res.notes)
+            self._synced = (fp, self.version) if fp is not None else None
+        return res
+
+    def _fingerprint(self) -> str | None:
+        """The file's digest plus the mapping's, for sources that have one (Excel, CSV); None otherwise."""
+        file_digest = self.sheet.fingerprint()
+        if file_digest is None:
+            return None
+        mapping_digest = hashlib.sha256(self.ws.mapping.path.read_bytes()).hexdigest()[:16]
+        return f"{file_digest}:{mapping_digest}"
+
+    def _keep_synced_after_own_write(self, base: str | None, r: WriteResult) -> None:
+        """After our write-back, the file's new digest still stands for the synced sheet.
+
+        Why: the write changes only the worker's own columns, which are never
+        mapped fields, so re-reading the file would find nothing new; without
+        this, every write-back would cost the next sync a full read. Only when
+        the write was made on the very file we synced (``base`` is that read's
+        version; the source postpones otherwise) and nobody has synced since.
+        The digest is of the bytes we wrote, so a save by someone else a moment
+        later still differs and is read.
+        """
+        if not r.fingerprint or self._synced is None or not base or base != self._synced[1]:
+            return
+        last = self.store.sheet_state(self.sheet.name)
+        if last is None or last[0] != self._synced[0]:
+            return
+        new = f"{r.fingerprint}:{last[0].partition(':')[2]}"  # the mapping the rows were validated with
+        self.store.set_sheet_state(self.sheet.name, new, last[1], last[2], self.ctx.clock.now(), last[3])
+        self._synced = (new, r.version)
+
+    def _remember_cells(self, data: SheetData) -> None:
+        """Keep the write-back columns' values as read, so write-back only asks the sheet when a value differs.
+
+        Only references to the columns are kept here; the key -> cells lookup
+        is built when a write-back first needs it (:meth:`cells`), so a plain
+        ``sync`` of 100,000 rows does not pay for it (issue #3).
+        """
+        if not self.ws.cfg.sheet.writeback or not self.ws.mapping.writeback:
+            self._cells = {}
+            return
+        key_col = self.ws.mapping.fields[self.ws.mapping.key].column
+        cols = list(self.ws.mapping.writeback.values())
+        keys = data.column(key_col)
+        present = [data.column(c) if c in data.headers else None for c in cols]
+
+        def build() -> dict[str, dict[str, str]]:
+            blank = [""] * len(keys)  # a column the sheet does not have yet reads as empty
+            texts = [blank if col is None else [cell_text(v) for v in col] for col in present]
+            return {norm_key(k): dict(zip(cols, vals, strict=True))
+                    for k, vals in zip(keys, zip(*texts, strict=True), strict=True)}
+
+        self._cells = build
+
+    def cells(self) -> dict[str, dict[str, str]]:
+        """The write-back columns as last read (key -> column -> text), built on first use."""
+        if callable(self._cells):
+            self._cells = self._cells()
+        return self._cells or {}
+
+    # ------------------------------------------------------------ write-back
+    def writeback(self, *, reuse_read: bool = False) -> StageResult:
+        """Fill the worker's own columns in the sheet (rows found by key at write time).
+
+        ``reuse_read``: called right after :meth:`sync` for a metered sheet
+        (Google): the cells are placed by the sync's read, so the cycle costs
+        one read; without a read in this cycle, nothing is written.
+        """
+        fresh, self._fresh_read = self._fresh_read, False
+        with recorded(self.ctx, "writeback") as res:
+            wb = self.ws.mapping.writeback
+            if not wb or not self.ws.cfg.sheet.writeback:
+                res.stats = {"skipped": "write-back is off ([sheet] writeback = false or no [writeback] columns)"}
+                return res
+            if reuse_read and not fresh:
+                res.stats = {"skipped": "the sheet was not read in this cycle; the next sync writes back"}
+                return res
+            if self.version is None or self._cells is None:
+                data = self.sheet.read()
+                self.version = data.version
+                self._remember_cells(data)
+            changed = self._changes(wb)
+            if not changed:
+                res.stats = {"cells": 0, "note": "the sheet already shows these values; nothing to write"}
+                return res
+            base = self.version
+            key_col = self.ws.mapping.fields[self.ws.mapping.key].column
+            r = self.sheet.write_back(key_col, changed, version=base, reuse_read=reuse_read)
+            res.stats = {"rows": len(changed), "cells": r.cells, "added_columns": list(r.added_columns),
+                         "missing_keys": len(r.missing_keys)}
+            if r.postponed:
+                res.stats["postponed"] = r.postponed
+                self.version = None
+                self._cells = None
+                log.info("write-back postponed: %s", r.postponed)
+            else:
+                cells = self.cells()
+                for k, v in changed.items():
+                    cells.setdefault(norm_key(k), {}).update(v)
+                self._keep_synced_after_own_write(base, r)
+                if r.version:
+                    self.version = r.version
+        return res
+
+    def _changes(self, wb: dict[str, str]) -> dict[str, dict[str, str]]:
+        """Key -> column -> text that differs from what the sheet shows (in the team's words, status_words.py)."""
+        from crm_automation.sheets.status_words import status_words
+
+        tz = self.ws.cfg.timezone
+        sent, replied = self.store.last_times()
+        # The team's words and date format; the log keeps ok | bounced | unsubscribed.
+        words = status_words(self.ws.mapping.writeback_language or self.ws.cfg.language)
+
+        def fmt(t: datetime | None) -> str:
+            return words.time(t, tz)
+
+        updates: dict[str, dict[str, str]] = {}
+        for k, c in self.store.customers().items():
+            vals = {}
+            if "last_sent" in wb:
+                vals[wb["last_sent"]] = fmt(sent.get(k))
+            if "last_reply" in wb:
+                vals[wb["last_reply"]] = fmt(replied.get(k))
+            if "email_status" in wb:
+                vals[wb["email_status"]] = words.status(c.email_status)
+            updates[k] = vals
+        cells = self.cells()
+        return {k: v for k, v in updates.items()
+                if any(cells.get(norm_key(k), {}).get(col, "") != val for col, val in v.items())}
+
+    # ------------------------------------------------------------ new rows
+    def add_senders(self, senders: dict[str, str], known: dict[str, str]) -> int:
+        """``new_senders = "add_to_sheet"``: unknown senders become new rows (key and name columns)."""
+        m = self.ws.mapping
+        ef = self.ws.email_field
+        if ef is None or ef != m.key:
+            log.warning("new_senders = \"add_to_sheet\" needs the mapping key to be an email field; not adding")
+            return 0
+        name_field = m.fields.get("name")
+        key_col = m.fields[ef].column
+        # Not yet synced rows count too: a sender added by the last fetch is in the sheet, not yet in the log.
+        if self.metered and self._keys is not None:
+            # Google: no second read of the worksheet; the keys of the last sync's read plus those added since.
+            in_sheet = {norm_key(v) for v in self._keys} | self._appended
+        else:
+            in_sheet = {norm_key(v) for v in self.sheet.read().column(key_col)}
+        rows = []
+        for addr, name in sorted(senders.items()):
+            if addr in known or addr in in_sheet:
+                continue
+            row = {m.fields[ef].column: addr}
+            if name_field is not None:
+                row[name_field.column] = name or addr.split("@")[0]
+            rows.append(row)
+        if not rows:
+            return 0
+        n = self.sheet.append_rows(rows)
+        self._appended.update(r[key_col] for r in rows)
+        return n
