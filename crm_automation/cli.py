@@ -118,6 +118,19 @@ def _emit(o: Ctx, data: Any, human: Callable[[], None]) -> None:
         human()
 
 
+def _finish_with_problems(ctx: click.Context, o: Ctx, data: dict[str, Any], summary: str,
+                          problems: list[str]) -> None:
+    """Print a verb's summary (and each problem on stderr), then exit 1 if there were problems (SPEC §7)."""
+
+    def human() -> None:
+        click.echo(summary)
+        for p in problems:
+            click.echo(f"  - {p}", err=True)
+
+    _emit(o, data, human)
+    ctx.exit(1 if problems else 0)
+
+
 def _progress_factory() -> Progress:
     """A rich progress bar on a terminal; plain log lines every 500 items otherwise."""
     if sys.stderr.isatty():
@@ -452,32 +465,25 @@ def suppress() -> None:
 @suppress.command("add")
 @_global
 @click.argument("emails", nargs=-1, required=True)
-@click.option("--reason", type=click.Choice(["manual", "unsubscribed", "bounced"]), default="manual")
+@click.option("--reason", type=click.Choice(["manual", "unsubscribed", "bounced"]), default="manual",
+              help="unsubscribed/bounced also set the customer's email status")
 @click.pass_context
 def suppress_add(ctx: click.Context, /, emails: tuple[str, ...], reason: str, **kw: Any) -> None:
     """Add addresses."""
     o = _apply(ctx, kw)
-    from crm_automation.fieldtypes import address_problem
+    from crm_automation import suppression
 
     ws = Workspace.load(o.config)
-    rejected = [f"{e!r}: {why}" for e in emails if (why := address_problem(e)) is not None]
-    valid = [e for e in emails if address_problem(e) is None]
     with _Lock(ws):  # the worker must not plan a send while the list changes under it
         store = ws.open_store()
         try:
-            added = [e for e in valid if store.suppress(e, reason, "cli", o.clock(ws).now())]
-            if reason != "manual":
-                store.set_status_by_email(valid, reason)
+            result = suppression.add(store, emails, reason, o.clock(ws).now())
         finally:
             store.close()
+    added, rejected = result.added, result.rejected
 
-    def human() -> None:
-        click.echo(f"added {len(added)} of {len(emails)}")
-        for r in rejected:
-            click.echo(f"  - not added: {r}", err=True)
-
-    _emit(o, {"added": added, "rejected": rejected}, human)
-    ctx.exit(1 if rejected else 0)
+    _finish_with_problems(ctx, o, {"added": added, "rejected": rejected}, f"added {len(added)} of {len(emails)}",
+                          [f"not added: {r}" for r in rejected])
 
 
 @suppress.command("remove")
@@ -487,12 +493,13 @@ def suppress_add(ctx: click.Context, /, emails: tuple[str, ...], reason: str, **
 def suppress_remove(ctx: click.Context, /, emails: tuple[str, ...], **kw: Any) -> None:
     """Remove addresses (they may be mailed again)."""
     o = _apply(ctx, kw)
+    from crm_automation import suppression
+
     ws = Workspace.load(o.config)
     with _Lock(ws):
         store = ws.open_store()
         try:
-            removed = [e for e in emails if store.unsuppress(e)]
-            store.set_status_by_email(removed, "ok")
+            removed = suppression.remove(store, emails)
         finally:
             store.close()
     _emit(o, {"removed": removed}, lambda: click.echo(f"removed {len(removed)} of {len(emails)}"))
@@ -539,13 +546,7 @@ def requeue(ctx: click.Context, /, ids: tuple[int, ...], all_uncertain: bool, al
         finally:
             store.close()
 
-    def human() -> None:
-        click.echo(f"requeued {n} send(s)")
-        for p in problems:
-            click.echo(f"  - {p}", err=True)
-
-    _emit(o, {"requeued": n, "problems": problems}, human)
-    ctx.exit(1 if problems else 0)
+    _finish_with_problems(ctx, o, {"requeued": n, "problems": problems}, f"requeued {n} send(s)", problems)
 
 
 @cli.command("import")
@@ -562,24 +563,12 @@ def import_(ctx: click.Context, /, file: Path, maps: tuple[str, ...], worksheet:
             report_path: Path | None, **kw: Any) -> None:
     """Migrate customers from a CSV/Excel export into the sheet, deduplicating by key. Try --dry-run first."""
     o = _apply(ctx, kw)
-    from crm_automation.importer import apply_import, parse_column_map, plan_import, write_report
+    from crm_automation.importer import import_file, parse_column_map, write_report
 
     ws = Workspace.load(o.config)
     column_map = parse_column_map(maps)
-    if not file.is_file():
-        raise ConfigError(f"{file}: file not found (expected a .csv or .xlsx export)")
-    if file.suffix.lower() in {".xlsx", ".xlsm"}:
-        from crm_automation.sheets.excel import ExcelSource
-
-        export = ExcelSource(file, worksheet=worksheet).read()
-    else:
-        from crm_automation.sheets.csv import CsvSource
-
-        export = CsvSource(file).read()
     with _Lock(ws):
-        sheet = ws.open_sheet()
-        plan = plan_import(export, sheet.read(), ws.mapping, column_map)
-        written = 0 if dry_run else apply_import(plan, sheet)
+        plan, written = import_file(ws, file, column_map, worksheet=worksheet, dry_run=dry_run)
     n_report = write_report(plan, report_path) if report_path else 0
     summary = {"dry_run": dry_run, "add": len(plan.add), "update": len(plan.update), "unchanged": plan.unchanged,
                "rejected": len(plan.rejected), "duplicates": len(plan.duplicates), "written": written,

@@ -25,13 +25,16 @@ import csv
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crm_automation.errors import ConfigError, ServiceError
 from crm_automation.mapping import Mapping
 from crm_automation.models import FieldType, RowError, SheetData
 from crm_automation.sheets.base import SheetSource
 from crm_automation.sheets.grid import norm_key
+
+if TYPE_CHECKING:
+    from crm_automation.workspace import Workspace
 
 _DUPLICATE = "duplicates the key"  # the start of mapping.py's reason for a repeated key
 
@@ -181,3 +184,25 @@ def write_report(plan: ImportPlan, path: Path) -> int:
         for kind, e in problems:
             w.writerow([e.row, e.column or "", "" if e.value is None else str(e.value), kind, e.reason])
     return len(problems)
+
+
+def read_export(file: Path, worksheet: str | None = None) -> SheetData:
+    """Read a CSV or Excel export, the adapter chosen by the file's suffix (``.xlsx``/``.xlsm``: Excel)."""
+    if not file.is_file():
+        raise ConfigError(f"{file}: file not found (expected a .csv or .xlsx export)")
+    if file.suffix.lower() in {".xlsx", ".xlsm"}:
+        from crm_automation.sheets.excel import ExcelSource
+
+        return ExcelSource(file, worksheet=worksheet).read()
+    from crm_automation.sheets.csv import CsvSource
+
+    return CsvSource(file).read()
+
+
+def import_file(ws: Workspace, file: Path, column_map: dict[str, str], *, worksheet: str | None = None,
+                dry_run: bool = False) -> tuple[ImportPlan, int]:
+    """``import``: plan the export against the sheet and, unless ``dry_run``, write it; (plan, rows written)."""
+    export = read_export(file, worksheet)
+    sheet = ws.open_sheet()
+    plan = plan_import(export, sheet.read(), ws.mapping, column_map)
+    return plan, (0 if dry_run else apply_import(plan, sheet))
