@@ -24,6 +24,7 @@ import click
 from filelock import FileLock, Timeout
 
 from crm_automation.errors import ConfigError, CrmError, LockedError, StorageError
+from crm_automation.models import Kind, SendStatus
 from crm_automation.stage import Progress
 from crm_automation.workspace import Clock, Workspace
 
@@ -388,10 +389,10 @@ def report(ctx: click.Context, /, as_csv: bool, **kw: Any) -> None:
     ws = Workspace.load(o.config)
     store = ws.open_store()
     try:
-        rows = store.funnel()
+        rows = [r.to_dict() for r in store.funnel()]
         attention = [{"id": s.id, "campaign": s.campaign, "step": s.step, "customer": s.customer_key,
-                      "status": s.status, "error": s.error, "message_id": s.message_id}
-                     for s in store.sends(status=["uncertain", "failed"])]
+                      "status": s.status.value, "error": s.error, "message_id": s.message_id}
+                     for s in store.sends(status=[SendStatus.UNCERTAIN, SendStatus.FAILED])]
     finally:
         store.close()
     cols = ["campaign", "step", "queued", "sent", "failed", "uncertain", "skipped", "bounced", "replied",
@@ -442,19 +443,19 @@ def timeline(ctx: click.Context, /, key: str, **kw: Any) -> None:
     def human() -> None:
         tz = ws.cfg.timezone
         for a in items:
-            when = datetime.fromisoformat(a["occurred_at"].replace("Z", "+00:00")).astimezone(tz)
-            extra = a["subject"] or ""
-            if a["kind"] == "field_changed":
-                d = json.loads(a["details"] or "{}")
+            when = a.occurred_at.astimezone(tz)
+            extra = a.subject or ""
+            if a.kind is Kind.FIELD_CHANGED:
+                d = a.details
                 extra = f"{d.get('field')}: {d.get('old')!r} -> {d.get('new')!r}"
-            if a["campaign"]:
-                extra = f"[{a['campaign']}/{a['step']}] {extra}"
-            click.echo(f"{when:%Y-%m-%d %H:%M}  {a['kind']:<15} {extra}")
-            if a["body"] and a["kind"] in {"email_in", "unsubscribe"}:
-                for line in a["body"].strip().splitlines()[:6]:
+            if a.campaign:
+                extra = f"[{a.campaign}/{a.step}] {extra}"
+            click.echo(f"{when:%Y-%m-%d %H:%M}  {a.kind.value:<15} {extra}")
+            if a.body and a.kind in {Kind.EMAIL_IN, Kind.UNSUBSCRIBE}:
+                for line in a.body.strip().splitlines()[:6]:
                     click.echo(f"{'':19}| {line}")
 
-    _emit(o, {"customer": k, "activities": items}, human)
+    _emit(o, {"customer": k, "activities": [a.to_dict() for a in items]}, human)
 
 
 @cli.group()
@@ -514,9 +515,10 @@ def suppress_list(ctx: click.Context, /, **kw: Any) -> None:
     ws = Workspace.load(o.config)
     store = ws.open_store()
     try:
-        items = [{"email": e, "reason": r, "at": a, "source": s} for e, (r, a, s) in store.suppressions().items()]
+        items = [{"email": e, **s.to_dict()} for e, s in store.suppressions().items()]
     finally:
         store.close()
+
     def human() -> None:
         for i in items:
             click.echo(f"{i['email']:<40} {i['reason']:<13} {i['at']} {i['source']}")

@@ -28,6 +28,7 @@ from crm_automation.mailbox.base import Cursor, MailboxSource
 from crm_automation.match import match
 from crm_automation.models import BounceFailure, Classification, Kind, Permanence, RawMessage
 from crm_automation.stage import LazyIndex, StageContext, StageResult, address_index, recorded
+from crm_automation.store.sends import SentRef
 from crm_automation.workspace import Workspace
 
 log = logging.getLogger("crm_automation")
@@ -112,7 +113,7 @@ class InboundPolicy:
 
 
 # Lookups a decision may need from the log (reads only).
-SentLookup = Callable[[list[str]], dict[str, tuple[str, str, int]]]
+SentLookup = Callable[[list[str]], dict[str, SentRef]]
 CustomerLookup = Callable[[str], dict[str, Any] | None]
 
 
@@ -131,7 +132,7 @@ def decide(raw: RawMessage, src: str, now: datetime, policy: InboundPolicy, by_e
         msg = parse(raw.raw, max_bytes=limit)
         cls = classify(msg, unsubscribe_addresses=policy.unsubscribe_addresses, is_ours=by_email.__contains__)
         refs = [r for r in (msg.in_reply_to, *msg.references) if r]
-        answered = {m: v[0] for m, v in sent(refs).items()} if refs else {}
+        answered = {m: v.customer_key for m, v in sent(refs).items()} if refs else {}
         key, how = match(msg, cls, by_email, answered)
     except MessageError as e:
         return _quarantined(raw, src, str(e), by_email, limit)
@@ -190,8 +191,11 @@ def _bounce_records(cls: Classification, from_addr: str, to: list[str], uid: int
         key = by_email.get(f.address)
         how = f"failed recipient {f.address}"
         if key is None and original is not None and len(cls.failures) == 1:
-            key, how = original[0], f"bounced message {cls.original_message_id}"
-        campaign, step = (original[1], original[2]) if original and original[0] == key else (None, None)
+            key, how = original.customer_key, f"bounced message {cls.original_message_id}"
+        campaign: str | None = None
+        step: int | None = None
+        if original is not None and original.customer_key == key:
+            campaign, step = original.campaign, original.step
         hard = f.permanence is Permanence.HARD
         out.append(ActivityRecord(
             kind=Kind.BOUNCE, customer_key=key, digest=f"{digest}:{f.address}", campaign=campaign, step=step,
@@ -288,12 +292,12 @@ class InboundPass:
         uv = source.uidvalidity(folder)
         stored = self.store.mailbox_cursor(folder)
         if source.tracks_names:
-            return Cursor(uv, stored[1] if stored else 0, self.store.maildir_seen(folder))
-        if stored is not None and stored[0] == uv:
-            return Cursor(*stored)
+            return Cursor(uv, stored.last_uid if stored else 0, self.store.maildir_seen(folder))
+        if stored is not None and stored.uidvalidity == uv:
+            return stored
         if stored is not None:
             log.warning("%s: UIDVALIDITY changed (%s -> %s): re-reading the folder; messages already "
-                        "logged are recognised by Message-ID", folder, stored[0], uv)
+                        "logged are recognised by Message-ID", folder, stored.uidvalidity, uv)
         return None
 
     def _customer(self, key: str) -> dict[str, Any] | None:

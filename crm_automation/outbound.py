@@ -15,7 +15,6 @@ through one seam, ``wait(seconds) -> stopped``, which is the stop flag's
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -42,7 +41,8 @@ from crm_automation.models import Kind, Permanence, SendStatus
 from crm_automation.planner import QUARANTINED, CustomerView, History, PlannedSend, blocked_reason, plan, stop_reason
 from crm_automation.stage import StageContext, StageResult, recorded
 from crm_automation.store import identity
-from crm_automation.store.repo import NOTIFY_CAMPAIGN, SendRow, iso
+from crm_automation.store.connection import iso
+from crm_automation.store.sends import NOTIFY_CAMPAIGN, SendRow
 from crm_automation.transports.base import Transport
 from crm_automation.workspace import Workspace
 
@@ -114,22 +114,19 @@ class SendPass:
             h.send_keys.add((s.campaign, s.step, s.customer_key))
             if s.status == SendStatus.SENT and s.sent_at is not None:
                 h.sent_at[(s.campaign, s.step, s.customer_key)] = s.sent_at
-        for key, kind, at, details, campaign in self.store.inbound_history():
-            if kind == Kind.BOUNCE:
-                d = json.loads(details or "{}")
-                permanence = d.get("permanence") or ("hard" if d.get("permanent") else "delayed")
-                if permanence == Permanence.DELAYED:
-                    continue  # a delay never stops a sequence: the message may still arrive
-                if permanence == Permanence.SOFT:
-                    h.lost.setdefault(key, []).append((campaign, at))  # that message is lost (issue #11)
-                    continue
-            h.inbound.setdefault(key, []).append((kind, at))
+        for e in self.store.inbound_history():
+            if e.permanence is Permanence.DELAYED:
+                continue  # a delay never stops a sequence: the message may still arrive
+            if e.permanence is Permanence.SOFT:
+                h.lost.setdefault(e.customer_key, []).append((e.campaign, e.at))  # that message is lost (issue #11)
+                continue
+            h.inbound.setdefault(e.customer_key, []).append((e.kind.value, e.at))
         for f in {c.field for c in self.ws.campaigns if c.trigger == "change" and c.field}:
             h.changes[f] = self.store.field_changes(f)
         h.suppressed = frozenset(self.store.suppressions())
-        for key, at, error in self.store.quarantined_contacts():
-            h.inbound.setdefault(key, []).append((QUARANTINED, at))
-            h.quarantine_reasons[key] = error
+        for q in self.store.quarantined_contacts():
+            h.inbound.setdefault(q.customer_key, []).append((QUARANTINED, q.received_at))
+            h.quarantine_reasons[q.customer_key] = q.error
         return h
 
     def plan(self, *, record: bool = True) -> list[PlannedSend]:
@@ -384,8 +381,9 @@ class SendPass:
                       view.email or "")
 
     def _notification(self, s: SendRow, view: CustomerView, message_id: str, now: datetime) -> Composed:
-        a = self.store.activity(s.step) or {}
-        note = InboundNote(subject=a.get("subject") or "", body=a.get("body") or "", message_id=a.get("message_id"))
+        a = self.store.activity(s.step)
+        note = (InboundNote(subject=a.subject or "", body=a.body or "", message_id=a.message_id) if a is not None
+                else InboundNote(subject="", body="", message_id=None))
         return self.composer.owner_notification(view, note, s.email or "", message_id, now)
 
     def _deliver(self, s: SendRow, transport: Transport, res: StageResult,

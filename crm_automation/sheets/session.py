@@ -92,14 +92,15 @@ class SheetSession:
         with recorded(self.ctx, "sync") as res:
             fp = self._fingerprint()
             last = self.store.sheet_state(self.sheet.name)
-            if fp is not None and last is not None and last[0] == fp:
+            if fp is not None and last is not None and last.fingerprint == fp:
                 # The file's bytes and the mapping are as they were at the last complete sync: nothing to do.
-                res.stats = {"rows": last[1], "added": 0, "changed": 0, "unchanged": max(last[1] - len(last[2]), 0),
-                             "removed": 0, "rejected": len(last[2]), "note": "sheet unchanged since the last sync"}
-                res.problems += last[2]
-                res.notes += last[3]
-                if last[3]:
-                    res.stats["blanked"] = len(last[3])
+                res.stats = {"rows": last.rows, "added": 0, "changed": 0,
+                             "unchanged": max(last.rows - len(last.problems), 0), "removed": 0,
+                             "rejected": len(last.problems), "note": "sheet unchanged since the last sync"}
+                res.problems += last.problems
+                res.notes += last.notes
+                if last.notes:
+                    res.stats["blanked"] = len(last.notes)
                 known = self._synced[1] if self._synced is not None and self._synced[0] == fp else None
                 self._synced = (fp, known)
                 return res
@@ -166,10 +167,10 @@ class SheetSession:
         if not r.fingerprint or self._synced is None or not base or base != self._synced[1]:
             return
         last = self.store.sheet_state(self.sheet.name)
-        if last is None or last[0] != self._synced[0]:
+        if last is None or last.fingerprint != self._synced[0]:
             return
-        new = f"{r.fingerprint}:{last[0].partition(':')[2]}"  # the mapping the rows were validated with
-        self.store.set_sheet_state(self.sheet.name, new, last[1], last[2], self.ctx.clock.now(), last[3])
+        new = f"{r.fingerprint}:{last.fingerprint.partition(':')[2]}"  # the mapping the rows were validated with
+        self.store.set_sheet_state(self.sheet.name, new, last.rows, last.problems, self.ctx.clock.now(), last.notes)
         self._synced = (new, r.version)
 
     def _remember_cells(self, data: SheetData) -> None:
@@ -250,7 +251,7 @@ class SheetSession:
         from crm_automation.sheets.status_words import status_words
 
         tz = self.ws.cfg.timezone
-        sent, replied = self.store.last_times()
+        last = self.store.last_times()
         # The team's words and date format; the log keeps ok | bounced | unsubscribed.
         words = status_words(self.ws.mapping.writeback_language or self.ws.cfg.language)
 
@@ -261,9 +262,9 @@ class SheetSession:
         for k, c in self.store.customers().items():
             vals = {}
             if "last_sent" in wb:
-                vals[wb["last_sent"]] = fmt(sent.get(k))
+                vals[wb["last_sent"]] = fmt(last.sent.get(k))
             if "last_reply" in wb:
-                vals[wb["last_reply"]] = fmt(replied.get(k))
+                vals[wb["last_reply"]] = fmt(last.replied.get(k))
             if "email_status" in wb:
                 vals[wb["email_status"]] = words.status(c.email_status)
             updates[k] = vals

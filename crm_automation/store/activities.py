@@ -1,0 +1,215 @@
+"""Activities: everything that happened to a customer (SPEC §8), and the messages kept in quarantine.
+
+Inbound activities are unique on (Message-ID, content digest), quarantined
+messages on the raw message's digest: logging the same message twice is a
+no-op, which is half of exactly-once (the other half is the mailbox cursor,
+:mod:`crm_automation.store.inbound`). ``details`` is JSON in the log and a
+dict in every :class:`Activity` handed out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from crm_automation.models import Kind, Permanence
+from crm_automation.store.connection import Connection, Guarded, iso, parse_iso
+from crm_automation.store.schema import INBOUND_KINDS
+
+# A bounce activity's permanence: ``details.permanence`` (issue #11), or for rows logged before it,
+# ``details.permanent`` (true: hard; false: a delay, as they were treated then). ``a`` is ``activities``.
+PERMANENCE_SQL = ("COALESCE(json_extract(a.details, '$.permanence'), "
+                  "CASE WHEN json_extract(a.details, '$.permanent') THEN 'hard' ELSE 'delayed' END)")
+
+_ACTIVITY_COLS = "id, customer_key, kind, occurred_at, subject, body, message_id, campaign, step, source, details"
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """One row of ``activities``, ``details`` decoded.
+
+    ``details_json`` is the column's text as stored, kept only so the
+    timeline's ``--json`` output shows it exactly as before (SQLite's
+    ``json_object`` writes it without spaces, Python's encoder with them).
+    """
+
+    id: int
+    customer_key: str | None
+    kind: Kind
+    occurred_at: datetime
+    subject: str | None
+    body: str | None
+    message_id: str | None
+    campaign: str | None
+    step: int | None
+    source: str | None
+    details: dict[str, Any]
+    details_json: str | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The timeline's JSON shape (``crm-automation timeline --json``)."""
+        return {"id": self.id, "kind": self.kind.value, "occurred_at": iso(self.occurred_at),
+                "subject": self.subject, "body": self.body, "message_id": self.message_id,
+                "campaign": self.campaign, "step": self.step, "source": self.source, "details": self.details_json}
+
+
+def _activity(r: tuple[Any, ...]) -> Activity:
+    aid, key, kind, at, subject, body, mid, campaign, step, source, details = r
+    return Activity(aid, key, Kind(kind), parse_iso(at) or datetime.now(UTC), subject, body, mid, campaign, step,
+                    source, json.loads(details or "{}"), details)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundEvent:
+    """An inbound activity matched to a customer, as the planner needs it.
+
+    ``at`` is when it was logged (when the worker could first know of it).
+    ``permanence`` is set for bounces only, decoded from ``details`` here so
+    callers never parse JSON (:data:`PERMANENCE_SQL`).
+    """
+
+    customer_key: str
+    kind: Kind
+    at: datetime
+    campaign: str | None
+    permanence: Permanence | None
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedContact:
+    """A quarantined message from a known customer: it counts as their contact (issue #9)."""
+
+    customer_key: str
+    received_at: datetime
+    error: str
+
+
+def insert_activity(conn: Guarded, *, kind: str, occurred_at: datetime, now: datetime,
+                    customer_key: str | None = None, subject: str | None = None, body: str | None = None,
+                    message_id: str | None = None, in_reply_to: str | None = None, campaign: str | None = None,
+                    step: int | None = None, source: str | None = None, details: dict[str, Any] | None = None,
+                    digest: str | None = None) -> int | None:
+    """Insert one activity (no transaction: the caller's unit owns it); see :meth:`ActivityLog.add_activity`."""
+    if digest is not None and message_id is not None:
+        kinds = ",".join("?" * len(INBOUND_KINDS))
+        for (d,) in conn.execute(f"SELECT digest FROM activities WHERE message_id = ? AND kind IN ({kinds})",
+                                 (message_id, *INBOUND_KINDS)):
+            if d is None or d == digest:
+                return None
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO activities (customer_key, kind, occurred_at, subject, body, message_id, "
+        "in_reply_to, campaign, step, source, details, logged_at, digest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (customer_key, kind, iso(occurred_at), subject, body, message_id, in_reply_to, campaign, step, source,
+         json.dumps(details or {}, ensure_ascii=False), iso(now), digest))
+    return cur.lastrowid if cur.rowcount else None
+
+
+def insert_quarantine(conn: Guarded, *, source: str, raw: bytes, error: str, now: datetime,
+                      from_addr: str | None = None, customer_key: str | None = None, size: int | None = None) -> bool:
+    """Keep a message unless it is there already (no transaction: the caller's unit owns it)."""
+    digest = hashlib.sha256(raw).hexdigest()
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO quarantine (source, received_at, error, raw, digest, from_addr, customer_key, "
+        "size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (source, iso(now), error, raw, digest, from_addr, customer_key, size if size is not None else len(raw)))
+    return cur.rowcount > 0
+
+
+def count_soft_bounces(conn: Guarded, address: str, key: str | None, since: datetime) -> int:
+    """See :meth:`ActivityLog.soft_bounce_count`."""
+    if key is not None:
+        last = conn.execute("SELECT MAX(COALESCE(logged_at, occurred_at)) FROM activities "
+                            "WHERE kind = 'email_in' AND customer_key = ?", (key,)).fetchone()[0]
+    else:
+        last = conn.execute("SELECT MAX(COALESCE(logged_at, occurred_at)) FROM activities WHERE kind = "
+                            "'email_in' AND json_extract(details, '$.from') = ?", (address,)).fetchone()[0]
+    start = max(iso(since), last or "")
+    return int(conn.execute(
+        "SELECT COUNT(DISTINCT COALESCE(json_extract(details, '$.original_message_id'), message_id)) "
+        "FROM activities WHERE kind = 'bounce' AND json_extract(details, '$.recipient') = ? "
+        "AND json_extract(details, '$.permanence') IN ('soft', 'delayed') "
+        "AND COALESCE(logged_at, occurred_at) >= ? AND (? = '' OR COALESCE(logged_at, occurred_at) > ?)",
+        (address, start, last or "", last or "")).fetchone()[0])
+
+
+class ActivityLog(Connection):
+    """The store's part that records activities and quarantined messages."""
+
+    def add_activity(self, *, kind: str, occurred_at: datetime, now: datetime, customer_key: str | None = None,
+                     subject: str | None = None, body: str | None = None, message_id: str | None = None,
+                     in_reply_to: str | None = None, campaign: str | None = None, step: int | None = None,
+                     source: str | None = None, details: dict[str, Any] | None = None,
+                     digest: str | None = None) -> int | None:
+        """Insert one activity; returns its id, or None for an inbound message already logged.
+
+        An inbound message (``digest`` given) is "already logged" when its
+        Message-ID was logged with the same content digest, or by a version
+        before digests were kept. The same Message-ID with *different*
+        content is a different message and is logged too (issue #9: some
+        mailers reuse ids; dropping the second message lost it).
+        """
+        with self.transaction():
+            return insert_activity(self.conn, kind=kind, occurred_at=occurred_at, now=now,
+                                   customer_key=customer_key, subject=subject, body=body, message_id=message_id,
+                                   in_reply_to=in_reply_to, campaign=campaign, step=step, source=source,
+                                   details=details, digest=digest)
+
+    def quarantine(self, *, source: str, raw: bytes, error: str, now: datetime, from_addr: str | None = None,
+                   customer_key: str | None = None, size: int | None = None) -> bool:
+        """Keep a message that could not be understood; False if it is already there.
+
+        ``raw`` is the whole message, or its first ``max_message_bytes`` when
+        it is larger (``size`` then says how large it was; the message itself
+        stays in the mailbox). ``from_addr``/``customer_key``: whose it was,
+        as far as its headers tell, so it counts as the customer's contact.
+        """
+        with self.transaction():
+            return insert_quarantine(self.conn, source=source, raw=raw, error=error, now=now, from_addr=from_addr,
+                                     customer_key=customer_key, size=size)
+
+    def quarantined_contacts(self) -> list[QuarantinedContact]:
+        """Quarantined messages from known customers, oldest first."""
+        return [QuarantinedContact(k, parse_iso(t) or datetime.now(UTC), e) for k, t, e in self.conn.execute(
+            "SELECT customer_key, received_at, error FROM quarantine WHERE customer_key IS NOT NULL ORDER BY id")]
+
+    def activity(self, activity_id: int) -> Activity | None:
+        """One activity by id."""
+        row = self.conn.execute(f"SELECT {_ACTIVITY_COLS} FROM activities WHERE id = ?", (activity_id,)).fetchone()
+        return _activity(row) if row else None
+
+    def timeline(self, key: str) -> list[Activity]:
+        """One customer's activities, oldest first."""
+        return [_activity(r) for r in self.conn.execute(
+            f"SELECT {_ACTIVITY_COLS} FROM activities WHERE customer_key = ? ORDER BY occurred_at, id", (key,))]
+
+    def inbound_history(self) -> list[InboundEvent]:
+        """Inbound activities matched to a customer, each with its bounce permanence decoded."""
+        kinds = ",".join("?" * len(INBOUND_KINDS))
+        return [InboundEvent(k, Kind(kind), parse_iso(t) or datetime.now(UTC), c, Permanence(p) if p else None)
+                for k, kind, t, c, p in self.conn.execute(
+                    f"SELECT a.customer_key, a.kind, COALESCE(a.logged_at, a.occurred_at), a.campaign, "
+                    f"CASE WHEN a.kind = 'bounce' THEN {PERMANENCE_SQL} END FROM activities a "
+                    f"WHERE a.customer_key IS NOT NULL AND a.kind IN ({kinds})", INBOUND_KINDS)]
+
+    def soft_bounce_count(self, address: str, key: str | None, since: datetime) -> int:
+        """Distinct messages to ``address`` that soft-bounced or were delayed since ``since`` and the last reply.
+
+        Issue #11: a reply proves the address works and starts the count again.
+
+        A message is the bounced one (``details.original_message_id``) when
+        the report named it, else the bounce itself: a delay warning and the
+        later failure of the same message count once.
+        """
+        return count_soft_bounces(self.conn, address, key, since)
+
+    def field_changes(self, field_name: str) -> list[tuple[str, Any, datetime]]:
+        """(customer, new value, when) for each change of one field: the planner's ``History.changes`` shape."""
+        out = []
+        for k, d, t in self.conn.execute(
+                "SELECT customer_key, details, occurred_at FROM activities WHERE kind = 'field_changed' "
+                "AND json_extract(details, '$.field') = ? ORDER BY id", (field_name,)):
+            out.append((k, json.loads(d).get("new"), parse_iso(t) or datetime.now(UTC)))
+        return out

@@ -1,0 +1,240 @@
+"""The log's connection: opening, the guard that turns disk failures into messages, and ``transaction()``.
+
+Every part of :class:`~crm_automation.store.repo.Store` builds on
+:class:`Connection`; the rule for who owns a transaction is written in the
+package docstring (``store/__init__.py``) and implemented here.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Self
+
+from crm_automation.errors import ConfigError, CrmError, ServiceError, StorageError
+from crm_automation.store.migrations import migrate
+
+
+def iso(dt: datetime) -> str:
+    """ISO 8601 UTC text, the log's one time format."""
+    return dt.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def parse_iso(text: str | None) -> datetime | None:
+    """Inverse of :func:`iso` (accepts any ISO form)."""
+    if not text:
+        return None
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the log file, or None for an in-memory log or a missing file."""
+    if path == ":memory:":
+        return None
+    try:
+        st = Path(path).stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+_NEARLY_FULL = 256 * 1024
+
+
+def _free_bytes(folder: str) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return _NEARLY_FULL
+
+
+def storage_error(path: str, e: sqlite3.Error, doing: str = "writing") -> CrmError:
+    """Turn SQLite's answer for an environmental failure into a message for the admin (issue #9).
+
+    Decided by SQLite's result code (``sqlite_errorcode``), not by its text.
+    Returns the error to raise; a code that is not environmental (a bug in
+    our SQL) is re-raised as it is by the caller.
+    """
+    folder = str(Path(path).parent)
+    code = getattr(e, "sqlite_errorcode", 0) & 0xFF
+    if code == sqlite3.SQLITE_IOERR and _free_bytes(folder) < _NEARLY_FULL:
+        code = sqlite3.SQLITE_FULL  # SQLite reports some writes on a full disk (the WAL index) as I/O errors
+    if code == sqlite3.SQLITE_FULL:
+        return StorageError(f"{path}: the disk is full: {doing} the activity log failed and was rolled back",
+                            hint=f"free space on the disk that holds {folder}, then run again; nothing was "
+                                 "half-written")
+    if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH):
+        return StorageError(f"{path}: cannot write the activity log (the file or its folder is read-only or "
+                            f"not accessible: {e})",
+                            hint=f"make {folder} and the files in it writable by the user running crm-automation "
+                                 f"([workspace] database names the file)")
+    if code == sqlite3.SQLITE_IOERR:
+        return StorageError(f"{path}: disk I/O error while {doing} the activity log ({e}, "
+                            f"{getattr(e, 'sqlite_errorname', '')})",
+                            hint=f"check the disk that holds {folder} (full, removed, or a network drive that "
+                                 "dropped); nothing was half-written")
+    if code == sqlite3.SQLITE_BUSY:
+        return ServiceError(f"{path}: the activity log is locked by another program ({e})",
+                            hint="close other programs writing to the log (a SQLite browser with unsaved "
+                                 "changes); the next pass retries")
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return ConfigError(f"{path}: not a crm-automation activity log, or the file is damaged ({e})",
+                           hint="restore it from a backup, or point [workspace] database at the right file")
+    raise e
+
+
+class Guarded:
+    """The SQLite connection, with environmental failures turned into :class:`StorageError` (issue #9).
+
+    Why a wrapper: every write of the store can meet a full disk or a
+    read-only folder, and a raw ``sqlite3.OperationalError`` reached the user
+    as a traceback with exit 1. One place turns them into a message naming
+    the file and what to do.
+    """
+
+    __slots__ = ("_c", "path")
+
+    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        self._c = conn
+        self.path = path
+
+    def execute(self, sql: str, args: Any = ()) -> sqlite3.Cursor:
+        """``sqlite3.Connection.execute``, a disk failure raised as :func:`storage_error` says."""
+        try:
+            return self._c.execute(sql, args)
+        except (sqlite3.OperationalError, sqlite3.DatabaseError) as e:
+            raise storage_error(self.path, e) from None
+
+    def executemany(self, sql: str, args: Any) -> sqlite3.Cursor:
+        """``sqlite3.Connection.executemany``, a disk failure raised as :func:`storage_error` says."""
+        try:
+            return self._c.executemany(sql, args)
+        except (sqlite3.OperationalError, sqlite3.DatabaseError) as e:
+            raise storage_error(self.path, e) from None
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open (``transaction()`` then nests a savepoint)."""
+        return self._c.in_transaction
+
+    @property
+    def raw(self) -> sqlite3.Connection:
+        """The sqlite3 connection itself (tests inject faults through it)."""
+        return self._c
+
+    def close(self) -> None:
+        """Close the sqlite3 connection."""
+        self._c.close()
+
+
+class Connection:
+    """The log file and its one connection; the base every part of the store shares.
+
+    ``conn`` is the guarded connection (autocommit: ``isolation_level=None``,
+    so nothing is ever committed by the driver behind our back); writes go
+    through :meth:`transaction`.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        self.conn = Guarded(conn, path)
+        self.path = path
+        self._savepoints = 0
+        self._identity = _file_identity(path)
+
+    @classmethod
+    def open(cls, path: Path | str) -> Self:
+        """Open (creating and migrating) the log; WAL mode so readers never block the worker."""
+        p = str(path)
+        if p != ":memory:":
+            try:
+                Path(p).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ConfigError(f"{p}: cannot create the database folder: {e.strerror}") from None
+        try:
+            conn = sqlite3.connect(p, isolation_level=None, timeout=30.0)
+            conn.execute("PRAGMA user_version")  # reads the header: a file that is not a database fails here
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            # Checkpoints fsync the database file; one every ~40 MB of log instead of every 4 MB keeps a
+            # campaign's two commits a message cheap on slow disks (issue #5: commits cost 0.5 ms each here).
+            conn.execute("PRAGMA wal_autocheckpoint=10000")
+            conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: a 100,000-row first sync stays in memory
+            conn.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.DatabaseError as e:
+            raise storage_error(p, e, "opening") from None
+        try:
+            migrate(conn)
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            raise storage_error(p, e, "upgrading") from None
+        return cls(conn, p)
+
+    def close(self) -> None:
+        """Close the connection (checkpointing the WAL)."""
+        with suppress(sqlite3.Error):
+            self.conn.close()
+
+    def check_file(self) -> None:
+        """Stop if the log file was deleted or replaced since it was opened (issue #9).
+
+        SQLite keeps writing into a deleted file's inode, so without this a
+        worker whose log was removed would go on and the next start would
+        find an empty log, which looks exactly like "nobody has been mailed".
+        """
+        if self._identity is None:
+            return
+        now = _file_identity(self.path)
+        if now is None:
+            raise ConfigError(f"{self.path}: the activity log was deleted while the worker was running; stopping "
+                              "so nothing is sent twice",
+                              hint="restore the file from a backup (or the recycle bin), then start again")
+        if now != self._identity:
+            raise ConfigError(f"{self.path}: the activity log was replaced by another file while the worker was "
+                              "running; stopping so nothing is sent twice",
+                              hint="put the original log back, or start the worker again to check the new one")
+
+    def log_id(self) -> str:
+        """The identity written into the log when it was created (table ``meta``)."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()
+        return str(row[0]) if row else ""
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic unit: everything inside commits together or not at all.
+
+        Outermost: ``BEGIN IMMEDIATE`` ... ``COMMIT`` (the write lock is taken
+        at the start, so a busy log fails before any work, not at the commit).
+        Inside another transaction: a ``SAVEPOINT``, released on success and
+        rolled back alone on an exception, so a writer that is atomic on its
+        own stays atomic inside a caller's larger unit and costs no commit.
+        """
+        if self.conn.in_transaction:
+            self._savepoints += 1
+            name = f"sp{self._savepoints}"
+            self.conn.execute(f"SAVEPOINT {name}")
+            try:
+                yield
+            except BaseException:
+                self.conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                self.conn.execute(f"RELEASE SAVEPOINT {name}")
+                raise
+            self.conn.execute(f"RELEASE SAVEPOINT {name}")
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        try:
+            self.conn.execute("COMMIT")
+        except CrmError:  # disk full and the like: nothing of this unit is kept
+            with suppress(sqlite3.Error, CrmError):
+                self.conn.execute("ROLLBACK")
+            raise

@@ -1,0 +1,254 @@
+"""Customers: the sheet's rows as the log knows them, each sync's changes, the sheet's digest, email status.
+
+Syncing is the one bulk write of the log (100,000 rows on a first sync,
+issue #3): :meth:`CustomerLog.apply_sync` writes it in one transaction, new
+rows column by column through SQLite's ``json_object``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from crm_automation.models import Customer, CustomerColumns, Kind
+from crm_automation.store.connection import Connection, Guarded, iso, parse_iso
+
+_dumps = json.JSONEncoder(ensure_ascii=False).encode  # fields keep the mapping's order; readable Chinese
+_PLAIN = frozenset({str, int, type(None)})  # values SQLite's json_object renders exactly as Python's json would
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCustomer:
+    """A customer as the log knows it."""
+
+    key: str
+    row: int
+    data: dict[str, Any]
+    first_seen: datetime
+    email_status: str
+    present: bool
+
+
+@dataclass(slots=True)
+class SyncStats:
+    """What one sync changed."""
+
+    added: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    returned: int = 0
+    changes: list[tuple[str, str, Any, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class SheetState:
+    """What the last complete sync of a sheet recorded: its digest, and what it reported.
+
+    ``notes`` are the cells kept blank (issue #11), reported again when an
+    unchanged sheet is skipped.
+    """
+
+    fingerprint: str
+    rows: int
+    problems: tuple[str, ...]
+    notes: tuple[str, ...]
+
+
+def update_email_status(conn: Guarded, key: str, status: str) -> None:
+    """Set one customer's ``email_status`` (no transaction: the caller's unit owns it)."""
+    conn.execute("UPDATE customers SET email_status = ? WHERE key = ?", (status, key))
+
+
+class CustomerLog(Connection):
+    """The store's part that records customers (tables ``customers`` and ``sheet_state``)."""
+
+    def row_hashes(self) -> dict[str, str]:
+        """Hash -> key of customers present at the last sync."""
+        return {h: k for k, h in self.conn.execute(
+            "SELECT key, row_hash FROM customers WHERE present = 1 AND row_hash IS NOT NULL")}
+
+    def customers(self, *, present_only: bool = True) -> dict[str, StoredCustomer]:
+        """All customers (present in the sheet at the last sync, unless asked otherwise)."""
+        sql = "SELECT key, row, data, first_seen, email_status, present FROM customers"
+        if present_only:
+            sql += " WHERE present = 1"
+        return {
+            k: StoredCustomer(k, r, json.loads(d), parse_iso(fs) or datetime.now(UTC), es or "ok", bool(p))
+            for k, r, d, fs, es, p in self.conn.execute(sql)
+        }
+
+    def customer(self, key: str) -> StoredCustomer | None:
+        """One customer by key, present or not."""
+        row = self.conn.execute(
+            "SELECT key, row, data, first_seen, email_status, present FROM customers WHERE key = ?", (key,)
+        ).fetchone()
+        if row is None:
+            return None
+        k, r, d, fs, es, p = row
+        return StoredCustomer(k, r, json.loads(d), parse_iso(fs) or datetime.now(UTC), es or "ok", bool(p))
+
+    def apply_sync(self, source: str, changed: Sequence[Customer], unchanged: dict[str, int],
+                   hashes: dict[str, str], now: datetime, *, complete: bool = True) -> SyncStats:
+        """Record new customers and field changes; mark rows that disappeared.
+
+        ``complete`` is False when the sheet could not be fully mapped (a
+        required column missing): then nobody is marked removed.
+        """
+        stats = SyncStats(unchanged=len(unchanged))
+        ts = iso(now)
+        with self.transaction():
+            existing = {k: (d, p) for k, d, p in self.conn.execute("SELECT key, data, present FROM customers")}
+            acts: list[tuple[Any, ...]] = []
+            new: list[Customer] = []
+            fresh: list[Customer] | CustomerColumns = new
+            if isinstance(changed, CustomerColumns) and not existing.keys() & set(changed.keys):
+                fresh, changed = changed, []  # all new (a first sync): inserted column by column
+            for c in changed:
+                old = existing.get(c.key)
+                if old is None:
+                    new.append(c)
+                    continue
+                data_json = _dumps(c.data)
+                old_json, present = old
+                old_data = json.loads(old_json)
+                diffs = {f: (old_data.get(f), v) for f, v in c.data.items() if old_data.get(f) != v}
+                for f, (a, b) in diffs.items():
+                    acts.append((c.key, Kind.FIELD_CHANGED.value, ts, None, None, source,
+                                 json.dumps({"field": f, "old": a, "new": b, "row": c.row}, ensure_ascii=False)))
+                    stats.changes.append((c.key, f, a, b))
+                if not present:
+                    stats.returned += 1
+                    acts.append((c.key, Kind.CUSTOMER_ADDED.value, ts, None, None, source,
+                                 json.dumps({"row": c.row, "returned": True}, ensure_ascii=False)))
+                if diffs:
+                    stats.changed += 1
+                self.conn.execute(
+                    "UPDATE customers SET row = ?, data = ?, row_hash = ?, present = 1, removed_at = NULL"
+                    + (", last_changed = ?" if diffs else "") + " WHERE key = ?",
+                    (c.row, data_json, hashes.get(c.key), *((ts,) if diffs else ()), c.key))
+            if fresh:
+                before = self.conn.execute("SELECT coalesce(max(rowid), 0) FROM customers").fetchone()[0]
+                self._insert_customers(fresh, hashes, ts)
+                # Their customer_added activities, written by SQLite from the rows just inserted: rowids only
+                # grow, and the rows went in sorted by key, so rowid order is key order.
+                self.conn.execute(
+                    "INSERT INTO activities (customer_key, kind, occurred_at, source, details, logged_at) "
+                    "SELECT key, ?, ?, ?, json_object('row', row), ? FROM customers WHERE rowid > ? ORDER BY rowid",
+                    (Kind.CUSTOMER_ADDED.value, ts, source, ts, before))
+                stats.added = len(fresh)
+            if unchanged:
+                self.conn.executemany("UPDATE customers SET row = ? WHERE key = ? AND row != ?",
+                                      [(r, k, r) for k, r in unchanged.items()])
+            if complete:
+                seen = set(unchanged)
+                seen.update(c.key for c in changed)
+                gone = [k for k, (_, p) in existing.items() if p and k not in seen]
+                for k in gone:
+                    self.conn.execute("UPDATE customers SET present = 0, removed_at = ? WHERE key = ?", (ts, k))
+                    acts.append((k, Kind.CUSTOMER_REMOVED.value, ts, None, None, source,
+                                 json.dumps({"note": "row no longer in the sheet; history kept"})))
+                stats.removed = len(gone)
+            acts.sort(key=lambda a: a[0])
+            self.conn.executemany(
+                "INSERT INTO activities (customer_key, kind, occurred_at, subject, body, source, details, logged_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(*a, ts) for a in acts])
+        return stats
+
+    def _insert_customers(self, fresh: list[Customer] | CustomerColumns, hashes: dict[str, str], ts: str) -> None:
+        """Insert new customers, SQLite building each ``data`` JSON with ``json_object``.
+
+        Why: encoding 100,000 small dicts in Python was a fifth of a first
+        sync (issue #3). Text, empty and 64-bit integer values are bound as
+        they are; any other value (bool, float, a huge int) is bound as JSON
+        text from Python's encoder through ``json(?)``, so what is read back
+        is exactly what was validated.
+        """
+        # Key order keeps the primary-key B-tree appending instead of splitting pages.
+        groups: list[tuple[tuple[str, ...], list[str], list[int], list[list[Any]]]] = []
+        if isinstance(fresh, CustomerColumns):
+            order = sorted(range(len(fresh)), key=fresh.keys.__getitem__)
+            by_name = dict(zip(fresh.names, fresh.columns, strict=True))
+            groups.append((fresh.fields, [fresh.keys[i] for i in order], [fresh.rows[i] for i in order],
+                           [[col[i] for i in order] if (col := by_name.get(n)) is not None else [None] * len(order)
+                            for n in fresh.fields]))
+        else:
+            by_fields: dict[tuple[str, ...], list[Customer]] = {}
+            for c in sorted(fresh, key=lambda c: c.key):
+                by_fields.setdefault(tuple(c.data), []).append(c)
+            groups = [(names, [c.key for c in g], [c.row for c in g], [[c.data[n] for c in g] for n in names])
+                      for names, g in by_fields.items()]
+        for names, keys, rows, columns in groups:
+            exprs = []
+            for col in columns:
+                kinds = {v.__class__ for v in col}
+                plain = kinds <= _PLAIN and (int not in kinds or all(
+                    -(2**63) <= v < 2**63 for v in col if v.__class__ is int))
+                if not plain:
+                    col[:] = [_dumps(v) for v in col]
+                exprs.append("?" if plain else "json(?)")
+            obj = ", ".join(f"'{n.replace(chr(39), chr(39) * 2)}', {e}" for n, e in zip(names, exprs, strict=True))
+            at = "'" + ts.replace("'", "''") + "'"  # the same for every row: a literal, not 2 parameters a row
+            self.conn.executemany(
+                "INSERT INTO customers (key, row, data, row_hash, first_seen, last_changed, email_status, present) "
+                f"VALUES (?, ?, json_object({obj}), ?, {at}, {at}, 'ok', 1)",
+                zip(keys, rows, *columns, [hashes.get(k) for k in keys], strict=True))
+
+    def sheet_state(self, source: str) -> SheetState | None:
+        """What the last complete sync of ``source`` recorded, or None (never synced, or forgotten).
+
+        The ``problems`` column holds a JSON list of problems, or an object
+        with both lists when there are notes.
+        """
+        row = self.conn.execute("SELECT fingerprint, rows, problems FROM sheet_state WHERE source = ?",
+                                (source,)).fetchone()
+        if row is None:
+            return None
+        saved = json.loads(row[2] or "[]")
+        if isinstance(saved, dict):
+            return SheetState(row[0], row[1] or 0, tuple(saved.get("problems", [])), tuple(saved.get("notes", [])))
+        return SheetState(row[0], row[1] or 0, tuple(saved), ())
+
+    def set_sheet_state(self, source: str, fingerprint: str | None, rows: int, problems: Sequence[str],
+                        now: datetime, notes: Sequence[str] | None = None) -> None:
+        """Remember the sheet's digest after a complete sync (None forgets it)."""
+        with self.transaction():
+            if fingerprint is None:
+                self.conn.execute("DELETE FROM sheet_state WHERE source = ?", (source,))
+                return
+            saved: list[str] | dict[str, list[str]] = ({"problems": list(problems), "notes": list(notes)} if notes
+                                                        else list(problems))
+            self.conn.execute(
+                "INSERT INTO sheet_state (source, fingerprint, synced_at, rows, problems) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(source) DO UPDATE SET fingerprint = excluded.fingerprint, "
+                "synced_at = excluded.synced_at, rows = excluded.rows, problems = excluded.problems",
+                (source, fingerprint, iso(now), rows, json.dumps(saved, ensure_ascii=False)))
+
+    def set_email_status(self, key: str, status: str) -> None:
+        """``ok`` | ``bounced`` | ``unsubscribed`` (shown in the sheet's status column)."""
+        with self.transaction():
+            update_email_status(self.conn, key, status)
+
+    def set_status_by_email(self, emails: Iterable[str], status: str) -> int:
+        """Set ``email_status`` of the customers whose key is one of ``emails`` (suppress add/remove)."""
+        n = 0
+        with self.transaction():
+            for e in emails:
+                n += self.conn.execute("UPDATE customers SET email_status = ? WHERE key = ?",
+                                       (status, e.strip().lower())).rowcount
+        return n
+
+    def keys_by_email(self, email_fields: Iterable[str]) -> dict[str, str]:
+        """Address -> customer key, over the key and every other email field."""
+        out: dict[str, str] = {}
+        fields = list(email_fields)
+        for key, data in self.conn.execute("SELECT key, data FROM customers ORDER BY present ASC, first_seen DESC"):
+            d = json.loads(data)
+            for f in fields:
+                v = d.get(f)
+                if isinstance(v, str) and v:
+                    out[v.lower()] = key
+        return out

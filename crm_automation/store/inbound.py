@@ -1,0 +1,156 @@
+"""Fetched mail: each message's decision applied in one transaction with the folder's cursor (SPEC §9).
+
+Why a module of its own: applying a decision writes four records — the
+activities (:mod:`.activities`), the suppressions and email statuses its
+effects cause (:mod:`.suppressions`, :mod:`.customers`), an owner
+notification to send (:mod:`.sends`) — and the cursor that says the message
+is done. They must commit together, so a kill at any instant neither loses
+nor repeats a message; this module sits above the others and uses their
+building blocks inside its one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from crm_automation.effects import bounce_effects
+from crm_automation.mailbox.base import Cursor
+from crm_automation.models import Kind
+from crm_automation.store.activities import count_soft_bounces, insert_activity, insert_quarantine
+from crm_automation.store.connection import Connection, Guarded, iso
+from crm_automation.store.customers import update_email_status
+from crm_automation.store.schema import INBOUND_KINDS
+from crm_automation.store.sends import NOTIFY_CAMPAIGN, insert_sends
+from crm_automation.store.suppressions import insert_suppression, read_suppressions
+
+if TYPE_CHECKING:
+    from crm_automation.inbound import Decision
+
+
+def _set_cursor(conn: Guarded, folder: str, uidvalidity: int, last_uid: int, now: datetime) -> None:
+    conn.execute(
+        "INSERT INTO mailbox_state (folder, uidvalidity, last_uid, updated_at) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT(folder) DO UPDATE SET uidvalidity = excluded.uidvalidity, last_uid = excluded.last_uid, "
+        "updated_at = excluded.updated_at", (folder, uidvalidity, last_uid, iso(now)))
+
+
+def _mark_maildir_seen(conn: Guarded, folder: str, name: str) -> None:
+    conn.execute("INSERT OR IGNORE INTO maildir_seen (folder, name) VALUES (?, ?)", (folder, name))
+
+
+class InboundLog(Connection):
+    """The store's part that records fetched mail (tables ``mailbox_state`` and ``maildir_seen``)."""
+
+    def mailbox_cursor(self, folder: str) -> Cursor | None:
+        """Where ``folder`` was read up to (UIDVALIDITY, last UID), or None before the first fetch.
+
+        The Maildir names already logged are not loaded here (:meth:`maildir_seen`).
+        """
+        row = self.conn.execute("SELECT uidvalidity, last_uid FROM mailbox_state WHERE folder = ?",
+                                (folder,)).fetchone()
+        return Cursor(row[0], row[1]) if row else None
+
+    def set_cursor(self, folder: str, uidvalidity: int, last_uid: int, now: datetime) -> None:
+        """Move a folder's cursor (inside the caller's transaction when it logs the message)."""
+        with self.transaction():
+            _set_cursor(self.conn, folder, uidvalidity, last_uid, now)
+
+    def maildir_seen(self, folder: str) -> frozenset[str]:
+        """Base names of the Maildir files of ``folder`` already logged or quarantined."""
+        return frozenset(n for (n,) in self.conn.execute("SELECT name FROM maildir_seen WHERE folder = ?",
+                                                          (folder,)))
+
+    def mark_maildir_seen(self, folder: str, name: str) -> None:
+        """Record a Maildir file as logged (inside the caller's transaction when it logs the message)."""
+        with self.transaction():
+            _mark_maildir_seen(self.conn, folder, name)
+
+    def apply_inbound(self, d: Decision, now: datetime, *, soft_days: int, soft_limit: int) -> bool:
+        """Record one fetched message's decision and move the folder's cursor, in one transaction.
+
+        Returns whether anything new was recorded (False: every activity was
+        already logged). Effects, the soft-bounce score (issue #11) and an
+        owner notification apply only to activities that are new.
+        """
+        logged = False
+        conn = self.conn
+        with self.transaction():
+            q = d.quarantine
+            if q is not None:
+                insert_quarantine(conn, source=q.source, raw=q.raw, error=q.error, now=now, from_addr=q.from_addr,
+                                  customer_key=q.customer_key, size=q.size)
+            for a in d.activities:
+                aid = insert_activity(conn, kind=a.kind.value, occurred_at=a.occurred_at, now=now,
+                                      customer_key=a.customer_key, subject=a.subject, body=a.body,
+                                      message_id=a.message_id, in_reply_to=a.in_reply_to, campaign=a.campaign,
+                                      step=a.step, source=a.source, details=a.details, digest=a.digest)
+                if aid is None:
+                    continue
+                logged = True
+                for eff, key in a.effects:
+                    insert_suppression(conn, eff.email, eff.reason, f"{a.kind.value} {a.message_id}", now)
+                    if eff.status and key is not None:
+                        update_email_status(conn, key, eff.status)
+                if a.scored is not None and soft_limit:
+                    n = count_soft_bounces(conn, a.scored.address, a.customer_key, now - timedelta(days=soft_days))
+                    for eff in bounce_effects(a.scored, soft_count=n, soft_limit=soft_limit):
+                        insert_suppression(conn, eff.email, eff.reason,
+                                           f"{n} soft bounces within {soft_days} days (last {a.message_id})", now)
+                        if eff.status and a.customer_key is not None:
+                            update_email_status(conn, a.customer_key, eff.status)
+                if a.notify_owner is not None and a.customer_key is not None:
+                    owner, mid = a.notify_owner
+                    insert_sends(conn, [{"campaign": NOTIFY_CAMPAIGN, "step": aid, "customer_key": a.customer_key,
+                                         "status": "queued", "message_id": mid, "queued_at": iso(now),
+                                         "error": None, "email": owner}])
+            _set_cursor(conn, d.folder, d.uidvalidity, d.uid, now)
+            if d.seen_key is not None:
+                _mark_maildir_seen(conn, d.folder, d.seen_key)
+        return logged
+
+    def relink_inbound(self, index: dict[str, str], now: datetime) -> int:
+        """Attach inbound activities and quarantined messages logged without a customer, by address (issue #9).
+
+        ``index`` maps address -> customer key. Called after a sync that
+        added customers: a lead who wrote before being added to the sheet
+        gets that enquiry in their history, so a ``new`` campaign can see it
+        and follow-ups stop. The activity is updated (``details.matched_by``
+        says when and how), not logged again. An address suppressed while it
+        was unknown gives the customer its email status.
+        """
+        kinds = ",".join("?" * len(INBOUND_KINDS))
+        rows = self.conn.execute(
+            f"SELECT id, kind, details FROM activities WHERE customer_key IS NULL AND kind IN ({kinds})",
+            INBOUND_KINDS).fetchall()
+        qrows = self.conn.execute(
+            "SELECT id, from_addr FROM quarantine WHERE customer_key IS NULL AND from_addr IS NOT NULL").fetchall()
+        if not rows and not qrows:
+            return 0
+        ts = iso(now)
+        linked: set[str] = set()
+        n = 0
+        with self.transaction():
+            for aid, kind, details in rows:
+                d = json.loads(details or "{}")
+                addrs = list(d.get("recipients") or []) if kind == Kind.BOUNCE.value else [d.get("from") or ""]
+                key = next((k for a in addrs if (k := index.get(str(a).lower())) is not None), None)
+                if key is None:
+                    continue
+                d["matched_by"] = f"address, when the customer was added ({ts})"
+                self.conn.execute("UPDATE activities SET customer_key = ?, details = ? WHERE id = ?",
+                                  (key, json.dumps(d, ensure_ascii=False), aid))
+                linked.add(key)
+                n += 1
+            for qid, addr in qrows:
+                key = index.get(str(addr).lower())
+                if key is not None:
+                    self.conn.execute("UPDATE quarantine SET customer_key = ? WHERE id = ?", (key, qid))
+                    n += 1
+            statuses = {"unsubscribed": "unsubscribed", "bounced": "bounced"}
+            for addr, s in read_suppressions(self.conn).items():
+                key = index.get(addr)
+                if key in linked and s.reason in statuses:
+                    update_email_status(self.conn, key, statuses[s.reason])
+        return n

@@ -1,0 +1,221 @@
+"""Sends: the exactly-once lifecycle of every email the worker hands over, and when each campaign was first seen.
+
+One row per (campaign, step, customer), unique, so a rerun never queues a
+send twice. Its status (:class:`~crm_automation.models.SendStatus`) moves::
+
+    (planned)  -> queued | skipped      queue_sends (skipped: blocked when planned, with the reason)
+    queued     -> sending               mark_sending, committed before the message is handed over
+    sending    -> sent                  mark_sent (handed over; or found handed over after a crash)
+    sending    -> queued                mark_retry (4xx, quota, not connected); mark_status after a crash
+                                        when the transport knows it never got the message
+    sending    -> uncertain             mark_status (the hand-over may or may not have happened)
+    queued/sending -> failed            mark_failed (a message that cannot be built; a 5xx answer)
+    queued     -> skipped               mark_status (blocked when its turn came)
+    uncertain/failed -> queued          requeue (the admin's decision)
+
+``sending`` committed first means a crash leaves evidence that recovery
+resolves (``outbound.SendPass.recover``); ``uncertain`` is never resent by
+itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from crm_automation.models import Kind, SendStatus
+from crm_automation.store.activities import insert_activity
+from crm_automation.store.connection import Connection, Guarded, iso, parse_iso
+
+NOTIFY_CAMPAIGN = "owner-notify"  # pseudo-campaign: owner notifications reuse the sends table's exactly-once rows
+_SEND_COLS = ("id, campaign, step, customer_key, status, message_id, queued_at, sent_at, error, email, attempts, "
+              "next_attempt_at")
+
+
+@dataclass(frozen=True, slots=True)
+class SendRow:
+    """One row of ``sends``."""
+
+    id: int
+    campaign: str
+    step: int
+    customer_key: str
+    status: SendStatus
+    message_id: str | None
+    queued_at: datetime | None
+    sent_at: datetime | None
+    error: str | None
+    email: str | None
+    attempts: int
+    next_attempt_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class SentRef:
+    """Which send a Message-ID of ours was: matching a reply or a bounce to the customer and campaign."""
+
+    customer_key: str
+    campaign: str
+    step: int
+
+
+def _send(r: tuple[Any, ...]) -> SendRow:
+    return SendRow(r[0], r[1], r[2], r[3], SendStatus(r[4]), r[5], parse_iso(r[6]), parse_iso(r[7]), r[8], r[9],
+                   r[10] or 0, parse_iso(r[11]))
+
+
+def insert_sends(conn: Guarded, rows: list[dict[str, Any]]) -> int:
+    """Insert sends, leaving existing keys alone (no transaction: the caller's unit owns it)."""
+    cur = conn.executemany(
+        "INSERT OR IGNORE INTO sends (campaign, step, customer_key, status, message_id, queued_at, error, "
+        "email, attempts) VALUES (:campaign, :step, :customer_key, :status, :message_id, :queued_at, "
+        ":error, :email, 0)", rows)
+    return cur.rowcount
+
+
+class SendLog(Connection):
+    """The store's part that records sends (tables ``sends`` and ``campaigns``)."""
+
+    def campaign_first_seen(self, ids: Iterable[str], now: datetime, *, record: bool = True) -> dict[str, datetime]:
+        """When each campaign was first seen (recording ``now`` for new ones unless ``record`` is False)."""
+        ids = list(ids)
+        if not record:
+            known = {i: parse_iso(fs) or now for i, fs in self.conn.execute("SELECT id, first_seen FROM campaigns")}
+            return {i: known.get(i, now) for i in ids}
+        with self.transaction():
+            self.conn.executemany("INSERT OR IGNORE INTO campaigns (id, first_seen) VALUES (?, ?)",
+                                  [(i, iso(now)) for i in ids])
+        return {i: parse_iso(fs) or now for i, fs in self.conn.execute("SELECT id, first_seen FROM campaigns")
+                if i in ids}
+
+    # ------------------------------------------------------------ reading
+    def sends(self, *, status: Iterable[SendStatus] | None = None, campaign: str | None = None) -> list[SendRow]:
+        """Send rows, oldest first."""
+        sql = f"SELECT {_SEND_COLS} FROM sends"
+        cond, args = [], []
+        if status is not None:
+            st = [s.value for s in status]
+            cond.append(f"status IN ({','.join('?' * len(st))})")
+            args += st
+        if campaign is not None:
+            cond.append("campaign = ?")
+            args.append(campaign)
+        if cond:
+            sql += " WHERE " + " AND ".join(cond)
+        return [_send(r) for r in self.conn.execute(sql + " ORDER BY id", args)]
+
+    def send_keys(self) -> set[tuple[str, int, str]]:
+        """Every (campaign, step, customer) that has a sends row, whatever its status."""
+        return {(c, s, k) for c, s, k in self.conn.execute("SELECT campaign, step, customer_key FROM sends")}
+
+    def sent_message_ids(self, ids: Iterable[str]) -> dict[str, SentRef]:
+        """Message-ID -> the send it was, for the ids the worker sent."""
+        out: dict[str, SentRef] = {}
+        for mid in ids:
+            row = self.conn.execute("SELECT customer_key, campaign, step FROM sends WHERE message_id = ?",
+                                    (mid,)).fetchone()
+            if row:
+                out[mid] = SentRef(row[0], row[1], row[2])
+        return out
+
+    def sent_count(self) -> int:
+        """How many sends this log records as ``sent``: only ever grows (``sent`` is final, rows are never deleted).
+
+        Sends in ``sending``/``uncertain`` are left out on purpose: crash
+        recovery and ``requeue`` move them back to ``queued``.
+        """
+        return int(self.conn.execute("SELECT COUNT(*) FROM sends WHERE status = 'sent'").fetchone()[0])
+
+    def sent_count_since(self, since: datetime) -> int:
+        """Messages handed over since ``since`` (sent, sending, uncertain): for max_per_day/minute."""
+        count: int = self.conn.execute(
+            "SELECT COUNT(*) FROM sends WHERE status IN ('sent', 'sending', 'uncertain') AND "
+            "COALESCE(sent_at, next_attempt_at) >= ?", (iso(since),)).fetchone()[0]
+        return count
+
+    def sent_times_since(self, since: datetime) -> list[datetime]:
+        """Hand-over times since ``since``, oldest first (rate limits across restarts)."""
+        return [t for (s,) in self.conn.execute(
+            "SELECT COALESCE(sent_at, next_attempt_at) AS t FROM sends WHERE status IN ('sent','sending','uncertain') "
+            "AND t >= ? ORDER BY t", (iso(since),)) if (t := parse_iso(s)) is not None]
+
+    # ------------------------------------------------------------ the lifecycle
+    def queue_sends(self, rows: list[dict[str, Any]]) -> int:
+        """Insert planned sends (queued or skipped) in one transaction; existing keys are left alone."""
+        with self.transaction():
+            return insert_sends(self.conn, rows)
+
+    def mark_sending(self, send_id: int, message_id: str, now: datetime) -> bool:
+        """Queued -> sending, committed before the message is handed over. False if it was not queued.
+
+        The send pass calls it inside its own transaction, with the previous
+        message's ``sent`` record: one commit a message (issue #5).
+        """
+        with self.transaction():
+            cur = self.conn.execute(
+                "UPDATE sends SET status = 'sending', message_id = ?, attempts = attempts + 1, next_attempt_at = ? "
+                "WHERE id = ? AND status = 'queued'", (message_id, iso(now), send_id))
+        return cur.rowcount == 1
+
+    def mark_sent(self, send_id: int, now: datetime, *, customer_key: str, campaign: str, step: int,
+                  message_id: str, subject: str, body: str, source: str) -> None:
+        """Sending -> sent, with the email_out activity, in one transaction."""
+        with self.transaction():
+            self.conn.execute("UPDATE sends SET status = 'sent', sent_at = ?, error = NULL WHERE id = ?",
+                              (iso(now), send_id))
+            insert_activity(self.conn, kind=Kind.EMAIL_OUT.value, occurred_at=now, now=now,
+                            customer_key=customer_key, subject=subject, body=body, message_id=message_id,
+                            campaign=campaign, step=step, source=source)
+
+    def mark_retry(self, send_id: int, error: str, next_attempt: datetime) -> None:
+        """Sending -> queued after a 4xx answer: retried at ``next_attempt``."""
+        with self.transaction():
+            self.conn.execute("UPDATE sends SET status = 'queued', error = ?, next_attempt_at = ? WHERE id = ?",
+                              (error, iso(next_attempt), send_id))
+
+    def mark_failed(self, send_id: int, error: str, now: datetime, *, customer_key: str, campaign: str,
+                    step: int) -> None:
+        """A 5xx answer or a message that cannot be built: failed, with a send_failed activity."""
+        with self.transaction():
+            self.conn.execute("UPDATE sends SET status = 'failed', error = ? WHERE id = ?", (error, send_id))
+            insert_activity(self.conn, kind=Kind.SEND_FAILED.value, occurred_at=now, now=now,
+                            customer_key=customer_key, campaign=campaign, step=step, source="outbound",
+                            details={"error": error})
+
+    def mark_status(self, send_id: int, status: SendStatus, error: str | None = None, *,
+                    sent_at: datetime | None = None) -> None:
+        """Set a send's status directly (crash recovery, a send found blocked at hand-over, ``uncertain``)."""
+        with self.transaction():
+            self.conn.execute("UPDATE sends SET status = ?, error = ?, sent_at = COALESCE(?, sent_at) WHERE id = ?",
+                              (status.value, error, iso(sent_at) if sent_at else None, send_id))
+
+    def requeue_problems(self, ids: list[int], statuses: tuple[str, ...]) -> list[str]:
+        """Why some of ``ids`` cannot be requeued: unknown ids, or sends not in one of ``statuses``."""
+        out = []
+        for i in ids:
+            row = self.conn.execute("SELECT status, campaign, step, customer_key FROM sends WHERE id = ?",
+                                    (i,)).fetchone()
+            if row is None:
+                out.append(f"send #{i} does not exist (`crm-automation report --json` lists the ids of sends "
+                           "that need attention)")
+            elif row[0] not in statuses:
+                out.append(f"send #{i} ({row[1]}/{row[2]} to {row[3]}) is {row[0]}, not "
+                           f"{' or '.join(statuses)}: nothing to requeue")
+        return out
+
+    def requeue(self, ids: list[int] | None,
+                statuses: tuple[str, ...] = (SendStatus.UNCERTAIN, SendStatus.FAILED)) -> int:
+        """Put uncertain/failed sends back in the queue on purpose (the admin's decision)."""
+        with self.transaction():
+            if ids:
+                q = ",".join("?" * len(ids))
+                cur = self.conn.execute(
+                    f"UPDATE sends SET status = 'queued', next_attempt_at = NULL WHERE id IN ({q}) "
+                    f"AND status IN ({','.join('?' * len(statuses))})", (*ids, *statuses))
+            else:
+                cur = self.conn.execute(
+                    f"UPDATE sends SET status = 'queued', next_attempt_at = NULL "
+                    f"WHERE status IN ({','.join('?' * len(statuses))})", statuses)
+        return cur.rowcount

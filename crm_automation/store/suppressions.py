@@ -1,0 +1,58 @@
+"""The suppression list: addresses never mailed, with why, when and who said so (SPEC §8 ``suppressions``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from crm_automation.store.connection import Connection, Guarded, iso, parse_iso
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    """One suppressed address's entry: why, since when, and who said so.
+
+    ``reason``: manual, unsubscribed, bounced or soft_bounces; ``source``:
+    ``cli`` or what caused it (the activity, the soft-bounce score). ``at``
+    is None only for a row written by hand without a time.
+    """
+
+    reason: str
+    at: datetime | None
+    source: str
+
+    def to_dict(self) -> dict[str, str | None]:
+        """``suppress list --json``: the fields by name, ``at`` in the log's time format."""
+        return {"reason": self.reason, "at": iso(self.at) if self.at is not None else None, "source": self.source}
+
+
+def insert_suppression(conn: Guarded, email: str, reason: str, source: str, now: datetime) -> bool:
+    """Add an address unless it is there already (no transaction: the caller's unit owns it)."""
+    cur = conn.execute("INSERT OR IGNORE INTO suppressions (email, reason, at, source) VALUES (?,?,?,?)",
+                       (email.strip().lower(), reason, iso(now), source))
+    return cur.rowcount > 0
+
+
+def read_suppressions(conn: Guarded) -> dict[str, Suppression]:
+    """Email -> its entry, oldest first."""
+    return {e: Suppression(r, parse_iso(a), s) for e, r, a, s in conn.execute(
+        "SELECT email, reason, at, source FROM suppressions ORDER BY at")}
+
+
+class SuppressionList(Connection):
+    """The store's part that keeps the suppression list."""
+
+    def suppress(self, email: str, reason: str, source: str, now: datetime) -> bool:
+        """Add an address to the suppression list; False when it was already there."""
+        with self.transaction():
+            return insert_suppression(self.conn, email, reason, source, now)
+
+    def unsuppress(self, email: str) -> bool:
+        """Remove an address from the suppression list."""
+        with self.transaction():
+            cur = self.conn.execute("DELETE FROM suppressions WHERE email = ?", (email.strip().lower(),))
+        return cur.rowcount > 0
+
+    def suppressions(self) -> dict[str, Suppression]:
+        """Email -> its :class:`Suppression`, oldest first."""
+        return read_suppressions(self.conn)

@@ -1,0 +1,217 @@
+"""The log's parts on their own: the send lifecycle, the transaction rule, and typed results (issue #10).
+
+The rule (store/__init__.py): every public method that writes is atomic on
+its own; inside a caller's ``transaction()`` it nests as a savepoint and
+adds no commit. Commits are counted through SQLite's statement trace.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from crm_automation.inbound import ActivityRecord, Decision, QuarantineRecord
+from crm_automation.mailbox.base import Cursor
+from crm_automation.models import Customer, Kind, Permanence, SendStatus
+from crm_automation.store.repo import NOTIFY_CAMPAIGN, FunnelRow, SentRef, SheetState, Store, Suppression
+
+T0 = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store.open(tmp_path / "crm.sqlite")
+    yield s
+    s.close()
+
+
+def statements(store: Store) -> list[str]:
+    seen: list[str] = []
+    store.conn.raw.set_trace_callback(seen.append)
+    return seen
+
+
+def commits(seen: list[str]) -> int:
+    return sum(s == "COMMIT" for s in seen)
+
+
+def queue(store: Store, key: str = "a@x.com", step: int = 0, mid: str | None = "<m1@x>") -> int:
+    store.queue_sends([{"campaign": "c", "step": step, "customer_key": key, "status": "queued", "message_id": mid,
+                        "queued_at": "2026-11-27T02:00:00Z", "error": None, "email": key}])
+    return store.sends(campaign="c")[-1].id
+
+
+# ---------------------------------------------------------------- the send lifecycle
+
+
+def test_send_lifecycle_queued_sending_sent(store):
+    sid = queue(store)
+    (row,) = store.sends(status=[SendStatus.QUEUED])
+    assert row.status is SendStatus.QUEUED and row.attempts == 0 and row.queued_at == T0
+    assert store.mark_sending(sid, "<m1@x>", T0)
+    assert not store.mark_sending(sid, "<m1@x>", T0)  # only a queued send is claimed
+    assert store.sends()[0].status is SendStatus.SENDING and store.sends()[0].attempts == 1
+    assert store.sent_count_since(T0 - timedelta(minutes=1)) == 1  # handed over counts for the rate limits
+    store.mark_sent(sid, T0, customer_key="a@x.com", campaign="c", step=0, message_id="<m1@x>", subject="Hi",
+                    body="text", source="outbox")
+    row = store.sends()[0]
+    assert (row.status, row.sent_at, row.error) == (SendStatus.SENT, T0, None)
+    assert store.sent_count() == 1
+    (act,) = store.timeline("a@x.com")
+    assert (act.kind, act.campaign, act.step, act.subject, act.details) == (Kind.EMAIL_OUT, "c", 0, "Hi", {})
+    assert store.sent_message_ids(["<m1@x>", "<other@x>"]) == {"<m1@x>": SentRef("a@x.com", "c", 0)}
+    assert store.last_times().sent == {"a@x.com": T0}
+
+
+def test_send_lifecycle_retry_failed_uncertain_requeue(store):
+    a, b, c = queue(store, "a@x.com", mid="<a@x>"), queue(store, "b@x.com", mid="<b@x>"), queue(store, "c@x.com")
+    for sid in (a, b, c):
+        assert store.mark_sending(sid, f"<{sid}@x>", T0)
+    store.mark_retry(a, "451 later", T0 + timedelta(minutes=5))
+    store.mark_failed(b, "550 no", T0, customer_key="b@x.com", campaign="c", step=0)
+    store.mark_status(c, SendStatus.UNCERTAIN, "killed")
+    rows = {r.id: r for r in store.sends()}
+    assert (rows[a].status, rows[a].error, rows[a].next_attempt_at) == (SendStatus.QUEUED, "451 later",
+                                                                        T0 + timedelta(minutes=5))
+    assert (rows[b].status, rows[b].error) == (SendStatus.FAILED, "550 no")
+    assert (rows[c].status, rows[c].error) == (SendStatus.UNCERTAIN, "killed")
+    assert [(x.kind, x.details) for x in store.timeline("b@x.com")] == [(Kind.SEND_FAILED, {"error": "550 no"})]
+    assert store.requeue_problems([a, 999], ("uncertain", "failed")) == [
+        f"send #{a} (c/0 to a@x.com) is queued, not uncertain or failed: nothing to requeue",
+        "send #999 does not exist (`crm-automation report --json` lists the ids of sends that need attention)"]
+    assert store.requeue(None) == 2
+    assert {r.status for r in store.sends()} == {SendStatus.QUEUED}
+
+
+# ---------------------------------------------------------------- who owns a transaction
+
+
+def test_each_writer_commits_on_its_own(store):
+    sid = queue(store)
+    seen = statements(store)
+    store.mark_sending(sid, "<m1@x>", T0)
+    store.mark_status(sid, SendStatus.UNCERTAIN, "x")
+    store.suppress("a@x.com", "manual", "test", T0)
+    store.set_email_status("a@x.com", "bounced")
+    store.set_cursor("INBOX", 1, 5, T0)
+    run = store.start_run("sync", T0)
+    store.finish_run(run, T0, ok=True, stats={}, error=None)
+    assert commits(seen) == 7
+    other = sqlite3.connect(store.path)  # each is visible to another reader at once
+    assert other.execute("SELECT status FROM sends").fetchone() == ("uncertain",)
+    other.close()
+
+
+def test_writers_inside_a_callers_transaction_are_savepoints_one_commit(store):
+    sid, nxt = queue(store), queue(store, "b@x.com", mid="<m2@x>")
+    store.mark_sending(sid, "<m1@x>", T0)
+    seen = statements(store)
+    with store.transaction():  # the send pass: the last message's "sent" rides with the next one's "sending"
+        store.mark_sent(sid, T0, customer_key="a@x.com", campaign="c", step=0, message_id="<m1@x>", subject="s",
+                        body="b", source="outbox")
+        assert store.mark_sending(nxt, "<m2@x>", T0)
+    assert commits(seen) == 1
+    assert sum(s.startswith("SAVEPOINT") for s in seen) == 2
+
+
+def test_a_failure_inside_a_callers_transaction_keeps_nothing(store):
+    sid = queue(store)
+
+    def claim_then_fail() -> None:
+        with store.transaction():
+            store.mark_sending(sid, "<m1@x>", T0)
+            store.suppress("a@x.com", "manual", "test", T0)
+            raise RuntimeError
+
+    with pytest.raises(RuntimeError):
+        claim_then_fail()
+    assert store.sends()[0].status is SendStatus.QUEUED
+    assert store.suppressions() == {}
+
+
+def test_a_sync_is_one_commit(store):
+    seen = statements(store)
+    stats = store.apply_sync("s.csv", [Customer(f"c{i}@x.com", i + 2, {"n": i}) for i in range(100)], {}, {}, T0)
+    assert stats.added == 100 and commits(seen) == 1
+
+
+def test_apply_inbound_writes_the_message_and_the_cursor_in_one_commit(store):
+    store.apply_sync("s.csv", [Customer("a@x.com", 2, {"owner": "o@x.com"})], {}, {}, T0)
+    rec = ActivityRecord(kind=Kind.EMAIL_IN, customer_key="a@x.com", occurred_at=T0, subject="Re: hi", body="ok",
+                         message_id="<r1@x>", in_reply_to=None, source="maildir", details={"from": "a@x.com"},
+                         digest="d1", notify_owner=("o@x.com", "<n1@x>"))
+    d = Decision("INBOX", 7, 42, "file-1", activities=(rec,),
+                 quarantine=QuarantineRecord("maildir uid 42", b"raw", "odd", "a@x.com", "a@x.com", None))
+    seen = statements(store)
+    assert store.apply_inbound(d, T0, soft_days=30, soft_limit=0)
+    assert commits(seen) == 1
+    assert store.mailbox_cursor("INBOX") == Cursor(7, 42)
+    assert store.maildir_seen("INBOX") == frozenset({"file-1"})
+    (note,) = store.sends(campaign=NOTIFY_CAMPAIGN)
+    assert (note.status, note.email, note.message_id) == (SendStatus.QUEUED, "o@x.com", "<n1@x>")
+    assert store.activity(note.step).message_id == "<r1@x>"
+    assert not store.apply_inbound(d, T0, soft_days=30, soft_limit=0)  # the same message again: nothing new
+
+
+# ---------------------------------------------------------------- typed results
+
+
+def test_sheet_state_round_trip(store):
+    assert store.sheet_state("s") is None
+    store.set_sheet_state("s", "fp:map", 10, ["row 3 bad"], T0)
+    assert store.sheet_state("s") == SheetState("fp:map", 10, ("row 3 bad",), ())
+    store.set_sheet_state("s", "fp2:map", 11, ("row 3 bad",), T0, ("row 4 blanked",))
+    assert store.sheet_state("s") == SheetState("fp2:map", 11, ("row 3 bad",), ("row 4 blanked",))
+    store.set_sheet_state("s", None, 0, [], T0)
+    assert store.sheet_state("s") is None
+
+
+def test_inbound_history_decodes_bounce_permanence_old_rows_too(store):
+    def bounce(key: str, mid: str, details: dict) -> None:
+        store.add_activity(kind="bounce", occurred_at=T0, now=T0, customer_key=key, message_id=mid,
+                           campaign="c", details=details, digest=mid)
+
+    bounce("a@x.com", "<b1@x>", {"permanence": "soft", "permanent": False})
+    bounce("b@x.com", "<b2@x>", {"permanent": True})  # logged before issue #11: permanent only
+    bounce("c@x.com", "<b3@x>", {"permanent": False})
+    bounce(None, "<b4@x>", {"permanence": "hard"})  # not matched to a customer: left out
+    store.add_activity(kind="email_in", occurred_at=T0, now=T0 + timedelta(hours=1), customer_key="a@x.com",
+                       message_id="<r1@x>", digest="r1")
+    got = {(e.customer_key, e.kind): (e.permanence, e.campaign) for e in store.inbound_history()}
+    assert got == {("a@x.com", Kind.BOUNCE): (Permanence.SOFT, "c"), ("b@x.com", Kind.BOUNCE): (Permanence.HARD, "c"),
+                   ("c@x.com", Kind.BOUNCE): (Permanence.DELAYED, "c"), ("a@x.com", Kind.EMAIL_IN): (None, None)}
+    reply = next(e for e in store.inbound_history() if e.kind is Kind.EMAIL_IN)
+    assert reply.at == T0 + timedelta(hours=1)  # when it was logged
+
+
+def test_activity_details_decoded_and_kept_verbatim_for_json(store):
+    store.apply_sync("s.csv", [Customer("a@x.com", 2, {"n": 1})], {}, {}, T0)
+    (added,) = store.timeline("a@x.com")
+    assert added.kind is Kind.CUSTOMER_ADDED and added.details == {"row": 2}
+    assert added.to_dict() == {"id": added.id, "kind": "customer_added", "occurred_at": "2026-11-27T02:00:00Z",
+                               "subject": None, "body": None, "message_id": None, "campaign": None, "step": None,
+                               "source": "s.csv", "details": '{"row":2}'}  # as SQLite's json_object wrote it
+    assert store.activity(added.id) == added
+    assert store.activity(10_000) is None
+
+
+def test_suppressions_quarantine_and_funnel(store):
+    store.suppress(" A@X.com ", "unsubscribed", "cli", T0)
+    assert store.suppressions() == {"a@x.com": Suppression("unsubscribed", T0, "cli")}
+    assert store.suppressions()["a@x.com"].to_dict() == {"reason": "unsubscribed", "at": "2026-11-27T02:00:00Z",
+                                                         "source": "cli"}
+    store.quarantine(source="maildir uid 1", raw=b"x", error="unreadable", now=T0, customer_key="a@x.com")
+    (q,) = store.quarantined_contacts()
+    assert (q.customer_key, q.received_at, q.error) == ("a@x.com", T0, "unreadable")
+    sid = queue(store)
+    store.mark_sending(sid, "<m1@x>", T0)
+    store.mark_sent(sid, T0, customer_key="a@x.com", campaign="c", step=0, message_id="<m1@x>", subject="s",
+                    body="b", source="outbox")
+    store.add_activity(kind="email_in", occurred_at=T0, now=T0 + timedelta(hours=1), customer_key="a@x.com",
+                       message_id="<r1@x>", digest="r1")
+    (row,) = store.funnel()
+    assert row == FunnelRow("c", 0, sent=1, replied=1, reply_rate=1.0)
+    assert list(row.to_dict()) == ["campaign", "step", "queued", "sending", "sent", "failed", "uncertain", "skipped",
+                                   "bounced", "replied", "unsubscribed", "reply_rate"]
