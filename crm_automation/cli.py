@@ -18,15 +18,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from filelock import FileLock, Timeout
 
 from crm_automation.errors import ConfigError, CrmError, LockedError, StorageError
 from crm_automation.models import Kind, SendStatus
-from crm_automation.stage import Progress
+from crm_automation.stage import Progress, StageResult
 from crm_automation.workspace import Clock, Workspace
+
+if TYPE_CHECKING:
+    from crm_automation.worker import Worker
 
 log = logging.getLogger("crm_automation")
 
@@ -196,14 +199,14 @@ class _Lock:
         self.lock.release()
 
 
-def _worker(o: Ctx, ws: Workspace, stop: threading.Event | None = None) -> Any:
+def _worker(o: Ctx, ws: Workspace, stop: threading.Event | None = None) -> Worker:
     from crm_automation.worker import Worker
 
     return Worker(ws, clock=o.clock(ws), progress=_progress_factory(), stop=stop, accept_new_log=o.accept_new_log)
 
 
 @contextmanager
-def _locked_worker(o: Ctx, *, signals: bool = False) -> Iterator[Any]:
+def _locked_worker(o: Ctx, *, signals: bool = False) -> Iterator[Worker]:
     """Load the workspace, take its lock, and yield a Worker (closed afterwards): the frame of every stage verb."""
     ws = Workspace.load(o.config)
     with _Lock(ws):
@@ -214,7 +217,7 @@ def _locked_worker(o: Ctx, *, signals: bool = False) -> Iterator[Any]:
             w.close()
 
 
-def _print_results(o: Ctx, results: list[Any]) -> int:
+def _print_results(o: Ctx, results: list[StageResult]) -> int:
     code = max((r.exit_code() for r in results), default=0)
     if o.json:
         click.echo(json.dumps({"ok": code == 0, "exit": code, "stages": [r.to_json() for r in results]},
@@ -348,7 +351,10 @@ def run(ctx: click.Context, /, once: bool, **kw: Any) -> None:
         sc = w.ws.cfg.schedule
         log.info("worker started (sync every %s, fetch every %s, send every %s); Ctrl-C to stop",
                  sc.sync_every, sc.fetch_every, sc.send_every)
-        w.run_forever(on_result=lambda r: _print_results(o, [r]))
+        def show(r: StageResult) -> None:
+            _print_results(o, [r])
+
+        w.run_forever(on_result=show)
         log.info("worker stopped")
 
 
