@@ -29,7 +29,9 @@ from the log or unpacks a tuple by position.
 Who owns a transaction — one rule:
 
     Every public method that writes is atomic on its own: it runs inside
-    ``transaction()``. Outside any transaction that is ``BEGIN IMMEDIATE``
+    ``transaction()`` (a writer of one statement, like ``mark_sending`` on
+    the send pass's hot path, is atomic by itself and needs none). Outside
+    any transaction that is ``BEGIN IMMEDIATE``
     ... ``COMMIT``, one commit; inside a caller's transaction it nests as a
     ``SAVEPOINT``, which costs no commit and rolls back alone on an error.
     A caller that needs several writes to commit together (a message's
