@@ -458,8 +458,9 @@ def recipient_unknown(code: int, enhanced: str | None, resp: bytes) -> bool:
 
 # The providers' known quota answers, which come with a permanent code (Gmail "550 5.4.5 Daily user sending
 # quota exceeded", Microsoft "554 5.2.0 ...SubmissionQuotaExceededException", QQ/163 "...发送频率过高",
+# Alibaba Mail "554 Reject by behaviour spam ... too frequently sending",
 # "...超过..."): read from the server's reply only, never from our own message text.
-_QUOTA_WORDS = re.compile(rb"quota|rate.?limit|too many|sending limit|SubmissionQuotaExceeded|"
+_QUOTA_WORDS = re.compile(rb"quota|rate.?limit|too many|too frequent|sending limit|SubmissionQuotaExceeded|"
                           rb"\xe8\xb6\x85\xe8\xbf\x87|\xe9\xa2\x91\xe7\x8e\x87", re.IGNORECASE)  # 超过, 频率
 
 
