@@ -35,17 +35,24 @@ log = logging.getLogger("crm_automation")
 
 
 @dataclass(frozen=True, slots=True)
-class ActivityRecord:
-    """One inbound activity to log, with what it causes when it is new (not already logged)."""
+class MessageFacts:
+    """What every activity of one message shares (a bounce naming three recipients is three activities)."""
 
-    kind: Kind
-    customer_key: str | None
     occurred_at: datetime
     subject: str
     body: str
     message_id: str
     in_reply_to: str | None
     source: str
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityRecord:
+    """One inbound activity to log, with what it causes when it is new (not already logged)."""
+
+    kind: Kind
+    customer_key: str | None
+    facts: MessageFacts
     details: dict[str, Any]
     digest: str
     campaign: str | None = None
@@ -141,7 +148,7 @@ def decide(raw: RawMessage, src: str, now: datetime, policy: InboundPolicy, by_e
         return _quarantined(raw, src, f"internal error while reading the message: {type(e).__name__}: {e}",
                             by_email, limit)
     digest = content_digest(msg)
-    common = _Common(msg.date or now, msg.subject, msg.reply, msg.message_id, msg.in_reply_to, src)
+    common = MessageFacts(msg.date or now, msg.subject, msg.reply, msg.message_id, msg.in_reply_to, src)
     if cls.kind is Kind.BOUNCE and cls.failures:
         acts = _bounce_records(cls, msg.from_addr, list(msg.to_addrs), raw.uid, common, digest, by_email, sent)
         first = next((a.customer_key for a in acts if a.customer_key is not None), None)
@@ -153,8 +160,7 @@ def decide(raw: RawMessage, src: str, now: datetime, policy: InboundPolicy, by_e
                                    and isinstance(owner, str) and "@" in owner) else None
     caused = effects(msg, cls, cust_email if isinstance(cust_email, str) else None)
     record = ActivityRecord(
-        kind=cls.kind, customer_key=key, digest=digest, occurred_at=common.occurred_at, subject=common.subject,
-        body=common.body, message_id=common.message_id, in_reply_to=common.in_reply_to, source=common.source,
+        kind=cls.kind, customer_key=key, digest=digest, facts=common,
         details={"from": msg.from_addr, "to": list(msg.to_addrs), "evidence": cls.evidence, "matched_by": how,
                  "recipients": list(cls.recipients), "permanent": cls.permanent, "uid": raw.uid},
         effects=tuple((e, key if key is not None else by_email.get(e.email)) for e in caused),
@@ -164,19 +170,8 @@ def decide(raw: RawMessage, src: str, now: datetime, policy: InboundPolicy, by_e
                     new_sender=sender)
 
 
-@dataclass(frozen=True, slots=True)
-class _Common:
-    """What every activity of one message shares."""
 
-    occurred_at: datetime
-    subject: str
-    body: str
-    message_id: str
-    in_reply_to: str | None
-    source: str
-
-
-def _bounce_records(cls: Classification, from_addr: str, to: list[str], uid: int, common: _Common,
+def _bounce_records(cls: Classification, from_addr: str, to: list[str], uid: int, common: MessageFacts,
                     digest: str, by_email: dict[str, str], sent: SentLookup) -> tuple[ActivityRecord, ...]:
     """One ``bounce`` activity per failed recipient, each with its own permanence and effects (issue #11).
 
@@ -199,8 +194,7 @@ def _bounce_records(cls: Classification, from_addr: str, to: list[str], uid: int
         hard = f.permanence is Permanence.HARD
         out.append(ActivityRecord(
             kind=Kind.BOUNCE, customer_key=key, digest=f"{digest}:{f.address}", campaign=campaign, step=step,
-            occurred_at=common.occurred_at, subject=common.subject, body=common.body, message_id=common.message_id,
-            in_reply_to=common.in_reply_to, source=common.source,
+            facts=common,
             details={"from": from_addr, "to": to, "evidence": cls.evidence,
                      "matched_by": how if key else "unknown recipient", "recipient": f.address,
                      "permanence": f.permanence.value, "status": f.status, "permanent": hard,

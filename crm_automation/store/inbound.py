@@ -82,22 +82,23 @@ class InboundLog(Connection):
                 insert_quarantine(conn, source=q.source, raw=q.raw, error=q.error, now=now, from_addr=q.from_addr,
                                   customer_key=q.customer_key, size=q.size)
             for a in d.activities:
-                aid = insert_activity(conn, kind=a.kind.value, occurred_at=a.occurred_at, now=now,
-                                      customer_key=a.customer_key, subject=a.subject, body=a.body,
-                                      message_id=a.message_id, in_reply_to=a.in_reply_to, campaign=a.campaign,
-                                      step=a.step, source=a.source, details=a.details, digest=a.digest)
+                m = a.facts
+                aid = insert_activity(conn, kind=a.kind.value, occurred_at=m.occurred_at, now=now,
+                                      customer_key=a.customer_key, subject=m.subject, body=m.body,
+                                      message_id=m.message_id, in_reply_to=m.in_reply_to, campaign=a.campaign,
+                                      step=a.step, source=m.source, details=a.details, digest=a.digest)
                 if aid is None:
                     continue
                 logged = True
                 for eff, key in a.effects:
-                    insert_suppression(conn, eff.email, eff.reason, f"{a.kind.value} {a.message_id}", now)
+                    insert_suppression(conn, eff.email, eff.reason, f"{a.kind.value} {m.message_id}", now)
                     if eff.status and key is not None:
                         update_email_status(conn, key, eff.status)
                 if a.scored is not None and soft_limit:
                     n = count_soft_bounces(conn, a.scored.address, a.customer_key, now - timedelta(days=soft_days))
                     for eff in bounce_effects(a.scored, soft_count=n, soft_limit=soft_limit):
                         insert_suppression(conn, eff.email, eff.reason,
-                                           f"{n} soft bounces within {soft_days} days (last {a.message_id})", now)
+                                           f"{n} soft bounces within {soft_days} days (last {m.message_id})", now)
                         if eff.status and a.customer_key is not None:
                             update_email_status(conn, a.customer_key, eff.status)
                 if a.notify_owner is not None and a.customer_key is not None:

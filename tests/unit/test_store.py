@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from crm_automation.inbound import ActivityRecord, Decision, QuarantineRecord
+from crm_automation.inbound import ActivityRecord, Decision, MessageFacts, QuarantineRecord
 from crm_automation.mailbox.base import Cursor
 from crm_automation.models import Customer, Kind, Permanence, SendStatus
 from crm_automation.store.repo import NOTIFY_CAMPAIGN, FunnelRow, SentRef, SheetState, Store, Suppression
@@ -144,9 +144,9 @@ def test_a_sync_is_one_commit(store):
 
 def test_apply_inbound_writes_the_message_and_the_cursor_in_one_commit(store):
     store.apply_sync("s.csv", [Customer("a@x.com", 2, {"owner": "o@x.com"})], {}, {}, T0)
-    rec = ActivityRecord(kind=Kind.EMAIL_IN, customer_key="a@x.com", occurred_at=T0, subject="Re: hi", body="ok",
-                         message_id="<r1@x>", in_reply_to=None, source="maildir", details={"from": "a@x.com"},
-                         digest="d1", notify_owner=("o@x.com", "<n1@x>"))
+    rec = ActivityRecord(kind=Kind.EMAIL_IN, customer_key="a@x.com",
+                         facts=MessageFacts(T0, "Re: hi", "ok", "<r1@x>", None, "maildir"),
+                         details={"from": "a@x.com"}, digest="d1", notify_owner=("o@x.com", "<n1@x>"))
     d = Decision("INBOX", 7, 42, "file-1", activities=(rec,),
                  quarantine=QuarantineRecord("maildir uid 42", b"raw", "odd", "a@x.com", "a@x.com", None))
     seen = statements(store)
