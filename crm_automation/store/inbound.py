@@ -135,7 +135,12 @@ class InboundLog(Connection):
         with self.transaction():
             for aid, kind, details in rows:
                 d = json.loads(details or "{}")
-                addrs = list(d.get("recipients") or []) if kind == Kind.BOUNCE.value else [d.get("from") or ""]
+                # A bounce activity is one failed recipient's (issue #11): link it by that address only;
+                # rows logged before that name all of the report's recipients.
+                if kind == Kind.BOUNCE.value:
+                    addrs = [d["recipient"]] if d.get("recipient") else list(d.get("recipients") or [])
+                else:
+                    addrs = [d.get("from") or ""]
                 key = next((k for a in addrs if (k := index.get(str(a).lower())) is not None), None)
                 if key is None:
                     continue
@@ -149,7 +154,7 @@ class InboundLog(Connection):
                 if key is not None:
                     self.conn.execute("UPDATE quarantine SET customer_key = ? WHERE id = ?", (key, qid))
                     n += 1
-            statuses = {"unsubscribed": "unsubscribed", "bounced": "bounced"}
+            statuses = {"unsubscribed": "unsubscribed", "bounced": "bounced", "soft_bounces": "bounced"}
             for addr, s in read_suppressions(self.conn).items():
                 key = index.get(addr)
                 if key in linked and s.reason in statuses:

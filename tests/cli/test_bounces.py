@@ -192,3 +192,27 @@ def test_a_recipient_refused_at_rcpt_as_unknown_is_a_hard_bounce(tmp_path, cli, 
     assert cli("run", "--once", "--config", str(cfg)).code == 1
     assert "c7@example.com" not in dict(db_rows(db, "SELECT email, reason FROM suppressions"))
     assert db_rows(db, "SELECT status FROM sends WHERE customer_key = 'c7@example.com'") == [("failed",)]
+
+
+def test_bounces_of_unknown_recipients_are_linked_each_to_its_own_customer_later(tmp_path, cli):
+    from tests.cli.test_hardening import add_row
+
+    ws = tmp_path / "ws"
+    cfg = make_workspace(ws, extra_config="\n[inbound]\nsoft_bounce_limit = 2\n")
+    db = ws / "var" / "crm.sqlite"
+    assert cli("sync", "--config", str(cfg)).code == 0
+    # Neither address is a customer yet: a hard bounce naming both, and two soft bounces of y.
+    drop(ws, dsn([("x@later.example.org", "failed", "5.1.1"), ("y@later.example.org", "failed", "4.4.7")]))
+    drop(ws, dsn([("y@later.example.org", "failed", "4.4.7")], original="<y2@example.com>"))
+    assert cli("fetch", "--config", str(cfg), "--now", "2026-11-27T10:00").code == 0
+    assert dict(db_rows(db, "SELECT email, reason FROM suppressions")) == {
+        "x@later.example.org": "bounced", "y@later.example.org": "soft_bounces"}
+    add_row(cfg, {"Email": "y@later.example.org", "Name": "Y", "Stage": "lead", "Owner": ""})
+    assert cli("sync", "--config", str(cfg), "--now", "2026-11-27T10:05").code == 0
+    linked = db_rows(db, "SELECT json_extract(details, '$.recipient'), customer_key FROM activities "
+                         "WHERE kind = 'bounce' ORDER BY id")
+    # x's failure stays x's: it is not attached to y because the same report named y too
+    assert linked == [("x@later.example.org", None), ("y@later.example.org", "y@later.example.org"),
+                      ("y@later.example.org", "y@later.example.org")]
+    # suppressed by the soft-bounce score while unknown: the new row shows it as bounced
+    assert db_rows(db, "SELECT email_status FROM customers WHERE key = 'y@later.example.org'") == [("bounced",)]
