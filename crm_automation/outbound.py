@@ -47,7 +47,6 @@ from crm_automation.transports.base import Transport
 from crm_automation.workspace import Workspace
 
 log = logging.getLogger("crm_automation")
-NOTIFY = NOTIFY_CAMPAIGN  # owner notifications reuse the sends table's exactly-once rows
 RETRY_BASE = timedelta(minutes=5)
 RETRY_MAX = timedelta(hours=6)
 QUOTA_WAIT = timedelta(hours=1)
@@ -354,7 +353,7 @@ class SendPass:
                   transport: Transport, res: StageResult) -> None:
         view = views.get(s.customer_key)
         camp = campaigns.get(s.campaign)
-        if s.campaign == NOTIFY and view is not None:
+        if s.campaign == NOTIFY_CAMPAIGN and view is not None:  # an owner notification
             self._deliver(s, transport, res, lambda mid, now: self._notification(s, view, mid, now), s.email or "")
             return
         why = None

@@ -31,11 +31,11 @@ from typing import Self
 
 from crm_automation.config import Config
 from crm_automation.errors import ConfigError, DataError, ServiceError
+from crm_automation.files import atomic_write
 from crm_automation.models import SheetData
 from crm_automation.sheets.base import WriteResult
 from crm_automation.sheets.grid import (
     append_plan,
-    atomic_write,
     escape_formula,
     file_fingerprint,
     file_version,

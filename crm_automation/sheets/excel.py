@@ -48,11 +48,11 @@ from python_calamine import CalamineError, CalamineWorkbook, WorksheetNotFound
 
 from crm_automation.config import Config
 from crm_automation.errors import ConfigError, ServiceError
+from crm_automation.files import atomic_write
 from crm_automation.models import SheetData
 from crm_automation.sheets.base import WriteResult
 from crm_automation.sheets.grid import (
     append_plan,
-    atomic_write,
     file_fingerprint,
     file_version,
     grid_to_data,

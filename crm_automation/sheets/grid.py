@@ -17,11 +17,8 @@ those of the sheet.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -211,26 +208,6 @@ def file_fingerprint(path: Path) -> str:
             return hashlib.file_digest(f, "blake2b").hexdigest()[:32]
     except OSError as e:
         raise ServiceError(f"{path}: cannot read the sheet file: {e.strerror or e}") from None
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through ``write(tmp)`` to a temporary file next to ``path``, then ``os.replace`` it.
-
-    Same folder so the rename is atomic on the same file system; the
-    original's permission bits are kept.
-    """
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with contextlib.suppress(OSError):
-            tmp.chmod(path.stat().st_mode & 0o7777)
-        tmp.replace(path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def escape_formula(value: str) -> str:

@@ -23,7 +23,6 @@ so deleting the runtime folder (``var/``) does not delete it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from crm_automation.config import Config
 from crm_automation.errors import ConfigError, StorageError
+from crm_automation.files import atomic_write
 from crm_automation.store.repo import Store
 
 log = logging.getLogger("crm_automation")
@@ -67,14 +67,10 @@ def read_marker(path: Path) -> Marker | None:
 
 def write_marker(path: Path, marker: Marker) -> None:
     """Write the marker atomically (temporary file, then rename)."""
-    tmp = path.with_name(path.name + ".tmp")
+    text = json.dumps({"log_id": marker.log_id, "database": marker.database, "sent": marker.sent}, indent=2) + "\n"
     try:
-        tmp.write_text(json.dumps({"log_id": marker.log_id, "database": marker.database,
-                                   "sent": marker.sent}, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise StorageError(f"{path}: cannot write the workspace's log marker: {e.strerror}",
                            hint=f"make {path.parent} writable by the user running crm-automation") from None
 
