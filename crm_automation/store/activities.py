@@ -119,7 +119,14 @@ def insert_quarantine(conn: Guarded, *, source: str, raw: bytes, error: str, now
 
 
 def count_soft_bounces(conn: Guarded, address: str, key: str | None, since: datetime) -> int:
-    """See :meth:`ActivityLog.soft_bounce_count`."""
+    """Distinct messages to ``address`` that soft-bounced or were delayed since ``since`` and the last reply.
+
+    Issue #11: a reply proves the address works and starts the count again.
+    A message is the bounced one (``details.original_message_id``) when the
+    report named it, else the bounce itself: a delay warning and the later
+    failure of the same message count once. Called by ``apply_inbound``
+    inside its transaction, after the new bounce was inserted.
+    """
     if key is not None:
         last = conn.execute("SELECT MAX(COALESCE(logged_at, occurred_at)) FROM activities "
                             "WHERE kind = 'email_in' AND customer_key = ?", (key,)).fetchone()[0]
@@ -193,17 +200,6 @@ class ActivityLog(Connection):
                     f"SELECT a.customer_key, a.kind, COALESCE(a.logged_at, a.occurred_at), a.campaign, "
                     f"CASE WHEN a.kind = 'bounce' THEN {PERMANENCE_SQL} END FROM activities a "
                     f"WHERE a.customer_key IS NOT NULL AND a.kind IN ({kinds})", INBOUND_KINDS)]
-
-    def soft_bounce_count(self, address: str, key: str | None, since: datetime) -> int:
-        """Distinct messages to ``address`` that soft-bounced or were delayed since ``since`` and the last reply.
-
-        Issue #11: a reply proves the address works and starts the count again.
-
-        A message is the bounced one (``details.original_message_id``) when
-        the report named it, else the bounce itself: a delay warning and the
-        later failure of the same message count once.
-        """
-        return count_soft_bounces(self.conn, address, key, since)
 
     def field_changes(self, field_name: str) -> list[tuple[str, Any, datetime]]:
         """(customer, new value, when) for each change of one field: the planner's ``History.changes`` shape."""

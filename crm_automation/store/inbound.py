@@ -62,11 +62,6 @@ class InboundLog(Connection):
         return frozenset(n for (n,) in self.conn.execute("SELECT name FROM maildir_seen WHERE folder = ?",
                                                           (folder,)))
 
-    def mark_maildir_seen(self, folder: str, name: str) -> None:
-        """Record a Maildir file as logged (inside the caller's transaction when it logs the message)."""
-        with self.transaction():
-            _mark_maildir_seen(self.conn, folder, name)
-
     def apply_inbound(self, d: Decision, now: datetime, *, soft_days: int, soft_limit: int) -> bool:
         """Record one fetched message's decision and move the folder's cursor, in one transaction.
 
