@@ -17,7 +17,7 @@ from typing import Any
 
 from crm_automation.models import Kind, Permanence
 from crm_automation.store.connection import Connection, Guarded, iso, parse_iso
-from crm_automation.store.schema import INBOUND_KINDS
+from crm_automation.store.schema import INBOUND_KINDS_SQL
 
 # A bounce activity's permanence: ``details.permanence`` (issue #11), or for rows logged before it,
 # ``details.permanent`` (true: hard; false: a delay, as they were treated then). ``a`` is ``activities``.
@@ -87,6 +87,11 @@ class QuarantinedContact:
     error: str
 
 
+# The digests already logged for an inbound Message-ID; answered from the partial index
+# ``idx_activities_inbound_message_id`` (tests/unit/test_store_query_plans.py checks the plan).
+LOGGED_DIGESTS_SQL = f"SELECT digest FROM activities WHERE message_id = ? AND kind IN {INBOUND_KINDS_SQL}"
+
+
 def insert_activity(conn: Guarded, *, kind: str, occurred_at: datetime, now: datetime,
                     customer_key: str | None = None, subject: str | None = None, body: str | None = None,
                     message_id: str | None = None, in_reply_to: str | None = None, campaign: str | None = None,
@@ -94,9 +99,7 @@ def insert_activity(conn: Guarded, *, kind: str, occurred_at: datetime, now: dat
                     digest: str | None = None) -> int | None:
     """Insert one activity (no transaction: the caller's unit owns it); see :meth:`ActivityLog.add_activity`."""
     if digest is not None and message_id is not None:
-        kinds = ",".join("?" * len(INBOUND_KINDS))
-        for (d,) in conn.execute(f"SELECT digest FROM activities WHERE message_id = ? AND kind IN ({kinds})",
-                                 (message_id, *INBOUND_KINDS)):
+        for (d,) in conn.execute(LOGGED_DIGESTS_SQL, (message_id,)):
             if d is None or d == digest:
                 return None
     cur = conn.execute(
@@ -194,12 +197,11 @@ class ActivityLog(Connection):
 
     def inbound_history(self) -> list[InboundEvent]:
         """Inbound activities matched to a customer, each with its bounce permanence decoded."""
-        kinds = ",".join("?" * len(INBOUND_KINDS))
         return [InboundEvent(k, Kind(kind), parse_iso(t) or datetime.now(UTC), c, Permanence(p) if p else None)
                 for k, kind, t, c, p in self.conn.execute(
                     f"SELECT a.customer_key, a.kind, COALESCE(a.logged_at, a.occurred_at), a.campaign, "
                     f"CASE WHEN a.kind = 'bounce' THEN {PERMANENCE_SQL} END FROM activities a "
-                    f"WHERE a.customer_key IS NOT NULL AND a.kind IN ({kinds})", INBOUND_KINDS)]
+                    f"WHERE a.customer_key IS NOT NULL AND a.kind IN {INBOUND_KINDS_SQL}")]
 
     def field_changes(self, field_name: str) -> list[tuple[str, Any, datetime]]:
         """(customer, new value, when) for each change of one field: the planner's ``History.changes`` shape."""

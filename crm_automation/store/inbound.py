@@ -21,7 +21,7 @@ from crm_automation.models import Kind
 from crm_automation.store.activities import count_soft_bounces, insert_activity, insert_quarantine
 from crm_automation.store.connection import Connection, Guarded, iso
 from crm_automation.store.customers import update_email_status
-from crm_automation.store.schema import INBOUND_KINDS
+from crm_automation.store.schema import INBOUND_KINDS_SQL
 from crm_automation.store.sends import NOTIFY_CAMPAIGN, insert_sends
 from crm_automation.store.suppressions import insert_suppression, read_suppressions
 
@@ -116,10 +116,9 @@ class InboundLog(Connection):
         says when and how), not logged again. An address suppressed while it
         was unknown gives the customer its email status.
         """
-        kinds = ",".join("?" * len(INBOUND_KINDS))
         rows = self.conn.execute(
-            f"SELECT id, kind, details FROM activities WHERE customer_key IS NULL AND kind IN ({kinds})",
-            INBOUND_KINDS).fetchall()
+            f"SELECT id, kind, details FROM activities WHERE customer_key IS NULL AND kind IN {INBOUND_KINDS_SQL}"
+        ).fetchall()
         qrows = self.conn.execute(
             "SELECT id, from_addr FROM quarantine WHERE customer_key IS NULL AND from_addr IS NOT NULL").fetchall()
         if not rows and not qrows:

@@ -19,6 +19,11 @@ if TYPE_CHECKING:
     import sqlite_utils
 
 INBOUND_KINDS = ("email_in", "auto_reply", "bounce", "unsubscribe")
+# The same kinds as an SQL list of literals. Queries must spell them this way, not as bound
+# parameters: SQLite uses a partial index (``... WHERE kind IN (...)``) only when it can prove the
+# query's condition implies the index's, which it cannot do for parameters (issue #13: the
+# inbound dedup lookup scanned the whole table, 0.3 ms a message at 10,000 and growing).
+INBOUND_KINDS_SQL = "(" + ", ".join(f"'{k}'" for k in INBOUND_KINDS) + ")"
 
 
 def create_v1(db: sqlite_utils.Database) -> None:
@@ -35,10 +40,9 @@ def create_v1(db: sqlite_utils.Database) -> None:
         pk="id", not_null={"kind", "occurred_at"},
     )
     db.table("activities").create_index(["customer_key", "occurred_at"])
-    kinds = ", ".join(f"'{k}'" for k in INBOUND_KINDS)
     db.execute(
         f"CREATE UNIQUE INDEX idx_activities_inbound_message_id ON activities(message_id) "
-        f"WHERE kind IN ({kinds})"
+        f"WHERE kind IN {INBOUND_KINDS_SQL}"
     )
     db.table("sends").create(
         {"id": int, "campaign": str, "step": int, "customer_key": str, "status": str, "message_id": str,
@@ -98,12 +102,12 @@ def create_v3(db: sqlite_utils.Database) -> None:
 
     db.table("activities").add_column("digest", str)
     db.execute("DROP INDEX IF EXISTS idx_activities_inbound_message_id")
-    kinds = ", ".join(f"'{k}'" for k in INBOUND_KINDS)
     db.execute(
         f"CREATE UNIQUE INDEX idx_activities_inbound_message_digest ON activities(message_id, digest) "
-        f"WHERE kind IN ({kinds})"
+        f"WHERE kind IN {INBOUND_KINDS_SQL}"
     )
-    db.execute(f"CREATE INDEX idx_activities_inbound_message_id ON activities(message_id) WHERE kind IN ({kinds})")
+    db.execute(f"CREATE INDEX idx_activities_inbound_message_id ON activities(message_id) "
+               f"WHERE kind IN {INBOUND_KINDS_SQL}")
     db.execute("CREATE TABLE maildir_seen (folder TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (folder, name)) "
                "WITHOUT ROWID")
     db.table("quarantine").add_column("from_addr", str)

@@ -160,6 +160,51 @@ def test_apply_inbound_writes_the_message_and_the_cursor_in_one_commit(store):
     assert not store.apply_inbound(d, T0, soft_days=30, soft_limit=0)  # the same message again: nothing new
 
 
+def test_the_work_each_fetched_message_costs_the_log_does_not_grow_with_the_log(store):
+    """No full-table scan per message (issue #13): the dedup lookup once scanned ``activities``.
+
+    Counts SQLite's virtual-machine steps (a progress handler) for what one
+    fetched message asks of the log — the lookups ``decide`` makes, then
+    ``apply_inbound``, once new and once as a duplicate — with 100 and then
+    4,100 inbound activities already logged. Answered from indexes, the work
+    stays about the same; a scan makes it forty times larger.
+    """
+    store.apply_sync("s.csv", [Customer("a@x.com", 2, {"owner": "o@x.com"})], {}, {}, T0)
+
+    def log_messages(start: int, n: int) -> None:
+        with store.transaction():
+            for i in range(start, start + n):
+                store.add_activity(kind="email_in", occurred_at=T0, now=T0, message_id=f"<old{i}@x>",
+                                   digest=f"d{i}", customer_key="a@x.com")
+
+    def steps_for_one_message(n: int) -> int:
+        count = [0]
+
+        def tick() -> int:
+            count[0] += 1
+            return 0
+
+        store.conn.raw.set_progress_handler(tick, 10)
+        try:
+            for attempt in range(2):
+                store.sent_message_ids([f"<s{n}@x>"])
+                store.customer("a@x.com")
+                rec = ActivityRecord(kind=Kind.EMAIL_IN, customer_key="a@x.com",
+                                     facts=MessageFacts(T0, "Re: hi", "ok", f"<new{n}@x>", None, "maildir"),
+                                     details={"from": "a@x.com"}, digest="d")
+                assert store.apply_inbound(Decision("INBOX", 7, n + attempt, None, activities=(rec,)), T0,
+                                           soft_days=30, soft_limit=0) is (attempt == 0)
+        finally:
+            store.conn.raw.set_progress_handler(None, 0)
+        return count[0]
+
+    log_messages(0, 100)
+    small = steps_for_one_message(1)
+    log_messages(100, 4000)
+    large = steps_for_one_message(2)
+    assert large < 2 * small, (small, large)
+
+
 # ---------------------------------------------------------------- typed results
 
 
