@@ -6,7 +6,9 @@ activities to log (one per failed recipient for a bounce), their effects,
 an owner notification to queue, or a quarantine record — and
 :meth:`~crm_automation.store.repo.Store.apply_inbound` commits it together
 with the folder's cursor in one transaction, so a kill at any instant
-neither loses nor repeats a message (SPEC §9).
+neither loses nor repeats a message (SPEC §9). Messages are committed in
+batches (:meth:`~crm_automation.store.repo.Store.apply_inbound_many`,
+issue #13): a batch and the cursor past its last message commit together.
 
 The one reading done before the decision is which of our sends a message
 answers or reports on (``sent_message_ids``), which matching needs.
@@ -15,6 +17,7 @@ answers or reports on (``sent_message_ids``), which matching needs.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -32,6 +35,10 @@ from crm_automation.store.sends import SentRef
 from crm_automation.workspace import Workspace
 
 log = logging.getLogger("crm_automation")
+
+# Fetched messages are committed in batches of ``mailbox.batch_size``, and at least this often, so a slow
+# mailbox never holds the log's write lock for long and a kill re-reads little (issue #13).
+COMMIT_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,36 +253,51 @@ class InboundPass:
         by_email = self.index()
         counts: dict[str, int] = {"messages": 0, "duplicates": 0, "quarantined": 0, "unknown": 0}
         new_senders: dict[str, str] = {}
+        pending: list[tuple[RawMessage, Decision]] = []
         bar = self.ctx.progress("fetch", None)
         stop = self.ctx.stop
+
+        def commit() -> None:
+            # The batch and its cursor in one transaction, then (only then) the moves to processed_folder.
+            if not pending:
+                return
+            logged = self.store.apply_inbound_many([d for _, d in pending], self.ctx.clock.now(),
+                                                   soft_days=self.policy.soft_bounce_days,
+                                                   soft_limit=self.policy.soft_bounce_limit)
+            for (_, d), new in zip(pending, logged, strict=True):
+                kind = d.label if new or d.quarantine is not None else "duplicates"
+                if new and d.new_sender is not None:
+                    new_senders.setdefault(*d.new_sender)
+                counts[kind] = counts.get(kind, 0) + 1
+                counts["messages"] += 1
+            raws = [raw for raw, _ in pending]
+            pending.clear()
+            source.mark_processed(raws)
+
         try:
             for folder in source.folders():
                 cursor = self._cursor(source, folder)
-                done: list[RawMessage] = []
+                since = time.monotonic()
                 for raw in source.fetch(folder, cursor, batch=mb.batch_size):
                     if stop.is_set():
                         break
-                    now = self.ctx.clock.now()
-                    d = decide(raw, f"{source.name}/{raw.folder}", now, self.policy, by_email,
+                    d = decide(raw, f"{source.name}/{raw.folder}", self.ctx.clock.now(), self.policy, by_email,
                                self.store.sent_message_ids, self._customer, self.new_id)
-                    logged = self.store.apply_inbound(d, now, soft_days=self.policy.soft_bounce_days,
-                                                      soft_limit=self.policy.soft_bounce_limit)
                     if d.quarantine is not None:
                         log.warning("%s quarantined: %s", d.quarantine.source, d.quarantine.error)
-                    kind = d.label if logged or d.quarantine is not None else "duplicates"
-                    if logged and d.new_sender is not None:
-                        new_senders.setdefault(*d.new_sender)
-                    counts[kind] = counts.get(kind, 0) + 1
-                    counts["messages"] += 1
+                    pending.append((raw, d))
                     bar.advance()
-                    done.append(raw)
-                    if len(done) >= mb.batch_size:
-                        source.mark_processed(done)
-                        done = []
-                if done:
-                    source.mark_processed(done)
+                    if len(pending) >= mb.batch_size or time.monotonic() - since >= COMMIT_SECONDS:
+                        commit()
+                        since = time.monotonic()
+                commit()
                 if stop.is_set():
                     break
+        except BaseException:
+            # The mailbox dropped (or the stage was interrupted) part-way: keep what was decided before it.
+            with suppress(CrmError, OSError):
+                commit()
+            raise
         finally:
             bar.close()
         if new_senders and mb.new_senders == "add_to_sheet" and on_new_senders is not None:

@@ -160,6 +160,36 @@ def test_apply_inbound_writes_the_message_and_the_cursor_in_one_commit(store):
     assert not store.apply_inbound(d, T0, soft_days=30, soft_limit=0)  # the same message again: nothing new
 
 
+def test_a_batch_of_fetched_messages_is_one_commit_with_each_folders_cursor_at_its_last(store):
+    """Issue #13: decisions applied together; a message delivered twice within the batch is logged once."""
+    def dec(folder: str, uid: int, mid: str, digest: str, seen: str | None = None) -> Decision:
+        rec = ActivityRecord(kind=Kind.EMAIL_IN, customer_key=None,
+                             facts=MessageFacts(T0, "hi", "ok", mid, None, "maildir"), details={}, digest=digest)
+        return Decision(folder, 7, uid, seen, activities=(rec,))
+
+    batch = [dec("INBOX", 1, "<a@x>", "d1", "f1"), dec("Support", 4, "<b@x>", "d2"), dec("INBOX", 2, "<c@x>", "d3",
+             "f2"), dec("Support", 9, "<a@x>", "d1"), dec("INBOX", 5, "<a@x>", "other content", "f3")]
+    seen = statements(store)
+    assert store.apply_inbound_many(batch, T0, soft_days=30, soft_limit=0) == [True, True, True, False, True]
+    assert commits(seen) == 1
+    assert store.mailbox_cursor("INBOX") == Cursor(7, 5) and store.mailbox_cursor("Support") == Cursor(7, 9)
+    assert store.maildir_seen("INBOX") == frozenset({"f1", "f2", "f3"})
+    assert store.conn.execute("SELECT COUNT(*) FROM activities").fetchone()[0] == 4
+
+
+def test_a_batch_that_fails_keeps_nothing_and_moves_no_cursor(store):
+    rec = ActivityRecord(kind=Kind.EMAIL_IN, customer_key=None, facts=MessageFacts(T0, "hi", "ok", "<a@x>", None,
+                                                                                  "m"), details={}, digest="d")
+    bad = ActivityRecord(kind=Kind.EMAIL_IN, customer_key=None, facts=MessageFacts(T0, "hi", "ok", "<b@x>", None,
+                                                                                  "m"), details={"x": object()},
+                         digest="e")  # details that cannot be stored
+    with pytest.raises(TypeError):
+        store.apply_inbound_many([Decision("INBOX", 7, 1, "f1", activities=(rec,)),
+                                  Decision("INBOX", 7, 2, "f2", activities=(bad,))], T0, soft_days=30, soft_limit=0)
+    assert store.mailbox_cursor("INBOX") is None and store.maildir_seen("INBOX") == frozenset()
+    assert store.conn.execute("SELECT COUNT(*) FROM activities").fetchone()[0] == 0
+
+
 def test_the_work_each_fetched_message_costs_the_log_does_not_grow_with_the_log(store):
     """No full-table scan per message (issue #13): the dedup lookup once scanned ``activities``.
 

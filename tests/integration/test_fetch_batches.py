@@ -1,0 +1,119 @@
+"""Fetched messages are committed in batches (issue #13); what a batch must still guarantee.
+
+The kill test (test_fetch_kill.py) proves exactly-once under SIGKILL with
+batches of ten. These cover the other ways a batch can end early: the
+mailbox failing part-way (what was read is kept, nothing is read twice) and
+a slow mailbox (a batch never stays uncommitted for long). The source is the
+real Maildir adapter, wrapped to fail or stall at a chosen message.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from crm_automation import inbound
+from crm_automation.errors import ServiceError
+from crm_automation.mailbox.base import Cursor, MailboxSource
+from crm_automation.models import RawMessage
+from crm_automation.worker import Worker
+from crm_automation.workspace import Workspace
+from tests.fixtures.core import make_workspace
+
+pytestmark = pytest.mark.integration
+
+
+def _message(i: int) -> bytes:
+    sender = f"c{i % 3}@example.com" if i % 2 else f"stranger{i}@elsewhere.test"
+    return (f"From: {sender}\r\nTo: sales@example.com\r\nSubject: Re: 报价 {i}\r\n"
+            f"Message-ID: <b{i}@example.com>\r\nDate: Fri, 27 Nov 2026 09:{i % 60:02d}:00 +0800\r\n"
+            f"Content-Type: text/plain; charset=utf-8\r\n\r\n好的 {i}\r\n").encode()
+
+
+def _workspace(tmp_path: Path, n: int, batch: int) -> Path:
+    cfg = make_workspace(tmp_path / "ws", mailbox=f'source = "maildir"\npath = "inbox"\nbatch_size = {batch}')
+    for i in range(n):
+        (tmp_path / "ws" / "inbox" / "new" / f"{1000 + i}.m{i}").write_bytes(_message(i))
+    return cfg
+
+
+class Wrapped:
+    """The real source, with a hook called before each message it yields."""
+
+    def __init__(self, real: MailboxSource, before: object) -> None:
+        self.real = real
+        self.before = before
+        self.name = real.name
+        self.tracks_names = real.tracks_names
+        self.yielded = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+    def fetch(self, folder: str, cursor: Cursor | None, *, batch: int = 500) -> Iterator[RawMessage]:
+        for raw in self.real.fetch(folder, cursor, batch=batch):
+            self.before(self.yielded)  # type: ignore[operator]
+            self.yielded += 1
+            yield raw
+
+
+def _logged(db: Path) -> list[str]:
+    with sqlite3.connect(db, timeout=10) as c:
+        return [m for (m,) in c.execute("SELECT message_id FROM activities WHERE message_id IS NOT NULL")]
+
+
+def test_a_mailbox_failing_part_way_keeps_what_was_read_and_the_next_fetch_reads_only_the_rest(tmp_path):
+    cfg = _workspace(tmp_path, 25, batch=10)
+    ws = Workspace.load(cfg)
+    worker = Worker(ws)
+    worker.sync()
+
+    def drop(i: int) -> None:
+        if i == 17:
+            raise ServiceError("the connection dropped (test)")
+
+    opened = ws.open_mailbox
+    ws.open_mailbox = lambda: Wrapped(opened(), drop)  # type: ignore[method-assign]
+    res = worker.fetch()
+    assert res.error is not None and "dropped" in str(res.error)
+    db = tmp_path / "ws" / "var" / "crm.sqlite"
+    # 17 messages were read before the drop: the full batch of 10 and the 7 of the batch under way are kept.
+    assert len(_logged(db)) == 17
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT COUNT(*) FROM maildir_seen").fetchone()[0] == 17
+
+    ws.open_mailbox = opened  # type: ignore[method-assign]
+    res = worker.fetch()
+    assert res.error is None and res.stats["messages"] == 8 and res.stats["duplicates"] == 0
+    ids = _logged(db)
+    assert sorted(ids) == sorted(f"<b{i}@example.com>" for i in range(25))
+    worker.close()
+
+
+def test_a_slow_mailbox_still_commits_what_it_read_within_commit_seconds(tmp_path, monkeypatch):
+    """A batch is committed when it is full *or* COMMIT_SECONDS old: a trickle never sits uncommitted."""
+    monkeypatch.setattr(inbound, "COMMIT_SECONDS", 0.2)
+    cfg = _workspace(tmp_path, 12, batch=500)
+    ws = Workspace.load(cfg)
+    worker = Worker(ws)
+    worker.sync()
+    db = tmp_path / "ws" / "var" / "crm.sqlite"
+    seen_by_reader: list[int] = []
+
+    def slow(i: int) -> None:
+        time.sleep(0.05)
+        if i == 11:  # the last message: what another connection (a report, `serve`) can see by now
+            seen_by_reader.append(len(_logged(db)))
+
+    opened = ws.open_mailbox
+    ws.open_mailbox = lambda: Wrapped(opened(), slow)  # type: ignore[method-assign]
+    res = worker.fetch()
+    assert res.error is None and res.stats["messages"] == 12
+    # 11 messages decided over ~0.55 s: at least two commits happened before the last one was read.
+    assert seen_by_reader and seen_by_reader[0] >= 6, seen_by_reader
+    assert len(_logged(db)) == 12
+    worker.close()
