@@ -117,3 +117,50 @@ def test_a_slow_mailbox_still_commits_what_it_read_within_commit_seconds(tmp_pat
     assert seen_by_reader and seen_by_reader[0] >= 6, seen_by_reader
     assert len(_logged(db)) == 12
     worker.close()
+
+
+def _log_contents(db: Path) -> list[tuple]:
+    with sqlite3.connect(db) as c:
+        acts = c.execute("SELECT customer_key, kind, subject, body, message_id, in_reply_to, campaign, step, "
+                         "json_remove(details, '$.uid'), digest FROM activities WHERE message_id IS NOT NULL "
+                         "ORDER BY message_id, digest").fetchall()
+        quarantined = c.execute("SELECT error, raw, from_addr, customer_key FROM quarantine ORDER BY digest").fetchall()
+        rest = c.execute("SELECT email, reason FROM suppressions ORDER BY email").fetchall()
+    return [*acts, *quarantined, *rest]
+
+
+def test_reading_on_helper_processes_logs_exactly_what_reading_here_logs(tmp_path, monkeypatch):
+    """Issue #13: the whole corpus (bounces, auto-replies, unsubscribes, malformed mail) fetched both ways.
+
+    The mailbox is slowed a little so the helpers are up for most of the fetch.
+    """
+    pools: list[inbound.OrderedPool] = []
+
+    class Recorded(inbound.OrderedPool):  # type: ignore[type-arg]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            pools.append(self)
+
+    monkeypatch.setattr(inbound, "OrderedPool", Recorded)
+    corpus = Path(__file__).resolve().parents[1] / "data" / "eml"
+    files = sorted(corpus.rglob("*.eml"))
+    results = []
+    for helpers in (0, 2):
+        ws_root = tmp_path / f"h{helpers}"
+        cfg = make_workspace(ws_root, mailbox='source = "maildir"\npath = "inbox"\nbatch_size = 25',
+                             rows=[{"Email": f"user{i}@163.example.cn", "Name": f"U{i}", "Stage": "lead",
+                                    "Owner": "owner@example.com"} for i in range(20)])
+        for i, f in enumerate(files):
+            (ws_root / "inbox" / "new" / f"{1000 + i}.{f.stem}").write_bytes(f.read_bytes())
+        worker = Worker(Workspace.load(cfg))
+        worker.sync()
+        worker.inbound.parallel = {"helpers": helpers, "start_after": 0, "chunk": 4}
+        opened = worker.ws.open_mailbox
+        worker.ws.open_mailbox = lambda o=opened: Wrapped(o(), lambda i: time.sleep(0.006))  # type: ignore[method-assign]
+        res = worker.fetch()
+        worker.close()
+        assert res.error is None and res.stats["messages"] == len(files)
+        results.append(_log_contents(ws_root / "var" / "crm.sqlite"))
+    assert len(results[0]) > len(files) // 2
+    assert pools[0].remote_chunks == 0 and pools[1].remote_chunks > len(files) // 8
+    assert results[0] == results[1]

@@ -1,0 +1,179 @@
+"""OrderedPool: reading mail on the other cores gives the same results, in order, and leaves nothing behind.
+
+Real helper processes throughout (``python -m crm_automation.parallel``); the
+pool is forced to use them from the first item (``start_after=0``) with small
+chunks, so every path — remote, computed here, a helper lost — is taken.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from crm_automation.inbound import Reading, ReadPolicy, read, read_chunk, reading_of
+from crm_automation.parallel import OrderedPool
+
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "eml"
+REPO = Path(__file__).resolve().parents[2]
+
+# Odd inputs the corpus does not have: not mail, empty, over the size limit, deep nesting, raw 8-bit headers.
+ODD = [
+    b"",
+    b"\x00\x01 not an email \xff\xfe" * 5,
+    b"From: a@x.test\r\nSubject: \xc4\xe3\xba\xc3\r\n\r\n\xc4\xe3\xba\xc3\r\n",  # GBK bytes, no label
+    b"From: a@x.test\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" + b"--b\r\nContent-Type: multipart/"
+    b"mixed; boundary=b\r\n\r\n" * 40,
+    b"From: big@x.test\r\n\r\n" + b"x" * 5000,
+]
+
+
+def corpus() -> list[bytes]:
+    return [p.read_bytes() for p in sorted(CORPUS.rglob("*.eml"))] + ODD
+
+
+def square(state: int, items: list[int]) -> list[int]:
+    """A helper's function for the generic tests (module-level: helpers import it by name)."""
+    if -1 in items:
+        raise ValueError("a chunk with -1 fails wherever it runs")
+    return [x * x + state for x in items]
+
+
+def slow_square(state: int, items: list[int]) -> list[int]:
+    time.sleep(0.01)
+    return [x * x + state for x in items]
+
+
+def same(a: Reading, b: Reading) -> bool:
+    return (a.msg, a.cls, a.digest, a.error) == (b.msg, b.cls, b.digest, b.error)
+
+
+def test_reading_on_helpers_gives_what_reading_here_gives_for_the_whole_corpus():
+    """Same parse, classification, digest and quarantine reason for every corpus message and odd input."""
+    raws = corpus() * 5
+    assert len(raws) > 400
+    policy = ReadPolicy(4096, frozenset({"unsubscribe@example.com"}), frozenset({"c1@example.com"}))
+    pool = OrderedPool(read_chunk, policy, lambda b: (b, len(b) if len(b) > 4096 else None), helpers=2,
+                       chunk=7, start_after=0)
+    out = list(pool.map(raws))
+    assert pool.started == 2 and pool.remote_chunks > 10
+    assert [raw for raw, _ in out] == raws  # in order
+    for raw, wire in out:
+        here = read(raw, len(raw) if len(raw) > 4096 else None, policy)
+        assert same(reading_of(wire, raw), here), raw[:200]
+    assert sum(reading_of(w, r).error is not None for r, w in out) >= 3 * len(ODD) - 3  # the odd ones quarantine
+
+
+def test_results_come_in_input_order_whoever_computes_them():
+    pool = OrderedPool(slow_square, 5, lambda x: x, helpers=2, chunk=3, start_after=4)
+    out = list(pool.map(range(200)))
+    assert out == [(x, x * x + 5) for x in range(200)]
+    assert pool.remote_chunks > 0
+
+
+def test_a_failing_chunk_is_computed_here_and_fails_here_too():
+    pool = OrderedPool(square, 0, lambda x: x, helpers=1, chunk=2, start_after=0)
+    it = pool.map([1, 2, 3, -1, 5])
+    assert next(it) == (1, 1)
+    with pytest.raises(ValueError, match="fails wherever it runs"):
+        list(it)
+
+
+def test_a_helper_killed_mid_map_loses_nothing():
+    pool = OrderedPool(slow_square, 0, lambda x: x, helpers=2, chunk=5, start_after=0)
+    out = []
+    for i, (x, y) in enumerate(pool.map(range(300))):
+        out.append((x, y))
+        if i == 40:
+            for pid in helper_pids(os.getpid()):
+                os.kill(pid, signal.SIGKILL)
+    assert out == [(x, x * x) for x in range(300)]
+
+
+def test_the_input_is_read_lazily_and_in_bounded_steps():
+    pulled = []
+
+    def source():
+        for i in range(10_000):
+            pulled.append(i)
+            yield i
+
+    pool = OrderedPool(slow_square, 0, lambda x: x, helpers=2, chunk=10, start_after=5, depth=2)
+    for i, _ in pool.map(source()):
+        # At most start_after + (helpers * depth + 1) chunks of 10 ahead of what was handed on.
+        assert len(pulled) - i <= 5 + 5 * 10 + 10
+        if i == 500:
+            break
+    assert len(pulled) < 600
+
+
+def test_an_early_stop_and_the_end_leave_no_helper_running():
+    pool = OrderedPool(slow_square, 0, lambda x: x, helpers=2, chunk=5, start_after=0)
+    for i, _ in pool.map(range(1000)):
+        if i == 100:
+            assert helper_pids(os.getpid())
+            break
+    gone_within(lambda: not helper_pids(os.getpid()))
+
+
+def test_helpers_exit_when_their_parent_is_killed_and_never_see_its_environment(tmp_path):
+    """SIGKILL of the worker (the kill tests' case): each helper reads end-of-file and exits."""
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent("""
+        import sys, time
+        from tests.unit.test_parallel import slow_square
+        from crm_automation.parallel import OrderedPool
+        pool = OrderedPool(slow_square, 0, lambda x: x, helpers=2, chunk=5, start_after=0)
+        for i, _ in pool.map(range(10**9)):
+            if i == 50:
+                print("running", flush=True)
+            time.sleep(0.001)
+    """), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CRM_TEST_SECRET_PASSWORD": "s3cret-value"}
+    parent = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None and parent.stdout.readline().strip() == "running"
+        pids = []
+        deadline = time.monotonic() + 10
+        while len(pids) < 2 and time.monotonic() < deadline:
+            pids = helper_pids(parent.pid)
+            time.sleep(0.05)
+        assert len(pids) == 2
+        for pid in pids:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            assert b"s3cret-value" not in environ and b"CRM_TEST_SECRET" not in environ
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+    gone_within(lambda: not any(Path(f"/proc/{pid}").exists() and b"crm_automation.parallel" in
+                                Path(f"/proc/{pid}/cmdline").read_bytes() for pid in pids))
+
+
+def helper_pids(parent: int) -> list[int]:
+    """Running helper processes whose parent is ``parent``."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes()
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and b"crm_automation.parallel" in cmd and state != "Z":
+            out.append(int(d.name))
+    return out
+
+
+def gone_within(check, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "helper processes are still running"
+        time.sleep(0.05)
