@@ -203,6 +203,10 @@ def _bytes_and_size(raw: RawMessage) -> tuple[bytes, int | None]:
     return raw.raw, raw.size
 
 
+def _weight(raw: RawMessage) -> int:
+    return len(raw.raw)
+
+
 def reading_of(wire: _Wire, raw: bytes) -> Reading:
     """The :class:`Reading` a :func:`read_chunk` result stands for (``raw``: the message's bytes)."""
     if wire[0] is not None or len(wire) == 1:
@@ -341,7 +345,8 @@ class InboundPass:
         stop = self.ctx.stop
         # Messages are read (parsed, classified) on the other cores when there are many (issue #13); decided
         # and committed here, in mailbox order.
-        readers = OrderedPool(read_chunk, self.policy.reading(by_email), _bytes_and_size, **self.parallel)
+        readers = OrderedPool(read_chunk, self.policy.reading(by_email), _bytes_and_size, weigh=_weight,
+                              **self.parallel)
 
         def commit() -> None:
             # The batch and its cursor in one transaction, then (only then) the moves to processed_folder.

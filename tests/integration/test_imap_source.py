@@ -500,3 +500,58 @@ def test_client_identifies_itself_with_imap_id(imap_account, source_for):
     src.close()
     log = (imap_account.server.directory / "dovecot.log").read_text(errors="replace")
     assert "name=crm-automation" in log
+
+
+# ------------------------------------------------------------- the plain-answer fast path (issue #13)
+
+
+def test_bodies_read_past_imapclients_parser_are_byte_for_byte_what_it_gives(imap_account):
+    """The same UIDs fetched both ways from the real server: identical bytes, nothing marked read."""
+    import imapclient
+
+    from crm_automation.mailbox.imap import _whole_bodies
+
+    msgs = [make_message(i) for i in range(30)]
+    msgs += [b"From: a@x.test\r\nSubject: \xc4\xe3\xba\xc3 raw 8-bit\r\n\r\n\xc4\xe3\xba\xc3\r\n",
+             b"From: a@x.test\r\nSubject: empty body\r\n\r\n",
+             b"From: a@x.test\r\nSubject: big\r\n\r\n" + b"0123456789abcdef\r\n" * 20000,
+             b"From: a@x.test\r\nSubject: parens ) ( and {braces} in the body\r\n\r\n) {12}\r\n* 3 FETCH\r\n"]
+    imap_account.load_maildir(msgs)
+    uids = imap_account.uids()
+    c = imapclient.IMAPClient(imap_account.server.host, port=imap_account.server.port, ssl=False)
+    try:
+        c.login(imap_account.user, imap_account.password)
+        c.select_folder("INBOX", readonly=True)
+        theirs = {u: bytes(d[b"BODY[]"]) for u, d in c.fetch(uids, ["BODY.PEEK[]"]).items()}
+        ours = _whole_bodies(c, uids)
+        assert ours == theirs and len(ours) == len(msgs)
+        assert sorted(ours.values()) == sorted(m.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") for m in msgs)
+        assert _whole_bodies(c, uids[3:5]) == {u: theirs[u] for u in uids[3:5]}
+    finally:
+        c.logout()
+    assert imap_account.seen_uids() == []
+
+
+def test_answers_in_any_other_shape_go_to_imapclients_parser():
+    from imapclient.exceptions import IMAPClientError
+    from imapclient.response_parser import parse_fetch_response
+
+    from crm_automation.mailbox.imap import _plain_bodies
+
+    plain = [(b"1 (UID 7 BODY[] {5}", b"hello"), b")", (b"2 (UID 9 BODY[] {0}", b""), b")"]
+    assert _plain_bodies(plain) == {7: b"hello", 9: b""}
+    others = [
+        [(b"1 (UID 7 BODY[] {5}", b"hello"), b" FLAGS (\\Seen))"],  # another item after the body
+        [(b"1 (BODY[] {5}", b"hello"), b" UID 7)"],  # the UID after the body
+        [b'1 (UID 7 BODY[] "hello")'],  # a quoted string, no literal
+        [b"1 (UID 7 BODY[] NIL)"],
+        [(b"1 (UID 7 BODY[] {5}", b"hello"), b")", b"3 (FLAGS (\\Seen))"],  # an unsolicited FETCH
+    ]
+    for data in others:
+        assert _plain_bodies(data) is None, data
+        parsed = parse_fetch_response(data, True, True)  # what the fallback gives instead
+        assert parsed[7][b"BODY[]"] in (b"hello", None)
+    garbled = [(b"1 (UID 7 BODY[] {6}", b"hello"), b")"]  # a literal of another length than announced
+    assert _plain_bodies(garbled) is None
+    with pytest.raises(IMAPClientError):  # the fallback refuses it too: the fetch fails as before (ServiceError)
+        parse_fetch_response(garbled, True, True)

@@ -104,13 +104,31 @@ def test_the_input_is_read_lazily_and_in_bounded_steps():
             pulled.append(i)
             yield i
 
-    pool = OrderedPool(slow_square, 0, lambda x: x, helpers=2, chunk=10, start_after=5, depth=2)
+    pool = OrderedPool(slow_square, 0, lambda x: x, helpers=2, chunk=10, start_after=5, depth=2, ahead=0)
     for i, _ in pool.map(source()):
         # At most start_after + (helpers * depth + 1) chunks of 10 ahead of what was handed on.
         assert len(pulled) - i <= 5 + 5 * 10 + 10
         if i == 500:
             break
     assert len(pulled) < 600
+
+
+def test_the_weight_in_flight_is_bounded_too():
+    """Big messages: the byte budget stops reading ahead long before the chunk count does."""
+    pulled = []
+
+    def source():
+        for i in range(2_000):
+            pulled.append(i)
+            yield i
+
+    pool = OrderedPool(slow_square, 0, lambda x: x, helpers=2, chunk=10, start_after=0, ahead=40,
+                       weigh=lambda x: 100, budget=2_000)
+    ahead = 0
+    for i, _ in pool.map(source()):
+        ahead = max(ahead, len(pulled) - i)
+    assert ahead <= 2_000 // 100 + 2 * 10, ahead
+    assert pool.remote_chunks > 0
 
 
 def test_an_early_stop_and_the_end_leave_no_helper_running():
