@@ -1,4 +1,4 @@
-"""Fetch benchmark (issue #4, Performance): crm-automation vs mbsync against one throwaway Dovecot.
+"""Fetch benchmark (issues #4 and #13, Performance): crm-automation vs mbsync and a bare fetch loop.
 
     python benchmarks/bench_fetch.py                 # 10,000 messages
     python benchmarks/bench_fetch.py --messages 100000 --skip-mbsync   # the memory bound
@@ -7,12 +7,17 @@ Starts a Dovecot on 127.0.0.1 (tests/fixtures/dovecot.py, the same code the test
 suite uses), loads generated messages into one user's INBOX, lets Dovecot build
 its index once, then measures side by side in one run:
 
-* ``mbsync`` (isync) copying INBOX into an empty Maildir (plain IMAP on loopback);
+* ``mbsync`` (isync) copying INBOX into an empty Maildir (plain IMAP on loopback),
+  with its default fsync per message;
 * ``crm-automation fetch`` (the real CLI, a subprocess) into an empty log:
-  wall time, and peak RSS of that process;
-* the bare ``ImapSource.fetch`` loop in this process (no parsing or logging);
-* a poll with no new mail: the CLI again (includes Python start-up) and the
-  IMAP part alone (connect, log in, EXAMINE, compare UIDNEXT, log out).
+  wall time, and peak RSS of that process and of its helper processes;
+* the fetch stage in this process (``Worker.fetch``) into another empty log,
+  ``--rounds`` times, against the floor measured in the same rounds: the bare
+  imapclient loop (log in, EXAMINE, ``UID SEARCH``, ``UID FETCH BODY.PEEK[]``
+  500 at a time, nothing parsed or kept);
+* the ``ImapSource.fetch`` loop alone (our IMAP adapter, no parsing or logging);
+* a poll with no new mail: the CLI again (includes Python start-up), the IMAP
+  part alone, and the worker's fetch stage.
 
 Needs root (Dovecot's users), ``dovecot`` and, for the comparison, ``mbsync``.
 Not part of the test suite.
@@ -75,20 +80,59 @@ def run_timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float,
     drain = threading.Thread(target=lambda: err.append(proc.stderr.read() if proc.stderr else b""), daemon=True)
     drain.start()
     status = Path(f"/proc/{proc.pid}/status")
+    helpers_kb: dict[str, int] = {}
     while proc.poll() is None:
         try:
             for line in status.read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     peak_kb = max(peak_kb, int(line.split()[1]))
+            kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            for kid in kids:
+                for line in Path(f"/proc/{kid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        helpers_kb[kid] = max(helpers_kb.get(kid, 0), int(line.split()[1]))
         except (OSError, ValueError):
             pass
         time.sleep(0.02)
+    run_timed.helpers_mb = [kb // 1024 for kb in helpers_kb.values()]  # type: ignore[attr-defined]
     wall = time.perf_counter() - t
     drain.join(timeout=5)
     code = proc.returncode
     if code not in (0, 1):
         print(f"  ! {cmd[0]} exited {code}: {b''.join(err).decode(errors='replace')[-800:]}", file=sys.stderr)
     return wall, code, peak_kb // 1024
+
+
+def bare_imapclient(server, account, batch: int) -> tuple[float, int]:
+    """The floor: what any program pays to get the bodies out of the server with imapclient."""
+    import imapclient
+
+    t = time.perf_counter()
+    c = imapclient.IMAPClient(server.host, port=server.port, ssl=False)
+    c.login(account.user, account.password)
+    c.select_folder("INBOX", readonly=True)
+    uids = c.search(["ALL"])
+    n = 0
+    for i in range(0, len(uids), batch):
+        n += len(c.fetch(uids[i:i + batch], ["BODY.PEEK[]"]))
+    c.logout()
+    return time.perf_counter() - t, n
+
+
+def fetch_stage(root: Path, account, customers, batch: int, i: int) -> tuple[float, dict[str, int]]:
+    """Our fetch stage in this process, into an empty log (a fresh workspace each time)."""
+    from crm_automation.worker import Worker
+    from crm_automation.workspace import Workspace
+
+    cfg = write_imap_workspace(root / f"stage{i}", account, customers=customers, password_env=PW_ENV,
+                               batch_size=batch)
+    worker = Worker(Workspace.load(cfg))
+    worker.sync()
+    t = time.perf_counter()
+    res = worker.fetch()
+    wall = time.perf_counter() - t
+    worker.close()
+    return wall, res.stats
 
 
 def mbsync(server, account, work: Path, *, fsync: bool = True) -> tuple[float, int, int] | None:
@@ -117,6 +161,7 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=10_000)
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--skip-mbsync", action="store_true")
+    ap.add_argument("--rounds", type=int, default=3, help="in-process rounds of (bare loop, our fetch stage)")
     ap.add_argument("--mbsync-no-fsync", action="store_true",
                     help="also time mbsync with FSync no (its default fsyncs every message; on a slow disk that "
                          "dominates)")
@@ -163,14 +208,24 @@ def main() -> None:
         logged = db.execute("SELECT COUNT(*) FROM activities WHERE message_id IS NOT NULL").fetchone()[0]
         quarantined = db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
         db.close()
+        helpers = getattr(run_timed, "helpers_mb", [])
         rows.append(("crm-automation fetch (CLI, empty log)", f"{wall:.2f} s", f"{rss} MB",
-                     f"exit {code}; {logged} logged, {quarantined} quarantined"))
+                     f"exit {code}; {logged} logged, {quarantined} quarantined; helper processes' peaks "
+                     f"{helpers} MB"))
         startup = run_timed([sys.executable, "-c", "import crm_automation.cli"], env)
         rows.append(("  of which Python start-up + imports", f"{startup[0]:.2f} s", f"{startup[2]} MB", ""))
         poll = run_timed([*cli, "fetch"], env)
         rows.append(("poll, no new mail (CLI)", f"{poll[0]:.2f} s", f"{poll[2]} MB", f"exit {poll[1]}"))
 
         os.environ[PW_ENV] = account.password
+        ratios = []
+        for i in range(args.rounds):
+            floor, n_bare = bare_imapclient(server, account, args.batch)
+            ours, stats = fetch_stage(work, account, customers, args.batch, i)
+            ratios.append(ours / floor)
+            rows.append((f"round {i + 1}: bare imapclient loop | our fetch stage", f"{floor:.2f} s",
+                         f"{ours:.2f} s", f"{ours / floor:.2f}x; {n_bare} bodies; {stats.get('messages')} logged"))
+        rows.append(("  ratio, median of the rounds", f"{sorted(ratios)[len(ratios) // 2]:.2f}x", "", "target <= 3x"))
         src = ImapSource.from_config(load_config(cfg))
         t = time.perf_counter()
         n = 0

@@ -26,11 +26,12 @@ from email.utils import parseaddr
 from typing import Any
 
 from crm_automation.effects import Effect, effects
-from crm_automation.errors import CrmError, MessageError
+from crm_automation.errors import CrmError
 from crm_automation.mailbox.base import Cursor, MailboxSource
 from crm_automation.match import match
-from crm_automation.models import BounceFailure, Classification, Kind, ParsedMessage, Permanence, RawMessage
+from crm_automation.models import BounceFailure, Classification, Kind, Permanence, RawMessage
 from crm_automation.parallel import OrderedPool
+from crm_automation.reading import Reading, ReadPolicy, read_chunk, reading_of
 from crm_automation.stage import LazyIndex, StageContext, StageResult, address_index, recorded
 from crm_automation.store.sends import SentRef
 from crm_automation.workspace import Workspace
@@ -131,90 +132,12 @@ class InboundPolicy:
                    soft_bounce_days=ws.cfg.inbound.soft_bounce_days, email_field=ws.email_field, email_fields=fields)
 
 
-@dataclass(frozen=True, slots=True)
-class ReadPolicy:
-    """What reading a message depends on: the size limit, our unsubscribe address, the customers' addresses.
-
-    Picklable and small, because it is sent once to each helper process that
-    reads mail on another core (:mod:`crm_automation.parallel`).
-    """
-
-    max_bytes: int
-    unsubscribe_addresses: frozenset[str]
-    ours: frozenset[str]  # the customers' addresses: a bounce names them (classify's ``is_ours``)
-
-
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One message as read before the log is asked anything: parsed, classified and digested.
-
-    Or, with ``error`` set, why it cannot be understood: it is then
-    quarantined whole. :func:`read` makes it from the bytes alone, so it can
-    be made in another process; :func:`decide` then matches it against the log.
-    """
-
-    msg: ParsedMessage | None
-    cls: Classification | None
-    digest: str = ""
-    error: str | None = None
-
-
-def read(raw: bytes, size: int | None, policy: ReadPolicy) -> Reading:
-    """Parse, classify and digest one message. Pure, and never raises: what cannot be read says why."""
-    from crm_automation.classify import classify
-    from crm_automation.parse import content_digest, parse
-
-    limit = policy.max_bytes
-    if size is not None and size > limit:
-        return Reading(None, None, error=f"message: {size} bytes is over max_message_bytes = {limit}; its first "
-                                         f"{limit} bytes are kept here, the whole message stays in the mailbox")
-    try:
-        msg = parse(raw, max_bytes=limit)
-        cls = classify(msg, unsubscribe_addresses=policy.unsubscribe_addresses, is_ours=policy.ours.__contains__)
-        return Reading(msg, cls, content_digest(msg))
-    except MessageError as e:
-        return Reading(None, None, error=str(e))
-    except Exception as e:  # the per-item boundary (SPEC §9): an unforeseen failure quarantines this message only
-        log.debug("parse failure", exc_info=True)
-        return Reading(None, None, error=f"internal error while reading the message: {type(e).__name__}: {e}")
-
-
-# A Reading crosses between processes as a tuple of plain values: unpickling frozen dataclasses
-# cost this process 12 µs a message, a tenth of the work it handed over (issue #13).
-_Wire = tuple[Any, ...]
-
-
-def read_chunk(policy: ReadPolicy, items: list[tuple[bytes, int | None]]) -> list[_Wire]:
-    """:func:`read` over ``(bytes, size)`` pairs, each result as plain values (what a helper process returns)."""
-    out: list[_Wire] = []
-    for raw, size in items:
-        r = read(raw, size, policy)
-        m, c = r.msg, r.cls
-        if m is None or c is None:
-            out.append((r.error,))
-            continue
-        out.append((None, m.message_id, m.from_addr, m.from_name, m.to_addrs, m.subject, m.date, m.in_reply_to,
-                    m.references, m.headers, m.text, m.reply, c.kind.value, c.evidence, c.failures,
-                    c.original_message_id, r.digest))
-    return out
-
-
 def _bytes_and_size(raw: RawMessage) -> tuple[bytes, int | None]:
     return raw.raw, raw.size
 
 
 def _weight(raw: RawMessage) -> int:
     return len(raw.raw)
-
-
-def reading_of(wire: _Wire, raw: bytes) -> Reading:
-    """The :class:`Reading` a :func:`read_chunk` result stands for (``raw``: the message's bytes)."""
-    if wire[0] is not None or len(wire) == 1:
-        return Reading(None, None, error=wire[0])
-    (_, mid, addr, name, to, subject, date, irt, refs, headers, text, reply, kind, evidence, failures, original,
-     digest) = wire
-    msg = ParsedMessage(mid, addr, name, to, subject, date, irt, refs, headers, text, reply, raw)
-    return Reading(msg, Classification(Kind(kind), evidence, failures, original), digest)
 
 
 # Lookups a decision may need from the log (reads only).

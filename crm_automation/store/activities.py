@@ -102,12 +102,42 @@ def insert_activity(conn: Guarded, *, kind: str, occurred_at: datetime, now: dat
         for (d,) in conn.execute(LOGGED_DIGESTS_SQL, (message_id,)):
             if d is None or d == digest:
                 return None
-    cur = conn.execute(
-        "INSERT OR IGNORE INTO activities (customer_key, kind, occurred_at, subject, body, message_id, "
-        "in_reply_to, campaign, step, source, details, logged_at, digest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (customer_key, kind, iso(occurred_at), subject, body, message_id, in_reply_to, campaign, step, source,
-         json.dumps(details or {}, ensure_ascii=False), iso(now), digest))
+    cur = conn.execute(INSERT_ACTIVITY_SQL, activity_row(
+        kind=kind, occurred_at=occurred_at, now=now, customer_key=customer_key, subject=subject, body=body,
+        message_id=message_id, in_reply_to=in_reply_to, campaign=campaign, step=step, source=source,
+        details=details, digest=digest))
     return cur.lastrowid if cur.rowcount else None
+
+
+INSERT_ACTIVITY_SQL = (
+    "INSERT OR IGNORE INTO activities (customer_key, kind, occurred_at, subject, body, message_id, "
+    "in_reply_to, campaign, step, source, details, logged_at, digest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)")
+
+
+def activity_row(*, kind: str, occurred_at: datetime, now: datetime, customer_key: str | None,
+                 subject: str | None, body: str | None, message_id: str | None, in_reply_to: str | None,
+                 campaign: str | None, step: int | None, source: str | None, details: dict[str, Any] | None,
+                 digest: str | None) -> tuple[Any, ...]:
+    """The values of :data:`INSERT_ACTIVITY_SQL` for one activity."""
+    return (customer_key, kind, iso(occurred_at), subject, body, message_id, in_reply_to, campaign, step, source,
+            json.dumps(details or {}, ensure_ascii=False), iso(now), digest)
+
+
+def logged_digests(conn: Guarded, message_ids: set[str]) -> dict[str, set[str | None]]:
+    """The content digests already logged for each of these inbound Message-IDs (None: logged before digests).
+
+    Read in groups of 500 from the partial index, so a batch of fetched
+    mail costs a few queries instead of one per message (issue #13).
+    """
+    out: dict[str, set[str | None]] = {}
+    ids = sorted(message_ids)
+    for i in range(0, len(ids), 500):
+        part = ids[i:i + 500]
+        for mid, d in conn.execute(
+                f"SELECT message_id, digest FROM activities WHERE message_id IN ({','.join('?' * len(part))}) "
+                f"AND kind IN {INBOUND_KINDS_SQL}", part):
+            out.setdefault(mid, set()).add(d)
+    return out
 
 
 def insert_quarantine(conn: Guarded, *, source: str, raw: bytes, error: str, now: datetime,

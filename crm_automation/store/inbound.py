@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING
 from crm_automation.effects import bounce_effects
 from crm_automation.mailbox.base import Cursor
 from crm_automation.models import Kind
-from crm_automation.store.activities import count_soft_bounces, insert_activity, insert_quarantine
+from crm_automation.store.activities import (
+    INSERT_ACTIVITY_SQL,
+    activity_row,
+    count_soft_bounces,
+    insert_quarantine,
+    logged_digests,
+)
 from crm_automation.store.connection import Connection, Guarded, iso
 from crm_automation.store.customers import update_email_status
 from crm_automation.store.schema import INBOUND_KINDS_SQL
@@ -37,8 +43,37 @@ def _set_cursor(conn: Guarded, folder: str, uidvalidity: int, last_uid: int, now
         "updated_at = excluded.updated_at", (folder, uidvalidity, last_uid, iso(now)))
 
 
-def _apply(conn: Guarded, d: Decision, now: datetime, soft_days: int, soft_limit: int) -> bool:
+class _Batch:
+    """One batch's inserts: the Message-IDs' logged digests read once, plain activities written together.
+
+    Why (issue #13): a lookup and an insert per message were most of the
+    log's share of a large fetch. An activity with effects (a suppression,
+    a soft-bounce score, an owner's note) is written at once, after the
+    plain ones before it, so ids still follow mailbox order and the score
+    counts every earlier bounce.
+    """
+
+    def __init__(self, conn: Guarded, decisions: Sequence[Decision]) -> None:
+        self.conn = conn
+        self.known = logged_digests(conn, {a.facts.message_id for d in decisions for a in d.activities})
+        self.rows: list[tuple[object, ...]] = []
+
+    def is_new(self, message_id: str, digest: str) -> bool:
+        seen = self.known.setdefault(message_id, set())
+        if None in seen or digest in seen:
+            return False
+        seen.add(digest)
+        return True
+
+    def flush(self) -> None:
+        if self.rows:
+            self.conn.executemany(INSERT_ACTIVITY_SQL, self.rows)
+            self.rows = []
+
+
+def _apply(batch: _Batch, d: Decision, now: datetime, soft_days: int, soft_limit: int) -> bool:
     """One decision's records (inside the caller's transaction); whether any activity was new."""
+    conn = batch.conn
     logged = False
     q = d.quarantine
     if q is not None:
@@ -46,13 +81,17 @@ def _apply(conn: Guarded, d: Decision, now: datetime, soft_days: int, soft_limit
                           customer_key=q.customer_key, size=q.size)
     for a in d.activities:
         m = a.facts
-        aid = insert_activity(conn, kind=a.kind.value, occurred_at=m.occurred_at, now=now,
-                              customer_key=a.customer_key, subject=m.subject, body=m.body,
-                              message_id=m.message_id, in_reply_to=m.in_reply_to, campaign=a.campaign,
-                              step=a.step, source=m.source, details=a.details, digest=a.digest)
-        if aid is None:
+        if not batch.is_new(m.message_id, a.digest):
             continue
         logged = True
+        row = activity_row(kind=a.kind.value, occurred_at=m.occurred_at, now=now, customer_key=a.customer_key,
+                           subject=m.subject, body=m.body, message_id=m.message_id, in_reply_to=m.in_reply_to,
+                           campaign=a.campaign, step=a.step, source=m.source, details=a.details, digest=a.digest)
+        if not a.effects and a.scored is None and a.notify_owner is None:
+            batch.rows.append(row)
+            continue
+        batch.flush()
+        aid = conn.execute(INSERT_ACTIVITY_SQL, row).lastrowid
         for eff, key in a.effects:
             insert_suppression(conn, eff.email, eff.reason, f"{a.kind.value} {m.message_id}", now)
             if eff.status and key is not None:
@@ -119,11 +158,13 @@ class InboundLog(Connection):
         cursors: dict[str, tuple[int, int]] = {}
         seen: list[tuple[str, str]] = []
         with self.transaction():
+            batch = _Batch(conn, decisions)
             for d in decisions:
-                out.append(_apply(conn, d, now, soft_days, soft_limit))
+                out.append(_apply(batch, d, now, soft_days, soft_limit))
                 cursors[d.folder] = (d.uidvalidity, d.uid)
                 if d.seen_key is not None:
                     seen.append((d.folder, d.seen_key))
+            batch.flush()
             for folder, (uidvalidity, uid) in cursors.items():
                 _set_cursor(conn, folder, uidvalidity, uid, now)
             if seen:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from crm_automation.inbound import Reading, ReadPolicy, read, read_chunk, reading_of
 from crm_automation.parallel import OrderedPool
+from crm_automation.reading import Reading, ReadPolicy, read, read_chunk, reading_of
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "eml"
 REPO = Path(__file__).resolve().parents[2]
