@@ -456,7 +456,17 @@ def _normalise(text: str) -> str:
     return "".join(ch for ch in text if unicodedata.category(ch)[0] not in {"P", "S", "Z", "C"})
 
 
+# Characters that each stay exactly one character of the normalised word: NFKC leaves ASCII letters and
+# digits and CJK Unified Ideographs as they are (at most composing one with a following mark, still one
+# character), lower-casing keeps them one character, and they are never dropped. So more of them than
+# _MAX_UNSUBSCRIBE_CHARS proves a text too long to be a request without normalising it (issue #13:
+# normalising every reply was half of classifying one).
+_NOT_SURE_KEPT = re.compile(r"[^0-9A-Za-z\u4e00-\u9fff]+")
+
+
 def _is_unsubscribe_text(text: str) -> bool:
+    if len(text) > _MAX_UNSUBSCRIBE_CHARS and len(_NOT_SURE_KEPT.sub("", text)) > _MAX_UNSUBSCRIBE_CHARS:
+        return False
     word = _normalise(text)
     if not word or len(word) > _MAX_UNSUBSCRIBE_CHARS:
         return False

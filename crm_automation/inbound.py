@@ -241,6 +241,7 @@ class InboundPass:
         self.policy = InboundPolicy.of(ws)
         self.new_id = new_id  # Message-IDs for owner notifications (the composer's)
         self.parallel: dict[str, int] = {}  # OrderedPool settings (tests and the benchmark set them)
+        self._customers: dict[str, dict[str, Any] | None] = {}  # read once a pass (see _customer)
 
     def index(self) -> LazyIndex:
         """The customers' addresses, loaded on the first message."""
@@ -248,6 +249,7 @@ class InboundPass:
 
     def run(self, on_new_senders: Callable[[dict[str, str], dict[str, str]], int] | None = None) -> StageResult:
         """The fetch stage. ``on_new_senders(senders, index)`` adds unknown senders to the sheet when asked."""
+        self._customers = {}
         with recorded(self.ctx, "fetch") as res:
             source = self.ws.open_mailbox()
             try:
@@ -331,5 +333,9 @@ class InboundPass:
         return None
 
     def _customer(self, key: str) -> dict[str, Any] | None:
-        c = self.store.customer(key)
-        return c.data if c is not None else None
+        # Read once a pass: a fetch changes no customer's data (only email_status, which decide() does
+        # not read), and the same few customers write most of a mailbox.
+        if key not in self._customers:
+            c = self.store.customer(key)
+            self._customers[key] = c.data if c is not None else None
+        return self._customers[key]

