@@ -120,7 +120,11 @@ def activity_row(*, kind: str, occurred_at: datetime, now: datetime, customer_ke
                  digest: str | None) -> tuple[Any, ...]:
     """The values of :data:`INSERT_ACTIVITY_SQL` for one activity."""
     return (customer_key, kind, iso(occurred_at), subject, body, message_id, in_reply_to, campaign, step, source,
-            json.dumps(details or {}, ensure_ascii=False), iso(now), digest)
+            _json(details or {}), iso(now), digest)
+
+
+# One encoder for every activity's details: json.dumps builds a new one per call when given options.
+_json = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
 
 
 def logged_digests(conn: Guarded, message_ids: set[str]) -> dict[str, set[str | None]]:

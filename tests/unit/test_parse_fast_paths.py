@@ -1,4 +1,4 @@
-"""parse.parseaddr / parse.getaddresses answer exactly as the stdlib does (issue #13).
+"""parse's fast paths answer exactly as the stdlib does (issue #13): addresses and dates.
 
 They answer common shapes with one regex and hand everything else to
 ``email.utils``; these tests compare the two on every From/To/Cc header of
@@ -80,3 +80,49 @@ def test_common_shapes_take_the_fast_path():
     for value in ("c1@customer.example.com", "Sales Team <sales@example.com>", '"王先生"<wang@163.example.cn>',
                   "=?utf-8?B?546L5YWI55Sf?= <customer1@example.cn>", "<a@b.c>"):
         assert _MAILBOX.fullmatch(value), value
+
+
+def _stdlib_date(value: str):
+    """What parse._date answered before its fast path: the stdlib's parser, naive taken as UTC."""
+    from datetime import UTC
+
+    if not value.strip():
+        return None
+    try:
+        dt = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    try:
+        return dt.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return None
+
+
+def test_dates_read_by_the_fast_path_are_what_the_stdlib_reads():
+    """Impossible days and times, 2-digit and 0-padded years, odd zones, names and spacing, both ways."""
+    from crm_automation import parse
+
+    rng = random.Random(3)
+    days = ["Mon, ", "Tue,", "Sun, ", "", "Xyz, ", "mon, "]
+    months = ["Jan", "Feb", "may", "DEC", "Foo", "Sep"]
+    years = ["2026", "1999", "26", "0001", "0999", "1000", "9999", "10000"]
+    zones = ["+0800", "-0000", "+0000", "-0530", "+2359", "+2400", "+0860", "GMT", "UT", "EST", "+08:00", "",
+             " (CST)"]
+    fast = 0
+    for _ in range(20000):
+        seconds = rng.choice(["", f":{rng.randrange(0, 62):02d}"])
+        value = (f"{rng.choice(['', ' ', chr(9)])}{rng.choice(days)}{rng.randrange(0, 33)} {rng.choice(months)} "
+                 f"{rng.choice(years)} {rng.randrange(0, 25):02d}:{rng.randrange(0, 61):02d}{seconds} "
+                 f"{rng.choice(zones)}{rng.choice(['', ' '])}")
+        ours = parse._date(value)
+        assert ours == _stdlib_date(value), value
+        assert ours is None or ours.utcoffset().total_seconds() == 0
+        fast += parse._RFC5322_DATE.fullmatch(value) is not None
+    assert fast > 2000
+    for path in sorted(CORPUS.rglob("*.eml")):
+        value = str(email.message_from_bytes(path.read_bytes()).get("date", ""))
+        assert parse._date(value) == _stdlib_date(value), (path.name, value)
