@@ -26,6 +26,7 @@ Not part of the test suite.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -119,7 +120,8 @@ def bare_imapclient(server, account, batch: int) -> tuple[float, int]:
     return time.perf_counter() - t, n
 
 
-def fetch_stage(root: Path, account, customers, batch: int, i: int) -> tuple[float, dict[str, int]]:
+def fetch_stage(root: Path, account, customers, batch: int, i: int,
+                parallel: dict[str, int] | None = None) -> tuple[float, dict[str, int]]:
     """Our fetch stage in this process, into an empty log (a fresh workspace each time)."""
     from crm_automation.worker import Worker
     from crm_automation.workspace import Workspace
@@ -128,6 +130,7 @@ def fetch_stage(root: Path, account, customers, batch: int, i: int) -> tuple[flo
                                batch_size=batch)
     worker = Worker(Workspace.load(cfg))
     worker.sync()
+    worker.inbound.parallel = parallel or {}
     t = time.perf_counter()
     res = worker.fetch()
     wall = time.perf_counter() - t
@@ -162,6 +165,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--skip-mbsync", action="store_true")
     ap.add_argument("--rounds", type=int, default=3, help="in-process rounds of (bare loop, our fetch stage)")
+    ap.add_argument("--parallel", default="{}", help='helper settings for the in-process rounds, e.g. {"helpers": 0}')
     ap.add_argument("--mbsync-no-fsync", action="store_true",
                     help="also time mbsync with FSync no (its default fsyncs every message; on a slow disk that "
                          "dominates)")
@@ -221,7 +225,7 @@ def main() -> None:
         ratios = []
         for i in range(args.rounds):
             floor, n_bare = bare_imapclient(server, account, args.batch)
-            ours, stats = fetch_stage(work, account, customers, args.batch, i)
+            ours, stats = fetch_stage(work, account, customers, args.batch, i, json.loads(args.parallel))
             ratios.append(ours / floor)
             rows.append((f"round {i + 1}: bare imapclient loop | our fetch stage", f"{floor:.2f} s",
                          f"{ours:.2f} s", f"{ours / floor:.2f}x; {n_bare} bodies; {stats.get('messages')} logged"))

@@ -88,7 +88,7 @@ class QuarantinedContact:
 
 
 # The digests already logged for an inbound Message-ID; answered from the partial index
-# ``idx_activities_inbound_message_id`` (tests/unit/test_store_query_plans.py checks the plan).
+# ``idx_activities_inbound_message_id`` (tests/unit/test_store.py checks no lookup grows with the log).
 LOGGED_DIGESTS_SQL = f"SELECT digest FROM activities WHERE message_id = ? AND kind IN {INBOUND_KINDS_SQL}"
 
 
