@@ -162,5 +162,5 @@ def test_reading_on_helper_processes_logs_exactly_what_reading_here_logs(tmp_pat
         assert res.error is None and res.stats["messages"] == len(files)
         results.append(_log_contents(ws_root / "var" / "crm.sqlite"))
     assert len(results[0]) > len(files) // 2
-    assert pools[0].remote_chunks == 0 and pools[1].remote_chunks > len(files) // 8
+    assert pools[0].remote_chunks == 0 and pools[1].remote_chunks > 0
     assert results[0] == results[1]
