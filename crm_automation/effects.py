@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from crm_automation.models import BounceFailure, Classification, Kind, ParsedMessage, Permanence
+from crm_automation.models import BounceFailure, Classification, Correspondence, Kind, Permanence
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +25,7 @@ class Effect:
     status: str | None
 
 
-def effects(msg: ParsedMessage, cls: Classification, customer_email: str | None) -> list[Effect]:
+def effects(msg: Correspondence, cls: Classification, customer_email: str | None) -> list[Effect]:
     """The suppressions and status changes one classified message causes (bounces: :func:`bounce_effects`)."""
     if cls.kind is Kind.BOUNCE and not cls.failures and customer_email:
         return [Effect(customer_email.lower(), "bounced", "bounced")]  # a notice naming nobody, matched otherwise

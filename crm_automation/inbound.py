@@ -31,7 +31,7 @@ from crm_automation.mailbox.base import Cursor, MailboxSource
 from crm_automation.match import match
 from crm_automation.models import BounceFailure, Classification, Kind, Permanence, RawMessage
 from crm_automation.parallel import OrderedPool
-from crm_automation.reading import Reading, ReadPolicy, read_chunk, reading_of
+from crm_automation.reading import Reading, ReadPolicy, Unreadable, read_chunk, reading_of
 from crm_automation.stage import LazyIndex, StageContext, StageResult, address_index, recorded
 from crm_automation.store.sends import SentRef
 from crm_automation.workspace import Workspace
@@ -145,14 +145,14 @@ SentLookup = Callable[[list[str]], dict[str, SentRef]]
 CustomerLookup = Callable[[str], dict[str, Any] | None]
 
 
-def decide(raw: RawMessage, reading: Reading, src: str, now: datetime, policy: InboundPolicy,
+def decide(raw: RawMessage, reading: Reading | Unreadable, src: str, now: datetime, policy: InboundPolicy,
            by_email: dict[str, str], sent: SentLookup, customer: CustomerLookup, new_id: Callable[[], str]) -> Decision:
     """What to record for one message, given how it reads. The per-item boundary: a failure quarantines it."""
     pos = (raw.folder, raw.uidvalidity, raw.uid, raw.seen_key)
     limit = policy.max_bytes
-    msg, cls = reading.msg, reading.cls
-    if msg is None or cls is None:
-        return _quarantined(raw, src, reading.error or "message: could not be read", by_email, limit)
+    if isinstance(reading, Unreadable):
+        return _quarantined(raw, src, reading.error, by_email, limit)
+    msg, cls = reading, reading.cls
     try:
         refs = [r for r in (msg.in_reply_to, *msg.references) if r]
         answered = {m: v.customer_key for m, v in sent(refs).items()} if refs else {}
@@ -297,7 +297,7 @@ class InboundPass:
                 for raw, wire in readers.map(source.fetch(folder, cursor, batch=mb.batch_size)):
                     if stop.is_set():
                         break
-                    d = decide(raw, reading_of(wire, raw.raw), f"{source.name}/{raw.folder}", self.ctx.clock.now(),
+                    d = decide(raw, reading_of(wire), f"{source.name}/{raw.folder}", self.ctx.clock.now(),
                                self.policy, by_email, self.store.sent_message_ids, self._customer, self.new_id)
                     if d.quarantine is not None:
                         log.warning("%s quarantined: %s", d.quarantine.source, d.quarantine.error)

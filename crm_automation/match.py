@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from crm_automation.models import Classification, Kind, ParsedMessage
+from crm_automation.models import Classification, Correspondence, Kind
 
 
-def match(msg: ParsedMessage, cls: Classification, by_email: Mapping[str, str],
+def match(msg: Correspondence, cls: Classification, by_email: Mapping[str, str],
           sent_ids: Mapping[str, str]) -> tuple[str | None, str]:
     """Return (customer key or None, how it was matched)."""
     if cls.kind is Kind.BOUNCE:

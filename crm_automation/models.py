@@ -11,7 +11,7 @@ import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, overload
+from typing import Any, Protocol, overload
 
 
 class FieldType(enum.StrEnum):
@@ -207,6 +207,29 @@ class RawMessage:
     ref: str = ""
     seen_key: str | None = None
     size: int | None = None
+
+
+class Correspondence(Protocol):
+    """What matching a message to a customer and its effects read of it: the sender and the ids it answers.
+
+    A :class:`ParsedMessage` has them, and so has the smaller reading the
+    fetch stage passes between processes (:class:`crm_automation.reading.Reading`).
+    """
+
+    @property
+    def from_addr(self) -> str:
+        """The sender's address, lower-cased ("" when there is none)."""
+        ...
+
+    @property
+    def in_reply_to(self) -> str | None:
+        """The ``<id>`` of In-Reply-To, if any."""
+        ...
+
+    @property
+    def references(self) -> tuple[str, ...]:
+        """The ``<id>``s of References, oldest first."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

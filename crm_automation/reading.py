@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from crm_automation.classify import classify
@@ -40,34 +41,57 @@ class ReadPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """One message as read before the log is asked anything: parsed, classified and digested.
+    """What the log needs of one message once it is read: parsed, classified and digested.
 
-    Or, with ``error`` set, why it cannot be understood: it is then
-    quarantined whole. :func:`read` makes it from the bytes alone, so it can
-    be made in another process; :func:`decide` then matches it against the log.
+    Who wrote, to whom, about what, when, what they newly wrote (``reply``),
+    the ids it answers, what kind of message it is and its content digest.
+    The whole text and the other headers stay with the reader: nothing after
+    reading needs them, and a reading crosses between processes
+    (:mod:`crm_automation.parallel`). :func:`read` makes it from the bytes
+    alone; :func:`crm_automation.inbound.decide` matches it against the log.
     """
 
-    msg: ParsedMessage | None
-    cls: Classification | None
-    digest: str = ""
-    error: str | None = None
+    message_id: str
+    from_addr: str
+    from_name: str
+    to_addrs: tuple[str, ...]
+    subject: str
+    date: datetime | None
+    in_reply_to: str | None
+    references: tuple[str, ...]
+    reply: str
+    cls: Classification
+    digest: str
+
+    @classmethod
+    def of(cls, msg: ParsedMessage, classification: Classification) -> Reading:
+        """The reading of a parsed and classified message."""
+        return cls(msg.message_id, msg.from_addr, msg.from_name, msg.to_addrs, msg.subject, msg.date,
+                   msg.in_reply_to, msg.references, msg.reply, classification, content_digest(msg))
 
 
-def read(raw: bytes, size: int | None, policy: ReadPolicy) -> Reading:
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A message that cannot be understood, and why: it is quarantined whole."""
+
+    error: str
+
+
+def read(raw: bytes, size: int | None, policy: ReadPolicy) -> Reading | Unreadable:
     """Parse, classify and digest one message. Pure, and never raises: what cannot be read says why."""
     limit = policy.max_bytes
     if size is not None and size > limit:
-        return Reading(None, None, error=f"message: {size} bytes is over max_message_bytes = {limit}; its first "
-                                         f"{limit} bytes are kept here, the whole message stays in the mailbox")
+        return Unreadable(f"message: {size} bytes is over max_message_bytes = {limit}; its first {limit} bytes "
+                          "are kept here, the whole message stays in the mailbox")
     try:
         msg = parse(raw, max_bytes=limit)
         cls = classify(msg, unsubscribe_addresses=policy.unsubscribe_addresses, is_ours=policy.ours.__contains__)
-        return Reading(msg, cls, content_digest(msg))
+        return Reading.of(msg, cls)
     except MessageError as e:
-        return Reading(None, None, error=str(e))
+        return Unreadable(str(e))
     except Exception as e:  # the per-item boundary (SPEC §9): an unforeseen failure quarantines this message only
         log.debug("parse failure", exc_info=True)
-        return Reading(None, None, error=f"internal error while reading the message: {type(e).__name__}: {e}")
+        return Unreadable(f"internal error while reading the message: {type(e).__name__}: {e}")
 
 
 # A Reading crosses between processes as a tuple of plain values: unpickling frozen dataclasses
@@ -80,21 +104,19 @@ def read_chunk(policy: ReadPolicy, items: list[tuple[bytes, int | None]]) -> lis
     out: list[_Wire] = []
     for raw, size in items:
         r = read(raw, size, policy)
-        m, c = r.msg, r.cls
-        if m is None or c is None:
+        if isinstance(r, Unreadable):
             out.append((r.error,))
             continue
-        out.append((None, m.message_id, m.from_addr, m.from_name, m.to_addrs, m.subject, m.date, m.in_reply_to,
-                    m.references, m.headers, m.text, m.reply, c.kind.value, c.evidence, c.failures,
-                    c.original_message_id, r.digest))
+        c = r.cls
+        out.append((None, r.message_id, r.from_addr, r.from_name, r.to_addrs, r.subject, r.date, r.in_reply_to,
+                    r.references, r.reply, c.kind.value, c.evidence, c.failures, c.original_message_id, r.digest))
     return out
 
 
-def reading_of(wire: _Wire, raw: bytes) -> Reading:
-    """The :class:`Reading` a :func:`read_chunk` result stands for (``raw``: the message's bytes)."""
-    if wire[0] is not None or len(wire) == 1:
-        return Reading(None, None, error=wire[0])
-    (_, mid, addr, name, to, subject, date, irt, refs, headers, text, reply, kind, evidence, failures, original,
-     digest) = wire
-    msg = ParsedMessage(mid, addr, name, to, subject, date, irt, refs, headers, text, reply, raw)
-    return Reading(msg, Classification(Kind(kind), evidence, failures, original), digest)
+def reading_of(wire: _Wire) -> Reading | Unreadable:
+    """What a :func:`read_chunk` result stands for."""
+    if len(wire) == 1:
+        return Unreadable(wire[0])
+    (_, mid, addr, name, to, subject, date, irt, refs, reply, kind, evidence, failures, original, digest) = wire
+    return Reading(mid, addr, name, to, subject, date, irt, refs, reply,
+                   Classification(Kind(kind), evidence, failures, original), digest)
