@@ -37,7 +37,6 @@ import logging
 import os
 import pickle
 import queue
-import select
 import subprocess
 import sys
 import threading
@@ -96,7 +95,11 @@ def _helper_main() -> None:
     if first is None:
         return
     module, name, state = first
-    fn = getattr(importlib.import_module(module), name)
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:  # the parent sees end-of-file and reads on its own
+        sys.stderr.write(f"crm-automation helper: cannot load {module}.{name}: {e}\n")
+        return
     while (chunk := chunks.get()) is not None:
         try:
             result: tuple[bool, Any] = (True, fn(state, chunk))
@@ -290,8 +293,8 @@ class OrderedPool(Generic[S, T, R]):
 
     def _has_result(self, h: _Helper) -> bool:
         try:
-            return bool(select.select([h.recv.fileno()], [], [], 0)[0])
-        except (OSError, ValueError):
+            return h.recv.poll()
+        except (OSError, ValueError, EOFError):
             return True  # _resolve finds out and computes the chunk here
 
     def _resolve(self, entry: _Entry[T, R]) -> Iterator[tuple[T, R]]:

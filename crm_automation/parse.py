@@ -335,6 +335,11 @@ def _date(value: str) -> datetime | None:
             return local - timedelta(seconds=offset)
         except (ValueError, OverflowError):
             pass  # no such day or time: the stdlib decides
+    return _stdlib_date(value)
+
+
+def _stdlib_date(value: str) -> datetime | None:
+    """:func:`_date` for any shape, by ``email.utils``: aware UTC, a date without a zone taken as UTC."""
     if not value.strip():
         return None
     try:

@@ -199,3 +199,19 @@ def gone_within(check, seconds: float = 10) -> None:
     while not check():
         assert time.monotonic() < deadline, "the helper processes did not get there in time"
         time.sleep(0.05)
+
+
+def test_a_helper_that_cannot_load_the_function_leaves_all_the_work_here(capfd):
+    """A function helpers cannot import (here: a local one) — they exit at once, the results are still whole."""
+    def local_square(state: int, items: list[int]) -> list[int]:
+        time.sleep(0.005)
+        return [x * x + state for x in items]
+
+    pool = OrderedPool(local_square, 1, lambda x: x, helpers=2, chunk=5, start_after=0)
+    out = list(pool.map(range(800)))
+    assert out == [(x, x * x + 1) for x in range(800)]
+    assert pool.remote_chunks == 0
+    gone_within(lambda: not helper_pids(os.getpid()))
+    if pool.started:  # they started (the usual case) and said why they left, in one line
+        err = capfd.readouterr().err
+        assert "crm-automation helper: cannot load" in err and "Traceback" not in err
