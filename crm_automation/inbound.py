@@ -294,7 +294,9 @@ class InboundPass:
             for folder in source.folders():
                 cursor = self._cursor(source, folder)
                 since = time.monotonic()
-                for raw, wire in readers.map(source.fetch(folder, cursor, batch=mb.batch_size)):
+                # A folder read from its start (first fetch, new UIDVALIDITY) is where a mailbox's years wait.
+                first = cursor is None or (source.tracks_names and not cursor.seen)
+                for raw, wire in readers.map(source.fetch(folder, cursor, batch=mb.batch_size), eager=first):
                     if stop.is_set():
                         break
                     d = decide(raw, reading_of(wire), f"{source.name}/{raw.folder}", self.ctx.clock.now(),

@@ -44,7 +44,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 from multiprocessing.connection import Connection
 from typing import Any, Generic, TypeVar
 
@@ -54,6 +54,8 @@ except ImportError:  # not POSIX: no helpers (default_helpers), so no pipes to w
     fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger("crm_automation")
+
+_NONE: Any = object()  # no item
 
 S = TypeVar("S")
 T = TypeVar("T")
@@ -210,11 +212,21 @@ class OrderedPool(Generic[S, T, R]):
     started: int = field(default=0, init=False)  # helpers that started (for tests and the benchmark)
     remote_chunks: int = field(default=0, init=False)  # chunks computed by helpers
 
-    def map(self, items: Iterable[T]) -> Iterator[tuple[T, R]]:
-        """Yield ``(item, result)`` in the order of ``items``."""
+    def map(self, items: Iterable[T], *, eager: bool = False) -> Iterator[tuple[T, R]]:
+        """Yield ``(item, result)`` in the order of ``items``.
+
+        ``eager``: much work is expected (a mailbox read for the first time),
+        so the helpers start with the first item instead of after
+        ``start_after`` items (and not at all when there is none).
+        """
         it = iter(items)
         one = self._here
-        for item in islice(it, self.start_after):
+        if eager:
+            first = next(it, _NONE)
+            if first is _NONE:
+                return
+            it = chain([first], it)
+        for item in islice(it, 0 if eager else self.start_after):
             yield item, one([item])[0]
         if self.helpers <= 0:
             for item in it:

@@ -215,3 +215,13 @@ def test_a_helper_that_cannot_load_the_function_leaves_all_the_work_here(capfd):
     if pool.started:  # they started (the usual case) and said why they left, in one line
         err = capfd.readouterr().err
         assert "crm-automation helper: cannot load" in err and "Traceback" not in err
+
+
+def test_eager_starts_helpers_with_the_first_item_and_never_for_nothing():
+    pool = OrderedPool(slow_square, 0, lambda x: x, helpers=1, chunk=5, start_after=10_000)
+    assert list(pool.map(iter(()), eager=True)) == []
+    time.sleep(0.3)
+    assert pool.started == 0 and not helper_pids(os.getpid())  # an empty folder polled: no process
+    out = list(pool.map(range(300), eager=True))
+    assert out == [(x, x * x) for x in range(300)]
+    assert pool.started == 1 and pool.remote_chunks > 0  # start_after did not hold it back
