@@ -40,6 +40,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
@@ -207,6 +208,7 @@ class OrderedPool(Generic[S, T, R]):
     start_after: int = 50
     depth: int = 8
     ahead: int = 40  # chunks in flight at most (at least helpers * depth + 1)
+    linger: float = 0.05  # seconds a chunk may wait for its items (a slow mailbox)
     weigh: Callable[[T], int] | None = None  # an item's weight (an email's size) ...
     budget: int = 32 * 1024 * 1024  # ... and the most weight in flight (a chunk alone may exceed it)
     started: int = field(default=0, init=False)  # helpers that started (for tests and the benchmark)
@@ -236,8 +238,12 @@ class OrderedPool(Generic[S, T, R]):
         limit = max(self.ahead, self.helpers * self.depth + 1)
         threading.Thread(target=self._start, args=(crew,), name="crm-readers", daemon=True).start()
         pending: deque[_Entry[T, R]] = deque()
+        failed: Exception | None = None
         try:
-            while chunk := list(islice(it, self.chunk)):
+            while True:
+                chunk, failed = self._fill(it)
+                if not chunk:
+                    break
                 yield from self._completed(pending)  # hand on what is in: it frees helpers
                 entry: _Entry[T, R] = _Entry(chunk)
                 free = [h for h in list(crew.helpers) if h.alive and h.busy < self.depth]
@@ -251,10 +257,33 @@ class OrderedPool(Generic[S, T, R]):
                 # Bounded: wait for the oldest rather than read further ahead.
                 while len(pending) > limit or (len(pending) > 1 and sum(e.weight for e in pending) > self.budget):
                     yield from self._resolve(pending.popleft())
+                if failed is not None:
+                    break
             while pending:
                 yield from self._resolve(pending.popleft())
         finally:
             crew.dismiss()
+        if failed is not None:
+            raise failed  # after handing on every item read before the input failed
+
+    def _fill(self, it: Iterator[T]) -> tuple[list[T], Exception | None]:
+        """The next chunk: ``chunk`` items, or fewer when the input is slow or fails.
+
+        Why not ``islice``: a mailbox that trickles (or drops part-way) must
+        not hold back what it already gave. A chunk goes as soon as it is
+        ``linger`` seconds old; an error is returned with the items read
+        before it, which are handed on before the error is raised.
+        """
+        chunk: list[T] = []
+        start = time.monotonic()
+        try:
+            for item in it:
+                chunk.append(item)
+                if len(chunk) >= self.chunk or time.monotonic() - start >= self.linger:
+                    break
+        except Exception as e:  # noqa: BLE001 -- raised again by map() once the chunk is handed on
+            return chunk, e
+        return chunk, None
 
     def _completed(self, pending: deque[_Entry[T, R]]) -> Iterator[tuple[T, R]]:
         """The results at the head of the queue that are in (without waiting)."""

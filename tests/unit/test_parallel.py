@@ -225,3 +225,32 @@ def test_eager_starts_helpers_with_the_first_item_and_never_for_nothing():
     out = list(pool.map(range(300), eager=True))
     assert out == [(x, x * x) for x in range(300)]
     assert pool.started == 1 and pool.remote_chunks > 0  # start_after did not hold it back
+
+
+def test_what_was_read_before_the_input_fails_is_handed_on_then_the_error_raised():
+    def source():
+        yield from range(17)
+        raise ConnectionError("the mailbox dropped")
+
+    for eager in (False, True):
+        pool = OrderedPool(slow_square, 0, lambda x: x, helpers=1, chunk=50, start_after=5)
+        got: list[tuple[int, int]] = []
+        with pytest.raises(ConnectionError, match="dropped"):
+            got.extend(pool.map(source(), eager=eager))
+        assert got == [(x, x * x) for x in range(17)], eager
+
+
+def test_a_trickling_input_is_handed_on_as_it_comes_not_a_full_chunk_later():
+    pulled = []
+
+    def source():
+        for i in range(30):
+            time.sleep(0.02)
+            pulled.append(i)
+            yield i
+
+    pool = OrderedPool(square, 0, lambda x: x, helpers=1, chunk=50, start_after=0, linger=0.05)
+    lag = []
+    for x, _ in pool.map(source(), eager=True):
+        lag.append(len(pulled) - x)
+    assert max(lag) <= 10, lag  # a chunk of 50 would have held every result until the input ended
