@@ -37,6 +37,7 @@ import logging
 import os
 import pickle
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -80,6 +81,9 @@ def _helper_main() -> None:
     while this process waits for the parent to take a result (two full pipes
     would otherwise wait for each other).
     """
+    # Ctrl-C in a terminal reaches the whole process group: the worker stops cleanly and this process
+    # leaves at end-of-file, without a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     inp = Connection(os.dup(0), writable=False)
     out = Connection(os.dup(1), readable=False)
     sys.stdout = sys.stderr  # nothing may write into the results pipe

@@ -240,17 +240,48 @@ def test_what_was_read_before_the_input_fails_is_handed_on_then_the_error_raised
         assert got == [(x, x * x) for x in range(17)], eager
 
 
-def test_a_trickling_input_is_handed_on_as_it_comes_not_a_full_chunk_later():
-    pulled = []
-
+def test_a_trickling_input_makes_short_chunks_not_a_wait_for_a_full_one():
+    """A chunk is cut when it is ``linger`` seconds old: a slow mailbox's messages are not held for 50 more."""
     def source():
-        for i in range(30):
-            time.sleep(0.02)
-            pulled.append(i)
+        for i in range(80):
+            time.sleep(0.01)
             yield i
 
-    pool = OrderedPool(square, 0, lambda x: x, helpers=1, chunk=50, start_after=0, linger=0.05)
-    lag = []
-    for x, _ in pool.map(source(), eager=True):
-        lag.append(len(pulled) - x)
-    assert max(lag) <= 10, lag  # a chunk of 50 would have held every result until the input ended
+    pool = OrderedPool(square, 0, lambda x: x, helpers=1, chunk=50, linger=0.05)
+    it = source()
+    sizes = []
+    while True:
+        chunk, failed = pool._fill(it)
+        assert failed is None
+        if not chunk:
+            break
+        sizes.append(len(chunk))
+    assert sum(sizes) == 80
+    assert max(sizes) <= 10, sizes  # about five items of 10 ms each fit in 0.05 s; a full chunk would be 50
+
+
+def test_ctrl_c_to_the_process_group_leaves_helpers_quiet_until_their_parent_goes(tmp_path):
+    """SIGINT (Ctrl-C) reaches every process of the group; a helper ignores it and exits with its parent."""
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent("""
+        import signal, sys, time
+        from tests.unit.test_parallel import slow_square
+        from crm_automation.parallel import OrderedPool
+        signal.signal(signal.SIGINT, lambda *a: sys.exit(0))
+        pool = OrderedPool(slow_square, 0, lambda x: x, helpers=1, chunk=5, start_after=0)
+        for i, _ in pool.map(range(10**9)):
+            if i == 50:
+                print("running", flush=True)
+            time.sleep(0.001)
+    """), encoding="utf-8")
+    parent = subprocess.Popen([sys.executable, str(script)], env={**os.environ, "PYTHONPATH": str(REPO)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert parent.stdout is not None and parent.stdout.readline().strip() == "running"
+    gone_within(lambda: len(helper_pids(parent.pid)) == 1)
+    pids = helper_pids(parent.pid)
+    os.killpg(parent.pid, signal.SIGINT)
+    _, err = parent.communicate(timeout=20)
+    assert parent.returncode == 0
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    gone_within(lambda: not any(Path(f"/proc/{pid}").exists() and b"crm_automation.parallel" in
+                                Path(f"/proc/{pid}/cmdline").read_bytes() for pid in pids))
