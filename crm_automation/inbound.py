@@ -270,7 +270,7 @@ class InboundPass:
         stop = self.ctx.stop
         # Messages are read (parsed, classified) on the other cores when there are many (issue #13); decided
         # and committed here, in mailbox order.
-        readers = OrderedPool(read_chunk, self.policy.reading(by_email), _bytes_and_size, weigh=_weight,
+        readers = OrderedPool(read_chunk, lambda: self.policy.reading(by_email), _bytes_and_size, weigh=_weight,
                               **self.parallel)
 
         def commit() -> None:

@@ -195,14 +195,17 @@ class _Entry(Generic[T, R]):
 class OrderedPool(Generic[S, T, R]):
     """Runs ``fn(state, [prepare(item), ...]) -> results`` (one per item) over a stream; see the module docstring.
 
-    ``fn`` must be a module-level function and ``state`` picklable: both are
-    sent to each helper once, when it starts. ``prepare`` picks from each
-    item what ``fn`` needs (plain values pickle several times faster than
-    dataclasses); the items themselves never leave this process.
+    ``fn`` must be a module-level function and the state picklable: both are
+    sent to each helper once, when it starts. The state is made by
+    ``make_state()``, in this thread, when the first item comes: a poll that
+    finds nothing never builds it (for the fetch stage: never loads the
+    customers' addresses). ``prepare`` picks from each item what ``fn``
+    needs (plain values pickle several times faster than dataclasses); the
+    items themselves never leave this process.
     """
 
     fn: Callable[[S, list[Any]], list[R]]
-    state: S
+    make_state: Callable[[], S]
     prepare: Callable[[T], Any]
     # Measured on 10,000 messages, 2 cores (issue #13): chunks of 50 and up to 8 per helper keep the
     # helper fed; 40 chunks ahead (or ``budget``, whichever is reached first) keep this process from
@@ -215,6 +218,7 @@ class OrderedPool(Generic[S, T, R]):
     linger: float = 0.05  # seconds a chunk may wait for its items (a slow mailbox)
     weigh: Callable[[T], int] | None = None  # an item's weight (an email's size) ...
     budget: int = 32 * 1024 * 1024  # ... and the most weight in flight (a chunk alone may exceed it)
+    _state: list[S] = field(default_factory=list, init=False, repr=False)  # made once, on the first item
     started: int = field(default=0, init=False)  # helpers that started (for tests and the benchmark)
     remote_chunks: int = field(default=0, init=False)  # chunks computed by helpers
 
@@ -227,20 +231,21 @@ class OrderedPool(Generic[S, T, R]):
         """
         it = iter(items)
         one = self._here
-        if eager:
-            first = next(it, _NONE)
-            if first is _NONE:
-                return
-            it = chain([first], it)
         for item in islice(it, 0 if eager else self.start_after):
             yield item, one([item])[0]
+        first = next(it, _NONE)  # no helper, and no state, for nothing
+        if first is _NONE:
+            return
+        it = chain([first], it)
         if self.helpers <= 0:
             for item in it:
                 yield item, one([item])[0]
             return
         crew = _Crew()
         limit = max(self.ahead, self.helpers * self.depth + 1)
-        threading.Thread(target=self._start, args=(crew,), name="crm-readers", daemon=True).start()
+        # The state is made here, not in the starting thread: making it may read the log, whose
+        # connection belongs to this thread.
+        threading.Thread(target=self._start, args=(crew, self.state()), name="crm-readers", daemon=True).start()
         pending: deque[_Entry[T, R]] = deque()
         failed: Exception | None = None
         try:
@@ -298,11 +303,17 @@ class OrderedPool(Generic[S, T, R]):
             yield from self._resolve(pending.popleft())
 
     def _here(self, items: list[T]) -> list[R]:
-        return self.fn(self.state, [self.prepare(x) for x in items])
+        return self.fn(self.state(), [self.prepare(x) for x in items])
+
+    def state(self) -> S:
+        """The state, made on first use."""
+        if not self._state:
+            self._state.append(self.make_state())
+        return self._state[0]
 
     # -- helpers' lifecycle -------------------------------------------------------------
 
-    def _start(self, crew: _Crew) -> None:
+    def _start(self, crew: _Crew, state: S) -> None:
         """Start the helper processes (in a background thread: an interpreter takes a moment to start)."""
         env = {"PATH": os.environ.get("PATH", ""),
                "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
@@ -318,7 +329,7 @@ class OrderedPool(Generic[S, T, R]):
                             Connection(os.dup(p.stdout.fileno()), writable=False))
                 p.stdin.close()
                 p.stdout.close()
-                h.send.send((self.fn.__module__, self.fn.__qualname__, self.state))
+                h.send.send((self.fn.__module__, self.fn.__qualname__, state))
                 if not crew.join(h):
                     return
                 self.started += 1

@@ -145,6 +145,19 @@ class LazyIndex(dict[str, str]):
         self._ensure()
         return super().__contains__(key)
 
+    # Iterating, counting and indexing are uses too: frozenset(index) once gave an empty set (issue #13).
+    def __iter__(self) -> Iterator[str]:
+        self._ensure()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self._ensure()
+        return super().__len__()
+
+    def __getitem__(self, key: str) -> str:
+        self._ensure()
+        return super().__getitem__(key)
+
 
 def address_index(store: Store, email_fields: list[str]) -> LazyIndex:
     """The customers' addresses (every mapped email field but ``owner``), loaded on first use."""

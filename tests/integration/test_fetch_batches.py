@@ -164,3 +164,35 @@ def test_reading_on_helper_processes_logs_exactly_what_reading_here_logs(tmp_pat
     assert len(results[0]) > len(files) // 2
     assert pools[0].remote_chunks == 0 and pools[1].remote_chunks > 0
     assert results[0] == results[1]
+
+
+NOTICE = ("From: service@mail.example.cn\r\nTo: sales@example.com\r\nSubject: 退信通知\r\n"
+          "Message-ID: <notice-{i}@mail.example.cn>\r\nDate: Fri, 27 Nov 2026 09:00:00 +0800\r\n"
+          "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+          "很抱歉，您发送的邮件无法送达。\r\n收件人 c1@example.com 用户不存在，邮件已被退回。\r\n")
+
+
+@pytest.mark.parametrize("helpers", [0, 1])
+def test_a_notice_naming_a_customer_is_read_as_their_bounce_wherever_it_is_read(tmp_path, helpers):
+    """Reading knows the customers' addresses, here and on helpers (issue #11's rule, issue #13's pool).
+
+    A notice without DSN structure is a bounce only because it names a
+    customer next to a failure phrase; read without the customers it is
+    an ordinary message. The pool once got an empty address set (the lazy
+    index, iterated before it was loaded), which this test catches.
+    """
+    cfg = make_workspace(tmp_path / "ws", mailbox='source = "maildir"\npath = "inbox"')
+    for i in range(120):  # enough for the helpers to take part (eager on a first read; slowed below)
+        (tmp_path / "ws" / "inbox" / "new" / f"{1000 + i}.n{i}").write_bytes(NOTICE.format(i=i).encode())
+    ws = Workspace.load(cfg)
+    worker = Worker(ws)
+    worker.sync()
+    worker.inbound.parallel = {"helpers": helpers, "start_after": 0, "chunk": 4}
+    opened = ws.open_mailbox
+    ws.open_mailbox = lambda: Wrapped(opened(), lambda i: time.sleep(0.004))  # type: ignore[method-assign]
+    assert worker.fetch().error is None
+    worker.close()
+    with sqlite3.connect(tmp_path / "ws" / "var" / "crm.sqlite") as c:
+        rows = c.execute("SELECT kind, customer_key, COUNT(*) FROM activities WHERE message_id LIKE '<notice-%' "
+                         "GROUP BY kind, customer_key").fetchall()
+    assert rows == [("bounce", "c1@example.com", 120)]

@@ -59,7 +59,7 @@ def test_reading_on_helpers_gives_what_reading_here_gives_for_the_whole_corpus()
         time.sleep(0.002)  # a mailbox's pace: the helpers are up for most of the map, even on a busy machine
         return b, len(b) if len(b) > 4096 else None
 
-    pool = OrderedPool(read_chunk, policy, prepare, helpers=2, chunk=7, start_after=0)
+    pool = OrderedPool(read_chunk, lambda: policy, prepare, helpers=2, chunk=7, start_after=0)
     out = list(pool.map(raws))
     assert pool.started == 2 and pool.remote_chunks > 10
     assert [raw for raw, _ in out] == raws  # in order
@@ -70,14 +70,14 @@ def test_reading_on_helpers_gives_what_reading_here_gives_for_the_whole_corpus()
 
 
 def test_results_come_in_input_order_whoever_computes_them():
-    pool = OrderedPool(slow_square, 5, lambda x: x, helpers=2, chunk=3, start_after=4)
+    pool = OrderedPool(slow_square, lambda: 5, lambda x: x, helpers=2, chunk=3, start_after=4)
     out = list(pool.map(range(200)))
     assert out == [(x, x * x + 5) for x in range(200)]
     assert pool.remote_chunks > 0
 
 
 def test_a_failing_chunk_is_computed_here_and_fails_here_too():
-    pool = OrderedPool(square, 0, lambda x: x, helpers=1, chunk=2, start_after=0)
+    pool = OrderedPool(square, lambda: 0, lambda x: x, helpers=1, chunk=2, start_after=0)
     it = pool.map([1, 2, 3, -1, 5])
     assert next(it) == (1, 1)
     with pytest.raises(ValueError, match="fails wherever it runs"):
@@ -85,7 +85,7 @@ def test_a_failing_chunk_is_computed_here_and_fails_here_too():
 
 
 def test_a_helper_killed_mid_map_loses_nothing():
-    pool = OrderedPool(slow_square, 0, lambda x: x, helpers=2, chunk=5, start_after=0)
+    pool = OrderedPool(slow_square, lambda: 0, lambda x: x, helpers=2, chunk=5, start_after=0)
     out = []
     killed = []
     for i, (x, y) in enumerate(pool.map(range(300))):
@@ -107,7 +107,7 @@ def test_the_input_is_read_lazily_and_in_bounded_steps():
             pulled.append(i)
             yield i
 
-    pool = OrderedPool(slow_square, 0, lambda x: x, helpers=2, chunk=10, start_after=5, depth=2, ahead=0)
+    pool = OrderedPool(slow_square, lambda: 0, lambda x: x, helpers=2, chunk=10, start_after=5, depth=2, ahead=0)
     for i, _ in pool.map(source()):
         # At most start_after + (helpers * depth + 1) chunks of 10 ahead of what was handed on.
         assert len(pulled) - i <= 5 + 5 * 10 + 10
@@ -125,7 +125,7 @@ def test_the_weight_in_flight_is_bounded_too():
             pulled.append(i)
             yield i
 
-    pool = OrderedPool(slow_square, 0, lambda x: x, helpers=2, chunk=10, start_after=0, ahead=40,
+    pool = OrderedPool(slow_square, lambda: 0, lambda x: x, helpers=2, chunk=10, start_after=0, ahead=40,
                        weigh=lambda x: 100, budget=2_000)
     ahead = 0
     for i, _ in pool.map(source()):
@@ -135,7 +135,7 @@ def test_the_weight_in_flight_is_bounded_too():
 
 
 def test_an_early_stop_and_the_end_leave_no_helper_running():
-    pool = OrderedPool(slow_square, 0, lambda x: x, helpers=2, chunk=5, start_after=0)
+    pool = OrderedPool(slow_square, lambda: 0, lambda x: x, helpers=2, chunk=5, start_after=0)
     for i, _ in pool.map(range(1000)):
         if i == 100:
             gone_within(lambda: bool(helper_pids(os.getpid())))  # they are up (waits on a busy machine)
@@ -150,7 +150,7 @@ def test_helpers_exit_when_their_parent_is_killed_and_never_see_its_environment(
         import sys, time
         from tests.unit.test_parallel import slow_square
         from crm_automation.parallel import OrderedPool
-        pool = OrderedPool(slow_square, 0, lambda x: x, helpers=2, chunk=5, start_after=0)
+        pool = OrderedPool(slow_square, lambda: 0, lambda x: x, helpers=2, chunk=5, start_after=0)
         for i, _ in pool.map(range(10**9)):
             if i == 50:
                 print("running", flush=True)
@@ -207,7 +207,7 @@ def test_a_helper_that_cannot_load_the_function_leaves_all_the_work_here(capfd):
         time.sleep(0.005)
         return [x * x + state for x in items]
 
-    pool = OrderedPool(local_square, 1, lambda x: x, helpers=2, chunk=5, start_after=0)
+    pool = OrderedPool(local_square, lambda: 1, lambda x: x, helpers=2, chunk=5, start_after=0)
     out = list(pool.map(range(800)))
     assert out == [(x, x * x + 1) for x in range(800)]
     assert pool.remote_chunks == 0
@@ -218,7 +218,7 @@ def test_a_helper_that_cannot_load_the_function_leaves_all_the_work_here(capfd):
 
 
 def test_eager_starts_helpers_with_the_first_item_and_never_for_nothing():
-    pool = OrderedPool(slow_square, 0, lambda x: x, helpers=1, chunk=5, start_after=10_000)
+    pool = OrderedPool(slow_square, lambda: 0, lambda x: x, helpers=1, chunk=5, start_after=10_000)
     assert list(pool.map(iter(()), eager=True)) == []
     time.sleep(0.3)
     assert pool.started == 0 and not helper_pids(os.getpid())  # an empty folder polled: no process
@@ -233,7 +233,7 @@ def test_what_was_read_before_the_input_fails_is_handed_on_then_the_error_raised
         raise ConnectionError("the mailbox dropped")
 
     for eager in (False, True):
-        pool = OrderedPool(slow_square, 0, lambda x: x, helpers=1, chunk=50, start_after=5)
+        pool = OrderedPool(slow_square, lambda: 0, lambda x: x, helpers=1, chunk=50, start_after=5)
         got: list[tuple[int, int]] = []
         with pytest.raises(ConnectionError, match="dropped"):
             got.extend(pool.map(source(), eager=eager))
@@ -247,7 +247,7 @@ def test_a_trickling_input_makes_short_chunks_not_a_wait_for_a_full_one():
             time.sleep(0.01)
             yield i
 
-    pool = OrderedPool(square, 0, lambda x: x, helpers=1, chunk=50, linger=0.05)
+    pool = OrderedPool(square, lambda: 0, lambda x: x, helpers=1, chunk=50, linger=0.05)
     it = source()
     sizes = []
     while True:
@@ -268,7 +268,7 @@ def test_ctrl_c_to_the_process_group_leaves_helpers_quiet_until_their_parent_goe
         from tests.unit.test_parallel import slow_square
         from crm_automation.parallel import OrderedPool
         signal.signal(signal.SIGINT, lambda *a: sys.exit(0))
-        pool = OrderedPool(slow_square, 0, lambda x: x, helpers=1, chunk=5, start_after=0)
+        pool = OrderedPool(slow_square, lambda: 0, lambda x: x, helpers=1, chunk=5, start_after=0)
         for i, _ in pool.map(range(10**9)):
             if i == 50:
                 print("running", flush=True)
@@ -285,3 +285,18 @@ def test_ctrl_c_to_the_process_group_leaves_helpers_quiet_until_their_parent_goe
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     gone_within(lambda: not any(Path(f"/proc/{pid}").exists() and b"crm_automation.parallel" in
                                 Path(f"/proc/{pid}/cmdline").read_bytes() for pid in pids))
+
+
+def test_the_state_is_made_once_on_the_first_item_and_never_for_nothing():
+    """For the fetch stage the state is the customers' addresses: a poll that finds no mail never loads them."""
+    made = []
+
+    def make() -> int:
+        made.append(1)
+        return 2
+
+    pool = OrderedPool(square, make, lambda x: x, helpers=1, chunk=5, start_after=3)
+    assert list(pool.map(iter(()))) == [] and list(pool.map(iter(()), eager=True)) == []
+    assert made == []
+    assert list(pool.map(range(40))) == [(x, x * x + 2) for x in range(40)]
+    assert made == [1]
