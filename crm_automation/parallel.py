@@ -15,9 +15,12 @@ Properties the fetch stage relies on:
   flight.
 - **Nothing for small work.** The first ``start_after`` items are computed
   here, one at a time, with no process started: a poll or a small fetch
-  costs what it did before. The helpers start in the background after that,
-  and until they are ready (and whenever they are all busy) this process
-  computes the next chunk itself, so no core waits.
+  costs what it did before (``eager`` skips this for a mailbox read from its
+  start; an empty input starts nothing either way). The helpers start in the
+  background after that, and until they are ready (and whenever they are all
+  busy) this process computes the next chunk itself, so no core waits. A
+  chunk goes when it is full or ``linger`` seconds old, so a slow input is
+  not held back.
 - **The same results either way.** Helpers run the very function this
   process runs; a helper that dies or fails has its chunks computed here.
 - **No orphans, no secrets.** A helper is a fresh interpreter
