@@ -256,7 +256,7 @@ def _build(raw: bytes, msg: Message) -> ParsedMessage:
 
 # The shapes nearly every mail client writes: ``local@domain``, ``Name <local@domain>``, ``"Name" <...>``.
 # For these the stdlib's address parser (pure Python, a fifth of parsing a message, issue #13) is not
-# needed: a regex gives the same answer (tests/unit/test_parse_addresses.py compares the two on the
+# needed: a regex gives the same answer (tests/unit/test_parse_fast_paths.py compares the two on the
 # corpus and on thousands of generated headers). Anything else - comments, groups, routes, dots or
 # specials in a bare name, escapes - goes to the stdlib.
 _ATOM = r"""[^\s()<>@,:;."\[\]\\]+"""

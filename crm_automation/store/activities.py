@@ -87,21 +87,15 @@ class QuarantinedContact:
     error: str
 
 
-# The digests already logged for an inbound Message-ID; answered from the partial index
-# ``idx_activities_inbound_message_id`` (tests/unit/test_store.py checks no lookup grows with the log).
-LOGGED_DIGESTS_SQL = f"SELECT digest FROM activities WHERE message_id = ? AND kind IN {INBOUND_KINDS_SQL}"
-
-
 def insert_activity(conn: Guarded, *, kind: str, occurred_at: datetime, now: datetime,
                     customer_key: str | None = None, subject: str | None = None, body: str | None = None,
                     message_id: str | None = None, in_reply_to: str | None = None, campaign: str | None = None,
                     step: int | None = None, source: str | None = None, details: dict[str, Any] | None = None,
                     digest: str | None = None) -> int | None:
     """Insert one activity (no transaction: the caller's unit owns it); see :meth:`ActivityLog.add_activity`."""
-    if digest is not None and message_id is not None:
-        for (d,) in conn.execute(LOGGED_DIGESTS_SQL, (message_id,)):
-            if d is None or d == digest:
-                return None
+    if digest is not None and message_id is not None and already_logged(
+            logged_digests(conn, {message_id}).get(message_id, set()), digest):
+        return None
     cur = conn.execute(INSERT_ACTIVITY_SQL, activity_row(
         kind=kind, occurred_at=occurred_at, now=now, customer_key=customer_key, subject=subject, body=body,
         message_id=message_id, in_reply_to=in_reply_to, campaign=campaign, step=step, source=source,
@@ -123,6 +117,15 @@ def activity_row(*, kind: str, occurred_at: datetime, now: datetime, customer_ke
             _json(details or {}), iso(now), digest)
 
 
+def already_logged(digests: set[str | None], digest: str) -> bool:
+    """Whether a message with ``digest`` is among those logged under its Message-ID (issue #9).
+
+    A row from before digests were kept (None) matches any content, so an
+    upgrade re-logs nothing; the same id with other content is another message.
+    """
+    return None in digests or digest in digests
+
+
 # One encoder for every activity's details: json.dumps builds a new one per call when given options.
 _json = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
 
@@ -130,8 +133,10 @@ _json = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
 def logged_digests(conn: Guarded, message_ids: set[str]) -> dict[str, set[str | None]]:
     """The content digests already logged for each of these inbound Message-IDs (None: logged before digests).
 
-    Read in groups of 500 from the partial index, so a batch of fetched
-    mail costs a few queries instead of one per message (issue #13).
+    Read in groups of 500 from the partial index (literal kinds, so SQLite
+    uses it: tests/unit/test_store.py checks no lookup grows with the log),
+    so a batch of fetched mail costs a few queries instead of one per
+    message (issue #13).
     """
     out: dict[str, set[str | None]] = {}
     ids = sorted(message_ids)

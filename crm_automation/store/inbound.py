@@ -22,6 +22,7 @@ from crm_automation.models import Kind
 from crm_automation.store.activities import (
     INSERT_ACTIVITY_SQL,
     activity_row,
+    already_logged,
     count_soft_bounces,
     insert_quarantine,
     logged_digests,
@@ -60,7 +61,7 @@ class _Batch:
 
     def is_new(self, message_id: str, digest: str) -> bool:
         seen = self.known.setdefault(message_id, set())
-        if None in seen or digest in seen:
+        if already_logged(seen, digest):
             return False
         seen.add(digest)
         return True
