@@ -69,12 +69,18 @@ def test_concurrent_delivery_with_earlier_file_times_loses_nothing(tmp_path):
     cfg = make_workspace(tmp_path / "ws")
     inbox = tmp_path / "ws" / "inbox"
     db = tmp_path / "ws" / "var" / "crm.sqlite"
-    writers, per_writer = 4, 60
+    writers, per_writer, per_fetch = 4, 60, 15
     start = threading.Barrier(writers + 1)
+    # The writers keep pace with the fetches (a writer's message j waits for fetch j // per_fetch), so
+    # fetches interleave with deliveries however fast or slow the machine is.
+    fetched = threading.Condition()
+    fetches = 0
 
     def writer(n: int) -> None:
         start.wait()
         for j in range(per_writer):
+            with fetched:
+                fetched.wait_for(lambda j=j: fetches >= j // per_fetch, timeout=30)
             # Like Postfix's virtual agent: the time is set when writing ends, the link comes later.
             deliver(inbox, msg(n * 1000 + j), mtime=time.time() - 5)
             time.sleep(0.002)
@@ -86,18 +92,21 @@ def test_concurrent_delivery_with_earlier_file_times_loses_nothing(tmp_path):
     try:
         assert w.sync().ok
         start.wait()
-        fetches = 0
+        during = 0
         while any(t.is_alive() for t in threads):
             r = w.fetch()
             assert r.error is None
-            fetches += 1
+            during += 1
+            with fetched:
+                fetches += 1
+                fetched.notify_all()
         for t in threads:
             t.join()
         assert w.fetch().error is None
     finally:
         w.close()
     ids = logged(db)
-    assert fetches > 3  # the fetches really ran while the writers delivered
+    assert during >= (per_writer - 1) // per_fetch  # the fetches really ran while the writers delivered
     assert len(ids) == writers * per_writer
     assert len(set(ids)) == len(ids)
 
