@@ -22,11 +22,14 @@ escapes, whatever the bytes.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import codecs
 import email
 import email.errors
 import email.utils
 import hashlib
+import quopri
 import re
 from datetime import UTC, datetime, timedelta
 from email.header import decode_header
@@ -81,6 +84,8 @@ _EMAIL_HEADERS = frozenset(
 )
 
 _FALLBACK_CODECS = ("utf-8", "gb18030", "cp950")
+
+_NOT_AN_EMAIL = "message: no email headers found (expected From, To, Subject, Date ...); not an email"
 
 # Label -> codec for the labels that lie or that Python does not know.
 _ALIASES = {
@@ -144,7 +149,14 @@ def parse(
     hostile input (issue #4 item 8): a message over any of them is
     quarantined instead of parsed.
     """
-    return parse_with_message(raw, max_bytes=max_bytes, max_parts=max_parts, max_depth=max_depth)[0]
+    raw = _checked(raw, max_bytes, max_parts)
+    plain = _plain_message(raw)
+    if plain is None:
+        return parse_with_message(raw, max_bytes=max_bytes, max_parts=max_parts, max_depth=max_depth)[0]
+    raw_headers, text = plain
+    if not raw_headers.keys() & _EMAIL_HEADERS:
+        raise MessageError(_NOT_AN_EMAIL)
+    return _build(raw, raw_headers, text)
 
 
 def parse_with_message(
@@ -159,6 +171,24 @@ def parse_with_message(
     ``flufl.bounce`` needs a ``Message``; a caller that classifies many
     bounces can pass this one along instead of parsing twice.
     """
+    raw = _checked(raw, max_bytes, max_parts)
+    try:
+        msg = email.message_from_bytes(raw)
+        _check_structure(msg, max_parts=max_parts, max_depth=max_depth)
+        # raw_items() keeps raw 8-bit bytes as surrogates; msg.get() would turn
+        # them into U+FFFD through compat32's unknown-8bit Header.
+        raw_headers: dict[str, list[str]] = {}
+        for name, value in msg.raw_items():
+            raw_headers.setdefault(name.lower(), []).append(value if isinstance(value, str) else str(value))
+        return _build(raw, raw_headers, body_text(msg)), msg
+    except MessageError:
+        raise
+    except _PARSE_FAILURES as exc:
+        raise MessageError(f"message: cannot be parsed ({type(exc).__name__}: {exc})") from exc
+
+
+def _checked(raw: bytes, max_bytes: int, max_parts: int) -> bytes:
+    """The bytes, when they are bytes within the limits; else why not (whichever way they are parsed)."""
     if not isinstance(raw, bytes | bytearray | memoryview):
         raise MessageError(f"message: got {type(raw).__name__}, expected bytes")
     raw = bytes(raw)
@@ -175,21 +205,89 @@ def parse_with_message(
             f"message: {multiparts} multipart Content-Type headers, more than {max_parts} MIME parts "
             f"(limit max_parts={max_parts})"
         )
-    try:
-        msg = email.message_from_bytes(raw)
-        _check_structure(msg, max_parts=max_parts, max_depth=max_depth)
-        return _build(raw, msg), msg
-    except MessageError:
-        raise
-    except _PARSE_FAILURES as exc:
-        raise MessageError(f"message: cannot be parsed ({type(exc).__name__}: {exc})") from exc
+    return raw
+
+
+# Most replies are one text/plain part with plain header lines. For those the stdlib's feed parser
+# and its Message (header lookups, Content-Type parameters, payload decoding) were two fifths of
+# reading a message (issue #13); _plain_message reads them in one pass with the same result.
+# Anything it is not sure of (MIME parts, an mbox "From " line, a header line the feed parser would
+# call a defect, lone CR or LF line ends, a parameter beyond a plain token, uuencode, base64 that is
+# not clean) returns None and goes to the stdlib. tests/unit/test_parse_fast_paths.py compares the
+# two on the corpus and on thousands of generated messages.
+_HEADER_NAME = re.compile(r"[\041-\071\073-\176]+:")  # the feed parser's header line, with a name
+_PARAM_CHAR = r"[A-Za-z0-9_.:+-]"
+_TEXT_PLAIN = re.compile(
+    rf"""[ \t]*text/plain[ \t]*((?:;[ \t]*[A-Za-z0-9-]+[ \t]*=[ \t]*(?:{_PARAM_CHAR}+|"{_PARAM_CHAR}*")[ \t]*)*)""",
+    re.IGNORECASE)
+_PARAM = re.compile(rf"""([A-Za-z0-9-]+)[ \t]*=[ \t]*"?({_PARAM_CHAR}*)""")
+
+
+def _plain_message(raw: bytes) -> tuple[dict[str, list[str]], str] | None:
+    """The headers (as ``Message.raw_items`` has them) and the text of a plain one-part message, or None."""
+    first_end = raw.find(b"\n")
+    crlf = first_end > 0 and raw[first_end - 1] == 13
+    sep, blank = (b"\r\n", b"\r\n\r\n") if crlf else (b"\n", b"\n\n")
+    end = raw.find(blank)
+    if end <= 0:
+        return None
+    head = raw[:end]
+    if crlf:
+        if head.count(b"\r") != head.count(b"\n"):
+            return None
+    elif b"\r" in head:
+        return None
+    headers: dict[str, list[str]] = {}
+    name = ""
+    value: list[str] = []
+    for line in head.decode("ascii", "surrogateescape").split(sep.decode()):
+        if line[:1] in (" ", "\t"):
+            if not name:
+                return None
+            value.append(line)
+            continue
+        if name:
+            headers.setdefault(name.lower(), []).append("\r\n".join(value) if crlf else "\n".join(value))
+        m = _HEADER_NAME.match(line)
+        if m is None:
+            return None
+        name = line[:m.end() - 1]
+        value = [line[m.end():].lstrip(" \t")]
+    if name:
+        headers.setdefault(name.lower(), []).append("\r\n".join(value) if crlf else "\n".join(value))
+    ctypes = headers.get("content-type")
+    charset = None
+    if ctypes is not None:
+        m = _TEXT_PLAIN.fullmatch(ctypes[0]) if len(ctypes) == 1 else None
+        if m is None:
+            return None
+        for pname, pvalue in _PARAM.findall(m[1]):
+            if pname.lower() == "charset":
+                charset = pvalue.lower()
+                break
+    body = raw[end + len(blank):]
+    cte = headers.get("content-transfer-encoding")
+    if cte is not None:
+        if len(cte) != 1 or not cte[0].isascii():
+            return None
+        encoding = cte[0].lower()
+        if encoding == "quoted-printable":
+            body = quopri.decodestring(body)
+        elif encoding == "base64":
+            try:  # strict: padding and alphabet; the stdlib's lenient retries are left to it
+                body = base64.b64decode(b"".join(body.splitlines()), validate=True)
+            except binascii.Error:
+                return None
+        elif encoding in ("x-uuencode", "uuencode", "uue", "x-uue"):
+            return None
+    return headers, decode_bytes(body, charset).replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _check_structure(msg: Message, *, max_parts: int, max_depth: int) -> None:
     """Refuse what is not an email, or nested or split beyond the bounds."""
     keys = {k.lower() for k in msg}
     if not keys & _EMAIL_HEADERS:
-        raise MessageError("message: no email headers found (expected From, To, Subject, Date ...); not an email")
+        raise MessageError(_NOT_AN_EMAIL)
     parts = 0
     stack: list[tuple[Message, int]] = [(msg, 0)]
     while stack:
@@ -205,12 +303,8 @@ def _check_structure(msg: Message, *, max_parts: int, max_depth: int) -> None:
                 stack.extend((p, depth + 1) for p in payload if isinstance(p, Message))
 
 
-def _build(raw: bytes, msg: Message) -> ParsedMessage:
-    # raw_items() keeps raw 8-bit bytes as surrogates; msg.get() would turn
-    # them into U+FFFD through compat32's unknown-8bit Header.
-    raw_headers: dict[str, list[str]] = {}
-    for name, value in msg.raw_items():
-        raw_headers.setdefault(name.lower(), []).append(value if isinstance(value, str) else str(value))
+def _build(raw: bytes, raw_headers: dict[str, list[str]], text: str) -> ParsedMessage:
+    """The message from its raw headers (lower-case names, values as ``Message.raw_items``) and its text."""
 
     def first(name: str) -> str:
         # Decoded, so that no lone surrogate (raw 8-bit byte) reaches SQLite.
@@ -221,7 +315,6 @@ def _build(raw: bytes, msg: Message) -> ParsedMessage:
     from_name, from_addr = parseaddr(raw_from)
     from_addr = decode_header_value(from_addr).strip().lower()
     from_name = decode_header_value(from_name).strip()
-    text = body_text(msg)
     if not from_addr and not text.strip():
         raise MessageError("message: no From address and no body text (expected at least one)")
 

@@ -1,4 +1,4 @@
-"""parse's fast paths answer exactly as the stdlib does (issue #13): addresses and dates.
+"""parse's fast paths answer exactly as the stdlib does (issue #13): addresses, dates, plain messages.
 
 They answer common shapes with one regex and hand everything else to
 ``email.utils``; these tests compare the two on every From/To/Cc header of
@@ -6,16 +6,24 @@ the corpus and on thousands of generated headers built from the fragments
 that trip address parsers: comments, quotes with commas and escapes, dots
 and specials in names, encoded words, CJK, raw 8-bit bytes (as the parser's
 surrogates), tabs, runs of spaces, folded lines, groups, routes, empty list
-members.
+members. A plain one-part message read without the feed parser is compared
+with the stdlib's reading of the same bytes, on the corpus and on generated
+messages built from what trips header and MIME parsers.
 """
 
 from __future__ import annotations
 
+import base64
 import email
 import email.utils
+import quopri
 import random
 from pathlib import Path
 
+import pytest
+
+from crm_automation import parse
+from crm_automation.errors import MessageError
 from crm_automation.parse import _MAILBOX, getaddresses, parseaddr
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "eml"
@@ -84,8 +92,6 @@ def test_common_shapes_take_the_fast_path():
 
 def test_dates_read_by_the_fast_path_are_what_the_stdlib_reads():
     """Impossible days and times, 2-digit and 0-padded years, odd zones, names and spacing, both ways."""
-    from crm_automation import parse
-
     rng = random.Random(3)
     days = ["Mon, ", "Tue,", "Sun, ", "", "Xyz, ", "mon, "]
     months = ["Jan", "Feb", "may", "DEC", "Foo", "Sep"]
@@ -106,3 +112,142 @@ def test_dates_read_by_the_fast_path_are_what_the_stdlib_reads():
     for path in sorted(CORPUS.rglob("*.eml")):
         value = str(email.message_from_bytes(path.read_bytes()).get("date", ""))
         assert parse._date(value) == parse._stdlib_date(value), (path.name, value)
+
+
+def _either(fn, raw):
+    try:
+        return fn(raw)
+    except MessageError as e:
+        return f"MessageError: {e}"
+
+
+def _stdlib(raw):
+    return parse.parse_with_message(raw)[0]
+
+
+def test_plain_messages_read_without_the_feed_parser_are_what_the_stdlib_reads_in_the_corpus():
+    fast = 0
+    for path in sorted(CORPUS.rglob("*.eml")):
+        raw = path.read_bytes()
+        assert _either(parse.parse, raw) == _either(_stdlib, raw), path.name
+        fast += parse._plain_message(raw) is not None
+    assert fast >= 10  # the corpus's one-part replies take the fast path
+
+
+HEADER_LINES = [
+    "From: Customer <c1@example.com>", "From: =?gb2312?B?zfXPyMn6?= <wang@163.example.cn>", "To: sales@example.com",
+    "Subject: Re: 报价", "Subject: =?utf-8?B?5oql5Lu3?=", "Subject:", "Subject:   spaced  ", "Subject:\tx",
+    "Date: Fri, 27 Nov 2026 09:00:00 +0800", "Date: yesterday", "Message-ID: <m1@example.com>", "Message-ID:",
+    "In-Reply-To: <out-1@example.com>", "References: <a@b> <c@d>", "Cc: a@b.c, Someone <d@e.f>",
+    "X-Mailer: Foxmail 7.2", "Auto-Submitted: auto-replied", "MIME-Version: 1.0", "Received: from x by y",
+    "Subject: \udcc4\udce3\udcba\udcc3", "X-Odd:: colon", "x-lower: v", "X-Empty:", "X-Trail: v  ",
+]
+BAD_LINES = ["From nobody Mon Jan  1 00:00:00 2026", ": no name", "No colon here", "Subject : spaced name",
+             " leading continuation", "Bad Name: x"]
+CONTENT_TYPES = [
+    None, "text/plain", "text/plain; charset=utf-8", "TEXT/PLAIN; CHARSET=UTF-8", 'text/plain; charset="gb2312"',
+    "text/plain; charset=gbk; format=flowed", "text/plain; format=flowed; delsp=yes; charset=big5",
+    "text/plain;charset=utf-8", "text/plain ; charset = utf-8 ", "text/plain; charset=utf-8;",
+    "text/plain; charset*=utf-8''x", "text/plain; charset=nonsense", 'text/plain; charset=""', "text/plain; name=a b",
+    "text/html; charset=utf-8", "multipart/alternative; boundary=b", "message/rfc822", "text", "plain",
+    "text/plain; charset=utf-8 (comment)", "text/plain; CHARSET=big5", "text/plain; Charset=ISO-8859-1",
+    "text/plain; charset=big5; charset=utf-8", "text/plain;\r\n charset=utf-8", "text/plain; charset=\udcc4",
+]
+ENCODINGS = [None, "7bit", "8bit", "quoted-printable", "Quoted-Printable", "base64", "BASE64", " base64 ", "base64 ",
+             "uuencode", "x-uue", "binary", "\udcc4"]
+BODIES = ["Hello,\r\nthanks.", "Café déjà vu, 客户", "您好，报价单已收到。\r\n\r\n> 原文", "", "line\rwith lone CR", "tab\tand  spaces  ",
+          "a=3D1 soft=\r\nbreak", "=E4=BD=A0=E5=A5=BD", "=XX bad qp", "x" * 200]
+
+
+def _encode_body(rng: random.Random, text: str, encoding: str | None, charset: str) -> bytes:
+    data = text.encode(charset, "replace")
+    enc = (encoding or "").strip().lower()
+    if enc == "base64":
+        b = base64.b64encode(data)
+        shape = rng.randrange(5)
+        if shape == 0:
+            b = b"\r\n".join(b[i:i + 76] for i in range(0, len(b), 76))
+        elif shape == 1:
+            b = b.rstrip(b"=")  # unpadded
+        elif shape == 2:
+            b = b[:len(b) // 2] + b"!!" + b[len(b) // 2:]  # a character outside the alphabet
+        elif shape == 3:
+            b = b[:-1] if len(b) > 1 else b"A"  # one too few
+        return b
+    if enc == "quoted-printable" and rng.random() < 0.5:
+        return quopri.encodestring(data)
+    return data
+
+
+def generated(rng: random.Random) -> bytes:
+    lines = rng.sample(HEADER_LINES, rng.randrange(0, 8))
+    if rng.random() < 0.08:
+        lines.insert(rng.randrange(len(lines) + 1), rng.choice(BAD_LINES))
+    if rng.random() < 0.2 and lines:
+        i = rng.randrange(len(lines))
+        lines[i] = lines[i] + rng.choice(["\r\n\tfolded", "\r\n  more", "\r\n\t", "\r\n "])
+    ctype = rng.choice(CONTENT_TYPES)
+    if ctype is not None:
+        lines.append(f"Content-Type: {ctype}")
+        if rng.random() < 0.05:
+            lines.append("Content-Type: text/plain")
+    encoding = rng.choice(ENCODINGS)
+    if encoding is not None:
+        lines.append(f"Content-Transfer-Encoding: {encoding}")
+        if rng.random() < 0.05:
+            lines.append("Content-Transfer-Encoding: 8bit")
+    rng.shuffle(lines)
+    # The body in the labelled charset, so that a label read wrong shows (Big5 and Latin-1 bytes often
+    # decode as GB18030 too, to other characters).
+    charset = next((c for label, c in (("gb", "gb18030"), ("big5", "big5"), ("8859", "latin-1"))
+                    if ctype and label in ctype.lower()), "utf-8")
+    head = "\r\n".join(lines).encode("utf-8", "surrogateescape")  # raw 8-bit headers, as some clients send
+    raw = head + b"\r\n\r\n" + _encode_body(rng, rng.choice(BODIES), encoding, charset)
+    shape = rng.randrange(10)
+    if shape == 0:
+        raw = raw.replace(b"\r\n", b"\n")  # Unix line ends
+    elif shape == 1:
+        raw = raw.replace(b"\r\n", b"\n", 1)  # mixed
+    elif shape == 2:
+        raw = raw.replace(b"\r\n\r\n", b"\r\n")  # no blank line
+    elif shape == 3:
+        raw = raw.replace(b"\r\n", b"\r", 1)  # a lone CR
+    elif shape == 4:
+        raw = raw.replace(b"\r\n", b"\n", 1).replace(b"\r\n\r\n", b"\n\n", 1)  # LF first and last, CRLF between
+    return raw
+
+
+def test_plain_messages_read_without_the_feed_parser_are_what_the_stdlib_reads_when_generated():
+    rng = random.Random(17)
+    fast = 0
+    for _ in range(6000):
+        raw = generated(rng)
+        assert _either(parse.parse, raw) == _either(_stdlib, raw), raw
+        fast += parse._plain_message(raw) is not None
+    assert 800 < fast < 5000  # both ways were really taken
+
+
+def test_the_plain_reading_takes_what_mail_clients_send():
+    for ctype in ("text/plain; charset=utf-8", 'text/plain; charset="GB2312"', "text/plain; format=flowed; charset=gbk"):
+        for cte in ("8bit", "base64", "quoted-printable", "7bit"):
+            body = {"base64": base64.b64encode("您好".encode("gb18030")),
+                    "quoted-printable": quopri.encodestring("您好".encode("gb18030"))}.get(cte, "您好".encode("gb18030"))
+            raw = (f"From: a@b.c\r\nSubject: x\r\nContent-Type: {ctype}\r\nContent-Transfer-Encoding: {cte}\r\n"
+                   "\r\n").encode() + body
+            plain = parse._plain_message(raw)
+            assert plain is not None, (ctype, cte)
+            assert plain[1] == ("您好" if "utf-8" not in ctype else _stdlib(raw).text)
+
+
+def test_the_plain_reading_keeps_the_limits():
+    """A one-part message is held to the same limits: size, and the multipart headers counted in its bytes."""
+    body = b"".join(b"Content-Type: multipart/mixed; boundary=x%d\r\n" % i for i in range(5))
+    raw = b"From: a@b.c\r\nSubject: quoted MIME\r\nContent-Type: text/plain\r\n\r\n" + body
+    assert parse._plain_message(raw) is not None
+    for limits in ({"max_parts": 3}, {"max_bytes": 100}):
+        with pytest.raises(MessageError) as fast:
+            parse.parse(raw, **limits)
+        with pytest.raises(MessageError) as slow:
+            parse.parse_with_message(raw, **limits)
+        assert str(fast.value) == str(slow.value)
+    assert parse.parse(raw, max_parts=5).text == body.decode().replace("\r\n", "\n")
