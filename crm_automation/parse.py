@@ -544,7 +544,8 @@ def _find_text_parts(msg: Message) -> tuple[Message | None, Message | None]:
             if isinstance(payload, list):
                 stack.extend(reversed([p for p in payload if isinstance(p, Message)]))
             continue
-        disposition = (part.get("content-disposition") or "").split(";", 1)[0].strip().lower()
+        # str(): a value with raw 8-bit bytes (a Chinese file name) comes back as a Header object.
+        disposition = str(part.get("content-disposition") or "").split(";", 1)[0].strip().lower()
         if disposition == "attachment":
             continue
         ctype = part.get_content_type()

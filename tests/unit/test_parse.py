@@ -371,3 +371,13 @@ def test_fuzz_only_message_error_escapes():
     # Both paths were exercised, so the test can tell them apart.
     assert outcomes["parsed"] > 100
     assert outcomes["refused"] > 100
+
+
+def test_an_attachment_named_in_raw_8bit_bytes_does_not_stop_the_text():
+    """Some clients send a Chinese file name as raw UTF-8 in Content-Disposition; the text is still read."""
+    raw = ("From: a@b.c\r\nSubject: x\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+           '--b\r\nContent-Type: application/pdf; name="报价.pdf"\r\n'
+           'Content-Disposition: attachment; filename="报价.pdf"\r\nContent-Transfer-Encoding: base64\r\n\r\nAAAA\r\n'
+           "--b\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Disposition: inline; filename=\"说明.txt\"\r\n"
+           "\r\n您好\r\n--b--\r\n").encode()
+    assert parse(raw).text == "您好"
