@@ -419,6 +419,8 @@ def decode_header_value(value: str) -> str:
     """Decode an unfolded header: RFC 2047 words and raw 8-bit bytes, any mix."""
     if not value:
         return ""
+    if "\n" not in value and "=?" not in value and value.isascii():
+        return value  # most values: nothing to unfold or decode (9 a message, issue #13)
     value = _FOLD.sub("", value)
     try:
         data = value.encode("ascii", "surrogateescape")

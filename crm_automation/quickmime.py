@@ -28,13 +28,10 @@ from __future__ import annotations
 import base64
 import binascii
 import quopri
-import re
 from dataclasses import dataclass
 
 __all__ = ["QuickReading", "read"]
 
-# A header line for the feed parser: a name of printable characters (no space or colon), then a colon.
-_HEADER_NAME = re.compile(r"[\041-\071\073-\176]+:")
 _UUENCODE = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})
 
 Headers = dict[str, list[str]]
@@ -108,11 +105,11 @@ def _headers(lines: list[str], crlf: bool) -> Headers | None:
             continue
         if name:
             headers.setdefault(name.lower(), []).append(join.join(value))
-        m = _HEADER_NAME.match(line)
-        if m is None:
+        name, colon, rest = line.partition(":")
+        # The feed parser's header name: printable ASCII but space (and colon), at least one.
+        if not (colon and name and name.isascii() and name.isprintable() and " " not in name):
             return None  # "From ", ": x", a line with no colon: defects the stdlib handles its way
-        name = line[:m.end() - 1]
-        value = [line[m.end():].lstrip(" \t")]
+        value = [rest.lstrip(" \t")]
     if name:
         headers.setdefault(name.lower(), []).append(join.join(value))
     return headers
