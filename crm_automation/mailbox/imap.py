@@ -55,6 +55,7 @@ from crm_automation.mailbox.base import Cursor
 from crm_automation.models import RawMessage
 
 log = logging.getLogger(__name__)
+_IMAPLIB_TRACE = logging.getLogger("imapclient.imaplib")  # where imapclient sends imaplib's protocol trace
 
 T = TypeVar("T")
 
@@ -155,7 +156,15 @@ def _whole_bodies(client: _Client, uids: list[int]) -> dict[int, bytes]:
     if not isinstance(imap, imaplib.IMAP4):  # not imapclient's usual client: ask it
         got = client.fetch(uids, ["BODY.PEEK[]"])
         return {uid: bytes(d[b"BODY[]"]) for uid, d in got.items() if b"BODY[]" in d}
-    typ, data = imap.uid("FETCH", ",".join(map(str, uids)), "(BODY.PEEK[])")
+    # imapclient switches imaplib's trace of every line on, into logging.debug: three calls a message,
+    # a few percent of a large fetch (issue #13), for lines dropped unless that logger is at DEBUG.
+    level = imap.debug
+    if not _IMAPLIB_TRACE.isEnabledFor(logging.DEBUG):
+        imap.debug = 0
+    try:
+        typ, data = imap.uid("FETCH", ",".join(map(str, uids)), "(BODY.PEEK[])")
+    finally:
+        imap.debug = level
     if typ != "OK":
         raise IMAPClientError(f"fetch failed: {data!r:.200}")
     bodies = _plain_bodies(data)

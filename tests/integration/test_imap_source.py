@@ -189,6 +189,25 @@ def test_secrets_never_reach_the_debug_log(imap_account, source_for, caplog, tmp
     assert base64.b64encode(auth).decode() not in caplog.text
 
 
+def test_the_bodies_fetch_is_traced_only_when_the_trace_logger_listens(imap_account, source_for, caplog):
+    """imapclient traces every line imaplib reads; for a large fetch that costs a few percent, for nothing at INFO."""
+    imap_account.append(bodies(3))
+    src = source_for(imap_account)
+    src.uidvalidity("INBOX")  # connected and logged in
+    imap = src._client._imap
+    traced: list[str] = []
+    real = imap._mesg
+    imap._mesg = lambda line, *a: (traced.append(line), real(line, *a))
+    caplog.set_level(logging.INFO)
+    assert len(list(src.fetch("INBOX", None))) == 3
+    assert traced and not [line for line in traced if "BODY" in line]  # other commands are still traced
+    assert imap.debug > 0
+    caplog.set_level(logging.DEBUG, logger="imapclient.imaplib")
+    assert len(list(src.fetch("INBOX", None))) == 3
+    assert [line for line in traced if "BODY" in line]
+    assert [r for r in caplog.records if r.name == "imapclient.imaplib" and "BODY" in r.getMessage()]
+
+
 # -------------------------------------------------------------------- XOAUTH2
 def test_xoauth2_with_token_command(imap_account, source_for, tmp_path):
     """A real SASL XOAUTH2 exchange: Dovecot's passwd-file passdb checks the bearer token like a password."""
