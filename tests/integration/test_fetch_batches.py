@@ -113,8 +113,9 @@ def test_a_slow_mailbox_still_commits_what_it_read_within_commit_seconds(tmp_pat
     ws.open_mailbox = lambda: Wrapped(opened(), slow)  # type: ignore[method-assign]
     res = worker.fetch()
     assert res.error is None and res.stats["messages"] == 12
-    # 11 messages decided over ~0.55 s: at least two commits happened before the last one was read.
-    assert seen_by_reader and seen_by_reader[0] >= 6, seen_by_reader
+    # 11 messages decided over ~0.55 s: commits happened before the last one was read (about 7 messages
+    # by then; 4 leaves room for a busy machine's lag; with only full batches of 500 it would be 0).
+    assert seen_by_reader and seen_by_reader[0] >= 4, seen_by_reader
     assert len(_logged(db)) == 12
     worker.close()
 
