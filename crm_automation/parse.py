@@ -157,7 +157,7 @@ def parse(
     except _PARSE_FAILURES:  # never seen; the stdlib's reading is the reference anyway
         quick = None
     if quick is None or quick.parts > max_parts or (quick.parts > 1 and max_depth < 1):
-        return parse_with_message(raw, max_bytes=max_bytes, max_parts=max_parts, max_depth=max_depth)[0]
+        return _stdlib_parse(raw, max_parts, max_depth)[0]
     if not quick.headers.keys() & _EMAIL_HEADERS:
         raise MessageError(_NOT_AN_EMAIL)
     text = "" if quick.body is None else _decoded_text(quick.body, quick.charset, quick.ctype)
@@ -176,7 +176,11 @@ def parse_with_message(
     ``flufl.bounce`` needs a ``Message``; a caller that classifies many
     bounces can pass this one along instead of parsing twice.
     """
-    raw = _checked(raw, max_bytes, max_parts)
+    return _stdlib_parse(_checked(raw, max_bytes, max_parts), max_parts, max_depth)
+
+
+def _stdlib_parse(raw: bytes, max_parts: int, max_depth: int) -> tuple[ParsedMessage, Message]:
+    """The message read by the stdlib's feed parser (compat32), once the bytes passed :func:`_checked`."""
     try:
         msg = email.message_from_bytes(raw)
         _check_structure(msg, max_parts=max_parts, max_depth=max_depth)

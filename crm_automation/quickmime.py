@@ -41,12 +41,13 @@ Headers = dict[str, list[str]]
 class QuickReading:
     """A message read without the feed parser.
 
-    ``headers``: the top-level headers (lower-case names, raw values);
-    ``parts``: how many parts the stdlib counts (the message and its
-    parts: ``parse`` holds it to ``max_parts``). ``body``: the transfer-decoded bytes of the part that gives the text,
-    or None when no part does; ``ctype`` and ``charset`` are that part's
-    (``charset`` as ``Message.get_content_charset`` gives it); ``html``:
-    the text is to be converted from HTML.
+    ``headers``: the top-level headers (lower-case names, raw values).
+    ``parts``: how many parts the stdlib would count (the message and its
+    parts), which ``parse`` holds to ``max_parts``. ``body``: the
+    transfer-decoded bytes of the part that gives the text, or None when no
+    part does; ``ctype`` and ``charset`` are that part's (``charset`` as
+    ``Message.get_content_charset`` gives it). ``html``: the text is to be
+    converted from HTML.
     """
 
     headers: Headers
