@@ -13,7 +13,7 @@ import hashlib
 import marshal
 import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -52,14 +52,23 @@ class _CustomersModel(_Strict):
     writeback: dict[Literal["last_sent", "last_reply", "email_status", "language"], str] = {}
 
 
+_ID = r"^[A-Za-z0-9_.-]+$"
+
+
 class _FollowUp(_Strict):
     after_days: float = Field(gt=0)
     template: str = Field(min_length=1)
+    id: str | None = Field(default=None, min_length=1, pattern=_ID)
+    renamed_from: str | None = Field(default=None, min_length=1)
+    resend: bool = False
 
 
 class _CampaignModel(_Strict):
-    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    id: str = Field(min_length=1, pattern=_ID)
     template: str = Field(min_length=1)
+    step_id: str | None = Field(default=None, min_length=1, pattern=_ID)
+    renamed_from: str | None = Field(default=None, min_length=1, pattern=_ID)
+    resend: bool = False
     trigger: Literal["new", "change", "at"]
     where: dict[str, str | list[str] | bool | int | float] = {}
     follow_up: tuple[_FollowUp, ...] = ()
@@ -90,11 +99,28 @@ class _CampaignsModel(_Strict):
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One email of a campaign: step 0 is the first, 1.. the follow-ups."""
+    """One email of a campaign: step 0 is the first, 1.. the follow-ups (``number`` is its place now).
+
+    A step is known by its :attr:`key`, not by its place (issue #17): the
+    ``id`` the admin gave it, else its template's name. Sends are recorded
+    under that key, so inserting, removing or reordering steps never makes a
+    customer's earlier email look like another step. ``renamed_from`` says
+    that this step is one that used to have another key (its sends count as
+    this step's); ``resend`` says that a new step appearing while another
+    disappeared is really new (see :mod:`crm_automation.edits`).
+    """
 
     number: int
     template: str
     after_days: float = 0.0
+    id: str | None = None
+    renamed_from: str | None = None
+    resend: bool = False
+
+    @property
+    def key(self) -> str:
+        """The step's stable identity: its ``id``, else its template's name."""
+        return self.id or self.template
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +140,14 @@ class Campaign:
     # ``new`` campaigns: a lead whose mail is already in the log (an enquiry before they were added to the
     # sheet) is not sent the first email as if they had never written (issue #9).
     skip_if_already_wrote: bool = True
+    # issue #17: this campaign used to be called ``renamed_from`` (it inherits that id's sends); ``resend``: it is a
+    # new campaign even though customers already received its templates from a campaign no longer in the file.
+    renamed_from: str | None = None
+    resend: bool = False
+
+    def step(self, key: str) -> Step | None:
+        """The step known by ``key`` (see :attr:`Step.key`), or None when the campaign no longer has it."""
+        return next((s for s in self.steps if s.key == key), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -506,21 +540,91 @@ def load_campaigns(mappings_dir: Path, mapping: Mapping, tz: ZoneInfo) -> list[C
             problems.append(f"{where}: include_existing applies only to trigger \"new\"")
         if c.skip_if_already_wrote is not None and c.trigger != "new":
             problems.append(f"{where}: skip_if_already_wrote applies only to trigger \"new\"")
-        steps = [Step(0, c.template)]
+        steps = [Step(0, c.template, id=c.step_id, resend=c.resend)]
         last = 0.0
         for n, fu in enumerate(c.follow_up, start=1):
             if fu.after_days <= last:
                 problems.append(f"{where}: follow_up[{n - 1}].after_days = {fu.after_days} must be greater than "
                                 f"the step before ({last}); days count from the first email")
             last = fu.after_days
-            steps.append(Step(n, fu.template, fu.after_days))
+            steps.append(Step(n, fu.template, fu.after_days, id=fu.id, renamed_from=fu.renamed_from,
+                              resend=fu.resend))
+        steps = _distinct(steps)
+        problems += _step_problems(where, steps)
         out.append(Campaign(
             id=c.id, trigger=c.trigger, steps=tuple(steps),
             where={k: tuple(str(x) for x in (v if isinstance(v, list) else [v])) for k, v in c.where.items()},
             stop_on=frozenset(c.stop_on), field=c.field, to=None if c.to is None else str(c.to), at=at,
             include_existing=c.include_existing, enabled=c.enabled,
-            skip_if_already_wrote=c.skip_if_already_wrote is not False,
+            skip_if_already_wrote=c.skip_if_already_wrote is not False, renamed_from=c.renamed_from,
+            resend=c.resend,
         ))
+    problems += _rename_problems(path, out)
     if problems:
         raise ConfigError.collect(problems)
+    return out
+
+
+def _step_label(s: Step) -> str:
+    return "the first email" if s.number == 0 else f"follow_up[{s.number - 1}]"
+
+
+def _distinct(steps: list[Step]) -> list[Step]:
+    """Steps of one campaign that reuse a template, without an id, are told apart by occurrence.
+
+    Why not an error: a sequence that sends one template twice ("hello"
+    again after a week) was valid before steps had identities, and such a
+    workspace must keep working after an upgrade. The second use is
+    ``hello#2``, the third ``hello#3``; ``check`` suggests giving them ids,
+    since inserting another use of the template before them would shift these.
+    """
+    used: dict[str, int] = {}
+    out = []
+    for s in steps:
+        if s.id is None:
+            used[s.template] = used.get(s.template, 0) + 1
+            if used[s.template] > 1:
+                s = replace(s, id=f"{s.template}#{used[s.template]}")
+        out.append(s)
+    return out
+
+
+def _step_problems(where: str, steps: list[Step]) -> list[str]:
+    """Two steps of one campaign with the same key would share their sends: refused (issue #17)."""
+    out = []
+    seen: dict[str, Step] = {}
+    for s in steps:
+        first = seen.setdefault(s.key, s)
+        if first is not s:
+            out.append(f"{where}: {_step_label(s)} has the same id as {_step_label(first)} ({s.key!r}; a step "
+                       f"without an id is known by its template); steps are told apart by id (expected a "
+                       f"different id = \"...\" on one of them)")
+        if s.renamed_from is not None and s.renamed_from == s.key:
+            out.append(f"{where}: {_step_label(s)}: renamed_from = {s.renamed_from!r} is the step's own id")
+    keys = {s.key for s in steps}
+    for s in steps:
+        if s.renamed_from is not None and s.renamed_from != s.key and s.renamed_from in keys:
+            out.append(f"{where}: {_step_label(s)}: renamed_from = {s.renamed_from!r} names another step that is "
+                       f"still in the campaign (expected the id of a step that was renamed or replaced)")
+    return out
+
+
+def _rename_problems(path: Path, campaigns: list[Campaign]) -> list[str]:
+    """``renamed_from`` must name a campaign id that is no longer in the file, and only once (issue #17)."""
+    ids = {c.id for c in campaigns}
+    out = []
+    claimed: dict[str, str] = {}
+    for c in campaigns:
+        old = c.renamed_from
+        if old is None:
+            continue
+        if old == c.id:
+            out.append(f"{path}: campaign {c.id!r}: renamed_from = {old!r} is its own id")
+        elif old in ids:
+            out.append(f"{path}: campaign {c.id!r}: renamed_from = {old!r} is still a campaign in the file "
+                       f"(expected the old id of a campaign that was renamed)")
+        elif old in claimed:
+            out.append(f"{path}: campaigns {claimed[old]!r} and {c.id!r} both say renamed_from = {old!r} "
+                       f"(one campaign can inherit another's sends)")
+        claimed.setdefault(old, c.id)
     return out

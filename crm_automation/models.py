@@ -335,3 +335,19 @@ class Classification:
     def permanent(self) -> bool:
         """Whether any recipient failed for good (a hard bounce)."""
         return any(f.permanence is Permanence.HARD for f in self.failures)
+
+
+@dataclass(frozen=True, slots=True)
+class StepState:
+    """A step as the log last planned it: its template, its place, and what is still unclear about it.
+
+    ``unresolved`` lists the keys of steps (already sent to someone) that
+    disappeared in the edit that made this step appear: this step may be one
+    of them renamed. ``retired``: the step left the campaign and nothing may
+    be replacing it.
+    """
+
+    template: str
+    position: int
+    retired: bool = False
+    unresolved: tuple[str, ...] = ()

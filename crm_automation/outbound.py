@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 from crm_automation.compose import Composed, Composer, InboundNote
 from crm_automation.config import parse_window
+from crm_automation.edits import Review, review
 from crm_automation.errors import (
     ConfigError,
     CrmError,
@@ -38,7 +39,16 @@ from crm_automation.errors import (
 )
 from crm_automation.mapping import Campaign
 from crm_automation.models import Kind, Permanence, SendStatus
-from crm_automation.planner import QUARANTINED, CustomerView, History, PlannedSend, blocked_reason, plan, stop_reason
+from crm_automation.planner import (
+    QUARANTINED,
+    CustomerView,
+    History,
+    Plan,
+    PlannedSend,
+    blocked_reason,
+    plan,
+    stop_reason,
+)
 from crm_automation.stage import StageContext, StageResult, recorded
 from crm_automation.store import identity
 from crm_automation.store.connection import iso
@@ -106,18 +116,37 @@ class SendPass:
         return {k: CustomerView(k, (c.data.get(ef) if ef else None), c.data, c.first_seen, c.email_status)
                 for k, c in self.store.customers().items()}
 
-    def history(self) -> History:
-        """What the log says happened, as the planner's plain values."""
+    def history(self, aliases: tuple[dict[str, str], dict[tuple[str, str], str]] | None = None) -> History:
+        """What the log says happened, as the planner's plain values.
+
+        ``aliases`` (old campaign -> new, (campaign, old step) -> new step)
+        reads the log as if pending renames were applied: a dry run or
+        ``check --plan`` shows what the real pass will do after applying them.
+        Rows from before schema 4 have no step_id yet: their step is read
+        from its place in campaigns.toml (:meth:`legacy_step_keys`).
+        """
+        camp_alias, step_alias = aliases or ({}, {})
+        legacy = self.legacy_step_keys()
+        defined = {c.id for c in self.ws.campaigns} | {NOTIFY_CAMPAIGN}
+        recorded = self.store.campaign_steps()
         h = History()
         for s in self.store.sends():
-            h.send_keys.add((s.campaign, s.step, s.customer_key))
-            if s.status == SendStatus.SENT and s.sent_at is not None:
-                h.sent_at[(s.campaign, s.step, s.customer_key)] = s.sent_at
+            campaign = camp_alias.get(s.campaign, s.campaign)
+            key = s.step_id if s.step_id is not None else legacy.get((s.campaign, s.step), f"#{s.step}")
+            key = step_alias.get((campaign, key), key)
+            sent = s.sent_at if s.status == SendStatus.SENT else None
+            h.add_send(campaign, key, s.customer_key, sent)
+            if sent is not None and campaign not in defined:
+                # a campaign no longer in the file: the templates it sent, for a new campaign that reuses one
+                template = recorded.get(campaign, {}).get(key)
+                h.elsewhere.setdefault(s.customer_key, {}).setdefault(
+                    template.template if template is not None else key, campaign)
         for e in self.store.inbound_history():
             if e.permanence is Permanence.DELAYED:
                 continue  # a delay never stops a sequence: the message may still arrive
             if e.permanence is Permanence.SOFT:
-                h.lost.setdefault(e.customer_key, []).append((e.campaign, e.at))  # that message is lost (issue #11)
+                lost_in = camp_alias.get(e.campaign, e.campaign) if e.campaign is not None else None
+                h.lost.setdefault(e.customer_key, []).append((lost_in, e.at))  # that message is lost (issue #11)
                 continue
             h.inbound.setdefault(e.customer_key, []).append((e.kind.value, e.at))
         for f in {c.field for c in self.ws.campaigns if c.trigger == "change" and c.field}:
@@ -128,12 +157,50 @@ class SendPass:
             h.quarantine_reasons[q.customer_key] = q.error
         return h
 
-    def plan(self, *, record: bool = True) -> list[PlannedSend]:
-        """What is due now (pure planning over the log); ``record`` notes campaigns seen for the first time."""
+    def legacy_step_keys(self) -> dict[tuple[str, int], str]:
+        """(campaign, step) -> step key for rows written before schema 4 (issue #17).
+
+        Those rows know only the step's place; campaigns.toml at the first
+        pass after the upgrade says which step was there. A place the file no
+        longer has becomes ``#N``, a key no step has.
+        """
+        legacy = self.store.legacy_steps()
+        if not legacy:
+            return {}
+        defined = {c.id: c for c in self.ws.campaigns}
+        out = {}
+        for campaign, n in legacy:
+            c = defined.get(campaign)
+            out[(campaign, n)] = c.steps[n].key if c is not None and 0 <= n < len(c.steps) else f"#{n}"
+        return out
+
+    def review(self, *, record: bool) -> Review:
+        """What campaigns.toml changed since the last pass (:mod:`crm_automation.edits`); recorded when ``record``."""
+        if record:
+            legacy = self.legacy_step_keys()
+            if legacy:
+                n = self.store.adopt_step_ids(legacy)
+                log.info("gave %d send(s) from before the upgrade their step's identity (from campaigns.toml)", n)
+        found = review(self.ws.campaigns, self.store.campaign_steps(), self.store.sent_step_counts())
+        if record and (found.states or found.campaign_renames or found.step_renames):
+            self.store.record_campaign_edits(found.states, found.campaign_renames, found.step_renames,
+                                             self.ctx.clock.now())
+            for campaign, lines in found.changes.items():
+                for line in lines:
+                    log.info("campaign %r: %s", campaign, line)
+        return found
+
+    def plan(self, *, record: bool = True) -> Plan:
+        """What is due now (pure planning over the log); ``record`` notes campaigns and edits seen first now."""
+        found = self.review(record=record)
         now = self.ctx.clock.now()
         first_seen = self.store.campaign_first_seen([c.id for c in self.ws.campaigns], now, record=record)
-        return plan(self.ws.campaigns, self.views(), first_seen, self.history(), now,
-                    one_per_cycle=self.ws.cfg.outbound.one_per_cycle)
+        if not record:  # the renames a real pass would apply first: a renamed campaign keeps its audience
+            for old, new in found.campaign_renames:
+                earlier = self.store.campaign_first_seen([old], now, record=False)[old]
+                first_seen[new] = min(first_seen.get(new, now), earlier)
+        return plan(self.ws.campaigns, self.views(), first_seen, self.history(found.aliases()), now,
+                    one_per_cycle=self.ws.cfg.outbound.one_per_cycle, unresolved=found.unresolved)
 
     def template_problems(self) -> dict[str, list[str]]:
         """Campaign id -> problems of its templates (syntax, unknown names, missing files); checked every pass.
@@ -211,16 +278,18 @@ class SendPass:
                 identity.guard(self.store, self.ws.cfg)  # emptied under a running worker: stop before mailing
             held = self.template_problems()
             res.problems += [p for problems in held.values() for p in problems]
-            planned = self.plan(record=not dry_run)
+            result = self.plan(record=not dry_run)
+            planned = result.sends
+            res.problems += [p for problems in result.held.values() for p in problems]
             views = self.views()
             if dry_run:
                 self._dry_run(planned, views, res, limit, held)
-                _hold(held, res)
+                _hold(held, result.held, res)
                 return res
             now = self.ctx.clock.now()
-            rows = [{"campaign": p.campaign, "step": p.step, "customer_key": p.customer_key, "status": p.status,
-                     "message_id": self.composer.message_id() if p.status == SendStatus.QUEUED else None,
-                     "queued_at": iso(now), "error": p.reason, "email": p.email} for p in planned]
+            rows = [{"campaign": p.campaign, "step": p.step, "step_id": p.step_id, "customer_key": p.customer_key,
+                     "status": p.status, "message_id": self.composer.message_id() if p.status == SendStatus.QUEUED
+                     else None, "queued_at": iso(now), "error": p.reason, "email": p.email} for p in planned]
             if rows:
                 self.store.queue_sends(rows)
             res.stats["planned"] = sum(p.status == SendStatus.QUEUED for p in planned)
@@ -229,7 +298,7 @@ class SendPass:
                 self._send_queue(views, res, limit, held)
             finally:
                 self._record_sent_count()
-            _hold(held, res)
+            _hold(held, result.held, res)
         return res
 
     def held_for_failed_fetch(self, fetch_error: CrmError) -> StageResult:
@@ -363,20 +432,23 @@ class SendPass:
             why = "campaign removed or disabled"
         else:
             why = blocked_reason(view, h)
-            if why is None and s.step > 0:
-                t0 = h.sent_at.get((s.campaign, 0, s.customer_key))
-                if t0 is not None:
-                    why = stop_reason(camp, view, t0, h)
+            t0 = h.entered(s.campaign, s.customer_key)  # a follow-up: the sequence began with an email sent
+            if why is None and t0 is not None:
+                why = stop_reason(camp, view, t0, h)
         if why is not None or view is None or camp is None:
             self.store.mark_status(s.id, SendStatus.SKIPPED, why)
             res.stats["skipped_now"] += 1
             return
-        if s.step >= len(camp.steps):
-            self.store.mark_status(s.id, SendStatus.SKIPPED, f"step {s.step} no longer in the campaign")
+        step = camp.step(s.step_id) if s.step_id is not None else (
+            camp.steps[s.step] if s.step < len(camp.steps) else None)
+        if step is None:  # removed from campaigns.toml while it waited in the queue (issue #17)
+            self.store.mark_status(s.id, SendStatus.SKIPPED, f"step {s.step_id or s.step!r} is no longer in the "
+                                   "campaign")
+            res.stats["skipped_now"] += 1
             return
-        template = camp.steps[s.step].template
         self._deliver(s, transport, res,
-                      lambda mid, now: self.composer.campaign_email(template, view, s.campaign, s.step, mid, now),
+                      lambda mid, now: self.composer.campaign_email(step.template, view, s.campaign, step.number,
+                                                                    mid, now),
                       view.email or "")
 
     def _notification(self, s: SendRow, view: CustomerView, message_id: str, now: datetime) -> Composed:
@@ -467,10 +539,26 @@ class SendPass:
             self.store.set_email_status(s.customer_key, "bounced")
 
 
-def _hold(held: dict[str, list[str]], res: StageResult) -> None:
-    """A held campaign is a configuration error of this pass (exit 2); the rest of the queue went."""
-    if held and res.error is None:
-        res.error = ConfigError(f"template problems hold campaign(s) {', '.join(sorted(held))}; their sends "
-                                "stay queued and the other campaigns were sent",
-                                hint="fix the templates (`crm-automation check` lists the problems); the held "
-                                     "sends go out at the next pass")
+def _hold(held: dict[str, list[str]], edits: dict[str, list[str]], res: StageResult) -> None:
+    """A held campaign is a configuration error of this pass (exit 2); the rest of the queue went.
+
+    ``held``: template problems (the campaign's sends stay queued);
+    ``edits``: campaigns.toml edits whose meaning is unclear (issue #17: the
+    sends they affect are not even queued until the admin says what they meant).
+    """
+    if res.error is not None or not (held or edits):
+        return
+    parts = []
+    if held:
+        parts.append(f"template problems hold campaign(s) {', '.join(sorted(held))}; their sends stay queued")
+    if edits:
+        parts.append(f"unclear edits of campaigns.toml hold sends of campaign(s) {', '.join(sorted(edits))} "
+                     "(see above: nothing of them was queued)")
+    hints = []
+    if held:
+        hints.append("fix the templates (`crm-automation check` lists the problems)")
+    if edits:
+        hints.append("say what the edit meant in campaigns.toml (renamed_from or resend = true, as the message "
+                     "says; `crm-automation check --plan` shows the effect)")
+    res.error = ConfigError("; ".join(parts) + "; the other campaigns were sent",
+                            hint="; ".join(hints) + "; the held sends go out at the next pass")

@@ -8,8 +8,11 @@ Rules (SPEC §5, §10, and what the README documents where the SPEC is silent):
 - ``change``: a ``field_changed`` to the ``to`` value logged after the
   campaign was first seen, the field still holding that value.
 - ``at``: once ``now`` has passed ``at``, everyone in the segment at that time.
-- follow-up N is due ``after_days`` after step 0 was *sent*, if step N-1 was
-  sent and nothing in ``stop_on`` happened since step 0 was sent.
+- follow-up N is due ``after_days`` after the sequence began (its first
+  email was *sent*), if step N-1 was the last step sent and nothing in
+  ``stop_on`` happened since. Steps are known by their key, not their place
+  (issue #17): a step inserted before a customer's last step is skipped for
+  them with the reason; a removed step is simply never due.
 - suppressed, bounced and unsubscribed customers are planned as ``skipped``
   with the reason, so the log shows why nobody mailed them.
 - a quarantined message from the customer counts as a reply (their contact
@@ -28,7 +31,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from crm_automation.mapping import Campaign
+from crm_automation.edits import hold_reason
+from crm_automation.mapping import Campaign, Step
 
 QUARANTINED = "quarantined"  # History.inbound kind of a quarantined message from the customer
 STOP_KINDS = {"reply": ("email_in", QUARANTINED), "bounce": ("bounce",), "unsubscribe": ("unsubscribe",)}
@@ -47,10 +51,16 @@ class CustomerView:
 
 @dataclass(slots=True)
 class History:
-    """What the log says happened, as plain values."""
+    """What the log says happened, as plain values.
 
-    send_keys: set[tuple[str, int, str]] = field(default_factory=set)
-    sent_at: dict[tuple[str, int, str], datetime] = field(default_factory=dict)
+    ``sends``: campaign -> customer -> step key -> when it was sent (None for
+    a row that was not sent: queued, skipped, failed, ...). Steps are keyed
+    by :attr:`~crm_automation.mapping.Step.key`, never by their place (issue #17).
+    ``elsewhere``: customer -> template -> the campaign, no longer in the
+    file, that sent it to them (a new campaign reusing it is held).
+    """
+
+    sends: dict[str, dict[str, dict[str, datetime | None]]] = field(default_factory=dict)
     inbound: dict[str, list[tuple[str, datetime]]] = field(default_factory=dict)  # key -> [(kind, logged_at)]
     changes: dict[str, list[tuple[str, Any, datetime]]] = field(default_factory=dict)  # field -> [(key, new, at)]
     suppressed: frozenset[str] = frozenset()
@@ -58,6 +68,24 @@ class History:
     # key -> [(campaign or None, logged_at)] of soft bounces: that message was lost (issue #11); it stops the
     # sequence of its campaign (or every sequence when the bounce did not say which message it was).
     lost: dict[str, list[tuple[str | None, datetime]]] = field(default_factory=dict)
+    elsewhere: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def add_send(self, campaign: str, step: str, customer: str, sent_at: datetime | None = None) -> None:
+        """Record one ``sends`` row (``sent_at`` only when it was sent)."""
+        self.sends.setdefault(campaign, {}).setdefault(customer, {})[step] = sent_at
+
+    def steps_of(self, campaign: str, customer: str) -> dict[str, datetime | None]:
+        """The customer's rows in one campaign: step key -> sent time (None: not sent)."""
+        return self.sends.get(campaign, {}).get(customer, {})
+
+    def entered(self, campaign: str, customer: str) -> datetime | None:
+        """When the customer's sequence began: the first email of the campaign that was sent to them.
+
+        The first *sent* step, whichever it is, so a reordered or renamed
+        first step keeps the customer's clock (follow-up days count from it).
+        """
+        times = [t for t in self.steps_of(campaign, customer).values() if t is not None]
+        return min(times) if times else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +93,31 @@ class PlannedSend:
     """One email to queue, or a send recorded as ``skipped`` with its reason."""
 
     campaign: str
-    step: int
+    step: int  # the step's place in the campaign now (shown; ``sends.step``)
     customer_key: str
     email: str | None
     template: str
     status: str  # "queued" | "skipped"
     reason: str | None = None
+    step_key: str = ""  # the step's identity (``sends.step_id``); "" means the template's name
+
+    @property
+    def step_id(self) -> str:
+        """The step's identity as recorded in ``sends.step_id``."""
+        return self.step_key or self.template
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The planner's answer: the sends to record, and campaigns held because an edit's meaning is unclear.
+
+    ``held``: campaign -> why it (or some of its sends) is held; nothing
+    held is recorded, so the planner decides again once the admin has said
+    what the edit meant (issue #17).
+    """
+
+    sends: list[PlannedSend]
+    held: dict[str, list[str]] = field(default_factory=dict)
 
 
 def matches(where: MappingT[str, tuple[str, ...]], data: MappingT[str, Any]) -> bool:
@@ -138,37 +185,114 @@ def _step0_targets(c: Campaign, customers: MappingT[str, CustomerView], first_se
     return []
 
 
-def plan(campaigns: list[Campaign], customers: MappingT[str, CustomerView], first_seen: MappingT[str, datetime],
-         h: History, now: datetime, *, one_per_cycle: bool = True) -> list[PlannedSend]:
-    """Everything that becomes due now and has no ``sends`` row yet."""
+def _past(c: Campaign, step: Step, reached: int) -> str:
+    later = next(s for s in c.steps if s.number == reached)
+    return (f"step {step.key!r} was added to the campaign after the customer had passed it (they already had "
+            f"step {later.key!r}, now {_place(reached)})")
+
+
+def _place(n: int) -> str:
+    return "the first email" if n == 0 else f"follow-up {n}"
+
+
+def _held_for(c: Campaign, step: Step, rows: MappingT[str, datetime | None],
+              unresolved: MappingT[tuple[str, str], tuple[str, ...]]) -> bool:
+    """Whether this step's send to this customer waits for the admin (they had a step it may replace)."""
+    gone = unresolved.get((c.id, step.key), ())
+    return any(rows.get(g) is not None for g in gone)
+
+
+def _plan_campaign(c: Campaign, customers: MappingT[str, CustomerView], seen: datetime, h: History, now: datetime,
+                   unresolved: MappingT[tuple[str, str], tuple[str, ...]], held: list[str]) -> list[PlannedSend]:
     out: list[PlannedSend] = []
+    waiting: dict[str, int] = {}
+    first = c.steps[0]
+    positions = {s.key: s.number for s in c.steps}
+
+    def add(step: Step, cust: CustomerView, why: str | None) -> None:
+        out.append(PlannedSend(c.id, step.number, cust.key, cust.email, step.template,
+                               "skipped" if why else "queued", why, step.key))
+
+    for cust in _step0_targets(c, customers, seen, h, now):
+        rows = h.steps_of(c.id, cust.key)
+        if first.key in rows:
+            continue
+        if _held_for(c, first, rows, unresolved):
+            waiting[first.key] = waiting.get(first.key, 0) + 1
+            continue
+        reached = max((positions[k] for k, t in rows.items() if t is not None and k in positions), default=-1)
+        if reached > 0:
+            add(first, cust, _past(c, first, reached))
+            continue
+        why = blocked_reason(cust, h)
+        if why is None and c.trigger == "new" and c.skip_if_already_wrote:
+            why = wrote_first(cust, h)
+        add(first, cust, why)
+    for key, rows in h.sends.get(c.id, {}).items():
+        t0 = h.entered(c.id, key)
+        if t0 is None:
+            continue
+        follower = customers.get(key)
+        if follower is None:
+            continue
+        reached = max((positions[k] for k, t in rows.items() if t is not None and k in positions), default=-1)
+        for step in c.steps[1:]:
+            if step.key in rows:
+                continue
+            if _held_for(c, step, rows, unresolved):
+                waiting[step.key] = waiting.get(step.key, 0) + 1
+                continue
+            if reached > step.number:
+                add(step, follower, _past(c, step, reached))
+            elif reached == step.number - 1 and now >= t0 + timedelta(days=step.after_days):
+                add(step, follower, blocked_reason(follower, h) or stop_reason(c, follower, t0, h))
+    for key, gone in ((k, unresolved[(c.id, k)]) for k in positions if (c.id, k) in unresolved):
+        if waiting.get(key):
+            held.append(f"{hold_reason(c.id, key, gone)} ({waiting[key]} customer(s) waiting)")
+    return out
+
+
+def _reused_templates(c: Campaign, planned: list[PlannedSend], h: History) -> str | None:
+    """Why a campaign must wait: it would mail customers a template a campaign no longer in the file sent them."""
+    dups = [(p, old) for p in planned if p.status == "queued"
+            and (old := h.elsewhere.get(p.customer_key, {}).get(p.template)) is not None]
+    if not dups:
+        return None
+    olds = sorted({old for _, old in dups})
+    p, old = dups[0]
+    return (f"campaign {c.id!r} held: it would mail {len(dups)} customer(s) template {p.template!r}, which "
+            f"campaign {old!r} (no longer in campaigns.toml) already sent them (e.g. {p.customer_key}). If "
+            f"{c.id!r} is {old!r} renamed, add renamed_from = {olds[0]!r} to it (nobody is mailed again); if it is "
+            f"a new mailing, add resend = true to it")
+
+
+def plan(campaigns: list[Campaign], customers: MappingT[str, CustomerView], first_seen: MappingT[str, datetime],
+         h: History, now: datetime, *, one_per_cycle: bool = True,
+         unresolved: MappingT[tuple[str, str], tuple[str, ...]] | None = None) -> Plan:
+    """Everything that becomes due now and has no ``sends`` row yet.
+
+    Follow-up rules by step identity (issue #17): a customer's *reach* is
+    the latest place (in the campaign as it is now) of a step they were sent.
+    Step N is due ``after_days`` after the sequence began (:meth:`History.entered`)
+    when their reach is N-1; a step placed before their reach (inserted
+    after they passed it) is recorded as skipped with the reason. Steps in
+    ``unresolved`` (see :mod:`crm_automation.edits`) wait for customers who
+    had a step they may replace.
+    """
+    out: list[PlannedSend] = []
+    held: dict[str, list[str]] = {}
     for c in campaigns:
         if not c.enabled:
             continue
-        seen = first_seen.get(c.id, now)
-        step0 = c.steps[0]
-        for cust in _step0_targets(c, customers, seen, h, now):
-            if (c.id, 0, cust.key) in h.send_keys:
-                continue
-            why = blocked_reason(cust, h)
-            if why is None and c.trigger == "new" and c.skip_if_already_wrote:
-                why = wrote_first(cust, h)
-            out.append(PlannedSend(c.id, 0, cust.key, cust.email, step0.template,
-                                   "skipped" if why else "queued", why))
-        for step in c.steps[1:]:
-            for (cid, n, key), t0 in h.sent_at.items():
-                if cid != c.id or n != 0 or (c.id, step.number, key) in h.send_keys:
-                    continue
-                if (c.id, step.number - 1, key) not in h.sent_at:
-                    continue
-                if now < t0 + timedelta(days=step.after_days):
-                    continue
-                follower = customers.get(key)
-                if follower is None:
-                    continue
-                why = blocked_reason(follower, h) or stop_reason(c, follower, t0, h)
-                out.append(PlannedSend(c.id, step.number, key, follower.email, step.template,
-                                       "skipped" if why else "queued", why))
+        notes: list[str] = []
+        planned = _plan_campaign(c, customers, first_seen.get(c.id, now), h, now, unresolved or {}, notes)
+        why = None if c.resend else _reused_templates(c, planned, h)
+        if why is not None:
+            held[c.id] = [why]
+            continue
+        if notes:
+            held[c.id] = notes
+        out += planned
     if one_per_cycle:
         taken: set[str] = set()
         kept = []
@@ -179,4 +303,4 @@ def plan(campaigns: list[Campaign], customers: MappingT[str, CustomerView], firs
                 taken.add(p.customer_key)
             kept.append(p)
         out = kept
-    return out
+    return Plan(out, held)

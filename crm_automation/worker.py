@@ -25,7 +25,7 @@ from crm_automation.config import parse_duration
 from crm_automation.errors import ConfigError, CrmError
 from crm_automation.inbound import InboundPass
 from crm_automation.outbound import SendPass
-from crm_automation.planner import CustomerView, PlannedSend
+from crm_automation.planner import CustomerView, Plan
 from crm_automation.sheets.session import SheetSession
 from crm_automation.stage import Progress, StageContext, StageResult, address_index, no_progress
 from crm_automation.store import identity
@@ -102,7 +102,7 @@ class Worker:
         """Fill the worker's own columns in the sheet."""
         return self.session.writeback(reuse_read=reuse_read)
 
-    def plan(self, *, record: bool = True) -> list[PlannedSend]:
+    def plan(self, *, record: bool = True) -> Plan:
         """What is due now (pure planning over the log)."""
         return self.outbound.plan(record=record)
 

@@ -116,3 +116,31 @@ def create_v3(db: sqlite_utils.Database) -> None:
     db.table("quarantine").create_index(["customer_key"])
     db.table("meta").create({"key": str, "value": str}, pk="key")
     db.table("meta").insert({"key": "log_id", "value": uuid.uuid4().hex})
+
+
+def create_v4(db: sqlite_utils.Database) -> None:
+    """Schema version 4 (issue #17): a step is known by its identity, not by its place in the campaign.
+
+    - ``sends.step_id`` (extra): the step's key (its ``id`` in campaigns.toml,
+      else its template's name). Sends are unique on (campaign, step_id,
+      customer) instead of (campaign, step, customer): ``step`` keeps the
+      step's place when it was queued, for reading, and inserting a step no
+      longer makes an old follow-up look like the new one. Rows written
+      before this version get their step_id from campaigns.toml as it is at
+      the first send pass after the upgrade (``SendLog.adopt_step_ids``):
+      the file the log was built on, since steps were only ever counted by
+      place. Owner notifications (whose ``step`` is an activity id) get it here.
+    - ``campaign_steps`` (extra): each campaign's steps as the log last planned
+      them, so the next pass can tell what an edit of campaigns.toml changed
+      (:mod:`crm_automation.edits`).
+    - ``campaigns.renamed_to`` (extra): a campaign whose sends were carried
+      over to another id by ``renamed_from``.
+    """
+    db.table("sends").add_column("step_id", str)
+    db.execute("DROP INDEX IF EXISTS idx_sends_campaign_step_customer_key")
+    db.execute("CREATE UNIQUE INDEX idx_sends_campaign_step_id_customer ON sends(campaign, step_id, customer_key)")
+    db.execute("UPDATE sends SET step_id = CAST(step AS TEXT) WHERE campaign = 'owner-notify'")
+    db.table("campaigns").add_column("renamed_to", str)
+    db.execute("CREATE TABLE campaign_steps (campaign TEXT NOT NULL, step_id TEXT NOT NULL, position INTEGER NOT NULL, "
+               "template TEXT NOT NULL, retired INTEGER NOT NULL DEFAULT 0, unresolved TEXT, first_seen TEXT, "
+               "PRIMARY KEY (campaign, step_id)) WITHOUT ROWID")

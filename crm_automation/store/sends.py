@@ -20,18 +20,19 @@ itself.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from crm_automation.models import Kind, SendStatus
+from crm_automation.models import Kind, SendStatus, StepState
 from crm_automation.store.activities import insert_activity
 from crm_automation.store.connection import Connection, Guarded, iso, parse_iso
 
 NOTIFY_CAMPAIGN = "owner-notify"  # pseudo-campaign: owner notifications reuse the sends table's exactly-once rows
 _SEND_COLS = ("id, campaign, step, customer_key, status, message_id, queued_at, sent_at, error, email, attempts, "
-              "next_attempt_at")
+              "next_attempt_at, step_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,7 @@ class SendRow:
     email: str | None
     attempts: int
     next_attempt_at: datetime | None
+    step_id: str | None = None  # the step's identity (issue #17); None only in rows from before schema 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,15 +65,18 @@ class SentRef:
 
 def _send(r: tuple[Any, ...]) -> SendRow:
     return SendRow(r[0], r[1], r[2], r[3], SendStatus(r[4]), r[5], parse_iso(r[6]), parse_iso(r[7]), r[8], r[9],
-                   r[10] or 0, parse_iso(r[11]))
+                   r[10] or 0, parse_iso(r[11]), r[12])
 
 
 def insert_sends(conn: Guarded, rows: list[dict[str, Any]]) -> int:
-    """Insert sends, leaving existing keys alone (no transaction: the caller's unit owns it)."""
+    """Insert sends, leaving existing keys (campaign, step_id, customer) alone; the caller's unit owns the transaction.
+
+    ``step_id`` defaults to ``step`` as text (owner notifications, whose step is an activity id).
+    """
     cur = conn.executemany(
-        "INSERT OR IGNORE INTO sends (campaign, step, customer_key, status, message_id, queued_at, error, "
-        "email, attempts) VALUES (:campaign, :step, :customer_key, :status, :message_id, :queued_at, "
-        ":error, :email, 0)", rows)
+        "INSERT OR IGNORE INTO sends (campaign, step, step_id, customer_key, status, message_id, queued_at, error, "
+        "email, attempts) VALUES (:campaign, :step, :step_id, :customer_key, :status, :message_id, :queued_at, "
+        ":error, :email, 0)", [r if "step_id" in r else {**r, "step_id": str(r["step"])} for r in rows])
     return cur.rowcount
 
 
@@ -89,6 +94,74 @@ class SendLog(Connection):
                                   [(i, iso(now)) for i in ids])
         return {i: parse_iso(fs) or now for i, fs in self.conn.execute("SELECT id, first_seen FROM campaigns")
                 if i in ids}
+
+    # ------------------------------------------------------------ campaign definitions (issue #17)
+    def campaign_steps(self) -> dict[str, dict[str, StepState]]:
+        """Each campaign's steps as the log last planned them (see :mod:`crm_automation.edits`)."""
+        out: dict[str, dict[str, StepState]] = {}
+        for c, k, pos, tpl, retired, unresolved in self.conn.execute(
+                "SELECT campaign, step_id, position, template, retired, unresolved FROM campaign_steps"):
+            out.setdefault(c, {})[k] = StepState(tpl, pos, bool(retired), tuple(json.loads(unresolved or "[]")))
+        return out
+
+    def sent_step_counts(self) -> dict[tuple[str, str], int]:
+        """(campaign, step_id) -> how many customers were sent that step (rows from before schema 4 left out)."""
+        return {(c, k): n for c, k, n in self.conn.execute(
+            "SELECT campaign, step_id, COUNT(*) FROM sends WHERE status = 'sent' AND step_id IS NOT NULL "
+            "GROUP BY campaign, step_id")}
+
+    def legacy_steps(self) -> list[tuple[str, int]]:
+        """(campaign, step) of rows written before schema 4, which have no step_id yet."""
+        return list(self.conn.execute("SELECT DISTINCT campaign, step FROM sends WHERE step_id IS NULL"))
+
+    def adopt_step_ids(self, keys: dict[tuple[str, int], str]) -> int:
+        """Give rows from before schema 4 their step's identity: (campaign, step) -> step_id."""
+        with self.transaction():
+            return sum(self.conn.execute(
+                "UPDATE OR IGNORE sends SET step_id = ? WHERE campaign = ? AND step = ? AND step_id IS NULL",
+                (k, c, n)).rowcount for (c, n), k in keys.items())
+
+    def record_campaign_edits(self, states: dict[str, dict[str, StepState]],
+                              campaign_renames: Iterable[tuple[str, str]],
+                              step_renames: Iterable[tuple[str, str, str]], now: datetime) -> None:
+        """Apply what :func:`crm_automation.edits.review` found, in one transaction.
+
+        Renames carry the old key's sends (and the activities naming the old
+        campaign) over to the new key, so the history reads as one campaign;
+        a row the new key already has is left under the old key (``OR
+        IGNORE``): that customer then has both, and is mailed neither again.
+        A renamed campaign keeps the earlier of the two first-seen times, so
+        its ``new`` and ``change`` triggers keep their audience.
+        """
+        with self.transaction():
+            for old, new in campaign_renames:
+                self.conn.execute("UPDATE OR IGNORE sends SET campaign = ? WHERE campaign = ?", (new, old))
+                self.conn.execute("UPDATE activities SET campaign = ? WHERE campaign = ?", (new, old))
+                self.conn.execute("UPDATE OR IGNORE campaign_steps SET campaign = ? WHERE campaign = ?", (new, old))
+                self.conn.execute("DELETE FROM campaign_steps WHERE campaign = ?", (old,))
+                row = self.conn.execute("SELECT first_seen FROM campaigns WHERE id = ?", (old,)).fetchone()
+                if row is not None and row[0]:
+                    self.conn.execute("INSERT OR IGNORE INTO campaigns (id, first_seen) VALUES (?, ?)", (new, row[0]))
+                    self.conn.execute("UPDATE campaigns SET first_seen = MIN(first_seen, ?) WHERE id = ?",
+                                      (row[0], new))
+                self.conn.execute("UPDATE campaigns SET renamed_to = ? WHERE id = ?", (new, old))
+            for campaign, old, new in step_renames:
+                self.conn.execute("UPDATE OR IGNORE sends SET step_id = ? WHERE campaign = ? AND step_id = ?",
+                                  (new, campaign, old))
+                self.conn.execute("DELETE FROM campaign_steps WHERE campaign = ? AND step_id = ?", (campaign, old))
+            for campaign, steps in states.items():
+                self.conn.executemany(
+                    "INSERT INTO campaign_steps (campaign, step_id, position, template, retired, unresolved, "
+                    "first_seen) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(campaign, step_id) DO UPDATE SET "
+                    "position = excluded.position, template = excluded.template, retired = excluded.retired, "
+                    "unresolved = excluded.unresolved",
+                    [(campaign, k, st.position, st.template, int(st.retired),
+                      json.dumps(list(st.unresolved)) if st.unresolved else None, iso(now))
+                     for k, st in steps.items()])
+                known = self.conn.execute("SELECT step_id FROM campaign_steps WHERE campaign = ?",
+                                          (campaign,)).fetchall()
+                self.conn.executemany("DELETE FROM campaign_steps WHERE campaign = ? AND step_id = ?",
+                                      [(campaign, k) for (k,) in known if k not in steps])
 
     # ------------------------------------------------------------ reading
     def sends(self, *, status: Iterable[SendStatus] | None = None, campaign: str | None = None) -> list[SendRow]:

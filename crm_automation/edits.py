@@ -1,0 +1,155 @@
+"""What an edit of ``mappings/campaigns.toml`` means for customers already in a sequence (issue #17). Pure.
+
+The log remembers each campaign's steps as it last planned them
+(:class:`StepState`: template, place, retired or not). Comparing that with
+the file tells what the admin changed between two passes:
+
+- a step that is new in the file is *inserted*: it goes to the customers
+  for whom it is still due; those who already had a later step are past it
+  (the planner records them as skipped, with the reason);
+- a step that is gone was *removed*: nobody gets it any more, and it is
+  marked retired once nothing may be replacing it;
+- a step that moved keeps its sends: steps are known by their key (an ``id``,
+  else the template's name), never by their place;
+- ``renamed_from`` on a step or a campaign carries the old key's sends over.
+
+One edit is unclear on its own: in the same edit a step *appears* and a
+step that was already sent *disappears*. That is a step whose template was
+renamed (the same email: nobody should get it again) or a step replaced by
+a new one (a new email: the customers who had the old one should get it).
+Guessing either way mails someone wrongly, so the new step is **held** for
+the customers who received the step that disappeared until the admin says
+which: ``renamed_from = "<old key>"`` (or ``id = "<old key>"``) on the step,
+or ``resend = true``. The same holds for the first email of a campaign
+(``step_id`` and the campaign's ``resend``). The hold is remembered in the
+log (``StepState.unresolved``), so it lasts until it is resolved, not just
+for the pass that saw the edit.
+
+A campaign may be renamed too: ``renamed_from`` on the campaign carries
+the old id's sends over. A *new* campaign that would mail customers a
+template they already received from a campaign no longer in the file is
+held by the planner (:func:`crm_automation.planner.plan`) until the admin
+declares ``renamed_from`` or ``resend = true``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from crm_automation.mapping import Campaign
+from crm_automation.models import StepState
+
+
+@dataclass(frozen=True, slots=True)
+class Review:
+    """What the file says compared with what the log last planned.
+
+    ``states``: the new record of each campaign whose steps changed (the whole
+    campaign), to be written by the send pass. ``campaign_renames`` and
+    ``step_renames``: sends still recorded under an old key that now belong
+    to a new one. ``unresolved``: (campaign, step key) -> the disappeared
+    steps it may replace; its sends to customers who had one of them are held.
+    ``changes``: one line per change, for ``check --plan`` and the log.
+    """
+
+    states: dict[str, dict[str, StepState]] = field(default_factory=dict)
+    campaign_renames: tuple[tuple[str, str], ...] = ()
+    step_renames: tuple[tuple[str, str, str], ...] = ()
+    unresolved: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    changes: dict[str, list[str]] = field(default_factory=dict)
+
+    def aliases(self) -> tuple[dict[str, str], dict[tuple[str, str], str]]:
+        """(old campaign -> new, (campaign, old step) -> new step): how to read the log as if renames were applied."""
+        camp = dict(self.campaign_renames)
+        return camp, {(c, old): new for c, old, new in self.step_renames}
+
+
+def hold_reason(campaign: str, step: str, gone: tuple[str, ...]) -> str:
+    """The message for a step held because its edit is unclear (shown in ``send`` and ``check``)."""
+    names = " / ".join(repr(g) for g in gone)
+    return (f"campaign {campaign!r}: step {step!r} appeared in the same edit in which step {names} (already sent) "
+            f"left the campaign, so it is held for the customers who had {names}: if it is the same email "
+            f"renamed, add renamed_from = {gone[0]!r} to it (nobody gets it twice); if it is a new email, add "
+            f"resend = true to it (they get it too)")
+
+
+def review(campaigns: list[Campaign], recorded: Mapping[str, Mapping[str, StepState]],
+           sent: Mapping[tuple[str, str], int]) -> Review:
+    """Compare the file's campaigns with the log's record of them (see the module docstring).
+
+    ``recorded``: campaign -> step key -> state as last planned (empty for
+    a log from before issue #17 or a campaign never planned: its current
+    steps are then simply recorded). ``sent``: (campaign, step key) -> how
+    many customers were sent that step; only steps sent to someone make an
+    edit unclear.
+    """
+    out = Review()
+    camp_renames: list[tuple[str, str]] = []
+    step_renames: list[tuple[str, str, str]] = []
+    for c in campaigns:
+        if not c.enabled:
+            continue  # a paused campaign keeps its record until it runs again
+        rec = dict(recorded.get(c.id, {}))
+        lines: list[str] = []
+        old_id = c.renamed_from
+        if old_id is not None and (old_id in recorded or any(k[0] == old_id for k in sent)):
+            camp_renames.append((old_id, c.id))
+            lines.append(f"renamed from {old_id!r}: its sends count as this campaign's")
+            for k, st in recorded.get(old_id, {}).items():
+                rec.setdefault(k, st)
+
+        def sent_count(key: str, cid: str = c.id, old: str | None = old_id) -> int:
+            return sent.get((cid, key), 0) + (sent.get((old, key), 0) if old is not None else 0)
+
+        for s in c.steps:
+            old_key = s.renamed_from
+            if old_key is not None and s.key not in rec and (old_key in rec or sent_count(old_key) > 0):
+                step_renames.append((c.id, old_key, s.key))
+                if old_key in rec:
+                    rec[s.key] = rec.pop(old_key)
+                lines.append(f"step {old_key!r} renamed to {s.key!r}: who had it does not get it again")
+        current = {s.key: s for s in c.steps}
+        if not rec:
+            out.states[c.id] = {s.key: StepState(s.template, s.number) for s in c.steps}
+            continue
+        gone = tuple(sorted(k for k, st in rec.items() if k not in current and not st.retired
+                            and sent_count(k) > 0))
+        new: dict[str, StepState] = {}
+        for s in c.steps:
+            before = rec.get(s.key)
+            if before is None:
+                unclear = () if s.resend else gone
+                new[s.key] = StepState(s.template, s.number, unresolved=unclear)
+                lines.append(f"step {s.key!r} inserted as {_place(s.number)}" + (
+                    f"; held: it may replace {' / '.join(map(repr, gone))}" if unclear else ""))
+                continue
+            unclear = () if s.resend else tuple(u for u in before.unresolved if u in gone)
+            new[s.key] = StepState(s.template, s.number, unresolved=unclear)
+            if before.retired:
+                lines.append(f"step {s.key!r} is back as {_place(s.number)}: who had it does not get it again")
+            elif before.position != s.number:
+                lines.append(f"step {s.key!r} moved from {_place(before.position)} to {_place(s.number)}")
+            elif before.template != s.template:
+                lines.append(f"step {s.key!r} now uses template {s.template!r}")
+        pending = {u for st in new.values() for u in st.unresolved}
+        for k, st in rec.items():
+            if k in current:
+                continue
+            keep = replace(st, retired=st.retired or k not in pending)
+            new[k] = keep
+            if not st.retired:
+                lines.append(f"step {k!r} removed ({sent_count(k)} had it)" + (
+                    "" if keep.retired else "; a new step may be replacing it"))
+        for k, st in new.items():
+            if st.unresolved:
+                out.unresolved[(c.id, k)] = st.unresolved
+        if new != rec or c.id not in recorded:
+            out.states[c.id] = new
+        if lines:
+            out.changes[c.id] = lines
+    return replace(out, campaign_renames=tuple(camp_renames), step_renames=tuple(step_renames))
+
+
+def _place(n: int) -> str:
+    return "the first email" if n == 0 else f"follow-up {n}"
