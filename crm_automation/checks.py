@@ -10,10 +10,14 @@ that ``sync`` would blank in rows it keeps (``on_invalid = "blank"``, issue
 from __future__ import annotations
 
 from contextlib import suppress
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from crm_automation.errors import ConfigError, CrmError, ServiceError
 from crm_automation.workspace import Workspace
+
+if TYPE_CHECKING:
+    from crm_automation.outbound import CampaignOutlook
 
 
 def _item(name: str, problems: list[str], summary: str, hint: str | None = None) -> dict[str, Any]:
@@ -21,8 +25,15 @@ def _item(name: str, problems: list[str], summary: str, hint: str | None = None)
             f"{len(problems)} problem(s)", "problems": problems, "hint": hint}
 
 
-def run_checks(config_path: str | None, *, connect: bool = False) -> dict[str, Any]:
-    """Run every check; the result has ``checks`` (name, ok, summary, problems) and ``exit``."""
+def run_checks(config_path: str | None, *, connect: bool = False, plan: bool = False,
+               now: datetime | None = None) -> dict[str, Any]:
+    """Run every check; the result has ``checks`` (name, ok, summary, problems) and ``exit``.
+
+    ``plan`` adds what campaigns.toml, as it is now, means for the customers
+    already in a sequence, read from the log without recording anything
+    (issue #17); ``now`` is the time it is judged at (``--now``; without an
+    offset, the workspace's local time).
+    """
     checks: list[dict[str, Any]] = []
     try:
         ws = Workspace.load(config_path)
@@ -56,7 +67,53 @@ def run_checks(config_path: str | None, *, connect: bool = False) -> dict[str, A
         code = max(code, 3)
     if connect:
         code = max(code, _connect(ws, checks))
+    if plan and not tpl:
+        code = max(code, _plan(ws, checks, now))
     return {"checks": checks, "exit": code}
+
+
+def _plan(ws: Workspace, checks: list[dict[str, Any]], now: datetime | None) -> int:
+    """``check --plan``: the log read as the next send pass would read it, nothing recorded."""
+    from crm_automation.compose import Composer
+    from crm_automation.outbound import SendPass
+    from crm_automation.stage import StageContext
+    from crm_automation.workspace import Clock
+
+    if not ws.cfg.database.exists():
+        checks.append(_item("plan", [], "no activity log yet: the first pass starts every campaign afresh"))
+        return 0
+    if now is not None and now.tzinfo is None:
+        now = now.replace(tzinfo=ws.cfg.timezone)  # --now without an offset is the workspace's local time
+    store = ws.open_store()
+    try:
+        ctx = StageContext(store, Clock(now))
+        found = SendPass(ws, ctx, Composer(ws.cfg, ws.templates)).edit_outlook()
+    except CrmError as e:
+        checks.append(_item("plan", [str(e)], "", e.hint))
+        return e.exit_code
+    finally:
+        store.close()
+    held = [line for c in found.values() for line in c.held]
+    changed = sum(bool(c.changes) for c in found.values())
+    item = _item("plan", held, f"{len(found)} campaign(s), {changed} edited since the last pass, none held",
+                 "say what each held edit meant in campaigns.toml (the message names the key to add)" if held
+                 else None)
+    item["campaigns"] = {k: c.to_json() for k, c in found.items()}
+    item["notes"] = [f"{cid}: {line}" for cid, c in found.items() for line in _describe(c)]
+    checks.append(item)
+    return 2 if held else 0
+
+
+def _describe(c: CampaignOutlook) -> list[str]:
+    """Human lines for one campaign: its edits, then each step's outlook for customers already in it."""
+    lines = list(c.changes)
+    for key, s in c.steps.items():
+        parts = [f"{n} {what}" for n, what in ((s.had, "had it"), (s.due_now, "get it now"),
+                                               (s.later, "get it when due"), (s.past, "are past it (skipped)"),
+                                               (s.held, "held")) if n]
+        if parts:
+            lines.append(f"step {key!r}: " + ", ".join(parts))
+    return lines
 
 
 def _connect(ws: Workspace, checks: list[dict[str, Any]]) -> int:

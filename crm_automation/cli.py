@@ -257,13 +257,15 @@ def cli(ctx: click.Context, /, **kw: Any) -> None:
 @cli.command()
 @_global
 @click.option("--connect", is_flag=True, help="also log in to the mailbox and the SMTP server")
+@click.option("--plan", "plan_", is_flag=True, help="also show what campaigns.toml, as it is now, means for "
+              "customers already in a sequence (edits since the last pass, holds); records nothing")
 @click.pass_context
-def check(ctx: click.Context, /, connect: bool, **kw: Any) -> None:
+def check(ctx: click.Context, /, connect: bool, plan_: bool, **kw: Any) -> None:
     """Validate config, mappings, templates and the sheet; report every problem at once."""
     o = _apply(ctx, kw)
     from crm_automation.checks import run_checks
 
-    report = run_checks(o.config, connect=connect)
+    report = run_checks(o.config, connect=connect, plan=plan_, now=o.now)
     _emit(o, report, lambda: _print_check(report))
     ctx.exit(report["exit"])
 

@@ -104,10 +104,11 @@ def review(campaigns: list[Campaign], recorded: Mapping[str, Mapping[str, StepSt
 
         for s in c.steps:
             old_key = s.renamed_from
-            if old_key is not None and s.key not in rec and (old_key in rec or sent_count(old_key) > 0):
+            if old_key is not None and (old_key in rec or sent_count(old_key) > 0):
                 step_renames.append((c.id, old_key, s.key))
-                if old_key in rec:
-                    rec[s.key] = rec.pop(old_key)
+                before = rec.pop(old_key, None)
+                if s.key not in rec and before is not None:
+                    rec[s.key] = before
                 lines.append(f"step {old_key!r} renamed to {s.key!r}: who had it does not get it again")
         current = {s.key: s for s in c.steps}
         if not rec:

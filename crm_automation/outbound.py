@@ -15,10 +15,12 @@ through one seam, ``wait(seconds) -> stopped``, which is the stop flag's
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -45,7 +47,9 @@ from crm_automation.planner import (
     History,
     Plan,
     PlannedSend,
+    StepOutlook,
     blocked_reason,
+    outlook,
     plan,
     stop_reason,
 )
@@ -92,6 +96,21 @@ def retry_at(now: datetime, attempts: int) -> datetime:
 
 
 # ---------------------------------------------------------------- the pass
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignOutlook:
+    """One campaign in ``check --plan``: its edits since the last pass, its holds, and each step's outlook."""
+
+    changes: tuple[str, ...]
+    held: tuple[str, ...]
+    steps: dict[str, StepOutlook]
+    skipped_now: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` form."""
+        return {"changes": list(self.changes), "held": list(self.held), "skipped_now": self.skipped_now,
+                "steps": {k: dataclasses.asdict(v) for k, v in self.steps.items()}}
 
 
 class SendPass:
@@ -192,6 +211,9 @@ class SendPass:
 
     def plan(self, *, record: bool = True) -> Plan:
         """What is due now (pure planning over the log); ``record`` notes campaigns and edits seen first now."""
+        return self._plan(record=record)[2]
+
+    def _plan(self, *, record: bool) -> tuple[Review, History, Plan]:
         found = self.review(record=record)
         now = self.ctx.clock.now()
         first_seen = self.store.campaign_first_seen([c.id for c in self.ws.campaigns], now, record=record)
@@ -199,8 +221,29 @@ class SendPass:
             for old, new in found.campaign_renames:
                 earlier = self.store.campaign_first_seen([old], now, record=False)[old]
                 first_seen[new] = min(first_seen.get(new, now), earlier)
-        return plan(self.ws.campaigns, self.views(), first_seen, self.history(found.aliases()), now,
-                    one_per_cycle=self.ws.cfg.outbound.one_per_cycle, unresolved=found.unresolved)
+        h = self.history(found.aliases())
+        return found, h, plan(self.ws.campaigns, self.views(), first_seen, h, now,
+                              one_per_cycle=self.ws.cfg.outbound.one_per_cycle, unresolved=found.unresolved)
+
+    def edit_outlook(self) -> dict[str, CampaignOutlook]:
+        """What campaigns.toml, as it is now, means for customers already in a sequence; records nothing.
+
+        ``check --plan`` shows it (issue #17): the changes since the last
+        pass, what is held and why, and per step who had it, who gets it now
+        or later, and who is past it.
+        """
+        found, h, result = self._plan(record=False)
+        out = {}
+        for c in self.ws.campaigns:
+            if not c.enabled:
+                continue
+            steps = outlook(c, h, result.sends, found.unresolved)
+            out[c.id] = CampaignOutlook(changes=tuple(found.changes.get(c.id, ())),
+                                        held=tuple(result.held.get(c.id, ())),
+                                        steps={s.key: steps[s.key] for s in c.steps},
+                                        skipped_now=sum(p.campaign == c.id and p.status == SendStatus.SKIPPED
+                                                        for p in result.sends))
+        return out
 
     def template_problems(self) -> dict[str, list[str]]:
         """Campaign id -> problems of its templates (syntax, unknown names, missing files); checked every pass.

@@ -26,6 +26,7 @@ Rules (SPEC §5, §10, and what the README documents where the SPEC is silent):
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping as MappingT
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -207,7 +208,6 @@ def _plan_campaign(c: Campaign, customers: MappingT[str, CustomerView], seen: da
     out: list[PlannedSend] = []
     waiting: dict[str, int] = {}
     first = c.steps[0]
-    positions = {s.key: s.number for s in c.steps}
 
     def add(step: Step, cust: CustomerView, why: str | None) -> None:
         out.append(PlannedSend(c.id, step.number, cust.key, cust.email, step.template,
@@ -220,7 +220,7 @@ def _plan_campaign(c: Campaign, customers: MappingT[str, CustomerView], seen: da
         if _held_for(c, first, rows, unresolved):
             waiting[first.key] = waiting.get(first.key, 0) + 1
             continue
-        reached = max((positions[k] for k, t in rows.items() if t is not None and k in positions), default=-1)
+        reached = reach(c, rows)
         if reached > 0:
             add(first, cust, _past(c, first, reached))
             continue
@@ -235,7 +235,7 @@ def _plan_campaign(c: Campaign, customers: MappingT[str, CustomerView], seen: da
         follower = customers.get(key)
         if follower is None:
             continue
-        reached = max((positions[k] for k, t in rows.items() if t is not None and k in positions), default=-1)
+        reached = reach(c, rows)
         for step in c.steps[1:]:
             if step.key in rows:
                 continue
@@ -246,10 +246,58 @@ def _plan_campaign(c: Campaign, customers: MappingT[str, CustomerView], seen: da
                 add(step, follower, _past(c, step, reached))
             elif reached == step.number - 1 and now >= t0 + timedelta(days=step.after_days):
                 add(step, follower, blocked_reason(follower, h) or stop_reason(c, follower, t0, h))
-    for key, gone in ((k, unresolved[(c.id, k)]) for k in positions if (c.id, k) in unresolved):
+    for key, gone in ((s.key, unresolved[(c.id, s.key)]) for s in c.steps if (c.id, s.key) in unresolved):
         if waiting.get(key):
             held.append(f"{hold_reason(c.id, key, gone)} ({waiting[key]} customer(s) waiting)")
     return out
+
+
+def reach(c: Campaign, rows: MappingT[str, datetime | None]) -> int:
+    """The latest place, in the campaign as it is now, of a step the customer was sent (-1: none)."""
+    positions = {s.key: s.number for s in c.steps}
+    return max((positions[k] for k, t in rows.items() if t is not None and k in positions), default=-1)
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutlook:
+    """What one step means for the customers already in its campaign (``check --plan``, issue #17).
+
+    ``had``: sent it; ``due_now``: queued by this pass; ``past``: will be
+    recorded as skipped (they had a later step); ``later``: in the sequence
+    before it, so they get it when its day comes (unless their sequence
+    stops); ``held``: waiting for the admin to say what an edit meant.
+    """
+
+    had: int = 0
+    due_now: int = 0
+    past: int = 0
+    later: int = 0
+    held: int = 0
+
+
+def outlook(c: Campaign, h: History, planned: list[PlannedSend],
+            unresolved: MappingT[tuple[str, str], tuple[str, ...]]) -> dict[str, StepOutlook]:
+    """Step key -> :class:`StepOutlook` over the customers who already began the campaign's sequence."""
+    due = Counter(p.step_id for p in planned if p.campaign == c.id and p.status == "queued")
+    counts = {s.key: Counter[str]() for s in c.steps}
+    for rows in h.sends.get(c.id, {}).values():
+        if all(t is None for t in rows.values()):
+            continue
+        reached = reach(c, rows)
+        for s in c.steps:
+            n = counts[s.key]
+            if rows.get(s.key) is not None:
+                n["had"] += 1
+            elif s.key in rows:
+                continue
+            elif _held_for(c, s, rows, unresolved):
+                n["held"] += 1
+            elif reached > s.number:
+                n["past"] += 1
+            elif reached < s.number:
+                n["later"] += 1
+    return {k: StepOutlook(had=n["had"], due_now=due[k], past=n["past"], later=max(n["later"] - due[k], 0),
+                           held=n["held"]) for k, n in counts.items()}
 
 
 def _reused_templates(c: Campaign, planned: list[PlannedSend], h: History) -> str | None:

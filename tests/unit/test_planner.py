@@ -116,3 +116,111 @@ def test_no_email_address_is_skipped():
     v = CustomerView("k1", None, {}, T0, "ok")
     out = plan([camp(include_existing=True)], {"k1": v}, {"c": T0}, History(), T0)
     assert [(p.status, p.reason) for p in out] == [("skipped", "no email address")]
+
+
+# ------------------------------------------------------------ issue #17: steps known by key, edits reviewed
+
+from crm_automation.edits import Review, review  # noqa: E402
+from crm_automation.models import StepState  # noqa: E402
+
+
+def seq(*steps: Step, **kw) -> Campaign:
+    return camp(steps=steps, include_existing=True, **kw)
+
+
+def test_inserted_step_is_skipped_with_the_reason_for_who_is_past_it_and_due_for_the_others():
+    c = seq(Step(0, "a"), Step(1, "ins", 1), Step(2, "b", 3))
+    h = hist(("c", "a", "past@x", T0), ("c", "b", "past@x", T0 + timedelta(days=3)), ("c", "a", "mid@x", T0))
+    out = {(p.customer_key, p.step_id): (p.status, p.reason) for p in
+           plan([c], {"past@x": cust("past@x"), "mid@x": cust("mid@x")}, {"c": T0}, h, T0 + timedelta(days=4))}
+    assert out[("mid@x", "ins")] == ("queued", None)
+    status, reason = out[("past@x", "ins")]
+    assert status == "skipped" and "passed it" in reason and "'b'" in reason
+    assert ("past@x", "b") not in out and ("mid@x", "b") not in out  # b waits for "ins" to be sent to mid
+
+
+def test_a_removed_step_is_never_due_and_the_next_one_follows_the_last_sent():
+    c = seq(Step(0, "a"), Step(1, "c", 7))  # "b" was step 1 and is gone
+    h = hist(("c", "a", "x@x", T0), ("c", "b", "x@x", T0 + timedelta(days=3)))
+    assert [p.step_id for p in plan([c], {"x@x": cust("x@x")}, {"c": T0}, h, T0 + timedelta(days=6))] == []
+    assert [p.step_id for p in plan([c], {"x@x": cust("x@x")}, {"c": T0}, h, T0 + timedelta(days=7))] == ["c"]
+
+
+def test_follow_up_days_count_from_the_first_email_sent_whatever_its_key_now():
+    c = seq(Step(0, "new-first"), Step(1, "b", 3))
+    # The first email's step was replaced (the old one retired) after the customer had it: the clock stays.
+    h = hist(("c", "old-first", "x@x", T0), ("c", "new-first", "x@x", T0 + timedelta(days=2)))
+    out = plan([c], {"x@x": cust("x@x")}, {"c": T0}, h, T0 + timedelta(days=3))
+    assert [(p.step_id, p.status) for p in out] == [("b", "queued")]
+    assert plan([c], {"x@x": cust("x@x")}, {"c": T0}, h, T0 + timedelta(days=2, hours=23)) == []
+
+
+def test_a_step_held_by_an_unclear_edit_waits_only_for_who_had_the_step_it_may_replace():
+    c = seq(Step(0, "a"), Step(1, "b2", 3))
+    h = hist(("c", "a", "had@x", T0), ("c", "b", "had@x", T0 + timedelta(days=3)), ("c", "a", "new@x", T0))
+    result = plan_all([c], {"had@x": cust("had@x"), "new@x": cust("new@x")}, {"c": T0}, h, T0 + timedelta(days=5),
+                      unresolved={("c", "b2"): ("b",)})
+    assert [(p.customer_key, p.step_id) for p in result.sends] == [("new@x", "b2")]
+    assert "appeared" in result.held["c"][0] and "renamed_from = 'b'" in result.held["c"][0]
+
+
+def test_a_new_campaign_reusing_a_template_a_removed_one_sent_is_held_whole_unless_resend():
+    h = hist(elsewhere={"a@x": {"offer": "old"}})
+    c = camp(id="new", steps=(Step(0, "offer"),), include_existing=True)
+    people = {"a@x": cust("a@x"), "b@x": cust("b@x")}
+    result = plan_all([c], people, {"new": T0}, h, T0)
+    assert result.sends == [] and "'old'" in result.held["new"][0]
+    result = plan_all([camp(id="new", steps=(Step(0, "offer", resend=True),), include_existing=True, resend=True)],
+                      people, {"new": T0}, h, T0)
+    assert len(result.sends) == 2 and not result.held
+
+
+def state(*steps: tuple[str, int], retired: tuple[str, ...] = ()) -> dict[str, StepState]:
+    return {k: StepState(k, n, k in retired) for k, n in steps}
+
+
+def test_review_records_a_first_seen_campaign_and_sees_no_change_the_second_time():
+    c = seq(Step(0, "a"), Step(1, "b", 3))
+    first = review([c], {}, {})
+    assert first.states == {"c": state(("a", 0), ("b", 1))} and not first.changes
+    assert review([c], first.states, {}) == Review()
+
+
+def test_review_retires_a_removed_step_at_once_when_nothing_appears_with_it():
+    c = seq(Step(0, "a"))
+    found = review([c], {"c": state(("a", 0), ("b", 1))}, {("c", "b"): 4})
+    assert found.states["c"]["b"].retired and not found.unresolved
+    assert found.changes["c"] == ["step 'b' removed (4 had it)"]
+    # Inserting a step later is then no rename: nothing is held.
+    later = review([seq(Step(0, "a"), Step(1, "x", 2))], found.states, {("c", "b"): 4})
+    assert not later.unresolved and later.changes["c"] == ["step 'x' inserted as follow-up 1"]
+
+
+def test_review_holds_a_step_appearing_with_a_sent_one_disappearing_until_resolved():
+    rec = {"c": state(("a", 0), ("b", 1))}
+    sent = {("c", "a"): 3, ("c", "b"): 2}
+    found = review([seq(Step(0, "a"), Step(1, "b2", 3))], rec, sent)
+    assert found.unresolved == {("c", "b2"): ("b",)} and not found.states["c"]["b"].retired
+    again = review([seq(Step(0, "a"), Step(1, "b2", 3))], found.states, sent)  # lasts until resolved
+    assert again.unresolved == {("c", "b2"): ("b",)}
+    renamed = review([seq(Step(0, "a"), Step(1, "b2", 3, renamed_from="b"))], found.states, sent)
+    assert renamed.step_renames == (("c", "b", "b2"),) and not renamed.unresolved
+    assert set(renamed.states["c"]) == {"a", "b2"}
+    resent = review([seq(Step(0, "a"), Step(1, "b2", 3, resend=True))], found.states, sent)
+    assert not resent.unresolved and resent.states["c"]["b"].retired and not resent.step_renames
+
+
+def test_review_of_a_step_never_sent_to_anyone_holds_nothing():
+    found = review([seq(Step(0, "a"), Step(1, "b2", 3))], {"c": state(("a", 0), ("b", 1))}, {("c", "a"): 3})
+    assert not found.unresolved
+
+
+def test_review_carries_a_renamed_campaign_over():
+    rec = {"old": state(("a", 0), ("b", 1))}
+    found = review([seq(Step(0, "a"), Step(1, "b", 3), id="new", renamed_from="old")], rec, {("old", "a"): 5})
+    assert found.campaign_renames == (("old", "new"),)
+    assert found.aliases() == ({"old": "new"}, {})
+    assert set(found.states["new"]) == {"a", "b"}
+    # Once applied (nothing left under "old"), the same file asks for nothing more.
+    assert review([seq(Step(0, "a"), Step(1, "b", 3), id="new", renamed_from="old")], found.states,
+                  {("new", "a"): 5}).campaign_renames == ()
