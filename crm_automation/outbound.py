@@ -117,8 +117,9 @@ class SendPass:
     """Plans, queues and sends; one per worker (it carries the 5xx streak and the pending ``sent`` record)."""
 
     def __init__(self, ws: Workspace, ctx: StageContext, composer: Composer,
-                 wait: Callable[[float], bool] | None = None) -> None:
+                 wait: Callable[[float], bool] | None = None, *, accept_new_log: bool = False) -> None:
         self.ws = ws
+        self.accept_new_log = accept_new_log  # --accept-new-log: the sheet's evidence of earlier mail holds nothing
         self.ctx = ctx
         self.store = ctx.store
         self.composer = composer
@@ -319,6 +320,13 @@ class SendPass:
             if rec is not None:
                 res.problems += rec.problems
                 identity.guard(self.store, self.ws.cfg)  # emptied under a running worker: stop before mailing
+            if self.accept_new_log:
+                if not dry_run:
+                    identity.accept(self.store, self.ctx.clock.now())
+            elif (missing := identity.sheet_evidence_hold(self.store, self.ws.cfg)) is not None:
+                res.stats = {"sent": 0, "note": "held: the sheet shows mail this log never sent"}
+                res.error = missing  # issue #17: a new or lost log must not mail everyone again
+                return res
             held = self.template_problems()
             res.problems += [p for problems in held.values() for p in problems]
             result = self.plan(record=not dry_run)

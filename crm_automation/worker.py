@@ -55,7 +55,7 @@ class Worker:
         self.composer = Composer(ws.cfg, ws.templates)
         self.session = SheetSession(ws, self.ctx)
         self.inbound = InboundPass(ws, self.ctx, self.composer.message_id)
-        self.outbound = SendPass(ws, self.ctx, self.composer, wait=wait)
+        self.outbound = SendPass(ws, self.ctx, self.composer, wait=wait, accept_new_log=accept_new_log)
 
     def close(self) -> None:
         """Close the log."""

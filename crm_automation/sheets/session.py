@@ -28,7 +28,9 @@ from typing import Any
 from crm_automation.models import SheetData
 from crm_automation.sheets.base import SheetSource, WriteResult
 from crm_automation.sheets.grid import cell_text, norm_key
+from crm_automation.sheets.status_words import shows_a_block
 from crm_automation.stage import StageContext, StageResult, recorded
+from crm_automation.store import identity
 from crm_automation.workspace import Workspace
 
 log = logging.getLogger("crm_automation")
@@ -116,6 +118,7 @@ class SheetSession:
                 self._appended = set()
                 self.version = data.version
                 self._remember_cells(data)
+                identity.note_sheet_evidence(self.store, self._evidence(data))
                 result = self.ws.mapping.apply(data, previous, blank_invalid=True)
                 keep = dict(result.unchanged)
                 for k, r in result.rejected_keys.items():
@@ -144,6 +147,27 @@ class SheetSession:
             self.store.set_sheet_state(self.sheet.name, fp, n_rows, res.problems, self.ctx.clock.now(), res.notes)
             self._synced = (fp, self.version) if fp is not None else None
         return res
+
+    def _evidence(self, data: SheetData) -> identity.SheetEvidence | None:
+        """Rows whose write-back columns show earlier mail: a "last sent" date, or a bounced/unsubscribed status.
+
+        Only the worker writes these columns, so such rows mean a log once
+        sent to these customers; a log that has sent nothing must not start
+        over without the admin's word (issue #17, :func:`identity.sheet_evidence_hold`).
+        """
+        wb = self.ws.mapping.writeback
+        found: dict[int, str] = {}
+        for name, shows in (("last_sent", bool), ("email_status", shows_a_block)):
+            col = wb.get(name)
+            if col is None or col not in data.headers:
+                continue
+            for row, value in zip(data.row_numbers, data.column(col), strict=True):
+                if row not in found and shows(cell_text(value).strip()):
+                    found[row] = col
+        if not found:
+            return None
+        rows = sorted(found)
+        return identity.SheetEvidence(len(rows), tuple(rows[:5]), found[rows[0]])
 
     def _fingerprint(self) -> str | None:
         """The file's digest plus the mapping's, for sources that have one (Excel, CSV); None otherwise."""

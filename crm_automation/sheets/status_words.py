@@ -8,7 +8,9 @@ dates written the way they write them.
 What it does not change: the activity log stays the source of truth. The
 statuses in ``customers.email_status`` are always ``ok`` | ``bounced`` |
 ``unsubscribed``; these words are only how a status is *shown*. Nothing reads
-them back into the log: the write-back columns can never be mapped fields
+them back into the log (one safety check looks at them: a sheet showing
+bounced or unsubscribed customers next to a log that has never sent
+anything holds sending, :func:`shows_a_block`, issue #17): the write-back columns can never be mapped fields
 (mapping.py refuses it), and write-back compares the text it would write with
 the text the cell shows, so a sheet already showing 已退订 is not rewritten,
 and a word typed into the column by hand is simply overwritten by what the
@@ -67,3 +69,11 @@ def expected_languages() -> str:
 def status_words(language: str | None) -> StatusWords:
     """The words for ``language`` (``None``: English). The config and mapping loaders refuse other values."""
     return _WORDS[language or DEFAULT_LANGUAGE]
+
+
+_BLOCKED: Final = frozenset(w.statuses[s].casefold() for w in _WORDS.values() for s in ("bounced", "unsubscribed"))
+
+
+def shows_a_block(cell: str) -> bool:
+    """Whether a status cell shows a bounced or unsubscribed customer, in any of our languages."""
+    return cell.strip().casefold() in _BLOCKED

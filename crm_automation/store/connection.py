@@ -200,8 +200,21 @@ class Connection:
 
     def log_id(self) -> str:
         """The identity written into the log when it was created (table ``meta``)."""
-        row = self.conn.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()
-        return str(row[0]) if row else ""
+        return self.meta("log_id") or ""
+
+    def meta(self, key: str) -> str | None:
+        """One value of the log's ``meta`` table (None when unset)."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        """Set (None: delete) one value of the log's ``meta`` table."""
+        with self.transaction():
+            if value is None:
+                self.conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                self.conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                                  "value = excluded.value", (key, value))
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

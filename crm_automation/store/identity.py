@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from crm_automation.config import Config
@@ -102,6 +103,71 @@ def guard(store: Store, cfg: Config, *, accept_new: bool = False) -> None:
             f"workspace recorded {marker.sent}: it was emptied or replaced by an older copy; starting from "
             "it would mail customers again",
             hint=f"put the newest copy of the log back; {ACCEPT_HINT}")
+
+
+EVIDENCE = "sheet_evidence"  # meta key: what the sheet showed of earlier mail while the log had sent nothing
+ACCEPTED = "accepted_new_log"  # meta key: when the admin accepted this log with --accept-new-log
+
+
+@dataclass(frozen=True, slots=True)
+class SheetEvidence:
+    """Rows of the sheet whose write-back columns show mail this log never sent (issue #17).
+
+    ``rows`` counts them; ``examples`` are a few sheet row numbers;
+    ``column`` names the column that showed it.
+    """
+
+    rows: int
+    examples: tuple[int, ...]
+    column: str
+
+    def to_json(self) -> str:
+        """The form kept in the log's ``meta`` table."""
+        return json.dumps({"rows": self.rows, "examples": list(self.examples), "column": self.column},
+                          ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> SheetEvidence:
+        """Inverse of :meth:`to_json`."""
+        d = json.loads(text)
+        return cls(int(d["rows"]), tuple(int(r) for r in d["examples"]), str(d["column"]))
+
+
+def note_sheet_evidence(store: Store, evidence: SheetEvidence | None) -> None:
+    """After a sync read the sheet: remember what it shows, while the log has sent nothing (else forget it)."""
+    keep = evidence if evidence is not None and evidence.rows and not store.has_sent() else None
+    store.set_meta(EVIDENCE, keep.to_json() if keep is not None else None)
+
+
+def sheet_evidence_hold(store: Store, cfg: Config) -> ConfigError | None:
+    """Why sending must wait: a new or empty log, and a sheet that shows this workspace mailed people before.
+
+    Why: a workspace set up again from git (``var/`` and the marker are both
+    ignored) or a log lost with its marker looks exactly like "nobody has
+    been mailed", and would mail everyone again, although the sheet's own
+    "last sent" column shows who was. The sheet cannot tell which campaign
+    or step each had, so the log cannot be rebuilt from it: the admin must
+    restore the log, or accept starting afresh (``--accept-new-log``).
+    """
+    text = store.meta(EVIDENCE)
+    if text is None or store.meta(ACCEPTED) is not None or store.has_sent():
+        return None
+    ev = SheetEvidence.from_json(text)
+    rows = ", ".join(str(r) for r in ev.examples) + (", ..." if ev.rows > len(ev.examples) else "")
+    return ConfigError(
+        f"{cfg.database}: this activity log has never sent anything, but the sheet's \"{ev.column}\" column "
+        f"shows earlier mail for {ev.rows} customer(s) (sheet rows {rows}): the log that recorded those sends "
+        "is missing (a new set-up, or the log was lost with its marker). Nothing is sent until that is settled",
+        hint=f"either put the original log back at {cfg.database} (from a backup or the old machine), or, to "
+             "start this log afresh, run once with --accept-new-log: every campaign then treats every customer "
+             "as never mailed, so those who had a campaign's emails get them again (`crm-automation send "
+             "--dry-run --accept-new-log` lists who)")
+
+
+def accept(store: Store, now: datetime) -> None:
+    """``--accept-new-log`` on a real send pass: the admin starts this log knowingly; the sheet no longer holds it."""
+    if store.meta(ACCEPTED) is None:
+        store.set_meta(ACCEPTED, now.isoformat(timespec="seconds"))
 
 
 def record(store: Store, cfg: Config) -> None:

@@ -201,6 +201,10 @@ class SendLog(Connection):
         """
         return int(self.conn.execute("SELECT COUNT(*) FROM sends WHERE status = 'sent'").fetchone()[0])
 
+    def has_sent(self) -> bool:
+        """Whether this log has recorded any message as sent (cheaper than :meth:`sent_count`)."""
+        return self.conn.execute("SELECT 1 FROM sends WHERE status = 'sent' LIMIT 1").fetchone() is not None
+
     def sent_count_since(self, since: datetime) -> int:
         """Messages handed over since ``since`` (sent, sending, uncertain): for max_per_day/minute."""
         count: int = self.conn.execute(
