@@ -106,7 +106,7 @@ def _plan(ws: Workspace, checks: list[dict[str, Any]], now: datetime | None) -> 
 
 def _describe(c: CampaignOutlook) -> list[str]:
     """Human lines for one campaign: its edits, then each step's outlook for customers already in it."""
-    lines = list(c.changes)
+    lines = [*c.changes, *c.notes]
     for key, s in c.steps.items():
         parts = [f"{n} {what}" for n, what in ((s.had, "had it"), (s.due_now, "get it now"),
                                                (s.later, "get it when due"), (s.past, "are past it (skipped)"),

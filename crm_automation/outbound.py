@@ -48,6 +48,7 @@ from crm_automation.planner import (
     Plan,
     PlannedSend,
     StepOutlook,
+    at_digest,
     blocked_reason,
     outlook,
     plan,
@@ -106,11 +107,12 @@ class CampaignOutlook:
     held: tuple[str, ...]
     steps: dict[str, StepOutlook]
     skipped_now: int = 0
+    notes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` form."""
-        return {"changes": list(self.changes), "held": list(self.held), "skipped_now": self.skipped_now,
-                "steps": {k: dataclasses.asdict(v) for k, v in self.steps.items()}}
+        return {"changes": list(self.changes), "held": list(self.held), "notes": list(self.notes),
+                "skipped_now": self.skipped_now, "steps": {k: dataclasses.asdict(v) for k, v in self.steps.items()}}
 
 
 class SendPass:
@@ -169,8 +171,11 @@ class SendPass:
                 h.lost.setdefault(e.customer_key, []).append((lost_in, e.at))  # that message is lost (issue #11)
                 continue
             h.inbound.setdefault(e.customer_key, []).append((e.kind.value, e.at))
-        for f in {c.field for c in self.ws.campaigns if c.trigger == "change" and c.field}:
-            h.changes[f] = self.store.field_changes(f)
+        fields = {c.field for c in self.ws.campaigns if c.trigger == "change" and c.field}
+        fields |= {f for c in self.ws.campaigns if c.trigger == "at" for f in c.where}
+        for f in fields:
+            if f:
+                h.changes[f] = self.store.field_changes(f)
         h.suppressed = frozenset(self.store.suppressions())
         for q in self.store.quarantined_contacts():
             h.inbound.setdefault(q.customer_key, []).append((QUARANTINED, q.received_at))
@@ -224,7 +229,25 @@ class SendPass:
                 first_seen[new] = min(first_seen.get(new, now), earlier)
         h = self.history(found.aliases())
         return found, h, plan(self.ws.campaigns, self.views(), first_seen, h, now,
-                              one_per_cycle=self.ws.cfg.outbound.one_per_cycle, unresolved=found.unresolved)
+                              one_per_cycle=self.ws.cfg.outbound.one_per_cycle, unresolved=found.unresolved,
+                              expansions=self.expansions(found, record=record))
+
+    def expansions(self, found: Review, *, record: bool) -> dict[str, tuple[datetime, str]]:
+        """When each ``at`` campaign went out to its segment (renames applied; old logs adopted when ``record``).
+
+        An ``at`` campaign that went out before schema 4 has sends but no
+        record of it: the time its first send was queued stands for it.
+        """
+        known = self.store.expansions()
+        for old, new in found.campaign_renames:
+            if old in known:
+                known.setdefault(new, known[old])
+        if record:
+            for c in self.ws.campaigns:
+                if c.trigger == "at" and c.id not in known and self.store.has_sends(c.id):
+                    self.store.record_expansion(c.id, self.ctx.clock.now(), at_digest(c), since_sends=True)
+            known = self.store.expansions()
+        return known
 
     def edit_outlook(self) -> dict[str, CampaignOutlook]:
         """What campaigns.toml, as it is now, means for customers already in a sequence; records nothing.
@@ -243,7 +266,8 @@ class SendPass:
                                         held=tuple(result.held.get(c.id, ())),
                                         steps={s.key: steps[s.key] for s in c.steps},
                                         skipped_now=sum(p.campaign == c.id and p.status == SendStatus.SKIPPED
-                                                        for p in result.sends))
+                                                        for p in result.sends),
+                                        notes=tuple(result.notes.get(c.id, ())))
         return out
 
     def template_problems(self) -> dict[str, list[str]]:
@@ -332,6 +356,7 @@ class SendPass:
             result = self.plan(record=not dry_run)
             planned = result.sends
             res.problems += [p for problems in result.held.values() for p in problems]
+            res.notes += [n for notes in result.notes.values() for n in notes]
             views = self.views()
             if dry_run:
                 self._dry_run(planned, views, res, limit, held)
@@ -343,6 +368,9 @@ class SendPass:
                      else None, "queued_at": iso(now), "error": p.reason, "email": p.email} for p in planned]
             if rows:
                 self.store.queue_sends(rows)
+            by_id = {c.id: c for c in self.ws.campaigns}
+            for cid in result.went_out:  # after its sends are queued: a kill before this expands it again
+                self.store.record_expansion(cid, now, at_digest(by_id[cid]))
             res.stats["planned"] = sum(p.status == SendStatus.QUEUED for p in planned)
             res.stats["skipped"] = sum(p.status == SendStatus.SKIPPED for p in planned)
             try:

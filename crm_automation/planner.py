@@ -26,6 +26,7 @@ Rules (SPEC §5, §10, and what the README documents where the SPEC is silent):
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Mapping as MappingT
 from dataclasses import dataclass, field
@@ -119,6 +120,8 @@ class Plan:
 
     sends: list[PlannedSend]
     held: dict[str, list[str]] = field(default_factory=dict)
+    notes: dict[str, list[str]] = field(default_factory=dict)  # campaign -> what it will not do, and why (no failure)
+    went_out: tuple[str, ...] = ()  # ``at`` campaigns that go out to their segment with this plan
 
 
 def matches(where: MappingT[str, tuple[str, ...]], data: MappingT[str, Any]) -> bool:
@@ -172,8 +175,41 @@ def blocked_reason(cust: CustomerView, h: History) -> str | None:
     return None
 
 
+def at_digest(c: Campaign) -> str:
+    """An ``at`` campaign's time and segment, as recorded when it goes out (see :func:`_step0_targets`)."""
+    where = {k: sorted(v) for k, v in sorted(c.where.items())}
+    return json.dumps({"at": c.at.isoformat() if c.at else None, "where": where}, ensure_ascii=False,
+                      sort_keys=True)
+
+
+def _at_targets(c: Campaign, customers: MappingT[str, CustomerView], h: History,
+                went_out: tuple[datetime, str] | None, notes: list[str]) -> list[CustomerView]:
+    """The segment an ``at`` campaign goes to: as it was when it went out, once (issue #17).
+
+    Why: "everyone in the segment" read at every pass mailed a customer
+    moved into the segment weeks later a broadcast meant for another day,
+    and an edited ``where`` mailed a new audience an old broadcast. Once it
+    went out at E, only customers who were in the segment then are still
+    targets (one held back by ``one_per_cycle`` or a hold goes at a later
+    pass): first seen by E, matching now, and no change to a ``where``
+    field since E. An ``at`` or ``where`` edited after E sends to nobody
+    new, and says so.
+    """
+    segment = [x for x in customers.values() if matches(c.where, x.data)]
+    if went_out is None:
+        return segment
+    e, digest = went_out
+    if digest != at_digest(c):
+        notes.append(f"campaign {c.id!r} went out on {e.isoformat()}; its at or where changed since, so nobody "
+                     "new gets it (a broadcast to the new segment needs a new campaign id, with resend = true)")
+        return []
+    moved = {k for f in c.where for k, _, t in h.changes.get(f, ()) if t > e}
+    return [x for x in segment if x.first_seen <= e and x.key not in moved]
+
+
 def _step0_targets(c: Campaign, customers: MappingT[str, CustomerView], first_seen: datetime, h: History,
-                   now: datetime) -> list[CustomerView]:
+                   now: datetime, went_out: tuple[datetime, str] | None = None,
+                   notes: list[str] | None = None) -> list[CustomerView]:
     if c.trigger == "new":
         return [x for x in customers.values()
                 if (c.include_existing or x.first_seen > first_seen) and matches(c.where, x.data)]
@@ -182,7 +218,7 @@ def _step0_targets(c: Campaign, customers: MappingT[str, CustomerView], first_se
         return [x for k in sorted(keys) if (x := customers.get(k)) is not None
                 and str(x.data.get(c.field or "")) == c.to and matches(c.where, x.data)]
     if c.trigger == "at" and c.at is not None and now >= c.at:
-        return [x for x in customers.values() if matches(c.where, x.data)]
+        return _at_targets(c, customers, h, went_out, notes if notes is not None else [])
     return []
 
 
@@ -204,7 +240,8 @@ def _held_for(c: Campaign, step: Step, rows: MappingT[str, datetime | None],
 
 
 def _plan_campaign(c: Campaign, customers: MappingT[str, CustomerView], seen: datetime, h: History, now: datetime,
-                   unresolved: MappingT[tuple[str, str], tuple[str, ...]], held: list[str]) -> list[PlannedSend]:
+                   unresolved: MappingT[tuple[str, str], tuple[str, ...]], held: list[str],
+                   went_out: tuple[datetime, str] | None, notes: list[str]) -> list[PlannedSend]:
     out: list[PlannedSend] = []
     waiting: dict[str, int] = {}
     first = c.steps[0]
@@ -213,7 +250,7 @@ def _plan_campaign(c: Campaign, customers: MappingT[str, CustomerView], seen: da
         out.append(PlannedSend(c.id, step.number, cust.key, cust.email, step.template,
                                "skipped" if why else "queued", why, step.key))
 
-    for cust in _step0_targets(c, customers, seen, h, now):
+    for cust in _step0_targets(c, customers, seen, h, now, went_out, notes):
         rows = h.steps_of(c.id, cust.key)
         if first.key in rows:
             continue
@@ -316,7 +353,8 @@ def _reused_templates(c: Campaign, planned: list[PlannedSend], h: History) -> st
 
 def plan(campaigns: list[Campaign], customers: MappingT[str, CustomerView], first_seen: MappingT[str, datetime],
          h: History, now: datetime, *, one_per_cycle: bool = True,
-         unresolved: MappingT[tuple[str, str], tuple[str, ...]] | None = None) -> Plan:
+         unresolved: MappingT[tuple[str, str], tuple[str, ...]] | None = None,
+         expansions: MappingT[str, tuple[datetime, str]] | None = None) -> Plan:
     """Everything that becomes due now and has no ``sends`` row yet.
 
     Follow-up rules by step identity (issue #17): a customer's *reach* is
@@ -329,17 +367,26 @@ def plan(campaigns: list[Campaign], customers: MappingT[str, CustomerView], firs
     """
     out: list[PlannedSend] = []
     held: dict[str, list[str]] = {}
+    notes: dict[str, list[str]] = {}
+    went_out: list[str] = []
     for c in campaigns:
         if not c.enabled:
             continue
-        notes: list[str] = []
-        planned = _plan_campaign(c, customers, first_seen.get(c.id, now), h, now, unresolved or {}, notes)
+        waiting: list[str] = []
+        said: list[str] = []
+        previous = (expansions or {}).get(c.id)
+        planned = _plan_campaign(c, customers, first_seen.get(c.id, now), h, now, unresolved or {}, waiting,
+                                 previous, said)
         why = None if c.resend else _reused_templates(c, planned, h)
         if why is not None:
             held[c.id] = [why]
             continue
-        if notes:
-            held[c.id] = notes
+        if waiting:
+            held[c.id] = waiting
+        if said:
+            notes[c.id] = said
+        if c.trigger == "at" and previous is None and c.at is not None and now >= c.at:
+            went_out.append(c.id)
         out += planned
     if one_per_cycle:
         taken: set[str] = set()
@@ -351,4 +398,4 @@ def plan(campaigns: list[Campaign], customers: MappingT[str, CustomerView], firs
                 taken.add(p.customer_key)
             kept.append(p)
         out = kept
-    return Plan(out, held)
+    return Plan(out, held, notes, tuple(went_out))

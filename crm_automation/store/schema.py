@@ -135,12 +135,19 @@ def create_v4(db: sqlite_utils.Database) -> None:
       (:mod:`crm_automation.edits`).
     - ``campaigns.renamed_to`` (extra): a campaign whose sends were carried
       over to another id by ``renamed_from``.
+    - ``campaigns.expanded_at``, ``expanded_as`` (extra): when an ``at``
+      campaign went out to its segment, and its ``at`` and ``where`` then: it
+      goes to the segment as it was at that time, once; a customer who joins
+      the segment later, or a ``where`` edited afterwards, gets no broadcast
+      meant for another day (``planner._step0_targets``).
     """
     db.table("sends").add_column("step_id", str)
     db.execute("DROP INDEX IF EXISTS idx_sends_campaign_step_customer_key")
     db.execute("CREATE UNIQUE INDEX idx_sends_campaign_step_id_customer ON sends(campaign, step_id, customer_key)")
     db.execute("UPDATE sends SET step_id = CAST(step AS TEXT) WHERE campaign = 'owner-notify'")
     db.table("campaigns").add_column("renamed_to", str)
+    db.table("campaigns").add_column("expanded_at", str)
+    db.table("campaigns").add_column("expanded_as", str)
     db.execute("CREATE TABLE campaign_steps (campaign TEXT NOT NULL, step_id TEXT NOT NULL, position INTEGER NOT NULL, "
                "template TEXT NOT NULL, retired INTEGER NOT NULL DEFAULT 0, unresolved TEXT, first_seen TEXT, "
                "PRIMARY KEY (campaign, step_id)) WITHOUT ROWID")

@@ -104,6 +104,29 @@ class SendLog(Connection):
             out.setdefault(c, {})[k] = StepState(tpl, pos, bool(retired), tuple(json.loads(unresolved or "[]")))
         return out
 
+    def expansions(self) -> dict[str, tuple[datetime, str]]:
+        """``at`` campaign -> (when it went out to its segment, its ``at`` and ``where`` then)."""
+        return {i: (t, d) for i, at, d in self.conn.execute(
+            "SELECT id, expanded_at, expanded_as FROM campaigns WHERE expanded_at IS NOT NULL")
+            if (t := parse_iso(at)) is not None}
+
+    def record_expansion(self, campaign: str, now: datetime, digest: str, *, since_sends: bool = False) -> None:
+        """Note that an ``at`` campaign went out to its segment now (``since_sends``: when its first send was queued).
+
+        ``since_sends`` adopts a campaign that went out before schema 4: the
+        time its first send was queued stands for the time it went out.
+        """
+        with self.transaction():
+            self.conn.execute("INSERT OR IGNORE INTO campaigns (id, first_seen) VALUES (?, ?)", (campaign, iso(now)))
+            if since_sends:
+                self.conn.execute(
+                    "UPDATE campaigns SET expanded_at = (SELECT MIN(queued_at) FROM sends WHERE campaign = ?), "
+                    "expanded_as = ? WHERE id = ? AND expanded_at IS NULL AND EXISTS "
+                    "(SELECT 1 FROM sends WHERE campaign = ?)", (campaign, digest, campaign, campaign))
+            else:
+                self.conn.execute("UPDATE campaigns SET expanded_at = ?, expanded_as = ? WHERE id = ? AND "
+                                  "expanded_at IS NULL", (iso(now), digest, campaign))
+
     def sent_step_counts(self) -> dict[tuple[str, str], int]:
         """(campaign, step_id) -> how many customers were sent that step (rows from before schema 4 left out)."""
         return {(c, k): n for c, k, n in self.conn.execute(
@@ -144,6 +167,9 @@ class SendLog(Connection):
                     self.conn.execute("INSERT OR IGNORE INTO campaigns (id, first_seen) VALUES (?, ?)", (new, row[0]))
                     self.conn.execute("UPDATE campaigns SET first_seen = MIN(first_seen, ?) WHERE id = ?",
                                       (row[0], new))
+                self.conn.execute(
+                    "UPDATE campaigns SET (expanded_at, expanded_as) = (SELECT expanded_at, expanded_as FROM campaigns "
+                    "WHERE id = ?) WHERE id = ? AND expanded_at IS NULL", (old, new))
                 self.conn.execute("UPDATE campaigns SET renamed_to = ? WHERE id = ?", (new, old))
             for campaign, old, new in step_renames:
                 self.conn.execute("UPDATE OR IGNORE sends SET step_id = ? WHERE campaign = ? AND step_id = ?",
@@ -200,6 +226,10 @@ class SendLog(Connection):
         recovery and ``requeue`` move them back to ``queued``.
         """
         return int(self.conn.execute("SELECT COUNT(*) FROM sends WHERE status = 'sent'").fetchone()[0])
+
+    def has_sends(self, campaign: str) -> bool:
+        """Whether the campaign has any ``sends`` row."""
+        return self.conn.execute("SELECT 1 FROM sends WHERE campaign = ? LIMIT 1", (campaign,)).fetchone() is not None
 
     def has_sent(self) -> bool:
         """Whether this log has recorded any message as sent (cheaper than :meth:`sent_count`)."""

@@ -205,7 +205,8 @@ def _as_before_issue_17(db) -> None:
         con.execute('CREATE UNIQUE INDEX "idx_sends_campaign_step_customer_key" ON "sends" '
                     '("campaign", "step", "customer_key")')
         con.execute("DROP TABLE campaign_steps")
-        con.execute("ALTER TABLE campaigns DROP COLUMN renamed_to")
+        for col in ("renamed_to", "expanded_at", "expanded_as"):
+            con.execute(f"ALTER TABLE campaigns DROP COLUMN {col}")
         con.execute("DELETE FROM _migrations WHERE name = '0004_step_identity'")
         con.execute("PRAGMA user_version = 3")
     con.close()
@@ -213,21 +214,25 @@ def _as_before_issue_17(db) -> None:
 
 def test_a_log_from_before_the_upgrade_migrates_without_a_send_repeated(ws, cli, smtpd):
     two = welcome('{ after_days = 3, template = "followup" }', '{ after_days = 7, template = "last" }')
-    cfg = ws(two, rows("a", "b"))
-    assert run(cli, cfg, 1).code == 0
-    assert run(cli, cfg, 4).code == 0
+    broadcast = "\n" + AT.format(where="")
+    cfg = ws(two + broadcast, rows("a", "b"))
+    for day in (1, 2, 4):
+        assert run(cli, cfg, day).code == 0
     db = cfg.parent / "var" / "crm.sqlite"
     _as_before_issue_17(db)
     # The upgraded worker runs once on the file the log was built on, then the admin inserts a step.
     assert run(cli, cfg, 5).code == 0
     assert db_rows(db, "SELECT COUNT(*) FROM sends WHERE step_id IS NULL") == [(0,)]
     edit(cfg, welcome('{ after_days = 2, template = "tips" }', '{ after_days = 3, template = "followup" }',
-                      '{ after_days = 7, template = "last" }'))
+                      '{ after_days = 7, template = "last" }') + broadcast)
+    add_row(cfg, rows("c")[0])  # joins after the broadcast went out (before the upgrade): no broadcast for c
     for day in (6, 8, 9):
         assert run(cli, cfg, day).code == 0
     got = received(smtpd)
     assert all(n == 1 for n in got.values()), got
     assert ("a@example.com", "last") in got and ("a@example.com", "tips") not in got
+    assert ("a@example.com", "offer") in got and ("c@example.com", "offer") not in got
+    assert ("c@example.com", "welcome") in got
 
 
 def test_two_steps_with_one_template_keep_apart_and_a_duplicate_id_is_refused(ws, cli, smtpd):
@@ -279,3 +284,34 @@ def test_a_queued_send_of_a_step_removed_meanwhile_is_skipped_with_the_reason(ws
     assert status == "skipped" and "no longer in the campaign" in error
     got = received(smtpd)
     assert got[("b@example.com", "welcome")] == 0 and got[("b@example.com", "offer")] == 1
+
+
+AT = '[[campaign]]\nid = "year-end"\ntemplate = "offer"\ntrigger = "at"\nat = "2026-11-02T09:00"\n{where}'
+
+
+def test_an_at_broadcast_goes_to_the_segment_as_it_was_then_not_to_who_joins_it_later(ws, cli, smtpd):
+    people = [{"Email": "a@example.com", "Name": "a", "Stage": "won", "Owner": ""},
+              {"Email": "b@example.com", "Name": "b", "Stage": "lead", "Owner": ""}]
+    cfg = ws(AT.format(where='where = { stage = "won" }\n'), people)
+    assert run(cli, cfg, 3).code == 0
+    assert received(smtpd) == Counter({("a@example.com", "offer"): 1})
+    # Weeks later b is moved into the segment, and a new customer arrives in it: the broadcast was for Nov 2.
+    text = (cfg.parent / "customers.csv").read_text().replace("b@example.com,b,lead", "b@example.com,b,won")
+    (cfg.parent / "customers.csv").write_text(text)
+    add_row(cfg, {"Email": "c@example.com", "Name": "c", "Stage": "won", "Owner": ""})
+    assert run(cli, cfg, 20).code == 0
+    # The admin then widens `where`: still nobody new, and the pass says why.
+    edit(cfg, AT.format(where='where = { stage = ["won", "lead"] }\n'))
+    r = run(cli, cfg, 21)
+    assert r.code == 0
+    assert any("nobody new gets it" in n for n in send_stage(r).get("notes", []))
+    assert received(smtpd) == Counter({("a@example.com", "offer"): 1})
+
+
+def test_an_at_broadcast_held_back_one_pass_still_goes_to_who_was_in_the_segment(ws, cli, smtpd):
+    # One email per customer per cycle: a's welcome goes first, the broadcast the pass after.
+    both = welcome() + "\n" + AT.format(where="")
+    cfg = ws(both, rows("a"))
+    assert run(cli, cfg, 3).code == 0
+    assert run(cli, cfg, 3).code == 0
+    assert received(smtpd) == Counter({("a@example.com", "welcome"): 1, ("a@example.com", "offer"): 1})
