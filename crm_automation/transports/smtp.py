@@ -26,6 +26,10 @@ host:port and user but never the secret. Each send error carries
 recipient (unknown, mailbox full, policy, greylisting) or our account,
 sender or connection, which alone the 5xx circuit breaker counts.
 
+Internationalized addresses (RFC 6530-6532): an IDN domain goes out as
+A-labels; a non-ASCII local part (or UTF-8 in the headers) with ``SMTPUTF8``
+when the server offers it, otherwise that message alone fails.
+
 Only this module imports smtplib (ruff TID251).
 """
 
@@ -43,12 +47,14 @@ from dataclasses import dataclass
 from email.utils import parseaddr
 from typing import TYPE_CHECKING, Literal, NoReturn
 
+from crm_automation.addresses import WireAddress, wire_address
 from crm_automation.config import is_loopback
 from crm_automation.credentials import Credentials, load_credentials
 from crm_automation.errors import (
     About,
     ConfigError,
     CrmError,
+    DataError,
     PermanentSendError,
     QuotaExceededError,
     ServiceError,
@@ -162,6 +168,8 @@ class SmtpTransport:
         self._user: str | None = credentials.username if isinstance(credentials, Credentials) else None
         self._secrets: tuple[str, ...] = ()
         self._size_ok = False
+        self._utf8_ok = False
+        self._8bit_ok = False
         self.connections = 0
         """How many connections this transport opened (reconnects included); for reports and tests."""
 
@@ -254,6 +262,8 @@ class SmtpTransport:
             raise
         self._smtp = smtp
         self._size_ok = smtp.has_extn("size")
+        self._utf8_ok = smtp.has_extn("smtputf8")
+        self._8bit_ok = smtp.has_extn("8bitmime")
         self.connections += 1
         log.info("connected to %s:%s (%s)%s", self.host, self.port, self.security,
                  f" as {self._user}" if self._user else "")
@@ -323,11 +333,16 @@ class SmtpTransport:
     def send(self, message: bytes, *, sender: str, recipients: list[str], message_id: str) -> None:
         """Hand one message over; return only once the server accepted it with 2xx.
 
+        Addresses go out as :func:`~crm_automation.addresses.wire_address`
+        writes them: an IDN domain as A-labels; a non-ASCII local part, or
+        UTF-8 in the headers (RFC 6532), only with ``SMTPUTF8`` (RFC 6531) when
+        the server offers it, else this message alone fails.
+
         Raises:
             TransientSendError: a 4xx answer; nothing was delivered, retry later
                 (``about`` says whether it concerns one recipient or the server).
             PermanentSendError: a 5xx answer (server's words in the message),
-                a full mailbox (X.2.2), or an address SMTP cannot carry;
+                a full mailbox (X.2.2), or an address this server cannot carry;
                 ``about``/``recipient`` say what it is about. Mark the send failed.
             QuotaExceededError: a sending quota of our account (Gmail 5.4.5,
                 Microsoft SubmissionQuotaExceeded, QQ/163 发送频率过高); wait.
@@ -338,16 +353,15 @@ class SmtpTransport:
         """
         if not recipients:
             raise PermanentSendError(f"message {message_id}: no recipients")
-        for addr in (sender, *recipients):
-            if "\r" in addr or "\n" in addr or not addr.isascii():
-                raise PermanentSendError(
-                    f"message {message_id}: envelope address {addr!r} contains a line break or non-ASCII "
-                    f"characters (expected a plain address like name@example.com)",
-                    about=About.SENDER if addr is sender else About.RECIPIENT,
-                    recipient=None if addr is sender else addr)
+        env_from = self._wire(sender, message_id, About.SENDER)
+        env_to = [self._wire(r, message_id, About.RECIPIENT) for r in recipients]
+        utf8 = env_from.needs_smtputf8 or any(r.needs_smtputf8 for r in env_to) or _utf8_head(message)
         data = frame_message(message)
         smtp = self._smtp or self._connect()
-        args = (_bare(sender), {_bare(r): r for r in recipients}, len(data), message_id)
+        if utf8 and not self._utf8_ok:
+            self._no_smtputf8(env_from, env_to, recipients, message_id)
+        args = (env_from.address, {w.address: r for w, r in zip(env_to, recipients, strict=True)}, len(data),
+                message_id, utf8)
         try:
             self._begin(smtp, *args)
         except _Dropped as e:
@@ -362,20 +376,60 @@ class SmtpTransport:
                                  f"(not sent)", str(e2)) from None
         self._finish(smtp, data, recipients, message_id)
 
-    def _begin(self, smtp: smtplib.SMTP, sender: str, recipients: dict[str, str], size: int,
-               message_id: str) -> None:
+    def _wire(self, addr: str, message_id: str, about: About) -> WireAddress:
+        """An envelope address as it goes on the wire, or a PermanentSendError about it (nothing sent)."""
+        who = "sender" if about is About.SENDER else "recipient"
+        if "\r" in addr or "\n" in addr:
+            raise PermanentSendError(f"message {message_id}: envelope {who} address {addr!r} contains a line "
+                                     f"break (expected a plain address like name@example.com)", about=about,
+                                     recipient=None if about is About.SENDER else addr)
+        try:
+            return wire_address(_bare(addr))
+        except DataError as e:
+            raise PermanentSendError(f"message {message_id}: envelope {who} address {addr!r}: {e}", about=about,
+                                     recipient=None if about is About.SENDER else addr) from None
+
+    def _no_smtputf8(self, env_from: WireAddress, env_to: list[WireAddress], recipients: list[str],
+                     message_id: str) -> NoReturn:
+        """Refuse, before MAIL FROM, a message that needs SMTPUTF8 on a server without it (RFC 6531 §3.2).
+
+        There is no ASCII form of a non-ASCII local part to fall back on (RFC
+        6530 §4), so this message alone fails, naming the address; it is about
+        the recipient unless our own sender address is the non-ASCII one.
+        """
+        about, rcpt = About.RECIPIENT, recipients[0]
+        if env_from.needs_smtputf8:
+            what, about = f"our sender address {env_from.address!r} has a non-ASCII local part", About.SENDER
+        elif any(w.needs_smtputf8 for w in env_to):
+            rcpt = next(r for w, r in zip(env_to, recipients, strict=True) if w.needs_smtputf8)
+            what = f"the address {rcpt!r} has a non-ASCII local part"
+        else:
+            what = "a header carries an address with a non-ASCII local part (UTF-8 headers, RFC 6532)"
+        raise PermanentSendError(
+            f"{self.where}: message {message_id} not sent: {what}, which needs the SMTPUTF8 extension "
+            "(RFC 6531), and this server does not offer it", about=about,
+            recipient=None if about is About.SENDER else rcpt,
+            hint="ask the customer for an ASCII address, or send through a server that offers SMTPUTF8 "
+                 "(e.g. Postfix with smtputf8_enable = yes)")
+
+    def _begin(self, smtp: smtplib.SMTP, sender: str, recipients: dict[str, str], size: int, message_id: str,
+               utf8: bool) -> None:
         """MAIL, RCPT for every recipient, DATA until ``354``: nothing is delivered before this returns.
 
         ``recipients`` maps each address as written on the wire to the address
         the caller gave, which a refusal names (the log and suppressions keep
-        the sheet's form).
+        the sheet's form, e.g. ``alice@例子.中国``).
 
         All recipients or none: if any is refused the transaction is reset, so a
         retry never mails the accepted ones twice. A ``421`` at RCPT ends the
         loop: the server closes the channel after it (RFC 5321 §3.8).
         """
+        # smtplib encodes commands as ASCII unless told otherwise; RFC 6531 §3.3 allows UTF-8 with SMTPUTF8.
+        smtp.command_encoding = "utf-8" if utf8 else "ascii"
         try:
             opts = f" SIZE={size}" if self._size_ok else ""
+            if utf8:
+                opts += " SMTPUTF8" + (" BODY=8BITMIME" if self._8bit_ok else "")
             code, resp = smtp.docmd("MAIL", f"FROM:<{sender}>{opts}")
             if code != 250:
                 self._refused(smtp, code, resp, Stage.MAIL, message_id)
@@ -448,6 +502,17 @@ class SmtpTransport:
         raise UncertainSendError(f"{text} (not an SMTP answer; it may have been delivered, so it is not sent again)")
 
 
+def _utf8_head(message: bytes) -> bool:
+    """Whether the header section carries raw UTF-8 (RFC 6532), which only SMTPUTF8 may transport.
+
+    One C-speed ``isascii`` over the whole message decides the usual case.
+    """
+    if message.isascii():
+        return False
+    end = _HEAD_END.search(message)
+    return not message[:end.start() if end else len(message)].isascii()
+
+
 def _error(reading: Reading, code: int, text: str, recipient: str | None) -> CrmError:
     """The exception for a refusal read by :func:`read_answer` (the send pass decides by its type and ``about``)."""
     if reading.action is Action.QUOTA:
@@ -495,6 +560,7 @@ class Reading:
 
 
 _ENHANCED = re.compile(rb"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
 # Providers that answer an unknown mailbox with a bare 550 say so in words (Postfix "User unknown in
 # virtual mailbox table", Exchange "RecipientNotFound", QQ/163 "用户不存在" / "Mailbox not found").
 _USER_UNKNOWN = re.compile(rb"user unknown|unknown user|no such user|recipient ?not ?found|mailbox not found|"

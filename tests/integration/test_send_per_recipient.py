@@ -1,4 +1,4 @@
-"""Issue #17 item 7 through a whole send pass: one bad recipient first in the queue never stops the rest.
+"""Issue #17 items 7 and 8 through a whole send pass: one bad recipient first in the queue never stops the rest.
 
 `crm-automation send` / `run --once` run as subprocesses against a real
 aiosmtpd server in this process; the server says what each address received,
@@ -11,6 +11,8 @@ import json
 import sqlite3
 from collections import Counter
 from datetime import datetime, timedelta
+from email import policy
+from email.parser import Parser
 from itertools import pairwise
 from pathlib import Path
 
@@ -158,3 +160,71 @@ def test_refusals_of_single_recipients_never_trip_the_5xx_breaker(tmp_path, smtp
     assert received(smtpd) == Counter({row["email"]: 1 for row in rows[4:]})
     by_key = {s["customer_key"]: s["status"] for s in sends(cfg)}
     assert [by_key[row["email"]] for row in rows] == ["failed"] * 4 + ["sent"] * 3
+
+
+# -- item 8: internationalized addresses ----------------------------------------------------------------
+
+IDN_ROWS = [
+    {"email": "张三@example.cn", "name": "张三", "company": "甲"},
+    {"email": "李四@example.cn", "name": "李四", "company": "乙"},
+    {"email": "王五@example.cn", "name": "王五", "company": "丙"},
+    {"email": "alice@例子.中国", "name": "Alice", "company": "丁"},
+    {"email": "bob@example.net", "name": "Bob", "company": "戊"},
+]
+
+
+def _utf8(raw: bytes):
+    return Parser(policy=policy.default).parsestr(raw.decode("utf-8"))
+
+
+def test_without_smtputf8_each_non_ascii_local_part_fails_alone_and_the_run_goes_on(tmp_path, smtp_server):
+    srv = smtp_server(enable_SMTPUTF8=False)
+    cfg = write_workspace(tmp_path, srv, IDN_ROWS)
+    r = cli(cfg, "run", "--once")  # the scheduled worker's cycle: sync, fetch, send, write-back
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 1, r.stdout + r.stderr
+    by_key = {s["customer_key"]: s for s in sends(cfg)}
+    for name in ("张三", "李四", "王五"):
+        s = by_key[f"{name}@example.cn"]
+        assert s["status"] == "failed"
+        assert "SMTPUTF8" in s["error"] and f"{name}@example.cn" in s["error"]
+    assert "in a row were refused" not in r.stderr  # three in a row, none counted by the breaker
+    assert by_key["alice@例子.中国"]["status"] == by_key["bob@example.net"]["status"] == "sent"
+    assert received(srv) == Counter({"alice@xn--fsqu00a.xn--fiqs8s": 1, "bob@example.net": 1})
+    alice = next(m for m in srv.messages if m.rcpt_tos == ["alice@xn--fsqu00a.xn--fiqs8s"])
+    assert alice.raw.isascii()  # nothing needs SMTPUTF8: the domain is A-labels in the header too
+    assert "To: Alice <alice@xn--fsqu00a.xn--fiqs8s>" in alice.raw.decode("ascii")
+
+
+def test_with_smtputf8_every_address_is_mailed_and_the_headers_carry_utf8(tmp_path, smtp_server):
+    srv = smtp_server(enable_SMTPUTF8=True)
+    cfg = write_workspace(tmp_path, srv, IDN_ROWS)
+    assert cli(cfg, "sync").returncode == 0
+    r = cli(cfg, "send")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert received(srv) == Counter({"张三@example.cn": 1, "李四@example.cn": 1, "王五@example.cn": 1,
+                                     "alice@xn--fsqu00a.xn--fiqs8s": 1, "bob@example.net": 1})
+    zhang = next(m for m in srv.messages if m.rcpt_tos == ["张三@example.cn"])
+    assert "SMTPUTF8" in [o.upper() for o in zhang.mail_options]
+    msg = _utf8(zhang.raw)
+    assert msg["To"].addresses[0].addr_spec == "张三@example.cn"
+    assert msg["To"].addresses[0].display_name == "张三"
+    assert "张三您好" in msg.get_body(("plain",)).get_content()
+    bob = next(m for m in srv.messages if m.rcpt_tos == ["bob@example.net"])
+    assert "SMTPUTF8" not in [o.upper() for o in bob.mail_options] and bob.raw.isascii()
+    assert {s["status"] for s in sends(cfg)} == {"sent"}
+
+
+def test_the_outbox_writes_internationalized_messages(tmp_path, smtpd):
+    cfg = write_workspace(tmp_path, smtpd, IDN_ROWS)
+    text = cfg.read_text(encoding="utf-8").replace('transport = "smtp"', 'transport = "outbox"\noutbox = "var/outbox"')
+    cfg.write_text(text, encoding="utf-8")
+    r = cli(cfg, "run", "--once")
+    assert r.returncode == 0, r.stdout + r.stderr
+    files = sorted((tmp_path / "var" / "outbox").glob("*.eml"))
+    assert len(files) == len(IDN_ROWS)
+    to = sorted(_utf8(p.read_bytes())["To"].addresses[0].addr_spec for p in files)
+    assert to == sorted(["张三@example.cn", "李四@example.cn", "王五@example.cn", "alice@xn--fsqu00a.xn--fiqs8s",
+                         "bob@example.net"])
+    assert {s["status"] for s in sends(cfg)} == {"sent"}
+    assert smtpd.messages == []

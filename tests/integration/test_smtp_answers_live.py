@@ -1,4 +1,4 @@
-"""Issue #17 item 7 at the transport: a real aiosmtpd answering per recipient.
+"""Issue #17 items 7 and 8 at the transport: a real aiosmtpd answering per recipient, offering or withholding SMTPUTF8.
 
 Assertions are on what the server received (envelope, options, raw bytes,
 how often each address was named at RCPT) and on what the transport raised.
@@ -7,6 +7,8 @@ how often each address was named at RCPT) and on what the transport raised.
 from __future__ import annotations
 
 import time
+from email import policy
+from email.parser import Parser
 
 import pytest
 
@@ -74,3 +76,74 @@ def test_a_sending_quota_at_data_is_still_a_quota(smtpd):
     raw, mid = make_message(5)
     with transport(smtpd) as t, pytest.raises(QuotaExceededError):
         t.send(raw, sender=SENDER, recipients=[GOOD], message_id=mid)
+
+
+# -- internationalized addresses (RFC 6530-6532) ---------------------------------------------------------
+
+
+def _utf8_message(n: int, to: str) -> tuple[bytes, str]:
+    """A message whose To header carries the address as UTF-8 (RFC 6532), as our build_message writes it."""
+    mid = f"<idn-{n}-{time.monotonic_ns()}@example.com>"
+    raw = (f"From: sales@example.com\r\nTo: {to}\r\nSubject: =?utf-8?b?5L2g5aW9?=\r\nMessage-ID: {mid}\r\n"
+           "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n"
+           "\r\n5L2g5aW9\r\n").encode()
+    return raw, mid
+
+
+def test_a_non_ascii_local_part_goes_with_smtputf8_when_the_server_offers_it(smtp_server):
+    srv = smtp_server(enable_SMTPUTF8=True)
+    raw, mid = _utf8_message(1, "张三@example.cn")
+    with transport(srv) as t:
+        t.send(raw, sender=SENDER, recipients=["张三@example.cn"], message_id=mid)
+    [got] = srv.messages
+    assert got.rcpt_tos == ["张三@example.cn"]
+    assert "SMTPUTF8" in [o.upper() for o in got.mail_options]
+    assert got.raw == raw
+    # RFC 6532: the header is UTF-8 (the stdlib's bytes parser would read it as surrogate escapes)
+    msg = Parser(policy=policy.default).parsestr(got.raw.decode("utf-8"))
+    assert msg["To"].addresses[0].addr_spec == "张三@example.cn"
+
+
+def test_without_smtputf8_that_message_alone_fails_with_a_clear_reason(smtp_server):
+    smtpd = smtp_server(enable_SMTPUTF8=False)
+    raw, mid = _utf8_message(2, "张三@example.cn")
+    good, good_mid = make_message(6)
+    with transport(smtpd) as t:
+        with pytest.raises(PermanentSendError) as ei:
+            t.send(raw, sender=SENDER, recipients=["张三@example.cn"], message_id=mid)
+        t.send(good, sender=SENDER, recipients=[GOOD], message_id=good_mid)
+    assert ei.value.about is About.RECIPIENT
+    assert ei.value.recipient == "张三@example.cn"
+    assert "SMTPUTF8" in str(ei.value) and "张三@example.cn" in str(ei.value)
+    assert smtpd.handler.rcpt_seen == {GOOD: 1}  # nothing of the refused message reached the server
+    assert smtpd.handler.message_ids == [good_mid]
+
+
+def test_a_utf8_header_without_a_utf8_envelope_also_needs_smtputf8(smtp_server):
+    """An owner's note whose Reply-To is the customer's 张三@... : UTF-8 in a header (RFC 6532)."""
+    smtpd = smtp_server(enable_SMTPUTF8=False)
+    raw, mid = _utf8_message(3, "owner@example.com")
+    raw = raw.replace(b"To: owner@example.com", "To: owner@example.com\r\nReply-To: 张三@example.cn".encode())
+    with transport(smtpd) as t, pytest.raises(PermanentSendError, match="SMTPUTF8") as ei:
+        t.send(raw, sender=SENDER, recipients=["owner@example.com"], message_id=mid)
+    assert ei.value.about is About.RECIPIENT
+    assert smtpd.messages == []
+
+
+def test_an_idn_domain_goes_as_a_labels_to_any_server(smtp_server):
+    smtpd = smtp_server(enable_SMTPUTF8=False)
+    raw, mid = make_message(7, to="alice@xn--fsqu00a.xn--fiqs8s")
+    with transport(smtpd) as t:
+        t.send(raw, sender="销售 <sales@例子.中国>", recipients=["alice@例子.中国"], message_id=mid)
+    [got] = smtpd.messages
+    assert got.rcpt_tos == ["alice@xn--fsqu00a.xn--fiqs8s"]
+    assert got.mail_from == "sales@xn--fsqu00a.xn--fiqs8s"
+    assert "SMTPUTF8" not in [o.upper() for o in got.mail_options]
+
+
+def test_an_invalid_idn_domain_fails_that_message_alone(smtpd):
+    raw, mid = make_message(8)
+    with transport(smtpd) as t, pytest.raises(PermanentSendError, match="internationalized domain") as ei:
+        t.send(raw, sender=SENDER, recipients=["alice@例子..中国"], message_id=mid)
+    assert ei.value.about is About.RECIPIENT
+    assert smtpd.messages == []
