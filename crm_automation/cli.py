@@ -383,7 +383,7 @@ def preview(ctx: click.Context, /, template: str, key: str, out: Path | None, ca
         write_output(out, data, what="the previewed message")
         _emit(o, {"out": str(out), "subject": subject}, lambda: click.echo(f"wrote {out} ({subject})"))
         return
-    _emit(o, {"subject": subject, "text": text, "eml": data.decode("ascii", "replace")},
+    _emit(o, {"subject": subject, "text": text, "eml": data.decode("utf-8", "replace")},  # RFC 6532 headers
           lambda: click.echo(f"Subject: {subject}\n\n{text}"))
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from crm_automation.addresses import ascii_domain, wire_address
 from crm_automation.config import Config
 from crm_automation.errors import DataError
 from crm_automation.planner import CustomerView
@@ -58,8 +59,8 @@ class Composer:
         self.cfg = cfg
         self.templates = templates
         self.from_name, self.from_addr = parseaddr(ob.from_)
-        self.domain = self.from_addr.rpartition("@")[2] or "localhost"
-        self.mailto = parseaddr(ob.unsubscribe_mailto or ob.from_)[1]
+        self.domain = _id_domain(self.from_addr.rpartition("@")[2])
+        self.mailto = _mailto_address(parseaddr(ob.unsubscribe_mailto or ob.from_)[1])
         self._defaults: Templates | None = None
 
     def message_id(self) -> str:
@@ -124,3 +125,26 @@ class Composer:
         if self._defaults is None:
             self._defaults = Templates(DEFAULT_TEMPLATES, self.cfg.timezone)
         return self._defaults
+
+
+def _id_domain(domain: str) -> str:
+    """The Message-ID's domain: the sender's, as A-labels (a Message-ID is ASCII, RFC 5322 §3.6.4)."""
+    try:
+        return ascii_domain(domain) if domain else "localhost"
+    except DataError:
+        return "localhost"
+
+
+def _mailto_address(addr: str) -> str:
+    """The unsubscribe address as a ``mailto:`` URI writes it (RFC 6068 §2).
+
+    An IDN domain as A-labels and a non-ASCII local part percent-encoded as
+    UTF-8, so ``List-Unsubscribe`` stays ASCII (issue #17).
+    """
+    if addr.isascii():
+        return addr
+    try:
+        local, _, domain = wire_address(addr).address.rpartition("@")
+    except DataError:
+        local, _, domain = addr.rpartition("@")
+    return f"{quote(local, safe='')}@{domain}" if local else quote(addr, safe="@")

@@ -8,6 +8,8 @@ Only :mod:`crm_automation.cli` turns these into exit codes.
 
 from __future__ import annotations
 
+import enum
+
 
 class CrmError(Exception):
     """Root of every error this package raises on purpose."""
@@ -62,29 +64,65 @@ class ServiceError(CrmError):
     exit_code = 3
 
 
+class About(enum.StrEnum):
+    """What a server's refusal is about, decided by the transport that read it (issue #17 item 7).
+
+    The send pass acts on this value and never on the server's words:
+
+    * ``recipient_unknown``: the address does not exist (RFC 3463 X.1.x at RCPT):
+      a hard bounce for that address;
+    * ``mailbox_full``: that mailbox is full or over its quota (X.2.2): a soft
+      bounce for that address, counted in the soft-bounce score;
+    * ``recipient``: anything else about this one recipient or an address this
+      message carries (a per-recipient policy, a disabled mailbox, greylisting
+      at RCPT, an address the server cannot carry without SMTPUTF8);
+    * ``sender``: our account, sender address, connection, the server itself,
+      or the message as a whole (MAIL FROM refusals, 5.7.x authentication and
+      sender policy, 5.3.x system): the only answers the 5xx circuit breaker
+      counts, because the next message would meet the same answer.
+    """
+
+    RECIPIENT_UNKNOWN = "recipient_unknown"
+    MAILBOX_FULL = "mailbox_full"
+    RECIPIENT = "recipient"
+    SENDER = "sender"
+
+
 class TransientSendError(ServiceError):
-    """An SMTP 4xx answer for one message: retried on a later pass."""
+    """An SMTP 4xx answer for one message: retried on a later pass.
 
-    def __init__(self, message: str, *, code: int | None = None, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.code = code
-
-
-class PermanentSendError(DataError):
-    """An SMTP 5xx answer for one message: the send is marked ``failed``.
-
-    ``unknown_recipient`` names the address when the server refused the
-    recipient itself as non-existent (RCPT answered 5.1.x, or 550 "user
-    unknown"): a hard bounce for that address (issue #11), decided by the
-    transport that read the answer.
+    ``about`` says whom it concerns: one recipient's 4xx (``About.RECIPIENT``)
+    backs off that send alone and gives up after a while; one about the server
+    or our account (``About.SENDER``) waits like any other try-later.
     """
 
     def __init__(self, message: str, *, code: int | None = None, hint: str | None = None,
-                 enhanced: str | None = None, unknown_recipient: str | None = None) -> None:
+                 enhanced: str | None = None, about: About = About.SENDER) -> None:
         super().__init__(message, hint=hint)
         self.code = code
         self.enhanced = enhanced
-        self.unknown_recipient = unknown_recipient
+        self.about = about
+
+
+class PermanentSendError(DataError):
+    """An answer that fails this send: it is marked ``failed``.
+
+    Mostly a 5xx; also a 4xx that says this mailbox is full (``452 4.2.2``:
+    the message is lost either way, issue #17), and an address the server
+    cannot carry. ``about`` (:class:`About`) says what the answer is about and
+    ``recipient`` names the address it concerns, both decided by the transport
+    that read the answer: an unknown recipient is a hard bounce (issue #11), a
+    full mailbox a soft bounce, and only ``About.SENDER`` counts towards the
+    5xx circuit breaker.
+    """
+
+    def __init__(self, message: str, *, code: int | None = None, hint: str | None = None,
+                 enhanced: str | None = None, about: About = About.SENDER, recipient: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.code = code
+        self.enhanced = enhanced
+        self.about = about
+        self.recipient = recipient
 
 
 class QuotaExceededError(ServiceError):

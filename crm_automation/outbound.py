@@ -28,7 +28,9 @@ from zoneinfo import ZoneInfo
 from crm_automation.compose import Composed, Composer, InboundNote
 from crm_automation.config import parse_window
 from crm_automation.edits import Review, review
+from crm_automation.effects import bounce_effects
 from crm_automation.errors import (
+    About,
     ConfigError,
     CrmError,
     DataError,
@@ -40,7 +42,7 @@ from crm_automation.errors import (
     UncertainSendError,
 )
 from crm_automation.mapping import Campaign
-from crm_automation.models import Kind, Permanence, SendStatus
+from crm_automation.models import BounceFailure, Kind, Permanence, SendStatus
 from crm_automation.planner import (
     QUARANTINED,
     CustomerView,
@@ -66,6 +68,8 @@ RETRY_BASE = timedelta(minutes=5)
 RETRY_MAX = timedelta(hours=6)
 QUOTA_WAIT = timedelta(hours=1)
 MAX_CONSECUTIVE_5XX = 3
+RECIPIENT_4XX_ATTEMPTS = 10
+RECIPIENT_4XX_FOR = timedelta(days=3)
 
 
 # ---------------------------------------------------------------- pure rules
@@ -94,6 +98,20 @@ def retry_at(now: datetime, attempts: int) -> datetime:
     """When a send refused with 4xx is tried again: 5 minutes, doubling with each attempt, at most 6 hours."""
     doubled: int = 1 << min(max(attempts, 0), 12)  # capped before multiplying: 2**40 * 5 min overflows timedelta
     return now + min(RETRY_BASE * doubled, RETRY_MAX)
+
+
+def gives_up(attempts: int, queued_at: datetime | None, now: datetime) -> bool:
+    """Whether a send that one recipient's server keeps answering with 4xx becomes ``failed`` (issue #17).
+
+    After :data:`RECIPIENT_4XX_ATTEMPTS` attempts (with :func:`retry_at`'s
+    doubling delays, about a day), or once it was queued
+    :data:`RECIPIENT_4XX_FOR` ago and tried at least three times (a worker
+    run rarely by cron). An MTA keeps trying for days (RFC 5321 §4.5.4.1); a
+    campaign email that late is stale, and ``requeue`` can send it again.
+    """
+    if attempts >= RECIPIENT_4XX_ATTEMPTS:
+        return True
+    return attempts >= 3 and queued_at is not None and now - queued_at >= RECIPIENT_4XX_FOR
 
 
 # ---------------------------------------------------------------- the pass
@@ -570,8 +588,7 @@ class SendPass:
             res.error = e
             return
         except TransientSendError as e:
-            self.store.mark_retry(s.id, str(e), retry_at(now, s.attempts))
-            res.stats["retry_later"] += 1
+            self._deferred(s, e, now, res)
             return
         except PermanentSendError as e:
             self._refused(s, e, now, res)
@@ -585,17 +602,44 @@ class SendPass:
         res.stats["sent"] += 1
         self._consecutive_5xx = 0
 
+    def _deferred(self, s: SendRow, e: TransientSendError, now: datetime, res: StageResult) -> None:
+        """A 4xx answer: this send waits (a growing delay); one recipient's 4xx gives up after a while.
+
+        Why per send (issue #17): a recipient answered ``421``/``450`` at RCPT
+        used to be retried first on every pass, with no delay, ahead of
+        everyone behind it. Its send now waits alone and the pass goes on; after
+        :func:`gives_up` it fails with the server's reason.
+        """
+        attempts = s.attempts + 1  # mark_sending counted this attempt
+        if e.about is not About.SENDER and gives_up(attempts, s.queued_at, now):
+            why = f"gave up after {attempts} attempts: {e}"
+            self.store.mark_failed(s.id, why, now, customer_key=s.customer_key, campaign=s.campaign, step=s.step)
+            res.stats["failed"] += 1
+            res.problems.append(f"send {s.campaign}/{s.step} to {s.customer_key}: {why}")
+            return
+        self.store.mark_retry(s.id, str(e), retry_at(now, s.attempts))
+        res.stats["retry_later"] += 1
+
     def _refused(self, s: SendRow, e: PermanentSendError, now: datetime, res: StageResult) -> None:
-        """A 5xx answer: the send fails; an unknown recipient is a hard bounce; a streak stops the pass."""
+        """The send fails; an unknown recipient is a hard bounce, a full mailbox a soft one; a streak stops the pass.
+
+        Only answers about our account, sender or connection (``About.SENDER``)
+        count towards the streak: one recipient's 5.1.x / 5.2.x / policy
+        refusal says nothing about the next message (issues #11, #17).
+        """
         res.stats["failed"] += 1
         res.problems.append(f"send {s.campaign}/{s.step} to {s.customer_key}: {e}")
-        if e.unknown_recipient is not None:
-            # Refused at RCPT as non-existent: a hard bounce for that address, not a server problem, so it
-            # does not count towards the 5xx streak (issue #11).
-            self._refused_recipient(s, e, e.unknown_recipient, now)
+        if e.about is About.RECIPIENT_UNKNOWN and e.recipient is not None:
+            self._refused_recipient(s, e, e.recipient, now)
             res.stats["bounced_at_rcpt"] = res.stats.get("bounced_at_rcpt", 0) + 1
             return
+        if e.about is About.MAILBOX_FULL and e.recipient is not None:
+            self._mailbox_full(s, e, e.recipient, now)
+            res.stats["mailbox_full"] = res.stats.get("mailbox_full", 0) + 1
+            return
         self.store.mark_failed(s.id, str(e), now, customer_key=s.customer_key, campaign=s.campaign, step=s.step)
+        if e.about is not About.SENDER:
+            return
         self._consecutive_5xx += 1
         if self._consecutive_5xx >= MAX_CONSECUTIVE_5XX:
             res.error = ServiceError(
@@ -616,6 +660,38 @@ class SendPass:
                          "recipients": [address.lower()], "original_message_id": s.message_id})
             self.store.suppress(address, "bounced", f"refused at RCPT for {s.message_id}", now)
             self.store.set_email_status(s.customer_key, "bounced")
+
+    def _mailbox_full(self, s: SendRow, e: PermanentSendError, address: str, now: datetime) -> None:
+        """The send failed, and that mailbox is full: a soft bounce, scored as a fetched one is, in one commit.
+
+        Issue #17: ``552 5.2.2`` for one recipient is that mailbox, not our
+        sending quota. Logged like an inbound soft bounce (``permanence``
+        soft, ``original_message_id`` this send's), so it stops the campaign's
+        sequence (planner ``History.lost``) and counts in ``[inbound]
+        soft_bounce_limit`` / ``soft_bounce_days`` (:func:`effects.bounce_effects`).
+        """
+        addr = address.lower()
+        policy = self.ws.cfg.inbound
+        status = e.enhanced or str(e.code or "")
+        with self.store.transaction():
+            self.store.mark_failed(s.id, str(e), now, customer_key=s.customer_key, campaign=s.campaign, step=s.step)
+            self.store.add_activity(
+                kind=Kind.BOUNCE.value, occurred_at=now, now=now, customer_key=s.customer_key,
+                subject=f"mailbox full at send: {e.code} {e.enhanced or ''}".strip(), campaign=s.campaign,
+                step=s.step, message_id=s.message_id, source="smtp",
+                details={"recipient": addr, "permanence": Permanence.SOFT.value, "permanent": False,
+                         "status": status, "evidence": f"mailbox full: {e}", "recipients": [addr],
+                         "original_message_id": s.message_id})
+            if not policy.soft_bounce_limit:
+                return
+            n = self.store.soft_bounce_count(addr, s.customer_key, now - timedelta(days=policy.soft_bounce_days))
+            for eff in bounce_effects(BounceFailure(addr, Permanence.SOFT, status), soft_count=n,
+                                      soft_limit=policy.soft_bounce_limit):
+                self.store.suppress(eff.email, eff.reason,
+                                    f"{n} soft bounces within {policy.soft_bounce_days} days (last {s.message_id})",
+                                    now)
+                if eff.status:
+                    self.store.set_email_status(s.customer_key, eff.status)
 
 
 def _hold(held: dict[str, list[str]], edits: dict[str, list[str]], res: StageResult) -> None:

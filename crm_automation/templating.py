@@ -43,6 +43,7 @@ from jinja2 import meta, nodes
 from jinja2.filters import do_center, do_format, do_indent
 from jinja2.sandbox import SandboxedEnvironment
 
+from crm_automation.addresses import wire_address
 from crm_automation.errors import ConfigError, DataError
 
 log = logging.getLogger("crm_automation")
@@ -674,9 +675,14 @@ def _address(name: str | None, email: str, room: int = _FOLD_AT - 4) -> str:
     """``Name <email>``: the name quoted as needed, or encoded-words when not ASCII or a word cannot fold.
 
     ``room`` is the space a word has on the first line (78 less ``Field: ``). The address is
-    never changed beyond :func:`header_safe`.
+    never changed beyond :func:`header_safe` and writing an IDN domain as A-labels, as the
+    envelope does (:func:`~crm_automation.addresses.wire_address`, RFC 5890); a non-ASCII
+    local part stays UTF-8 (RFC 6532), there being no ASCII form of it.
+
+    Raises:
+        DataError: the domain is not a valid internationalized domain name.
     """
-    email = header_safe(email)
+    email = wire_address(header_safe(email)).address
     name = header_safe(name or "")
     if not name:
         return email
@@ -743,8 +749,29 @@ def build_message(r: Rendered, *, sender: str, to_name: str | None, to_email: st
     headers.append(("MIME-Version", "1.0"))
     head = "\r\n".join(_fold(k, v) for k, v in headers)
     if r.html is None:
-        return f"{head}\r\n{_body(r.text, 'plain')}".encode("ascii")
+        return _bytes(f"{head}\r\n{_body(r.text, 'plain')}", where)
     boundary = f"=_crm_{uuid.uuid4().hex}"
-    return (f'{head}\r\nContent-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'
-            f"--{boundary}\r\n{_body(r.text, 'plain')}--{boundary}\r\n{_body(r.html, 'html')}"
-            f"--{boundary}--\r\n").encode("ascii")
+    return _bytes(f'{head}\r\nContent-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'
+                  f"--{boundary}\r\n{_body(r.text, 'plain')}--{boundary}\r\n{_body(r.html, 'html')}"
+                  f"--{boundary}--\r\n", where)
+
+
+def _bytes(message: str, where: str) -> bytes:
+    """The message as bytes: ASCII, or UTF-8 when a header must carry UTF-8 (issue #17, RFC 6532).
+
+    Everything this module writes is ASCII (encoded-words, base64 bodies,
+    A-label domains) except what has no ASCII form: an address with a
+    non-ASCII local part (``张三@example.cn``), or a configured URL with
+    non-ASCII characters. Such a message is UTF-8; the SMTP transport sends it
+    with SMTPUTF8 or fails that message alone. It used to raise
+    ``UnicodeEncodeError`` here, which crashed every send pass.
+    """
+    try:
+        return message.encode("ascii")
+    except UnicodeEncodeError:
+        pass
+    try:
+        return message.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate: no encoding can write it
+        raise DataError(f"{where}: a header holds a character that cannot be written ({e.reason}, "
+                        f"{e.object[e.start:e.end]!r})") from None

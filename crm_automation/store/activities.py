@@ -219,6 +219,15 @@ class ActivityLog(Connection):
             return insert_quarantine(self.conn, source=source, raw=raw, error=error, now=now, from_addr=from_addr,
                                      customer_key=customer_key, size=size)
 
+    def soft_bounce_count(self, address: str, key: str | None, since: datetime) -> int:
+        """The soft-bounce score's count for ``address`` (see :func:`count_soft_bounces`).
+
+        For a mailbox found full at RCPT (issue #17): the send pass logs that
+        bounce and reads the count inside its own transaction, exactly as
+        ``apply_inbound`` does for a bounce fetched from the mailbox.
+        """
+        return count_soft_bounces(self.conn, address, key, since)
+
     def quarantined_contacts(self) -> list[QuarantinedContact]:
         """Quarantined messages from known customers, oldest first."""
         return [QuarantinedContact(k, parse_iso(t) or datetime.now(UTC), e) for k, t, e in self.conn.execute(

@@ -10,9 +10,14 @@ class Transport(Protocol):
 
     ``send`` raises :class:`~crm_automation.errors.TransientSendError` for a
     4xx answer (retry later), :class:`~crm_automation.errors.PermanentSendError`
-    for a 5xx answer (mark failed), and
-    :class:`~crm_automation.errors.ServiceError` when the server cannot be
-    reached at all (stop the stage).
+    for a 5xx answer (mark failed), both carrying
+    :class:`~crm_automation.errors.About` (one recipient, or our account,
+    sender or connection: issue #17),
+    :class:`~crm_automation.errors.QuotaExceededError` for a sending quota
+    (wait), and :class:`~crm_automation.errors.ServiceError` when the server
+    cannot be reached at all (stop the stage). Addresses may be
+    internationalized (``alice@例子.中国``, ``张三@example.cn``); a carrier that
+    cannot take one fails that message alone.
     """
 
     name: str

@@ -13,12 +13,22 @@ smtplib's ``mail``/``rcpt``/``docmd``/``send``/``getreply``:
 * a drop after the content went out and before the final reply:
   :class:`~crm_automation.errors.UncertainSendError`, never a silent resend.
 
-Answers map onto the error tree by what the worker does next: 4xx is
+Answers map onto the error tree by what the worker does next, read by
+:func:`read_answer` from the RFC 3463 enhanced code and the stage (MAIL FROM,
+RCPT, DATA) before any words (issue #17): 4xx is
 :class:`~crm_automation.errors.TransientSendError` (retry on a later pass),
 5xx is :class:`~crm_automation.errors.PermanentSendError` carrying the
-server's own words (mark the send failed), and connection, TLS or login
-failures are :class:`~crm_automation.errors.ServiceError` naming host:port and
-user but never the secret.
+server's own words (mark the send failed), a sending quota is
+:class:`~crm_automation.errors.QuotaExceededError`, and connection, TLS or
+login failures are :class:`~crm_automation.errors.ServiceError` naming
+host:port and user but never the secret. Each send error carries
+:class:`~crm_automation.errors.About`: whether the answer concerns one
+recipient (unknown, mailbox full, policy, greylisting) or our account,
+sender or connection, which alone the 5xx circuit breaker counts.
+
+Internationalized addresses (RFC 6530-6532): an IDN domain goes out as
+A-labels; a non-ASCII local part (or UTF-8 in the headers) with ``SMTPUTF8``
+when the server offers it, otherwise that message alone fails.
 
 Only this module imports smtplib (ruff TID251).
 """
@@ -26,19 +36,25 @@ Only this module imports smtplib (ruff TID251).
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import re
 import smtplib  # noqa: TID251 - this is the one module allowed to use it
 import socket
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from email.utils import parseaddr
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NoReturn
 
+from crm_automation.addresses import WireAddress, wire_address
 from crm_automation.config import is_loopback
 from crm_automation.credentials import Credentials, load_credentials
 from crm_automation.errors import (
+    About,
     ConfigError,
+    CrmError,
+    DataError,
     PermanentSendError,
     QuotaExceededError,
     ServiceError,
@@ -152,6 +168,8 @@ class SmtpTransport:
         self._user: str | None = credentials.username if isinstance(credentials, Credentials) else None
         self._secrets: tuple[str, ...] = ()
         self._size_ok = False
+        self._utf8_ok = False
+        self._8bit_ok = False
         self.connections = 0
         """How many connections this transport opened (reconnects included); for reports and tests."""
 
@@ -244,6 +262,8 @@ class SmtpTransport:
             raise
         self._smtp = smtp
         self._size_ok = smtp.has_extn("size")
+        self._utf8_ok = smtp.has_extn("smtputf8")
+        self._8bit_ok = smtp.has_extn("8bitmime")
         self.connections += 1
         log.info("connected to %s:%s (%s)%s", self.host, self.port, self.security,
                  f" as {self._user}" if self._user else "")
@@ -313,60 +333,116 @@ class SmtpTransport:
     def send(self, message: bytes, *, sender: str, recipients: list[str], message_id: str) -> None:
         """Hand one message over; return only once the server accepted it with 2xx.
 
+        Addresses go out as :func:`~crm_automation.addresses.wire_address`
+        writes them: an IDN domain as A-labels; a non-ASCII local part, or
+        UTF-8 in the headers (RFC 6532), only with ``SMTPUTF8`` (RFC 6531) when
+        the server offers it, else this message alone fails.
+
         Raises:
-            TransientSendError: a 4xx answer; nothing was delivered, retry later.
-            PermanentSendError: a 5xx answer (server's words in the message), or
-                an address SMTP cannot carry; mark the send failed.
+            TransientSendError: a 4xx answer; nothing was delivered, retry later
+                (``about`` says whether it concerns one recipient or the server).
+            PermanentSendError: a 5xx answer (server's words in the message),
+                a full mailbox (X.2.2), or an address this server cannot carry;
+                ``about``/``recipient`` say what it is about. Mark the send failed.
+            QuotaExceededError: a sending quota of our account (Gmail 5.4.5,
+                Microsoft SubmissionQuotaExceeded, QQ/163 发送频率过高); wait.
             UncertainSendError: the connection broke after the content was handed
                 over; it may have been delivered; never resend silently.
-            ServiceError: cannot (re)connect or log in; nothing was delivered.
+            ServiceError: cannot (re)connect or log in, or the server said 421
+                before the content (twice); nothing was delivered.
         """
         if not recipients:
             raise PermanentSendError(f"message {message_id}: no recipients")
-        for addr in (sender, *recipients):
-            if "\r" in addr or "\n" in addr or not addr.isascii():
-                raise PermanentSendError(
-                    f"message {message_id}: envelope address {addr!r} contains a line break or non-ASCII "
-                    f"characters (expected a plain address like name@example.com)"
-                )
+        env_from = self._wire(sender, message_id, About.SENDER)
+        env_to = [self._wire(r, message_id, About.RECIPIENT) for r in recipients]
+        utf8 = env_from.needs_smtputf8 or any(r.needs_smtputf8 for r in env_to) or _utf8_head(message)
         data = frame_message(message)
         smtp = self._smtp or self._connect()
+        if utf8 and not self._utf8_ok:
+            self._no_smtputf8(env_from, env_to, recipients, message_id)
+        args = (env_from.address, {w.address: r for w, r in zip(env_to, recipients, strict=True)}, len(data),
+                message_id, utf8)
         try:
-            self._begin(smtp, sender, recipients, len(data), message_id)
+            self._begin(smtp, *args)
         except _Dropped as e:
             log.info("%s: connection was closed (%s); reconnecting", self.where, e)
             self._discard()
             smtp = self._connect()
             try:
-                self._begin(smtp, sender, recipients, len(data), message_id)
+                self._begin(smtp, *args)
             except _Dropped as e2:
                 self._discard()
                 raise self._fail(f"connection closed again before message {message_id} was handed over "
                                  f"(not sent)", str(e2)) from None
         self._finish(smtp, data, recipients, message_id)
 
-    def _begin(self, smtp: smtplib.SMTP, sender: str, recipients: list[str], size: int, message_id: str) -> None:
+    def _wire(self, addr: str, message_id: str, about: About) -> WireAddress:
+        """An envelope address as it goes on the wire, or a PermanentSendError about it (nothing sent)."""
+        who = "sender" if about is About.SENDER else "recipient"
+        if "\r" in addr or "\n" in addr:
+            raise PermanentSendError(f"message {message_id}: envelope {who} address {addr!r} contains a line "
+                                     f"break (expected a plain address like name@example.com)", about=about,
+                                     recipient=None if about is About.SENDER else addr)
+        try:
+            return wire_address(_bare(addr))
+        except DataError as e:
+            raise PermanentSendError(f"message {message_id}: envelope {who} address {addr!r}: {e}", about=about,
+                                     recipient=None if about is About.SENDER else addr) from None
+
+    def _no_smtputf8(self, env_from: WireAddress, env_to: list[WireAddress], recipients: list[str],
+                     message_id: str) -> NoReturn:
+        """Refuse, before MAIL FROM, a message that needs SMTPUTF8 on a server without it (RFC 6531 §3.2).
+
+        There is no ASCII form of a non-ASCII local part to fall back on (RFC
+        6530 §4), so this message alone fails, naming the address; it is about
+        the recipient unless our own sender address is the non-ASCII one.
+        """
+        about, rcpt = About.RECIPIENT, recipients[0]
+        if env_from.needs_smtputf8:
+            what, about = f"our sender address {env_from.address!r} has a non-ASCII local part", About.SENDER
+        elif any(w.needs_smtputf8 for w in env_to):
+            rcpt = next(r for w, r in zip(env_to, recipients, strict=True) if w.needs_smtputf8)
+            what = f"the address {rcpt!r} has a non-ASCII local part"
+        else:
+            what = "a header carries an address with a non-ASCII local part (UTF-8 headers, RFC 6532)"
+        raise PermanentSendError(
+            f"{self.where}: message {message_id} not sent: {what}, which needs the SMTPUTF8 extension "
+            "(RFC 6531), and this server does not offer it", about=about,
+            recipient=None if about is About.SENDER else rcpt,
+            hint="ask the customer for an ASCII address, or send through a server that offers SMTPUTF8 "
+                 "(e.g. Postfix with smtputf8_enable = yes)")
+
+    def _begin(self, smtp: smtplib.SMTP, sender: str, recipients: dict[str, str], size: int, message_id: str,
+               utf8: bool) -> None:
         """MAIL, RCPT for every recipient, DATA until ``354``: nothing is delivered before this returns.
 
+        ``recipients`` maps each address as written on the wire to the address
+        the caller gave, which a refusal names (the log and suppressions keep
+        the sheet's form, e.g. ``alice@例子.中国``).
+
         All recipients or none: if any is refused the transaction is reset, so a
-        retry never mails the accepted ones twice.
+        retry never mails the accepted ones twice. A ``421`` at RCPT ends the
+        loop: the server closes the channel after it (RFC 5321 §3.8).
         """
+        # smtplib encodes commands as ASCII unless told otherwise; RFC 6531 §3.3 allows UTF-8 with SMTPUTF8.
+        smtp.command_encoding = "utf-8" if utf8 else "ascii"
         try:
-            size_opt = f" SIZE={size}" if self._size_ok else ""
-            code, resp = smtp.docmd("MAIL", f"FROM:<{_bare(sender)}>{size_opt}")
+            opts = f" SIZE={size}" if self._size_ok else ""
+            if utf8:
+                opts += " SMTPUTF8" + (" BODY=8BITMIME" if self._8bit_ok else "")
+            code, resp = smtp.docmd("MAIL", f"FROM:<{sender}>{opts}")
             if code != 250:
-                self._refused(smtp, code, resp, f"MAIL FROM:<{sender}>", message_id)
+                self._refused(smtp, code, resp, Stage.MAIL, message_id)
             refused: list[tuple[str, int, bytes]] = []
             for rcpt in recipients:
-                code, resp = smtp.docmd("RCPT", f"TO:<{_bare(rcpt)}>")
+                code, resp = smtp.docmd("RCPT", f"TO:<{rcpt}>")
                 if code not in (250, 251):
-                    if code == _SERVER_GONE:
-                        raise _Dropped(f"{code} {_text(resp)}")
                     refused.append((rcpt, code, resp))
+                    if code == _SERVER_GONE:
+                        break
             if refused:
-                worst = max(refused, key=lambda r: r[1])
-                self._refused(smtp, worst[1], worst[2], f"RCPT TO:<{worst[0]}>", message_id,
-                              recipient=worst[0])
+                worst = max(refused, key=lambda r: (r[1] == _SERVER_GONE, r[1]))
+                self._refused(smtp, worst[1], worst[2], Stage.RCPT, message_id, recipient=recipients[worst[0]])
             code, resp = smtp.docmd("DATA")
         except smtplib.SMTPServerDisconnected as e:
             raise _Dropped(str(e)) from None
@@ -376,28 +452,27 @@ class SmtpTransport:
             self._discard()
             raise self._fail(f"protocol error before message {message_id} was handed over (not sent)", e) from None
         if code != 354:
-            self._refused(smtp, code, resp, "DATA", message_id)
+            self._refused(smtp, code, resp, Stage.DATA, message_id)
 
-    def _refused(self, smtp: smtplib.SMTP, code: int, resp: bytes, stage: str, message_id: str,
-                 recipient: str | None = None) -> None:
-        """Turn a refusal before the content into the matching error (after RSET)."""
-        if code == _SERVER_GONE:
-            raise _Dropped(f"{code} {_text(resp)}")
-        try:
-            smtp.rset()
-        except (smtplib.SMTPException, OSError):
+    def _refused(self, smtp: smtplib.SMTP, code: int, resp: bytes, stage: Stage, message_id: str,
+                 recipient: str | None = None) -> NoReturn:
+        """Turn a refusal before the content into the matching error (after RSET), by :func:`read_answer`."""
+        where = f"RCPT TO:<{recipient}>" if recipient is not None else stage.value
+        text = f"{self.where}: {where} for message {message_id} answered {code} {_text(resp)}"
+        if not 400 <= code < 600:
             self._discard()
-        text = f"{self.where}: {stage} for message {message_id} answered {code} {_text(resp)}"
-        if 400 <= code < 500:
-            raise TransientSendError(text, code=code, hint="the server asks to try later; the send stays queued")
-        if 500 <= code < 600:
-            enhanced = enhanced_status(resp)
-            if quota_answer(enhanced, resp):
-                raise _quota_error(text)
-            unknown = recipient if recipient is not None and recipient_unknown(code, enhanced, resp) else None
-            raise PermanentSendError(text, code=code, enhanced=enhanced, unknown_recipient=unknown)
-        self._discard()
-        raise ServiceError(f"{text} (not an SMTP answer expected here; message not sent)")
+            raise ServiceError(f"{text} (not an SMTP answer expected here; message not sent)")
+        reading = read_answer(code, resp, stage)
+        if reading.action is Action.RECONNECT:
+            raise _Dropped(f"{code} {_text(resp)}")
+        if code == _SERVER_GONE:
+            self._discard()  # 421 at RCPT: the server closes the channel; the next message reconnects
+        else:
+            try:
+                smtp.rset()
+            except (smtplib.SMTPException, OSError):
+                self._discard()
+        raise _error(reading, code, text, recipient)
 
     def _finish(self, smtp: smtplib.SMTP, data: bytes, recipients: list[str], message_id: str) -> None:
         """Send the content and read the verdict; a break here is uncertain, never retried."""
@@ -419,23 +494,102 @@ class SmtpTransport:
         text = f"{self.where}: the message {message_id} was refused after DATA with {code} {_text(resp)}"
         if code == _SERVER_GONE:
             self._discard()
-        if 400 <= code < 500:
-            raise TransientSendError(text, code=code, hint="the server asks to try later; the send stays queued")
-        if 500 <= code < 600:
-            enhanced = enhanced_status(resp)
-            if quota_answer(enhanced, resp):
-                raise _quota_error(text)
-            raise PermanentSendError(text, code=code, enhanced=enhanced)
+        if 400 <= code < 600:
+            # One recipient a message: an answer about "the" mailbox after the content is about that recipient.
+            raise _error(read_answer(code, resp, Stage.CONTENT), code, text,
+                         recipients[0] if len(recipients) == 1 else None)
         self._discard()
         raise UncertainSendError(f"{text} (not an SMTP answer; it may have been delivered, so it is not sent again)")
 
 
+def _utf8_head(message: bytes) -> bool:
+    """Whether the header section carries raw UTF-8 (RFC 6532), which only SMTPUTF8 may transport.
+
+    One C-speed ``isascii`` over the whole message decides the usual case.
+    """
+    if message.isascii():
+        return False
+    end = _HEAD_END.search(message)
+    return not message[:end.start() if end else len(message)].isascii()
+
+
+def _error(reading: Reading, code: int, text: str, recipient: str | None) -> CrmError:
+    """The exception for a refusal read by :func:`read_answer` (the send pass decides by its type and ``about``)."""
+    if reading.action is Action.QUOTA:
+        return QuotaExceededError(f"the server refuses more mail for now (a sending quota): {text}",
+                                  hint="the queue waits an hour; lower max_per_day / max_per_minute")
+    rcpt = recipient if reading.about is not About.SENDER else None
+    if reading.action is Action.RETRY:
+        hint = ("the server asks to try this recipient later; this send waits, growing the delay, and the rest "
+                "of the queue goes on" if reading.about is not About.SENDER
+                else "the server asks to try later; the send stays queued")
+        return TransientSendError(text, code=code, enhanced=reading.enhanced, about=reading.about, hint=hint)
+    full = "the recipient's mailbox is full: logged as a soft bounce for that address"
+    return PermanentSendError(text, code=code, enhanced=reading.enhanced, about=reading.about, recipient=rcpt,
+                              hint=full if reading.about is About.MAILBOX_FULL else None)
+
+
+# ---------------------------------------------------------------- reading an answer (pure)
+
+
+class Stage(enum.StrEnum):
+    """Where in the transaction an answer came (RFC 5321 §3.3): the first thing that says what it is about."""
+
+    MAIL = "MAIL FROM"
+    RCPT = "RCPT TO"
+    DATA = "DATA"  # the DATA command, before any content
+    CONTENT = "end of DATA"  # the verdict on the content
+
+
+class Action(enum.StrEnum):
+    """What the send pass does with an answer."""
+
+    RETRY = "retry"  # TransientSendError
+    FAIL = "fail"  # PermanentSendError
+    QUOTA = "quota"  # QuotaExceededError: a sending quota; the queue waits
+    RECONNECT = "reconnect"  # 421 before the content: the server is closing; reconnect once, then stop
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One answer read: what to do, what it is about, and the RFC 3463 code it was read from."""
+
+    action: Action
+    about: About
+    enhanced: str | None = None
+
+
 _ENHANCED = re.compile(rb"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
 # Providers that answer an unknown mailbox with a bare 550 say so in words (Postfix "User unknown in
 # virtual mailbox table", Exchange "RecipientNotFound", QQ/163 "用户不存在" / "Mailbox not found").
 _USER_UNKNOWN = re.compile(rb"user unknown|unknown user|no such user|recipient ?not ?found|mailbox not found|"
                            rb"mailbox unavailable|does not exist|invalid recipient|address rejected: user|"
-                           rb"\xe7\x94\xa8\xe6\x88\xb7\xe4\xb8\x8d\xe5\xad\x98\xe5\x9c\xa8", re.IGNORECASE)
+                           + "用户不存在".encode(), re.IGNORECASE)
+# A full mailbox in words, for answers without an enhanced code ("552 Mailbox full", "over quota",
+# QQ/163 "邮箱已满" / "空间不足"). Checked before the quota words: "over quota" is the recipient's quota.
+_MAILBOX_FULL = re.compile(rb"mailbox (is )?full|mailbox.{0,30}(over|exceed|quota|storage|space)|over ?quota|"
+                           rb"(disk|storage|space) quota|insufficient (system )?storage|exceeded storage|"
+                           rb"user.{0,20}quota|" + "邮箱已满|邮箱空间|邮箱容量|空间不足|容量不足".encode(),
+                           re.IGNORECASE)
+# The providers' known sending-quota answers, which come with a permanent code (Gmail "550 5.4.5 Daily user
+# sending quota exceeded", Microsoft "554 5.2.0 ...SubmissionQuotaExceededException", QQ/163 "...发送频率过高",
+# Alibaba Mail "554 Reject by behaviour spam ... too frequently sending", "...超过..."): read from the
+# server's reply only, never from our own message text, and only where the enhanced code leaves it open.
+_QUOTA_WORDS = re.compile(rb"quota|rate.?limit|too many|too frequent|sending limit|SubmissionQuotaExceeded|"
+                          + "超过|频率".encode(), re.IGNORECASE)
+# Microsoft's submission quota comes as 5.2.0 or, from some tenants, 5.2.2: its token names our account.
+_SUBMISSION_QUOTA = re.compile(rb"SubmissionQuotaExceeded", re.IGNORECASE)
+# Words of a RCPT-stage refusal that is about us: Postfix applies client, HELO and sender restrictions at
+# RCPT (smtpd_delay_reject = yes), so "Sender address rejected", "Client host rejected ... blocked using"
+# and "Relay access denied" arrive there with 5.7.1 like a recipient's policy.
+_ABOUT_US = re.compile(rb"sender address|relay|client host|helo|authenticat|not logged in|blocked using|"
+                       rb"spamhaus|your ip|ip address|reputation|\bspf\b|dkim|dmarc|reverse dns|\bptr\b",
+                       re.IGNORECASE)
+# RFC 3463 / RFC 7372 X.7.x details that concern the recipient (X.7.1 "delivery not authorized" as a
+# recipient's policy, X.7.2 list expansion, X.7.17/18 owner changed, X.7.19 RRVS); every other security
+# detail names our side: authentication (X.7.8-X.7.14), DKIM/SPF/DMARC/reverse DNS (X.7.20-X.7.27).
+_RECIPIENT_POLICY = frozenset({0, 1, 2, 17, 18, 19})
 
 
 def enhanced_status(resp: bytes) -> str | None:
@@ -444,31 +598,79 @@ def enhanced_status(resp: bytes) -> str | None:
     return m.group(0).decode("ascii") if m else None
 
 
-def recipient_unknown(code: int, enhanced: str | None, resp: bytes) -> bool:
-    """Whether a RCPT refusal says the address does not exist: a hard bounce for it (issue #11).
+def read_answer(code: int, resp: bytes, stage: Stage) -> Reading:
+    """What a 4xx/5xx answer means, from its enhanced code and stage first, its words last (issue #17).
 
-    RFC 3463 §3.2: 5.1.x are addressing failures (5.1.1 bad mailbox, 5.1.2
-    bad system, 5.1.10 null MX). Servers that send no enhanced code answer
-    550 with words; 用户不存在 is matched as UTF-8 bytes.
+    RFC 3463's enhanced code names the subject of the failure (X.1 address,
+    X.2 mailbox, X.3 mail system, X.4 network, X.5 protocol, X.6 content, X.7
+    security) and the stage names whose it is: at MAIL FROM everything is
+    about our sender; at RCPT about that one recipient unless the code or
+    Postfix's fixed wording says it is about us. Words decide only where the
+    code leaves it open (no enhanced code, an ``X.Y.0`` "other" detail, a
+    generic X.7.1). So ``552 5.2.2 mailbox full; quota exceeded`` for one
+    recipient is that mailbox (a soft bounce), never a sending quota; ``452
+    4.2.2`` too; and a ``421`` at RCPT backs off that recipient instead of
+    counting as "server gone".
     """
+    enhanced = enhanced_status(resp)
+    subject = detail = None
     if enhanced is not None:
-        return enhanced.startswith("5.1.")
-    return code == 550 and bool(_USER_UNKNOWN.search(resp))
+        _, sub, det = enhanced.split(".")
+        subject, detail = int(sub), int(det)
+    if code == _SERVER_GONE and stage in (Stage.MAIL, Stage.DATA):
+        return Reading(Action.RECONNECT, About.SENDER, enhanced)
+    about = _about(code, subject, detail, stage, resp)
+    if about is About.MAILBOX_FULL:
+        return Reading(Action.FAIL, about, enhanced)  # 452 4.2.2 as well: the message is lost either way
+    if code < 500:
+        if about is not About.SENDER and not (subject in (None, 0, 7) and _quota_words(resp)):
+            return Reading(Action.RETRY, About.RECIPIENT, enhanced)
+        return Reading(Action.RETRY, About.SENDER, enhanced)
+    if _SUBMISSION_QUOTA.search(resp) or (subject, detail) == (4, 5):
+        return Reading(Action.QUOTA, About.SENDER, enhanced)
+    if about is not About.RECIPIENT_UNKNOWN and (subject is None or detail == 0 or subject == 7) \
+            and _quota_words(resp):
+        return Reading(Action.QUOTA, About.SENDER, enhanced)
+    return Reading(Action.FAIL, about, enhanced)
 
 
-# The providers' known quota answers, which come with a permanent code (Gmail "550 5.4.5 Daily user sending
-# quota exceeded", Microsoft "554 5.2.0 ...SubmissionQuotaExceededException", QQ/163 "...发送频率过高",
-# Alibaba Mail "554 Reject by behaviour spam ... too frequently sending",
-# "...超过..."): read from the server's reply only, never from our own message text.
-_QUOTA_WORDS = re.compile(rb"quota|rate.?limit|too many|too frequent|sending limit|SubmissionQuotaExceeded|"
-                          rb"\xe8\xb6\x85\xe8\xbf\x87|\xe9\xa2\x91\xe7\x8e\x87", re.IGNORECASE)  # 超过, 频率
+def _quota_words(resp: bytes) -> bool:
+    return bool(_QUOTA_WORDS.search(resp)) and not _MAILBOX_FULL.search(resp)
 
 
-def quota_answer(enhanced: str | None, resp: bytes) -> bool:
-    """Whether a 5xx answer is a sending quota rather than a refusal of this message (see :data:`_QUOTA_WORDS`)."""
-    return enhanced == "5.4.5" or bool(_QUOTA_WORDS.search(resp))
-
-
-def _quota_error(text: str) -> QuotaExceededError:
-    return QuotaExceededError(f"the server refuses more mail for now (a sending quota): {text}",
-                              hint="the queue waits an hour; lower max_per_day / max_per_minute")
+def _about(code: int, subject: int | None, detail: int | None, stage: Stage, resp: bytes) -> About:
+    """Whose answer it is (see :func:`read_answer`); RFC 3463 subjects by number."""
+    if subject == 1 and detail in (7, 8):
+        return About.SENDER  # X.1.7 / X.1.8: bad *sender's* mailbox or system address
+    if stage is Stage.MAIL:
+        return About.SENDER
+    if subject == 2 and detail == 2 and not _SUBMISSION_QUOTA.search(resp):
+        return About.MAILBOX_FULL  # X.2.2 "mailbox full", whatever the basic code
+    if subject in (3, 5):
+        return About.SENDER  # the mail system, or our client's protocol
+    if stage is Stage.RCPT:
+        if subject == 1:
+            return About.RECIPIENT_UNKNOWN
+        if subject == 7:
+            if detail in _RECIPIENT_POLICY and not (detail in (0, 1) and _ABOUT_US.search(resp)):
+                return About.RECIPIENT
+            return About.SENDER
+        if subject is not None and not (detail == 0 and _quota_words(resp)):
+            return About.RECIPIENT  # X.2.x mailbox, X.4.x route to that domain, X.6.7 non-ASCII address
+        if _MAILBOX_FULL.search(resp):
+            return About.MAILBOX_FULL
+        if _ABOUT_US.search(resp) or _quota_words(resp):
+            return About.SENDER
+        if code == 552:
+            return About.MAILBOX_FULL  # RFC 5321 §4.2.2: "exceeded storage allocation", said of this recipient
+        if code == 550 and _USER_UNKNOWN.search(resp):
+            return About.RECIPIENT_UNKNOWN
+        return About.RECIPIENT
+    if stage is Stage.CONTENT:  # one recipient a message: a mailbox answer after the content is that recipient's
+        if subject == 1:
+            return About.RECIPIENT_UNKNOWN
+        if subject == 2 and not _SUBMISSION_QUOTA.search(resp):
+            return About.RECIPIENT
+        if subject is None and _MAILBOX_FULL.search(resp):
+            return About.MAILBOX_FULL
+    return About.SENDER

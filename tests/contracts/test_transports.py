@@ -291,6 +291,20 @@ def test_a_transport_opens_again_for_the_next_batch(carrier):
     assert sorted(carrier.delivered()) == sorted(raw for raw, _ in sent)
 
 
+def test_an_internationalized_message_arrives_as_it_was_built(carrier):
+    """Issue #17 item 8: a UTF-8 ``To`` (RFC 6532) for 张三@example.cn, and an IDN recipient (RFC 6530)."""
+    t = carrier.make()
+    raw, mid = message(to="张三@example.cn")
+    raw = raw.replace(b"To: =?utf-8?b?5byg5LiJ?=@example.cn", "To: 张三@example.cn".encode())
+    assert "To: 张三@example.cn".encode() in raw
+    idn, idn_mid = message(to="alice@xn--fsqu00a.xn--fiqs8s")
+    t.open()
+    t.send(raw, sender=SENDER, recipients=["张三@example.cn"], message_id=mid)
+    t.send(idn, sender=SENDER, recipients=["alice@例子.中国"], message_id=idn_mid)
+    t.close()
+    assert sorted(carrier.delivered()) == sorted([raw, idn])
+
+
 def test_the_transport_has_a_name(carrier):
     t = carrier.make()
     assert isinstance(t.name, str)
