@@ -141,6 +141,8 @@ class MappingResult:
     hash, except rows kept with a blanked cell: they have none, so they are
     validated, and their cells reported, again at every sync until fixed.
     ``errors`` reject rows; ``blanked`` are cells emptied in rows that were kept.
+    ``rejected_rows`` counts the rows ``errors`` reject: a row with three bad
+    cells is three errors and one rejected row (issue #17).
     """
 
     customers: Sequence[Customer] = field(default_factory=list)
@@ -150,6 +152,7 @@ class MappingResult:
     rejected_keys: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     blanked: list[BlankedCell] = field(default_factory=list)
+    rejected_rows: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +251,7 @@ class Mapping:
                         cells = cells | blanked[position]
                     for j, reason in sorted(cells.items()):
                         res.errors.append(RowError(data.source, row, headers[j], values[j][position], reason))
+                    res.rejected_rows += 1
                     k = out[key_idx]
                     if k is not None and key_idx not in bad[position]:
                         res.rejected_keys.setdefault(str(k), row)
@@ -258,6 +262,7 @@ class Mapping:
                 if key in seen:
                     res.errors.append(RowError(data.source, row, key_col, key,
                                                f"duplicates the key of row {seen[key]} (the first row wins)"))
+                    res.rejected_rows += 1
                     continue
                 if empty is None:
                     d = dict(zip(names, out, strict=True))
@@ -272,6 +277,7 @@ class Mapping:
             elif key in seen:
                 res.errors.append(RowError(data.source, row, key_col, key,
                                            f"duplicates the key of row {seen[key]} (the first row wins)"))
+                res.rejected_rows += 1
                 continue
             else:
                 res.unchanged[key] = row

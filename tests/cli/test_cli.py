@@ -211,11 +211,13 @@ def test_resync_tracks_changes_and_removals_and_skips_an_unchanged_file(tmp_path
         for i in range(3)] + [{"Email": "typo@example.com", "Name": "", "Stage": "lead", "Owner": "x"}])
     r = cli("sync", "--config", str(cfg), "--json")
     st = json.loads(r.out)["stages"][0]["stats"]
-    assert (st["rows"], st["added"], st["unchanged"], st["rejected"]) == (4, 3, 0, 2)  # typo: no name, bad owner
+    # typo: no name, bad owner: two problems, one rejected row (issue #17)
+    assert (st["rows"], st["added"], st["unchanged"], st["rejected"]) == (4, 3, 0, 1)
+    assert len(json.loads(r.out)["stages"][0]["problems"]) == 2
     r = cli("sync", "--config", str(cfg), "--json")
     st = json.loads(r.out)["stages"][0]["stats"]
     assert st["note"] == "sheet unchanged since the last sync"
-    assert (st["rows"], st["added"], st["rejected"]) == (4, 0, 2)
+    assert (st["rows"], st["added"], st["unchanged"], st["rejected"]) == (4, 0, 3, 1)
     path = tmp_path / "ws" / "customers.csv"
     rows = list(csv_mod.DictReader(path.open(encoding="utf-8")))
     rows[0]["Stage"] = "won"
