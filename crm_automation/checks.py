@@ -5,14 +5,26 @@ Exit codes follow SPEC §7: 2 when config, mappings or templates are wrong
 cannot be reached, 1 when rows of the sheet would be rejected, else 0. Cells
 that ``sync`` would blank in rows it keeps (``on_invalid = "blank"``, issue
 #11) are listed as the sheet check's ``notes`` and do not fail it.
+
+Issue #17: ``check`` finds what ``run`` would refuse without connecting
+anywhere: the logins' secrets (the variables ``password_env`` names set and
+not empty, ``oauth2_token_command``'s program installed, ``ca_file``
+loadable), a Maildir that is not there, and an activity log that is not
+this workspace's (the marker check ``run`` makes, here read-only). ``check``
+writes nothing and takes no lock.
 """
 
 from __future__ import annotations
 
+import os
+import ssl
 from contextlib import suppress
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from crm_automation.config import Config, MailboxSection, OutboundSection
+from crm_automation.credentials import login_problems
 from crm_automation.errors import ConfigError, CrmError, ServiceError
 from crm_automation.workspace import Workspace
 
@@ -52,6 +64,7 @@ def run_checks(config_path: str | None, *, connect: bool = False, plan: bool = F
         rows = [str(e) for e in res.errors]
         item = _item("sheet", rows + res.warnings if rows else [],
                      f"{data.source}: {len(data)} rows, {len(res.customers)} valid"
+                     + (f", {res.rejected_rows} rejected" if res.rejected_rows else "")
                      + (f", {len(res.blanked)} cell(s) to be left blank" if res.blanked else "")
                      + (f"; warnings: {'; '.join(res.warnings)}" if res.warnings else ""))
         if res.blanked:
@@ -65,6 +78,9 @@ def run_checks(config_path: str | None, *, connect: bool = False, plan: bool = F
     except ServiceError as e:
         checks.append(_item("sheet", [str(e)], "", e.hint))
         code = max(code, 3)
+    code = max(code, _logins(ws.cfg, checks), _log(ws, checks))
+    if ws.cfg.mailbox.source == "maildir":  # local: no connection needed to see that fetch would fail
+        code = max(code, _mailbox(ws, checks))
     if connect:
         code = max(code, _connect(ws, checks))
     if plan and not tpl:
@@ -84,7 +100,7 @@ def _plan(ws: Workspace, checks: list[dict[str, Any]], now: datetime | None) -> 
         return 0
     if now is not None and now.tzinfo is None:
         now = now.replace(tzinfo=ws.cfg.timezone)  # --now without an offset is the workspace's local time
-    store = ws.open_store()
+    store = ws.open_store(read_only=True)
     try:
         ctx = StageContext(store, Clock(now))
         found = SendPass(ws, ctx, Composer(ws.cfg, ws.templates)).edit_outlook()
@@ -116,8 +132,64 @@ def _describe(c: CampaignOutlook) -> list[str]:
     return lines
 
 
-def _connect(ws: Workspace, checks: list[dict[str, Any]]) -> int:
-    code = 0
+def _logins(cfg: Config, checks: list[dict[str, Any]]) -> int:
+    """The servers' logins as ``run`` will need them: secrets present, token program installed, CA file loadable."""
+    problems: list[str] = []
+    servers: list[tuple[str, MailboxSection | OutboundSection]] = []
+    if cfg.mailbox.source == "imap":
+        servers.append(("mailbox", cfg.mailbox))
+    if cfg.outbound.transport == "smtp":
+        servers.append(("outbound", cfg.outbound))
+    if not servers:
+        return 0
+    for section, s in servers:
+        problems += login_problems(section, s)
+        if s.ca_file:
+            ca = cfg.resolve(s.ca_file)
+            try:
+                ssl.create_default_context(cafile=str(ca))
+            except OSError as e:  # ssl.SSLError is an OSError
+                problems.append(f"{cfg.path}: {section}.ca_file = {s.ca_file!r}: {ca} cannot be loaded "
+                                f"({e.strerror or e}; expected a PEM file of trusted CA certificates)")
+    names = " and ".join(section for section, _ in servers)
+    checks.append(_item("logins", problems, f"{names}: credentials found (not tried; --connect logs in)",
+                        "export the variables in the environment crm-automation runs in (cron and services do "
+                        "not read your shell's profile)" if problems else None))
+    return 2 if problems else 0
+
+
+def _log(ws: Workspace, checks: list[dict[str, Any]]) -> int:
+    """The activity log is this workspace's and its folder is writable: what every writing verb checks first."""
+    from crm_automation.store import identity
+
+    db = ws.cfg.database
+    problems: list[str] = []
+    folder = db.parent
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path(folder.anchor))
+    if not os.access(existing, os.W_OK | os.X_OK) or (db.exists() and not os.access(db, os.R_OK | os.W_OK)):
+        what = db if db.exists() else existing
+        problems.append(f"{what}: not writable by this user, so the activity log {db} cannot be written "
+                        f"(expected a folder the user running crm-automation can write; [workspace] database)")
+    try:
+        store = ws.open_store(read_only=True)
+        try:
+            identity.guard(store, ws.cfg, write=False)
+            sent = store.sent_count()
+        finally:
+            store.close()
+    except ConfigError as e:
+        checks.append(_item("activity log", [*problems, *e.problems], "", e.hint))
+        return 2
+    except CrmError as e:
+        checks.append(_item("activity log", [*problems, str(e)], "", e.hint))
+        return max(e.exit_code, 3)
+    state = f"{sent} message(s) sent" if db.exists() else "not created yet (the first run creates it)"
+    checks.append(_item("activity log", problems, f"{db.name}: this workspace's log, {state}"))
+    return 3 if problems else 0
+
+
+def _mailbox(ws: Workspace, checks: list[dict[str, Any]]) -> int:
+    """A Maildir's folders exist (``fetch`` reads them; ``--connect`` does the same for IMAP)."""
     try:
         src = ws.open_mailbox()
         try:
@@ -125,10 +197,15 @@ def _connect(ws: Workspace, checks: list[dict[str, Any]]) -> int:
         finally:
             with suppress(CrmError, OSError):
                 src.close()
-        checks.append(_item("mailbox", [], f"{src.name}: folders {', '.join(folders)} readable"))
     except CrmError as e:
         checks.append(_item("mailbox", [str(e)], "", e.hint))
-        code = e.exit_code
+        return e.exit_code
+    checks.append(_item("mailbox", [], f"{src.name}: folders {', '.join(folders)} readable"))
+    return 0
+
+
+def _connect(ws: Workspace, checks: list[dict[str, Any]]) -> int:
+    code = _mailbox(ws, checks) if ws.cfg.mailbox.source != "maildir" else 0
     try:
         t = ws.open_transport()
         t.open()

@@ -199,30 +199,52 @@ class _Lock:
         self.lock.release()
 
 
-def _worker(o: Ctx, ws: Workspace, stop: threading.Event | None = None) -> Worker:
+def _worker(o: Ctx, ws: Workspace, stop: threading.Event | None = None, *, read_only: bool = False) -> Worker:
     from crm_automation.worker import Worker
 
-    return Worker(ws, clock=o.clock(ws), progress=_progress_factory(), stop=stop, accept_new_log=o.accept_new_log)
+    return Worker(ws, clock=o.clock(ws), progress=_progress_factory(), stop=stop, accept_new_log=o.accept_new_log,
+                  read_only=read_only)
 
 
 @contextmanager
-def _locked_worker(o: Ctx, *, signals: bool = False) -> Iterator[Worker]:
-    """Load the workspace, take its lock, and yield a Worker (closed afterwards): the frame of every stage verb."""
+def _locked_worker(o: Ctx, stop: threading.Event | None = None, *, lock: bool = True) -> Iterator[Worker]:
+    """Load the workspace, take its lock, and yield a Worker (closed afterwards): the frame of every stage verb.
+
+    ``lock=False`` (dry runs, issue #17): no lock, and the log opened read-only, so
+    the dry run works while a worker runs and can write nothing.
+    """
     ws = Workspace.load(o.config)
+    if not lock:
+        w = _worker(o, ws, stop, read_only=True)
+        try:
+            yield w
+        finally:
+            w.close()
+        return
     with _Lock(ws):
-        w = _worker(o, ws, _install_signals() if signals else None)
+        w = _worker(o, ws, stop)
         try:
             yield w
         finally:
             w.close()
 
 
-def _print_results(o: Ctx, results: list[StageResult]) -> int:
+def _print_results(o: Ctx, results: list[StageResult], stop: _StopFlag | None = None) -> int:
+    """Print the stages' results; the exit status, 128 + the signal's number if a signal stopped the work."""
     code = max((r.exit_code() for r in results), default=0)
+    signum = stop.signum if stop is not None else None
+    if signum is not None:
+        # cron and systemd must tell a cut-short run from a complete one (issue #17): the shell's 128 + N.
+        code = 128 + signum
     if o.json:
-        click.echo(json.dumps({"ok": code == 0, "exit": code, "stages": [r.to_json() for r in results]},
-                              ensure_ascii=False, indent=2, default=str))
+        out: dict[str, Any] = {"ok": code == 0, "exit": code, "stages": [r.to_json() for r in results]}
+        if signum is not None:
+            out["interrupted"] = signal.Signals(signum).name
+        click.echo(json.dumps(out, ensure_ascii=False, indent=2, default=str))
         return code
+    if signum is not None:
+        click.echo(f"interrupted by {signal.Signals(signum).name}: stopped after the current item; the rest waits "
+                   f"for the next run (exit {code})", err=True)
     for r in results:
         stats = ", ".join(f"{k} {v}" for k, v in r.stats.items() if not isinstance(v, (list, dict)) or v)
         state = "ok" if r.ok else ("FAILED" if r.error else "done with problems")
@@ -298,8 +320,9 @@ def sync(ctx: click.Context, /, **kw: Any) -> None:
 def fetch(ctx: click.Context, /, **kw: Any) -> None:
     """Read new mail and log each message exactly once."""
     o = _apply(ctx, kw)
-    with _locked_worker(o, signals=True) as w:
-        ctx.exit(_print_results(o, [w.fetch()]))
+    stop = _install_signals()
+    with _locked_worker(o, stop) as w:
+        ctx.exit(_print_results(o, [w.fetch()], stop))
 
 
 @cli.command()
@@ -310,7 +333,9 @@ def fetch(ctx: click.Context, /, **kw: Any) -> None:
 def send(ctx: click.Context, /, dry_run: bool, limit: int | None, **kw: Any) -> None:
     """Queue and send what is due, exactly once each."""
     o = _apply(ctx, kw)
-    with _locked_worker(o, signals=True) as w:
+    stop = _install_signals()
+    # A dry run writes nothing (a read-only log), so it needs no lock and works beside a worker (issue #17).
+    with _locked_worker(o, stop, lock=not dry_run) as w:
         # A real send fetches first and sends only on a fresh inbound view (issue #9).
         results = [w.send(dry_run=True, limit=limit)] if dry_run else w.fetch_and_send(limit=limit)
         res = results[-1]
@@ -321,17 +346,34 @@ def send(ctx: click.Context, /, dry_run: bool, limit: int | None, **kw: Any) -> 
                 click.echo(f"  {what:<10} {d['campaign']}/{d['step']} -> {d['customer']} "
                            f"{d.get('subject') or d.get('reason') or ''}")
             click.echo("dry run: nothing was sent or recorded. Run without --dry-run to send.")
-        ctx.exit(_print_results(o, results))
+        ctx.exit(_print_results(o, results, stop))
 
 
-def _install_signals() -> threading.Event:
+class _StopFlag(threading.Event):
+    """The worker's stop flag, remembering which signal set it (None: none did)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.signum: int | None = None
+
+
+class _Aborted(KeyboardInterrupt):
+    """A second SIGINT/SIGTERM: stop at once (``main`` exits 128 + the signal's number)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _install_signals() -> _StopFlag:
     """SIGINT/SIGTERM set a flag checked between items: the current message finishes, then the worker stops."""
-    stop = threading.Event()
+    stop = _StopFlag()
 
     def handler(signum: int, frame: object) -> None:
         if stop.is_set():
-            raise KeyboardInterrupt
+            raise _Aborted(signum)
         log.warning("stopping after the current item (signal %s); press Ctrl-C again to abort", signum)
+        stop.signum = signum
         stop.set()
 
     if threading.current_thread() is threading.main_thread():
@@ -347,9 +389,10 @@ def _install_signals() -> threading.Event:
 def run(ctx: click.Context, /, once: bool, **kw: Any) -> None:
     """The scheduled worker: intervals from [schedule]; one cycle at a time; stops cleanly on Ctrl-C/SIGTERM."""
     o = _apply(ctx, kw)
-    with _locked_worker(o, signals=True) as w:
-        if once:
-            ctx.exit(_print_results(o, w.run_once()))
+    stop = _install_signals()
+    with _locked_worker(o, stop) as w:
+        if once:  # cut short by a signal: 130 (SIGINT) or 143 (SIGTERM), so cron can tell (issue #17)
+            ctx.exit(_print_results(o, w.run_once(), stop))
         sc = w.ws.cfg.schedule
         log.info("worker started (sync every %s, fetch every %s, send every %s); Ctrl-C to stop",
                  sc.sync_every, sc.fetch_every, sc.send_every)
@@ -577,8 +620,11 @@ def import_(ctx: click.Context, /, file: Path, maps: tuple[str, ...], worksheet:
 
     ws = Workspace.load(o.config)
     column_map = parse_column_map(maps)
-    with _Lock(ws):
-        plan, written = import_file(ws, file, column_map, worksheet=worksheet, dry_run=dry_run)
+    if dry_run:  # reads the export and the sheet only: no lock, so it works while a worker runs (issue #17)
+        plan, written = import_file(ws, file, column_map, worksheet=worksheet, dry_run=True)
+    else:
+        with _Lock(ws):
+            plan, written = import_file(ws, file, column_map, worksheet=worksheet, dry_run=False)
     n_report = write_report(plan, report_path) if report_path else 0
     summary = {"dry_run": dry_run, "add": len(plan.add), "update": len(plan.update), "unchanged": plan.unchanged,
                "rejected": len(plan.rejected), "duplicates": len(plan.duplicates), "written": written,
@@ -600,12 +646,34 @@ def import_(ctx: click.Context, /, file: Path, maps: tuple[str, ...], worksheet:
     ctx.exit(1 if plan.rejected else 0)
 
 
+def _json_requested(argv: list[str] | None) -> bool:
+    """Whether ``--json`` is on the command line (errors before or during parsing must honour it too)."""
+    return "--json" in (sys.argv[1:] if argv is None else argv)
+
+
+def _json_error(code: int, message: str, hint: str | None, kind: str) -> None:
+    click.echo(json.dumps({"ok": False, "exit": code, "error": message, "hint": hint, "kind": kind},
+                          ensure_ascii=False, indent=2))
+
+
+def _usage_failed(e: click.ClickException, argv: list[str] | None) -> NoReturn:
+    """A usage error (unknown verb or option, bad value): click's message on stderr, JSON on stdout with ``--json``.
+
+    Why (issue #17): scripts that pass ``--json`` parse stdout; a usage error
+    used to leave it empty while every other failure printed an object.
+    """
+    code = 2 if isinstance(e, click.UsageError) else e.exit_code
+    if _json_requested(argv):
+        cmd = e.ctx.command_path if isinstance(e, click.UsageError) and e.ctx is not None else "crm-automation"
+        _json_error(code, e.format_message(), f"see `{cmd} --help`", type(e).__name__)
+    e.show()
+    sys.exit(code)
+
+
 def _fail(e: CrmError, argv: list[str] | None) -> NoReturn:
     """Print an error (a JSON object on stdout with ``--json``) and exit with its code."""
-    args = sys.argv[1:] if argv is None else argv
-    if "--json" in args:
-        click.echo(json.dumps({"ok": False, "exit": e.exit_code, "error": str(e), "hint": e.hint,
-                               "kind": type(e).__name__}, ensure_ascii=False, indent=2))
+    if _json_requested(argv):
+        _json_error(e.exit_code, str(e), e.hint, type(e).__name__)
     click.echo(f"error: {e}", err=True)
     if e.hint:
         click.echo(f"hint: {e.hint}", err=True)
@@ -619,8 +687,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
-        e.show()
-        sys.exit(2 if isinstance(e, click.UsageError) else e.exit_code)
+        _usage_failed(e, argv)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
@@ -631,8 +698,9 @@ def main(argv: list[str] | None = None) -> None:
         # still a message and exit 3, never a traceback (issue #9). The traceback is kept at -v.
         log.debug("unexpected OS error", exc_info=True)
         _fail(StorageError.from_os(e.filename or "crm-automation", e, "running the command"), argv)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        signum = e.signum if isinstance(e, _Aborted) else signal.SIGINT
+        click.echo(f"interrupted ({signal.Signals(signum).name})", err=True)
+        sys.exit(128 + signum)
     sys.exit(rv if isinstance(rv, int) else 0)
 

@@ -8,6 +8,8 @@ never in the file: only the *names* of environment variables are.
 from __future__ import annotations
 
 import ipaddress
+import itertools
+import math
 import os
 import re
 import tomllib
@@ -26,6 +28,10 @@ from crm_automation.sheets.status_words import DEFAULT_LANGUAGE, LANGUAGES, expe
 CONFIG_ENV = "CRM_AUTOMATION_CONFIG"
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _WINDOW = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_TIMEOUT = 86_400.0  # a day; socket timeouts overflow the platform's time_t beyond ~1e9 s (issue #17)
+# Keys whose value may be a secret typed in by mistake: their value is never repeated in a message (issue #17).
+SECRET_VALUE_KEYS = frozenset({"password_env"})
 
 
 class _Strict(BaseModel):
@@ -74,6 +80,30 @@ class SheetSection(_Strict):
     delimiter: str | None = None
 
 
+def looks_like_secret(name: str) -> bool:
+    """Whether a ``password_env`` value reads like a password or token rather than a variable's name.
+
+    Why (issue #17): admins put the password itself where its variable's name
+    belongs. Such a value must be refused without being repeated anywhere. A
+    value a variable name cannot be (``-``, ``+``, ``/``, ``=``, spaces, a
+    leading digit...) always counts; so does a valid name with a long part
+    (12+ characters between underscores) that keeps switching between lower
+    case, upper case and digits the way generated secrets do (``Xk9fQ2mZ7pLw``,
+    hex tokens), which ``CRM_IMAP_PASSWORD`` or ``smtpPassword2`` never do.
+    A password of plain lower-case letters is indistinguishable from a name.
+    """
+    if not _ENV_NAME.fullmatch(name):
+        return True
+    for part in name.split("_"):
+        if len(part) < 12:
+            continue
+        kinds = ["d" if c.isdigit() else ("u" if c.isupper() else "l") for c in part]
+        switches = sum(a != b for a, b in itertools.pairwise(kinds))
+        if switches * 3 >= len(part):
+            return True
+    return False
+
+
 class _ServerSection(_Strict):
     host: str | None = None
     port: int | None = None
@@ -84,6 +114,36 @@ class _ServerSection(_Strict):
     allow_insecure: bool = False
     ca_file: str | None = None
     timeout: float = 30.0
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, v: int | None) -> int | None:
+        if v is not None and not 1 <= v <= 65535:
+            msg = (f"is {v}, not a TCP port (expected a whole number from 1 to 65535, e.g. 993 for IMAP over SSL, "
+                   f"465 or 587 for SMTP; or leave port out for the usual one)")
+            raise ValueError(msg)
+        return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: float) -> float:
+        if not (math.isfinite(v) and 0 < v <= MAX_TIMEOUT):
+            msg = (f"is {v!r} (expected seconds to wait for the server, more than 0 and at most "
+                   f"{MAX_TIMEOUT:.0f}, e.g. 30)")
+            raise ValueError(msg)
+        return v
+
+    @field_validator("password_env")
+    @classmethod
+    def _password_env(cls, v: str | None) -> str | None:
+        # The value is never put into the message: it may be the password itself (issue #17).
+        if v is not None and looks_like_secret(v):
+            msg = ("is not the name of an environment variable (expected a name such as \"CRM_IMAP_PASSWORD\": "
+                   "letters, digits and _, not starting with a digit). The value is not shown because it looks "
+                   "like a password or token: put the secret in an environment variable and write that "
+                   "variable's NAME here")
+            raise ValueError(msg)
+        return v
 
 
 class MailboxSection(_ServerSection):
@@ -242,13 +302,29 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out.replace("from_", "from")
 
 
+_BOUNDS = {"greater_than": ("more than", "gt"), "greater_than_equal": ("at least", "ge"),
+           "less_than": ("less than", "lt"), "less_than_equal": ("at most", "le")}
+_SECRET_NAMES = ("password", "passwd", "pass", "secret", "token", "api_key", "apikey")
+
+
 def _explain(err: ErrorDetails) -> str:
     kind = err["type"]
     got = err.get("input")
+    loc = err.get("loc", ())
+    last = str(loc[-1]) if loc else ""
     if kind == "missing":
         return "is required but missing"
     if kind == "extra_forbidden":
+        if last.lower() in _SECRET_NAMES:
+            return ("is not a known key: secrets never go in the config file (put the password in an environment "
+                    "variable and name it with password_env, or use oauth2_token_command)")
         return "is not a known key (check the spelling; see config.example.toml)"
+    if last in SECRET_VALUE_KEYS and kind != "value_error":
+        return ("is not the name of an environment variable (expected a name in quotes, such as "
+                "\"CRM_IMAP_PASSWORD\"); the value is not shown because it may be the password itself")
+    if kind in _BOUNDS:
+        words, key = _BOUNDS[kind]
+        return f"is {got!r} (expected a number {words} {err.get('ctx', {}).get(key)})"
     if kind == "literal_error":
         return f"is {got!r} (expected {err['ctx']['expected']})"
     if kind in {"string_type", "int_type", "bool_type", "float_type", "list_type", "model_type", "dict_type"}:
@@ -270,7 +346,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
             hint="pass --config PATH, set CRM_AUTOMATION_CONFIG, or copy config.example.toml to config.toml",
         )
     try:
-        raw = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
+        # utf-8-sig: Notepad and some editors save a byte order mark, which tomllib refuses (issue #17).
+        raw = tomllib.loads(cfg_path.read_text(encoding="utf-8-sig"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{cfg_path}: not valid TOML: {e}") from None
     except UnicodeDecodeError:

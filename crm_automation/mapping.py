@@ -175,6 +175,8 @@ class MappingResult:
     hash, except rows kept with a blanked cell: they have none, so they are
     validated, and their cells reported, again at every sync until fixed.
     ``errors`` reject rows; ``blanked`` are cells emptied in rows that were kept.
+    ``rejected_rows`` counts the rows ``errors`` reject: a row with three bad
+    cells is three errors and one rejected row (issue #17).
     """
 
     customers: Sequence[Customer] = field(default_factory=list)
@@ -184,6 +186,7 @@ class MappingResult:
     rejected_keys: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     blanked: list[BlankedCell] = field(default_factory=list)
+    rejected_rows: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +285,7 @@ class Mapping:
                         cells = cells | blanked[position]
                     for j, reason in sorted(cells.items()):
                         res.errors.append(RowError(data.source, row, headers[j], values[j][position], reason))
+                    res.rejected_rows += 1
                     k = out[key_idx]
                     if k is not None and key_idx not in bad[position]:
                         res.rejected_keys.setdefault(str(k), row)
@@ -292,6 +296,7 @@ class Mapping:
                 if key in seen:
                     res.errors.append(RowError(data.source, row, key_col, key,
                                                f"duplicates the key of row {seen[key]} (the first row wins)"))
+                    res.rejected_rows += 1
                     continue
                 if empty is None:
                     d = dict(zip(names, out, strict=True))
@@ -306,6 +311,7 @@ class Mapping:
             elif key in seen:
                 res.errors.append(RowError(data.source, row, key_col, key,
                                            f"duplicates the key of row {seen[key]} (the first row wins)"))
+                res.rejected_rows += 1
                 continue
             else:
                 res.unchanged[key] = row
@@ -430,11 +436,24 @@ def _read_toml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: file not found", hint="see the mappings/ folder of the example workspace")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: a byte order mark from Notepad is accepted; tomllib alone refuses it (issue #17).
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text (save the file as UTF-8)") from None
+
+
+def _known_region(region: str) -> bool:
+    """Whether phonenumbers has metadata for ``region`` (ISO 3166-1 alpha-2, any case: fieldtypes upper-cases it).
+
+    Why (issue #17): an unknown region made every phone cell fail at ``sync``
+    ("not a phone number") while ``check`` passed the mapping. phonenumbers
+    is imported only for a mapping that sets a region (~0.1 s to import).
+    """
+    import phonenumbers
+
+    return region.upper() in phonenumbers.SUPPORTED_REGIONS
 
 
 def load_mapping(mappings_dir: Path) -> Mapping:
@@ -457,6 +476,11 @@ def load_mapping(mappings_dir: Path) -> Mapping:
             problems.append(f"{path}: fields.{name}: type \"choice\" needs choices = [...]")
         if f.region is not None and f.type is not FieldType.PHONE:
             problems.append(f"{path}: fields.{name}: region applies only to type \"phone\"")
+        elif f.region is not None and not _known_region(f.region):
+            uk = "; the United Kingdom is \"GB\"" if f.region.strip().upper() == "UK" else ""
+            problems.append(f"{path}: fields.{name}.region is {f.region!r}, not a region phonenumbers knows "
+                            f"(expected a two-letter ISO 3166 country code such as \"CN\", \"HK\", \"TW\" or "
+                            f"\"US\"{uk}; numbers without a + country code are read as that country's)")
         strict = f.required or name == m.key
         if f.on_invalid == "blank" and strict:
             what = "the key field" if name == m.key else "a required field"

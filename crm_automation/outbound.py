@@ -358,7 +358,8 @@ class SendPass:
     def run(self, *, dry_run: bool = False, limit: int | None = None) -> StageResult:
         """Queue what is due and send it, exactly once each (``dry_run``: render and report, record nothing)."""
         rec = None if dry_run else self.recover()
-        with recorded(self.ctx, "send-dry-run" if dry_run else "send") as res:
+        # A dry run records nothing, not even its run: it runs lock-free on a read-only log (issue #17).
+        with recorded(self.ctx, "send-dry-run" if dry_run else "send", record=not dry_run) as res:
             if rec is not None:
                 res.problems += rec.problems
                 identity.guard(self.store, self.ws.cfg)  # emptied under a running worker: stop before mailing

@@ -104,25 +104,28 @@ class StageContext:
 
 
 @contextmanager
-def recorded(ctx: StageContext, job: str) -> Iterator[StageResult]:
+def recorded(ctx: StageContext, job: str, *, record: bool = True) -> Iterator[StageResult]:
     """Record one stage in ``runs``; a service that fails stops the stage (``res.error``), not the worker.
 
     The log file is checked first (deleted or replaced under the worker:
     ConfigError, the worker stops). A log that cannot be written
     (StorageError) cannot record the stage either: that is raised.
+    ``record=False`` (dry runs, issue #17): the same handling, and nothing
+    written, so the stage can run on a read-only log beside a worker.
     """
     ctx.store.check_file()
     res = StageResult(job)
-    run_id = ctx.store.start_run(job, ctx.clock.now())
+    run_id = ctx.store.start_run(job, ctx.clock.now()) if record else None
     try:
         yield res
     except ServiceError as e:
         res.error = e
         log.warning("%s stopped: %s", job, e)
     finally:
-        with suppress(StorageError):  # the stage's own error already says the log cannot be written
-            ctx.store.finish_run(run_id, ctx.clock.now(), ok=res.ok, stats=res.stats,
-                                 error=str(res.error) if res.error else ("; ".join(res.problems[:5]) or None))
+        if run_id is not None:
+            with suppress(StorageError):  # the stage's own error already says the log cannot be written
+                ctx.store.finish_run(run_id, ctx.clock.now(), ok=res.ok, stats=res.stats,
+                                     error=str(res.error) if res.error else ("; ".join(res.problems[:5]) or None))
 
 
 class LazyIndex(dict[str, str]):

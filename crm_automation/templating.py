@@ -430,6 +430,11 @@ class Templates:
             headers[k.strip().lower()] = (n, v.strip())
         if "subject" not in headers:
             raise ConfigError(f"{path}: the Subject: header line is required")
+        subject_line, subject = headers["subject"]
+        if not subject:
+            # Sent as is, an empty subject lands in spam folders and reads as a mistake (issue #17).
+            raise ConfigError(f"{path} line {subject_line}: the Subject: header is empty (expected the email's subject "
+                              f"after \"Subject:\", e.g. \"Subject: 您好 {{{{ customer.name }}}}\")")
         return headers, head.count("\n") + 3, body
 
     @staticmethod

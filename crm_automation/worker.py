@@ -40,12 +40,13 @@ class Worker:
 
     def __init__(self, ws: Workspace, *, clock: Clock | None = None, progress: Progress = no_progress,
                  stop: threading.Event | None = None, wait: Callable[[float], bool] | None = None,
-                 store: Store | None = None, accept_new_log: bool = False) -> None:
+                 store: Store | None = None, accept_new_log: bool = False, read_only: bool = False) -> None:
         self.ws = ws
         if store is None:
-            store = ws.open_store()
+            # read_only: dry runs, which take no lock and so must write nothing, not even the marker (issue #17)
+            store = ws.open_store(read_only=read_only)
             try:
-                identity.guard(store, ws.cfg, accept_new=accept_new_log)
+                identity.guard(store, ws.cfg, accept_new=accept_new_log, write=not read_only)
             except CrmError:
                 store.close()
                 raise

@@ -96,9 +96,9 @@ class Workspace:
                 problems += self.templates.check(s.template, fields)
         return problems
 
-    def open_store(self) -> Store:
-        """The activity log."""
-        return Store.open(self.cfg.database)
+    def open_store(self, *, read_only: bool = False) -> Store:
+        """The activity log (``read_only``: for dry runs and ``check``, which take no lock; issue #17)."""
+        return Store.open_readonly(self.cfg.database) if read_only else Store.open(self.cfg.database)
 
     def open_sheet(self) -> SheetSource:
         """The adapter for ``[sheet] source``."""

@@ -1,4 +1,8 @@
-"""Shared fixtures. Server fixtures live in tests/fixtures/ and are loaded here."""
+"""Shared fixtures. Server fixtures live in tests/fixtures/ and are loaded here.
+
+tests/fixtures/core.py also wraps every test (an autouse fixture) so that it leaves loggers, signal handlers,
+the environment and the working folder as it found them (issue #17): the suite runs in random order.
+"""
 
 pytest_plugins = [
     "tests.fixtures.core",

@@ -216,6 +216,67 @@ def _undecodable_error(path: Path, raw: bytes, enc: str, e: UnicodeDecodeError) 
                         f"which {enc} does not allow (expected a file saved as {enc})", hint=hint)
 
 
+_ZIP = b"PK\x03\x04"  # .xlsx, .xlsm, .ods: a zip package
+_OLE2 = bytes.fromhex("d0cf11e0a1b11ae1")  # .xls (Excel 97-2003), and password-protected .xlsx
+
+
+def _not_csv(path: Path, raw: bytes) -> ServiceError | None:
+    """A workbook saved under a ``.csv`` name or configured as ``source = "csv"`` (issue #17).
+
+    Decided by the file's first bytes (its signature), not by its name:
+    read as text, such a file used to fail as "neither UTF-8 nor GBK" or
+    yield a header row of binary garbage, and the user saw no reason.
+    """
+    if raw.startswith(_ZIP):
+        what = "an Excel workbook (.xlsx) or another zip package"
+    elif raw.startswith(_OLE2):
+        what = "an Excel 97-2003 workbook (.xls) or an encrypted workbook"
+    else:
+        return None
+    return ServiceError(f"{path}: the file is {what}, not CSV text ([sheet] source = \"csv\")",
+                        hint="set [sheet] source = \"excel\" in config.toml to read it as a workbook, or save the "
+                             "sheet as \"CSV UTF-8\"")
+
+
+def _csv_error(path: Path, e: csv.Error, line: int) -> ServiceError:
+    """A CSV syntax error, naming the line of the file where the reader stopped (issue #17)."""
+    return ServiceError(f"{path} line {line}: not readable as CSV: {e} (expected comma-, semicolon- or "
+                        f"tab-separated text, quotes closed on each cell)",
+                        hint="open the file in a spreadsheet program and save it again as \"CSV UTF-8\"")
+
+
+def _unclosed_quote(path: Path, text: str, delim: str, grid: list[list[str]]) -> ServiceError | None:
+    """A quote opened in the last record and never closed: it swallows the rest of the file (issue #17).
+
+    Python's csv reader (not strict) ends such a cell at the end of the file
+    without a word, so every row after the stray quote would silently be one
+    cell, and sync would take those customers for removed. Only a last record
+    whose cells span lines is looked at again, in strict mode, so the common
+    file costs one scan of its last row.
+    """
+    if not grid or not any("\n" in v or "\r" in v for v in grid[-1]):
+        return None
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delim)
+    start = 1
+    for rows, _ in enumerate(reader, start=1):  # find the line where the last record starts
+        if rows == len(grid):
+            break
+        start = reader.line_num + 1
+    lines = io.StringIO(text, newline="").readlines()  # split as the reader splits: \n, \r\n or \r
+    tail = "".join(lines[start - 1:])
+    try:
+        list(csv.reader(io.StringIO(tail, newline=""), delimiter=delim, strict=True))
+    except csv.Error:
+        end = len(lines)
+        return ServiceError(
+            f"{path} line {start}: a quoted cell starts in this row and its closing quote is missing, so lines "
+            f"{start}-{end} (the rest of the file) would read as one cell (expected a \" at the end of the "
+            f"cell; a quote inside a cell is written twice: \"\")",
+            hint="fix the quote in that row (a text editor shows it), or save the sheet again from a spreadsheet "
+                 "program")
+    return None
+
+
 def _detect_delimiter(text: str) -> str:
     """The delimiter most frequent in the header line, outside quotes; ``,`` by default."""
     counts = dict.fromkeys([",", ";", "\t"], 0)
@@ -279,13 +340,20 @@ class CsvSource:
                                hint="check [sheet] path, and that the shared drive is mounted") from None
         except OSError as e:
             raise ServiceError(f"{self.path}: cannot read the sheet file: {e.strerror or e}") from None
+        wrong = _not_csv(self.path, raw)
+        if wrong is not None:
+            raise wrong
         text, enc = self._decode(raw)
         delim = self._delimiter or _detect_delimiter(text)
         newline = "\r\n" if "\r\n" in text[:65536] else "\n"
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delim)
         try:
-            grid = list(csv.reader(io.StringIO(text, newline=""), delimiter=delim))
+            grid = list(reader)
         except csv.Error as e:
-            raise ServiceError(f"{self.path}: not readable as CSV: {e}") from None
+            raise _csv_error(self.path, e, reader.line_num) from None
+        unclosed = _unclosed_quote(self.path, text, delim, grid)
+        if unclosed is not None:
+            raise unclosed
         return grid, enc, delim, newline, version
 
     def _decode(self, raw: bytes) -> tuple[str, str]:

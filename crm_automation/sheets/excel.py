@@ -59,6 +59,68 @@ from crm_automation.sheets.grid import (
     plan_writeback,
 )
 
+_ZIP = b"PK\x03\x04"
+_OLE2 = bytes.fromhex("d0cf11e0a1b11ae1")
+_SNIFF = 65536
+
+
+def _text_kind(head: bytes) -> str | None:
+    """What a file that is not a workbook holds, judged on its first bytes: HTML, XML, CSV text, or None.
+
+    Why (issue #17): exports from web systems are often an HTML table, or
+    CSV text, saved with an .xls/.xlsx name; calamine then says only "invalid
+    Zip archive", and the admin cannot tell that ``source = "csv"`` (or a
+    save as .xlsx) is the way out.
+    """
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        text = head.decode("utf-16", errors="ignore")
+    elif b"\x00" in head:
+        return None
+    else:
+        for enc in ("utf-8-sig", "gb18030"):
+            try:
+                text = head.decode(enc)
+                break
+            except UnicodeDecodeError as e:
+                if e.start > len(head) - 4:  # a character cut by the sample's end
+                    text = head[:e.start].decode(enc, errors="ignore")
+                    break
+        else:
+            return None
+    start = text.lstrip("\ufeff \t\r\n")[:4096].lower()
+    if any(c < " " and c not in "\t\r\n" for c in start):  # control bytes: binary that happened to decode
+        return None
+    if start.startswith(("<html", "<!doctype html", "<table", "<meta")) or "<table" in start:
+        return "html"
+    if start.startswith("<?xml"):
+        return "xml"
+    return "text"
+
+
+def _not_a_workbook(path: Path, e: CalamineError) -> ServiceError:
+    """The file calamine refused: say what it is instead, and which setting reads it (issue #17)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(_SNIFF)
+    except OSError:
+        head = _ZIP
+    kind = None if head.startswith((_ZIP, _OLE2)) else ("empty" if not head else _text_kind(head))
+    if kind == "text":
+        return ServiceError(f"{path}: the file is text (CSV), not an Excel workbook ([sheet] source = \"excel\")",
+                            hint="set [sheet] source = \"csv\" in config.toml to read it as CSV, or open it in "
+                                 "Excel and save it as .xlsx")
+    if kind == "html":
+        return ServiceError(f"{path}: the file is a web page (an HTML table saved with a spreadsheet's name), not "
+                            f"an Excel workbook", hint="open it in Excel and save it as .xlsx (\"Excel Workbook\")")
+    if kind == "xml":
+        return ServiceError(f"{path}: the file is XML (e.g. \"XML Spreadsheet 2003\"), not an .xlsx workbook",
+                            hint="open it in Excel and save it as .xlsx (\"Excel Workbook\")")
+    if kind == "empty":
+        return ServiceError(f"{path}: the file is empty (0 bytes; expected an Excel workbook)",
+                            hint="the sheet may still be copying to the shared drive; otherwise restore it")
+    return ServiceError(f"{path}: not a readable Excel workbook ({type(e).__name__}: {e})",
+                        hint="open it in Excel and save it again as .xlsx")
+
 
 class _Postponed(Exception):  # noqa: N818 - internal signal, never escapes this module
     def __init__(self, reason: str) -> None:
@@ -98,8 +160,7 @@ class ExcelSource:
         except OSError as e:
             raise ServiceError(f"{self.path}: cannot read the sheet file: {e.strerror or e}") from None
         except CalamineError as e:
-            raise ServiceError(f"{self.path}: not a readable Excel workbook ({type(e).__name__}: {e})",
-                               hint="open it in Excel and save it again as .xlsx") from None
+            raise _not_a_workbook(self.path, e) from None
         names = list(wb.sheet_names)
         title = self.worksheet or (names[0] if names else None)
         if title is None:

@@ -96,9 +96,11 @@ class SheetSession:
             last = self.store.sheet_state(self.sheet.name)
             if fp is not None and last is not None and last.fingerprint == fp:
                 # The file's bytes and the mapping are as they were at the last complete sync: nothing to do.
+                # Rejected ROWS, not problems: a row with three bad cells is one (issue #17).
+                rejected = last.rejected if last.rejected is not None else len(last.problems)
                 res.stats = {"rows": last.rows, "added": 0, "changed": 0,
-                             "unchanged": max(last.rows - len(last.problems), 0), "removed": 0,
-                             "rejected": len(last.problems), "note": "sheet unchanged since the last sync"}
+                             "unchanged": max(last.rows - rejected, 0), "removed": 0,
+                             "rejected": rejected, "note": "sheet unchanged since the last sync"}
                 res.problems += last.problems
                 res.notes += last.notes
                 if last.notes:
@@ -135,7 +137,8 @@ class SheetSession:
             # "unchanged" counts rows whose cells are as at the last sync (not the rejected rows kept present).
             # Rows that come back (a wiped sheet restored) count as added, and are shown apart too (issue #9).
             res.stats = {"rows": n_rows, "added": stats.added + stats.returned, "changed": stats.changed,
-                         "unchanged": len(result.unchanged), "removed": stats.removed, "rejected": len(result.errors)}
+                         "unchanged": len(result.unchanged), "removed": stats.removed,
+                         "rejected": result.rejected_rows}  # rows, not bad cells (issue #17)
             if stats.returned:
                 res.stats["returned"] = stats.returned
             if relinked:
@@ -144,7 +147,8 @@ class SheetSession:
                 # Reported at every sync until fixed (issue #11): kept with the sheet's state for a skipped
                 # unchanged sheet; their rows have no row hash, so a changed sheet validates them again.
                 res.stats["blanked"] = len(result.blanked)
-            self.store.set_sheet_state(self.sheet.name, fp, n_rows, res.problems, self.ctx.clock.now(), res.notes)
+            self.store.set_sheet_state(self.sheet.name, fp, n_rows, res.problems, self.ctx.clock.now(), res.notes,
+                                       rejected=result.rejected_rows)
             self._synced = (fp, self.version) if fp is not None else None
         return res
 
@@ -194,7 +198,8 @@ class SheetSession:
         if last is None or last.fingerprint != self._synced[0]:
             return
         new = f"{r.fingerprint}:{last.fingerprint.partition(':')[2]}"  # the mapping the rows were validated with
-        self.store.set_sheet_state(self.sheet.name, new, last.rows, last.problems, self.ctx.clock.now(), last.notes)
+        self.store.set_sheet_state(self.sheet.name, new, last.rows, last.problems, self.ctx.clock.now(), last.notes,
+                                   rejected=last.rejected)
         self._synced = (new, r.version)
 
     def _remember_cells(self, data: SheetData) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from crm_automation.errors import ConfigError, CrmError, ServiceError, StorageError
-from crm_automation.store.migrations import migrate
+from crm_automation.store.migrations import SCHEMA_VERSION, migrate
 
 
 def iso(dt: datetime) -> str:
@@ -172,6 +172,39 @@ class Connection:
         except sqlite3.DatabaseError as e:
             conn.close()
             raise storage_error(p, e, "upgrading") from None
+        return cls(conn, p)
+
+    @classmethod
+    def open_readonly(cls, path: Path | str) -> Self:
+        """Open the log for reading only: dry runs and ``check`` (issue #17).
+
+        Why: a dry run takes no workspace lock, so it can run beside a worker;
+        that is safe only if it writes nothing, and SQLite's read-only mode
+        makes that a guarantee rather than a promise (a write raises). WAL
+        readers never block the worker. A log that does not exist yet reads
+        as an empty new one, in memory (what a first run would start from);
+        one written by an older version is upgraded in a copy in memory, and
+        the file is left as it is.
+        """
+        p = str(path)
+        if p == ":memory:" or not Path(p).is_file():
+            empty = cls.open(":memory:")
+            empty.conn.execute("PRAGMA query_only=ON")  # a write raises here too, not only on a file
+            return empty
+        try:
+            conn = sqlite3.connect(f"{Path(p).resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+                                   timeout=30.0)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]  # a file that is not a database fails here
+            if version != SCHEMA_VERSION:
+                copy = sqlite3.connect(":memory:", isolation_level=None)
+                conn.backup(copy)
+                conn.close()
+                conn = copy
+                migrate(conn)
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA query_only=ON")
+        except sqlite3.DatabaseError as e:
+            raise storage_error(p, e, "opening") from None
         return cls(conn, p)
 
     def close(self) -> None:

@@ -49,13 +49,16 @@ class SheetState:
     """What the last complete sync of a sheet recorded: its digest, and what it reported.
 
     ``notes`` are the cells kept blank (issue #11), reported again when an
-    unchanged sheet is skipped.
+    unchanged sheet is skipped; ``rejected`` the rows the problems rejected
+    (issue #17: a row with several bad cells is one), None when recorded by
+    an earlier version.
     """
 
     fingerprint: str
     rows: int
     problems: tuple[str, ...]
     notes: tuple[str, ...]
+    rejected: int | None = None
 
 
 def update_email_status(conn: Guarded, key: str, status: str) -> None:
@@ -201,7 +204,8 @@ class CustomerLog(Connection):
         """What the last complete sync of ``source`` recorded, or None (never synced, or forgotten).
 
         The ``problems`` column holds a JSON list of problems, or an object
-        with both lists when there are notes.
+        with both lists (and ``rejected``, the rows they reject) when there
+        are notes or a count.
         """
         row = self.conn.execute("SELECT fingerprint, rows, problems FROM sheet_state WHERE source = ?",
                                 (source,)).fetchone()
@@ -209,18 +213,23 @@ class CustomerLog(Connection):
             return None
         saved = json.loads(row[2] or "[]")
         if isinstance(saved, dict):
-            return SheetState(row[0], row[1] or 0, tuple(saved.get("problems", [])), tuple(saved.get("notes", [])))
+            rejected = saved.get("rejected")
+            return SheetState(row[0], row[1] or 0, tuple(saved.get("problems", [])), tuple(saved.get("notes", [])),
+                              rejected if isinstance(rejected, int) else None)
         return SheetState(row[0], row[1] or 0, tuple(saved), ())
 
     def set_sheet_state(self, source: str, fingerprint: str | None, rows: int, problems: Sequence[str],
-                        now: datetime, notes: Sequence[str] | None = None) -> None:
+                        now: datetime, notes: Sequence[str] | None = None, rejected: int | None = None) -> None:
         """Remember the sheet's digest after a complete sync (None forgets it)."""
         with self.transaction():
             if fingerprint is None:
                 self.conn.execute("DELETE FROM sheet_state WHERE source = ?", (source,))
                 return
-            saved: list[str] | dict[str, list[str]] = ({"problems": list(problems), "notes": list(notes)} if notes
-                                                        else list(problems))
+            saved: list[str] | dict[str, Any] = list(problems)
+            if notes or rejected is not None:
+                saved = {"problems": list(problems), "notes": list(notes or ())}
+                if rejected is not None:
+                    saved["rejected"] = rejected
             self.conn.execute(
                 "INSERT INTO sheet_state (source, fingerprint, synced_at, rows, problems) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(source) DO UPDATE SET fingerprint = excluded.fingerprint, "

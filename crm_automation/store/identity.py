@@ -76,8 +76,12 @@ def write_marker(path: Path, marker: Marker) -> None:
                            hint=f"make {path.parent} writable by the user running crm-automation") from None
 
 
-def guard(store: Store, cfg: Config, *, accept_new: bool = False) -> None:
-    """Check that ``store`` is this workspace's log (see the module docstring); raise ConfigError if not."""
+def guard(store: Store, cfg: Config, *, accept_new: bool = False, write: bool = True) -> None:
+    """Check that ``store`` is this workspace's log (see the module docstring); raise ConfigError if not.
+
+    ``write=False`` (dry runs and ``check``, which take no lock, issue #17)
+    checks the same and leaves the marker as it is.
+    """
     path = marker_path(cfg)
     marker = read_marker(path)
     current = Marker(store.log_id(), str(cfg.database), store.sent_count())
@@ -85,11 +89,13 @@ def guard(store: Store, cfg: Config, *, accept_new: bool = False) -> None:
         if marker is not None and (marker.log_id != current.log_id or current.sent < marker.sent):
             log.warning("%s: accepting %s as this workspace's log (--accept-new-log); the previous log had "
                         "sent %d message(s)", path, cfg.database, marker.sent)
-        write_marker(path, current)
+        if write:
+            write_marker(path, current)
         return
     if marker.log_id != current.log_id:
         if marker.sent == 0:
-            write_marker(path, current)  # the old log never mailed anyone: nothing can be sent twice
+            if write:
+                write_marker(path, current)  # the old log never mailed anyone: nothing can be sent twice
             return
         raise ConfigError(
             f"{cfg.database}: this is not the activity log this workspace was using (the workspace's log had "

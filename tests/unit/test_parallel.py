@@ -34,6 +34,19 @@ ODD = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _no_helper_outlives_its_test():
+    """Each test starts and ends with no helper of this process running (issue #17: random order).
+
+    A test that stops reading early (``break``) leaves its helpers to exit on
+    their own a moment later; the next test's "no process was started" check
+    then saw them, depending on which test ran before it.
+    """
+    gone_within(lambda: not helper_pids(os.getpid()))
+    yield
+    gone_within(lambda: not helper_pids(os.getpid()))
+
+
 def corpus() -> list[bytes]:
     return [p.read_bytes() for p in sorted(CORPUS.rglob("*.eml"))] + ODD
 
