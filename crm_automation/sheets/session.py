@@ -12,6 +12,10 @@ since — so write-back reuses the sync's read where it may:
   the write follows the sync directly and places cells by that read.
 * **Write-back** compares what it would write with what the cells show, so
   an up-to-date sheet is not written at all.
+* **A bad sheet fails the sync stage only** (issue #17): a missing or renamed
+  required column, a missing worksheet, or a file that cannot be read, is
+  the sync's ``error``; :attr:`SheetSession.error` keeps it until a sync succeeds, and
+  the worker holds sending and write-back meanwhile (fetch goes on).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
+from crm_automation.errors import ConfigError, CrmError, DataError
 from crm_automation.models import SheetData
 from crm_automation.sheets.base import SheetSource, WriteResult
 from crm_automation.sheets.grid import cell_text, norm_key
@@ -69,6 +74,7 @@ class SheetSession:
         self._appended: set[str] = set()  # senders appended to the sheet since that read
         # key -> write-back column -> text, as read (or a function building it: see _remember_cells)
         self._cells: dict[str, dict[str, str]] | Callable[[], dict[str, dict[str, str]]] | None = None
+        self.error: CrmError | None = None  # why the last sync failed; None once one succeeds
 
     @property
     def sheet(self) -> SheetSource:
@@ -90,60 +96,77 @@ class SheetSession:
         worker relinks mail logged before they were customers, issue #9).
         """
         with recorded(self.ctx, "sync") as res:
-            fp = self._fingerprint()
-            last = self.store.sheet_state(self.sheet.name)
-            if fp is not None and last is not None and last.fingerprint == fp:
-                # The file's bytes and the mapping are as they were at the last complete sync: nothing to do.
-                res.stats = {"rows": last.rows, "added": 0, "changed": 0,
-                             "unchanged": max(last.rows - len(last.problems), 0), "removed": 0,
-                             "rejected": len(last.problems), "note": "sheet unchanged since the last sync"}
-                res.problems += last.problems
-                res.notes += last.notes
-                if last.notes:
-                    res.stats["blanked"] = len(last.notes)
-                known = self._synced[1] if self._synced is not None and self._synced[0] == fp else None
-                self._synced = (fp, known)
-                return res
-            with gc_paused(), ThreadPoolExecutor(1, thread_name_prefix="sheet-read") as pool:
-                # The read runs beside the log's row digests and the validators' set-up: calamine
-                # parses without holding the GIL, and Google's answer is network time.
-                reading = pool.submit(self.sheet.read)
-                previous = self.store.row_hashes()
-                self.ws.mapping.prepare()
-                data = reading.result()
-                self._fresh_read = True
-                self._keys = data.column(self.ws.mapping.fields[self.ws.mapping.key].column)
-                self._appended = set()
-                self.version = data.version
-                self._remember_cells(data)
-                result = self.ws.mapping.apply(data, previous, blank_invalid=True)
-                keep = dict(result.unchanged)
-                for k, r in result.rejected_keys.items():
-                    keep.setdefault(k, r)
-                n_rows, source_name = len(data), data.source
-                del data  # the rows are mapped: free them before the log's bulk insert (100,000 rows ~ 150 MB)
-                stats = self.store.apply_sync(source_name, result.customers, keep, result.hashes,
-                                              self.ctx.clock.now())
-            relinked = after_added() if after_added is not None and (stats.added or stats.returned) else 0
-            res.problems += [str(e) for e in result.errors]
-            res.notes += [str(b) for b in result.blanked]
-            for w in result.warnings:
-                log.warning("%s", w)
-            # "unchanged" counts rows whose cells are as at the last sync (not the rejected rows kept present).
-            # Rows that come back (a wiped sheet restored) count as added, and are shown apart too (issue #9).
-            res.stats = {"rows": n_rows, "added": stats.added + stats.returned, "changed": stats.changed,
-                         "unchanged": len(result.unchanged), "removed": stats.removed, "rejected": len(result.errors)}
-            if stats.returned:
-                res.stats["returned"] = stats.returned
-            if relinked:
-                res.stats["earlier_mail_linked"] = relinked
-            if result.blanked:
-                # Reported at every sync until fixed (issue #11): kept with the sheet's state for a skipped
-                # unchanged sheet; their rows have no row hash, so a changed sheet validates them again.
-                res.stats["blanked"] = len(result.blanked)
-            self.store.set_sheet_state(self.sheet.name, fp, n_rows, res.problems, self.ctx.clock.now(), res.notes)
-            self._synced = (fp, self.version) if fp is not None else None
+            self._sync(res, after_added)
+        self.error = res.error
         return res
+
+    def _failed(self, res: StageResult, e: CrmError) -> None:
+        """The sheet stops this sync: recorded as its error; the worker goes on (issue #17)."""
+        res.error = e
+        log.warning("sync stopped: %s", e)
+
+    def _sync(self, res: StageResult, after_added: Callable[[], int] | None) -> None:
+        try:
+            fp = self._fingerprint()
+        except (ConfigError, DataError) as e:  # a sheet that cannot be opened as configured (a worksheet gone)
+            self._failed(res, e)
+            return
+        last = self.store.sheet_state(self.sheet.name)
+        if fp is not None and last is not None and last.fingerprint == fp:
+            # The file's bytes and the mapping are as they were at the last complete sync: nothing to do.
+            res.stats = {"rows": last.rows, "added": 0, "changed": 0,
+                         "unchanged": max(last.rows - len(last.problems), 0), "removed": 0,
+                         "rejected": len(last.problems), "note": "sheet unchanged since the last sync"}
+            res.problems += last.problems
+            res.notes += last.notes
+            if last.notes:
+                res.stats["blanked"] = len(last.notes)
+            known = self._synced[1] if self._synced is not None and self._synced[0] == fp else None
+            self._synced = (fp, known)
+            return
+        with gc_paused(), ThreadPoolExecutor(1, thread_name_prefix="sheet-read") as pool:
+            # The read runs beside the log's row digests and the validators' set-up: calamine
+            # parses without holding the GIL, and Google's answer is network time.
+            reading = pool.submit(self.sheet.read)
+            previous = self.store.row_hashes()
+            self.ws.mapping.prepare()
+            try:
+                data = reading.result()
+                result = self.ws.mapping.apply(data, previous, blank_invalid=True)
+            except (ConfigError, DataError) as e:  # a required column renamed or deleted (issue #17)
+                self._failed(res, e)
+                return
+            self._fresh_read = True
+            self._keys = data.column(self.ws.mapping.fields[self.ws.mapping.key].column)
+            self._appended = set()
+            self.version = data.version
+            self._remember_cells(data)
+            keep = dict(result.unchanged)
+            for k, r in result.rejected_keys.items():
+                keep.setdefault(k, r)
+            n_rows, source_name = len(data), data.source
+            del data  # the rows are mapped: free them before the log's bulk insert (100,000 rows ~ 150 MB)
+            stats = self.store.apply_sync(source_name, result.customers, keep, result.hashes,
+                                          self.ctx.clock.now())
+        relinked = after_added() if after_added is not None and (stats.added or stats.returned) else 0
+        res.problems += [str(e) for e in result.errors]
+        res.notes += [str(b) for b in result.blanked]
+        for w in result.warnings:
+            log.warning("%s", w)
+        # "unchanged" counts rows whose cells are as at the last sync (not the rejected rows kept present).
+        # Rows that come back (a wiped sheet restored) count as added, and are shown apart too (issue #9).
+        res.stats = {"rows": n_rows, "added": stats.added + stats.returned, "changed": stats.changed,
+                     "unchanged": len(result.unchanged), "removed": stats.removed, "rejected": len(result.errors)}
+        if stats.returned:
+            res.stats["returned"] = stats.returned
+        if relinked:
+            res.stats["earlier_mail_linked"] = relinked
+        if result.blanked:
+            # Reported at every sync until fixed (issue #11): kept with the sheet's state for a skipped
+            # unchanged sheet; their rows have no row hash, so a changed sheet validates them again.
+            res.stats["blanked"] = len(result.blanked)
+        self.store.set_sheet_state(self.sheet.name, fp, n_rows, res.problems, self.ctx.clock.now(), res.notes)
+        self._synced = (fp, self.version) if fp is not None else None
 
     def _fingerprint(self) -> str | None:
         """The file's digest plus the mapping's, for sources that have one (Excel, CSV); None otherwise."""
@@ -219,6 +242,9 @@ class SheetSession:
             if reuse_read and not fresh:
                 res.stats = {"skipped": "the sheet was not read in this cycle; the next sync writes back"}
                 return res
+            if self.error is not None:  # a sheet whose columns no longer fit the mapping is not written (issue #17)
+                res.stats = {"skipped": "the last sync failed; write-back resumes once a sync succeeds"}
+                return res
             if self.version is None or self._cells is None:
                 data = self.sheet.read()
                 self.version = data.version
@@ -274,7 +300,16 @@ class SheetSession:
 
     # ------------------------------------------------------------ new rows
     def add_senders(self, senders: dict[str, str], known: dict[str, str]) -> int:
-        """``new_senders = "add_to_sheet"``: unknown senders become new rows (key and name columns)."""
+        """``new_senders = "add_to_sheet"``: unknown senders become new rows (key and name columns).
+
+        Not while the sheet or the mapping has a problem (issue #17): rows
+        appended by a mapping that no longer fits the sheet would land in the
+        wrong columns. The senders' mail is logged all the same.
+        """
+        if self.error is not None or self.ws.mapping_error is not None:
+            log.warning("not adding %d new sender(s) to the sheet: %s; their mail is logged", len(senders),
+                        "the last sync failed" if self.error is not None else "mappings/customers.toml has a problem")
+            return 0
         m = self.ws.mapping
         ef = self.ws.email_field
         if ef is None or ef != m.key:
