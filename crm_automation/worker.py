@@ -18,9 +18,9 @@ mappings are reloaded when they changed (:meth:`Workspace.refresh`), the
 templates are checked and compiled again by each send pass. What a stage
 needs and cannot have holds that stage alone, recorded with why: a broken
 ``customers.toml`` holds sync, send and write-back; a broken
-``campaigns.toml`` holds send; a failed sync (a renamed column, a sheet
-that cannot be read) holds send and write-back until a sync succeeds.
-Fetch always runs, so replies, bounces and unsubscribes are logged.
+``campaigns.toml`` holds send; a failed sync (a renamed column, a mapping
+key the log was not built on) holds send and write-back until a sync
+succeeds. Fetch always runs, so replies, bounces and unsubscribes are logged.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from crm_automation.errors import ConfigError, CrmError, ServiceError
 from crm_automation.inbound import InboundPass, InboundPolicy
 from crm_automation.outbound import SendPass
 from crm_automation.planner import CustomerView, PlannedSend
-from crm_automation.sheets.session import SheetSession
+from crm_automation.rekey import key_change
+from crm_automation.sheets.session import Rekeyed, SheetSession
 from crm_automation.stage import Progress, StageContext, StageResult, address_index, held, no_progress
 from crm_automation.store import identity
 from crm_automation.workspace import Clock, Workspace
@@ -77,7 +78,7 @@ class Worker:
             self.inbound.policy = InboundPolicy.of(self.ws)  # the addresses are read from the mapping's email fields
 
     def send_hold(self) -> tuple[CrmError, str] | None:
-        """Why sending must wait now, or None: an edited mapping that cannot be loaded, a failed sync.
+        """Why sending must wait now, or None: an edited mapping that cannot be loaded, a changed key, a failed sync.
 
         A failed sync holds sending as a failed fetch does (issue #9, #17): the
         log may not show the sheet as it is (a row deleted, a stage changed),
@@ -88,6 +89,10 @@ class Worker:
             return ws.mapping_error, f"{ws.mapping.path.name} cannot be loaded"
         if ws.campaigns_error is not None:
             return ws.campaigns_error, "campaigns.toml cannot be loaded"
+        recorded_key = self.store.key_field()
+        changed = key_change(recorded_key, ws.mapping)
+        if changed is not None and self.store.has_customers():
+            return changed, f"the mapping's key changed from {recorded_key} to {ws.mapping.key}"
         e = self.session.error
         if e is None:
             return None
@@ -150,6 +155,10 @@ class Worker:
         if self.ws.mapping_error is not None:
             return held(self.ctx, "writeback", self.ws.mapping_error, f"{self.ws.mapping.path} cannot be loaded")
         return self.session.writeback(reuse_read=reuse_read)
+
+    def rekey(self, *, dry_run: bool = False) -> Rekeyed:
+        """Move the log to the mapping's new key, from the sheet (``rekey``; issue #17)."""
+        return self.session.rekey(dry_run=dry_run)
 
     def plan(self, *, record: bool = True) -> list[PlannedSend]:
         """What is due now (pure planning over the log)."""

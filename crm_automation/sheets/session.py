@@ -13,8 +13,9 @@ since — so write-back reuses the sync's read where it may:
 * **Write-back** compares what it would write with what the cells show, so
   an up-to-date sheet is not written at all.
 * **A bad sheet fails the sync stage only** (issue #17): a missing or renamed
-  required column, a missing worksheet, or a file that cannot be read, is
-  the sync's ``error``; :attr:`SheetSession.error` keeps it until a sync succeeds, and
+  required column, a missing worksheet, a file that cannot be read, or a
+  mapping key that is not the one the log was built on, is the sync's
+  ``error``; :attr:`SheetSession.error` keeps it until a sync succeeds, and
   the worker holds sending and write-back meanwhile (fetch goes on).
 """
 
@@ -25,15 +26,18 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from crm_automation.errors import ConfigError, CrmError, DataError
 from crm_automation.models import SheetData
+from crm_automation.rekey import RekeyPlan, infer_key_field, key_change, plan_rekey
 from crm_automation.sheets.base import SheetSource, WriteResult
 from crm_automation.sheets.grid import cell_text, norm_key
 from crm_automation.stage import StageContext, StageResult, recorded
+from crm_automation.store.customers import RekeyCounts
 from crm_automation.workspace import Workspace
 
 log = logging.getLogger("crm_automation")
@@ -101,11 +105,33 @@ class SheetSession:
         return res
 
     def _failed(self, res: StageResult, e: CrmError) -> None:
-        """The sheet stops this sync: recorded as its error; the worker goes on (issue #17)."""
+        """The sheet (or the key) stops this sync: recorded as its error; the worker goes on (issue #17)."""
         res.error = e
         log.warning("sync stopped: %s", e)
 
+    def _key_problem(self) -> ConfigError | None:
+        """The mapping's key must be the field the log's customers are keyed by (issue #17, :mod:`rekey`).
+
+        A log that has recorded none yet adopts one now: the mapping's key
+        for a new log, the field its keys were built from for an older one.
+        """
+        current = self.ws.mapping.key
+        recorded_key = self.store.key_field()
+        if recorded_key is None:
+            adopted = infer_key_field(current, self.store.customers(present_only=False).values()) \
+                if self.store.has_customers() else current
+            self.store.set_key_field(adopted)
+            recorded_key = adopted
+        elif recorded_key != current and not self.store.has_customers():
+            self.store.set_key_field(current)  # nobody recorded yet: nothing is keyed by the old field
+            recorded_key = current
+        return key_change(recorded_key, self.ws.mapping)
+
     def _sync(self, res: StageResult, after_added: Callable[[], int] | None) -> None:
+        problem = self._key_problem()
+        if problem is not None:
+            self._failed(res, problem)
+            return
         try:
             fp = self._fingerprint()
         except (ConfigError, DataError) as e:  # a sheet that cannot be opened as configured (a worksheet gone)
@@ -336,3 +362,62 @@ class SheetSession:
         n = self.sheet.append_rows(rows)
         self._appended.update(r[key_col] for r in rows)
         return n
+
+    # ------------------------------------------------------------ re-key
+    def rekey(self, *, dry_run: bool = False) -> Rekeyed:
+        """Move every customer's history to the key the mapping now names, from the sheet (issue #17).
+
+        Plans with :func:`~crm_automation.rekey.plan_rekey` (every conflict
+        listed, nothing changed: a ConfigError) and applies the plan in one
+        transaction of the log; ``dry_run`` counts what would move. A log
+        already keyed by the mapping's key has nothing to do.
+        """
+        recorded_key = self.store.key_field()
+        current = self.ws.mapping.key
+        if recorded_key is None or recorded_key == current:
+            return Rekeyed(recorded_key or current, current, dry_run, None, None)
+        data = self.sheet.read()
+        plan = plan_rekey(recorded_key, self.ws.mapping, data, self.store.customers(present_only=False))
+        if plan.problems:
+            raise ConfigError.collect(
+                [f"rekey refused: {p}" for p in plan.problems],
+                hint=f"fix these rows in {data.source} (or the mapping), then run `crm-automation rekey --dry-run` "
+                     "again; nothing was changed")
+        moves = [(m.old, m.new, m.value) for m in plan.moves]
+        if dry_run:
+            return Rekeyed(recorded_key, current, True, plan, self.store.rekey(moves, current, dry_run=True))
+        stats: dict[str, Any] = {"from": recorded_key, "to": current, "customers": len(plan.moves)}
+        run_id = self.store.start_run("rekey", self.ctx.clock.now())
+        try:
+            counts = self.store.rekey(moves, current)
+        except CrmError as e:  # rolled back: the log is as it was; the run says why
+            with suppress(CrmError):
+                self.store.finish_run(run_id, self.ctx.clock.now(), ok=False, stats=stats, error=str(e))
+            raise
+        self.store.finish_run(run_id, self.ctx.clock.now(), ok=True, error=None,
+                              stats={**stats, "rows": counts.tables})
+        self._synced = None
+        log.info("re-keyed %d customer(s) from %s to %s", len(plan.moves), recorded_key, current)
+        return Rekeyed(recorded_key, current, False, plan, counts)
+
+
+@dataclass(frozen=True, slots=True)
+class Rekeyed:
+    """What ``rekey`` did (or, with ``dry_run``, would do); ``plan`` is None when there was nothing to do."""
+
+    old_field: str
+    new_field: str
+    dry_run: bool
+    plan: RekeyPlan | None
+    counts: RekeyCounts | None
+
+    def to_json(self) -> dict[str, Any]:
+        """Machine-readable form for ``--json``."""
+        out: dict[str, Any] = {"dry_run": self.dry_run, "from": self.old_field, "to": self.new_field,
+                               "needed": self.plan is not None}
+        if self.plan is not None and self.counts is not None:
+            out.update({"matched_by": self.plan.by, "customers": len(self.plan.moves),
+                        "same_key": self.plan.unchanged, "kept_old_key": list(self.plan.kept),
+                        "rows": self.counts.tables,
+                        "moves": [{"old": m.old, "new": m.new, "row": m.row} for m in self.plan.moves]})
+        return out
