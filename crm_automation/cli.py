@@ -602,6 +602,43 @@ def requeue(ctx: click.Context, /, ids: tuple[int, ...], all_uncertain: bool, al
     _finish_with_problems(ctx, o, {"requeued": n, "problems": problems}, f"requeued {n} send(s)", problems)
 
 
+@cli.command()
+@_global
+@click.option("--dry-run", is_flag=True, help="show how each customer would be re-keyed; change nothing")
+@click.pass_context
+def rekey(ctx: click.Context, /, dry_run: bool, **kw: Any) -> None:
+    """After the mapping's key changed: give each customer its new key from the sheet, history kept. Try --dry-run."""
+    o = _apply(ctx, kw)
+    if dry_run:  # reads only: no lock, like preview
+        w = _worker(o, Workspace.load(o.config))
+        try:
+            result = w.rekey(dry_run=True)
+        finally:
+            w.close()
+    else:
+        with _locked_worker(o) as w:
+            result = w.rekey()
+
+    def human() -> None:
+        if result.plan is None or result.counts is None:
+            click.echo(f"nothing to re-key: the log's customers are keyed by {result.new_field}, as the mapping")
+            return
+        plan = result.plan
+        verb = "would re-key" if dry_run else "re-keyed"
+        click.echo(f"{verb} {len(plan.moves)} customer(s) from {plan.old_field} to {plan.new_field}, matched by "
+                   f"{plan.by}; rows: " + ", ".join(f"{t} {n}" for t, n in result.counts.tables.items()))
+        for m in plan.moves[:20]:
+            click.echo(f"  row {m.row}: {m.old} -> {m.new}")
+        if len(plan.moves) > 20:
+            click.echo(f"  ... and {len(plan.moves) - 20} more")
+        if plan.kept:
+            click.echo(f"{len(plan.kept)} customer(s) no longer in the sheet keep their old key")
+        if dry_run:
+            click.echo("dry run: nothing was changed. Run without --dry-run to re-key (stop the worker first).")
+
+    _emit(o, result.to_json(), human)
+
+
 @cli.command("import")
 @_global
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))

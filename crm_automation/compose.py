@@ -63,6 +63,15 @@ class Composer:
         self.mailto = _mailto_address(parseaddr(ob.unsubscribe_mailto or ob.from_)[1])
         self._defaults: Templates | None = None
 
+    def refresh(self) -> None:
+        """Once a send pass: forget compiled templates whose files changed on disk (issue #17).
+
+        The owner notification (the workspace's own ``_owner_notification``)
+        is not a campaign template, so the pass's checks do not see it; this
+        makes its edits count too. The package's default never changes.
+        """
+        self.templates.revalidate()
+
     def message_id(self) -> str:
         """A new, unique Message-ID on the sender's domain (SPEC §10)."""
         return f"<crm.{uuid.uuid4().hex}@{self.domain}>"

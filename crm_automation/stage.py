@@ -128,6 +128,19 @@ def recorded(ctx: StageContext, job: str, *, record: bool = True) -> Iterator[St
                                      error=str(res.error) if res.error else ("; ".join(res.problems[:5]) or None))
 
 
+def held(ctx: StageContext, job: str, error: CrmError, note: str) -> StageResult:
+    """A stage that did not run, recorded in ``runs`` with why (issue #17: sending waits for a fixed sheet).
+
+    The worker holds a stage when something it depends on failed or cannot
+    be loaded (the fetch, the sync, an edited mapping); ``error`` says what
+    and decides the exit status; ``note`` is the short reason in the stats.
+    """
+    with recorded(ctx, job) as res:
+        res.stats = {"note": f"held: {note}"}
+        res.error = error
+    return res
+
+
 class LazyIndex(dict[str, str]):
     """address -> customer key, loaded on first use: a poll that finds no mail never decodes the customers."""
 

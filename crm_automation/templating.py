@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import logging
 import re
 import signal
@@ -30,6 +31,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import date, datetime
 from email.utils import formatdate, parseaddr
@@ -41,6 +43,7 @@ from zoneinfo import ZoneInfo
 import jinja2
 from jinja2 import meta, nodes
 from jinja2.filters import do_center, do_format, do_indent
+from jinja2.loaders import split_template_path
 from jinja2.sandbox import SandboxedEnvironment
 
 from crm_automation.addresses import wire_address
@@ -288,6 +291,68 @@ class _Template:
     headers: dict[str, jinja2.Template]
     body: jinja2.Template
     html: jinja2.Template | None
+    files: tuple[tuple[str, str | None], ...] = ()  # (NAME.txt, NAME.html) and their content digests (None: absent)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _file_digest(path: Path) -> str | None:
+    """The digest of a file's bytes; None when it is not there (or cannot be read: it changed, either way)."""
+    try:
+        return _digest(path.read_bytes())
+    except OSError:
+        return None
+
+
+def _current() -> bool:
+    return True
+
+
+class _PassLoader(jinja2.BaseLoader):
+    """Layouts and includes exactly as the last check read them; nothing is read or stat'ed while rendering.
+
+    Why (issue #17): a running worker must render what ``check`` reads. Jinja2's
+    ``FileSystemLoader`` decides whether a compiled layout is current by comparing
+    its mtime at each render: an edit saved within the same timestamp tick (or
+    copied with its mtime kept) is never seen, and every include costs a
+    ``stat`` per message. Here each file's text is kept with the digest of its
+    bytes; :meth:`Templates.check` (each send pass) hands over what it read, and
+    :meth:`Templates.revalidate` drops what changed on disk, then the compiled
+    cache of both environments is cleared. A name not read yet is read from the
+    folder on first use (``split_template_path`` refuses ``..`` as Jinja2 does).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.texts: dict[str, tuple[str, str, str]] = {}  # name -> (text, file name, digest of its bytes)
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Any]:
+        """The text kept for ``template`` (read now if it was never read), and "always up to date"."""
+        got = self.texts.get(template)
+        if got is None:
+            path = self.folder.joinpath(*split_template_path(template))
+            try:
+                data = path.read_bytes() if path.is_file() else None
+            except OSError:
+                data = None
+            if data is None:
+                raise jinja2.TemplateNotFound(template)
+            got = self.texts[template] = (data.decode("utf-8"), str(path), _digest(data))
+        return got[0], got[1], _current
+
+
+@dataclass(frozen=True, slots=True)
+class _Scan:
+    """What :meth:`Templates._scan` found, and the texts it read (so a check compiles exactly those)."""
+
+    top: dict[str, str]
+    fields: dict[str, str]
+    problems: list[str]
+    text: tuple[str, str]  # NAME.txt: (text, digest)
+    html: tuple[str, str] | None  # NAME.html, when there is one
+    refs: dict[str, tuple[Path, str, str]]  # layout/include name -> (path, text, digest)
 
 
 def _format_date(value: object, fmt: str = "%Y-%m-%d", *, tz: ZoneInfo) -> str:
@@ -378,13 +443,22 @@ _FIX_HINT = ("fix the template or this customer's values; `crm-automation previe
 
 
 class Templates:
-    """The workspace's template folder, compiled once per run."""
+    """The workspace's template folder, compiled once and compiled again when a file's content changes.
+
+    A running worker renders exactly what ``check`` reads (issue #17): each send
+    pass calls :meth:`check` for every campaign template, which reads
+    ``NAME.txt``, ``NAME.html`` and every layout and include, and compiles what
+    it read when its content differs from what was compiled; :meth:`revalidate`
+    (also once a pass) drops any other compiled template whose files changed.
+    Content digests rather than mtimes: an edit within the same timestamp tick
+    counts. Rendering itself (:meth:`render`, the send loop) reads no file.
+    """
 
     def __init__(self, folder: Path, tz: ZoneInfo, *, limits: RenderLimits | None = None) -> None:
         self.folder = folder
         self.tz = tz
         self.limits = limits or RenderLimits()
-        loader = jinja2.FileSystemLoader(str(folder), encoding="utf-8")
+        loader = self._loader = _PassLoader(folder)
         self.text_env = _Sandbox(self.limits, loader=loader, undefined=jinja2.StrictUndefined, autoescape=False,
                                  keep_trailing_newline=True)
         self.html_env = _Sandbox(self.limits, loader=loader, undefined=jinja2.StrictUndefined, autoescape=True)
@@ -400,18 +474,22 @@ class Templates:
         return sorted(p.stem for p in self.folder.glob("*.txt") if not p.name.startswith("_"))
 
     @staticmethod
-    def _read(path: Path) -> str:
-        """A template file's text; an unreadable or non-UTF-8 file is a ConfigError naming file and line."""
+    def _read(path: Path) -> tuple[str, str]:
+        """A template file's (text, digest of its bytes); an unreadable or non-UTF-8 file is a ConfigError."""
         try:
             data = path.read_bytes()
         except OSError as e:
             raise ConfigError(f"{path}: cannot be read ({e.strerror or e})") from None
         try:
-            return data.decode("utf-8")
+            return data.decode("utf-8"), _digest(data)
         except UnicodeDecodeError as e:
             line = data.count(b"\n", 0, e.start) + 1
             raise ConfigError(f"{path} line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}; "
                               f"expected UTF-8: save the template as UTF-8)") from None
+
+    def _not_found(self, path: Path) -> ConfigError:
+        return ConfigError(f"{path}: template not found (campaigns refer to templates by file name "
+                           f"without .txt; found: {', '.join(self.names()) or 'none'})")
 
     @staticmethod
     def _split(path: Path, text: str) -> tuple[dict[str, tuple[int, str]], int, str]:
@@ -444,41 +522,109 @@ class Templates:
         return env.template_class.from_code(env, code, env.make_globals(None))
 
     def load(self, name: str) -> _Template:
-        """Compile one template (cached); a missing file or a syntax error is a ConfigError naming file and line."""
-        if name in self._cache:
-            return self._cache[name]
+        """The compiled template (cached); a missing file or a syntax error is a ConfigError naming file and line.
+
+        Reads nothing when it is compiled already: the send loop calls this for
+        every message. What changed on disk is found once a pass by
+        :meth:`check` and :meth:`revalidate`.
+        """
+        t = self._cache.get(name)
+        if t is not None:
+            return t
         path = self.folder / f"{name}.txt"
         if not path.is_file():
-            raise ConfigError(f"{path}: template not found (campaigns refer to templates by file name "
-                              f"without .txt; found: {', '.join(self.names()) or 'none'})")
-        headers, body_line, body = self._split(path, self._read(path))
+            raise self._not_found(path)
         html = self.folder / f"{name}.html"
-        try:
-            compiled = {k: self._compile(self.text_env, v, path, n) for k, (n, v) in headers.items()}
-            body_t = self._compile(self.text_env, body, path, body_line)
-            html_t = self._compile(self.html_env, self._read(html), html) if html.is_file() else None
-        except jinja2.TemplateSyntaxError as e:
-            raise ConfigError(_syntax_problem(e, path)) from None
-        t = _Template(name, str(path), compiled, body_t, html_t)
+        t = self._compile_files(name, self._read(path), self._read(html) if html.is_file() else None)
         self._cache[name] = t
         return t
 
-    def _scan(self, name: str) -> tuple[dict[str, str], dict[str, str], list[str]]:
+    def _compile_files(self, name: str, text: tuple[str, str], html_text: tuple[str, str] | None) -> _Template:
+        """Compile ``NAME.txt`` (and ``NAME.html``) from the texts given; a syntax error is a ConfigError."""
+        path = self.folder / f"{name}.txt"
+        html = self.folder / f"{name}.html"
+        headers, body_line, body = self._split(path, text[0])
+        try:
+            compiled = {k: self._compile(self.text_env, v, path, n) for k, (n, v) in headers.items()}
+            body_t = self._compile(self.text_env, body, path, body_line)
+            html_t = self._compile(self.html_env, html_text[0], html) if html_text is not None else None
+        except jinja2.TemplateSyntaxError as e:
+            raise ConfigError(_syntax_problem(e, path)) from None
+        files = ((str(path), text[1]), (str(html), html_text[1] if html_text is not None else None))
+        return _Template(name, str(path), compiled, body_t, html_t, files)
+
+    def revalidate(self) -> None:
+        """Forget every compiled template, layout and include whose file changed on disk (once a send pass).
+
+        Why (issue #17): a template compiled once used to be rendered until the
+        worker stopped, whatever the admin saved since. Compares digests of the
+        files' bytes, so an edit within the same mtime tick counts too; a
+        template forgotten here is compiled from disk when next used (or by the
+        pass's :meth:`check`).
+        """
+        loader = self._loader
+        stale = [ref for ref, (_, filename, digest) in loader.texts.items() if _file_digest(Path(filename)) != digest]
+        for ref in stale:
+            del loader.texts[ref]
+        if stale:
+            self._forget_compiled()
+        for name, t in list(self._cache.items()):
+            if any(_file_digest(Path(p)) != d for p, d in t.files):
+                del self._cache[name]
+
+    def _forget_compiled(self) -> None:
+        """Drop Jinja2's compiled layouts and includes (they are compiled again from the loader's texts)."""
+        for env in (self.text_env, self.html_env):
+            if env.cache is not None:
+                env.cache.clear()
+
+    def _adopt(self, name: str, scan: _Scan) -> None:
+        """Make what :meth:`check` read the texts rendered from now on: layouts and includes, then the template.
+
+        A template with problems is dropped from the cache (its campaign is held
+        until the fix, which the next pass's check compiles).
+        """
+        loader = self._loader
+        changed = False
+        for ref, (path, text, digest) in scan.refs.items():
+            known = loader.texts.get(ref)
+            if known is None or known[2] != digest:
+                loader.texts[ref] = (text, str(path), digest)
+                changed = changed or known is not None
+        if changed:
+            self._forget_compiled()
+        if scan.problems:
+            self._cache.pop(name, None)
+            return
+        t = self._cache.get(name)
+        html_digest = scan.html[1] if scan.html is not None else None
+        if t is not None and tuple(d for _, d in t.files) == (scan.text[1], html_digest):
+            return
+        try:
+            self._cache[name] = self._compile_files(name, scan.text, scan.html)
+        except ConfigError:
+            self._cache.pop(name, None)
+
+    def _scan(self, name: str) -> _Scan:
         """Walk ``NAME.txt``, ``NAME.html`` and every layout or include they name.
 
         Returns the top-level names and the customer fields used, each with where it is first
         used (``FILE line N``), and the problems met on the way: syntax errors, unknown filters
         and tests (Jinja2 finds those inside a condition only when rendering reaches them),
         missing, unreadable or non-UTF-8 referenced files. A problem in ``NAME.txt`` or
-        ``NAME.html`` themselves raises ConfigError.
+        ``NAME.html`` themselves raises ConfigError. Every text read is returned with its
+        digest, so :meth:`check` compiles exactly what it checked.
         """
         path = self.folder / f"{name}.txt"
-        headers, body_line, body = self._split(path, self._read(path))
+        text = self._read(path)
+        headers, body_line, body = self._split(path, text[0])
         queue: list[tuple[Path, str, _Sandbox]] = [(path, _at_line(v, n), self.text_env) for n, v in headers.values()]
         queue.append((path, _at_line(body, body_line), self.text_env))
         html = self.folder / f"{name}.html"
-        if html.is_file():
-            queue.append((html, self._read(html), self.html_env))
+        html_text = self._read(html) if html.is_file() else None
+        if html_text is not None:
+            queue.append((html, html_text[0], self.html_env))
+        refs: dict[str, tuple[Path, str, str]] = {}
         top: dict[str, str] = {}
         fields: dict[str, str] = {}
         problems: list[str] = []
@@ -520,17 +666,22 @@ class Templates:
                         problems.append(f"{file} line {line}: refers to {ref!r}, which is not a file in {self.folder}")
                     continue
                 try:
-                    queue.append((ref_path, self._read(ref_path), env))
+                    ref_text, ref_digest = self._read(ref_path)
                 except ConfigError as e:
                     problems += e.problems
-        return top, fields, problems
+                    continue
+                queue.append((ref_path, ref_text, env))
+                with suppress(jinja2.TemplateNotFound):  # a name the loader refuses ("..") is never served
+                    split_template_path(ref)
+                    refs[ref] = (ref_path, ref_text, ref_digest)
+        return _Scan(top, fields, problems, text, html_text, refs)
 
     def variables(self, name: str) -> tuple[set[str], set[str]]:
         """(top-level names, customer fields) a template uses, layouts and includes included."""
-        top, fields, problems = self._scan(name)
-        if problems:
-            raise ConfigError.collect(problems)
-        return set(top), set(fields)
+        scan = self._scan(name)
+        if scan.problems:
+            raise ConfigError.collect(scan.problems)
+        return set(scan.top), set(scan.fields)
 
     def check(self, name: str, fields: set[str]) -> list[str]:
         """Every problem that would fail a send of this template, as lines naming file and line; never raises.
@@ -539,12 +690,22 @@ class Templates:
         returns anything: a missing, unreadable or non-UTF-8 file, a syntax error in the template
         or in a layout or include it names, an unknown filter, test or top-level name, or a
         customer field that ``fields`` (the mapping's) does not have.
+
+        What it read is what is rendered from then on (issue #17): a template
+        whose files changed is compiled again from the texts checked here, and
+        one with problems is dropped, so its fix is used from the next pass.
         """
+        path = self.folder / f"{name}.txt"
+        if not path.is_file():
+            self._cache.pop(name, None)
+            return list(self._not_found(path).problems)
         try:
-            self.load(name)
-            top, used, problems = self._scan(name)
+            scan = self._scan(name)
         except ConfigError as e:
+            self._cache.pop(name, None)
             return list(e.problems)
+        self._adopt(name, scan)
+        top, used, problems = scan.top, scan.fields, list(scan.problems)
         known = CONTEXT_NAMES | self.text_env.globals.keys()
         for v, where in sorted(top.items()):
             if v not in known:

@@ -12,6 +12,15 @@ in its own module and can be used without the worker (issue #10):
 
 A stage that cannot reach its service is recorded as stopped and retried at
 the next pass; a per-item failure is a problem and the stage carries on.
+
+A running worker uses what is on disk at each pass (issue #17): the
+mappings are reloaded when they changed (:meth:`Workspace.refresh`), the
+templates are checked and compiled again by each send pass. What a stage
+needs and cannot have holds that stage alone, recorded with why: a broken
+``customers.toml`` holds sync, send and write-back; a broken
+``campaigns.toml`` holds send; a failed sync (a renamed column, a mapping
+key the log was not built on) holds send and write-back until a sync
+succeeds. Fetch always runs, so replies, bounces and unsubscribes are logged.
 """
 
 from __future__ import annotations
@@ -22,12 +31,13 @@ from typing import TYPE_CHECKING
 
 from crm_automation.compose import Composed, Composer
 from crm_automation.config import parse_duration
-from crm_automation.errors import ConfigError, CrmError
-from crm_automation.inbound import InboundPass
+from crm_automation.errors import ConfigError, CrmError, ServiceError
+from crm_automation.inbound import InboundPass, InboundPolicy
 from crm_automation.outbound import SendPass
 from crm_automation.planner import CustomerView, Plan
-from crm_automation.sheets.session import SheetSession
-from crm_automation.stage import Progress, StageContext, StageResult, address_index, no_progress
+from crm_automation.rekey import key_change
+from crm_automation.sheets.session import Rekeyed, SheetSession
+from crm_automation.stage import Progress, StageContext, StageResult, address_index, held, no_progress
 from crm_automation.store import identity
 from crm_automation.workspace import Clock, Workspace
 
@@ -62,9 +72,42 @@ class Worker:
         """Close the log."""
         self.store.close()
 
+    # ------------------------------------------------------------------ what is on disk
+    def refresh(self) -> None:
+        """At each pass: reload the mappings that changed on disk (issue #17); see :meth:`Workspace.refresh`."""
+        if self.ws.refresh():
+            self.inbound.policy = InboundPolicy.of(self.ws)  # the addresses are read from the mapping's email fields
+
+    def send_hold(self) -> tuple[CrmError, str] | None:
+        """Why sending must wait now, or None: an edited mapping that cannot be loaded, a changed key, a failed sync.
+
+        A failed sync holds sending as a failed fetch does (issue #9, #17): the
+        log may not show the sheet as it is (a row deleted, a stage changed),
+        so nothing is sent until a sync succeeds.
+        """
+        ws = self.ws
+        if ws.mapping_error is not None:
+            return ws.mapping_error, f"{ws.mapping.path.name} cannot be loaded"
+        if ws.campaigns_error is not None:
+            return ws.campaigns_error, "campaigns.toml cannot be loaded"
+        recorded_key = self.store.key_field()
+        changed = key_change(recorded_key, ws.mapping)
+        if changed is not None and self.store.has_customers():
+            return changed, f"the mapping's key changed from {recorded_key} to {ws.mapping.key}"
+        e = self.session.error
+        if e is None:
+            return None
+        kind = ServiceError if isinstance(e, ServiceError) else ConfigError
+        return kind(f"nothing was sent: the last sync failed ({e}), so the log may not show the sheet as it is now "
+                    "(a row deleted, a stage changed)",
+                    hint=e.hint or "fix the sheet; sending resumes after the next sync that succeeds"), \
+            "the last sync failed"
+
     # ------------------------------------------------------------------ stages
     def sync(self) -> StageResult:
         """Read the sheet, validate, record new customers and field changes."""
+        if self.ws.mapping_error is not None:
+            return held(self.ctx, "sync", self.ws.mapping_error, f"{self.ws.mapping.path} cannot be loaded")
         return self.session.sync(after_added=self.relink)
 
     def relink(self) -> int:
@@ -81,7 +124,16 @@ class Worker:
         return self.outbound.recover()
 
     def send(self, *, dry_run: bool = False, limit: int | None = None) -> StageResult:
-        """Queue what is due and send it, exactly once each (``dry_run``: render and report only)."""
+        """Queue what is due and send it, exactly once each (``dry_run``: render and report only).
+
+        Held, and nothing planned, while :meth:`send_hold` names a reason.
+        The templates are checked against the files once a pass (issue #17):
+        an edited template is used from this pass on.
+        """
+        hold = self.send_hold()
+        if hold is not None:
+            return held(self.ctx, "send-dry-run" if dry_run else "send", *hold)
+        self.composer.refresh()
         return self.outbound.run(dry_run=dry_run, limit=limit)
 
     def fetch_and_send(self, *, limit: int | None = None) -> list[StageResult]:
@@ -100,8 +152,14 @@ class Worker:
         return [fetched, self.outbound.held_for_failed_fetch(fetched.error)]
 
     def writeback(self, *, reuse_read: bool = False) -> StageResult:
-        """Fill the worker's own columns in the sheet."""
+        """Fill the worker's own columns in the sheet (skipped while the last sync failed, issue #17)."""
+        if self.ws.mapping_error is not None:
+            return held(self.ctx, "writeback", self.ws.mapping_error, f"{self.ws.mapping.path} cannot be loaded")
         return self.session.writeback(reuse_read=reuse_read)
+
+    def rekey(self, *, dry_run: bool = False) -> Rekeyed:
+        """Move the log to the mapping's new key, from the sheet (``rekey``; issue #17)."""
+        return self.session.rekey(dry_run=dry_run)
 
     def plan(self, *, record: bool = True) -> Plan:
         """What is due now (pure planning over the log)."""
@@ -126,6 +184,7 @@ class Worker:
         sync's read: one read and at most one write per cycle (issue #3); what
         fetch and send change reaches the sheet at the next cycle's sync.
         """
+        self.refresh()
         metered = self.session.metered
         out = [self.sync()]
         if metered and not self.stop.is_set() and not dry_run:
@@ -156,6 +215,7 @@ class Worker:
         def job(fn: Callable[[], StageResult | list[StageResult]], wb: bool) -> None:
             if self.stop.is_set():
                 return
+            self.refresh()
             r = fn()
             for one in r if isinstance(r, list) else [r]:
                 on_result(one)

@@ -2,24 +2,47 @@
 
 The factories import adapters lazily so a workspace on Excel never imports
 gspread, and one on Maildir never imports imapclient.
+
+A running worker uses what is on disk at each pass (issue #17):
+:meth:`Workspace.refresh` reloads ``mappings/customers.toml`` and
+``mappings/campaigns.toml`` when their bytes changed, and keeps a broken
+edit's ConfigError for the stages that need the file (templates are
+refreshed by the send pass, :class:`~crm_automation.templating.Templates`).
+``config.toml`` is not reloaded: it names the log, the sheet, the mailbox and
+the lock, which a worker cannot swap under itself; a change is logged with a
+warning that a restart is needed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from crm_automation.config import Config, load_config
 from crm_automation.errors import ConfigError
 from crm_automation.mailbox.base import MailboxSource
-from crm_automation.mapping import Campaign, Mapping, load_campaigns, load_mapping
+from crm_automation.mapping import CAMPAIGNS_FILE, CUSTOMERS_FILE, Campaign, Mapping, load_campaigns, load_mapping
 from crm_automation.models import FieldType
 from crm_automation.sheets.base import SheetSource
 from crm_automation.store.repo import Store
 from crm_automation.templating import Templates
 from crm_automation.transports.base import Transport
+
+log = logging.getLogger("crm_automation")
+_RELOAD_HINT = ("fix the file (`crm-automation check` lists every problem); the running worker uses it from the "
+                "next pass")
+
+
+def _stamp(path: Path) -> str:
+    """A digest of a file's bytes ("" when it is missing or unreadable): an edit within one mtime tick counts."""
+    try:
+        return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+    except OSError:
+        return ""
 
 
 class Clock:
@@ -42,17 +65,28 @@ class Clock:
 
 @dataclass
 class Workspace:
-    """Everything a run needs, loaded and validated."""
+    """Everything a run needs, loaded and validated.
+
+    ``mapping_error`` / ``campaigns_error``: the file as it is on disk now
+    cannot be loaded (a running worker's edit, see :meth:`refresh`); the
+    last good ``mapping`` / ``campaigns`` are kept, and the stages that need
+    the file report this error instead of running.
+    """
 
     cfg: Config
     mapping: Mapping
     campaigns: list[Campaign]
     templates: Templates
+    mapping_error: ConfigError | None = None
+    campaigns_error: ConfigError | None = None
+    stamps: dict[str, str] = field(default_factory=dict, repr=False)  # file -> digest as last loaded (or tried)
 
     @classmethod
     def load(cls, config_path: str | Path | None = None) -> Workspace:
         """Load config, mappings and templates; every problem reported at once."""
         cfg = load_config(config_path)
+        # Stamped before loading: an edit saved while loading shows as a change at the next refresh.
+        stamps = {str(p): _stamp(p) for p in (cfg.path, cfg.mappings / CUSTOMERS_FILE, cfg.mappings / CAMPAIGNS_FILE)}
         problems: list[str] = []
         mapping = None
         campaigns: list[Campaign] = []
@@ -70,7 +104,57 @@ class Workspace:
         assert mapping is not None  # noqa: S101
         if not cfg.templates.is_dir() and campaigns:
             raise ConfigError(f"{cfg.templates}: template folder not found ([workspace] templates)")
-        return cls(cfg=cfg, mapping=mapping, campaigns=campaigns, templates=Templates(cfg.templates, cfg.timezone))
+        return cls(cfg=cfg, mapping=mapping, campaigns=campaigns, templates=Templates(cfg.templates, cfg.timezone),
+                   stamps=stamps)
+
+    def refresh(self) -> bool:
+        """Reload the mappings that changed on disk; True when ``mapping`` was replaced (issue #17).
+
+        Called by the worker at each pass. A broken edit keeps the last good
+        mapping and campaigns and sets ``mapping_error`` / ``campaigns_error``
+        (logged once per edit); the fix clears it at the next pass. The
+        campaigns are validated again whenever the mapping changes, since they
+        name its fields. ``config.toml`` is compared too, only to warn that a
+        restart is needed (see the module docstring).
+        """
+        cfg_file = str(self.cfg.path)
+        now = _stamp(self.cfg.path)
+        if now != self.stamps.get(cfg_file, now):
+            log.warning("%s changed on disk; the running worker keeps the settings it started with (log, sheet, "
+                        "mailbox, outbound, schedule): restart it to use the new ones (Ctrl-C or SIGTERM, then "
+                        "`crm-automation run` again)", self.cfg.path)
+        self.stamps[cfg_file] = now
+        cust_path, camp_path = self.cfg.mappings / CUSTOMERS_FILE, self.cfg.mappings / CAMPAIGNS_FILE
+        cust, camp = _stamp(cust_path), _stamp(camp_path)
+        cust_changed = cust != self.stamps.get(str(cust_path))
+        camp_changed = camp != self.stamps.get(str(camp_path))
+        if not cust_changed and not camp_changed:
+            return False
+        self.stamps[str(cust_path)], self.stamps[str(camp_path)] = cust, camp
+        replaced = False
+        if cust_changed:
+            try:
+                mapping = load_mapping(self.cfg.mappings)
+            except ConfigError as e:
+                self.mapping_error = ConfigError(e.message, problems=e.problems, hint=_RELOAD_HINT)
+                log.warning("%s was edited and cannot be loaded; sync, send and write-back wait for the fix: %s",
+                            cust_path, e)
+                return False
+            replaced = self.mapping_error is not None or mapping != self.mapping
+            self.mapping, self.mapping_error = mapping, None
+            log.info("%s reloaded", cust_path)
+        elif self.mapping_error is not None:
+            return False  # the campaigns are validated once the mapping is fixed (it changes again then)
+        try:
+            campaigns = load_campaigns(self.cfg.mappings, self.mapping, self.cfg.timezone)
+        except ConfigError as e:
+            self.campaigns_error = ConfigError(e.message, problems=e.problems, hint=_RELOAD_HINT)
+            log.warning("%s cannot be loaded as it is now; sending waits for the fix: %s", camp_path, e)
+            return replaced
+        if camp_changed or self.campaigns_error is not None:
+            log.info("%s reloaded", camp_path)
+        self.campaigns, self.campaigns_error = campaigns, None
+        return replaced
 
     @property
     def email_field(self) -> str | None:

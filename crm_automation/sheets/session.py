@@ -12,6 +12,11 @@ since — so write-back reuses the sync's read where it may:
   the write follows the sync directly and places cells by that read.
 * **Write-back** compares what it would write with what the cells show, so
   an up-to-date sheet is not written at all.
+* **A bad sheet fails the sync stage only** (issue #17): a missing or renamed
+  required column, a missing worksheet, a file that cannot be read, or a
+  mapping key that is not the one the log was built on, is the sync's
+  ``error``; :attr:`SheetSession.error` keeps it until a sync succeeds, and
+  the worker holds sending and write-back meanwhile (fetch goes on).
 """
 
 from __future__ import annotations
@@ -21,16 +26,20 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from crm_automation.errors import ConfigError, CrmError, DataError
 from crm_automation.models import SheetData
+from crm_automation.rekey import RekeyPlan, infer_key_field, key_change, plan_rekey
 from crm_automation.sheets.base import SheetSource, WriteResult
 from crm_automation.sheets.grid import cell_text, norm_key
 from crm_automation.sheets.status_words import shows_a_block
 from crm_automation.stage import StageContext, StageResult, recorded
 from crm_automation.store import identity
+from crm_automation.store.customers import RekeyCounts
 from crm_automation.workspace import Workspace
 
 log = logging.getLogger("crm_automation")
@@ -71,6 +80,7 @@ class SheetSession:
         self._appended: set[str] = set()  # senders appended to the sheet since that read
         # key -> write-back column -> text, as read (or a function building it: see _remember_cells)
         self._cells: dict[str, dict[str, str]] | Callable[[], dict[str, dict[str, str]]] | None = None
+        self.error: CrmError | None = None  # why the last sync failed; None once one succeeds
 
     @property
     def sheet(self) -> SheetSource:
@@ -92,65 +102,104 @@ class SheetSession:
         worker relinks mail logged before they were customers, issue #9).
         """
         with recorded(self.ctx, "sync") as res:
-            fp = self._fingerprint()
-            last = self.store.sheet_state(self.sheet.name)
-            if fp is not None and last is not None and last.fingerprint == fp:
-                # The file's bytes and the mapping are as they were at the last complete sync: nothing to do.
-                # Rejected ROWS, not problems: a row with three bad cells is one (issue #17).
-                rejected = last.rejected if last.rejected is not None else len(last.problems)
-                res.stats = {"rows": last.rows, "added": 0, "changed": 0,
-                             "unchanged": max(last.rows - rejected, 0), "removed": 0,
-                             "rejected": rejected, "note": "sheet unchanged since the last sync"}
-                res.problems += last.problems
-                res.notes += last.notes
-                if last.notes:
-                    res.stats["blanked"] = len(last.notes)
-                known = self._synced[1] if self._synced is not None and self._synced[0] == fp else None
-                self._synced = (fp, known)
-                return res
-            with gc_paused(), ThreadPoolExecutor(1, thread_name_prefix="sheet-read") as pool:
-                # The read runs beside the log's row digests and the validators' set-up: calamine
-                # parses without holding the GIL, and Google's answer is network time.
-                reading = pool.submit(self.sheet.read)
-                previous = self.store.row_hashes()
-                self.ws.mapping.prepare()
-                data = reading.result()
-                self._fresh_read = True
-                self._keys = data.column(self.ws.mapping.fields[self.ws.mapping.key].column)
-                self._appended = set()
-                self.version = data.version
-                self._remember_cells(data)
-                identity.note_sheet_evidence(self.store, self._evidence(data))
-                result = self.ws.mapping.apply(data, previous, blank_invalid=True)
-                keep = dict(result.unchanged)
-                for k, r in result.rejected_keys.items():
-                    keep.setdefault(k, r)
-                n_rows, source_name = len(data), data.source
-                del data  # the rows are mapped: free them before the log's bulk insert (100,000 rows ~ 150 MB)
-                stats = self.store.apply_sync(source_name, result.customers, keep, result.hashes,
-                                              self.ctx.clock.now())
-            relinked = after_added() if after_added is not None and (stats.added or stats.returned) else 0
-            res.problems += [str(e) for e in result.errors]
-            res.notes += [str(b) for b in result.blanked]
-            for w in result.warnings:
-                log.warning("%s", w)
-            # "unchanged" counts rows whose cells are as at the last sync (not the rejected rows kept present).
-            # Rows that come back (a wiped sheet restored) count as added, and are shown apart too (issue #9).
-            res.stats = {"rows": n_rows, "added": stats.added + stats.returned, "changed": stats.changed,
-                         "unchanged": len(result.unchanged), "removed": stats.removed,
-                         "rejected": result.rejected_rows}  # rows, not bad cells (issue #17)
-            if stats.returned:
-                res.stats["returned"] = stats.returned
-            if relinked:
-                res.stats["earlier_mail_linked"] = relinked
-            if result.blanked:
-                # Reported at every sync until fixed (issue #11): kept with the sheet's state for a skipped
-                # unchanged sheet; their rows have no row hash, so a changed sheet validates them again.
-                res.stats["blanked"] = len(result.blanked)
-            self.store.set_sheet_state(self.sheet.name, fp, n_rows, res.problems, self.ctx.clock.now(), res.notes,
-                                       rejected=result.rejected_rows)
-            self._synced = (fp, self.version) if fp is not None else None
+            self._sync(res, after_added)
+        self.error = res.error
         return res
+
+    def _failed(self, res: StageResult, e: CrmError) -> None:
+        """The sheet (or the key) stops this sync: recorded as its error; the worker goes on (issue #17)."""
+        res.error = e
+        log.warning("sync stopped: %s", e)
+
+    def _key_problem(self) -> ConfigError | None:
+        """The mapping's key must be the field the log's customers are keyed by (issue #17, :mod:`rekey`).
+
+        A log that has recorded none yet adopts one now: the mapping's key
+        for a new log, the field its keys were built from for an older one.
+        """
+        current = self.ws.mapping.key
+        recorded_key = self.store.key_field()
+        if recorded_key is None:
+            adopted = infer_key_field(current, self.store.customers(present_only=False).values()) \
+                if self.store.has_customers() else current
+            self.store.set_key_field(adopted)
+            recorded_key = adopted
+        elif recorded_key != current and not self.store.has_customers():
+            self.store.set_key_field(current)  # nobody recorded yet: nothing is keyed by the old field
+            recorded_key = current
+        return key_change(recorded_key, self.ws.mapping)
+
+    def _sync(self, res: StageResult, after_added: Callable[[], int] | None) -> None:
+        problem = self._key_problem()
+        if problem is not None:
+            self._failed(res, problem)
+            return
+        try:
+            fp = self._fingerprint()
+        except (ConfigError, DataError) as e:  # a sheet that cannot be opened as configured (a worksheet gone)
+            self._failed(res, e)
+            return
+        last = self.store.sheet_state(self.sheet.name)
+        if fp is not None and last is not None and last.fingerprint == fp:
+            # The file's bytes and the mapping are as they were at the last complete sync: nothing to do.
+            # Rejected ROWS, not problems: a row with three bad cells is one (issue #17).
+            rejected = last.rejected if last.rejected is not None else len(last.problems)
+            res.stats = {"rows": last.rows, "added": 0, "changed": 0,
+                         "unchanged": max(last.rows - rejected, 0), "removed": 0,
+                         "rejected": rejected, "note": "sheet unchanged since the last sync"}
+            res.problems += last.problems
+            res.notes += last.notes
+            if last.notes:
+                res.stats["blanked"] = len(last.notes)
+            known = self._synced[1] if self._synced is not None and self._synced[0] == fp else None
+            self._synced = (fp, known)
+            return
+        with gc_paused(), ThreadPoolExecutor(1, thread_name_prefix="sheet-read") as pool:
+            # The read runs beside the log's row digests and the validators' set-up: calamine
+            # parses without holding the GIL, and Google's answer is network time.
+            reading = pool.submit(self.sheet.read)
+            previous = self.store.row_hashes()
+            self.ws.mapping.prepare()
+            try:
+                data = reading.result()
+                result = self.ws.mapping.apply(data, previous, blank_invalid=True)
+            except (ConfigError, DataError) as e:  # a required column renamed or deleted (issue #17)
+                self._failed(res, e)
+                return
+            self._fresh_read = True
+            self._keys = data.column(self.ws.mapping.fields[self.ws.mapping.key].column)
+            self._appended = set()
+            self.version = data.version
+            self._remember_cells(data)
+            identity.note_sheet_evidence(self.store, self._evidence(data))
+            keep = dict(result.unchanged)
+            for k, r in result.rejected_keys.items():
+                keep.setdefault(k, r)
+            n_rows, source_name = len(data), data.source
+            del data  # the rows are mapped: free them before the log's bulk insert (100,000 rows ~ 150 MB)
+            stats = self.store.apply_sync(source_name, result.customers, keep, result.hashes,
+                                          self.ctx.clock.now())
+        relinked = after_added() if after_added is not None and (stats.added or stats.returned) else 0
+        res.problems += [str(e) for e in result.errors]
+        res.notes += [str(b) for b in result.blanked]
+        for w in result.warnings:
+            log.warning("%s", w)
+        # "unchanged" counts rows whose cells are as at the last sync (not the rejected rows kept present).
+        # Rows that come back (a wiped sheet restored) count as added, and are shown apart too (issue #9).
+        res.stats = {"rows": n_rows, "added": stats.added + stats.returned, "changed": stats.changed,
+                     "unchanged": len(result.unchanged), "removed": stats.removed,
+                     "rejected": result.rejected_rows}  # rows, not bad cells (issue #17)
+        if stats.returned:
+            res.stats["returned"] = stats.returned
+        if relinked:
+            res.stats["earlier_mail_linked"] = relinked
+        if result.blanked:
+            # Reported at every sync until fixed (issue #11): kept with the sheet's state for a skipped
+            # unchanged sheet; their rows have no row hash, so a changed sheet validates them again.
+            res.stats["blanked"] = len(result.blanked)
+        self.store.set_sheet_state(self.sheet.name, fp, n_rows, res.problems, self.ctx.clock.now(), res.notes,
+                                   rejected=result.rejected_rows)
+        self._synced = (fp, self.version) if fp is not None else None
 
     def _evidence(self, data: SheetData) -> identity.SheetEvidence | None:
         """Rows whose write-back columns show earlier mail: a "last sent" date, or a bounced/unsubscribed status.
@@ -248,6 +297,9 @@ class SheetSession:
             if reuse_read and not fresh:
                 res.stats = {"skipped": "the sheet was not read in this cycle; the next sync writes back"}
                 return res
+            if self.error is not None:  # a sheet whose columns no longer fit the mapping is not written (issue #17)
+                res.stats = {"skipped": "the last sync failed; write-back resumes once a sync succeeds"}
+                return res
             if self.version is None or self._cells is None:
                 data = self.sheet.read()
                 self.version = data.version
@@ -303,7 +355,16 @@ class SheetSession:
 
     # ------------------------------------------------------------ new rows
     def add_senders(self, senders: dict[str, str], known: dict[str, str]) -> int:
-        """``new_senders = "add_to_sheet"``: unknown senders become new rows (key and name columns)."""
+        """``new_senders = "add_to_sheet"``: unknown senders become new rows (key and name columns).
+
+        Not while the sheet or the mapping has a problem (issue #17): rows
+        appended by a mapping that no longer fits the sheet would land in the
+        wrong columns. The senders' mail is logged all the same.
+        """
+        if self.error is not None or self.ws.mapping_error is not None:
+            log.warning("not adding %d new sender(s) to the sheet: %s; their mail is logged", len(senders),
+                        "the last sync failed" if self.error is not None else "mappings/customers.toml has a problem")
+            return 0
         m = self.ws.mapping
         ef = self.ws.email_field
         if ef is None or ef != m.key:
@@ -330,3 +391,62 @@ class SheetSession:
         n = self.sheet.append_rows(rows)
         self._appended.update(r[key_col] for r in rows)
         return n
+
+    # ------------------------------------------------------------ re-key
+    def rekey(self, *, dry_run: bool = False) -> Rekeyed:
+        """Move every customer's history to the key the mapping now names, from the sheet (issue #17).
+
+        Plans with :func:`~crm_automation.rekey.plan_rekey` (every conflict
+        listed, nothing changed: a ConfigError) and applies the plan in one
+        transaction of the log; ``dry_run`` counts what would move. A log
+        already keyed by the mapping's key has nothing to do.
+        """
+        recorded_key = self.store.key_field()
+        current = self.ws.mapping.key
+        if recorded_key is None or recorded_key == current:
+            return Rekeyed(recorded_key or current, current, dry_run, None, None)
+        data = self.sheet.read()
+        plan = plan_rekey(recorded_key, self.ws.mapping, data, self.store.customers(present_only=False))
+        if plan.problems:
+            raise ConfigError.collect(
+                [f"rekey refused: {p}" for p in plan.problems],
+                hint=f"fix these rows in {data.source} (or the mapping), then run `crm-automation rekey --dry-run` "
+                     "again; nothing was changed")
+        moves = [(m.old, m.new, m.value) for m in plan.moves]
+        if dry_run:
+            return Rekeyed(recorded_key, current, True, plan, self.store.rekey(moves, current, dry_run=True))
+        stats: dict[str, Any] = {"from": recorded_key, "to": current, "customers": len(plan.moves)}
+        run_id = self.store.start_run("rekey", self.ctx.clock.now())
+        try:
+            counts = self.store.rekey(moves, current)
+        except CrmError as e:  # rolled back: the log is as it was; the run says why
+            with suppress(CrmError):
+                self.store.finish_run(run_id, self.ctx.clock.now(), ok=False, stats=stats, error=str(e))
+            raise
+        self.store.finish_run(run_id, self.ctx.clock.now(), ok=True, error=None,
+                              stats={**stats, "rows": counts.tables})
+        self._synced = None
+        log.info("re-keyed %d customer(s) from %s to %s", len(plan.moves), recorded_key, current)
+        return Rekeyed(recorded_key, current, False, plan, counts)
+
+
+@dataclass(frozen=True, slots=True)
+class Rekeyed:
+    """What ``rekey`` did (or, with ``dry_run``, would do); ``plan`` is None when there was nothing to do."""
+
+    old_field: str
+    new_field: str
+    dry_run: bool
+    plan: RekeyPlan | None
+    counts: RekeyCounts | None
+
+    def to_json(self) -> dict[str, Any]:
+        """Machine-readable form for ``--json``."""
+        out: dict[str, Any] = {"dry_run": self.dry_run, "from": self.old_field, "to": self.new_field,
+                               "needed": self.plan is not None}
+        if self.plan is not None and self.counts is not None:
+            out.update({"matched_by": self.plan.by, "customers": len(self.plan.moves),
+                        "same_key": self.plan.unchanged, "kept_old_key": list(self.plan.kept),
+                        "rows": self.counts.tables,
+                        "moves": [{"old": m.old, "new": m.new, "row": m.row} for m in self.plan.moves]})
+        return out

@@ -61,6 +61,22 @@ class SheetState:
     rejected: int | None = None
 
 
+KEY_FIELD_META = "customer_key_field"
+"""``meta`` row: the mapping field the customers' keys were built from (issue #17)."""
+_REKEY_PREFIX = "\x1frekey\x1f"  # a key being moved in a swap; no cell of a sheet starts with a unit separator
+
+
+@dataclass(frozen=True, slots=True)
+class RekeyCounts:
+    """How many rows of each table a re-key moves (or would move), by table name."""
+
+    tables: dict[str, int]
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 def update_email_status(conn: Guarded, key: str, status: str) -> None:
     """Set one customer's ``email_status`` (no transaction: the caller's unit owns it)."""
     conn.execute("UPDATE customers SET email_status = ? WHERE key = ?", (status, key))
@@ -68,6 +84,79 @@ def update_email_status(conn: Guarded, key: str, status: str) -> None:
 
 class CustomerLog(Connection):
     """The store's part that records customers (tables ``customers`` and ``sheet_state``)."""
+
+    def key_field(self) -> str | None:
+        """The mapping field the log's customer keys were built from, or None when not recorded yet."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (KEY_FIELD_META,)).fetchone()
+        return str(row[0]) if row else None
+
+    def set_key_field(self, name: str) -> None:
+        """Record the mapping field the customer keys are built from (the first sync, or an older log adopting one)."""
+        with self.transaction():
+            self.conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                              "value = excluded.value", (KEY_FIELD_META, name))
+
+    def has_customers(self) -> bool:
+        """Whether any customer was ever recorded."""
+        return self.conn.execute("SELECT 1 FROM customers LIMIT 1").fetchone() is not None
+
+    def _keyed_columns(self) -> list[tuple[str, str]]:
+        """(table, column) of every customer key: ``customers.key`` and each table's ``customer_key``.
+
+        Found from the schema rather than listed, so a table a later migration
+        adds with a ``customer_key`` column is re-keyed too.
+        """
+        out = [("customers", "key")]
+        tables = [r[0] for r in self.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        for t in tables:
+            if any(col[1] == "customer_key" for col in self.conn.execute(f"PRAGMA table_info({_quoted(t)})")):
+                out.append((t, "customer_key"))
+        return out
+
+    def rekey(self, moves: Sequence[tuple[str, str, Any]], key_field: str, *, dry_run: bool = False) -> RekeyCounts:
+        """Give customers new keys in every table, in one transaction; ``moves`` are (old, new, new field value).
+
+        Also sets each moved customer's ``key_field`` to its value (so the next
+        sync sees no change of it), records ``key_field`` as the log's key
+        field, and forgets the sheet's digest (the next sync reads the sheet).
+        A swap (one customer's new key is another's old one) goes through a
+        temporary key, so no unique index meets a duplicate half-way.
+        ``dry_run`` counts the rows that would move and changes nothing.
+        """
+        pairs = [(o, n) for o, n, _ in moves if o != n]
+        counts: dict[str, int] = {}
+        self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS rekey_moves (old TEXT PRIMARY KEY, new TEXT NOT NULL)")
+        self.conn.execute("DELETE FROM temp.rekey_moves")
+        self.conn.executemany("INSERT INTO temp.rekey_moves (old, new) VALUES (?, ?)", pairs)
+        try:
+            targets = self._keyed_columns()
+            if dry_run:
+                for table, col in targets:
+                    counts[table] = self.conn.execute(
+                        f"SELECT COUNT(*) FROM {_quoted(table)} WHERE {col} IN (SELECT old FROM temp.rekey_moves)"
+                    ).fetchone()[0]
+                return RekeyCounts(counts)
+            swap = bool({n for _, n in pairs} & {o for o, _ in pairs})
+            prefix = _REKEY_PREFIX if swap else ""
+            with self.transaction():
+                for table, col in targets:
+                    t = _quoted(table)  # col is "key" or "customer_key" (see _keyed_columns)
+                    counts[table] = self.conn.execute(
+                        f"UPDATE {t} SET {col} = ? || (SELECT new FROM temp.rekey_moves WHERE old = {t}.{col}) "
+                        f"WHERE {col} IN (SELECT old FROM temp.rekey_moves)", (prefix,)).rowcount
+                    if swap:
+                        self.conn.execute(f"UPDATE {t} SET {col} = substr({col}, ?) WHERE substr({col}, 1, ?) = ?",
+                                          (len(prefix) + 1, len(prefix), prefix))
+                path = f'$."{key_field}"'  # field names are identifiers (mapping.py): nothing to escape
+                self.conn.executemany("UPDATE customers SET data = json_set(data, ?, json(?)) WHERE key = ?",
+                                      [(path, _dumps(v), n) for _, n, v in moves])
+                self.conn.execute("DELETE FROM sheet_state")
+                self.conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                                  "value = excluded.value", (KEY_FIELD_META, key_field))
+        finally:
+            self.conn.execute("DELETE FROM temp.rekey_moves")
+        return RekeyCounts(counts)
 
     def row_hashes(self) -> dict[str, str]:
         """Hash -> key of customers present at the last sync."""
