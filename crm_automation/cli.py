@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 from filelock import FileLock, Timeout
 
+from crm_automation.config import parse_duration
 from crm_automation.errors import ConfigError, CrmError, LockedError, StorageError
 from crm_automation.models import Kind, SendStatus
 from crm_automation.stage import Progress, StageResult
@@ -53,12 +54,25 @@ class Ctx:
 
 
 def _parse_now(value: str | None) -> datetime | None:
+    """``--now``: an ISO 8601 time, or ``+3d`` / ``+12h`` / ``+30m`` from the real time now.
+
+    Why the relative form: the quickstart's "what is due in three days"
+    must work on whatever day someone follows it (issue #17); a fixed date
+    in the README goes stale the day it passes.
+    """
     if not value:
         return None
+    if value.startswith("+"):
+        ahead = parse_duration(value[1:])
+        if ahead is None:
+            msg = f"{value!r} is not a time ahead (expected +N with s, m, h or d, e.g. +3d or +36h)"
+            raise click.BadParameter(msg)
+        return Clock().now() + ahead
     try:
         dt = datetime.fromisoformat(value)
     except ValueError:
-        msg = f"{value!r} is not a date and time (expected ISO 8601, e.g. 2026-12-01T09:30 or 2026-12-01T09:30+08:00)"
+        msg = (f"{value!r} is not a date and time (expected ISO 8601, e.g. 2026-12-01T09:30 or "
+               "2026-12-01T09:30+08:00, or a time ahead of now such as +3d)")
         raise click.BadParameter(msg) from None
     return dt
 
@@ -68,7 +82,7 @@ def _global(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--config", "config_", metavar="PATH", help="config.toml (default: $CRM_AUTOMATION_CONFIG, "
                      "else ./config.toml)")(f)
     f = click.option("--now", "now_", metavar="DATETIME", help="act as if it were this time (local time of the "
-                     "workspace if no offset)")(f)
+                     "workspace if no offset), or +3d / +12h from now")(f)
     f = click.option("--json", "json_", is_flag=True, default=None, help="machine-readable output")(f)
     f = click.option("--accept-new-log", "accept_new_log_", is_flag=True, default=None,
                      help="use the activity log as it is even if it is not the one this workspace was using "

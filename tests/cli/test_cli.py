@@ -193,6 +193,20 @@ def test_bad_now_is_a_usage_error(tmp_path, cli, when):
     assert "is not a date and time" in r.err
 
 
+def test_now_ahead_of_the_real_time_shows_what_is_due_then(tmp_path, cli):
+    """The quickstart's `send --dry-run --now +3d` works on any date (issue #17 item 12)."""
+    camp = ('[[campaign]]\nid = "hello"\ntemplate = "hello"\ntrigger = "new"\ninclude_existing = true\n'
+            'follow_up = [{ after_days = 3, template = "hello", id = "again" }]\n')
+    cfg = make_workspace(tmp_path / "ws", campaigns=camp)
+    assert cli("run", "--once", "--config", str(cfg)).code == 0  # the first emails go now, really now
+    for ahead, due in (("+2d", 0), ("+3d", 3), ("+73h", 3)):
+        r = cli("send", "--dry-run", "--now", ahead, "--config", str(cfg), "--json")
+        assert r.code == 0, r.err
+        assert json.loads(r.out)["stages"][-1]["stats"]["would_send"] == due, ahead
+    r = cli("send", "--dry-run", "--now", "+3x", "--config", str(cfg))
+    assert r.code == 2 and "is not a time ahead" in r.err
+
+
 def test_suppress_with_reason_sets_and_clears_email_status(tmp_path, cli):
     cfg = make_workspace(tmp_path / "ws")
     cli("sync", "--config", str(cfg))
