@@ -83,16 +83,23 @@ def run_checks(config_path: str | None, *, connect: bool = False, plan: bool = F
         code = max(code, _mailbox(ws, checks))
     if connect:
         code = max(code, _connect(ws, checks))
-    if plan and not tpl:
-        code = max(code, _plan(ws, checks, now))
+    if not tpl and ws.campaigns:
+        code = max(code, _plan(ws, checks, now, detail=plan))
     return {"checks": checks, "exit": code}
 
 
-def _plan(ws: Workspace, checks: list[dict[str, Any]], now: datetime | None) -> int:
-    """``check --plan``: the log read as the next send pass would read it, nothing recorded."""
+def _plan(ws: Workspace, checks: list[dict[str, Any]], now: datetime | None, *, detail: bool) -> int:
+    """The log read as the next send pass would read it, nothing recorded: an unclear edit would hold a campaign.
+
+    Always run, so plain ``check`` names a held campaign as ``run`` would
+    (issue #17); ``detail`` (``--plan``) adds the edits since the last pass and
+    each step's outlook.
+    """
     from crm_automation.compose import Composer
     from crm_automation.outbound import SendPass
+    from crm_automation.rekey import key_change
     from crm_automation.stage import StageContext
+    from crm_automation.store import identity
     from crm_automation.workspace import Clock
 
     if not ws.cfg.database.exists():
@@ -102,6 +109,9 @@ def _plan(ws: Workspace, checks: list[dict[str, Any]], now: datetime | None) -> 
         now = now.replace(tzinfo=ws.cfg.timezone)  # --now without an offset is the workspace's local time
     store = ws.open_store(read_only=True)
     try:
+        # What holds the whole send stage first: a changed key, a sheet showing mail this log never sent.
+        blocked = [e for e in (key_change(store.key_field(), ws.mapping) if store.has_customers() else None,
+                               identity.sheet_evidence_hold(store, ws.cfg)) if e is not None]
         ctx = StageContext(store, Clock(now))
         found = SendPass(ws, ctx, Composer(ws.cfg, ws.templates)).edit_outlook()
     except CrmError as e:
@@ -109,13 +119,17 @@ def _plan(ws: Workspace, checks: list[dict[str, Any]], now: datetime | None) -> 
         return e.exit_code
     finally:
         store.close()
+    if blocked:
+        checks.append(_item("plan", [str(e) for e in blocked], "", blocked[0].hint))
+        return 2
     held = [line for c in found.values() for line in c.held]
     changed = sum(bool(c.changes) for c in found.values())
     item = _item("plan", held, f"{len(found)} campaign(s), {changed} edited since the last pass, none held",
                  "say what each held edit meant in campaigns.toml (the message names the key to add)" if held
                  else None)
-    item["campaigns"] = {k: c.to_json() for k, c in found.items()}
-    item["notes"] = [f"{cid}: {line}" for cid, c in found.items() for line in _describe(c)]
+    if detail:
+        item["campaigns"] = {k: c.to_json() for k, c in found.items()}
+        item["notes"] = [f"{cid}: {line}" for cid, c in found.items() for line in _describe(c)]
     checks.append(item)
     return 2 if held else 0
 

@@ -63,6 +63,9 @@ def test_changed_key_is_refused_then_rekeyed_and_nobody_is_mailed_again(tmp_path
     # `send` alone is held too, with the same reason.
     r = cli("send", "--config", str(cfg))
     assert r.code == 2 and "crm-automation rekey" in r.err and len(smtpd.messages) == 3
+    # And `check` finds it before any run does.
+    r = cli("check", "--config", str(cfg))
+    assert r.code == 2 and "crm-automation rekey" in r.out
 
     before = db_rows(db, "SELECT key, data FROM customers ORDER BY key")
     r = cli("rekey", "--dry-run", "--config", str(cfg))

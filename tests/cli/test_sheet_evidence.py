@@ -90,3 +90,16 @@ def test_a_new_workspace_whose_sheet_shows_nothing_sends_at_once(tmp_path, cli):
     cfg = make_workspace(ws, campaigns=CAMPAIGN)
     assert cli("run", "--once", "--config", str(cfg)).code == 0
     assert len(emls(ws)) == 3
+
+
+def test_check_names_the_hold_as_run_would(tmp_path, cli):
+    ws = tmp_path / "ws"
+    cfg = make_workspace(ws, campaigns=CAMPAIGN)
+    assert cli("run", "--once", "--config", str(cfg)).code == 0
+    assert cli("check", "--config", str(cfg)).code == 0
+    set_up_again_from_git(ws)
+    assert cli("sync", "--config", str(cfg)).code == 0
+    r = cli("check", "--config", str(cfg), "--json")
+    assert r.code == 2
+    plan = next(c for c in json.loads(r.out)["checks"] if c["name"] == "plan")
+    assert "never sent anything" in plan["problems"][0]
