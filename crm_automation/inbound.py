@@ -224,8 +224,10 @@ def _quarantined(raw: RawMessage, src: str, error: str, by_email: dict[str, str]
     from crm_automation.parse import sender_of
 
     sender = sender_of(raw.raw)
+    # A source that tracks names (Maildir) names the file, which a person can find; others the UID (issue #17).
+    where = f"file {raw.ref}" if raw.seen_key is not None and raw.ref else f"uid {raw.uid}"
     return Decision(raw.folder, raw.uidvalidity, raw.uid, raw.seen_key, label="quarantined",
-                    quarantine=QuarantineRecord(source=f"{src} uid {raw.uid}", raw=raw.raw[:limit], error=error,
+                    quarantine=QuarantineRecord(source=f"{src} {where}", raw=raw.raw[:limit], error=error,
                                                 from_addr=sender,
                                                 customer_key=by_email.get(sender) if sender else None,
                                                 size=raw.size))
