@@ -23,6 +23,10 @@ subject) is a bounce when its text names one of *our* recipients (the
 evidence says which rule decided. ``Auto-Submitted`` alone never makes a
 delivery failure an auto-reply: bounces are checked first.
 
+Out-of-office notices are known by their headers, their subject, or
+their words alone (``_OOO_SELF``, ``_OOO_AWAY``: a gateway may strip the
+headers, issue #17).
+
 ``Precedence: bulk``, ``junk`` and ``list`` are deliberately NOT auto-replies:
 RFC 3834 §3.1.8 uses them to tell responders not to answer newsletters and
 list traffic, but a person's message through a list carries them too and is
@@ -86,11 +90,73 @@ _RECIPIENT_HINT = re.compile(
 
 _AUTO_SUBJECT = re.compile(
     r"^[\s【\[(（]*(?:auto(?:matic)?[ -]?(?:reply|response|answer)|autoreply|auto:|out of (?:the )?office|"
-    r"on vacation|vacation reply|abwesenheit|automatische antwort|"
-    r"自动回复|自动答复|自動回覆|自動回复|休假|不在办公室)",
+    r"away from (?:the |my )?office|not in (?:the )?office|ooo\b|on vacation|vacation reply|on (?:annual )?leave|"
+    r"abwesenheit|automatische antwort|"
+    r"自动回复|自动答复|自動回覆|自動回复|休假|不在办公室|不在辦公室|外出(?:中|期间|期間|[:：】\]）)])|出差(?:中|期间|期間))",
     re.IGNORECASE,
 )
+# The same words in brackets anywhere in the subject ("Re: 报价【自动回复】", "Your quote [Out of Office]").
+_AUTO_SUBJECT_TAG = re.compile(r"[【\[(（]\s*(?:自动回复|自動回覆|自动答复|auto[- ]?reply|automatic reply|"
+                               r"out of (?:the )?office|外出|休假中?)\s*[】\])）]", re.IGNORECASE)
 _AUTO_BODY = re.compile(r"这是一封自动回复邮件|假期自动回复邮件|此邮件为自动回复|这是一封自动回复|本邮件为自动回复")
+
+# Out-of-office replies without auto-reply headers (issue #17: many gateways and clients strip them, or
+# a person sets up a rule that sends a plain message). A notice says so itself ("this is an automatic
+# reply", "这是一封自动回复邮件") or, in the first person and the present or future, that its writer is
+# away AND what follows from it: when they answer, who to call meanwhile, that mail waits. A reply that
+# only mentions a holiday ("after the 春节 holiday we would like to order", "I was out of office last
+# week") has no such pair. Read in what the sender newly wrote (quotes removed), its first 600 characters.
+_OOO_SELF = re.compile(
+    r"\bthis is an? (?:auto(?:matic(?:ally[- ]generated)?|mated|[- ]?generated)?[- ]?)"
+    r"(?:reply|response|answer|message|e-?mail)"
+    r"|\b(?:this|the) (?:message|e-?mail) (?:is|was|has been) (?:sent |generated )?automatically"
+    r"|(?:这|此|本)(?:是|为|係|為)(?:一封)?(?:来自[^，。,.\n]{0,12}的|來自[^，。,.\n]{0,12}的)?(?:假期)?自(?:动|動)(?:回复|答复|回覆|回信)"
+    r"|(?:此|本)(?:邮件|郵件|信)(?:是|为|為|係)?(?:系统|系統)?自(?:动|動)(?:回复|答复|回覆|发送|發送)",
+    re.IGNORECASE,
+)
+_OOO_AWAY = re.compile(
+    # English: "I am (currently) out of (the) office", "I'm on annual leave", "I will be travelling" ...
+    r"\b(?:i\s+am|i['’]m|i\s+will\s+be|i['’]ll\s+be|i\s+shall\s+be)\s+(?:currently\s+|now\s+|presently\s+)?"
+    r"(?P<en>out\s+of\s+(?:the\s+)?office|ooo\b|away\s+from\s+(?:the\s+|my\s+)?(?:office|desk|e-?mail)|away\b|"
+    r"on\s+(?:annual\s+|sick\s+|maternity\s+|paternity\s+|parental\s+|business\s+|study\s+|public\s+)?"
+    r"(?:leave|vacation|holidays?)|travell?ing|on\s+a\s+business\s+trip|out\s+of\s+town|off\s+work)"
+    # ... or the company: "our office is closed"
+    r"|\b(?P<company>(?:our|the)\s+(?:office|offices|company)\s+(?:is|are|will\s+be)\s+closed|we\s+(?:are|will\s+be)\s+closed)"
+    # Chinese: "我/本人 ... 休假/外出/出差/不在办公室" (not "我们": someone else may be away) ...
+    r"|(?:我|本人)(?!们|們)(?P<gap>[^，。,.!！?？；;\n]{0,10}?)(?P<zh>休假|年假|度假|外出|出差|不在(?:办公室|辦公室|公司|座位)|"
+    r"请假|請假|休产假|休產假|产假|產假)"
+    # ... or the time of absence itself, and a company's holiday closure
+    r"|(?P<during>(?:休假|外出|出差|放假|假期|度假)(?:期间|期間))"
+    r"|(?P<closed>(?:我司|本公司|公司)(?:将|將)?于[^。\n]{0,24}?放假)",
+    re.IGNORECASE,
+)
+# In the gap between "我" and the absence: a negation or the past ("我没有休假", "我上周在休假").
+_OOO_NOT_NOW = re.compile(r"没|沒|不|未|上周|上週|上个?月|上個?月|前几天|前幾天|昨天|刚|剛|曾|之前")
+_OOO_THEN = re.compile(
+    r"(?:will|shall|['’]ll)\s+(?:respond|reply|get\s+back|answer|be\s+in\s+touch|deal\s+with|attend\s+to|read)"
+    r"[^.\n]{0,60}?(?:upon|on|when|after|once)\s+(?:my|our|i|we)\b"
+    r"|(?:limited|no|without|intermittent|restricted)\s+(?:access\s+to\s+(?:my\s+)?e-?mails?|e-?mail\s+access)"
+    r"|(?:won['’]t|will\s+not)\s+be\s+(?:checking|reading|monitoring|able\s+to\s+(?:check|read|respond|reply))"
+    r"|\burgent\b|\bin\s+my\s+absence\b|\bin\s+the\s+meantime\b|\bwhen\s+we\s+reopen|\breopen(?:s|ing)?\s+on\b"
+    r"|\b(?:back|return(?:ing)?)\s+(?:to\s+(?:the\s+)?office\s+|in\s+the\s+office\s+)?on\s+\w"
+    r"|\b(?:until|till|through)\s+(?:\d|the\s+\d|mon|tue|wed|thu|fri|sat|sun|jan|feb|mar|apr|may|jun|jul|aug|sep|oct|"
+    r"nov|dec|next|end\s+of)"
+    r"|(?:返回|回来|回來|回国|回國|回到|上班|收假|假期结束|假期結束|节后|節後|返岗|返崗)(?:后|後|以后|之后|之後)?"
+    r"[^。\n]{0,10}?(?:回复|回覆|答复|答覆|处理|處理|联系|聯繫)"
+    r"|(?:将|將|会|會)于[^。\n]{0,16}?(?:返回|回来|回來|回到|上班|返岗|返崗)"
+    r"|(?:休假|假期|出差|外出)(?:至|到)\s*\d"
+    r"|无法及时|無法及時|不能及时|不能及時|不便及时|暂时无法|暫時無法|不及时|不及時|延迟|延遲"
+    r"|急事|紧急|緊急",
+    re.IGNORECASE,
+)
+_OOO_WINDOW = 600
+# What every rule above needs one of, searched first: without it, no rule can match (1 us for a reply of
+# 100 characters instead of 13 for the rules themselves, issue #13's budget). Case-sensitive on purpose
+# (IGNORECASE makes the search several times slower): the English words by a tail that is the same in both
+# cases, or in both spellings.
+_OOO_WORDS = re.compile(r"ffice|FFICE|eave|EAVE|acation|ACATION|oliday|OLIDAY|way|WAY|ravel|RAVEL|losed|LOSED|"
+                        r"uto|UTO|OOO|ooo|trip|Trip|TRIP|f town|f Town|F TOWN|ff work|ff Work|FF WORK|"
+                        r"假|外出|出差|不在|自[动動]|期[间間]")
 
 _UNSUBSCRIBE_EN = re.compile(
     r"^(?:please|pls|kindly)?(?:unsubscribe|unsub|remove|optout|stop)(?:me|us)?"
@@ -436,11 +502,42 @@ def _auto_reply(msg: ParsedMessage) -> Classification | None:
         return _auto("header Precedence: auto_reply")
     m = _AUTO_SUBJECT.match(msg.subject)
     if m:
-        return _auto(f"subject starts with {m.group(0).strip(' 【[(（')}")
+        return _auto(f"subject starts with {m.group(0).strip(' 【[(（】])）')}")
+    m = _AUTO_SUBJECT_TAG.search(msg.subject)
+    if m:
+        return _auto(f"subject is tagged {m.group(0)}")
     m = _AUTO_BODY.search(msg.text[:500])
     if m:
         return _auto(f"body says {m.group(0)}")
+    return _out_of_office(msg.reply or msg.text)
+
+
+def _out_of_office(text: str) -> Classification | None:
+    """An out-of-office notice told by its words alone (issue #17); see ``_OOO_SELF``/``_OOO_AWAY``."""
+    if _OOO_WORDS.search(text, 0, _OOO_WINDOW) is None:
+        return None
+    text = text[:_OOO_WINDOW]
+    m = _OOO_SELF.search(text)
+    if m is not None:
+        return _auto(f"body says {m.group(0)!r}")
+    for away in _OOO_AWAY.finditer(text):
+        gap = away.group("gap")
+        if gap and _OOO_NOT_NOW.search(gap):
+            continue  # "我没有休假", "我上周在休假": not away now
+        then = _OOO_THEN.search(text)
+        if then is not None:
+            return _auto(f"body says {_phrase(text, away)!r} and {_phrase(text, then)!r}")
+        return None
     return None
+
+
+_PHRASE_END = re.compile(r"[.,;:!?。，；：！？\n]")
+
+
+def _phrase(text: str, m: re.Match[str]) -> str:
+    """What a match says, for the evidence: from its start to the end of its clause (at most 60 characters)."""
+    end = _PHRASE_END.search(text, m.end(), m.start() + 60)
+    return text[m.start():end.start() if end is not None else min(len(text), max(m.end(), m.start() + 60))].strip()
 
 
 def _auto(evidence: str) -> Classification:
