@@ -23,9 +23,12 @@ subject) is a bounce when its text names one of *our* recipients (the
 evidence says which rule decided. ``Auto-Submitted`` alone never makes a
 delivery failure an auto-reply: bounces are checked first.
 
-Out-of-office notices are known by their headers, their subject, or
-their words alone (``_OOO_SELF``, ``_OOO_AWAY``: a gateway may strip the
-headers, issue #17).
+Internationalized reports (RFC 6533: ``message/global-delivery-status``,
+returning ``message/global`` or ``message/global-headers``) are read from
+their bytes, as neither the stdlib nor flufl.bounce knows them
+(:func:`_global_report`, issue #17). Out-of-office notices are known by
+their headers, their subject, or their words alone (``_OOO_SELF``,
+``_OOO_AWAY``: a gateway may strip the headers, issue #17).
 
 ``Precedence: bulk``, ``junk`` and ``list`` are deliberately NOT auto-replies:
 RFC 3834 §3.1.8 uses them to tell responders not to answer newsletters and
@@ -218,14 +221,16 @@ def _bounce(msg: ParsedMessage, is_ours: Callable[[str], bool] | None = None) ->
         return None
     strong = not hint.startswith("subject")
     mime = _reparse(msg)
-    original = _original_message_id(mime) if mime is not None else None
+    blocks, global_original = _report_blocks(mime, msg.raw)
+    original = (_original_message_id(mime) if mime is not None else None) or global_original
 
-    # 1. RFC 3464 delivery-status fields: every recipient block, each with its own permanence.
-    dsn = _dsn_failures(mime) if mime is not None else ()
+    # 1. RFC 3464 delivery-status fields (RFC 6533's global ones too): every recipient block, each with its
+    # own permanence.
+    dsn = _dsn_failures(blocks)
     if dsn:
         described = "; ".join(f"{f.address} {f.status} {f.permanence.value}" for f in dsn)
         return Classification(Kind.BOUNCE, f"DSN {described}", dsn, original)
-    if mime is not None and _is_success_report(mime):
+    if _is_success_report(blocks):
         return Classification(Kind.AUTO_REPLY, "delivery report without failures (Action delivered/relayed)")
 
     # 2. GNU Mailman's detectors (Postfix, Exim, Exchange, qmail ...), refined per recipient from the text.
@@ -337,11 +342,17 @@ def _failure(address: str, segment: str, *, whole_code: str | None, whole_temp: 
 
 
 def _original_message_id(mime: Message) -> str | None:
-    """The Message-ID of the message that bounced, from the returned message or its headers (RFC 3462)."""
+    """The Message-ID of the message that bounced, from the returned message or its headers (RFC 3462).
+
+    ``message/global`` and ``message/global-headers`` (RFC 6532 §3.7, RFC
+    6533 §6) are the returned message and headers of an internationalized
+    message; compat32 parses every ``message/*`` part but delivery-status
+    as a nested message, so they read like ``message/rfc822``.
+    """
     for part in mime.walk():
         ctype = part.get_content_type()
         value = None
-        if ctype == "message/rfc822":
+        if ctype in _RETURNED_MESSAGE:
             payload = part.get_payload()
             inner = payload[0] if isinstance(payload, list) and payload else None
             if isinstance(inner, Message):
@@ -349,13 +360,21 @@ def _original_message_id(mime: Message) -> str | None:
         elif ctype == "text/rfc822-headers":
             text = part.get_payload(decode=False)
             if isinstance(text, str):
-                m = re.search(r"^message-id:\s*(<[^>\s]+>)", text, re.IGNORECASE | re.MULTILINE)
-                value = m.group(1) if m else None
+                value = _message_id_in(text)
         if value:
             m = re.search(r"<[^<>\s]+>", str(value))
             if m:
                 return m.group(0)
     return None
+
+
+_RETURNED_MESSAGE = frozenset({"message/rfc822", "message/global", "message/global-headers"})
+_MESSAGE_ID_LINE = re.compile(r"^message-id:\s*(<[^>\s]+>)", re.IGNORECASE | re.MULTILINE)
+
+
+def _message_id_in(headers: str) -> str | None:
+    m = _MESSAGE_ID_LINE.search(headers)
+    return m.group(1) if m else None
 
 
 def _reparse(msg: ParsedMessage) -> Message | None:
@@ -364,7 +383,9 @@ def _reparse(msg: ParsedMessage) -> Message | None:
     compat32 hands raw 8-bit header values out as ``Header`` objects, on
     which flufl.bounce's detectors call ``.lower()`` and crash (logging a
     traceback each time). Bounce notices name addresses in ASCII anyway,
-    so every byte over 0x7F becomes ``?`` first.
+    so every byte over 0x7F becomes ``?`` first. The exception, the
+    internationalized reports of RFC 6533, are read from the bytes as they
+    are (:func:`_global_report`).
     """
     if not msg.raw:
         return None
@@ -375,7 +396,68 @@ def _reparse(msg: ParsedMessage) -> Message | None:
         return None
 
 
-def _dsn_failures(mime: Message) -> tuple[BounceFailure, ...]:
+# RFC 6533: an internationalized DSN has a message/global-delivery-status part (UTF-8 fields, recipients of
+# address type "utf-8") and returns message/global or message/global-headers. Postfix writes one for a
+# message sent with SMTPUTF8 (tests/data/eml/bounce/postfix_smtputf8_global_dsn.eml).
+_GLOBAL_TYPE = re.compile(rb"(content-type:\s*)message/global(-delivery-status|-headers)?\b", re.IGNORECASE)
+_GLOBAL_LEAF = b"application/x-crm-global"
+_BLOCK_SPLIT = re.compile(r"\r?\n(?:[ \t]*\r?\n)+")
+_EMBEDDED_UNICODE = re.compile(r"\\x\{([0-9A-Fa-f]{1,6})\}")
+_UTF8_ADDRESS = re.compile(r"[^\s<>;,\"()\[\]@]+@[^\s<>;,\"()\[\]@]+")
+
+
+def _global_report(raw: bytes) -> tuple[list[Message], str | None]:
+    """The per-recipient field groups and the returned Message-ID of an RFC 6533 report, from its bytes.
+
+    Why by hand: the stdlib parses ``message/delivery-status`` into field
+    groups but no other type; it reads ``message/global-delivery-status``
+    as a nested message (its first group as headers, the recipients as
+    text), and flufl.bounce (6.0) looks at ``message/delivery-status``
+    only, so it finds nothing. Here the three global types are renamed to
+    a leaf type before parsing, so each part's content comes out
+    transfer-decoded (these parts may be base64 or quoted-printable, RFC
+    6532 §3.5, unlike their ASCII originals), in UTF-8, and is split into
+    groups here. Never raises: what cannot be read gives nothing.
+    """
+    try:
+        renamed = _GLOBAL_TYPE.sub(lambda m: m.group(1) + _GLOBAL_LEAF + (m.group(2) or b""), raw)
+        mime = email.message_from_bytes(renamed)
+        blocks: list[Message] = []
+        original: str | None = None
+        for part in mime.walk():
+            ctype = part.get_content_type()
+            if not ctype.startswith("application/x-crm-global"):
+                continue
+            data = part.get_payload(decode=True)
+            if not isinstance(data, bytes):
+                continue
+            text = data.decode("utf-8", "replace")
+            if ctype.endswith("-delivery-status"):
+                blocks += [email.message_from_string(g) for g in _BLOCK_SPLIT.split(text.strip()) if g.strip()]
+            elif original is None:
+                original = _message_id_in(text.split("\n\n", 1)[0].split("\r\n\r\n", 1)[0])
+    except (ValueError, LookupError, TypeError, AttributeError, IndexError, RecursionError, UnicodeError,
+            email.errors.MessageError):
+        return [], None
+    return blocks, original
+
+
+def _report_blocks(mime: Message | None, raw: bytes) -> tuple[list[Message], str | None]:
+    """Every field group of the report's delivery-status parts (RFC 3464, RFC 6533), and the global Message-ID."""
+    blocks: list[Message] = []
+    if mime is not None:
+        for part in mime.walk():
+            if part.get_content_type() == "message/delivery-status":
+                payload = part.get_payload()
+                if isinstance(payload, list):
+                    blocks += [b for b in payload if isinstance(b, Message)]
+    if _GLOBAL_TYPE.search(raw) is None:
+        return blocks, None
+    more, original = _global_report(raw)
+    return blocks + more, original
+
+
+def _dsn_failures(blocks: list[Message]) -> tuple[BounceFailure, ...]:
     """Each failed or delayed recipient of a DSN with its permanence (RFC 3464 §2.3.3, RFC 3463).
 
     ``Action: failed`` is a lost message whatever the status class: hard
@@ -384,49 +466,55 @@ def _dsn_failures(mime: Message) -> tuple[BounceFailure, ...]:
     ``failed``, is a delay.
     """
     out: list[BounceFailure] = []
-    for part in mime.walk():
-        if part.get_content_type() != "message/delivery-status":
+    for block in blocks:
+        action = str(block.get("action", "")).strip().lower()
+        status_match = _STATUS.search(str(block.get("status", "")))
+        status = status_match.group(0) if status_match else ""
+        addr = _dsn_address(block)
+        if not addr or any(f.address == addr for f in out):
             continue
-        blocks = part.get_payload()
-        if not isinstance(blocks, list):
-            continue
-        for block in blocks:
-            if not isinstance(block, Message):
-                continue
-            action = str(block.get("action", "")).strip().lower()
-            status_match = _STATUS.search(str(block.get("status", "")))
-            status = status_match.group(0) if status_match else ""
-            addr = _dsn_address(block)
-            if not addr or any(f.address == addr for f in out):
-                continue
-            if status.startswith("5"):
-                out.append(BounceFailure(addr, Permanence.HARD, status))
-            elif action == "failed":
-                soft = status.startswith("4")
-                out.append(BounceFailure(addr, Permanence.SOFT if soft else Permanence.HARD, status or action))
-            elif status.startswith("4") or action == "delayed":
-                out.append(BounceFailure(addr, Permanence.DELAYED, status or action))
+        if status.startswith("5"):
+            out.append(BounceFailure(addr, Permanence.HARD, status))
+        elif action == "failed":
+            soft = status.startswith("4")
+            out.append(BounceFailure(addr, Permanence.SOFT if soft else Permanence.HARD, status or action))
+        elif status.startswith("4") or action == "delayed":
+            out.append(BounceFailure(addr, Permanence.DELAYED, status or action))
     return tuple(out)
 
 
 def _dsn_address(block: Message) -> str:
+    r"""The recipient a field group is about: Original-Recipient, else Final-Recipient, lower-cased.
+
+    An address of type ``utf-8`` (RFC 6533 §3) may hold UTF-8 as it is
+    (``utf-8; 张三@example.com``) or embedded as ``\x{5F20}``; Postfix also
+    writes UTF-8 under type ``rfc822``. Both are read.
+    """
     for name in ("original-recipient", "final-recipient"):
         value = str(block.get(name, ""))
-        m = _ADDRESS.search(value.split(";", 1)[-1])
-        if m:
-            return m.group(0).lower()
+        value = value.split(";", 1)[-1]
+        if value.isascii() and "\\x{" not in value:
+            m = _ADDRESS.search(value)
+            if m:
+                return m.group(0).lower()
+            continue
+        value = _EMBEDDED_UNICODE.sub(_embedded, value)
+        m2 = _UTF8_ADDRESS.search(value)
+        if m2 and "\ufffd" not in m2.group(0):
+            return m2.group(0).strip(".").lower()
     return ""
 
 
-def _is_success_report(mime: Message) -> bool:
-    for part in mime.walk():
-        if part.get_content_type() == "message/delivery-status":
-            blocks = part.get_payload()
-            if isinstance(blocks, list):
-                actions = {str(b.get("action", "")).strip().lower() for b in blocks if isinstance(b, Message)}
-                actions.discard("")
-                return bool(actions) and actions <= {"delivered", "relayed", "expanded"}
-    return False
+def _embedded(m: re.Match[str]) -> str:
+    r"""One ``\x{HEX}`` of a utf-8 address (RFC 6533 §3 EmbeddedUnicodeChar); a bad code point stays as written."""
+    point = int(m.group(1), 16)
+    return chr(point) if point <= 0x10FFFF and not 0xD800 <= point <= 0xDFFF else m.group(0)
+
+
+def _is_success_report(blocks: list[Message]) -> bool:
+    actions = {str(b.get("action", "")).strip().lower() for b in blocks}
+    actions.discard("")
+    return bool(actions) and actions <= {"delivered", "relayed", "expanded"}
 
 
 def _flufl(mime: Message | None) -> tuple[frozenset[bytes | str], frozenset[bytes | str]]:

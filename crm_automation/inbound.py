@@ -28,7 +28,7 @@ from typing import Any
 from crm_automation.effects import Effect, effects
 from crm_automation.errors import CrmError
 from crm_automation.mailbox.base import Cursor, MailboxSource
-from crm_automation.match import match
+from crm_automation.match import lookup, match
 from crm_automation.models import BounceFailure, Classification, Kind, Permanence, RawMessage
 from crm_automation.parallel import OrderedPool
 from crm_automation.reading import Reading, ReadPolicy, Unreadable, read_chunk, reading_of
@@ -179,7 +179,7 @@ def decide(raw: RawMessage, reading: Reading | Unreadable, src: str, now: dateti
         kind=cls.kind, customer_key=key, digest=digest, facts=common,
         details={"from": msg.from_addr, "to": list(msg.to_addrs), "evidence": cls.evidence, "matched_by": how,
                  "recipients": list(cls.recipients), "permanent": cls.permanent, "uid": raw.uid},
-        effects=tuple((e, key if key is not None else by_email.get(e.email)) for e in caused),
+        effects=tuple((e, key if key is not None else lookup(by_email, e.email)) for e in caused),
         notify_owner=notify)
     sender = (msg.from_addr, msg.from_name) if key is None and cls.kind is Kind.EMAIL_IN and msg.from_addr else None
     return Decision(*pos, activities=(record,), label=cls.kind.value if key is not None else "unknown",
@@ -199,7 +199,7 @@ def _bounce_records(cls: Classification, from_addr: str, to: list[str], uid: int
     original = sent([cls.original_message_id]).get(cls.original_message_id) if cls.original_message_id else None
     out = []
     for f in cls.failures:
-        key = by_email.get(f.address)
+        key = lookup(by_email, f.address)
         how = f"failed recipient {f.address}"
         if key is None and original is not None and len(cls.failures) == 1:
             key, how = original.customer_key, f"bounced message {cls.original_message_id}"
@@ -229,7 +229,7 @@ def _quarantined(raw: RawMessage, src: str, error: str, by_email: dict[str, str]
     return Decision(raw.folder, raw.uidvalidity, raw.uid, raw.seen_key, label="quarantined",
                     quarantine=QuarantineRecord(source=f"{src} {where}", raw=raw.raw[:limit], error=error,
                                                 from_addr=sender,
-                                                customer_key=by_email.get(sender) if sender else None,
+                                                customer_key=lookup(by_email, sender) if sender else None,
                                                 size=raw.size))
 
 

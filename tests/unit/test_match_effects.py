@@ -59,3 +59,16 @@ def test_an_unsubscribe_suppresses_the_sender_and_the_customer_it_was_matched_to
 def test_replies_and_auto_replies_change_nothing_here():
     assert effects(msg(), REPLY, "alice@example.org") == []
     assert effects(msg(), Classification(Kind.AUTO_REPLY, "Auto-Submitted"), "alice@example.org") == []
+
+
+# -- issue #17: internationalized domains (RFC 6530) ----------------------------------------------------------
+
+
+def test_an_internationalized_domain_matches_in_either_spelling():
+    index = {"张三@例子.中国": "k-zhang", "li@xn--fiqs8s.example": "k-li"}
+    assert match(msg(from_addr="张三@xn--fsqu00a.xn--fiqs8s"), REPLY, index, {}) == ("k-zhang", "sender address")
+    assert match(msg(from_addr="li@中国.example"), REPLY, index, {}) == ("k-li", "sender address")
+    bounce = Classification(Kind.BOUNCE, "DSN", (BounceFailure("张三@xn--fsqu00a.xn--fiqs8s", Permanence.HARD),))
+    assert match(msg(from_addr="mailer-daemon@mx.example.net"), bounce, index, {})[0] == "k-zhang"
+    # A domain IDNA refuses is compared as written, and never raises.
+    assert match(msg(from_addr="x@bad..例子"), REPLY, index, {}) == (None, "unknown sender")
