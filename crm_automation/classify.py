@@ -50,7 +50,7 @@ import flufl.bounce
 
 from crm_automation.models import BounceFailure, Classification, Kind, ParsedMessage, Permanence
 
-__all__ = ["classify"]
+__all__ = ["classify", "mass_mail", "robot_sender"]
 
 _ASCII_ONLY = bytes(range(128)) + b"?" * 128
 _BOUNCE_SENDERS = re.compile(r"^(?:mailer-daemon|mailer_daemon|postmaster|mail-daemon|mdaemon|mailerdaemon)$")
@@ -684,3 +684,58 @@ def _own_unsubscribe(msg: ParsedMessage) -> Classification | None:
     if subject.lower() in {"unsubscribe", "退订"}:
         return Classification(Kind.UNSUBSCRIBE, f"subject {subject!r} (the List-Unsubscribe mailto)")
     return None
+
+
+# -- senders who are nobody to add to the sheet ---------------------------------------------
+
+
+_BULK_PRECEDENCE = frozenset({"bulk", "list", "junk"})
+# Local parts no person writes from (issue #17): anywhere in it ("account-noreply", "noreply-dmarc-support") ...
+_ROBOT_ANYWHERE = re.compile(r"no[-_.]?reply|do[-_.]?not[-_.]?reply|dont[-_.]?reply|mailer[-_.]?daemon")
+# ... or as the whole local part, optionally with a tag ("bounces+1234", "notifications-ab12").
+_ROBOT_LOCAL = re.compile(r"(?:postmaster|bounces?|notifications?|notify|alerts?|daemon|robot|"
+                          r"auto[-_.]?(?:reply|responder|confirm|mailer))(?:[-+_.][a-z0-9._=-]*)?")
+# Known robots by address: QQ Mail's own notices come from 10000@qq.com (QQ邮箱团队).
+_ROBOT_ADDRESSES = frozenset({"10000@qq.com"})
+_ROBOT_NAME = re.compile(r"do[- ]?not[- ]?reply|no[- ]?reply|mail delivery (?:sub)?system|"
+                         r"请勿(?:直接)?回复|系统(?:邮件|通知)", re.IGNORECASE)
+
+
+def mass_mail(msg: ParsedMessage) -> str:
+    """Why ``msg`` is list or bulk mail, from its headers ("" when it is not; issue #17).
+
+    ``List-Id`` (RFC 2919) is set by list servers only. ``Precedence:
+    bulk``, ``list`` and ``junk`` mark mass mail (RFC 3834 §3.1.8 reads them
+    the same way). ``List-Unsubscribe`` alone is not enough — a prospect
+    writing from a sales tool sends it with a person's mail — but with any
+    ``Precedence`` it is a newsletter. Not an auto-reply, and still logged
+    (see the module's note on ``Precedence``): only never a new customer.
+    """
+    h = msg.headers
+    if "list-id" in h:
+        return f"list mail (header List-Id: {h['list-id'].strip()[:60]})"
+    precedence = h.get("precedence", "").strip().lower()
+    if precedence in _BULK_PRECEDENCE:
+        return f"bulk mail (header Precedence: {precedence})"
+    if precedence and "list-unsubscribe" in h:
+        return f"bulk mail (headers List-Unsubscribe and Precedence: {precedence[:20]})"
+    return ""
+
+
+def robot_sender(addr: str, name: str = "") -> str:
+    """Why ``addr`` (with display name ``name``) is a robot no person answers from ("" when it is not).
+
+    no-reply and do-not-reply addresses, MAILER-DAEMON and postmaster,
+    notification, alert and bounce senders (``notifications@github.com``,
+    ``bounces+1234@...``), and display names that say so ("请勿回复",
+    "Do not reply"). A new customer row for one of them would be mailed our
+    campaigns for nothing (issue #17).
+    """
+    local = addr.rpartition("@")[0].lower()
+    if addr.lower() in _ROBOT_ADDRESSES:
+        return f"a known robot address ({addr})"
+    if _ROBOT_ANYWHERE.search(local) is not None or _ROBOT_LOCAL.fullmatch(local) is not None:
+        return f"a robot address ({local}@)"
+    if name and _ROBOT_NAME.search(name) is not None:
+        return f"a robot sender (display name {name[:40]!r})"
+    return ""

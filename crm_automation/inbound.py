@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parseaddr
 from typing import Any
 
+from crm_automation.classify import robot_sender
 from crm_automation.effects import Effect, effects
 from crm_automation.errors import CrmError
 from crm_automation.mailbox.base import Cursor, MailboxSource
@@ -99,6 +100,8 @@ class Decision:
     # what the fetch stage counts it as when it is new: a kind, "unknown" or "quarantined"
     label: str = "unknown"
     new_sender: tuple[str, str] | None = None  # (address, name) of an unknown sender of a normal message
+    # (address, why) of an unknown sender who is nobody to add to the sheet: ours, an owner, a list, a robot
+    not_new_sender: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +115,10 @@ class InboundPolicy:
     soft_bounce_days: int
     email_field: str | None
     email_fields: tuple[str, ...] = field(default=())
+    # Our own addresses -> the setting that names them: never a new customer (issue #17).
+    own_addresses: dict[str, str] = field(default_factory=dict)
+    # ``new_senders = "add_to_sheet"``: only then is it worth judging who may become a new row.
+    add_senders: bool = False
 
     def reading(self, by_email: dict[str, str]) -> ReadPolicy:
         """The part :func:`read` needs, with the customers' addresses."""
@@ -129,7 +136,21 @@ class InboundPolicy:
         fields = tuple(f.name for f in ws.mapping.fields.values() if f.type.value == "email" and f.name != "owner")
         return cls(max_bytes=ws.cfg.mailbox.max_message_bytes, unsubscribe_addresses=unsub,
                    notify_owner=ob.notify_owner, soft_bounce_limit=ws.cfg.inbound.soft_bounce_limit,
-                   soft_bounce_days=ws.cfg.inbound.soft_bounce_days, email_field=ws.email_field, email_fields=fields)
+                   soft_bounce_days=ws.cfg.inbound.soft_bounce_days, email_field=ws.email_field, email_fields=fields,
+                   own_addresses=_own_addresses(ws), add_senders=ws.cfg.mailbox.new_senders == "add_to_sheet")
+
+
+def _own_addresses(ws: Workspace) -> dict[str, str]:
+    """Our addresses (outbound from, reply_to, unsubscribe_mailto, the servers' user names) -> the key naming each."""
+    ob, mb = ws.cfg.outbound, ws.cfg.mailbox
+    out: dict[str, str] = {}
+    for label, value in (("outbound.from", ob.from_), ("outbound.reply_to", ob.reply_to),
+                         ("outbound.unsubscribe_mailto", ob.unsubscribe_mailto),
+                         ("mailbox.username", mb.username), ("outbound.username", ob.username)):
+        addr = parseaddr(value)[1].strip().lower() if value else ""
+        if "@" in addr:
+            out.setdefault(addr, label)
+    return out
 
 
 def _bytes_and_size(raw: RawMessage) -> tuple[bytes, int | None]:
@@ -146,8 +167,13 @@ CustomerLookup = Callable[[str], dict[str, Any] | None]
 
 
 def decide(raw: RawMessage, reading: Reading | Unreadable, src: str, now: datetime, policy: InboundPolicy,
-           by_email: dict[str, str], sent: SentLookup, customer: CustomerLookup, new_id: Callable[[], str]) -> Decision:
-    """What to record for one message, given how it reads. The per-item boundary: a failure quarantines it."""
+           by_email: dict[str, str], sent: SentLookup, customer: CustomerLookup, new_id: Callable[[], str], *,
+           owners: Container[str] = frozenset()) -> Decision:
+    """What to record for one message, given how it reads. The per-item boundary: a failure quarantines it.
+
+    ``owners`` are the owners' addresses in the sheet, who are never added
+    to it as customers (issue #17).
+    """
     pos = (raw.folder, raw.uidvalidity, raw.uid, raw.seen_key)
     limit = policy.max_bytes
     if isinstance(reading, Unreadable):
@@ -181,9 +207,32 @@ def decide(raw: RawMessage, reading: Reading | Unreadable, src: str, now: dateti
                  "recipients": list(cls.recipients), "permanent": cls.permanent, "uid": raw.uid},
         effects=tuple((e, key if key is not None else lookup(by_email, e.email)) for e in caused),
         notify_owner=notify)
-    sender = (msg.from_addr, msg.from_name) if key is None and cls.kind is Kind.EMAIL_IN and msg.from_addr else None
+    sender: tuple[str, str] | None = None
+    not_new: tuple[str, str] | None = None
+    if key is None and cls.kind is Kind.EMAIL_IN and msg.from_addr:
+        why = _not_a_customer(msg.from_addr, msg.from_name, reading.bulk, policy, owners) if policy.add_senders else ""
+        if why:
+            not_new = (msg.from_addr, why)
+        else:
+            sender = (msg.from_addr, msg.from_name)
     return Decision(*pos, activities=(record,), label=cls.kind.value if key is not None else "unknown",
-                    new_sender=sender)
+                    new_sender=sender, not_new_sender=not_new)
+
+
+def _not_a_customer(addr: str, name: str, bulk: str, policy: InboundPolicy, owners: Container[str]) -> str:
+    """Why an unknown sender must not become a new row of the sheet ("" when they may; issue #17).
+
+    ``new_senders = "add_to_sheet"`` adds people who write to us; never our
+    own addresses (a copy of our own mail, a colleague testing), the
+    owners named in the sheet, list or bulk mail, or robots that no one
+    answers (each would then be mailed our campaigns).
+    """
+    own = policy.own_addresses.get(addr)
+    if own is not None:
+        return f"our own address ({own})"
+    if addr in owners:
+        return "an owner in the sheet"
+    return bulk or robot_sender(addr, name)
 
 
 
@@ -267,6 +316,11 @@ class InboundPass:
         by_email = self.index()
         counts: dict[str, int] = {"messages": 0, "duplicates": 0, "quarantined": 0, "unknown": 0}
         new_senders: dict[str, str] = {}
+        not_added: dict[str, str] = {}  # unknown senders who are nobody to add: address -> why (issue #17)
+        adding = mb.new_senders == "add_to_sheet" and on_new_senders is not None
+        # The owners' addresses, read from the log on first use, and only when senders may be added.
+        owners: Container[str] = (address_index(self.store, ["owner"]) if adding and "owner" in self.ws.mapping.fields
+                                  else frozenset())
         pending: list[tuple[RawMessage, Decision]] = []
         bar = self.ctx.progress("fetch", None)
         stop = self.ctx.stop
@@ -286,6 +340,8 @@ class InboundPass:
                 kind = d.label if new or d.quarantine is not None else "duplicates"
                 if new and d.new_sender is not None:
                     new_senders.setdefault(*d.new_sender)
+                elif new and d.not_new_sender is not None:
+                    not_added.setdefault(*d.not_new_sender)
                 counts[kind] = counts.get(kind, 0) + 1
                 counts["messages"] += 1
             raws = [raw for raw, _ in pending]
@@ -302,7 +358,8 @@ class InboundPass:
                     if stop.is_set():
                         break
                     d = decide(raw, reading_of(wire), f"{source.name}/{raw.folder}", self.ctx.clock.now(),
-                               self.policy, by_email, self.store.sent_message_ids, self._customer, self.new_id)
+                               self.policy, by_email, self.store.sent_message_ids, self._customer, self.new_id,
+                               owners=owners)
                     if d.quarantine is not None:
                         log.warning("%s quarantined: %s", d.quarantine.source, d.quarantine.error)
                     pending.append((raw, d))
@@ -320,7 +377,11 @@ class InboundPass:
             raise
         finally:
             bar.close()
-        if new_senders and mb.new_senders == "add_to_sheet" and on_new_senders is not None:
+        if adding and not_added:
+            counts["not_added_to_sheet"] = len(not_added)
+            for addr, why in sorted(not_added.items()):
+                log.info("new sender %s not added to the sheet: %s", addr, why)
+        if new_senders and adding and on_new_senders is not None:
             counts["added_to_sheet"] = on_new_senders(new_senders, by_email)
         res.stats = counts
 
