@@ -35,6 +35,7 @@ from crm_automation.parallel import OrderedPool
 from crm_automation.reading import Reading, ReadPolicy, Unreadable, read_chunk, reading_of
 from crm_automation.stage import LazyIndex, StageContext, StageResult, address_index, recorded
 from crm_automation.store.sends import SentRef
+from crm_automation.tokens import token_in_subject
 from crm_automation.workspace import Workspace
 
 log = logging.getLogger("crm_automation")
@@ -164,15 +165,21 @@ def _weight(raw: RawMessage) -> int:
 # Lookups a decision may need from the log (reads only).
 SentLookup = Callable[[list[str]], dict[str, SentRef]]
 CustomerLookup = Callable[[str], dict[str, Any] | None]
+TokenLookup = Callable[[str], SentRef | None]
+
+
+def _no_token(token: str) -> SentRef | None:
+    return None
 
 
 def decide(raw: RawMessage, reading: Reading | Unreadable, src: str, now: datetime, policy: InboundPolicy,
            by_email: dict[str, str], sent: SentLookup, customer: CustomerLookup, new_id: Callable[[], str], *,
-           owners: Container[str] = frozenset()) -> Decision:
+           tokens: TokenLookup = _no_token, owners: Container[str] = frozenset()) -> Decision:
     """What to record for one message, given how it reads. The per-item boundary: a failure quarantines it.
 
-    ``owners`` are the owners' addresses in the sheet, who are never added
-    to it as customers (issue #17).
+    ``tokens`` finds the send an unsubscribe request's token names (issue
+    #17); ``owners`` are the owners' addresses in the sheet, who are never
+    added to it as customers.
     """
     pos = (raw.folder, raw.uidvalidity, raw.uid, raw.seen_key)
     limit = policy.max_bytes
@@ -182,7 +189,9 @@ def decide(raw: RawMessage, reading: Reading | Unreadable, src: str, now: dateti
     try:
         refs = [r for r in (msg.in_reply_to, *msg.references) if r]
         answered = {m: v.customer_key for m, v in sent(refs).items()} if refs else {}
-        key, how = match(msg, cls, by_email, answered)
+        token = token_in_subject(msg.subject) if cls.kind is Kind.UNSUBSCRIBE else None
+        named = tokens(token) if token is not None else None
+        key, how = match(msg, cls, by_email, answered, (token, named.customer_key) if token and named else None)
     except CrmError:
         raise  # the log failed: the stage stops, nothing of this message is recorded
     except Exception as e:  # the per-item boundary (SPEC §9)
@@ -200,11 +209,26 @@ def decide(raw: RawMessage, reading: Reading | Unreadable, src: str, now: dateti
     owner = c.get("owner") if c else None
     notify = (owner, new_id()) if (policy.notify_owner and key is not None and cls.kind is Kind.EMAIL_IN
                                    and isinstance(owner, str) and "@" in owner) else None
-    caused = effects(msg, cls, cust_email if isinstance(cust_email, str) else None)
+    details: dict[str, Any] = {
+        "from": msg.from_addr, "to": list(msg.to_addrs), "evidence": cls.evidence, "matched_by": how,
+        "recipients": list(cls.recipients), "permanent": cls.permanent, "uid": raw.uid}
+    other = False
+    if token is not None:
+        # Issue #17: the token names the customer; the sender is recorded beside it, whoever it is.
+        details["token"] = token
+        if named is not None:
+            sender_key = lookup(by_email, msg.from_addr)
+            details.update(token_customer=named.customer_key, token_send=f"{named.campaign}/{named.step}",
+                           sender_customer=sender_key)
+            other = sender_key is not None and sender_key != named.customer_key
+            if other:
+                details["note"] = (f"sent from the address of customer {sender_key!r} with the token of customer "
+                                   f"{named.customer_key!r}: only the token's customer is unsubscribed")
+        else:
+            details["token_unknown"] = True  # names no send: handled by the sender's address, as before
+    caused = effects(msg, cls, cust_email if isinstance(cust_email, str) else None, sender_is_other_customer=other)
     record = ActivityRecord(
-        kind=cls.kind, customer_key=key, digest=digest, facts=common,
-        details={"from": msg.from_addr, "to": list(msg.to_addrs), "evidence": cls.evidence, "matched_by": how,
-                 "recipients": list(cls.recipients), "permanent": cls.permanent, "uid": raw.uid},
+        kind=cls.kind, customer_key=key, digest=digest, facts=common, details=details,
         effects=tuple((e, key if key is not None else lookup(by_email, e.email)) for e in caused),
         notify_owner=notify)
     sender: tuple[str, str] | None = None
@@ -359,7 +383,7 @@ class InboundPass:
                         break
                     d = decide(raw, reading_of(wire), f"{source.name}/{raw.folder}", self.ctx.clock.now(),
                                self.policy, by_email, self.store.sent_message_ids, self._customer, self.new_id,
-                               owners=owners)
+                               tokens=self.store.send_for_token, owners=owners)
                     if d.quarantine is not None:
                         log.warning("%s quarantined: %s", d.quarantine.source, d.quarantine.error)
                     pending.append((raw, d))

@@ -1,6 +1,8 @@
 """Inbound message -> customer (SPEC §9). Pure: values in, values out.
 
-Order: a bounce belongs to the address that failed; otherwise the sender's
+Order: a bounce belongs to the address that failed; an unsubscribe request
+carrying a send's token belongs to the customer that send went to (issue
+#17: it may come from another of their accounts); otherwise the sender's
 address (case-insensitive); otherwise a Message-ID the worker sent, named in
 In-Reply-To or References (a colleague answering for the customer);
 otherwise unknown.
@@ -56,13 +58,21 @@ def lookup(by_email: Mapping[str, str], addr: str) -> str | None:
 
 
 def match(msg: Correspondence, cls: Classification, by_email: Mapping[str, str],
-          sent_ids: Mapping[str, str]) -> tuple[str | None, str]:
-    """Return (customer key or None, how it was matched)."""
+          sent_ids: Mapping[str, str], token: tuple[str, str] | None = None) -> tuple[str | None, str]:
+    """Return (customer key or None, how it was matched).
+
+    ``token``: (the token an unsubscribe request carries, the customer of
+    the send it names), when it names one. It wins over the sender's
+    address: the token says which customer the request is about (issue
+    #17); the caller records the sender too.
+    """
     if cls.kind is Kind.BOUNCE:
         for addr in cls.recipients:
             key = lookup(by_email, addr)
             if key is not None:
                 return key, f"failed recipient {addr}"
+    if token is not None and cls.kind is Kind.UNSUBSCRIBE:
+        return token[1], f"unsubscribe token {token[0]}"
     key = lookup(by_email, msg.from_addr)
     if key is not None:
         return key, "sender address"
