@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crm_automation.config import Config, MailboxSection, OutboundSection
+from crm_automation.config import Config, MailboxSection, OutboundSection, config_warnings
 from crm_automation.credentials import login_problems
 from crm_automation.errors import ConfigError, CrmError, ServiceError
 from crm_automation.workspace import Workspace
@@ -54,6 +54,9 @@ def run_checks(config_path: str | None, *, connect: bool = False, plan: bool = F
         return {"checks": checks, "exit": 2}
     checks.append(_item("config and mappings", [], f"{ws.cfg.path.name}: {len(ws.mapping.fields)} fields, "
                         f"{len(ws.campaigns)} campaign(s)"))
+    warnings = config_warnings(ws.cfg)  # shown, never failing (issue #17: {email} in unsubscribe_url)
+    if warnings:
+        checks[-1]["notes"] = [f"warning: {w}" for w in warnings]
     tpl = ws.check_templates()
     checks.append(_item("templates", tpl, f"{len(ws.templates.names())} template(s), every variable mapped"))
     code = 2 if tpl else 0

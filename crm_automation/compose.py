@@ -28,6 +28,7 @@ from crm_automation.config import Config
 from crm_automation.errors import DataError
 from crm_automation.planner import CustomerView
 from crm_automation.templating import Templates, build_message
+from crm_automation.tokens import mailto_subject, token_of
 
 NOTIFICATION = "_owner_notification"
 DEFAULT_TEMPLATES = Path(__file__).resolve().parent / "default_templates"
@@ -80,12 +81,21 @@ class Composer:
         """What templates show as ``unsubscribe``: the one-click URL when configured, else the mailto."""
         url = self.cfg.outbound.unsubscribe_url
         if url:
-            return url.replace("{token}", message_id.strip("<>").partition("@")[0]).replace("{email}", quote(email))
-        return f"mailto:{self.mailto}?subject=unsubscribe"
+            return url.replace("{token}", token_of(message_id)).replace("{email}", quote(email))
+        return self.unsubscribe_mailto(message_id)
+
+    def unsubscribe_mailto(self, message_id: str) -> str:
+        """``mailto:ADDRESS?subject=unsubscribe%20TOKEN``: the send's token rides in the subject (issue #17).
+
+        So a request sent from another of the customer's accounts still names
+        the customer; why the subject and not a plus address, and what the
+        providers' buttons send, is in :mod:`crm_automation.tokens`.
+        """
+        return f"mailto:{self.mailto}?subject={mailto_subject(token_of(message_id))}"
 
     def list_unsubscribe(self, email: str, message_id: str) -> str:
         """The ``List-Unsubscribe`` header value (RFC 2369; with the URL for RFC 8058 one-click)."""
-        parts = [f"<mailto:{self.mailto}?subject=unsubscribe>"]
+        parts = [f"<{self.unsubscribe_mailto(message_id)}>"]
         if self.cfg.outbound.unsubscribe_url:
             parts.append(f"<{self.unsubscribe_link(email, message_id)}>")
         return ", ".join(parts)

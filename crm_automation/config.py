@@ -188,6 +188,8 @@ class OutboundSection(_ServerSection):
         if v is not None and not v.startswith("https://"):
             msg = f"{v!r} is not an https:// URL (one-click unsubscribe requires HTTPS, RFC 8058)"
             raise ValueError(msg)
+        if v is not None and (problem := url_placeholder_problem(v)) is not None:
+            raise ValueError(problem)
         return v
 
 
@@ -226,6 +228,44 @@ class _ConfigModel(_Strict):
     outbound: OutboundSection
     schedule: ScheduleSection = ScheduleSection()
     inbound: InboundSection = InboundSection()
+
+
+URL_PLACEHOLDERS = ("{token}", "{email}")
+_BRACED = re.compile(r"\{([^{}]*)\}")
+
+
+def url_placeholder_problem(url: str) -> str | None:
+    """What is wrong with ``unsubscribe_url``'s placeholders, or None (issue #17).
+
+    Only ``{token}`` and ``{email}`` are filled in (``compose.Composer.unsubscribe_link``);
+    anything else in braces would reach the customer as written, and a
+    brace is never part of a URL (RFC 3986), so a stray one is a typo.
+    """
+    expected = "expected only {token} and {email}, e.g. \"https://example.com/u/{token}\""
+    for m in _BRACED.finditer(url):
+        if m.group(0) not in URL_PLACEHOLDERS:
+            return f"{url!r} has the unknown placeholder {m.group(0)} ({expected})"
+    rest = _BRACED.sub("", url)
+    for ch in "{}":
+        if ch in rest:
+            at = url.index(ch) if url.count(ch) == 1 else None
+            where = f" at character {at + 1}" if at is not None else ""
+            return f"{url!r} has an unbalanced {ch!r}{where} ({expected})"
+    return None
+
+
+def config_warnings(cfg: Config) -> list[str]:
+    """What ``check`` warns about without failing: settings that work but are probably not meant (issue #17)."""
+    out: list[str] = []
+    url = cfg.outbound.unsubscribe_url
+    if url and "{email}" in url:
+        out.append(f"{cfg.path}: outbound.unsubscribe_url {url!r} puts the customer's address in the link "
+                   "({email}): it then shows in web server and proxy logs, and to anyone the mail is forwarded "
+                   "to; {token} names the customer without it")
+    elif url and "{token}" not in url:
+        out.append(f"{cfg.path}: outbound.unsubscribe_url {url!r} has no {{token}}: every customer gets the same "
+                   "link, so your page cannot tell who unsubscribed (expected e.g. \"https://example.com/u/{token}\")")
+    return out
 
 
 def parse_duration(text: str) -> timedelta | None:

@@ -25,14 +25,24 @@ class Effect:
     status: str | None
 
 
-def effects(msg: Correspondence, cls: Classification, customer_email: str | None) -> list[Effect]:
-    """The suppressions and status changes one classified message causes (bounces: :func:`bounce_effects`)."""
+def effects(msg: Correspondence, cls: Classification, customer_email: str | None, *,
+            sender_is_other_customer: bool = False) -> list[Effect]:
+    """The suppressions and status changes one classified message causes (bounces: :func:`bounce_effects`).
+
+    An unsubscribe suppresses the sender's address and the matched
+    customer's. ``sender_is_other_customer``: the request carries a send's
+    token naming one customer but comes from the address of *another*
+    customer (issue #17). The token wins: the customer it names is
+    suppressed, and the sender's own customer is left as it is — a
+    forwarded mail or a mistyped token never unsubscribes them silently;
+    the activity's details name both.
+    """
     if cls.kind is Kind.BOUNCE and not cls.failures and customer_email:
         return [Effect(customer_email.lower(), "bounced", "bounced")]  # a notice naming nobody, matched otherwise
     if cls.kind is Kind.UNSUBSCRIBE:
-        addr = msg.from_addr or customer_email
+        addr = (msg.from_addr or customer_email) if not sender_is_other_customer else None
         out = [Effect(addr.lower(), "unsubscribed", "unsubscribed")] if addr else []
-        if customer_email and addr and customer_email.lower() != addr.lower():
+        if customer_email and customer_email.lower() != (addr or "").lower():
             out.append(Effect(customer_email.lower(), "unsubscribed", "unsubscribed"))
         return out
     return []

@@ -18,22 +18,24 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parseaddr
 from typing import Any
 
+from crm_automation.classify import robot_sender
 from crm_automation.effects import Effect, effects
 from crm_automation.errors import CrmError
 from crm_automation.mailbox.base import Cursor, MailboxSource
-from crm_automation.match import match
+from crm_automation.match import lookup, match
 from crm_automation.models import BounceFailure, Classification, Kind, Permanence, RawMessage
 from crm_automation.parallel import OrderedPool
 from crm_automation.reading import Reading, ReadPolicy, Unreadable, read_chunk, reading_of
 from crm_automation.stage import LazyIndex, StageContext, StageResult, address_index, recorded
 from crm_automation.store.sends import SentRef
+from crm_automation.tokens import token_in_subject
 from crm_automation.workspace import Workspace
 
 log = logging.getLogger("crm_automation")
@@ -99,6 +101,8 @@ class Decision:
     # what the fetch stage counts it as when it is new: a kind, "unknown" or "quarantined"
     label: str = "unknown"
     new_sender: tuple[str, str] | None = None  # (address, name) of an unknown sender of a normal message
+    # (address, why) of an unknown sender who is nobody to add to the sheet: ours, an owner, a list, a robot
+    not_new_sender: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +116,10 @@ class InboundPolicy:
     soft_bounce_days: int
     email_field: str | None
     email_fields: tuple[str, ...] = field(default=())
+    # Our own addresses -> the setting that names them: never a new customer (issue #17).
+    own_addresses: dict[str, str] = field(default_factory=dict)
+    # ``new_senders = "add_to_sheet"``: only then is it worth judging who may become a new row.
+    add_senders: bool = False
 
     def reading(self, by_email: dict[str, str]) -> ReadPolicy:
         """The part :func:`read` needs, with the customers' addresses."""
@@ -129,7 +137,21 @@ class InboundPolicy:
         fields = tuple(f.name for f in ws.mapping.fields.values() if f.type.value == "email" and f.name != "owner")
         return cls(max_bytes=ws.cfg.mailbox.max_message_bytes, unsubscribe_addresses=unsub,
                    notify_owner=ob.notify_owner, soft_bounce_limit=ws.cfg.inbound.soft_bounce_limit,
-                   soft_bounce_days=ws.cfg.inbound.soft_bounce_days, email_field=ws.email_field, email_fields=fields)
+                   soft_bounce_days=ws.cfg.inbound.soft_bounce_days, email_field=ws.email_field, email_fields=fields,
+                   own_addresses=_own_addresses(ws), add_senders=ws.cfg.mailbox.new_senders == "add_to_sheet")
+
+
+def _own_addresses(ws: Workspace) -> dict[str, str]:
+    """Our addresses (outbound from, reply_to, unsubscribe_mailto, the servers' user names) -> the key naming each."""
+    ob, mb = ws.cfg.outbound, ws.cfg.mailbox
+    out: dict[str, str] = {}
+    for label, value in (("outbound.from", ob.from_), ("outbound.reply_to", ob.reply_to),
+                         ("outbound.unsubscribe_mailto", ob.unsubscribe_mailto),
+                         ("mailbox.username", mb.username), ("outbound.username", ob.username)):
+        addr = parseaddr(value)[1].strip().lower() if value else ""
+        if "@" in addr:
+            out.setdefault(addr, label)
+    return out
 
 
 def _bytes_and_size(raw: RawMessage) -> tuple[bytes, int | None]:
@@ -143,11 +165,22 @@ def _weight(raw: RawMessage) -> int:
 # Lookups a decision may need from the log (reads only).
 SentLookup = Callable[[list[str]], dict[str, SentRef]]
 CustomerLookup = Callable[[str], dict[str, Any] | None]
+TokenLookup = Callable[[str], SentRef | None]
+
+
+def _no_token(token: str) -> SentRef | None:
+    return None
 
 
 def decide(raw: RawMessage, reading: Reading | Unreadable, src: str, now: datetime, policy: InboundPolicy,
-           by_email: dict[str, str], sent: SentLookup, customer: CustomerLookup, new_id: Callable[[], str]) -> Decision:
-    """What to record for one message, given how it reads. The per-item boundary: a failure quarantines it."""
+           by_email: dict[str, str], sent: SentLookup, customer: CustomerLookup, new_id: Callable[[], str], *,
+           tokens: TokenLookup = _no_token, owners: Container[str] = frozenset()) -> Decision:
+    """What to record for one message, given how it reads. The per-item boundary: a failure quarantines it.
+
+    ``tokens`` finds the send an unsubscribe request's token names (issue
+    #17); ``owners`` are the owners' addresses in the sheet, who are never
+    added to it as customers.
+    """
     pos = (raw.folder, raw.uidvalidity, raw.uid, raw.seen_key)
     limit = policy.max_bytes
     if isinstance(reading, Unreadable):
@@ -156,7 +189,9 @@ def decide(raw: RawMessage, reading: Reading | Unreadable, src: str, now: dateti
     try:
         refs = [r for r in (msg.in_reply_to, *msg.references) if r]
         answered = {m: v.customer_key for m, v in sent(refs).items()} if refs else {}
-        key, how = match(msg, cls, by_email, answered)
+        token = token_in_subject(msg.subject) if cls.kind is Kind.UNSUBSCRIBE else None
+        named = tokens(token) if token is not None else None
+        key, how = match(msg, cls, by_email, answered, (token, named.customer_key) if token and named else None)
     except CrmError:
         raise  # the log failed: the stage stops, nothing of this message is recorded
     except Exception as e:  # the per-item boundary (SPEC §9)
@@ -174,16 +209,54 @@ def decide(raw: RawMessage, reading: Reading | Unreadable, src: str, now: dateti
     owner = c.get("owner") if c else None
     notify = (owner, new_id()) if (policy.notify_owner and key is not None and cls.kind is Kind.EMAIL_IN
                                    and isinstance(owner, str) and "@" in owner) else None
-    caused = effects(msg, cls, cust_email if isinstance(cust_email, str) else None)
+    details: dict[str, Any] = {
+        "from": msg.from_addr, "to": list(msg.to_addrs), "evidence": cls.evidence, "matched_by": how,
+        "recipients": list(cls.recipients), "permanent": cls.permanent, "uid": raw.uid}
+    other = False
+    if token is not None:
+        # Issue #17: the token names the customer; the sender is recorded beside it, whoever it is.
+        details["token"] = token
+        if named is not None:
+            sender_key = lookup(by_email, msg.from_addr)
+            details.update(token_customer=named.customer_key, token_send=f"{named.campaign}/{named.step}",
+                           sender_customer=sender_key)
+            other = sender_key is not None and sender_key != named.customer_key
+            if other:
+                details["note"] = (f"sent from the address of customer {sender_key!r} with the token of customer "
+                                   f"{named.customer_key!r}: only the token's customer is unsubscribed")
+        else:
+            details["token_unknown"] = True  # names no send: handled by the sender's address, as before
+    caused = effects(msg, cls, cust_email if isinstance(cust_email, str) else None, sender_is_other_customer=other)
     record = ActivityRecord(
-        kind=cls.kind, customer_key=key, digest=digest, facts=common,
-        details={"from": msg.from_addr, "to": list(msg.to_addrs), "evidence": cls.evidence, "matched_by": how,
-                 "recipients": list(cls.recipients), "permanent": cls.permanent, "uid": raw.uid},
-        effects=tuple((e, key if key is not None else by_email.get(e.email)) for e in caused),
+        kind=cls.kind, customer_key=key, digest=digest, facts=common, details=details,
+        effects=tuple((e, key if key is not None else lookup(by_email, e.email)) for e in caused),
         notify_owner=notify)
-    sender = (msg.from_addr, msg.from_name) if key is None and cls.kind is Kind.EMAIL_IN and msg.from_addr else None
+    sender: tuple[str, str] | None = None
+    not_new: tuple[str, str] | None = None
+    if key is None and cls.kind is Kind.EMAIL_IN and msg.from_addr:
+        why = _not_a_customer(msg.from_addr, msg.from_name, reading.bulk, policy, owners) if policy.add_senders else ""
+        if why:
+            not_new = (msg.from_addr, why)
+        else:
+            sender = (msg.from_addr, msg.from_name)
     return Decision(*pos, activities=(record,), label=cls.kind.value if key is not None else "unknown",
-                    new_sender=sender)
+                    new_sender=sender, not_new_sender=not_new)
+
+
+def _not_a_customer(addr: str, name: str, bulk: str, policy: InboundPolicy, owners: Container[str]) -> str:
+    """Why an unknown sender must not become a new row of the sheet ("" when they may; issue #17).
+
+    ``new_senders = "add_to_sheet"`` adds people who write to us; never our
+    own addresses (a copy of our own mail, a colleague testing), the
+    owners named in the sheet, list or bulk mail, or robots that no one
+    answers (each would then be mailed our campaigns).
+    """
+    own = policy.own_addresses.get(addr)
+    if own is not None:
+        return f"our own address ({own})"
+    if addr in owners:
+        return "an owner in the sheet"
+    return bulk or robot_sender(addr, name)
 
 
 
@@ -199,7 +272,7 @@ def _bounce_records(cls: Classification, from_addr: str, to: list[str], uid: int
     original = sent([cls.original_message_id]).get(cls.original_message_id) if cls.original_message_id else None
     out = []
     for f in cls.failures:
-        key = by_email.get(f.address)
+        key = lookup(by_email, f.address)
         how = f"failed recipient {f.address}"
         if key is None and original is not None and len(cls.failures) == 1:
             key, how = original.customer_key, f"bounced message {cls.original_message_id}"
@@ -224,10 +297,12 @@ def _quarantined(raw: RawMessage, src: str, error: str, by_email: dict[str, str]
     from crm_automation.parse import sender_of
 
     sender = sender_of(raw.raw)
+    # A source that tracks names (Maildir) names the file, which a person can find; others the UID (issue #17).
+    where = f"file {raw.ref}" if raw.seen_key is not None and raw.ref else f"uid {raw.uid}"
     return Decision(raw.folder, raw.uidvalidity, raw.uid, raw.seen_key, label="quarantined",
-                    quarantine=QuarantineRecord(source=f"{src} uid {raw.uid}", raw=raw.raw[:limit], error=error,
+                    quarantine=QuarantineRecord(source=f"{src} {where}", raw=raw.raw[:limit], error=error,
                                                 from_addr=sender,
-                                                customer_key=by_email.get(sender) if sender else None,
+                                                customer_key=lookup(by_email, sender) if sender else None,
                                                 size=raw.size))
 
 
@@ -265,6 +340,11 @@ class InboundPass:
         by_email = self.index()
         counts: dict[str, int] = {"messages": 0, "duplicates": 0, "quarantined": 0, "unknown": 0}
         new_senders: dict[str, str] = {}
+        not_added: dict[str, str] = {}  # unknown senders who are nobody to add: address -> why (issue #17)
+        adding = mb.new_senders == "add_to_sheet" and on_new_senders is not None
+        # The owners' addresses, read from the log on first use, and only when senders may be added.
+        owners: Container[str] = (address_index(self.store, ["owner"]) if adding and "owner" in self.ws.mapping.fields
+                                  else frozenset())
         pending: list[tuple[RawMessage, Decision]] = []
         bar = self.ctx.progress("fetch", None)
         stop = self.ctx.stop
@@ -284,6 +364,8 @@ class InboundPass:
                 kind = d.label if new or d.quarantine is not None else "duplicates"
                 if new and d.new_sender is not None:
                     new_senders.setdefault(*d.new_sender)
+                elif new and d.not_new_sender is not None:
+                    not_added.setdefault(*d.not_new_sender)
                 counts[kind] = counts.get(kind, 0) + 1
                 counts["messages"] += 1
             raws = [raw for raw, _ in pending]
@@ -300,7 +382,8 @@ class InboundPass:
                     if stop.is_set():
                         break
                     d = decide(raw, reading_of(wire), f"{source.name}/{raw.folder}", self.ctx.clock.now(),
-                               self.policy, by_email, self.store.sent_message_ids, self._customer, self.new_id)
+                               self.policy, by_email, self.store.sent_message_ids, self._customer, self.new_id,
+                               tokens=self.store.send_for_token, owners=owners)
                     if d.quarantine is not None:
                         log.warning("%s quarantined: %s", d.quarantine.source, d.quarantine.error)
                     pending.append((raw, d))
@@ -318,7 +401,11 @@ class InboundPass:
             raise
         finally:
             bar.close()
-        if new_senders and mb.new_senders == "add_to_sheet" and on_new_senders is not None:
+        if adding and not_added:
+            counts["not_added_to_sheet"] = len(not_added)
+            for addr, why in sorted(not_added.items()):
+                log.info("new sender %s not added to the sheet: %s", addr, why)
+        if new_senders and adding and on_new_senders is not None:
             counts["added_to_sheet"] = on_new_senders(new_senders, by_email)
         res.stats = counts
 

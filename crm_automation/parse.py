@@ -454,8 +454,9 @@ def decode_header_value(value: str) -> str:
 def body_text(msg: Message) -> str:
     """The message's readable text: the first inline text/plain part, else HTML as text.
 
-    Parts inside an attached ``message/rfc822`` (a bounce's returned
-    original, a forwarded mail) are not the sender's words and are skipped.
+    Parts inside an attached ``message/rfc822`` or ``message/global`` (a
+    bounce's returned original, a forwarded mail) are not the sender's
+    words and are skipped.
     """
     plain, html = _find_text_parts(msg)
     if plain is not None:
@@ -467,6 +468,11 @@ def body_text(msg: Message) -> str:
     return ""
 
 
+# An attached message: its text is someone else's. ``message/global`` is an internationalized one (RFC 6532
+# §3.7: UTF-8 headers), which a reply may forward and a bounce returns (issue #17).
+_ATTACHED_MESSAGES = frozenset({"message/rfc822", "message/global"})
+
+
 def _find_text_parts(msg: Message) -> tuple[Message | None, Message | None]:
     plain: Message | None = None
     html: Message | None = None
@@ -474,7 +480,7 @@ def _find_text_parts(msg: Message) -> tuple[Message | None, Message | None]:
     while stack:
         part = stack.pop()
         if part.is_multipart():
-            if part.get_content_type() == "message/rfc822" and part is not msg:
+            if part.get_content_type() in _ATTACHED_MESSAGES and part is not msg:
                 continue
             payload = part.get_payload()
             if isinstance(payload, list):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from crm_automation.classify import classify
+from crm_automation.classify import classify, mass_mail
 from crm_automation.errors import MessageError
 from crm_automation.models import Classification, Kind, ParsedMessage
 from crm_automation.parse import content_digest, parse
@@ -45,6 +45,9 @@ class Reading:
 
     Who wrote, to whom, about what, when, what they newly wrote (``reply``),
     the ids it answers, what kind of message it is and its content digest.
+    ``bulk`` says why a message is list or bulk mail (``List-Id``,
+    ``Precedence: bulk`` ...; "" when it is not), which only its headers
+    tell: such a sender never becomes a new row of the sheet (issue #17).
     The whole text and the other headers stay with the reader: nothing after
     reading needs them, and a reading crosses between processes
     (:mod:`crm_automation.parallel`). :func:`read` makes it from the bytes
@@ -62,12 +65,14 @@ class Reading:
     reply: str
     cls: Classification
     digest: str
+    bulk: str = ""
 
     @classmethod
     def of(cls, msg: ParsedMessage, classification: Classification) -> Reading:
         """The reading of a parsed and classified message."""
+        bulk = mass_mail(msg) if classification.kind is Kind.EMAIL_IN else ""
         return cls(msg.message_id, msg.from_addr, msg.from_name, msg.to_addrs, msg.subject, msg.date,
-                   msg.in_reply_to, msg.references, msg.reply, classification, content_digest(msg))
+                   msg.in_reply_to, msg.references, msg.reply, classification, content_digest(msg), bulk)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +114,8 @@ def read_chunk(policy: ReadPolicy, items: list[tuple[bytes, int | None]]) -> lis
             continue
         c = r.cls
         out.append((None, r.message_id, r.from_addr, r.from_name, r.to_addrs, r.subject, r.date, r.in_reply_to,
-                    r.references, r.reply, c.kind.value, c.evidence, c.failures, c.original_message_id, r.digest))
+                    r.references, r.reply, c.kind.value, c.evidence, c.failures, c.original_message_id, r.digest,
+                    r.bulk))
     return out
 
 
@@ -117,6 +123,6 @@ def reading_of(wire: _Wire) -> Reading | Unreadable:
     """What a :func:`read_chunk` result stands for."""
     if len(wire) == 1:
         return Unreadable(wire[0])
-    (_, mid, addr, name, to, subject, date, irt, refs, reply, kind, evidence, failures, original, digest) = wire
+    (_, mid, addr, name, to, subject, date, irt, refs, reply, kind, evidence, failures, original, digest, bulk) = wire
     return Reading(mid, addr, name, to, subject, date, irt, refs, reply,
-                   Classification(Kind(kind), evidence, failures, original), digest)
+                   Classification(Kind(kind), evidence, failures, original), digest, bulk)

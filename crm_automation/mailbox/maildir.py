@@ -37,6 +37,28 @@ def base_name(file_name: str) -> str:
     return file_name.partition(":")[0]
 
 
+def printable_name(file_name: str) -> str:
+    r"""A file name as text that UTF-8 can hold: itself, or with its undecodable bytes escaped (``\xff``).
+
+    Why (issue #17): a Maildir file name is bytes, and ``os.scandir`` hands
+    bytes that are not UTF-8 over as lone surrogates (PEP 383). Such a name
+    cannot be written to SQLite (``UnicodeEncodeError``, which rolled back
+    the whole fetch batch) nor printed in a log line. Escaped, it is still
+    the real name to a reader (``1700000000.M1P1.host\xff,S=10``) and the
+    same name at every scan, so it serves as the cursor's key too. Only a
+    file whose real name holds a literal backslash and ``x`` could be
+    mistaken for an escaped one, and MTAs write unique names of letters,
+    digits, dots, commas, ``=`` and ``_``.
+    """
+    if file_name.isascii():
+        return file_name
+    try:
+        file_name.encode("utf-8")
+    except UnicodeEncodeError:
+        return file_name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return file_name
+
+
 class MaildirSource:
     """Reads ``<path>/new`` and ``<path>/cur`` (and ``<path>/.<Folder>`` for other folders)."""
 
@@ -80,7 +102,7 @@ class MaildirSource:
         """Every message whose base name is not in ``cursor.seen``, oldest file time first."""
         d = self._require(folder)  # a mistyped folder is an error, never "no new mail" forever
         seen = cursor.seen if cursor is not None else frozenset()
-        entries: list[tuple[int, str, Path, int]] = []
+        entries: list[tuple[int, str, Path, int, str]] = []
         names: set[str] = set()  # a message moved from new/ to cur/ during the scan is read once
         for sub in ("new", "cur"):
             try:
@@ -92,7 +114,7 @@ class MaildirSource:
                                    hint="check that the user running crm-automation may read it") from None
             with it:
                 for entry in it:
-                    key = base_name(entry.name)
+                    key = printable_name(base_name(entry.name))
                     if entry.name.startswith(".") or key in seen or key in names:
                         continue
                     try:
@@ -102,9 +124,9 @@ class MaildirSource:
                     except FileNotFoundError:  # moved by a mail client meanwhile; seen at the next scan
                         continue
                     names.add(key)
-                    entries.append((st.st_mtime_ns, entry.name, Path(entry.path), st.st_size))
+                    entries.append((st.st_mtime_ns, entry.name, Path(entry.path), st.st_size, sub))
         entries.sort()
-        for mt, name, p, size in entries:
+        for mt, name, p, size, sub in entries:
             try:
                 with p.open("rb") as f:
                     raw = f.read(self.max_bytes + 1)
@@ -113,8 +135,10 @@ class MaildirSource:
             except OSError as e:
                 raise ServiceError(f"{p}: cannot read the message: {e.strerror}",
                                    hint="check that the user running crm-automation may read the Maildir") from None
-            yield RawMessage(folder=folder, uid=mt, uidvalidity=UIDVALIDITY, raw=raw, ref=name,
-                             seen_key=base_name(name), size=size if size > self.max_bytes else None)
+            # ref names the file where a person finds it (a quarantined message's source, issue #17)
+            yield RawMessage(folder=folder, uid=mt, uidvalidity=UIDVALIDITY, raw=raw,
+                             ref=f"{sub}/{printable_name(name)}", seen_key=printable_name(base_name(name)),
+                             size=size if size > self.max_bytes else None)
 
     def find_message_ids(self, folder: str, message_ids: list[str]) -> set[str]:
         """Which of ``message_ids`` are in ``folder`` (a Sent folder kept as a Maildir); read headers only."""

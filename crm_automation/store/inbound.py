@@ -30,7 +30,7 @@ from crm_automation.store.activities import (
 from crm_automation.store.connection import Connection, Guarded, iso
 from crm_automation.store.customers import update_email_status
 from crm_automation.store.schema import INBOUND_KINDS_SQL
-from crm_automation.store.sends import NOTIFY_CAMPAIGN, insert_sends
+from crm_automation.store.sends import NOTIFY_CAMPAIGN, SentRef, insert_sends
 from crm_automation.store.suppressions import insert_suppression, read_suppressions
 
 if TYPE_CHECKING:
@@ -133,6 +133,28 @@ class InboundLog(Connection):
         """Base names of the Maildir files of ``folder`` already logged or quarantined."""
         return frozenset(n for (n,) in self.conn.execute("SELECT name FROM maildir_seen WHERE folder = ?",
                                                           (folder,)))
+
+    def send_for_token(self, token: str) -> SentRef | None:
+        """The send whose ``Message-ID`` has ``token`` as its local part, or None (issue #17).
+
+        An unsubscribe request names its send by this token
+        (:mod:`crm_automation.tokens`). Looked up by the prefix ``<token@``
+        as a range of the ``sends.message_id`` index, so a From domain
+        changed since the send (the domain of every Message-ID we wrote) still
+        finds it, in one indexed step. Owner notifications are not campaign
+        mail and carry no unsubscribe link: never theirs. Two sends under
+        one token (never written by us: the token is a random UUID) name
+        nobody.
+        """
+        if not token or "@" in token or "<" in token or ">" in token:
+            return None
+        rows = self.conn.execute(
+            "SELECT DISTINCT customer_key, campaign, step FROM sends WHERE message_id >= ? AND message_id < ? "
+            "AND campaign != ? LIMIT 2", (f"<{token}@", f"<{token}A", NOTIFY_CAMPAIGN)).fetchall()
+        if len(rows) != 1:
+            return None
+        key, campaign, step = rows[0]
+        return SentRef(key, campaign, step)
 
     def apply_inbound(self, d: Decision, now: datetime, *, soft_days: int, soft_limit: int) -> bool:
         """Record one fetched message's decision and move the folder's cursor, in one transaction.

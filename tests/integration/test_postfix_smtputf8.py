@@ -49,7 +49,7 @@ def test_postfix_delivers_a_non_ascii_local_part_and_an_idn_domain_from_our_tran
     mids = {s["customer_key"]: s["message_id"] for s in sends(cfg)}
     assert {s["status"] for s in sends(cfg)} == {"sent"}
 
-    zhang = delivered(postfix.directory / "mail" / CUSTOMER_DOMAIN / "zhangsan", mids[UTF8_CUSTOMER])
+    zhang = delivered(postfix.directory / "mail" / CUSTOMER_DOMAIN / "wangfang", mids[UTF8_CUSTOMER])
     msg = Parser(policy=policy.default).parsestr(zhang.decode("utf-8"))
     assert msg["To"].addresses[0].addr_spec == UTF8_CUSTOMER
     assert "张三您好" in msg.get_body(("plain",)).get_content()

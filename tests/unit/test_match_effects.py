@@ -59,3 +59,40 @@ def test_an_unsubscribe_suppresses_the_sender_and_the_customer_it_was_matched_to
 def test_replies_and_auto_replies_change_nothing_here():
     assert effects(msg(), REPLY, "alice@example.org") == []
     assert effects(msg(), Classification(Kind.AUTO_REPLY, "Auto-Submitted"), "alice@example.org") == []
+
+
+# -- issue #17: internationalized domains (RFC 6530) ----------------------------------------------------------
+
+
+def test_an_internationalized_domain_matches_in_either_spelling():
+    index = {"张三@例子.中国": "k-zhang", "li@xn--fiqs8s.example": "k-li"}
+    assert match(msg(from_addr="张三@xn--fsqu00a.xn--fiqs8s"), REPLY, index, {}) == ("k-zhang", "sender address")
+    assert match(msg(from_addr="li@中国.example"), REPLY, index, {}) == ("k-li", "sender address")
+    bounce = Classification(Kind.BOUNCE, "DSN", (BounceFailure("张三@xn--fsqu00a.xn--fiqs8s", Permanence.HARD),))
+    assert match(msg(from_addr="mailer-daemon@mx.example.net"), bounce, index, {})[0] == "k-zhang"
+    # A domain IDNA refuses is compared as written, and never raises.
+    assert match(msg(from_addr="x@bad..例子"), REPLY, index, {}) == (None, "unknown sender")
+
+
+# -- issue #17: unsubscribe tokens -----------------------------------------------------------
+
+
+UNSUB = Classification(Kind.UNSUBSCRIBE, "subject 'unsubscribe crm.1'")
+
+
+def test_an_unsubscribe_token_wins_over_the_sender_address():
+    # bob@example.net is customer k-bob, but the request carries the token of alice's send.
+    assert match(msg(from_addr="bob@example.net"), UNSUB, INDEX, {}, ("crm.1", "alice@example.org")) == (
+        "alice@example.org", "unsubscribe token crm.1")
+    # A token on anything but an unsubscribe request changes nothing.
+    assert match(msg(from_addr="bob@example.net"), REPLY, INDEX, {}, ("crm.1", "alice@example.org")) == (
+        "k-bob", "sender address")
+
+
+def test_the_token_s_customer_is_suppressed_and_another_customer_sender_is_not():
+    assert effects(msg(from_addr="bob@example.net"), UNSUB, "alice@example.org", sender_is_other_customer=True) == [
+        Effect("alice@example.org", "unsubscribed", "unsubscribed")]
+    # An unknown sender (another account of the customer) is suppressed too, as before.
+    assert effects(msg(from_addr="alice.private@example.net"), UNSUB, "alice@example.org") == [
+        Effect("alice.private@example.net", "unsubscribed", "unsubscribed"),
+        Effect("alice@example.org", "unsubscribed", "unsubscribed")]

@@ -130,6 +130,7 @@ UNSUB: dict[str, tuple[bytes, str]] = {}
 AUTO: dict[str, bytes] = {}
 BOUNCE: dict[str, bytes] = {}
 QUARANTINE: dict[str, bytes] = {}
+REPLY: dict[str, bytes] = {}
 
 
 def add_in(name: str, raw: bytes, expected: str, target: dict | None = None) -> None:
@@ -371,6 +372,117 @@ AUTO["xiujia_subject"] = message(std("user10 <user10@example.cn>", word("休假�
     "本人休假至12月5日。")
 AUTO["auto_submitted_generated"] = message(std("system <noreply@example.org>", "Ticket #4411 received",
     "ticket-4411@example.org", extra=(("Auto-Submitted", "auto-generated"),)), "We received your request.", cte="7bit")
+
+# Out-of-office replies WITHOUT auto-reply headers (issue #17): no Auto-Submitted, X-Autoreply,
+# X-Auto-Response-Suppress or Precedence; only their subjects and words say what they are (a gateway
+# stripped the headers, or a person's mail rule sent a plain message). Judged against reply/ (replies
+# that merely mention a holiday, leave or the office), in tests/unit/test_out_of_office.py.
+
+AUTO["ooo_outlook_automatic_reply_stripped"] = message(std("Tom Lane <tom.lane@example.org>",
+    "Automatic reply: Your quote for 2027", "ooo-strip-1@example.org"),
+    "Thank you for your email. I am currently out of the office until 5 January 2027 with limited access to "
+    "email.\n\nFor urgent matters please contact Tom Deputy (tom.deputy@example.org).\n\nI will respond to your "
+    "message upon my return.", cte="quoted-printable")
+AUTO["ooo_qq_zidong_huifu_colon"] = message(std(f"{word('王先生', 'gb18030')} <wang2@qq.example.cn>",
+    word("自动回复: Re: 关于2027年度报价", "gb18030"), "tencent_ooo_3@qq.com"),
+    "您好，邮件已收到。我最近正在休假中，1月3日后回复您。", charset="gb18030")
+AUTO["ooo_en_currently_out_of_office"] = message(std("Peter Hall <peter.hall@example.net>", "Re: Your quote for 2027",
+    "ooo-body-1@example.net"),
+    "Hello,\n\nI am currently out of office and will be back on Monday, 7 December. I will reply to your email "
+    "as soon as I return.\n\nBest regards,\nPeter", cte="7bit")
+AUTO["ooo_en_annual_leave"] = message(std("Grace Kim <grace.kim@example.org>", "Re: Samples", "ooo-body-2@example.org"),
+    "Hi,\n\nI'm on annual leave from 21 December to 4 January with no access to email. For anything urgent, "
+    "please contact sales-support@example.net.\n\nThanks,\nGrace", cte="7bit")
+AUTO["ooo_en_out_of_the_office_until"] = message(std("Henry Ford <h.ford@example.com.au>", "RE: Offer",
+    "ooo-body-3@example.com.au"),
+    "I will be out of the office until 30 November. If your matter is urgent, please call +61 2 5550 0000.",
+    cte="7bit")
+AUTO["ooo_en_parental_leave"] = message(std("Ines Berg <ines@example.de>", "Re: Catalogue 2027", "ooo-body-4@example.de"),
+    "Thank you for your message. I’m currently on parental leave and won’t be checking my email until March "
+    "2027. Please contact my colleague Anna (anna@example.de) in the meantime.")
+AUTO["ooo_en_company_closed_holidays"] = message(std("Example Trading <info@trading.example.co.uk>",
+    "RE: Order 1042", "ooo-body-5@trading.example.co.uk"),
+    "Thank you for contacting Example Trading.\n\nOur office is closed for the Christmas holidays from 24 December "
+    "to 2 January. We will answer your email when we reopen on 3 January.\n\nSeason's greetings!", cte="7bit")
+AUTO["ooo_en_travelling_limited_access"] = message(std("Jack Moss <jack@example.net>", "Re: Meeting",
+    "ooo-body-6@example.net"),
+    "I am travelling on business until 12 December with limited access to email. I will get back to you on my "
+    "return.\n\nJack", cte="7bit")
+AUTO["ooo_en_subject_out_of_office"] = message(std("Kate Price <kate@example.org>",
+    "Out of Office: Re: Your quote for 2027", "ooo-subj-1@example.org"),
+    "I am out of the office with no email access. I will return on Monday.", cte="7bit")
+AUTO["ooo_en_html_only_outlook"] = message(std("Liam Hart <liam@example.com>", "RE: Catalogue", "ooo-html-1@example.com"),
+    "<html><body><p>Hello,</p><p>I am currently out of office until 8 December and will have limited access to "
+    "my emails.</p><p>Kind regards,<br>Liam</p></body></html>", subtype="html", cte="quoted-printable")
+AUTO["ooo_en_this_is_an_automatic_reply"] = message(std("Mia Wong <mia@example.com.sg>", "Re: Offer",
+    "ooo-self-1@example.com.sg"),
+    "This is an automatic reply. Thank you for your email; it will be read when I am back on 2 December.",
+    cte="7bit")
+AUTO["ooo_zh_xiujia_qijian"] = message(std(f"{word('李经理', 'gbk')} <li.jl@corp.example.cn>", word("Re: 报价", "gbk"),
+    "ooo-zh-1@corp.example.cn"),
+    "您好！\n\n我于1月20日至2月5日春节休假，休假期间无法及时回复邮件，紧急事务请联系张经理（电话 138 0000 0000）。\n\n谢谢！",
+    charset="gbk")
+AUTO["ooo_zh_bu_zai_bangongshi"] = message(std(f"{word('孙总')} <sun.z@example.cn>", word("回复：样品"),
+    "ooo-zh-2@example.cn"),
+    "您好，本人目前不在办公室，将于12月10日返回。如有急事请致电 021-5555 0000。")
+AUTO["ooo_zh_waichu"] = message(std(f"{word('周先生', 'gb18030')} <zhou.x@163.example.cn>", word("Re:合同", "gb18030"),
+    "ooo-zh-3@163.example.cn"), "您好，我正在外出，无法及时查看邮件，回来后第一时间回复您。", charset="gb18030")
+AUTO["ooo_zh_chuchai_guowai"] = message(std(f"{word('吴经理')} <wu@example.cn>", word("Re: 关于2027年度报价"),
+    "ooo-zh-4@example.cn"),
+    "您好，我目前在国外出差，邮件查看不及时，12月8日回国后尽快回复您。如有急事请打我手机。")
+AUTO["ooo_zh_chunjie_fangjia"] = message(std(f"{word('示例贸易', 'gbk')} <service@trade.example.cn>",
+    word("Re: 订单", "gbk"), "ooo-zh-5@trade.example.cn"),
+    "春节放假通知：我司于2027年2月1日至2月10日放假，放假期间邮件将延迟处理，节后尽快回复，敬请谅解。", charset="gbk")
+AUTO["ooo_zh_subject_waichu_tag"] = message(std(f"{word('郑女士')} <zheng@example.cn>", word("【外出】Re: 报价"),
+    "ooo-zh-6@example.cn"), "您好，本人外出期间无法及时回复邮件，返回后将尽快处理。")
+AUTO["ooo_zh_big5_xiujia"] = message(std(f"{word('陳小姐', 'big5')} <chen@example.com.tw>", word("回覆: 報價", "big5"),
+    "ooo-tw-1@example.com.tw"), "您好，我目前休假中，將於12月7日返回辦公室，屆時會盡快回覆您。", charset="big5")
+
+# ---------------------------------------------------------------- reply
+#
+# Replies that mention a holiday, leave, the office or an auto-reply, and are still replies (issue #17):
+# the other half of the out-of-office judgement (tests/unit/test_out_of_office.py).
+
+REPLY["after_spring_festival_order"] = message(std("Alice Brown <alice.b@example.org>", "Re: Your quote for 2027",
+    "rep-hol-1@example.org"),
+    "Hi,\n\nafter the 春节 holiday we would like to order 500 units. Please send the proforma invoice.\n\nAlice")
+REPLY["was_out_of_office_last_week"] = message(std("Bob Stone <bob.s@example.net>", "RE: Quote", "rep-hol-2@example.net"),
+    "I was out of office last week, sorry — yes, please send the quote.")
+REPLY["sorry_late_was_on_annual_leave"] = message(std("Carl Webb <carl@example.org>", "Re: Offer", "rep-hol-3@example.org"),
+    "Sorry for the late reply, I was on annual leave. The price is fine, please go ahead.", cte="7bit")
+REPLY["out_of_office_next_week_send_by_friday"] = message(std("Dana Cole <dana@example.com>", "Re: Samples",
+    "rep-hol-4@example.com"),
+    "I'll be out of the office next week, so please send the samples by Friday.", cte="7bit")
+REPLY["colleague_on_annual_leave_until"] = message(std("Eve Adams <eve@example.co.uk>", "RE: Order 1042",
+    "rep-hol-5@example.co.uk"),
+    "Our purchasing manager is on annual leave until 5 January, so I'm handling the order. Please send the PI to "
+    "me.\n\nEve", cte="7bit")
+REPLY["office_closed_ship_before"] = message(std("Fred Lin <fred@example.com.au>", "Re: Shipping", "rep-hol-6@example.com.au"),
+    "Thanks! Our office will be closed from 24 December, so please ship before then. Happy holidays!", cte="7bit")
+REPLY["my_auto_reply_was_still_on"] = message(std("Gina Holt <gina@example.org>", "Re: Offer", "rep-hol-7@example.org"),
+    "Sorry, my auto-reply was still on yesterday. I'm back now: yes, we accept the offer.", cte="7bit")
+REPLY["back_from_vacation_order_more"] = message(std("Hugo Reyes <hugo@example.net>", "Re: Samples", "rep-hol-8@example.net"),
+    "Thanks, we just got back from vacation. The samples arrived and the quality is good. Please send 200 more.",
+    cte="7bit")
+REPLY["zh_shangzhou_xiujia"] = message(std(f"{word('冯先生', 'gbk')} <feng@example.cn>", word("Re: 报价", "gbk"),
+    "rep-zh-1@example.cn"), "我上周在休假，刚看到邮件。报价没问题，请安排发货。", charset="gbk")
+REPLY["zh_jiehou_queren"] = message(std(f"{word('陈女士')} <chen.ns@example.cn>", word("回复：订单"), "rep-zh-2@example.cn"),
+    "春节假期后我们再确认订单数量，先谢谢您。")
+REPLY["zh_xiazhou_waichu"] = message(std(f"{word('蒋总')} <jiang@example.cn>", word("Re: 合同"), "rep-zh-3@example.cn"),
+    "我下周外出，请周五前把合同发给我。")
+REPLY["zh_jingli_xiujia_wo_fuze"] = message(std(f"{word('韩女士', 'gb18030')} <han@corp.example.cn>",
+    word("答复: 形式发票", "gb18030"), "rep-zh-4@corp.example.cn"),
+    "我们采购经理休假到1月5日，这期间由我负责，请把形式发票发给我。", charset="gb18030")
+REPLY["zh_guoqing_fahuo"] = message(std(f"{word('杨先生')} <yang@example.cn>", word("Re: 发货"), "rep-zh-5@example.cn"),
+    "国庆放假前请把货发出，我们10月8日上班后验收。")
+REPLY["zh_zai_bangongshi"] = message(std(f"{word('朱经理')} <zhu@example.cn>", word("Re: 合同细节"), "rep-zh-6@example.cn"),
+    "我明天在办公室，随时可以打电话过来谈合同细节。")
+REPLY["zh_zidong_huifu_wufa"] = message(std(f"{word('秦女士', 'gbk')} <qin@example.cn>", word("回复：合同", "gbk"),
+    "rep-zh-7@example.cn"), "不好意思，昨天的自动回复是误发的，我没有休假。合同我已经签好了，今天寄出。", charset="gbk")
+REPLY["zh_nianjia_jieshu_xiadan"] = message(std(f"{word('许先生')} <xu@example.cn>", word("Re: 样品"), "rep-zh-8@example.cn"),
+    "年假结束了，今天回来上班。样品收到，质量很好，下周下单。")
+REPLY["zh_big5_jiaqi_hou"] = message(std(f"{word('黃先生', 'big5')} <huang@example.com.tw>", word("回覆: 報價", "big5"),
+    "rep-tw-1@example.com.tw"), "報價收到，假期後我們會下單，請先保留庫存。", charset="big5")
 
 # ---------------------------------------------------------------- bounce
 #
@@ -866,7 +978,7 @@ def generated() -> dict[Path, bytes]:
         for name, (raw, expected) in table.items():
             out[HERE / kind / f"{name}.eml"] = raw
             out[HERE / kind / f"{name}.expected.txt"] = (expected + "\n").encode("utf-8")
-    for kind, table2 in (("auto_reply", AUTO), ("bounce", BOUNCE), ("quarantine", QUARANTINE)):
+    for kind, table2 in (("auto_reply", AUTO), ("bounce", BOUNCE), ("quarantine", QUARANTINE), ("reply", REPLY)):
         for name, raw in table2.items():
             out[HERE / kind / f"{name}.eml"] = raw
     return out
@@ -884,11 +996,11 @@ def main() -> int:
     for path, raw in files.items():
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(raw)
-    kinds = ("email_in", "unsubscribe", "auto_reply", "bounce", "quarantine")
+    kinds = ("email_in", "unsubscribe", "auto_reply", "bounce", "quarantine", "reply")
     others = sorted(p for kind in kinds for p in (HERE / kind).iterdir() if p not in files and not p.name.startswith("postfix_"))
     for path in others:
         sys.stdout.write(f"not generated here, left alone: {path.relative_to(HERE)}\n")
-    total = sum(map(len, (EMAIL_IN, UNSUB, AUTO, BOUNCE, QUARANTINE)))
+    total = sum(map(len, (EMAIL_IN, UNSUB, AUTO, BOUNCE, QUARANTINE, REPLY)))
     sys.stdout.write(f"wrote {total} messages\n")
     return 0
 

@@ -10,6 +10,9 @@ Writes, into tests/data/eml/bounce/:
                                        (failed, 4.4.1: lost, but not a permanent address failure);
 - postfix_rejected_5_7_1.eml           a remote smtpd refusing the recipient by policy at RCPT
                                        (failed, 5.7.1);
+- postfix_smtputf8_global_dsn.eml     a message sent with SMTPUTF8 to 张三@customer.example.com, who
+                                       does not exist: an RFC 6533 report (message/global-delivery-status,
+                                       the message returned as message/global; failed, 5.1.1; issue #17);
 - postfix_expected.json                file name -> {"recipients": {address: "hard"|"soft"|"delayed"}}
                                        as the DSNs say (hard = failed + 5.x.x, soft = failed + 4.x.x,
                                        delayed = Action: delayed).
