@@ -128,14 +128,15 @@ def recorded(ctx: StageContext, job: str, *, record: bool = True) -> Iterator[St
                                      error=str(res.error) if res.error else ("; ".join(res.problems[:5]) or None))
 
 
-def held(ctx: StageContext, job: str, error: CrmError, note: str) -> StageResult:
+def held(ctx: StageContext, job: str, error: CrmError, note: str, *, record: bool = True) -> StageResult:
     """A stage that did not run, recorded in ``runs`` with why (issue #17: sending waits for a fixed sheet).
 
     The worker holds a stage when something it depends on failed or cannot
     be loaded (the fetch, the sync, an edited mapping); ``error`` says what
     and decides the exit status; ``note`` is the short reason in the stats.
+    ``record=False``: a dry run's hold, shown and not written (the log is read-only).
     """
-    with recorded(ctx, job) as res:
+    with recorded(ctx, job, record=record) as res:
         res.stats = {"note": f"held: {note}"}
         res.error = error
     return res

@@ -94,7 +94,7 @@ class Worker:
         changed = key_change(recorded_key, ws.mapping)
         if changed is not None and self.store.has_customers():
             return changed, f"the mapping's key changed from {recorded_key} to {ws.mapping.key}"
-        e = self.session.error
+        e = self.session.last_error()
         if e is None:
             return None
         kind = ServiceError if isinstance(e, ServiceError) else ConfigError
@@ -132,7 +132,7 @@ class Worker:
         """
         hold = self.send_hold()
         if hold is not None:
-            return held(self.ctx, "send-dry-run" if dry_run else "send", *hold)
+            return held(self.ctx, "send-dry-run" if dry_run else "send", *hold, record=not dry_run)
         self.composer.refresh()
         return self.outbound.run(dry_run=dry_run, limit=limit)
 

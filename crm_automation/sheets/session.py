@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from crm_automation.errors import ConfigError, CrmError, DataError
+from crm_automation.errors import ConfigError, CrmError, DataError, ServiceError
 from crm_automation.models import SheetData
 from crm_automation.rekey import RekeyPlan, infer_key_field, key_change, plan_rekey
 from crm_automation.sheets.base import SheetSource, WriteResult
@@ -43,6 +44,12 @@ from crm_automation.store.customers import RekeyCounts
 from crm_automation.workspace import Workspace
 
 log = logging.getLogger("crm_automation")
+SYNC_FAILED = "sync_failed"  # meta key: why the last sync failed (JSON), so another process holds sending too
+
+
+def _error_json(e: CrmError) -> str:
+    return json.dumps({"message": str(e), "hint": e.hint, "kind": "service" if isinstance(e, ServiceError)
+                       else "config"}, ensure_ascii=False)
 
 
 @contextmanager
@@ -81,6 +88,7 @@ class SheetSession:
         # key -> write-back column -> text, as read (or a function building it: see _remember_cells)
         self._cells: dict[str, dict[str, str]] | Callable[[], dict[str, dict[str, str]]] | None = None
         self.error: CrmError | None = None  # why the last sync failed; None once one succeeds
+        self._synced_here = False  # whether this process ran a sync (else the log says how the last one went)
 
     @property
     def sheet(self) -> SheetSource:
@@ -104,7 +112,25 @@ class SheetSession:
         with recorded(self.ctx, "sync") as res:
             self._sync(res, after_added)
         self.error = res.error
+        self._synced_here = True
+        self.store.set_meta(SYNC_FAILED, _error_json(res.error) if res.error is not None else None)
         return res
+
+    def last_error(self) -> CrmError | None:
+        """Why the last sync failed, or None: this process's, else the one the log recorded (another process's).
+
+        Why the log: a failed sync holds sending (issue #17), and a ``send``
+        run by cron in a new process must not mail on a sheet that the last
+        ``sync`` or ``run`` could not read.
+        """
+        if self._synced_here:
+            return self.error
+        text = self.store.meta(SYNC_FAILED)
+        if text is None:
+            return None
+        d = json.loads(text)
+        kind = ServiceError if d.get("kind") == "service" else ConfigError
+        return kind(str(d.get("message", "")), hint=d.get("hint"))
 
     def _failed(self, res: StageResult, e: CrmError) -> None:
         """The sheet (or the key) stops this sync: recorded as its error; the worker goes on (issue #17)."""
@@ -299,6 +325,12 @@ class SheetSession:
                 return res
             if self.error is not None:  # a sheet whose columns no longer fit the mapping is not written (issue #17)
                 res.stats = {"skipped": "the last sync failed; write-back resumes once a sync succeeds"}
+                return res
+            if identity.sheet_evidence_hold(self.store, self.ws.cfg) is not None:
+                # The sheet's own columns are the evidence that holds sending: overwriting them with what a log
+                # that never sent anything says would erase it, and the next edit of the sheet would mail everyone.
+                res.stats = {"skipped": "the sheet shows mail this log never sent (see the send stage); write-back "
+                             "waits until the log is restored or accepted"}
                 return res
             if self.version is None or self._cells is None:
                 data = self.sheet.read()

@@ -64,7 +64,13 @@ def test_run_once_with_a_renamed_header_fails_sync_only_and_resumes_when_fixed(t
     assert db_rows(ws / "var" / "crm.sqlite", "SELECT COUNT(*) FROM customers WHERE present = 1") == [(3,)]
     assert (ws / "customers.csv").read_text(encoding="utf-8") == sheet_before.replace("Email", "E-mail", 1)
 
+    # A `send` from another process (cron) knows the last sync failed too.
+    r = cli("send", "--config", str(cfg), "--json")
+    assert r.code == 2 and "the last sync failed" in stages(r)["send"]["error"] and len(emls(ws)) == 3
+
     rename_header(ws, "E-mail", "Email")
+    r = cli("send", "--config", str(cfg))
+    assert r.code == 2 and len(emls(ws)) == 3  # the sheet is fixed, but no sync has read it yet
     r = cli("run", "--once", "--config", str(cfg), "--json")
     assert r.code == 0, r.out + r.err
     assert stages(r)["send"]["stats"]["sent"] == 2  # c1 and c2; c0 unsubscribed meanwhile

@@ -63,6 +63,9 @@ def test_changed_key_is_refused_then_rekeyed_and_nobody_is_mailed_again(tmp_path
     # `send` alone is held too, with the same reason.
     r = cli("send", "--config", str(cfg))
     assert r.code == 2 and "crm-automation rekey" in r.err and len(smtpd.messages) == 3
+    # A dry run shows the same hold, and writes nothing (it opens the log read-only).
+    r = cli("send", "--dry-run", "--config", str(cfg))
+    assert r.code == 2 and "crm-automation rekey" in r.err, r.out + r.err
     # And `check` finds it before any run does.
     r = cli("check", "--config", str(cfg))
     assert r.code == 2 and "crm-automation rekey" in r.out

@@ -51,6 +51,13 @@ def test_a_workspace_set_up_again_from_git_holds_sending_until_the_log_is_restor
     assert stages(r)["sync"]["ok"] and stages(r)["fetch"]["ok"]  # the rest of the cycle still ran
     r = cli("run", "--once", "--config", str(cfg))
     assert r.code == 2 and "--accept-new-log" in r.err and "put the original log back" in r.err
+    # Write-back waits meanwhile: the sheet's columns are the evidence, and must survive a colleague's edit.
+    sheet = list(csv.DictReader((ws / "customers.csv").open(encoding="utf-8")))
+    assert all(r["Last sent"] for r in sheet)
+    text = (ws / "customers.csv").read_text(encoding="utf-8").replace("Customer 1", "Customer One")
+    (ws / "customers.csv").write_text(text, encoding="utf-8")
+    r = cli("run", "--once", "--config", str(cfg), "--json")
+    assert r.code == 2 and stages(r)["sync"]["stats"]["changed"] == 1 and emls(ws) == []
     # The admin restores the log: nobody is mailed again, and the pass is clean.
     shutil.copy(tmp_path / "backup.sqlite", ws / "var" / "crm.sqlite")
     assert cli("run", "--once", "--config", str(cfg)).code == 0
