@@ -65,13 +65,22 @@ class Review:
         return camp, {(c, old): new for c, old, new in self.step_renames}
 
 
-def hold_reason(campaign: str, step: str, gone: tuple[str, ...]) -> str:
-    """The message for a step held because its edit is unclear (shown in ``send`` and ``check``)."""
+def hold_reason(campaign: str, step: str, gone: tuple[str, ...], *, first: bool = False) -> str:
+    """The message for a step held because its edit is unclear (shown in ``send`` and ``check``).
+
+    ``first``: the step is the campaign's first email, whose identity is the
+    campaign's ``step_id`` (its ``renamed_from`` would rename the campaign).
+    """
     names = " / ".join(repr(g) for g in gone)
+    if first:
+        same = f"set step_id = {gone[0]!r} in the campaign"
+        new = "add resend = true to the campaign"
+    else:
+        same = f"add renamed_from = {gone[0]!r} to it"
+        new = "add resend = true to it"
     return (f"campaign {campaign!r}: step {step!r} appeared in the same edit in which step {names} (already sent) "
             f"left the campaign, so it is held for the customers who had {names}: if it is the same email "
-            f"renamed, add renamed_from = {gone[0]!r} to it (nobody gets it twice); if it is a new email, add "
-            f"resend = true to it (they get it too)")
+            f"renamed, {same} (nobody gets it twice); if it is a new email, {new} (they get it too)")
 
 
 def review(campaigns: list[Campaign], recorded: Mapping[str, Mapping[str, StepState]],
@@ -109,6 +118,15 @@ def review(campaigns: list[Campaign], recorded: Mapping[str, Mapping[str, StepSt
                 before = rec.pop(old_key, None)
                 if s.key not in rec and before is not None:
                     rec[s.key] = before
+        current_keys = {s.key for s in c.steps}
+        for key, st in list(rec.items()):
+            # A held step that left again while a step it may replace came back (``id``/``step_id`` set to the
+            # old key): the admin said they are one email, so who had this one had that one.
+            back = next((u for u in st.unresolved if u in current_keys), None)
+            if key not in current_keys and back is not None:
+                step_renames.append((c.id, key, back))
+                del rec[key]
+                lines.append(f"step {key!r} is {back!r} again: who had either does not get it again")
                 lines.append(f"step {old_key!r} renamed to {s.key!r}: who had it does not get it again")
         current = {s.key: s for s in c.steps}
         if not rec:

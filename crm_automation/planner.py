@@ -285,7 +285,8 @@ def _plan_campaign(c: Campaign, customers: MappingT[str, CustomerView], seen: da
                 add(step, follower, blocked_reason(follower, h) or stop_reason(c, follower, t0, h))
     for key, gone in ((s.key, unresolved[(c.id, s.key)]) for s in c.steps if (c.id, s.key) in unresolved):
         if waiting.get(key):
-            held.append(f"{hold_reason(c.id, key, gone)} ({waiting[key]} customer(s) waiting)")
+            held.append(f"{hold_reason(c.id, key, gone, first=key == first.key)} ({waiting[key]} customer(s) "
+                        "waiting)")
     return out
 
 

@@ -315,3 +315,18 @@ def test_an_at_broadcast_held_back_one_pass_still_goes_to_who_was_in_the_segment
     assert run(cli, cfg, 3).code == 0
     assert run(cli, cfg, 3).code == 0
     assert received(smtpd) == Counter({("a@example.com", "welcome"): 1, ("a@example.com", "offer"): 1})
+
+
+def test_a_first_email_replaced_after_it_went_out_is_held_and_step_id_says_it_is_the_same(ws, cli, smtpd):
+    cfg = ws(welcome(), rows("a"))
+    assert run(cli, cfg, 1).code == 0
+    add_row(cfg, rows("b")[0])
+    edit(cfg, welcome().replace('template = "welcome"', 'template = "offer"'))
+    r = run(cli, cfg, 2)
+    assert r.code == 2
+    why = " ".join(send_stage(r)["problems"])
+    assert "set step_id = 'welcome' in the campaign" in why and "resend = true to the campaign" in why
+    assert received(smtpd)[("b@example.com", "offer")] == 1 and received(smtpd)[("a@example.com", "offer")] == 0
+    edit(cfg, welcome(extra='step_id = "welcome"\n').replace('template = "welcome"', 'template = "offer"'))
+    assert run(cli, cfg, 3).code == 0
+    assert all(n == 1 for n in received(smtpd).values()) and len(smtpd.messages) == 2
