@@ -428,7 +428,7 @@ def preview(ctx: click.Context, /, template: str, key: str, out: Path | None, ca
     """Render one email for one customer, to the terminal or an .eml file. Sends nothing."""
     o = _apply(ctx, kw)
     ws = Workspace.load(o.config)
-    w = _worker(o, ws)
+    w = _worker(o, ws, read_only=True)
     try:
         composed = w.preview(template, key, campaign)
     finally:
@@ -452,7 +452,7 @@ def report(ctx: click.Context, /, as_csv: bool, **kw: Any) -> None:
     """Per campaign and step: queued, sent, failed, uncertain, skipped, bounced, replied, unsubscribed."""
     o = _apply(ctx, kw)
     ws = Workspace.load(o.config)
-    store = ws.open_store()
+    store = ws.open_store(read_only=True)
     try:
         rows = [r.to_dict() for r in store.funnel()]
         attention = [{"id": s.id, "campaign": s.campaign, "step": s.step, "customer": s.customer_key,
@@ -495,7 +495,7 @@ def timeline(ctx: click.Context, /, key: str, **kw: Any) -> None:
     """One customer's activities, oldest first."""
     o = _apply(ctx, kw)
     ws = Workspace.load(o.config)
-    store = ws.open_store()
+    store = ws.open_store(read_only=True)
     try:
         k = key.strip().lower() if store.customer(key.strip().lower()) else key.strip()
         items = store.timeline(k)
@@ -578,7 +578,7 @@ def suppress_list(ctx: click.Context, /, **kw: Any) -> None:
     """List suppressed addresses."""
     o = _apply(ctx, kw)
     ws = Workspace.load(o.config)
-    store = ws.open_store()
+    store = ws.open_store(read_only=True)
     try:
         items = [{"email": e, **s.to_dict()} for e, s in store.suppressions().items()]
     finally:
@@ -624,7 +624,7 @@ def rekey(ctx: click.Context, /, dry_run: bool, **kw: Any) -> None:
     """After the mapping's key changed: give each customer its new key from the sheet, history kept. Try --dry-run."""
     o = _apply(ctx, kw)
     if dry_run:  # reads only: no lock, like preview
-        w = _worker(o, Workspace.load(o.config))
+        w = _worker(o, Workspace.load(o.config), read_only=True)
         try:
             result = w.rekey(dry_run=True)
         finally:

@@ -126,17 +126,17 @@ class CustomerLog(Connection):
         """
         pairs = [(o, n) for o, n, _ in moves if o != n]
         counts: dict[str, int] = {}
+        targets = self._keyed_columns()
+        if dry_run:  # reads only: a dry run's log is read-only (no temporary table either)
+            olds = {o for o, _ in pairs}
+            for table, col in targets:
+                counts[table] = sum(n for k, n in self.conn.execute(
+                    f"SELECT {col}, COUNT(*) FROM {_quoted(table)} GROUP BY {col}") if k in olds)
+            return RekeyCounts(counts)
         self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS rekey_moves (old TEXT PRIMARY KEY, new TEXT NOT NULL)")
         self.conn.execute("DELETE FROM temp.rekey_moves")
         self.conn.executemany("INSERT INTO temp.rekey_moves (old, new) VALUES (?, ?)", pairs)
         try:
-            targets = self._keyed_columns()
-            if dry_run:
-                for table, col in targets:
-                    counts[table] = self.conn.execute(
-                        f"SELECT COUNT(*) FROM {_quoted(table)} WHERE {col} IN (SELECT old FROM temp.rekey_moves)"
-                    ).fetchone()[0]
-                return RekeyCounts(counts)
             swap = bool({n for _, n in pairs} & {o for o, _ in pairs})
             prefix = _REKEY_PREFIX if swap else ""
             with self.transaction():

@@ -56,3 +56,26 @@ def test_a_dry_run_on_a_new_workspace_creates_nothing(tmp_path, cli):
     assert r.code == 0, r.err
     assert not (tmp_path / "ws" / "var").exists()
     assert not list((tmp_path / "ws").glob(".*.log-id.json"))
+
+
+def test_the_reading_verbs_write_nothing_and_create_no_log(tmp_path, cli):
+    """report, timeline, suppress list, preview, check and rekey --dry-run only read (issue #17)."""
+    cfg = make_workspace(tmp_path / "ws", campaigns=CAMPAIGN)
+    ws = tmp_path / "ws"
+    for verb in (["report"], ["suppress", "list"], ["check"], ["check", "--plan"], ["rekey", "--dry-run"]):
+        r = cli(*verb, "--config", str(cfg))
+        assert r.code in (0, 1), (verb, r.err)
+    assert cli("timeline", "c0@example.com", "--config", str(cfg)).code == 2  # not in a log that does not exist
+    assert not (ws / "var").exists() and not list(ws.glob(".*.log-id.json"))
+    assert cli("run", "--once", "--config", str(cfg)).code == 0
+    before = _snapshot(ws)
+    lock = FileLock(str(ws / "var" / "crm.sqlite") + ".lock")
+    lock.acquire(timeout=0)  # a worker is running: reading goes on beside it
+    try:
+        for verb in (["report"], ["suppress", "list"], ["timeline", "c0@example.com"], ["check", "--plan"],
+                     ["preview", "hello", "--customer", "c0@example.com"], ["rekey", "--dry-run"]):
+            r = cli(*verb, "--config", str(cfg))
+            assert r.code == 0, (verb, r.err)
+    finally:
+        lock.release()
+    assert _snapshot(ws) == before
