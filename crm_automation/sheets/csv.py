@@ -220,12 +220,13 @@ _ZIP = b"PK\x03\x04"  # .xlsx, .xlsm, .ods: a zip package
 _OLE2 = bytes.fromhex("d0cf11e0a1b11ae1")  # .xls (Excel 97-2003), and password-protected .xlsx
 
 
-def _not_csv(path: Path, raw: bytes) -> ServiceError | None:
+def _not_csv(path: Path, raw: bytes) -> ConfigError | None:
     """A workbook saved under a ``.csv`` name or configured as ``source = "csv"`` (issue #17).
 
     Decided by the file's first bytes (its signature), not by its name:
     read as text, such a file used to fail as "neither UTF-8 nor GBK" or
-    yield a header row of binary garbage, and the user saw no reason.
+    yield a header row of binary garbage, and the user saw no reason. A
+    ConfigError (exit 2): ``[sheet] source`` is the fix, not a retry.
     """
     if raw.startswith(_ZIP):
         what = "an Excel workbook (.xlsx) or another zip package"
@@ -233,8 +234,8 @@ def _not_csv(path: Path, raw: bytes) -> ServiceError | None:
         what = "an Excel 97-2003 workbook (.xls) or an encrypted workbook"
     else:
         return None
-    return ServiceError(f"{path}: the file is {what}, not CSV text ([sheet] source = \"csv\")",
-                        hint="set [sheet] source = \"excel\" in config.toml to read it as a workbook, or save the "
+    return ConfigError(f"{path}: the file is {what}, not CSV text ([sheet] source = \"csv\")",
+                       hint="set [sheet] source = \"excel\" in config.toml to read it as a workbook, or save the "
                              "sheet as \"CSV UTF-8\"")
 
 

@@ -47,7 +47,7 @@ from xml.sax.saxutils import escape
 from python_calamine import CalamineError, CalamineWorkbook, WorksheetNotFound
 
 from crm_automation.config import Config
-from crm_automation.errors import ConfigError, ServiceError
+from crm_automation.errors import ConfigError, CrmError, ServiceError
 from crm_automation.files import atomic_write
 from crm_automation.models import SheetData
 from crm_automation.sheets.base import WriteResult
@@ -97,8 +97,12 @@ def _text_kind(head: bytes) -> str | None:
     return "text"
 
 
-def _not_a_workbook(path: Path, e: CalamineError) -> ServiceError:
-    """The file calamine refused: say what it is instead, and which setting reads it (issue #17)."""
+def _not_a_workbook(path: Path, e: CalamineError) -> CrmError:
+    """The file calamine refused: say what it is instead, and which setting reads it (issue #17).
+
+    CSV text is a ConfigError (``[sheet] source`` is the fix, exit 2); the
+    rest may be a file still being copied, so it is retried at the next pass.
+    """
     try:
         with path.open("rb") as f:
             head = f.read(_SNIFF)
@@ -106,9 +110,9 @@ def _not_a_workbook(path: Path, e: CalamineError) -> ServiceError:
         head = _ZIP
     kind = None if head.startswith((_ZIP, _OLE2)) else ("empty" if not head else _text_kind(head))
     if kind == "text":
-        return ServiceError(f"{path}: the file is text (CSV), not an Excel workbook ([sheet] source = \"excel\")",
-                            hint="set [sheet] source = \"csv\" in config.toml to read it as CSV, or open it in "
-                                 "Excel and save it as .xlsx")
+        return ConfigError(f"{path}: the file is text (CSV), not an Excel workbook ([sheet] source = \"excel\")",
+                           hint="set [sheet] source = \"csv\" in config.toml to read it as CSV, or open it in "
+                                "Excel and save it as .xlsx")
     if kind == "html":
         return ServiceError(f"{path}: the file is a web page (an HTML table saved with a spreadsheet's name), not "
                             f"an Excel workbook", hint="open it in Excel and save it as .xlsx (\"Excel Workbook\")")

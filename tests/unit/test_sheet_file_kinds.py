@@ -7,7 +7,7 @@ from pathlib import Path
 import openpyxl
 import pytest
 
-from crm_automation.errors import ServiceError
+from crm_automation.errors import ConfigError, ServiceError
 from crm_automation.sheets.csv import CsvSource
 from crm_automation.sheets.excel import ExcelSource
 
@@ -27,7 +27,7 @@ def workbook(path: Path) -> Path:
 @pytest.mark.parametrize("name", ["customers.csv", "customers.xlsx"])
 def test_an_xlsx_read_as_csv_says_it_is_a_workbook_and_suggests_excel(tmp_path, name):
     path = workbook(tmp_path / name)
-    with pytest.raises(ServiceError) as ei:
+    with pytest.raises(ConfigError) as ei:  # a setting to change, not a retry: exit 2
         CsvSource(path).read()
     assert str(ei.value) == f"{path}: the file is an Excel workbook (.xlsx) or another zip package, not CSV text " \
                             f"([sheet] source = \"csv\")"
@@ -38,7 +38,7 @@ def test_an_xlsx_read_as_csv_says_it_is_a_workbook_and_suggests_excel(tmp_path, 
 def test_an_xls_read_as_csv_says_so(tmp_path):
     path = tmp_path / "customers.csv"
     path.write_bytes(bytes.fromhex("d0cf11e0a1b11ae1") + b"\x00" * 504)  # the OLE2 signature of .xls files
-    with pytest.raises(ServiceError, match=r"Excel 97-2003 workbook \(\.xls\)") as ei:
+    with pytest.raises(ConfigError, match=r"Excel 97-2003 workbook \(\.xls\)") as ei:
         CsvSource(path).read()
     assert 'source = "excel"' in (ei.value.hint or "")
 
@@ -53,7 +53,7 @@ def test_an_xls_read_as_csv_says_so(tmp_path):
 def test_csv_text_read_as_excel_says_it_is_text_and_suggests_csv(tmp_path, data, encoding):
     path = tmp_path / "customers.xlsx"
     path.write_bytes(data.encode(encoding))
-    with pytest.raises(ServiceError) as ei:
+    with pytest.raises(ConfigError) as ei:
         ExcelSource(path).read()
     assert str(ei.value) == f"{path}: the file is text (CSV), not an Excel workbook ([sheet] source = \"excel\")"
     assert 'source = "csv"' in (ei.value.hint or "")
