@@ -22,8 +22,6 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-import idna
-
 from crm_automation.errors import DataError
 
 
@@ -45,6 +43,8 @@ def ascii_domain(domain: str) -> str:
     """
     if domain.isascii():
         return domain
+    import idna  # only for the rare internationalized domain: not at every start of every command
+
     try:
         return idna.encode(domain, uts46=True).decode("ascii")
     except idna.IDNAError as e:

@@ -26,7 +26,7 @@ from urllib.parse import quote
 from crm_automation.addresses import ascii_domain, wire_address
 from crm_automation.config import Config
 from crm_automation.errors import DataError
-from crm_automation.planner import CustomerView
+from crm_automation.models import CustomerView
 from crm_automation.templating import Templates, build_message
 from crm_automation.tokens import mailto_subject, token_of
 

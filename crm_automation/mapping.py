@@ -9,7 +9,9 @@ validated again, which keeps a re-sync of an unchanged 100,000-row sheet cheap.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import marshal
 import tomllib
 from collections.abc import Sequence
@@ -448,12 +450,36 @@ def _known_region(region: str) -> bool:
     """Whether phonenumbers has metadata for ``region`` (ISO 3166-1 alpha-2, any case: fieldtypes upper-cases it).
 
     Why (issue #17): an unknown region made every phone cell fail at ``sync``
-    ("not a phone number") while ``check`` passed the mapping. phonenumbers
-    is imported only for a mapping that sets a region (~0.1 s to import).
+    ("not a phone number") while ``check`` passed the mapping.
+
+    Asked without importing phonenumbers, which costs ~40 ms at every start
+    of every command (fieldtypes imports it only where cells are validated):
+    the library keeps one module of metadata per region,
+    ``phonenumbers/data/region_XX.py``, and loads it itself on first use,
+    so the file's presence is its own answer. Where that layout is not found,
+    the library is asked.
     """
+    code = region.strip().upper()
+    if len(code) != 2 or not code.isalpha() or not code.isascii():
+        return False
+    data = _phonenumbers_data()
+    if data is not None:
+        return (data / f"region_{code}.py").is_file()
     import phonenumbers
 
-    return region.upper() in phonenumbers.SUPPORTED_REGIONS
+    return code in phonenumbers.SUPPORTED_REGIONS
+
+
+@functools.cache
+def _phonenumbers_data() -> Path | None:
+    """The folder of phonenumbers' per-region metadata modules, found without importing the package (or None)."""
+    spec = importlib.util.find_spec("phonenumbers")
+    folders = list(spec.submodule_search_locations or ()) if spec is not None else []
+    for folder in folders:
+        data = Path(folder) / "data"
+        if (data / "region_US.py").is_file():
+            return data
+    return None
 
 
 def load_mapping(mappings_dir: Path) -> Mapping:

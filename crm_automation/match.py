@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import idna
-
 from crm_automation.models import Classification, Correspondence, Kind
 
 __all__ = ["address_forms", "lookup", "match"]
@@ -35,6 +33,8 @@ def address_forms(addr: str) -> tuple[str, ...]:
     local, at, domain = addr.rpartition("@")
     if not at or (domain.isascii() and "xn--" not in domain):
         return (addr,)
+    import idna  # only for the rare internationalized domain: not at every start, nor in the helpers' start-up
+
     try:
         other = (idna.encode(domain, uts46=True).decode("ascii") if not domain.isascii()
                  else idna.decode(domain).lower())

@@ -351,3 +351,14 @@ class StepState:
     position: int
     retired: bool = False
     unresolved: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerView:
+    """What planning and composing need of a customer (the planner's rules, the templates' ``customer``)."""
+
+    key: str
+    email: str | None
+    data: dict[str, Any]
+    first_seen: datetime
+    email_status: str

@@ -42,10 +42,9 @@ from crm_automation.errors import (
     UncertainSendError,
 )
 from crm_automation.mapping import Campaign
-from crm_automation.models import BounceFailure, Kind, Permanence, SendStatus
+from crm_automation.models import BounceFailure, CustomerView, Kind, Permanence, SendStatus
 from crm_automation.planner import (
     QUARANTINED,
-    CustomerView,
     History,
     Plan,
     PlannedSend,

@@ -35,20 +35,10 @@ from typing import Any
 
 from crm_automation.edits import hold_reason
 from crm_automation.mapping import Campaign, Step
+from crm_automation.models import CustomerView
 
 QUARANTINED = "quarantined"  # History.inbound kind of a quarantined message from the customer
 STOP_KINDS = {"reply": ("email_in", QUARANTINED), "bounce": ("bounce",), "unsubscribe": ("unsubscribe",)}
-
-
-@dataclass(frozen=True, slots=True)
-class CustomerView:
-    """What the planner needs of a customer."""
-
-    key: str
-    email: str | None
-    data: dict[str, Any]
-    first_seen: datetime
-    email_status: str
 
 
 @dataclass(slots=True)

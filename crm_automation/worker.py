@@ -25,6 +25,7 @@ succeeds. Fetch always runs, so replies, bounces and unsubscribes are logged.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -33,15 +34,15 @@ from crm_automation.compose import Composed, Composer
 from crm_automation.config import parse_duration
 from crm_automation.errors import ConfigError, CrmError, ServiceError
 from crm_automation.inbound import InboundPass, InboundPolicy
-from crm_automation.outbound import SendPass
-from crm_automation.planner import CustomerView, Plan
-from crm_automation.rekey import key_change
+from crm_automation.models import CustomerView
 from crm_automation.sheets.session import Rekeyed, SheetSession
 from crm_automation.stage import Progress, StageContext, StageResult, address_index, held, no_progress
 from crm_automation.store import identity
 from crm_automation.workspace import Clock, Workspace
 
 if TYPE_CHECKING:
+    from crm_automation.outbound import SendPass
+    from crm_automation.planner import Plan
     from crm_automation.store.repo import Store
 
 
@@ -66,7 +67,15 @@ class Worker:
         self.composer = Composer(ws.cfg, ws.templates)
         self.session = SheetSession(ws, self.ctx)
         self.inbound = InboundPass(ws, self.ctx, self.composer.message_id)
-        self.outbound = SendPass(ws, self.ctx, self.composer, wait=wait, accept_new_log=accept_new_log)
+        self._send_options = (wait, accept_new_log)
+
+    @functools.cached_property
+    def outbound(self) -> SendPass:
+        """The send pass, made on first use: a ``fetch`` never loads the planner (a poll starts faster)."""
+        from crm_automation.outbound import SendPass
+
+        wait, accept_new_log = self._send_options
+        return SendPass(self.ws, self.ctx, self.composer, wait=wait, accept_new_log=accept_new_log)
 
     def close(self) -> None:
         """Close the log."""
@@ -90,6 +99,8 @@ class Worker:
             return ws.mapping_error, f"{ws.mapping.path.name} cannot be loaded"
         if ws.campaigns_error is not None:
             return ws.campaigns_error, "campaigns.toml cannot be loaded"
+        from crm_automation.rekey import key_change
+
         recorded_key = self.store.key_field()
         changed = key_change(recorded_key, ws.mapping)
         if changed is not None and self.store.has_customers():

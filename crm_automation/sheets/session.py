@@ -30,11 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crm_automation.errors import ConfigError, CrmError, DataError, ServiceError
 from crm_automation.models import SheetData
-from crm_automation.rekey import RekeyPlan, infer_key_field, key_change, plan_rekey
 from crm_automation.sheets.base import SheetSource, WriteResult
 from crm_automation.sheets.grid import cell_text, norm_key
 from crm_automation.sheets.status_words import shows_a_block
@@ -42,6 +41,9 @@ from crm_automation.stage import StageContext, StageResult, recorded
 from crm_automation.store import identity
 from crm_automation.store.customers import RekeyCounts
 from crm_automation.workspace import Workspace
+
+if TYPE_CHECKING:
+    from crm_automation.rekey import RekeyPlan
 
 log = logging.getLogger("crm_automation")
 SYNC_FAILED = "sync_failed"  # meta key: why the last sync failed (JSON), so another process holds sending too
@@ -143,6 +145,8 @@ class SheetSession:
         A log that has recorded none yet adopts one now: the mapping's key
         for a new log, the field its keys were built from for an older one.
         """
+        from crm_automation.rekey import infer_key_field, key_change  # only where a key is checked: sync, rekey
+
         current = self.ws.mapping.key
         recorded_key = self.store.key_field()
         if recorded_key is None:
@@ -433,6 +437,8 @@ class SheetSession:
         transaction of the log; ``dry_run`` counts what would move. A log
         already keyed by the mapping's key has nothing to do.
         """
+        from crm_automation.rekey import plan_rekey
+
         recorded_key = self.store.key_field()
         current = self.ws.mapping.key
         if recorded_key is None or recorded_key == current:

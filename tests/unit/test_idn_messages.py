@@ -19,7 +19,7 @@ from crm_automation.addresses import WireAddress, wire_address
 from crm_automation.compose import Composer
 from crm_automation.config import load_config
 from crm_automation.errors import DataError
-from crm_automation.planner import CustomerView
+from crm_automation.models import CustomerView
 from crm_automation.templating import Rendered, Templates, build_message
 
 NOW = datetime(2027, 1, 10, 2, 0, tzinfo=UTC)

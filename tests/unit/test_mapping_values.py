@@ -45,3 +45,17 @@ def test_a_phone_region_phonenumbers_does_not_know_is_refused_at_load(tmp_path, 
 def test_known_phone_regions_load(tmp_path, region):
     (tmp_path / "customers.toml").write_text(MAPPING % region, encoding="utf-8")
     assert load_mapping(tmp_path).fields["phone"].region == region
+
+
+def test_the_region_check_answers_as_phonenumbers_does_without_importing_it():
+    """Every two-letter code: known exactly when phonenumbers supports it (the check reads its data folder)."""
+    import itertools
+    import string
+
+    import phonenumbers
+
+    from crm_automation.mapping import _known_region
+
+    for a, b in itertools.product(string.ascii_uppercase, repeat=2):
+        assert _known_region(a + b) is (a + b in phonenumbers.SUPPORTED_REGIONS), a + b
+    assert _known_region("cn") and not _known_region("001") and not _known_region("区域")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from crm_automation.mapping import Campaign, Step
-from crm_automation.planner import CustomerView, History
+from crm_automation.models import CustomerView
+from crm_automation.planner import History
 from crm_automation.planner import plan as plan_all
 
 
