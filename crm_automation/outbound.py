@@ -155,17 +155,20 @@ class SendPass:
         return {k: CustomerView(k, (c.data.get(ef) if ef else None), c.data, c.first_seen, c.email_status)
                 for k, c in self.store.customers().items()}
 
-    def history(self, aliases: tuple[dict[str, str], dict[tuple[str, str], str]] | None = None) -> History:
+    def history(self, aliases: tuple[dict[str, str], dict[tuple[str, str], str]] | None = None, *,
+                legacy: dict[tuple[str, int], str] | None = None) -> History:
         """What the log says happened, as the planner's plain values.
 
         ``aliases`` (old campaign -> new, (campaign, old step) -> new step)
         reads the log as if pending renames were applied: a dry run or
         ``check --plan`` shows what the real pass will do after applying them.
         Rows from before schema 4 have no step_id yet: their step is read
-        from its place in campaigns.toml (:meth:`legacy_step_keys`).
+        from its place in campaigns.toml (:meth:`legacy_step_keys`; ``legacy``
+        when the caller knows it already: ``{}`` once a real pass adopted them).
         """
         camp_alias, step_alias = aliases or ({}, {})
-        legacy = self.legacy_step_keys()
+        if legacy is None:
+            legacy = self.legacy_step_keys()
         defined = {c.id for c in self.ws.campaigns} | {NOTIFY_CAMPAIGN}
         recorded = self.store.campaign_steps()
         h = History()
@@ -244,7 +247,7 @@ class SendPass:
             for old, new in found.campaign_renames:
                 earlier = self.store.campaign_first_seen([old], now, record=False)[old]
                 first_seen[new] = min(first_seen.get(new, now), earlier)
-        h = self.history(found.aliases())
+        h = self.history(found.aliases(), legacy={} if record else None)  # a real pass adopted them in review()
         return found, h, plan(self.ws.campaigns, self.views(), first_seen, h, now,
                               one_per_cycle=self.ws.cfg.outbound.one_per_cycle, unresolved=found.unresolved,
                               expansions=self.expansions(found, record=record))
@@ -461,7 +464,7 @@ class SendPass:
             res.stats["waiting"] = len(due)
             res.stats["note"] = f"outside send_window {ob.send_window} ({tz.key})"
             return
-        h = self.history()
+        h = self.history(legacy={})  # this pass's plan adopted every row from before schema 4
         campaigns = {c.id: c for c in self.ws.campaigns}
         recent = deque(self.store.sent_times_since(now - timedelta(minutes=1)))
         day_count = self.store.sent_count_since(now - timedelta(days=1))
