@@ -140,15 +140,15 @@ def review(campaigns: list[Campaign], recorded: Mapping[str, Mapping[str, StepSt
             if before is None:
                 unclear = () if s.resend else gone
                 new[s.key] = StepState(s.template, s.number, unresolved=unclear)
-                lines.append(f"step {s.key!r} inserted as {_place(s.number)}" + (
+                lines.append(f"step {s.key!r} inserted as {place_name(s.number)}" + (
                     f"; held: it may replace {' / '.join(map(repr, gone))}" if unclear else ""))
                 continue
             unclear = () if s.resend else tuple(u for u in before.unresolved if u in gone)
             new[s.key] = StepState(s.template, s.number, unresolved=unclear)
             if before.retired:
-                lines.append(f"step {s.key!r} is back as {_place(s.number)}: who had it does not get it again")
+                lines.append(f"step {s.key!r} is back as {place_name(s.number)}: who had it does not get it again")
             elif before.position != s.number:
-                lines.append(f"step {s.key!r} moved from {_place(before.position)} to {_place(s.number)}")
+                lines.append(f"step {s.key!r} moved from {place_name(before.position)} to {place_name(s.number)}")
             elif before.template != s.template:
                 lines.append(f"step {s.key!r} now uses template {s.template!r}")
         pending = {u for st in new.values() for u in st.unresolved}
@@ -170,5 +170,6 @@ def review(campaigns: list[Campaign], recorded: Mapping[str, Mapping[str, StepSt
     return replace(out, campaign_renames=tuple(camp_renames), step_renames=tuple(step_renames))
 
 
-def _place(n: int) -> str:
+def place_name(n: int) -> str:
+    """A step's place as the admin reads it: "the first email", "follow-up 2"."""
     return "the first email" if n == 0 else f"follow-up {n}"

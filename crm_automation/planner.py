@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from crm_automation.edits import hold_reason
+from crm_automation.edits import hold_reason, place_name
 from crm_automation.mapping import Campaign, Step
 from crm_automation.models import CustomerView
 
@@ -215,11 +215,7 @@ def _step0_targets(c: Campaign, customers: MappingT[str, CustomerView], first_se
 def _past(c: Campaign, step: Step, reached: int) -> str:
     later = next(s for s in c.steps if s.number == reached)
     return (f"step {step.key!r} was added to the campaign after the customer had passed it (they already had "
-            f"step {later.key!r}, now {_place(reached)})")
-
-
-def _place(n: int) -> str:
-    return "the first email" if n == 0 else f"follow-up {n}"
+            f"step {later.key!r}, now {place_name(reached)})")
 
 
 def _held_for(c: Campaign, step: Step, rows: MappingT[str, datetime | None],
@@ -235,6 +231,7 @@ def _plan_campaign(c: Campaign, customers: MappingT[str, CustomerView], seen: da
     out: list[PlannedSend] = []
     waiting: dict[str, int] = {}
     first = c.steps[0]
+    positions = places(c)
 
     def add(step: Step, cust: CustomerView, why: str | None) -> None:
         out.append(PlannedSend(c.id, step.number, cust.key, cust.email, step.template,
@@ -247,7 +244,7 @@ def _plan_campaign(c: Campaign, customers: MappingT[str, CustomerView], seen: da
         if _held_for(c, first, rows, unresolved):
             waiting[first.key] = waiting.get(first.key, 0) + 1
             continue
-        reached = reach(c, rows)
+        reached = reach(positions, rows)
         if reached > 0:
             add(first, cust, _past(c, first, reached))
             continue
@@ -262,7 +259,7 @@ def _plan_campaign(c: Campaign, customers: MappingT[str, CustomerView], seen: da
         follower = customers.get(key)
         if follower is None:
             continue
-        reached = reach(c, rows)
+        reached = reach(positions, rows)
         for step in c.steps[1:]:
             if step.key in rows:
                 continue
@@ -280,9 +277,13 @@ def _plan_campaign(c: Campaign, customers: MappingT[str, CustomerView], seen: da
     return out
 
 
-def reach(c: Campaign, rows: MappingT[str, datetime | None]) -> int:
-    """The latest place, in the campaign as it is now, of a step the customer was sent (-1: none)."""
-    positions = {s.key: s.number for s in c.steps}
+def places(c: Campaign) -> dict[str, int]:
+    """Step key -> its place in the campaign as it is now (made once a campaign, not once a customer)."""
+    return {s.key: s.number for s in c.steps}
+
+
+def reach(positions: MappingT[str, int], rows: MappingT[str, datetime | None]) -> int:
+    """The latest place, in the campaign as it is now (``positions``), of a step the customer was sent (-1: none)."""
     return max((positions[k] for k, t in rows.items() if t is not None and k in positions), default=-1)
 
 
@@ -308,10 +309,11 @@ def outlook(c: Campaign, h: History, planned: list[PlannedSend],
     """Step key -> :class:`StepOutlook` over the customers who already began the campaign's sequence."""
     due = Counter(p.step_id for p in planned if p.campaign == c.id and p.status == "queued")
     counts = {s.key: Counter[str]() for s in c.steps}
+    positions = places(c)
     for rows in h.sends.get(c.id, {}).values():
         if all(t is None for t in rows.values()):
             continue
-        reached = reach(c, rows)
+        reached = reach(positions, rows)
         for s in c.steps:
             n = counts[s.key]
             if rows.get(s.key) is not None:
