@@ -30,14 +30,14 @@ import string
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import date, datetime
 from email.utils import formatdate, parseaddr
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, TypeAlias
 from zoneinfo import ZoneInfo
 
 import jinja2
@@ -49,7 +49,14 @@ from jinja2.sandbox import SandboxedEnvironment
 from crm_automation.addresses import wire_address
 from crm_automation.errors import ConfigError, DataError
 
+if TYPE_CHECKING:
+    # What ``signal.getsignal`` returns and ``signal.signal`` takes (typeshed's private ``signal._HANDLER``).
+    _SignalHandler: TypeAlias = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
+
 log = logging.getLogger("crm_automation")
+
+Context = Mapping[str, object]
+"""The names a template sees (``customer``, ``campaign``, ``sender``, ``unsubscribe``, ``now``; SPEC §6)."""
 
 CONTEXT_NAMES = frozenset({"customer", "campaign", "sender", "unsubscribe", "now"})
 ALLOWED_HEADERS = {"subject": "Subject", "reply-to": "Reply-To"}
@@ -143,7 +150,7 @@ class _Sandbox(SandboxedEnvironment):
 
     intercepted_binops = frozenset({"*", "**", "+", "%"})
 
-    def __init__(self, limits: RenderLimits, **options: Any) -> None:
+    def __init__(self, limits: RenderLimits, **options: object) -> None:
         super().__init__(**options)
         self.limits = limits
         self.filters["center"] = self._center
@@ -159,11 +166,11 @@ class _Sandbox(SandboxedEnvironment):
         if n > self.limits.int_bits:
             raise _LimitExceeded(f"{op!r} would make an integer of about {n:,} bits (limit {self.limits.int_bits:,})")
 
-    def _width(self, width: Any) -> None:
+    def _width(self, width: object) -> None:
         if isinstance(width, int) and width > self.limits.sequence_items:
             raise _LimitExceeded(f"refused a width of {width:,} characters (limit {self.limits.sequence_items:,})")
 
-    def _printf(self, fmt: str, args: Any) -> None:
+    def _printf(self, fmt: str, args: object) -> None:
         """Widths and precisions in a ``%`` format, ``*`` ones taken from the arguments."""
         for m in _PRINTF_SPEC.finditer(fmt):
             for spec in m.groups():
@@ -173,7 +180,7 @@ class _Sandbox(SandboxedEnvironment):
                 elif spec:
                     self._width(int(spec))
 
-    def _format_spec(self, fmt: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _format_spec(self, fmt: str, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
         """Widths in a ``str.format`` string; a nested ``{}`` width comes from the arguments."""
         for _, _, spec, _ in string.Formatter().parse(fmt):
             if not spec:
@@ -192,11 +199,11 @@ class _Sandbox(SandboxedEnvironment):
         self._width(width)
         return do_indent(s, width, first, blank)
 
-    def _format(self, value: str, *args: Any, **kwargs: Any) -> str:
+    def _format(self, value: str, *args: object, **kwargs: object) -> str:
         self._printf(str(value), tuple(kwargs.values()) or args)
         return do_format(value, *args, **kwargs)
 
-    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: object, right: object) -> object:
         """Refuse ``*``, ``+``, ``**`` and ``%`` results past :class:`RenderLimits` before computing them."""
         if operator == "*":
             if isinstance(left, _SEQUENCES) and isinstance(right, int):
@@ -215,7 +222,7 @@ class _Sandbox(SandboxedEnvironment):
             self._printf(left, right)
         return self.binop_table[operator](left, right)
 
-    def call(self, context: jinja2.runtime.Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+    def call(self, context: jinja2.runtime.Context, obj: object, /, *args: object, **kwargs: object) -> object:
         """Refuse padding widths and ``str.format`` widths past the limit, then call as the sandbox does."""
         name = getattr(obj, "__name__", None)
         if name in _WIDTH_METHODS and isinstance(getattr(obj, "__self__", None), str):
@@ -247,7 +254,7 @@ class _Deadline:
         self._seconds = seconds
         self._armed = False
         self._fired = False
-        self._previous: Any = None
+        self._previous: _SignalHandler = None
         self._outer = (0.0, 0.0)
         self._started = 0.0
 
@@ -328,7 +335,7 @@ class _PassLoader(jinja2.BaseLoader):
         self.folder = folder
         self.texts: dict[str, tuple[str, str, str]] = {}  # name -> (text, file name, digest of its bytes)
 
-    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Any]:
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
         """The text kept for ``template`` (read now if it was never read), and "always up to date"."""
         got = self.texts.get(template)
         if got is None:
@@ -409,7 +416,7 @@ def _template_location(exc: BaseException) -> str | None:
     return found
 
 
-def _generate(template: jinja2.Template, context: dict[str, Any], limit: int, part: str) -> str:
+def _generate(template: jinja2.Template, context: Context, limit: int, part: str) -> str:
     """Render through ``generate()``, stopping as soon as the output passes ``limit`` characters."""
     out: list[str] = []
     size = 0
@@ -442,6 +449,113 @@ _FIX_HINT = ("fix the template or this customer's values; `crm-automation previe
              "renders it for one customer")
 
 
+# ---------------------------------------------------------------- the NAME.txt file format (SPEC §6)
+# Reading, splitting and compiling one file is the file format's job, apart from the folder's
+# cache (Templates): check, load and the scan all read a template the same way, and a problem
+# names the file and its line whichever of them met it.
+
+
+def _read_file(path: Path) -> tuple[str, str]:
+    """A template file's (text, digest of its bytes); an unreadable or non-UTF-8 file is a ConfigError."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8"), _digest(data)
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path} line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}; "
+                          f"expected UTF-8: save the template as UTF-8)") from None
+
+
+def _split_txt(path: Path, text: str) -> tuple[dict[str, tuple[int, str]], int, str]:
+    """(header -> (line, value), the body's first line, the body) of a ``NAME.txt``."""
+    text = text.replace("\r\n", "\n").removeprefix("\ufeff")
+    head, sep, body = text.partition("\n\n")
+    if not sep:
+        raise ConfigError(f"{path}: no blank line after the header lines "
+                          f"(expected \"Subject: ...\", a blank line, then the body)")
+    headers: dict[str, tuple[int, str]] = {}
+    for n, line in enumerate(head.split("\n"), start=1):
+        k, colon, v = line.partition(":")
+        if not colon or k.strip().lower() not in ALLOWED_HEADERS:
+            raise ConfigError(f"{path} line {n}: {line!r} is not a header line "
+                              f"(expected \"Subject: ...\" or \"Reply-To: ...\")")
+        headers[k.strip().lower()] = (n, v.strip())
+    if "subject" not in headers:
+        raise ConfigError(f"{path}: the Subject: header line is required")
+    subject_line, subject = headers["subject"]
+    if not subject:
+        # Sent as is, an empty subject lands in spam folders and reads as a mistake (issue #17).
+        raise ConfigError(f"{path} line {subject_line}: the Subject: header is empty (expected the email's subject "
+                          f"after \"Subject:\", e.g. \"Subject: 您好 {{{{ customer.name }}}}\")")
+    return headers, head.count("\n") + 3, body
+
+
+def _compile(env: _Sandbox, source: str, path: Path, line: int = 1) -> jinja2.Template:
+    """Compile ``source`` as file ``path`` from ``line`` on: errors and tracebacks name that file and line."""
+    code = env.compile(_at_line(source, line), name=path.name, filename=str(path))
+    return env.template_class.from_code(env, code, env.make_globals(None))
+
+
+def _usage(ast: nodes.Template, file: Path, env: _Sandbox, top: dict[str, str], fields: dict[str, str]) -> list[str]:
+    """Note the names and customer fields ``ast`` uses (where first) in ``top`` and ``fields``; return its problems.
+
+    The problems are unknown filters and tests.
+
+    Why from the syntax tree: ``check`` must name every variable a template
+    uses before anything is sent (SPEC §7), including those behind a
+    condition no test customer reaches; and Jinja2 finds an unknown filter or
+    test inside a condition only when rendering reaches it.
+    """
+    undeclared = meta.find_undeclared_variables(ast)
+    for n in ast.find_all(nodes.Name):
+        if n.ctx == "load" and n.name in undeclared:
+            top.setdefault(n.name, f"{file} line {n.lineno}")
+    for attr in ast.find_all(nodes.Getattr):
+        if isinstance(attr.node, nodes.Name) and attr.node.name == "customer":
+            fields.setdefault(attr.attr, f"{file} line {attr.lineno}")
+    for item in ast.find_all(nodes.Getitem):
+        if (isinstance(item.node, nodes.Name) and item.node.name == "customer"
+                and isinstance(item.arg, nodes.Const) and isinstance(item.arg.value, str)):
+            fields.setdefault(item.arg.value, f"{file} line {item.lineno}")
+    problems = [f"{file} line {f.lineno}: uses the filter {f.name!r}, which does not exist "
+                f"(expected one of Jinja2's filters, or date or datetime)"
+                for f in ast.find_all(nodes.Filter) if f.name not in env.filters]
+    problems += [f"{file} line {test.lineno}: uses the test {test.name!r}, which does not exist "
+                 f"(expected one of Jinja2's tests)"
+                 for test in ast.find_all(nodes.Test) if test.name not in env.tests]
+    return problems
+
+
+def _render_error(t: _Template, e: BaseException, context: Context, folder: Path) -> DataError:
+    """``template NAME: FILE line N: what went wrong (customer 'key')``, with a hint for the next step."""
+    customer = context.get("customer")
+    key = customer.get("_key") if isinstance(customer, dict) else None
+    where = _template_location(e) or (e.file if isinstance(e, _LimitExceeded) and e.file else None) or t.path
+    hint: str | None = _FIX_HINT
+    if isinstance(e, _LimitExceeded | _RenderAbort):
+        what, hint = str(e), _LIMIT_HINT
+    elif isinstance(e, jinja2.UndefinedError):
+        what = e.message or str(e)
+        hint = ("add the column to the mapping or fix the template; `crm-automation check` finds these "
+                "before sending")
+    elif isinstance(e, jinja2.exceptions.SecurityError):
+        what = f"blocked by the sandbox: {e}"
+    elif isinstance(e, jinja2.TemplateNotFound):
+        what = f"refers to {e.name!r}, which is not a file in {folder}"
+    elif isinstance(e, jinja2.TemplateSyntaxError):
+        what = f"template syntax error: {e.message}"
+    elif isinstance(e, jinja2.TemplateError):
+        what = str(e)
+    else:
+        what = f"{type(e).__name__}: {e}"
+    if len(what) > 300:
+        what = what[:300] + "…"
+    return DataError(f"template {t.name}: {where}: {what} (customer {key!r})", hint=hint)
+
+
 class Templates:
     """The workspace's template folder, compiled once and compiled again when a file's content changes.
 
@@ -452,6 +566,12 @@ class Templates:
     (also once a pass) drops any other compiled template whose files changed.
     Content digests rather than mtimes: an edit within the same timestamp tick
     counts. Rendering itself (:meth:`render`, the send loop) reads no file.
+
+    The class holds only the folder's compiled templates and whether they are
+    still current (issue #18: one job per room). The file format
+    (:func:`_read_file`, :func:`_split_txt`), what a template uses
+    (:func:`_usage`) and the message for a failed render (:func:`_render_error`)
+    are functions of their inputs, kept outside it.
     """
 
     def __init__(self, folder: Path, tz: ZoneInfo, *, limits: RenderLimits | None = None) -> None:
@@ -473,53 +593,9 @@ class Templates:
             return []
         return sorted(p.stem for p in self.folder.glob("*.txt") if not p.name.startswith("_"))
 
-    @staticmethod
-    def _read(path: Path) -> tuple[str, str]:
-        """A template file's (text, digest of its bytes); an unreadable or non-UTF-8 file is a ConfigError."""
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot be read ({e.strerror or e})") from None
-        try:
-            return data.decode("utf-8"), _digest(data)
-        except UnicodeDecodeError as e:
-            line = data.count(b"\n", 0, e.start) + 1
-            raise ConfigError(f"{path} line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}; "
-                              f"expected UTF-8: save the template as UTF-8)") from None
-
     def _not_found(self, path: Path) -> ConfigError:
         return ConfigError(f"{path}: template not found (campaigns refer to templates by file name "
                            f"without .txt; found: {', '.join(self.names()) or 'none'})")
-
-    @staticmethod
-    def _split(path: Path, text: str) -> tuple[dict[str, tuple[int, str]], int, str]:
-        """(header -> (line, value), the body's first line, the body) of a ``NAME.txt``."""
-        text = text.replace("\r\n", "\n").removeprefix("\ufeff")
-        head, sep, body = text.partition("\n\n")
-        if not sep:
-            raise ConfigError(f"{path}: no blank line after the header lines "
-                              f"(expected \"Subject: ...\", a blank line, then the body)")
-        headers: dict[str, tuple[int, str]] = {}
-        for n, line in enumerate(head.split("\n"), start=1):
-            k, colon, v = line.partition(":")
-            if not colon or k.strip().lower() not in ALLOWED_HEADERS:
-                raise ConfigError(f"{path} line {n}: {line!r} is not a header line "
-                                  f"(expected \"Subject: ...\" or \"Reply-To: ...\")")
-            headers[k.strip().lower()] = (n, v.strip())
-        if "subject" not in headers:
-            raise ConfigError(f"{path}: the Subject: header line is required")
-        subject_line, subject = headers["subject"]
-        if not subject:
-            # Sent as is, an empty subject lands in spam folders and reads as a mistake (issue #17).
-            raise ConfigError(f"{path} line {subject_line}: the Subject: header is empty (expected the email's subject "
-                              f"after \"Subject:\", e.g. \"Subject: 您好 {{{{ customer.name }}}}\")")
-        return headers, head.count("\n") + 3, body
-
-    @staticmethod
-    def _compile(env: _Sandbox, source: str, path: Path, line: int = 1) -> jinja2.Template:
-        """Compile ``source`` as file ``path`` from ``line`` on: errors and tracebacks name that file and line."""
-        code = env.compile(_at_line(source, line), name=path.name, filename=str(path))
-        return env.template_class.from_code(env, code, env.make_globals(None))
 
     def load(self, name: str) -> _Template:
         """The compiled template (cached); a missing file or a syntax error is a ConfigError naming file and line.
@@ -535,7 +611,7 @@ class Templates:
         if not path.is_file():
             raise self._not_found(path)
         html = self.folder / f"{name}.html"
-        t = self._compile_files(name, self._read(path), self._read(html) if html.is_file() else None)
+        t = self._compile_files(name, _read_file(path), _read_file(html) if html.is_file() else None)
         self._cache[name] = t
         return t
 
@@ -543,11 +619,11 @@ class Templates:
         """Compile ``NAME.txt`` (and ``NAME.html``) from the texts given; a syntax error is a ConfigError."""
         path = self.folder / f"{name}.txt"
         html = self.folder / f"{name}.html"
-        headers, body_line, body = self._split(path, text[0])
+        headers, body_line, body = _split_txt(path, text[0])
         try:
-            compiled = {k: self._compile(self.text_env, v, path, n) for k, (n, v) in headers.items()}
-            body_t = self._compile(self.text_env, body, path, body_line)
-            html_t = self._compile(self.html_env, html_text[0], html) if html_text is not None else None
+            compiled = {k: _compile(self.text_env, v, path, n) for k, (n, v) in headers.items()}
+            body_t = _compile(self.text_env, body, path, body_line)
+            html_t = _compile(self.html_env, html_text[0], html) if html_text is not None else None
         except jinja2.TemplateSyntaxError as e:
             raise ConfigError(_syntax_problem(e, path)) from None
         files = ((str(path), text[1]), (str(html), html_text[1] if html_text is not None else None))
@@ -616,12 +692,12 @@ class Templates:
         digest, so :meth:`check` compiles exactly what it checked.
         """
         path = self.folder / f"{name}.txt"
-        text = self._read(path)
-        headers, body_line, body = self._split(path, text[0])
+        text = _read_file(path)
+        headers, body_line, body = _split_txt(path, text[0])
         queue: list[tuple[Path, str, _Sandbox]] = [(path, _at_line(v, n), self.text_env) for n, v in headers.values()]
         queue.append((path, _at_line(body, body_line), self.text_env))
         html = self.folder / f"{name}.html"
-        html_text = self._read(html) if html.is_file() else None
+        html_text = _read_file(html) if html.is_file() else None
         if html_text is not None:
             queue.append((html, html_text[0], self.html_env))
         refs: dict[str, tuple[Path, str, str]] = {}
@@ -637,25 +713,7 @@ class Templates:
             except jinja2.TemplateSyntaxError as e:
                 problems.append(_syntax_problem(e, file))
                 continue
-            undeclared = meta.find_undeclared_variables(ast)
-            for n in ast.find_all(nodes.Name):
-                if n.ctx == "load" and n.name in undeclared:
-                    top.setdefault(n.name, f"{file} line {n.lineno}")
-            for attr in ast.find_all(nodes.Getattr):
-                if isinstance(attr.node, nodes.Name) and attr.node.name == "customer":
-                    fields.setdefault(attr.attr, f"{file} line {attr.lineno}")
-            for item in ast.find_all(nodes.Getitem):
-                if (isinstance(item.node, nodes.Name) and item.node.name == "customer"
-                        and isinstance(item.arg, nodes.Const) and isinstance(item.arg.value, str)):
-                    fields.setdefault(item.arg.value, f"{file} line {item.lineno}")
-            for f in ast.find_all(nodes.Filter):
-                if f.name not in env.filters:
-                    problems.append(f"{file} line {f.lineno}: uses the filter {f.name!r}, which does not exist "
-                                    f"(expected one of Jinja2's filters, or date or datetime)")
-            for test in ast.find_all(nodes.Test):
-                if test.name not in env.tests:
-                    problems.append(f"{file} line {test.lineno}: uses the test {test.name!r}, which does not exist "
-                                    f"(expected one of Jinja2's tests)")
+            problems += _usage(ast, file, env, top, fields)
             for ref, line, optional in _references(ast):
                 if ref in seen:
                     continue
@@ -666,7 +724,7 @@ class Templates:
                         problems.append(f"{file} line {line}: refers to {ref!r}, which is not a file in {self.folder}")
                     continue
                 try:
-                    ref_text, ref_digest = self._read(ref_path)
+                    ref_text, ref_digest = _read_file(ref_path)
                 except ConfigError as e:
                     problems += e.problems
                     continue
@@ -717,7 +775,7 @@ class Templates:
                                 f"(fields: {', '.join(sorted(fields))})")
         return problems
 
-    def render(self, name: str, context: dict[str, Any]) -> Rendered:
+    def render(self, name: str, context: Context) -> Rendered:
         """Render one email; whatever goes wrong is a DataError for this send naming file, line and customer.
 
         Rendering is bounded by :attr:`limits` (see :class:`RenderLimits`). A missing template or a
@@ -733,35 +791,8 @@ class Templates:
                 text = _generate(t.body, context, lim.body_chars, "text body")
                 html = _generate(t.html, context, lim.body_chars, "HTML body") if t.html is not None else None
         except (Exception, _RenderAbort) as e:  # the per-send boundary: no template may stop the worker (issue #9)
-            raise self._render_error(t, e, context) from e
+            raise _render_error(t, e, context, self.folder) from e
         return Rendered(subject=subject, text=text, html=html, reply_to=reply_to)
-
-    def _render_error(self, t: _Template, e: BaseException, context: dict[str, Any]) -> DataError:
-        """``template NAME: FILE line N: what went wrong (customer 'key')``, with a hint for the next step."""
-        customer = context.get("customer")
-        key = customer.get("_key") if isinstance(customer, dict) else None
-        where = _template_location(e) or (e.file if isinstance(e, _LimitExceeded) and e.file else None) or t.path
-        hint: str | None = _FIX_HINT
-        if isinstance(e, _LimitExceeded | _RenderAbort):
-            what, hint = str(e), _LIMIT_HINT
-        elif isinstance(e, jinja2.UndefinedError):
-            what = e.message or str(e)
-            hint = ("add the column to the mapping or fix the template; `crm-automation check` finds these "
-                    "before sending")
-        elif isinstance(e, jinja2.exceptions.SecurityError):
-            what = f"blocked by the sandbox: {e}"
-        elif isinstance(e, jinja2.TemplateNotFound):
-            what = f"refers to {e.name!r}, which is not a file in {self.folder}"
-        elif isinstance(e, jinja2.TemplateSyntaxError):
-            what = f"template syntax error: {e.message}"
-        elif isinstance(e, jinja2.TemplateError):
-            what = str(e)
-        else:
-            what = f"{type(e).__name__}: {e}"
-        if len(what) > 300:
-            what = what[:300] + "…"
-        return DataError(f"template {t.name}: {where}: {what} (customer {key!r})", hint=hint)
-
 
 _SPECIALS = re.compile(r'[][\\()<>@,:;".]')
 
