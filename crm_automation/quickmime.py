@@ -185,8 +185,21 @@ def _multipart(headers: Headers, body: bytes, sep: bytes, params: dict[str, str]
     if (body.count(b"\r") != body.count(b"\n") or body.count(b"\r\n") != body.count(b"\n")) if sep == b"\r\n" \
             else b"\r" in body:
         return None
-    dash = b"--" + boundary.encode("ascii")
-    lines = body.split(sep)  # (a last "" after the final line end is never read: the close boundary comes first)
+    parts = _split_parts(body.split(sep), b"--" + boundary.encode("ascii"))
+    if parts is None:
+        return None
+    return _text_part(headers, parts, sep)
+
+
+def _split_parts(lines: list[bytes], dash: bytes) -> list[list[bytes]] | None:
+    """The lines of each part between ``dash`` boundaries, as the feed parser splits them; None on a defect.
+
+    Kept apart from choosing the text (:func:`_text_part`): this is where the
+    compat32 feed parser's quirks live (issue #13). It skips a boundary right
+    after a boundary, a close boundary before any part ends nothing, and a
+    body without a close boundary is a defect; each is left to the stdlib. A
+    last "" after the final line end is never read: the close boundary comes first.
+    """
     parts: list[list[bytes]] = []
     current: list[bytes] | None = None  # None: still in the preamble
     after_boundary = False
@@ -200,14 +213,22 @@ def _multipart(headers: Headers, body: bytes, sep: bytes, params: dict[str, str]
                 if current is not None:
                     parts.append(current)
                 if close:
-                    break
+                    return parts
                 current, after_boundary = [], True
                 continue
         after_boundary = False
         if current is not None:
             current.append(line)
-    else:
-        return None  # no close boundary (or no part at all): a defect, left to the stdlib
+    return None  # no close boundary (or no part at all): a defect, left to the stdlib
+
+
+def _text_part(headers: Headers, parts: list[list[bytes]], sep: bytes) -> QuickReading | None:
+    """The reading of a one-level multipart: the first text/plain part that is not an attachment, else text/html.
+
+    This is ``parse.body_text``'s choice, made on the split lines; a nested
+    part, an attached message or a header out of the plain shapes leaves the
+    whole message to the stdlib (None).
+    """
     plain: tuple[Headers, bytes, dict[str, str]] | None = None
     html: tuple[Headers, bytes, dict[str, str]] | None = None
     for part in parts:
