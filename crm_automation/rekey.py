@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from collections.abc import Mapping as MappingOf
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from crm_automation.errors import ConfigError
 from crm_automation.mapping import Mapping
@@ -53,7 +53,7 @@ class KnownCustomer(Protocol):
         ...
 
     @property
-    def data(self) -> dict[str, Any]:
+    def data(self) -> MappingOf[str, object]:
         """Its mapped fields at the last sync."""
         ...
 
@@ -110,7 +110,7 @@ class Move:
     old: str
     new: str
     row: int
-    value: Any
+    value: object
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,47 +149,77 @@ def plan_rekey(old_field: str, mapping: Mapping, data: SheetData,
     last sync has no row now; a new key is already another customer's key;
     (by row number) a row that does not look like the customer it replaces.
     """
+    new_field = mapping.key
+    cols = _key_columns(old_field, mapping, data, customers)
+    if isinstance(cols, str):
+        return RekeyPlan(old_field, new_field, "", (), (), (cols,))
+    moves, rows_of_old, problems = _match_rows(old_field, mapping, data, customers, cols)
+    if old_field not in mapping.fields:
+        problems += _moved_rows(mapping, data, customers, moves)
+    problems += _left_over(old_field, mapping, data.source, customers, moves, rows_of_old)
+    kept = tuple(sorted(c.key for c in customers.values() if not c.present and c.key not in rows_of_old))
+    return RekeyPlan(old_field, new_field, cols.by, tuple(moves), kept, tuple(problems))
+
+
+@dataclass(frozen=True, slots=True)
+class _KeyColumns:
+    """Per sheet data row: the customer it is taken for (``old``, None: not known) and its new key, converted.
+
+    ``by`` says how rows were matched, for the plan's report.
+    """
+
+    old: list[str | None]
+    raw_new: list[object]
+    new: list[object]
+    new_errors: dict[int, str]
+    by: str
+
+
+def _key_columns(old_field: str, mapping: Mapping, data: SheetData,
+                 customers: MappingOf[str, KnownCustomer]) -> _KeyColumns | str:
+    """Read the new key column, and the old key column or the rows of the last sync; the refusal when one is missing.
+
+    Kept apart from the matching so the one decision of the module docstring
+    (the old key's value while it is mapped, else the row number) is made in
+    one place.
+    """
     from crm_automation.fieldtypes import convert_column
 
-    new_field = mapping.key
-    new_spec = mapping.fields[new_field]
+    new_spec = mapping.fields[mapping.key]
     headers = _headers(data)
     found = ", ".join(f"\"{h}\"" for h in data.headers if h) or "none"
-    src = data.source
-
-    def refused(problem: str, by: str = "") -> RekeyPlan:
-        return RekeyPlan(old_field, new_field, by, (), (), (problem,))
-
     new_header = headers.get(new_spec.column.strip())
     if new_header is None:
-        return refused(f"{src}: the new key column \"{new_spec.column}\" (field {new_field}) is not in the header row "
-                       f"(headers found: {found}); expected it to hold each customer's {new_field}")
+        return (f"{data.source}: the new key column \"{new_spec.column}\" (field {mapping.key}) is not in the header "
+                f"row (headers found: {found}); expected it to hold each customer's {mapping.key}")
     raw_new = data.column(new_header)
     new_values, new_errors = convert_column(new_spec, raw_new)
     old_spec = mapping.fields.get(old_field)
-    by_row: dict[int, str] = {}
-    old_values: list[Any] = []
-    if old_spec is not None:
-        old_header = headers.get(old_spec.column.strip())
-        if old_header is None:
-            return refused(f"{src}: the old key column \"{old_spec.column}\" (field {old_field}) is not in the header "
-                           f"row (headers found: {found}); expected it, to find each customer's row")
-        old_values, _ = convert_column(old_spec, data.column(old_header))
-        by = f"the old key column \"{old_spec.column}\" (field {old_field})"
-    else:
+    if old_spec is None:
         by_row = {c.row: c.key for c in customers.values() if c.present}
-        by = f"sheet row number (field {old_field} is no longer mapped)"
+        return _KeyColumns([by_row.get(row) for row in data.row_numbers], raw_new, new_values, new_errors,
+                           f"sheet row number (field {old_field} is no longer mapped)")
+    old_header = headers.get(old_spec.column.strip())
+    if old_header is None:
+        return (f"{data.source}: the old key column \"{old_spec.column}\" (field {old_field}) is not in the header "
+                f"row (headers found: {found}); expected it, to find each customer's row")
+    old_values, _ = convert_column(old_spec, data.column(old_header))
+    return _KeyColumns([None if v is None else str(v) for v in old_values], raw_new, new_values, new_errors,
+                       f"the old key column \"{old_spec.column}\" (field {old_field})")
 
+
+def _match_rows(old_field: str, mapping: Mapping, data: SheetData, customers: MappingOf[str, KnownCustomer],
+                cols: _KeyColumns) -> tuple[list[Move], dict[str, int], list[str]]:
+    """(moves, customer -> its row, problems): each known customer's row gives its new key, once and to it alone."""
+    new_field = mapping.key
+    column = mapping.fields[new_field].column
+    src = data.source
     problems: list[str] = []
     rows_of_old: dict[str, int] = {}
     owner_of_new: dict[str, tuple[int, str]] = {}
     moves: list[Move] = []
     for i, row in enumerate(data.row_numbers):
-        if old_spec is not None:
-            v = old_values[i]
-            old = None if v is None else str(v)
-        else:
-            old = by_row.get(row)
+        old = cols.old[i]
         if old is None or old not in customers:
             continue  # a row the log does not know yet: a new customer at the next sync, as it would have been
         if old in rows_of_old:
@@ -198,11 +228,10 @@ def plan_rekey(old_field: str, mapping: Mapping, data: SheetData,
                             f"correct the duplicate row)")
             continue
         rows_of_old[old] = row
-        new = new_values[i]
+        new = cols.new[i]
         if new is None:
-            raw = raw_new[i]
-            got = "is empty" if i not in new_errors else f"{raw!r} {new_errors[i]}"
-            problems.append(f"{src} row {row}, \"{new_spec.column}\" {got}: customer {old!r} would have no "
+            got = "is empty" if i not in cols.new_errors else f"{cols.raw_new[i]!r} {cols.new_errors[i]}"
+            problems.append(f"{src} row {row}, \"{column}\" {got}: customer {old!r} would have no "
                             f"{new_field} (expected a value: the new key)")
             continue
         new_text = str(new)
@@ -213,11 +242,21 @@ def plan_rekey(old_field: str, mapping: Mapping, data: SheetData,
             continue
         owner_of_new[new_text] = (row, old)
         moves.append(Move(old, new_text, row, new))
-    if old_spec is None:
-        problems += _moved_rows(mapping, data, customers, moves)
+    return moves, rows_of_old, problems
+
+
+def _left_over(old_field: str, mapping: Mapping, src: str, customers: MappingOf[str, KnownCustomer],
+               moves: list[Move], rows_of_old: dict[str, int]) -> list[str]:
+    """Customers of the last sync no row was matched to, and new keys that are another customer's key already.
+
+    Either would lose a customer's history or merge two, so the re-key is refused (all or nothing).
+    """
+    new_field = mapping.key
+    by_key = old_field in mapping.fields  # matched by the old key's column, else by row number
+    problems: list[str] = []
     for c in sorted(customers.values(), key=lambda c: c.row):
         if c.present and c.key not in rows_of_old:
-            how = f"no row with {old_field} {c.key!r}" if old_spec is not None else f"row {c.row} was not matched"
+            how = f"no row with {old_field} {c.key!r}" if by_key else f"row {c.row} was not matched"
             problems.append(f"{src}: customer {c.key!r} (row {c.row} at the last sync) is not in the sheet ({how}); "
                             f"expected every customer of the last sync (if the row was deleted on purpose: set key "
                             f"= \"{old_field}\" back, run `crm-automation sync`, then set it again and re-key)")
@@ -226,8 +265,7 @@ def plan_rekey(old_field: str, mapping: Mapping, data: SheetData,
         if m.new != m.old and m.new in customers and m.new not in moving:
             problems.append(f"{src} row {m.row}: {new_field} {m.new!r} of customer {m.old!r} is already the key of "
                             f"another customer in the log (expected a key no other customer has)")
-    kept = tuple(sorted(c.key for c in customers.values() if not c.present and c.key not in rows_of_old))
-    return RekeyPlan(old_field, new_field, by, tuple(moves), kept, tuple(problems))
+    return problems
 
 
 def _moved_rows(mapping: Mapping, data: SheetData, customers: MappingOf[str, KnownCustomer],
@@ -236,7 +274,7 @@ def _moved_rows(mapping: Mapping, data: SheetData, customers: MappingOf[str, Kno
     from crm_automation.fieldtypes import convert_column
 
     headers = _headers(data)
-    columns: dict[str, list[Any]] = {}
+    columns: dict[str, list[object]] = {}
     for name, spec in mapping.fields.items():
         h = headers.get(spec.column.strip())
         if name != mapping.key and h is not None:
