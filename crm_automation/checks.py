@@ -21,7 +21,7 @@ import ssl
 from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, NotRequired, TypedDict
 
 from crm_automation.config import Config, MailboxSection, OutboundSection, config_warnings
 from crm_automation.credentials import login_problems
@@ -32,13 +32,32 @@ if TYPE_CHECKING:
     from crm_automation.outbound import CampaignOutlook
 
 
-def _item(name: str, problems: list[str], summary: str, hint: str | None = None) -> dict[str, Any]:
+class CheckItem(TypedDict):
+    """One line of ``check``'s report, as ``--json`` prints it (its keys are what scripts read)."""
+
+    name: str
+    ok: bool
+    summary: str
+    problems: list[str]
+    hint: str | None
+    notes: NotRequired[list[str]]  # shown, never failing: warnings, blanked cells, the plan's lines
+    campaigns: NotRequired[dict[str, dict[str, object]]]  # ``--plan``: each campaign's outlook
+
+
+class CheckReport(TypedDict):
+    """What :func:`run_checks` returns: every item, and the exit status the worst of them means."""
+
+    checks: list[CheckItem]
+    exit: int
+
+
+def _item(name: str, problems: list[str], summary: str, hint: str | None = None) -> CheckItem:
     return {"name": name, "ok": not problems, "summary": summary if not problems else
             f"{len(problems)} problem(s)", "problems": problems, "hint": hint}
 
 
 def run_checks(config_path: str | None, *, connect: bool = False, plan: bool = False,
-               now: datetime | None = None) -> dict[str, Any]:
+               now: datetime | None = None) -> CheckReport:
     """Run every check; the result has ``checks`` (name, ok, summary, problems) and ``exit``.
 
     ``plan`` adds what campaigns.toml, as it is now, means for the customers
@@ -46,7 +65,7 @@ def run_checks(config_path: str | None, *, connect: bool = False, plan: bool = F
     (issue #17); ``now`` is the time it is judged at (``--now``; without an
     offset, the workspace's local time).
     """
-    checks: list[dict[str, Any]] = []
+    checks: list[CheckItem] = []
     try:
         ws = Workspace.load(config_path)
     except ConfigError as e:
@@ -91,7 +110,7 @@ def run_checks(config_path: str | None, *, connect: bool = False, plan: bool = F
     return {"checks": checks, "exit": code}
 
 
-def _plan(ws: Workspace, checks: list[dict[str, Any]], now: datetime | None, *, detail: bool) -> int:
+def _plan(ws: Workspace, checks: list[CheckItem], now: datetime | None, *, detail: bool) -> int:
     """The log read as the next send pass would read it, nothing recorded: an unclear edit would hold a campaign.
 
     Always run, so plain ``check`` names a held campaign as ``run`` would
@@ -149,7 +168,7 @@ def _describe(c: CampaignOutlook) -> list[str]:
     return lines
 
 
-def _logins(cfg: Config, checks: list[dict[str, Any]]) -> int:
+def _logins(cfg: Config, checks: list[CheckItem]) -> int:
     """The servers' logins as ``run`` will need them: secrets present, token program installed, CA file loadable."""
     problems: list[str] = []
     servers: list[tuple[str, MailboxSection | OutboundSection]] = []
@@ -175,7 +194,7 @@ def _logins(cfg: Config, checks: list[dict[str, Any]]) -> int:
     return 2 if problems else 0
 
 
-def _log(ws: Workspace, checks: list[dict[str, Any]]) -> int:
+def _log(ws: Workspace, checks: list[CheckItem]) -> int:
     """The activity log is this workspace's and its folder is writable: what every writing verb checks first."""
     from crm_automation.store import identity
 
@@ -205,7 +224,7 @@ def _log(ws: Workspace, checks: list[dict[str, Any]]) -> int:
     return 3 if problems else 0
 
 
-def _mailbox(ws: Workspace, checks: list[dict[str, Any]]) -> int:
+def _mailbox(ws: Workspace, checks: list[CheckItem]) -> int:
     """A Maildir's folders exist (``fetch`` reads them; ``--connect`` does the same for IMAP)."""
     try:
         src = ws.open_mailbox()
@@ -221,7 +240,7 @@ def _mailbox(ws: Workspace, checks: list[dict[str, Any]]) -> int:
     return 0
 
 
-def _connect(ws: Workspace, checks: list[dict[str, Any]]) -> int:
+def _connect(ws: Workspace, checks: list[CheckItem]) -> int:
     code = _mailbox(ws, checks) if ws.cfg.mailbox.source != "maildir" else 0
     try:
         t = ws.open_transport()

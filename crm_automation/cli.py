@@ -30,6 +30,7 @@ from crm_automation.stage import Progress, StageResult
 from crm_automation.workspace import Clock, Workspace
 
 if TYPE_CHECKING:
+    from crm_automation.checks import CheckReport
     from crm_automation.worker import Worker
 
 log = logging.getLogger("crm_automation")
@@ -306,7 +307,7 @@ def check(ctx: click.Context, /, connect: bool, plan_: bool, **kw: Any) -> None:
     ctx.exit(report["exit"])
 
 
-def _print_check(report: dict[str, Any]) -> None:
+def _print_check(report: CheckReport) -> None:
     for item in report["checks"]:
         mark = "ok " if item["ok"] else "ERR"
         click.echo(f"[{mark}] {item['name']}: {item['summary']}")

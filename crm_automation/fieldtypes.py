@@ -21,7 +21,7 @@ import unicodedata
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from functools import lru_cache
-from typing import Any, cast
+from typing import cast
 
 import phonenumbers
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
@@ -400,7 +400,7 @@ def _blocks(texts: list[str | None], pattern: re.Pattern[str], lower: bool) -> l
     return out
 
 
-def convert_column(spec: FieldSpec, values: list[Any]) -> tuple[list[Any], dict[int, str]]:
+def convert_column(spec: FieldSpec, values: list[object]) -> tuple[list[object], dict[int, str]]:
     """Convert a whole column: (values, {index: reason} of cells that do not fit).
 
     Empty cells become None (the caller decides whether the field is
@@ -418,7 +418,7 @@ def convert_column(spec: FieldSpec, values: list[Any]) -> tuple[list[Any], dict[
             positions = [where[v] for v in values]
             return ([conv_distinct[p] for p in positions],
                     {i: errs[p] for i, p in enumerate(positions) if p in errs} if errs else {})
-    out: list[Any]
+    out: list[object]
     if spec.type in (FieldType.TEXT, FieldType.CHOICE):
         ok = frozenset(spec.choices) if spec.type is FieldType.CHOICE else None
         out = [(_SLOW if (t := v.strip()) and ok is not None and t not in ok else (t or None))

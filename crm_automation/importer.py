@@ -25,7 +25,7 @@ import csv
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from crm_automation.errors import ConfigError, ServiceError
 from crm_automation.mapping import Mapping
@@ -46,7 +46,7 @@ class ImportRow:
     key: str
     row: int
     values: dict[str, str]
-    old: dict[str, Any] = field(default_factory=dict)
+    old: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +93,7 @@ def _column_map(mapping: Mapping, headers: tuple[str, ...], column_map: dict[str
     return out
 
 
-def _as_text(value: Any, ftype: FieldType) -> str:
+def _as_text(value: object, ftype: FieldType) -> str:
     if ftype is FieldType.BOOL:
         return "TRUE" if value else "FALSE"
     return str(value)

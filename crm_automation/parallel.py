@@ -46,12 +46,12 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from itertools import chain, islice
 from multiprocessing.connection import Connection
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 try:
     import fcntl
@@ -60,10 +60,9 @@ except ImportError:  # not POSIX: no helpers (default_helpers), so no pipes to w
 
 log = logging.getLogger("crm_automation")
 
-_NONE: Any = object()  # no item
-
 S = TypeVar("S")
 T = TypeVar("T")
+P = TypeVar("P")  # an item as ``prepare`` hands it to ``fn`` (plain values, picklable)
 R = TypeVar("R")
 
 
@@ -90,7 +89,7 @@ def _helper_main() -> None:
     inp = Connection(os.dup(0), writable=False)
     out = Connection(os.dup(1), readable=False)
     sys.stdout = sys.stderr  # nothing may write into the results pipe
-    chunks: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    chunks: queue.SimpleQueue[tuple[str, str, object] | list[object] | None] = queue.SimpleQueue()
 
     def reader() -> None:
         while True:
@@ -104,6 +103,8 @@ def _helper_main() -> None:
     first = chunks.get()
     if first is None:
         return
+    if not isinstance(first, tuple):  # never: the parent sends (module, function, state) first
+        return
     module, name, state = first
     try:
         fn = getattr(importlib.import_module(module), name)
@@ -112,7 +113,7 @@ def _helper_main() -> None:
         return
     while (chunk := chunks.get()) is not None:
         try:
-            result: tuple[bool, Any] = (True, fn(state, chunk))
+            result: tuple[bool, object] = (True, fn(state, chunk))
         except Exception as e:  # noqa: BLE001 -- reported to the parent, which computes the chunk itself
             result = (False, f"{type(e).__name__}: {e}")
         try:
@@ -195,7 +196,7 @@ class _Entry(Generic[T, R]):
 
 
 @dataclass
-class OrderedPool(Generic[S, T, R]):
+class OrderedPool(Generic[S, T, P, R]):
     """Runs ``fn(state, [prepare(item), ...]) -> results`` (one per item) over a stream; see the module docstring.
 
     ``fn`` must be a module-level function and the state picklable: both are
@@ -207,9 +208,9 @@ class OrderedPool(Generic[S, T, R]):
     items themselves never leave this process.
     """
 
-    fn: Callable[[S, list[Any]], list[R]]
+    fn: Callable[[S, list[P]], list[R]]
     make_state: Callable[[], S]
-    prepare: Callable[[T], Any]
+    prepare: Callable[[T], P]
     # Measured on 10,000 messages, 2 cores (issue #13): chunks of 50 and up to 8 per helper keep the
     # helper fed; 40 chunks ahead (or ``budget``, whichever is reached first) keep this process from
     # waiting on a busy helper when it could read on.
@@ -236,8 +237,9 @@ class OrderedPool(Generic[S, T, R]):
         one = self._here
         for item in islice(it, 0 if eager else self.start_after):
             yield item, one([item])[0]
-        first = next(it, _NONE)  # no helper, and no state, for nothing
-        if first is _NONE:
+        try:
+            first = next(it)
+        except StopIteration:  # no helper, and no state, for nothing
             return
         it = chain([first], it)
         if self.helpers <= 0:
@@ -341,7 +343,7 @@ class OrderedPool(Generic[S, T, R]):
 
     # -- talking to one helper ----------------------------------------------------------
 
-    def _send(self, h: _Helper, chunk: list[Any]) -> bool:
+    def _send(self, h: _Helper, chunk: Sequence[object]) -> bool:
         try:
             h.send.send(chunk)
         except (OSError, ValueError) as e:
