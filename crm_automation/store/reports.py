@@ -200,7 +200,10 @@ class Reports(Connection):
         "Due" is the send pass's own test: never attempted, no retry time, or
         a retry time not after ``now``.
         """
-        by_status = dict(self.conn.execute("SELECT status, COUNT(*) FROM sends GROUP BY status").fetchall())
+        # Only the states still open: with an index on status, a seek over them, never over every sent row.
+        by_status = dict(self.conn.execute(
+            "SELECT status, COUNT(*) FROM sends WHERE status IN ('queued', 'sending', 'uncertain', 'failed') "
+            "GROUP BY status").fetchall())
         due = self.conn.execute(
             "SELECT COUNT(*) FROM sends WHERE status = 'queued' AND (attempts = 0 OR next_attempt_at IS NULL "
             "OR next_attempt_at <= ?)", (iso(now),)).fetchone()[0]
