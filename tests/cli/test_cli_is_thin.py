@@ -43,8 +43,8 @@ print("\\n".join(sorted(sys.modules)))
 
 def _loaded(*args: str) -> set[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    p = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, env=env, check=True,
-                       timeout=60)
+    p = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, env=env, cwd=REPO,
+                       check=True, timeout=60)
     return set(p.stdout.split("=== modules ===")[1].split())
 
 
