@@ -1,4 +1,4 @@
-"""What every use case's ``to_json()`` returns: plain JSON values, typed (issue #18: no ``Any``)."""
+"""What every use case's ``to_json()`` returns: plain JSON values, typed all the way down (issue #18)."""
 
 from __future__ import annotations
 
