@@ -1,39 +1,54 @@
-"""The command line (SPEC §7): each verb parses its arguments, calls one library function, and exits.
+"""The command line (SPEC §7): each verb parses its arguments, calls one use case, and renders its result.
 
 Only this module exits. ``CrmError`` becomes a message on stderr and its
 exit code (2 config/usage, 1 some items failed, 3 a service is down);
 anything else is a bug and keeps its traceback.
+
+What a verb shows comes from :mod:`crm_automation.app` (issue #18): this
+module opens no store and composes no query. It imports at the top only
+click and the standard library; each verb imports what it needs when it
+runs, so ``crm-automation --help`` starts in a tenth of a second (issue #18
+item 7: 0.33 s when every verb's modules were loaded up front).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn, TypedDict, TypeVar, Unpack
 
 import click
-from filelock import FileLock, Timeout
 
-from crm_automation.config import parse_duration
-from crm_automation.errors import ConfigError, CrmError, LockedError, StorageError
-from crm_automation.models import Kind, SendStatus
-from crm_automation.stage import Progress, StageResult
-from crm_automation.workspace import Clock, Workspace
+from crm_automation.errors import ConfigError, CrmError, StorageError
 
 if TYPE_CHECKING:
-    from crm_automation.checks import CheckReport
+    from crm_automation.app import reports
+    from crm_automation.app.results import JsonObject, JsonValue
+    from crm_automation.checks import CheckItem
+    from crm_automation.stage import Progress, StageResult
     from crm_automation.worker import Worker
+    from crm_automation.workspace import Clock, Workspace
 
 log = logging.getLogger("crm_automation")
+_F = TypeVar("_F", bound=Callable[..., object])
+
+
+class _GlobalOptions(TypedDict, total=False):
+    """The global options every verb accepts (:func:`_global`), as click passes them."""
+
+    config_: str | None
+    now_: str | None
+    json_: bool | None
+    accept_new_log_: bool | None
+    verbose_: int
+    quiet_: int
 
 
 class Ctx:
@@ -48,6 +63,8 @@ class Ctx:
 
     def clock(self, ws: Workspace | None = None) -> Clock:
         """The run's clock (``--now`` or the real time); a ``--now`` without offset is workspace local time."""
+        from crm_automation.workspace import Clock
+
         now = self.now
         if now is not None and now.tzinfo is None:
             now = now.replace(tzinfo=ws.cfg.timezone) if ws is not None else now.replace(tzinfo=UTC)
@@ -64,6 +81,9 @@ def _parse_now(value: str | None) -> datetime | None:
     if not value:
         return None
     if value.startswith("+"):
+        from crm_automation.config import parse_duration
+        from crm_automation.workspace import Clock
+
         ahead = parse_duration(value[1:])
         if ahead is None:
             msg = f"{value!r} is not a time ahead (expected +N with s, m, h or d, e.g. +3d or +36h)"
@@ -78,7 +98,7 @@ def _parse_now(value: str | None) -> datetime | None:
     return dt
 
 
-def _global(f: Callable[..., Any]) -> Callable[..., Any]:
+def _global(f: _F) -> _F:
     """Accept the global options after the verb as well as before it."""
     f = click.option("--config", "config_", metavar="PATH", help="config.toml (default: $CRM_AUTOMATION_CONFIG, "
                      "else ./config.toml)")(f)
@@ -92,13 +112,13 @@ def _global(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("-q", "--quiet", "quiet_", count=True, help="fewer log lines")(f)
 
 
-def _apply(ctx: click.Context, /, kw: dict[str, Any]) -> Ctx:
+def _apply(ctx: click.Context, /, kw: _GlobalOptions) -> Ctx:
     """Merge this command's global options into the shared :class:`Ctx` (a later one wins)."""
     o: Ctx = ctx.ensure_object(Ctx)
     if kw.get("config_"):
-        o.config = kw["config_"]
+        o.config = kw.get("config_")
     if kw.get("now_"):
-        o.now = _parse_now(kw["now_"])
+        o.now = _parse_now(kw.get("now_"))
     if kw.get("json_"):
         o.json = True
     if kw.get("accept_new_log_"):
@@ -130,15 +150,15 @@ def _setup_logging(verbosity: int) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _emit(o: Ctx, data: Any, human: Callable[[], None]) -> None:
+def _emit(o: Ctx, data: JsonValue | Mapping[str, object], human: Callable[[], None]) -> None:
     if o.json:
         click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
     else:
         human()
 
 
-def _finish_with_problems(ctx: click.Context, o: Ctx, data: dict[str, Any], summary: str,
-                          problems: list[str]) -> None:
+def _finish_with_problems(ctx: click.Context, o: Ctx, data: JsonObject, summary: str,
+                          problems: Sequence[str]) -> None:
     """Print a verb's summary (and each problem on stderr), then exit 1 if there were problems (SPEC §7)."""
 
     def human() -> None:
@@ -186,34 +206,6 @@ def _progress_factory() -> Progress:
     return _Lines
 
 
-class _Lock:
-    """One worker per workspace: a file lock beside the log (filelock), held for the whole command."""
-
-    def __init__(self, ws: Workspace) -> None:
-        self.path = Path(str(ws.cfg.database) + ".lock")
-        try:
-            ws.cfg.database.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StorageError(f"{ws.cfg.database.parent}: cannot create the folder for the activity log: "
-                               f"{e.strerror}", hint="create it, or make its parent writable, or change "
-                                                     "[workspace] database") from None
-        self.lock = FileLock(str(self.path))
-
-    def __enter__(self) -> _Lock:
-        try:
-            self.lock.acquire(timeout=0)
-        except Timeout:
-            raise LockedError(f"{self.path}: another crm-automation worker is running on this workspace",
-                              hint="wait for it to finish, or stop it (Ctrl-C / SIGTERM)") from None
-        except OSError as e:
-            raise StorageError(f"{self.path}: cannot create the workspace lock: {e.strerror}",
-                               hint=f"make {self.path.parent} writable by the user running crm-automation") from None
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.lock.release()
-
-
 def _worker(o: Ctx, ws: Workspace, stop: threading.Event | None = None, *, read_only: bool = False) -> Worker:
     from crm_automation.worker import Worker
 
@@ -228,6 +220,8 @@ def _locked_worker(o: Ctx, stop: threading.Event | None = None, *, lock: bool = 
     ``lock=False`` (dry runs, issue #17): no lock, and the log opened read-only, so
     the dry run works while a worker runs and can write nothing.
     """
+    from crm_automation.workspace import Workspace
+
     ws = Workspace.load(o.config)
     if not lock:
         w = _worker(o, ws, stop, read_only=True)
@@ -236,7 +230,9 @@ def _locked_worker(o: Ctx, stop: threading.Event | None = None, *, lock: bool = 
         finally:
             w.close()
         return
-    with _Lock(ws):
+    from crm_automation.app.access import WorkspaceLock
+
+    with WorkspaceLock(ws):
         w = _worker(o, ws, stop)
         try:
             yield w
@@ -252,7 +248,7 @@ def _print_results(o: Ctx, results: list[StageResult], stop: _StopFlag | None = 
         # cron and systemd must tell a cut-short run from a complete one (issue #17): the shell's 128 + N.
         code = 128 + signum
     if o.json:
-        out: dict[str, Any] = {"ok": code == 0, "exit": code, "stages": [r.to_json() for r in results]}
+        out: JsonObject = {"ok": code == 0, "exit": code, "stages": [r.to_json() for r in results]}
         if signum is not None:
             out["interrupted"] = signal.Signals(signum).name
         click.echo(json.dumps(out, ensure_ascii=False, indent=2, default=str))
@@ -283,7 +279,7 @@ def _print_results(o: Ctx, results: list[StageResult], stop: _StopFlag | None = 
 @_global
 @click.version_option(package_name="crm-automation")
 @click.pass_context
-def cli(ctx: click.Context, /, **kw: Any) -> None:
+def cli(ctx: click.Context, /, **kw: Unpack[_GlobalOptions]) -> None:
     """crm-automation: a shared sheet as customer master, a mailbox as activity log, campaigns sent once.
 
     Start with `crm-automation run --once --config config.example.toml`.
@@ -297,18 +293,18 @@ def cli(ctx: click.Context, /, **kw: Any) -> None:
 @click.option("--plan", "plan_", is_flag=True, help="also show what campaigns.toml, as it is now, means for "
               "customers already in a sequence (edits since the last pass, holds); records nothing")
 @click.pass_context
-def check(ctx: click.Context, /, connect: bool, plan_: bool, **kw: Any) -> None:
+def check(ctx: click.Context, /, connect: bool, plan_: bool, **kw: Unpack[_GlobalOptions]) -> None:
     """Validate config, mappings, templates and the sheet; report every problem at once."""
     o = _apply(ctx, kw)
     from crm_automation.checks import run_checks
 
     report = run_checks(o.config, connect=connect, plan=plan_, now=o.now)
-    _emit(o, report, lambda: _print_check(report))
+    _emit(o, report, lambda: _print_check(report["checks"]))
     ctx.exit(report["exit"])
 
 
-def _print_check(report: CheckReport) -> None:
-    for item in report["checks"]:
+def _print_check(checks: list[CheckItem]) -> None:
+    for item in checks:
         mark = "ok " if item["ok"] else "ERR"
         click.echo(f"[{mark}] {item['name']}: {item['summary']}")
         for p in item.get("problems", [])[:100]:
@@ -322,7 +318,7 @@ def _print_check(report: CheckReport) -> None:
 @cli.command()
 @_global
 @click.pass_context
-def sync(ctx: click.Context, /, **kw: Any) -> None:
+def sync(ctx: click.Context, /, **kw: Unpack[_GlobalOptions]) -> None:
     """Read the sheet, validate rows, record new customers and field changes."""
     o = _apply(ctx, kw)
     with _locked_worker(o) as w:
@@ -332,7 +328,7 @@ def sync(ctx: click.Context, /, **kw: Any) -> None:
 @cli.command()
 @_global
 @click.pass_context
-def fetch(ctx: click.Context, /, **kw: Any) -> None:
+def fetch(ctx: click.Context, /, **kw: Unpack[_GlobalOptions]) -> None:
     """Read new mail and log each message exactly once."""
     o = _apply(ctx, kw)
     stop = _install_signals()
@@ -345,7 +341,7 @@ def fetch(ctx: click.Context, /, **kw: Any) -> None:
 @click.option("--dry-run", is_flag=True, help="render and report what would be sent; send and record nothing")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="send at most N messages in this pass")
 @click.pass_context
-def send(ctx: click.Context, /, dry_run: bool, limit: int | None, **kw: Any) -> None:
+def send(ctx: click.Context, /, dry_run: bool, limit: int | None, **kw: Unpack[_GlobalOptions]) -> None:
     """Queue and send what is due, exactly once each."""
     o = _apply(ctx, kw)
     stop = _install_signals()
@@ -401,7 +397,7 @@ def _install_signals() -> _StopFlag:
 @_global
 @click.option("--once", is_flag=True, help="run one cycle (sync, fetch, send, write-back) and exit")
 @click.pass_context
-def run(ctx: click.Context, /, once: bool, **kw: Any) -> None:
+def run(ctx: click.Context, /, once: bool, **kw: Unpack[_GlobalOptions]) -> None:
     """The scheduled worker: intervals from [schedule]; one cycle at a time; stops cleanly on Ctrl-C/SIGTERM."""
     o = _apply(ctx, kw)
     stop = _install_signals()
@@ -425,11 +421,13 @@ def run(ctx: click.Context, /, once: bool, **kw: Any) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="write the message to FILE.eml")
 @click.option("--campaign", default="preview", help="campaign id shown to the template")
 @click.pass_context
-def preview(ctx: click.Context, /, template: str, key: str, out: Path | None, campaign: str, **kw: Any) -> None:
+def preview(ctx: click.Context, /, template: str, key: str, out: Path | None, campaign: str,
+            **kw: Unpack[_GlobalOptions]) -> None:
     """Render one email for one customer, to the terminal or an .eml file. Sends nothing."""
     o = _apply(ctx, kw)
-    ws = Workspace.load(o.config)
-    w = _worker(o, ws, read_only=True)
+    from crm_automation.workspace import Workspace
+
+    w = _worker(o, Workspace.load(o.config), read_only=True)
     try:
         composed = w.preview(template, key, campaign)
     finally:
@@ -449,79 +447,73 @@ def preview(ctx: click.Context, /, template: str, key: str, out: Path | None, ca
 @_global
 @click.option("--csv", "as_csv", is_flag=True, help="CSV output")
 @click.pass_context
-def report(ctx: click.Context, /, as_csv: bool, **kw: Any) -> None:
+def report(ctx: click.Context, /, as_csv: bool, **kw: Unpack[_GlobalOptions]) -> None:
     """Per campaign and step: queued, sent, failed, uncertain, skipped, bounced, replied, unsubscribed."""
     o = _apply(ctx, kw)
+    from crm_automation.app import reports
+    from crm_automation.workspace import Workspace
+
     ws = Workspace.load(o.config)
-    store = ws.open_store(read_only=True)
-    try:
-        rows = [r.to_dict() for r in store.funnel()]
-        attention = [{"id": s.id, "campaign": s.campaign, "step": s.step, "customer": s.customer_key,
-                      "status": s.status.value, "error": s.error, "message_id": s.message_id}
-                     for s in store.sends(status=[SendStatus.UNCERTAIN, SendStatus.FAILED])]
-    finally:
-        store.close()
-    cols = ["campaign", "step", "queued", "sent", "failed", "uncertain", "skipped", "bounced", "replied",
-            "unsubscribed", "reply_rate"]
+    result = reports.report(ws, o.clock(ws).now())
     if as_csv:
-        buf = io.StringIO()
-        wr = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
-        wr.writeheader()
-        wr.writerows(rows)
-        click.echo(buf.getvalue(), nl=False)
+        click.echo(_funnel_csv(result.funnel), nl=False)
         return
+    _emit(o, result.to_json(), lambda: _print_report(result))
 
-    def human() -> None:
-        from rich.console import Console
-        from rich.table import Table
 
-        t = Table(*cols)
-        for r in rows:
-            t.add_row(*(f"{r[c]:.1%}" if c == "reply_rate" else str(r[c]) for c in cols))
-        console = Console(width=140)
-        console.print(t)
-        if attention:
-            console.print(f"{len(attention)} send(s) need attention (`crm-automation requeue --id N` to send again):")
-            for a in attention:
-                console.print(f"  #{a['id']} {a['status']} {a['campaign']}/{a['step']} {a['customer']}: {a['error']}")
+_FUNNEL_COLUMNS = ("campaign", "step", "queued", "sent", "failed", "uncertain", "skipped", "bounced", "replied",
+                   "unsubscribed", "reply_rate")
 
-    _emit(o, {"campaigns": rows, "attention": attention}, human)
+
+def _funnel_csv(funnel: reports.Funnel) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    wr = csv.DictWriter(buf, fieldnames=_FUNNEL_COLUMNS, extrasaction="ignore")
+    wr.writeheader()
+    wr.writerows(r.to_dict() for r in funnel.rows)
+    return buf.getvalue()
+
+
+def _print_report(result: reports.Report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(*_FUNNEL_COLUMNS)
+    for r in result.funnel.rows:
+        row = r.to_dict()
+        t.add_row(*(f"{row[c]:.1%}" if c == "reply_rate" else str(row[c]) for c in _FUNNEL_COLUMNS))
+    console = Console(width=140)
+    console.print(t)
+    if result.attention:
+        console.print(f"{len(result.attention)} send(s) need attention (`crm-automation requeue --id N` to send "
+                      "again):")
+        for a in result.attention:
+            console.print(f"  #{a.id} {a.status.value} {a.campaign}/{a.step} {a.customer}: {a.error}")
 
 
 @cli.command()
 @_global
 @click.argument("key")
 @click.pass_context
-def timeline(ctx: click.Context, /, key: str, **kw: Any) -> None:
+def timeline(ctx: click.Context, /, key: str, **kw: Unpack[_GlobalOptions]) -> None:
     """One customer's activities, oldest first."""
     o = _apply(ctx, kw)
+    from crm_automation.app import reports
+    from crm_automation.workspace import Workspace
+
     ws = Workspace.load(o.config)
-    store = ws.open_store(read_only=True)
-    try:
-        k = key.strip().lower() if store.customer(key.strip().lower()) else key.strip()
-        items = store.timeline(k)
-        known = store.customer(k) is not None
-    finally:
-        store.close()
-    if not items and not known:
-        raise ConfigError(f"customer {key!r} is not in the log", hint="keys are the mapping's key field")
+    result = reports.timeline(ws, key)
 
     def human() -> None:
-        tz = ws.cfg.timezone
-        for a in items:
-            when = a.occurred_at.astimezone(tz)
-            extra = a.subject or ""
-            if a.kind is Kind.FIELD_CHANGED:
-                d = a.details
-                extra = f"{d.get('field')}: {d.get('old')!r} -> {d.get('new')!r}"
-            if a.campaign:
-                extra = f"[{a.campaign}/{a.step}] {extra}"
-            click.echo(f"{when:%Y-%m-%d %H:%M}  {a.kind.value:<15} {extra}")
-            if a.body and a.kind in {Kind.EMAIL_IN, Kind.UNSUBSCRIBE}:
-                for line in a.body.strip().splitlines()[:6]:
-                    click.echo(f"{'':19}| {line}")
+        for e in result.entries:
+            when = e.activity.occurred_at.astimezone(ws.cfg.timezone)
+            click.echo(f"{when:%Y-%m-%d %H:%M}  {e.activity.kind.value:<15} {e.headline}")
+            for line in e.excerpt:
+                click.echo(f"{'':19}| {line}")
 
-    _emit(o, {"customer": k, "activities": [a.to_dict() for a in items]}, human)
+    _emit(o, result.to_json(), human)
 
 
 @cli.group()
@@ -535,61 +527,49 @@ def suppress() -> None:
 @click.option("--reason", type=click.Choice(["manual", "unsubscribed", "bounced"]), default="manual",
               help="unsubscribed/bounced also set the customer's email status")
 @click.pass_context
-def suppress_add(ctx: click.Context, /, emails: tuple[str, ...], reason: str, **kw: Any) -> None:
+def suppress_add(ctx: click.Context, /, emails: tuple[str, ...], reason: str, **kw: Unpack[_GlobalOptions]) -> None:
     """Add addresses."""
     o = _apply(ctx, kw)
-    from crm_automation import suppression
+    from crm_automation.app import suppressions
+    from crm_automation.workspace import Workspace
 
     ws = Workspace.load(o.config)
-    with _Lock(ws):  # the worker must not plan a send while the list changes under it
-        store = ws.open_store()
-        try:
-            result = suppression.add(store, emails, reason, o.clock(ws).now())
-        finally:
-            store.close()
-    added, rejected = result.added, result.rejected
-
-    _finish_with_problems(ctx, o, {"added": added, "rejected": rejected}, f"added {len(added)} of {len(emails)}",
-                          [f"not added: {r}" for r in rejected])
+    result = suppressions.suppress(ws, emails, reason, o.clock(ws).now())
+    _finish_with_problems(ctx, o, result.to_json(), f"added {len(result.added)} of {len(emails)}",
+                          [f"not added: {r}" for r in result.rejected])
 
 
 @suppress.command("remove")
 @_global
 @click.argument("emails", nargs=-1, required=True)
 @click.pass_context
-def suppress_remove(ctx: click.Context, /, emails: tuple[str, ...], **kw: Any) -> None:
+def suppress_remove(ctx: click.Context, /, emails: tuple[str, ...], **kw: Unpack[_GlobalOptions]) -> None:
     """Remove addresses (they may be mailed again)."""
     o = _apply(ctx, kw)
-    from crm_automation import suppression
+    from crm_automation.app import suppressions
+    from crm_automation.workspace import Workspace
 
-    ws = Workspace.load(o.config)
-    with _Lock(ws):
-        store = ws.open_store()
-        try:
-            removed = suppression.remove(store, emails)
-        finally:
-            store.close()
-    _emit(o, {"removed": removed}, lambda: click.echo(f"removed {len(removed)} of {len(emails)}"))
+    result = suppressions.unsuppress(Workspace.load(o.config), emails)
+    _emit(o, result.to_json(), lambda: click.echo(f"removed {len(result.removed)} of {len(emails)}"))
 
 
 @suppress.command("list")
 @_global
 @click.pass_context
-def suppress_list(ctx: click.Context, /, **kw: Any) -> None:
+def suppress_list(ctx: click.Context, /, **kw: Unpack[_GlobalOptions]) -> None:
     """List suppressed addresses."""
     o = _apply(ctx, kw)
-    ws = Workspace.load(o.config)
-    store = ws.open_store(read_only=True)
-    try:
-        items = [{"email": e, **s.to_dict()} for e, s in store.suppressions().items()]
-    finally:
-        store.close()
+    from crm_automation.app import suppressions
+    from crm_automation.app.results import utc_text
+    from crm_automation.workspace import Workspace
+
+    result = suppressions.suppressions(Workspace.load(o.config))
 
     def human() -> None:
-        for i in items:
-            click.echo(f"{i['email']:<40} {i['reason']:<13} {i['at']} {i['source']}")
+        for i in result.items:
+            click.echo(f"{i.email:<40} {i.reason:<13} {utc_text(i.at)} {i.source}")
 
-    _emit(o, {"suppressions": items}, human)
+    _emit(o, result.to_json(), human)
 
 
 @cli.command()
@@ -598,33 +578,29 @@ def suppress_list(ctx: click.Context, /, **kw: Any) -> None:
 @click.option("--all-uncertain", is_flag=True, help="every uncertain send")
 @click.option("--all-failed", is_flag=True, help="every failed send")
 @click.pass_context
-def requeue(ctx: click.Context, /, ids: tuple[int, ...], all_uncertain: bool, all_failed: bool, **kw: Any) -> None:
+def requeue(ctx: click.Context, /, ids: tuple[int, ...], all_uncertain: bool, all_failed: bool,
+            **kw: Unpack[_GlobalOptions]) -> None:
     """Queue uncertain or failed sends again, on purpose (they go out on the next `send`)."""
     o = _apply(ctx, kw)
     if not ids and not all_uncertain and not all_failed:
         raise ConfigError("requeue: name sends with --id N, or use --all-uncertain / --all-failed")
-    statuses = tuple(s for s, on in (("uncertain", all_uncertain or bool(ids)), ("failed", all_failed or bool(ids)))
-                     if on)
-    ws = Workspace.load(o.config)
-    with _Lock(ws):
-        store = ws.open_store()
-        try:
-            problems = store.requeue_problems(list(ids), statuses)
-            n = store.requeue(list(ids) or None, statuses)
-        finally:
-            store.close()
+    from crm_automation.app import sends
+    from crm_automation.workspace import Workspace
 
-    _finish_with_problems(ctx, o, {"requeued": n, "problems": problems}, f"requeued {n} send(s)", problems)
+    result = sends.requeue(Workspace.load(o.config), ids, uncertain=all_uncertain, failed=all_failed)
+    _finish_with_problems(ctx, o, result.to_json(), f"requeued {result.count} send(s)", result.problems)
 
 
 @cli.command()
 @_global
 @click.option("--dry-run", is_flag=True, help="show how each customer would be re-keyed; change nothing")
 @click.pass_context
-def rekey(ctx: click.Context, /, dry_run: bool, **kw: Any) -> None:
+def rekey(ctx: click.Context, /, dry_run: bool, **kw: Unpack[_GlobalOptions]) -> None:
     """After the mapping's key changed: give each customer its new key from the sheet, history kept. Try --dry-run."""
     o = _apply(ctx, kw)
     if dry_run:  # reads only: no lock, like preview
+        from crm_automation.workspace import Workspace
+
         w = _worker(o, Workspace.load(o.config), read_only=True)
         try:
             result = w.rekey(dry_run=True)
@@ -665,22 +641,25 @@ def rekey(ctx: click.Context, /, dry_run: bool, **kw: Any) -> None:
               help="write rejected and duplicate rows to this CSV")
 @click.pass_context
 def import_(ctx: click.Context, /, file: Path, maps: tuple[str, ...], worksheet: str | None, dry_run: bool,
-            report_path: Path | None, **kw: Any) -> None:
+            report_path: Path | None, **kw: Unpack[_GlobalOptions]) -> None:
     """Migrate customers from a CSV/Excel export into the sheet, deduplicating by key. Try --dry-run first."""
     o = _apply(ctx, kw)
+    from crm_automation.app.access import WorkspaceLock
     from crm_automation.importer import import_file, parse_column_map, write_report
+    from crm_automation.workspace import Workspace
 
     ws = Workspace.load(o.config)
     column_map = parse_column_map(maps)
     if dry_run:  # reads the export and the sheet only: no lock, so it works while a worker runs (issue #17)
         plan, written = import_file(ws, file, column_map, worksheet=worksheet, dry_run=True)
     else:
-        with _Lock(ws):
+        with WorkspaceLock(ws):
             plan, written = import_file(ws, file, column_map, worksheet=worksheet, dry_run=False)
     n_report = write_report(plan, report_path) if report_path else 0
-    summary = {"dry_run": dry_run, "add": len(plan.add), "update": len(plan.update), "unchanged": plan.unchanged,
-               "rejected": len(plan.rejected), "duplicates": len(plan.duplicates), "written": written,
-               "rejected_rows": [str(e) for e in plan.rejected], "duplicate_rows": [str(e) for e in plan.duplicates]}
+    summary: JsonObject = {
+        "dry_run": dry_run, "add": len(plan.add), "update": len(plan.update), "unchanged": plan.unchanged,
+        "rejected": len(plan.rejected), "duplicates": len(plan.duplicates), "written": written,
+        "rejected_rows": [str(e) for e in plan.rejected], "duplicate_rows": [str(e) for e in plan.duplicates]}
 
     def human() -> None:
         verb = "would add" if dry_run else "added"

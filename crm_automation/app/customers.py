@@ -1,0 +1,62 @@
+"""Finding customers in the log: ``search`` by key or any mapped value (issue #18, for the web app's search box)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from crm_automation.app.access import reading
+from crm_automation.app.results import JsonObject, JsonValue, json_value, utc_text
+from crm_automation.errors import ConfigError
+
+if TYPE_CHECKING:
+    from crm_automation.workspace import Workspace
+
+SEARCH_LIMIT = 50
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerHit:
+    """A customer as the log knows it: key, sheet row at the last sync, mapped fields, email status."""
+
+    key: str
+    row: int
+    fields: dict[str, JsonValue]
+    email_status: str
+    present: bool  # still in the sheet at the last sync (False: removed, history kept)
+    first_seen: datetime
+
+    def to_json(self) -> JsonObject:
+        """One search result."""
+        return {"key": self.key, "row": self.row, "fields": self.fields, "email_status": self.email_status,
+                "present": self.present, "first_seen": utc_text(self.first_seen)}
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerSearch:
+    """The customers matching ``query``, at most the limit asked for; ``more``: there are others beyond it."""
+
+    query: str
+    customers: tuple[CustomerHit, ...]
+    more: bool
+
+    def to_json(self) -> JsonObject:
+        """The query, the customers found and whether there are more."""
+        return {"query": self.query, "customers": [c.to_json() for c in self.customers], "more": self.more}
+
+
+def search(ws: Workspace, query: str, *, limit: int = SEARCH_LIMIT) -> CustomerSearch:
+    """Customers whose key or any mapped value contains ``query`` (ASCII letters in any case; ``""``: everyone).
+
+    Customers still in the sheet come first, then by key. Read-only, so it
+    works beside a running worker.
+    """
+    if limit < 1:
+        raise ConfigError(f"customer search: limit {limit} is not a number of customers (expected 1 or more)")
+    text = query.strip()
+    with reading(ws) as store:
+        found = store.search_customers(text, limit + 1)
+    hits = tuple(CustomerHit(c.key, c.row, {k: json_value(v) for k, v in c.data.items()}, c.email_status, c.present,
+                             c.first_seen) for c in found[:limit])
+    return CustomerSearch(text, hits, len(found) > limit)
