@@ -37,6 +37,12 @@ Targets (issue #23), at 100,000 customers / 1,000,000 activities: nothing due
     python benchmarks/bench_pass.py                          # 10k and 100k customers, 1, 2, 10 activities
     python benchmarks/bench_pass.py --sizes 10000,100000 --activities 1,10 --json
     python benchmarks/bench_pass.py --sizes 1000000 --activities 1 --cache ~/bench-cache
+    python benchmarks/bench_pass.py --trees /path/to/main,.     # before and after in one run, taking turns
+
+``--trees`` compares checkouts in one run: each gets its own work copy of the
+same cached build (made by the tree with the fewest migrations, so every tree
+can open it), and every timed command runs the trees in turn, run by run, so a
+busy spell on a shared machine slows them alike.
 
 Not part of the test suite. Writes nothing outside --cache (default: a folder
 under the system temp dir, kept between runs) and the work copy (deleted unless
@@ -161,23 +167,26 @@ TARGET_CUSTOMERS = 100_000
 # ---------------------------------------------------------------- processes
 
 
-def env() -> dict[str, str]:
+def env(tree: str | None = None) -> dict[str, str]:
+    """The children's environment; ``tree`` (a folder holding ``crm_automation/``) goes first on PYTHONPATH."""
     e = dict(os.environ)
     e.pop("CRM_AUTOMATION_CONFIG", None)
+    if tree is not None:
+        e["PYTHONPATH"] = os.pathsep.join(p for p in (tree, e.get("PYTHONPATH")) if p)
     return e
 
 
-def run(cmd: list[str], cwd: Path | None = None) -> Rec:
+def run(cmd: list[str], cwd: Path | None = None, tree: str | None = None) -> Rec:
     """Run a helper process (not timed): its exit code and output."""
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env(), check=False)
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env(tree), check=False)
     return {"rc": r.returncode, "out": r.stdout, "err": r.stderr}
 
 
-def run_rusage(cmd: list[str], cwd: Path | None = None) -> Rec:
+def run_rusage(cmd: list[str], cwd: Path | None = None, tree: str | None = None) -> Rec:
     """Run one whole process: wall time, its own peak RSS (MB, reaped with ``os.wait4``), exit code, output."""
     t = time.perf_counter()
     with tempfile.TemporaryFile() as fo, tempfile.TemporaryFile() as fe:
-        proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, cwd=cwd, env=env())
+        proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, cwd=cwd, env=env(tree))
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -198,14 +207,22 @@ def must(res: Rec, what: str) -> Rec:
     return res
 
 
-def timed(cmd: list[str], runs: int, cwd: Path, check: Callable[[str], str] | None = None) -> Rec:
+def timed(cmd: list[str], runs: int, cwd: Path, check: Callable[[str], str] | None = None,
+          tree: str | None = None) -> Rec:
     """``runs`` runs of one command: median wall, the highest peak RSS, and what ``check`` says of the output."""
-    results = [run_rusage(cmd, cwd) for _ in range(runs)]
-    for r in results:
-        must(r, " ".join(cmd[2:]))
-    note = check(results[-1]["out"]) if check else None
-    return {"s": statistics.median(r["wall"] for r in results), "mb": max(r["rss_mb"] for r in results),
-            "runs": [round(r["wall"], 3) for r in results], "note": note}
+    return timed_many({"": (cmd, cwd, tree)}, runs, check)[""]
+
+
+def timed_many(cmds: dict[str, tuple[list[str], Path, str | None]], runs: int,
+               check: Callable[[str], str] | None = None) -> dict[str, Rec]:
+    """As :func:`timed` for one command per tree, the trees taking turns (a busy spell slows them alike)."""
+    results: dict[str, list[Rec]] = {k: [] for k in cmds}
+    for _ in range(runs):
+        for k, (cmd, cwd, tree) in cmds.items():
+            results[k].append(must(run_rusage(cmd, cwd, tree), f"{k or 'the tree'}: {' '.join(cmd[2:])}"))
+    return {k: {"s": statistics.median(r["wall"] for r in rs), "mb": max(r["rss_mb"] for r in rs),
+                "runs": [round(r["wall"], 3) for r in rs], "note": check(rs[-1]["out"]) if check else None}
+            for k, rs in results.items()}
 
 
 def would_send(out: str) -> int | None:
@@ -228,7 +245,7 @@ def expect_due(n: int) -> Callable[[str], str]:
     return check
 
 
-def tree_info(cwd: Path) -> Rec:
+def tree_info(cwd: Path, tree: str | None = None) -> Rec:
     """Which crm_automation the children import (PYTHONPATH or the installed package), and its migrations.
 
     Run from ``cwd`` (the cache), as the timed commands run from their workspace: ``python -m``/``-c`` put the
@@ -238,8 +255,9 @@ def tree_info(cwd: Path) -> Rec:
             "try:\n from crm_automation.store.migrations import MIGRATIONS\n m = [n for n, _ in MIGRATIONS]\n"
             "except Exception:\n m = None\n"
             "print(json.dumps({'package': os.path.dirname(crm_automation.__file__), 'migrations': m}))")
-    r = must(run([sys.executable, "-c", code], cwd), "importing crm_automation")
+    r = must(run([sys.executable, "-c", code], cwd, tree), f"importing crm_automation from {tree or 'sys.path'}")
     info: Rec = json.loads(r["out"])
+    info["pythonpath"] = tree
     # the last commit that changed the package (a branch that only adds benchmarks names its base)
     head = subprocess.run(["git", "-C", info["package"], "log", "-1", "--format=%h", "--", "."], capture_output=True,
                           text=True, check=False)
@@ -247,6 +265,7 @@ def tree_info(cwd: Path) -> Rec:
                            text=True, check=False)
     info["commit"] = (head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")) if head.returncode == 0 \
         else None
+    info["label"] = info["commit"] or info["package"]
     return info
 
 
@@ -374,7 +393,7 @@ _EXTRA_SQL = {
 }
 
 
-def build(target: Path, customers: int, activities: int) -> Rec:
+def build(target: Path, customers: int, activities: int, tree: str | None = None) -> Rec:
     """Build one workspace into ``target`` (through a temp folder beside it, renamed when complete)."""
     tmp = target.with_name(target.name + ".building")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -382,7 +401,7 @@ def build(target: Path, customers: int, activities: int) -> Rec:
     t0 = time.perf_counter()
     write_sheet(tmp / "customers.csv", customers)
     t_sheet = time.perf_counter() - t0
-    sync = must(run_rusage(cli(tmp / "config.toml", "sync"), tmp), "the first sync")
+    sync = must(run_rusage(cli(tmp / "config.toml", "sync"), tmp, tree), "the first sync")
     # In a child: SQLite's page cache would grow this process, and a child's ru_maxrss starts at its parent's
     # size when it was forked (Linux keeps the high-water mark across exec), which would inflate every figure.
     fill = must(run_rusage([sys.executable, __file__, "--fill-log", str(tmp / "var" / "crm.sqlite"),
@@ -406,7 +425,7 @@ def build(target: Path, customers: int, activities: int) -> Rec:
 
 
 def cached(cache: Path, customers: int, activities: int, tree_migrations: list[str] | None,
-           rebuild: bool) -> tuple[Path, Rec, bool]:
+           rebuild: bool, tree: str | None = None) -> tuple[Path, Rec, bool]:
     """The cached raw build for (customers, activities), built now if missing, stale or newer than the tree."""
     base = cache / f"{customers}x{activities}"
     meta = _meta(base)
@@ -416,7 +435,7 @@ def cached(cache: Path, customers: int, activities: int, tree_migrations: list[s
         meta = _meta(base)
     if meta is not None and not rebuild:
         return base, meta, False
-    return base, build(base, customers, activities), True
+    return base, build(base, customers, activities, tree), True
 
 
 def _meta(path: Path) -> Rec | None:
@@ -430,60 +449,77 @@ def _meta(path: Path) -> Rec | None:
 # ---------------------------------------------------------------- measuring one workspace
 
 
-def measure(src: Path, meta: Rec, runs: int, keep: bool, log: Callable[[str], None]) -> Rec:
-    work = src.with_name(src.name + ".run")
-    shutil.rmtree(work, ignore_errors=True)
-    t = time.perf_counter()
-    shutil.copytree(src, work)
-    cfg = work / "config.toml"
-    sheet = work / "customers.csv"
+def measure(src: Path, meta: Rec, runs: int, keep: bool, log: Callable[[str], None], trees: list[Rec]) -> list[Rec]:
+    """Every scenario on one cached build: a work copy per tree, settled by that tree; the trees take turns."""
     customers = meta["customers"]
-    out: Rec = {"customers": customers, "activities_per_customer": meta["activities_per_customer"],
-                 "activities_total": meta["activities_total"]}
-    try:
-        copy_s = time.perf_counter() - t
-        # Settle with the tree under test: it migrates the copy and records what its planner keeps between passes.
-        t = time.perf_counter()
-        must(run_rusage(cli(cfg, "sync"), work), "settling: sync")
-        settle = must(run_rusage(cli(cfg, "send"), work), "settling: send")
-        out["settle"] = {"copy_s": round(copy_s, 1), "s": round(time.perf_counter() - t, 1),
-                         "send_s": round(settle["wall"], 2), "send_mb": round(settle["rss_mb"])}
-        log(f"  settled in {out['settle']['s']:.1f} s (copy {copy_s:.1f} s; the real send pass "
-            f"{settle['wall']:.2f} s, {settle['rss_mb']:.0f} MB)")
+    works = {t["label"]: src.with_name(f"{src.name}.run{i}") for i, t in enumerate(trees)}
+    pp = {t["label"]: t["pythonpath"] for t in trees}
+    outs: dict[str, Rec] = {t["label"]: {"tree": t["label"], "customers": customers,
+                                         "activities_per_customer": meta["activities_per_customer"],
+                                         "activities_total": meta["activities_total"]} for t in trees}
+    name = "" if len(trees) == 1 else "{} "
 
-        out["nothing_due"] = timed(cli(cfg, "--json", "send", "--dry-run"), runs, work, expect_due(0))
-        log(f"  nothing due: {fmt(out['nothing_due'])}")
-        out["report"] = timed(cli(cfg, "--json", "report"), runs, work)
-        log(f"  report --json: {fmt(out['report'])}")
-        out["sync_unchanged"] = timed(cli(cfg, "sync"), runs, work)
-        log(f"  sync, unchanged: {fmt(out['sync_unchanged'])}")
+    def each(*args: str) -> dict[str, tuple[list[str], Path, str | None]]:
+        return {k: (cli(w / "config.toml", *args), w, pp[k]) for k, w in works.items()}
+
+    def step(what: str, *args: str) -> dict[str, Rec]:
+        return {k: must(run_rusage(cmd, cwd, tree), f"{k}: {what}") for k, (cmd, cwd, tree) in each(*args).items()}
+
+    def scenario(key: str, label: str, m: dict[str, Rec]) -> None:
+        for k, r in m.items():
+            outs[k][key] = r
+            log(f"  {name.format(k)}{label}: {fmt(r)}")
+
+    try:
+        for k, work in works.items():
+            shutil.rmtree(work, ignore_errors=True)
+            t = time.perf_counter()
+            shutil.copytree(src, work)
+            copy_s = time.perf_counter() - t
+            # Settle with the tree under test: it migrates the copy and records what its planner keeps between
+            # passes.
+            t = time.perf_counter()
+            must(run_rusage(cli(work / "config.toml", "sync"), work, pp[k]), f"{k}: settling: sync")
+            settle = must(run_rusage(cli(work / "config.toml", "send"), work, pp[k]), f"{k}: settling: send")
+            outs[k]["settle"] = {"copy_s": round(copy_s, 1), "s": round(time.perf_counter() - t, 1),
+                                 "send_s": round(settle["wall"], 2), "send_mb": round(settle["rss_mb"])}
+            log(f"  {name.format(k)}settled in {outs[k]['settle']['s']:.1f} s (copy {copy_s:.1f} s; the real send "
+                f"pass {settle['wall']:.2f} s, {settle['rss_mb']:.0f} MB)")
+
+        scenario("nothing_due", "nothing due", timed_many(each("--json", "send", "--dry-run"), runs, expect_due(0)))
+        scenario("report", "report --json", timed_many(each("--json", "report"), runs))
+        scenario("sync_unchanged", "sync, unchanged", timed_many(each("sync"), runs))
 
         # 100 follow-ups due: 100 new customers get their welcome email now (a real pass, through the outbox);
         # their follow-up is due three days later, which the dry run's --now reaches.
-        append_rows(sheet, customers, 100)
-        prep = must(run_rusage(cli(cfg, "sync"), work), "sync of 100 added rows")
-        before = len(list((work / "var" / "outbox").glob("*.eml")))
-        sent = must(run_rusage(cli(cfg, "send"), work), "sending the 100 welcome emails")
-        n = len(list((work / "var" / "outbox").glob("*.eml"))) - before  # the outbox transport: one file a message
-        if n != 100:
-            raise SystemExit(f"the send pass that starts 100 welcome sequences sent {n} message(s), not 100")
-        out["sync_100_added"] = {"s": round(prep["wall"], 3), "mb": round(prep["rss_mb"])}
-        out["send_100"] = {"s": round(sent["wall"], 3), "mb": round(sent["rss_mb"])}
-        out["due_100"] = timed(cli(cfg, "--json", "--now", "+4d", "send", "--dry-run"), runs, work, expect_due(100))
-        log(f"  100 due: {fmt(out['due_100'])}")
+        for w in works.values():
+            append_rows(w / "customers.csv", customers, 100)
+        prep = step("sync of 100 added rows", "sync")
+        before = {k: len(list((w / "var" / "outbox").glob("*.eml"))) for k, w in works.items()}
+        sent = step("sending the 100 welcome emails", "send")
+        for k, w in works.items():
+            n = len(list((w / "var" / "outbox").glob("*.eml"))) - before[k]  # the outbox: one file a message
+            if n != 100:
+                raise SystemExit(f"{k}: the send pass that starts 100 welcome sequences sent {n} message(s), not 100")
+            outs[k]["sync_100_added"] = {"s": round(prep[k]["wall"], 3), "mb": round(prep[k]["rss_mb"])}
+            outs[k]["send_100"] = {"s": round(sent[k]["wall"], 3), "mb": round(sent[k]["rss_mb"])}
+        scenario("due_100", "100 due",
+                 timed_many(each("--json", "--now", "+4d", "send", "--dry-run"), runs, expect_due(100)))
 
         # One new customer: the sheet gains a row, a sync records it, the dry run finds its welcome email due.
-        append_rows(sheet, customers + 100, 1)
-        prep = must(run_rusage(cli(cfg, "sync"), work), "sync of 1 added row")
-        out["sync_1_added"] = {"s": round(prep["wall"], 3), "mb": round(prep["rss_mb"])}
-        out["new_1"] = timed(cli(cfg, "--json", "send", "--dry-run"), runs, work, expect_due(1))
-        log(f"  1 new customer: {fmt(out['new_1'])} (its sync {prep['wall']:.2f} s, {prep['rss_mb']:.0f} MB)")
+        for w in works.values():
+            append_rows(w / "customers.csv", customers + 100, 1)
+        prep = step("sync of 1 added row", "sync")
+        for k in works:
+            outs[k]["sync_1_added"] = {"s": round(prep[k]["wall"], 3), "mb": round(prep[k]["rss_mb"])}
+        scenario("new_1", "1 new customer", timed_many(each("--json", "send", "--dry-run"), runs, expect_due(1)))
     finally:
-        if keep:
-            log(f"  kept the work copy: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    return out
+        for w in works.values():
+            if keep:
+                log(f"  kept the work copy: {w}")
+            else:
+                shutil.rmtree(w, ignore_errors=True)
+    return list(outs.values())
 
 
 def fmt(m: Rec) -> str:
@@ -499,47 +535,50 @@ def mark(ok: bool) -> str:
 
 
 def verdicts(rows: list[Rec]) -> list[Rec]:
-    """The issue's targets, checked where the measured sizes allow."""
-    out = []
+    """The issue's targets, checked where the measured sizes allow (per tree)."""
+    out: list[Rec] = []
+
+    def add(r: Rec, target: str, value: float, unit: str, ok: bool) -> None:
+        out.append({"tree": r["tree"], "target": target, "value": value, "unit": unit, "ok": ok})
+
     for r in rows:
         if r["customers"] != TARGET_CUSTOMERS:
             continue
         where = f"{r['customers']:,} customers x {r['activities_per_customer']} activities"
         nd, d100 = r["nothing_due"], r["due_100"]
-        out.append({"target": f"nothing due <= {NOTHING_DUE_S} s ({where})", "value": round(nd["s"], 3), "unit": "s",
-                    "ok": nd["s"] <= NOTHING_DUE_S})
-        out.append({"target": f"nothing due <= {NOTHING_DUE_MB:.0f} MB peak ({where})", "value": round(nd["mb"]), "unit": "MB",
-                    "ok": nd["mb"] <= NOTHING_DUE_MB})
-        out.append({"target": f"100 due <= {DUE100_S} s ({where})", "value": round(d100["s"], 3),
-                    "unit": "s", "ok": d100["s"] <= DUE100_S})
-    by_acts: dict[int, dict[int, Rec]] = {}
+        add(r, f"nothing due <= {NOTHING_DUE_S} s ({where})", round(nd["s"], 3), "s", nd["s"] <= NOTHING_DUE_S)
+        add(r, f"nothing due <= {NOTHING_DUE_MB:.0f} MB peak ({where})", round(nd["mb"]), "MB",
+            nd["mb"] <= NOTHING_DUE_MB)
+        add(r, f"100 due <= {DUE100_S} s ({where})", round(d100["s"], 3), "s", d100["s"] <= DUE100_S)
+    groups: dict[tuple[str, int], dict[int, Rec]] = {}
     for r in rows:
-        by_acts.setdefault(r["activities_per_customer"], {})[r["customers"]] = r
-    for acts, sizes in sorted(by_acts.items()):
+        groups.setdefault((r["tree"], r["activities_per_customer"]), {})[r["customers"]] = r
+    for (_, acts), sizes in groups.items():
         small = min(sizes)
         for big in sorted(sizes):
             if big == small:
                 continue
             ratio = sizes[big]["nothing_due"]["s"] / sizes[small]["nothing_due"]["s"]
             stated = small == 10_000 and big == 1_000_000
-            out.append({"target": f"nothing-due growth {small:,} -> {big:,} customers <= {GROWTH:.0f}x "
-                                  f"({acts} activities){'' if stated else ' (the issue states it 10,000 -> 1,000,000)'}",
-                        "value": round(ratio, 2), "unit": "x",
-                        "ok": ratio <= GROWTH})
+            add(sizes[big], f"nothing-due growth {small:,} -> {big:,} customers <= {GROWTH:.0f}x ({acts} activities)"
+                f"{'' if stated else ' (the issue states it 10,000 -> 1,000,000)'}", round(ratio, 2), "x",
+                ratio <= GROWTH)
     return out
 
 
-def table(rows: list[Rec], help_: Rec) -> str:
-    head = ["customers", "acts/cust", "activities", "nothing due", "peak", "100 due", "peak", "1 new", "peak",
-            "report --json", "sync, unchanged", "--help"]
+def table(rows: list[Rec], helps: dict[str, Rec]) -> str:
+    many = len(helps) > 1
+    head = [*(["tree"] if many else []), "customers", "acts/cust", "activities", "nothing due", "peak", "100 due",
+            "peak", "1 new", "peak", "report --json", "sync, unchanged", "--help"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         nd, d1, n1, rep, sy = r["nothing_due"], r["due_100"], r["new_1"], r["report"], r["sync_unchanged"]
         lines.append("| " + " | ".join([
+            *([r["tree"]] if many else []),
             f"{r['customers']:,}", str(r["activities_per_customer"]), f"{r['activities_total']:,}",
             f"{nd['s']:.2f} s", f"{nd['mb']:.0f} MB", f"{d1['s']:.2f} s", f"{d1['mb']:.0f} MB",
             f"{n1['s']:.2f} s", f"{n1['mb']:.0f} MB", f"{rep['s']:.2f} s", f"{sy['s']:.2f} s",
-            f"{help_['s']:.2f} s"]) + " |")
+            f"{helps[r['tree']]['s']:.2f} s"]) + " |")
     return "\n".join(lines)
 
 
@@ -563,6 +602,9 @@ def main() -> int:
     ap.add_argument("--rebuild", action="store_true", help="build the workspaces again even if cached")
     ap.add_argument("--keep", action="store_true", help="keep each work copy (beside its cached build)")
     ap.add_argument("--no-compile", action="store_true", help="do not byte-compile the package under test first")
+    ap.add_argument("--trees", type=lambda v: [str(Path(x).resolve()) for x in v.split(",") if x.strip()],
+                    help="folders holding a crm_automation/ package to compare (e.g. /work/main,.), each put first "
+                         "on PYTHONPATH; each scenario runs them in turn (default: the one Python imports)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON (progress goes to stderr)")
     ap.add_argument("--fill-log", nargs=2, metavar=("DB", "A"), help=argparse.SUPPRESS)  # the build's child
     args = ap.parse_args()
@@ -576,47 +618,55 @@ def main() -> int:
         print(msg, file=sys.stderr if args.json else sys.stdout, flush=True)
 
     args.cache.mkdir(parents=True, exist_ok=True)
-    info = tree_info(args.cache)
-    log(f"crm_automation from {info['package']} (commit {info['commit'] or 'unknown'}), "
-        f"{len(info['migrations'] or [])} migrations")
-    if not args.no_compile:
-        # As `pip install` does for users; this machine may set PYTHONDONTWRITEBYTECODE, which would otherwise
-        # recompile every module in every timed run (bench_sync.py does the same).
-        r = run([sys.executable, "-m", "compileall", "-q", info["package"]])
-        if r["rc"] != 0:
-            log(f"  (could not byte-compile {info['package']}: the timings include compiling; --no-compile hides "
-                "this note)")
-    help_ = timed([sys.executable, "-m", "crm_automation", "--help"], args.runs, args.cache)
-    log(f"--help: {fmt(help_)}")
+    trees = [tree_info(args.cache, t) for t in (args.trees or [None])]
+    if len({t["label"] for t in trees}) < len(trees):
+        for i, t in enumerate(trees):
+            t["label"] = f"{i + 1}:{t['label']}"
+    for t in trees:
+        log(f"{t['label']}: crm_automation from {t['package']}, {len(t['migrations'] or [])} migrations")
+        if not args.no_compile:
+            # As `pip install` does for users; this machine may set PYTHONDONTWRITEBYTECODE, which would otherwise
+            # recompile every module in every timed run (bench_sync.py does the same).
+            r = run([sys.executable, "-m", "compileall", "-q", t["package"]])
+            if r["rc"] != 0:
+                log(f"  (could not byte-compile {t['package']}: the timings include compiling)")
+    # The raw builds are made by the tree with the fewest migrations, so that every tree can open (and migrate) them.
+    builder = min(trees, key=lambda t: len(t["migrations"] or []))
+    helps = timed_many({t["label"]: ([sys.executable, "-m", "crm_automation", "--help"], args.cache, t["pythonpath"])
+                        for t in trees}, args.runs)
+    for k, h in helps.items():
+        log(f"{k} --help: {fmt(h)}")
     rows: list[Rec] = []
     builds: list[Rec] = []
     for size in args.sizes:
         for acts in args.activities:
             log(f"{size:,} customers x {acts} activities:")
-            src, meta, fresh = cached(args.cache, size, acts, info["migrations"], args.rebuild)
+            src, meta, fresh = cached(args.cache, size, acts, builder["migrations"], args.rebuild,
+                                      builder["pythonpath"])
             log(f"  {'built' if fresh else 'cached build'} {src} ({meta['activities_total']:,} activities, "
                 f"{meta['db_mb']} MB log; built in {meta['seconds']['total']:.0f} s: sync {meta['seconds']['sync']:.0f} s, "
                 f"{meta['sync_peak_mb']} MB, inserts {meta['seconds']['fill']:.0f} s)")
             builds.append({"path": str(src), "fresh": fresh, **meta})
-            rows.append(measure(src, meta, args.runs, args.keep, log))
+            rows += measure(src, meta, args.runs, args.keep, log, trees)
     checks = verdicts(rows)
     # Every child's ru_maxrss is at least this process's size when it was forked (see build()): keep it small.
     own_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.json:
-        print(json.dumps({"tree": info, "runs": args.runs, "help": help_, "rows": rows, "targets": checks,
+        print(json.dumps({"trees": trees, "runs": args.runs, "help": helps, "rows": rows, "targets": checks,
                           "builds": builds, "bench_process_peak_mb": round(own_mb)}, ensure_ascii=False, indent=2))
         return 0
     print()
-    print(f"crm_automation {info['commit'] or info['package']}: whole processes, median of {args.runs} runs; "
-          f"peak = the child's ru_maxrss, highest of the runs (a floor of {own_mb:.0f} MB: this script's own size)")
-    print(table(rows, help_))
+    print(f"{', '.join(t['label'] for t in trees)}: whole processes, median of {args.runs} runs"
+          f"{', the trees taking turns' if len(trees) > 1 else ''}; peak = the child's ru_maxrss, highest of the "
+          f"runs (a floor of {own_mb:.0f} MB: this script's own size)")
+    print(table(rows, helps))
     print()
     for c in checks:
-        print(f"  {mark(c['ok'])}  {c['target']}: {c['value']}{'' if c['unit'] == 'x' else ' '}{c['unit']}")
+        who = f"[{c['tree']}] " if len(trees) > 1 else ""
+        print(f"  {mark(c['ok'])}  {who}{c['target']}: {c['value']}{'' if c['unit'] == 'x' else ' '}{c['unit']}")
     if not checks:
         print(f"  (targets are stated at {TARGET_CUSTOMERS:,} customers and for growth between sizes: none measured)")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
