@@ -25,7 +25,7 @@ from filelock import FileLock, Timeout
 
 from crm_automation.config import parse_duration
 from crm_automation.errors import ConfigError, CrmError, LockedError, StorageError
-from crm_automation.models import Kind, SendStatus
+from crm_automation.models import FieldChangedDetails, Kind, SendStatus
 from crm_automation.stage import Progress, StageResult
 from crm_automation.workspace import Clock, Workspace
 
@@ -510,9 +510,8 @@ def timeline(ctx: click.Context, /, key: str, **kw: Any) -> None:
         for a in items:
             when = a.occurred_at.astimezone(tz)
             extra = a.subject or ""
-            if a.kind is Kind.FIELD_CHANGED:
-                d = a.details
-                extra = f"{d.get('field')}: {d.get('old')!r} -> {d.get('new')!r}"
+            if isinstance(d := a.details, FieldChangedDetails):
+                extra = f"{d.field}: {d.old!r} -> {d.new!r}"
             if a.campaign:
                 extra = f"[{a.campaign}/{a.step}] {extra}"
             click.echo(f"{when:%Y-%m-%d %H:%M}  {a.kind.value:<15} {extra}")
