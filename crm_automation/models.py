@@ -1,8 +1,14 @@
-"""Plain values passed between the stages.
+"""Plain values passed between the stages, and down to the store.
 
 Frozen, slotted dataclasses: the pure steps (mapping, classify, match, plan)
 take and return these and never touch I/O, so they are tested on literals.
-All datetimes are timezone-aware UTC.
+All datetimes are timezone-aware UTC. Besides the sheet's rows and the
+mail's messages, this is where the log's own vocabulary is defined, because
+the store may import nothing above this module (issue #18): the statuses,
+reasons and triggers as str enums (stored as the same text), one record per
+shape of an activity's ``details`` (:data:`ActivityDetails`, documented on
+each record), the one read message (:class:`Reading`) and the decision the
+fetch stage hands the store for each message (:class:`Decision`).
 """
 
 from __future__ import annotations

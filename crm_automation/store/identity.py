@@ -41,7 +41,7 @@ ACCEPT_HINT = ("if you really mean to start over with this log, run the command 
                "(every customer may then be mailed again by campaigns that already ran)")
 
 
-class Workspace(Protocol):
+class WorkspacePaths(Protocol):
     """What this module needs of the workspace's config: where the config file and the log are.
 
     A protocol, not ``config.Config`` itself (which it is): the store imports
@@ -68,7 +68,7 @@ class Marker:
     sent: int
 
 
-def marker_path(cfg: Workspace) -> Path:
+def marker_path(cfg: WorkspacePaths) -> Path:
     """``.<config stem>.log-id.json`` beside the config file."""
     return cfg.path.with_name(f".{cfg.path.stem}.log-id.json")
 
@@ -106,7 +106,7 @@ def write_marker(path: Path, marker: Marker) -> None:
                            hint=f"make {path.parent} writable by the user running crm-automation") from None
 
 
-def guard(store: Store, cfg: Workspace, *, accept_new: bool = False, write: bool = True) -> None:
+def guard(store: Store, cfg: WorkspacePaths, *, accept_new: bool = False, write: bool = True) -> None:
     """Check that ``store`` is this workspace's log (see the module docstring); raise ConfigError if not.
 
     ``write=False`` (dry runs and ``check``, which take no lock, issue #17)
@@ -175,7 +175,7 @@ def note_sheet_evidence(store: Store, evidence: SheetEvidence | None) -> None:
     store.set_meta(EVIDENCE, keep.to_json() if keep is not None else None)
 
 
-def sheet_evidence_hold(store: Store, cfg: Workspace) -> ConfigError | None:
+def sheet_evidence_hold(store: Store, cfg: WorkspacePaths) -> ConfigError | None:
     """Why sending must wait: a new or empty log, and a sheet that shows this workspace mailed people before.
 
     Why: a workspace set up again from git (``var/`` and the marker are both
@@ -206,7 +206,7 @@ def accept(store: Store, now: datetime) -> None:
         store.set_meta(ACCEPTED, now.isoformat(timespec="seconds"))
 
 
-def record(store: Store, cfg: Workspace) -> None:
+def record(store: Store, cfg: WorkspacePaths) -> None:
     """After a send pass: remember how many messages the log has sent (the marker only grows)."""
     path = marker_path(cfg)
     marker = read_marker(path)
