@@ -23,6 +23,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email.utils import parseaddr
+from typing import NamedTuple
 
 from crm_automation.classify import robot_sender
 from crm_automation.effects import bounce_effects, effects, soft_bounce_score
@@ -123,9 +124,12 @@ def _no_token(token: str) -> SentRef | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class _Match:
-    """Whose a message is and how that was found; an unsubscribe's token and the send it names (issue #17)."""
+class _Match(NamedTuple):
+    """Whose a message is and how that was found; an unsubscribe's token and the send it names (issue #17).
+
+    A NamedTuple, not a frozen dataclass: made once a message on the fetch loop's hot path, where a frozen
+    dataclass's ``__init__`` costs several times more (issue #13's budget).
+    """
 
     key: str | None
     how: str
@@ -182,6 +186,9 @@ def decide(raw: RawMessage, reading: Reading | Unreadable, src: str, now: dateti
                     new_sender=sender, not_new_sender=not_new)
 
 
+_EFFECT_KINDS = frozenset({Kind.UNSUBSCRIBE, Kind.BOUNCE})
+
+
 def _activity_record(msg: Reading, m: _Match, uid: int, occurred: datetime, src: str, policy: InboundPolicy,
                      by_email: dict[str, str], customer: CustomerLookup,
                      new_id: Callable[[], str]) -> ActivityRecord:
@@ -193,8 +200,10 @@ def _activity_record(msg: Reading, m: _Match, uid: int, occurred: datetime, src:
     notify = (owner, new_id()) if (policy.notify_owner and key is not None and cls.kind is Kind.EMAIL_IN
                                    and isinstance(owner, str) and "@" in owner) else None
     details, other = _details(msg, m, uid, by_email)
+    # Only unsubscribes and bounces cause anything; the others skip formatting a source nobody reads.
+    why = f"{cls.kind.value} {msg.message_id}" if cls.kind in _EFFECT_KINDS else ""
     caused = effects(msg, cls, cust_email if isinstance(cust_email, str) else None, sender_is_other_customer=other,
-                     source=f"{cls.kind.value} {msg.message_id}")
+                     source=why)
     return ActivityRecord(
         kind=cls.kind, customer_key=key, message=msg, occurred_at=occurred, source=src, details=details,
         digest=msg.digest, effects=tuple((e, key if key is not None else lookup(by_email, e.email)) for e in caused),
