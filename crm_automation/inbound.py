@@ -18,22 +18,34 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Mapping
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email.utils import parseaddr
-from typing import Any
+from typing import NamedTuple
 
 from crm_automation.classify import robot_sender
-from crm_automation.effects import Effect, effects
+from crm_automation.effects import bounce_effects, effects, soft_bounce_score
 from crm_automation.errors import CrmError
-from crm_automation.mailbox.base import Cursor, MailboxSource
+from crm_automation.mailbox.base import MailboxSource
 from crm_automation.match import lookup, match
-from crm_automation.models import BounceFailure, Classification, Kind, Permanence, RawMessage
+from crm_automation.models import (
+    ActivityRecord,
+    BounceDetails,
+    Cursor,
+    Decision,
+    InboundDetails,
+    Kind,
+    Permanence,
+    QuarantineRecord,
+    RawMessage,
+    Reading,
+)
 from crm_automation.parallel import OrderedPool
-from crm_automation.reading import Reading, ReadPolicy, Unreadable, read_chunk, reading_of
+from crm_automation.reading import ReadPolicy, Unreadable, read_chunk
 from crm_automation.stage import LazyIndex, StageContext, StageResult, address_index, recorded
+from crm_automation.store.repo import Store
 from crm_automation.store.sends import SentRef
 from crm_automation.tokens import token_in_subject
 from crm_automation.workspace import Workspace
@@ -43,66 +55,6 @@ log = logging.getLogger("crm_automation")
 # Fetched messages are committed in batches of ``mailbox.batch_size``, and at least this often, so a slow
 # mailbox never holds the log's write lock for long and a kill re-reads little (issue #13).
 COMMIT_SECONDS = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class MessageFacts:
-    """What every activity of one message shares (a bounce naming three recipients is three activities)."""
-
-    occurred_at: datetime
-    subject: str
-    body: str
-    message_id: str
-    in_reply_to: str | None
-    source: str
-
-
-@dataclass(frozen=True, slots=True)
-class ActivityRecord:
-    """One inbound activity to log, with what it causes when it is new (not already logged)."""
-
-    kind: Kind
-    customer_key: str | None
-    facts: MessageFacts
-    details: dict[str, Any]
-    digest: str
-    campaign: str | None = None
-    step: int | None = None
-    # (effect, the customer whose email_status it sets): applied only when the activity is new
-    effects: tuple[tuple[Effect, str | None], ...] = ()
-    # A soft bounce or delay: the store counts the address's soft bounces and applies the score (issue #11).
-    scored: BounceFailure | None = None
-    # (owner's address, the note's Message-ID), when ``notify_owner`` asks for a note to the owner
-    notify_owner: tuple[str, str] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class QuarantineRecord:
-    """A message that could not be understood: kept (whole up to the limit), with whose it was."""
-
-    source: str
-    raw: bytes
-    error: str
-    from_addr: str | None
-    customer_key: str | None
-    size: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What to record for one fetched message; the store applies all of it and the cursor in one transaction."""
-
-    folder: str
-    uidvalidity: int
-    uid: int
-    seen_key: str | None
-    activities: tuple[ActivityRecord, ...] = ()
-    quarantine: QuarantineRecord | None = None
-    # what the fetch stage counts it as when it is new: a kind, "unknown" or "quarantined"
-    label: str = "unknown"
-    new_sender: tuple[str, str] | None = None  # (address, name) of an unknown sender of a normal message
-    # (address, why) of an unknown sender who is nobody to add to the sheet: ours, an owner, a list, a robot
-    not_new_sender: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +106,9 @@ def _own_addresses(ws: Workspace) -> dict[str, str]:
     return out
 
 
+_Readers = OrderedPool[ReadPolicy, RawMessage, tuple[bytes, int | None], "Read"]
+
+
 def _bytes_and_size(raw: RawMessage) -> tuple[bytes, int | None]:
     return raw.raw, raw.size
 
@@ -164,12 +119,35 @@ def _weight(raw: RawMessage) -> int:
 
 # Lookups a decision may need from the log (reads only).
 SentLookup = Callable[[list[str]], dict[str, SentRef]]
-CustomerLookup = Callable[[str], dict[str, Any] | None]
+CustomerLookup = Callable[[str], Mapping[str, object] | None]
 TokenLookup = Callable[[str], SentRef | None]
 
 
 def _no_token(token: str) -> SentRef | None:
     return None
+
+
+class _Match(NamedTuple):
+    """Whose a message is and how that was found; an unsubscribe's token and the send it names (issue #17).
+
+    A NamedTuple, not a frozen dataclass: made once a message on the fetch loop's hot path, where a frozen
+    dataclass's ``__init__`` costs several times more (issue #13's budget).
+    """
+
+    key: str | None
+    how: str
+    token: str | None
+    named: SentRef | None
+
+
+def _match(msg: Reading, by_email: dict[str, str], sent: SentLookup, tokens: TokenLookup) -> _Match:
+    cls = msg.cls
+    refs = [r for r in (msg.in_reply_to, *msg.references) if r]
+    answered = {m: v.customer_key for m, v in sent(refs).items()} if refs else {}
+    token = token_in_subject(msg.subject) if cls.kind is Kind.UNSUBSCRIBE else None
+    named = tokens(token) if token is not None else None
+    key, how = match(msg, cls, by_email, answered, (token, named.customer_key) if token and named else None)
+    return _Match(key, how, token, named)
 
 
 def decide(raw: RawMessage, reading: Reading | Unreadable, src: str, now: datetime, policy: InboundPolicy,
@@ -182,65 +160,76 @@ def decide(raw: RawMessage, reading: Reading | Unreadable, src: str, now: dateti
     added to it as customers.
     """
     pos = (raw.folder, raw.uidvalidity, raw.uid, raw.seen_key)
-    limit = policy.max_bytes
     if isinstance(reading, Unreadable):
-        return _quarantined(raw, src, reading.error, by_email, limit)
+        return _quarantined(raw, src, reading.error, by_email, policy.max_bytes)
     msg, cls = reading, reading.cls
     try:
-        refs = [r for r in (msg.in_reply_to, *msg.references) if r]
-        answered = {m: v.customer_key for m, v in sent(refs).items()} if refs else {}
-        token = token_in_subject(msg.subject) if cls.kind is Kind.UNSUBSCRIBE else None
-        named = tokens(token) if token is not None else None
-        key, how = match(msg, cls, by_email, answered, (token, named.customer_key) if token and named else None)
+        m = _match(msg, by_email, sent, tokens)
     except CrmError:
         raise  # the log failed: the stage stops, nothing of this message is recorded
     except Exception as e:  # the per-item boundary (SPEC §9)
         log.debug("match failure", exc_info=True)
         return _quarantined(raw, src, f"internal error while reading the message: {type(e).__name__}: {e}",
-                            by_email, limit)
-    digest = reading.digest
-    common = MessageFacts(msg.date or now, msg.subject, msg.reply, msg.message_id, msg.in_reply_to, src)
+                            by_email, policy.max_bytes)
+    occurred = msg.date or now
     if cls.kind is Kind.BOUNCE and cls.failures:
-        acts = _bounce_records(cls, msg.from_addr, list(msg.to_addrs), raw.uid, common, digest, by_email, sent)
+        acts = _bounce_records(msg, raw.uid, occurred, src, by_email, sent, policy)
         first = next((a.customer_key for a in acts if a.customer_key is not None), None)
         return Decision(*pos, activities=acts, label=Kind.BOUNCE.value if first is not None else "unknown")
+    record = _activity_record(msg, m, raw.uid, occurred, src, policy, by_email, customer, new_id)
+    sender: tuple[str, str] | None = None
+    not_new: tuple[str, str] | None = None
+    if m.key is None and cls.kind is Kind.EMAIL_IN and msg.from_addr:
+        why = _not_a_customer(msg.from_addr, msg.from_name, msg.bulk, policy, owners) if policy.add_senders else ""
+        if why:
+            not_new = (msg.from_addr, why)
+        else:
+            sender = (msg.from_addr, msg.from_name)
+    return Decision(*pos, activities=(record,), label=cls.kind.value if m.key is not None else "unknown",
+                    new_sender=sender, not_new_sender=not_new)
+
+
+_EFFECT_KINDS = frozenset({Kind.UNSUBSCRIBE, Kind.BOUNCE})
+
+
+def _activity_record(msg: Reading, m: _Match, uid: int, occurred: datetime, src: str, policy: InboundPolicy,
+                     by_email: dict[str, str], customer: CustomerLookup,
+                     new_id: Callable[[], str]) -> ActivityRecord:
+    """The one activity of a message that is not a delivery report: its details, effects and owner's note."""
+    cls, key = msg.cls, m.key
     c = customer(key) if key is not None else None
     cust_email = c.get(policy.email_field) if (c and policy.email_field) else None
     owner = c.get("owner") if c else None
     notify = (owner, new_id()) if (policy.notify_owner and key is not None and cls.kind is Kind.EMAIL_IN
                                    and isinstance(owner, str) and "@" in owner) else None
-    details: dict[str, Any] = {
-        "from": msg.from_addr, "to": list(msg.to_addrs), "evidence": cls.evidence, "matched_by": how,
-        "recipients": list(cls.recipients), "permanent": cls.permanent, "uid": raw.uid}
-    other = False
-    if token is not None:
-        # Issue #17: the token names the customer; the sender is recorded beside it, whoever it is.
-        details["token"] = token
-        if named is not None:
-            sender_key = lookup(by_email, msg.from_addr)
-            details.update(token_customer=named.customer_key, token_send=f"{named.campaign}/{named.step}",
-                           sender_customer=sender_key)
-            other = sender_key is not None and sender_key != named.customer_key
-            if other:
-                details["note"] = (f"sent from the address of customer {sender_key!r} with the token of customer "
-                                   f"{named.customer_key!r}: only the token's customer is unsubscribed")
-        else:
-            details["token_unknown"] = True  # names no send: handled by the sender's address, as before
-    caused = effects(msg, cls, cust_email if isinstance(cust_email, str) else None, sender_is_other_customer=other)
-    record = ActivityRecord(
-        kind=cls.kind, customer_key=key, digest=digest, facts=common, details=details,
-        effects=tuple((e, key if key is not None else lookup(by_email, e.email)) for e in caused),
+    details, other = _details(msg, m, uid, by_email)
+    # Only unsubscribes and bounces cause anything; the others skip formatting a source nobody reads.
+    why = f"{cls.kind.value} {msg.message_id}" if cls.kind in _EFFECT_KINDS else ""
+    caused = effects(msg, cls, cust_email if isinstance(cust_email, str) else None, sender_is_other_customer=other,
+                     source=why)
+    return ActivityRecord(
+        kind=cls.kind, customer_key=key, message=msg, occurred_at=occurred, source=src, details=details,
+        digest=msg.digest, effects=tuple((e, key if key is not None else lookup(by_email, e.email)) for e in caused),
         notify_owner=notify)
-    sender: tuple[str, str] | None = None
-    not_new: tuple[str, str] | None = None
-    if key is None and cls.kind is Kind.EMAIL_IN and msg.from_addr:
-        why = _not_a_customer(msg.from_addr, msg.from_name, reading.bulk, policy, owners) if policy.add_senders else ""
-        if why:
-            not_new = (msg.from_addr, why)
-        else:
-            sender = (msg.from_addr, msg.from_name)
-    return Decision(*pos, activities=(record,), label=cls.kind.value if key is not None else "unknown",
-                    new_sender=sender, not_new_sender=not_new)
+
+
+def _details(msg: Reading, m: _Match, uid: int, by_email: dict[str, str]) -> tuple[InboundDetails, bool]:
+    """The activity's details, and whether an unsubscribe's token names another customer than the sender's."""
+    cls = msg.cls
+    base = InboundDetails(msg.from_addr, msg.to_addrs, cls.evidence, m.how, cls.recipients, cls.permanent, uid)
+    if m.token is None:
+        return base, False
+    if m.named is None:
+        # names no send: handled by the sender's address, as before
+        return replace(base, token=m.token, token_unknown=True), False
+    # Issue #17: the token names the customer; the sender is recorded beside it, whoever it is.
+    named = m.named
+    sender_key = lookup(by_email, msg.from_addr)
+    other = sender_key is not None and sender_key != named.customer_key
+    note = (f"sent from the address of customer {sender_key!r} with the token of customer "
+            f"{named.customer_key!r}: only the token's customer is unsubscribed") if other else None
+    return replace(base, token=m.token, token_customer=named.customer_key,
+                   token_send=f"{named.campaign}/{named.step}", sender_customer=sender_key, note=note), other
 
 
 def _not_a_customer(addr: str, name: str, bulk: str, policy: InboundPolicy, owners: Container[str]) -> str:
@@ -259,16 +248,18 @@ def _not_a_customer(addr: str, name: str, bulk: str, policy: InboundPolicy, owne
     return bulk or robot_sender(addr, name)
 
 
-
-def _bounce_records(cls: Classification, from_addr: str, to: list[str], uid: int, common: MessageFacts,
-                    digest: str, by_email: dict[str, str], sent: SentLookup) -> tuple[ActivityRecord, ...]:
+def _bounce_records(msg: Reading, uid: int, occurred: datetime, src: str, by_email: dict[str, str],
+                    sent: SentLookup, policy: InboundPolicy) -> tuple[ActivityRecord, ...]:
     """One ``bounce`` activity per failed recipient, each with its own permanence and effects (issue #11).
 
     Why one each: the timeline, ``report`` and the planner read bounces per
     customer; a report naming two customers used to mark only the first.
     The bounced message (``original_message_id``) tells which send, so the
-    activity carries its campaign and step.
+    activity carries its campaign and step. A hard bounce suppresses at
+    once; a soft one is scored by the store with the rule of
+    :func:`crm_automation.effects.soft_bounce_score`.
     """
+    cls = msg.cls
     original = sent([cls.original_message_id]).get(cls.original_message_id) if cls.original_message_id else None
     out = []
     for f in cls.failures:
@@ -281,15 +272,16 @@ def _bounce_records(cls: Classification, from_addr: str, to: list[str], uid: int
         if original is not None and original.customer_key == key:
             campaign, step = original.campaign, original.step
         hard = f.permanence is Permanence.HARD
+        caused = bounce_effects(f, soft_count=0, soft_limit=0, source=f"{Kind.BOUNCE.value} {msg.message_id}")
         out.append(ActivityRecord(
-            kind=Kind.BOUNCE, customer_key=key, digest=f"{digest}:{f.address}", campaign=campaign, step=step,
-            facts=common,
-            details={"from": from_addr, "to": to, "evidence": cls.evidence,
-                     "matched_by": how if key else "unknown recipient", "recipient": f.address,
-                     "permanence": f.permanence.value, "status": f.status, "permanent": hard,
-                     "recipients": list(cls.recipients), "original_message_id": cls.original_message_id, "uid": uid},
-            effects=((Effect(f.address, "bounced", "bounced"), key),) if hard else (),
-            scored=None if hard else f))
+            kind=Kind.BOUNCE, customer_key=key, message=msg, occurred_at=occurred, source=src,
+            digest=f"{msg.digest}:{f.address}", campaign=campaign, step=step,
+            details=BounceDetails(msg.from_addr, msg.to_addrs, cls.evidence, how if key else "unknown recipient",
+                                  f.address, f.permanence, f.status, hard, cls.recipients, cls.original_message_id,
+                                  uid),
+            effects=tuple((e, key) for e in caused),
+            scored=soft_bounce_score(f, limit=policy.soft_bounce_limit, days=policy.soft_bounce_days,
+                                     message_id=msg.message_id)))
     return tuple(out)
 
 
@@ -306,6 +298,47 @@ def _quarantined(raw: RawMessage, src: str, error: str, by_email: dict[str, str]
                                                 size=raw.size))
 
 
+# ``on_new_senders(senders, index)``: adds unknown senders (address -> name) to the sheet; returns how many.
+NewSenders = Callable[[dict[str, str], dict[str, str]], int]
+Read = Reading | Unreadable
+
+
+class _Batch:
+    """Decided messages waiting for their commit, and what the fetch counted so far.
+
+    A batch and its folder's cursor go to the log in one transaction
+    (:meth:`~crm_automation.store.repo.Store.apply_inbound_many`, issue #13);
+    only then are the messages moved to ``processed_folder``.
+    """
+
+    def __init__(self, source: MailboxSource, store: Store, ctx: StageContext) -> None:
+        self.source = source
+        self.store = store
+        self.ctx = ctx
+        self.pending: list[tuple[RawMessage, Decision]] = []
+        self.counts: dict[str, int] = {"messages": 0, "duplicates": 0, "quarantined": 0, "unknown": 0}
+        self.new_senders: dict[str, str] = {}
+        self.not_added: dict[str, str] = {}  # unknown senders who are nobody to add: address -> why (issue #17)
+
+    def commit(self) -> None:
+        """The pending messages and their cursor in one transaction, then (only then) the moves."""
+        if not self.pending:
+            return
+        logged = self.store.apply_inbound_many([d for _, d in self.pending], self.ctx.clock.now())
+        counts = self.counts
+        for (_, d), new in zip(self.pending, logged, strict=True):
+            kind = d.label if new or d.quarantine is not None else "duplicates"
+            if new and d.new_sender is not None:
+                self.new_senders.setdefault(*d.new_sender)
+            elif new and d.not_new_sender is not None:
+                self.not_added.setdefault(*d.not_new_sender)
+            counts[kind] = counts.get(kind, 0) + 1
+            counts["messages"] += 1
+        raws = [raw for raw, _ in self.pending]
+        self.pending.clear()
+        self.source.mark_processed(raws)
+
+
 class InboundPass:
     """Reads new mail and logs each message exactly once (or quarantines it whole)."""
 
@@ -316,13 +349,13 @@ class InboundPass:
         self.policy = InboundPolicy.of(ws)
         self.new_id = new_id  # Message-IDs for owner notifications (the composer's)
         self.parallel: dict[str, int] = {}  # OrderedPool settings (tests and the benchmark set them)
-        self._customers: dict[str, dict[str, Any] | None] = {}  # read once a pass (see _customer)
+        self._customers: dict[str, Mapping[str, object] | None] = {}  # read once a pass (see _customer)
 
     def index(self) -> LazyIndex:
         """The customers' addresses, loaded on the first message."""
         return address_index(self.store, list(self.policy.email_fields))
 
-    def run(self, on_new_senders: Callable[[dict[str, str], dict[str, str]], int] | None = None) -> StageResult:
+    def run(self, on_new_senders: NewSenders | None = None) -> StageResult:
         """The fetch stage. ``on_new_senders(senders, index)`` adds unknown senders to the sheet when asked."""
         self._customers = {}
         with recorded(self.ctx, "fetch") as res:
@@ -334,80 +367,63 @@ class InboundPass:
                     source.close()
         return res
 
-    def _fetch(self, source: MailboxSource, res: StageResult,
-               on_new_senders: Callable[[dict[str, str], dict[str, str]], int] | None) -> None:
-        mb = self.ws.cfg.mailbox
+    def _fetch(self, source: MailboxSource, res: StageResult, on_new_senders: NewSenders | None) -> None:
         by_email = self.index()
-        counts: dict[str, int] = {"messages": 0, "duplicates": 0, "quarantined": 0, "unknown": 0}
-        new_senders: dict[str, str] = {}
-        not_added: dict[str, str] = {}  # unknown senders who are nobody to add: address -> why (issue #17)
-        adding = mb.new_senders == "add_to_sheet" and on_new_senders is not None
+        adding = self.policy.add_senders and on_new_senders is not None
         # The owners' addresses, read from the log on first use, and only when senders may be added.
         owners: Container[str] = (address_index(self.store, ["owner"]) if adding and "owner" in self.ws.mapping.fields
                                   else frozenset())
-        pending: list[tuple[RawMessage, Decision]] = []
+        batch = _Batch(source, self.store, self.ctx)
         bar = self.ctx.progress("fetch", None)
-        stop = self.ctx.stop
         # Messages are read (parsed, classified) on the other cores when there are many (issue #13); decided
         # and committed here, in mailbox order.
         readers = OrderedPool(read_chunk, lambda: self.policy.reading(by_email), _bytes_and_size, weigh=_weight,
                               **self.parallel)
-
-        def commit() -> None:
-            # The batch and its cursor in one transaction, then (only then) the moves to processed_folder.
-            if not pending:
-                return
-            logged = self.store.apply_inbound_many([d for _, d in pending], self.ctx.clock.now(),
-                                                   soft_days=self.policy.soft_bounce_days,
-                                                   soft_limit=self.policy.soft_bounce_limit)
-            for (_, d), new in zip(pending, logged, strict=True):
-                kind = d.label if new or d.quarantine is not None else "duplicates"
-                if new and d.new_sender is not None:
-                    new_senders.setdefault(*d.new_sender)
-                elif new and d.not_new_sender is not None:
-                    not_added.setdefault(*d.not_new_sender)
-                counts[kind] = counts.get(kind, 0) + 1
-                counts["messages"] += 1
-            raws = [raw for raw, _ in pending]
-            pending.clear()
-            source.mark_processed(raws)
-
         try:
             for folder in source.folders():
-                cursor = self._cursor(source, folder)
-                since = time.monotonic()
-                # A folder read from its start (first fetch, new UIDVALIDITY) is where a mailbox's years wait.
-                first = cursor is None or (source.tracks_names and not cursor.seen)
-                for raw, wire in readers.map(source.fetch(folder, cursor, batch=mb.batch_size), eager=first):
-                    if stop.is_set():
-                        break
-                    d = decide(raw, reading_of(wire), f"{source.name}/{raw.folder}", self.ctx.clock.now(),
-                               self.policy, by_email, self.store.sent_message_ids, self._customer, self.new_id,
-                               tokens=self.store.send_for_token, owners=owners)
-                    if d.quarantine is not None:
-                        log.warning("%s quarantined: %s", d.quarantine.source, d.quarantine.error)
-                    pending.append((raw, d))
-                    bar.advance()
-                    if len(pending) >= mb.batch_size or time.monotonic() - since >= COMMIT_SECONDS:
-                        commit()
-                        since = time.monotonic()
-                commit()
-                if stop.is_set():
+                self._read_folder(source, folder, readers, batch, by_email, owners, bar.advance)
+                if self.ctx.stop.is_set():
                     break
         except BaseException:
             # The mailbox dropped (or the stage was interrupted) part-way: keep what was decided before it.
             with suppress(CrmError, OSError):
-                commit()
+                batch.commit()
             raise
         finally:
             bar.close()
-        if adding and not_added:
-            counts["not_added_to_sheet"] = len(not_added)
-            for addr, why in sorted(not_added.items()):
+        counts = batch.counts
+        if adding and batch.not_added:
+            counts["not_added_to_sheet"] = len(batch.not_added)
+            for addr, why in sorted(batch.not_added.items()):
                 log.info("new sender %s not added to the sheet: %s", addr, why)
-        if new_senders and adding and on_new_senders is not None:
-            counts["added_to_sheet"] = on_new_senders(new_senders, by_email)
+        if batch.new_senders and adding and on_new_senders is not None:
+            counts["added_to_sheet"] = on_new_senders(batch.new_senders, by_email)
         res.stats = counts
+
+    def _read_folder(self, source: MailboxSource, folder: str, readers: _Readers,
+                     batch: _Batch, by_email: dict[str, str], owners: Container[str],
+                     advance: Callable[[], None]) -> None:
+        """Read, decide and commit one folder's new messages, a batch at a time (issue #13)."""
+        size = self.ws.cfg.mailbox.batch_size
+        stop = self.ctx.stop
+        cursor = self._cursor(source, folder)
+        since = time.monotonic()
+        # A folder read from its start (first fetch, new UIDVALIDITY) is where a mailbox's years wait.
+        first = cursor is None or (source.tracks_names and not cursor.seen)
+        for raw, reading in readers.map(source.fetch(folder, cursor, batch=size), eager=first):
+            if stop.is_set():
+                break
+            d = decide(raw, reading, f"{source.name}/{raw.folder}", self.ctx.clock.now(), self.policy, by_email,
+                       self.store.sent_message_ids, self._customer, self.new_id, tokens=self.store.send_for_token,
+                       owners=owners)
+            if d.quarantine is not None:
+                log.warning("%s quarantined: %s", d.quarantine.source, d.quarantine.error)
+            batch.pending.append((raw, d))
+            advance()
+            if len(batch.pending) >= size or time.monotonic() - since >= COMMIT_SECONDS:
+                batch.commit()
+                since = time.monotonic()
+        batch.commit()
 
     def _cursor(self, source: MailboxSource, folder: str) -> Cursor | None:
         uv = source.uidvalidity(folder)
@@ -421,7 +437,7 @@ class InboundPass:
                         "logged are recognised by Message-ID", folder, stored.uidvalidity, uv)
         return None
 
-    def _customer(self, key: str) -> dict[str, Any] | None:
+    def _customer(self, key: str) -> Mapping[str, object] | None:
         # Read once a pass: a fetch changes no customer's data (only email_status, which decide() does
         # not read), and the same few customers write most of a mailbox.
         if key not in self._customers:

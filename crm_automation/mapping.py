@@ -24,7 +24,16 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from crm_automation.errors import ConfigError
-from crm_automation.models import Customer, CustomerColumns, FieldSpec, FieldType, OnInvalid, RowError, SheetData
+from crm_automation.models import (
+    Customer,
+    CustomerColumns,
+    FieldSpec,
+    FieldType,
+    OnInvalid,
+    RowError,
+    SheetData,
+    Trigger,
+)
 from crm_automation.sheets.base import GridData
 from crm_automation.sheets.status_words import LANGUAGES, expected_languages
 
@@ -130,7 +139,7 @@ class Campaign:
     """A validated campaign (SPEC §5). ``at`` is aware UTC."""
 
     id: str
-    trigger: str
+    trigger: Trigger
     steps: tuple[Step, ...]
     where: dict[str, tuple[str, ...]]
     stop_on: frozenset[str]
@@ -602,7 +611,7 @@ def load_campaigns(mappings_dir: Path, mapping: Mapping, tz: ZoneInfo) -> list[C
         steps = _distinct(steps)
         problems += _step_problems(where, steps)
         out.append(Campaign(
-            id=c.id, trigger=c.trigger, steps=tuple(steps),
+            id=c.id, trigger=Trigger(c.trigger), steps=tuple(steps),
             where={k: tuple(str(x) for x in (v if isinstance(v, list) else [v])) for k, v in c.where.items()},
             stop_on=frozenset(c.stop_on), field=c.field, to=None if c.to is None else str(c.to), at=at,
             include_existing=c.include_existing, enabled=c.enabled,

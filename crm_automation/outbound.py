@@ -661,8 +661,10 @@ class SendPass:
                 details={"recipient": address.lower(), "permanence": Permanence.HARD.value, "permanent": True,
                          "status": e.enhanced or str(e.code or ""), "evidence": f"refused at RCPT: {e}",
                          "recipients": [address.lower()], "original_message_id": s.message_id})
-            self.store.suppress(address, "bounced", f"refused at RCPT for {s.message_id}", now)
-            self.store.set_email_status(s.customer_key, "bounced")
+            for eff in bounce_effects(BounceFailure(address, Permanence.HARD), soft_count=0, soft_limit=0):
+                self.store.suppress(eff.email, eff.reason, f"refused at RCPT for {s.message_id}", now)
+                if eff.status:
+                    self.store.set_email_status(s.customer_key, eff.status)
 
     def _mailbox_full(self, s: SendRow, e: PermanentSendError, address: str, now: datetime) -> None:
         """The send failed, and that mailbox is full: a soft bounce, scored as a fetched one is, in one commit.

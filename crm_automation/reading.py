@@ -8,19 +8,18 @@ time the whole fetch stage's imports take; and a future stage that reads
 mail elsewhere (a web app showing a quarantined message, a worker on
 another machine) can reuse it without the log or the mailbox.
 
-:mod:`crm_automation.inbound` decides what to record from a :class:`Reading`.
+:mod:`crm_automation.inbound` decides what to record from a :class:`~crm_automation.models.Reading`
+(defined in :mod:`crm_automation.models`: the store writes activities from it, issue #18).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
 from crm_automation.classify import classify, mass_mail
 from crm_automation.errors import MessageError
-from crm_automation.models import Classification, Kind, ParsedMessage
+from crm_automation.models import Classification, Kind, ParsedMessage, Reading
 from crm_automation.parse import content_digest, parse
 
 log = logging.getLogger("crm_automation")
@@ -39,39 +38,10 @@ class ReadPolicy:
     ours: frozenset[str]  # the customers' addresses: a bounce names them (classify's ``is_ours``)
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """What the log needs of one message once it is read: parsed, classified and digested.
-
-    Who wrote, to whom, about what, when, what they newly wrote (``reply``),
-    the ids it answers, what kind of message it is and its content digest.
-    ``bulk`` says why a message is list or bulk mail (``List-Id``,
-    ``Precedence: bulk`` ...; "" when it is not), which only its headers
-    tell: such a sender never becomes a new row of the sheet (issue #17).
-    The whole text and the other headers stay with the reader: nothing after
-    reading needs them, and a reading crosses between processes
-    (:mod:`crm_automation.parallel`). :func:`read` makes it from the bytes
-    alone; :func:`crm_automation.inbound.decide` matches it against the log.
-    """
-
-    message_id: str
-    from_addr: str
-    from_name: str
-    to_addrs: tuple[str, ...]
-    subject: str
-    date: datetime | None
-    in_reply_to: str | None
-    references: tuple[str, ...]
-    reply: str
-    cls: Classification
-    digest: str
-    bulk: str = ""
-
-    @classmethod
-    def of(cls, msg: ParsedMessage, classification: Classification) -> Reading:
-        """The reading of a parsed and classified message."""
-        bulk = mass_mail(msg) if classification.kind is Kind.EMAIL_IN else ""
-        return cls(msg.message_id, msg.from_addr, msg.from_name, msg.to_addrs, msg.subject, msg.date,
+def make_reading(msg: ParsedMessage, classification: Classification) -> Reading:
+    """The reading of a parsed and classified message (:class:`~crm_automation.models.Reading`)."""
+    bulk = mass_mail(msg) if classification.kind is Kind.EMAIL_IN else ""
+    return Reading(msg.message_id, msg.from_addr, msg.from_name, msg.to_addrs, msg.subject, msg.date,
                    msg.in_reply_to, msg.references, msg.reply, classification, content_digest(msg), bulk)
 
 
@@ -91,7 +61,7 @@ def read(raw: bytes, size: int | None, policy: ReadPolicy) -> Reading | Unreadab
     try:
         msg = parse(raw, max_bytes=limit)
         cls = classify(msg, unsubscribe_addresses=policy.unsubscribe_addresses, is_ours=policy.ours.__contains__)
-        return Reading.of(msg, cls)
+        return make_reading(msg, cls)
     except MessageError as e:
         return Unreadable(str(e))
     except Exception as e:  # the per-item boundary (SPEC §9): an unforeseen failure quarantines this message only
@@ -99,30 +69,10 @@ def read(raw: bytes, size: int | None, policy: ReadPolicy) -> Reading | Unreadab
         return Unreadable(f"internal error while reading the message: {type(e).__name__}: {e}")
 
 
-# A Reading crosses between processes as a tuple of plain values: unpickling frozen dataclasses
-# cost this process 12 µs a message, a tenth of the work it handed over (issue #13).
-_Wire = tuple[Any, ...]
+def read_chunk(policy: ReadPolicy, items: list[tuple[bytes, int | None]]) -> list[Reading | Unreadable]:
+    """:func:`read` over ``(bytes, size)`` pairs: what a helper process returns.
 
-
-def read_chunk(policy: ReadPolicy, items: list[tuple[bytes, int | None]]) -> list[_Wire]:
-    """:func:`read` over ``(bytes, size)`` pairs, each result as plain values (what a helper process returns)."""
-    out: list[_Wire] = []
-    for raw, size in items:
-        r = read(raw, size, policy)
-        if isinstance(r, Unreadable):
-            out.append((r.error,))
-            continue
-        c = r.cls
-        out.append((None, r.message_id, r.from_addr, r.from_name, r.to_addrs, r.subject, r.date, r.in_reply_to,
-                    r.references, r.reply, c.kind.value, c.evidence, c.failures, c.original_message_id, r.digest,
-                    r.bulk))
-    return out
-
-
-def reading_of(wire: _Wire) -> Reading | Unreadable:
-    """What a :func:`read_chunk` result stands for."""
-    if len(wire) == 1:
-        return Unreadable(wire[0])
-    (_, mid, addr, name, to, subject, date, irt, refs, reply, kind, evidence, failures, original, digest, bulk) = wire
-    return Reading(mid, addr, name, to, subject, date, irt, refs, reply,
-                   Classification(Kind(kind), evidence, failures, original), digest, bulk)
+    A :class:`~crm_automation.models.Reading` pickles as plain values
+    (``Reading.__reduce__``), so handing it back costs what a tuple did.
+    """
+    return [read(raw, size, policy) for raw, size in items]

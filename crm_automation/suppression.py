@@ -4,7 +4,8 @@ Why here and not in the CLI (issue #10): the rule "adding an address with
 reason ``unsubscribed`` or ``bounced`` also sets the customer's email status
 (shown in the sheet); ``manual`` does not; removing sets it back to ``ok``"
 is the product's, and the web endpoint for one-click unsubscribes will apply
-the same one. Addresses are validated with the sheet's own rule (issue #9:
+the same one. Which status a reason sets is written once, in the pure core
+(:func:`crm_automation.effects.status_for`, issue #18). Addresses are validated with the sheet's own rule (issue #9:
 ``suppress add not-an-email`` was accepted).
 """
 
@@ -13,10 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from crm_automation.effects import status_for
 from crm_automation.fieldtypes import address_problem
+from crm_automation.models import EmailStatus, SuppressionReason
 from crm_automation.store.repo import Store
 
-REASONS = ("manual", "unsubscribed", "bounced")
+# What the admin may give as a reason (``soft_bounces`` is the score's alone).
+REASONS = tuple(r.value for r in (SuppressionReason.MANUAL, SuppressionReason.UNSUBSCRIBED, SuppressionReason.BOUNCED))
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,10 +35,12 @@ def add(store: Store, emails: list[str] | tuple[str, ...], reason: str, now: dat
     """Suppress the valid addresses; an unsubscribe or bounce also sets the matching customers' email status."""
     rejected = [f"{e!r}: {why}" for e in emails if (why := address_problem(e)) is not None]
     valid = [e for e in emails if address_problem(e) is None]
+    why = SuppressionReason(reason)
+    status = status_for(why)
     with store.transaction():
-        added = [e for e in valid if store.suppress(e, reason, source, now)]
-        if reason != "manual":
-            store.set_status_by_email(valid, reason)
+        added = [e for e in valid if store.suppress(e, why, source, now)]
+        if status is not None:
+            store.set_status_by_email(valid, status)
     return Added(added, rejected)
 
 
@@ -42,5 +48,5 @@ def remove(store: Store, emails: list[str] | tuple[str, ...]) -> list[str]:
     """Take addresses off the list (they may be mailed again); their customers' status goes back to ``ok``."""
     with store.transaction():
         removed = [e for e in emails if store.unsuppress(e)]
-        store.set_status_by_email(removed, "ok")
+        store.set_status_by_email(removed, EmailStatus.OK)
     return removed

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from crm_automation.compose import Composed, Composer
 from crm_automation.config import parse_duration
+from crm_automation.effects import status_for
 from crm_automation.errors import ConfigError, CrmError, ServiceError
 from crm_automation.inbound import InboundPass, InboundPolicy
 from crm_automation.models import CustomerView
@@ -124,7 +125,7 @@ class Worker:
     def relink(self) -> int:
         """Attach mail logged before its sender was a customer (issue #9); after a sync that added customers."""
         return self.store.relink_inbound(address_index(self.store, list(self.inbound.policy.email_fields)),
-                                         self.ctx.clock.now())
+                                         self.ctx.clock.now(), status_of=status_for)
 
     def fetch(self) -> StageResult:
         """Read new mail and log each message exactly once (or quarantine it whole)."""

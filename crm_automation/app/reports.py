@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from crm_automation.app.access import reading
 from crm_automation.app.results import JsonObject, JsonValue, json_value, utc_text
 from crm_automation.errors import ConfigError
-from crm_automation.models import Kind, SendStatus
+from crm_automation.models import FieldChangedDetails, Kind, SendStatus
 
 if TYPE_CHECKING:
     from crm_automation.store.activities import Activity
@@ -141,7 +141,7 @@ class Timeline:
 
     def to_json(self) -> JsonObject:
         """``timeline --json``: the customer's key and each activity as the log holds it."""
-        return {"customer": self.customer, "activities": [dict(e.activity.to_dict()) for e in self.entries]}
+        return {"customer": self.customer, "activities": [json_value(e.activity.to_dict()) for e in self.entries]}
 
 
 def _send_problems(store: Store) -> tuple[SendProblem, ...]:
@@ -181,9 +181,8 @@ def report(ws: Workspace, now: datetime) -> Report:
 
 def _entry(a: Activity) -> TimelineEntry:
     headline = a.subject or ""
-    if a.kind is Kind.FIELD_CHANGED:
-        d = a.details
-        headline = f"{d.get('field')}: {d.get('old')!r} -> {d.get('new')!r}"
+    if isinstance(d := a.details, FieldChangedDetails):
+        headline = f"{d.field}: {d.old!r} -> {d.new!r}"
     if a.campaign:
         headline = f"[{a.campaign}/{a.step}] {headline}"
     excerpt: tuple[str, ...] = ()

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 from crm_automation import suppression
 from crm_automation.app.access import reading, writing
 from crm_automation.app.results import JsonObject, utc_text
+from crm_automation.effects import status_for
 from crm_automation.fieldtypes import address_problem
-from crm_automation.models import Kind
+from crm_automation.models import InboundDetails, Kind, SuppressionReason
 
 if TYPE_CHECKING:
     from crm_automation.store.repo import Store
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from crm_automation.workspace import Workspace
 
 REASONS = suppression.REASONS
-_UNSUBSCRIBED = "unsubscribed"  # an unsubscribe link's reason and status: as an emailed request's (effects.py)
+_UNSUBSCRIBED = SuppressionReason.UNSUBSCRIBED  # an unsubscribe link's reason: as an emailed request's
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,9 +154,12 @@ def unsubscribe_by_token(ws: Workspace, token: str, now: datetime) -> Unsubscrib
         with store.transaction():
             if not store.suppress(email, _UNSUBSCRIBED, f"unsubscribe link {ref.campaign}/{ref.step}", now):
                 return Unsubscribed(token, Outcome.ALREADY, ref.customer_key, email, ref.campaign, ref.step)
-            store.set_email_status(ref.customer_key, _UNSUBSCRIBED)
+            if (status := status_for(_UNSUBSCRIBED)) is not None:
+                store.set_email_status(ref.customer_key, status)
             store.add_activity(kind=Kind.UNSUBSCRIBE.value, occurred_at=now, now=now, customer_key=ref.customer_key,
                                campaign=ref.campaign, step=ref.step, source="unsubscribe link",
-                               details={"token": token, "token_customer": ref.customer_key,
-                                        "token_send": f"{ref.campaign}/{ref.step}", "email": email})
+                               details=InboundDetails(email, (), "unsubscribe link", "token", token=token,
+                                                      token_customer=ref.customer_key,
+                                                      token_send=f"{ref.campaign}/{ref.step}",
+                                                      sender_customer=ref.customer_key))
     return Unsubscribed(token, Outcome.UNSUBSCRIBED, ref.customer_key, email, ref.campaign, ref.step)

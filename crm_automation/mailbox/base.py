@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Protocol
 
-from crm_automation.models import RawMessage
+from crm_automation.models import Cursor, RawMessage
 
-
-@dataclass(frozen=True, slots=True)
-class Cursor:
-    """Where a folder was read up to: UIDVALIDITY plus the last UID logged."""
-
-    uidvalidity: int
-    last_uid: int
-    seen: frozenset[str] = frozenset()  # sources that track names (Maildir): the names already logged
+__all__ = ["Cursor", "MailboxSource"]  # Cursor lives in models (the store records it, issue #18)
 
 
 class MailboxSource(Protocol):

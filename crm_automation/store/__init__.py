@@ -22,9 +22,22 @@ connection:
   (``LastTimes``), row counts, stage runs.
 - ``schema.py`` + ``migrations.py``: the tables, named transactional
   migrations; ``identity.py``: the workspace's marker of its log.
+- ``protocols.py``: the public surface, one typed protocol per part
+  (customers, activities, fetched mail, sends, suppressions, reports), which
+  another backend (PostgreSQL, issue #20) implements; mypy checks that
+  :class:`~crm_automation.store.repo.Store` satisfies them.
 
 Results are frozen dataclasses with decoded values: no caller parses JSON
-from the log or unpacks a tuple by position.
+from the log or unpacks a tuple by position. An activity's ``details`` is
+read back as the record of its kind (``crm_automation.models.ActivityDetails``,
+each shape documented there).
+
+The store records and decides nothing (issue #18): it imports only
+``store/``, :mod:`crm_automation.models` and :mod:`crm_automation.errors`.
+The rules (which email status a suppression reason sets, when soft bounces
+suppress an address) live in :mod:`crm_automation.effects` and reach the
+store as values (``Effect``) or as a pure function it applies to a count it
+reads inside its transaction (``ScoredBounce.rule``, ``status_of``).
 
 Who owns a transaction — one rule:
 

@@ -3,19 +3,20 @@
 Inbound activities are unique on (Message-ID, content digest), quarantined
 messages on the raw message's digest: logging the same message twice is a
 no-op, which is half of exactly-once (the other half is the mailbox cursor,
-:mod:`crm_automation.store.inbound`). ``details`` is JSON in the log and a
-dict in every :class:`Activity` handed out.
+:mod:`crm_automation.store.inbound`). ``details`` is JSON in the log and the
+record of its kind in every :class:`Activity` handed out
+(:data:`crm_automation.models.ActivityDetails`: each shape documented there, issue #18).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
-from crm_automation.models import Kind, Permanence
+from crm_automation.models import ActivityDetails, FieldChangedDetails, Kind, Permanence, details_of
 from crm_automation.store.connection import Connection, Guarded, iso, parse_iso
 from crm_automation.store.schema import INBOUND_KINDS_SQL
 
@@ -46,20 +47,35 @@ class Activity:
     campaign: str | None
     step: int | None
     source: str | None
-    details: dict[str, Any]
+    details: ActivityDetails
     details_json: str | None = field(default=None, repr=False, compare=False)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """The timeline's JSON shape (``crm-automation timeline --json``)."""
         return {"id": self.id, "kind": self.kind.value, "occurred_at": iso(self.occurred_at),
                 "subject": self.subject, "body": self.body, "message_id": self.message_id,
                 "campaign": self.campaign, "step": self.step, "source": self.source, "details": self.details_json}
 
 
-def _activity(r: tuple[Any, ...]) -> Activity:
-    aid, key, kind, at, subject, body, mid, campaign, step, source, details = r
-    return Activity(aid, key, Kind(kind), parse_iso(at) or datetime.now(UTC), subject, body, mid, campaign, step,
-                    source, json.loads(details or "{}"), details)
+def _activity(aid: int, key: str | None, kind: str, at: str, subject: str | None, body: str | None,
+              mid: str | None, campaign: str | None, step: int | None, source: str | None,
+              details: str | None) -> Activity:
+    k = Kind(kind)
+    return Activity(aid, key, k, parse_iso(at) or datetime.now(UTC), subject, body, mid, campaign, step, source,
+                    details_of(k, json.loads(details or "{}")), details)
+
+
+# What a writer may pass as ``details``: the record of its kind, or (callers not yet moved to the records) the
+# same JSON object as a mapping.
+DetailsIn = ActivityDetails | Mapping[str, object] | None
+
+
+def _details_dict(details: DetailsIn) -> Mapping[str, object]:
+    if details is None:
+        return {}
+    if isinstance(details, Mapping):
+        return details
+    return details.to_dict()
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +106,7 @@ class QuarantinedContact:
 def insert_activity(conn: Guarded, *, kind: str, occurred_at: datetime, now: datetime,
                     customer_key: str | None = None, subject: str | None = None, body: str | None = None,
                     message_id: str | None = None, in_reply_to: str | None = None, campaign: str | None = None,
-                    step: int | None = None, source: str | None = None, details: dict[str, Any] | None = None,
+                    step: int | None = None, source: str | None = None, details: DetailsIn = None,
                     digest: str | None = None) -> int | None:
     """Insert one activity (no transaction: the caller's unit owns it); see :meth:`ActivityLog.add_activity`."""
     if digest is not None and message_id is not None and already_logged(
@@ -99,7 +115,7 @@ def insert_activity(conn: Guarded, *, kind: str, occurred_at: datetime, now: dat
     cur = conn.execute(INSERT_ACTIVITY_SQL, activity_row(
         kind=kind, occurred_at=occurred_at, now=now, customer_key=customer_key, subject=subject, body=body,
         message_id=message_id, in_reply_to=in_reply_to, campaign=campaign, step=step, source=source,
-        details=details, digest=digest))
+        details=_details_dict(details), digest=digest))
     return cur.lastrowid if cur.rowcount else None
 
 
@@ -110,11 +126,11 @@ INSERT_ACTIVITY_SQL = (
 
 def activity_row(*, kind: str, occurred_at: datetime, now: datetime, customer_key: str | None,
                  subject: str | None, body: str | None, message_id: str | None, in_reply_to: str | None,
-                 campaign: str | None, step: int | None, source: str | None, details: dict[str, Any] | None,
-                 digest: str | None) -> tuple[Any, ...]:
-    """The values of :data:`INSERT_ACTIVITY_SQL` for one activity."""
+                 campaign: str | None, step: int | None, source: str | None, details: Mapping[str, object],
+                 digest: str | None) -> tuple[object, ...]:
+    """The values of :data:`INSERT_ACTIVITY_SQL` for one activity (``details``: its record's ``to_dict()``)."""
     return (customer_key, kind, iso(occurred_at), subject, body, message_id, in_reply_to, campaign, step, source,
-            _json(details or {}), iso(now), digest)
+            _json(details), iso(now), digest)
 
 
 def already_logged(digests: set[str | None], digest: str) -> bool:
@@ -190,7 +206,7 @@ class ActivityLog(Connection):
     def add_activity(self, *, kind: str, occurred_at: datetime, now: datetime, customer_key: str | None = None,
                      subject: str | None = None, body: str | None = None, message_id: str | None = None,
                      in_reply_to: str | None = None, campaign: str | None = None, step: int | None = None,
-                     source: str | None = None, details: dict[str, Any] | None = None,
+                     source: str | None = None, details: DetailsIn = None,
                      digest: str | None = None) -> int | None:
         """Insert one activity; returns its id, or None for an inbound message already logged.
 
@@ -236,11 +252,11 @@ class ActivityLog(Connection):
     def activity(self, activity_id: int) -> Activity | None:
         """One activity by id."""
         row = self.conn.execute(f"SELECT {_ACTIVITY_COLS} FROM activities WHERE id = ?", (activity_id,)).fetchone()
-        return _activity(row) if row else None
+        return _activity(*row) if row else None
 
     def timeline(self, key: str) -> list[Activity]:
         """One customer's activities, oldest first."""
-        return [_activity(r) for r in self.conn.execute(
+        return [_activity(*r) for r in self.conn.execute(
             f"SELECT {_ACTIVITY_COLS} FROM activities WHERE customer_key = ? ORDER BY occurred_at, id", (key,))]
 
     def inbound_history(self) -> list[InboundEvent]:
@@ -251,11 +267,11 @@ class ActivityLog(Connection):
                     f"CASE WHEN a.kind = 'bounce' THEN {PERMANENCE_SQL} END FROM activities a "
                     f"WHERE a.customer_key IS NOT NULL AND a.kind IN {INBOUND_KINDS_SQL}")]
 
-    def field_changes(self, field_name: str) -> list[tuple[str, Any, datetime]]:
+    def field_changes(self, field_name: str) -> list[tuple[str, object, datetime]]:
         """(customer, new value, when) for each change of one field: the planner's ``History.changes`` shape."""
-        out = []
+        out: list[tuple[str, object, datetime]] = []
         for k, d, t in self.conn.execute(
                 "SELECT customer_key, details, occurred_at FROM activities WHERE kind = 'field_changed' "
                 "AND json_extract(details, '$.field') = ? ORDER BY id", (field_name,)):
-            out.append((k, json.loads(d).get("new"), parse_iso(t) or datetime.now(UTC)))
+            out.append((k, FieldChangedDetails.parse(json.loads(d)).new, parse_iso(t) or datetime.now(UTC)))
         return out

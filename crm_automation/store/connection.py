@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
 from crm_automation.errors import ConfigError, CrmError, ServiceError, StorageError
 from crm_automation.store.migrations import SCHEMA_VERSION, migrate
@@ -88,6 +88,10 @@ def storage_error(path: str, e: sqlite3.Error, doing: str = "writing") -> CrmErr
     raise e
 
 
+# A statement's parameters: by position or by name.
+Params = Sequence[object] | Mapping[str, object]
+
+
 class Guarded:
     """The SQLite connection, with environmental failures turned into :class:`StorageError` (issue #9).
 
@@ -103,14 +107,14 @@ class Guarded:
         self._c = conn
         self.path = path
 
-    def execute(self, sql: str, args: Any = ()) -> sqlite3.Cursor:
+    def execute(self, sql: str, args: Params = ()) -> sqlite3.Cursor:
         """``sqlite3.Connection.execute``, a disk failure raised as :func:`storage_error` says."""
         try:
             return self._c.execute(sql, args)
         except (sqlite3.OperationalError, sqlite3.DatabaseError) as e:
             raise storage_error(self.path, e) from None
 
-    def executemany(self, sql: str, args: Any) -> sqlite3.Cursor:
+    def executemany(self, sql: str, args: Iterable[Params]) -> sqlite3.Cursor:
         """``sqlite3.Connection.executemany``, a disk failure raised as :func:`storage_error` says."""
         try:
             return self._c.executemany(sql, args)

@@ -13,11 +13,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from crm_automation.models import Customer, CustomerColumns, Kind
+from crm_automation.models import (
+    Customer,
+    CustomerAddedDetails,
+    CustomerColumns,
+    CustomerRemovedDetails,
+    EmailStatus,
+    FieldChangedDetails,
+    Kind,
+)
 from crm_automation.store.connection import Connection, Guarded, iso, parse_iso
 
 _dumps = json.JSONEncoder(ensure_ascii=False).encode  # fields keep the mapping's order; readable Chinese
 _PLAIN = frozenset({str, int, type(None)})  # values SQLite's json_object renders exactly as Python's json would
+# An activity written by a sync: (customer key, kind, occurred_at, subject, body, source, details JSON).
+_SyncActivity = tuple[str, str, str, None, None, str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +38,7 @@ class StoredCustomer:
     row: int
     data: dict[str, Any]
     first_seen: datetime
-    email_status: str
+    email_status: EmailStatus
     present: bool
 
 
@@ -41,7 +51,7 @@ class SyncStats:
     unchanged: int = 0
     removed: int = 0
     returned: int = 0
-    changes: list[tuple[str, str, Any, Any]] = field(default_factory=list)
+    changes: list[tuple[str, str, object, object]] = field(default_factory=list)  # (key, field, old, new)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +87,7 @@ def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def update_email_status(conn: Guarded, key: str, status: str) -> None:
+def update_email_status(conn: Guarded, key: str, status: EmailStatus) -> None:
     """Set one customer's ``email_status`` (no transaction: the caller's unit owns it)."""
     conn.execute("UPDATE customers SET email_status = ? WHERE key = ?", (status, key))
 
@@ -114,7 +124,7 @@ class CustomerLog(Connection):
                 out.append((t, "customer_key"))
         return out
 
-    def rekey(self, moves: Sequence[tuple[str, str, Any]], key_field: str, *, dry_run: bool = False) -> RekeyCounts:
+    def rekey(self, moves: Sequence[tuple[str, str, object]], key_field: str, *, dry_run: bool = False) -> RekeyCounts:
         """Give customers new keys in every table, in one transaction; ``moves`` are (old, new, new field value).
 
         Also sets each moved customer's ``key_field`` to its value (so the next
@@ -169,7 +179,8 @@ class CustomerLog(Connection):
         if present_only:
             sql += " WHERE present = 1"
         return {
-            k: StoredCustomer(k, r, json.loads(d), parse_iso(fs) or datetime.now(UTC), es or "ok", bool(p))
+            k: StoredCustomer(k, r, json.loads(d), parse_iso(fs) or datetime.now(UTC), EmailStatus(es or "ok"),
+                              bool(p))
             for k, r, d, fs, es, p in self.conn.execute(sql)
         }
 
@@ -181,52 +192,36 @@ class CustomerLog(Connection):
         if row is None:
             return None
         k, r, d, fs, es, p = row
-        return StoredCustomer(k, r, json.loads(d), parse_iso(fs) or datetime.now(UTC), es or "ok", bool(p))
+        return StoredCustomer(k, r, json.loads(d), parse_iso(fs) or datetime.now(UTC), EmailStatus(es or "ok"),
+                              bool(p))
 
     def apply_sync(self, source: str, changed: Sequence[Customer], unchanged: dict[str, int],
                    hashes: dict[str, str], now: datetime, *, complete: bool = True) -> SyncStats:
         """Record new customers and field changes; mark rows that disappeared.
 
         ``complete`` is False when the sheet could not be fully mapped (a
-        required column missing): then nobody is marked removed.
+        required column missing): then nobody is marked removed. The
+        activities a sync writes (``field_changed``, ``customer_added``,
+        ``customer_removed``) carry the details records of
+        :mod:`crm_automation.models`.
         """
         stats = SyncStats(unchanged=len(unchanged))
         ts = iso(now)
         with self.transaction():
-            existing = {k: (d, p) for k, d, p in self.conn.execute("SELECT key, data, present FROM customers")}
-            acts: list[tuple[Any, ...]] = []
-            new: list[Customer] = []
-            fresh: list[Customer] | CustomerColumns = new
+            existing: dict[str, tuple[str, int]] = {
+                k: (d, p) for k, d, p in self.conn.execute("SELECT key, data, present FROM customers")}
+            acts: list[_SyncActivity] = []
+            fresh: Sequence[Customer]
             if isinstance(changed, CustomerColumns) and not existing.keys() & set(changed.keys):
                 fresh, changed = changed, []  # all new (a first sync): inserted column by column
-            for c in changed:
-                old = existing.get(c.key)
-                if old is None:
-                    new.append(c)
-                    continue
-                data_json = _dumps(c.data)
-                old_json, present = old
-                old_data = json.loads(old_json)
-                diffs = {f: (old_data.get(f), v) for f, v in c.data.items() if old_data.get(f) != v}
-                for f, (a, b) in diffs.items():
-                    acts.append((c.key, Kind.FIELD_CHANGED.value, ts, None, None, source,
-                                 json.dumps({"field": f, "old": a, "new": b, "row": c.row}, ensure_ascii=False)))
-                    stats.changes.append((c.key, f, a, b))
-                if not present:
-                    stats.returned += 1
-                    acts.append((c.key, Kind.CUSTOMER_ADDED.value, ts, None, None, source,
-                                 json.dumps({"row": c.row, "returned": True}, ensure_ascii=False)))
-                if diffs:
-                    stats.changed += 1
-                self.conn.execute(
-                    "UPDATE customers SET row = ?, data = ?, row_hash = ?, present = 1, removed_at = NULL"
-                    + (", last_changed = ?" if diffs else "") + " WHERE key = ?",
-                    (c.row, data_json, hashes.get(c.key), *((ts,) if diffs else ()), c.key))
+            else:
+                fresh = self._update_known(changed, existing, hashes, source, ts, stats, acts)
             if fresh:
                 before = self.conn.execute("SELECT coalesce(max(rowid), 0) FROM customers").fetchone()[0]
                 self._insert_customers(fresh, hashes, ts)
-                # Their customer_added activities, written by SQLite from the rows just inserted: rowids only
-                # grow, and the rows went in sorted by key, so rowid order is key order.
+                # Their customer_added activities (``{"row"}``, CustomerAddedDetails), written by SQLite from the
+                # rows just inserted: rowids only grow, and the rows went in sorted by key, so rowid order is
+                # key order.
                 self.conn.execute(
                     "INSERT INTO activities (customer_key, kind, occurred_at, source, details, logged_at) "
                     "SELECT key, ?, ?, ?, json_object('row', row), ? FROM customers WHERE rowid > ? ORDER BY rowid",
@@ -242,7 +237,7 @@ class CustomerLog(Connection):
                 for k in gone:
                     self.conn.execute("UPDATE customers SET present = 0, removed_at = ? WHERE key = ?", (ts, k))
                     acts.append((k, Kind.CUSTOMER_REMOVED.value, ts, None, None, source,
-                                 json.dumps({"note": "row no longer in the sheet; history kept"})))
+                                 _dumps(CustomerRemovedDetails().to_dict())))
                 stats.removed = len(gone)
             acts.sort(key=lambda a: a[0])
             self.conn.executemany(
@@ -250,7 +245,37 @@ class CustomerLog(Connection):
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(*a, ts) for a in acts])
         return stats
 
-    def _insert_customers(self, fresh: list[Customer] | CustomerColumns, hashes: dict[str, str], ts: str) -> None:
+    def _update_known(self, changed: Sequence[Customer], existing: dict[str, tuple[str, int]],
+                      hashes: dict[str, str], source: str, ts: str, stats: SyncStats,
+                      acts: list[_SyncActivity]) -> list[Customer]:
+        """Update the customers the log knows (their changes become activities); returns the new ones."""
+        new: list[Customer] = []
+        for c in changed:
+            old = existing.get(c.key)
+            if old is None:
+                new.append(c)
+                continue
+            data_json = _dumps(c.data)
+            old_json, present = old
+            old_data = json.loads(old_json)
+            diffs = {f: (old_data.get(f), v) for f, v in c.data.items() if old_data.get(f) != v}
+            for f, (a, b) in diffs.items():
+                acts.append((c.key, Kind.FIELD_CHANGED.value, ts, None, None, source,
+                             _dumps(FieldChangedDetails(f, a, b, c.row).to_dict())))
+                stats.changes.append((c.key, f, a, b))
+            if not present:
+                stats.returned += 1
+                acts.append((c.key, Kind.CUSTOMER_ADDED.value, ts, None, None, source,
+                             _dumps(CustomerAddedDetails(c.row, returned=True).to_dict())))
+            if diffs:
+                stats.changed += 1
+            self.conn.execute(
+                "UPDATE customers SET row = ?, data = ?, row_hash = ?, present = 1, removed_at = NULL"
+                + (", last_changed = ?" if diffs else "") + " WHERE key = ?",
+                (c.row, data_json, hashes.get(c.key), *((ts,) if diffs else ()), c.key))
+        return new
+
+    def _insert_customers(self, fresh: Sequence[Customer], hashes: dict[str, str], ts: str) -> None:
         """Insert new customers, SQLite building each ``data`` JSON with ``json_object``.
 
         Why: encoding 100,000 small dicts in Python was a fifth of a first
@@ -260,7 +285,7 @@ class CustomerLog(Connection):
         is exactly what was validated.
         """
         # Key order keeps the primary-key B-tree appending instead of splitting pages.
-        groups: list[tuple[tuple[str, ...], list[str], list[int], list[list[Any]]]] = []
+        groups: list[tuple[tuple[str, ...], list[str], list[int], list[list[object]]]] = []
         if isinstance(fresh, CustomerColumns):
             order = sorted(range(len(fresh)), key=fresh.keys.__getitem__)
             by_name = dict(zip(fresh.names, fresh.columns, strict=True))
@@ -278,7 +303,7 @@ class CustomerLog(Connection):
             for col in columns:
                 kinds = {v.__class__ for v in col}
                 plain = kinds <= _PLAIN and (int not in kinds or all(
-                    -(2**63) <= v < 2**63 for v in col if v.__class__ is int))
+                    -(2**63) <= v < 2**63 for v in col if type(v) is int))
                 if not plain:
                     col[:] = [_dumps(v) for v in col]
                 exprs.append("?" if plain else "json(?)")
@@ -314,7 +339,7 @@ class CustomerLog(Connection):
             if fingerprint is None:
                 self.conn.execute("DELETE FROM sheet_state WHERE source = ?", (source,))
                 return
-            saved: list[str] | dict[str, Any] = list(problems)
+            saved: list[str] | dict[str, object] = list(problems)
             if notes or rejected is not None:
                 saved = {"problems": list(problems), "notes": list(notes or ())}
                 if rejected is not None:
@@ -325,12 +350,12 @@ class CustomerLog(Connection):
                 "synced_at = excluded.synced_at, rows = excluded.rows, problems = excluded.problems",
                 (source, fingerprint, iso(now), rows, json.dumps(saved, ensure_ascii=False)))
 
-    def set_email_status(self, key: str, status: str) -> None:
+    def set_email_status(self, key: str, status: EmailStatus) -> None:
         """``ok`` | ``bounced`` | ``unsubscribed`` (shown in the sheet's status column)."""
         with self.transaction():
             update_email_status(self.conn, key, status)
 
-    def set_status_by_email(self, emails: Iterable[str], status: str) -> int:
+    def set_status_by_email(self, emails: Iterable[str], status: EmailStatus) -> int:
         """Set ``email_status`` of the customers whose key is one of ``emails`` (suppress add/remove)."""
         n = 0
         with self.transaction():

@@ -23,20 +23,40 @@ so deleting the runtime folder (``var/``) does not delete it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
-from crm_automation.config import Config
 from crm_automation.errors import ConfigError, StorageError
-from crm_automation.files import atomic_write
 from crm_automation.store.repo import Store
 
 log = logging.getLogger("crm_automation")
 ACCEPT_HINT = ("if you really mean to start over with this log, run the command once with --accept-new-log "
                "(every customer may then be mailed again by campaigns that already ran)")
+
+
+class WorkspacePaths(Protocol):
+    """What this module needs of the workspace's config: where the config file and the log are.
+
+    A protocol, not ``config.Config`` itself (which it is): the store imports
+    nothing above it (issue #18).
+    """
+
+    @property
+    def path(self) -> Path:
+        """The config file (the marker lives beside it)."""
+        ...
+
+    @property
+    def database(self) -> Path:
+        """The activity log's file."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +68,7 @@ class Marker:
     sent: int
 
 
-def marker_path(cfg: Config) -> Path:
+def marker_path(cfg: WorkspacePaths) -> Path:
     """``.<config stem>.log-id.json`` beside the config file."""
     return cfg.path.with_name(f".{cfg.path.stem}.log-id.json")
 
@@ -67,16 +87,26 @@ def read_marker(path: Path) -> Marker | None:
 
 
 def write_marker(path: Path, marker: Marker) -> None:
-    """Write the marker atomically (temporary file, then rename)."""
+    """Write the marker atomically: a temporary file in the same folder, then ``os.replace``."""
     text = json.dumps({"log_id": marker.log_id, "database": marker.database, "sent": marker.sent}, indent=2) + "\n"
     try:
-        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            with contextlib.suppress(OSError):
+                Path(tmp).chmod(path.stat().st_mode & 0o7777)  # keep the bits an admin gave the marker
+            Path(tmp).replace(path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                Path(tmp).unlink()
+            raise
     except OSError as e:
         raise StorageError(f"{path}: cannot write the workspace's log marker: {e.strerror}",
                            hint=f"make {path.parent} writable by the user running crm-automation") from None
 
 
-def guard(store: Store, cfg: Config, *, accept_new: bool = False, write: bool = True) -> None:
+def guard(store: Store, cfg: WorkspacePaths, *, accept_new: bool = False, write: bool = True) -> None:
     """Check that ``store`` is this workspace's log (see the module docstring); raise ConfigError if not.
 
     ``write=False`` (dry runs and ``check``, which take no lock, issue #17)
@@ -145,7 +175,7 @@ def note_sheet_evidence(store: Store, evidence: SheetEvidence | None) -> None:
     store.set_meta(EVIDENCE, keep.to_json() if keep is not None else None)
 
 
-def sheet_evidence_hold(store: Store, cfg: Config) -> ConfigError | None:
+def sheet_evidence_hold(store: Store, cfg: WorkspacePaths) -> ConfigError | None:
     """Why sending must wait: a new or empty log, and a sheet that shows this workspace mailed people before.
 
     Why: a workspace set up again from git (``var/`` and the marker are both
@@ -176,7 +206,7 @@ def accept(store: Store, now: datetime) -> None:
         store.set_meta(ACCEPTED, now.isoformat(timespec="seconds"))
 
 
-def record(store: Store, cfg: Config) -> None:
+def record(store: Store, cfg: WorkspacePaths) -> None:
     """After a send pass: remember how many messages the log has sent (the marker only grows)."""
     path = marker_path(cfg)
     marker = read_marker(path)

@@ -12,13 +12,20 @@ building blocks inside its one transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from datetime import datetime
 
-from crm_automation.effects import bounce_effects
-from crm_automation.mailbox.base import Cursor
-from crm_automation.models import Kind
+from crm_automation.models import (
+    ActivityRecord,
+    BounceDetails,
+    Cursor,
+    Decision,
+    EmailStatus,
+    InboundDetails,
+    Kind,
+    SendStatus,
+    details_of,
+)
 from crm_automation.store.activities import (
     INSERT_ACTIVITY_SQL,
     activity_row,
@@ -32,9 +39,6 @@ from crm_automation.store.customers import update_email_status
 from crm_automation.store.schema import INBOUND_KINDS_SQL
 from crm_automation.store.sends import NOTIFY_CAMPAIGN, SentRef, insert_sends
 from crm_automation.store.suppressions import insert_suppression, read_suppressions
-
-if TYPE_CHECKING:
-    from crm_automation.inbound import Decision
 
 
 def _set_cursor(conn: Guarded, folder: str, uidvalidity: int, last_uid: int, now: datetime) -> None:
@@ -56,7 +60,7 @@ class _Batch:
 
     def __init__(self, conn: Guarded, decisions: Sequence[Decision]) -> None:
         self.conn = conn
-        self.known = logged_digests(conn, {a.facts.message_id for d in decisions for a in d.activities})
+        self.known = logged_digests(conn, {a.message.message_id for d in decisions for a in d.activities})
         self.rows: list[tuple[object, ...]] = []
 
     def is_new(self, message_id: str, digest: str) -> bool:
@@ -72,7 +76,7 @@ class _Batch:
             self.rows = []
 
 
-def _apply(batch: _Batch, d: Decision, now: datetime, soft_days: int, soft_limit: int) -> bool:
+def _apply(batch: _Batch, d: Decision, now: datetime) -> bool:
     """One decision's records (inside the caller's transaction); whether any activity was new."""
     conn = batch.conn
     logged = False
@@ -81,35 +85,45 @@ def _apply(batch: _Batch, d: Decision, now: datetime, soft_days: int, soft_limit
         insert_quarantine(conn, source=q.source, raw=q.raw, error=q.error, now=now, from_addr=q.from_addr,
                           customer_key=q.customer_key, size=q.size)
     for a in d.activities:
-        m = a.facts
+        m = a.message
         if not batch.is_new(m.message_id, a.digest):
             continue
         logged = True
-        row = activity_row(kind=a.kind.value, occurred_at=m.occurred_at, now=now, customer_key=a.customer_key,
-                           subject=m.subject, body=m.body, message_id=m.message_id, in_reply_to=m.in_reply_to,
-                           campaign=a.campaign, step=a.step, source=m.source, details=a.details, digest=a.digest)
+        row = activity_row(kind=a.kind.value, occurred_at=a.occurred_at, now=now, customer_key=a.customer_key,
+                           subject=m.subject, body=m.reply, message_id=m.message_id, in_reply_to=m.in_reply_to,
+                           campaign=a.campaign, step=a.step, source=a.source, details=a.details.to_dict(),
+                           digest=a.digest)
         if not a.effects and a.scored is None and a.notify_owner is None:
             batch.rows.append(row)
             continue
         batch.flush()
         aid = conn.execute(INSERT_ACTIVITY_SQL, row).lastrowid
-        for eff, key in a.effects:
-            insert_suppression(conn, eff.email, eff.reason, f"{a.kind.value} {m.message_id}", now)
-            if eff.status and key is not None:
-                update_email_status(conn, key, eff.status)
-        if a.scored is not None and soft_limit:
-            n = count_soft_bounces(conn, a.scored.address, a.customer_key, now - timedelta(days=soft_days))
-            for eff in bounce_effects(a.scored, soft_count=n, soft_limit=soft_limit):
-                insert_suppression(conn, eff.email, eff.reason,
-                                   f"{n} soft bounces within {soft_days} days (last {m.message_id})", now)
-                if eff.status and a.customer_key is not None:
-                    update_email_status(conn, a.customer_key, eff.status)
+        _caused(conn, a, now)
         if a.notify_owner is not None and a.customer_key is not None:
             owner, mid = a.notify_owner
             insert_sends(conn, [{"campaign": NOTIFY_CAMPAIGN, "step": aid, "customer_key": a.customer_key,
-                                 "status": "queued", "message_id": mid, "queued_at": iso(now),
+                                 "status": SendStatus.QUEUED.value, "message_id": mid, "queued_at": iso(now),
                                  "error": None, "email": owner}])
     return logged
+
+
+def _caused(conn: Guarded, a: ActivityRecord, now: datetime) -> None:
+    """Apply the effects decided for a new activity, and the soft-bounce score's (issue #11).
+
+    The score's count is read here, inside the transaction and after the
+    bounce was inserted (it includes the earlier bounces of the batch); what
+    that count causes is the pure rule's answer (``a.scored.rule``), not ours.
+    """
+    for eff, key in a.effects:
+        insert_suppression(conn, eff.email, eff.reason, eff.source, now)
+        if eff.status and key is not None:
+            update_email_status(conn, key, eff.status)
+    if a.scored is not None:
+        n = count_soft_bounces(conn, a.scored.address, a.customer_key, now - a.scored.window)
+        for eff in a.scored.rule(n):
+            insert_suppression(conn, eff.email, eff.reason, eff.source, now)
+            if eff.status and a.customer_key is not None:
+                update_email_status(conn, a.customer_key, eff.status)
 
 
 class InboundLog(Connection):
@@ -156,17 +170,16 @@ class InboundLog(Connection):
         key, campaign, step = rows[0]
         return SentRef(key, campaign, step)
 
-    def apply_inbound(self, d: Decision, now: datetime, *, soft_days: int, soft_limit: int) -> bool:
+    def apply_inbound(self, d: Decision, now: datetime) -> bool:
         """Record one fetched message's decision and move the folder's cursor, in one transaction.
 
         Returns whether anything new was recorded (False: every activity was
         already logged). Effects, the soft-bounce score (issue #11) and an
         owner notification apply only to activities that are new.
         """
-        return self.apply_inbound_many([d], now, soft_days=soft_days, soft_limit=soft_limit)[0]
+        return self.apply_inbound_many([d], now)[0]
 
-    def apply_inbound_many(self, decisions: Sequence[Decision], now: datetime, *, soft_days: int,
-                           soft_limit: int) -> list[bool]:
+    def apply_inbound_many(self, decisions: Sequence[Decision], now: datetime) -> list[bool]:
         """Record several fetched messages (in mailbox order) and their folders' cursors, in one transaction.
 
         Why a batch (issue #13): a commit per message was a fifth of a large
@@ -183,7 +196,7 @@ class InboundLog(Connection):
         with self.transaction():
             batch = _Batch(conn, decisions)
             for d in decisions:
-                out.append(_apply(batch, d, now, soft_days, soft_limit))
+                out.append(_apply(batch, d, now))
                 cursors[d.folder] = (d.uidvalidity, d.uid)
                 if d.seen_key is not None:
                     seen.append((d.folder, d.seen_key))
@@ -194,7 +207,8 @@ class InboundLog(Connection):
                 conn.executemany("INSERT OR IGNORE INTO maildir_seen (folder, name) VALUES (?, ?)", seen)
         return out
 
-    def relink_inbound(self, index: dict[str, str], now: datetime) -> int:
+    def relink_inbound(self, index: dict[str, str], now: datetime, *,
+                       status_of: Callable[[str], EmailStatus | None]) -> int:
         """Attach inbound activities and quarantined messages logged without a customer, by address (issue #9).
 
         ``index`` maps address -> customer key. Called after a sync that
@@ -202,7 +216,8 @@ class InboundLog(Connection):
         gets that enquiry in their history, so a ``new`` campaign can see it
         and follow-ups stop. The activity is updated (``details.matched_by``
         says when and how), not logged again. An address suppressed while it
-        was unknown gives the customer its email status.
+        was unknown gives the customer the email status ``status_of`` its
+        reason (the pure core's rule, :func:`crm_automation.effects.status_for`).
         """
         rows = self.conn.execute(
             f"SELECT id, kind, details FROM activities WHERE customer_key IS NULL AND kind IN {INBOUND_KINDS_SQL}"
@@ -211,24 +226,20 @@ class InboundLog(Connection):
             "SELECT id, from_addr FROM quarantine WHERE customer_key IS NULL AND from_addr IS NOT NULL").fetchall()
         if not rows and not qrows:
             return 0
-        ts = iso(now)
+        how = f"address, when the customer was added ({iso(now)})"
         linked: set[str] = set()
         n = 0
         with self.transaction():
-            for aid, kind, details in rows:
-                d = json.loads(details or "{}")
-                # A bounce activity is one failed recipient's (issue #11): link it by that address only;
-                # rows logged before that name all of the report's recipients.
-                if kind == Kind.BOUNCE.value:
-                    addrs = [d["recipient"]] if d.get("recipient") else list(d.get("recipients") or [])
-                else:
-                    addrs = [d.get("from") or ""]
-                key = next((k for a in addrs if (k := index.get(str(a).lower())) is not None), None)
+            for aid, kind, text in rows:
+                raw = json.loads(text or "{}")
+                key = next((k for a in _addresses(Kind(kind), details_of(Kind(kind), raw))
+                            if (k := index.get(a.lower())) is not None), None)
                 if key is None:
                     continue
-                d["matched_by"] = f"address, when the customer was added ({ts})"
+                # Only matched_by changes: the rest of the row's JSON is kept as written, whatever its version.
+                raw["matched_by"] = how
                 self.conn.execute("UPDATE activities SET customer_key = ?, details = ? WHERE id = ?",
-                                  (key, json.dumps(d, ensure_ascii=False), aid))
+                                  (key, json.dumps(raw, ensure_ascii=False), aid))
                 linked.add(key)
                 n += 1
             for qid, addr in qrows:
@@ -236,9 +247,22 @@ class InboundLog(Connection):
                 if key is not None:
                     self.conn.execute("UPDATE quarantine SET customer_key = ? WHERE id = ?", (key, qid))
                     n += 1
-            statuses = {"unsubscribed": "unsubscribed", "bounced": "bounced", "soft_bounces": "bounced"}
             for addr, s in read_suppressions(self.conn).items():
                 key = index.get(addr)
-                if key in linked and s.reason in statuses:
-                    update_email_status(self.conn, key, statuses[s.reason])
+                if key in linked and (status := status_of(s.reason)) is not None:
+                    update_email_status(self.conn, key, status)
         return n
+
+
+def _addresses(kind: Kind, d: object) -> tuple[str, ...]:
+    """The addresses an unlinked inbound activity is linked by.
+
+    A bounce activity is one failed recipient's (issue #11): linked by that
+    address only; rows logged before that name all of the report's
+    recipients. Every other inbound activity: its sender.
+    """
+    if isinstance(d, BounceDetails):
+        return d.addresses
+    if isinstance(d, InboundDetails):
+        return d.recipients if kind is Kind.BOUNCE else (d.from_addr,)
+    return ()

@@ -8,6 +8,8 @@ rule for who owns a transaction). The names below are re-exported so that
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from crm_automation.store.activities import (
     PERMANENCE_SQL,
     Activity,
@@ -49,3 +51,11 @@ class Store(CustomerLog, ActivityLog, InboundLog, SendLog, SuppressionList, Repo
     Each base is one part of the log sharing this one connection:
     customers, activities, fetched mail, sends, suppressions, reports.
     """
+
+
+if TYPE_CHECKING:
+    from crm_automation.store import protocols
+
+    # mypy proves here that Store implements every part's protocol (issue #18): a method whose signature drifts
+    # from its protocol fails the type check, not a PostgreSQL backend months later.
+    _conforms: type[protocols.LogStore] = Store

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from crm_automation.models import SendStatus
+from crm_automation.models import EmailStatus, SendStatus
 from crm_automation.store.activities import PERMANENCE_SQL
 from crm_automation.store.connection import Connection, iso, parse_iso
 from crm_automation.store.customers import StoredCustomer
@@ -246,5 +246,5 @@ class Reports(Connection):
             "SELECT key, row, data, first_seen, email_status, present FROM customers c WHERE c.key LIKE :p "
             "ESCAPE '\\' OR EXISTS (SELECT 1 FROM json_each(c.data) j WHERE CAST(j.value AS TEXT) LIKE :p "
             "ESCAPE '\\') ORDER BY present DESC, key LIMIT :n", {"p": pattern, "n": limit})
-        return [StoredCustomer(k, r, json.loads(d), parse_iso(fs) or _EPOCH, es or "ok", bool(p))
+        return [StoredCustomer(k, r, json.loads(d), parse_iso(fs) or _EPOCH, EmailStatus(es or "ok"), bool(p))
                 for k, r, d, fs, es, p in rows]

@@ -21,10 +21,9 @@ itself.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from crm_automation.models import Kind, SendStatus, StepState
 from crm_automation.store.activities import insert_activity
@@ -63,12 +62,14 @@ class SentRef:
     step: int
 
 
-def _send(r: tuple[Any, ...]) -> SendRow:
-    return SendRow(r[0], r[1], r[2], r[3], SendStatus(r[4]), r[5], parse_iso(r[6]), parse_iso(r[7]), r[8], r[9],
-                   r[10] or 0, parse_iso(r[11]), r[12])
+def _send(sid: int, campaign: str, step: int, key: str, status: str, mid: str | None, queued: str | None,
+          sent: str | None, error: str | None, email: str | None, attempts: int | None, next_at: str | None,
+          step_id: str | None) -> SendRow:
+    return SendRow(sid, campaign, step, key, SendStatus(status), mid, parse_iso(queued), parse_iso(sent), error, email,
+                   attempts or 0, parse_iso(next_at), step_id)
 
 
-def insert_sends(conn: Guarded, rows: list[dict[str, Any]]) -> int:
+def insert_sends(conn: Guarded, rows: Sequence[Mapping[str, object]]) -> int:
     """Insert sends, leaving existing keys (campaign, step_id, customer) alone; the caller's unit owns the transaction.
 
     ``step_id`` defaults to ``step`` as text (owner notifications, whose step is an activity id).
@@ -203,7 +204,7 @@ class SendLog(Connection):
             args.append(campaign)
         if cond:
             sql += " WHERE " + " AND ".join(cond)
-        return [_send(r) for r in self.conn.execute(sql + " ORDER BY id", args)]
+        return [_send(*r) for r in self.conn.execute(sql + " ORDER BY id", args)]
 
     def send_keys(self) -> set[tuple[str, int, str]]:
         """Every (campaign, step, customer) that has a sends row, whatever its status."""
@@ -249,7 +250,7 @@ class SendLog(Connection):
             "AND t >= ? ORDER BY t", (iso(since),)) if (t := parse_iso(s)) is not None]
 
     # ------------------------------------------------------------ the lifecycle
-    def queue_sends(self, rows: list[dict[str, Any]]) -> int:
+    def queue_sends(self, rows: Sequence[Mapping[str, object]]) -> int:
         """Insert planned sends (queued or skipped) in one transaction; existing keys are left alone."""
         with self.transaction():
             return insert_sends(self.conn, rows)

@@ -5,7 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from crm_automation.models import SuppressionReason
 from crm_automation.store.connection import Connection, Guarded, iso, parse_iso
+
+
+def _reason(text: str) -> SuppressionReason | str:
+    """The reason as its enum; a reason written into the table by hand is kept as its text."""
+    return SuppressionReason(text) if text in _REASONS else text
+
+
+_REASONS = frozenset(r.value for r in SuppressionReason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,7 +26,7 @@ class Suppression:
     is None only for a row written by hand without a time.
     """
 
-    reason: str
+    reason: SuppressionReason | str
     at: datetime | None
     source: str
 
@@ -26,7 +35,7 @@ class Suppression:
         return {"reason": self.reason, "at": iso(self.at) if self.at is not None else None, "source": self.source}
 
 
-def insert_suppression(conn: Guarded, email: str, reason: str, source: str, now: datetime) -> bool:
+def insert_suppression(conn: Guarded, email: str, reason: SuppressionReason, source: str, now: datetime) -> bool:
     """Add an address unless it is there already (no transaction: the caller's unit owns it)."""
     cur = conn.execute("INSERT OR IGNORE INTO suppressions (email, reason, at, source) VALUES (?,?,?,?)",
                        (email.strip().lower(), reason, iso(now), source))
@@ -35,14 +44,14 @@ def insert_suppression(conn: Guarded, email: str, reason: str, source: str, now:
 
 def read_suppressions(conn: Guarded) -> dict[str, Suppression]:
     """Email -> its entry, oldest first."""
-    return {e: Suppression(r, parse_iso(a), s) for e, r, a, s in conn.execute(
+    return {e: Suppression(_reason(r), parse_iso(a), s) for e, r, a, s in conn.execute(
         "SELECT email, reason, at, source FROM suppressions ORDER BY at")}
 
 
 class SuppressionList(Connection):
     """The store's part that keeps the suppression list."""
 
-    def suppress(self, email: str, reason: str, source: str, now: datetime) -> bool:
+    def suppress(self, email: str, reason: SuppressionReason, source: str, now: datetime) -> bool:
         """Add an address to the suppression list; False when it was already there."""
         with self.transaction():
             return insert_suppression(self.conn, email, reason, source, now)

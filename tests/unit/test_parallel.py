@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from crm_automation.parallel import OrderedPool
-from crm_automation.reading import ReadPolicy, Unreadable, read, read_chunk, reading_of
+from crm_automation.reading import ReadPolicy, Unreadable, read, read_chunk
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "eml"
 REPO = Path(__file__).resolve().parents[2]
@@ -76,10 +76,10 @@ def test_reading_on_helpers_gives_what_reading_here_gives_for_the_whole_corpus()
     out = list(pool.map(raws))
     assert pool.started == 2 and pool.remote_chunks > 10
     assert [raw for raw, _ in out] == raws  # in order
-    for raw, wire in out:
+    for raw, there in out:
         here = read(raw, len(raw) if len(raw) > 4096 else None, policy)
-        assert reading_of(wire) == here, raw[:200]
-    assert sum(isinstance(reading_of(w), Unreadable) for _, w in out) >= 5 * (len(ODD) - 1)  # the odd ones
+        assert there == here, raw[:200]
+    assert sum(isinstance(w, Unreadable) for _, w in out) >= 5 * (len(ODD) - 1)  # the odd ones
 
 
 def test_results_come_in_input_order_whoever_computes_them():

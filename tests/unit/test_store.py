@@ -12,12 +12,33 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from crm_automation.inbound import ActivityRecord, Decision, MessageFacts, QuarantineRecord
 from crm_automation.mailbox.base import Cursor
-from crm_automation.models import Customer, Kind, Permanence, SendStatus
+from crm_automation.models import (
+    ActivityRecord,
+    Classification,
+    Customer,
+    CustomerAddedDetails,
+    Decision,
+    InboundDetails,
+    Kind,
+    NoDetails,
+    Permanence,
+    QuarantineRecord,
+    Reading,
+    SendFailedDetails,
+    SendStatus,
+)
 from crm_automation.store.repo import NOTIFY_CAMPAIGN, FunnelRow, SentRef, SheetState, Store, Suppression
 
 T0 = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
+
+
+def rec(mid: str, *, key: str | None = None, subject: str = "hi", source: str = "maildir", digest: str,
+        details: InboundDetails | None = None, **kw) -> ActivityRecord:
+    """An inbound activity of a message with this Message-ID, subject and the text "ok", read at T0."""
+    msg = Reading(mid, "", "", (), subject, None, None, (), "ok", Classification(Kind.EMAIL_IN, ""), digest)
+    return ActivityRecord(kind=Kind.EMAIL_IN, customer_key=key, message=msg, occurred_at=T0, source=source,
+                          details=details or InboundDetails("", (), "", None), digest=digest, **kw)
 
 
 @pytest.fixture
@@ -60,7 +81,7 @@ def test_send_lifecycle_queued_sending_sent(store):
     assert (row.status, row.sent_at, row.error) == (SendStatus.SENT, T0, None)
     assert store.sent_count() == 1
     (act,) = store.timeline("a@x.com")
-    assert (act.kind, act.campaign, act.step, act.subject, act.details) == (Kind.EMAIL_OUT, "c", 0, "Hi", {})
+    assert (act.kind, act.campaign, act.step, act.subject, act.details) == (Kind.EMAIL_OUT, "c", 0, "Hi", NoDetails())
     assert store.sent_message_ids(["<m1@x>", "<other@x>"]) == {"<m1@x>": SentRef("a@x.com", "c", 0)}
     assert store.last_times().sent == {"a@x.com": T0}
 
@@ -77,7 +98,7 @@ def test_send_lifecycle_retry_failed_uncertain_requeue(store):
                                                                         T0 + timedelta(minutes=5))
     assert (rows[b].status, rows[b].error) == (SendStatus.FAILED, "550 no")
     assert (rows[c].status, rows[c].error) == (SendStatus.UNCERTAIN, "killed")
-    assert [(x.kind, x.details) for x in store.timeline("b@x.com")] == [(Kind.SEND_FAILED, {"error": "550 no"})]
+    assert [(x.kind, x.details) for x in store.timeline("b@x.com")] == [(Kind.SEND_FAILED, SendFailedDetails("550 no"))]
     assert store.requeue_problems([a, 999], ("uncertain", "failed")) == [
         f"send #{a} (c/0 to a@x.com) is queued, not uncertain or failed: nothing to requeue",
         "send #999 does not exist (`crm-automation report --json` lists the ids of sends that need attention)"]
@@ -144,33 +165,30 @@ def test_a_sync_is_one_commit(store):
 
 def test_apply_inbound_writes_the_message_and_the_cursor_in_one_commit(store):
     store.apply_sync("s.csv", [Customer("a@x.com", 2, {"owner": "o@x.com"})], {}, {}, T0)
-    rec = ActivityRecord(kind=Kind.EMAIL_IN, customer_key="a@x.com",
-                         facts=MessageFacts(T0, "Re: hi", "ok", "<r1@x>", None, "maildir"),
-                         details={"from": "a@x.com"}, digest="d1", notify_owner=("o@x.com", "<n1@x>"))
-    d = Decision("INBOX", 7, 42, "file-1", activities=(rec,),
+    r = rec("<r1@x>", key="a@x.com", subject="Re: hi", details=InboundDetails("a@x.com", (), "", None),
+            digest="d1", notify_owner=("o@x.com", "<n1@x>"))
+    d = Decision("INBOX", 7, 42, "file-1", activities=(r,),
                  quarantine=QuarantineRecord("maildir uid 42", b"raw", "odd", "a@x.com", "a@x.com", None))
     seen = statements(store)
-    assert store.apply_inbound(d, T0, soft_days=30, soft_limit=0)
+    assert store.apply_inbound(d, T0)
     assert commits(seen) == 1
     assert store.mailbox_cursor("INBOX") == Cursor(7, 42)
     assert store.maildir_seen("INBOX") == frozenset({"file-1"})
     (note,) = store.sends(campaign=NOTIFY_CAMPAIGN)
     assert (note.status, note.email, note.message_id) == (SendStatus.QUEUED, "o@x.com", "<n1@x>")
     assert store.activity(note.step).message_id == "<r1@x>"
-    assert not store.apply_inbound(d, T0, soft_days=30, soft_limit=0)  # the same message again: nothing new
+    assert not store.apply_inbound(d, T0)  # the same message again: nothing new
 
 
 def test_a_batch_of_fetched_messages_is_one_commit_with_each_folders_cursor_at_its_last(store):
     """Issue #13: decisions applied together; a message delivered twice within the batch is logged once."""
     def dec(folder: str, uid: int, mid: str, digest: str, seen: str | None = None) -> Decision:
-        rec = ActivityRecord(kind=Kind.EMAIL_IN, customer_key=None,
-                             facts=MessageFacts(T0, "hi", "ok", mid, None, "maildir"), details={}, digest=digest)
-        return Decision(folder, 7, uid, seen, activities=(rec,))
+        return Decision(folder, 7, uid, seen, activities=(rec(mid, digest=digest),))
 
     batch = [dec("INBOX", 1, "<a@x>", "d1", "f1"), dec("Support", 4, "<b@x>", "d2"), dec("INBOX", 2, "<c@x>", "d3",
              "f2"), dec("Support", 9, "<a@x>", "d1"), dec("INBOX", 5, "<a@x>", "other content", "f3")]
     seen = statements(store)
-    assert store.apply_inbound_many(batch, T0, soft_days=30, soft_limit=0) == [True, True, True, False, True]
+    assert store.apply_inbound_many(batch, T0) == [True, True, True, False, True]
     assert commits(seen) == 1
     assert store.mailbox_cursor("INBOX") == Cursor(7, 5) and store.mailbox_cursor("Support") == Cursor(7, 9)
     assert store.maildir_seen("INBOX") == frozenset({"f1", "f2", "f3"})
@@ -178,14 +196,12 @@ def test_a_batch_of_fetched_messages_is_one_commit_with_each_folders_cursor_at_i
 
 
 def test_a_batch_that_fails_keeps_nothing_and_moves_no_cursor(store):
-    rec = ActivityRecord(kind=Kind.EMAIL_IN, customer_key=None, facts=MessageFacts(T0, "hi", "ok", "<a@x>", None,
-                                                                                  "m"), details={}, digest="d")
-    bad = ActivityRecord(kind=Kind.EMAIL_IN, customer_key=None, facts=MessageFacts(T0, "hi", "ok", "<b@x>", None,
-                                                                                  "m"), details={"x": object()},
-                         digest="e")  # details that cannot be stored
+    good = rec("<a@x>", source="m", digest="d")
+    bad = rec("<b@x>", source="m", details=InboundDetails("", (object(),), "", None),
+              digest="e")  # details that cannot be stored
     with pytest.raises(TypeError):
-        store.apply_inbound_many([Decision("INBOX", 7, 1, "f1", activities=(rec,)),
-                                  Decision("INBOX", 7, 2, "f2", activities=(bad,))], T0, soft_days=30, soft_limit=0)
+        store.apply_inbound_many([Decision("INBOX", 7, 1, "f1", activities=(good,)),
+                                  Decision("INBOX", 7, 2, "f2", activities=(bad,))], T0)
     assert store.mailbox_cursor("INBOX") is None and store.maildir_seen("INBOX") == frozenset()
     assert store.conn.execute("SELECT COUNT(*) FROM activities").fetchone()[0] == 0
 
@@ -219,11 +235,10 @@ def test_the_work_each_fetched_message_costs_the_log_does_not_grow_with_the_log(
             for attempt in range(2):
                 store.sent_message_ids([f"<s{n}@x>"])
                 store.customer("a@x.com")
-                rec = ActivityRecord(kind=Kind.EMAIL_IN, customer_key="a@x.com",
-                                     facts=MessageFacts(T0, "Re: hi", "ok", f"<new{n}@x>", None, "maildir"),
-                                     details={"from": "a@x.com"}, digest="d")
-                assert store.apply_inbound(Decision("INBOX", 7, n + attempt, None, activities=(rec,)), T0,
-                                           soft_days=30, soft_limit=0) is (attempt == 0)
+                r = rec(f"<new{n}@x>", key="a@x.com", subject="Re: hi",
+                        details=InboundDetails("a@x.com", (), "", None), digest="d")
+                assert store.apply_inbound(Decision("INBOX", 7, n + attempt, None, activities=(r,)),
+                                           T0) is (attempt == 0)
         finally:
             store.conn.raw.set_progress_handler(None, 0)
         return count[0]
@@ -269,7 +284,7 @@ def test_inbound_history_decodes_bounce_permanence_old_rows_too(store):
 def test_activity_details_decoded_and_kept_verbatim_for_json(store):
     store.apply_sync("s.csv", [Customer("a@x.com", 2, {"n": 1})], {}, {}, T0)
     (added,) = store.timeline("a@x.com")
-    assert added.kind is Kind.CUSTOMER_ADDED and added.details == {"row": 2}
+    assert added.kind is Kind.CUSTOMER_ADDED and added.details == CustomerAddedDetails(2)
     assert added.to_dict() == {"id": added.id, "kind": "customer_added", "occurred_at": "2026-11-27T02:00:00Z",
                                "subject": None, "body": None, "message_id": None, "campaign": None, "step": None,
                                "source": "s.csv", "details": '{"row":2}'}  # as SQLite's json_object wrote it

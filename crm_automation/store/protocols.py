@@ -1,0 +1,379 @@
+"""The log's public surface, one typed protocol per part: what the stages and use cases may ask of a store.
+
+Why (issue #18): the next backend (PostgreSQL, issue #20) implements these,
+and a stage written against them cannot reach into SQLite. They describe
+today's :class:`~crm_automation.store.repo.Store` method for method (mypy
+checks that it satisfies :class:`LogStore`, see ``store/repo.py``); a
+method added to a part is added here too (``tests/unit/test_store_protocols.py``
+fails otherwise).
+
+The parts, and what each records:
+
+- :class:`Log`: the file or database itself — transactions (the rule is in
+  ``store/__init__.py``), its identity and ``meta`` values.
+- :class:`Customers`: the sheet's rows as last synced, each sync's changes,
+  the sheet's digest, email status, the address index, re-keying.
+- :class:`Activities`: everything that happened to a customer, and the
+  quarantine; reading the history the planner needs.
+- :class:`FetchedMail`: a fetched message's decision applied with its
+  folder's cursor (exactly once), mail linked to customers added later.
+- :class:`Sends`: the exactly-once send lifecycle and the campaigns' plan state.
+- :class:`Suppressions`: the suppression list.
+- :class:`Reports`: reads across tables (funnel, last contact) and stage runs.
+
+The store decides nothing: every rule arrives as a value or a pure
+function (:class:`~crm_automation.models.Effect`,
+:class:`~crm_automation.models.ScoredBounce`, ``status_of``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Any, Protocol
+
+from crm_automation.models import Cursor, Customer, Decision, EmailStatus, SendStatus, StepState, SuppressionReason
+from crm_automation.store.activities import Activity, DetailsIn, InboundEvent, QuarantinedContact
+from crm_automation.store.customers import RekeyCounts, SheetState, StoredCustomer, SyncStats
+from crm_automation.store.reports import FunnelRow, LastTimes, QuarantineRow, QueueDepth, ReplyRow, RunRow
+from crm_automation.store.sends import SendRow, SentRef
+from crm_automation.store.suppressions import Suppression
+
+
+class Log(Protocol):
+    """The log as a whole: one atomic unit at a time, its identity, small ``meta`` values."""
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Everything inside commits together or not at all (nested: a savepoint)."""
+        ...
+
+    def check_file(self) -> None:
+        """Raise ConfigError when the log was deleted or replaced under a running worker."""
+        ...
+
+    def log_id(self) -> str:
+        """The identity written into the log when it was created."""
+        ...
+
+    def meta(self, key: str) -> str | None:
+        """One ``meta`` value (None when unset)."""
+        ...
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        """Set (None: delete) one ``meta`` value."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+        ...
+
+
+class Customers(Protocol):
+    """Customers as the sheet last showed them, and what each sync changed."""
+
+    def key_field(self) -> str | None:
+        """The mapping field the customer keys were built from (None: not recorded yet)."""
+        ...
+
+    def set_key_field(self, name: str) -> None:
+        """Record the mapping field the customer keys are built from."""
+        ...
+
+    def has_customers(self) -> bool:
+        """Whether any customer was ever recorded."""
+        ...
+
+    def rekey(self, moves: Sequence[tuple[str, str, object]], key_field: str, *,
+              dry_run: bool = False) -> RekeyCounts:
+        """Give customers new keys in every table, in one transaction."""
+        ...
+
+    def row_hashes(self) -> dict[str, str]:
+        """Row hash -> key of customers present at the last sync."""
+        ...
+
+    def customers(self, *, present_only: bool = True) -> dict[str, StoredCustomer]:
+        """All customers (present in the sheet at the last sync, unless asked otherwise)."""
+        ...
+
+    def customer(self, key: str) -> StoredCustomer | None:
+        """One customer by key, present or not."""
+        ...
+
+    def apply_sync(self, source: str, changed: Sequence[Customer], unchanged: dict[str, int],
+                   hashes: dict[str, str], now: datetime, *, complete: bool = True) -> SyncStats:
+        """Record new customers and field changes; mark rows that disappeared."""
+        ...
+
+    def sheet_state(self, source: str) -> SheetState | None:
+        """What the last complete sync of ``source`` recorded."""
+        ...
+
+    def set_sheet_state(self, source: str, fingerprint: str | None, rows: int, problems: Sequence[str],
+                        now: datetime, notes: Sequence[str] | None = None, rejected: int | None = None) -> None:
+        """Remember the sheet's digest after a complete sync (None forgets it)."""
+        ...
+
+    def set_email_status(self, key: str, status: EmailStatus) -> None:
+        """Set one customer's email status."""
+        ...
+
+    def set_status_by_email(self, emails: Iterable[str], status: EmailStatus) -> int:
+        """Set the email status of the customers keyed by these addresses."""
+        ...
+
+    def keys_by_email(self, email_fields: Iterable[str]) -> dict[str, str]:
+        """Address -> customer key, over the key and every other email field."""
+        ...
+
+
+class Activities(Protocol):
+    """What happened to each customer, and the messages kept in quarantine."""
+
+    def add_activity(self, *, kind: str, occurred_at: datetime, now: datetime, customer_key: str | None = None,
+                     subject: str | None = None, body: str | None = None, message_id: str | None = None,
+                     in_reply_to: str | None = None, campaign: str | None = None, step: int | None = None,
+                     source: str | None = None, details: DetailsIn = None,
+                     digest: str | None = None) -> int | None:
+        """Insert one activity; its id, or None for an inbound message already logged."""
+        ...
+
+    def quarantine(self, *, source: str, raw: bytes, error: str, now: datetime, from_addr: str | None = None,
+                   customer_key: str | None = None, size: int | None = None) -> bool:
+        """Keep a message that could not be understood; False if it is there already."""
+        ...
+
+    def soft_bounce_count(self, address: str, key: str | None, since: datetime) -> int:
+        """Distinct messages to ``address`` that soft-bounced or were delayed since ``since`` (issue #11)."""
+        ...
+
+    def quarantined_contacts(self) -> list[QuarantinedContact]:
+        """Quarantined messages from known customers, oldest first."""
+        ...
+
+    def activity(self, activity_id: int) -> Activity | None:
+        """One activity by id."""
+        ...
+
+    def timeline(self, key: str) -> list[Activity]:
+        """One customer's activities, oldest first."""
+        ...
+
+    def inbound_history(self) -> list[InboundEvent]:
+        """Inbound activities matched to a customer (what the planner's rules read)."""
+        ...
+
+    def field_changes(self, field_name: str) -> list[tuple[str, object, datetime]]:
+        """(customer, new value, when) for each change of one field."""
+        ...
+
+
+class FetchedMail(Protocol):
+    """Fetched mail: each message's decision and its folder's cursor, exactly once."""
+
+    def mailbox_cursor(self, folder: str) -> Cursor | None:
+        """Where ``folder`` was read up to, or None before the first fetch."""
+        ...
+
+    def set_cursor(self, folder: str, uidvalidity: int, last_uid: int, now: datetime) -> None:
+        """Move a folder's cursor."""
+        ...
+
+    def maildir_seen(self, folder: str) -> frozenset[str]:
+        """Names of the Maildir files of ``folder`` already logged or quarantined."""
+        ...
+
+    def send_for_token(self, token: str) -> SentRef | None:
+        """The send an unsubscribe token names (issue #17), or None."""
+        ...
+
+    def apply_inbound(self, d: Decision, now: datetime) -> bool:
+        """Record one message's decision and move its folder's cursor, in one transaction."""
+        ...
+
+    def apply_inbound_many(self, decisions: Sequence[Decision], now: datetime) -> list[bool]:
+        """Record several messages' decisions and their folders' cursors, in one transaction."""
+        ...
+
+    def relink_inbound(self, index: dict[str, str], now: datetime, *,
+                       status_of: Callable[[str], EmailStatus | None]) -> int:
+        """Attach mail logged without a customer to customers added since (issue #9)."""
+        ...
+
+
+class Sends(Protocol):
+    """The send lifecycle (queued -> sending -> sent ...) and what the log knows of each campaign."""
+
+    def campaign_first_seen(self, ids: Iterable[str], now: datetime, *, record: bool = True) -> dict[str, datetime]:
+        """When each campaign was first seen."""
+        ...
+
+    def campaign_steps(self) -> dict[str, dict[str, StepState]]:
+        """Each campaign's steps as the log last planned them."""
+        ...
+
+    def expansions(self) -> dict[str, tuple[datetime, str]]:
+        """``at`` campaign -> (when it went out to its segment, its ``at`` and ``where`` then)."""
+        ...
+
+    def record_expansion(self, campaign: str, now: datetime, digest: str, *, since_sends: bool = False) -> None:
+        """Note that an ``at`` campaign went out to its segment."""
+        ...
+
+    def sent_step_counts(self) -> dict[tuple[str, str], int]:
+        """(campaign, step_id) -> how many customers were sent that step."""
+        ...
+
+    def legacy_steps(self) -> list[tuple[str, int]]:
+        """(campaign, step) of rows written before schema 4."""
+        ...
+
+    def adopt_step_ids(self, keys: dict[tuple[str, int], str]) -> int:
+        """Give rows from before schema 4 their step's identity."""
+        ...
+
+    def record_campaign_edits(self, states: dict[str, dict[str, StepState]],
+                              campaign_renames: Iterable[tuple[str, str]],
+                              step_renames: Iterable[tuple[str, str, str]], now: datetime) -> None:
+        """Apply a review of campaigns.toml's edits, in one transaction."""
+        ...
+
+    def sends(self, *, status: Iterable[SendStatus] | None = None, campaign: str | None = None) -> list[SendRow]:
+        """Send rows, oldest first."""
+        ...
+
+    def send_keys(self) -> set[tuple[str, int, str]]:
+        """Every (campaign, step, customer) that has a sends row."""
+        ...
+
+    def sent_message_ids(self, ids: Iterable[str]) -> dict[str, SentRef]:
+        """Message-ID -> the send it was, for the ids the worker sent."""
+        ...
+
+    def sent_count(self) -> int:
+        """How many sends are ``sent`` (only ever grows)."""
+        ...
+
+    def has_sends(self, campaign: str) -> bool:
+        """Whether the campaign has any sends row."""
+        ...
+
+    def has_sent(self) -> bool:
+        """Whether any message was ever sent."""
+        ...
+
+    def sent_count_since(self, since: datetime) -> int:
+        """Messages handed over since ``since`` (the rate limits)."""
+        ...
+
+    def sent_times_since(self, since: datetime) -> list[datetime]:
+        """Hand-over times since ``since``, oldest first."""
+        ...
+
+    def queue_sends(self, rows: Sequence[Mapping[str, object]]) -> int:
+        """Insert planned sends (queued or skipped); existing keys are left alone."""
+        ...
+
+    def mark_sending(self, send_id: int, message_id: str, now: datetime) -> bool:
+        """Queued -> sending, committed before the hand-over; False if it was not queued."""
+        ...
+
+    def mark_sent(self, send_id: int, now: datetime, *, customer_key: str, campaign: str, step: int,
+                  message_id: str, subject: str, body: str, source: str) -> None:
+        """Sending -> sent, with its email_out activity."""
+        ...
+
+    def mark_retry(self, send_id: int, error: str, next_attempt: datetime) -> None:
+        """Sending -> queued, retried at ``next_attempt``."""
+        ...
+
+    def mark_failed(self, send_id: int, error: str, now: datetime, *, customer_key: str, campaign: str,
+                    step: int) -> None:
+        """Failed, with a send_failed activity."""
+        ...
+
+    def mark_status(self, send_id: int, status: SendStatus, error: str | None = None, *,
+                    sent_at: datetime | None = None) -> None:
+        """Set a send's status directly (recovery, blocked at hand-over, uncertain)."""
+        ...
+
+    def requeue_problems(self, ids: list[int], statuses: tuple[str, ...]) -> list[str]:
+        """Why some of ``ids`` cannot be requeued."""
+        ...
+
+    def requeue(self, ids: list[int] | None, statuses: tuple[str, ...] = ...) -> int:
+        """Put uncertain/failed sends back in the queue (the admin's decision)."""
+        ...
+
+
+class Suppressions(Protocol):
+    """Addresses never mailed, with why, when and who said so."""
+
+    def suppress(self, email: str, reason: SuppressionReason, source: str, now: datetime) -> bool:
+        """Add an address; False when it was already there."""
+        ...
+
+    def unsuppress(self, email: str) -> bool:
+        """Remove an address."""
+        ...
+
+    def suppressions(self) -> dict[str, Suppression]:
+        """Email -> its entry, oldest first."""
+        ...
+
+
+class Reports(Protocol):
+    """Reads across tables for reports and write-back, and the record of stage runs."""
+
+    def start_run(self, job: str, now: datetime) -> int:
+        """Record that a job started."""
+        ...
+
+    def finish_run(self, run_id: int, now: datetime, *, ok: bool, stats: dict[str, Any], error: str | None) -> None:
+        """Record how a job ended."""
+        ...
+
+    def last_times(self) -> LastTimes:
+        """Per customer: the last campaign email sent and the last reply."""
+        ...
+
+    def funnel(self) -> list[FunnelRow]:
+        """Per campaign and step: sends by status, and bounced/replied/unsubscribed after."""
+        ...
+
+    def counts(self) -> dict[str, int]:
+        """Row counts per table."""
+        ...
+
+    def last_runs(self) -> list[RunRow]:
+        """Each job's last run, with when it last finished ``ok``."""
+        ...
+
+    def queue_depth(self, now: datetime) -> QueueDepth:
+        """Sends by status, and how many queued ones are due ``now``."""
+        ...
+
+    def quarantine_count(self) -> int:
+        """How many messages are in quarantine."""
+        ...
+
+    def quarantined(self, limit: int) -> list[QuarantineRow]:
+        """The newest quarantined messages, without their bytes."""
+        ...
+
+    def replies_since(self, since: datetime, limit: int) -> list[ReplyRow]:
+        """Replies logged at or after ``since``, newest first."""
+        ...
+
+    def search_customers(self, text: str, limit: int) -> list[StoredCustomer]:
+        """Customers whose key or any mapped value contains ``text``."""
+        ...
+
+
+class LogStore(Log, Customers, Activities, FetchedMail, Sends, Suppressions, Reports, Protocol):
+    """The whole log: every part (what ``Workspace.open_store`` returns)."""
+
+
+PARTS: tuple[type, ...] = (Log, Customers, Activities, FetchedMail, Sends, Suppressions, Reports)
+"""Every part, for tests that check the protocols describe the whole public surface."""
