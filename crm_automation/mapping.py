@@ -47,11 +47,16 @@ class _FieldModel(_Strict):
     on_invalid: Literal["reject_row", "blank"] | None = None
 
 
+RoleName = Literal["email", "name", "owner", "stage"]
+
+
 class _CustomersModel(_Strict):
     key: str
     fields: dict[str, _FieldModel]
     # the worker's columns, plus ``language``: the words and dates written into them (default: the workspace's)
     writeback: dict[Literal["last_sent", "last_reply", "email_status", "language"], str] = {}
+    # which field plays each role the product relies on (issue #18); "" says no field plays it
+    roles: dict[RoleName, str] = {}
 
 
 _ID = r"^[A-Za-z0-9_.-]+$"
@@ -167,6 +172,57 @@ class BlankedCell:
         return f"kept with {self.field} blank: {self.error}"
 
 
+@dataclass(frozen=True, slots=True)
+class Roles:
+    """Which mapped field plays each part the product relies on (``[roles]``, issue #18); None: no field does.
+
+    Why a table and not field names: "owner" used to be a magic name (the
+    owner notification went to ``customer.owner``), "name" too (the To:
+    display name), and a team whose sheet calls these ``manager`` or
+    ``contact`` had to rename its fields. Each role defaults to the field of
+    that very name when the mapping has one (:func:`default_roles`), so a
+    workspace without ``[roles]`` works as before.
+
+    * ``email``: the address campaign emails go to; default: the key when it
+      is an email field, else the first email field that is not the owner's.
+    * ``name``: the customer's name in the To: header, the owner's note and
+      rows added for new senders.
+    * ``owner``: the address told of a customer's reply (``notify_owner``);
+      never taken for the customer's own address.
+    * ``stage``: where the customer is in the pipeline (the coming pipeline
+      report and owner digests read it).
+    """
+
+    email: str | None = None
+    name: str | None = None
+    owner: str | None = None
+    stage: str | None = None
+
+    def get(self, role: RoleName) -> str | None:
+        """The field playing ``role`` (None: none does)."""
+        return {"email": self.email, "name": self.name, "owner": self.owner, "stage": self.stage}[role]
+
+
+def default_roles(key: str, fields: dict[str, FieldSpec], declared: dict[str, str | None] | None = None) -> Roles:
+    """The roles with the ``declared`` ones applied, the others by today's field names (see :class:`Roles`)."""
+    declared = declared or {}
+
+    def pick(role: str) -> str | None:
+        return declared.get(role, role if role in fields else None)
+
+    owner = pick("owner")
+    if "email" in declared:
+        email = declared["email"]
+    elif key in fields and fields[key].type is FieldType.EMAIL:
+        email = key
+    else:
+        email = next((f.name for f in fields.values() if f.type is FieldType.EMAIL and f.name != owner), None)
+    return Roles(email=email, name=pick("name"), owner=owner, stage=pick("stage"))
+
+
+_DEFAULT_ROLES = Roles()  # a Mapping built without roles takes default_roles (the identity is the mark)
+
+
 @dataclass(slots=True)
 class MappingResult:
     """What one pass over the sheet found.
@@ -200,6 +256,15 @@ class Mapping:
     fields: dict[str, FieldSpec]
     writeback: dict[str, str]
     writeback_language: str | None = None  # [writeback] language; None: the workspace's ([workspace] language)
+    roles: Roles = _DEFAULT_ROLES  # [roles]; built without: the defaults of default_roles
+
+    def __post_init__(self) -> None:
+        if self.roles is _DEFAULT_ROLES:
+            object.__setattr__(self, "roles", default_roles(self.key, self.fields))
+
+    def role(self, role: RoleName) -> str | None:
+        """The field that plays ``role`` ("email", "name", "owner", "stage"), or None when none does."""
+        return self.roles.get(role)
 
     def columns(self, headers: tuple[str, ...], source: str) -> dict[str, str | None]:
         """Field name -> header found (None for an optional column not in the sheet).
@@ -528,9 +593,37 @@ def load_mapping(mappings_dir: Path) -> Mapping:
         if col.strip() in cols:
             problems.append(f"{path}: writeback.{name} = {col!r} is also a mapped field's column; "
                             f"the worker must own its columns alone")
+    declared: dict[str, str | None] = {role: name or None for role, name in m.roles.items()}
+    roles = default_roles(m.key, fields, declared)
+    problems += _role_problems(path, declared, fields, roles)
     if problems:
         raise ConfigError.collect(problems)
-    return Mapping(path=path, key=m.key, fields=fields, writeback=writeback, writeback_language=language)
+    return Mapping(path=path, key=m.key, fields=fields, writeback=writeback, writeback_language=language,
+                   roles=roles)
+
+
+#: Roles whose field must hold an address: mail is sent to it.
+_ADDRESS_ROLES = {"email": "the address campaign emails go to", "owner": "the address told of a customer's reply"}
+
+
+def _role_problems(path: Path, declared: dict[str, str | None], fields: dict[str, FieldSpec],
+                   roles: Roles) -> list[str]:
+    """A declared role must name a mapped field, of type email for the address roles (issue #18)."""
+    out = []
+    for role, name in declared.items():
+        if name is None:
+            continue
+        if name not in fields:
+            out.append(f"{path}: roles.{role} = {name!r} is not one of the fields (expected a field name from "
+                       f"[fields]: {', '.join(fields)}; or \"\" when no field plays this role)")
+        elif role in _ADDRESS_ROLES and fields[name].type is not FieldType.EMAIL:
+            out.append(f"{path}: roles.{role} = {name!r} is a field of type \"{fields[name].type.value}\" "
+                       f"(expected a field of type \"email\": {_ADDRESS_ROLES[role]})")
+    email, owner = roles.email, roles.owner
+    if email is not None and email == owner and ("email" in declared or "owner" in declared):
+        out.append(f"{path}: roles.email and roles.owner both name field {email!r} (expected two different "
+                   f"fields: the customer's address and the owner's)")
+    return out
 
 
 def _off_choices(where: str, spec: FieldSpec, values: list[Any]) -> list[str]:

@@ -406,7 +406,7 @@ class SheetSession:
         if ef is None or ef != m.key:
             log.warning("new_senders = \"add_to_sheet\" needs the mapping key to be an email field; not adding")
             return 0
-        name_field = m.fields.get("name")
+        name_field = m.fields[m.roles.name] if m.roles.name else None
         key_col = m.fields[ef].column
         # Not yet synced rows count too: a sender added by the last fetch is in the sheet, not yet in the log.
         if self.metered and self._keys is not None:

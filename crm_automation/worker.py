@@ -64,7 +64,7 @@ class Worker:
         self.store = store
         self.ctx = StageContext(store, clock or Clock(), progress, stop or threading.Event())
         self.stop = self.ctx.stop
-        self.composer = Composer(ws.cfg, ws.templates)
+        self.composer = Composer(ws.cfg, ws.templates, name_field=lambda: ws.mapping.roles.name)
         self.session = SheetSession(ws, self.ctx)
         self.inbound = InboundPass(ws, self.ctx, self.composer.message_id)
         self._send_options = (wait, accept_new_log)
