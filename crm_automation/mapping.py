@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, cast
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -388,7 +388,7 @@ class Mapping:
 
     @staticmethod
     def _report_blanked(res: MappingResult, source: str, row: int, items: list[tuple[str, FieldSpec, str]],
-                        values: list[list[Any]], position: int, cells: dict[int, str]) -> None:
+                        values: list[list[object]], position: int, cells: dict[int, str]) -> None:
         """Report the cells emptied in a kept row: sheet row, column, value as read, reason (issue #11)."""
         for j, reason in sorted(cells.items()):
             name, _, header = items[j]
@@ -419,7 +419,7 @@ class Mapping:
                 f"heads {where}, so {what} is ambiguous: the worker {verb} column {first} (the first) and "
                 f"ignores {' and '.join(rest)} (expected each header once: rename one of the columns)"))
 
-    def _all_new(self, res: MappingResult, numbers: list[int], digests: list[str], converted: list[list[Any]],
+    def _all_new(self, res: MappingResult, numbers: list[int], digests: list[str], converted: list[list[object]],
                  items: list[tuple[str, FieldSpec, str]]) -> bool:
         """The first sync's common case, in bulk: every row valid and every key distinct.
 
@@ -427,9 +427,9 @@ class Mapping:
         the row-by-row path. Same result, a third of the time (issue #3).
         """
         key_idx = next(i for i, (n, _, _) in enumerate(items) if n == self.key)
-        keys = converted[key_idx]
-        if any(k.__class__ is not str for k in keys):
-            keys = [str(k) for k in keys]
+        column = converted[key_idx]
+        # the key column is text but for number keys; only then is it copied (100,000 rows, issue #3)
+        keys = cast("list[str]", column) if all(k.__class__ is str for k in column) else [str(k) for k in column]
         if len(set(keys)) != len(keys):
             return False
         res.customers = CustomerColumns(tuple(self.fields), tuple(n for n, _, _ in items), keys, numbers, converted)
@@ -437,9 +437,9 @@ class Mapping:
         return True
 
     @staticmethod
-    def _convert_columns(items: list[tuple[str, FieldSpec, str]], values: list[list[Any]], key_field: str, *,
+    def _convert_columns(items: list[tuple[str, FieldSpec, str]], values: list[list[object]], key_field: str, *,
                          blank_invalid: bool = False
-                         ) -> tuple[list[list[Any]], dict[int, dict[int, str]], dict[int, dict[int, str]]]:
+                         ) -> tuple[list[list[object]], dict[int, dict[int, str]], dict[int, dict[int, str]]]:
         """Convert the pending cells column by column: (columns, bad, blanked).
 
         ``bad`` and ``blanked`` are {row position: {column index: reason}}:
@@ -452,7 +452,7 @@ class Mapping:
         """
         from crm_automation.fieldtypes import convert_column
 
-        columns: list[list[Any]] = []
+        columns: list[list[object]] = []
         bad: dict[int, dict[int, str]] = {}
         blanked: dict[int, dict[int, str]] = {}
         for j, ((name, spec, _), col) in enumerate(zip(items, values, strict=True)):
@@ -472,7 +472,7 @@ class Mapping:
 _EMPTY = "is empty (expected a value: the column is required)"
 
 
-def _row_digests(columns: list[list[Any]], rules: str) -> list[str]:
+def _row_digests(columns: list[list[object]], rules: str) -> list[str]:
     """A digest of each row's raw cells: a row whose digest is as at the last sync is not validated again.
 
     ``rules`` (the mapped fields' specs) salts every digest, so a change to
@@ -499,7 +499,7 @@ def _problems(path: Path, e: ValidationError) -> list[str]:
     return [f"{path}: {_loc(err['loc'])} {_explain(err)}" for err in e.errors()]
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path) -> dict[str, object]:
     if not path.is_file():
         raise ConfigError(f"{path}: file not found", hint="see the mappings/ folder of the example workspace")
     try:
@@ -626,7 +626,7 @@ def _role_problems(path: Path, declared: dict[str, str | None], fields: dict[str
     return out
 
 
-def _off_choices(where: str, spec: FieldSpec, values: list[Any]) -> list[str]:
+def _off_choices(where: str, spec: FieldSpec, values: Sequence[object]) -> list[str]:
     """A problem line per value a choice field can never hold: it would silently match nobody (issue #9).
 
     Values compare as the planner compares them, as text: a sheet cell holds exactly one of the choices.

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from crm_automation.errors import ConfigError, CrmError, DataError, ServiceError
 from crm_automation.models import SheetData
@@ -83,7 +83,7 @@ class SheetSession:
         self._sheet: SheetSource | None = None
         self.version: str | None = None  # the file version (or revision) of the last read
         self._fresh_read = False  # the sync of this cycle read the sheet (a metered write-back may reuse it)
-        self._keys: list[Any] | None = None  # the key column as the last sync read it
+        self._keys: list[object] | None = None  # the key column as the last sync read it
         # (fingerprint, version) of the file content the log's last sync recorded, when this session knows both
         self._synced: tuple[str, str | None] | None = None
         self._appended: set[str] = set()  # senders appended to the sheet since that read
@@ -453,7 +453,7 @@ class SheetSession:
         moves = [(m.old, m.new, m.value) for m in plan.moves]
         if dry_run:
             return Rekeyed(recorded_key, current, True, plan, self.store.rekey(moves, current, dry_run=True))
-        stats: dict[str, Any] = {"from": recorded_key, "to": current, "customers": len(plan.moves)}
+        stats: dict[str, object] = {"from": recorded_key, "to": current, "customers": len(plan.moves)}
         run_id = self.store.start_run("rekey", self.ctx.clock.now())
         try:
             counts = self.store.rekey(moves, current)
@@ -478,9 +478,9 @@ class Rekeyed:
     plan: RekeyPlan | None
     counts: RekeyCounts | None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         """Machine-readable form for ``--json``."""
-        out: dict[str, Any] = {"dry_run": self.dry_run, "from": self.old_field, "to": self.new_field,
+        out: dict[str, object] = {"dry_run": self.dry_run, "from": self.old_field, "to": self.new_field,
                                "needed": self.plan is not None}
         if self.plan is not None and self.counts is not None:
             out.update({"matched_by": self.plan.by, "customers": len(self.plan.moves),
