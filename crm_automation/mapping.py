@@ -248,6 +248,23 @@ class MappingResult:
 
 
 @dataclass(frozen=True, slots=True)
+class _Pending:
+    """The cells of one ``apply`` to validate now, column by column, as :meth:`Mapping._convert_columns` left them.
+
+    ``items`` are (field, spec, header) of the mapped columns found; ``values``
+    the raw cells and ``converted`` the converted ones of the rows not skipped
+    by digest; ``bad`` and ``blanked`` {row position: {column index: reason}}.
+    """
+
+    items: list[tuple[str, FieldSpec, str]]
+    values: list[list[object]]
+    converted: list[list[object]]
+    bad: dict[int, dict[int, str]]
+    blanked: dict[int, dict[int, str]]
+    key_idx: int
+
+
+@dataclass(frozen=True, slots=True)
 class Mapping:
     """The customer mapping: which column feeds which field, and the key."""
 
@@ -309,23 +326,17 @@ class Mapping:
         """
         cols = self.columns(data.headers, data.source)
         res = MappingResult()
-        if isinstance(data, GridData) and data.duplicate_headers:
-            self._report_duplicate_headers(data, res)
-        for name, h in cols.items():
-            if h is None:
-                res.warnings.append(
-                    f"{data.source}: optional column \"{self.fields[name].column}\" (field {name}) not found; "
-                    f"customer.{name} is empty")
+        self._report_columns(data, cols, res)
         previous = previous or {}
         items = [(n, self.fields[n], h) for n, h in cols.items() if h is not None]
-        headers = [h for _, _, h in items]
-        values = [data.column(h) for h in headers]
+        values = [data.column(h) for _, _, h in items]
         digests = _row_digests(values, repr([spec for _, spec, _ in items]))
         todo = [i for i, d in enumerate(digests) if d not in previous] if previous else range(len(digests))
         if len(todo) != len(digests):
             values = [[col[i] for i in todo] for col in values]
         converted, bad, blanked = self._convert_columns(items, values, self.key, blank_invalid=blank_invalid)
         key_idx = next(i for i, (n, _, _) in enumerate(items) if n == self.key)
+        pending = _Pending(items, values, converted, bad, blanked, key_idx)
         if not previous and not bad and self._all_new(res, data.row_numbers, digests, converted, items):
             for position in sorted(blanked):  # the bulk path stays; these rows only lose their hash
                 self._report_blanked(res, data.source, data.row_numbers[position], items, values, position,
@@ -333,11 +344,32 @@ class Mapping:
                 k = converted[key_idx][position]
                 del res.hashes[k if k.__class__ is str else str(k)]
             return res
-        results = zip(*converted, strict=True)
+        self._rows(res, data, previous, digests, pending)
+        return res
+
+    def _report_columns(self, data: SheetData, cols: dict[str, str | None], res: MappingResult) -> None:
+        """Duplicate header names (issue #9) and optional columns the sheet lacks, before any row."""
+        if isinstance(data, GridData) and data.duplicate_headers:
+            self._report_duplicate_headers(data, res)
+        for name, h in cols.items():
+            if h is None:
+                res.warnings.append(
+                    f"{data.source}: optional column \"{self.fields[name].column}\" (field {name}) not found; "
+                    f"customer.{name} is empty")
+
+    def _rows(self, res: MappingResult, data: SheetData, previous: dict[str, str], digests: list[str],
+              p: _Pending) -> None:
+        """Row by row: unchanged rows by their digest, the converted ones kept, rejected or found twice.
+
+        ``p`` holds the converted cells of the rows whose digest is not in
+        ``previous``, in sheet order; ``position`` walks them.
+        """
+        results = zip(*p.converted, strict=True)
         position = -1
         key_col = self.fields[self.key].column
-        names = [n for n, _, _ in items]
+        names = [n for n, _, _ in p.items]
         empty = dict.fromkeys(self.fields) if len(names) != len(self.fields) else None
+        bad, blanked, key_idx = p.bad, p.blanked, p.key_idx
         seen: dict[str, int] = {}
         customers: list[Customer] = []
         res.customers = customers
@@ -347,15 +379,7 @@ class Mapping:
                 out = next(results)
                 position += 1
                 if position in bad:
-                    cells = bad[position]
-                    if blanked and position in blanked:  # a rejected row reports every cell that fails
-                        cells = cells | blanked[position]
-                    for j, reason in sorted(cells.items()):
-                        res.errors.append(RowError(data.source, row, headers[j], values[j][position], reason))
-                    res.rejected_rows += 1
-                    k = out[key_idx]
-                    if k is not None and key_idx not in bad[position]:
-                        res.rejected_keys.setdefault(str(k), row)
+                    self._reject(res, data.source, row, p, position, out)
                     continue
                 key = out[key_idx]
                 if key.__class__ is not str:
@@ -372,7 +396,7 @@ class Mapping:
                     d.update(zip(names, out, strict=True))
                 customers.append(Customer(key=key, row=row, data=d))
                 if blanked and position in blanked:
-                    self._report_blanked(res, data.source, row, items, values, position, blanked[position])
+                    self._report_blanked(res, data.source, row, p.items, p.values, position, blanked[position])
                     seen[key] = row
                     continue  # no hash: validated, and reported, again at the next sync
             elif key in seen:
@@ -384,7 +408,19 @@ class Mapping:
                 res.unchanged[key] = row
             seen[key] = row
             res.hashes[key] = digest
-        return res
+
+    @staticmethod
+    def _reject(res: MappingResult, source: str, row: int, p: _Pending, position: int, out: tuple[object, ...]) -> None:
+        """A row with a cell that rejects it: every failing cell reported; its key kept aside if it has one."""
+        cells = p.bad[position]
+        if p.blanked and position in p.blanked:  # a rejected row reports every cell that fails
+            cells = cells | p.blanked[position]
+        for j, reason in sorted(cells.items()):
+            res.errors.append(RowError(source, row, p.items[j][2], p.values[j][position], reason))
+        res.rejected_rows += 1
+        k = out[p.key_idx]
+        if k is not None and p.key_idx not in p.bad[position]:
+            res.rejected_keys.setdefault(str(k), row)
 
     @staticmethod
     def _report_blanked(res: MappingResult, source: str, row: int, items: list[tuple[str, FieldSpec, str]],
@@ -656,44 +692,9 @@ def load_campaigns(mappings_dir: Path, mapping: Mapping, tz: ZoneInfo) -> list[C
         if c.id in ids:
             problems.append(f"{where}: id is used twice (ids must be unique: sends are keyed on them)")
         ids.add(c.id)
-        for fname, wanted in c.where.items():
-            if fname not in mapping.fields:
-                problems.append(f"{where}: where.{fname} is not a field of {mapping.path.name} "
-                                f"(fields: {', '.join(mapping.fields)})")
-            else:
-                problems += _off_choices(f"{where}: where.{fname}", mapping.fields[fname],
-                                         wanted if isinstance(wanted, list) else [wanted])
-        at = None
-        if c.trigger == "change":
-            if not c.field or c.to is None:
-                problems.append(f"{where}: trigger \"change\" needs field = \"...\" and to = \"...\"")
-            elif c.field not in mapping.fields:
-                problems.append(f"{where}: field = {c.field!r} is not a field of {mapping.path.name}")
-            else:
-                problems += _off_choices(f"{where}: to", mapping.fields[c.field], [c.to])
-        if c.trigger == "at":
-            if not c.at:
-                problems.append(f"{where}: trigger \"at\" needs at = \"YYYY-MM-DDTHH:MM\" (local time)")
-            else:
-                local = datetime.fromisoformat(c.at)
-                if local.tzinfo is None:
-                    local = local.replace(tzinfo=tz)
-                at = local.astimezone(ZoneInfo("UTC"))
-        if c.include_existing and c.trigger != "new":
-            problems.append(f"{where}: include_existing applies only to trigger \"new\"")
-        if c.skip_if_already_wrote is not None and c.trigger != "new":
-            problems.append(f"{where}: skip_if_already_wrote applies only to trigger \"new\"")
-        steps = [Step(0, c.template, id=c.step_id, resend=c.resend)]
-        last = 0.0
-        for n, fu in enumerate(c.follow_up, start=1):
-            if fu.after_days <= last:
-                problems.append(f"{where}: follow_up[{n - 1}].after_days = {fu.after_days} must be greater than "
-                                f"the step before ({last}); days count from the first email")
-            last = fu.after_days
-            steps.append(Step(n, fu.template, fu.after_days, id=fu.id, renamed_from=fu.renamed_from,
-                              resend=fu.resend))
-        steps = _distinct(steps)
-        problems += _step_problems(where, steps)
+        found, at = _campaign_problems(where, c, mapping, tz)
+        steps, step_problems = _campaign_steps(where, c)
+        problems += found + step_problems
         out.append(Campaign(
             id=c.id, trigger=c.trigger, steps=tuple(steps),
             where={k: tuple(str(x) for x in (v if isinstance(v, list) else [v])) for k, v in c.where.items()},
@@ -706,6 +707,56 @@ def load_campaigns(mappings_dir: Path, mapping: Mapping, tz: ZoneInfo) -> list[C
     if problems:
         raise ConfigError.collect(problems)
     return out
+
+
+def _campaign_problems(where: str, c: _CampaignModel, mapping: Mapping,
+                       tz: ZoneInfo) -> tuple[list[str], datetime | None]:
+    """What is wrong with one campaign's trigger and filter, and its ``at`` as aware UTC (``trigger = "at"``)."""
+    problems = []
+    for fname, wanted in c.where.items():
+        if fname not in mapping.fields:
+            problems.append(f"{where}: where.{fname} is not a field of {mapping.path.name} "
+                            f"(fields: {', '.join(mapping.fields)})")
+        else:
+            problems += _off_choices(f"{where}: where.{fname}", mapping.fields[fname],
+                                     wanted if isinstance(wanted, list) else [wanted])
+    at = None
+    if c.trigger == "change":
+        if not c.field or c.to is None:
+            problems.append(f"{where}: trigger \"change\" needs field = \"...\" and to = \"...\"")
+        elif c.field not in mapping.fields:
+            problems.append(f"{where}: field = {c.field!r} is not a field of {mapping.path.name}")
+        else:
+            problems += _off_choices(f"{where}: to", mapping.fields[c.field], [c.to])
+    if c.trigger == "at":
+        if not c.at:
+            problems.append(f"{where}: trigger \"at\" needs at = \"YYYY-MM-DDTHH:MM\" (local time)")
+        else:
+            local = datetime.fromisoformat(c.at)
+            if local.tzinfo is None:
+                local = local.replace(tzinfo=tz)
+            at = local.astimezone(ZoneInfo("UTC"))
+    if c.include_existing and c.trigger != "new":
+        problems.append(f"{where}: include_existing applies only to trigger \"new\"")
+    if c.skip_if_already_wrote is not None and c.trigger != "new":
+        problems.append(f"{where}: skip_if_already_wrote applies only to trigger \"new\"")
+    return problems, at
+
+
+def _campaign_steps(where: str, c: _CampaignModel) -> tuple[list[Step], list[str]]:
+    """The campaign's steps, first email and follow-ups, and what is wrong with them (issue #17)."""
+    problems = []
+    steps = [Step(0, c.template, id=c.step_id, resend=c.resend)]
+    last = 0.0
+    for n, fu in enumerate(c.follow_up, start=1):
+        if fu.after_days <= last:
+            problems.append(f"{where}: follow_up[{n - 1}].after_days = {fu.after_days} must be greater than "
+                            f"the step before ({last}); days count from the first email")
+        last = fu.after_days
+        steps.append(Step(n, fu.template, fu.after_days, id=fu.id, renamed_from=fu.renamed_from,
+                          resend=fu.resend))
+    steps = _distinct(steps)
+    return steps, problems + _step_problems(where, steps)
 
 
 def _step_label(s: Step) -> str:
