@@ -224,7 +224,7 @@ def unescape_formula(value: str) -> str:
 
 
 
-# ``Any`` cells: each adapter's own cell type (str for CSV, calamine's values, the API's), all of which hold text.
+# The grid's cells are each adapter's own type (str for CSV, calamine's values, the API's), all of which hold text.
 def append_plan(grid: list[list[Any]], rows: Iterable[dict[str, str]], *,
                 stored: Callable[[str], str] = lambda v: v) -> list[list[str]]:
     """Lay ``rows`` out by header name; unknown names are added to ``grid[0]`` (mutated) first.
