@@ -120,7 +120,7 @@ class InboundPolicy:
     own_addresses: dict[str, str] = field(default_factory=dict)
     # ``new_senders = "add_to_sheet"``: only then is it worth judging who may become a new row.
     add_senders: bool = False
-    owner_field: str | None = None  # the mapping's owner role (issue #18): who is told of a reply
+    owner_field: str | None = "owner"  # the mapping's owner role (issue #18): who is told of a reply
 
     def reading(self, by_email: dict[str, str]) -> ReadPolicy:
         """The part :func:`read` needs, with the customers' addresses."""
