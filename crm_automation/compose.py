@@ -16,6 +16,7 @@ the package (bilingual, as the team reads both).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parseaddr
@@ -55,10 +56,13 @@ class InboundNote:
 class Composer:
     """Builds the workspace's outgoing messages; one per run (sender parsing and templates are cached)."""
 
-    def __init__(self, cfg: Config, templates: Templates) -> None:
+    def __init__(self, cfg: Config, templates: Templates, *,
+                 name_field: Callable[[], str | None] = lambda: "name") -> None:
         ob = cfg.outbound
         self.cfg = cfg
         self.templates = templates
+        # the mapping's name role (issue #18), asked at each use: the worker reloads an edited mapping
+        self.name_field = name_field
         self.from_name, self.from_addr = parseaddr(ob.from_)
         self.domain = _id_domain(self.from_addr.rpartition("@")[2])
         self.mailto = _mailto_address(parseaddr(ob.unsubscribe_mailto or ob.from_)[1])
@@ -113,7 +117,7 @@ class Composer:
         """Render and build one campaign email; a DataError names the template or the bad address."""
         r = self.templates.render(template, self.context(view, campaign_id, step, message_id, now))
         ob = self.cfg.outbound
-        name = view.data.get("name") if isinstance(view.data.get("name"), str) else None
+        name = value if isinstance(value := self._name(view), str) else None
         if not view.email or "@" not in view.email or any(c in view.email for c in " \r\n<>,;\""):
             raise DataError(f"customer {view.key!r}: {view.email!r} is not a usable address")
         data = build_message(r, sender=ob.from_, to_name=name, to_email=view.email, message_id=message_id, now=now,
@@ -121,10 +125,15 @@ class Composer:
                              one_click=bool(ob.unsubscribe_url))
         return Composed(data, r.subject, r.text)
 
+    def _name(self, view: CustomerView) -> object:
+        """The value of the customer's name role (None when the mapping has no name field)."""
+        field = self.name_field()
+        return view.data.get(field) if field else None
+
     def owner_notification(self, view: CustomerView, note: InboundNote, owner: str, message_id: str,
                            now: datetime) -> Composed:
         """The owner's note: who wrote, what they newly wrote, and a reply link that keeps the thread."""
-        name = view.data.get("name") or view.key
+        name = self._name(view) or view.key
         reply_link = f"mailto:{view.email}?subject={quote('Re: ' + note.subject)}"
         if note.message_id:
             reply_link += f"&In-Reply-To={quote(note.message_id)}"

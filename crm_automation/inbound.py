@@ -72,6 +72,7 @@ class InboundPolicy:
     own_addresses: dict[str, str] = field(default_factory=dict)
     # ``new_senders = "add_to_sheet"``: only then is it worth judging who may become a new row.
     add_senders: bool = False
+    owner_field: str | None = "owner"  # the mapping's owner role (issue #18): who is told of a reply
 
     def reading(self, by_email: dict[str, str]) -> ReadPolicy:
         """The part :func:`read` needs, with the customers' addresses."""
@@ -86,11 +87,13 @@ class InboundPolicy:
             addr = parseaddr(ob.unsubscribe_mailto)[1].lower()
             if addr and addr != parseaddr(ob.from_)[1].lower():
                 unsub = frozenset({addr})
-        fields = tuple(f.name for f in ws.mapping.fields.values() if f.type.value == "email" and f.name != "owner")
+        owner = ws.mapping.roles.owner
+        fields = tuple(f.name for f in ws.mapping.fields.values() if f.type.value == "email" and f.name != owner)
         return cls(max_bytes=ws.cfg.mailbox.max_message_bytes, unsubscribe_addresses=unsub,
                    notify_owner=ob.notify_owner, soft_bounce_limit=ws.cfg.inbound.soft_bounce_limit,
                    soft_bounce_days=ws.cfg.inbound.soft_bounce_days, email_field=ws.email_field, email_fields=fields,
-                   own_addresses=_own_addresses(ws), add_senders=ws.cfg.mailbox.new_senders == "add_to_sheet")
+                   own_addresses=_own_addresses(ws), add_senders=ws.cfg.mailbox.new_senders == "add_to_sheet",
+                   owner_field=owner)
 
 
 def _own_addresses(ws: Workspace) -> dict[str, str]:
@@ -199,7 +202,7 @@ def _activity_record(msg: Reading, m: _Match, uid: int, occurred: datetime, src:
     cls, key = msg.cls, m.key
     c = customer(key) if key is not None else None
     cust_email = c.get(policy.email_field) if (c and policy.email_field) else None
-    owner = c.get("owner") if c else None
+    owner = c.get(policy.owner_field) if c and policy.owner_field else None
     notify = (owner, new_id()) if (policy.notify_owner and key is not None and cls.kind is Kind.EMAIL_IN
                                    and isinstance(owner, str) and "@" in owner) else None
     details, other = _details(msg, m, uid, by_email)
@@ -371,8 +374,8 @@ class InboundPass:
         by_email = self.index()
         adding = self.policy.add_senders and on_new_senders is not None
         # The owners' addresses, read from the log on first use, and only when senders may be added.
-        owners: Container[str] = (address_index(self.store, ["owner"]) if adding and "owner" in self.ws.mapping.fields
-                                  else frozenset())
+        owner = self.ws.mapping.roles.owner
+        owners: Container[str] = address_index(self.store, [owner]) if adding and owner else frozenset()
         batch = _Batch(source, self.store, self.ctx)
         bar = self.ctx.progress("fetch", None)
         # Messages are read (parsed, classified) on the other cores when there are many (issue #13); decided

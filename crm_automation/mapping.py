@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, cast
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -56,11 +56,16 @@ class _FieldModel(_Strict):
     on_invalid: Literal["reject_row", "blank"] | None = None
 
 
+RoleName = Literal["email", "name", "owner", "stage"]
+
+
 class _CustomersModel(_Strict):
     key: str
     fields: dict[str, _FieldModel]
     # the worker's columns, plus ``language``: the words and dates written into them (default: the workspace's)
     writeback: dict[Literal["last_sent", "last_reply", "email_status", "language"], str] = {}
+    # which field plays each role the product relies on (issue #18); "" says no field plays it
+    roles: dict[RoleName, str] = {}
 
 
 _ID = r"^[A-Za-z0-9_.-]+$"
@@ -176,6 +181,57 @@ class BlankedCell:
         return f"kept with {self.field} blank: {self.error}"
 
 
+@dataclass(frozen=True, slots=True)
+class Roles:
+    """Which mapped field plays each part the product relies on (``[roles]``, issue #18); None: no field does.
+
+    Why a table and not field names: "owner" used to be a magic name (the
+    owner notification went to ``customer.owner``), "name" too (the To:
+    display name), and a team whose sheet calls these ``manager`` or
+    ``contact`` had to rename its fields. Each role defaults to the field of
+    that very name when the mapping has one (:func:`default_roles`), so a
+    workspace without ``[roles]`` works as before.
+
+    * ``email``: the address campaign emails go to; default: the key when it
+      is an email field, else the first email field that is not the owner's.
+    * ``name``: the customer's name in the To: header, the owner's note and
+      rows added for new senders.
+    * ``owner``: the address told of a customer's reply (``notify_owner``);
+      never taken for the customer's own address.
+    * ``stage``: where the customer is in the pipeline (the coming pipeline
+      report and owner digests read it).
+    """
+
+    email: str | None = None
+    name: str | None = None
+    owner: str | None = None
+    stage: str | None = None
+
+    def get(self, role: RoleName) -> str | None:
+        """The field playing ``role`` (None: none does)."""
+        return {"email": self.email, "name": self.name, "owner": self.owner, "stage": self.stage}[role]
+
+
+def default_roles(key: str, fields: dict[str, FieldSpec], declared: dict[str, str | None] | None = None) -> Roles:
+    """The roles with the ``declared`` ones applied, the others by today's field names (see :class:`Roles`)."""
+    declared = declared or {}
+
+    def pick(role: str) -> str | None:
+        return declared.get(role, role if role in fields else None)
+
+    owner = pick("owner")
+    if "email" in declared:
+        email = declared["email"]
+    elif key in fields and fields[key].type is FieldType.EMAIL:
+        email = key
+    else:
+        email = next((f.name for f in fields.values() if f.type is FieldType.EMAIL and f.name != owner), None)
+    return Roles(email=email, name=pick("name"), owner=owner, stage=pick("stage"))
+
+
+_DEFAULT_ROLES = Roles()  # a Mapping built without roles takes default_roles (the identity is the mark)
+
+
 @dataclass(slots=True)
 class MappingResult:
     """What one pass over the sheet found.
@@ -201,6 +257,23 @@ class MappingResult:
 
 
 @dataclass(frozen=True, slots=True)
+class _Pending:
+    """The cells of one ``apply`` to validate now, column by column, as :meth:`Mapping._convert_columns` left them.
+
+    ``items`` are (field, spec, header) of the mapped columns found; ``values``
+    the raw cells and ``converted`` the converted ones of the rows not skipped
+    by digest; ``bad`` and ``blanked`` {row position: {column index: reason}}.
+    """
+
+    items: list[tuple[str, FieldSpec, str]]
+    values: list[list[object]]
+    converted: list[list[object]]
+    bad: dict[int, dict[int, str]]
+    blanked: dict[int, dict[int, str]]
+    key_idx: int
+
+
+@dataclass(frozen=True, slots=True)
 class Mapping:
     """The customer mapping: which column feeds which field, and the key."""
 
@@ -209,6 +282,15 @@ class Mapping:
     fields: dict[str, FieldSpec]
     writeback: dict[str, str]
     writeback_language: str | None = None  # [writeback] language; None: the workspace's ([workspace] language)
+    roles: Roles = _DEFAULT_ROLES  # [roles]; built without: the defaults of default_roles
+
+    def __post_init__(self) -> None:
+        if self.roles is _DEFAULT_ROLES:
+            object.__setattr__(self, "roles", default_roles(self.key, self.fields))
+
+    def role(self, role: RoleName) -> str | None:
+        """The field that plays ``role`` ("email", "name", "owner", "stage"), or None when none does."""
+        return self.roles.get(role)
 
     def columns(self, headers: tuple[str, ...], source: str) -> dict[str, str | None]:
         """Field name -> header found (None for an optional column not in the sheet).
@@ -253,23 +335,17 @@ class Mapping:
         """
         cols = self.columns(data.headers, data.source)
         res = MappingResult()
-        if isinstance(data, GridData) and data.duplicate_headers:
-            self._report_duplicate_headers(data, res)
-        for name, h in cols.items():
-            if h is None:
-                res.warnings.append(
-                    f"{data.source}: optional column \"{self.fields[name].column}\" (field {name}) not found; "
-                    f"customer.{name} is empty")
+        self._report_columns(data, cols, res)
         previous = previous or {}
         items = [(n, self.fields[n], h) for n, h in cols.items() if h is not None]
-        headers = [h for _, _, h in items]
-        values = [data.column(h) for h in headers]
+        values = [data.column(h) for _, _, h in items]
         digests = _row_digests(values, repr([spec for _, spec, _ in items]))
         todo = [i for i, d in enumerate(digests) if d not in previous] if previous else range(len(digests))
         if len(todo) != len(digests):
             values = [[col[i] for i in todo] for col in values]
         converted, bad, blanked = self._convert_columns(items, values, self.key, blank_invalid=blank_invalid)
         key_idx = next(i for i, (n, _, _) in enumerate(items) if n == self.key)
+        pending = _Pending(items, values, converted, bad, blanked, key_idx)
         if not previous and not bad and self._all_new(res, data.row_numbers, digests, converted, items):
             for position in sorted(blanked):  # the bulk path stays; these rows only lose their hash
                 self._report_blanked(res, data.source, data.row_numbers[position], items, values, position,
@@ -277,11 +353,32 @@ class Mapping:
                 k = converted[key_idx][position]
                 del res.hashes[k if k.__class__ is str else str(k)]
             return res
-        results = zip(*converted, strict=True)
+        self._rows(res, data, previous, digests, pending)
+        return res
+
+    def _report_columns(self, data: SheetData, cols: dict[str, str | None], res: MappingResult) -> None:
+        """Duplicate header names (issue #9) and optional columns the sheet lacks, before any row."""
+        if isinstance(data, GridData) and data.duplicate_headers:
+            self._report_duplicate_headers(data, res)
+        for name, h in cols.items():
+            if h is None:
+                res.warnings.append(
+                    f"{data.source}: optional column \"{self.fields[name].column}\" (field {name}) not found; "
+                    f"customer.{name} is empty")
+
+    def _rows(self, res: MappingResult, data: SheetData, previous: dict[str, str], digests: list[str],
+              p: _Pending) -> None:
+        """Row by row: unchanged rows by their digest, the converted ones kept, rejected or found twice.
+
+        ``p`` holds the converted cells of the rows whose digest is not in
+        ``previous``, in sheet order; ``position`` walks them.
+        """
+        results = zip(*p.converted, strict=True)
         position = -1
         key_col = self.fields[self.key].column
-        names = [n for n, _, _ in items]
+        names = [n for n, _, _ in p.items]
         empty = dict.fromkeys(self.fields) if len(names) != len(self.fields) else None
+        bad, blanked, key_idx = p.bad, p.blanked, p.key_idx
         seen: dict[str, int] = {}
         customers: list[Customer] = []
         res.customers = customers
@@ -291,15 +388,7 @@ class Mapping:
                 out = next(results)
                 position += 1
                 if position in bad:
-                    cells = bad[position]
-                    if blanked and position in blanked:  # a rejected row reports every cell that fails
-                        cells = cells | blanked[position]
-                    for j, reason in sorted(cells.items()):
-                        res.errors.append(RowError(data.source, row, headers[j], values[j][position], reason))
-                    res.rejected_rows += 1
-                    k = out[key_idx]
-                    if k is not None and key_idx not in bad[position]:
-                        res.rejected_keys.setdefault(str(k), row)
+                    self._reject(res, data.source, row, p, position, out)
                     continue
                 key = out[key_idx]
                 if key.__class__ is not str:
@@ -316,7 +405,7 @@ class Mapping:
                     d.update(zip(names, out, strict=True))
                 customers.append(Customer(key=key, row=row, data=d))
                 if blanked and position in blanked:
-                    self._report_blanked(res, data.source, row, items, values, position, blanked[position])
+                    self._report_blanked(res, data.source, row, p.items, p.values, position, blanked[position])
                     seen[key] = row
                     continue  # no hash: validated, and reported, again at the next sync
             elif key in seen:
@@ -328,11 +417,23 @@ class Mapping:
                 res.unchanged[key] = row
             seen[key] = row
             res.hashes[key] = digest
-        return res
+
+    @staticmethod
+    def _reject(res: MappingResult, source: str, row: int, p: _Pending, position: int, out: tuple[object, ...]) -> None:
+        """A row with a cell that rejects it: every failing cell reported; its key kept aside if it has one."""
+        cells = p.bad[position]
+        if p.blanked and position in p.blanked:  # a rejected row reports every cell that fails
+            cells = cells | p.blanked[position]
+        for j, reason in sorted(cells.items()):
+            res.errors.append(RowError(source, row, p.items[j][2], p.values[j][position], reason))
+        res.rejected_rows += 1
+        k = out[p.key_idx]
+        if k is not None and p.key_idx not in p.bad[position]:
+            res.rejected_keys.setdefault(str(k), row)
 
     @staticmethod
     def _report_blanked(res: MappingResult, source: str, row: int, items: list[tuple[str, FieldSpec, str]],
-                        values: list[list[Any]], position: int, cells: dict[int, str]) -> None:
+                        values: list[list[object]], position: int, cells: dict[int, str]) -> None:
         """Report the cells emptied in a kept row: sheet row, column, value as read, reason (issue #11)."""
         for j, reason in sorted(cells.items()):
             name, _, header = items[j]
@@ -363,7 +464,7 @@ class Mapping:
                 f"heads {where}, so {what} is ambiguous: the worker {verb} column {first} (the first) and "
                 f"ignores {' and '.join(rest)} (expected each header once: rename one of the columns)"))
 
-    def _all_new(self, res: MappingResult, numbers: list[int], digests: list[str], converted: list[list[Any]],
+    def _all_new(self, res: MappingResult, numbers: list[int], digests: list[str], converted: list[list[object]],
                  items: list[tuple[str, FieldSpec, str]]) -> bool:
         """The first sync's common case, in bulk: every row valid and every key distinct.
 
@@ -371,9 +472,9 @@ class Mapping:
         the row-by-row path. Same result, a third of the time (issue #3).
         """
         key_idx = next(i for i, (n, _, _) in enumerate(items) if n == self.key)
-        keys = converted[key_idx]
-        if any(k.__class__ is not str for k in keys):
-            keys = [str(k) for k in keys]
+        column = converted[key_idx]
+        # the key column is text but for number keys; only then is it copied (100,000 rows, issue #3)
+        keys = cast("list[str]", column) if all(k.__class__ is str for k in column) else [str(k) for k in column]
         if len(set(keys)) != len(keys):
             return False
         res.customers = CustomerColumns(tuple(self.fields), tuple(n for n, _, _ in items), keys, numbers, converted)
@@ -381,9 +482,9 @@ class Mapping:
         return True
 
     @staticmethod
-    def _convert_columns(items: list[tuple[str, FieldSpec, str]], values: list[list[Any]], key_field: str, *,
+    def _convert_columns(items: list[tuple[str, FieldSpec, str]], values: list[list[object]], key_field: str, *,
                          blank_invalid: bool = False
-                         ) -> tuple[list[list[Any]], dict[int, dict[int, str]], dict[int, dict[int, str]]]:
+                         ) -> tuple[list[list[object]], dict[int, dict[int, str]], dict[int, dict[int, str]]]:
         """Convert the pending cells column by column: (columns, bad, blanked).
 
         ``bad`` and ``blanked`` are {row position: {column index: reason}}:
@@ -396,7 +497,7 @@ class Mapping:
         """
         from crm_automation.fieldtypes import convert_column
 
-        columns: list[list[Any]] = []
+        columns: list[list[object]] = []
         bad: dict[int, dict[int, str]] = {}
         blanked: dict[int, dict[int, str]] = {}
         for j, ((name, spec, _), col) in enumerate(zip(items, values, strict=True)):
@@ -416,7 +517,7 @@ class Mapping:
 _EMPTY = "is empty (expected a value: the column is required)"
 
 
-def _row_digests(columns: list[list[Any]], rules: str) -> list[str]:
+def _row_digests(columns: list[list[object]], rules: str) -> list[str]:
     """A digest of each row's raw cells: a row whose digest is as at the last sync is not validated again.
 
     ``rules`` (the mapped fields' specs) salts every digest, so a change to
@@ -443,7 +544,7 @@ def _problems(path: Path, e: ValidationError) -> list[str]:
     return [f"{path}: {_loc(err['loc'])} {_explain(err)}" for err in e.errors()]
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path) -> dict[str, object]:
     if not path.is_file():
         raise ConfigError(f"{path}: file not found", hint="see the mappings/ folder of the example workspace")
     try:
@@ -537,12 +638,40 @@ def load_mapping(mappings_dir: Path) -> Mapping:
         if col.strip() in cols:
             problems.append(f"{path}: writeback.{name} = {col!r} is also a mapped field's column; "
                             f"the worker must own its columns alone")
+    declared: dict[str, str | None] = {role: name or None for role, name in m.roles.items()}
+    roles = default_roles(m.key, fields, declared)
+    problems += _role_problems(path, declared, fields, roles)
     if problems:
         raise ConfigError.collect(problems)
-    return Mapping(path=path, key=m.key, fields=fields, writeback=writeback, writeback_language=language)
+    return Mapping(path=path, key=m.key, fields=fields, writeback=writeback, writeback_language=language,
+                   roles=roles)
 
 
-def _off_choices(where: str, spec: FieldSpec, values: list[Any]) -> list[str]:
+#: Roles whose field must hold an address: mail is sent to it.
+_ADDRESS_ROLES = {"email": "the address campaign emails go to", "owner": "the address told of a customer's reply"}
+
+
+def _role_problems(path: Path, declared: dict[str, str | None], fields: dict[str, FieldSpec],
+                   roles: Roles) -> list[str]:
+    """A declared role must name a mapped field, of type email for the address roles (issue #18)."""
+    out = []
+    for role, name in declared.items():
+        if name is None:
+            continue
+        if name not in fields:
+            out.append(f"{path}: roles.{role} = {name!r} is not one of the fields (expected a field name from "
+                       f"[fields]: {', '.join(fields)}; or \"\" when no field plays this role)")
+        elif role in _ADDRESS_ROLES and fields[name].type is not FieldType.EMAIL:
+            out.append(f"{path}: roles.{role} = {name!r} is a field of type \"{fields[name].type.value}\" "
+                       f"(expected a field of type \"email\": {_ADDRESS_ROLES[role]})")
+    email, owner = roles.email, roles.owner
+    if email is not None and email == owner and ("email" in declared or "owner" in declared):
+        out.append(f"{path}: roles.email and roles.owner both name field {email!r} (expected two different "
+                   f"fields: the customer's address and the owner's)")
+    return out
+
+
+def _off_choices(where: str, spec: FieldSpec, values: Sequence[object]) -> list[str]:
     """A problem line per value a choice field can never hold: it would silently match nobody (issue #9).
 
     Values compare as the planner compares them, as text: a sheet cell holds exactly one of the choices.
@@ -572,44 +701,9 @@ def load_campaigns(mappings_dir: Path, mapping: Mapping, tz: ZoneInfo) -> list[C
         if c.id in ids:
             problems.append(f"{where}: id is used twice (ids must be unique: sends are keyed on them)")
         ids.add(c.id)
-        for fname, wanted in c.where.items():
-            if fname not in mapping.fields:
-                problems.append(f"{where}: where.{fname} is not a field of {mapping.path.name} "
-                                f"(fields: {', '.join(mapping.fields)})")
-            else:
-                problems += _off_choices(f"{where}: where.{fname}", mapping.fields[fname],
-                                         wanted if isinstance(wanted, list) else [wanted])
-        at = None
-        if c.trigger == "change":
-            if not c.field or c.to is None:
-                problems.append(f"{where}: trigger \"change\" needs field = \"...\" and to = \"...\"")
-            elif c.field not in mapping.fields:
-                problems.append(f"{where}: field = {c.field!r} is not a field of {mapping.path.name}")
-            else:
-                problems += _off_choices(f"{where}: to", mapping.fields[c.field], [c.to])
-        if c.trigger == "at":
-            if not c.at:
-                problems.append(f"{where}: trigger \"at\" needs at = \"YYYY-MM-DDTHH:MM\" (local time)")
-            else:
-                local = datetime.fromisoformat(c.at)
-                if local.tzinfo is None:
-                    local = local.replace(tzinfo=tz)
-                at = local.astimezone(ZoneInfo("UTC"))
-        if c.include_existing and c.trigger != "new":
-            problems.append(f"{where}: include_existing applies only to trigger \"new\"")
-        if c.skip_if_already_wrote is not None and c.trigger != "new":
-            problems.append(f"{where}: skip_if_already_wrote applies only to trigger \"new\"")
-        steps = [Step(0, c.template, id=c.step_id, resend=c.resend)]
-        last = 0.0
-        for n, fu in enumerate(c.follow_up, start=1):
-            if fu.after_days <= last:
-                problems.append(f"{where}: follow_up[{n - 1}].after_days = {fu.after_days} must be greater than "
-                                f"the step before ({last}); days count from the first email")
-            last = fu.after_days
-            steps.append(Step(n, fu.template, fu.after_days, id=fu.id, renamed_from=fu.renamed_from,
-                              resend=fu.resend))
-        steps = _distinct(steps)
-        problems += _step_problems(where, steps)
+        found, at = _campaign_problems(where, c, mapping, tz)
+        steps, step_problems = _campaign_steps(where, c)
+        problems += found + step_problems
         out.append(Campaign(
             id=c.id, trigger=Trigger(c.trigger), steps=tuple(steps),
             where={k: tuple(str(x) for x in (v if isinstance(v, list) else [v])) for k, v in c.where.items()},
@@ -622,6 +716,56 @@ def load_campaigns(mappings_dir: Path, mapping: Mapping, tz: ZoneInfo) -> list[C
     if problems:
         raise ConfigError.collect(problems)
     return out
+
+
+def _campaign_problems(where: str, c: _CampaignModel, mapping: Mapping,
+                       tz: ZoneInfo) -> tuple[list[str], datetime | None]:
+    """What is wrong with one campaign's trigger and filter, and its ``at`` as aware UTC (``trigger = "at"``)."""
+    problems = []
+    for fname, wanted in c.where.items():
+        if fname not in mapping.fields:
+            problems.append(f"{where}: where.{fname} is not a field of {mapping.path.name} "
+                            f"(fields: {', '.join(mapping.fields)})")
+        else:
+            problems += _off_choices(f"{where}: where.{fname}", mapping.fields[fname],
+                                     wanted if isinstance(wanted, list) else [wanted])
+    at = None
+    if c.trigger == "change":
+        if not c.field or c.to is None:
+            problems.append(f"{where}: trigger \"change\" needs field = \"...\" and to = \"...\"")
+        elif c.field not in mapping.fields:
+            problems.append(f"{where}: field = {c.field!r} is not a field of {mapping.path.name}")
+        else:
+            problems += _off_choices(f"{where}: to", mapping.fields[c.field], [c.to])
+    if c.trigger == "at":
+        if not c.at:
+            problems.append(f"{where}: trigger \"at\" needs at = \"YYYY-MM-DDTHH:MM\" (local time)")
+        else:
+            local = datetime.fromisoformat(c.at)
+            if local.tzinfo is None:
+                local = local.replace(tzinfo=tz)
+            at = local.astimezone(ZoneInfo("UTC"))
+    if c.include_existing and c.trigger != "new":
+        problems.append(f"{where}: include_existing applies only to trigger \"new\"")
+    if c.skip_if_already_wrote is not None and c.trigger != "new":
+        problems.append(f"{where}: skip_if_already_wrote applies only to trigger \"new\"")
+    return problems, at
+
+
+def _campaign_steps(where: str, c: _CampaignModel) -> tuple[list[Step], list[str]]:
+    """The campaign's steps, first email and follow-ups, and what is wrong with them (issue #17)."""
+    problems = []
+    steps = [Step(0, c.template, id=c.step_id, resend=c.resend)]
+    last = 0.0
+    for n, fu in enumerate(c.follow_up, start=1):
+        if fu.after_days <= last:
+            problems.append(f"{where}: follow_up[{n - 1}].after_days = {fu.after_days} must be greater than "
+                            f"the step before ({last}); days count from the first email")
+        last = fu.after_days
+        steps.append(Step(n, fu.template, fu.after_days, id=fu.id, renamed_from=fu.renamed_from,
+                          resend=fu.resend))
+    steps = _distinct(steps)
+    return steps, problems + _step_problems(where, steps)
 
 
 def _step_label(s: Step) -> str:

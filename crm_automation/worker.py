@@ -5,7 +5,7 @@ mail can match new rows, fetch before send so a fresh reply or bounce stops
 a send, and send only when that fetch succeeded (issue #9). Each stage lives
 in its own module and can be used without the worker (issue #10):
 
-    sheets/session.py  SheetSession   sync, write-back, new rows from unknown senders
+    sheetsync.py       SheetSession   sync, write-back, new rows from unknown senders
     inbound.py         InboundPass    source -> parse -> classify -> match -> decision -> store
     outbound.py        SendPass       plan -> queue -> compose -> hand over -> record; crash recovery
     compose.py         Composer       Message-IDs, template context, unsubscribe links, rendering
@@ -36,7 +36,7 @@ from crm_automation.effects import status_for
 from crm_automation.errors import ConfigError, CrmError, ServiceError
 from crm_automation.inbound import InboundPass, InboundPolicy
 from crm_automation.models import CustomerView
-from crm_automation.sheets.session import Rekeyed, SheetSession
+from crm_automation.sheetsync import Rekeyed, SheetSession
 from crm_automation.stage import Progress, StageContext, StageResult, address_index, held, no_progress
 from crm_automation.store import identity
 from crm_automation.workspace import Clock, Workspace
@@ -65,7 +65,7 @@ class Worker:
         self.store = store
         self.ctx = StageContext(store, clock or Clock(), progress, stop or threading.Event())
         self.stop = self.ctx.stop
-        self.composer = Composer(ws.cfg, ws.templates)
+        self.composer = Composer(ws.cfg, ws.templates, name_field=lambda: ws.mapping.roles.name)
         self.session = SheetSession(ws, self.ctx)
         self.inbound = InboundPass(ws, self.ctx, self.composer.message_id)
         self._send_options = (wait, accept_new_log)

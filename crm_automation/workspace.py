@@ -26,7 +26,6 @@ from crm_automation.config import Config, load_config
 from crm_automation.errors import ConfigError
 from crm_automation.mailbox.base import MailboxSource
 from crm_automation.mapping import CAMPAIGNS_FILE, CUSTOMERS_FILE, Campaign, Mapping, load_campaigns, load_mapping
-from crm_automation.models import FieldType
 from crm_automation.sheets.base import SheetSource
 from crm_automation.store.repo import Store
 from crm_automation.templating import Templates
@@ -158,14 +157,8 @@ class Workspace:
 
     @property
     def email_field(self) -> str | None:
-        """The field that holds the customer's address: the key if it is an email, else the first email field."""
-        key = self.mapping.fields[self.mapping.key]
-        if key.type is FieldType.EMAIL:
-            return key.name
-        for f in self.mapping.fields.values():
-            if f.type is FieldType.EMAIL and f.name != "owner":
-                return f.name
-        return None
+        """The field that holds the customer's address: the mapping's ``email`` role (issue #18)."""
+        return self.mapping.roles.email
 
     def check_templates(self) -> list[str]:
         """Every campaign's templates exist and use only mapped fields."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from crm_automation.models import SheetData
 
@@ -53,7 +53,7 @@ class GridData(SheetData):
 
     __slots__ = ("duplicate_headers",)
 
-    def __init__(self, source: str, headers: tuple[str, ...], columns: dict[str, list[Any]],
+    def __init__(self, source: str, headers: tuple[str, ...], columns: dict[str, list[object]],
                  row_numbers: list[int], version: str = "",
                  duplicate_headers: tuple[DuplicateHeader, ...] = ()) -> None:
         super().__init__(source, headers, columns, row_numbers, version)

@@ -31,18 +31,9 @@ from typing import Self
 
 from crm_automation.config import Config
 from crm_automation.errors import ConfigError, DataError, ServiceError
-from crm_automation.files import atomic_write
 from crm_automation.models import SheetData
-from crm_automation.sheets.base import WriteResult
-from crm_automation.sheets.grid import (
-    append_plan,
-    escape_formula,
-    file_fingerprint,
-    file_version,
-    grid_to_data,
-    plan_writeback,
-    unescape_formula,
-)
+from crm_automation.sheets.filesheet import FileSheet, Loaded
+from crm_automation.sheets.grid import append_plan, escape_formula, file_version, grid_to_data, unescape_formula
 
 # ------------------------------------------------------------------ the CSV adapter
 
@@ -293,22 +284,27 @@ def _detect_delimiter(text: str) -> str:
     return best if counts[best] else ","
 
 
-class _Changed(Exception):  # noqa: N818 - internal signal, never escapes this module
-    """The file was saved by someone else between our read and our rename."""
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """How the file was written, so a save keeps it: encoding, delimiter, line ending."""
+
+    encoding: str
+    delimiter: str
+    newline: str
 
 
-class CsvSource:
-    """A ``.csv`` customer sheet (``[sheet] source = "csv"``)."""
+class CsvSource(FileSheet[str, _Layout]):
+    """A ``.csv`` customer sheet (``[sheet] source = "csv"``).
 
-    metered = False  # a file on a shared drive: reading it again costs no quota
+    Opening errors, the write-back steps and the atomic save are the file
+    sheets' (:class:`~crm_automation.sheets.filesheet.FileSheet`); a save keeps
+    the file's encoding, delimiter and line ending.
+    """
 
     def __init__(self, path: Path, *, encoding: str | None = None, delimiter: str | None = None) -> None:
-        self.path = Path(path)
-        self.name = self.path.name
+        super().__init__(path)
         self._encoding = encoding
         self._delimiter = delimiter
-        self._written = ""
-        self._written_fp = ""
 
     @classmethod
     def from_config(cls, cfg: Config) -> Self:
@@ -331,16 +327,11 @@ class CsvSource:
 
     # -- reading
 
-    def _load(self) -> tuple[list[list[str]], str, str, str, str]:
-        """Grid, encoding, delimiter, line ending and version of the file as it is now."""
-        try:
+    def _load(self) -> Loaded[str, _Layout]:
+        """Grid, version, and encoding, delimiter and line ending of the file as it is now."""
+        with self._opening():
             version = file_version(self.path)
             raw = self.path.read_bytes()
-        except FileNotFoundError:
-            raise ServiceError(f"{self.path}: sheet file not found",
-                               hint="check [sheet] path, and that the shared drive is mounted") from None
-        except OSError as e:
-            raise ServiceError(f"{self.path}: cannot read the sheet file: {e.strerror or e}") from None
         wrong = _not_csv(self.path, raw)
         if wrong is not None:
             raise wrong
@@ -355,7 +346,7 @@ class CsvSource:
         unclosed = _unclosed_quote(self.path, text, delim, grid)
         if unclosed is not None:
             raise unclosed
-        return grid, enc, delim, newline, version
+        return Loaded(grid, version, _Layout(enc, delim, newline))
 
     def _decode(self, raw: bytes) -> tuple[str, str]:
         """Text and encoding of the file; a file that switches encoding part-way is refused (issue #9).
@@ -393,81 +384,61 @@ class CsvSource:
                 raise _switch_error(self.path, sw)
         return text.removeprefix("\ufeff"), enc
 
-    def fingerprint(self) -> str:
-        """A digest of the file's bytes (see :func:`file_fingerprint`)."""
-        return file_fingerprint(self.path)
-
     def read(self) -> SheetData:
         """Read the whole file (one read of the file); ``'=x`` written by the guard reads as ``=x``."""
-        grid, _, _, _, version = self._load()
-        grid = [[unescape_formula(v) if v[:1] == "'" else v for v in line] for line in grid]
-        return grid_to_data(self.name, grid, version)
+        loaded = self._load()
+        grid = [[unescape_formula(v) if v[:1] == "'" else v for v in line] for line in loaded.grid]
+        return grid_to_data(self.name, grid, loaded.version)
 
     # -- writing
 
-    def _save(self, grid: list[list[str]], enc: str, delim: str, newline: str, expect: str) -> str | None:
-        """Rewrite the file atomically; return its version after the write.
+    def _stored(self, value: str) -> str:
+        return escape_formula(value)
 
-        None, and the file untouched, if it is no longer at version ``expect``
-        (the one ``grid`` was read from) just before the rename: someone saved
-        meanwhile, and their edit must not be overwritten.
+    def _save(self, loaded: Loaded[str, _Layout]) -> str | None:
+        """Rewrite the file atomically from ``loaded.grid``; a reason, and the file untouched, if postponed.
+
+        Postponed when the file is no longer at the version the grid was read
+        from just before the rename: someone saved meanwhile, and their edit
+        must not be overwritten.
         """
-        def write(tmp: Path) -> None:
+        how = loaded.layout
+
+        def save(tmp: Path) -> None:
             buf = io.StringIO()
-            csv.writer(buf, delimiter=delim, lineterminator=newline).writerows(grid)
+            csv.writer(buf, delimiter=how.delimiter, lineterminator=how.newline).writerows(loaded.grid)
             try:
-                data = buf.getvalue().encode(enc)
+                data = buf.getvalue().encode(how.encoding)
             except UnicodeEncodeError as e:
                 bad = e.object[e.start:e.end]
                 raise DataError(
-                    f"{self.path}: {bad!r} cannot be written in the file's encoding {enc}",
+                    f"{self.path}: {bad!r} cannot be written in the file's encoding {how.encoding}",
                     hint="save the sheet as \"CSV UTF-8\" or set [sheet] encoding = \"utf-8-sig\"",
                 ) from None
             tmp.write_bytes(data)
-            self._written = file_version(tmp)  # the rename keeps mtime and size: the version after the write
-            self._written_fp = file_fingerprint(tmp)
-            if file_version(self.path) != expect:
-                raise _Changed
 
-        try:
-            atomic_write(self.path, write)
-        except _Changed:
+        def recheck() -> str | None:
+            if file_version(self.path) != loaded.version:
+                return f"{self.path} changed while it was being written; write-back waits for the next cycle"
             return None
-        except OSError as e:
-            raise ServiceError(f"{self.path}: cannot write the sheet file: {e.strerror or e}") from None
-        return self._written
 
-    def write_back(self, key_column: str, updates: dict[str, dict[str, str]], *, version: str,
-                   reuse_read: bool = False) -> WriteResult:
-        """Set the worker's columns by key; postpone if the file was saved since ``version`` was read."""
-        grid, enc, delim, newline, now = self._load()
-        if version and now != version:
-            return WriteResult(postponed=f"{self.path} changed since it was read; write-back waits for the next cycle")
-        plan = plan_writeback(grid, key_column, updates, stored=escape_formula)
-        if plan.postponed:
-            return WriteResult(postponed=f"{self.path}: {plan.postponed}")
-        if not plan.cells:
-            return WriteResult(missing_keys=tuple(plan.missing_keys), version=now)
-        for i, c, text in plan.cells:
-            line = grid[i]
+        return self._replace(save, recheck)
+
+    def _write_cells(self, loaded: Loaded[str, _Layout], cells: list[tuple[int, int, str]]) -> str | None:
+        for i, c, text in cells:
+            line = loaded.grid[i]
             if c >= len(line):
                 line.extend([""] * (c + 1 - len(line)))
             line[c] = text
-        written = self._save(grid, enc, delim, newline, now)
-        if written is None:
-            return WriteResult(postponed=f"{self.path} changed while it was being written; write-back waits for the "
-                                         f"next cycle", missing_keys=tuple(plan.missing_keys))
-        header_cells = len(plan.added_columns)
-        return WriteResult(cells=len(plan.cells) - header_cells, added_columns=tuple(plan.added_columns),
-                           missing_keys=tuple(plan.missing_keys), version=written, fingerprint=self._written_fp)
+        return self._save(loaded)
 
     def append_rows(self, rows: list[dict[str, str]]) -> int:
         """Append rows at the end (new header columns added as needed); values are formula-escaped."""
         if not rows:
             return 0
-        grid, enc, delim, newline, now = self._load()
-        lines = append_plan(grid, rows, stored=escape_formula)
-        grid.extend(lines)
-        if self._save(grid, enc, delim, newline, now) is None:
+        loaded = self._load()
+        lines = append_plan(loaded.grid, rows, stored=escape_formula)
+        loaded.grid.extend(lines)
+        if self._save(loaded) is not None:
             raise ServiceError(f"{self.path} changed while rows were being added; rows not added")
         return len(lines)

@@ -40,24 +40,21 @@ import posixpath
 import re
 import xml.etree.ElementTree as ET
 import zipfile
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 from xml.sax.saxutils import escape
 
 from python_calamine import CalamineError, CalamineWorkbook, WorksheetNotFound
 
 from crm_automation.config import Config
 from crm_automation.errors import ConfigError, CrmError, ServiceError
-from crm_automation.files import atomic_write
 from crm_automation.models import SheetData
-from crm_automation.sheets.base import WriteResult
-from crm_automation.sheets.grid import (
-    append_plan,
-    file_fingerprint,
-    file_version,
-    grid_to_data,
-    plan_writeback,
-)
+from crm_automation.sheets.filesheet import FileSheet, Loaded
+from crm_automation.sheets.grid import append_plan, file_version, grid_to_data
+
+#: A cell as calamine reads it.
+_Cell = int | float | str | bool | time | date | datetime | timedelta
 
 _ZIP = b"PK\x03\x04"
 _OLE2 = bytes.fromhex("d0cf11e0a1b11ae1")
@@ -126,23 +123,20 @@ def _not_a_workbook(path: Path, e: CalamineError) -> CrmError:
                         hint="open it in Excel and save it again as .xlsx")
 
 
-class _Postponed(Exception):  # noqa: N818 - internal signal, never escapes this module
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+class ExcelSource(FileSheet[_Cell, str]):
+    """An Excel workbook (``[sheet] source = "excel"``); ``worksheet`` defaults to the first sheet.
 
+    Opening errors, the write-back steps and the atomic save are the file
+    sheets' (:class:`~crm_automation.sheets.filesheet.FileSheet`); the layout
+    a save keeps is the worksheet's title.
+    """
 
-class ExcelSource:
-    """An Excel workbook (``[sheet] source = "excel"``); ``worksheet`` defaults to the first sheet."""
-
-    metered = False  # a file on a shared drive: reading it again costs no quota
+    locked_postpones = True  # Windows shares refuse to replace a workbook Excel holds open: wait, do not fail
 
     def __init__(self, path: Path, *, worksheet: str | None = None) -> None:
-        self.path = Path(path)
+        super().__init__(path)
         self.worksheet = worksheet
         self.name = self.path.name if not worksheet else f"{self.path.name} [{worksheet}]"
-        self._written = ""
-        self._written_fp = ""
 
     @classmethod
     def from_config(cls, cfg: Config) -> Self:
@@ -153,18 +147,14 @@ class ExcelSource:
 
     # -- reading
 
-    def _load(self) -> tuple[list[list[Any]], str, str]:
-        """Grid, worksheet title and version of the file as it is now."""
-        try:
+    def _load(self) -> Loaded[_Cell, str]:
+        """Grid, version and worksheet title of the file as it is now."""
+        with self._opening():
             version = file_version(self.path)
-            wb = CalamineWorkbook.from_path(str(self.path))
-        except FileNotFoundError:
-            raise ServiceError(f"{self.path}: sheet file not found",
-                               hint="check [sheet] path, and that the shared drive is mounted") from None
-        except OSError as e:
-            raise ServiceError(f"{self.path}: cannot read the sheet file: {e.strerror or e}") from None
-        except CalamineError as e:
-            raise _not_a_workbook(self.path, e) from None
+            try:
+                wb = CalamineWorkbook.from_path(str(self.path))
+            except CalamineError as e:
+                raise _not_a_workbook(self.path, e) from None
         names = list(wb.sheet_names)
         title = self.worksheet or (names[0] if names else None)
         if title is None:
@@ -177,16 +167,12 @@ class ExcelSource:
                               hint="fix [sheet] worksheet (or remove it to use the first sheet)") from None
         except CalamineError as e:
             raise ServiceError(f"{self.path}: worksheet \"{title}\" is not readable ({e})") from None
-        return grid, title, version
-
-    def fingerprint(self) -> str:
-        """A digest of the workbook's bytes: equal means nothing changed, so a re-sync may skip the read."""
-        return file_fingerprint(self.path)
+        return Loaded(grid, version, title)
 
     def read(self) -> SheetData:
         """Read the worksheet with calamine; ``version`` is the file's mtime and size before the read."""
-        grid, _, version = self._load()
-        return grid_to_data(self.name, grid, version)
+        loaded = self._load()
+        return grid_to_data(self.name, loaded.grid, loaded.version)
 
     # -- writing
 
@@ -201,6 +187,12 @@ class ExcelSource:
                 return f"{self.path} is open in Excel ({lock.name} exists); write-back waits for the next cycle"
         return None
 
+    def _cannot_write(self, e: OSError) -> ServiceError:
+        return ServiceError(f"{self.path}: cannot write the workbook: {e.strerror or e}")
+
+    def _write_cells(self, loaded: Loaded[_Cell, str], cells: list[tuple[int, int, str]]) -> str | None:
+        return self._busy(loaded.version) or self._apply(loaded.layout, cells, loaded.version)
+
     def _apply(self, title: str, cells: list[tuple[int, int, str]], version: str | None) -> str | None:
         """Set ``cells`` (0-based) as text and replace the file; return a reason if postponed."""
         try:
@@ -208,28 +200,8 @@ class ExcelSource:
         except (OSError, zipfile.BadZipFile, KeyError, ET.ParseError):
             patched = None
         if patched is not None:
-            return self._replace(lambda tmp: tmp.write_bytes(patched), version)
+            return self._replace(lambda tmp: tmp.write_bytes(patched), lambda: self._busy(version))
         return self._apply_openpyxl(title, cells, version)
-
-    def _replace(self, save: Any, version: str | None) -> str | None:
-        def write(tmp: Path) -> None:
-            save(tmp)
-            self._written = file_version(tmp)  # the rename keeps mtime and size: the version after the write
-            self._written_fp = file_fingerprint(tmp)
-            # Someone may have saved while we prepared ours: check once more just before the rename.
-            busy = self._busy(version)
-            if busy:
-                raise _Postponed(busy)
-
-        try:
-            atomic_write(self.path, write)
-        except _Postponed as p:
-            return p.reason
-        except PermissionError as e:
-            return f"{self.path} cannot be replaced now ({e.strerror}); write-back waits for the next cycle"
-        except OSError as e:
-            raise ServiceError(f"{self.path}: cannot write the workbook: {e.strerror or e}") from None
-        return None
 
     def _apply_openpyxl(self, title: str, cells: list[tuple[int, int, str]], version: str | None) -> str | None:
         """The fallback: load and save the whole workbook with openpyxl.
@@ -253,37 +225,21 @@ class ExcelSource:
             cell = ws.cell(row=i + 1, column=c + 1)
             cell.value = text
             cell.data_type = "s"  # text, never a formula, even for "=..." (SPEC §11)
-        return self._replace(wb.save, version)
-
-    def write_back(self, key_column: str, updates: dict[str, dict[str, str]], *, version: str,
-                   reuse_read: bool = False) -> WriteResult:
-        """Set the worker's columns in the rows found by key now; see the module docstring."""
-        grid, title, now = self._load()
-        if version and now != version:
-            return WriteResult(postponed=f"{self.path} changed since it was read; write-back waits for the next cycle")
-        plan = plan_writeback(grid, key_column, updates)
-        if plan.postponed:
-            return WriteResult(postponed=f"{self.path}: {plan.postponed}")
-        if not plan.cells:
-            return WriteResult(missing_keys=tuple(plan.missing_keys), version=now)
-        why = self._busy(now) or self._apply(title, plan.cells, now)
-        if why:
-            return WriteResult(postponed=why, missing_keys=tuple(plan.missing_keys))
-        return WriteResult(cells=len(plan.cells) - len(plan.added_columns), added_columns=tuple(plan.added_columns),
-                           missing_keys=tuple(plan.missing_keys), version=self._written, fingerprint=self._written_fp)
+        return self._replace(wb.save, lambda: self._busy(version))
 
     def append_rows(self, rows: list[dict[str, str]]) -> int:
         """Append rows below the last used row, as text cells; new header names are added."""
         if not rows:
             return 0
-        grid, title, now = self._load()
+        loaded = self._load()
+        grid = loaded.grid
         width = len(grid[0]) if grid else 0
         lines = append_plan(grid, rows)
         start = len(grid)  # 0-based index of the first new row (trailing blank rows were dropped)
-        cells = [(0, c, grid[0][c]) for c in range(width, len(grid[0]))]
+        cells = [(0, c, str(grid[0][c])) for c in range(width, len(grid[0]))]
         for r, line in enumerate(lines):
             cells += [(start + r, c, v) for c, v in enumerate(line) if v != ""]
-        why = self._busy(now) or self._apply(title, cells, now)
+        why = self._write_cells(loaded, cells)
         if why:
             raise ServiceError(why.replace("write-back waits", "rows not added; retry"))
         return len(lines)
@@ -429,15 +385,19 @@ def _patch_sheet(xml: bytes, cells: list[tuple[int, int, str]]) -> bytes | None:
         out += [xml[pos:end], *(_new_row(r, by_row[r]) for r in pending[k:])]
         pos = end
     out.append(xml[pos:])
-    patched = b"".join(out)
-    dim = _DIMENSION.search(patched)
-    if dim and dim.group(3):
-        max_col = max(_col_index(dim.group(3)), *(c for _, c, _ in cells))
-        max_row = max(int(dim.group(4)), *(i + 1 for i, _, _ in cells))
-        new_dim = (b'<dimension ref="' + dim.group(1) + dim.group(2) + b":" + _col_letters(max_col).encode()
-                   + str(max_row).encode() + b'"')
-        patched = patched[:dim.start()] + new_dim + patched[dim.end():]
-    return patched
+    return _widen_dimension(b"".join(out), cells)
+
+
+def _widen_dimension(xml: bytes, cells: list[tuple[int, int, str]]) -> bytes:
+    """The ``<dimension ref="A1:X9">`` (the used range readers trust) grown to take in ``cells``."""
+    dim = _DIMENSION.search(xml)
+    if not dim or not dim.group(3):
+        return xml
+    max_col = max(_col_index(dim.group(3)), *(c for _, c, _ in cells))
+    max_row = max(int(dim.group(4)), *(i + 1 for i, _, _ in cells))
+    new_dim = (b'<dimension ref="' + dim.group(1) + dim.group(2) + b":" + _col_letters(max_col).encode()
+               + str(max_row).encode() + b'"')
+    return xml[:dim.start()] + new_dim + xml[dim.end():]
 
 
 def _patch_workbook(path: Path, title: str, cells: list[tuple[int, int, str]]) -> bytes | None:

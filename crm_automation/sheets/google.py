@@ -42,7 +42,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Self
+from typing import Self, TypeVar
 
 import gspread  # noqa: TID251 - this is the Google adapter
 import requests
@@ -55,6 +55,8 @@ from crm_automation.errors import ConfigError, ServiceError
 from crm_automation.models import SheetData
 from crm_automation.sheets.base import WriteResult
 from crm_automation.sheets.grid import append_plan, grid_to_data, plan_writeback
+
+T = TypeVar("T")
 
 SCOPES = ("https://www.googleapis.com/auth/spreadsheets",)
 _URL_KEY = re.compile(r"/spreadsheets/d/([a-zA-Z0-9_-]+)")
@@ -103,7 +105,7 @@ class GoogleSource:
         self._http: gspread.http_client.HTTPClient | None = None
         self._title: str | None = None
         self._account = ""
-        self._last_grid: list[list[Any]] | None = None
+        self._last_grid: list[list[object]] | None = None
 
     @classmethod
     def from_config(cls, cfg: Config) -> Self:
@@ -141,7 +143,7 @@ class GoogleSource:
         self._http = http
         return http
 
-    def _call(self, what: str, fn: Callable[[gspread.http_client.HTTPClient], Any], *, idempotent: bool = True) -> Any:
+    def _call(self, what: str, fn: Callable[[gspread.http_client.HTTPClient], T], *, idempotent: bool = True) -> T:
         """Run one request, retrying 429/5xx and dropped connections with exponential backoff.
 
         A request that is not idempotent (``values.append``) is retried only
@@ -213,11 +215,11 @@ class GoogleSource:
                               hint="fix [sheet] worksheet (or remove it to use the first sheet)")
         return self._title
 
-    def _grid(self, what: str, cells: str = "") -> list[list[Any]]:
+    def _grid(self, what: str, cells: str = "") -> list[list[object]]:
         title = self._open()
         rng = _quote_title(title) + (f"!{cells}" if cells else "")
         body = self._call(what, lambda h: h.values_get(self.key, rng, params=_READ_PARAMS))
-        values: list[list[Any]] = body.get("values", [])
+        values: list[list[object]] = body.get("values", [])
         return values
 
     def _update(self, what: str, cells: list[tuple[int, int, str]]) -> None:
@@ -265,11 +267,11 @@ class GoogleSource:
         if not rows:
             return 0
         header = self._grid("reading the header row", "1:1")
-        grid: list[list[Any]] = [list(header[0]) if header else []]
+        grid: list[list[object]] = [list(header[0]) if header else []]
         width = len(grid[0])
         lines = append_plan(grid, rows)
         if len(grid[0]) > width:
-            self._update("adding header columns", [(0, c, grid[0][c]) for c in range(width, len(grid[0]))])
+            self._update("adding header columns", [(0, c, str(grid[0][c])) for c in range(width, len(grid[0]))])
         title = _quote_title(self._open())
         params: gspread.http_client.ParamsType = {"valueInputOption": "RAW", "insertDataOption": "INSERT_ROWS"}
         self._call("appending rows", lambda h: h.values_append(self.key, f"{title}!A1", params, {"values": lines}),

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from itertools import zip_longest
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from crm_automation.errors import ServiceError
 from crm_automation.sheets.base import DuplicateHeader, GridData
@@ -72,17 +72,17 @@ def _blank(value: object) -> bool:
 _BLANK_CELL = re.compile(r"(?:\A|\x00)\s*(?:\x00|\Z)")
 
 
-def _no_blank_text(values: Sequence[Any]) -> bool:
+def _no_blank_text(values: Sequence[object]) -> bool:
     """True when no cell is blank text: checked in one regex pass over the column (C speed).
 
     Only for all-text columns; a NUL inside a cell can only make this say
     False, which costs the slow per-cell pass, never a wrong value.
     """
     return (bool(values) and {v.__class__ for v in values} == {str}
-            and _BLANK_CELL.search("\x00".join(values)) is None)
+            and _BLANK_CELL.search("\x00".join(cast("Sequence[str]", values))) is None)
 
 
-def grid_to_data(source: str, grid: Sequence[Sequence[Any]], version: str) -> GridData:
+def grid_to_data(source: str, grid: Sequence[Sequence[object]], version: str) -> GridData:
     """Header row + data rows -> :class:`GridData` (see the module docstring for header rules).
 
     ``grid[0]`` is sheet row 1. Empty strings become None so every format
@@ -110,7 +110,7 @@ def grid_to_data(source: str, grid: Sequence[Sequence[Any]], version: str) -> Gr
     lines = grid[1:]
     transposed = list(zip_longest(*lines)) if lines else []  # short rows (CSV, Google) are padded with None
     n = len(lines)
-    columns: dict[str, list[Any]] = {}
+    columns: dict[str, list[object]] = {}
     for i, name in cols:
         raw = transposed[i] if i < len(transposed) else (None,) * n
         columns[name] = list(raw) if _no_blank_text(raw) else [
@@ -137,7 +137,7 @@ class CellPlan:
 
 
 def plan_writeback(
-    grid: Sequence[Sequence[Any]],
+    grid: Sequence[Sequence[object]],
     key_column: str,
     updates: dict[str, dict[str, str]],
     *,
@@ -224,6 +224,7 @@ def unescape_formula(value: str) -> str:
 
 
 
+# The grid's cells are each adapter's own type (str for CSV, calamine's values, the API's), all of which hold text.
 def append_plan(grid: list[list[Any]], rows: Iterable[dict[str, str]], *,
                 stored: Callable[[str], str] = lambda v: v) -> list[list[str]]:
     """Lay ``rows`` out by header name; unknown names are added to ``grid[0]`` (mutated) first.

@@ -45,7 +45,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parseaddr
-from typing import TYPE_CHECKING, Literal, NoReturn
+from typing import TYPE_CHECKING, Literal, NoReturn, Self
 
 from crm_automation.addresses import WireAddress, wire_address
 from crm_automation.config import is_loopback
@@ -112,16 +112,14 @@ def _text(resp: bytes | str) -> str:
     return " ".join(resp.split())
 
 
-class SmtpTransport:
-    """Sends messages over one SMTP connection that lives for a batch.
+class SmtpConnection:
+    """One SMTP connection that lives for a batch: TLS, login, and forgetting a broken one.
 
-    Use as ``open()``, many ``send()``, ``close()`` (or as a context manager).
-    ``send`` reconnects by itself when the connection was found closed before
-    a message was handed over, so a worker that pauses between messages (rate
-    limits) need not care about server idle timeouts.
+    Why apart from the transaction (:class:`SmtpTransport`): what it takes to
+    reach and log in to a server (certificates, STARTTLS, XOAUTH2, the secret
+    kept out of every message) is one job; walking MAIL/RCPT/DATA so that
+    "not handed over" and "uncertain" stay apart is another.
     """
-
-    name = "smtp"
 
     def __init__(
         self,
@@ -172,23 +170,6 @@ class SmtpTransport:
         self._8bit_ok = False
         self.connections = 0
         """How many connections this transport opened (reconnects included); for reports and tests."""
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> SmtpTransport:
-        """Build the transport from ``[outbound]``; secrets are read at connect time, not here."""
-        ob = cfg.outbound
-        if not ob.host:
-            raise ConfigError(f"{cfg.path}: outbound.host is required when outbound.transport = \"smtp\"")
-        ca_file = str(cfg.resolve(ob.ca_file)) if ob.ca_file else None
-        return cls(
-            ob.host,
-            ob.port,
-            security=ob.security,
-            credentials=lambda: load_credentials("outbound", ob),
-            ca_file=ca_file,
-            timeout=ob.timeout,
-            allow_insecure=ob.allow_insecure,
-        )
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -245,20 +226,20 @@ class SmtpTransport:
                 smtp.starttls(context=context)
                 smtp.ehlo()
         except ServiceError:
-            self._quietly_close(smtp)
+            _quietly_close(smtp)
             raise
         except ssl.SSLError as e:
-            self._quietly_close(smtp)
+            _quietly_close(smtp)
             raise self._fail("TLS failed", e, hint=tls_hint) from None
         except (smtplib.SMTPException, OSError) as e:
-            self._quietly_close(smtp)
+            _quietly_close(smtp)
             raise self._fail("cannot connect", e, hint="check outbound.host, outbound.port and outbound.security; "
                              "is the server reachable from here?") from None
         try:
             if creds is not None and creds.username:
-                self._login(smtp, creds)
+                _login(smtp, creds, self._fail)
         except ServiceError:
-            self._quietly_close(smtp)
+            _quietly_close(smtp)
             raise
         self._smtp = smtp
         self._size_ok = smtp.has_extn("size")
@@ -269,46 +250,10 @@ class SmtpTransport:
                  f" as {self._user}" if self._user else "")
         return smtp
 
-    def _login(self, smtp: smtplib.SMTP, creds: Credentials) -> None:
-        """AUTH with a password (PLAIN/LOGIN as offered) or XOAUTH2 with a token."""
-        user = creds.username or ""
-        hint = ("check outbound.username and the password in the environment variable named by "
-                "outbound.password_env (Gmail, Microsoft 365, QQ Mail and 163 want an app password or "
-                "authorization code, or oauth2_token_command)")
-        try:
-            if creds.token is not None:
-                token = creds.token
-
-                def xoauth2(challenge: bytes | None = None) -> str:
-                    # RFC-less Google/Microsoft SASL XOAUTH2: on failure the server sends a
-                    # 334 JSON challenge and expects an empty line before its final 535.
-                    return "" if challenge is not None else f"user={user}\x01auth=Bearer {token}\x01\x01"
-
-                smtp.auth("XOAUTH2", xoauth2)
-            else:
-                smtp.login(user, creds.password or "")
-        except smtplib.SMTPAuthenticationError as e:
-            raise self._fail("login refused", f"{e.smtp_code} {_text(e.smtp_error)}", hint=hint) from None
-        except UnicodeEncodeError:
-            raise self._fail("login failed", "the user name or secret contains non-ASCII characters, "
-                             "which SMTP AUTH cannot carry here", hint=hint) from None
-        except (smtplib.SMTPException, OSError) as e:
-            raise self._fail("login failed", e, hint=hint) from None
-
-    @staticmethod
-    def _quietly_close(smtp: smtplib.SMTP | None) -> None:
-        if smtp is not None:
-            with contextlib.suppress(OSError):
-                smtp.close()
-
     def _discard(self) -> None:
         """Forget a broken connection; the next send reconnects."""
         smtp, self._smtp = self._smtp, None
-        self._quietly_close(smtp)
-
-    def handed_over(self, message_ids: list[str]) -> set[str] | None:
-        """An SMTP server cannot be asked what it received: None (recovery uses the Sent folder)."""
-        return None
+        _quietly_close(smtp)
 
     def close(self) -> None:
         """Say QUIT and close; errors are ignored because nothing is pending."""
@@ -318,15 +263,49 @@ class SmtpTransport:
         try:
             smtp.quit()
         except (smtplib.SMTPException, OSError):
-            self._quietly_close(smtp)
+            _quietly_close(smtp)
 
-    def __enter__(self) -> SmtpTransport:
+    def __enter__(self) -> Self:
         self.open()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+
+class SmtpTransport(SmtpConnection):
+    """Sends messages over one SMTP connection that lives for a batch.
+
+    Use as ``open()``, many ``send()``, ``close()`` (or as a context manager).
+    ``send`` reconnects by itself when the connection was found closed before
+    a message was handed over, so a worker that pauses between messages (rate
+    limits) need not care about server idle timeouts.
+    """
+
+    name = "smtp"
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> SmtpTransport:
+        """Build the transport from ``[outbound]``; secrets are read at connect time, not here."""
+        ob = cfg.outbound
+        if not ob.host:
+            raise ConfigError(f"{cfg.path}: outbound.host is required when outbound.transport = \"smtp\"")
+        ca_file = str(cfg.resolve(ob.ca_file)) if ob.ca_file else None
+        return cls(
+            ob.host,
+            ob.port,
+            security=ob.security,
+            credentials=lambda: load_credentials("outbound", ob),
+            ca_file=ca_file,
+            timeout=ob.timeout,
+            allow_insecure=ob.allow_insecure,
+        )
+
+    def handed_over(self, message_ids: list[str]) -> set[str] | None:
+        """An SMTP server cannot be asked what it received: None (recovery uses the Sent folder)."""
+        return None
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -353,13 +332,13 @@ class SmtpTransport:
         """
         if not recipients:
             raise PermanentSendError(f"message {message_id}: no recipients")
-        env_from = self._wire(sender, message_id, About.SENDER)
-        env_to = [self._wire(r, message_id, About.RECIPIENT) for r in recipients]
+        env_from = _wire(sender, message_id, About.SENDER)
+        env_to = [_wire(r, message_id, About.RECIPIENT) for r in recipients]
         utf8 = env_from.needs_smtputf8 or any(r.needs_smtputf8 for r in env_to) or _utf8_head(message)
         data = frame_message(message)
         smtp = self._smtp or self._connect()
         if utf8 and not self._utf8_ok:
-            self._no_smtputf8(env_from, env_to, recipients, message_id)
+            raise _no_smtputf8(self.where, env_from, env_to, recipients, message_id)
         args = (env_from.address, {w.address: r for w, r in zip(env_to, recipients, strict=True)}, len(data),
                 message_id, utf8)
         try:
@@ -375,42 +354,6 @@ class SmtpTransport:
                 raise self._fail(f"connection closed again before message {message_id} was handed over "
                                  f"(not sent)", str(e2)) from None
         self._finish(smtp, data, recipients, message_id)
-
-    def _wire(self, addr: str, message_id: str, about: About) -> WireAddress:
-        """An envelope address as it goes on the wire, or a PermanentSendError about it (nothing sent)."""
-        who = "sender" if about is About.SENDER else "recipient"
-        if "\r" in addr or "\n" in addr:
-            raise PermanentSendError(f"message {message_id}: envelope {who} address {addr!r} contains a line "
-                                     f"break (expected a plain address like name@example.com)", about=about,
-                                     recipient=None if about is About.SENDER else addr)
-        try:
-            return wire_address(_bare(addr))
-        except DataError as e:
-            raise PermanentSendError(f"message {message_id}: envelope {who} address {addr!r}: {e}", about=about,
-                                     recipient=None if about is About.SENDER else addr) from None
-
-    def _no_smtputf8(self, env_from: WireAddress, env_to: list[WireAddress], recipients: list[str],
-                     message_id: str) -> NoReturn:
-        """Refuse, before MAIL FROM, a message that needs SMTPUTF8 on a server without it (RFC 6531 §3.2).
-
-        There is no ASCII form of a non-ASCII local part to fall back on (RFC
-        6530 §4), so this message alone fails, naming the address; it is about
-        the recipient unless our own sender address is the non-ASCII one.
-        """
-        about, rcpt = About.RECIPIENT, recipients[0]
-        if env_from.needs_smtputf8:
-            what, about = f"our sender address {env_from.address!r} has a non-ASCII local part", About.SENDER
-        elif any(w.needs_smtputf8 for w in env_to):
-            rcpt = next(r for w, r in zip(env_to, recipients, strict=True) if w.needs_smtputf8)
-            what = f"the address {rcpt!r} has a non-ASCII local part"
-        else:
-            what = "a header carries an address with a non-ASCII local part (UTF-8 headers, RFC 6532)"
-        raise PermanentSendError(
-            f"{self.where}: message {message_id} not sent: {what}, which needs the SMTPUTF8 extension "
-            "(RFC 6531), and this server does not offer it", about=about,
-            recipient=None if about is About.SENDER else rcpt,
-            hint="ask the customer for an ASCII address, or send through a server that offers SMTPUTF8 "
-                 "(e.g. Postfix with smtputf8_enable = yes)")
 
     def _begin(self, smtp: smtplib.SMTP, sender: str, recipients: dict[str, str], size: int, message_id: str,
                utf8: bool) -> None:
@@ -432,7 +375,7 @@ class SmtpTransport:
                 opts += " SMTPUTF8" + (" BODY=8BITMIME" if self._8bit_ok else "")
             code, resp = smtp.docmd("MAIL", f"FROM:<{sender}>{opts}")
             if code != 250:
-                self._refused(smtp, code, resp, Stage.MAIL, message_id)
+                self._refusal(smtp, code, resp, Stage.MAIL, message_id)
             refused: list[tuple[str, int, bytes]] = []
             for rcpt in recipients:
                 code, resp = smtp.docmd("RCPT", f"TO:<{rcpt}>")
@@ -442,7 +385,7 @@ class SmtpTransport:
                         break
             if refused:
                 worst = max(refused, key=lambda r: (r[1] == _SERVER_GONE, r[1]))
-                self._refused(smtp, worst[1], worst[2], Stage.RCPT, message_id, recipient=recipients[worst[0]])
+                self._refusal(smtp, worst[1], worst[2], Stage.RCPT, message_id, recipients[worst[0]])
             code, resp = smtp.docmd("DATA")
         except smtplib.SMTPServerDisconnected as e:
             raise _Dropped(str(e)) from None
@@ -452,27 +395,7 @@ class SmtpTransport:
             self._discard()
             raise self._fail(f"protocol error before message {message_id} was handed over (not sent)", e) from None
         if code != 354:
-            self._refused(smtp, code, resp, Stage.DATA, message_id)
-
-    def _refused(self, smtp: smtplib.SMTP, code: int, resp: bytes, stage: Stage, message_id: str,
-                 recipient: str | None = None) -> NoReturn:
-        """Turn a refusal before the content into the matching error (after RSET), by :func:`read_answer`."""
-        where = f"RCPT TO:<{recipient}>" if recipient is not None else stage.value
-        text = f"{self.where}: {where} for message {message_id} answered {code} {_text(resp)}"
-        if not 400 <= code < 600:
-            self._discard()
-            raise ServiceError(f"{text} (not an SMTP answer expected here; message not sent)")
-        reading = read_answer(code, resp, stage)
-        if reading.action is Action.RECONNECT:
-            raise _Dropped(f"{code} {_text(resp)}")
-        if code == _SERVER_GONE:
-            self._discard()  # 421 at RCPT: the server closes the channel; the next message reconnects
-        else:
-            try:
-                smtp.rset()
-            except (smtplib.SMTPException, OSError):
-                self._discard()
-        raise _error(reading, code, text, recipient)
+            self._refusal(smtp, code, resp, Stage.DATA, message_id)
 
     def _finish(self, smtp: smtplib.SMTP, data: bytes, recipients: list[str], message_id: str) -> None:
         """Send the content and read the verdict; a break here is uncertain, never retried."""
@@ -491,15 +414,116 @@ class SmtpTransport:
         if 200 <= code < 300:
             log.debug("sent %s to %s", message_id, recipients)
             return
-        text = f"{self.where}: the message {message_id} was refused after DATA with {code} {_text(resp)}"
-        if code == _SERVER_GONE:
+        # One recipient a message: an answer about "the" mailbox after the content is about that recipient.
+        self._refusal(smtp, code, resp, Stage.CONTENT, message_id, recipients[0] if len(recipients) == 1 else None)
+
+    def _refusal(self, smtp: smtplib.SMTP, code: int, resp: bytes, stage: Stage, message_id: str,
+                 recipient: str | None = None) -> NoReturn:
+        """The one place a server's refusal becomes an error, read by :func:`read_answer`, at any stage.
+
+        Before the content nothing was delivered: the transaction is reset
+        (RSET) for the next message, and an answer that is no SMTP refusal is
+        a :class:`ServiceError` (not sent). After the content the transaction
+        is over, and such an answer is an :class:`UncertainSendError` (it may
+        have been delivered). A ``421`` closes the channel wherever it comes;
+        before the content (MAIL, DATA) it means reconnect once.
+        """
+        if stage is Stage.CONTENT:
+            text = f"{self.where}: the message {message_id} was refused after DATA with {code} {_text(resp)}"
+        else:
+            where = f"RCPT TO:<{recipient}>" if recipient is not None else stage.value
+            text = f"{self.where}: {where} for message {message_id} answered {code} {_text(resp)}"
+        if not 400 <= code < 600:
             self._discard()
-        if 400 <= code < 600:
-            # One recipient a message: an answer about "the" mailbox after the content is about that recipient.
-            raise _error(read_answer(code, resp, Stage.CONTENT), code, text,
-                         recipients[0] if len(recipients) == 1 else None)
-        self._discard()
-        raise UncertainSendError(f"{text} (not an SMTP answer; it may have been delivered, so it is not sent again)")
+            if stage is Stage.CONTENT:
+                raise UncertainSendError(f"{text} (not an SMTP answer; it may have been delivered, so it is not "
+                                         f"sent again)")
+            raise ServiceError(f"{text} (not an SMTP answer expected here; message not sent)")
+        reading = read_answer(code, resp, stage)
+        if reading.action is Action.RECONNECT:
+            raise _Dropped(f"{code} {_text(resp)}")
+        if code == _SERVER_GONE:
+            self._discard()  # the server closes the channel; the next message reconnects
+        elif stage is not Stage.CONTENT:
+            try:
+                smtp.rset()
+            except (smtplib.SMTPException, OSError):
+                self._discard()
+        raise _error(reading, code, text, recipient)
+
+
+# ---------------------------------------------------------------- helpers of the transaction
+
+
+def _login(smtp: smtplib.SMTP, creds: Credentials, fail: Callable[..., ServiceError]) -> None:
+    """AUTH with a password (PLAIN/LOGIN as offered) or XOAUTH2 with a token."""
+    user = creds.username or ""
+    hint = ("check outbound.username and the password in the environment variable named by "
+            "outbound.password_env (Gmail, Microsoft 365, QQ Mail and 163 want an app password or "
+            "authorization code, or oauth2_token_command)")
+    try:
+        if creds.token is not None:
+            token = creds.token
+
+            def xoauth2(challenge: bytes | None = None) -> str:
+                # RFC-less Google/Microsoft SASL XOAUTH2: on failure the server sends a
+                # 334 JSON challenge and expects an empty line before its final 535.
+                return "" if challenge is not None else f"user={user}\x01auth=Bearer {token}\x01\x01"
+
+            smtp.auth("XOAUTH2", xoauth2)
+        else:
+            smtp.login(user, creds.password or "")
+    except smtplib.SMTPAuthenticationError as e:
+        raise fail("login refused", f"{e.smtp_code} {_text(e.smtp_error)}", hint=hint) from None
+    except UnicodeEncodeError:
+        raise fail("login failed", "the user name or secret contains non-ASCII characters, "
+                         "which SMTP AUTH cannot carry here", hint=hint) from None
+    except (smtplib.SMTPException, OSError) as e:
+        raise fail("login failed", e, hint=hint) from None
+
+
+def _quietly_close(smtp: smtplib.SMTP | None) -> None:
+    if smtp is not None:
+        with contextlib.suppress(OSError):
+            smtp.close()
+
+
+def _wire(addr: str, message_id: str, about: About) -> WireAddress:
+    """An envelope address as it goes on the wire, or a PermanentSendError about it (nothing sent)."""
+    who = "sender" if about is About.SENDER else "recipient"
+    if "\r" in addr or "\n" in addr:
+        raise PermanentSendError(f"message {message_id}: envelope {who} address {addr!r} contains a line "
+                                 f"break (expected a plain address like name@example.com)", about=about,
+                                 recipient=None if about is About.SENDER else addr)
+    try:
+        return wire_address(_bare(addr))
+    except DataError as e:
+        raise PermanentSendError(f"message {message_id}: envelope {who} address {addr!r}: {e}", about=about,
+                                 recipient=None if about is About.SENDER else addr) from None
+
+
+def _no_smtputf8(where: str, env_from: WireAddress, env_to: list[WireAddress], recipients: list[str],
+                 message_id: str) -> PermanentSendError:
+    """The refusal, before MAIL FROM, of a message that needs SMTPUTF8 on a server without it (RFC 6531 §3.2).
+
+    There is no ASCII form of a non-ASCII local part to fall back on (RFC
+    6530 §4), so this message alone fails, naming the address; it is about
+    the recipient unless our own sender address is the non-ASCII one.
+    """
+    about, rcpt = About.RECIPIENT, recipients[0]
+    if env_from.needs_smtputf8:
+        what, about = f"our sender address {env_from.address!r} has a non-ASCII local part", About.SENDER
+    elif any(w.needs_smtputf8 for w in env_to):
+        rcpt = next(r for w, r in zip(env_to, recipients, strict=True) if w.needs_smtputf8)
+        what = f"the address {rcpt!r} has a non-ASCII local part"
+    else:
+        what = "a header carries an address with a non-ASCII local part (UTF-8 headers, RFC 6532)"
+    return PermanentSendError(
+        f"{where}: message {message_id} not sent: {what}, which needs the SMTPUTF8 extension "
+        "(RFC 6531), and this server does not offer it", about=about,
+        recipient=None if about is About.SENDER else rcpt,
+        hint="ask the customer for an ASCII address, or send through a server that offers SMTPUTF8 "
+             "(e.g. Postfix with smtputf8_enable = yes)")
 
 
 def _utf8_head(message: bytes) -> bool:

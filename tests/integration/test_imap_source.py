@@ -436,9 +436,9 @@ def test_close_is_idempotent(imap_account, source_for):
 
 def test_batches_are_cut_by_total_size(imap_account, source_for, monkeypatch, caplog):
     """A run of large messages is fetched a few at a time, whatever batch_size says."""
-    import crm_automation.mailbox.imap as imap_mod
+    import crm_automation.mailbox.imap_fetch as imap_fetch
 
-    monkeypatch.setattr(imap_mod, "MAX_BATCH_BYTES", 3000)
+    monkeypatch.setattr(imap_fetch, "MAX_BATCH_BYTES", 3000)
     msgs = [make_message(i, body="y" * 1200) for i in range(6)]  # ~1.4 kB each: two per 3 kB batch
     imap_account.append(msgs)
     src = source_for(imap_account, batch_size=100)
@@ -451,9 +451,9 @@ def test_batches_are_cut_by_total_size(imap_account, source_for, monkeypatch, ca
 
 
 def test_uid_search_in_windows_misses_nothing(imap_account, source_for, monkeypatch):
-    import crm_automation.mailbox.imap as imap_mod
+    import crm_automation.mailbox.imap_fetch as imap_fetch
 
-    monkeypatch.setattr(imap_mod, "SEARCH_WINDOW", 3)
+    monkeypatch.setattr(imap_fetch, "SEARCH_WINDOW", 3)
     imap_account.append(bodies(11))
     src = source_for(imap_account)
     uv = src.uidvalidity("INBOX")
@@ -528,7 +528,7 @@ def test_bodies_read_past_imapclients_parser_are_byte_for_byte_what_it_gives(ima
     """The same UIDs fetched both ways from the real server: identical bytes, nothing marked read."""
     import imapclient
 
-    from crm_automation.mailbox.imap import _whole_bodies
+    from crm_automation.mailbox.imap_fetch import whole_bodies as _whole_bodies
 
     msgs = [make_message(i) for i in range(30)]
     msgs += [b"From: a@x.test\r\nSubject: \xc4\xe3\xba\xc3 raw 8-bit\r\n\r\n\xc4\xe3\xba\xc3\r\n",
@@ -555,7 +555,7 @@ def test_answers_in_any_other_shape_go_to_imapclients_parser():
     from imapclient.exceptions import IMAPClientError
     from imapclient.response_parser import parse_fetch_response
 
-    from crm_automation.mailbox.imap import _plain_bodies
+    from crm_automation.mailbox.imap_fetch import plain_bodies as _plain_bodies
 
     plain = [(b"1 (UID 7 BODY[] {5}", b"hello"), b")", (b"2 (UID 9 BODY[] {0}", b""), b")"]
     assert _plain_bodies(plain) == {7: b"hello", 9: b""}

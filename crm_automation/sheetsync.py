@@ -1,5 +1,11 @@
 """The worker's view of the customer sheet between stages: sync, write-back and new rows (issue #10).
 
+A stage, not an adapter: it uses the store, the stage context and the
+workspace, so it lives beside the other stages rather than in ``sheets/``,
+whose adapters import no orchestration (moved from ``sheets/session.py``,
+issue #18). The pure parts — what write-back should change, the sheet's
+evidence of earlier mail, the stage's report — are functions below the class.
+
 One object holds what a cycle knows of the sheet — the version and the
 write-back cells of the last read, the key column, the senders appended
 since — so write-back reuses the sync's read where it may:
@@ -30,7 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING
 
 from crm_automation.errors import ConfigError, CrmError, DataError, ServiceError
 from crm_automation.models import SheetData
@@ -43,7 +50,10 @@ from crm_automation.store.customers import RekeyCounts
 from crm_automation.workspace import Workspace
 
 if TYPE_CHECKING:
+    from crm_automation.mapping import MappingResult
     from crm_automation.rekey import RekeyPlan
+    from crm_automation.store.customers import SheetState, StoredCustomer, SyncStats
+    from crm_automation.store.reports import LastTimes
 
 log = logging.getLogger("crm_automation")
 SYNC_FAILED = "sync_failed"  # meta key: why the last sync failed (JSON), so another process holds sending too
@@ -52,6 +62,13 @@ SYNC_FAILED = "sync_failed"  # meta key: why the last sync failed (JSON), so ano
 def _error_json(e: CrmError) -> str:
     return json.dumps({"message": str(e), "hint": e.hint, "kind": "service" if isinstance(e, ServiceError)
                        else "config"}, ensure_ascii=False)
+
+
+def _error_from_json(text: str) -> CrmError:
+    """The error :func:`_error_json` recorded (another process's failed sync)."""
+    d = json.loads(text)
+    kind = ServiceError if d.get("kind") == "service" else ConfigError
+    return kind(str(d.get("message", "")), hint=d.get("hint"))
 
 
 @contextmanager
@@ -83,7 +100,7 @@ class SheetSession:
         self._sheet: SheetSource | None = None
         self.version: str | None = None  # the file version (or revision) of the last read
         self._fresh_read = False  # the sync of this cycle read the sheet (a metered write-back may reuse it)
-        self._keys: list[Any] | None = None  # the key column as the last sync read it
+        self._keys: list[object] | None = None  # the key column as the last sync read it
         # (fingerprint, version) of the file content the log's last sync recorded, when this session knows both
         self._synced: tuple[str, str | None] | None = None
         self._appended: set[str] = set()  # senders appended to the sheet since that read
@@ -128,11 +145,7 @@ class SheetSession:
         if self._synced_here:
             return self.error
         text = self.store.meta(SYNC_FAILED)
-        if text is None:
-            return None
-        d = json.loads(text)
-        kind = ServiceError if d.get("kind") == "service" else ConfigError
-        return kind(str(d.get("message", "")), hint=d.get("hint"))
+        return None if text is None else _error_from_json(text)
 
     def _failed(self, res: StageResult, e: CrmError) -> None:
         """The sheet (or the key) stops this sync: recorded as its error; the worker goes on (issue #17)."""
@@ -172,18 +185,22 @@ class SheetSession:
         last = self.store.sheet_state(self.sheet.name)
         if fp is not None and last is not None and last.fingerprint == fp:
             # The file's bytes and the mapping are as they were at the last complete sync: nothing to do.
-            # Rejected ROWS, not problems: a row with three bad cells is one (issue #17).
-            rejected = last.rejected if last.rejected is not None else len(last.problems)
-            res.stats = {"rows": last.rows, "added": 0, "changed": 0,
-                         "unchanged": max(last.rows - rejected, 0), "removed": 0,
-                         "rejected": rejected, "note": "sheet unchanged since the last sync"}
-            res.problems += last.problems
-            res.notes += last.notes
-            if last.notes:
-                res.stats["blanked"] = len(last.notes)
+            _report_unchanged(res, last)
             known = self._synced[1] if self._synced is not None and self._synced[0] == fp else None
             self._synced = (fp, known)
             return
+        applied = self._read_and_record(res)
+        if applied is None:
+            return
+        result, stats, n_rows = applied
+        relinked = after_added() if after_added is not None and (stats.added or stats.returned) else 0
+        _report_sync(res, result, stats, n_rows, relinked)
+        self.store.set_sheet_state(self.sheet.name, fp, n_rows, res.problems, self.ctx.clock.now(), res.notes,
+                                   rejected=result.rejected_rows)
+        self._synced = (fp, self.version) if fp is not None else None
+
+    def _read_and_record(self, res: StageResult) -> tuple[MappingResult, SyncStats, int] | None:
+        """Read the sheet, validate its rows and record them in the log; None when the sheet stops the sync."""
         with gc_paused(), ThreadPoolExecutor(1, thread_name_prefix="sheet-read") as pool:
             # The read runs beside the log's row digests and the validators' set-up: calamine
             # parses without holding the GIL, and Google's answer is network time.
@@ -195,13 +212,13 @@ class SheetSession:
                 result = self.ws.mapping.apply(data, previous, blank_invalid=True)
             except (ConfigError, DataError) as e:  # a required column renamed or deleted (issue #17)
                 self._failed(res, e)
-                return
+                return None
             self._fresh_read = True
             self._keys = data.column(self.ws.mapping.fields[self.ws.mapping.key].column)
             self._appended = set()
             self.version = data.version
             self._remember_cells(data)
-            identity.note_sheet_evidence(self.store, self._evidence(data))
+            identity.note_sheet_evidence(self.store, sheet_evidence(data, self.ws.mapping.writeback))
             keep = dict(result.unchanged)
             for k, r in result.rejected_keys.items():
                 keep.setdefault(k, r)
@@ -209,48 +226,7 @@ class SheetSession:
             del data  # the rows are mapped: free them before the log's bulk insert (100,000 rows ~ 150 MB)
             stats = self.store.apply_sync(source_name, result.customers, keep, result.hashes,
                                           self.ctx.clock.now())
-        relinked = after_added() if after_added is not None and (stats.added or stats.returned) else 0
-        res.problems += [str(e) for e in result.errors]
-        res.notes += [str(b) for b in result.blanked]
-        for w in result.warnings:
-            log.warning("%s", w)
-        # "unchanged" counts rows whose cells are as at the last sync (not the rejected rows kept present).
-        # Rows that come back (a wiped sheet restored) count as added, and are shown apart too (issue #9).
-        res.stats = {"rows": n_rows, "added": stats.added + stats.returned, "changed": stats.changed,
-                     "unchanged": len(result.unchanged), "removed": stats.removed,
-                     "rejected": result.rejected_rows}  # rows, not bad cells (issue #17)
-        if stats.returned:
-            res.stats["returned"] = stats.returned
-        if relinked:
-            res.stats["earlier_mail_linked"] = relinked
-        if result.blanked:
-            # Reported at every sync until fixed (issue #11): kept with the sheet's state for a skipped
-            # unchanged sheet; their rows have no row hash, so a changed sheet validates them again.
-            res.stats["blanked"] = len(result.blanked)
-        self.store.set_sheet_state(self.sheet.name, fp, n_rows, res.problems, self.ctx.clock.now(), res.notes,
-                                   rejected=result.rejected_rows)
-        self._synced = (fp, self.version) if fp is not None else None
-
-    def _evidence(self, data: SheetData) -> identity.SheetEvidence | None:
-        """Rows whose write-back columns show earlier mail: a "last sent" date, or a bounced/unsubscribed status.
-
-        Only the worker writes these columns, so such rows mean a log once
-        sent to these customers; a log that has sent nothing must not start
-        over without the admin's word (issue #17, :func:`identity.sheet_evidence_hold`).
-        """
-        wb = self.ws.mapping.writeback
-        found: dict[int, str] = {}
-        for name, shows in (("last_sent", bool), ("email_status", shows_a_block)):
-            col = wb.get(name)
-            if col is None or col not in data.headers:
-                continue
-            for row, value in zip(data.row_numbers, data.column(col), strict=True):
-                if row not in found and shows(cell_text(value).strip()):
-                    found[row] = col
-        if not found:
-            return None
-        rows = sorted(found)
-        return identity.SheetEvidence(len(rows), tuple(rows[:5]), found[rows[0]])
+        return result, stats, n_rows
 
     def _fingerprint(self) -> str | None:
         """The file's digest plus the mapping's, for sources that have one (Excel, CSV); None otherwise."""
@@ -293,16 +269,8 @@ class SheetSession:
             return
         key_col = self.ws.mapping.fields[self.ws.mapping.key].column
         cols = list(self.ws.mapping.writeback.values())
-        keys = data.column(key_col)
         present = [data.column(c) if c in data.headers else None for c in cols]
-
-        def build() -> dict[str, dict[str, str]]:
-            blank = [""] * len(keys)  # a column the sheet does not have yet reads as empty
-            texts = [blank if col is None else [cell_text(v) for v in col] for col in present]
-            return {norm_key(k): dict(zip(cols, vals, strict=True))
-                    for k, vals in zip(keys, zip(*texts, strict=True), strict=True)}
-
-        self._cells = build
+        self._cells = partial(_shown_cells, data.column(key_col), cols, present)  # the columns, not all of data
 
     def cells(self) -> dict[str, dict[str, str]]:
         """The write-back columns as last read (key -> column -> text), built on first use."""
@@ -367,27 +335,10 @@ class SheetSession:
         """Key -> column -> text that differs from what the sheet shows (in the team's words, status_words.py)."""
         from crm_automation.sheets.status_words import status_words
 
-        tz = self.ws.cfg.timezone
-        last = self.store.last_times()
         # The team's words and date format; the log keeps ok | bounced | unsubscribed.
         words = status_words(self.ws.mapping.writeback_language or self.ws.cfg.language)
-
-        def fmt(t: datetime | None) -> str:
-            return words.time(t, tz)
-
-        updates: dict[str, dict[str, str]] = {}
-        for k, c in self.store.customers().items():
-            vals = {}
-            if "last_sent" in wb:
-                vals[wb["last_sent"]] = fmt(last.sent.get(k))
-            if "last_reply" in wb:
-                vals[wb["last_reply"]] = fmt(last.replied.get(k))
-            if "email_status" in wb:
-                vals[wb["email_status"]] = words.status(c.email_status)
-            updates[k] = vals
-        cells = self.cells()
-        return {k: v for k, v in updates.items()
-                if any(cells.get(norm_key(k), {}).get(col, "") != val for col, val in v.items())}
+        return writeback_changes(self.store.customers(), self.store.last_times(), wb, self.cells(),
+                                 lambda t: words.time(t, self.ws.cfg.timezone), words.status)
 
     # ------------------------------------------------------------ new rows
     def add_senders(self, senders: dict[str, str], known: dict[str, str]) -> int:
@@ -406,7 +357,7 @@ class SheetSession:
         if ef is None or ef != m.key:
             log.warning("new_senders = \"add_to_sheet\" needs the mapping key to be an email field; not adding")
             return 0
-        name_field = m.fields.get("name")
+        name_field = m.fields[m.roles.name] if m.roles.name else None
         key_col = m.fields[ef].column
         # Not yet synced rows count too: a sender added by the last fetch is in the sheet, not yet in the log.
         if self.metered and self._keys is not None:
@@ -430,42 +381,132 @@ class SheetSession:
 
     # ------------------------------------------------------------ re-key
     def rekey(self, *, dry_run: bool = False) -> Rekeyed:
-        """Move every customer's history to the key the mapping now names, from the sheet (issue #17).
+        """Move every customer's history to the key the mapping now names (issue #17): see :func:`rekey_log`."""
+        return rekey_log(self, dry_run=dry_run)
 
-        Plans with :func:`~crm_automation.rekey.plan_rekey` (every conflict
-        listed, nothing changed: a ConfigError) and applies the plan in one
-        transaction of the log; ``dry_run`` counts what would move. A log
-        already keyed by the mapping's key has nothing to do.
-        """
-        from crm_automation.rekey import plan_rekey
 
-        recorded_key = self.store.key_field()
-        current = self.ws.mapping.key
-        if recorded_key is None or recorded_key == current:
-            return Rekeyed(recorded_key or current, current, dry_run, None, None)
-        data = self.sheet.read()
-        plan = plan_rekey(recorded_key, self.ws.mapping, data, self.store.customers(present_only=False))
-        if plan.problems:
-            raise ConfigError.collect(
-                [f"rekey refused: {p}" for p in plan.problems],
-                hint=f"fix these rows in {data.source} (or the mapping), then run `crm-automation rekey --dry-run` "
-                     "again; nothing was changed")
-        moves = [(m.old, m.new, m.value) for m in plan.moves]
-        if dry_run:
-            return Rekeyed(recorded_key, current, True, plan, self.store.rekey(moves, current, dry_run=True))
-        stats: dict[str, Any] = {"from": recorded_key, "to": current, "customers": len(plan.moves)}
-        run_id = self.store.start_run("rekey", self.ctx.clock.now())
-        try:
-            counts = self.store.rekey(moves, current)
-        except CrmError as e:  # rolled back: the log is as it was; the run says why
-            with suppress(CrmError):
-                self.store.finish_run(run_id, self.ctx.clock.now(), ok=False, stats=stats, error=str(e))
-            raise
-        self.store.finish_run(run_id, self.ctx.clock.now(), ok=True, error=None,
-                              stats={**stats, "rows": counts.tables})
-        self._synced = None
-        log.info("re-keyed %d customer(s) from %s to %s", len(plan.moves), recorded_key, current)
-        return Rekeyed(recorded_key, current, False, plan, counts)
+def rekey_log(session: SheetSession, *, dry_run: bool = False) -> Rekeyed:
+    """Move every customer's history to the key the mapping now names, from the sheet (issue #17).
+
+    Plans with :func:`~crm_automation.rekey.plan_rekey` (every conflict
+    listed, nothing changed: a ConfigError) and applies the plan in one
+    transaction of the log; ``dry_run`` counts what would move. A log
+    already keyed by the mapping's key has nothing to do.
+    """
+    from crm_automation.rekey import plan_rekey
+
+    recorded_key = session.store.key_field()
+    current = session.ws.mapping.key
+    if recorded_key is None or recorded_key == current:
+        return Rekeyed(recorded_key or current, current, dry_run, None, None)
+    data = session.sheet.read()
+    plan = plan_rekey(recorded_key, session.ws.mapping, data, session.store.customers(present_only=False))
+    if plan.problems:
+        raise ConfigError.collect(
+            [f"rekey refused: {p}" for p in plan.problems],
+            hint=f"fix these rows in {data.source} (or the mapping), then run `crm-automation rekey --dry-run` "
+                 "again; nothing was changed")
+    moves = [(m.old, m.new, m.value) for m in plan.moves]
+    if dry_run:
+        return Rekeyed(recorded_key, current, True, plan, session.store.rekey(moves, current, dry_run=True))
+    stats: dict[str, object] = {"from": recorded_key, "to": current, "customers": len(plan.moves)}
+    run_id = session.store.start_run("rekey", session.ctx.clock.now())
+    try:
+        counts = session.store.rekey(moves, current)
+    except CrmError as e:  # rolled back: the log is as it was; the run says why
+        with suppress(CrmError):
+            session.store.finish_run(run_id, session.ctx.clock.now(), ok=False, stats=stats, error=str(e))
+        raise
+    session.store.finish_run(run_id, session.ctx.clock.now(), ok=True, error=None,
+                          stats={**stats, "rows": counts.tables})
+    session._synced = None  # the next sync reads the sheet again
+    log.info("re-keyed %d customer(s) from %s to %s", len(plan.moves), recorded_key, current)
+    return Rekeyed(recorded_key, current, False, plan, counts)
+
+
+def _report_unchanged(res: StageResult, last: SheetState) -> None:
+    """A sync skipped by the file's digest reports what the last complete sync found (issue #3)."""
+    # Rejected ROWS, not problems: a row with three bad cells is one (issue #17).
+    rejected = last.rejected if last.rejected is not None else len(last.problems)
+    res.stats = {"rows": last.rows, "added": 0, "changed": 0,
+                 "unchanged": max(last.rows - rejected, 0), "removed": 0,
+                 "rejected": rejected, "note": "sheet unchanged since the last sync"}
+    res.problems += last.problems
+    res.notes += last.notes
+    if last.notes:
+        res.stats["blanked"] = len(last.notes)
+
+
+def _report_sync(res: StageResult, result: MappingResult, stats: SyncStats, n_rows: int, relinked: int) -> None:
+    """The sync's counts, rejected rows and blanked cells, as the stage reports them."""
+    res.problems += [str(e) for e in result.errors]
+    res.notes += [str(b) for b in result.blanked]
+    for w in result.warnings:
+        log.warning("%s", w)
+    # "unchanged" counts rows whose cells are as at the last sync (not the rejected rows kept present).
+    # Rows that come back (a wiped sheet restored) count as added, and are shown apart too (issue #9).
+    res.stats = {"rows": n_rows, "added": stats.added + stats.returned, "changed": stats.changed,
+                 "unchanged": len(result.unchanged), "removed": stats.removed,
+                 "rejected": result.rejected_rows}  # rows, not bad cells (issue #17)
+    if stats.returned:
+        res.stats["returned"] = stats.returned
+    if relinked:
+        res.stats["earlier_mail_linked"] = relinked
+    if result.blanked:
+        # Reported at every sync until fixed (issue #11): kept with the sheet's state for a skipped
+        # unchanged sheet; their rows have no row hash, so a changed sheet validates them again.
+        res.stats["blanked"] = len(result.blanked)
+
+
+def _shown_cells(keys: list[object], cols: list[str], present: list[list[object] | None]) -> dict[str, dict[str, str]]:
+    """Key -> write-back column -> text, as read (``present``: each column's cells, None when the sheet lacks it)."""
+    blank = [""] * len(keys)  # a column the sheet does not have yet reads as empty
+    texts = [blank if col is None else [cell_text(v) for v in col] for col in present]
+    return {norm_key(k): dict(zip(cols, vals, strict=True))
+            for k, vals in zip(keys, zip(*texts, strict=True), strict=True)}
+
+def sheet_evidence(data: SheetData, wb: dict[str, str]) -> identity.SheetEvidence | None:
+    """Rows whose write-back columns show earlier mail: a "last sent" date, or a bounced/unsubscribed status.
+
+    Only the worker writes these columns, so such rows mean a log once
+    sent to these customers; a log that has sent nothing must not start
+    over without the admin's word (issue #17, :func:`identity.sheet_evidence_hold`).
+    """
+    found: dict[int, str] = {}
+    for name, shows in (("last_sent", bool), ("email_status", shows_a_block)):
+        col = wb.get(name)
+        if col is None or col not in data.headers:
+            continue
+        for row, value in zip(data.row_numbers, data.column(col), strict=True):
+            if row not in found and shows(cell_text(value).strip()):
+                found[row] = col
+    if not found:
+        return None
+    rows = sorted(found)
+    return identity.SheetEvidence(len(rows), tuple(rows[:5]), found[rows[0]])
+
+
+def writeback_changes(customers: dict[str, StoredCustomer], last: LastTimes, wb: dict[str, str],
+                      shown: dict[str, dict[str, str]], fmt: Callable[[datetime | None], str],
+                      status: Callable[[str], str]) -> dict[str, dict[str, str]]:
+    """Key -> column -> text the worker's columns should show, where it differs from what they ``shown``.
+
+    ``fmt`` and ``status`` write a time and an email status in the team's
+    words (:mod:`~crm_automation.sheets.status_words`): the log keeps
+    ok | bounced | unsubscribed.
+    """
+    updates: dict[str, dict[str, str]] = {}
+    for k, c in customers.items():
+        vals = {}
+        if "last_sent" in wb:
+            vals[wb["last_sent"]] = fmt(last.sent.get(k))
+        if "last_reply" in wb:
+            vals[wb["last_reply"]] = fmt(last.replied.get(k))
+        if "email_status" in wb:
+            vals[wb["email_status"]] = status(c.email_status)
+        updates[k] = vals
+    return {k: v for k, v in updates.items()
+            if any(shown.get(norm_key(k), {}).get(col, "") != val for col, val in v.items())}
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,9 +519,9 @@ class Rekeyed:
     plan: RekeyPlan | None
     counts: RekeyCounts | None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         """Machine-readable form for ``--json``."""
-        out: dict[str, Any] = {"dry_run": self.dry_run, "from": self.old_field, "to": self.new_field,
+        out: dict[str, object] = {"dry_run": self.dry_run, "from": self.old_field, "to": self.new_field,
                                "needed": self.plan is not None}
         if self.plan is not None and self.counts is not None:
             out.update({"matched_by": self.plan.by, "customers": len(self.plan.moves),
