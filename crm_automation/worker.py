@@ -7,7 +7,7 @@ in its own module and can be used without the worker (issue #10):
 
     sheets/session.py  SheetSession   sync, write-back, new rows from unknown senders
     inbound.py         InboundPass    source -> parse -> classify -> match -> decision -> store
-    outbound.py        SendPass       plan -> queue -> compose -> hand over -> record; crash recovery
+    send/              SendPass       plan -> queue -> compose -> hand over -> record; crash recovery
     compose.py         Composer       Message-IDs, template context, unsubscribe links, rendering
 
 A stage that cannot reach its service is recorded as stopped and retried at
@@ -41,8 +41,8 @@ from crm_automation.store import identity
 from crm_automation.workspace import Clock, Workspace
 
 if TYPE_CHECKING:
-    from crm_automation.outbound import SendPass
     from crm_automation.planner import Plan
+    from crm_automation.send.stage import SendPass
     from crm_automation.store.repo import Store
 
 
@@ -72,7 +72,7 @@ class Worker:
     @functools.cached_property
     def outbound(self) -> SendPass:
         """The send pass, made on first use: a ``fetch`` never loads the planner (a poll starts faster)."""
-        from crm_automation.outbound import SendPass
+        from crm_automation.send.stage import SendPass
 
         wait, accept_new_log = self._send_options
         return SendPass(self.ws, self.ctx, self.composer, wait=wait, accept_new_log=accept_new_log)

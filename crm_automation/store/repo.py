@@ -19,17 +19,18 @@ from crm_automation.store.connection import Connection, iso, parse_iso, storage_
 from crm_automation.store.customers import CustomerLog, SheetState, StoredCustomer, SyncStats
 from crm_automation.store.inbound import InboundLog
 from crm_automation.store.reports import FunnelRow, LastTimes, Reports
-from crm_automation.store.sends import NOTIFY_CAMPAIGN, SendLog, SendRow, SentRef
+from crm_automation.store.sends import NOTIFICATION_LABEL, SendKind, SendLog, SendRow, SentRef
 from crm_automation.store.suppressions import Suppression, SuppressionList
 
 __all__ = [
-    "NOTIFY_CAMPAIGN",
+    "NOTIFICATION_LABEL",
     "PERMANENCE_SQL",
     "Activity",
     "FunnelRow",
     "InboundEvent",
     "LastTimes",
     "QuarantinedContact",
+    "SendKind",
     "SendRow",
     "SentRef",
     "SheetState",

@@ -151,3 +151,17 @@ def create_v4(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE campaign_steps (campaign TEXT NOT NULL, step_id TEXT NOT NULL, position INTEGER NOT NULL, "
                "template TEXT NOT NULL, retired INTEGER NOT NULL DEFAULT 0, unresolved TEXT, first_seen TEXT, "
                "PRIMARY KEY (campaign, step_id)) WITHOUT ROWID")
+
+
+def create_v5(db: sqlite_utils.Database) -> None:
+    """Schema version 5 (issue #18): a send knows what kind of message it is.
+
+    ``sends.kind`` (extra): ``campaign_step`` or ``owner_notification``
+    (:class:`crm_automation.store.sends.SendKind`); each kind has its own key
+    for exactly-once. Owner notifications were recognised by their campaign's
+    name (``owner-notify``, the activity's id as ``step``); those rows get
+    their kind here and keep their key (``step_id`` = the activity's id, set
+    by schema 4), so no reply is forwarded twice after the upgrade.
+    """
+    db.execute("ALTER TABLE sends ADD COLUMN kind TEXT NOT NULL DEFAULT 'campaign_step'")
+    db.execute("UPDATE sends SET kind = 'owner_notification' WHERE campaign = 'owner-notify'")

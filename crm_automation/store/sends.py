@@ -20,6 +20,7 @@ itself.
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,9 +31,22 @@ from crm_automation.models import Kind, SendStatus, StepState
 from crm_automation.store.activities import insert_activity
 from crm_automation.store.connection import Connection, Guarded, iso, parse_iso
 
-NOTIFY_CAMPAIGN = "owner-notify"  # pseudo-campaign: owner notifications reuse the sends table's exactly-once rows
 _SEND_COLS = ("id, campaign, step, customer_key, status, message_id, queued_at, sent_at, error, email, attempts, "
-              "next_attempt_at, step_id")
+              "next_attempt_at, step_id, kind")
+NOTIFICATION_LABEL = "owner-notify"  # what ``sends.campaign`` shows for an owner notification (a label, not its key)
+
+
+class SendKind(enum.StrEnum):
+    """What a ``sends`` row is (``sends.kind``, schema 5); each kind has its own exactly-once key (issue #18).
+
+    ``campaign_step``: (campaign, step_id, customer). ``owner_notification``:
+    the activity it forwards (``step_id`` holds the activity's id; one
+    notification an activity). ``owner_digest`` (issue #21) is reserved.
+    What each kind means to the send pass is :mod:`crm_automation.send.kinds`.
+    """
+
+    CAMPAIGN_STEP = "campaign_step"
+    OWNER_NOTIFICATION = "owner_notification"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +66,7 @@ class SendRow:
     attempts: int
     next_attempt_at: datetime | None
     step_id: str | None = None  # the step's identity (issue #17); None only in rows from before schema 4
+    kind: SendKind = SendKind.CAMPAIGN_STEP  # what the row is, and so what its key means (schema 5, issue #18)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,19 +80,57 @@ class SentRef:
 
 def _send(r: tuple[Any, ...]) -> SendRow:
     return SendRow(r[0], r[1], r[2], r[3], SendStatus(r[4]), r[5], parse_iso(r[6]), parse_iso(r[7]), r[8], r[9],
-                   r[10] or 0, parse_iso(r[11]), r[12])
+                   r[10] or 0, parse_iso(r[11]), r[12], SendKind(r[13]))
 
 
 def insert_sends(conn: Guarded, rows: list[dict[str, Any]]) -> int:
     """Insert sends, leaving existing keys (campaign, step_id, customer) alone; the caller's unit owns the transaction.
 
-    ``step_id`` defaults to ``step`` as text (owner notifications, whose step is an activity id).
+    ``kind`` defaults to a campaign step, ``step_id`` to ``step`` as text.
     """
     cur = conn.executemany(
         "INSERT OR IGNORE INTO sends (campaign, step, step_id, customer_key, status, message_id, queued_at, error, "
-        "email, attempts) VALUES (:campaign, :step, :step_id, :customer_key, :status, :message_id, :queued_at, "
-        ":error, :email, 0)", [r if "step_id" in r else {**r, "step_id": str(r["step"])} for r in rows])
+        "email, attempts, kind) VALUES (:campaign, :step, :step_id, :customer_key, :status, :message_id, :queued_at, "
+        ":error, :email, 0, :kind)",
+        [{"kind": SendKind.CAMPAIGN_STEP.value, "step_id": str(r["step"]), **r} for r in rows])
     return cur.rowcount
+
+
+def notification_row(activity_id: int | None, customer_key: str, owner: str, message_id: str,
+                     now: datetime) -> dict[str, Any]:
+    """The queued ``sends`` row of an owner notification: its key is the activity it forwards (issue #18).
+
+    ``step_id`` is the activity's id: the unique (campaign, step_id,
+    customer) then holds one notification an activity, and a row written
+    before schema 5 (campaign ``owner-notify``, the id also as ``step``) has
+    the same key, so an upgrade never forwards a reply twice.
+    """
+    return {"campaign": NOTIFICATION_LABEL, "step": 0, "step_id": str(activity_id), "customer_key": customer_key,
+            "status": SendStatus.QUEUED.value, "message_id": message_id, "queued_at": iso(now), "error": None,
+            "email": owner, "kind": SendKind.OWNER_NOTIFICATION.value}
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A message handed over, to be recorded ``sent`` with its ``email_out`` activity."""
+
+    send_id: int
+    at: datetime
+    customer_key: str
+    campaign: str
+    step: int
+    message_id: str
+    subject: str
+    body: str
+    source: str
+
+
+def _write_sent(conn: Guarded, s: Sent) -> None:
+    """Sending -> sent and the ``email_out`` activity (the caller's transaction)."""
+    conn.execute("UPDATE sends SET status = 'sent', sent_at = ?, error = NULL WHERE id = ?", (iso(s.at), s.send_id))
+    insert_activity(conn, kind=Kind.EMAIL_OUT.value, occurred_at=s.at, now=s.at, customer_key=s.customer_key,
+                    subject=s.subject, body=s.body, message_id=s.message_id, campaign=s.campaign, step=s.step,
+                    source=s.source)
 
 
 class SendLog(Connection):
@@ -205,6 +258,10 @@ class SendLog(Connection):
             sql += " WHERE " + " AND ".join(cond)
         return [_send(r) for r in self.conn.execute(sql + " ORDER BY id", args)]
 
+    def count_sends(self, status: SendStatus) -> int:
+        """How many sends are in one status (the queue's depth after a pass)."""
+        return int(self.conn.execute("SELECT COUNT(*) FROM sends WHERE status = ?", (status.value,)).fetchone()[0])
+
     def send_keys(self) -> set[tuple[str, int, str]]:
         """Every (campaign, step, customer) that has a sends row, whatever its status."""
         return {(c, s, k) for c, s, k in self.conn.execute("SELECT campaign, step, customer_key FROM sends")}
@@ -270,11 +327,19 @@ class SendLog(Connection):
                   message_id: str, subject: str, body: str, source: str) -> None:
         """Sending -> sent, with the email_out activity, in one transaction."""
         with self.transaction():
-            self.conn.execute("UPDATE sends SET status = 'sent', sent_at = ?, error = NULL WHERE id = ?",
-                              (iso(now), send_id))
-            insert_activity(self.conn, kind=Kind.EMAIL_OUT.value, occurred_at=now, now=now,
-                            customer_key=customer_key, subject=subject, body=body, message_id=message_id,
-                            campaign=campaign, step=step, source=source)
+            _write_sent(self.conn, Sent(send_id, now, customer_key, campaign, step, message_id, subject, body,
+                                        source))
+
+    def mark_sent_and_sending(self, sent: Sent | None, send_id: int, message_id: str, now: datetime) -> bool:
+        """Record the last message's ``sent`` and mark the next ``sending``, in one commit (issue #5).
+
+        The same two writes as :meth:`mark_sent` and :meth:`mark_sending`,
+        without a savepoint between them: the send loop's one commit a message.
+        """
+        with self.transaction():
+            if sent is not None:
+                _write_sent(self.conn, sent)
+            return self.mark_sending(send_id, message_id, now)
 
     def mark_retry(self, send_id: int, error: str, next_attempt: datetime) -> None:
         """Sending -> queued after a 4xx answer: retried at ``next_attempt``."""
