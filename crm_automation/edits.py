@@ -34,7 +34,7 @@ declares ``renamed_from`` or ``resend = true``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from crm_automation.mapping import Campaign
@@ -84,15 +84,18 @@ def hold_reason(campaign: str, step: str, gone: tuple[str, ...], *, first: bool 
 
 
 def review(campaigns: list[Campaign], recorded: Mapping[str, Mapping[str, StepState]],
-           sent: Mapping[tuple[str, str], int]) -> Review:
+           sent: Mapping[tuple[str, str], int], *, sent_in: Callable[[str], bool] | None = None) -> Review:
     """Compare the file's campaigns with the log's record of them (see the module docstring).
 
     ``recorded``: campaign -> step key -> state as last planned (empty for
     a log from before issue #17 or a campaign never planned: its current
     steps are then simply recorded). ``sent``: (campaign, step key) -> how
     many customers were sent that step; only steps sent to someone make an
-    edit unclear.
+    edit unclear. ``sent_in``: whether a campaign sent anything (default:
+    read from ``sent``; the send pass asks the log, issue #23).
     """
+    if sent_in is None:
+        sent_in = lambda cid: any(k[0] == cid for k in sent)  # noqa: E731
     out = Review()
     camp_renames: list[tuple[str, str]] = []
     step_renames: list[tuple[str, str, str]] = []
@@ -102,7 +105,7 @@ def review(campaigns: list[Campaign], recorded: Mapping[str, Mapping[str, StepSt
         lines: list[str] = []
         old_id = c.renamed_from
         rec = dict(recorded.get(c.id, {}))
-        if old_id is not None and (old_id in recorded or any(k[0] == old_id for k in sent)):
+        if old_id is not None and (old_id in recorded or sent_in(old_id)):
             camp_renames.append((old_id, c.id))
             lines.append(f"renamed from {old_id!r}: its sends count as this campaign's")
             for k, st in recorded.get(old_id, {}).items():

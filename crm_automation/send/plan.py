@@ -1,10 +1,12 @@
 """Plan and queue: what is due now, written as queued sends (issue #18 item 2; SPEC §5, §10).
 
-One pass reads the log once: the ``sends`` rows, the inbound history, the
-field changes the triggers need, the suppressions and the quarantine. From
-that one reading it reviews the edits of campaigns.toml (:mod:`crm_automation.edits`),
-asks the pure planner (:mod:`crm_automation.planner`) what is due, and writes
-the answer as ``queued`` (or ``skipped``, with the reason) rows. What it read
+One pass asks the log whom it must plan (:mod:`crm_automation.send.candidates`,
+issue #23), then reads those customers' history once, one query per kind:
+their sends, inbound mail, the field changes the triggers need, their
+suppressions and quarantined mail. It reviews the edits of campaigns.toml
+(:mod:`crm_automation.edits`), asks the pure planner (:mod:`crm_automation.planner`)
+what is due, and writes the answer as ``queued`` (or ``skipped``, with the
+reason) rows, with each candidate's next look. What it read
 travels on to dispatch as :class:`Ready`, so the hand-over neither reads the
 history again nor runs the planner's rules again for what this pass planned:
 only a send queued by an earlier pass (a 4xx retry, a held campaign, one
@@ -15,8 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -32,10 +33,12 @@ from crm_automation.planner import (
     StepOutlook,
     at_digest,
     blocked_reason,
+    one_per_customer,
     outlook,
     plan,
     stop_reason,
 )
+from crm_automation.send.candidates import Candidates, candidates, definitions, next_looks
 from crm_automation.stage import StageResult
 from crm_automation.store.connection import iso
 from crm_automation.store.repo import Store
@@ -64,12 +67,17 @@ class CampaignOutlook:
 
 @dataclass(frozen=True, slots=True)
 class Planned:
-    """One planning: the edits reviewed, the history read, the planner's answer, the customers it saw."""
+    """One planning: the edits reviewed, the candidates and their history, the planner's answer.
+
+    ``later``: queued sends ``one_per_cycle`` keeps for the next cycle (not recorded).
+    """
 
     review: Review
     history: History
     plan: Plan
     views: dict[str, CustomerView]
+    candidates: Candidates
+    later: list[PlannedSend]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +122,7 @@ class Ready:
         return None, step
 
 
-def legacy_keys(rows: list[SendRow], campaigns: list[Campaign]) -> dict[tuple[str, int], str]:
+def legacy_keys(legacy: list[tuple[str, int]], campaigns: list[Campaign]) -> dict[tuple[str, int], str]:
     """(campaign, step) -> step key for rows written before schema 4 (issue #17).
 
     Those rows know only the step's place; campaigns.toml at the first pass
@@ -123,23 +131,39 @@ def legacy_keys(rows: list[SendRow], campaigns: list[Campaign]) -> dict[tuple[st
     """
     defined = {c.id: c for c in campaigns}
     out = {}
-    for s in rows:
-        if s.step_id is None and (s.campaign, s.step) not in out:
-            c = defined.get(s.campaign)
-            n = s.step
-            out[(s.campaign, n)] = c.steps[n].key if c is not None and 0 <= n < len(c.steps) else f"#{n}"
+    for campaign, n in legacy:
+        c = defined.get(campaign)
+        out[(campaign, n)] = c.steps[n].key if c is not None and 0 <= n < len(c.steps) else f"#{n}"
     return out
 
 
-def sent_counts(rows: list[SendRow]) -> dict[tuple[str, str], int]:
-    """(campaign, step_id) -> how many customers were sent that step (rows from before schema 4 left out)."""
-    return dict(Counter((s.campaign, s.step_id) for s in rows if s.status == SendStatus.SENT
-                        and s.step_id is not None and s.kind is SendKind.CAMPAIGN_STEP))
+class SentCounts(Mapping[tuple[str, str], int]):
+    """(campaign, step_id) -> how many customers were sent that step, asked of the log when the review needs it.
+
+    The review needs a count only where the file and the log differ (a
+    removed or renamed step), so a pass without edits asks nothing (issue #23).
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._known: dict[tuple[str, str], int] = {}
+
+    def __getitem__(self, key: tuple[str, str]) -> int:
+        if key not in self._known:
+            self._known[key] = self.store.sent_step_count(*key)
+        return self._known[key]
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._known)
+
+    def __len__(self) -> int:
+        return len(self._known)
 
 
-def read_history(ws: Workspace, store: Store, rows: list[SendRow], found: Review,
-                 legacy: dict[tuple[str, int], str], recorded: dict[str, dict[str, StepState]]) -> History:
-    """What the log says happened, as the planner's plain values; the pass's one reading of it.
+def read_history(ws: Workspace, store: Store, keys: frozenset[str], views: Mapping[str, CustomerView],
+                 found: Review, legacy: dict[tuple[str, int], str],
+                 recorded: dict[str, dict[str, StepState]]) -> History:
+    """What the log says happened to these customers, as the planner's plain values: one query per kind.
 
     ``found``'s renames are applied as the log is read: a dry run or
     ``check --plan`` shows what the real pass will do after applying them.
@@ -148,7 +172,7 @@ def read_history(ws: Workspace, store: Store, rows: list[SendRow], found: Review
     camp_alias, step_alias = found.aliases()
     defined = {c.id for c in ws.campaigns}
     h = History()
-    for s in rows:
+    for s in store.sends_among(keys):
         if s.kind is not SendKind.CAMPAIGN_STEP:
             continue  # an owner notification is no step of a sequence
         campaign = camp_alias.get(s.campaign, s.campaign)
@@ -161,7 +185,7 @@ def read_history(ws: Workspace, store: Store, rows: list[SendRow], found: Review
             template = recorded.get(campaign, {}).get(key)
             h.elsewhere.setdefault(s.customer_key, {}).setdefault(
                 template.template if template is not None else key, campaign)
-    for e in store.inbound_history():
+    for e in store.inbound_among(keys):
         if e.permanence is Permanence.DELAYED:
             continue  # a delay never stops a sequence: the message may still arrive
         if e.permanence is Permanence.SOFT:
@@ -169,10 +193,9 @@ def read_history(ws: Workspace, store: Store, rows: list[SendRow], found: Review
             h.lost.setdefault(e.customer_key, []).append((lost_in, e.at))  # that message is lost (issue #11)
             continue
         h.inbound.setdefault(e.customer_key, []).append((e.kind.value, e.at))
-    for f in trigger_fields(ws.campaigns):
-        h.changes[f] = store.field_changes(f)
-    h.suppressed = frozenset(store.suppressions())
-    for q in store.quarantined_contacts():
+    h.changes.update(store.field_changes_among(trigger_fields(ws.campaigns), keys))
+    h.suppressed = store.suppressed_among({v.email.lower() for v in views.values() if v.email})
+    for q in store.quarantined_among(keys):
         h.inbound.setdefault(q.customer_key, []).append((QUARANTINED, q.received_at))
         h.quarantine_reasons[q.customer_key] = q.error
     return h
@@ -186,36 +209,32 @@ def trigger_fields(campaigns: list[Campaign]) -> set[str]:
 
 
 class Planning:
-    """Plans and queues one pass: reads the log once, reviews the edits, asks the planner, writes the answer."""
+    """Plans and queues one pass: asks the log whom to plan, reviews the edits, asks the planner, writes the answer."""
 
     def __init__(self, ws: Workspace, store: Store, clock: Clock) -> None:
         self.ws = ws
         self.store = store
         self.clock = clock
 
-    def views(self) -> dict[str, CustomerView]:
-        """The customers as the planner sees them."""
+    def views(self, keys: frozenset[str]) -> dict[str, CustomerView]:
+        """These customers (the present ones) as the planner sees them, in the sheet's order of arrival."""
         ef = self.ws.email_field
-        return {k: CustomerView(k, (c.data.get(ef) if ef else None), c.data, c.first_seen, c.email_status)
-                for k, c in self.store.customers().items()}
+        return {c.key: CustomerView(c.key, (c.data.get(ef) if ef else None), c.data, c.first_seen, c.email_status)
+                for c in self.store.customers_among(keys)}
 
-    def review(self, *, record: bool) -> tuple[Review, list[SendRow], dict[tuple[str, int], str],
-                                                dict[str, dict[str, StepState]]]:
-        """The edits of campaigns.toml since the last pass (recorded when ``record``), and the sends as read.
+    def review(self, *, record: bool) -> tuple[Review, dict[tuple[str, int], str], dict[str, dict[str, StepState]]]:
+        """The edits of campaigns.toml since the last pass (recorded when ``record``).
 
-        The sends are read once; again only when this pass rewrote them (the
-        first pass after an upgrade adopts old rows, a rename moves rows).
-        Returns (the review, the rows, legacy step keys still to apply, the
-        steps as recorded).
+        Returns (the review, legacy step keys still to apply to rows from
+        before schema 4 - none once a real pass adopted them -, the steps as recorded).
         """
-        rows = self.store.sends()
-        legacy = legacy_keys(rows, self.ws.campaigns)
+        legacy = legacy_keys(self.store.legacy_steps(), self.ws.campaigns)
         if record and legacy:
             n = self.store.adopt_step_ids(legacy)
             log.info("gave %d send(s) from before the upgrade their step's identity (from campaigns.toml)", n)
-            rows, legacy = self.store.sends(), {}
+            legacy = {}
         recorded = self.store.campaign_steps()
-        found = review(self.ws.campaigns, recorded, sent_counts(rows))
+        found = review(self.ws.campaigns, recorded, SentCounts(self.store), sent_in=self.store.has_sent_in)
         if record and (found.states or found.campaign_renames or found.step_renames):
             self.store.record_campaign_edits(found.states, found.campaign_renames, found.step_renames,
                                              self.clock.now())
@@ -223,26 +242,30 @@ class Planning:
                 for line in lines:
                     log.info("campaign %r: %s", campaign, line)
             if found.campaign_renames or found.step_renames:
-                rows, recorded = self.store.sends(), self.store.campaign_steps()
-        return found, rows, legacy, recorded
+                recorded = self.store.campaign_steps()
+        return found, legacy, recorded
 
-    def plan(self, *, record: bool) -> Planned:
-        """What is due now (pure planning over the log); ``record`` notes campaigns and edits seen first now."""
-        found, rows, legacy, recorded = self.review(record=record)
+    def plan(self, *, record: bool, everyone: bool = False) -> Planned:
+        """What is due now: the planner's rules over the candidates (``everyone``: over every customer)."""
+        found, legacy, recorded = self.review(record=record)
         now = self.clock.now()
         first_seen = self.store.campaign_first_seen([c.id for c in self.ws.campaigns], now, record=record)
         if not record:  # the renames a real pass would apply first: a renamed campaign keeps its audience
             for old, new in found.campaign_renames:
                 earlier = self.store.campaign_first_seen([old], now, record=False)[old]
                 first_seen[new] = min(first_seen.get(new, now), earlier)
-        h = read_history(self.ws, self.store, rows, found, legacy, recorded)
-        views = self.views()
-        result = plan(self.ws.campaigns, views, first_seen, h, now, one_per_cycle=self.ws.cfg.outbound.one_per_cycle,
-                      unresolved=found.unresolved,
-                      expansions=self.expansions(found, {s.campaign for s in rows}, record=record))
-        return Planned(found, h, result, views)
+        known = self.expansions(found, record=record)
+        cands = candidates(self.ws.campaigns, self.store, found, first_seen, known, now)
+        if everyone:
+            cands = Candidates(frozenset(self.store.every_customer()), cands.replan, cands.mark)
+        views = self.views(cands.keys)
+        h = read_history(self.ws, self.store, cands.keys, views, found, legacy, recorded)
+        result = plan(self.ws.campaigns, views, first_seen, h, now, one_per_cycle=False, unresolved=found.unresolved,
+                      expansions=known)
+        kept, later = one_per_customer(result.sends) if self.ws.cfg.outbound.one_per_cycle else (result.sends, [])
+        return Planned(found, h, dataclasses.replace(result, sends=kept), views, cands, later)
 
-    def expansions(self, found: Review, with_sends: set[str], *, record: bool) -> dict[str, tuple[datetime, str]]:
+    def expansions(self, found: Review, *, record: bool) -> dict[str, tuple[datetime, str]]:
         """When each ``at`` campaign went out to its segment (renames applied; old logs adopted when ``record``).
 
         An ``at`` campaign that went out before schema 4 has sends but no
@@ -253,7 +276,8 @@ class Planning:
             if old in known:
                 known.setdefault(new, known[old])
         if record:
-            adopt = [c for c in self.ws.campaigns if c.trigger == "at" and c.id not in known and c.id in with_sends]
+            adopt = [c for c in self.ws.campaigns if c.trigger == "at" and c.id not in known
+                     and self.store.has_sends(c.id)]
             for c in adopt:
                 self.store.record_expansion(c.id, self.clock.now(), at_digest(c), since_sends=True)
             if adopt:
@@ -261,10 +285,13 @@ class Planning:
         return known
 
     def queue(self, planned: Planned, new_message_id: Callable[[], str], held: dict[str, list[str]]) -> Ready:
-        """Write the plan as ``queued``/``skipped`` rows, note the ``at`` campaigns that went out; what dispatch needs.
+        """Write the plan as ``queued``/``skipped`` rows and what the next pass asks for; what dispatch needs.
 
         ``new_message_id`` makes each queued send's Message-ID (kept with the
-        row, so a retry or a crash recovery names the same message).
+        row, so a retry or a crash recovery names the same message). The
+        ``at`` campaigns that went out, each candidate's next look and the
+        plan's mark are recorded after the sends: a kill in between plans
+        those customers again, and finds their rows.
         """
         now = self.clock.now()
         sends = planned.plan.sends
@@ -276,6 +303,10 @@ class Planning:
         by_id = {c.id: c for c in self.ws.campaigns}
         for cid in planned.plan.went_out:  # after its sends are queued: a kill before this expands it again
             self.store.record_expansion(cid, now, at_digest(by_id[cid]))
+        looks = next_looks(self.ws.campaigns, planned.candidates, set(planned.views), planned.history, planned.plan,
+                           planned.later)
+        self.store.record_plan(planned.candidates.mark, definitions(self.ws.campaigns, planned.plan), looks,
+                               replanned=planned.candidates.replan)
         fresh = frozenset((p.campaign, p.step_id, p.customer_key) for p in sends if p.status == SendStatus.QUEUED)
         return Ready(planned.views, by_id, planned.history, fresh, held)
 
@@ -309,7 +340,7 @@ class Planning:
         pass, what is held and why, and per step who had it, who gets it now
         or later, and who is past it.
         """
-        p = self.plan(record=False)
+        p = self.plan(record=False, everyone=True)  # the outlook counts every customer in a sequence
         out = {}
         for c in self.ws.campaigns:
             if not c.enabled:

@@ -165,3 +165,35 @@ def create_v5(db: sqlite_utils.Database) -> None:
     """
     db.execute("ALTER TABLE sends ADD COLUMN kind TEXT NOT NULL DEFAULT 'campaign_step'")
     db.execute("UPDATE sends SET kind = 'owner_notification' WHERE campaign = 'owner-notify'")
+
+
+def create_v6(db: sqlite_utils.Database) -> None:
+    """Schema version 6 (issue #23): a pass asks the log what can be due instead of reading all of it.
+
+    - ``plan_due`` (extra): per (campaign, customer), when the planner should
+      look at them again: the day their next follow-up comes due (``after_days``
+      from the start of their sequence), or at once for a send the planner
+      chose and could not record yet (``one_per_cycle``). Written by the send
+      pass's plan part after the previous step was sent; indexed by the time.
+    - ``campaigns.planned_as`` (extra): each campaign's definition as last
+      planned, so an edit (a ``where``, an inserted step, a re-enabled
+      campaign) re-plans that campaign once.
+    - indexes: ``sends`` by customer (a candidate's history), by status (the
+      queue, recovery's ``sending`` rows), by hand-over time (the rate
+      limits, an indexed aggregate), and the rows from before schema 4.
+
+    The first send pass after the upgrade plans every campaign as before and
+    records where it stopped (``meta`` ``plan_activity_id``); from then on a
+    pass plans the customers with news since then and the follow-ups whose
+    day has come.
+    """
+    db.execute("CREATE TABLE plan_due (campaign TEXT NOT NULL, customer_key TEXT NOT NULL, due_at TEXT NOT NULL, "
+               "PRIMARY KEY (campaign, customer_key)) WITHOUT ROWID")
+    db.execute("CREATE INDEX idx_plan_due_at ON plan_due(campaign, due_at)")
+    db.execute("CREATE INDEX idx_plan_due_customer ON plan_due(customer_key)")
+    db.table("campaigns").add_column("planned_as", str)
+    db.execute("CREATE INDEX idx_sends_customer ON sends(customer_key)")
+    db.execute("CREATE INDEX idx_sends_status ON sends(status)")
+    db.execute("CREATE INDEX idx_sends_handed_over ON sends(COALESCE(sent_at, next_attempt_at)) "
+               "WHERE status IN ('sent', 'sending', 'uncertain')")
+    db.execute("CREATE INDEX idx_sends_legacy ON sends(campaign, step) WHERE step_id IS NULL")

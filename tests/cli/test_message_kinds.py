@@ -26,9 +26,12 @@ def as_schema_4(db, *, status: str) -> int:
         (aid,) = conn.execute("SELECT id FROM activities WHERE kind = 'email_in'").fetchone()
         conn.execute("UPDATE sends SET campaign = 'owner-notify', step = ?, step_id = ?, status = ?",
                      (aid, str(aid), status))
-        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql LIKE '%kind%'"
-                                    ).fetchall():
-            conn.execute(f"DROP INDEX {name}")
+        # what schema 6 (planning by question) added goes too
+        for index in ("idx_sends_customer", "idx_sends_status", "idx_sends_handed_over", "idx_sends_legacy"):
+            conn.execute(f"DROP INDEX IF EXISTS {index}")
+        conn.execute("DROP TABLE IF EXISTS plan_due")
+        conn.execute("ALTER TABLE campaigns DROP COLUMN planned_as")
+        conn.execute("DELETE FROM meta WHERE key LIKE 'plan_%'")
         conn.execute("ALTER TABLE sends DROP COLUMN kind")
         conn.execute("DELETE FROM _migrations WHERE name >= '0005'")
         conn.execute("PRAGMA user_version = 4")
