@@ -8,7 +8,8 @@ Read in this order; imports go down the list, never up::
                  RCPT hard bounces; the exactly-once sequence for one send
     kinds.py     the message kinds (campaign step, owner notification; owner digest next, issue #21):
                  what each needs at hand-over and how it is composed
-    plan.py      what is due, written as queued sends: reads the log once, asks the pure planner
+    plan.py      what is due, written as queued sends: the candidates' history read once, the pure planner
+    candidates.py  whom to plan: what the log is asked instead of read whole (issue #23)
 
 The rules themselves live in the pure core (:mod:`crm_automation.planner`,
 :mod:`crm_automation.edits`); this package does the I/O around them.

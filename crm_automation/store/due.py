@@ -79,7 +79,7 @@ class PlanLog(Connection):
 
     def queued_customers(self) -> set[str]:
         """Customers with a queued send (the dispatch checks them with their history)."""
-        return {k for (k,) in self.conn.execute("SELECT DISTINCT customer_key FROM sends WHERE status = 'queued'")}
+        return {k for (k,) in self.conn.execute("SELECT customer_key FROM sends WHERE status = 'queued' ORDER BY id")}
 
     def planned_as(self) -> dict[str, str | None]:
         """Campaign -> its definition as last planned (None: never, or held then)."""
@@ -121,12 +121,16 @@ class PlanLog(Connection):
             f"SELECT {_SEND_COLS} FROM sends WHERE customer_key IN {_KEYS} ORDER BY id", (_keys(keys),))]
 
     def inbound_among(self, keys: Iterable[str]) -> list[InboundEvent]:
-        """These customers' inbound activities, oldest first, each bounce's permanence decoded."""
+        """These customers' inbound activities, each bounce's permanence decoded.
+
+        Each customer's in the order the full read gave them (its index: by
+        ``occurred_at``, then as logged), so a stop's reason names the same message.
+        """
         return [InboundEvent(k, Kind(kind), parse_iso(t) or datetime.now(UTC), c, Permanence(p) if p else None)
                 for k, kind, t, c, p in self.conn.execute(
                     f"SELECT a.customer_key, a.kind, COALESCE(a.logged_at, a.occurred_at), a.campaign, "
                     f"CASE WHEN a.kind = 'bounce' THEN {PERMANENCE_SQL} END FROM activities a "
-                    f"WHERE a.customer_key IN {_KEYS} AND a.kind IN {INBOUND_KINDS_SQL} ORDER BY a.id",
+                    f"WHERE a.customer_key IN {_KEYS} AND a.kind IN {INBOUND_KINDS_SQL} ORDER BY a.occurred_at, a.id",
                     (_keys(keys),))]
 
     def field_changes_among(self, fields: Iterable[str], keys: Iterable[str]) -> dict[str, list[tuple[str, object,

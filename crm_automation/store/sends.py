@@ -33,6 +33,11 @@ from crm_automation.store.connection import Connection, Guarded, iso, parse_iso
 
 _SEND_COLS = ("id, campaign, step, customer_key, status, message_id, queued_at, sent_at, error, email, attempts, "
               "next_attempt_at, step_id, kind")
+# What was handed over since :since, one part per status so each reads its partial index (schema 6).
+_HANDED_OVER = ("SELECT {cols} FROM sends WHERE status = 'sent' AND sent_at >= :since UNION ALL "
+                "SELECT {cols} FROM sends WHERE status = 'sending' AND COALESCE(sent_at, next_attempt_at) >= :since "
+                "UNION ALL SELECT {cols} FROM sends WHERE status = 'uncertain' AND "
+                "COALESCE(sent_at, next_attempt_at) >= :since")
 NOTIFICATION_LABEL = "owner-notify"  # what ``sends.campaign`` shows for an owner notification (a label, not its key)
 
 
@@ -257,10 +262,10 @@ class SendLog(Connection):
         """Send rows, oldest first."""
         sql = f"SELECT {_SEND_COLS} FROM sends"
         cond, args = [], []
-        if status is not None:
-            st = [s.value for s in status]
-            cond.append(f"status IN ({','.join('?' * len(st))})")
-            args += st
+        if status is not None:  # literals, not parameters: SQLite uses a partial index only then (schema 6)
+            st = [SendStatus(s).value for s in status]
+            cond.append("0" if not st else f"status = '{st[0]}'" if len(st) == 1 else
+                        f"status IN ({', '.join(repr(v) for v in st)})")
         if campaign is not None:
             cond.append("campaign = ?")
             args.append(campaign)
@@ -270,7 +275,8 @@ class SendLog(Connection):
 
     def count_sends(self, status: SendStatus) -> int:
         """How many sends are in one status (the queue's depth after a pass)."""
-        return int(self.conn.execute("SELECT COUNT(*) FROM sends WHERE status = ?", (status.value,)).fetchone()[0])
+        return int(self.conn.execute(f"SELECT COUNT(*) FROM sends WHERE status = '{SendStatus(status).value}'"
+                                     ).fetchone()[0])
 
     def send_keys(self) -> set[tuple[str, int, str]]:
         """Every (campaign, step, customer) that has a sends row, whatever its status."""
@@ -305,21 +311,18 @@ class SendLog(Connection):
     def sent_count_since(self, since: datetime) -> int:
         """Messages handed over since ``since`` (sent, sending, uncertain): for max_per_day/minute.
 
-        An indexed aggregate (``idx_sends_handed_over``, schema 6): it costs the
-        day's sends, not the log's.
+        An indexed aggregate (schema 6's partial indexes): it costs the day's
+        sends, not the log's. A ``sent`` row always has its ``sent_at``.
         """
-        count: int = self.conn.execute(
-            "SELECT COUNT(*) FROM sends INDEXED BY idx_sends_handed_over WHERE status IN ('sent', 'sending', "
-            "'uncertain') AND COALESCE(sent_at, next_attempt_at) >= ?", (iso(since),)).fetchone()[0]
-        return count
+        count: int = self.conn.execute(f"SELECT SUM(n) FROM ({_HANDED_OVER.format(cols='COUNT(*) AS n')})",
+                                       {"since": iso(since)}).fetchone()[0]
+        return count or 0
 
     def sent_times_since(self, since: datetime) -> list[datetime]:
         """Hand-over times since ``since``, oldest first (rate limits across restarts)."""
-        return [t for (s,) in self.conn.execute(
-            "SELECT COALESCE(sent_at, next_attempt_at) FROM sends INDEXED BY idx_sends_handed_over "
-            "WHERE status IN ('sent', 'sending', 'uncertain') "
-            "AND COALESCE(sent_at, next_attempt_at) >= ? ORDER BY COALESCE(sent_at, next_attempt_at)",
-            (iso(since),)) if (t := parse_iso(s)) is not None]
+        return sorted(t for (s,) in self.conn.execute(
+            _HANDED_OVER.format(cols="COALESCE(sent_at, next_attempt_at)"), {"since": iso(since)})
+            if (t := parse_iso(s)) is not None)
 
     # ------------------------------------------------------------ the lifecycle
     def queue_sends(self, rows: list[dict[str, Any]]) -> int:

@@ -201,7 +201,8 @@ def _as_before_issue_17(db) -> None:
     con = sqlite3.connect(db)
     with con:
         # what later schemas added (5: sends.kind; 6: planning by question) goes first
-        for index in ("idx_sends_customer", "idx_sends_status", "idx_sends_handed_over", "idx_sends_legacy"):
+        for index in ("idx_sends_customer", "idx_sends_queued", "idx_sends_sending", "idx_sends_uncertain",
+                      "idx_sends_sent", "idx_sends_legacy"):
             con.execute(f"DROP INDEX IF EXISTS {index}")
         con.execute("DROP TABLE IF EXISTS plan_due")
         con.execute("ALTER TABLE campaigns DROP COLUMN planned_as")

@@ -27,7 +27,8 @@ def as_schema_4(db, *, status: str) -> int:
         conn.execute("UPDATE sends SET campaign = 'owner-notify', step = ?, step_id = ?, status = ?",
                      (aid, str(aid), status))
         # what schema 6 (planning by question) added goes too
-        for index in ("idx_sends_customer", "idx_sends_status", "idx_sends_handed_over", "idx_sends_legacy"):
+        for index in ("idx_sends_customer", "idx_sends_queued", "idx_sends_sending", "idx_sends_uncertain",
+                      "idx_sends_sent", "idx_sends_legacy"):
             conn.execute(f"DROP INDEX IF EXISTS {index}")
         conn.execute("DROP TABLE IF EXISTS plan_due")
         conn.execute("ALTER TABLE campaigns DROP COLUMN planned_as")

@@ -84,7 +84,7 @@ def full_history(ws: Workspace, store, found, legacy, recorded) -> History:
             template = recorded.get(campaign, {}).get(key)
             h.elsewhere.setdefault(s.customer_key, {}).setdefault(
                 template.template if template is not None else key, campaign)
-    for e in sorted(store.inbound_history(), key=lambda e: e.at):
+    for e in store.inbound_history():
         if e.permanence is Permanence.DELAYED:
             continue
         if e.permanence is Permanence.SOFT:
@@ -197,24 +197,25 @@ def edit_sheet(rng: random.Random, rows: dict[str, dict[str, str]], gone: dict[s
 def mail_in(rng: random.Random, store, keys: list[str], now: datetime, n: int) -> None:
     """Replies, bounces, unsubscribes and unreadable mail from some customers, logged before the pass."""
     for i, key in enumerate(rng.sample(keys, min(len(keys), rng.randint(0, 2)))):
-        at = now - timedelta(hours=rng.randint(1, 20))
+        at = now - timedelta(hours=rng.randint(1, 20))  # logged then; written maybe days before (a late fetch)
+        written = at - timedelta(hours=rng.choice([0, 0, 30, 100]))
         kind = rng.choice(["reply", "auto", "hard", "soft", "delayed", "unsubscribe", "quarantine"])
         mid = f"<in-{n}-{i}@example.com>"
         if kind == "reply":
-            store.add_activity(kind=Kind.EMAIL_IN.value, occurred_at=at, now=at, customer_key=key, message_id=mid,
+            store.add_activity(kind=Kind.EMAIL_IN.value, occurred_at=written, now=at, customer_key=key, message_id=mid,
                                source="test")
         elif kind == "auto":
-            store.add_activity(kind=Kind.AUTO_REPLY.value, occurred_at=at, now=at, customer_key=key,
+            store.add_activity(kind=Kind.AUTO_REPLY.value, occurred_at=written, now=at, customer_key=key,
                                message_id=mid, source="test")
         elif kind in ("hard", "soft", "delayed"):
-            store.add_activity(kind=Kind.BOUNCE.value, occurred_at=at, now=at, customer_key=key, message_id=mid,
+            store.add_activity(kind=Kind.BOUNCE.value, occurred_at=written, now=at, customer_key=key, message_id=mid,
                                source="test", campaign=rng.choice([None, "c0", "c1"]),
                                details={"permanence": kind, "permanent": kind == "hard"})
             if kind == "hard":
                 store.suppress(key, "bounced", "test", at)
                 store.set_email_status(key, "bounced")
         elif kind == "unsubscribe":
-            store.add_activity(kind=Kind.UNSUBSCRIBE.value, occurred_at=at, now=at, customer_key=key,
+            store.add_activity(kind=Kind.UNSUBSCRIBE.value, occurred_at=written, now=at, customer_key=key,
                                message_id=mid, source="test")
             store.suppress(key, "unsubscribed", "test", at)
         else:
