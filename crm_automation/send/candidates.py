@@ -35,11 +35,16 @@ from crm_automation.store.repo import Store
 
 @dataclass(frozen=True, slots=True)
 class Candidates:
-    """Whom this pass plans: ``keys`` (their history is read), ``replan`` (campaigns planned over everyone)."""
+    """Whom this pass plans: ``keys`` (their history is read), ``replan`` (campaigns planned over everyone).
+
+    ``news``: the keys with news of their own (events, a day come, a queued send); the other keys are
+    there for a re-planned campaign only, and keep their next looks in the other campaigns.
+    """
 
     keys: frozenset[str]
     replan: frozenset[str]
     mark: PlanMark
+    news: frozenset[str] = frozenset()
 
 
 def replanned(campaigns: list[Campaign], store: Store, found: Review, expansions: Mapping[str, object],
@@ -89,10 +94,11 @@ def candidates(campaigns: list[Campaign], store: Store, found: Review, first_see
         keys |= {k for _, k in events.sent}
     keys |= {k for _, k in store.due_by(now, enabled)}
     keys |= store.queued_customers()
+    news = frozenset(keys)
     by_id = {c.id: c for c in campaigns}
     for cid in sorted(replan):
         keys |= customers_of(by_id[cid], store, first_seen.get(cid, now), found)
-    return Candidates(frozenset(keys), replan, PlanMark(upto, key_field))
+    return Candidates(frozenset(keys), replan, PlanMark(upto, key_field), news)
 
 
 def next_looks(campaigns: list[Campaign], cands: Candidates, present: set[str], h: History, plan: Plan,
@@ -112,7 +118,7 @@ def next_looks(campaigns: list[Campaign], cands: Candidates, present: set[str], 
         if not c.enabled or c.id in plan.held:
             continue
         fresh = c.id in cands.replan
-        for k in cands.keys:
+        for k in cands.keys if fresh else cands.news:
             t = None
             if k in present:
                 rows = dict(h.steps_of(c.id, k))

@@ -257,7 +257,7 @@ class Planning:
         known = self.expansions(found, record=record)
         cands = candidates(self.ws.campaigns, self.store, found, first_seen, known, now)
         if everyone:
-            cands = Candidates(frozenset(self.store.every_customer()), cands.replan, cands.mark)
+            cands = Candidates(frozenset(self.store.every_customer()), cands.replan, cands.mark, cands.news)
         views = self.views(cands.keys)
         h = read_history(self.ws, self.store, cands.keys, views, found, legacy, recorded)
         result = plan(self.ws.campaigns, views, first_seen, h, now, one_per_cycle=False, unresolved=found.unresolved,
