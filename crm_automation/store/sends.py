@@ -14,7 +14,7 @@ send twice. Its status (:class:`~crm_automation.models.SendStatus`) moves::
     uncertain/failed -> queued          requeue (the admin's decision)
 
 ``sending`` committed first means a crash leaves evidence that recovery
-resolves (``outbound.SendPass.recover``); ``uncertain`` is never resent by
+resolves (``send.recovery.recover``); ``uncertain`` is never resent by
 itself.
 """
 
