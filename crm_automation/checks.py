@@ -29,7 +29,7 @@ from crm_automation.errors import ConfigError, CrmError, ServiceError
 from crm_automation.workspace import Workspace
 
 if TYPE_CHECKING:
-    from crm_automation.outbound import CampaignOutlook
+    from crm_automation.send.plan import CampaignOutlook
 
 
 class CheckItem(TypedDict):
@@ -118,8 +118,8 @@ def _plan(ws: Workspace, checks: list[CheckItem], now: datetime | None, *, detai
     each step's outlook.
     """
     from crm_automation.compose import Composer
-    from crm_automation.outbound import SendPass
     from crm_automation.rekey import key_change
+    from crm_automation.send.stage import SendPass
     from crm_automation.stage import StageContext
     from crm_automation.store import identity
     from crm_automation.workspace import Clock

@@ -34,7 +34,7 @@ declares ``renamed_from`` or ``resend = true``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from crm_automation.mapping import Campaign
@@ -84,82 +84,38 @@ def hold_reason(campaign: str, step: str, gone: tuple[str, ...], *, first: bool 
 
 
 def review(campaigns: list[Campaign], recorded: Mapping[str, Mapping[str, StepState]],
-           sent: Mapping[tuple[str, str], int]) -> Review:
+           sent: Mapping[tuple[str, str], int], *, sent_in: Callable[[str], bool] | None = None) -> Review:
     """Compare the file's campaigns with the log's record of them (see the module docstring).
 
     ``recorded``: campaign -> step key -> state as last planned (empty for
     a log from before issue #17 or a campaign never planned: its current
     steps are then simply recorded). ``sent``: (campaign, step key) -> how
     many customers were sent that step; only steps sent to someone make an
-    edit unclear.
+    edit unclear. ``sent_in``: whether a campaign sent anything (default:
+    read from ``sent``; the send pass asks the log, issue #23).
     """
+    if sent_in is None:
+        sent_in = lambda cid: any(k[0] == cid for k in sent)  # noqa: E731
     out = Review()
     camp_renames: list[tuple[str, str]] = []
     step_renames: list[tuple[str, str, str]] = []
     for c in campaigns:
         if not c.enabled:
             continue  # a paused campaign keeps its record until it runs again
-        rec = dict(recorded.get(c.id, {}))
         lines: list[str] = []
         old_id = c.renamed_from
-        if old_id is not None and (old_id in recorded or any(k[0] == old_id for k in sent)):
+        rec = dict(recorded.get(c.id, {}))
+        if old_id is not None and (old_id in recorded or sent_in(old_id)):
             camp_renames.append((old_id, c.id))
             lines.append(f"renamed from {old_id!r}: its sends count as this campaign's")
             for k, st in recorded.get(old_id, {}).items():
                 rec.setdefault(k, st)
-
-        def sent_count(key: str, cid: str = c.id, old: str | None = old_id) -> int:
-            return sent.get((cid, key), 0) + (sent.get((old, key), 0) if old is not None else 0)
-
-        for s in c.steps:
-            old_key = s.renamed_from
-            if old_key is not None and (old_key in rec or sent_count(old_key) > 0):
-                step_renames.append((c.id, old_key, s.key))
-                before = rec.pop(old_key, None)
-                if s.key not in rec and before is not None:
-                    rec[s.key] = before
-        current_keys = {s.key for s in c.steps}
-        for key, st in list(rec.items()):
-            # A held step that left again while a step it may replace came back (``id``/``step_id`` set to the
-            # old key): the admin said they are one email, so who had this one had that one.
-            back = next((u for u in st.unresolved if u in current_keys), None)
-            if key not in current_keys and back is not None:
-                step_renames.append((c.id, key, back))
-                del rec[key]
-                lines.append(f"step {key!r} is {back!r} again: who had either does not get it again")
-                lines.append(f"step {old_key!r} renamed to {s.key!r}: who had it does not get it again")
-        current = {s.key: s for s in c.steps}
+        counted = _Counted(c.id, old_id, sent)
+        step_renames += _carry_step_renames(c, rec, counted, lines)
         if not rec:
             out.states[c.id] = {s.key: StepState(s.template, s.number) for s in c.steps}
             continue
-        gone = tuple(sorted(k for k, st in rec.items() if k not in current and not st.retired
-                            and sent_count(k) > 0))
-        new: dict[str, StepState] = {}
-        for s in c.steps:
-            before = rec.get(s.key)
-            if before is None:
-                unclear = () if s.resend else gone
-                new[s.key] = StepState(s.template, s.number, unresolved=unclear)
-                lines.append(f"step {s.key!r} inserted as {place_name(s.number)}" + (
-                    f"; held: it may replace {' / '.join(map(repr, gone))}" if unclear else ""))
-                continue
-            unclear = () if s.resend else tuple(u for u in before.unresolved if u in gone)
-            new[s.key] = StepState(s.template, s.number, unresolved=unclear)
-            if before.retired:
-                lines.append(f"step {s.key!r} is back as {place_name(s.number)}: who had it does not get it again")
-            elif before.position != s.number:
-                lines.append(f"step {s.key!r} moved from {place_name(before.position)} to {place_name(s.number)}")
-            elif before.template != s.template:
-                lines.append(f"step {s.key!r} now uses template {s.template!r}")
-        pending = {u for st in new.values() for u in st.unresolved}
-        for k, st in rec.items():
-            if k in current:
-                continue
-            keep = replace(st, retired=st.retired or k not in pending)
-            new[k] = keep
-            if not st.retired:
-                lines.append(f"step {k!r} removed ({sent_count(k)} had it)" + (
-                    "" if keep.retired else "; a new step may be replacing it"))
+        new = _new_states(c, rec, counted, lines)
         for k, st in new.items():
             if st.unresolved:
                 out.unresolved[(c.id, k)] = st.unresolved
@@ -168,6 +124,76 @@ def review(campaigns: list[Campaign], recorded: Mapping[str, Mapping[str, StepSt
         if lines:
             out.changes[c.id] = lines
     return replace(out, campaign_renames=tuple(camp_renames), step_renames=tuple(step_renames))
+
+
+@dataclass(frozen=True, slots=True)
+class _Counted:
+    """How many customers had a step of one campaign, its sends under an old id (``renamed_from``) counted too."""
+
+    campaign: str
+    old_id: str | None
+    sent: Mapping[tuple[str, str], int]
+
+    def __call__(self, key: str) -> int:
+        old = self.sent.get((self.old_id, key), 0) if self.old_id is not None else 0
+        return self.sent.get((self.campaign, key), 0) + old
+
+
+def _carry_step_renames(c: Campaign, rec: dict[str, StepState], sent_count: _Counted,
+                        lines: list[str]) -> list[tuple[str, str, str]]:
+    """Apply the steps' ``renamed_from`` (and a held step whose old key came back) to ``rec``; the renames."""
+    renames: list[tuple[str, str, str]] = []
+    for s in c.steps:
+        old_key = s.renamed_from
+        if old_key is not None and (old_key in rec or sent_count(old_key) > 0):
+            renames.append((c.id, old_key, s.key))
+            before = rec.pop(old_key, None)
+            if s.key not in rec and before is not None:
+                rec[s.key] = before
+    current_keys = {s.key for s in c.steps}
+    for key, st in list(rec.items()):
+        # A held step that left again while a step it may replace came back (``id``/``step_id`` set to the
+        # old key): the admin said they are one email, so who had this one had that one.
+        back = next((u for u in st.unresolved if u in current_keys), None)
+        if key not in current_keys and back is not None:
+            renames.append((c.id, key, back))
+            del rec[key]
+            lines.append(f"step {key!r} is {back!r} again: who had either does not get it again")
+    return renames
+
+
+def _new_states(c: Campaign, rec: Mapping[str, StepState], sent_count: _Counted,
+                lines: list[str]) -> dict[str, StepState]:
+    """The campaign's new record: its steps now (inserted ones maybe held), and removed ones retired or kept."""
+    current = {s.key: s for s in c.steps}
+    gone = tuple(sorted(k for k, st in rec.items() if k not in current and not st.retired and sent_count(k) > 0))
+    new: dict[str, StepState] = {}
+    for s in c.steps:
+        before = rec.get(s.key)
+        if before is None:
+            unclear = () if s.resend else gone
+            new[s.key] = StepState(s.template, s.number, unresolved=unclear)
+            lines.append(f"step {s.key!r} inserted as {place_name(s.number)}" + (
+                f"; held: it may replace {' / '.join(map(repr, gone))}" if unclear else ""))
+            continue
+        unclear = () if s.resend else tuple(u for u in before.unresolved if u in gone)
+        new[s.key] = StepState(s.template, s.number, unresolved=unclear)
+        if before.retired:
+            lines.append(f"step {s.key!r} is back as {place_name(s.number)}: who had it does not get it again")
+        elif before.position != s.number:
+            lines.append(f"step {s.key!r} moved from {place_name(before.position)} to {place_name(s.number)}")
+        elif before.template != s.template:
+            lines.append(f"step {s.key!r} now uses template {s.template!r}")
+    pending = {u for st in new.values() for u in st.unresolved}
+    for k, st in rec.items():
+        if k in current:
+            continue
+        keep = replace(st, retired=st.retired or k not in pending)
+        new[k] = keep
+        if not st.retired:
+            lines.append(f"step {k!r} removed ({sent_count(k)} had it)" + (
+                "" if keep.retired else "; a new step may be replacing it"))
+    return new
 
 
 def place_name(n: int) -> str:

@@ -382,13 +382,52 @@ def plan(campaigns: list[Campaign], customers: MappingT[str, CustomerView], firs
             went_out.append(c.id)
         out += planned
     if one_per_cycle:
-        taken: set[str] = set()
-        kept = []
-        for p in out:
-            if p.status == "queued":
-                if p.customer_key in taken:
-                    continue
-                taken.add(p.customer_key)
-            kept.append(p)
-        out = kept
+        out = one_per_customer(out)[0]
     return Plan(out, held, notes, tuple(went_out))
+
+
+def one_per_customer(planned: list[PlannedSend]) -> tuple[list[PlannedSend], list[PlannedSend]]:
+    """(what goes this cycle, the queued sends that wait for the next): one email per customer per cycle."""
+    taken: set[str] = set()
+    kept, later = [], []
+    for p in planned:
+        if p.status == "queued":
+            if p.customer_key in taken:
+                later.append(p)
+                continue
+            taken.add(p.customer_key)
+        kept.append(p)
+    return kept, later
+
+
+def campaign_digest(c: Campaign) -> str:
+    """A campaign's definition as text: when it differs from the one last planned, the campaign is re-planned.
+
+    Issue #23: a pass plans the customers with news; an edit (a ``where``,
+    a step, ``after_days``, a re-enabled campaign) changes who is due among
+    all of them, so that campaign is planned over all its customers once.
+    """
+    return json.dumps({"id": c.id, "trigger": c.trigger, "where": {k: sorted(v) for k, v in sorted(c.where.items())},
+                       "stop_on": sorted(c.stop_on), "field": c.field, "to": c.to,
+                       "at": c.at.isoformat() if c.at else None, "include_existing": c.include_existing,
+                       "enabled": c.enabled, "skip_if_already_wrote": c.skip_if_already_wrote,
+                       "renamed_from": c.renamed_from, "resend": c.resend,
+                       "steps": [[s.key, s.template, s.after_days, s.renamed_from, s.resend] for s in c.steps]},
+                      ensure_ascii=False, sort_keys=True)
+
+
+def next_look(c: Campaign, rows: MappingT[str, datetime | None]) -> datetime | None:
+    """When the customer's next follow-up of ``c`` comes due, or None when none is pending (issue #23).
+
+    ``rows``: their sends of the campaign, step key -> sent time (None: a
+    row not sent). The step after their reach is due ``after_days`` after
+    the sequence began, as :func:`plan` decides; a step that already has a
+    row is not pending (its own send starts the next wait).
+    """
+    times = [t for t in rows.values() if t is not None]
+    if not times:
+        return None
+    nxt = reach(places(c), rows) + 1
+    if nxt < 1 or nxt >= len(c.steps) or c.steps[nxt].key in rows:
+        return None
+    return min(times) + timedelta(days=c.steps[nxt].after_days)

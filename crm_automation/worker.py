@@ -7,7 +7,7 @@ in its own module and can be used without the worker (issue #10):
 
     sheetsync.py       SheetSession   sync, write-back, new rows from unknown senders
     inbound.py         InboundPass    source -> parse -> classify -> match -> decision -> store
-    outbound.py        SendPass       plan -> queue -> compose -> hand over -> record; crash recovery
+    send/              SendPass       plan -> queue -> compose -> hand over -> record; crash recovery
     compose.py         Composer       Message-IDs, template context, unsubscribe links, rendering
 
 A stage that cannot reach its service is recorded as stopped and retried at
@@ -34,7 +34,6 @@ from crm_automation.compose import Composed, Composer
 from crm_automation.config import parse_duration
 from crm_automation.effects import status_for
 from crm_automation.errors import ConfigError, CrmError, ServiceError
-from crm_automation.inbound import InboundPass, InboundPolicy
 from crm_automation.models import CustomerView
 from crm_automation.sheetsync import Rekeyed, SheetSession
 from crm_automation.stage import Progress, StageContext, StageResult, address_index, held, no_progress
@@ -42,8 +41,9 @@ from crm_automation.store import identity
 from crm_automation.workspace import Clock, Workspace
 
 if TYPE_CHECKING:
-    from crm_automation.outbound import SendPass
+    from crm_automation.inbound import InboundPass
     from crm_automation.planner import Plan
+    from crm_automation.send.stage import SendPass
     from crm_automation.store.repo import Store
 
 
@@ -67,13 +67,19 @@ class Worker:
         self.stop = self.ctx.stop
         self.composer = Composer(ws.cfg, ws.templates, name_field=lambda: ws.mapping.roles.name)
         self.session = SheetSession(ws, self.ctx)
-        self.inbound = InboundPass(ws, self.ctx, self.composer.message_id)
         self._send_options = (wait, accept_new_log)
+
+    @functools.cached_property
+    def inbound(self) -> InboundPass:
+        """The fetch stage, made on first use: a send or its dry run never loads the classifier (issue #23)."""
+        from crm_automation.inbound import InboundPass
+
+        return InboundPass(self.ws, self.ctx, self.composer.message_id)
 
     @functools.cached_property
     def outbound(self) -> SendPass:
         """The send pass, made on first use: a ``fetch`` never loads the planner (a poll starts faster)."""
-        from crm_automation.outbound import SendPass
+        from crm_automation.send.stage import SendPass
 
         wait, accept_new_log = self._send_options
         return SendPass(self.ws, self.ctx, self.composer, wait=wait, accept_new_log=accept_new_log)
@@ -85,7 +91,9 @@ class Worker:
     # ------------------------------------------------------------------ what is on disk
     def refresh(self) -> None:
         """At each pass: reload the mappings that changed on disk (issue #17); see :meth:`Workspace.refresh`."""
-        if self.ws.refresh():
+        if self.ws.refresh() and "inbound" in self.__dict__:  # a fetch stage not made yet reads the new mapping
+            from crm_automation.inbound import InboundPolicy
+
             self.inbound.policy = InboundPolicy.of(self.ws)  # the addresses are read from the mapping's email fields
 
     def send_hold(self) -> tuple[CrmError, str] | None:

@@ -23,7 +23,6 @@ from crm_automation.models import (
     EmailStatus,
     InboundDetails,
     Kind,
-    SendStatus,
     details_of,
 )
 from crm_automation.store.activities import (
@@ -37,7 +36,7 @@ from crm_automation.store.activities import (
 from crm_automation.store.connection import Connection, Guarded, iso
 from crm_automation.store.customers import update_email_status
 from crm_automation.store.schema import INBOUND_KINDS_SQL
-from crm_automation.store.sends import NOTIFY_CAMPAIGN, SentRef, insert_sends
+from crm_automation.store.sends import SentRef, insert_sends, notification_row
 from crm_automation.store.suppressions import insert_suppression, read_suppressions
 
 
@@ -101,9 +100,7 @@ def _apply(batch: _Batch, d: Decision, now: datetime) -> bool:
         _caused(conn, a, now)
         if a.notify_owner is not None and a.customer_key is not None:
             owner, mid = a.notify_owner
-            insert_sends(conn, [{"campaign": NOTIFY_CAMPAIGN, "step": aid, "customer_key": a.customer_key,
-                                 "status": SendStatus.QUEUED.value, "message_id": mid, "queued_at": iso(now),
-                                 "error": None, "email": owner}])
+            insert_sends(conn, [notification_row(aid, a.customer_key, owner, mid, now)])
     return logged
 
 
@@ -164,7 +161,7 @@ class InboundLog(Connection):
             return None
         rows = self.conn.execute(
             "SELECT DISTINCT customer_key, campaign, step FROM sends WHERE message_id >= ? AND message_id < ? "
-            "AND campaign != ? LIMIT 2", (f"<{token}@", f"<{token}A", NOTIFY_CAMPAIGN)).fetchall()
+            "AND kind = 'campaign_step' LIMIT 2", (f"<{token}@", f"<{token}A")).fetchall()
         if len(rows) != 1:
             return None
         key, campaign, step = rows[0]

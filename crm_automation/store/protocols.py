@@ -18,6 +18,7 @@ The parts, and what each records:
 - :class:`FetchedMail`: a fetched message's decision applied with its
   folder's cursor (exactly once), mail linked to customers added later.
 - :class:`Sends`: the exactly-once send lifecycle and the campaigns' plan state.
+- :class:`Planning`: what the plan part asks: who can be due now, and those candidates' history (issue #23).
 - :class:`Suppressions`: the suppression list.
 - :class:`Reports`: reads across tables (funnel, last contact) and stage runs.
 
@@ -28,7 +29,7 @@ function (:class:`~crm_automation.models.Effect`,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol
@@ -36,8 +37,9 @@ from typing import Any, Protocol
 from crm_automation.models import Cursor, Customer, Decision, EmailStatus, SendStatus, StepState, SuppressionReason
 from crm_automation.store.activities import Activity, DetailsIn, InboundEvent, QuarantinedContact
 from crm_automation.store.customers import RekeyCounts, SheetState, StoredCustomer, SyncStats
+from crm_automation.store.due import Events, PlanMark
 from crm_automation.store.reports import FunnelRow, LastTimes, QuarantineRow, QueueDepth, ReplyRow, RunRow
-from crm_automation.store.sends import SendRow, SentRef
+from crm_automation.store.sends import SendRow, Sent, SentRef
 from crm_automation.store.suppressions import Suppression
 
 
@@ -306,6 +308,22 @@ class Sends(Protocol):
         """Put uncertain/failed sends back in the queue (the admin's decision)."""
         ...
 
+    def count_sends(self, status: SendStatus) -> int:
+        """How many sends are in one status (the queue's depth after a pass)."""
+        ...
+
+    def has_sent_in(self, campaign: str) -> bool:
+        """Whether any step of a campaign was sent (rows from before schema 4 left out)."""
+        ...
+
+    def mark_sent_and_sending(self, sent: Sent | None, send_id: int, message_id: str, now: datetime) -> bool:
+        """Record the last message's ``sent`` and mark the next ``sending``, in one commit (issue #5)."""
+        ...
+
+    def sent_step_count(self, campaign: str, step_id: str) -> int:
+        """How many customers were sent one step (by the unique index's prefix)."""
+        ...
+
 
 class Suppressions(Protocol):
     """Addresses never mailed, with why, when and who said so."""
@@ -371,9 +389,88 @@ class Reports(Protocol):
         ...
 
 
-class LogStore(Log, Customers, Activities, FetchedMail, Sends, Suppressions, Reports, Protocol):
+class Planning(Protocol):
+    """What the plan part asks (issue #23): who can be due now, and the history of those candidates only.
+
+    A pass costs what is due, not what is stored: the sync's events since
+    the last plan, follow-ups whose time has come (``plan_due``), and, per
+    kind, the history of the candidates, one query each.
+    """
+
+    def plan_mark(self) -> PlanMark | None:
+        """Where the last recorded plan stopped, or None before the first (every campaign is planned then)."""
+        ...
+
+    def last_activity_id(self) -> int:
+        """The newest activity's id (0 for an empty log)."""
+        ...
+
+    def events_between(self, after: int, upto: int) -> Events:
+        """Customers added or changed, and emails sent, logged after activity ``after`` up to ``upto``."""
+        ...
+
+    def due_by(self, now: datetime, campaigns: Iterable[str]) -> list[tuple[str, str]]:
+        """(campaign, customer) of these campaigns whose next look has come (``plan_due``, by its index)."""
+        ...
+
+    def queued_customers(self) -> set[str]:
+        """Customers with a queued send (the dispatch checks them with their history)."""
+        ...
+
+    def planned_as(self) -> dict[str, str | None]:
+        """Campaign -> its definition as last planned (None: never, or held then)."""
+        ...
+
+    def campaign_customers(self, campaign: str) -> set[str]:
+        """Customers with any send of one campaign (a re-planned campaign's follow-ups)."""
+        ...
+
+    def present_customers(self, *, seen_after: datetime | None = None) -> set[str]:
+        """Customers in the sheet (first seen after ``seen_after`` when given)."""
+        ...
+
+    def every_customer(self) -> set[str]:
+        """Every customer the log knows, in the sheet or not, with or without sends (``check --plan``'s outlook)."""
+        ...
+
+    def changed_to(self, field_name: str) -> set[str]:
+        """Customers a sync logged a change of ``field_name`` for (a ``change`` campaign re-planned)."""
+        ...
+
+    def customers_among(self, keys: Iterable[str]) -> Iterator[StoredCustomer]:
+        """The present customers among ``keys``, in the sheet's order of arrival."""
+        ...
+
+    def sends_among(self, keys: Iterable[str]) -> list[SendRow]:
+        """Every send to these customers, oldest first."""
+        ...
+
+    def inbound_among(self, keys: Iterable[str]) -> list[InboundEvent]:
+        """These customers' inbound activities, each bounce's permanence decoded."""
+        ...
+
+    def field_changes_among(self, fields: Iterable[str],
+                            keys: Iterable[str]) -> dict[str, list[tuple[str, object, datetime]]]:
+        """Field -> (customer, new value, when) of these customers' changes of ``fields``, oldest first."""
+        ...
+
+    def quarantined_among(self, keys: Iterable[str]) -> list[QuarantinedContact]:
+        """These customers' quarantined messages, oldest first."""
+        ...
+
+    def suppressed_among(self, emails: Iterable[str]) -> frozenset[str]:
+        """Which of these addresses (lower case) are suppressed."""
+        ...
+
+    def record_plan(self, mark: PlanMark, planned_as: dict[str, str | None], due: dict[tuple[str, str], str | None],
+                    *, replanned: Iterable[str] = ()) -> None:
+        """After a plan was queued: the mark, each campaign's definition, and the next looks, in one transaction."""
+        ...
+
+
+class LogStore(Log, Customers, Activities, FetchedMail, Sends, Planning, Suppressions, Reports, Protocol):
     """The whole log: every part (what ``Workspace.open_store`` returns)."""
 
 
-PARTS: tuple[type, ...] = (Log, Customers, Activities, FetchedMail, Sends, Suppressions, Reports)
+PARTS: tuple[type, ...] = (Log, Customers, Activities, FetchedMail, Sends, Planning, Suppressions, Reports)
 """Every part, for tests that check the protocols describe the whole public surface."""

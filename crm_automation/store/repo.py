@@ -19,19 +19,23 @@ from crm_automation.store.activities import (
 )
 from crm_automation.store.connection import Connection, iso, parse_iso, storage_error
 from crm_automation.store.customers import CustomerLog, SheetState, StoredCustomer, SyncStats
+from crm_automation.store.due import Events, PlanLog, PlanMark
 from crm_automation.store.inbound import InboundLog
 from crm_automation.store.reports import FunnelRow, LastTimes, Reports
-from crm_automation.store.sends import NOTIFY_CAMPAIGN, SendLog, SendRow, SentRef
+from crm_automation.store.sends import NOTIFICATION_LABEL, SendKind, SendLog, SendRow, SentRef
 from crm_automation.store.suppressions import Suppression, SuppressionList
 
 __all__ = [
-    "NOTIFY_CAMPAIGN",
+    "NOTIFICATION_LABEL",
     "PERMANENCE_SQL",
     "Activity",
+    "Events",
     "FunnelRow",
     "InboundEvent",
     "LastTimes",
+    "PlanMark",
     "QuarantinedContact",
+    "SendKind",
     "SendRow",
     "SentRef",
     "SheetState",
@@ -45,7 +49,7 @@ __all__ = [
 ]
 
 
-class Store(CustomerLog, ActivityLog, InboundLog, SendLog, SuppressionList, Reports, Connection):
+class Store(CustomerLog, ActivityLog, InboundLog, SendLog, SuppressionList, Reports, PlanLog, Connection):
     """The activity log. Open with :meth:`open`; one connection per process.
 
     Each base is one part of the log sharing this one connection:

@@ -19,7 +19,6 @@ from crm_automation.store.activities import PERMANENCE_SQL
 from crm_automation.store.connection import Connection, iso, parse_iso
 from crm_automation.store.customers import StoredCustomer
 from crm_automation.store.schema import INBOUND_KINDS_SQL
-from crm_automation.store.sends import NOTIFY_CAMPAIGN
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +137,8 @@ class Reports(Connection):
     def last_times(self) -> LastTimes:
         """Per customer: time of the last email sent (owner notifications aside) and of the last reply."""
         sent = {k: t for k, s in self.conn.execute(
-            "SELECT customer_key, MAX(sent_at) FROM sends WHERE status = 'sent' AND campaign != ? "
-            "GROUP BY customer_key", (NOTIFY_CAMPAIGN,))
+            "SELECT customer_key, MAX(sent_at) FROM sends WHERE status = 'sent' AND kind = 'campaign_step' "
+            "GROUP BY customer_key")
             if (t := parse_iso(s))}
         replied = {k: t for k, s in self.conn.execute(
             "SELECT customer_key, MAX(occurred_at) FROM activities WHERE kind = 'email_in' AND customer_key "

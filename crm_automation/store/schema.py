@@ -151,3 +151,53 @@ def create_v4(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE campaign_steps (campaign TEXT NOT NULL, step_id TEXT NOT NULL, position INTEGER NOT NULL, "
                "template TEXT NOT NULL, retired INTEGER NOT NULL DEFAULT 0, unresolved TEXT, first_seen TEXT, "
                "PRIMARY KEY (campaign, step_id)) WITHOUT ROWID")
+
+
+def create_v5(db: sqlite_utils.Database) -> None:
+    """Schema version 5 (issue #18): a send knows what kind of message it is.
+
+    ``sends.kind`` (extra): ``campaign_step`` or ``owner_notification``
+    (:class:`crm_automation.store.sends.SendKind`); each kind has its own key
+    for exactly-once. Owner notifications were recognised by their campaign's
+    name (``owner-notify``, the activity's id as ``step``); those rows get
+    their kind here and keep their key (``step_id`` = the activity's id, set
+    by schema 4), so no reply is forwarded twice after the upgrade.
+    """
+    db.execute("ALTER TABLE sends ADD COLUMN kind TEXT NOT NULL DEFAULT 'campaign_step'")
+    db.execute("UPDATE sends SET kind = 'owner_notification' WHERE campaign = 'owner-notify'")
+
+
+def create_v6(db: sqlite_utils.Database) -> None:
+    """Schema version 6 (issue #23): a pass asks the log what can be due instead of reading all of it.
+
+    - ``plan_due`` (extra): per (campaign, customer), when the planner should
+      look at them again: the day their next follow-up comes due (``after_days``
+      from the start of their sequence), or at once for a send the planner
+      chose and could not record yet (``one_per_cycle``). Written by the send
+      pass's plan part after the previous step was sent; indexed by the time.
+    - ``campaigns.planned_as`` (extra): each campaign's definition as last
+      planned, so an edit (a ``where``, an inserted step, a re-enabled
+      campaign) re-plans that campaign once.
+    - indexes: ``sends`` by customer (a candidate's history); partial ones
+      on the queue, on ``sending`` (recovery) and ``uncertain``, and on
+      ``sent`` by time (the rate limits: an indexed aggregate; the log's
+      sent count); the rows from before schema 4. Queries name the status
+      as a literal: SQLite uses a partial index only then.
+
+    The first send pass after the upgrade plans every campaign as before and
+    records where it stopped (``meta`` ``plan_activity_id``); from then on a
+    pass plans the customers with news since then and the follow-ups whose
+    day has come.
+    """
+    db.execute("CREATE TABLE plan_due (campaign TEXT NOT NULL, customer_key TEXT NOT NULL, due_at TEXT NOT NULL, "
+               "PRIMARY KEY (campaign, customer_key)) WITHOUT ROWID")
+    db.execute("CREATE INDEX idx_plan_due_at ON plan_due(campaign, due_at)")
+    db.execute("CREATE INDEX idx_plan_due_customer ON plan_due(customer_key)")
+    db.table("campaigns").add_column("planned_as", str)
+    db.execute("CREATE INDEX idx_sends_customer ON sends(customer_key)")
+    # Partial indexes on the statuses a pass asks for: small, and a message passing through them costs the
+    # send loop a few entries on hot pages (an index on every status moved each message across the index).
+    for status in ("queued", "sending", "uncertain"):
+        db.execute(f"CREATE INDEX idx_sends_{status} ON sends(id) WHERE status = '{status}'")
+    db.execute("CREATE INDEX idx_sends_sent ON sends(sent_at) WHERE status = 'sent'")
+    db.execute("CREATE INDEX idx_sends_legacy ON sends(campaign, step) WHERE step_id IS NULL")

@@ -14,12 +14,13 @@ send twice. Its status (:class:`~crm_automation.models.SendStatus`) moves::
     uncertain/failed -> queued          requeue (the admin's decision)
 
 ``sending`` committed first means a crash leaves evidence that recovery
-resolves (``outbound.SendPass.recover``); ``uncertain`` is never resent by
+resolves (``send.recovery.recover``); ``uncertain`` is never resent by
 itself.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,9 +30,27 @@ from crm_automation.models import Kind, SendStatus, StepState
 from crm_automation.store.activities import insert_activity
 from crm_automation.store.connection import Connection, Guarded, iso, parse_iso
 
-NOTIFY_CAMPAIGN = "owner-notify"  # pseudo-campaign: owner notifications reuse the sends table's exactly-once rows
 _SEND_COLS = ("id, campaign, step, customer_key, status, message_id, queued_at, sent_at, error, email, attempts, "
-              "next_attempt_at, step_id")
+              "next_attempt_at, step_id, kind")
+# What was handed over since :since, one part per status so each reads its partial index (schema 6).
+_HANDED_OVER = ("SELECT {cols} FROM sends WHERE status = 'sent' AND sent_at >= :since UNION ALL "
+                "SELECT {cols} FROM sends WHERE status = 'sending' AND COALESCE(sent_at, next_attempt_at) >= :since "
+                "UNION ALL SELECT {cols} FROM sends WHERE status = 'uncertain' AND "
+                "COALESCE(sent_at, next_attempt_at) >= :since")
+NOTIFICATION_LABEL = "owner-notify"  # what ``sends.campaign`` shows for an owner notification (a label, not its key)
+
+
+class SendKind(enum.StrEnum):
+    """What a ``sends`` row is (``sends.kind``, schema 5); each kind has its own exactly-once key (issue #18).
+
+    ``campaign_step``: (campaign, step_id, customer). ``owner_notification``:
+    the activity it forwards (``step_id`` holds the activity's id; one
+    notification an activity). ``owner_digest`` (issue #21) is reserved.
+    What each kind means to the send pass is :mod:`crm_automation.send.kinds`.
+    """
+
+    CAMPAIGN_STEP = "campaign_step"
+    OWNER_NOTIFICATION = "owner_notification"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +70,7 @@ class SendRow:
     attempts: int
     next_attempt_at: datetime | None
     step_id: str | None = None  # the step's identity (issue #17); None only in rows from before schema 4
+    kind: SendKind = SendKind.CAMPAIGN_STEP  # what the row is, and so what its key means (schema 5, issue #18)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,21 +84,59 @@ class SentRef:
 
 def _send(sid: int, campaign: str, step: int, key: str, status: str, mid: str | None, queued: str | None,
           sent: str | None, error: str | None, email: str | None, attempts: int | None, next_at: str | None,
-          step_id: str | None) -> SendRow:
+          step_id: str | None, kind: str) -> SendRow:
     return SendRow(sid, campaign, step, key, SendStatus(status), mid, parse_iso(queued), parse_iso(sent), error, email,
-                   attempts or 0, parse_iso(next_at), step_id)
+                   attempts or 0, parse_iso(next_at), step_id, SendKind(kind))
 
 
 def insert_sends(conn: Guarded, rows: Sequence[Mapping[str, object]]) -> int:
     """Insert sends, leaving existing keys (campaign, step_id, customer) alone; the caller's unit owns the transaction.
 
-    ``step_id`` defaults to ``step`` as text (owner notifications, whose step is an activity id).
+    ``kind`` defaults to a campaign step, ``step_id`` to ``step`` as text.
     """
     cur = conn.executemany(
         "INSERT OR IGNORE INTO sends (campaign, step, step_id, customer_key, status, message_id, queued_at, error, "
-        "email, attempts) VALUES (:campaign, :step, :step_id, :customer_key, :status, :message_id, :queued_at, "
-        ":error, :email, 0)", [r if "step_id" in r else {**r, "step_id": str(r["step"])} for r in rows])
+        "email, attempts, kind) VALUES (:campaign, :step, :step_id, :customer_key, :status, :message_id, :queued_at, "
+        ":error, :email, 0, :kind)",
+        [{"kind": SendKind.CAMPAIGN_STEP.value, "step_id": str(r["step"]), **r} for r in rows])
     return cur.rowcount
+
+
+def notification_row(activity_id: int | None, customer_key: str, owner: str, message_id: str,
+                     now: datetime) -> dict[str, object]:
+    """The queued ``sends`` row of an owner notification: its key is the activity it forwards (issue #18).
+
+    ``step_id`` is the activity's id: the unique (campaign, step_id,
+    customer) then holds one notification an activity, and a row written
+    before schema 5 (campaign ``owner-notify``, the id also as ``step``) has
+    the same key, so an upgrade never forwards a reply twice.
+    """
+    return {"campaign": NOTIFICATION_LABEL, "step": 0, "step_id": str(activity_id), "customer_key": customer_key,
+            "status": SendStatus.QUEUED.value, "message_id": message_id, "queued_at": iso(now), "error": None,
+            "email": owner, "kind": SendKind.OWNER_NOTIFICATION.value}
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A message handed over, to be recorded ``sent`` with its ``email_out`` activity."""
+
+    send_id: int
+    at: datetime
+    customer_key: str
+    campaign: str
+    step: int
+    message_id: str
+    subject: str
+    body: str
+    source: str
+
+
+def _write_sent(conn: Guarded, s: Sent) -> None:
+    """Sending -> sent and the ``email_out`` activity (the caller's transaction)."""
+    conn.execute("UPDATE sends SET status = 'sent', sent_at = ?, error = NULL WHERE id = ?", (iso(s.at), s.send_id))
+    insert_activity(conn, kind=Kind.EMAIL_OUT.value, occurred_at=s.at, now=s.at, customer_key=s.customer_key,
+                    subject=s.subject, body=s.body, message_id=s.message_id, campaign=s.campaign, step=s.step,
+                    source=s.source)
 
 
 class SendLog(Connection):
@@ -133,6 +191,16 @@ class SendLog(Connection):
         return {(c, k): n for c, k, n in self.conn.execute(
             "SELECT campaign, step_id, COUNT(*) FROM sends WHERE status = 'sent' AND step_id IS NOT NULL "
             "GROUP BY campaign, step_id")}
+
+    def sent_step_count(self, campaign: str, step_id: str) -> int:
+        """How many customers were sent one step (by the unique index's prefix)."""
+        return int(self.conn.execute("SELECT COUNT(*) FROM sends WHERE campaign = ? AND step_id = ? AND +status = "
+                                     "'sent'", (campaign, step_id)).fetchone()[0])
+
+    def has_sent_in(self, campaign: str) -> bool:
+        """Whether any step of a campaign was sent (rows from before schema 4 left out)."""
+        return self.conn.execute("SELECT 1 FROM sends WHERE campaign = ? AND +status = 'sent' AND step_id IS NOT "
+                                 "NULL LIMIT 1", (campaign,)).fetchone() is not None
 
     def legacy_steps(self) -> list[tuple[str, int]]:
         """(campaign, step) of rows written before schema 4, which have no step_id yet."""
@@ -195,16 +263,21 @@ class SendLog(Connection):
         """Send rows, oldest first."""
         sql = f"SELECT {_SEND_COLS} FROM sends"
         cond, args = [], []
-        if status is not None:
-            st = [s.value for s in status]
-            cond.append(f"status IN ({','.join('?' * len(st))})")
-            args += st
+        if status is not None:  # literals, not parameters: SQLite uses a partial index only then (schema 6)
+            st = [SendStatus(s).value for s in status]
+            cond.append("0" if not st else f"status = '{st[0]}'" if len(st) == 1 else
+                        f"status IN ({', '.join(repr(v) for v in st)})")
         if campaign is not None:
             cond.append("campaign = ?")
             args.append(campaign)
         if cond:
             sql += " WHERE " + " AND ".join(cond)
         return [_send(*r) for r in self.conn.execute(sql + " ORDER BY id", args)]
+
+    def count_sends(self, status: SendStatus) -> int:
+        """How many sends are in one status (the queue's depth after a pass)."""
+        return int(self.conn.execute(f"SELECT COUNT(*) FROM sends WHERE status = '{SendStatus(status).value}'"
+                                     ).fetchone()[0])
 
     def send_keys(self) -> set[tuple[str, int, str]]:
         """Every (campaign, step, customer) that has a sends row, whatever its status."""
@@ -237,17 +310,20 @@ class SendLog(Connection):
         return self.conn.execute("SELECT 1 FROM sends WHERE status = 'sent' LIMIT 1").fetchone() is not None
 
     def sent_count_since(self, since: datetime) -> int:
-        """Messages handed over since ``since`` (sent, sending, uncertain): for max_per_day/minute."""
-        count: int = self.conn.execute(
-            "SELECT COUNT(*) FROM sends WHERE status IN ('sent', 'sending', 'uncertain') AND "
-            "COALESCE(sent_at, next_attempt_at) >= ?", (iso(since),)).fetchone()[0]
-        return count
+        """Messages handed over since ``since`` (sent, sending, uncertain): for max_per_day/minute.
+
+        An indexed aggregate (schema 6's partial indexes): it costs the day's
+        sends, not the log's. A ``sent`` row always has its ``sent_at``.
+        """
+        count: int = self.conn.execute(f"SELECT SUM(n) FROM ({_HANDED_OVER.format(cols='COUNT(*) AS n')})",
+                                       {"since": iso(since)}).fetchone()[0]
+        return count or 0
 
     def sent_times_since(self, since: datetime) -> list[datetime]:
         """Hand-over times since ``since``, oldest first (rate limits across restarts)."""
-        return [t for (s,) in self.conn.execute(
-            "SELECT COALESCE(sent_at, next_attempt_at) AS t FROM sends WHERE status IN ('sent','sending','uncertain') "
-            "AND t >= ? ORDER BY t", (iso(since),)) if (t := parse_iso(s)) is not None]
+        return sorted(t for (s,) in self.conn.execute(
+            _HANDED_OVER.format(cols="COALESCE(sent_at, next_attempt_at)"), {"since": iso(since)})
+            if (t := parse_iso(s)) is not None)
 
     # ------------------------------------------------------------ the lifecycle
     def queue_sends(self, rows: Sequence[Mapping[str, object]]) -> int:
@@ -271,11 +347,19 @@ class SendLog(Connection):
                   message_id: str, subject: str, body: str, source: str) -> None:
         """Sending -> sent, with the email_out activity, in one transaction."""
         with self.transaction():
-            self.conn.execute("UPDATE sends SET status = 'sent', sent_at = ?, error = NULL WHERE id = ?",
-                              (iso(now), send_id))
-            insert_activity(self.conn, kind=Kind.EMAIL_OUT.value, occurred_at=now, now=now,
-                            customer_key=customer_key, subject=subject, body=body, message_id=message_id,
-                            campaign=campaign, step=step, source=source)
+            _write_sent(self.conn, Sent(send_id, now, customer_key, campaign, step, message_id, subject, body,
+                                        source))
+
+    def mark_sent_and_sending(self, sent: Sent | None, send_id: int, message_id: str, now: datetime) -> bool:
+        """Record the last message's ``sent`` and mark the next ``sending``, in one commit (issue #5).
+
+        The same two writes as :meth:`mark_sent` and :meth:`mark_sending`,
+        without a savepoint between them: the send loop's one commit a message.
+        """
+        with self.transaction():
+            if sent is not None:
+                _write_sent(self.conn, sent)
+            return self.mark_sending(send_id, message_id, now)
 
     def mark_retry(self, send_id: int, error: str, next_attempt: datetime) -> None:
         """Sending -> queued after a 4xx answer: retried at ``next_attempt``."""

@@ -200,6 +200,15 @@ def _as_before_issue_17(db) -> None:
     """Turn a log into what schema 3 wrote: steps by place only, no record of the campaigns' steps."""
     con = sqlite3.connect(db)
     with con:
+        # what later schemas added (5: sends.kind; 6: planning by question) goes first
+        for index in ("idx_sends_customer", "idx_sends_queued", "idx_sends_sending", "idx_sends_uncertain",
+                      "idx_sends_sent", "idx_sends_legacy"):
+            con.execute(f"DROP INDEX IF EXISTS {index}")
+        con.execute("DROP TABLE IF EXISTS plan_due")
+        con.execute("ALTER TABLE campaigns DROP COLUMN planned_as")
+        con.execute("ALTER TABLE sends DROP COLUMN kind")
+        con.execute("DELETE FROM meta WHERE key LIKE 'plan_%'")
+        con.execute("DELETE FROM _migrations WHERE name >= '0005'")
         con.execute("DROP INDEX idx_sends_campaign_step_id_customer")
         con.execute("ALTER TABLE sends DROP COLUMN step_id")
         con.execute('CREATE UNIQUE INDEX "idx_sends_campaign_step_customer_key" ON "sends" '

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from crm_automation.outbound import RETRY_MAX, in_window, pace_wait, retry_at
+from crm_automation.send.dispatch import RETRY_MAX, in_window, pace_wait, retry_at
 from crm_automation.worker import Worker
 from crm_automation.workspace import Clock, Workspace
 from tests.fixtures.core import make_workspace

@@ -156,7 +156,7 @@ def snapshot(store: Store) -> dict[str, list[tuple[Any, ...]]]:
 def test_store_moves_every_keyed_row_in_one_go(store):
     seed(store)
     counts = store.rekey([("a@x.com", "C1", "C1"), ("b@x.com", "C2", "C2")], "customer_id")
-    assert counts.tables == {"customers": 2, "activities": 2, "quarantine": 1, "sends": 2}
+    assert counts.tables == {"customers": 2, "activities": 2, "quarantine": 1, "sends": 2, "plan_due": 0}
     assert sorted(store.customers()) == ["C1", "C2"]
     assert store.customer("C1").data == {"email": "a@x.com", "name": "A", "customer_id": "C1"}
     assert {s.customer_key for s in store.sends()} == {"C1", "C2"}
@@ -170,7 +170,7 @@ def test_store_dry_run_counts_and_changes_nothing(store):
     seed(store)
     before = snapshot(store)
     counts = store.rekey([("a@x.com", "C1", "C1"), ("b@x.com", "C2", "C2")], "customer_id", dry_run=True)
-    assert counts.tables == {"customers": 2, "activities": 2, "quarantine": 1, "sends": 2}
+    assert counts.tables == {"customers": 2, "activities": 2, "quarantine": 1, "sends": 2, "plan_due": 0}
     assert snapshot(store) == before
 
 

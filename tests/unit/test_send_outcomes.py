@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from crm_automation.outbound import RECIPIENT_4XX_ATTEMPTS, gives_up, retry_at
+from crm_automation.send.dispatch import RECIPIENT_4XX_ATTEMPTS, gives_up, retry_at
 
 NOW = datetime(2027, 1, 10, 2, 0, tzinfo=UTC)
 

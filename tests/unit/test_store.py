@@ -28,7 +28,7 @@ from crm_automation.models import (
     SendFailedDetails,
     SendStatus,
 )
-from crm_automation.store.repo import NOTIFY_CAMPAIGN, FunnelRow, SentRef, SheetState, Store, Suppression
+from crm_automation.store.repo import FunnelRow, SendKind, SentRef, SheetState, Store, Suppression
 
 T0 = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
 
@@ -174,9 +174,9 @@ def test_apply_inbound_writes_the_message_and_the_cursor_in_one_commit(store):
     assert commits(seen) == 1
     assert store.mailbox_cursor("INBOX") == Cursor(7, 42)
     assert store.maildir_seen("INBOX") == frozenset({"file-1"})
-    (note,) = store.sends(campaign=NOTIFY_CAMPAIGN)
+    (note,) = [s for s in store.sends() if s.kind is SendKind.OWNER_NOTIFICATION]
     assert (note.status, note.email, note.message_id) == (SendStatus.QUEUED, "o@x.com", "<n1@x>")
-    assert store.activity(note.step).message_id == "<r1@x>"
+    assert store.activity(int(note.step_id or 0)).message_id == "<r1@x>"  # its key: the activity it forwards
     assert not store.apply_inbound(d, T0)  # the same message again: nothing new
 
 

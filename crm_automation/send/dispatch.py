@@ -1,0 +1,335 @@
+"""Dispatch: hand each queued message over exactly once, within the window and the limits (SPEC §10).
+
+The exactly-once sequence for one send is: queued with its Message-ID ->
+``sending`` committed -> handed to the transport -> ``sent`` (committed with
+the next message's ``sending`` mark, one commit a message, issue #5). A send
+found in ``sending`` at the next start is :mod:`crm_automation.send.recovery`'s.
+
+Pacing, the send window and the retry delay are pure functions of ``now``
+(:func:`in_window`, :func:`pace_wait`, :func:`retry_at`, :func:`gives_up`);
+waiting goes through one seam, ``wait(seconds) -> stopped``, which is the
+stop flag's ``wait`` in production and a fake clock in tests. The
+transport's answer is mapped by what comes next: 4xx waits (that send
+alone), 5xx fails (a streak of answers about our account stops the pass), an
+unknown recipient is a hard bounce, a full mailbox a soft one (issue #17).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from contextlib import suppress
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from crm_automation.compose import Composed, Composer
+from crm_automation.config import parse_window
+from crm_automation.effects import bounce_effects
+from crm_automation.errors import (
+    About,
+    ConfigError,
+    CrmError,
+    DataError,
+    PermanentSendError,
+    QuotaExceededError,
+    ServiceError,
+    TransientSendError,
+    UncertainSendError,
+)
+from crm_automation.models import BounceFailure, Kind, Permanence, SendStatus
+from crm_automation.send.kinds import Outgoing, kind_of
+from crm_automation.send.plan import Ready
+from crm_automation.stage import StageContext, StageResult
+from crm_automation.store.sends import SendRow, Sent
+from crm_automation.transports.base import Transport
+from crm_automation.workspace import Workspace
+
+RETRY_BASE = timedelta(minutes=5)
+RETRY_MAX = timedelta(hours=6)
+QUOTA_WAIT = timedelta(hours=1)
+MAX_CONSECUTIVE_5XX = 3
+RECIPIENT_4XX_ATTEMPTS = 10
+RECIPIENT_4XX_FOR = timedelta(days=3)
+
+
+# ---------------------------------------------------------------- pure rules
+
+
+def in_window(now: datetime, window: str | None, tz: ZoneInfo) -> bool:
+    """Whether ``now`` is inside ``send_window`` (``"09:00-18:00"``, local time; may wrap midnight)."""
+    if not window:
+        return True
+    start, end = parse_window(window) or (0, 1440)
+    local = now.astimezone(tz)
+    minute = local.hour * 60 + local.minute
+    return start <= minute < end if start < end else (minute >= start or minute < end)
+
+
+def pace_wait(recent: deque[datetime], per_minute: int, now: datetime) -> float:
+    """Seconds until one more message fits ``per_minute`` (0.0: now). Drops hand-overs older than a minute."""
+    while recent and recent[0] <= now - timedelta(minutes=1):
+        recent.popleft()
+    if not per_minute or len(recent) < per_minute:
+        return 0.0
+    return max((recent[0] + timedelta(minutes=1) - now).total_seconds(), 0.0)
+
+
+def retry_at(now: datetime, attempts: int) -> datetime:
+    """When a send refused with 4xx is tried again: 5 minutes, doubling with each attempt, at most 6 hours."""
+    doubled: int = 1 << min(max(attempts, 0), 12)  # capped before multiplying: 2**40 * 5 min overflows timedelta
+    return now + min(RETRY_BASE * doubled, RETRY_MAX)
+
+
+def gives_up(attempts: int, queued_at: datetime | None, now: datetime) -> bool:
+    """Whether a send that one recipient's server keeps answering with 4xx becomes ``failed`` (issue #17).
+
+    After :data:`RECIPIENT_4XX_ATTEMPTS` attempts (with :func:`retry_at`'s
+    doubling delays, about a day), or once it was queued
+    :data:`RECIPIENT_4XX_FOR` ago and tried at least three times (a worker
+    run rarely by cron). An MTA keeps trying for days (RFC 5321 §4.5.4.1); a
+    campaign email that late is stale, and ``requeue`` can send it again.
+    """
+    if attempts >= RECIPIENT_4XX_ATTEMPTS:
+        return True
+    return attempts >= 3 and queued_at is not None and now - queued_at >= RECIPIENT_4XX_FOR
+
+
+def is_due(s: SendRow, now: datetime) -> bool:
+    """Whether a queued send may be tried now (never tried, or its 4xx retry time has come)."""
+    return s.next_attempt_at is None or s.next_attempt_at <= now or s.attempts == 0
+
+
+# ---------------------------------------------------------------- the hand-over
+
+
+class Dispatcher:
+    """Hands queued sends over; one per worker (it carries the 5xx streak and the pending ``sent`` record)."""
+
+    def __init__(self, ws: Workspace, ctx: StageContext, composer: Composer, wait: Callable[[float], bool]) -> None:
+        self.ws = ws
+        self.ctx = ctx
+        self.store = ctx.store
+        self.composer = composer
+        self.wait = wait  # the clock seam: sleep, or return True when asked to stop
+        self._consecutive_5xx = 0
+        # The ``sent`` record of the message just handed over rides in the same commit as the next
+        # message's ``sending`` mark: one commit a message instead of two, same exactly-once guarantee.
+        self._pending_sent: Sent | None = None
+
+    def send_queue(self, ready: Ready, res: StageResult, limit: int | None) -> None:
+        """Send what is queued and due, in the window and within the limits; the rest waits for a later pass."""
+        ob = self.ws.cfg.outbound
+        tz = self.ws.cfg.timezone
+        now = self.ctx.clock.now()
+        queued = self.store.sends(status=[SendStatus.QUEUED])
+        due = [s for s in queued if is_due(s, now) and s.campaign not in ready.held]
+        res.stats.update({"sent": 0, "failed": 0, "retry_later": 0, "uncertain": 0, "skipped_now": 0, "waiting": 0})
+        if ready.held:
+            res.stats["held"] = sum(s.campaign in ready.held for s in queued)
+        if not due:
+            return
+        if not in_window(now, ob.send_window, tz):
+            res.stats["waiting"] = len(due)
+            res.stats["note"] = f"outside send_window {ob.send_window} ({tz.key})"
+            return
+        res.stats["waiting"] = len(due)
+        transport = self.ws.open_transport()
+        transport.open()
+        bar = self.ctx.progress("send", len(due))
+        try:
+            self._hand_over(due, ready, transport, res, limit, bar.advance)
+        finally:
+            self._flush_sent()
+            bar.close()
+            with suppress(CrmError, OSError):
+                transport.close()
+        res.stats["waiting"] = self.store.count_sends(SendStatus.QUEUED)
+
+    def _hand_over(self, due: list[SendRow], ready: Ready, transport: Transport, res: StageResult,
+                   limit: int | None, advance: Callable[[], None]) -> None:
+        """One send after another until the queue, the window, a limit or the stop flag ends the pass."""
+        ob = self.ws.cfg.outbound
+        tz = self.ws.cfg.timezone
+        now = self.ctx.clock.now()
+        recent = deque(self.store.sent_times_since(now - timedelta(minutes=1)))
+        day_count = self.store.sent_count_since(now - timedelta(days=1))
+        for s in due:
+            if self.ctx.stop.is_set() or (limit is not None and res.stats["sent"] >= limit):
+                break
+            now = self.ctx.clock.now()
+            if not in_window(now, ob.send_window, tz):
+                res.stats["note"] = f"send_window {ob.send_window} closed during the pass"
+                break
+            if ob.max_per_day and day_count >= ob.max_per_day:
+                res.stats["note"] = f"max_per_day {ob.max_per_day} reached (rolling 24 hours)"
+                break
+            if ob.max_per_minute and not self._pace(recent, ob.max_per_minute):
+                break
+            advance()
+            out = kind_of(s).prepare(s, ready, self.composer, self.store)
+            if isinstance(out, str):
+                self.store.mark_status(s.id, SendStatus.SKIPPED, out)
+                res.stats["skipped_now"] += 1
+                continue
+            self._deliver(s, transport, res, out)
+            if res.error is not None:
+                break
+            day_count += 1
+            recent.append(self.ctx.clock.now())
+
+    def _flush_sent(self) -> None:
+        """Commit the ``sent`` record still held for the last message handed over."""
+        if self._pending_sent is not None:
+            s, self._pending_sent = self._pending_sent, None
+            self.store.mark_sent(s.send_id, s.at, customer_key=s.customer_key, campaign=s.campaign, step=s.step,
+                                 message_id=s.message_id, subject=s.subject, body=s.body, source=s.source)
+
+    def _pace(self, recent: deque[datetime], per_minute: int) -> bool:
+        """Wait until one more message fits in the last 60 s; False if asked to stop meanwhile."""
+        while True:
+            wait = pace_wait(recent, per_minute, self.ctx.clock.now())
+            if wait <= 0:
+                return True
+            self._flush_sent()  # never hold a delivered message's record across a wait
+            if self.wait(min(max(wait, 0.05), 5.0)):
+                return False
+
+    def _deliver(self, s: SendRow, transport: Transport, res: StageResult, out: Outgoing) -> None:
+        """Build, mark ``sending`` (committed), hand over, record: the exactly-once sequence for one send."""
+        now = self.ctx.clock.now()
+        message_id = s.message_id or self.composer.message_id()
+        try:
+            composed: Composed = out.build(message_id, now)
+        except (DataError, ConfigError) as e:
+            self.store.mark_failed(s.id, str(e), now, customer_key=s.customer_key, campaign=s.campaign, step=s.step)
+            res.stats["failed"] += 1
+            res.problems.append(f"send {s.campaign}/{s.step} to {s.customer_key}: {e}")
+            return
+        pending, self._pending_sent = self._pending_sent, None
+        if not self.store.mark_sent_and_sending(pending, s.id, message_id, now):
+            return
+        try:
+            transport.send(composed.data, sender=self.composer.from_addr, recipients=[out.recipient],
+                           message_id=message_id)
+        except CrmError as e:
+            self._outcome(s, e, now, res)
+            return
+        self._pending_sent = Sent(s.id, self.ctx.clock.now(), s.customer_key, s.campaign, s.step, message_id,
+                                  composed.subject, composed.text, self.ws.cfg.outbound.transport)
+        res.stats["sent"] += 1
+        self._consecutive_5xx = 0
+
+    def _outcome(self, s: SendRow, e: CrmError, now: datetime, res: StageResult) -> None:
+        """Map the transport's refusal by what comes next (see ``transports/smtp.py``)."""
+        if isinstance(e, UncertainSendError):
+            self.store.mark_status(s.id, SendStatus.UNCERTAIN, str(e))
+            res.stats["uncertain"] += 1
+            res.problems.append(f"send {s.campaign}/{s.step} to {s.customer_key}: uncertain: {e}")
+        elif isinstance(e, QuotaExceededError):
+            # The provider refuses more mail for now; failing the queue would be wrong (issue #5): wait.
+            self.store.mark_retry(s.id, str(e), now + QUOTA_WAIT)
+            res.stats["retry_later"] += 1
+            res.error = e
+        elif isinstance(e, TransientSendError):
+            self._deferred(s, e, now, res)
+        elif isinstance(e, PermanentSendError):
+            self._refused(s, e, now, res)
+        elif isinstance(e, ServiceError):
+            # Raised only when the message was not handed over (no connection): safe to queue again.
+            self.store.mark_retry(s.id, str(e), now)
+            res.error = e
+        else:
+            raise e
+
+    def _deferred(self, s: SendRow, e: TransientSendError, now: datetime, res: StageResult) -> None:
+        """A 4xx answer: this send waits (a growing delay); one recipient's 4xx gives up after a while.
+
+        Why per send (issue #17): a recipient answered ``421``/``450`` at RCPT
+        used to be retried first on every pass, with no delay, ahead of
+        everyone behind it. Its send now waits alone and the pass goes on; after
+        :func:`gives_up` it fails with the server's reason.
+        """
+        attempts = s.attempts + 1  # mark_sending counted this attempt
+        if e.about is not About.SENDER and gives_up(attempts, s.queued_at, now):
+            why = f"gave up after {attempts} attempts: {e}"
+            self.store.mark_failed(s.id, why, now, customer_key=s.customer_key, campaign=s.campaign, step=s.step)
+            res.stats["failed"] += 1
+            res.problems.append(f"send {s.campaign}/{s.step} to {s.customer_key}: {why}")
+            return
+        self.store.mark_retry(s.id, str(e), retry_at(now, s.attempts))
+        res.stats["retry_later"] += 1
+
+    def _refused(self, s: SendRow, e: PermanentSendError, now: datetime, res: StageResult) -> None:
+        """The send fails; an unknown recipient is a hard bounce, a full mailbox a soft one; a streak stops the pass.
+
+        Only answers about our account, sender or connection (``About.SENDER``)
+        count towards the streak: one recipient's 5.1.x / 5.2.x / policy
+        refusal says nothing about the next message (issues #11, #17).
+        """
+        res.stats["failed"] += 1
+        res.problems.append(f"send {s.campaign}/{s.step} to {s.customer_key}: {e}")
+        if e.about is About.RECIPIENT_UNKNOWN and e.recipient is not None:
+            self._refused_recipient(s, e, e.recipient, now)
+            res.stats["bounced_at_rcpt"] = res.stats.get("bounced_at_rcpt", 0) + 1
+            return
+        if e.about is About.MAILBOX_FULL and e.recipient is not None:
+            self._mailbox_full(s, e, e.recipient, now)
+            res.stats["mailbox_full"] = res.stats.get("mailbox_full", 0) + 1
+            return
+        self.store.mark_failed(s.id, str(e), now, customer_key=s.customer_key, campaign=s.campaign, step=s.step)
+        if e.about is not About.SENDER:
+            return
+        self._consecutive_5xx += 1
+        if self._consecutive_5xx >= MAX_CONSECUTIVE_5XX:
+            res.error = ServiceError(
+                f"{self._consecutive_5xx} messages in a row were refused with a 5xx answer; stopping this pass "
+                f"so the rest of the queue is not failed too (last: {e})",
+                hint="check [outbound] from and the account; `crm-automation requeue --all-failed` resends")
+
+    def _refused_recipient(self, s: SendRow, e: PermanentSendError, address: str, now: datetime) -> None:
+        """The send failed, and the address is a hard bounce: activity, suppression, email_status, one commit."""
+        with self.store.transaction():
+            self.store.mark_failed(s.id, str(e), now, customer_key=s.customer_key, campaign=s.campaign, step=s.step)
+            self.store.add_activity(
+                kind=Kind.BOUNCE.value, occurred_at=now, now=now, customer_key=s.customer_key,
+                subject=f"refused at RCPT: {e.code} {e.enhanced or ''}".strip(), campaign=s.campaign, step=s.step,
+                message_id=s.message_id, source="smtp",
+                details={"recipient": address.lower(), "permanence": Permanence.HARD.value, "permanent": True,
+                         "status": e.enhanced or str(e.code or ""), "evidence": f"refused at RCPT: {e}",
+                         "recipients": [address.lower()], "original_message_id": s.message_id})
+            for eff in bounce_effects(BounceFailure(address, Permanence.HARD), soft_count=0, soft_limit=0):
+                self.store.suppress(eff.email, eff.reason, f"refused at RCPT for {s.message_id}", now)
+                if eff.status:
+                    self.store.set_email_status(s.customer_key, eff.status)
+
+    def _mailbox_full(self, s: SendRow, e: PermanentSendError, address: str, now: datetime) -> None:
+        """The send failed, and that mailbox is full: a soft bounce, scored as a fetched one is, in one commit.
+
+        Issue #17: ``552 5.2.2`` for one recipient is that mailbox, not our
+        sending quota. Logged like an inbound soft bounce (``permanence``
+        soft, ``original_message_id`` this send's), so it stops the campaign's
+        sequence (planner ``History.lost``) and counts in ``[inbound]
+        soft_bounce_limit`` / ``soft_bounce_days`` (:func:`effects.bounce_effects`).
+        """
+        addr = address.lower()
+        policy = self.ws.cfg.inbound
+        status = e.enhanced or str(e.code or "")
+        with self.store.transaction():
+            self.store.mark_failed(s.id, str(e), now, customer_key=s.customer_key, campaign=s.campaign, step=s.step)
+            self.store.add_activity(
+                kind=Kind.BOUNCE.value, occurred_at=now, now=now, customer_key=s.customer_key,
+                subject=f"mailbox full at send: {e.code} {e.enhanced or ''}".strip(), campaign=s.campaign,
+                step=s.step, message_id=s.message_id, source="smtp",
+                details={"recipient": addr, "permanence": Permanence.SOFT.value, "permanent": False,
+                         "status": status, "evidence": f"mailbox full: {e}", "recipients": [addr],
+                         "original_message_id": s.message_id})
+            if not policy.soft_bounce_limit:
+                return
+            n = self.store.soft_bounce_count(addr, s.customer_key, now - timedelta(days=policy.soft_bounce_days))
+            for eff in bounce_effects(BounceFailure(addr, Permanence.SOFT, status), soft_count=n,
+                                      soft_limit=policy.soft_bounce_limit):
+                self.store.suppress(eff.email, eff.reason,
+                                    f"{n} soft bounces within {policy.soft_bounce_days} days (last {s.message_id})",
+                                    now)
+                if eff.status:
+                    self.store.set_email_status(s.customer_key, eff.status)

@@ -1,0 +1,96 @@
+"""The kinds of message the send pass hands over, each with its own key for exactly-once (issue #18 item 2).
+
+A ``sends`` row is one message of one kind (``sends.kind``,
+:class:`~crm_automation.store.sends.SendKind`). Every kind goes through the
+same exactly-once sequence in :mod:`crm_automation.send.dispatch`; what
+differs is listed here, once:
+
+=====================  ==========================================  =============================================
+kind                   its key (unique in ``sends``)               at hand-over
+=====================  ==========================================  =============================================
+``campaign_step``      (campaign, step_id, customer): a step of a  the planner's rules once more for a send queued
+                       sequence, planned by ``send/plan.py``       by an earlier pass; the step's template
+``owner_notification`` the activity it forwards (``step_id`` =     the forwarded message, from the log, to the
+                       its id), queued by the fetch that logged    owner address recorded when it was queued
+                       the reply (``[outbound] notify_owner``)
+``owner_digest``       (owner, period) - issue #21, not built yet  registered here when it is
+=====================  ==========================================  =============================================
+
+Owner notifications used to be recognised by their campaign's name
+(``owner-notify``) with the activity's id read from ``step``. Schema 5
+gives those rows their kind and keeps their key, so a log from before the
+upgrade forwards no reply twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from crm_automation.compose import Composed, Composer, InboundNote
+from crm_automation.send.plan import Ready
+from crm_automation.store.repo import Store
+from crm_automation.store.sends import SendKind, SendRow
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A send ready to go: to whom, and how to build it once its Message-ID and time are known."""
+
+    recipient: str
+    build: Callable[[str, datetime], Composed]
+
+
+class MessageKind(Protocol):
+    """What the send pass needs of one kind of message."""
+
+    def prepare(self, s: SendRow, ready: Ready, composer: Composer, store: Store) -> Outgoing | str:
+        """The message to hand over, or why it is skipped (recorded as ``skipped`` with that reason)."""
+        ...
+
+
+class CampaignStep:
+    """A step of a campaign's sequence (SPEC §5): rechecked if queued earlier, composed from its template."""
+
+    def prepare(self, s: SendRow, ready: Ready, composer: Composer, store: Store) -> Outgoing | str:
+        """The step's email, or why it must not go now (:meth:`Ready.recheck`)."""
+        why, step = ready.recheck(s)
+        view = ready.views.get(s.customer_key)
+        if why is not None or step is None or view is None:
+            return why or "customer no longer in the sheet"
+        template, number, campaign = step.template, step.number, s.campaign
+        return Outgoing(view.email or "", lambda mid, now: composer.campaign_email(template, view, campaign, number,
+                                                                                    mid, now))
+
+
+class OwnerNotification:
+    """A customer's reply forwarded to their owner (``[outbound] notify_owner``); never blocked by campaign rules."""
+
+    def prepare(self, s: SendRow, ready: Ready, composer: Composer, store: Store) -> Outgoing | str:
+        """The notification, to the owner address recorded when it was queued."""
+        view = ready.views.get(s.customer_key)
+        if view is None:
+            return "customer no longer in the sheet"
+        activity_id = int(s.step_id) if s.step_id is not None else s.step  # its key: the activity it forwards
+        owner = s.email or ""
+
+        def build(message_id: str, now: datetime) -> Composed:
+            a = store.activity(activity_id)
+            note = (InboundNote(subject=a.subject or "", body=a.body or "", message_id=a.message_id) if a is not None
+                    else InboundNote(subject="", body="", message_id=None))
+            return composer.owner_notification(view, note, owner, message_id, now)
+
+        return Outgoing(owner, build)
+
+
+KINDS: dict[SendKind, MessageKind] = {
+    SendKind.CAMPAIGN_STEP: CampaignStep(),
+    SendKind.OWNER_NOTIFICATION: OwnerNotification(),
+}
+
+
+def kind_of(s: SendRow) -> MessageKind:
+    """The registered kind of a send."""
+    return KINDS[s.kind]

@@ -1,0 +1,135 @@
+"""The send stage: the order of one pass - recovery, the log's guards, plan and queue, dispatch - nothing else.
+
+Each part is its own module (:mod:`crm_automation.send`); this one only
+says in which order they run and what holds a pass (SPEC §10, issues #9, #17).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from crm_automation.compose import Composer
+from crm_automation.errors import ConfigError, CrmError, ServiceError, StorageError
+from crm_automation.planner import Plan
+from crm_automation.send.dispatch import Dispatcher
+from crm_automation.send.plan import CampaignOutlook, Planning, dry_run_report
+from crm_automation.send.recovery import recover
+from crm_automation.stage import StageContext, StageResult, recorded
+from crm_automation.store import identity
+from crm_automation.workspace import Workspace
+
+log = logging.getLogger("crm_automation")
+
+
+class SendPass:
+    """One worker's send stage: plans and queues (:class:`Planning`), then sends (:class:`Dispatcher`)."""
+
+    def __init__(self, ws: Workspace, ctx: StageContext, composer: Composer,
+                 wait: Callable[[float], bool] | None = None, *, accept_new_log: bool = False) -> None:
+        self.ws = ws
+        self.ctx = ctx
+        self.store = ctx.store
+        self.composer = composer
+        self.accept_new_log = accept_new_log  # --accept-new-log: the sheet's evidence of earlier mail holds nothing
+        self.planning = Planning(ws, ctx.store, ctx.clock)
+        self.dispatcher = Dispatcher(ws, ctx, composer, wait or ctx.stop.wait)
+
+    def plan(self, *, record: bool = True) -> Plan:
+        """What is due now (pure planning over the log); ``record`` notes campaigns and edits seen first now."""
+        return self.planning.plan(record=record).plan
+
+    def edit_outlook(self) -> dict[str, CampaignOutlook]:
+        """What campaigns.toml, as it is now, means for customers already in a sequence (``check --plan``)."""
+        return self.planning.edit_outlook()
+
+    def recover(self) -> StageResult:
+        """Resolve sends left in ``sending`` by a killed worker: found handed over, or ``uncertain``; never resent."""
+        return recover(self.ws, self.ctx)
+
+    def run(self, *, dry_run: bool = False, limit: int | None = None) -> StageResult:
+        """Queue what is due and send it, exactly once each (``dry_run``: render and report, record nothing)."""
+        rec = None if dry_run else self.recover()
+        # A dry run records nothing, not even its run: it runs lock-free on a read-only log (issue #17).
+        with recorded(self.ctx, "send-dry-run" if dry_run else "send", record=not dry_run) as res:
+            if rec is not None:
+                res.problems += rec.problems
+                identity.guard(self.store, self.ws.cfg)  # emptied under a running worker: stop before mailing
+            if self._held_by_evidence(res, dry_run=dry_run):
+                return res
+            held = self.planning.template_problems()
+            res.problems += [p for problems in held.values() for p in problems]
+            planned = self.planning.plan(record=not dry_run)
+            result = planned.plan
+            res.problems += [p for problems in result.held.values() for p in problems]
+            res.notes += [n for notes in result.notes.values() for n in notes]
+            if dry_run:
+                now = self.ctx.clock.now()
+                dry_run_report(result.sends, planned.views, res, limit, held,
+                               lambda p, view: self.composer.campaign_email(
+                                   p.template, view, p.campaign, p.step, "<dry-run@localhost>", now).subject)
+                _hold(held, result.held, res)
+                return res
+            ready = self.planning.queue(planned, self.composer.message_id, held)
+            res.stats["planned"] = sum(p.status == "queued" for p in result.sends)
+            res.stats["skipped"] = sum(p.status == "skipped" for p in result.sends)
+            try:
+                self.dispatcher.send_queue(ready, res, limit)
+            finally:
+                self._record_sent_count()
+            _hold(held, result.held, res)
+        return res
+
+    def held_for_failed_fetch(self, fetch_error: CrmError) -> StageResult:
+        """The send stage of a cycle whose fetch failed: nothing sent, and why (issue #9, exit 3)."""
+        with recorded(self.ctx, "send") as res:
+            res.stats = {"sent": 0, "note": "held: the fetch stage failed"}
+            res.error = ServiceError(
+                f"nothing was sent: the mailbox could not be read ({fetch_error}), so a reply, bounce or "
+                "unsubscribe waiting there would be missed", hint=fetch_error.hint or "the next pass tries again")
+        return res
+
+    def _held_by_evidence(self, res: StageResult, *, dry_run: bool) -> bool:
+        """Whether the sheet shows mail this log never sent (issue #17: a new or lost log must not mail everyone)."""
+        if self.accept_new_log:
+            if not dry_run:
+                identity.accept(self.store, self.ctx.clock.now())
+            return False
+        missing = identity.sheet_evidence_hold(self.store, self.ws.cfg)
+        if missing is None:
+            return False
+        res.stats = {"sent": 0, "note": "held: the sheet shows mail this log never sent"}
+        res.error = missing
+        return True
+
+    def _record_sent_count(self) -> None:
+        """Let the workspace's log marker know how many messages this log has sent (issue #9)."""
+        try:
+            identity.record(self.store, self.ws.cfg)
+        except StorageError as e:  # not dangerous: the marker only guards against a log with *fewer* sends
+            log.warning("%s", e)
+
+
+def _hold(held: dict[str, list[str]], edits: dict[str, list[str]], res: StageResult) -> None:
+    """A held campaign is a configuration error of this pass (exit 2); the rest of the queue went.
+
+    ``held``: template problems (the campaign's sends stay queued);
+    ``edits``: campaigns.toml edits whose meaning is unclear (issue #17: the
+    sends they affect are not even queued until the admin says what they meant).
+    """
+    if res.error is not None or not (held or edits):
+        return
+    parts = []
+    if held:
+        parts.append(f"template problems hold campaign(s) {', '.join(sorted(held))}; their sends stay queued")
+    if edits:
+        parts.append(f"unclear edits of campaigns.toml hold sends of campaign(s) {', '.join(sorted(edits))} "
+                     "(see above: nothing of them was queued)")
+    hints = []
+    if held:
+        hints.append("fix the templates (`crm-automation check` lists the problems)")
+    if edits:
+        hints.append("say what the edit meant in campaigns.toml (renamed_from or resend = true, as the message "
+                     "says; `crm-automation check --plan` shows the effect)")
+    res.error = ConfigError("; ".join(parts) + "; the other campaigns were sent",
+                            hint="; ".join(hints) + "; the held sends go out at the next pass")
