@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 
 from crm_automation.errors import ConfigError
-from crm_automation.sheets.status_words import DEFAULT_LANGUAGE, LANGUAGES, expected_languages
+from crm_automation.status_words import DEFAULT_LANGUAGE, LANGUAGES, expected_languages
 
 CONFIG_ENV = "CRM_AUTOMATION_CONFIG"
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")

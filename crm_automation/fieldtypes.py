@@ -26,8 +26,8 @@ from typing import cast
 import phonenumbers
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
+from crm_automation.cells import cell_text
 from crm_automation.models import FieldSpec, FieldType
-from crm_automation.sheets.grid import cell_text
 
 __all__ = ["FieldValueError", "convert", "convert_column", "converter", "prepare"]
 

@@ -35,7 +35,7 @@ from crm_automation.models import (
     Trigger,
 )
 from crm_automation.sheets.base import GridData
-from crm_automation.sheets.status_words import LANGUAGES, expected_languages
+from crm_automation.status_words import LANGUAGES, expected_languages
 
 CUSTOMERS_FILE = "customers.toml"
 CAMPAIGNS_FILE = "campaigns.toml"

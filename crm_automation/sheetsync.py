@@ -39,12 +39,13 @@ from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING
 
+from crm_automation.cells import cell_text
 from crm_automation.errors import ConfigError, CrmError, DataError, ServiceError
 from crm_automation.models import SheetData
 from crm_automation.sheets.base import SheetSource, WriteResult
-from crm_automation.sheets.grid import cell_text, norm_key
-from crm_automation.sheets.status_words import shows_a_block
+from crm_automation.sheets.grid import norm_key
 from crm_automation.stage import StageContext, StageResult, recorded
+from crm_automation.status_words import shows_a_block
 from crm_automation.store import identity
 from crm_automation.store.customers import RekeyCounts
 from crm_automation.workspace import Workspace
@@ -333,7 +334,7 @@ class SheetSession:
 
     def _changes(self, wb: dict[str, str]) -> dict[str, dict[str, str]]:
         """Key -> column -> text that differs from what the sheet shows (in the team's words, status_words.py)."""
-        from crm_automation.sheets.status_words import status_words
+        from crm_automation.status_words import status_words
 
         # The team's words and date format; the log keeps ok | bounced | unsubscribed.
         words = status_words(self.ws.mapping.writeback_language or self.ws.cfg.language)
@@ -492,7 +493,7 @@ def writeback_changes(customers: dict[str, StoredCustomer], last: LastTimes, wb:
     """Key -> column -> text the worker's columns should show, where it differs from what they ``shown``.
 
     ``fmt`` and ``status`` write a time and an email status in the team's
-    words (:mod:`~crm_automation.sheets.status_words`): the log keeps
+    words (:mod:`~crm_automation.status_words`): the log keeps
     ok | bounced | unsubscribed.
     """
     updates: dict[str, dict[str, str]] = {}

@@ -21,11 +21,11 @@ import hashlib
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
 from itertools import zip_longest
 from pathlib import Path
 from typing import Any, cast
 
+from crm_automation.cells import cell_text
 from crm_automation.errors import ServiceError
 from crm_automation.sheets.base import DuplicateHeader, GridData
 
@@ -33,31 +33,6 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 # ------------------------------------------------------------------ shared grid logic
-
-
-def cell_text(value: object) -> str:
-    """The text a cell shows, for comparing keys and write-back values across formats.
-
-    Excel returns 13800138000 as a float and dates as date objects; Google
-    returns numbers as JSON numbers; CSV returns text. All compare as text.
-    """
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value.strip()
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, float):
-        if value.is_integer() and abs(value) < 1e16:
-            return str(int(value))
-        return repr(value)
-    if isinstance(value, datetime):
-        if value.hour == value.minute == value.second == value.microsecond == 0:
-            return value.date().isoformat()
-        return value.isoformat(sep=" ")
-    if isinstance(value, date):
-        return value.isoformat()
-    return str(value).strip()
 
 
 def norm_key(value: object) -> str:

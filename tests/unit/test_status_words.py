@@ -11,7 +11,7 @@ import pytest
 from crm_automation.config import load_config
 from crm_automation.errors import ConfigError
 from crm_automation.mapping import load_mapping
-from crm_automation.sheets.status_words import LANGUAGES, status_words
+from crm_automation.status_words import LANGUAGES, status_words
 
 CONFIG = """
 [workspace]
