@@ -67,6 +67,7 @@ class Composer:
         self.domain = _id_domain(self.from_addr.rpartition("@")[2])
         self.mailto = _mailto_address(parseaddr(ob.unsubscribe_mailto or ob.from_)[1])
         self._defaults: Templates | None = None
+        self._mailto_of: tuple[str | None, str] = (None, "")  # (Message-ID, its mailto): asked twice a message
 
     def refresh(self) -> None:
         """Once a send pass: forget compiled templates whose files changed on disk (issue #17).
@@ -93,9 +94,14 @@ class Composer:
 
         So a request sent from another of the customer's accounts still names
         the customer; why the subject and not a plus address, and what the
-        providers' buttons send, is in :mod:`crm_automation.tokens`.
+        providers' buttons send, is in :mod:`crm_automation.tokens`. The
+        template's ``unsubscribe`` and the ``List-Unsubscribe`` header both ask
+        for the same message's link: the last one is kept (the send loop's
+        per-message path, issue #18).
         """
-        return f"mailto:{self.mailto}?subject={mailto_subject(token_of(message_id))}"
+        if self._mailto_of[0] != message_id:
+            self._mailto_of = (message_id, f"mailto:{self.mailto}?subject={mailto_subject(token_of(message_id))}")
+        return self._mailto_of[1]
 
     def list_unsubscribe(self, email: str, message_id: str) -> str:
         """The ``List-Unsubscribe`` header value (RFC 2369; with the URL for RFC 8058 one-click)."""

@@ -814,20 +814,23 @@ def encode_words(text: str, *, force: bool = False) -> str:
     header, which was a third of the per-message cost of a campaign (issue #5).
     Each word holds 42 bytes (56 base64 characters, 68 with its wrapper), so a
     word fits a folded line even right after ``Reply-To: `` (RFC 5322 §2.1.1's 78).
+    The text is encoded once and cut at the last character boundary within 42
+    bytes (a UTF-8 continuation byte is ``0b10xxxxxx``): the same words as
+    adding one character at a time, at a third of the cost (the subject and the
+    To name of every campaign message, issue #18).
     """
     if not force and text.isascii():
         return text
+    data = text.encode("utf-8")
     words: list[bytes] = []
-    buf = b""
-    for ch in text:
-        b = ch.encode("utf-8")
-        if len(buf) + len(b) > 42:
-            words.append(buf)
-            buf = b
-        else:
-            buf += b
-    if buf:
-        words.append(buf)
+    start, size = 0, len(data)
+    while start < size:
+        end = start + 42
+        if end < size:
+            while data[end] & 0xC0 == 0x80:
+                end -= 1
+        words.append(data[start:end])
+        start = end
     return " ".join(f"=?utf-8?b?{base64.b64encode(w).decode('ascii')}?=" for w in words)
 
 
