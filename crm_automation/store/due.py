@@ -116,6 +116,11 @@ class PlanLog(Connection):
             yield StoredCustomer(k, r, json.loads(d), parse_iso(fs) or datetime.now(UTC), EmailStatus(es or "ok"),
                                  bool(p))
 
+    def present_keys_among(self, keys: Iterable[str]) -> list[str]:
+        """The present customers' keys among ``keys``, in the order :meth:`customers_among` gives them."""
+        return [k for (k,) in self.conn.execute(
+            f"SELECT key FROM customers WHERE present = 1 AND key IN {_KEYS} ORDER BY rowid", (_keys(keys),))]
+
     def sends_among(self, keys: Iterable[str]) -> list[SendRow]:
         """Every send to these customers, oldest first."""
         return [_send(*r) for r in self.conn.execute(

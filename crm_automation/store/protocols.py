@@ -441,6 +441,10 @@ class Planning(Protocol):
         """The present customers among ``keys``, in the sheet's order of arrival."""
         ...
 
+    def present_keys_among(self, keys: Iterable[str]) -> list[str]:
+        """The present customers' keys among ``keys``, in the order ``customers_among`` gives them."""
+        ...
+
     def sends_among(self, keys: Iterable[str]) -> list[SendRow]:
         """Every send to these customers, oldest first."""
         ...
