@@ -20,6 +20,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import chain, islice
 
 from crm_automation.edits import Review, review
 from crm_automation.errors import DataError
@@ -313,13 +314,12 @@ class Planning:
                         known: Mapping[str, tuple[datetime, str]], now: datetime
                         ) -> tuple[dict[str, CampaignPart], dict[tuple[str, str], str | None]]:
         """Every campaign's part over all candidates, ``size`` customers at a time, and their next looks."""
-        present = self.store.present_keys_among(cands.keys)
-        order = present + sorted(cands.keys.difference(present))  # the absent ones: only their next looks
+        # the present customers in the full scan's order, streamed; then the absent ones (only their next looks)
+        order = chain(self.store.present_keys_among(cands.keys), self.store.absent_among(cands.keys))
         parts: dict[str, CampaignPart] = {}
         looks: dict[tuple[str, str], str | None] = {}
         firsts: dict[tuple[str, str], int] = {}
-        for n in range(0, len(order), size):
-            keys = frozenset(order[n:n + size])
+        while keys := frozenset(islice(order, size)):
             views = self.views(keys)
             seen: dict[tuple[str, str], int] = {}
             h = read_history(self.ws, self.store, keys, views, found, legacy, recorded, seen)
