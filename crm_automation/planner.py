@@ -226,10 +226,9 @@ def _held_for(c: Campaign, step: Step, rows: MappingT[str, datetime | None],
 
 
 def _plan_campaign(c: Campaign, customers: MappingT[str, CustomerView], seen: datetime, h: History, now: datetime,
-                   unresolved: MappingT[tuple[str, str], tuple[str, ...]], held: list[str],
+                   unresolved: MappingT[tuple[str, str], tuple[str, ...]], waiting: Counter[str],
                    went_out: tuple[datetime, str] | None, notes: list[str]) -> list[PlannedSend]:
     out: list[PlannedSend] = []
-    waiting: dict[str, int] = {}
     first = c.steps[0]
     positions = places(c)
 
@@ -242,7 +241,7 @@ def _plan_campaign(c: Campaign, customers: MappingT[str, CustomerView], seen: da
         if first.key in rows:
             continue
         if _held_for(c, first, rows, unresolved):
-            waiting[first.key] = waiting.get(first.key, 0) + 1
+            waiting[first.key] += 1
             continue
         reached = reach(positions, rows)
         if reached > 0:
@@ -264,17 +263,24 @@ def _plan_campaign(c: Campaign, customers: MappingT[str, CustomerView], seen: da
             if step.key in rows:
                 continue
             if _held_for(c, step, rows, unresolved):
-                waiting[step.key] = waiting.get(step.key, 0) + 1
+                waiting[step.key] += 1
                 continue
             if reached > step.number:
                 add(step, follower, _past(c, step, reached))
             elif reached == step.number - 1 and now >= t0 + timedelta(days=step.after_days):
                 add(step, follower, blocked_reason(follower, h) or stop_reason(c, follower, t0, h))
+    return out
+
+
+def _waiting_holds(c: Campaign, waiting: Counter[str], unresolved: MappingT[tuple[str, str], tuple[str, ...]]
+                   ) -> list[str]:
+    """Why some of the campaign's sends wait for the admin: each unclear step, with how many customers wait."""
+    held = []
     for key, gone in ((s.key, unresolved[(c.id, s.key)]) for s in c.steps if (c.id, s.key) in unresolved):
         if waiting.get(key):
-            held.append(f"{hold_reason(c.id, key, gone, first=key == first.key)} ({waiting[key]} customer(s) "
+            held.append(f"{hold_reason(c.id, key, gone, first=key == c.steps[0].key)} ({waiting[key]} customer(s) "
                         "waiting)")
-    return out
+    return held
 
 
 def places(c: Campaign) -> dict[str, int]:
@@ -330,10 +336,13 @@ def outlook(c: Campaign, h: History, planned: list[PlannedSend],
                            held=n["held"]) for k, n in counts.items()}
 
 
-def _reused_templates(c: Campaign, planned: list[PlannedSend], h: History) -> str | None:
-    """Why a campaign must wait: it would mail customers a template a campaign no longer in the file sent them."""
+def _reused_templates(c: Campaign, planned: list[PlannedSend], reused: MappingT[tuple[str, str], str]) -> str | None:
+    """Why a campaign must wait: it would mail customers a template a campaign no longer in the file sent them.
+
+    ``reused``: (customer, template) -> the campaign no longer in the file that sent it (:meth:`CampaignPart.reused`).
+    """
     dups = [(p, old) for p in planned if p.status == "queued"
-            and (old := h.elsewhere.get(p.customer_key, {}).get(p.template)) is not None]
+            and (old := reused.get((p.customer_key, p.template))) is not None]
     if not dups:
         return None
     olds = sorted({old for _, old in dups})
@@ -342,6 +351,79 @@ def _reused_templates(c: Campaign, planned: list[PlannedSend], h: History) -> st
             f"campaign {old!r} (no longer in campaigns.toml) already sent them (e.g. {p.customer_key}). If "
             f"{c.id!r} is {old!r} renamed, add renamed_from = {olds[0]!r} to it (nobody is mailed again); if it is "
             f"a new mailing, add resend = true to it")
+
+
+@dataclass(slots=True)
+class CampaignPart:
+    """One campaign's planning over some of the customers; parts over disjoint customers add up (issue #23 item 3).
+
+    A campaign re-planned over all its customers is planned a chunk of
+    customers at a time (:mod:`crm_automation.send.plan`), so memory stays
+    flat in the list's size; what is decided for the campaign as a whole
+    (held for a reused template or an unclear edit, the notes, went out) is
+    decided once over the added-up parts (:func:`combine`).
+    ``reused``: (customer, template) -> the campaign no longer in the file that
+    already sent that customer the template a queued send would use.
+    """
+
+    planned: list[PlannedSend] = field(default_factory=list)
+    waiting: Counter[str] = field(default_factory=Counter)
+    notes: list[str] = field(default_factory=list)
+    reused: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def add(self, other: CampaignPart) -> None:
+        """Add the part of other customers (the notes say the same for every part: the first ones stay)."""
+        self.planned += other.planned
+        self.waiting.update(other.waiting)
+        self.reused.update(other.reused)
+        if not self.notes:
+            self.notes = other.notes
+
+
+def plan_parts(campaigns: list[Campaign], customers: MappingT[str, CustomerView], first_seen: MappingT[str, datetime],
+               h: History, now: datetime, *, unresolved: MappingT[tuple[str, str], tuple[str, ...]] | None = None,
+               expansions: MappingT[str, tuple[datetime, str]] | None = None) -> dict[str, CampaignPart]:
+    """Each enabled campaign's part of the plan over these customers (``h``: their history), before holds."""
+    parts = {}
+    for c in campaigns:
+        if not c.enabled:
+            continue
+        part = CampaignPart()
+        part.planned = _plan_campaign(c, customers, first_seen.get(c.id, now), h, now, unresolved or {},
+                                      part.waiting, (expansions or {}).get(c.id), part.notes)
+        part.reused = {(p.customer_key, p.template): old for p in part.planned if p.status == "queued"
+                       and (old := h.elsewhere.get(p.customer_key, {}).get(p.template)) is not None}
+        parts[c.id] = part
+    return parts
+
+
+def combine(campaigns: list[Campaign], parts: MappingT[str, CampaignPart], now: datetime, *,
+            one_per_cycle: bool = True, unresolved: MappingT[tuple[str, str], tuple[str, ...]] | None = None,
+            expansions: MappingT[str, tuple[datetime, str]] | None = None) -> Plan:
+    """The plan from every campaign's part: the campaign-wide holds, notes and broadcasts decided once."""
+    out: list[PlannedSend] = []
+    held: dict[str, list[str]] = {}
+    notes: dict[str, list[str]] = {}
+    went_out: list[str] = []
+    for c in campaigns:
+        part = parts.get(c.id)
+        if part is None:
+            continue
+        why = None if c.resend else _reused_templates(c, part.planned, part.reused)
+        if why is not None:
+            held[c.id] = [why]
+            continue
+        waiting = _waiting_holds(c, part.waiting, unresolved or {})
+        if waiting:
+            held[c.id] = waiting
+        if part.notes:
+            notes[c.id] = part.notes
+        if c.trigger == "at" and (expansions or {}).get(c.id) is None and c.at is not None and now >= c.at:
+            went_out.append(c.id)
+        out += part.planned
+    if one_per_cycle:
+        out = one_per_customer(out)[0]
+    return Plan(out, held, notes, tuple(went_out))
 
 
 def plan(campaigns: list[Campaign], customers: MappingT[str, CustomerView], first_seen: MappingT[str, datetime],
@@ -358,32 +440,8 @@ def plan(campaigns: list[Campaign], customers: MappingT[str, CustomerView], firs
     ``unresolved`` (see :mod:`crm_automation.edits`) wait for customers who
     had a step they may replace.
     """
-    out: list[PlannedSend] = []
-    held: dict[str, list[str]] = {}
-    notes: dict[str, list[str]] = {}
-    went_out: list[str] = []
-    for c in campaigns:
-        if not c.enabled:
-            continue
-        waiting: list[str] = []
-        said: list[str] = []
-        previous = (expansions or {}).get(c.id)
-        planned = _plan_campaign(c, customers, first_seen.get(c.id, now), h, now, unresolved or {}, waiting,
-                                 previous, said)
-        why = None if c.resend else _reused_templates(c, planned, h)
-        if why is not None:
-            held[c.id] = [why]
-            continue
-        if waiting:
-            held[c.id] = waiting
-        if said:
-            notes[c.id] = said
-        if c.trigger == "at" and previous is None and c.at is not None and now >= c.at:
-            went_out.append(c.id)
-        out += planned
-    if one_per_cycle:
-        out = one_per_customer(out)[0]
-    return Plan(out, held, notes, tuple(went_out))
+    parts = plan_parts(campaigns, customers, first_seen, h, now, unresolved=unresolved, expansions=expansions)
+    return combine(campaigns, parts, now, one_per_cycle=one_per_cycle, unresolved=unresolved, expansions=expansions)
 
 
 def one_per_customer(planned: list[PlannedSend]) -> tuple[list[PlannedSend], list[PlannedSend]]:

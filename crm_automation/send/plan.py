@@ -20,6 +20,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import chain, islice
 
 from crm_automation.edits import Review, review
 from crm_automation.errors import DataError
@@ -27,25 +28,29 @@ from crm_automation.mapping import Campaign, Step
 from crm_automation.models import CustomerView, Permanence, SendStatus, StepState
 from crm_automation.planner import (
     QUARANTINED,
+    CampaignPart,
     History,
     Plan,
     PlannedSend,
     StepOutlook,
     at_digest,
     blocked_reason,
+    combine,
     one_per_customer,
     outlook,
-    plan,
+    plan_parts,
     stop_reason,
 )
 from crm_automation.send.candidates import Candidates, candidates, definitions, next_looks
 from crm_automation.stage import StageResult
 from crm_automation.store.connection import iso
+from crm_automation.store.due import EARLIEST
 from crm_automation.store.repo import Store
 from crm_automation.store.sends import SendKind, SendRow
 from crm_automation.workspace import Clock, Workspace
 
 log = logging.getLogger("crm_automation")
+CHUNK = 5000  # customers planned at a time: a re-plan's memory is this many customers' history (issue #23 item 3)
 SendKey = tuple[str, str, str]  # (campaign, step_id, customer): a campaign step's exactly-once key
 
 
@@ -70,6 +75,10 @@ class Planned:
     """One planning: the edits reviewed, the candidates and their history, the planner's answer.
 
     ``later``: queued sends ``one_per_cycle`` keeps for the next cycle (not recorded).
+    ``looks``: (campaign, customer) -> when to plan them again, recorded with the plan.
+    Planned in one chunk, ``views`` and ``history`` are every candidate's; in
+    several, only those of the customers dispatch may need (a send planned
+    now or queued before): the rest was read a chunk at a time and let go.
     """
 
     review: Review
@@ -78,6 +87,7 @@ class Planned:
     views: dict[str, CustomerView]
     candidates: Candidates
     later: list[PlannedSend]
+    looks: dict[tuple[str, str], str | None] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,12 +172,15 @@ class SentCounts(Mapping[tuple[str, str], int]):
 
 def read_history(ws: Workspace, store: Store, keys: frozenset[str], views: Mapping[str, CustomerView],
                  found: Review, legacy: dict[tuple[str, int], str],
-                 recorded: dict[str, dict[str, StepState]]) -> History:
+                 recorded: dict[str, dict[str, StepState]],
+                 firsts: dict[tuple[str, str], int] | None = None) -> History:
     """What the log says happened to these customers, as the planner's plain values: one query per kind.
 
     ``found``'s renames are applied as the log is read: a dry run or
     ``check --plan`` shows what the real pass will do after applying them.
     Rows from before schema 4 have no step_id yet: ``legacy`` says their step.
+    ``firsts`` (when given) gets each (campaign, customer)'s first row id: the
+    order in which the full scan meets the campaign's followers.
     """
     camp_alias, step_alias = found.aliases()
     defined = {c.id for c in ws.campaigns}
@@ -180,6 +193,8 @@ def read_history(ws: Workspace, store: Store, keys: frozenset[str], views: Mappi
         key = step_alias.get((campaign, key), key)
         sent = s.sent_at if s.status == SendStatus.SENT else None
         h.add_send(campaign, key, s.customer_key, sent)
+        if firsts is not None:
+            firsts.setdefault((campaign, s.customer_key), s.id)
         if sent is not None and campaign not in defined:
             # a campaign no longer in the file: the templates it sent, for a new campaign that reuses one
             template = recorded.get(campaign, {}).get(key)
@@ -211,10 +226,11 @@ def trigger_fields(campaigns: list[Campaign]) -> set[str]:
 class Planning:
     """Plans and queues one pass: asks the log whom to plan, reviews the edits, asks the planner, writes the answer."""
 
-    def __init__(self, ws: Workspace, store: Store, clock: Clock) -> None:
+    def __init__(self, ws: Workspace, store: Store, clock: Clock, chunk: int | None = CHUNK) -> None:
         self.ws = ws
         self.store = store
         self.clock = clock
+        self.chunk = chunk  # customers planned at a time (None: all at once)
 
     def views(self, keys: frozenset[str]) -> dict[str, CustomerView]:
         """These customers (the present ones) as the planner sees them, in the sheet's order of arrival."""
@@ -246,7 +262,20 @@ class Planning:
         return found, legacy, recorded
 
     def plan(self, *, record: bool, everyone: bool = False) -> Planned:
-        """What is due now: the planner's rules over the candidates (``everyone``: over every customer)."""
+        """What is due now: the planner's rules over the candidates (``everyone``: over every customer).
+
+        The candidates are planned ``self.chunk`` customers at a time (None:
+        all at once; ``check --plan``'s outlook counts everyone at once), in
+        the full scan's order, each chunk's history read with one query per
+        kind and let go once planned (issue #23 item 3: a campaign
+        re-planned over a million customers must not hold them all). What is
+        decided per campaign (holds, notes, a broadcast going out) is decided
+        once over all chunks, and the sends are put back in the full scan's
+        order (:func:`_in_scan_order`), so the queue, the per-pass ``limit``
+        and the rate limits see the same order as a plan made at once.
+        Nothing is written here: a pass killed while planning leaves the log
+        as it was, and the next pass plans the same again.
+        """
         found, legacy, recorded = self.review(record=record)
         now = self.clock.now()
         first_seen = self.store.campaign_first_seen([c.id for c in self.ws.campaigns], now, record=record)
@@ -258,12 +287,53 @@ class Planning:
         cands = candidates(self.ws.campaigns, self.store, found, first_seen, known, now)
         if everyone:
             cands = Candidates(frozenset(self.store.every_customer()), cands.replan, cands.mark, cands.news)
-        views = self.views(cands.keys)
-        h = read_history(self.ws, self.store, cands.keys, views, found, legacy, recorded)
-        result = plan(self.ws.campaigns, views, first_seen, h, now, one_per_cycle=False, unresolved=found.unresolved,
-                      expansions=known)
+        chunk = None if everyone else self.chunk
+        size = chunk if chunk is not None and len(cands.keys) > chunk else None
+        if size is None:  # one chunk: what this pass read stays at hand for dispatch
+            views = self.views(cands.keys)
+            h = read_history(self.ws, self.store, cands.keys, views, found, legacy, recorded)
+            parts = plan_parts(self.ws.campaigns, views, first_seen, h, now, unresolved=found.unresolved,
+                               expansions=known)
+            looks = next_looks(self.ws.campaigns, cands, set(views), h, Plan(_sends_of(parts)), [])
+        else:
+            parts, looks = self._plan_in_chunks(cands, size, found, legacy, recorded, first_seen, known, now)
+        result = combine(self.ws.campaigns, parts, now, one_per_cycle=False, unresolved=found.unresolved,
+                         expansions=known)
         kept, later = one_per_customer(result.sends) if self.ws.cfg.outbound.one_per_cycle else (result.sends, [])
-        return Planned(found, h, dataclasses.replace(result, sends=kept), views, cands, later)
+        looks = {ck: t for ck, t in looks.items() if ck[0] not in result.held}
+        for p in later:
+            looks[(p.campaign, p.customer_key)] = EARLIEST
+        if size is not None:  # keep what dispatch may need: the customers with a send planned now or queued before
+            needed = frozenset({p.customer_key for p in result.sends} | self.store.queued_customers())
+            views = self.views(needed)
+            h = read_history(self.ws, self.store, needed, views, found, legacy, recorded)
+        return Planned(found, h, dataclasses.replace(result, sends=kept), views, cands, later, looks)
+
+    def _plan_in_chunks(self, cands: Candidates, size: int, found: Review, legacy: dict[tuple[str, int], str],
+                        recorded: dict[str, dict[str, StepState]], first_seen: Mapping[str, datetime],
+                        known: Mapping[str, tuple[datetime, str]], now: datetime
+                        ) -> tuple[dict[str, CampaignPart], dict[tuple[str, str], str | None]]:
+        """Every campaign's part over all candidates, ``size`` customers at a time, and their next looks."""
+        # the present customers in the full scan's order, streamed; then the absent ones (only their next looks)
+        order = chain(self.store.present_keys_among(cands.keys), self.store.absent_among(cands.keys))
+        parts: dict[str, CampaignPart] = {}
+        looks: dict[tuple[str, str], str | None] = {}
+        firsts: dict[tuple[str, str], int] = {}
+        while keys := frozenset(islice(order, size)):
+            views = self.views(keys)
+            seen: dict[tuple[str, str], int] = {}
+            h = read_history(self.ws, self.store, keys, views, found, legacy, recorded, seen)
+            chunk = plan_parts(self.ws.campaigns, views, first_seen, h, now, unresolved=found.unresolved,
+                               expansions=known)
+            part_cands = Candidates(keys, cands.replan, cands.mark, cands.news & keys)
+            looks.update(next_looks(self.ws.campaigns, part_cands, set(views), h, Plan(_sends_of(chunk)), []))
+            for cid, part in chunk.items():
+                firsts.update({(cid, p.customer_key): seen[(cid, p.customer_key)] for p in part.planned if p.step})
+                parts.setdefault(cid, CampaignPart()).add(part)
+        by_id = {c.id: c for c in self.ws.campaigns}
+        for cid, part in parts.items():
+            part.planned = _in_scan_order(by_id[cid], part.planned, firsts)
+        return parts, looks
 
     def expansions(self, found: Review, *, record: bool) -> dict[str, tuple[datetime, str]]:
         """When each ``at`` campaign went out to its segment (renames applied; old logs adopted when ``record``).
@@ -303,9 +373,7 @@ class Planning:
         by_id = {c.id: c for c in self.ws.campaigns}
         for cid in planned.plan.went_out:  # after its sends are queued: a kill before this expands it again
             self.store.record_expansion(cid, now, at_digest(by_id[cid]))
-        looks = next_looks(self.ws.campaigns, planned.candidates, set(planned.views), planned.history, planned.plan,
-                           planned.later)
-        self.store.record_plan(planned.candidates.mark, definitions(self.ws.campaigns, planned.plan), looks,
+        self.store.record_plan(planned.candidates.mark, definitions(self.ws.campaigns, planned.plan), planned.looks,
                                replanned=planned.candidates.replan)
         fresh = frozenset((p.campaign, p.step_id, p.customer_key) for p in sends if p.status == SendStatus.QUEUED)
         return Ready(planned.views, by_id, planned.history, fresh, held)
@@ -353,6 +421,29 @@ class Planning:
                                                         for x in p.plan.sends),
                                         notes=tuple(p.plan.notes.get(c.id, ())))
         return out
+
+
+def _sends_of(parts: Mapping[str, CampaignPart]) -> list[PlannedSend]:
+    return [p for part in parts.values() for p in part.planned]
+
+
+def _in_scan_order(c: Campaign, planned: list[PlannedSend], firsts: Mapping[tuple[str, str], int]
+                   ) -> list[PlannedSend]:
+    """A campaign's sends planned chunk by chunk, in the order the planner gives them over everyone at once.
+
+    The planner lists a campaign's first steps in the order of its targets
+    (the sheet's order of arrival, which the chunks follow; by key for a
+    ``change`` trigger), then its follow-ups in the order of each follower's
+    first row in the log (``firsts``), each follower's steps in the
+    campaign's order (kept: the sort is stable).
+    """
+    def at(item: tuple[int, PlannedSend]) -> tuple[int, int | str]:
+        n, p = item
+        if p.step:
+            return 1, firsts[(c.id, p.customer_key)]
+        return 0, p.customer_key if c.trigger == "change" else n
+
+    return [p for _, p in sorted(enumerate(planned), key=at)]
 
 
 def dry_run_report(planned: list[PlannedSend], views: dict[str, CustomerView], res: StageResult,

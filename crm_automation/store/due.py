@@ -116,6 +116,18 @@ class PlanLog(Connection):
             yield StoredCustomer(k, r, json.loads(d), parse_iso(fs) or datetime.now(UTC), EmailStatus(es or "ok"),
                                  bool(p))
 
+    def present_keys_among(self, keys: Iterable[str]) -> Iterator[str]:
+        """The present customers' keys among ``keys``, in the order :meth:`customers_among` gives them, streamed."""
+        for (k,) in self.conn.execute(
+                f"SELECT key FROM customers WHERE present = 1 AND key IN {_KEYS} ORDER BY rowid", (_keys(keys),)):
+            yield k
+
+    def absent_among(self, keys: Iterable[str]) -> list[str]:
+        """The keys among ``keys`` of no present customer (left the sheet, or never in it), sorted."""
+        return sorted(k for (k,) in self.conn.execute(
+            "SELECT value FROM json_each(?) AS j WHERE NOT EXISTS "
+            "(SELECT 1 FROM customers WHERE key = j.value AND present = 1)", (_keys(keys),)))
+
     def sends_among(self, keys: Iterable[str]) -> list[SendRow]:
         """Every send to these customers, oldest first."""
         return [_send(*r) for r in self.conn.execute(

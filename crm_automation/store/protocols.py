@@ -441,6 +441,14 @@ class Planning(Protocol):
         """The present customers among ``keys``, in the sheet's order of arrival."""
         ...
 
+    def present_keys_among(self, keys: Iterable[str]) -> Iterator[str]:
+        """The present customers' keys among ``keys``, in the order ``customers_among`` gives them, streamed."""
+        ...
+
+    def absent_among(self, keys: Iterable[str]) -> list[str]:
+        """The keys among ``keys`` of no present customer, sorted."""
+        ...
+
     def sends_among(self, keys: Iterable[str]) -> list[SendRow]:
         """Every send to these customers, oldest first."""
         ...

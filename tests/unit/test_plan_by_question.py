@@ -294,3 +294,137 @@ def test_a_pass_with_news_for_nobody_asks_for_nobody(tmp_path):
                 assert due == []  # the last step is queued: nobody waits for a day
         finally:
             w.close()
+
+
+# ---------------------------------------------------------------- a re-plan in chunks (issue #23 item 3)
+
+
+class Widest:
+    """Spies on the store's per-customer reads (the real methods run): the most customers one call asked for."""
+
+    def __init__(self, store, fail_at: int | None = None) -> None:
+        self.most = 0
+        self.calls = 0
+        self.fail_at = fail_at
+        for name in ("customers_among", "sends_among", "inbound_among", "quarantined_among"):
+            setattr(store, name, self._wrap(getattr(store, name)))
+
+    def _wrap(self, real):
+        def read(keys, *args, **kwargs):
+            keys = list(keys)
+            self.most = max(self.most, len(keys))
+            if real.__name__ == "sends_among":
+                self.calls += 1
+                if self.calls == self.fail_at:
+                    raise KeyboardInterrupt("killed while planning")
+            return real(keys, *args, **kwargs)
+        return read
+
+
+def queued_in_order(store, now: datetime) -> list[tuple[str, str, str]]:
+    return [tuple(r) for r in store.conn.execute(
+        "SELECT campaign, step_id, customer_key FROM sends WHERE queued_at = ? AND kind = 'campaign_step' "
+        "ORDER BY id", (iso(now),))]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_replan_in_chunks_equals_the_plan_made_at_once(tmp_path, seed):
+    """Issue #23 item 3: planned a few customers at a time, a pass queues the same sends in the same order,
+    with the same holds, notes and next looks, and never reads more than a chunk's history at once."""
+    rng = random.Random(1000 + seed)
+    used: set[str] = set()
+    campaigns = [new_campaign(rng, i, used) for i in range(rng.randint(2, 3))]
+    campaigns[0].update(trigger="new", include_existing=True)
+    for k in ("field", "to", "at", "where"):
+        campaigns[0].pop(k, None)
+    rows = {f"c{i}@example.com": {"Email": f"c{i}@example.com", "Name": f"C{i}", "Stage": rng.choice(STAGES),
+                                  "Owner": ""} for i in range(rng.randint(9, 16))}
+    gone: dict[str, dict[str, str]] = {}
+    counter = [0]
+    cfg = make_workspace(tmp_path / "ws", rows=list(rows.values()), campaigns=toml(campaigns), templates=TEMPLATES,
+                         extra_config="" if seed % 2 else "one_per_cycle = false\n")
+    chunked = 0
+    for day in range(1, 10):
+        now = DAY0 + timedelta(days=day, minutes=rng.randint(0, 600))
+        if day > 1:
+            edit_sheet(rng, rows, gone, counter)
+            write_sheet(cfg.parent / "customers.csv", rows)
+            if rng.random() < 0.4:
+                edit_campaigns(rng, campaigns, used)
+                (cfg.parent / "mappings" / "campaigns.toml").write_text(toml(campaigns), encoding="utf-8")
+        ws = Workspace.load(cfg)
+        w = Worker(ws, clock=Fixed(now))
+        try:
+            assert w.sync().error is None
+            mail_in(rng, w.store, [k for k in rows if w.store.customer(k) is not None], now, day)
+            oracle, _, _ = full_plan(ws, w.store, now)
+            at_once = Planning(ws, w.store, Fixed(now), chunk=None).plan(record=False)
+            size = rng.choice([1, 2, 3])
+            w.outbound.planning.chunk = size
+            spy = Widest(w.store)
+            asked = w.outbound.planning.plan(record=False)
+            assert shape(asked.plan) == shape(oracle) == shape(at_once.plan), f"day {day}"
+            assert asked.looks == at_once.looks and asked.later == at_once.later, f"day {day}"
+            if len(asked.candidates.keys) > size:
+                chunked += 1
+                assert spy.most <= max(size, len({p.customer_key for p in oracle.sends} | w.store.queued_customers()))
+            result = w.send()
+            assert result.error is None or "held" in str(result.error), result.error
+            assert queued_in_order(w.store, now) == [(s.campaign, s.step_id, s.customer_key) for s in oracle.sends], f"day {day}"
+        finally:
+            w.close()
+    assert chunked > 0  # some pass really planned in several chunks
+
+
+def test_a_replan_killed_midway_is_redone_whole_and_queues_nothing_twice(tmp_path):
+    """Issue #23 item 3: a pass killed between two chunks recorded nothing; one killed after queueing but before
+    the mark was recorded re-plans the campaign; either way the next pass queues each step exactly once."""
+    rows = [{"Email": f"c{i}@example.com", "Name": f"C{i}", "Stage": "lead", "Owner": ""} for i in range(12)]
+    camp = ('[[campaign]]\nid = "w"\ntemplate = "t1"\ntrigger = "new"\ninclude_existing = true\n'
+            'follow_up = [{ after_days = 3, template = "t2" }]\n')
+    cfg = make_workspace(tmp_path / "ws", rows=rows, campaigns=camp, templates=TEMPLATES,
+                         extra_config="one_per_cycle = false\n")
+    now = DAY0 + timedelta(days=1)
+    ws = Workspace.load(cfg)
+    w = Worker(ws, clock=Fixed(now))
+    try:
+        assert w.sync().error is None
+        oracle, _, _ = full_plan(ws, w.store, now)
+        assert len(oracle.sends) == 12
+        mark = w.store.plan_mark()
+        w.outbound.planning.chunk = 5
+        Widest(w.store, fail_at=2)  # killed while reading the second chunk
+        with pytest.raises(KeyboardInterrupt):
+            w.send()
+        assert w.store.conn.execute("SELECT count(*) FROM sends").fetchone()[0] == 0
+        assert w.store.plan_mark() == mark  # the re-plan is not marked done
+    finally:
+        w.close()
+    w = Worker(Workspace.load(cfg), clock=Fixed(now))
+    try:
+        w.outbound.planning.chunk = 5
+        real = w.store.record_plan
+
+        def killed(*args, **kwargs):
+            raise KeyboardInterrupt("killed after queueing")
+        w.store.record_plan = killed
+        with pytest.raises(KeyboardInterrupt):
+            w.send()
+        assert queued_in_order(w.store, now) == [(s.campaign, s.step_id, s.customer_key) for s in oracle.sends]
+        assert w.store.plan_mark() == mark
+        w.store.record_plan = real
+    finally:
+        w.close()
+    for day in (1, 1, 5):  # the redo, a pass after it, and the follow-up's day
+        w = Worker(Workspace.load(cfg), clock=Fixed(DAY0 + timedelta(days=day, hours=1)))
+        try:
+            w.outbound.planning.chunk = 5
+            assert w.send().error is None
+            assert w.store.plan_mark() is not None and w.store.plan_mark() != mark
+            assert w.store.conn.execute("SELECT campaign, step_id, customer_key FROM sends "
+                                        "GROUP BY 1, 2, 3 HAVING count(*) > 1").fetchall() == []
+            steps = w.store.conn.execute("SELECT step_id, status, count(*) FROM sends GROUP BY 1, 2 "
+                                         "ORDER BY 1").fetchall()
+        finally:
+            w.close()
+    assert [tuple(s) for s in steps] == [("t1", "sent", 12), ("t2", "sent", 12)]
