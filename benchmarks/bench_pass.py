@@ -603,7 +603,7 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep each work copy (beside its cached build)")
     ap.add_argument("--no-compile", action="store_true", help="do not byte-compile the package under test first")
     ap.add_argument("--trees", type=lambda v: [str(Path(x).resolve()) for x in v.split(",") if x.strip()],
-                    help="folders holding a crm_automation/ package to compare (e.g. /work/main,.), each put first "
+                    help="folders holding a crm_automation/ package to compare (e.g. ../before,.), each put first "
                          "on PYTHONPATH; each scenario runs them in turn (default: the one Python imports)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON (progress goes to stderr)")
     ap.add_argument("--fill-log", nargs=2, metavar=("DB", "A"), help=argparse.SUPPRESS)  # the build's child
