@@ -223,10 +223,6 @@ class Sends(Protocol):
         """Note that an ``at`` campaign went out to its segment."""
         ...
 
-    def sent_step_counts(self) -> dict[tuple[str, str], int]:
-        """(campaign, step_id) -> how many customers were sent that step."""
-        ...
-
     def legacy_steps(self) -> list[tuple[str, int]]:
         """(campaign, step) of rows written before schema 4."""
         ...
@@ -243,10 +239,6 @@ class Sends(Protocol):
 
     def sends(self, *, status: Iterable[SendStatus] | None = None, campaign: str | None = None) -> list[SendRow]:
         """Send rows, oldest first."""
-        ...
-
-    def send_keys(self) -> set[tuple[str, int, str]]:
-        """Every (campaign, step, customer) that has a sends row."""
         ...
 
     def sent_message_ids(self, ids: Iterable[str]) -> dict[str, SentRef]:

@@ -186,12 +186,6 @@ class SendLog(Connection):
                 self.conn.execute("UPDATE campaigns SET expanded_at = ?, expanded_as = ? WHERE id = ? AND "
                                   "expanded_at IS NULL", (iso(now), digest, campaign))
 
-    def sent_step_counts(self) -> dict[tuple[str, str], int]:
-        """(campaign, step_id) -> how many customers were sent that step (rows from before schema 4 left out)."""
-        return {(c, k): n for c, k, n in self.conn.execute(
-            "SELECT campaign, step_id, COUNT(*) FROM sends WHERE status = 'sent' AND step_id IS NOT NULL "
-            "GROUP BY campaign, step_id")}
-
     def sent_step_count(self, campaign: str, step_id: str) -> int:
         """How many customers were sent one step (by the unique index's prefix)."""
         return int(self.conn.execute("SELECT COUNT(*) FROM sends WHERE campaign = ? AND step_id = ? AND +status = "
@@ -278,10 +272,6 @@ class SendLog(Connection):
         """How many sends are in one status (the queue's depth after a pass)."""
         return int(self.conn.execute(f"SELECT COUNT(*) FROM sends WHERE status = '{SendStatus(status).value}'"
                                      ).fetchone()[0])
-
-    def send_keys(self) -> set[tuple[str, int, str]]:
-        """Every (campaign, step, customer) that has a sends row, whatever its status."""
-        return {(c, s, k) for c, s, k in self.conn.execute("SELECT campaign, step, customer_key FROM sends")}
 
     def sent_message_ids(self, ids: Iterable[str]) -> dict[str, SentRef]:
         """Message-ID -> the send it was, for the ids the worker sent."""
