@@ -17,7 +17,7 @@ PACKAGE = Path(crm_automation.__file__).parent
 # Top (0) to bottom (7); a module may import its own layer or any layer below it, never one above.
 LAYERS: dict[str, int] = {
     "__main__": 0, "cli": 0,
-    "app": 1, "worker": 1,
+    "app": 1, "worker": 1, "web": 1,
     "sheetsync": 2, "inbound": 2, "send": 2, "rekey": 2, "importer": 2, "checks": 2, "stage": 2, "workspace": 2,
     "parallel": 3, "reading": 3,
     "planner": 4, "edits": 4, "classify": 4, "match": 4, "effects": 4, "reply_text": 4, "tokens": 4,
