@@ -11,6 +11,7 @@ Nothing here imports click or rich, prints, or exits.
   replies), ``timeline``, ``health`` (each stage's last run, the queue).
 - ``customers.py``: ``search``.
 - ``sends.py``: ``requeue``.
+- ``quarantine.py``: ``message`` (one quarantined message with its bytes).
 - ``suppressions.py``: ``suppress``, ``unsuppress``, ``suppressions``,
   ``unsubscribe_by_token``.
 - ``access.py``: how a use case reaches the log — read-only without the

@@ -38,7 +38,15 @@ from crm_automation.models import Cursor, Customer, Decision, EmailStatus, SendS
 from crm_automation.store.activities import Activity, DetailsIn, InboundEvent, QuarantinedContact
 from crm_automation.store.customers import RekeyCounts, SheetState, StoredCustomer, SyncStats
 from crm_automation.store.due import Events, PlanMark
-from crm_automation.store.reports import FunnelRow, LastTimes, QuarantineRow, QueueDepth, ReplyRow, RunRow
+from crm_automation.store.reports import (
+    FunnelRow,
+    LastTimes,
+    QuarantinedBytes,
+    QuarantineRow,
+    QueueDepth,
+    ReplyRow,
+    RunRow,
+)
 from crm_automation.store.sends import SendRow, Sent, SentRef
 from crm_automation.store.suppressions import Suppression
 
@@ -370,6 +378,10 @@ class Reports(Protocol):
 
     def quarantined(self, limit: int) -> list[QuarantineRow]:
         """The newest quarantined messages, without their bytes."""
+        ...
+
+    def quarantined_message(self, qid: int) -> QuarantinedBytes | None:
+        """One quarantined message with its bytes (None: no such id)."""
         ...
 
     def replies_since(self, since: datetime, limit: int) -> list[ReplyRow]:

@@ -89,6 +89,14 @@ class QuarantineRow:
 
 
 @dataclass(frozen=True, slots=True)
+class QuarantinedBytes:
+    """One quarantined message whole: what the list shows of it, and its bytes exactly as they were received."""
+
+    row: QuarantineRow
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class ReplyRow:
     """A customer's reply (an ``email_in`` activity), with when it was logged (when the team could first see it)."""
 
@@ -219,6 +227,15 @@ class Reports(Connection):
                 for i, src, at, err, frm, key, size in self.conn.execute(
                     "SELECT id, source, received_at, error, from_addr, customer_key, size FROM quarantine "
                     "ORDER BY id DESC LIMIT ?", (limit,))]
+
+    def quarantined_message(self, qid: int) -> QuarantinedBytes | None:
+        """Quarantined message ``qid`` with its bytes (None when there is none by that id)."""
+        found = self.conn.execute("SELECT id, source, received_at, error, from_addr, customer_key, size, raw "
+                                  "FROM quarantine WHERE id = ?", (qid,)).fetchone()
+        if found is None:
+            return None
+        i, src, at, err, frm, key, size, raw = found
+        return QuarantinedBytes(QuarantineRow(i, src, parse_iso(at) or _EPOCH, err, frm, key, size), bytes(raw or b""))
 
     def replies_since(self, since: datetime, limit: int) -> list[ReplyRow]:
         """Replies (``email_in``) logged at or after ``since``, newest first, at most ``limit``.
