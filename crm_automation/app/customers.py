@@ -1,4 +1,9 @@
-"""Finding customers in the log: ``search`` by key or any mapped value (issue #18, for the web app's search box)."""
+"""Finding customers in the log, and one customer as the web app's customer page shows them.
+
+``search`` by key or any mapped value (issue #18, the search box);
+``profile``: one customer with their timeline and whether their address is
+suppressed (issue #19, the customer page and its suppress button).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from crm_automation.app.access import reading
+from crm_automation.app.reports import Timeline, timeline_in
 from crm_automation.app.results import JsonObject, JsonValue, json_value, utc_text
 from crm_automation.errors import ConfigError
+from crm_automation.fieldtypes import address_problem
 
 if TYPE_CHECKING:
     from crm_automation.workspace import Workspace
@@ -60,3 +67,43 @@ def search(ws: Workspace, query: str, *, limit: int = SEARCH_LIMIT) -> CustomerS
     hits = tuple(CustomerHit(c.key, c.row, {k: json_value(v) for k, v in c.data.items()}, c.email_status, c.present,
                              c.first_seen) for c in found[:limit])
     return CustomerSearch(text, hits, len(found) > limit)
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """One customer for the web app's customer page: what the log knows, their timeline, their suppression.
+
+    ``customer`` is None when the log has activities under the key but no
+    customer (an unknown sender's key). ``email`` is the address the
+    mapping's email field holds (None: none, or not an address), and
+    ``suppressed`` the reason it is on the suppression list (None: it is
+    not), so the page offers the one button that applies.
+    """
+
+    customer: CustomerHit | None
+    email: str | None
+    suppressed: str | None
+    timeline: Timeline
+
+    def to_json(self) -> JsonObject:
+        """The customer, the address and its suppression, and ``timeline --json`` as ``timeline``."""
+        return {"customer": self.customer.to_json() if self.customer else None, "email": self.email,
+                "suppressed": self.suppressed, "timeline": self.timeline.to_json()}
+
+
+def profile(ws: Workspace, key: str) -> Profile:
+    """The customer under ``key`` (as :func:`~crm_automation.app.reports.timeline` finds it), read in one go.
+
+    Raises ConfigError as ``timeline`` does when the log knows nothing
+    under ``key``.
+    """
+    with reading(ws) as store:
+        line = timeline_in(store, key)
+        c = store.customer(line.customer)
+        field = ws.email_field
+        value = c.data.get(field) if c is not None and field is not None else None
+        email = value.strip().lower() if isinstance(value, str) and address_problem(value) is None else None
+        entry = store.suppression(email) if email is not None else None
+    hit = None if c is None else CustomerHit(c.key, c.row, {k: json_value(v) for k, v in c.data.items()},
+                                             c.email_status, c.present, c.first_seen)
+    return Profile(hit, email, None if entry is None else str(entry.reason), line)

@@ -197,11 +197,16 @@ def timeline(ws: Workspace, key: str) -> Timeline:
     Raises ConfigError when the log knows neither the customer nor any
     activity under ``key`` (exit 2: the key is the user's mistake).
     """
-    typed = key.strip()
     with reading(ws) as store:
-        k = typed.lower() if store.customer(typed.lower()) else typed
-        items = store.timeline(k)
-        known = store.customer(k) is not None
+        return timeline_in(store, key)
+
+
+def timeline_in(store: Store, key: str) -> Timeline:
+    """:func:`timeline` on a log already open (for a use case that reads more in the same go)."""
+    typed = key.strip()
+    k = typed.lower() if store.customer(typed.lower()) else typed
+    items = store.timeline(k)
+    known = store.customer(k) is not None
     if not items and not known:
         raise ConfigError(f"customer {key!r} is not in the log", hint="keys are the mapping's key field")
     return Timeline(k, tuple(_entry(a) for a in items))

@@ -340,6 +340,10 @@ class Suppressions(Protocol):
         """Email -> its entry, oldest first."""
         ...
 
+    def suppression(self, email: str) -> Suppression | None:
+        """One address's entry (None: not suppressed)."""
+        ...
+
 
 class Reports(Protocol):
     """Reads across tables for reports and write-back, and the record of stage runs."""

@@ -65,3 +65,9 @@ class SuppressionList(Connection):
     def suppressions(self) -> dict[str, Suppression]:
         """Email -> its :class:`Suppression`, oldest first."""
         return read_suppressions(self.conn)
+
+    def suppression(self, email: str) -> Suppression | None:
+        """One address's entry (None: not suppressed), without reading the whole list."""
+        found = self.conn.execute("SELECT reason, at, source FROM suppressions WHERE email = ?",
+                                  (email.strip().lower(),)).fetchone()
+        return None if found is None else Suppression(_reason(found[0]), parse_iso(found[1]), found[2])
