@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.fixtures.smtpd",
     "tests.fixtures.sheets_api",
     "tests.fixtures.postfix",
+    "tests.fixtures.web",
 ]

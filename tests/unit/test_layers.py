@@ -17,7 +17,7 @@ PACKAGE = Path(crm_automation.__file__).parent
 # Top (0) to bottom (7); a module may import its own layer or any layer below it, never one above.
 LAYERS: dict[str, int] = {
     "__main__": 0, "cli": 0,
-    "app": 1, "worker": 1,
+    "app": 1, "worker": 1, "web": 1,
     "sheetsync": 2, "inbound": 2, "send": 2, "rekey": 2, "importer": 2, "checks": 2, "stage": 2, "workspace": 2,
     "parallel": 3, "reading": 3,
     "planner": 4, "edits": 4, "classify": 4, "match": 4, "effects": 4, "reply_text": 4, "tokens": 4,
@@ -66,3 +66,10 @@ def test_the_layer_check_sees_a_climb(tmp_path):
     bad.write_text("from crm_automation.sheetsync import SheetSession\n", encoding="utf-8")
     (m,) = _imports(bad)
     assert _layer(m) < LAYERS["sheets"]
+
+
+def test_the_web_app_never_opens_the_store():
+    """The web package renders use-case results (issue #19): it reaches the log only through crm_automation.app."""
+    reach = sorted(f"{_module(p)} -> {m}" for p in (PACKAGE / "web").rglob("*.py") for m in _imports(p)
+                   if m.startswith("crm_automation.store"))
+    assert reach == []
