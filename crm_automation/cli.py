@@ -593,6 +593,31 @@ def requeue(ctx: click.Context, /, ids: tuple[int, ...], all_uncertain: bool, al
 
 @cli.command()
 @_global
+@click.option("--host", default=None, help="address to listen on (default: [serve] host, 127.0.0.1)")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="port (default: [serve] port, 8080)")
+@click.option("--hash-password", is_flag=True, help="ask for a password twice and print its hash for [serve] users")
+@click.pass_context
+def serve(ctx: click.Context, /, host: str | None, port: int | None, hash_password: bool,
+          **kw: Unpack[_GlobalOptions]) -> None:
+    """The web app: one-click unsubscribe links and the team's pages (put it behind your HTTPS proxy)."""
+    o = _apply(ctx, kw)
+    if hash_password:
+        from crm_automation.web.auth import MIN_PASSWORD_LENGTH
+        from crm_automation.web.auth import hash_password as make_hash
+
+        password = click.prompt("Password", hide_input=True, confirmation_prompt="Repeat the password", err=True)
+        if len(password) < MIN_PASSWORD_LENGTH:
+            raise ConfigError(f"serve --hash-password: the password has {len(password)} characters (expected at "
+                              f"least {MIN_PASSWORD_LENGTH})")
+        click.echo(make_hash(password))
+        return
+    from crm_automation.web import serve as run_server
+
+    run_server(o.config, host=host, port=port)
+
+
+@cli.command()
+@_global
 @click.option("--dry-run", is_flag=True, help="show how each customer would be re-keyed; change nothing")
 @click.pass_context
 def rekey(ctx: click.Context, /, dry_run: bool, **kw: Unpack[_GlobalOptions]) -> None:

@@ -221,6 +221,9 @@ class InboundSection(_Strict):
     soft_bounce_days: int = Field(default=30, ge=0)
 
 
+_PASSWORD_HASH = re.compile(r"scrypt\$\d{1,8}\$\d{1,3}\$\d{1,3}\$[A-Za-z0-9+/]{8,}\$[A-Za-z0-9+/]{16,}")
+
+
 class ServeSection(_Strict):
     """``[serve]``: the web app (issue #19) — where it listens, where the team publishes it, who may log in.
 
@@ -235,6 +238,8 @@ class ServeSection(_Strict):
     secret_env: str = "CRM_SERVE_SECRET"  # noqa: S105 - the NAME of the variable holding the cookie-signing secret
     admin_password_env: str | None = None  # one "admin" login whose password is in this environment variable
     users: dict[str, str] = Field(default_factory=dict)  # login name -> password hash (`serve --hash-password`)
+    # Addresses whose X-Forwarded-For / X-Forwarded-Proto uvicorn believes (the reverse proxy): IPs or networks.
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
 
     @field_validator("public_url")
     @classmethod
@@ -251,6 +256,27 @@ class ServeSection(_Strict):
                    "on loopback, for trying it out)")
             raise ValueError(msg)
         return v.rstrip("/")
+
+    @field_validator("users")
+    @classmethod
+    def _hashes(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, h in v.items():
+            if not _PASSWORD_HASH.fullmatch(h):
+                msg = (f"user {name!r}: not a password hash (expected \"scrypt$32768$8$1$...\" as printed by "
+                       "`crm-automation serve --hash-password`; a password itself never goes in config.toml)")
+                raise ValueError(msg)
+        return v
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v: list[str]) -> list[str]:
+        for p in v:
+            try:
+                ipaddress.ip_network(p, strict=False)
+            except ValueError:
+                msg = f"{p!r} is not an IP address or network (expected e.g. \"127.0.0.1\" or \"10.0.0.0/8\")"
+                raise ValueError(msg) from None
+        return v
 
     @field_validator("secret_env", "admin_password_env")
     @classmethod

@@ -10,5 +10,6 @@ pytest_plugins = [
     "tests.fixtures.smtpd",
     "tests.fixtures.sheets_api",
     "tests.fixtures.postfix",
+    "tests.fixtures.web",
     "tests.fixtures.browser",
 ]

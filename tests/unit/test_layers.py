@@ -66,3 +66,10 @@ def test_the_layer_check_sees_a_climb(tmp_path):
     bad.write_text("from crm_automation.sheetsync import SheetSession\n", encoding="utf-8")
     (m,) = _imports(bad)
     assert _layer(m) < LAYERS["sheets"]
+
+
+def test_the_web_app_never_opens_the_store():
+    """The web package renders use-case results (issue #19): it reaches the log only through crm_automation.app."""
+    reach = sorted(f"{_module(p)} -> {m}" for p in (PACKAGE / "web").rglob("*.py") for m in _imports(p)
+                   if m.startswith("crm_automation.store"))
+    assert reach == []

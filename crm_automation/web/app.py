@@ -1,0 +1,225 @@
+"""The ASGI application (issue #19): middleware, static files, templates, and the render helper every page uses.
+
+Why Starlette + uvicorn + Jinja2: a small, well-kept stack, and Jinja2 is a
+dependency already. The app holds no state of its own beyond the rate-limit
+counts: each endpoint calls one use case of :mod:`crm_automation.app` (sync
+functions that open and close the log per call, so they run in Starlette's
+threadpool) and renders its result.
+
+Middleware, outermost first:
+
+- :class:`RequestLog`: one line per request at DEBUG (``-v``), the path with
+  the tokens of ``/u/``, ``/c/`` and ``/o/`` cut out and no client address:
+  a token in a URL is a key to one customer's subscription.
+- :class:`SecurityHeaders`: CSP without inline script or style, no framing,
+  ``Referrer-Policy: no-referrer`` (tokens are in URLs), ``nosniff``, and
+  ``Cache-Control: no-store`` on everything but ``/static``.
+- :class:`Sessions`: Starlette's signed-cookie sessions (itsdangerous), except
+  on the public paths: mail providers and scanners get no cookie there
+  (RFC 8058 §3.2: the one-click POST carries none and needs none).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+from starlette.routing import BaseRoute, Mount
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from crm_automation.web import i18n
+from crm_automation.web.limits import RateLimits
+from crm_automation.workspace import Clock, Workspace
+
+log = logging.getLogger("crm_automation.web")
+
+PUBLIC_PREFIXES = ("/u/", "/c/", "/o/", "/healthz", "/static/")  # no session, no cookie, no login
+SESSION_COOKIE = "crm_session"
+SESSION_MAX_AGE = 12 * 3600  # a working day: a login lasts until the next morning at most
+_TOKEN_IN_PATH = re.compile(r"^/([uco])/[^/]+")
+
+
+@dataclass
+class WebState:
+    """What every request needs: the workspace, the clock, the templates, the logins, the limits.
+
+    ``users`` maps login names to password hashes (``[serve] users``);
+    ``admin_password`` is the ``admin`` login's password read from
+    ``admin_password_env`` at start (None: no such login). ``https`` is
+    whether ``public_url`` is https, which makes cookies ``Secure``.
+    """
+
+    ws: Workspace
+    clock: Clock
+    env: jinja2.Environment
+    users: Mapping[str, str]
+    admin_password: str | None
+    https: bool
+    limits: RateLimits = field(default_factory=RateLimits)
+
+
+def state(request: Request) -> WebState:
+    """The app's :class:`WebState`."""
+    st: WebState = request.app.state.web
+    return st
+
+
+def client_address(request: Request) -> str:
+    """The client's address for rate limits (the proxy's ``X-Forwarded-For`` from a trusted proxy only)."""
+    return request.client.host if request.client is not None else "unknown"
+
+
+def is_public(path: str) -> bool:
+    """Whether a path is served without a session (and so never sets a cookie)."""
+    return path.startswith(PUBLIC_PREFIXES)
+
+
+def language(request: Request) -> str:
+    """The request's language (:func:`crm_automation.web.i18n.choose`); public pages ignore the cookie."""
+    cookie = None if is_public(request.url.path) else request.cookies.get(i18n.COOKIE)
+    return i18n.choose(request.query_params.get("lang"), cookie, request.headers.get("accept-language"))
+
+
+def csrf_token(request: Request) -> str:
+    """The session's CSRF token, made on first use (checked by :func:`crm_automation.web.auth.check_csrf`)."""
+    token = request.session.get("csrf")
+    if not isinstance(token, str):
+        token = secrets.token_urlsafe(32)
+        request.session["csrf"] = token
+    return token
+
+
+def render(request: Request, template: str, context: Mapping[str, Any] | None = None, *,
+           status_code: int = 200) -> HTMLResponse:
+    """Render a page: the template sees ``t`` (UI strings), ``lang``, ``path``, and on team pages ``csrf``/``user``.
+
+    A ``?lang=`` switch on a team page is remembered in a cookie; public
+    pages take it for that request only (they set no cookie).
+    """
+    st = state(request)
+    lang = language(request)
+    public = is_public(request.url.path)
+    ctx: dict[str, Any] = {"t": i18n.Translator(lang), "lang": lang, "path": request.url.path, "request": request,
+                           "csrf": None, "user": None}
+    if not public:
+        ctx["csrf"] = csrf_token(request)
+        ctx["user"] = request.session.get("user")
+    ctx.update(context or {})
+    response = HTMLResponse(st.env.get_template(template).render(ctx), status_code=status_code)
+    switched = i18n.normalise(request.query_params.get("lang"))
+    if switched is not None and not public:
+        response.set_cookie(i18n.COOKIE, switched, max_age=365 * 86400, httponly=True, samesite="lax",
+                            secure=st.https)
+    return response
+
+
+def template_env() -> jinja2.Environment:
+    """The web templates, autoescaped (every one is HTML; sheet data like ``<script>`` shows as text)."""
+    return jinja2.Environment(loader=jinja2.PackageLoader("crm_automation.web", "templates"),
+                              autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
+                              lstrip_blocks=True)
+
+
+class Sessions:
+    """Starlette's SessionMiddleware on the team paths only; the public paths bypass it (no cookie, ever)."""
+
+    def __init__(self, app: ASGIApp, secret: str, https: bool) -> None:
+        self.app = app
+        self.sessions = SessionMiddleware(app, secret_key=secret, session_cookie=SESSION_COOKIE,
+                                          max_age=SESSION_MAX_AGE, same_site="lax", https_only=https)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Route the request around or through the session middleware."""
+        if scope["type"] == "http" and is_public(scope["path"]):
+            await self.app(scope, receive, send)
+        else:
+            await self.sessions(scope, receive, send)
+
+
+_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
+        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+_HEADERS = ((b"content-security-policy", _CSP.encode()), (b"x-frame-options", b"DENY"),
+            (b"referrer-policy", b"no-referrer"), (b"x-content-type-options", b"nosniff"))
+
+
+class SecurityHeaders:
+    """The headers every response carries (see the module docstring); a response's own Cache-Control wins."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Add the headers to the response start."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        static = scope["path"].startswith("/static/")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers += _HEADERS
+                if not static and not any(k.lower() == b"cache-control" for k, _ in headers):
+                    headers.append((b"cache-control", b"no-store"))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def scrubbed(path: str) -> str:
+    """A path as the request log shows it: the token of ``/u/``, ``/c/``, ``/o/`` replaced by ``…``."""
+    return _TOKEN_IN_PATH.sub(lambda m: f"/{m.group(1)}/…", path)
+
+
+class RequestLog:
+    """One log line per request at DEBUG (``serve -v``): method, path without tokens, status, milliseconds.
+
+    No client address and no query string (a ``next=`` or search may name a
+    customer); uvicorn's own access log is off (:func:`crm_automation.web.make_server`).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Time the request and log it."""
+        if scope["type"] != "http" or not log.isEnabledFor(logging.DEBUG):
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500
+
+        async def send_logged(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_logged)
+        finally:
+            log.debug("%s %s %d %.1f ms", scope["method"], scrubbed(scope["path"]), status,
+                      (time.perf_counter() - t0) * 1000)
+
+
+def build(web: WebState, secret: str, routes: Sequence[BaseRoute]) -> Starlette:
+    """The app: the routes of :mod:`~crm_automation.web.auth`, ``public`` and ``pages``, static files, middleware."""
+    static = Mount("/static", app=StaticFiles(packages=[("crm_automation.web", "static")]), name="static")
+    app = Starlette(routes=[*routes, static],
+                    middleware=[Middleware(RequestLog), Middleware(SecurityHeaders),
+                                Middleware(Sessions, secret=secret, https=web.https)])
+    app.state.web = web
+    return app
