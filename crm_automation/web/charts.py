@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
-WIDTH = 640  # viewBox units; the page's CSS scales the SVG to its box
-HEIGHT = 200
-_LEFT, _RIGHT, _TOP, _BOTTOM = 40, 8, 22, 24  # margins: y-axis numbers left, title on top, day labels below
+WIDTH = 560  # viewBox units; the page's CSS scales the SVG to its box (about its own size on a laptop)
+HEIGHT = 220
+_LEFT, _RIGHT, _TOP, _BOTTOM = 40, 8, 44, 26  # margins: y-axis numbers left, title and legend on top, labels below
 _MAX_X_LABELS = 8  # at most this many day labels under the axis; every value still has its <title>
 PALETTE = ("#2f6fb0", "#2e9a5b", "#c0392b", "#b7791f", "#7b4fa0")  # sent, replies, bounces, unsubscribes, clicks
 
@@ -58,26 +58,39 @@ def _number(v: float) -> str:
 
 
 def _text_width(text: str) -> float:
-    """Roughly how wide ``text`` is at 11 units: wide (CJK) characters count about twice a Latin one (UAX #11)."""
-    return sum(11.0 if unicodedata.east_asian_width(c) in "WF" else 6.5 for c in text)
+    """Roughly how wide ``text`` is at 12 units: wide (CJK) characters count about twice a Latin one (UAX #11)."""
+    return sum(12.0 if unicodedata.east_asian_width(c) in "WF" else 7.0 for c in text)
 
 
 def _frame(title: str, labels: Sequence[str], top: float) -> list[str]:
     """The title, the y-axis grid (0, half, top) and a thinned row of x labels."""
     plot_h = HEIGHT - _TOP - _BOTTOM
-    parts = [f'<text class="chart-title" x="{_LEFT}" y="14" font-size="13" fill="#333">{escape(title)}</text>']
+    parts = [f'<text class="chart-title" x="0" y="16" font-size="15" font-weight="600" fill="#1f2328">'
+             f"{escape(title)}</text>"]
     for frac in (0.0, 0.5, 1.0):
         y = _TOP + plot_h * (1 - frac)
         parts.append(f'<line x1="{_LEFT}" x2="{WIDTH - _RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>')
-        parts.append(f'<text x="{_LEFT - 4}" y="{y + 4:.1f}" font-size="10" text-anchor="end" fill="#666">'
+        parts.append(f'<text x="{_LEFT - 4}" y="{y + 4:.1f}" font-size="12" text-anchor="end" fill="#59636e">'
                      f"{_number(top * frac)}</text>")
     n = len(labels)
     every = max(1, math.ceil(n / _MAX_X_LABELS))
     slot = (WIDTH - _LEFT - _RIGHT) / max(n, 1)
     for i in range(0, n, every):
         x = _LEFT + slot * (i + 0.5)
-        parts.append(f'<text x="{x:.1f}" y="{HEIGHT - 8}" font-size="10" text-anchor="middle" fill="#666">'
+        parts.append(f'<text x="{x:.1f}" y="{HEIGHT - 8}" font-size="12" text-anchor="middle" fill="#59636e">'
                      f"{escape(labels[i])}</text>")
+    return parts
+
+
+def _legend(series: Sequence[Series]) -> list[str]:
+    """A colour key under the title, right-aligned: a square and the name for each series."""
+    parts = []
+    x = WIDTH - _RIGHT - sum(18 + _text_width(s.name) for s in series)
+    for s in series:
+        parts.append(f'<g class="legend"><rect x="{x:.1f}" y="24" width="10" height="10" '
+                     f'fill="{escape(s.colour)}"/><text x="{x + 13:.1f}" y="33" font-size="12" fill="#1f2328">'
+                     f"{escape(s.name)}</text></g>")
+        x += 18 + _text_width(s.name)
     return parts
 
 
@@ -128,12 +141,7 @@ def line_chart(title: str, labels: Sequence[str], series: Sequence[Series], *, c
     plot_h = HEIGHT - _TOP - _BOTTOM
     slot = (WIDTH - _LEFT - _RIGHT) / max(len(labels), 1)
     body = _frame(title, labels, top)
-    legend_x = WIDTH - _RIGHT - sum(16 + _text_width(s.name) for s in series)  # right-aligned on the title's line
-    for s in series:
-        body.append(f'<g class="legend"><rect x="{legend_x:.1f}" y="5" width="9" height="9" '
-                    f'fill="{escape(s.colour)}"/><text x="{legend_x + 12:.1f}" y="13" font-size="11" fill="#333">'
-                    f"{escape(s.name)}</text></g>")
-        legend_x += 16 + _text_width(s.name)
+    body += _legend(series)
     for s in series:
         points = [(_LEFT + slot * (i + 0.5), _TOP + plot_h * (1 - v / top)) for i, v in enumerate(s.values)]
         colour = escape(s.colour)
@@ -144,5 +152,30 @@ def line_chart(title: str, labels: Sequence[str], series: Sequence[Series], *, c
         for (x, y), label, v in zip(points, labels, s.values, strict=True):
             body.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{colour}" data-value="{_number(v)}">'
                         f"<title>{escape(label)}: {_number(v)} {escape(s.name)}</title></circle>")
+        body.append("</g>")
+    return _svg(title, body, css)
+
+
+def grouped_bar_chart(title: str, labels: Sequence[str], series: Sequence[Series], *, css: str = "groups") -> Markup:
+    """Side-by-side bars, one per series, for each label (replies, bounces, unsubscribes per campaign step).
+
+    For categories that are not a sequence (campaign steps) a line between
+    them would suggest a trend that is not there; bars do not. Raises
+    ValueError as :func:`bar_chart` does.
+    """
+    _check(labels, series)
+    top = _nice_max(max((v for s in series for v in s.values), default=0))
+    plot_h = HEIGHT - _TOP - _BOTTOM
+    slot = (WIDTH - _LEFT - _RIGHT) / max(len(labels), 1)
+    bar = slot * 0.8 / max(len(series), 1)
+    body = _frame(title, labels, top) + _legend(series)
+    for j, s in enumerate(series):
+        body.append(f'<g class="series" data-name="{escape(s.name)}">')
+        for i, (label, v) in enumerate(zip(labels, s.values, strict=True)):
+            h = plot_h * v / top
+            body.append(f'<rect class="bar" x="{_LEFT + slot * (i + 0.1) + bar * j:.1f}" '
+                        f'y="{_TOP + plot_h - h:.1f}" width="{bar * 0.9:.1f}" height="{h:.1f}" '
+                        f'fill="{escape(s.colour)}" data-value="{_number(v)}"><title>{escape(label)}: '
+                        f"{_number(v)} {escape(s.name)}</title></rect>")
         body.append("</g>")
     return _svg(title, body, css)

@@ -110,7 +110,7 @@ def _funnel_charts(rows: list[dict[str, JsonValue]], t: Callable[[str], str]) ->
         return tuple(float(v) if isinstance(v := r.get(name), int | float) else 0.0 for r in rows)
 
     sent = charts.bar_chart(t("chart_sent_by_step"), labels, charts.Series(t("col_sent"), col("sent")))
-    after = charts.line_chart(t("chart_after_by_step"), labels, [
+    after = charts.grouped_bar_chart(t("chart_after_by_step"), labels, [
         charts.Series(t("col_replied"), col("replied"), charts.PALETTE[1]),
         charts.Series(t("col_bounced"), col("bounced"), charts.PALETTE[2]),
         charts.Series(t("col_unsubscribed"), col("unsubscribed"), charts.PALETTE[3]),

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from markupsafe import Markup
 
-from crm_automation.web.charts import HEIGHT, Series, bar_chart, line_chart
+from crm_automation.web.charts import HEIGHT, Series, bar_chart, grouped_bar_chart, line_chart
 
 NS = {"s": "http://www.w3.org/2000/svg"}
 DAYS = ("11-25", "11-26", "11-27", "11-28")
@@ -77,3 +77,16 @@ def test_many_days_get_a_thinned_axis():
     assert 2 <= len(labels) <= 8
     assert labels[0] == "d0"
     assert len(root.findall(".//s:rect[@class='bar']", NS)) == 30
+
+
+def test_grouped_bars_put_each_series_side_by_side_per_label():
+    series = (Series("replied", (2, 0)), Series("bounced", (1, 4)))
+    root = _parse(grouped_bar_chart("After each step", ("welcome/0", "welcome/1"), series))
+    groups = root.findall(".//s:g[@class='series']", NS)
+    assert [[b.get("data-value") for b in g.findall("s:rect", NS)] for g in groups] == [["2", "0"], ["1", "4"]]
+    (r0, r1), (b0, b1) = ([float(b.get("x")) for b in g.findall("s:rect", NS)] for g in groups)
+    assert r0 < b0 < r1 < b1  # per label: replied, then bounced; the second label's pair to the right
+    assert float(groups[1].findall("s:rect", NS)[1].get("height")) == pytest.approx(
+        4 * float(groups[1].findall("s:rect", NS)[0].get("height")), abs=0.2)
+    with pytest.raises(ValueError, match="1 values for 2 labels"):
+        grouped_bar_chart("x", ("a", "b"), (Series("s", (1,)),))
