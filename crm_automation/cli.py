@@ -594,7 +594,8 @@ def requeue(ctx: click.Context, /, ids: tuple[int, ...], all_uncertain: bool, al
 @cli.command()
 @_global
 @click.option("--host", default=None, help="address to listen on (default: [serve] host, 127.0.0.1)")
-@click.option("--port", type=click.IntRange(1, 65535), default=None, help="port (default: [serve] port, 8080)")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="port (default: [serve] port, 8080; 0: any free port, shown at start)")
 @click.option("--hash-password", is_flag=True, help="ask for a password twice and print its hash for [serve] users")
 @click.pass_context
 def serve(ctx: click.Context, /, host: str | None, port: int | None, hash_password: bool,

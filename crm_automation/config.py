@@ -299,6 +299,7 @@ class _ConfigModel(_Strict):
 
 
 URL_PLACEHOLDERS = ("{token}", "{email}")
+ONE_CLICK_PATH = "/u/{token}"  # where `serve` answers one-click unsubscribes (crm_automation/web/public.py)
 _BRACED = re.compile(r"\{([^{}]*)\}")
 
 
@@ -476,10 +477,16 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         return p if p.is_absolute() else root / p
 
     ws = model.workspace
+    outbound = model.outbound
+    if outbound.unsubscribe_url is None and model.serve.public_url is not None:
+        # issue #19: `serve` answers the one-click link, so publishing it is enough to get one (RFC 8058);
+        # an explicit unsubscribe_url (another host, another path) still wins. Resolved here, once: the
+        # composer, `check` and the send pass all read outbound.unsubscribe_url.
+        outbound = outbound.model_copy(update={"unsubscribe_url": f"{model.serve.public_url}{ONE_CLICK_PATH}"})
     return Config(
         path=cfg_path.resolve(), root=root, timezone=ZoneInfo(ws.timezone), database=res(ws.database),
         mappings=res(ws.mappings), templates=res(ws.templates), sheet=model.sheet, mailbox=model.mailbox,
-        outbound=model.outbound, schedule=model.schedule, inbound=model.inbound, language=ws.language,
+        outbound=outbound, schedule=model.schedule, inbound=model.inbound, language=ws.language,
         serve=model.serve,
     )
 

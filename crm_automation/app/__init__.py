@@ -17,6 +17,8 @@ Nothing here imports click or rich, prints, or exits.
 - ``access.py``: how a use case reaches the log — read-only without the
   workspace lock, or under the lock to write (``WorkspaceLock``).
 - ``results.py``: the JSON value type and the conversions every result uses.
+- ``links.py``: ``link`` (does a token name one of our sends; read-only), and
+  ``liveness.py``: ``liveness`` (``serve``'s ``/healthz``; issue #19).
 
 Imports go down only: ``app`` imports the stages, the core, the store and
 the models; nothing below imports ``app``. Modules are imported one by one

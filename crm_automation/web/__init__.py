@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -137,14 +138,24 @@ def serve(config_path: str | Path | None = None, *, host: str | None = None, por
     """Run the app until Ctrl-C or SIGTERM: ``crm-automation serve``."""
     app = create_app(config_path)
     cfg = app.state.web.ws.cfg.serve
-    host = host or cfg.host
-    port = port or cfg.port
+    host = host if host is not None else cfg.host
+    port = port if port is not None else cfg.port
     sock = bind(host, port)
+    port = sock.getsockname()[1]  # the one the kernel chose for --port 0
     server = make_server(app, trusted_proxies=list(cfg.trusted_proxies))
     shown = f"[{host}]" if ":" in host else host
     log.info("serving %s on http://%s:%d%s", app.state.web.ws.cfg.path, shown, port,
              f" (published at {cfg.public_url})" if cfg.public_url else "")
+    # uvicorn stops gracefully on SIGINT/SIGTERM, then raises the signal again for the handler it found
+    # installed; a quiet one here makes a stop by systemd or Ctrl-C exit 0, as a stopped `run` does.
+    stopped: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: stopped.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stopped:
+        log.info("serve stopped (%s)", signal.Signals(stopped[0]).name)
