@@ -420,3 +420,28 @@ def test_every_team_page_asks_for_a_login_first(site, browser):
         browser.get(server.url + path)
         _wait(browser, lambda d: "/login" in d.current_url)
         assert "李雷" not in browser.page_source
+
+
+# ------------------------------------------------------------------------------------------------ unsubscribe
+def test_unsubscribe_through_the_confirmation_page(site, browser):
+    """The link in the mail Carol received: a GET only asks; the button unsubscribes, logged as a mailed 退订 is."""
+    from selenium.webdriver.common.by import By
+
+    cfg, server = site
+    db = cfg.parent / "var" / "crm.sqlite"
+    (mail,) = [m for m in site.smtp.messages if m.rcpt_tos == ["carol@example.com"]][:1]
+    header = str(mail.message["List-Unsubscribe"])
+    m = re.search(r"<https://crm\.example\.com(/u/[^>]+)>", header)
+    assert m, header
+    browser.get(server.url + m.group(1))
+    assert browser.find_element(By.TAG_NAME, "h1").text == i18n.EN["unsub_question"]
+    assert _rows(db, "SELECT * FROM suppressions WHERE email = 'carol@example.com'") == []  # a GET changes nothing
+    shoot(browser, "unsubscribe-confirm")
+    _click(browser, "form[action^='/u/'] button[type=submit]")
+    assert browser.find_element(By.TAG_NAME, "h1").text == i18n.EN["unsub_done"]
+    assert _rows(db, "SELECT reason FROM suppressions WHERE email = 'carol@example.com'") == [("unsubscribed",)]
+    assert _rows(db, "SELECT email_status FROM customers WHERE key = 'carol@example.com'") == [("unsubscribed",)]
+    assert _rows(db, "SELECT COUNT(*) FROM activities WHERE kind = 'unsubscribe' "
+                     "AND customer_key = 'carol@example.com'") == [(1,)]
+    assert browser.get_cookies() == []  # the public pages set no cookie
+    shoot(browser, "unsubscribe-done")
