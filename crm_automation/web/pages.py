@@ -19,11 +19,12 @@ is shown as that one line, never as a traceback.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, tzinfo
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -96,13 +97,15 @@ def _funnel_cell(key: str, value: JsonValue) -> str:
     return "" if value is None else str(value)
 
 
-def _funnel_charts(rows: list[dict[str, JsonValue]], t: Callable[[str], str]) -> list[str]:
+def _funnel_charts(rows: list[dict[str, JsonValue]], t: Callable[[str], str]) -> list[Markup]:
     """Charts from the funnel alone: per campaign step, sent, and replies, bounces and unsubscribes after it.
 
     SEAM (issue #19 item 6): the per-day charts (sent per day, replies,
     bounces, unsubscribes, clicks over 30 days) come from
-    ``app.reports.daily``, which another branch adds; until it is merged
-    the dashboard draws the same measures per campaign step from the funnel.
+    ``app.reports.daily``, which another branch (h/pages) adds; until it is
+    merged the dashboard draws the same measures per campaign step from the
+    funnel. Once it is: ``daily_charts(reports.daily(ws, now).to_json()["days"], t)``
+    in :func:`dashboard`, ideally with the funnel in one use case.
     """
     labels = [f"{r['campaign']}/{r['step']}" for r in rows]
 
@@ -117,6 +120,26 @@ def _funnel_charts(rows: list[dict[str, JsonValue]], t: Callable[[str], str]) ->
         *([charts.Series(t("col_clicked"), col("clicked"), charts.PALETTE[4])] if rows and "clicked" in rows[0]
           else [])])
     return [sent, after]
+
+
+def daily_charts(days: Sequence[Mapping[str, JsonValue]], t: Callable[[str], str]) -> list[Markup]:
+    """The per-day charts from ``app.reports.daily(...).to_json()["days"]``: sent per day; the responses per day.
+
+    One object per local day, oldest first (``date``, ``sent``, ``replied``,
+    ``bounced``, ``unsubscribed``, ``clicked``). Days are labelled MM-DD.
+    """
+
+    def col(name: str) -> tuple[float, ...]:
+        return tuple(float(v) if isinstance(v := d.get(name), int | float) else 0.0 for d in days)
+
+    labels = [str(d.get("date", ""))[5:] for d in days]
+    sent = charts.bar_chart(t("chart_sent_per_day"), labels, charts.Series(t("col_sent"), col("sent")))
+    responses = charts.line_chart(t("chart_responses_per_day"), labels, [
+        charts.Series(t("col_replied"), col("replied"), charts.PALETTE[1]),
+        charts.Series(t("col_bounced"), col("bounced"), charts.PALETTE[2]),
+        charts.Series(t("col_unsubscribed"), col("unsubscribed"), charts.PALETTE[3]),
+        charts.Series(t("col_clicked"), col("clicked"), charts.PALETTE[4])])
+    return [sent, responses]
 
 
 @require_login

@@ -90,3 +90,21 @@ def test_grouped_bars_put_each_series_side_by_side_per_label():
         4 * float(groups[1].findall("s:rect", NS)[0].get("height")), abs=0.2)
     with pytest.raises(ValueError, match="1 values for 2 labels"):
         grouped_bar_chart("x", ("a", "b"), (Series("s", (1,)),))
+
+
+def test_the_dashboards_daily_charts_follow_the_days_in_order():
+    """web.pages.daily_charts over app.reports.daily's JSON days (issue #19 item 6), in Chinese."""
+    from crm_automation.web.i18n import ZH, Translator
+    from crm_automation.web.pages import daily_charts
+
+    days = [{"date": f"2026-11-{d:02d}", "start": None, "sent": d % 4, "replied": int(d == 28), "bounced": 0,
+             "unsubscribed": int(d == 29), "clicked": 2 * int(d == 30)} for d in range(1, 31)]
+    sent, responses = (_parse(svg) for svg in daily_charts(days, Translator("zh-CN")))
+    assert [b.get("data-value") for b in sent.findall(".//s:rect[@class='bar']", NS)] == [str(d % 4) for d in
+                                                                                            range(1, 31)]
+    assert sent.find("s:title", NS).text == ZH["chart_sent_per_day"]
+    groups = {g.get("data-name"): [c.get("data-value") for c in g.findall("s:circle", NS)]
+              for g in responses.findall(".//s:g[@class='series']", NS)}
+    assert set(groups) == {ZH["col_replied"], ZH["col_bounced"], ZH["col_unsubscribed"], ZH["col_clicked"]}
+    assert groups[ZH["col_clicked"]][-1] == "2" and groups[ZH["col_replied"]][27] == "1"
+    assert "11-01" in [t.text for t in sent.findall("s:text", NS)]
