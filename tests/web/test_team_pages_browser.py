@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -112,6 +113,9 @@ def _build_log(root: Path, smtp) -> Path:
              f"Subject: Re: Welcome\r\nMessage-ID: <reply-1@example.cn>\r\nIn-Reply-To: {li_mid}\r\n"
              f"Date: {datetime.now(UTC):%a, %d %b %Y %H:%M:%S +0000}\r\nContent-Type: text/plain; charset=utf-8\r\n"
              f"\r\n{REPLY_TEXT}\r\n\r\nOn Monday, Sales wrote:\r\n> Hello 李雷,\r\n> welcome aboard.\r\n")
+    # The log's times are whole seconds and the funnel counts a reply logged after the send (strictly): a
+    # reply fetched within the send's second would not count, so the fetch waits for the next second.
+    time.sleep(1.1)
     (root / "inbox" / "new" / "1700000001.M1P1.test").write_bytes(reply.encode())
     (root / "inbox" / "new" / "1700000002.M2P1.test").write_bytes(GARBAGE)
     _cli(cfg, "fetch")
