@@ -73,7 +73,7 @@ def run_checks(config_path: str | None, *, connect: bool = False, plan: bool = F
         return {"checks": checks, "exit": 2}
     checks.append(_item("config and mappings", [], f"{ws.cfg.path.name}: {len(ws.mapping.fields)} fields, "
                         f"{len(ws.campaigns)} campaign(s)"))
-    warnings = config_warnings(ws.cfg)  # shown, never failing (issue #17: {email} in unsubscribe_url)
+    warnings = config_warnings(ws.cfg)  # shown, never failing (issue #17: no {token} in unsubscribe_url)
     if warnings:
         checks[-1]["notes"] = [f"warning: {w}" for w in warnings]
     tpl = ws.check_templates()

@@ -86,7 +86,7 @@ class Composer:
         """What templates show as ``unsubscribe``: the one-click URL when configured, else the mailto."""
         url = self.cfg.outbound.unsubscribe_url
         if url:
-            return url.replace("{token}", token_of(message_id)).replace("{email}", quote(email))
+            return url.replace("{token}", token_of(message_id))  # the only placeholder (config.py; issue #19)
         return self.unsubscribe_mailto(message_id)
 
     def unsubscribe_mailto(self, message_id: str) -> str:
