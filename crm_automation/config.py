@@ -31,7 +31,7 @@ _WINDOW = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_TIMEOUT = 86_400.0  # a day; socket timeouts overflow the platform's time_t beyond ~1e9 s (issue #17)
 # Keys whose value may be a secret typed in by mistake: their value is never repeated in a message (issue #17).
-SECRET_VALUE_KEYS = frozenset({"password_env"})
+SECRET_VALUE_KEYS = frozenset({"password_env", "secret_env", "admin_password_env"})
 
 
 class _Strict(BaseModel):
@@ -221,6 +221,47 @@ class InboundSection(_Strict):
     soft_bounce_days: int = Field(default=30, ge=0)
 
 
+class ServeSection(_Strict):
+    """``[serve]``: the web app (issue #19) — where it listens, where the team publishes it, who may log in.
+
+    ``public_url`` is the address the team's HTTPS reverse proxy publishes
+    ``serve`` at; links in mail (one-click unsubscribe, tracked clicks) start
+    with it. Secrets are names of environment variables, never values.
+    """
+
+    public_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    secret_env: str = "CRM_SERVE_SECRET"  # noqa: S105 - the NAME of the variable holding the cookie-signing secret
+    admin_password_env: str | None = None  # one "admin" login whose password is in this environment variable
+    users: dict[str, str] = Field(default_factory=dict)  # login name -> password hash (`serve --hash-password`)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from urllib.parse import urlsplit
+
+        u = urlsplit(v)
+        local_http = u.scheme == "http" and is_loopback(u.hostname)
+        if not (u.scheme == "https" or local_http) or not u.hostname or u.query or u.fragment:
+            msg = (f"{v!r} is not an https:// address without query or fragment (expected e.g. "
+                   "\"https://crm.example.com\"; one-click unsubscribe requires HTTPS, RFC 8058; plain http only "
+                   "on loopback, for trying it out)")
+            raise ValueError(msg)
+        return v.rstrip("/")
+
+    @field_validator("secret_env", "admin_password_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not _ENV_NAME.fullmatch(v):
+            msg = ("is not the name of an environment variable (expected a name in quotes, such as "
+                   "\"CRM_SERVE_SECRET\"); the value is not shown because it may be the secret itself")
+            raise ValueError(msg)
+        return v
+
+
 class _ConfigModel(_Strict):
     workspace: WorkspaceSection = WorkspaceSection()
     sheet: SheetSection
@@ -228,6 +269,7 @@ class _ConfigModel(_Strict):
     outbound: OutboundSection
     schedule: ScheduleSection = ScheduleSection()
     inbound: InboundSection = InboundSection()
+    serve: ServeSection = ServeSection()
 
 
 URL_PLACEHOLDERS = ("{token}",)
@@ -323,6 +365,7 @@ class Config:
     schedule: ScheduleSection
     inbound: InboundSection = field(default_factory=InboundSection)
     language: str = DEFAULT_LANGUAGE  # [workspace] language: the sheet's status words, unless [writeback] says
+    serve: ServeSection = field(default_factory=ServeSection)
 
     def resolve(self, value: str) -> Path:
         """A path from the config, relative to the config file's folder."""
@@ -415,6 +458,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         path=cfg_path.resolve(), root=root, timezone=ZoneInfo(ws.timezone), database=res(ws.database),
         mappings=res(ws.mappings), templates=res(ws.templates), sheet=model.sheet, mailbox=model.mailbox,
         outbound=model.outbound, schedule=model.schedule, inbound=model.inbound, language=ws.language,
+        serve=model.serve,
     )
 
 
