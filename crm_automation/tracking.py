@@ -48,7 +48,9 @@ MAX_URL = 2048  # longer URLs are left untouched: a stored redirect target stays
 # What RFC 3986 allows in a URI, ASCII only; a URL in running text ends at anything else (a space, a Chinese
 # full stop or comma, an angle bracket), and its trailing punctuation is not part of it (:func:`_trim`).
 _TEXT_URL = re.compile(r"https?://[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+", re.IGNORECASE)
-_HREF = re.compile(r"""(\shref\s*=\s*)("[^"]*"|'[^']*'|[^\s"'=<>`]+)""", re.IGNORECASE)
+# One attribute of a start tag (HTML's tokenizer, simplified): a name, optionally ``=`` and a quoted or bare value.
+_ATTR = re.compile(r"""\s*([^\s"'>/=]+)(?:\s*=\s*("[^"]*"|'[^']*'|[^\s"'=<>`]+))?""")
+_TAG_NAME = re.compile(r"<[A-Za-z][^\s/>]*")
 _UNSAFE = frozenset('"<>\\^`{|}')
 _Rewrite = Callable[[str], str | None]  # an original URL -> its tracked URL, or None: leave it as written
 
@@ -186,17 +188,24 @@ def _track_html(html: str, tracked_url: _Rewrite) -> str:
 
 
 def _rewrite_href(tag: str, tracked_url: _Rewrite) -> str:
-    """The start tag with its ``href`` value replaced, or unchanged when the link is not tracked."""
-    m = _HREF.search(tag)
-    if m is None:
-        return tag
-    value = m.group(2)
-    if value[:1] in ("'", '"'):
-        value = value[1:-1]
-    new = tracked_url(htmllib.unescape(value).strip())
-    if new is None:
-        return tag
-    return f'{tag[:m.start(2)]}"{htmllib.escape(new, quote=True)}"{tag[m.end(2):]}'
+    """The start tag with its ``href`` value replaced, or unchanged when the link is not tracked.
+
+    Attributes are read one after another, so ``href=`` inside another
+    attribute's quoted value (``title=" href=x"``) is not taken for it.
+    """
+    name = _TAG_NAME.match(tag)
+    pos = name.end() if name is not None else len(tag)
+    while (m := _ATTR.match(tag, pos)) is not None and m.end() > pos:
+        if m.group(1).lower() == "href" and m.group(2) is not None:
+            value = m.group(2)
+            if value[:1] in ("'", '"'):
+                value = value[1:-1]
+            new = tracked_url(htmllib.unescape(value).strip())
+            if new is None:
+                return tag
+            return f'{tag[:m.start(2)]}"{htmllib.escape(new, quote=True)}"{tag[m.end(2):]}'
+        pos = m.end()
+    return tag
 
 
 def _with_pixel(html: str, src: str) -> str:

@@ -75,6 +75,13 @@ def test_links_in_comments_scripts_and_attributes_are_not_links():
     assert t.html == html.replace('href="https://real.example.com/"', f'href="{c(0)}"')
 
 
+def test_href_inside_another_attribute_is_not_the_link():
+    html = '<a title=" href=https://fake.example.com" data-x=\'href="https://f2.example.com"\' href=https://real.example.com/a>x</a>'
+    t = _track("", html)
+    assert t.links == ("https://real.example.com/a",)
+    assert t.html == html.replace("href=https://real.example.com/a>", f'href="{c(0)}">')
+
+
 def test_off_changes_nothing():
     text, html = "https://example.com/a", '<a href="https://example.com/a">a</a></body>'
     t = _track(text, html, clicks=False, opens=False)
