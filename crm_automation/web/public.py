@@ -37,7 +37,6 @@ No login; no customer data in it.
 
 from __future__ import annotations
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -45,7 +44,7 @@ from starlette.routing import BaseRoute, Route
 from crm_automation.app import links, liveness, suppressions
 from crm_automation.app.suppressions import Outcome
 from crm_automation.errors import LockedError
-from crm_automation.web.app import client_address, render, state
+from crm_automation.web.app import client_address, read, render, state, write
 
 ONE_CLICK = ("List-Unsubscribe", "One-Click")  # RFC 8058 §3.1: the POST body's one field
 MAX_BODY = 16 * 1024  # a one-click body is 26 bytes; anything much bigger is not one
@@ -78,7 +77,7 @@ async def unsubscribe_page(request: Request) -> Response:
     if not st.limits.public.hit(client_address(request)):
         return _too_many()
     token = request.path_params["token"]
-    found = await run_in_threadpool(links.link, st.ws, token)
+    found = await read(request, links.link, st.ws, token)
     if not found.known:
         return _not_found()
     return render(request, "unsubscribe.html", {"state": "confirm", "token": token, "undo": False})
@@ -95,7 +94,7 @@ async def unsubscribe(request: Request) -> Response:
     if not await _one_click_body(request):
         return PlainTextResponse("expected the form body List-Unsubscribe=One-Click (RFC 8058)", status_code=400)
     try:
-        result = await run_in_threadpool(suppressions.unsubscribe_by_token, st.ws, token, st.clock.now())
+        result = await write(request, suppressions.unsubscribe_by_token, st.ws, token, st.clock.now())
     except LockedError:
         # Until app writes go through beside a running worker (h/writers), a write can meet the worker's lock.
         return PlainTextResponse("busy: try again in a minute", status_code=503, headers={"Retry-After": "60"})
@@ -108,7 +107,7 @@ async def unsubscribe(request: Request) -> Response:
 async def healthz(request: Request) -> Response:
     """GET /healthz: 200 when every scheduled stage ran within twice its interval, else 503 (JSON either way)."""
     st = state(request)
-    result = await run_in_threadpool(liveness.liveness, st.ws, st.clock.now())
+    result = await read(request, liveness.liveness, st.ws, st.clock.now())
     return JSONResponse(result.to_json(), status_code=200 if result.ok else 503)
 
 
