@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, NotRequired, TypedDict
 from crm_automation.config import Config, MailboxSection, OutboundSection, config_warnings
 from crm_automation.credentials import login_problems
 from crm_automation.errors import ConfigError, CrmError, ServiceError
+from crm_automation.mapping import CAMPAIGNS_FILE
 from crm_automation.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -73,7 +74,8 @@ def run_checks(config_path: str | None, *, connect: bool = False, plan: bool = F
         return {"checks": checks, "exit": 2}
     checks.append(_item("config and mappings", [], f"{ws.cfg.path.name}: {len(ws.mapping.fields)} fields, "
                         f"{len(ws.campaigns)} campaign(s)"))
-    warnings = config_warnings(ws.cfg)  # shown, never failing (issue #17: {email} in unsubscribe_url)
+    # shown, never failing (issue #17: no {token} in unsubscribe_url; issue #19: tracking without [serve] public_url)
+    warnings = config_warnings(ws.cfg) + tracking_warnings(ws)
     if warnings:
         checks[-1]["notes"] = [f"warning: {w}" for w in warnings]
     tpl = ws.check_templates()
@@ -108,6 +110,24 @@ def run_checks(config_path: str | None, *, connect: bool = False, plan: bool = F
     if not tpl and ws.campaigns:
         code = max(code, _plan(ws, checks, now, detail=plan))
     return {"checks": checks, "exit": code}
+
+
+def tracking_warnings(ws: Workspace) -> list[str]:
+    """Campaigns that ask for tracking which cannot work: no ``[serve] public_url`` to point the links at (issue #19).
+
+    Not an error: the mail still goes, with its links untouched and no pixel.
+    """
+    if ws.cfg.serve.public_url:
+        return []
+    out = []
+    for c in ws.campaigns:
+        asked = [k for k, on in (("track_clicks", c.track_clicks), ("track_opens", c.track_opens)) if on]
+        if asked:
+            out.append(f"{ws.cfg.mappings / CAMPAIGNS_FILE}: campaign {c.id!r} has {' and '.join(asked)} = true, "
+                       f"but [serve] public_url is not set in {ws.cfg.path.name}: its tracking cannot work, and its "
+                       "mail is sent with its links untouched (expected public_url = the https address where "
+                       "`crm-automation serve` is published, e.g. \"https://crm.example.com\")")
+    return out
 
 
 def _plan(ws: Workspace, checks: list[CheckItem], now: datetime | None, *, detail: bool) -> int:

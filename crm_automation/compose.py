@@ -15,6 +15,7 @@ the package (bilingual, as the team reads both).
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from crm_automation.errors import DataError
 from crm_automation.models import CustomerView
 from crm_automation.templating import Templates, build_message
 from crm_automation.tokens import mailto_subject, token_of
+from crm_automation.tracking import track
 
 NOTIFICATION = "_owner_notification"
 DEFAULT_TEMPLATES = Path(__file__).resolve().parent / "default_templates"
@@ -37,11 +39,17 @@ DEFAULT_TEMPLATES = Path(__file__).resolve().parent / "default_templates"
 
 @dataclass(frozen=True, slots=True)
 class Composed:
-    """One finished message: the bytes to hand over, and the subject and text the log keeps."""
+    """One finished message: the bytes to hand over, and the subject and text the log keeps.
+
+    ``text`` is the text part as rendered, before any link was tracked
+    (the timeline shows where the links lead); ``links``: the original URL
+    of each tracked link by number (issue #19), recorded with the send.
+    """
 
     data: bytes
     subject: str
     text: str
+    links: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +74,7 @@ class Composer:
         self.from_name, self.from_addr = parseaddr(ob.from_)
         self.domain = _id_domain(self.from_addr.rpartition("@")[2])
         self.mailto = _mailto_address(parseaddr(ob.unsubscribe_mailto or ob.from_)[1])
+        self.public_url = cfg.serve.public_url  # where tracked links point (issue #19); None: never tracked
         self._defaults: Templates | None = None
         self._mailto_of: tuple[str | None, str] = (None, "")  # (Message-ID, its mailto): asked twice a message
 
@@ -86,7 +95,7 @@ class Composer:
         """What templates show as ``unsubscribe``: the one-click URL when configured, else the mailto."""
         url = self.cfg.outbound.unsubscribe_url
         if url:
-            return url.replace("{token}", token_of(message_id)).replace("{email}", quote(email))
+            return url.replace("{token}", token_of(message_id))  # the only placeholder (config.py; issue #19)
         return self.unsubscribe_mailto(message_id)
 
     def unsubscribe_mailto(self, message_id: str) -> str:
@@ -119,17 +128,29 @@ class Composer:
                 "now": now.astimezone(self.cfg.timezone)}
 
     def campaign_email(self, template: str, view: CustomerView, campaign_id: str, step: int, message_id: str,
-                       now: datetime) -> Composed:
-        """Render and build one campaign email; a DataError names the template or the bad address."""
+                       now: datetime, *, track_clicks: bool = False, track_opens: bool = False) -> Composed:
+        """Render and build one campaign email; a DataError names the template or the bad address.
+
+        ``track_clicks``/``track_opens``: the campaign's (issue #19); they
+        change the message only when ``[serve] public_url`` is set (``check``
+        says so otherwise), and cost nothing when off.
+        """
         r = self.templates.render(template, self.context(view, campaign_id, step, message_id, now))
         ob = self.cfg.outbound
         name = value if isinstance(value := self._name(view), str) else None
         if not view.email or "@" not in view.email or any(c in view.email for c in " \r\n<>,;\""):
             raise DataError(f"customer {view.key!r}: {view.email!r} is not a usable address")
-        data = build_message(r, sender=ob.from_, to_name=name, to_email=view.email, message_id=message_id, now=now,
-                             reply_to=ob.reply_to, list_unsubscribe=self.list_unsubscribe(view.email, message_id),
+        sent = r
+        links: tuple[str, ...] = ()
+        if (track_clicks or track_opens) and self.public_url:
+            t = track(r.text, r.html, base=self.public_url, token=token_of(message_id), clicks=track_clicks,
+                      opens=track_opens, keep=(self.unsubscribe_link(view.email, message_id),))
+            sent, links = dataclasses.replace(r, text=t.text, html=t.html), t.links
+        data = build_message(sent, sender=ob.from_, to_name=name, to_email=view.email, message_id=message_id,
+                             now=now, reply_to=ob.reply_to,
+                             list_unsubscribe=self.list_unsubscribe(view.email, message_id),
                              one_click=bool(ob.unsubscribe_url))
-        return Composed(data, r.subject, r.text)
+        return Composed(data, r.subject, r.text, links)
 
     def _name(self, view: CustomerView) -> object:
         """The value of the customer's name role (None when the mapping has no name field)."""

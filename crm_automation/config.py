@@ -298,28 +298,36 @@ class _ConfigModel(_Strict):
     serve: ServeSection = ServeSection()
 
 
-URL_PLACEHOLDERS = ("{token}", "{email}")
+URL_PLACEHOLDERS = ("{token}",)
 ONE_CLICK_PATH = "/u/{token}"  # where `serve` answers one-click unsubscribes (crm_automation/web/public.py)
 _BRACED = re.compile(r"\{([^{}]*)\}")
+_URL_EXPECTED = "expected only {token}, e.g. \"https://example.com/u/{token}\""
 
 
 def url_placeholder_problem(url: str) -> str | None:
-    """What is wrong with ``unsubscribe_url``'s placeholders, or None (issue #17).
+    """What is wrong with ``unsubscribe_url``'s placeholders, or None (issue #17; ``{email}``: issue #19).
 
-    Only ``{token}`` and ``{email}`` are filled in (``compose.Composer.unsubscribe_link``);
+    Only ``{token}`` is filled in (``compose.Composer.unsubscribe_link``);
     anything else in braces would reach the customer as written, and a
     brace is never part of a URL (RFC 3986), so a stray one is a typo.
+    ``{email}`` is refused with its reason (issue #19): it puts the
+    customer's address in the link, where web server and proxy logs keep it
+    and anyone the mail is forwarded to reads it; the send's token already
+    names the customer (``crm-automation serve`` resolves it).
     """
-    expected = "expected only {token} and {email}, e.g. \"https://example.com/u/{token}\""
     for m in _BRACED.finditer(url):
+        if m.group(0) == "{email}":
+            return (f"{url!r} has {{email}}, which puts the customer's address in the link: web server and proxy "
+                    f"logs keep it, and anyone the mail is forwarded to reads it; the send's {{token}} names the "
+                    f"customer without it ({_URL_EXPECTED})")
         if m.group(0) not in URL_PLACEHOLDERS:
-            return f"{url!r} has the unknown placeholder {m.group(0)} ({expected})"
+            return f"{url!r} has the unknown placeholder {m.group(0)} ({_URL_EXPECTED})"
     rest = _BRACED.sub("", url)
     for ch in "{}":
         if ch in rest:
             at = url.index(ch) if url.count(ch) == 1 else None
             where = f" at character {at + 1}" if at is not None else ""
-            return f"{url!r} has an unbalanced {ch!r}{where} ({expected})"
+            return f"{url!r} has an unbalanced {ch!r}{where} ({_URL_EXPECTED})"
     return None
 
 
@@ -327,11 +335,7 @@ def config_warnings(cfg: Config) -> list[str]:
     """What ``check`` warns about without failing: settings that work but are probably not meant (issue #17)."""
     out: list[str] = []
     url = cfg.outbound.unsubscribe_url
-    if url and "{email}" in url:
-        out.append(f"{cfg.path}: outbound.unsubscribe_url {url!r} puts the customer's address in the link "
-                   "({email}): it then shows in web server and proxy logs, and to anyone the mail is forwarded "
-                   "to; {token} names the customer without it")
-    elif url and "{token}" not in url:
+    if url and "{token}" not in url:
         out.append(f"{cfg.path}: outbound.unsubscribe_url {url!r} has no {{token}}: every customer gets the same "
                    "link, so your page cannot tell who unsubscribed (expected e.g. \"https://example.com/u/{token}\")")
     return out

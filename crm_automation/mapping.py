@@ -95,6 +95,9 @@ class _CampaignModel(_Strict):
     include_existing: bool = False
     skip_if_already_wrote: bool | None = None
     enabled: bool = True
+    # strict: "yes" or 1 is refused with the type expected, not read as true (issue #19; off is the safe default)
+    track_clicks: bool = Field(default=False, strict=True)
+    track_opens: bool = Field(default=False, strict=True)
 
     @field_validator("at")
     @classmethod
@@ -160,6 +163,10 @@ class Campaign:
     # new campaign even though customers already received its templates from a campaign no longer in the file.
     renamed_from: str | None = None
     resend: bool = False
+    # issue #19: links rewritten to ``serve`` (``/c/{token}/{n}``) and an open pixel; off by default, and only with
+    # ``[serve] public_url`` (see :mod:`crm_automation.tracking`)
+    track_clicks: bool = False
+    track_opens: bool = False
 
     def step(self, key: str) -> Step | None:
         """The step known by ``key`` (see :attr:`Step.key`), or None when the campaign no longer has it."""
@@ -710,7 +717,7 @@ def load_campaigns(mappings_dir: Path, mapping: Mapping, tz: ZoneInfo) -> list[C
             stop_on=frozenset(c.stop_on), field=c.field, to=None if c.to is None else str(c.to), at=at,
             include_existing=c.include_existing, enabled=c.enabled,
             skip_if_already_wrote=c.skip_if_already_wrote is not False, renamed_from=c.renamed_from,
-            resend=c.resend,
+            resend=c.resend, track_clicks=c.track_clicks, track_opens=c.track_opens,
         ))
     problems += _rename_problems(path, out)
     if problems:

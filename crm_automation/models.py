@@ -297,6 +297,10 @@ class Kind(enum.StrEnum):
     FIELD_CHANGED = "field_changed"
     SEND_FAILED = "send_failed"
     CUSTOMER_REMOVED = "customer_removed"
+    # issue #19 (``serve``): an unsubscribe undone from its link's page, a tracked link followed, a message opened
+    RESUBSCRIBE = "resubscribe"
+    CLICK = "click"
+    OPEN = "open"
 
 
 class EmailStatus(enum.StrEnum):
@@ -688,8 +692,57 @@ class NoDetails:
         return {}
 
 
+@dataclass(frozen=True, slots=True)
+class ResubscribeDetails:
+    """``resubscribe`` (issue #19): JSON ``{"email", "token", "send"}``.
+
+    An unsubscribe made through a send's link, undone from the same link's
+    page: the address taken off the list, the token that did both, and the
+    send it named (``campaign/step``).
+    """
+
+    email: str
+    token: str
+    send: str
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON object."""
+        return {"email": self.email, "token": self.token, "send": self.send}
+
+    @classmethod
+    def parse(cls, d: dict[str, object]) -> ResubscribeDetails:
+        """Read back."""
+        return cls(_str(d.get("email")) or "", _str(d.get("token")) or "", _str(d.get("send")) or "")
+
+
+@dataclass(frozen=True, slots=True)
+class TrackedDetails:
+    """``click`` and ``open`` (issue #19): JSON ``{"send_id", "n", "url"}`` (a click) or ``{"send_id"}`` (an open).
+
+    ``send_id`` is the ``sends`` row the message was (the funnel counts
+    distinct sends that were clicked); ``n`` the link's number in that
+    message and ``url`` where it led, as recorded with the send when it was
+    handed over (``send_links``), never re-rendered.
+    """
+
+    send_id: int
+    n: int | None = None
+    url: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON object: an open has only ``send_id``."""
+        if self.n is None:
+            return {"send_id": self.send_id}
+        return {"send_id": self.send_id, "n": self.n, "url": self.url}
+
+    @classmethod
+    def parse(cls, d: dict[str, object]) -> TrackedDetails:
+        """Read back."""
+        return cls(_int(d.get("send_id")) or 0, _int(d.get("n")), _str(d.get("url")))
+
+
 ActivityDetails = (InboundDetails | BounceDetails | FieldChangedDetails | CustomerAddedDetails
-                   | CustomerRemovedDetails | SendFailedDetails | NoDetails)
+                   | CustomerRemovedDetails | SendFailedDetails | ResubscribeDetails | TrackedDetails | NoDetails)
 
 
 def details_of(kind: Kind, d: dict[str, object]) -> ActivityDetails:
@@ -706,6 +759,10 @@ def details_of(kind: Kind, d: dict[str, object]) -> ActivityDetails:
         return CustomerRemovedDetails.parse(d)
     if kind is Kind.SEND_FAILED:
         return SendFailedDetails.parse(d)
+    if kind is Kind.RESUBSCRIBE:
+        return ResubscribeDetails.parse(d)
+    if kind in (Kind.CLICK, Kind.OPEN):
+        return TrackedDetails.parse(d)
     return NoDetails()
 
 

@@ -48,5 +48,27 @@ def remove(store: Store, emails: list[str] | tuple[str, ...]) -> list[str]:
     """Take addresses off the list (they may be mailed again); their customers' status goes back to ``ok``."""
     with store.transaction():
         removed = [e for e in emails if store.unsuppress(e)]
-        store.set_status_by_email(removed, EmailStatus.OK)
+        _lifted(store, removed)
     return removed
+
+
+def withdraw(store: Store, email: str, reason: SuppressionReason, source: str, customer_key: str) -> bool:
+    """Take one address off the list only while its entry is the one ``reason`` and ``source`` made (issue #19).
+
+    The undo of an unsubscribe link: an entry that changed since (a bounce,
+    the admin's ``suppress add``, an emailed request) stays. When removed,
+    the customer's status goes back as ``suppress remove`` puts it; the
+    customer the link named (``customer_key``) too, whatever their key.
+    """
+    with store.transaction():
+        removed = store.unsuppress_if(email, reason, source)
+        if removed:
+            _lifted(store, [email], keys=(customer_key,))
+    return removed
+
+
+def _lifted(store: Store, emails: list[str], keys: tuple[str, ...] = ()) -> None:
+    """An address off the list is mailed again: its customers' (and ``keys``') email status goes back to ``ok``."""
+    store.set_status_by_email(emails, EmailStatus.OK)
+    for key in keys:
+        store.set_email_status(key, EmailStatus.OK)

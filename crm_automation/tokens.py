@@ -45,7 +45,7 @@ from __future__ import annotations
 import re
 from urllib.parse import quote
 
-__all__ = ["is_request_subject", "mailto_subject", "token_in_subject", "token_of"]
+__all__ = ["is_request_subject", "is_token", "mailto_subject", "token_in_subject", "token_of"]
 
 _KEYWORD = "unsubscribe"
 # A token as we write them (``crm.`` and 32 hex digits), or another local part with a digit in it (so the
@@ -55,11 +55,25 @@ _SEND_ID = r"(?=[A-Za-z._-]*[0-9])[A-Za-z0-9][A-Za-z0-9._-]{7,63}(?![A-Za-z0-9._
 _WORD = r"(?:unsubscribe|退订)"
 _TOKEN_IN_SUBJECT = re.compile(rf"{_WORD}\s*[:：]?\s*({_SEND_ID})", re.IGNORECASE)
 _REQUEST_SUBJECT = re.compile(rf"\s*{_WORD}(?:\s*[:：]?\s*{_SEND_ID})?\s*", re.IGNORECASE)
+# Exactly what :meth:`crm_automation.compose.Composer.message_id` writes: ``crm.`` and a UUID4's 32 hex digits.
+_TOKEN = re.compile(r"crm\.[0-9a-f]{32}")
 
 
 def token_of(message_id: str) -> str:
     """A send's token: the local part of its ``Message-ID`` (``<crm.abc@example.com>`` -> ``crm.abc``)."""
     return message_id.strip().strip("<>").partition("@")[0]
+
+
+def is_token(text: str) -> bool:
+    """Whether ``text`` has the shape of a token we write (``crm.`` + 32 hex digits), checked before any lookup.
+
+    Why (issue #19): the web endpoints (``/u/``, ``/c/``, ``/o/``) take the
+    token from a URL anyone can send; anything else (another length, upper
+    case, spaces, ``%``, a second path segment) is answered "unknown" without
+    opening the log. Inbound requests keep the looser :data:`_SEND_ID`,
+    since a mail client may reflow a subject.
+    """
+    return _TOKEN.fullmatch(text) is not None
 
 
 def mailto_subject(token: str) -> str:

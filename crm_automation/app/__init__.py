@@ -12,7 +12,9 @@ Nothing here imports click or rich, prints, or exits.
 - ``customers.py``: ``search``.
 - ``sends.py``: ``requeue``.
 - ``suppressions.py``: ``suppress``, ``unsuppress``, ``suppressions``,
-  ``unsubscribe_by_token``.
+  ``unsubscribe_by_token``, ``resubscribe_by_token`` (its undo, issue #19).
+- ``tracking.py``: ``record_click``, ``record_open`` (issue #19: a tracked
+  link followed, a message opened).
 - ``access.py``: how a use case reaches the log — read-only without the
   workspace lock, or under the lock to write (``WorkspaceLock``).
 - ``results.py``: the JSON value type and the conversions every result uses.

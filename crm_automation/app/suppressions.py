@@ -1,4 +1,4 @@
-"""The suppression list as people change it: ``suppress``, ``unsuppress``, the list, an unsubscribe link (issue #18).
+"""The suppression list as people change it: ``suppress``, ``unsuppress``, the list, an unsubscribe link and its undo.
 
 Writes take the workspace lock (:func:`~crm_automation.app.access.writing`):
 a send pass must not plan while the list changes under it. The rule of
@@ -19,7 +19,8 @@ from crm_automation.app.access import reading, writing
 from crm_automation.app.results import JsonObject, utc_text
 from crm_automation.effects import status_for
 from crm_automation.fieldtypes import address_problem
-from crm_automation.models import InboundDetails, Kind, SuppressionReason
+from crm_automation.models import InboundDetails, Kind, ResubscribeDetails, SuppressionReason
+from crm_automation.tokens import is_token
 
 if TYPE_CHECKING:
     from crm_automation.store.repo import Store
@@ -84,12 +85,39 @@ class Outcome(enum.StrEnum):
     NO_ADDRESS = "no_address"  # the token's customer has no valid address in the log
 
 
+class UndoOutcome(enum.StrEnum):
+    """What undoing an unsubscribe link did (:func:`resubscribe_by_token`)."""
+
+    RESUBSCRIBED = "resubscribed"  # the link's unsubscribe is undone: off the list, status back, logged
+    NOT_SUPPRESSED = "not_suppressed"  # the address is not on the list (undone already, or never unsubscribed)
+    NOT_THIS_LINK = "not_this_link"  # on the list for another reason or by another way: left as it is
+    UNKNOWN_TOKEN = "unknown_token"  # noqa: S105 - not a secret: malformed, or names no send
+    NO_ADDRESS = "no_address"  # the token's customer has no valid address in the log
+
+
 @dataclass(frozen=True, slots=True)
 class Unsubscribed:
     """The result of an unsubscribe link: the outcome, and whose send the token named."""
 
     token: str
     outcome: Outcome
+    customer: str | None = None
+    email: str | None = None
+    campaign: str | None = None
+    step: int | None = None
+
+    def to_json(self) -> JsonObject:
+        """The outcome and the send it concerned (no other customer data)."""
+        return {"outcome": self.outcome.value, "customer": self.customer, "email": self.email,
+                "campaign": self.campaign, "step": self.step}
+
+
+@dataclass(frozen=True, slots=True)
+class Resubscribed:
+    """The result of undoing an unsubscribe link: the outcome, and whose send the token named."""
+
+    token: str
+    outcome: UndoOutcome
     customer: str | None = None
     email: str | None = None
     campaign: str | None = None
@@ -131,6 +159,11 @@ def _address(ws: Workspace, store: Store, ref: SentRef) -> str | None:
     return value.strip().lower()
 
 
+def _link_source(ref: SentRef) -> str:
+    """The suppression's ``source`` an unsubscribe link writes: how its undo knows the entry is still its own."""
+    return f"unsubscribe link {ref.campaign}/{ref.step}"
+
+
 def unsubscribe_by_token(ws: Workspace, token: str, now: datetime) -> Unsubscribed:
     """Unsubscribe the customer a send's token names: the one-click link (RFC 8058) of ``unsubscribe_url``.
 
@@ -141,9 +174,12 @@ def unsubscribe_by_token(ws: Workspace, token: str, now: datetime) -> Unsubscrib
     status set, and an ``unsubscribe`` activity logged against the send's
     campaign and step, which stops the sequence and counts in the funnel —
     all in one transaction. A second click changes nothing (``already``);
-    a token that names no send changes nothing either (``unknown_token``).
+    a token that names no send changes nothing either (``unknown_token``),
+    and one not shaped as our tokens are is answered so without opening the
+    log (issue #19: the web endpoint takes it from any URL).
     """
-    token = token.strip()
+    if not is_token(token):
+        return Unsubscribed(token, Outcome.UNKNOWN_TOKEN)
     with writing(ws) as store:
         ref = store.send_for_token(token)
         if ref is None:
@@ -152,7 +188,7 @@ def unsubscribe_by_token(ws: Workspace, token: str, now: datetime) -> Unsubscrib
         if email is None:
             return Unsubscribed(token, Outcome.NO_ADDRESS, ref.customer_key, None, ref.campaign, ref.step)
         with store.transaction():
-            if not store.suppress(email, _UNSUBSCRIBED, f"unsubscribe link {ref.campaign}/{ref.step}", now):
+            if not store.suppress(email, _UNSUBSCRIBED, _link_source(ref), now):
                 return Unsubscribed(token, Outcome.ALREADY, ref.customer_key, email, ref.campaign, ref.step)
             if (status := status_for(_UNSUBSCRIBED)) is not None:
                 store.set_email_status(ref.customer_key, status)
@@ -163,3 +199,42 @@ def unsubscribe_by_token(ws: Workspace, token: str, now: datetime) -> Unsubscrib
                                                       token_send=f"{ref.campaign}/{ref.step}",
                                                       sender_customer=ref.customer_key))
     return Unsubscribed(token, Outcome.UNSUBSCRIBED, ref.customer_key, email, ref.campaign, ref.step)
+
+
+def resubscribe_by_token(ws: Workspace, token: str, now: datetime) -> Resubscribed:
+    """Undo the unsubscribe a send's link made: the "undo" of ``serve``'s confirmation page (issue #19).
+
+    Only that unsubscribe: the address comes off the list only while its
+    entry is still the one this link's campaign and step wrote (reason
+    ``unsubscribed``, source ``unsubscribe link CAMPAIGN/STEP``), checked
+    and removed in one statement. An address suppressed another way — a
+    bounce, an emailed 退订, the admin's ``suppress add``, another send's
+    link — stays suppressed (``not_this_link``): a link someone forwarded
+    never resubscribes a customer who asked to stop by other means. The
+    customer's email status goes back as ``suppress remove`` puts it
+    (:func:`crm_automation.suppression.withdraw`), and a ``resubscribe``
+    activity on the timeline says when and through which send; all in one
+    transaction. A second undo changes nothing (``not_suppressed``).
+
+    The ``unsubscribe`` activity stays in the log: the funnel counted it,
+    and the campaign's sequence (``stop_on`` unsubscribe) stays stopped;
+    other campaigns mail the customer again.
+    """
+    if not is_token(token):
+        return Resubscribed(token, UndoOutcome.UNKNOWN_TOKEN)
+    with writing(ws) as store:
+        ref = store.send_for_token(token)
+        if ref is None:
+            return Resubscribed(token, UndoOutcome.UNKNOWN_TOKEN)
+        email = _address(ws, store, ref)
+        if email is None:
+            return Resubscribed(token, UndoOutcome.NO_ADDRESS, ref.customer_key, None, ref.campaign, ref.step)
+        with store.transaction():
+            if not suppression.withdraw(store, email, _UNSUBSCRIBED, _link_source(ref), ref.customer_key):
+                outcome = (UndoOutcome.NOT_SUPPRESSED if store.suppression(email) is None
+                           else UndoOutcome.NOT_THIS_LINK)
+                return Resubscribed(token, outcome, ref.customer_key, email, ref.campaign, ref.step)
+            store.add_activity(kind=Kind.RESUBSCRIBE.value, occurred_at=now, now=now, customer_key=ref.customer_key,
+                               campaign=ref.campaign, step=ref.step, source="unsubscribe link",
+                               details=ResubscribeDetails(email, token, f"{ref.campaign}/{ref.step}"))
+    return Resubscribed(token, UndoOutcome.RESUBSCRIBED, ref.customer_key, email, ref.campaign, ref.step)

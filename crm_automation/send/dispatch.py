@@ -206,7 +206,7 @@ class Dispatcher:
             res.problems.append(f"send {s.campaign}/{s.step} to {s.customer_key}: {e}")
             return
         pending, self._pending_sent = self._pending_sent, None
-        if not self.store.mark_sent_and_sending(pending, s.id, message_id, now):
+        if not self.store.mark_sent_and_sending(pending, s.id, message_id, now, links=composed.links):
             return
         try:
             transport.send(composed.data, sender=self.composer.from_addr, recipients=[out.recipient],

@@ -61,8 +61,10 @@ class CampaignStep:
         if why is not None or step is None or view is None:
             return why or "customer no longer in the sheet"
         template, number, campaign = step.template, step.number, s.campaign
-        return Outgoing(view.email or "", lambda mid, now: composer.campaign_email(template, view, campaign, number,
-                                                                                    mid, now))
+        camp = ready.campaigns[campaign]  # recheck found it
+        clicks, opens = camp.track_clicks, camp.track_opens
+        return Outgoing(view.email or "", lambda mid, now: composer.campaign_email(
+            template, view, campaign, number, mid, now, track_clicks=clicks, track_opens=opens))
 
 
 class OwnerNotification:

@@ -18,6 +18,7 @@ connection:
 - ``sends.py``: the send lifecycle (:class:`~crm_automation.models.SendStatus`,
   ``SendRow``, ``SentRef``) and when each campaign was first seen.
 - ``suppressions.py``: the suppression list (``Suppression``).
+- ``tracking.py``: tracked links, clicks and opens (issue #19, ``TokenSend``).
 - ``reports.py``: the funnel (``FunnelRow``), last contact times
   (``LastTimes``), row counts, stage runs.
 - ``schema.py`` + ``migrations.py``: the tables, named transactional

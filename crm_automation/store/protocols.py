@@ -20,6 +20,7 @@ The parts, and what each records:
 - :class:`Sends`: the exactly-once send lifecycle and the campaigns' plan state.
 - :class:`Planning`: what the plan part asks: who can be due now, and those candidates' history (issue #23).
 - :class:`Suppressions`: the suppression list.
+- :class:`Tracking`: tracked links, clicks and opens (issue #19).
 - :class:`Reports`: reads across tables (funnel, last contact) and stage runs.
 
 The store decides nothing: every rule arrives as a value or a pure
@@ -41,6 +42,7 @@ from crm_automation.store.due import Events, PlanMark
 from crm_automation.store.reports import FunnelRow, LastTimes, QuarantineRow, QueueDepth, ReplyRow, RunRow
 from crm_automation.store.sends import SendRow, Sent, SentRef
 from crm_automation.store.suppressions import Suppression
+from crm_automation.store.tracking import TokenSend
 
 
 class Log(Protocol):
@@ -308,8 +310,9 @@ class Sends(Protocol):
         """Whether any step of a campaign was sent (rows from before schema 4 left out)."""
         ...
 
-    def mark_sent_and_sending(self, sent: Sent | None, send_id: int, message_id: str, now: datetime) -> bool:
-        """Record the last message's ``sent`` and mark the next ``sending``, in one commit (issue #5)."""
+    def mark_sent_and_sending(self, sent: Sent | None, send_id: int, message_id: str, now: datetime, *,
+                              links: Sequence[str] = ()) -> bool:
+        """Record the last message's ``sent`` and mark the next ``sending`` (with its tracked links), in one commit."""
         ...
 
     def sent_step_count(self, campaign: str, step_id: str) -> int:
@@ -330,6 +333,38 @@ class Suppressions(Protocol):
 
     def suppressions(self) -> dict[str, Suppression]:
         """Email -> its entry, oldest first."""
+        ...
+
+    def suppression(self, email: str) -> Suppression | None:
+        """One address's entry, or None."""
+        ...
+
+    def unsuppress_if(self, email: str, reason: SuppressionReason, source: str) -> bool:
+        """Remove an address only while its entry is the one ``reason`` and ``source`` made (issue #19)."""
+        ...
+
+
+class Tracking(Protocol):
+    """Tracked links, clicks and opens (issue #19): each once per link or send, by one statement."""
+
+    def send_by_token(self, token: str) -> TokenSend | None:
+        """The campaign send a token names, by the Message-ID index, or None."""
+        ...
+
+    def tracked_link(self, send_id: int, n: int) -> str | None:
+        """The original URL of a send's link ``n``, or None."""
+        ...
+
+    def tracked_links(self, send_id: int) -> list[str]:
+        """A send's tracked links, by number."""
+        ...
+
+    def mark_clicked(self, send_id: int, n: int, now: datetime) -> bool:
+        """Note the first click on a send's link ``n``; False when clicked before."""
+        ...
+
+    def mark_opened(self, send_id: int, now: datetime) -> bool:
+        """Note a send's first open; False when opened before."""
         ...
 
 
@@ -468,9 +503,9 @@ class Planning(Protocol):
         ...
 
 
-class LogStore(Log, Customers, Activities, FetchedMail, Sends, Planning, Suppressions, Reports, Protocol):
+class LogStore(Log, Customers, Activities, FetchedMail, Sends, Planning, Suppressions, Tracking, Reports, Protocol):
     """The whole log: every part (what ``Workspace.open_store`` returns)."""
 
 
-PARTS: tuple[type, ...] = (Log, Customers, Activities, FetchedMail, Sends, Planning, Suppressions, Reports)
+PARTS: tuple[type, ...] = (Log, Customers, Activities, FetchedMail, Sends, Planning, Suppressions, Tracking, Reports)
 """Every part, for tests that check the protocols describe the whole public surface."""

@@ -24,6 +24,7 @@ from crm_automation.store.inbound import InboundLog
 from crm_automation.store.reports import FunnelRow, LastTimes, Reports
 from crm_automation.store.sends import NOTIFICATION_LABEL, SendKind, SendLog, SendRow, SentRef
 from crm_automation.store.suppressions import Suppression, SuppressionList
+from crm_automation.store.tracking import TokenSend, TrackingLog
 
 __all__ = [
     "NOTIFICATION_LABEL",
@@ -43,17 +44,19 @@ __all__ = [
     "StoredCustomer",
     "Suppression",
     "SyncStats",
+    "TokenSend",
     "iso",
     "parse_iso",
     "storage_error",
 ]
 
 
-class Store(CustomerLog, ActivityLog, InboundLog, SendLog, SuppressionList, Reports, PlanLog, Connection):
+class Store(CustomerLog, ActivityLog, InboundLog, SendLog, SuppressionList, TrackingLog, Reports, PlanLog,
+            Connection):
     """The activity log. Open with :meth:`open`; one connection per process.
 
     Each base is one part of the log sharing this one connection:
-    customers, activities, fetched mail, sends, suppressions, reports.
+    customers, activities, fetched mail, sends, suppressions, tracked links, reports.
     """
 
 

@@ -201,3 +201,27 @@ def create_v6(db: sqlite_utils.Database) -> None:
         db.execute(f"CREATE INDEX idx_sends_{status} ON sends(id) WHERE status = '{status}'")
     db.execute("CREATE INDEX idx_sends_sent ON sends(sent_at) WHERE status = 'sent'")
     db.execute("CREATE INDEX idx_sends_legacy ON sends(campaign, step) WHERE step_id IS NULL")
+
+
+def create_v7(db: sqlite_utils.Database) -> None:
+    """Schema version 7 (issue #19, ``serve``): what a send's tracked links led to, and who clicked or opened.
+
+    - ``send_links`` (extra): per send, each link the composer rewrote to
+      ``{public_url}/c/{token}/{n}`` (``track_clicks``), with its original
+      URL, written in the transaction that marks the send ``sending``. A
+      click is redirected to the URL stored here, never to one taken from
+      the request (no open redirect) and never re-rendered from a template
+      that may have changed since. ``clicked_at``: the first click on that
+      link of that send; setting it only while it is NULL is what makes the
+      ``click`` activity once per link per send, even for two requests at
+      the same instant.
+    - ``send_opens`` (extra): a send's first ``open`` (``track_opens``); the
+      primary key makes the ``open`` activity once per send.
+
+    A token is resolved to its send by a range of the existing
+    ``sends.message_id`` index (from ``<token@`` up to ``<tokenA``): one indexed
+    step, no new index needed (``store/tracking.py``).
+    """
+    db.execute("CREATE TABLE send_links (send_id INTEGER NOT NULL, n INTEGER NOT NULL, url TEXT NOT NULL, "
+               "clicked_at TEXT, PRIMARY KEY (send_id, n)) WITHOUT ROWID")
+    db.execute("CREATE TABLE send_opens (send_id INTEGER PRIMARY KEY, opened_at TEXT NOT NULL)")

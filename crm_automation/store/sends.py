@@ -29,6 +29,7 @@ from datetime import datetime
 from crm_automation.models import Kind, SendStatus, StepState
 from crm_automation.store.activities import insert_activity
 from crm_automation.store.connection import Connection, Guarded, iso, parse_iso
+from crm_automation.store.tracking import insert_links
 
 _SEND_COLS = ("id, campaign, step, customer_key, status, message_id, queued_at, sent_at, error, email, attempts, "
               "next_attempt_at, step_id, kind")
@@ -340,16 +341,23 @@ class SendLog(Connection):
             _write_sent(self.conn, Sent(send_id, now, customer_key, campaign, step, message_id, subject, body,
                                         source))
 
-    def mark_sent_and_sending(self, sent: Sent | None, send_id: int, message_id: str, now: datetime) -> bool:
+    def mark_sent_and_sending(self, sent: Sent | None, send_id: int, message_id: str, now: datetime, *,
+                              links: Sequence[str] = ()) -> bool:
         """Record the last message's ``sent`` and mark the next ``sending``, in one commit (issue #5).
 
         The same two writes as :meth:`mark_sent` and :meth:`mark_sending`,
         without a savepoint between them: the send loop's one commit a message.
+        ``links``: the next message's tracked links (issue #19,
+        ``track_clicks``), recorded in the same commit as its ``sending``
+        mark; none (the default) costs nothing.
         """
         with self.transaction():
             if sent is not None:
                 _write_sent(self.conn, sent)
-            return self.mark_sending(send_id, message_id, now)
+            marked = self.mark_sending(send_id, message_id, now)
+            if marked and links:
+                insert_links(self.conn, send_id, links)
+            return marked
 
     def mark_retry(self, send_id: int, error: str, next_attempt: datetime) -> None:
         """Sending -> queued after a 4xx answer: retried at ``next_attempt``."""

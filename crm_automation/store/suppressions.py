@@ -62,6 +62,23 @@ class SuppressionList(Connection):
             cur = self.conn.execute("DELETE FROM suppressions WHERE email = ?", (email.strip().lower(),))
         return cur.rowcount > 0
 
+    def suppression(self, email: str) -> Suppression | None:
+        """One address's entry, or None when it is not on the list."""
+        row = self.conn.execute("SELECT reason, at, source FROM suppressions WHERE email = ?",
+                                (email.strip().lower(),)).fetchone()
+        return None if row is None else Suppression(_reason(row[0]), parse_iso(row[1]), row[2])
+
+    def unsuppress_if(self, email: str, reason: SuppressionReason, source: str) -> bool:
+        """Remove an address only while its entry is still the one ``reason`` and ``source`` made (issue #19).
+
+        One statement, so an entry replaced meanwhile (a bounce, the admin's
+        own ``suppress add``) is never removed by an undo meant for another.
+        """
+        with self.transaction():
+            cur = self.conn.execute("DELETE FROM suppressions WHERE email = ? AND reason = ? AND source = ?",
+                                    (email.strip().lower(), reason, source))
+        return cur.rowcount > 0
+
     def suppressions(self) -> dict[str, Suppression]:
         """Email -> its :class:`Suppression`, oldest first."""
         return read_suppressions(self.conn)

@@ -31,6 +31,8 @@ def as_schema_4(db, *, status: str) -> int:
                       "idx_sends_sent", "idx_sends_legacy"):
             conn.execute(f"DROP INDEX IF EXISTS {index}")
         conn.execute("DROP TABLE IF EXISTS plan_due")
+        for table in ("send_links", "send_opens"):  # and schema 7's (issue #19, tracking)
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
         conn.execute("ALTER TABLE campaigns DROP COLUMN planned_as")
         conn.execute("DELETE FROM meta WHERE key LIKE 'plan_%'")
         conn.execute("ALTER TABLE sends DROP COLUMN kind")
