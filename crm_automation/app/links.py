@@ -10,16 +10,12 @@ only the page's POST unsubscribes (:func:`~crm_automation.app.suppressions.unsub
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from crm_automation.app.access import reading
 from crm_automation.app.results import JsonObject
+from crm_automation.tokens import is_token
 from crm_automation.workspace import Workspace
-
-# The shape of the tokens we write (``crm.`` and 32 hex digits, crm_automation.tokens) and of any local part
-# an older version wrote: anything else is answered without opening the log.
-_SHAPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{7,63}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,14 +30,9 @@ class Link:
         return {"known": self.known}
 
 
-def shaped(token: str) -> bool:
-    """Whether ``token`` could be one of ours at all (letters, digits, ``._-``; 8 to 64 characters)."""
-    return _SHAPE.fullmatch(token) is not None
-
-
 def link(ws: Workspace, token: str) -> Link:
     """Look ``token`` up in the log, read-only (works beside a running worker)."""
-    if not shaped(token):
+    if not is_token(token):  # not shaped as ours: answered without opening the log
         return Link(token, known=False)
     with reading(ws) as store:
         return Link(token, known=store.send_for_token(token) is not None)

@@ -21,16 +21,18 @@ Middleware, outermost first:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import jinja2
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
@@ -48,6 +50,7 @@ log = logging.getLogger("crm_automation.web")
 PUBLIC_PREFIXES = ("/u/", "/c/", "/o/", "/healthz", "/static/")  # no session, no cookie, no login
 SESSION_COOKIE = "crm_session"
 SESSION_MAX_AGE = 12 * 3600  # a working day: a login lasts until the next morning at most
+_R = TypeVar("_R")
 _TOKEN_IN_PATH = re.compile(r"^/([uco])/[^/]+")
 
 
@@ -68,12 +71,34 @@ class WebState:
     admin_password: str | None
     https: bool
     limits: RateLimits = field(default_factory=RateLimits)
+    writes: asyncio.Lock = field(default_factory=asyncio.Lock)  # one app write at a time (see :func:`write`)
 
 
 def state(request: Request) -> WebState:
     """The app's :class:`WebState`."""
     st: WebState = request.app.state.web
     return st
+
+
+async def read(request: Request, fn: Callable[..., _R], /, *args: object) -> _R:
+    """Run a reading use case (sync, opens the log read-only per call) in the threadpool."""
+    return await run_in_threadpool(fn, *args)
+
+
+async def write(request: Request, fn: Callable[..., _R], /, *args: object) -> _R:
+    """Run a writing use case in the threadpool, one at a time in this process.
+
+    Why one at a time: each use case opens its own connection and takes
+    SQLite's write lock (``BEGIN IMMEDIATE``); when several of ours ask at
+    once, all but one sleep in SQLite's busy handler, which backs off
+    1, 2, 5 … 100 ms and serves nobody in order. Queued here on an asyncio
+    lock instead (first come, first served, waiting in the event loop rather
+    than holding one of the threadpool's 40 threads), only one of ours ever
+    meets the worker's short transactions, and a burst of one-click POSTs
+    takes one thread, not all of them (benchmarks/bench_unsubscribe.py).
+    """
+    async with state(request).writes:
+        return await run_in_threadpool(fn, *args)
 
 
 def client_address(request: Request) -> str:

@@ -47,6 +47,8 @@ EN: dict[str, str] = {
     "unsub_already": "You were already unsubscribed.",
     "unsub_undo": "I did not mean to: subscribe me again",
     "unsub_resubscribed": "You are subscribed again.",
+    "unsub_not_this_link": ("This address was unsubscribed another way, so it cannot be undone here. Reply to our "
+                            "email if you want our emails again."),
     "unsub_failed": "We could not unsubscribe this address here. Reply to our email with \"unsubscribe\" instead.",
     "not_found": "Not found.",
     "too_many": "Too many requests. Wait a minute and try again.",
@@ -193,6 +195,7 @@ ZH: dict[str, str] = {
     "unsub_already": "您之前已经退订。",
     "unsub_undo": "我点错了：重新订阅",
     "unsub_resubscribed": "您已重新订阅。",
+    "unsub_not_this_link": "该地址是通过其他方式退订的，无法在此撤销。如需重新接收我们的邮件，请回复我们的邮件。",
     "unsub_failed": "无法在此退订该地址。请回复我们的邮件，内容写“退订”。",
     "not_found": "页面不存在。",
     "too_many": "请求过于频繁，请一分钟后再试。",

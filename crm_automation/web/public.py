@@ -26,9 +26,14 @@
   then 429), so tokens cannot be guessed at speed (they are 128 random
   bits anyway).
 
-The undo (``POST /u/{token}/undo`` -> ``app.suppressions.resubscribe_by_token``),
-``/c/{token}/{n}`` (clicks) and ``/o/{token}.gif`` (opens) come with the
-tracking branch's use cases; see ``SEAM`` below.
+- After unsubscribing, the page offers an undo: ``POST /u/{token}/undo``
+  (:func:`crm_automation.app.suppressions.resubscribe_by_token`), which
+  undoes this link's unsubscribe only.
+
+``/c/{token}/{n}`` (a tracked link: the first click logged, then a 302 to
+the stored URL) and ``/o/{token}.gif`` (the first open logged; a 1x1 GIF)
+call :mod:`crm_automation.app.tracking`; unknown ones are a plain 404, and
+they share ``/u/``'s rate limit.
 
 ``GET /healthz`` — :func:`crm_automation.app.liveness.liveness` as JSON:
 200 when every scheduled stage ran within twice its interval, else 503.
@@ -37,15 +42,16 @@ No login; no customer data in it.
 
 from __future__ import annotations
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from crm_automation.app import links, liveness, suppressions
-from crm_automation.app.suppressions import Outcome
+from crm_automation.app import links, liveness, suppressions, tracking
+from crm_automation.app.suppressions import Outcome, UndoOutcome
+from crm_automation.app.tracking import TrackOutcome
 from crm_automation.errors import LockedError
-from crm_automation.web.app import client_address, render, state
+from crm_automation.tokens import is_token
+from crm_automation.web.app import client_address, read, render, state, write
 
 ONE_CLICK = ("List-Unsubscribe", "One-Click")  # RFC 8058 §3.1: the POST body's one field
 MAX_BODY = 16 * 1024  # a one-click body is 26 bytes; anything much bigger is not one
@@ -78,7 +84,7 @@ async def unsubscribe_page(request: Request) -> Response:
     if not st.limits.public.hit(client_address(request)):
         return _too_many()
     token = request.path_params["token"]
-    found = await run_in_threadpool(links.link, st.ws, token)
+    found = await read(request, links.link, st.ws, token)
     if not found.known:
         return _not_found()
     return render(request, "unsubscribe.html", {"state": "confirm", "token": token, "undo": False})
@@ -90,32 +96,89 @@ async def unsubscribe(request: Request) -> Response:
     if not st.limits.public.hit(client_address(request)):
         return _too_many()
     token = request.path_params["token"]
-    if not links.shaped(token):
+    if not is_token(token):
         return _not_found()
     if not await _one_click_body(request):
         return PlainTextResponse("expected the form body List-Unsubscribe=One-Click (RFC 8058)", status_code=400)
     try:
-        result = await run_in_threadpool(suppressions.unsubscribe_by_token, st.ws, token, st.clock.now())
+        result = await write(request, suppressions.unsubscribe_by_token, st.ws, token, st.clock.now())
     except LockedError:
         # Until app writes go through beside a running worker (h/writers), a write can meet the worker's lock.
         return PlainTextResponse("busy: try again in a minute", status_code=503, headers={"Retry-After": "60"})
     if result.outcome is Outcome.UNKNOWN_TOKEN:
         return _not_found()
     view = {Outcome.UNSUBSCRIBED: "done", Outcome.ALREADY: "already", Outcome.NO_ADDRESS: "failed"}[result.outcome]
+    return render(request, "unsubscribe.html", {"state": view, "token": token, "undo": view != "failed"})
+
+
+async def undo(request: Request) -> Response:
+    """POST /u/{token}/undo: the confirmation page's "I did not mean to" (resubscribe_by_token).
+
+    Undoes only this link's own unsubscribe: an address suppressed another
+    way (a bounce, an emailed 退订, the admin) stays suppressed and the page
+    says to reply instead. No body needed: only our page's form posts here.
+    """
+    st = state(request)
+    if not st.limits.public.hit(client_address(request)):
+        return _too_many()
+    token = request.path_params["token"]
+    if not is_token(token):
+        return _not_found()
+    try:
+        result = await write(request, suppressions.resubscribe_by_token, st.ws, token, st.clock.now())
+    except LockedError:
+        return PlainTextResponse("busy: try again in a minute", status_code=503, headers={"Retry-After": "60"})
+    if result.outcome is UndoOutcome.UNKNOWN_TOKEN:
+        return _not_found()
+    view = {UndoOutcome.RESUBSCRIBED: "resubscribed", UndoOutcome.NOT_SUPPRESSED: "resubscribed",
+            UndoOutcome.NOT_THIS_LINK: "not_this_link", UndoOutcome.NO_ADDRESS: "failed"}[result.outcome]
     return render(request, "unsubscribe.html", {"state": view, "token": token, "undo": False})
+
+
+async def click(request: Request) -> Response:
+    """GET /c/{token}/{n}: log the first click on a tracked link (app.tracking.record_click), redirect (302)."""
+    st = state(request)
+    if not st.limits.public.hit(client_address(request)):
+        return _too_many()
+    token, n = request.path_params["token"], request.path_params["n"]
+    if not is_token(token):
+        return _not_found()
+    result = await write(request, tracking.record_click, st.ws, token, n, st.clock.now())
+    if result.outcome is TrackOutcome.UNKNOWN or result.url is None:
+        return _not_found()
+    return RedirectResponse(result.url, status_code=302)
+
+
+# The smallest transparent GIF: 1x1, one colour, transparent (GIF89a, 43 bytes).
+PIXEL = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b")
+
+
+async def opened(request: Request) -> Response:
+    """GET /o/{token}.gif: log the first open of a send (app.tracking.record_open); a 1x1 transparent GIF."""
+    st = state(request)
+    if not st.limits.public.hit(client_address(request)):
+        return _too_many()
+    token = request.path_params["token"]
+    if not is_token(token):
+        return _not_found()
+    result = await write(request, tracking.record_open, st.ws, token, st.clock.now())
+    if result.outcome is TrackOutcome.UNKNOWN:
+        return _not_found()
+    return Response(PIXEL, media_type="image/gif")
 
 
 async def healthz(request: Request) -> Response:
     """GET /healthz: 200 when every scheduled stage ran within twice its interval, else 503 (JSON either way)."""
     st = state(request)
-    result = await run_in_threadpool(liveness.liveness, st.ws, st.clock.now())
+    result = await read(request, liveness.liveness, st.ws, st.clock.now())
     return JSONResponse(result.to_json(), status_code=200 if result.ok else 503)
 
 
-# SEAM (issue #19): when app.suppressions.resubscribe_by_token and app.tracking.record_click / record_open are
-# on main, add here: POST /u/{token}/undo, GET /c/{token}/{n}, GET /o/{token}.gif (same limit, same 404 rule).
 ROUTES: list[BaseRoute] = [
     Route("/u/{token}", unsubscribe_page, methods=["GET"]),
     Route("/u/{token}", unsubscribe, methods=["POST"]),
+    Route("/u/{token}/undo", undo, methods=["POST"]),
+    Route("/c/{token}/{n:int}", click, methods=["GET"]),
+    Route("/o/{token}.gif", opened, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
 ]
