@@ -4,7 +4,9 @@ Each endpoint calls ONE use case of :mod:`crm_automation.app` and renders
 its frozen result — the same result ``report --json``, ``timeline`` and
 ``requeue`` print — so the pages and the CLI cannot disagree. The use cases
 are synchronous and open the log per call, so they run in Starlette's
-threadpool (``run_in_threadpool``), never on the event loop.
+threadpool through :func:`~crm_automation.web.app.read` and, for the
+writes (requeue, suppress), :func:`~crm_automation.web.app.write`, which
+lets one write at a time go to the log.
 
 Every route is wrapped in :func:`~crm_automation.web.auth.require_login`
 (anonymous GETs go to the login page; POSTs also need the session's CSRF
@@ -19,13 +21,13 @@ is shown as that one line, never as a traceback.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, tzinfo
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 from markupsafe import Markup
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
@@ -34,17 +36,11 @@ from crm_automation.app import customers, quarantine, reports, sends, suppressio
 from crm_automation.app.results import JsonValue
 from crm_automation.errors import ConfigError, CrmError
 from crm_automation.web import charts, i18n
-from crm_automation.web.app import language, render, state
+from crm_automation.web.app import language, read, render, state, write
 from crm_automation.web.auth import require_login
 
-_T = TypeVar("_T")
 FLASH = "flash"  # session key: the last form's result, shown once by the page it redirects to
 _PERCENT_KEYS = frozenset({"reply_rate"})  # funnel columns shown as a percentage (the value stays a fraction)
-
-
-async def _call(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-    """A use case in the threadpool: they are sync and open the log themselves."""
-    return await run_in_threadpool(fn, *args, **kwargs)
 
 
 def _flash(request: Request, key: str, detail: str = "", *, ok: bool = True) -> None:
@@ -146,7 +142,7 @@ def daily_charts(days: Sequence[Mapping[str, JsonValue]], t: Callable[[str], str
 async def dashboard(request: Request) -> Response:
     """GET /: per campaign and step the numbers ``report`` shows, the reply rate, and charts."""
     st = state(request)
-    funnel = await _call(reports.funnel, st.ws)
+    funnel = await read(request, reports.funnel, st.ws)
     rows = funnel.to_json()  # report --json's "campaigns": the table shows exactly these values
     columns = list(rows[0]) if rows else []
     t = i18n.Translator(language(request))
@@ -159,7 +155,7 @@ async def dashboard(request: Request) -> Response:
 async def attention(request: Request) -> Response:
     """GET /attention: uncertain and failed sends (requeue), quarantined messages (download), recent replies."""
     st = state(request)
-    result = await _call(reports.attention, st.ws, st.clock.now())
+    result = await read(request, reports.attention, st.ws, st.clock.now())
     return _page(request, "attention.html", {"a": result, "customer_url": customer_url})
 
 
@@ -172,7 +168,7 @@ async def requeue(request: Request) -> Response:
         _flash(request, "requeue_bad_id", str(raw or ""), ok=False)
         return RedirectResponse("/attention", status_code=303)
     try:
-        result = await _call(sends.requeue, state(request).ws, [int(raw)])
+        result = await write(request, sends.requeue, state(request).ws, [int(raw)])
     except CrmError as e:
         _flash(request, "write_failed", str(e), ok=False)
     else:
@@ -186,7 +182,7 @@ async def requeue(request: Request) -> Response:
 @require_login
 async def quarantined_eml(request: Request) -> Response:
     """GET /quarantine/{id}.eml: a quarantined message's bytes as received, as a download (message/rfc822)."""
-    found = await _call(quarantine.message, state(request).ws, int(request.path_params["qid"]))
+    found = await read(request, quarantine.message, state(request).ws, int(request.path_params["qid"]))
     if found is None:
         return _page(request, "error.html", {"message_key": "not_found", "detail": ""}, status_code=404)
     return Response(found.raw, media_type="message/rfc822",
@@ -198,7 +194,7 @@ async def quarantined_eml(request: Request) -> Response:
 async def customer_search(request: Request) -> Response:
     """GET /customers?q=: customers whose name, company, address or any other value contains ``q``."""
     q = request.query_params.get("q", "")
-    result = await _call(customers.search, state(request).ws, q)
+    result = await read(request, customers.search, state(request).ws, q)
     return _page(request, "customers.html", {"result": result, "q": q, "customer_url": customer_url})
 
 
@@ -207,7 +203,7 @@ async def customer(request: Request) -> Response:
     """GET /customers/{key}: the customer, their timeline as ``timeline`` prints it, suppress / unsuppress."""
     key = request.path_params["key"]
     try:
-        profile = await _call(customers.profile, state(request).ws, key)
+        profile = await read(request, customers.profile, state(request).ws, key)
     except ConfigError as e:
         return _page(request, "error.html", {"message_key": "customer_unknown", "detail": str(e)}, status_code=404)
     return _page(request, "customer.html", {"p": profile, "customer_url": customer_url})
@@ -225,8 +221,8 @@ async def suppress(request: Request) -> Response:
     email = form.get("email")
     st = state(request)
     try:
-        result = await _call(suppressions.suppress, st.ws, [str(email or "")], "manual", st.clock.now(),
-                             source=f"web:{request.session.get('user')}")
+        by_user = functools.partial(suppressions.suppress, source=f"web:{request.session.get('user')}")
+        result = await write(request, by_user, st.ws, [str(email or "")], "manual", st.clock.now())
     except CrmError as e:
         _flash(request, "write_failed", str(e), ok=False)
     else:
@@ -243,7 +239,7 @@ async def unsuppress(request: Request) -> Response:
     form = await request.form()
     email = form.get("email")
     try:
-        result = await _call(suppressions.unsuppress, state(request).ws, [str(email or "")])
+        result = await write(request, suppressions.unsuppress, state(request).ws, [str(email or "")])
     except CrmError as e:
         _flash(request, "write_failed", str(e), ok=False)
     else:
@@ -256,7 +252,7 @@ async def unsuppress(request: Request) -> Response:
 async def health(request: Request) -> Response:
     """GET /health: each stage's last run, its result and problems, the queue, the quarantine."""
     st = state(request)
-    result = await _call(reports.health, st.ws, st.clock.now())
+    result = await read(request, reports.health, st.ws, st.clock.now())
     return _page(request, "health.html", {"h": result})
 
 

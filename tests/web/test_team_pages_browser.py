@@ -428,7 +428,8 @@ def test_every_team_page_asks_for_a_login_first(site, browser):
 
 # ------------------------------------------------------------------------------------------------ unsubscribe
 def test_unsubscribe_through_the_confirmation_page(site, browser):
-    """The link in the mail Carol received: a GET only asks; the button unsubscribes, logged as a mailed 退订 is."""
+    """The link in the mail Carol received: a GET only asks; the button unsubscribes, logged as a mailed 退订 is;
+    the page's undo subscribes her again."""
     from selenium.webdriver.common.by import By
 
     cfg, server = site
@@ -449,3 +450,7 @@ def test_unsubscribe_through_the_confirmation_page(site, browser):
                      "AND customer_key = 'carol@example.com'") == [(1,)]
     assert browser.get_cookies() == []  # the public pages set no cookie
     shoot(browser, "unsubscribe-done")
+    _click(browser, "form[action*='/undo'] button[type=submit]")  # "I did not mean to"
+    assert browser.find_element(By.TAG_NAME, "h1").text == i18n.EN["unsub_resubscribed"]
+    assert _rows(db, "SELECT * FROM suppressions WHERE email = 'carol@example.com'") == []
+    assert _rows(db, "SELECT email_status FROM customers WHERE key = 'carol@example.com'") == [("ok",)]
