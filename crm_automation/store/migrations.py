@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from crm_automation.errors import ConfigError
-from crm_automation.store.schema import create_v1, create_v2, create_v3, create_v4, create_v5, create_v6
+from crm_automation.store.schema import create_v1, create_v2, create_v3, create_v4, create_v5, create_v6, create_v7
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -27,6 +27,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0004_step_identity", create_v4),
     ("0005_message_kinds", create_v5),
     ("0006_plan_by_question", create_v6),
+    ("0007_dashboard_reads", create_v7),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

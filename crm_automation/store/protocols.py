@@ -38,7 +38,15 @@ from crm_automation.models import Cursor, Customer, Decision, EmailStatus, SendS
 from crm_automation.store.activities import Activity, DetailsIn, InboundEvent, QuarantinedContact
 from crm_automation.store.customers import RekeyCounts, SheetState, StoredCustomer, SyncStats
 from crm_automation.store.due import Events, PlanMark
-from crm_automation.store.reports import FunnelRow, LastTimes, QuarantineRow, QueueDepth, ReplyRow, RunRow
+from crm_automation.store.reports import (
+    DayCounts,
+    FunnelRow,
+    LastTimes,
+    QuarantineRow,
+    QueueDepth,
+    ReplyRow,
+    RunRow,
+)
 from crm_automation.store.sends import SendRow, Sent, SentRef
 from crm_automation.store.suppressions import Suppression
 
@@ -332,6 +340,14 @@ class Suppressions(Protocol):
         """Email -> its entry, oldest first."""
         ...
 
+    def suppressions_page(self, limit: int, offset: int = 0) -> list[tuple[str, Suppression]]:
+        """``limit`` entries from ``offset``, in the list's order."""
+        ...
+
+    def suppression_count(self) -> int:
+        """How many addresses are on the list."""
+        ...
+
 
 class Reports(Protocol):
     """Reads across tables for reports and write-back, and the record of stage runs."""
@@ -349,7 +365,11 @@ class Reports(Protocol):
         ...
 
     def funnel(self) -> list[FunnelRow]:
-        """Per campaign and step: sends by status, and bounced/replied/unsubscribed after."""
+        """Per campaign and step: sends by status, and bounced/replied/unsubscribed after, and clicked."""
+        ...
+
+    def daily(self, bounds: Sequence[datetime], campaign: str | None = None) -> list[DayCounts]:
+        """Per interval between consecutive ``bounds``: sent, replied, bounced, unsubscribed, clicked."""
         ...
 
     def counts(self) -> dict[str, int]:
