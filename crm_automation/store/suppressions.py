@@ -45,7 +45,7 @@ def insert_suppression(conn: Guarded, email: str, reason: SuppressionReason, sou
 def read_suppressions(conn: Guarded) -> dict[str, Suppression]:
     """Email -> its entry, oldest first."""
     return {e: Suppression(_reason(r), parse_iso(a), s) for e, r, a, s in conn.execute(
-        "SELECT email, reason, at, source FROM suppressions ORDER BY at")}
+        "SELECT email, reason, at, source FROM suppressions ORDER BY at, email")}
 
 
 def read_suppression_page(conn: Guarded, limit: int, offset: int) -> list[tuple[str, Suppression]]:
