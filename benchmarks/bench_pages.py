@@ -34,8 +34,9 @@ work copy of the same build; a child process with that tree first on
 PYTHONPATH opens it once for writing (untimed: it applies the tree's
 migrations, e.g. new indexes) and then times every use case ``--runs`` times,
 the use cases taking turns. A use case the tree does not have (``daily`` on a
-tree before it) is shown as "-". Figures are wall-clock milliseconds in the
-child (p50, p95, max); the machine's other load counts in them.
+tree before it) is shown as "-". Figures are milliseconds in the child: wall
+clock (p50, p95, max), in which the machine's other load counts, and the
+call's own CPU time (p50), with the load average before and after.
 
     python benchmarks/bench_pages.py                              # 100k x 1M, the tree Python imports
     python benchmarks/bench_pages.py --trees /path/to/main,. --runs 40 --json
