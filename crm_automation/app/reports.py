@@ -11,7 +11,7 @@ their own pages.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import TYPE_CHECKING
 
 from crm_automation.app.access import reading
@@ -22,12 +22,14 @@ from crm_automation.models import FieldChangedDetails, Kind, SendStatus
 if TYPE_CHECKING:
     from crm_automation.store.activities import Activity
     from crm_automation.store.repo import Store
-    from crm_automation.store.reports import FunnelRow, QuarantineRow, QueueDepth, ReplyRow, RunRow
+    from crm_automation.store.reports import DayCounts, FunnelRow, QuarantineRow, QueueDepth, ReplyRow, RunRow
     from crm_automation.workspace import Workspace
 
 ATTENTION_STATUSES = (SendStatus.UNCERTAIN, SendStatus.FAILED)  # sends only an admin can move on (`requeue`)
 REPLY_DAYS = 7  # "recent" replies: logged within this many days
 LIST_LIMIT = 50  # quarantined messages and recent replies shown at most
+CHART_DAYS = 30  # the dashboard's charts: this many days, today included
+MAX_CHART_DAYS = 366  # one query per kind and day: a year at most
 _EXCERPT_LINES = 6  # lines of a reply's text a timeline shows
 
 
@@ -144,9 +146,44 @@ class Timeline:
         return {"customer": self.customer, "activities": [json_value(e.activity.to_dict()) for e in self.entries]}
 
 
+@dataclass(frozen=True, slots=True)
+class Day:
+    """One local day of the charts: messages sent, and the replies, bounces, unsubscribes and clicks logged."""
+
+    day: date
+    counts: DayCounts
+
+    def to_json(self) -> JsonObject:
+        """The day (workspace time zone), when it starts (UTC), and the counts."""
+        c = self.counts
+        return {"date": self.day.isoformat(), "start": utc_text(c.start), "sent": c.sent, "replied": c.replied,
+                "bounced": c.bounced, "unsubscribed": c.unsubscribed, "clicked": c.clicked}
+
+
+@dataclass(frozen=True, slots=True)
+class Daily:
+    """The dashboard's charts (issue #19): per day of the workspace's time zone, oldest first, today last.
+
+    ``campaign`` None: every campaign. With a campaign, its messages, and
+    the events logged against it or, for a reply matched only by its sender,
+    from a customer it had mailed before (as the funnel counts a reply after
+    a step's send). Bounces leave delay warnings out; replies are from known
+    customers; clicks are ``click`` activities (tracked links).
+    """
+
+    campaign: str | None
+    timezone: str
+    days: tuple[Day, ...]
+
+    def to_json(self) -> JsonObject:
+        """The series as plain JSON: one object per day."""
+        return {"campaign": self.campaign, "timezone": self.timezone, "days": [d.to_json() for d in self.days]}
+
+
 def _send_problems(store: Store) -> tuple[SendProblem, ...]:
-    return tuple(SendProblem(s.id, s.campaign, s.step, s.customer_key, s.status, s.error, s.message_id)
-                 for s in store.sends(status=ATTENTION_STATUSES))
+    # One status at a time: each is a seek on its partial index, where both at once read every send (issue #19).
+    rows = sorted((s for st in ATTENTION_STATUSES for s in store.sends(status=(st,))), key=lambda s: s.id)
+    return tuple(SendProblem(s.id, s.campaign, s.step, s.customer_key, s.status, s.error, s.message_id) for s in rows)
 
 
 def _health(store: Store, now: datetime) -> Health:
@@ -177,6 +214,23 @@ def report(ws: Workspace, now: datetime) -> Report:
     """The funnel, the uncertain and failed sends, and the health, read in one go."""
     with reading(ws) as store:
         return Report(Funnel(tuple(store.funnel())), _send_problems(store), _health(store, now))
+
+
+def daily(ws: Workspace, now: datetime, days: int = CHART_DAYS, campaign: str | None = None) -> Daily:
+    """Sent, replied, bounced, unsubscribed and clicked per local day, the last ``days`` days up to ``now``'s.
+
+    Days are the workspace's (``[workspace] timezone``): the team reads
+    "Monday" as its own Monday, not UTC's. Read-only, like every report.
+    """
+    if not 1 <= days <= MAX_CHART_DAYS:
+        raise ConfigError(f"daily chart: {days} days is out of range (expected 1 to {MAX_CHART_DAYS})")
+    tz = ws.cfg.timezone
+    today = now.astimezone(tz).date()
+    dates = [today - timedelta(days=days - 1 - i) for i in range(days + 1)]
+    bounds = [datetime.combine(d, time.min, tzinfo=tz) for d in dates]
+    with reading(ws) as store:
+        counts = store.daily(bounds, campaign)
+    return Daily(campaign, str(tz), tuple(Day(d, c) for d, c in zip(dates, counts, strict=False)))
 
 
 def _entry(a: Activity) -> TimelineEntry:

@@ -18,6 +18,7 @@ from crm_automation import suppression
 from crm_automation.app.access import reading, writing
 from crm_automation.app.results import JsonObject, utc_text
 from crm_automation.effects import status_for
+from crm_automation.errors import ConfigError
 from crm_automation.fieldtypes import address_problem
 from crm_automation.models import InboundDetails, Kind, ResubscribeDetails, SuppressionReason
 from crm_automation.tokens import is_token
@@ -66,14 +67,24 @@ class SuppressedAddress:
 
 @dataclass(frozen=True, slots=True)
 class Suppressions:
-    """The suppression list, oldest first."""
+    """The suppression list, oldest first: all of it, or one page (``total``: the whole list's length).
+
+    A page (issue #19: the web page lists tens of thousands of bounced
+    addresses on a big log) is ``limit`` entries from ``offset``; ``total``
+    is None when the whole list was asked for.
+    """
 
     items: tuple[SuppressedAddress, ...]
+    total: int | None = None
+    offset: int = 0
 
     def to_json(self) -> JsonObject:
-        """``suppress list --json``."""
-        return {"suppressions": [{"email": i.email, "reason": i.reason, "at": utc_text(i.at), "source": i.source}
-                                 for i in self.items]}
+        """``suppress list --json``; a page adds ``total`` and ``offset``."""
+        out: JsonObject = {"suppressions": [{"email": i.email, "reason": i.reason, "at": utc_text(i.at),
+                                             "source": i.source} for i in self.items]}
+        if self.total is not None:
+            out |= {"total": self.total, "offset": self.offset}
+        return out
 
 
 class Outcome(enum.StrEnum):
@@ -142,11 +153,18 @@ def unsuppress(ws: Workspace, emails: Sequence[str]) -> Unsuppressed:
         return Unsuppressed(tuple(suppression.remove(store, tuple(emails))))
 
 
-def suppressions(ws: Workspace) -> Suppressions:
-    """The suppression list (read-only: works beside a running worker)."""
+def suppressions(ws: Workspace, *, limit: int | None = None, offset: int = 0) -> Suppressions:
+    """The suppression list, or ``limit`` entries of it from ``offset`` (read-only: works beside a running worker)."""
+    if (limit is not None and limit < 1) or offset < 0:
+        raise ConfigError(f"suppression list: limit {limit}, offset {offset} is not a page "
+                          "(expected a limit of 1 or more and an offset of 0 or more)")
     with reading(ws) as store:
-        return Suppressions(tuple(SuppressedAddress(e, s.reason, s.at, s.source)
-                                  for e, s in store.suppressions().items()))
+        if limit is None:
+            return Suppressions(tuple(SuppressedAddress(e, s.reason, s.at, s.source)
+                                      for e, s in store.suppressions().items()))
+        page = store.suppressions_page(limit, offset)
+        return Suppressions(tuple(SuppressedAddress(e, s.reason, s.at, s.source) for e, s in page),
+                            store.suppression_count(), offset)
 
 
 def _address(ws: Workspace, store: Store, ref: SentRef) -> str | None:

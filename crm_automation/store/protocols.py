@@ -40,6 +40,7 @@ from crm_automation.store.activities import Activity, DetailsIn, InboundEvent, Q
 from crm_automation.store.customers import RekeyCounts, SheetState, StoredCustomer, SyncStats
 from crm_automation.store.due import Events, PlanMark
 from crm_automation.store.reports import (
+    DayCounts,
     FunnelRow,
     LastTimes,
     QuarantinedBytes,
@@ -351,6 +352,14 @@ class Suppressions(Protocol):
         """Remove an address only while its entry is the one ``reason`` and ``source`` made (issue #19)."""
         ...
 
+    def suppressions_page(self, limit: int, offset: int = 0) -> list[tuple[str, Suppression]]:
+        """``limit`` entries from ``offset``, in the list's order."""
+        ...
+
+    def suppression_count(self) -> int:
+        """How many addresses are on the list."""
+        ...
+
 
 class Tracking(Protocol):
     """Tracked links, clicks and opens (issue #19): each once per link or send, by one statement."""
@@ -392,7 +401,11 @@ class Reports(Protocol):
         ...
 
     def funnel(self) -> list[FunnelRow]:
-        """Per campaign and step: sends by status, and bounced/replied/unsubscribed after."""
+        """Per campaign and step: sends by status, and bounced/replied/unsubscribed after, and clicked."""
+        ...
+
+    def daily(self, bounds: Sequence[datetime], campaign: str | None = None) -> list[DayCounts]:
+        """Per interval between consecutive ``bounds``: sent, replied, bounced, unsubscribed, clicked."""
         ...
 
     def counts(self) -> dict[str, int]:

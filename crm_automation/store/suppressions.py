@@ -45,7 +45,13 @@ def insert_suppression(conn: Guarded, email: str, reason: SuppressionReason, sou
 def read_suppressions(conn: Guarded) -> dict[str, Suppression]:
     """Email -> its entry, oldest first."""
     return {e: Suppression(_reason(r), parse_iso(a), s) for e, r, a, s in conn.execute(
-        "SELECT email, reason, at, source FROM suppressions ORDER BY at")}
+        "SELECT email, reason, at, source FROM suppressions ORDER BY at, email")}
+
+
+def read_suppression_page(conn: Guarded, limit: int, offset: int) -> list[tuple[str, Suppression]]:
+    """``limit`` entries from ``offset``, in :func:`read_suppressions`' order (ties by address, so pages are stable)."""
+    return [(e, Suppression(_reason(r), parse_iso(a), s)) for e, r, a, s in conn.execute(
+        "SELECT email, reason, at, source FROM suppressions ORDER BY at, email LIMIT ? OFFSET ?", (limit, offset))]
 
 
 class SuppressionList(Connection):
@@ -82,3 +88,11 @@ class SuppressionList(Connection):
     def suppressions(self) -> dict[str, Suppression]:
         """Email -> its :class:`Suppression`, oldest first."""
         return read_suppressions(self.conn)
+
+    def suppressions_page(self, limit: int, offset: int = 0) -> list[tuple[str, Suppression]]:
+        """One page of the list, oldest first (the web page's; issue #19)."""
+        return read_suppression_page(self.conn, limit, offset)
+
+    def suppression_count(self) -> int:
+        """How many addresses are on the list."""
+        return int(self.conn.execute("SELECT COUNT(*) FROM suppressions").fetchone()[0])

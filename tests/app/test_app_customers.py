@@ -78,3 +78,38 @@ def test_search_result_is_plain_json(ws):
     assert hit["fields"] == {"email": "li.lei@example.cn", "name": "李雷", "stage": "意向",
                              "owner": "sales@example.com"}
     assert hit["email_status"] == "ok" and hit["first_seen"].endswith("Z")
+
+
+TYPED_MAPPING = """key = "email"
+[fields]
+email = { column = "Email", type = "email", required = true }
+name  = { column = "Name", required = true }
+size  = { column = "Size", type = "number" }
+vip   = { column = "VIP", type = "bool" }
+[writeback]
+last_sent = "Last sent"
+last_reply = "Last reply"
+email_status = "Email status"
+"""
+
+
+@pytest.fixture
+def typed_ws(tmp_path, cli) -> Workspace:
+    rows = [{"Email": "q@example.com", "Name": 'Bob "the builder" C:\\work', "Size": "250", "VIP": "yes"},
+            {"Email": "p@example.com", "Name": "王伟", "Size": "", "VIP": "no"}]
+    cfg = make_workspace(tmp_path / "ws", rows=rows, mapping=TYPED_MAPPING)
+    assert cli("sync", "--config", str(cfg)).code == 0
+    return Workspace.load(cfg)
+
+
+def test_search_finds_what_the_json_text_writes_escaped_and_numbers_and_booleans(typed_ws):
+    """The first test on the JSON text (issue #19) must never drop a match: quotes and backslashes are escaped
+    there, numbers and booleans are not text."""
+    assert keys(customers.search(typed_ws, '"the builder"')) == ["q@example.com"]
+    assert keys(customers.search(typed_ws, "c:\\work")) == ["q@example.com"]
+    assert keys(customers.search(typed_ws, "250")) == ["q@example.com"]
+    data = customers.search(typed_ws, "q@").customers[0].fields
+    assert data["vip"] is True  # stored as JSON true, which SQLite reads as 1
+    assert keys(customers.search(typed_ws, "1")) == ["q@example.com"]
+    assert keys(customers.search(typed_ws, "王")) == ["p@example.com"]
+    assert keys(customers.search(typed_ws, "伟x")) == []

@@ -309,4 +309,4 @@ def test_suppressions_quarantine_and_funnel(store):
     (row,) = store.funnel()
     assert row == FunnelRow("c", 0, sent=1, replied=1, reply_rate=1.0)
     assert list(row.to_dict()) == ["campaign", "step", "queued", "sending", "sent", "failed", "uncertain", "skipped",
-                                   "bounced", "replied", "unsubscribed", "reply_rate"]
+                                   "bounced", "replied", "unsubscribed", "reply_rate", "clicked"]
