@@ -13,8 +13,9 @@ Nothing here imports click or rich, prints, or exits.
 - ``sends.py``: ``requeue``.
 - ``suppressions.py``: ``suppress``, ``unsuppress``, ``suppressions``,
   ``unsubscribe_by_token``.
-- ``access.py``: how a use case reaches the log — read-only without the
-  workspace lock, or under the lock to write (``WorkspaceLock``).
+- ``access.py``: how a use case reaches the log — read-only, or for one
+  short write beside a running worker (no workspace lock: issue #19); and
+  ``WorkspaceLock``, which only the stages hold.
 - ``results.py``: the JSON value type and the conversions every result uses.
 
 Imports go down only: ``app`` imports the stages, the core, the store and
