@@ -5,6 +5,14 @@ The exactly-once sequence for one send is: queued with its Message-ID ->
 the next message's ``sending`` mark, one commit a message, issue #5). A send
 found in ``sending`` at the next start is :mod:`crm_automation.send.recovery`'s.
 
+The transaction that marks a campaign email ``sending`` also looks its
+address up on the suppression list and its customer's email status, as
+they are at that instant (issue #19): ``serve`` and the CLI write while a
+pass runs, and an unsubscribe recorded a second before the hand-over is
+honoured (the send is recorded ``skipped``, reason ``suppressed``, as the
+planner records it), at the cost of two primary-key lookups in a
+transaction the pass commits anyway.
+
 Pacing, the send window and the retry delay are pure functions of ``now``
 (:func:`in_window`, :func:`pace_wait`, :func:`retry_at`, :func:`gives_up`);
 waiting goes through one seam, ``wait(seconds) -> stopped``, which is the
@@ -37,10 +45,11 @@ from crm_automation.errors import (
     UncertainSendError,
 )
 from crm_automation.models import BounceFailure, Kind, Permanence, SendStatus
+from crm_automation.planner import address_block
 from crm_automation.send.kinds import Outgoing, kind_of
 from crm_automation.send.plan import Ready
 from crm_automation.stage import StageContext, StageResult
-from crm_automation.store.sends import SendRow, Sent
+from crm_automation.store.sends import Claim, Gate, SendRow, Sent
 from crm_automation.transports.base import Transport
 from crm_automation.workspace import Workspace
 
@@ -206,7 +215,11 @@ class Dispatcher:
             res.problems.append(f"send {s.campaign}/{s.step} to {s.customer_key}: {e}")
             return
         pending, self._pending_sent = self._pending_sent, None
-        if not self.store.mark_sent_and_sending(pending, s.id, message_id, now):
+        gate = Gate(out.recipient, out.customer, address_block) if out.customer is not None else None
+        claim = self.store.mark_sent_and_sending(pending, s.id, message_id, now, gate)
+        if claim is not Claim.SENDING:
+            if claim is Claim.BLOCKED:  # suppressed since this pass planned (issue #19): recorded skipped
+                res.stats["skipped_now"] += 1
             return
         try:
             transport.send(composed.data, sender=self.composer.from_addr, recipients=[out.recipient],

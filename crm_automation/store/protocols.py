@@ -39,7 +39,7 @@ from crm_automation.store.activities import Activity, DetailsIn, InboundEvent, Q
 from crm_automation.store.customers import RekeyCounts, SheetState, StoredCustomer, SyncStats
 from crm_automation.store.due import Events, PlanMark
 from crm_automation.store.reports import FunnelRow, LastTimes, QuarantineRow, QueueDepth, ReplyRow, RunRow
-from crm_automation.store.sends import SendRow, Sent, SentRef
+from crm_automation.store.sends import Claim, Gate, SendRow, Sent, SentRef
 from crm_automation.store.suppressions import Suppression
 
 
@@ -308,8 +308,12 @@ class Sends(Protocol):
         """Whether any step of a campaign was sent (rows from before schema 4 left out)."""
         ...
 
-    def mark_sent_and_sending(self, sent: Sent | None, send_id: int, message_id: str, now: datetime) -> bool:
-        """Record the last message's ``sent`` and mark the next ``sending``, in one commit (issue #5)."""
+    def mark_sent_and_sending(self, sent: Sent | None, send_id: int, message_id: str, now: datetime,
+                              gate: Gate | None = None) -> Claim:
+        """Record the last message's ``sent`` and mark the next ``sending``, in one commit (issues #5, #19).
+
+        A next send that ``gate``'s rule blocks, as the log is now, is recorded ``skipped`` instead.
+        """
         ...
 
     def sent_step_count(self, campaign: str, step_id: str) -> int:
