@@ -349,9 +349,18 @@ class SendLog(Connection):
         """Queued -> sending, committed before the message is handed over. False if it was not queued.
 
         The send pass calls it inside its own transaction, with the previous
-        message's ``sent`` record: one commit a message (issue #5). One
-        statement, so atomic by itself: no savepoint on this hot path.
+        message's ``sent`` record: one commit a message (issue #5). Atomic by
+        itself, so no savepoint on this hot path: of its two statements at
+        most one changes the row (the second only when the Message-ID differs
+        from the one queued, or none was).
         """
+        # The Message-ID was chosen when the send was queued: left out of the SET when it is the same, so the
+        # index on it is not rewritten (a random leaf page, a WAL page of every commit, issue #18).
+        cur = self.conn.execute(
+            "UPDATE sends SET status = 'sending', attempts = attempts + 1, next_attempt_at = ? "
+            "WHERE id = ? AND status = 'queued' AND message_id = ?", (iso(now), send_id, message_id))
+        if cur.rowcount == 1:
+            return True
         cur = self.conn.execute(
             "UPDATE sends SET status = 'sending', message_id = ?, attempts = attempts + 1, next_attempt_at = ? "
             "WHERE id = ? AND status = 'queued'", (message_id, iso(now), send_id))
