@@ -4,6 +4,9 @@ The exactly-once sequence for one send is: queued with its Message-ID ->
 ``sending`` committed -> handed to the transport -> ``sent`` (committed with
 the next message's ``sending`` mark, one commit a message, issue #5). A send
 found in ``sending`` at the next start is :mod:`crm_automation.send.recovery`'s.
+The next message is rendered while the server decides about the current
+one (the transport's ``meanwhile``, issue #18): pure work, written nowhere,
+so it changes nothing of that sequence.
 
 The transaction that marks a campaign email ``sending`` also looks its
 address up on the suppression list and its customer's email status, as
@@ -27,7 +30,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from zoneinfo import ZoneInfo
 
 from crm_automation.compose import Composed, Composer
@@ -111,6 +116,16 @@ def is_due(s: SendRow, now: datetime) -> bool:
 # ---------------------------------------------------------------- the hand-over
 
 
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """One send made ready, before anything about it is written: its message, or why it does not go."""
+
+    send_id: int
+    out: Outgoing | str  # the message to hand over, or why it is skipped
+    message_id: str
+    composed: Composed | DataError | ConfigError | None  # the built message, or why it cannot be built
+
+
 class Dispatcher:
     """Hands queued sends over; one per worker (it carries the 5xx streak and the pending ``sent`` record)."""
 
@@ -124,6 +139,8 @@ class Dispatcher:
         # The ``sent`` record of the message just handed over rides in the same commit as the next
         # message's ``sending`` mark: one commit a message instead of two, same exactly-once guarantee.
         self._pending_sent: Sent | None = None
+        # The next send, prepared while the server decided about the previous one (issue #18).
+        self._ahead: _Prepared | None = None
 
     def send_queue(self, ready: Ready, res: StageResult, limit: int | None) -> None:
         """Send what is queued and due, in the window and within the limits; the rest waits for a later pass."""
@@ -148,6 +165,7 @@ class Dispatcher:
         try:
             self._hand_over(due, ready, transport, res, limit, bar.advance)
         finally:
+            self._ahead = None  # prepared for this pass's reading of the log: never carried into the next
             self._flush_sent()
             bar.close()
             with suppress(CrmError, OSError):
@@ -162,7 +180,7 @@ class Dispatcher:
         now = self.ctx.clock.now()
         recent = deque(self.store.sent_times_since(now - timedelta(minutes=1)))
         day_count = self.store.sent_count_since(now - timedelta(days=1))
-        for s in due:
+        for i, s in enumerate(due):
             if self.ctx.stop.is_set() or (limit is not None and res.stats["sent"] >= limit):
                 break
             now = self.ctx.clock.now()
@@ -175,12 +193,14 @@ class Dispatcher:
             if ob.max_per_minute and not self._pace(recent, ob.max_per_minute):
                 break
             advance()
-            out = kind_of(s).prepare(s, ready, self.composer, self.store)
-            if isinstance(out, str):
-                self.store.mark_status(s.id, SendStatus.SKIPPED, out)
+            ahead, self._ahead = self._ahead, None
+            p = ahead if ahead is not None and ahead.send_id == s.id else self._prepare(s, ready)
+            if isinstance(p.out, str):
+                self.store.mark_status(s.id, SendStatus.SKIPPED, p.out)
                 res.stats["skipped_now"] += 1
                 continue
-            self._deliver(s, transport, res, out)
+            nxt = due[i + 1] if i + 1 < len(due) else None
+            self._deliver(s, transport, res, p, p.out, None if nxt is None else partial(self._look_ahead, nxt, ready))
             if res.error is not None:
                 break
             day_count += 1
@@ -203,16 +223,41 @@ class Dispatcher:
             if self.wait(min(max(wait, 0.05), 5.0)):
                 return False
 
-    def _deliver(self, s: SendRow, transport: Transport, res: StageResult, out: Outgoing) -> None:
-        """Build, mark ``sending`` (committed), hand over, record: the exactly-once sequence for one send."""
-        now = self.ctx.clock.now()
+    def _prepare(self, s: SendRow, ready: Ready) -> _Prepared:
+        """The send's message, built (or the error building it), or why it is skipped; writes nothing."""
+        out = kind_of(s).prepare(s, ready, self.composer, self.store)
+        if isinstance(out, str):
+            return _Prepared(s.id, out, "", None)
         message_id = s.message_id or self.composer.message_id()
         try:
-            composed: Composed = out.build(message_id, now)
+            return _Prepared(s.id, out, message_id, out.build(message_id, self.ctx.clock.now()))
         except (DataError, ConfigError) as e:
-            self.store.mark_failed(s.id, str(e), now, customer_key=s.customer_key, campaign=s.campaign, step=s.step)
+            return _Prepared(s.id, out, message_id, e)
+
+    def _look_ahead(self, s: SendRow, ready: Ready) -> None:
+        """Prepare the next send while the server decides about this one (the transport's ``meanwhile``).
+
+        Pure work (rendering, building the bytes): nothing is written, so a
+        pass that stops before that send's turn only wasted it. It must not
+        raise in the middle of another message's SMTP transaction: an
+        unexpected error drops the work, and the send is prepared again at its
+        turn, where the error is raised as it always was.
+        """
+        try:
+            self._ahead = self._prepare(s, ready)
+        except Exception:  # noqa: BLE001 - see the docstring: raised again at that send's own turn
+            self._ahead = None
+
+    def _deliver(self, s: SendRow, transport: Transport, res: StageResult, p: _Prepared, out: Outgoing,
+                 meanwhile: Callable[[], None] | None) -> None:
+        """Mark ``sending`` (committed), hand over, record: the exactly-once sequence for one send."""
+        now = self.ctx.clock.now()
+        message_id, composed = p.message_id, p.composed
+        if not isinstance(composed, Composed):
+            self.store.mark_failed(s.id, str(composed), now, customer_key=s.customer_key, campaign=s.campaign,
+                                   step=s.step)
             res.stats["failed"] += 1
-            res.problems.append(f"send {s.campaign}/{s.step} to {s.customer_key}: {e}")
+            res.problems.append(f"send {s.campaign}/{s.step} to {s.customer_key}: {composed}")
             return
         pending, self._pending_sent = self._pending_sent, None
         gate = Gate(out.recipient, out.customer, address_block) if out.customer is not None else None
@@ -223,7 +268,7 @@ class Dispatcher:
             return
         try:
             transport.send(composed.data, sender=self.composer.from_addr, recipients=[out.recipient],
-                           message_id=message_id)
+                           message_id=message_id, meanwhile=meanwhile)
         except CrmError as e:
             self._outcome(s, e, now, res)
             return

@@ -79,8 +79,8 @@ def storage_error(path: str, e: sqlite3.Error, doing: str = "writing") -> CrmErr
                             hint=f"check the disk that holds {folder} (full, removed, or a network drive that "
                                  "dropped); nothing was half-written")
     if code == sqlite3.SQLITE_BUSY:
-        return LogBusyError(f"{path}: the activity log stayed locked by another program for more than "
-                            f"{BUSY_TIMEOUT:g} s ({e})",
+        return LogBusyError(f"{path}: the activity log is locked by another program ({e}; waited "
+                            f"{BUSY_TIMEOUT:g} s)",
                             hint="close other programs writing to the log (a SQLite browser with unsaved "
                                  "changes); the next pass retries")
     if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -26,8 +27,17 @@ class Transport(Protocol):
         """Connect and log in once for a batch."""
         ...
 
-    def send(self, message: bytes, *, sender: str, recipients: list[str], message_id: str) -> None:
-        """Hand one message over."""
+    def send(self, message: bytes, *, sender: str, recipients: list[str], message_id: str,
+             meanwhile: Callable[[], None] | None = None) -> None:
+        """Hand one message over.
+
+        ``meanwhile``: work for the caller to do while the carrier decides
+        about this message (composing the next one), called at most once,
+        after the message went out and before its verdict is read; it must not
+        raise. A carrier that waits for nothing (the outbox) does not call it.
+        Why (issue #18): an SMTP server takes a round trip to answer the
+        content; the next message's rendering fits in it.
+        """
         ...
 
     def close(self) -> None:

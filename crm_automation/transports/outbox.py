@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from crm_automation.config import Config
@@ -44,8 +45,9 @@ class OutboxTransport:
         stem = _SAFE.sub("_", message_id.strip("<>"))[:120] or hashlib.sha256(message_id.encode()).hexdigest()
         return self.folder / f"{stem}.eml"
 
-    def send(self, message: bytes, *, sender: str, recipients: list[str], message_id: str) -> None:
-        """Write the message atomically."""
+    def send(self, message: bytes, *, sender: str, recipients: list[str], message_id: str,
+             meanwhile: Callable[[], None] | None = None) -> None:
+        """Write the message atomically (nothing to wait for: ``meanwhile`` is not called)."""
         dest = self.path_for(message_id)
         tmp = dest.with_suffix(".eml.tmp")
         try:

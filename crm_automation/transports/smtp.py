@@ -309,8 +309,12 @@ class SmtpTransport(SmtpConnection):
 
     # -- sending --------------------------------------------------------------------------------
 
-    def send(self, message: bytes, *, sender: str, recipients: list[str], message_id: str) -> None:
+    def send(self, message: bytes, *, sender: str, recipients: list[str], message_id: str,
+             meanwhile: Callable[[], None] | None = None) -> None:
         """Hand one message over; return only once the server accepted it with 2xx.
+
+        ``meanwhile`` runs once the content went out, while the server
+        decides (see :class:`~crm_automation.transports.base.Transport`).
 
         Addresses go out as :func:`~crm_automation.addresses.wire_address`
         writes them: an IDN domain as A-labels; a non-ASCII local part, or
@@ -353,7 +357,7 @@ class SmtpTransport(SmtpConnection):
                 self._discard()
                 raise self._fail(f"connection closed again before message {message_id} was handed over "
                                  f"(not sent)", str(e2)) from None
-        self._finish(smtp, data, recipients, message_id)
+        self._finish(smtp, data, recipients, message_id, meanwhile)
 
     def _begin(self, smtp: smtplib.SMTP, sender: str, recipients: dict[str, str], size: int, message_id: str,
                utf8: bool) -> None:
@@ -397,10 +401,13 @@ class SmtpTransport(SmtpConnection):
         if code != 354:
             self._refusal(smtp, code, resp, Stage.DATA, message_id)
 
-    def _finish(self, smtp: smtplib.SMTP, data: bytes, recipients: list[str], message_id: str) -> None:
+    def _finish(self, smtp: smtplib.SMTP, data: bytes, recipients: list[str], message_id: str,
+                meanwhile: Callable[[], None] | None = None) -> None:
         """Send the content and read the verdict; a break here is uncertain, never retried."""
         try:
             smtp.send(data)
+            if meanwhile is not None:
+                meanwhile()  # the server's turn: the caller's next message is composed in it
             code, resp = smtp.getreply()
         except (smtplib.SMTPException, OSError) as e:
             self._discard()
