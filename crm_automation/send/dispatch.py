@@ -4,9 +4,14 @@ The exactly-once sequence for one send is: queued with its Message-ID ->
 ``sending`` committed -> handed to the transport -> ``sent`` (committed with
 the next message's ``sending`` mark, one commit a message, issue #5). A send
 found in ``sending`` at the next start is :mod:`crm_automation.send.recovery`'s.
-The next message is rendered while the server decides about the current
-one (the transport's ``meanwhile``, issue #18): pure work, written nowhere,
-so it changes nothing of that sequence.
+
+Two overlaps keep the client busy while an SMTP server answers (issue #18,
+bench_send), without changing that sequence: the commit that marks a
+message ``sending`` is the transport's ``claim``, made while the server
+answers ``MAIL FROM`` (nothing of a message is delivered before ``DATA``'s
+content, which waits for the commit); and the next message is rendered
+while the server decides about the current one's content (``meanwhile``:
+pure work, written nowhere).
 
 The transaction that marks a campaign email ``sending`` also looks its
 address up on the suppression list and its customer's email status, as
@@ -54,6 +59,7 @@ from crm_automation.planner import address_block
 from crm_automation.send.kinds import Outgoing, kind_of
 from crm_automation.send.plan import Ready
 from crm_automation.stage import StageContext, StageResult
+from crm_automation.store.repo import Store
 from crm_automation.store.sends import Claim, Gate, SendRow, Sent
 from crm_automation.transports.base import Transport
 from crm_automation.workspace import Workspace
@@ -114,6 +120,37 @@ def is_due(s: SendRow, now: datetime) -> bool:
 
 
 # ---------------------------------------------------------------- the hand-over
+
+
+class _Claim:
+    """The send's ``sending`` mark, committed with the last message's ``sent`` record when the transport asks.
+
+    Passed to the transport as its ``claim``: an SMTP transport asks once
+    ``MAIL FROM`` went out, so the commit overlaps the server's answer, and
+    always before any of the content (issue #18). Exactly-once holds as
+    before: ``sending`` is committed before the message can be delivered; a
+    crash before the commit leaves this send ``queued`` (nothing was
+    delivered) and the last message ``sending`` (recovery's, as before).
+    """
+
+    __slots__ = ("failed", "gate", "message_id", "now", "result", "send_id", "sent", "store")
+
+    def __init__(self, store: Store, sent: Sent | None, send_id: int, message_id: str, now: datetime,
+                 gate: Gate | None) -> None:
+        self.store, self.sent, self.send_id, self.message_id, self.now, self.gate = (
+            store, sent, send_id, message_id, now, gate)
+        self.result: Claim | None = None  # None: the transport never asked
+        self.failed = False  # the commit itself raised
+
+    def __call__(self) -> bool:
+        """Commit; True when the send is ``sending`` and may go (False: skipped now, or no longer queued)."""
+        try:
+            self.result = self.store.mark_sent_and_sending(self.sent, self.send_id, self.message_id, self.now,
+                                                           self.gate)
+        except CrmError:
+            self.failed = True
+            raise
+        return self.result is Claim.SENDING
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +287,7 @@ class Dispatcher:
 
     def _deliver(self, s: SendRow, transport: Transport, res: StageResult, p: _Prepared, out: Outgoing,
                  meanwhile: Callable[[], None] | None) -> None:
-        """Mark ``sending`` (committed), hand over, record: the exactly-once sequence for one send."""
+        """Mark ``sending`` (committed, as the transport's claim), hand over, record: one send, exactly once."""
         now = self.ctx.clock.now()
         message_id, composed = p.message_id, p.composed
         if not isinstance(composed, Composed):
@@ -259,18 +296,22 @@ class Dispatcher:
             res.stats["failed"] += 1
             res.problems.append(f"send {s.campaign}/{s.step} to {s.customer_key}: {composed}")
             return
-        pending, self._pending_sent = self._pending_sent, None
         gate = Gate(out.recipient, out.customer, address_block) if out.customer is not None else None
-        claim = self.store.mark_sent_and_sending(pending, s.id, message_id, now, gate)
-        if claim is not Claim.SENDING:
-            if claim is Claim.BLOCKED:  # suppressed since this pass planned (issue #19): recorded skipped
-                res.stats["skipped_now"] += 1
-            return
+        claim = _Claim(self.store, self._pending_sent, s.id, message_id, now, gate)
+        self._pending_sent = None
         try:
-            transport.send(composed.data, sender=self.composer.from_addr, recipients=[out.recipient],
-                           message_id=message_id, meanwhile=meanwhile)
+            handed = transport.send(composed.data, sender=self.composer.from_addr, recipients=[out.recipient],
+                                    message_id=message_id, meanwhile=meanwhile, claim=claim)
         except CrmError as e:
+            if claim.failed:
+                raise  # the log could not be written: the pass stops, as when marking came first
+            if claim.result is None:
+                self._pending_sent = claim.sent  # not reached: the last message's record is still to be written
             self._outcome(s, e, now, res)
+            return
+        if not handed:
+            if claim.result is Claim.BLOCKED:  # suppressed since this pass planned (issue #19): recorded skipped
+                res.stats["skipped_now"] += 1
             return
         self._pending_sent = Sent(s.id, self.ctx.clock.now(), s.customer_key, s.campaign, s.step, message_id,
                                   composed.subject, composed.text, self.ws.cfg.outbound.transport)
