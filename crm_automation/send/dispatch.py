@@ -305,10 +305,11 @@ class Dispatcher:
         except CrmError as e:
             if claim.failed:
                 raise  # the log could not be written: the pass stops, as when marking came first
-            if claim.result is None:
-                self._pending_sent = claim.sent  # not reached: the last message's record is still to be written
             self._outcome(s, e, now, res)
             return
+        finally:
+            if claim.result is None and not claim.failed:
+                self._pending_sent = claim.sent  # never asked: the last message's record is still to be written
         if not handed:
             if claim.result is Claim.BLOCKED:  # suppressed since this pass planned (issue #19): recorded skipped
                 res.stats["skipped_now"] += 1
