@@ -140,7 +140,16 @@ class MessageError(DataError):
 
 
 class LockedError(ConfigError):
-    """Another worker holds the workspace lock (exit 2: nothing was done)."""
+    """Another worker holds the workspace lock, or the log stayed busy past the wait (exit 2: nothing was done)."""
+
+
+class LogBusyError(ServiceError):
+    """The log stayed locked by another writer for longer than the busy timeout (SQLite ``SQLITE_BUSY``).
+
+    A worker meets it as a service failure of this pass (exit 3, the next
+    pass tries again); a short write of the application layer turns it into
+    a :class:`LockedError` saying nothing was changed (issue #19).
+    """
 
 
 class StorageError(ServiceError):

@@ -158,10 +158,20 @@ def blocked_reason(cust: CustomerView, h: History) -> str | None:
     """Why nobody may mail this customer at all."""
     if not cust.email:
         return "no email address"
-    if cust.email.lower() in h.suppressed:
+    return address_block(cust.email.lower() in h.suppressed, cust.email_status)
+
+
+def address_block(suppressed: bool, email_status: str | None) -> str | None:
+    """Why an address may not be mailed: it is on the suppression list, or its customer bounced or unsubscribed.
+
+    One rule for planning and for the moment of hand-over (issue #19: the
+    send pass asks the log again in the transaction that marks a message
+    ``sending``, so an unsubscribe recorded by ``serve`` mid-pass is honoured).
+    """
+    if suppressed:
         return "suppressed"
-    if cust.email_status in {"bounced", "unsubscribed"}:
-        return cust.email_status
+    if email_status in {"bounced", "unsubscribed"}:
+        return email_status
     return None
 
 

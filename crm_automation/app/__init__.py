@@ -16,8 +16,9 @@ Nothing here imports click or rich, prints, or exits.
   ``unsubscribe_by_token``, ``resubscribe_by_token`` (its undo, issue #19).
 - ``tracking.py``: ``record_click``, ``record_open`` (issue #19: a tracked
   link followed, a message opened).
-- ``access.py``: how a use case reaches the log — read-only without the
-  workspace lock, or under the lock to write (``WorkspaceLock``).
+- ``access.py``: how a use case reaches the log — read-only, or for one
+  short write beside a running worker (no workspace lock: issue #19); and
+  ``WorkspaceLock``, which only the stages hold.
 - ``results.py``: the JSON value type and the conversions every result uses.
 - ``links.py``: ``link`` (does a token name one of our sends; read-only), and
   ``liveness.py``: ``liveness`` (``serve``'s ``/healthz``; issue #19).

@@ -1,9 +1,31 @@
-"""How a use case reaches the log: read-only beside a running worker, or under the workspace's lock to write.
+"""How a use case reaches the log: read-only, or for one short write; and the lock that keeps the stages single.
 
-Why a lock for writes (issue #9/#17): one worker per workspace, and an
-admin's change (a suppression, a requeue) must not land while a send pass
-plans under it. Reads take no lock and open the log read-only, so
-``report`` or a web page works while the worker runs and can write nothing.
+Two kinds of writer share the log (issue #19):
+
+- The stages (``run``, ``sync``, ``fetch``, ``send``, ``import``): one worker
+  per workspace. Their state between transactions (the sheet's fingerprint,
+  the mailbox cursor, the pending ``sent`` record, the pacing) assumes no
+  second worker, so each holds :class:`WorkspaceLock` (a file lock beside the
+  log) for its whole life; a second one stops with :class:`LockedError`.
+- Short writes of the application layer (``suppress``, ``unsuppress``,
+  ``requeue``, an unsubscribe link; the CLI and ``serve``): they take no
+  workspace lock and go through *while a worker runs*. Each is one short
+  transaction (``BEGIN IMMEDIATE``) on its own connection; SQLite in WAL mode
+  lets one writer in at a time, and a writer that finds the log busy waits up
+  to :data:`~crm_automation.store.connection.BUSY_TIMEOUT` for the worker's
+  transaction to end. The worker's longest (queueing a broadcast to 100,000
+  customers) takes about a second, so the wait is invisible; a log that stays
+  busy past it (a SQLite browser holding a transaction open) gives a
+  :class:`LockedError` saying nothing was changed.
+
+Why a short write may land while a send pass runs: the pass checks the
+suppression list again at the moment each message is handed over, in the
+transaction that marks it ``sending`` (``send/dispatch.py``), so a suppression
+or unsubscribe recorded a second before is honoured; a requeued send waits
+for the next pass (the pass read its queue at its start).
+
+Reads take no lock and open the log read-only, so ``report`` or a web page
+works while the worker runs and can write nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +37,8 @@ from typing import TYPE_CHECKING
 
 from filelock import FileLock, Timeout
 
-from crm_automation.errors import LockedError, StorageError
+from crm_automation.errors import LockedError, LogBusyError, StorageError
+from crm_automation.store import connection
 
 if TYPE_CHECKING:
     from crm_automation.store.repo import Store
@@ -23,7 +46,7 @@ if TYPE_CHECKING:
 
 
 class WorkspaceLock:
-    """One worker per workspace: a file lock beside the log (filelock), held for the whole command."""
+    """One worker per workspace: a file lock beside the log (filelock), held by a stage verb for its whole life."""
 
     def __init__(self, ws: Workspace) -> None:
         self.path = Path(str(ws.cfg.database) + ".lock")
@@ -62,10 +85,26 @@ def reading(ws: Workspace) -> Iterator[Store]:
 
 @contextmanager
 def writing(ws: Workspace) -> Iterator[Store]:
-    """The log opened for writing under the workspace's lock (LockedError while a worker runs), closed afterwards."""
-    with WorkspaceLock(ws):
+    """The log opened for a short write beside a running worker (no workspace lock), closed afterwards.
+
+    Each write of the caller is its own short transaction; one that finds the
+    log busy longer than the busy timeout raises :class:`LockedError` (exit 2:
+    that transaction was rolled back, nothing of it written).
+    """
+    try:
         store = ws.open_store()
-        try:
-            yield store
-        finally:
-            store.close()
+    except LogBusyError as e:
+        raise _busy(ws) from e
+    try:
+        yield store
+    except LogBusyError as e:
+        raise _busy(ws) from e
+    finally:
+        store.close()
+
+
+def _busy(ws: Workspace) -> LockedError:
+    return LockedError(f"{ws.cfg.database}: the activity log stayed busy (another program kept a write transaction "
+                       f"open for more than {connection.BUSY_TIMEOUT:g} s); nothing was changed",
+                       hint="try again in a minute; if it keeps happening, close programs that hold the log open "
+                            "for writing (a SQLite browser with unsaved changes)")

@@ -1,7 +1,9 @@
 """The suppression list as people change it: ``suppress``, ``unsuppress``, the list, an unsubscribe link and its undo.
 
-Writes take the workspace lock (:func:`~crm_automation.app.access.writing`):
-a send pass must not plan while the list changes under it. The rule of
+Writes go through while a worker runs (:func:`~crm_automation.app.access.writing`,
+issue #19): each is one short transaction, and the send pass looks the
+address up again at the moment it hands a message over, so a suppression
+recorded mid-pass is honoured. The rule of
 what a reason does to the customer's email status is
 :mod:`crm_automation.suppression`'s, applied here, never restated.
 """

@@ -5,6 +5,22 @@ The exactly-once sequence for one send is: queued with its Message-ID ->
 the next message's ``sending`` mark, one commit a message, issue #5). A send
 found in ``sending`` at the next start is :mod:`crm_automation.send.recovery`'s.
 
+Two overlaps keep the client busy while an SMTP server answers (issue #18,
+bench_send), without changing that sequence: the commit that marks a
+message ``sending`` is the transport's ``claim``, made while the server
+answers ``MAIL FROM`` (nothing of a message is delivered before ``DATA``'s
+content, which waits for the commit); and the next message is rendered
+while the server decides about the current one's content (``meanwhile``:
+pure work, written nowhere).
+
+The transaction that marks a campaign email ``sending`` also looks its
+address up on the suppression list and its customer's email status, as
+they are at that instant (issue #19): ``serve`` and the CLI write while a
+pass runs, and an unsubscribe recorded a second before the hand-over is
+honoured (the send is recorded ``skipped``, reason ``suppressed``, as the
+planner records it), at the cost of two primary-key lookups in a
+transaction the pass commits anyway.
+
 Pacing, the send window and the retry delay are pure functions of ``now``
 (:func:`in_window`, :func:`pace_wait`, :func:`retry_at`, :func:`gives_up`);
 waiting goes through one seam, ``wait(seconds) -> stopped``, which is the
@@ -17,9 +33,11 @@ unknown recipient is a hard bounce, a full mailbox a soft one (issue #17).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from zoneinfo import ZoneInfo
 
 from crm_automation.compose import Composed, Composer
@@ -37,10 +55,12 @@ from crm_automation.errors import (
     UncertainSendError,
 )
 from crm_automation.models import BounceFailure, Kind, Permanence, SendStatus
+from crm_automation.planner import address_block
 from crm_automation.send.kinds import Outgoing, kind_of
 from crm_automation.send.plan import Ready
 from crm_automation.stage import StageContext, StageResult
-from crm_automation.store.sends import SendRow, Sent
+from crm_automation.store.repo import Store
+from crm_automation.store.sends import Claim, Gate, SendRow, Sent
 from crm_automation.transports.base import Transport
 from crm_automation.workspace import Workspace
 
@@ -102,6 +122,48 @@ def is_due(s: SendRow, now: datetime) -> bool:
 # ---------------------------------------------------------------- the hand-over
 
 
+class _Claim:
+    """The send's ``sending`` mark, committed with the last message's ``sent`` record when the transport asks.
+
+    Passed to the transport as its ``claim``: an SMTP transport asks once
+    ``MAIL FROM`` went out, so the commit overlaps the server's answer, and
+    always before any of the content (issue #18). Exactly-once holds as
+    before: ``sending`` is committed before the message can be delivered; a
+    crash before the commit leaves this send ``queued`` (nothing was
+    delivered) and the last message ``sending`` (recovery's, as before).
+    """
+
+    __slots__ = ("failed", "gate", "links", "message_id", "now", "result", "send_id", "sent", "store")
+
+    def __init__(self, store: Store, sent: Sent | None, send_id: int, message_id: str, now: datetime,
+                 gate: Gate | None, links: Sequence[str] = ()) -> None:
+        self.store, self.sent, self.send_id, self.message_id, self.now, self.gate = (
+            store, sent, send_id, message_id, now, gate)
+        self.links = links  # the message's tracked links (issue #19), recorded with its ``sending`` mark
+        self.result: Claim | None = None  # None: the transport never asked
+        self.failed = False  # the commit itself raised
+
+    def __call__(self) -> bool:
+        """Commit; True when the send is ``sending`` and may go (False: skipped now, or no longer queued)."""
+        try:
+            self.result = self.store.mark_sent_and_sending(self.sent, self.send_id, self.message_id, self.now,
+                                                           self.gate, links=self.links)
+        except CrmError:
+            self.failed = True
+            raise
+        return self.result is Claim.SENDING
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """One send made ready, before anything about it is written: its message, or why it does not go."""
+
+    send_id: int
+    out: Outgoing | str  # the message to hand over, or why it is skipped
+    message_id: str
+    composed: Composed | DataError | ConfigError | None  # the built message, or why it cannot be built
+
+
 class Dispatcher:
     """Hands queued sends over; one per worker (it carries the 5xx streak and the pending ``sent`` record)."""
 
@@ -115,6 +177,8 @@ class Dispatcher:
         # The ``sent`` record of the message just handed over rides in the same commit as the next
         # message's ``sending`` mark: one commit a message instead of two, same exactly-once guarantee.
         self._pending_sent: Sent | None = None
+        # The next send, prepared while the server decided about the previous one (issue #18).
+        self._ahead: _Prepared | None = None
 
     def send_queue(self, ready: Ready, res: StageResult, limit: int | None) -> None:
         """Send what is queued and due, in the window and within the limits; the rest waits for a later pass."""
@@ -139,6 +203,7 @@ class Dispatcher:
         try:
             self._hand_over(due, ready, transport, res, limit, bar.advance)
         finally:
+            self._ahead = None  # prepared for this pass's reading of the log: never carried into the next
             self._flush_sent()
             bar.close()
             with suppress(CrmError, OSError):
@@ -153,7 +218,7 @@ class Dispatcher:
         now = self.ctx.clock.now()
         recent = deque(self.store.sent_times_since(now - timedelta(minutes=1)))
         day_count = self.store.sent_count_since(now - timedelta(days=1))
-        for s in due:
+        for i, s in enumerate(due):
             if self.ctx.stop.is_set() or (limit is not None and res.stats["sent"] >= limit):
                 break
             now = self.ctx.clock.now()
@@ -166,12 +231,14 @@ class Dispatcher:
             if ob.max_per_minute and not self._pace(recent, ob.max_per_minute):
                 break
             advance()
-            out = kind_of(s).prepare(s, ready, self.composer, self.store)
-            if isinstance(out, str):
-                self.store.mark_status(s.id, SendStatus.SKIPPED, out)
+            ahead, self._ahead = self._ahead, None
+            p = ahead if ahead is not None and ahead.send_id == s.id else self._prepare(s, ready)
+            if isinstance(p.out, str):
+                self.store.mark_status(s.id, SendStatus.SKIPPED, p.out)
                 res.stats["skipped_now"] += 1
                 continue
-            self._deliver(s, transport, res, out)
+            nxt = due[i + 1] if i + 1 < len(due) else None
+            self._deliver(s, transport, res, p, p.out, None if nxt is None else partial(self._look_ahead, nxt, ready))
             if res.error is not None:
                 break
             day_count += 1
@@ -194,25 +261,59 @@ class Dispatcher:
             if self.wait(min(max(wait, 0.05), 5.0)):
                 return False
 
-    def _deliver(self, s: SendRow, transport: Transport, res: StageResult, out: Outgoing) -> None:
-        """Build, mark ``sending`` (committed), hand over, record: the exactly-once sequence for one send."""
-        now = self.ctx.clock.now()
+    def _prepare(self, s: SendRow, ready: Ready) -> _Prepared:
+        """The send's message, built (or the error building it), or why it is skipped; writes nothing."""
+        out = kind_of(s).prepare(s, ready, self.composer, self.store)
+        if isinstance(out, str):
+            return _Prepared(s.id, out, "", None)
         message_id = s.message_id or self.composer.message_id()
         try:
-            composed: Composed = out.build(message_id, now)
+            return _Prepared(s.id, out, message_id, out.build(message_id, self.ctx.clock.now()))
         except (DataError, ConfigError) as e:
-            self.store.mark_failed(s.id, str(e), now, customer_key=s.customer_key, campaign=s.campaign, step=s.step)
-            res.stats["failed"] += 1
-            res.problems.append(f"send {s.campaign}/{s.step} to {s.customer_key}: {e}")
-            return
-        pending, self._pending_sent = self._pending_sent, None
-        if not self.store.mark_sent_and_sending(pending, s.id, message_id, now, links=composed.links):
-            return
+            return _Prepared(s.id, out, message_id, e)
+
+    def _look_ahead(self, s: SendRow, ready: Ready) -> None:
+        """Prepare the next send while the server decides about this one (the transport's ``meanwhile``).
+
+        Pure work (rendering, building the bytes): nothing is written, so a
+        pass that stops before that send's turn only wasted it. It must not
+        raise in the middle of another message's SMTP transaction: an
+        unexpected error drops the work, and the send is prepared again at its
+        turn, where the error is raised as it always was.
+        """
         try:
-            transport.send(composed.data, sender=self.composer.from_addr, recipients=[out.recipient],
-                           message_id=message_id)
+            self._ahead = self._prepare(s, ready)
+        except Exception:  # noqa: BLE001 - see the docstring: raised again at that send's own turn
+            self._ahead = None
+
+    def _deliver(self, s: SendRow, transport: Transport, res: StageResult, p: _Prepared, out: Outgoing,
+                 meanwhile: Callable[[], None] | None) -> None:
+        """Mark ``sending`` (committed, as the transport's claim), hand over, record: one send, exactly once."""
+        now = self.ctx.clock.now()
+        message_id, composed = p.message_id, p.composed
+        if not isinstance(composed, Composed):
+            self.store.mark_failed(s.id, str(composed), now, customer_key=s.customer_key, campaign=s.campaign,
+                                   step=s.step)
+            res.stats["failed"] += 1
+            res.problems.append(f"send {s.campaign}/{s.step} to {s.customer_key}: {composed}")
+            return
+        gate = Gate(out.recipient, out.customer, address_block) if out.customer is not None else None
+        claim = _Claim(self.store, self._pending_sent, s.id, message_id, now, gate, composed.links)
+        self._pending_sent = None
+        try:
+            handed = transport.send(composed.data, sender=self.composer.from_addr, recipients=[out.recipient],
+                                    message_id=message_id, meanwhile=meanwhile, claim=claim)
         except CrmError as e:
+            if claim.failed:
+                raise  # the log could not be written: the pass stops, as when marking came first
             self._outcome(s, e, now, res)
+            return
+        finally:
+            if claim.result is None and not claim.failed:
+                self._pending_sent = claim.sent  # never asked: the last message's record is still to be written
+        if not handed:
+            if claim.result is Claim.BLOCKED:  # suppressed since this pass planned (issue #19): recorded skipped
+                res.stats["skipped_now"] += 1
             return
         self._pending_sent = Sent(s.id, self.ctx.clock.now(), s.customer_key, s.campaign, s.step, message_id,
                                   composed.subject, composed.text, self.ws.cfg.outbound.transport)

@@ -9,7 +9,9 @@ differs is listed here, once:
 kind                   its key (unique in ``sends``)               at hand-over
 =====================  ==========================================  =============================================
 ``campaign_step``      (campaign, step_id, customer): a step of a  the planner's rules once more for a send queued
-                       sequence, planned by ``send/plan.py``       by an earlier pass; the step's template
+                       sequence, planned by ``send/plan.py``       by an earlier pass; the step's template; the
+                                                                   suppression list and email status as the log
+                                                                   has them at the hand-over (issue #19)
 ``owner_notification`` the activity it forwards (``step_id`` =     the forwarded message, from the log, to the
                        its id), queued by the fetch that logged    owner address recorded when it was queued
                        the reply (``[outbound] notify_owner``)
@@ -37,10 +39,16 @@ from crm_automation.store.sends import SendKind, SendRow
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """A send ready to go: to whom, and how to build it once its Message-ID and time are known."""
+    """A send ready to go: to whom, and how to build it once its Message-ID and time are known.
+
+    ``customer``: the customer whose address and email status are looked up
+    again at the moment of hand-over (issue #19), or None for a message to a
+    member of the team (an owner notification), which no campaign rule blocks.
+    """
 
     recipient: str
     build: Callable[[str, datetime], Composed]
+    customer: str | None = None
 
 
 class MessageKind(Protocol):
@@ -64,7 +72,7 @@ class CampaignStep:
         camp = ready.campaigns[campaign]  # recheck found it
         clicks, opens = camp.track_clicks, camp.track_opens
         return Outgoing(view.email or "", lambda mid, now: composer.campaign_email(
-            template, view, campaign, number, mid, now, track_clicks=clicks, track_opens=opens))
+            template, view, campaign, number, mid, now, track_clicks=clicks, track_opens=opens), s.customer_key)
 
 
 class OwnerNotification:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Self
 
-from crm_automation.errors import ConfigError, CrmError, ServiceError, StorageError
+from crm_automation.errors import ConfigError, CrmError, LogBusyError, StorageError
 from crm_automation.store.migrations import SCHEMA_VERSION, migrate
 
 
@@ -79,7 +79,8 @@ def storage_error(path: str, e: sqlite3.Error, doing: str = "writing") -> CrmErr
                             hint=f"check the disk that holds {folder} (full, removed, or a network drive that "
                                  "dropped); nothing was half-written")
     if code == sqlite3.SQLITE_BUSY:
-        return ServiceError(f"{path}: the activity log is locked by another program ({e})",
+        return LogBusyError(f"{path}: the activity log is locked by another program ({e}; waited "
+                            f"{BUSY_TIMEOUT:g} s)",
                             hint="close other programs writing to the log (a SQLite browser with unsaved "
                                  "changes); the next pass retries")
     if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
@@ -87,6 +88,13 @@ def storage_error(path: str, e: sqlite3.Error, doing: str = "writing") -> CrmErr
                            hint="restore it from a backup, or point [workspace] database at the right file")
     raise e
 
+
+# How long a write waits for another connection's write transaction before giving up (SQLite's busy
+# timeout, seconds). Issue #19: the worker and short writes of `serve` and the CLI share the log. The worker's
+# longest write transaction, measured on 100,000 customers, is queueing a broadcast to all of them (~0.9 s);
+# the first sync of the sheet ~0.5 s, a fetched batch ~20 ms, a send's commit ~0.2 ms. 30 s leaves room
+# for ten times the customers on a slow disk.
+BUSY_TIMEOUT = 30.0
 
 # A statement's parameters: by position or by name.
 Params = Sequence[object] | Mapping[str, object]
@@ -160,7 +168,7 @@ class Connection:
             except OSError as e:
                 raise ConfigError(f"{p}: cannot create the database folder: {e.strerror}") from None
         try:
-            conn = sqlite3.connect(p, isolation_level=None, timeout=30.0)
+            conn = sqlite3.connect(p, isolation_level=None, timeout=BUSY_TIMEOUT)
             conn.execute("PRAGMA user_version")  # reads the header: a file that is not a database fails here
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -197,7 +205,7 @@ class Connection:
             return empty
         try:
             conn = sqlite3.connect(f"{Path(p).resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
-                                   timeout=30.0)
+                                   timeout=BUSY_TIMEOUT)
             version = conn.execute("PRAGMA user_version").fetchone()[0]  # a file that is not a database fails here
             if version != SCHEMA_VERSION:
                 copy = sqlite3.connect(":memory:", isolation_level=None)

@@ -49,7 +49,7 @@ from crm_automation.store.reports import (
     ReplyRow,
     RunRow,
 )
-from crm_automation.store.sends import SendRow, Sent, SentRef
+from crm_automation.store.sends import Claim, Gate, SendRow, Sent, SentRef
 from crm_automation.store.suppressions import Suppression
 from crm_automation.store.tracking import TokenSend
 
@@ -319,9 +319,12 @@ class Sends(Protocol):
         """Whether any step of a campaign was sent (rows from before schema 4 left out)."""
         ...
 
-    def mark_sent_and_sending(self, sent: Sent | None, send_id: int, message_id: str, now: datetime, *,
-                              links: Sequence[str] = ()) -> bool:
-        """Record the last message's ``sent`` and mark the next ``sending`` (with its tracked links), in one commit."""
+    def mark_sent_and_sending(self, sent: Sent | None, send_id: int, message_id: str, now: datetime,
+                              gate: Gate | None = None, *, links: Sequence[str] = ()) -> Claim:
+        """Record the last message's ``sent`` and mark the next ``sending`` (with its tracked links), in one commit.
+
+        A next send that ``gate``'s rule blocks, as the log is now, is recorded ``skipped`` instead (issues #5, #19).
+        """
         ...
 
     def sent_step_count(self, campaign: str, step_id: str) -> int:

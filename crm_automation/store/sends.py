@@ -10,7 +10,8 @@ send twice. Its status (:class:`~crm_automation.models.SendStatus`) moves::
                                         when the transport knows it never got the message
     sending    -> uncertain             mark_status (the hand-over may or may not have happened)
     queued/sending -> failed            mark_failed (a message that cannot be built; a 5xx answer)
-    queued     -> skipped               mark_status (blocked when its turn came)
+    queued     -> skipped               mark_status (blocked when its turn came); mark_sent_and_sending
+                                        (its address suppressed a moment before the hand-over, issue #19)
     uncertain/failed -> queued          requeue (the admin's decision)
 
 ``sending`` committed first means a crash leaves evidence that recovery
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -115,6 +116,29 @@ def notification_row(activity_id: int | None, customer_key: str, owner: str, mes
     return {"campaign": NOTIFICATION_LABEL, "step": 0, "step_id": str(activity_id), "customer_key": customer_key,
             "status": SendStatus.QUEUED.value, "message_id": message_id, "queued_at": iso(now), "error": None,
             "email": owner, "kind": SendKind.OWNER_NOTIFICATION.value}
+
+
+class Claim(enum.Enum):
+    """What :meth:`SendLog.mark_sent_and_sending` did with the next send."""
+
+    SENDING = "sending"  # marked ``sending``: hand it over now
+    NOT_QUEUED = "not_queued"  # no longer queued (decided elsewhere meanwhile): leave it alone
+    BLOCKED = "blocked"  # its address is blocked now: recorded ``skipped`` with the gate's reason, not handed over
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """Who a message is about to go to, and the rule that says whether it still may (issue #19).
+
+    ``rule`` is the pure core's (:func:`crm_automation.planner.address_block`):
+    (the address is on the suppression list, the customer's email status) ->
+    why not, or None. The store reads both inside the transaction that
+    marks the send ``sending`` and applies the rule's answer; it decides nothing.
+    """
+
+    email: str
+    customer_key: str
+    rule: Callable[[bool, str | None], str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,9 +350,18 @@ class SendLog(Connection):
         """Queued -> sending, committed before the message is handed over. False if it was not queued.
 
         The send pass calls it inside its own transaction, with the previous
-        message's ``sent`` record: one commit a message (issue #5). One
-        statement, so atomic by itself: no savepoint on this hot path.
+        message's ``sent`` record: one commit a message (issue #5). Atomic by
+        itself, so no savepoint on this hot path: of its two statements at
+        most one changes the row (the second only when the Message-ID differs
+        from the one queued, or none was).
         """
+        # The Message-ID was chosen when the send was queued: left out of the SET when it is the same, so the
+        # index on it is not rewritten (a random leaf page, a WAL page of every commit, issue #18).
+        cur = self.conn.execute(
+            "UPDATE sends SET status = 'sending', attempts = attempts + 1, next_attempt_at = ? "
+            "WHERE id = ? AND status = 'queued' AND message_id = ?", (iso(now), send_id, message_id))
+        if cur.rowcount == 1:
+            return True
         cur = self.conn.execute(
             "UPDATE sends SET status = 'sending', message_id = ?, attempts = attempts + 1, next_attempt_at = ? "
             "WHERE id = ? AND status = 'queued'", (message_id, iso(now), send_id))
@@ -341,12 +374,19 @@ class SendLog(Connection):
             _write_sent(self.conn, Sent(send_id, now, customer_key, campaign, step, message_id, subject, body,
                                         source))
 
-    def mark_sent_and_sending(self, sent: Sent | None, send_id: int, message_id: str, now: datetime, *,
-                              links: Sequence[str] = ()) -> bool:
+    def mark_sent_and_sending(self, sent: Sent | None, send_id: int, message_id: str, now: datetime,
+                              gate: Gate | None = None, *, links: Sequence[str] = ()) -> Claim:
         """Record the last message's ``sent`` and mark the next ``sending``, in one commit (issue #5).
 
         The same two writes as :meth:`mark_sent` and :meth:`mark_sending`,
         without a savepoint between them: the send loop's one commit a message.
+        With a ``gate``, the next message's address and its customer's email
+        status are read in the same transaction (two primary-key lookups, one
+        statement) and its rule applied: a send blocked now is recorded
+        ``skipped`` with the rule's reason instead (issue #19: a suppression
+        committed by another process a moment ago is seen here, since
+        ``BEGIN IMMEDIATE`` reads the latest commit).
+
         ``links``: the next message's tracked links (issue #19,
         ``track_clicks``), recorded in the same commit as its ``sending``
         mark; none (the default) costs nothing.
@@ -354,10 +394,21 @@ class SendLog(Connection):
         with self.transaction():
             if sent is not None:
                 _write_sent(self.conn, sent)
-            marked = self.mark_sending(send_id, message_id, now)
-            if marked and links:
+            if gate is not None:
+                suppressed, status = self.conn.execute(
+                    "SELECT EXISTS (SELECT 1 FROM suppressions WHERE email = ?), "
+                    "(SELECT email_status FROM customers WHERE key = ?)",
+                    (gate.email.strip().lower(), gate.customer_key)).fetchone()
+                why = gate.rule(bool(suppressed), status)
+                if why is not None:
+                    cur = self.conn.execute("UPDATE sends SET status = 'skipped', error = ? WHERE id = ? AND "
+                                            "status = 'queued'", (why, send_id))
+                    return Claim.BLOCKED if cur.rowcount == 1 else Claim.NOT_QUEUED
+            if not self.mark_sending(send_id, message_id, now):
+                return Claim.NOT_QUEUED
+            if links:
                 insert_links(self.conn, send_id, links)
-            return marked
+            return Claim.SENDING
 
     def mark_retry(self, send_id: int, error: str, next_attempt: datetime) -> None:
         """Sending -> queued after a 4xx answer: retried at ``next_attempt``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -26,8 +27,24 @@ class Transport(Protocol):
         """Connect and log in once for a batch."""
         ...
 
-    def send(self, message: bytes, *, sender: str, recipients: list[str], message_id: str) -> None:
-        """Hand one message over."""
+    def send(self, message: bytes, *, sender: str, recipients: list[str], message_id: str,
+             meanwhile: Callable[[], None] | None = None, claim: Callable[[], bool] | None = None) -> bool:
+        """Hand one message over; True once the carrier took it, False when ``claim`` called it off.
+
+        ``claim``: the caller's last word before anything of the message is
+        delivered, called exactly once per message that gets that far, never
+        after any of its content went out; False calls the send off (nothing
+        is handed over; an SMTP transaction is reset). The send pass commits
+        the message's ``sending`` mark in it, so the mark still precedes the
+        content, while the SMTP server answers ``MAIL FROM`` (issue #18: a
+        commit costs no wall time then). An error it raises propagates as it
+        is, and nothing is handed over.
+
+        ``meanwhile``: work for the caller to do while the carrier decides
+        about this message (composing the next one), called at most once,
+        after the message went out and before its verdict is read; it must not
+        raise. A carrier that waits for nothing (the outbox) does not call it.
+        """
         ...
 
     def close(self) -> None:

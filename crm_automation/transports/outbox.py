@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from crm_automation.config import Config
@@ -44,8 +45,11 @@ class OutboxTransport:
         stem = _SAFE.sub("_", message_id.strip("<>"))[:120] or hashlib.sha256(message_id.encode()).hexdigest()
         return self.folder / f"{stem}.eml"
 
-    def send(self, message: bytes, *, sender: str, recipients: list[str], message_id: str) -> None:
-        """Write the message atomically."""
+    def send(self, message: bytes, *, sender: str, recipients: list[str], message_id: str,
+             meanwhile: Callable[[], None] | None = None, claim: Callable[[], bool] | None = None) -> bool:
+        """Write the message atomically, after ``claim`` (nothing to wait for: ``meanwhile`` is not called)."""
+        if claim is not None and not claim():
+            return False
         dest = self.path_for(message_id)
         tmp = dest.with_suffix(".eml.tmp")
         try:
@@ -58,6 +62,7 @@ class OutboxTransport:
             raise ServiceError(f"{dest}: cannot write to the outbox: {e.strerror}",
                                hint="free space on that disk or make the outbox folder writable; the message "
                                     "stays queued") from None
+        return True
 
     def close(self) -> None:
         """Nothing to close."""

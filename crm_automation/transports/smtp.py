@@ -309,8 +309,15 @@ class SmtpTransport(SmtpConnection):
 
     # -- sending --------------------------------------------------------------------------------
 
-    def send(self, message: bytes, *, sender: str, recipients: list[str], message_id: str) -> None:
-        """Hand one message over; return only once the server accepted it with 2xx.
+    def send(self, message: bytes, *, sender: str, recipients: list[str], message_id: str,
+             meanwhile: Callable[[], None] | None = None, claim: Callable[[], bool] | None = None) -> bool:
+        """Hand one message over; return True only once the server accepted it with 2xx.
+
+        ``claim`` runs once ``MAIL FROM`` went out, before its answer is read
+        (nothing of the message is delivered before ``DATA``'s content); False
+        resets the transaction and returns False. ``meanwhile`` runs once the
+        content went out, while the server decides. Both are described in
+        :class:`~crm_automation.transports.base.Transport`.
 
         Addresses go out as :func:`~crm_automation.addresses.wire_address`
         writes them: an IDN domain as A-labels; a non-ASCII local part, or
@@ -339,25 +346,32 @@ class SmtpTransport(SmtpConnection):
         smtp = self._smtp or self._connect()
         if utf8 and not self._utf8_ok:
             raise _no_smtputf8(self.where, env_from, env_to, recipients, message_id)
+        once = _Once(claim)  # a reconnect repeats MAIL FROM, never the claim
         args = (env_from.address, {w.address: r for w, r in zip(env_to, recipients, strict=True)}, len(data),
-                message_id, utf8)
+                message_id, utf8, once)
         try:
-            self._begin(smtp, *args)
+            go = self._begin(smtp, *args)
         except _Dropped as e:
             log.info("%s: connection was closed (%s); reconnecting", self.where, e)
             self._discard()
             smtp = self._connect()
             try:
-                self._begin(smtp, *args)
+                go = self._begin(smtp, *args)
             except _Dropped as e2:
                 self._discard()
                 raise self._fail(f"connection closed again before message {message_id} was handed over "
                                  f"(not sent)", str(e2)) from None
-        self._finish(smtp, data, recipients, message_id)
+        if not go:
+            return False
+        self._finish(smtp, data, recipients, message_id, meanwhile)
+        return True
 
     def _begin(self, smtp: smtplib.SMTP, sender: str, recipients: dict[str, str], size: int, message_id: str,
-               utf8: bool) -> None:
+               utf8: bool, claim: _Once) -> bool:
         """MAIL, RCPT for every recipient, DATA until ``354``: nothing is delivered before this returns.
+
+        The caller's ``claim`` runs while the server answers ``MAIL FROM``;
+        when it says no, the transaction is reset and this returns False.
 
         ``recipients`` maps each address as written on the wire to the address
         the caller gave, which a refusal names (the log and suppressions keep
@@ -373,7 +387,15 @@ class SmtpTransport(SmtpConnection):
             opts = f" SIZE={size}" if self._size_ok else ""
             if utf8:
                 opts += " SMTPUTF8" + (" BODY=8BITMIME" if self._8bit_ok else "")
-            code, resp = smtp.docmd("MAIL", f"FROM:<{sender}>{opts}")
+            smtp.putcmd("MAIL", f"FROM:<{sender}>{opts}")
+            if not claim.go(self._discard):
+                try:
+                    smtp.getreply()
+                    smtp.rset()
+                except (smtplib.SMTPException, OSError):
+                    self._discard()  # the next message starts on a fresh connection
+                return False
+            code, resp = smtp.getreply()
             if code != 250:
                 self._refusal(smtp, code, resp, Stage.MAIL, message_id)
             refused: list[tuple[str, int, bytes]] = []
@@ -396,11 +418,15 @@ class SmtpTransport(SmtpConnection):
             raise self._fail(f"protocol error before message {message_id} was handed over (not sent)", e) from None
         if code != 354:
             self._refusal(smtp, code, resp, Stage.DATA, message_id)
+        return True
 
-    def _finish(self, smtp: smtplib.SMTP, data: bytes, recipients: list[str], message_id: str) -> None:
+    def _finish(self, smtp: smtplib.SMTP, data: bytes, recipients: list[str], message_id: str,
+                meanwhile: Callable[[], None] | None = None) -> None:
         """Send the content and read the verdict; a break here is uncertain, never retried."""
         try:
             smtp.send(data)
+            if meanwhile is not None:
+                meanwhile()  # the server's turn: the caller's next message is composed in it
             code, resp = smtp.getreply()
         except (smtplib.SMTPException, OSError) as e:
             self._discard()
@@ -453,6 +479,31 @@ class SmtpTransport(SmtpConnection):
 
 
 # ---------------------------------------------------------------- helpers of the transaction
+
+
+class _Once:
+    """The caller's ``claim`` of one message, asked at most once however often ``MAIL FROM`` is sent."""
+
+    __slots__ = ("_claim",)
+
+    def __init__(self, claim: Callable[[], bool] | None) -> None:
+        self._claim = claim
+
+    def go(self, discard: Callable[[], None]) -> bool:
+        """The claim's answer (True when there is none, or it was given already).
+
+        An error it raises leaves ``MAIL FROM`` unanswered on the wire: the
+        connection is dropped (``discard``) before the error goes on, so the
+        next message starts on a fresh one.
+        """
+        claim, self._claim = self._claim, None
+        if claim is None:
+            return True
+        try:
+            return claim()
+        except BaseException:
+            discard()
+            raise
 
 
 def _login(smtp: smtplib.SMTP, creds: Credentials, fail: Callable[..., ServiceError]) -> None:

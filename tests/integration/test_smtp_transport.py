@@ -394,3 +394,51 @@ def test_unreadable_ca_file_is_named(tmp_path, smtpd_tls):
     with pytest.raises(ServiceError, match="nope.pem"):
         t.open()
     assert smtpd_tls.connections == 0
+
+
+# -- the caller's claim: its last word before the content (issue #18) -------------------------------
+
+
+def test_claim_is_asked_once_before_any_content_and_no_calls_the_send_off(tmp_path, smtpd):
+    asked: list[int] = []
+
+    def claim(answer: bool):
+        def ask() -> bool:
+            asked.append(smtpd.handler.data_seen)  # how much content the server had seen when asked
+            return answer
+        return ask
+
+    raw1, mid1 = make_message(1)
+    raw2, mid2 = make_message(2)
+    with transport_for(tmp_path, smtpd) as t:
+        assert t.send(raw1, sender=SENDER, recipients=["bob@example.net"], message_id=mid1,
+                      claim=claim(False)) is False
+        assert t.send(raw2, sender=SENDER, recipients=["bob@example.net"], message_id=mid2,
+                      claim=claim(True)) is True
+    assert asked == [0, 0]  # each asked once, before the server saw content
+    assert smtpd.handler.message_ids == [mid2]  # the one called off was never handed over
+    assert smtpd.connections == 1  # the refused one was reset, not dropped
+
+
+def test_claim_is_not_asked_again_when_mail_from_is_repeated_on_a_new_connection(tmp_path, smtpd):
+    asked = []
+    smtpd.handler.drop_at_mail = 1  # the server drops the connection at the first MAIL FROM, unanswered
+    raw, mid = make_message(1)
+    with transport_for(tmp_path, smtpd) as t:
+        assert t.send(raw, sender=SENDER, recipients=["bob@example.net"], message_id=mid,
+                      claim=lambda: asked.append(1) or True) is True
+    assert asked == [1]
+    assert smtpd.handler.message_ids == [mid] and smtpd.connections == 2
+
+
+def test_an_error_in_claim_goes_on_and_hands_nothing_over(tmp_path, smtpd):
+    def broken() -> bool:
+        raise ServiceError("the log could not be written")
+
+    raw1, mid1 = make_message(1)
+    raw2, mid2 = make_message(2)
+    with transport_for(tmp_path, smtpd) as t:
+        with pytest.raises(ServiceError, match="the log could not be written"):
+            t.send(raw1, sender=SENDER, recipients=["bob@example.net"], message_id=mid1, claim=broken)
+        t.send(raw2, sender=SENDER, recipients=["bob@example.net"], message_id=mid2)  # a fresh connection
+    assert smtpd.handler.message_ids == [mid2]
