@@ -15,7 +15,16 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from crm_automation.errors import ConfigError
-from crm_automation.store.schema import create_v1, create_v2, create_v3, create_v4, create_v5, create_v6, create_v7
+from crm_automation.store.schema import (
+    create_contact,
+    create_v1,
+    create_v2,
+    create_v3,
+    create_v4,
+    create_v5,
+    create_v6,
+    create_v7,
+)
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -28,6 +37,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0005_message_kinds", create_v5),
     ("0006_plan_by_question", create_v6),
     ("0007_send_tracking", create_v7),
+    ("0008_contact_times", create_contact),  # issue #21 (h/contact); renumber freely at merge
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -225,3 +225,28 @@ def create_v7(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE send_links (send_id INTEGER NOT NULL, n INTEGER NOT NULL, url TEXT NOT NULL, "
                "clicked_at TEXT, PRIMARY KEY (send_id, n)) WITHOUT ROWID")
     db.execute("CREATE TABLE send_opens (send_id INTEGER PRIMARY KEY, opened_at TEXT NOT NULL)")
+
+
+def create_contact(db: sqlite_utils.Database) -> None:
+    """Schema (issue #21, ``contact``): contact times per customer read by grouped queries, and our own replies.
+
+    - partial indexes on ``activities`` by (customer, time) for ``email_in``
+      (the customer's latest mail) and ``reply_out`` (ours, from the Sent
+      folder), and on ``field_changed`` by (the changed field, customer,
+      time) (when a customer entered their stage): each ``MAX ... GROUP BY
+      customer_key`` of ``store/contact.py`` reads one small index instead
+      of every activity. Queries name the kind as a literal and the field
+      as ``json_extract(details, '$.field')``, exactly as here: SQLite uses
+      a partial or expression index only then.
+    - ``reply_out`` rows are unique on their Message-ID: a message of the
+      Sent folder read twice (a second pass, a copy in two folders) is
+      logged once, as inbound mail is (schema 3).
+    """
+    db.execute("CREATE INDEX idx_activities_email_in ON activities(customer_key, occurred_at) "
+               "WHERE kind = 'email_in'")
+    db.execute("CREATE INDEX idx_activities_reply_out ON activities(customer_key, occurred_at) "
+               "WHERE kind = 'reply_out'")
+    db.execute("CREATE UNIQUE INDEX idx_activities_reply_out_message ON activities(message_id) "
+               "WHERE kind = 'reply_out'")
+    db.execute("CREATE INDEX idx_activities_field_changed ON activities(json_extract(details, '$.field'), "
+               "customer_key, occurred_at) WHERE kind = 'field_changed'")
