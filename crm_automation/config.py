@@ -156,6 +156,9 @@ class MailboxSection(_ServerSection):
     new_senders: Literal["log", "add_to_sheet"] = "log"
     batch_size: int = Field(default=500, ge=1, le=5000)
     max_message_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    # issue #21: read the Sent folder (``outbound.sent_folder``, else IMAP's \Sent special-use folder) for the
+    # team's own replies to customers, which answer their mail and count as contact
+    read_sent: bool = True
 
 
 class OutboundSection(_ServerSection):

@@ -833,7 +833,7 @@ class ActivityRecord:
     message: Reading
     occurred_at: datetime
     source: str
-    details: InboundDetails | BounceDetails
+    details: InboundDetails | BounceDetails | ReplyOutDetails
     digest: str
     campaign: str | None = None
     step: int | None = None

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from crm_automation.store.connection import Connection, iso, parse_iso
+from crm_automation.store.schema import INBOUND_KINDS_SQL
 
 # Our latest email to each customer: campaign steps sent, and the team's own replies (both with a customer).
 _LAST_OUT_SQL = (
@@ -107,3 +108,22 @@ class ContactLog(Connection):
             "AND (o.t IS NULL OR a.occurred_at >= o.t) ORDER BY a.occurred_at, a.id", (iso(since),))
         return [InboundMail(i, k, parse_iso(at) or since, subject, mid, bool(named), _t(out))
                 for i, k, at, subject, mid, named, out in rows]
+
+    def inbound_customers(self, message_ids: list[str]) -> dict[str, str | None]:
+        """Message-ID -> the customer (None: an unknown sender) of the customer mail logged under it.
+
+        Customer mail is ``email_in`` (a reply or an enquiry); read by the
+        inbound Message-ID index (literal kinds, so SQLite uses it), 500 ids
+        a query. The Sent folder's reading asks which mail a reply answers.
+        """
+        out: dict[str, str | None] = {}
+        ids = sorted(set(message_ids))
+        for i in range(0, len(ids), 500):
+            part = ids[i:i + 500]
+            for mid, key in self.conn.execute(
+                    f"SELECT message_id, customer_key FROM activities WHERE message_id IN "
+                    f"({','.join('?' * len(part))}) AND kind IN {INBOUND_KINDS_SQL} AND kind = 'email_in' "
+                    "ORDER BY id", part):
+                if out.get(mid) is None:
+                    out[mid] = key
+        return out

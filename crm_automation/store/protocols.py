@@ -529,6 +529,10 @@ class Contacts(Protocol):
         """Customer mail received since ``since`` and not before our latest email to them, oldest first."""
         ...
 
+    def inbound_customers(self, message_ids: list[str]) -> dict[str, str | None]:
+        """Message-ID -> the customer (None: unknown sender) of the ``email_in`` logged under it."""
+        ...
+
 
 class LogStore(Log, Customers, Activities, FetchedMail, Sends, Planning, Suppressions, Tracking, Reports,
                Contacts, Protocol):

@@ -132,3 +132,28 @@ def test_contact_of_an_unknown_key_is_a_config_error(ws_path, cli):
     run(cli, cfg, "2026-11-02T10:00")
     with pytest.raises(ConfigError, match="'nobody@example.com' is not in the log"):
         sales.contact(Workspace.load(cfg), "nobody@example.com", at("2026-11-02T10:00"))
+
+
+def test_a_maildir_sent_folder_answers_a_reply(ws_path, cli):
+    """Maildir marks no folder as Sent: ``[outbound] sent_folder`` names it (``.Sent`` on disk, Maildir++)."""
+    cfg = make_workspace(ws_path, mapping=STALE, outbound='transport = "outbox"\noutbox = "var/outbox"\n'
+                                                         'sent_folder = "Sent"')
+    for sub in ("new", "cur", "tmp"):
+        (ws_path / "inbox" / ".Sent" / sub).mkdir(parents=True)
+    run(cli, cfg, "2026-11-02T10:00")
+    drop(ws_path, reply("c0@example.com", "<r0@example.com>", "Mon, 09 Nov 2026 09:00:00 +0800"))
+    (ws_path / "inbox" / ".Sent" / "cur" / "1.a:2,S").write_bytes(
+        b"From: li@example.com\r\nTo: c0@example.com\r\nSubject: Re: hello\r\nMessage-ID: <ours-1@example.com>\r\n"
+        b"In-Reply-To: <r0@example.com>\r\nDate: Mon, 09 Nov 2026 10:00:00 +0800\r\n\r\nHere it is.\r\n")
+    run(cli, cfg, "2026-11-09T11:00")
+    run(cli, cfg, "2026-11-09T12:00")  # read again: logged once
+    ws = Workspace.load(cfg)
+    assert sales.waiting(ws, at("2026-11-10T12:00")).mail == ()
+    view = sales.contact(ws, "c0@example.com", at("2026-11-10T12:00"))
+    assert view.customer.last_contact is not None
+    assert (view.customer.last_contact.at, view.customer.last_contact.direction) == (
+        at("2026-11-09T10:00"), Direction.OUT)
+    from tests.fixtures.core import db_rows
+
+    assert db_rows(ws_path / "var" / "crm.sqlite", "SELECT COUNT(*), MIN(body) FROM activities "
+                                                    "WHERE kind = 'reply_out'") == [(1, "Here it is.")]
