@@ -241,12 +241,15 @@ def create_contact(db: sqlite_utils.Database) -> None:
     - ``reply_out`` rows are unique on their Message-ID: a message of the
       Sent folder read twice (a second pass, a copy in two folders) is
       logged once, as inbound mail is (schema 3).
+
+    ``IF NOT EXISTS``: indexes only, so a log whose history was rewritten by
+    hand (or a test that rebuilds an old schema) migrates all the same.
     """
-    db.execute("CREATE INDEX idx_activities_email_in ON activities(customer_key, occurred_at) "
+    db.execute("CREATE INDEX IF NOT EXISTS idx_activities_email_in ON activities(customer_key, occurred_at) "
                "WHERE kind = 'email_in'")
-    db.execute("CREATE INDEX idx_activities_reply_out ON activities(customer_key, occurred_at) "
+    db.execute("CREATE INDEX IF NOT EXISTS idx_activities_reply_out ON activities(customer_key, occurred_at) "
                "WHERE kind = 'reply_out'")
-    db.execute("CREATE UNIQUE INDEX idx_activities_reply_out_message ON activities(message_id) "
+    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS idx_activities_reply_out_message ON activities(message_id) "
                "WHERE kind = 'reply_out'")
-    db.execute("CREATE INDEX idx_activities_field_changed ON activities(json_extract(details, '$.field'), "
-               "customer_key, occurred_at) WHERE kind = 'field_changed'")
+    db.execute("CREATE INDEX IF NOT EXISTS idx_activities_field_changed ON activities("
+               "json_extract(details, '$.field'), customer_key, occurred_at) WHERE kind = 'field_changed'")
