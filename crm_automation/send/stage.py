@@ -6,14 +6,16 @@ says in which order they run and what holds a pass (SPEC §10, issues #9, #17).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 
 from crm_automation.compose import Composer
-from crm_automation.errors import ConfigError, CrmError, ServiceError, StorageError
+from crm_automation.errors import ConfigError, CrmError, DataError, ServiceError, StorageError
 from crm_automation.planner import Plan
+from crm_automation.send.digests import DigestSource, queue_digests
 from crm_automation.send.dispatch import Dispatcher
-from crm_automation.send.plan import CampaignOutlook, Planning, dry_run_report
+from crm_automation.send.plan import CampaignOutlook, Planning, Ready, dry_run_report
 from crm_automation.send.recovery import recover
 from crm_automation.stage import StageContext, StageResult, recorded
 from crm_automation.store import identity
@@ -26,8 +28,10 @@ class SendPass:
     """One worker's send stage: plans and queues (:class:`Planning`), then sends (:class:`Dispatcher`)."""
 
     def __init__(self, ws: Workspace, ctx: StageContext, composer: Composer,
-                 wait: Callable[[float], bool] | None = None, *, accept_new_log: bool = False) -> None:
+                 wait: Callable[[float], bool] | None = None, *, accept_new_log: bool = False,
+                 digests: DigestSource | None = None) -> None:
         self.ws = ws
+        self.digests = digests  # the owner digests' contents (issue #21), from the layer above; None: no digests
         self.ctx = ctx
         self.store = ctx.store
         self.composer = composer
@@ -71,6 +75,8 @@ class SendPass:
                 _hold(held, result.held, res)
                 return res
             ready = self.planning.queue(planned, self.composer.message_id, held)
+            if self.digests is not None:
+                ready = self._queue_digests(ready, res, self.digests)
             res.stats["planned"] = sum(p.status == "queued" for p in result.sends)
             res.stats["skipped"] = sum(p.status == "skipped" for p in result.sends)
             try:
@@ -79,6 +85,21 @@ class SendPass:
                 self._record_sent_count()
             _hold(held, result.held, res)
         return res
+
+    def _queue_digests(self, ready: Ready, res: StageResult, source: DigestSource) -> Ready:
+        """Plan the day's owner digests when due, after the campaigns (issue #21); their contents for dispatch.
+
+        A digest that cannot be read (a broken template is found at its
+        hand-over) never holds the campaigns: the problem is reported and the
+        next pass tries again.
+        """
+        try:
+            contents = queue_digests(self.ws, self.store, self.ctx.clock.now(), source,
+                                     self.composer.message_id, res)
+        except (DataError, ConfigError) as e:
+            res.problems.append(f"owner digests: {e}")
+            return ready
+        return dataclasses.replace(ready, digests=contents) if contents else ready
 
     def held_for_failed_fetch(self, fetch_error: CrmError) -> StageResult:
         """The send stage of a cycle whose fetch failed: nothing sent, and why (issue #9, exit 3)."""
