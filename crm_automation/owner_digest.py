@@ -20,7 +20,8 @@ the owners :func:`owner_problem` refuses.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -74,3 +75,39 @@ def owner_problem(owner: str, suppressed: Collection[str]) -> str | None:
     if owner in suppressed:
         return "is on the suppression list"
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerProblem:
+    """An owner value that is never mailed a digest, why, and the keys of the customers it owns."""
+
+    owner: str
+    problem: str
+    customers: tuple[str, ...]
+
+    @property
+    def line(self) -> str:
+        """``owner 'bob@' is not an address (...): no digest is mailed to it; owns 2 customer(s): a, b``."""
+        shown = ", ".join(self.customers[:10]) + (f" and {len(self.customers) - 10} more"
+                                                  if len(self.customers) > 10 else "")
+        return (f"owner {self.owner!r} {self.problem}: no digest is mailed to it; owns {len(self.customers)} "
+                f"customer(s): {shown}")
+
+    def to_json(self) -> dict[str, str | list[str]]:
+        """The owner value, why, and the keys of its customers."""
+        return {"owner": self.owner, "problem": self.problem, "customers": list(self.customers)}
+
+
+def owner_problems(owned: Iterable[tuple[str, object]], suppressed: Collection[str]) -> tuple[OwnerProblem, ...]:
+    """The owners :func:`owner_problem` refuses, by owner; ``owned``: (customer key, owner field's value)."""
+    by_owner: dict[str, list[str]] = {}
+    for key, value in owned:
+        owner = owner_address(value)
+        if owner is not None:
+            by_owner.setdefault(owner, []).append(key)
+    out = []
+    for owner, keys in sorted(by_owner.items()):
+        why = owner_problem(owner, suppressed)
+        if why is not None:
+            out.append(OwnerProblem(owner, why, tuple(keys)))
+    return tuple(out)

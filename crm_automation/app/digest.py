@@ -41,7 +41,8 @@ from crm_automation.app.access import reading
 from crm_automation.app.results import JsonObject, utc_text
 from crm_automation.app.sales import CustomerContact, WaitingMail, stale_in, waiting_in
 from crm_automation.models import BounceDetails, FieldChangedDetails, Kind, Permanence, SendStatus
-from crm_automation.owner_digest import first_window_start, owner_address, owner_problem
+from crm_automation.owner_digest import OwnerProblem, first_window_start, owner_address, owner_problem
+from crm_automation.owner_digest import owner_problems as refused_owners
 from crm_automation.send.digests import DigestContent, DigestSource
 from crm_automation.send.plan import Planning
 from crm_automation.store.sends import SendKind
@@ -178,27 +179,6 @@ class Digest:
 
 
 @dataclass(frozen=True, slots=True)
-class OwnerProblem:
-    """An owner value that is not mailed a digest (not an address, or suppressed), and the customers it owns."""
-
-    owner: str
-    problem: str
-    customers: tuple[str, ...]
-
-    @property
-    def line(self) -> str:
-        """``owner 'bob@' is not an address (...); owns 3 customer(s): a, b, c``."""
-        shown = ", ".join(self.customers[:10]) + (f" and {len(self.customers) - 10} more"
-                                                  if len(self.customers) > 10 else "")
-        return (f"owner {self.owner!r} {self.problem}: no digest is mailed to it; owns {len(self.customers)} "
-                f"customer(s): {shown}")
-
-    def to_json(self) -> JsonObject:
-        """The owner value, why, and the keys of its customers."""
-        return {"owner": self.owner, "problem": self.problem, "customers": list(self.customers)}
-
-
-@dataclass(frozen=True, slots=True)
 class DigestBook:
     """Every owner's digest read in one go; ``problems``: owners not mailed, and why."""
 
@@ -239,15 +219,11 @@ def owners_of(ws: Workspace, customers: Iterable[StoredCustomer]) -> dict[str, l
 
 def owner_problems_in(ws: Workspace, store: Store) -> tuple[OwnerProblem, ...]:
     """Owners whose digest is never mailed (``check`` and ``report`` list them), by owner value."""
-    if ws.mapping.roles.owner is None:
+    field_ = ws.mapping.roles.owner
+    if field_ is None:
         return ()
-    suppressed = set(store.suppressions())
-    out = []
-    for owner, cs in sorted(owners_of(ws, store.customers().values()).items()):
-        why = owner_problem(owner, suppressed)
-        if why is not None:
-            out.append(OwnerProblem(owner, why, tuple(c.key for c in cs)))
-    return tuple(out)
+    return refused_owners(((c.key, c.data.get(field_)) for c in store.customers().values()),
+                          set(store.suppressions()))
 
 
 def owner_problems(ws: Workspace) -> tuple[OwnerProblem, ...]:
