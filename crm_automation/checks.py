@@ -81,6 +81,10 @@ def run_checks(config_path: str | None, *, connect: bool = False, plan: bool = F
     if warnings:
         checks[-1]["notes"] = [f"warning: {w}" for w in warnings]
     tpl = ws.check_templates()
+    if ws.cfg.digest is not None:  # issue #21: the workspace's digest template, or the shipped one
+        from crm_automation.compose import Composer
+
+        tpl += Composer(ws.cfg, ws.templates).digest_problems()
     checks.append(_item("templates", tpl, f"{len(ws.templates.names())} template(s), every variable mapped"))
     code = 2 if tpl else 0
     try:

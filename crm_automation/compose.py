@@ -38,6 +38,7 @@ from crm_automation.tracking import track
 
 NOTIFICATION = "_owner_notification"
 DIGEST = "digest"  # the shipped digest template's name (issue #21)
+DIGEST_NAMES = frozenset({"owner", "digest", "sender", "now"})  # what a digest template sees (app/digest.py)
 DEFAULT_TEMPLATES = Path(__file__).resolve().parent / "default_templates"
 
 
@@ -194,6 +195,11 @@ class Composer:
                              now=now, reply_to=self.cfg.outbound.reply_to,
                              extra_headers={"Auto-Submitted": "auto-generated", "X-Auto-Response-Suppress": "All"})
         return Composed(data, r.subject, r.text)
+
+    def digest_problems(self) -> list[str]:
+        """Every problem of the digest template (syntax, names a digest does not have, missing layouts)."""
+        name, templates = self.digest_templates()
+        return templates.check(name, set(), DIGEST_NAMES)
 
     def digest_templates(self) -> tuple[str, Templates]:
         """(template name, where it is): the workspace's ``[digest] template`` if it has one, else the shipped one."""

@@ -19,6 +19,7 @@ from crm_automation.send.plan import CampaignOutlook, Planning, Ready, dry_run_r
 from crm_automation.send.recovery import recover
 from crm_automation.stage import StageContext, StageResult, recorded
 from crm_automation.store import identity
+from crm_automation.store.sends import DIGEST_LABEL
 from crm_automation.workspace import Workspace
 
 log = logging.getLogger("crm_automation")
@@ -89,10 +90,16 @@ class SendPass:
     def _queue_digests(self, ready: Ready, res: StageResult, source: DigestSource) -> Ready:
         """Plan the day's owner digests when due, after the campaigns (issue #21); their contents for dispatch.
 
-        A digest that cannot be read (a broken template is found at its
-        hand-over) never holds the campaigns: the problem is reported and the
-        next pass tries again.
+        A digest template with problems holds the digests (none planned,
+        queued ones stay queued, as a campaign's with a broken template) and
+        never the campaigns; nor does a digest whose contents cannot be read:
+        the problem is reported and the next pass tries again.
         """
+        problems = self.composer.digest_problems()
+        if problems:
+            lines = [f"owner digests held, nothing planned or sent until the template is fixed: {p}" for p in problems]
+            res.problems += lines
+            return dataclasses.replace(ready, held={**ready.held, DIGEST_LABEL: lines})
         try:
             contents = queue_digests(self.ws, self.store, self.ctx.clock.now(), source,
                                      self.composer.message_id, res)

@@ -276,3 +276,37 @@ def test_killed_mid_digest_pass_and_restarted_each_owner_gets_at_most_one(tmp_pa
     assert sum(statuses.values()) == owners and set(statuses) <= {"sent", "uncertain"}, statuses
     assert statuses["uncertain"] <= 1  # only the one the kill interrupted is unknown; it is not sent again
     assert len(got) >= owners - 1
+
+
+def test_a_broken_digest_template_holds_the_digests_until_fixed(tmp_path, smtpd, cli):
+    cfg = workspace(tmp_path, smtpd)
+    tpl = tmp_path / "email_templates" / "digest.txt"
+    tpl.write_text("Subject: Morning\n\n{{ customer.name }}\n", encoding="utf-8")  # a campaign's name
+    r = cli("check", "--config", str(cfg))
+    assert r.code == 2 and "digest.txt line 3: uses {{ customer }}" in r.out, r.out
+    run(cli, cfg, "2026-11-01T10:00")
+    run(cli, cfg, "2026-11-02T08:45")
+    assert smtpd.messages == []  # held: nothing planned, nothing failed
+    con = sqlite3.connect(tmp_path / "var" / "crm.sqlite")
+    assert con.execute("SELECT COUNT(*) FROM sends WHERE kind = 'owner_digest'").fetchone()[0] == 0
+    con.close()
+    tpl.write_text("Subject: Morning {{ owner.email }}\n\n{{ digest.assigned | length }} new\n", encoding="utf-8")
+    run(cli, cfg, "2026-11-02T09:00")
+    assert sorted(m.rcpt_tos[0] for m in smtpd.messages) == ["alice@example.com", "bob@example.com",
+                                                             "gone@example.com"]  # not suppressed here
+
+
+def test_an_owner_suppressed_after_planning_is_not_mailed(tmp_path, smtpd, cli):
+    cfg = workspace(tmp_path, smtpd)
+    text = cfg.read_text(encoding="utf-8").replace('max_per_day = 0', 'max_per_day = 0\nsend_window = "09:00-18:00"')
+    cfg.write_text(text, encoding="utf-8")
+    run(cli, cfg, "2026-11-01T10:00")
+    run(cli, cfg, "2026-11-02T08:45")  # planned and queued; the send window opens at 09:00
+    assert smtpd.messages == []
+    assert cli("suppress", "add", "bob@example.com", "--config", str(cfg)).code == 0
+    run(cli, cfg, "2026-11-02T09:05")
+    assert sorted(m.rcpt_tos[0] for m in smtpd.messages) == ["alice@example.com", "gone@example.com"]
+    con = sqlite3.connect(tmp_path / "var" / "crm.sqlite")
+    (status, error), = con.execute("SELECT status, error FROM sends WHERE customer_key = 'bob@example.com'")
+    con.close()
+    assert status == "skipped" and "suppression list" in error
