@@ -95,6 +95,8 @@ class SendPass:
         never the campaigns; nor does a digest whose contents cannot be read:
         the problem is reported and the next pass tries again.
         """
+        if self.ws.cfg.digest is None or self.ws.mapping.roles.owner is None:
+            return ready  # no digests: not even their template is read
         problems = self.composer.digest_problems()
         if problems:
             lines = [f"owner digests held, nothing planned or sent until the template is fixed: {p}" for p in problems]
