@@ -307,3 +307,34 @@ def test_suppression_list_by_pages_in_the_whole_lists_order(ws, store):
 def test_suppression_page_refuses_a_page_that_is_none(ws, limit, offset):
     with pytest.raises(ConfigError, match="is not a page"):
         suppressions.suppressions(ws, limit=limit, offset=offset)
+
+
+# ---------------------------------------------------------------- the dashboard's one use case
+
+
+def test_the_dashboard_is_the_funnel_report_shows_and_the_daily_series(ws, store):
+    a = send(store, "spring", 0, "a@x.com", T0 - timedelta(days=2))
+    send(store, "spring", 0, "b@x.com", T0 - timedelta(days=1))
+    send(store, "quote", 0, "c@x.com", T0, status=SendStatus.FAILED)
+    event(store, "email_in", "a@x.com", T0 - timedelta(days=1, hours=1))
+    bounce(store, "b@x.com", T0, "hard", campaign="spring")
+    click(store, "a@x.com", T0 - timedelta(days=2) + timedelta(hours=1), "spring", 0, a)
+    now = T0 + timedelta(hours=1)
+    result = reports.dashboard(ws, now)
+    assert result.funnel == reports.funnel(ws)
+    assert result.daily == reports.daily(ws, now)
+    data = json.loads(json.dumps(result.to_json()))
+    assert data["campaigns"] == reports.report(ws, now).to_json()["campaigns"]
+    assert data["daily"] == reports.daily(ws, now).to_json() and len(data["daily"]["days"]) == 30
+    spring = next(r for r in data["campaigns"] if r["campaign"] == "spring")
+    assert (spring["sent"], spring["replied"], spring["bounced"], spring["clicked"]) == (2, 1, 1, 1)
+    assert [d["sent"] for d in data["daily"]["days"][-3:]] == [1, 1, 0]
+
+
+def test_the_dashboard_on_a_log_not_created_yet_is_empty_and_creates_nothing(ws):
+    result = reports.dashboard(ws, T0)
+    assert result.funnel.rows == () and len(result.daily.days) == 30
+    assert all(d.counts.sent == 0 for d in result.daily.days)
+    assert not Path(ws.cfg.database).exists()
+    with pytest.raises(ConfigError, match="400 days is out of range"):
+        reports.dashboard(ws, T0, days=400)
