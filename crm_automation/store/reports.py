@@ -131,7 +131,7 @@ class LastTimes:
 
 
 # Customers whose sent message of a step was followed by a reply, a bounce, an unsubscribe: the three columns
-# schema 9's triggers keep on each send, read from their partial indexes in (campaign, step, customer) order.
+# schema 10's triggers keep on each send, read from their partial indexes in (campaign, step, customer) order.
 _AFTER_SQL = " UNION ALL ".join(
     f"SELECT campaign, step, '{col}', COUNT(DISTINCT customer_key) FROM sends "
     f"WHERE status = 'sent' AND {col} = 1 GROUP BY campaign, step" for col in ("replied", "bounced", "unsubscribed"))
@@ -190,7 +190,7 @@ class Reports(Connection):
         the per-step queries took ~20 s at 100,000 customers and 1,000,000
         activities; matching each customer's last events with their earlier
         messages at read time still ~270 ms). "After the send" is kept per
-        send by schema 9's triggers (``sends.replied``, ``bounced``,
+        send by schema 10's triggers (``sends.replied``, ``bounced``,
         ``unsubscribed``: :data:`~crm_automation.store.schema.FOLLOW_UP_SET_SQL`,
         the old per-step condition per row), so each column is a count of
         the customers in a small partial index, in step order.

@@ -286,7 +286,35 @@ def create_v8(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS idx_runs_job_ok ON runs(job, ok, finished_at)")
 
 
-# The funnel's three "after the send" columns of ``sends`` (schema 9), and the kinds of activity they follow.
+def create_v9(db: sqlite_utils.Database) -> None:
+    """Schema version 9 (issue #21, ``contact``): contact times per customer by grouped queries; our own replies.
+
+    - partial indexes on ``activities`` by (customer, time) for ``email_in``
+      (the customer's latest mail) and ``reply_out`` (ours, from the Sent
+      folder), and on ``field_changed`` by (the changed field, customer,
+      time) (when a customer entered their stage): each ``MAX ... GROUP BY
+      customer_key`` of ``store/contact.py`` reads one small index instead
+      of every activity. Queries name the kind as a literal and the field
+      as ``json_extract(details, '$.field')``, exactly as here: SQLite uses
+      a partial or expression index only then.
+    - ``reply_out`` rows are unique on their Message-ID: a message of the
+      Sent folder read twice (a second pass, a copy in two folders) is
+      logged once, as inbound mail is (schema 3).
+
+    ``IF NOT EXISTS``: indexes only, so a log whose history was rewritten by
+    hand (or a test that rebuilds an old schema) migrates all the same.
+    """
+    db.execute("CREATE INDEX IF NOT EXISTS idx_activities_email_in ON activities(customer_key, occurred_at) "
+               "WHERE kind = 'email_in'")
+    db.execute("CREATE INDEX IF NOT EXISTS idx_activities_reply_out ON activities(customer_key, occurred_at) "
+               "WHERE kind = 'reply_out'")
+    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS idx_activities_reply_out_message ON activities(message_id) "
+               "WHERE kind = 'reply_out'")
+    db.execute("CREATE INDEX IF NOT EXISTS idx_activities_field_changed ON activities("
+               "json_extract(details, '$.field'), customer_key, occurred_at) WHERE kind = 'field_changed'")
+
+
+# The funnel's three "after the send" columns of ``sends`` (schema 10), and the kinds of activity they follow.
 FOLLOW_UP_KINDS_SQL = "('email_in', 'bounce', 'unsubscribe')"
 
 
@@ -297,7 +325,7 @@ def _followed(kind: str, extra: str = "") -> str:
             f"AND COALESCE(a.logged_at, a.occurred_at) > sends.sent_at{extra}))")
 
 
-# Recomputes a send's three columns from the log: what the funnel counted per step before schema 9, per send.
+# Recomputes a send's three columns from the log: what the funnel counted per step before schema 10, per send.
 # A bounce counts for its own campaign, or for every campaign when hard or of no known campaign; a delay
 # warning is no bounce (issue #11).
 _BOUNCE_COUNTS = (f" AND {PERMANENCE_SQL} != 'delayed' "
@@ -306,8 +334,8 @@ FOLLOW_UP_SET_SQL = (f"replied = {_followed('email_in')}, unsubscribed = {_follo
                      f"bounced = {_followed('bounce', _BOUNCE_COUNTS)}")
 
 
-def create_v9(db: sqlite_utils.Database) -> None:
-    """Schema version 9 (issue #19): each sent message knows whether a reply, bounce or unsubscribe followed it.
+def create_v10(db: sqlite_utils.Database) -> None:
+    """Schema version 10 (issue #19): each sent message knows whether a reply, bounce or unsubscribe followed it.
 
     The funnel's "replied / bounced / unsubscribed after the send" matched
     every customer's last events with that customer's earlier messages at

@@ -149,7 +149,7 @@ def stored_follow_ups(store: Store) -> dict[int, tuple[int, int, int]]:
 
 
 def test_each_sends_follow_ups_stay_what_the_log_says_through_every_write(store):
-    """Schema 9 keeps "a reply / bounce / unsubscribe followed this send" per send; every write path keeps it true.
+    """Schema 10 keeps "a reply / bounce / unsubscribe followed this send" per send; every write path keeps it true.
 
     Checked after each step against the rows themselves: events recorded,
     a message becoming sent after an event, an unknown sender linked to a
