@@ -182,6 +182,22 @@ class Daily:
         return {"campaign": self.campaign, "timezone": self.timezone, "days": [d.to_json() for d in self.days]}
 
 
+@dataclass(frozen=True, slots=True)
+class Dashboard:
+    """The dashboard page (issue #19 item 6): the funnel exactly as ``report --json`` shows it, and the charts' days.
+
+    One use case for the page, read in one go, so the page makes one call
+    and its table cannot disagree with ``report`` (the same ``Funnel``).
+    """
+
+    funnel: Funnel
+    daily: Daily
+
+    def to_json(self) -> JsonObject:
+        """``campaigns`` as ``report --json`` has it, and ``daily`` as :class:`Daily` writes it."""
+        return {"campaigns": self.funnel.to_json(), "daily": self.daily.to_json()}
+
+
 def _send_problems(store: Store) -> tuple[SendProblem, ...]:
     # One status at a time: each is a seek on its partial index, where both at once read every send (issue #19).
     rows = sorted((s for st in ATTENTION_STATUSES for s in store.sends(status=(st,))), key=lambda s: s.id)
@@ -221,21 +237,38 @@ def report(ws: Workspace, now: datetime) -> Report:
         return Report(Funnel(tuple(store.funnel())), _send_problems(store), _health(store, now), owners)
 
 
+def _chart_days(ws: Workspace, now: datetime, days: int) -> tuple[list[date], list[datetime]]:
+    """The last ``days`` local days up to ``now``'s, and the local midnights that bound them (one more)."""
+    if not 1 <= days <= MAX_CHART_DAYS:
+        raise ConfigError(f"daily chart: {days} days is out of range (expected 1 to {MAX_CHART_DAYS})")
+    tz = ws.cfg.timezone
+    today = now.astimezone(tz).date()
+    dates = [today - timedelta(days=days - 1 - i) for i in range(days + 1)]
+    return dates, [datetime.combine(d, time.min, tzinfo=tz) for d in dates]
+
+
+def _daily(ws: Workspace, store: Store, now: datetime, days: int, campaign: str | None) -> Daily:
+    dates, bounds = _chart_days(ws, now, days)
+    counts = store.daily(bounds, campaign)
+    return Daily(campaign, str(ws.cfg.timezone), tuple(Day(d, c) for d, c in zip(dates, counts, strict=False)))
+
+
 def daily(ws: Workspace, now: datetime, days: int = CHART_DAYS, campaign: str | None = None) -> Daily:
     """Sent, replied, bounced, unsubscribed and clicked per local day, the last ``days`` days up to ``now``'s.
 
     Days are the workspace's (``[workspace] timezone``): the team reads
     "Monday" as its own Monday, not UTC's. Read-only, like every report.
     """
-    if not 1 <= days <= MAX_CHART_DAYS:
-        raise ConfigError(f"daily chart: {days} days is out of range (expected 1 to {MAX_CHART_DAYS})")
-    tz = ws.cfg.timezone
-    today = now.astimezone(tz).date()
-    dates = [today - timedelta(days=days - 1 - i) for i in range(days + 1)]
-    bounds = [datetime.combine(d, time.min, tzinfo=tz) for d in dates]
+    _chart_days(ws, now, days)  # a bad number of days is refused before the log is opened
     with reading(ws) as store:
-        counts = store.daily(bounds, campaign)
-    return Daily(campaign, str(tz), tuple(Day(d, c) for d, c in zip(dates, counts, strict=False)))
+        return _daily(ws, store, now, days, campaign)
+
+
+def dashboard(ws: Workspace, now: datetime, days: int = CHART_DAYS) -> Dashboard:
+    """The funnel per campaign and step (as ``report``) and every campaign's last ``days`` local days, in one go."""
+    _chart_days(ws, now, days)
+    with reading(ws) as store:
+        return Dashboard(Funnel(tuple(store.funnel())), _daily(ws, store, now, days, None))
 
 
 def _shown(value: object) -> str:

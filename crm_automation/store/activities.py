@@ -18,12 +18,7 @@ from datetime import UTC, datetime
 
 from crm_automation.models import ActivityDetails, FieldChangedDetails, Kind, Permanence, details_of
 from crm_automation.store.connection import Connection, Guarded, iso, parse_iso
-from crm_automation.store.schema import INBOUND_KINDS_SQL
-
-# A bounce activity's permanence: ``details.permanence`` (issue #11), or for rows logged before it,
-# ``details.permanent`` (true: hard; false: a delay, as they were treated then). ``a`` is ``activities``.
-PERMANENCE_SQL = ("COALESCE(json_extract(a.details, '$.permanence'), "
-                  "CASE WHEN json_extract(a.details, '$.permanent') THEN 'hard' ELSE 'delayed' END)")
+from crm_automation.store.schema import INBOUND_KINDS_SQL, PERMANENCE_SQL
 
 _ACTIVITY_COLS = "id, customer_key, kind, occurred_at, subject, body, message_id, campaign, step, source, details"
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from crm_automation.models import EmailStatus, Kind, Permanence
-from crm_automation.store.activities import PERMANENCE_SQL, InboundEvent, QuarantinedContact
+from crm_automation.store.activities import InboundEvent, QuarantinedContact
 from crm_automation.store.connection import Connection, iso, parse_iso
 from crm_automation.store.customers import StoredCustomer
-from crm_automation.store.schema import INBOUND_KINDS_SQL
+from crm_automation.store.schema import INBOUND_KINDS_SQL, PERMANENCE_SQL
 from crm_automation.store.sends import _SEND_COLS, SendRow, _send
 
 _KEYS = "(SELECT value FROM json_each(?))"

@@ -25,6 +25,7 @@ from crm_automation.store.schema import (
     create_v7,
     create_v8,
     create_v9,
+    create_v10,
 )
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0007_send_tracking", create_v7),
     ("0008_dashboard_reads", create_v8),
     ("0009_contact_times", create_v9),
+    ("0010_send_follow_ups", create_v10),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

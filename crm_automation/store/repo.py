@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from crm_automation.store.activities import (
-    PERMANENCE_SQL,
     Activity,
     ActivityLog,
     InboundEvent,
@@ -24,6 +23,7 @@ from crm_automation.store.digests import DigestLog
 from crm_automation.store.due import Events, PlanLog, PlanMark
 from crm_automation.store.inbound import InboundLog
 from crm_automation.store.reports import FunnelRow, LastTimes, Reports
+from crm_automation.store.schema import PERMANENCE_SQL
 from crm_automation.store.sends import DIGEST_LABEL, NOTIFICATION_LABEL, SendKind, SendLog, SendRow, SentRef
 from crm_automation.store.suppressions import Suppression, SuppressionList
 from crm_automation.store.tracking import TokenSend, TrackingLog

@@ -93,31 +93,6 @@ def _funnel_cell(key: str, value: JsonValue) -> str:
     return "" if value is None else str(value)
 
 
-def _funnel_charts(rows: list[dict[str, JsonValue]], t: Callable[[str], str]) -> list[Markup]:
-    """Charts from the funnel alone: per campaign step, sent, and replies, bounces and unsubscribes after it.
-
-    SEAM (issue #19 item 6): the per-day charts (sent per day, replies,
-    bounces, unsubscribes, clicks over 30 days) come from
-    ``app.reports.daily``, which another branch (h/pages) adds; until it is
-    merged the dashboard draws the same measures per campaign step from the
-    funnel. Once it is: ``daily_charts(reports.daily(ws, now).to_json()["days"], t)``
-    in :func:`dashboard`, ideally with the funnel in one use case.
-    """
-    labels = [f"{r['campaign']}/{r['step']}" for r in rows]
-
-    def col(name: str) -> tuple[float, ...]:
-        return tuple(float(v) if isinstance(v := r.get(name), int | float) else 0.0 for r in rows)
-
-    sent = charts.bar_chart(t("chart_sent_by_step"), labels, charts.Series(t("col_sent"), col("sent")))
-    after = charts.grouped_bar_chart(t("chart_after_by_step"), labels, [
-        charts.Series(t("col_replied"), col("replied"), charts.PALETTE[1]),
-        charts.Series(t("col_bounced"), col("bounced"), charts.PALETTE[2]),
-        charts.Series(t("col_unsubscribed"), col("unsubscribed"), charts.PALETTE[3]),
-        *([charts.Series(t("col_clicked"), col("clicked"), charts.PALETTE[4])] if rows and "clicked" in rows[0]
-          else [])])
-    return [sent, after]
-
-
 def daily_charts(days: Sequence[Mapping[str, JsonValue]], t: Callable[[str], str]) -> list[Markup]:
     """The per-day charts from ``app.reports.daily(...).to_json()["days"]``: sent per day; the responses per day.
 
@@ -140,14 +115,20 @@ def daily_charts(days: Sequence[Mapping[str, JsonValue]], t: Callable[[str], str
 
 @require_login
 async def dashboard(request: Request) -> Response:
-    """GET /: per campaign and step the numbers ``report`` shows, the reply rate, and charts."""
+    """GET /: per campaign and step the numbers ``report`` shows, the reply rate, and the last 30 days' charts.
+
+    One use case, :func:`crm_automation.app.reports.dashboard`: its funnel is
+    ``report --json``'s ``campaigns`` (the table shows exactly these values),
+    its days the charts' (local days of the workspace's time zone).
+    """
     st = state(request)
-    funnel = await read(request, reports.funnel, st.ws)
-    rows = funnel.to_json()  # report --json's "campaigns": the table shows exactly these values
+    result = await read(request, reports.dashboard, st.ws, st.clock.now())
+    rows = result.funnel.to_json()
     columns = list(rows[0]) if rows else []
     t = i18n.Translator(language(request))
     return _page(request, "dashboard.html", {
-        "rows": rows, "columns": columns, "cell": _funnel_cell, "charts": _funnel_charts(rows, t)})
+        "rows": rows, "columns": columns, "cell": _funnel_cell, "timezone": result.daily.timezone,
+        "charts": daily_charts([d.to_json() for d in result.daily.days], t)})
 
 
 # ------------------------------------------------------------------------------------------------ attention

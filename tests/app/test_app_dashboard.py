@@ -124,6 +124,85 @@ def test_funnel_counts_what_the_per_step_queries_counted(store):
     assert rows["spring", 0].reply_rate == round(2 / 12, 4)
 
 
+def expected_follow_ups(store: Store) -> dict[int, tuple[int, int, int]]:
+    """Per send (replied, bounced, unsubscribed), worked out in Python from the rows, as the funnel defines them."""
+    acts = store.conn.execute("SELECT customer_key, kind, COALESCE(logged_at, occurred_at), campaign, details "
+                              "FROM activities WHERE customer_key IS NOT NULL").fetchall()
+    out = {}
+    for sid, key, campaign, status, sent_at in store.conn.execute(
+            "SELECT id, customer_key, campaign, status, sent_at FROM sends").fetchall():
+        after = [(kind, c, json.loads(d or "{}")) for k, kind, t, c, d in acts
+                 if k == key and status == "sent" and sent_at is not None and t > sent_at]
+        perm = [d.get("permanence") or ("hard" if d.get("permanent") else "delayed")
+                for kind, c, d in after if kind == "bounce" and (c is None or c == campaign or
+                                                               (d.get("permanence") or "") == "hard"
+                                                               or d.get("permanent"))]
+        out[sid] = (int(any(kind == "email_in" for kind, _, _ in after)),
+                    int(any(p != "delayed" for p in perm)),
+                    int(any(kind == "unsubscribe" for kind, _, _ in after)))
+    return out
+
+
+def stored_follow_ups(store: Store) -> dict[int, tuple[int, int, int]]:
+    return {sid: (r, b, u) for sid, r, b, u in store.conn.execute(
+        "SELECT id, replied, bounced, unsubscribed FROM sends").fetchall()}
+
+
+def test_each_sends_follow_ups_stay_what_the_log_says_through_every_write(store):
+    """Schema 10 keeps "a reply / bounce / unsubscribe followed this send" per send; every write path keeps it true.
+
+    Checked after each step against the rows themselves: events recorded,
+    a message becoming sent after an event, an unknown sender linked to a
+    customer, a re-key (with a swap), a campaign rename, a row edited and
+    one deleted and a sent one added by hand, a send leaving ``sent``.
+    """
+    t = T0
+
+    def check() -> None:
+        assert stored_follow_ups(store) == expected_follow_ups(store)
+        rows = {(r.campaign, r.step): r for r in store.funnel()}
+        assert {k: (r.bounced, r.replied, r.unsubscribed) for k, r in rows.items()} == per_step_reference(store)
+
+    a0 = send(store, "spring", 0, "a@x.com", t)
+    send(store, "spring", 0, "b@x.com", t)
+    send(store, "quote", 0, "a@x.com", t + timedelta(days=1))
+    send(store, "spring", 0, "m@x.com", t)
+    check()
+    event(store, "email_in", "a@x.com", t + timedelta(hours=5))  # after spring/0, before quote/0
+    bounce(store, "b@x.com", t + timedelta(hours=5), "soft", campaign="quote")  # not spring's
+    event(store, "unsubscribe", "b@x.com", t + timedelta(days=2))
+    check()
+    assert stored_follow_ups(store)[a0] == (1, 0, 0)
+    late = send(store, "spring", 1, "b@x.com", t + timedelta(days=3))  # sent after b's events: none follow it
+    pending = send(store, "quote", 0, "b@x.com", t, status=SendStatus.QUEUED)
+    check()
+    store.mark_sending(pending, "<q.b>", t + timedelta(hours=1))
+    store.mark_sent(pending, t + timedelta(hours=1), customer_key="b@x.com", campaign="quote", step=0,
+                    message_id="<q.b>", subject="Hi", body="text", source="outbox")  # now the soft bounce is after it
+    check()
+    assert stored_follow_ups(store)[pending] == (0, 1, 1) and stored_follow_ups(store)[late] == (0, 0, 0)
+    event(store, "email_in", None, t + timedelta(days=4), details={"from": "m@x.com"})  # an unknown sender...
+    check()
+    assert store.relink_inbound({"m@x.com": "m@x.com"}, t + timedelta(days=5), status_of=lambda _r: None) == 1
+    check()  # ...linked to the customer: a reply after m's message
+    store.rekey([("a@x.com", "b@x.com", "b@x.com"), ("b@x.com", "a@x.com", "a@x.com")], "email")  # a swap
+    check()
+    store.record_campaign_edits({}, [("quote", "offer")], [], t + timedelta(days=6))
+    check()
+    with store.transaction():  # by hand: a reply now logged before every send, an unsubscribe gone
+        store.conn.execute("UPDATE activities SET logged_at = ? WHERE kind = 'email_in' "
+                           "AND customer_key = 'm@x.com'", ("2026-01-01T00:00:00Z",))
+        store.conn.execute("DELETE FROM activities WHERE kind = 'unsubscribe'")
+        store.conn.execute("INSERT INTO sends (campaign, step, step_id, customer_key, status, sent_at) "
+                           "VALUES ('spring', 2, 'spring-2', 'b@x.com', 'sent', ?)", ("2026-11-19T00:00:00Z",))
+    check()
+    assert max(stored_follow_ups(store).items())[1] == (1, 0, 0)  # added by hand: a's reply, now b's (swap)
+    with store.transaction():
+        store.conn.execute("UPDATE sends SET status = 'uncertain' WHERE id = ?", (a0,))
+    check()
+    assert stored_follow_ups(store)[a0] == (0, 0, 0)
+
+
 def test_clicked_counts_customers_who_clicked_that_steps_message(store):
     ids = {k: send(store, "spring", 0, f"{k}@x.com", T0) for k in "abc"}
     step1 = send(store, "spring", 1, "a@x.com", T0 + timedelta(days=3))
@@ -228,3 +307,34 @@ def test_suppression_list_by_pages_in_the_whole_lists_order(ws, store):
 def test_suppression_page_refuses_a_page_that_is_none(ws, limit, offset):
     with pytest.raises(ConfigError, match="is not a page"):
         suppressions.suppressions(ws, limit=limit, offset=offset)
+
+
+# ---------------------------------------------------------------- the dashboard's one use case
+
+
+def test_the_dashboard_is_the_funnel_report_shows_and_the_daily_series(ws, store):
+    a = send(store, "spring", 0, "a@x.com", T0 - timedelta(days=2))
+    send(store, "spring", 0, "b@x.com", T0 - timedelta(days=1))
+    send(store, "quote", 0, "c@x.com", T0, status=SendStatus.FAILED)
+    event(store, "email_in", "a@x.com", T0 - timedelta(days=1, hours=1))
+    bounce(store, "b@x.com", T0, "hard", campaign="spring")
+    click(store, "a@x.com", T0 - timedelta(days=2) + timedelta(hours=1), "spring", 0, a)
+    now = T0 + timedelta(hours=1)
+    result = reports.dashboard(ws, now)
+    assert result.funnel == reports.funnel(ws)
+    assert result.daily == reports.daily(ws, now)
+    data = json.loads(json.dumps(result.to_json()))
+    assert data["campaigns"] == reports.report(ws, now).to_json()["campaigns"]
+    assert data["daily"] == reports.daily(ws, now).to_json() and len(data["daily"]["days"]) == 30
+    spring = next(r for r in data["campaigns"] if r["campaign"] == "spring")
+    assert (spring["sent"], spring["replied"], spring["bounced"], spring["clicked"]) == (2, 1, 1, 1)
+    assert [d["sent"] for d in data["daily"]["days"][-3:]] == [1, 1, 0]
+
+
+def test_the_dashboard_on_a_log_not_created_yet_is_empty_and_creates_nothing(ws):
+    result = reports.dashboard(ws, T0)
+    assert result.funnel.rows == () and len(result.daily.days) == 30
+    assert all(d.counts.sent == 0 for d in result.daily.days)
+    assert not Path(ws.cfg.database).exists()
+    with pytest.raises(ConfigError, match="400 days is out of range"):
+        reports.dashboard(ws, T0, days=400)
