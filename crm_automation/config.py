@@ -156,6 +156,9 @@ class MailboxSection(_ServerSection):
     new_senders: Literal["log", "add_to_sheet"] = "log"
     batch_size: int = Field(default=500, ge=1, le=5000)
     max_message_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    # issue #21: read the Sent folder (``outbound.sent_folder``, else IMAP's \Sent special-use folder) for the
+    # team's own replies to customers, which answer their mail and count as contact
+    read_sent: bool = True
 
 
 class OutboundSection(_ServerSection):
@@ -219,6 +222,109 @@ class InboundSection(_Strict):
 
     soft_bounce_limit: int = Field(default=3, ge=0)
     soft_bounce_days: int = Field(default=30, ge=0)
+
+
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_CLOCK = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*$")
+
+
+def parse_clock(text: str) -> int | None:
+    """``"08:30"`` -> minutes after midnight (510); None when it is not a time of day."""
+    m = _CLOCK.match(text)
+    if not m:
+        return None
+    h, mi = int(m.group(1)), int(m.group(2))
+    return h * 60 + mi if h < 24 and mi < 60 else None
+
+
+class DigestSection(_Strict):
+    """``[digest]`` (issue #21): each owner's morning email, and what counts as answering customer mail in time.
+
+    ``at``: workspace time; the first cycle at or after it sends that day's
+    digests, on ``weekdays``. ``template``: ``email_templates/NAME.txt``
+    (+ ``.html``), else the shipped one. ``answer_within_hours``: a customer's
+    reply or enquiry not answered within this many *working* hours is
+    "waiting too long" (top of the owner's digest, the dashboard's attention
+    list); working hours are ``working_hours`` (local time) on ``weekdays``.
+    The default, 8, is about one working day of the default 09:00-18:00
+    window: mail that comes in at 10:00 is due the same evening, mail of the
+    afternoon the next morning.
+    Without ``[digest]`` no digests are sent; "waiting" still uses these defaults.
+    """
+
+    at: str = "08:30"
+    weekdays: list[str] = Field(default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"])
+    template: str = "digest"
+    answer_within_hours: float = 8.0
+    working_hours: str = "09:00-18:00"
+
+    @field_validator("at")
+    @classmethod
+    def _at(cls, v: str) -> str:
+        if parse_clock(v) is None:
+            msg = f"{v!r} is not a time of day (expected \"HH:MM\" in workspace time, e.g. \"08:30\")"
+            raise ValueError(msg)
+        return v
+
+    @field_validator("weekdays")
+    @classmethod
+    def _weekdays(cls, v: list[str]) -> list[str]:
+        names = ", ".join(f"\"{d}\"" for d in _WEEKDAYS)
+        wrong = [d for d in v if d.strip().lower() not in _WEEKDAYS]
+        if wrong:
+            msg = f"{wrong[0]!r} is not a day of the week (expected some of {names})"
+            raise ValueError(msg)
+        if not v:
+            msg = f"is empty (expected at least one day of the week: {names})"
+            raise ValueError(msg)
+        days = [d.strip().lower() for d in v]
+        if len(set(days)) != len(days):
+            msg = f"{v!r} names a day twice (expected each day at most once)"
+            raise ValueError(msg)
+        return days
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", v) or v.startswith("."):
+            msg = (f"{v!r} is not a template name (expected the name of email_templates/NAME.txt without "
+                   "\".txt\", e.g. \"digest\")")
+            raise ValueError(msg)
+        return v
+
+    @field_validator("answer_within_hours")
+    @classmethod
+    def _hours(cls, v: float) -> float:
+        if not (math.isfinite(v) and 0 < v <= 10_000):
+            msg = (f"is {v!r} (expected working hours, more than 0, e.g. 8: customer mail not answered within "
+                   "them is waiting too long)")
+            raise ValueError(msg)
+        return v
+
+    @field_validator("working_hours")
+    @classmethod
+    def _working(cls, v: str) -> str:
+        w = parse_window(v)
+        if w is None or w[0] >= w[1]:
+            msg = (f"{v!r} is not a working day (expected \"HH:MM-HH:MM\" in workspace time, start before end, "
+                   "e.g. \"09:00-18:00\")")
+            raise ValueError(msg)
+        return v
+
+    @property
+    def weekday_numbers(self) -> frozenset[int]:
+        """The working days as ``datetime.weekday()`` numbers (Monday 0)."""
+        return frozenset(_WEEKDAYS.index(d) for d in self.weekdays)
+
+    @property
+    def minute_of_day(self) -> int:
+        """``at`` as minutes after local midnight."""
+        return parse_clock(self.at) or 0
+
+    @property
+    def working_window(self) -> tuple[int, int]:
+        """``working_hours`` as minutes of the day (start, end)."""
+        return parse_window(self.working_hours) or (540, 1080)
 
 
 _PASSWORD_HASH = re.compile(r"scrypt\$\d{1,8}\$\d{1,3}\$\d{1,3}\$[A-Za-z0-9+/]{8,}\$[A-Za-z0-9+/]{16,}")
@@ -296,6 +402,7 @@ class _ConfigModel(_Strict):
     schedule: ScheduleSection = ScheduleSection()
     inbound: InboundSection = InboundSection()
     serve: ServeSection = ServeSection()
+    digest: DigestSection = DigestSection()  # given or not: ``model_fields_set`` (no [digest]: no digests)
 
 
 URL_PLACEHOLDERS = ("{token}",)
@@ -393,6 +500,12 @@ class Config:
     inbound: InboundSection = field(default_factory=InboundSection)
     language: str = DEFAULT_LANGUAGE  # [workspace] language: the sheet's status words, unless [writeback] says
     serve: ServeSection = field(default_factory=ServeSection)
+    digest: DigestSection | None = None  # [digest] (issue #21); None: no digests
+
+    @property
+    def working(self) -> DigestSection:
+        """``[digest]`` or its defaults: the working days and hours that "waiting" counts (issue #21)."""
+        return self.digest if self.digest is not None else DigestSection()
 
     def resolve(self, value: str) -> Path:
         """A path from the config, relative to the config file's folder."""
@@ -491,7 +604,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         path=cfg_path.resolve(), root=root, timezone=ZoneInfo(ws.timezone), database=res(ws.database),
         mappings=res(ws.mappings), templates=res(ws.templates), sheet=model.sheet, mailbox=model.mailbox,
         outbound=outbound, schedule=model.schedule, inbound=model.inbound, language=ws.language,
-        serve=model.serve,
+        serve=model.serve, digest=model.digest if "digest" in model.model_fields_set else None,
     )
 
 

@@ -314,10 +314,11 @@ class _Batch:
     only then are the messages moved to ``processed_folder``.
     """
 
-    def __init__(self, source: MailboxSource, store: Store, ctx: StageContext) -> None:
+    def __init__(self, source: MailboxSource, store: Store, ctx: StageContext, *, move: bool = True) -> None:
         self.source = source
         self.store = store
         self.ctx = ctx
+        self.move = move  # False for the Sent folder: our own mail stays where it is (never processed_folder)
         self.pending: list[tuple[RawMessage, Decision]] = []
         self.counts: dict[str, int] = {"messages": 0, "duplicates": 0, "quarantined": 0, "unknown": 0}
         self.new_senders: dict[str, str] = {}
@@ -339,7 +340,8 @@ class _Batch:
             counts["messages"] += 1
         raws = [raw for raw, _ in self.pending]
         self.pending.clear()
-        self.source.mark_processed(raws)
+        if self.move:
+            self.source.mark_processed(raws)
 
 
 class InboundPass:
@@ -394,6 +396,10 @@ class InboundPass:
             raise
         finally:
             bar.close()
+        if self.ws.cfg.mailbox.read_sent and not self.ctx.stop.is_set():
+            replies = self._read_sent(source, by_email)
+            if replies is not None:
+                batch.counts["sent_replies"] = replies
         counts = batch.counts
         if adding and batch.not_added:
             counts["not_added_to_sheet"] = len(batch.not_added)
@@ -427,6 +433,49 @@ class InboundPass:
                 batch.commit()
                 since = time.monotonic()
         batch.commit()
+
+    def _read_sent(self, source: MailboxSource, by_email: dict[str, str]) -> int | None:
+        """Log the team's replies to customers from the Sent folder (issue #21); how many were new.
+
+        None when there is no Sent folder to read. Exactly once as inbound
+        mail: each batch of decisions commits with the folder's cursor
+        (:func:`crm_automation.outgoing.decide_sent` says what is logged).
+        Read after the inbound folders, so a customer's mail and our answer
+        fetched in one pass find each other. Messages are parsed here, not on
+        the other cores: a Sent folder grows by the team's own hand.
+        """
+        from crm_automation.errors import MessageError
+        from crm_automation.outgoing import decide_sent
+        from crm_automation.parse import parse
+
+        folder = source.sent_folder()
+        if folder is None:
+            return None
+        if folder in source.folders():
+            log.warning("%s is both an inbound folder ([mailbox] folders) and the Sent folder; it is read as "
+                        "inbound mail only", folder)
+            return None
+        batch = _Batch(source, self.store, self.ctx, move=False)
+        size, stop = self.ws.cfg.mailbox.batch_size, self.ctx.stop
+        since = time.monotonic()
+        for raw in source.fetch(folder, self._cursor(source, folder), batch=size):
+            if stop.is_set():
+                break
+            try:
+                msg = parse(raw.raw, max_bytes=self.policy.max_bytes)
+            except MessageError:
+                msg = None  # ours and unreadable: nothing to quarantine, the cursor moves past it
+            except Exception:  # the per-item boundary (SPEC §9), as for inbound mail
+                log.debug("sent message %s not readable", raw.ref or raw.uid, exc_info=True)
+                msg = None
+            batch.pending.append((raw, decide_sent(raw, msg, f"{source.name}/{folder}", self.ctx.clock.now(),
+                                                   by_email, self.store.inbound_customers,
+                                                   self.store.sent_message_ids)))
+            if len(batch.pending) >= size or time.monotonic() - since >= COMMIT_SECONDS:
+                batch.commit()
+                since = time.monotonic()
+        batch.commit()
+        return batch.counts.get(Kind.REPLY_OUT.value, 0)
 
     def _cursor(self, source: MailboxSource, folder: str) -> Cursor | None:
         uv = source.uidvalidity(folder)

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import importlib.util
 import marshal
+import re
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -39,7 +40,7 @@ from crm_automation.status_words import LANGUAGES, expected_languages
 
 CUSTOMERS_FILE = "customers.toml"
 CAMPAIGNS_FILE = "campaigns.toml"
-WRITEBACK_NAMES = ("last_sent", "last_reply", "email_status")
+WRITEBACK_NAMES = ("last_sent", "last_reply", "email_status", "last_contact", "days_quiet")
 
 
 class _Strict(BaseModel):
@@ -63,9 +64,13 @@ class _CustomersModel(_Strict):
     key: str
     fields: dict[str, _FieldModel]
     # the worker's columns, plus ``language``: the words and dates written into them (default: the workspace's)
-    writeback: dict[Literal["last_sent", "last_reply", "email_status", "language"], str] = {}
+    writeback: dict[Literal["last_sent", "last_reply", "email_status", "last_contact", "days_quiet", "language"],
+                    str] = {}
     # which field plays each role the product relies on (issue #18); "" says no field plays it
     roles: dict[RoleName, str] = {}
+    # stage value -> days without contact after which a customer in that stage is stale (issue #21); checked by
+    # hand in load_mapping (pydantic would read "7" or true as a number of days)
+    stale_after_days: dict[str, object] = {}
 
 
 _ID = r"^[A-Za-z0-9_.-]+$"
@@ -290,6 +295,8 @@ class Mapping:
     writeback: dict[str, str]
     writeback_language: str | None = None  # [writeback] language; None: the workspace's ([workspace] language)
     roles: Roles = _DEFAULT_ROLES  # [roles]; built without: the defaults of default_roles
+    # [stale_after_days] (issue #21): stage value -> days without contact before a customer in it is stale
+    stale_after_days: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.roles is _DEFAULT_ROLES:
@@ -558,9 +565,31 @@ def _read_toml(path: Path) -> dict[str, object]:
         # utf-8-sig: a byte order mark from Notepad is accepted; tomllib alone refuses it (issue #17).
         return tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        raise ConfigError(f"{path}: not valid TOML: {e}{_bare_key_hint(path, e)}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text (save the file as UTF-8)") from None
+
+
+def _bare_key_hint(path: Path, e: tomllib.TOMLDecodeError) -> str:
+    """A hint when the line TOML refused starts with a key of non-ASCII letters, such as ``报价 = 7`` (issue #21).
+
+    TOML 1.0 (Python's tomllib) allows only ASCII letters, digits, ``-`` and
+    ``_`` in a bare key; a stage named in Chinese must be quoted. The
+    parser's own message ("Invalid statement") does not say so.
+    """
+    found = re.search(r"at line (\d+)", str(e))  # Python 3.11's error has no lineno attribute, only the text
+    if found is None:
+        return ""
+    try:
+        line = path.read_text(encoding="utf-8-sig").splitlines()[int(found.group(1)) - 1]
+    except (OSError, UnicodeDecodeError, IndexError):
+        return ""
+    key, eq, _ = line.partition("=")
+    key = key.strip()
+    if not eq or not key or key.startswith(("\"", "'")) or key.isascii():
+        return ""
+    return (f" ({key!r}: a key with Chinese or other non-ASCII letters must be in quotes, e.g. "
+            f"\"{key}\" = ...)")
 
 
 def _known_region(region: str) -> bool:
@@ -648,10 +677,49 @@ def load_mapping(mappings_dir: Path) -> Mapping:
     declared: dict[str, str | None] = {role: name or None for role, name in m.roles.items()}
     roles = default_roles(m.key, fields, declared)
     problems += _role_problems(path, declared, fields, roles)
+    stale, stale_problems = _stale_after_days(path, m.stale_after_days, fields, roles)
+    problems += stale_problems
     if problems:
         raise ConfigError.collect(problems)
     return Mapping(path=path, key=m.key, fields=fields, writeback=writeback, writeback_language=language,
-                   roles=roles)
+                   roles=roles, stale_after_days=stale)
+
+
+def _stale_after_days(path: Path, raw: dict[str, object], fields: dict[str, FieldSpec],
+                      roles: Roles) -> tuple[dict[str, int], list[str]]:
+    """``[stale_after_days]`` (issue #21): stage value -> a whole number of days, 1 or more.
+
+    Why by hand: a quoted ``"7"`` or ``true`` must be refused with the type
+    expected, not read as a number (TOML's ``7.0`` too: days are counted
+    whole). A stage value that no row holds yet is fine (the team may add
+    it tomorrow); for a ``choice`` field a value outside its choices is
+    refused, as campaigns' ``where`` does (issue #9), since no row can ever
+    hold it. Staleness is read from the ``stage`` role's field: without one
+    the table means nothing, which is an error rather than silence.
+    """
+    out: dict[str, int] = {}
+    problems: list[str] = []
+    if not raw:
+        return out, problems
+    if roles.stage is None:
+        problems.append(f"{path}: [stale_after_days] needs a stage field: no field plays the \"stage\" role "
+                        f"(expected a field named \"stage\", or [roles] stage = \"<field>\" naming the field that "
+                        f"holds each customer's stage; fields: {', '.join(fields)})")
+        return out, problems
+    spec = fields.get(roles.stage)
+    for value, days in raw.items():
+        where = f"{path}: stale_after_days.{value}"
+        if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+            problems.append(f"{where} = {days!r} is not a number of days (expected a whole number, 1 or more, "
+                            f"without quotes, e.g. {value} = 7)")
+            continue
+        if spec is not None and spec.type is FieldType.CHOICE and value not in spec.choices:
+            allowed = ", ".join(f'"{c}"' for c in spec.choices)
+            problems.append(f"{where}: {value!r} is not one of the choices of the stage field {spec.name} "
+                            f"(expected one of {allowed})")
+            continue
+        out[value] = days
+    return out, problems
 
 
 #: Roles whose field must hold an address: mail is sent to it.

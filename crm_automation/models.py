@@ -301,6 +301,8 @@ class Kind(enum.StrEnum):
     RESUBSCRIBE = "resubscribe"
     CLICK = "click"
     OPEN = "open"
+    # issue #21: a message of ours found in the mailbox's Sent folder (a salesperson's own reply to a customer)
+    REPLY_OUT = "reply_out"
 
 
 class EmailStatus(enum.StrEnum):
@@ -741,8 +743,37 @@ class TrackedDetails:
         return cls(_int(d.get("send_id")) or 0, _int(d.get("n")), _str(d.get("url")))
 
 
+@dataclass(frozen=True, slots=True)
+class ReplyOutDetails:
+    """``reply_out`` (issue #21): JSON ``{"to", "answers", "folder", "uid"}``.
+
+    A message the team sent from its own mail program, read from the
+    mailbox's Sent folder: ``to`` its recipients (lower case), ``answers``
+    the Message-IDs its ``In-Reply-To`` and ``References`` name (RFC 5322
+    §3.6.4), in that order, which is how a customer's mail is known to be
+    answered; ``folder``/``uid`` where it was read. The activity's own
+    ``message_id`` is the message's, unique among ``reply_out`` rows, so a
+    message read twice is logged once.
+    """
+
+    to: tuple[str, ...]
+    answers: tuple[str, ...]
+    folder: str | None = None
+    uid: int | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON object."""
+        return {"to": list(self.to), "answers": list(self.answers), "folder": self.folder, "uid": self.uid}
+
+    @classmethod
+    def parse(cls, d: dict[str, object]) -> ReplyOutDetails:
+        """Read back."""
+        return cls(_strs(d.get("to")), _strs(d.get("answers")), _str(d.get("folder")), _int(d.get("uid")))
+
+
 ActivityDetails = (InboundDetails | BounceDetails | FieldChangedDetails | CustomerAddedDetails
-                   | CustomerRemovedDetails | SendFailedDetails | ResubscribeDetails | TrackedDetails | NoDetails)
+                   | CustomerRemovedDetails | SendFailedDetails | ResubscribeDetails | TrackedDetails
+                   | ReplyOutDetails | NoDetails)
 
 
 def details_of(kind: Kind, d: dict[str, object]) -> ActivityDetails:
@@ -763,6 +794,8 @@ def details_of(kind: Kind, d: dict[str, object]) -> ActivityDetails:
         return ResubscribeDetails.parse(d)
     if kind in (Kind.CLICK, Kind.OPEN):
         return TrackedDetails.parse(d)
+    if kind is Kind.REPLY_OUT:
+        return ReplyOutDetails.parse(d)
     return NoDetails()
 
 
@@ -800,7 +833,7 @@ class ActivityRecord:
     message: Reading
     occurred_at: datetime
     source: str
-    details: InboundDetails | BounceDetails
+    details: InboundDetails | BounceDetails | ReplyOutDetails
     digest: str
     campaign: str | None = None
     step: int | None = None

@@ -338,8 +338,27 @@ class SheetSession:
 
         # The team's words and date format; the log keeps ok | bounced | unsubscribed.
         words = status_words(self.ws.mapping.writeback_language or self.ws.cfg.language)
-        return writeback_changes(self.store.customers(), self.store.last_times(), wb, self.cells(),
-                                 lambda t: words.time(t, self.ws.cfg.timezone), words.status)
+        customers = self.store.customers()
+        contact = (self._contact_cells(customers) if "last_contact" in wb or "days_quiet" in wb else None)
+        return writeback_changes(customers, self.store.last_times(), wb, self.cells(),
+                                 lambda t: words.time(t, self.ws.cfg.timezone), words.status, contact)
+
+    def _contact_cells(self, customers: dict[str, StoredCustomer]) -> dict[str, tuple[datetime | None, int]]:
+        """Key -> (last contact, days quiet) now, by :mod:`crm_automation.contact`'s rules (issue #21)."""
+        from crm_automation.contact import last_contact, quiet, stage_limit
+
+        m = self.ws.mapping
+        now, zone = self.ctx.clock.now(), self.ws.cfg.timezone
+        times = self.store.contact_times(m.roles.stage)
+        out: dict[str, tuple[datetime | None, int]] = {}
+        for k, c in customers.items():
+            t = times.get(k)
+            last = last_contact(t.last_in, t.last_out) if t is not None else None
+            stage = c.data.get(m.roles.stage) if m.roles.stage is not None else None
+            q = quiet(last, t.stage_changed if t is not None else None, c.first_seen, now, zone,
+                      stage_limit(stage, m.stale_after_days))
+            out[k] = (last.at if last is not None else None, q.days)
+        return out
 
     # ------------------------------------------------------------ new rows
     def add_senders(self, senders: dict[str, str], known: dict[str, str]) -> int:
@@ -489,12 +508,14 @@ def sheet_evidence(data: SheetData, wb: dict[str, str]) -> identity.SheetEvidenc
 
 def writeback_changes(customers: dict[str, StoredCustomer], last: LastTimes, wb: dict[str, str],
                       shown: dict[str, dict[str, str]], fmt: Callable[[datetime | None], str],
-                      status: Callable[[str], str]) -> dict[str, dict[str, str]]:
+                      status: Callable[[str], str],
+                      contact: dict[str, tuple[datetime | None, int]] | None = None) -> dict[str, dict[str, str]]:
     """Key -> column -> text the worker's columns should show, where it differs from what they ``shown``.
 
     ``fmt`` and ``status`` write a time and an email status in the team's
     words (:mod:`~crm_automation.status_words`): the log keeps
-    ok | bounced | unsubscribed.
+    ok | bounced | unsubscribed. ``contact``: key -> (last contact, days
+    quiet) for the ``last_contact``/``days_quiet`` columns (issue #21).
     """
     updates: dict[str, dict[str, str]] = {}
     for k, c in customers.items():
@@ -505,6 +526,12 @@ def writeback_changes(customers: dict[str, StoredCustomer], last: LastTimes, wb:
             vals[wb["last_reply"]] = fmt(last.replied.get(k))
         if "email_status" in wb:
             vals[wb["email_status"]] = status(c.email_status)
+        if contact is not None and k in contact:
+            at, days = contact[k]
+            if "last_contact" in wb:
+                vals[wb["last_contact"]] = fmt(at)
+            if "days_quiet" in wb:
+                vals[wb["days_quiet"]] = str(days)
         updates[k] = vals
     return {k: v for k, v in updates.items()
             if any(shown.get(norm_key(k), {}).get(col, "") != val for col, val in v.items())}

@@ -98,7 +98,7 @@ def profile(ws: Workspace, key: str) -> Profile:
     under ``key``.
     """
     with reading(ws) as store:
-        line = timeline_in(store, key)
+        line = timeline_in(store, key, stage_field=ws.mapping.roles.stage)
         c = store.customer(line.customer)
         field = ws.email_field
         value = c.data.get(field) if c is not None and field is not None else None

@@ -233,10 +233,20 @@ def daily(ws: Workspace, now: datetime, days: int = CHART_DAYS, campaign: str | 
     return Daily(campaign, str(tz), tuple(Day(d, c) for d, c in zip(dates, counts, strict=False)))
 
 
-def _entry(a: Activity) -> TimelineEntry:
+def _shown(value: object) -> str:
+    """A stage value as the sheet shows it; an empty cell as ``(empty)``."""
+    return "(empty)" if value is None or value == "" else str(value)
+
+
+def _entry(a: Activity, stage_field: str | None = None) -> TimelineEntry:
     headline = a.subject or ""
     if isinstance(d := a.details, FieldChangedDetails):
-        headline = f"{d.field}: {d.old!r} -> {d.new!r}"
+        if stage_field is not None and d.field == stage_field:
+            # issue #21: a move in the pipeline reads as one ("stage: 意向 -> 报价"), whatever the field is called
+            label = "stage" if d.field == "stage" else f"stage ({d.field})"
+            headline = f"{label}: {_shown(d.old)} -> {_shown(d.new)}"
+        else:
+            headline = f"{d.field}: {d.old!r} -> {d.new!r}"
     if a.campaign:
         headline = f"[{a.campaign}/{a.step}] {headline}"
     excerpt: tuple[str, ...] = ()
@@ -252,15 +262,18 @@ def timeline(ws: Workspace, key: str) -> Timeline:
     activity under ``key`` (exit 2: the key is the user's mistake).
     """
     with reading(ws) as store:
-        return timeline_in(store, key)
+        return timeline_in(store, key, stage_field=ws.mapping.roles.stage)
 
 
-def timeline_in(store: Store, key: str) -> Timeline:
-    """:func:`timeline` on a log already open (for a use case that reads more in the same go)."""
+def timeline_in(store: Store, key: str, *, stage_field: str | None = None) -> Timeline:
+    """:func:`timeline` on a log already open (for a use case that reads more in the same go).
+
+    ``stage_field``: the mapping's stage role; its changes read "stage: old -> new" (issue #21).
+    """
     typed = key.strip()
     k = typed.lower() if store.customer(typed.lower()) else typed
     items = store.timeline(k)
     known = store.customer(k) is not None
     if not items and not known:
         raise ConfigError(f"customer {key!r} is not in the log", hint="keys are the mapping's key field")
-    return Timeline(k, tuple(_entry(a) for a in items))
+    return Timeline(k, tuple(_entry(a, stage_field) for a in items))

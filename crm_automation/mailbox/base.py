@@ -45,6 +45,14 @@ class MailboxSource(Protocol):
         """
         ...
 
+    def sent_folder(self) -> str | None:
+        r"""The folder holding the team's sent mail, or None when there is none to read (issue #21).
+
+        ``[outbound] sent_folder`` when set (and present); else, on IMAP, the
+        folder the server marks ``\Sent`` (RFC 6154), or one by a usual name.
+        """
+        ...
+
     def close(self) -> None:
         """Log out / release the source."""
         ...

@@ -25,6 +25,7 @@ from itertools import groupby
 
 import imapclient  # noqa: TID251 - the IMAP adapter (mailbox/imap*.py)
 from imapclient.exceptions import IMAPClientError  # noqa: TID251
+from imapclient.imapclient import SENT  # noqa: TID251 - b"\\Sent", the RFC 6154 flag
 
 from crm_automation.config import Config
 from crm_automation.mailbox.base import Cursor
@@ -59,7 +60,34 @@ class ImapSource(ImapConnection):
         """The mailbox described by ``[mailbox]`` (``ca_file`` relative to the config file)."""
         mb = cfg.mailbox
         ca = cfg.resolve(mb.ca_file) if mb.ca_file else None
-        return cls(mb, ca_file=ca)
+        src = cls(mb, ca_file=ca)
+        src.sent_name = cfg.outbound.sent_folder
+        return src
+
+    sent_name: str | None = None  # ``[outbound] sent_folder``; None: found by its special-use flag
+
+    def sent_folder(self) -> str | None:
+        r"""The Sent folder: ``sent_folder`` when it exists, else the one the server flags ``\Sent`` (RFC 6154).
+
+        imapclient's ``find_special_folder`` reads the flags of ``LIST`` and,
+        on a server without special-use (older Dovecot configs, some hosted
+        Exchange), falls back to the usual names (``Sent``, ``Sent Items``,
+        ``Sent Messages``). QQ Mail and 163.com flag theirs (``Sent Messages``,
+        ``已发送``). A configured folder that does not exist is logged and read
+        as none: the inbound folders are read all the same.
+        """
+        name = self.sent_name
+
+        def op(c: _Client) -> str | None:
+            if name is not None:
+                if c.folder_exists(self._server_name(c, name)):
+                    return name
+                log.warning("%s: outbound.sent_folder %r does not exist; the team's replies are not read",
+                            self.where, name)
+                return None
+            return c.find_special_folder(SENT)
+
+        return self._call("looking for the Sent folder", op)
 
     # --------------------------------------------------------------- protocol
     def folders(self) -> list[str]:

@@ -18,6 +18,7 @@ flags or deletes a file.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from crm_automation.errors import ServiceError
 from crm_automation.mailbox.base import Cursor
 from crm_automation.models import RawMessage
 
+log = logging.getLogger("crm_automation")
 UIDVALIDITY = 1
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(<?[^\s>]+>?)", re.IGNORECASE | re.MULTILINE)
 
@@ -65,17 +67,30 @@ class MaildirSource:
     tracks_names = True
 
     def __init__(self, path: Path, folders: list[str] | tuple[str, ...] = ("INBOX",),
-                 max_bytes: int = 25 * 1024 * 1024) -> None:
+                 max_bytes: int = 25 * 1024 * 1024, sent: str | None = None) -> None:
         self.path = path
         self._folders = list(folders)
         self.max_bytes = max_bytes
+        self.sent = sent
         self.name = f"maildir {path}"
 
     @classmethod
     def from_config(cls, cfg: Config) -> MaildirSource:
-        """The folder named by ``[mailbox] path``."""
+        """The folder named by ``[mailbox] path``; the Sent folder is ``[outbound] sent_folder``."""
         assert cfg.mailbox.path is not None  # noqa: S101 - config.py guarantees it
-        return cls(cfg.resolve(cfg.mailbox.path), cfg.mailbox.folders, cfg.mailbox.max_message_bytes)
+        return cls(cfg.resolve(cfg.mailbox.path), cfg.mailbox.folders, cfg.mailbox.max_message_bytes,
+                   cfg.outbound.sent_folder)
+
+    def sent_folder(self) -> str | None:
+        """``[outbound] sent_folder`` when that Maildir folder exists (a Maildir marks no folder as Sent)."""
+        if self.sent is None:
+            return None
+        d = self._dir(self.sent)
+        if (d / "new").is_dir() or (d / "cur").is_dir():
+            return self.sent
+        log.warning("%s: outbound.sent_folder %r is not a Maildir folder; the team's replies are not read", d,
+                    self.sent)
+        return None
 
     def _dir(self, folder: str) -> Path:
         """INBOX is the Maildir itself; ``CRM/Leads`` is ``.CRM.Leads`` (Maildir++, as Dovecot and Courier write)."""

@@ -165,6 +165,18 @@ def logged_digests(conn: Guarded, message_ids: set[str]) -> dict[str, set[str | 
     return out
 
 
+def logged_replies(conn: Guarded, message_ids: set[str]) -> set[str]:
+    """Which of these Message-IDs are logged as ``reply_out`` (issue #21), by its unique partial index."""
+    out: set[str] = set()
+    ids = sorted(message_ids)
+    for i in range(0, len(ids), 500):
+        part = ids[i:i + 500]
+        out.update(mid for (mid,) in conn.execute(
+            f"SELECT message_id FROM activities WHERE message_id IN ({','.join('?' * len(part))}) "
+            "AND kind = 'reply_out'", part))
+    return out
+
+
 def insert_quarantine(conn: Guarded, *, source: str, raw: bytes, error: str, now: datetime,
                       from_addr: str | None = None, customer_key: str | None = None, size: int | None = None) -> bool:
     """Keep a message unless it is there already (no transaction: the caller's unit owns it)."""

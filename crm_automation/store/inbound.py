@@ -32,6 +32,7 @@ from crm_automation.store.activities import (
     count_soft_bounces,
     insert_quarantine,
     logged_digests,
+    logged_replies,
 )
 from crm_automation.store.connection import Connection, Guarded, iso
 from crm_automation.store.customers import update_email_status
@@ -59,8 +60,19 @@ class _Batch:
 
     def __init__(self, conn: Guarded, decisions: Sequence[Decision]) -> None:
         self.conn = conn
-        self.known = logged_digests(conn, {a.message.message_id for d in decisions for a in d.activities})
+        self.known = logged_digests(conn, {a.message.message_id for d in decisions for a in d.activities
+                                           if a.kind is not Kind.REPLY_OUT})
+        # issue #21: our replies from the Sent folder, once per Message-ID (apart from inbound mail: a copy of
+        # our reply that reached the inbox under the same id is another record)
+        self.replies = logged_replies(conn, {a.message.message_id for d in decisions for a in d.activities
+                                             if a.kind is Kind.REPLY_OUT})
         self.rows: list[tuple[object, ...]] = []
+
+    def is_new_reply(self, message_id: str) -> bool:
+        if message_id in self.replies:
+            return False
+        self.replies.add(message_id)
+        return True
 
     def is_new(self, message_id: str, digest: str) -> bool:
         seen = self.known.setdefault(message_id, set())
@@ -85,7 +97,8 @@ def _apply(batch: _Batch, d: Decision, now: datetime) -> bool:
                           customer_key=q.customer_key, size=q.size)
     for a in d.activities:
         m = a.message
-        if not batch.is_new(m.message_id, a.digest):
+        if not (batch.is_new_reply(m.message_id) if a.kind is Kind.REPLY_OUT else batch.is_new(m.message_id,
+                                                                                                a.digest)):
             continue
         logged = True
         row = activity_row(kind=a.kind.value, occurred_at=a.occurred_at, now=now, customer_key=a.customer_key,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from crm_automation.errors import ConfigError
 from crm_automation.store.schema import (
+    create_contact,
     create_v1,
     create_v2,
     create_v3,
@@ -38,6 +39,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0006_plan_by_question", create_v6),
     ("0007_send_tracking", create_v7),
     ("0008_dashboard_reads", create_v8),
+    ("0009_contact_times", create_contact),  # issue #21 (h/contact); renumber freely at merge
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

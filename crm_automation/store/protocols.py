@@ -22,6 +22,8 @@ The parts, and what each records:
 - :class:`Suppressions`: the suppression list.
 - :class:`Tracking`: tracked links, clicks and opens (issue #19).
 - :class:`Reports`: reads across tables (funnel, last contact) and stage runs.
+- :class:`Contacts`: per customer the latest mail each way and when the
+  stage last changed; customer mail not yet followed by ours (issue #21).
 
 The store decides nothing: every rule arrives as a value or a pure
 function (:class:`~crm_automation.models.Effect`,
@@ -37,6 +39,7 @@ from typing import Any, Protocol
 
 from crm_automation.models import Cursor, Customer, Decision, EmailStatus, SendStatus, StepState, SuppressionReason
 from crm_automation.store.activities import Activity, DetailsIn, InboundEvent, QuarantinedContact
+from crm_automation.store.contact import ContactTimes, InboundMail
 from crm_automation.store.customers import RekeyCounts, SheetState, StoredCustomer, SyncStats
 from crm_automation.store.due import Events, PlanMark
 from crm_automation.store.reports import (
@@ -531,9 +534,27 @@ class Planning(Protocol):
         ...
 
 
-class LogStore(Log, Customers, Activities, FetchedMail, Sends, Planning, Suppressions, Tracking, Reports, Protocol):
+class Contacts(Protocol):
+    """Contact times for the sales rules (issue #21): read for every customer at once, decided by ``contact.py``."""
+
+    def contact_times(self, stage_field: str | None) -> dict[str, ContactTimes]:
+        """Per customer: latest ``email_in``, our latest email to them, latest change of ``stage_field``."""
+        ...
+
+    def inbound_after_outbound(self, since: datetime) -> list[InboundMail]:
+        """Customer mail received since ``since`` and not before our latest email to them, oldest first."""
+        ...
+
+    def inbound_customers(self, message_ids: list[str]) -> dict[str, str | None]:
+        """Message-ID -> the customer (None: unknown sender) of the ``email_in`` logged under it."""
+        ...
+
+
+class LogStore(Log, Customers, Activities, FetchedMail, Sends, Planning, Suppressions, Tracking, Reports,
+               Contacts, Protocol):
     """The whole log: every part (what ``Workspace.open_store`` returns)."""
 
 
-PARTS: tuple[type, ...] = (Log, Customers, Activities, FetchedMail, Sends, Planning, Suppressions, Tracking, Reports)
+PARTS: tuple[type, ...] = (Log, Customers, Activities, FetchedMail, Sends, Planning, Suppressions, Tracking, Reports,
+                           Contacts)
 """Every part, for tests that check the protocols describe the whole public surface."""

@@ -18,6 +18,7 @@ from crm_automation.store.activities import (
     QuarantinedContact,
 )
 from crm_automation.store.connection import Connection, iso, parse_iso, storage_error
+from crm_automation.store.contact import ContactLog, ContactTimes, InboundMail
 from crm_automation.store.customers import CustomerLog, SheetState, StoredCustomer, SyncStats
 from crm_automation.store.due import Events, PlanLog, PlanMark
 from crm_automation.store.inbound import InboundLog
@@ -30,9 +31,11 @@ __all__ = [
     "NOTIFICATION_LABEL",
     "PERMANENCE_SQL",
     "Activity",
+    "ContactTimes",
     "Events",
     "FunnelRow",
     "InboundEvent",
+    "InboundMail",
     "LastTimes",
     "PlanMark",
     "QuarantinedContact",
@@ -52,11 +55,11 @@ __all__ = [
 
 
 class Store(CustomerLog, ActivityLog, InboundLog, SendLog, SuppressionList, TrackingLog, Reports, PlanLog,
-            Connection):
+            ContactLog, Connection):
     """The activity log. Open with :meth:`open`; one connection per process.
 
     Each base is one part of the log sharing this one connection:
-    customers, activities, fetched mail, sends, suppressions, tracked links, reports.
+    customers, activities, fetched mail, sends, suppressions, tracked links, reports, contact times.
     """
 
 

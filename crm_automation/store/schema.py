@@ -280,3 +280,31 @@ def create_v8(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_sends_sent ON sends(sent_at, campaign) WHERE status = 'sent'")
     db.execute("CREATE INDEX IF NOT EXISTS idx_runs_job ON runs(job, id)")
     db.execute("CREATE INDEX IF NOT EXISTS idx_runs_job_ok ON runs(job, ok, finished_at)")
+
+
+def create_contact(db: sqlite_utils.Database) -> None:
+    """Schema (issue #21, ``contact``): contact times per customer read by grouped queries, and our own replies.
+
+    - partial indexes on ``activities`` by (customer, time) for ``email_in``
+      (the customer's latest mail) and ``reply_out`` (ours, from the Sent
+      folder), and on ``field_changed`` by (the changed field, customer,
+      time) (when a customer entered their stage): each ``MAX ... GROUP BY
+      customer_key`` of ``store/contact.py`` reads one small index instead
+      of every activity. Queries name the kind as a literal and the field
+      as ``json_extract(details, '$.field')``, exactly as here: SQLite uses
+      a partial or expression index only then.
+    - ``reply_out`` rows are unique on their Message-ID: a message of the
+      Sent folder read twice (a second pass, a copy in two folders) is
+      logged once, as inbound mail is (schema 3).
+
+    ``IF NOT EXISTS``: indexes only, so a log whose history was rewritten by
+    hand (or a test that rebuilds an old schema) migrates all the same.
+    """
+    db.execute("CREATE INDEX IF NOT EXISTS idx_activities_email_in ON activities(customer_key, occurred_at) "
+               "WHERE kind = 'email_in'")
+    db.execute("CREATE INDEX IF NOT EXISTS idx_activities_reply_out ON activities(customer_key, occurred_at) "
+               "WHERE kind = 'reply_out'")
+    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS idx_activities_reply_out_message ON activities(message_id) "
+               "WHERE kind = 'reply_out'")
+    db.execute("CREATE INDEX IF NOT EXISTS idx_activities_field_changed ON activities("
+               "json_extract(details, '$.field'), customer_key, occurred_at) WHERE kind = 'field_changed'")

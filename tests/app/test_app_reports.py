@@ -164,7 +164,7 @@ def test_timeline_finds_a_key_typed_in_another_case_and_says_what_changed(ws, cl
     kinds = [e.activity.kind.value for e in t.entries]
     assert kinds == ["customer_added", "email_out", "field_changed"]
     assert t.entries[1].headline == "[hello/0] Hello Customer 1"
-    assert t.entries[2].headline == "stage: 'lead' -> 'won'"
+    assert t.entries[2].headline == "stage: lead -> won"  # the stage role's changes read as moves (issue #21)
     data = t.to_json()
     assert data["customer"] == "c1@example.com"
     assert [a["kind"] for a in data["activities"]] == kinds
