@@ -73,9 +73,9 @@ def _ours(ws: Path, n: int, to: str, date: str, in_reply_to: str = "") -> None:
           f"Message-ID: <ours-{n}@example.com>\n{irt}Date: {date}\n\nHere it is.\n")
 
 
-def build_pipeline_log(root: Path, cli) -> Path:
+def build_pipeline_log(root: Path, cli, extra_config: str = "") -> Path:
     """The fixture's month, run by the worker; returns the config. Times are Asia/Shanghai."""
-    cfg = make_workspace(root, mapping=MAPPING, campaigns=QUOTE,
+    cfg = make_workspace(root, mapping=MAPPING, campaigns=QUOTE, extra_config=extra_config,
                          outbound='transport = "outbox"\noutbox = "var/outbox"\nsent_folder = "Sent"')
     for sub in ("new", "cur", "tmp"):
         (root / "inbox" / ".Sent" / sub).mkdir(parents=True)
