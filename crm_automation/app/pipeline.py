@@ -55,6 +55,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 import pandas as pd
 
@@ -233,9 +234,14 @@ def read_rows(ws: Workspace, store: Store, now: datetime, since: datetime | None
 
 
 # ------------------------------------------------------------------------------------------------ computing
-def _py(values: pd.Series) -> list[datetime | None]:
-    """Plain aware datetimes (None for NaT) for the rules of contact.py: converted in one go, not per Timestamp."""
-    return [None if v is pd.NaT else v for v in values.dt.to_pydatetime()]
+def _py(values: pd.Series, zone: ZoneInfo) -> list[datetime | None]:
+    """Plain datetimes in ``zone`` (None for NaT) for the rules of contact.py, converted in one go.
+
+    Why in the workspace's zone: the rules take each time's local date
+    (``astimezone(zone)``), which returns at once for a time already in that
+    very zone object: 60,000 customers' conversions are done here in bulk.
+    """
+    return [None if v is pd.NaT else v for v in values.dt.tz_convert(zone).dt.to_pydatetime()]
 
 
 def _stale(ws: Workspace, people: pd.DataFrame, now: datetime) -> pd.Series:
@@ -247,9 +253,10 @@ def _stale(ws: Workspace, people: pd.DataFrame, now: datetime) -> pd.Series:
     limit = people["stage"].map(limits)
     has = people[limit.notna()]
     zone = ws.cfg.timezone
-    flags = [quiet(last_contact(li, lo), changed, seen or now, now, zone, int(lim)).stale
-             for li, lo, changed, seen, lim in zip(_py(has["last_in"]), _py(has["last_out"]),
-                                                   _py(has["stage_changed"]), _py(has["first_seen"]),
+    local_now = now.astimezone(zone)
+    flags = [quiet(last_contact(li, lo), changed, seen or local_now, local_now, zone, int(lim)).stale
+             for li, lo, changed, seen, lim in zip(_py(has["last_in"], zone), _py(has["last_out"], zone),
+                                                   _py(has["stage_changed"], zone), _py(has["first_seen"], zone),
                                                    limit[limit.notna()], strict=True)]
     out.loc[has.index] = pd.Series(flags, index=has.index, dtype=bool)
     return out
@@ -282,7 +289,7 @@ def _first_responses(ws: Workspace, rows: Rows, owner_of: pd.Series) -> pd.DataF
     answer = paired[["out_at", "named_at"]].min(axis=1)
     working = working_time(ws)
     hours = [working.hours_between(a, b) if a is not None and b is not None else float("nan")
-             for a, b in zip(_py(paired["at"]), _py(answer), strict=True)]
+             for a, b in zip(_py(paired["at"], working.zone), _py(answer, working.zone), strict=True)]
     return pd.DataFrame({"owner": paired["key"].map(owner_of).to_numpy(), "answered": answer.notna().to_numpy(),
                          "hours": hours})
 
