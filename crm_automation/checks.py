@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import Mapping
 from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +28,7 @@ from crm_automation.config import Config, MailboxSection, OutboundSection, confi
 from crm_automation.credentials import login_problems
 from crm_automation.errors import ConfigError, CrmError, ServiceError
 from crm_automation.mapping import CAMPAIGNS_FILE
+from crm_automation.owner_digest import owner_problems
 from crm_automation.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -79,6 +81,10 @@ def run_checks(config_path: str | None, *, connect: bool = False, plan: bool = F
     if warnings:
         checks[-1]["notes"] = [f"warning: {w}" for w in warnings]
     tpl = ws.check_templates()
+    if ws.cfg.digest is not None:  # issue #21: the workspace's digest template, or the shipped one
+        from crm_automation.compose import Composer
+
+        tpl += Composer(ws.cfg, ws.templates).digest_problems()
     checks.append(_item("templates", tpl, f"{len(ws.templates.names())} template(s), every variable mapped"))
     code = 2 if tpl else 0
     try:
@@ -94,6 +100,7 @@ def run_checks(config_path: str | None, *, connect: bool = False, plan: bool = F
         if res.blanked:
             item["notes"] = [str(b) for b in res.blanked]
         checks.append(item)
+        _owners(ws, [(c.key, c.data) for c in res.customers], checks)
         if rows:
             code = max(code, 1)
     except ConfigError as e:
@@ -242,6 +249,30 @@ def _log(ws: Workspace, checks: list[CheckItem]) -> int:
     state = f"{sent} message(s) sent" if db.exists() else "not created yet (the first run creates it)"
     checks.append(_item("activity log", problems, f"{db.name}: this workspace's log, {state}"))
     return 3 if problems else 0
+
+
+def _owners(ws: Workspace, rows: list[tuple[str, Mapping[str, object]]], checks: list[CheckItem]) -> None:
+    """Owners in the sheet never mailed a digest (issue #21): not an address, or suppressed. Shown, never failing.
+
+    Only with ``[digest]`` and an owner role. The suppression list is read
+    from the log when there is one (read-only).
+    """
+    owner = ws.mapping.roles.owner
+    if ws.cfg.digest is None or owner is None:
+        return
+    suppressed: set[str] = set()
+    if ws.cfg.database.exists():
+        with suppress(CrmError):
+            store = ws.open_store(read_only=True)
+            try:
+                suppressed = set(store.suppressions())
+            finally:
+                store.close()
+    refused = owner_problems(((k, data.get(owner)) for k, data in rows), suppressed)
+    item = _item("owner digests", [], f"{len(refused)} owner(s) not mailed" if refused else "every owner mailable")
+    if refused:
+        item["notes"] = [p.line for p in refused]
+    checks.append(item)
 
 
 def _mailbox(ws: Workspace, checks: list[CheckItem]) -> int:

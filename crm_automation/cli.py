@@ -499,6 +499,8 @@ def _print_report(result: reports.Report) -> None:
                       "again):")
         for a in result.attention:
             console.print(f"  #{a.id} {a.status.value} {a.campaign}/{a.step} {a.customer}: {a.error}")
+    for o in result.owners:  # issue #21: owners never mailed a digest
+        console.print(o.line, markup=False, highlight=False)
 
 
 @report.command("pipeline")

@@ -10,14 +10,17 @@ free of CR/LF.
 
 The owner notification is a template too (``_owner_notification.txt``),
 overridable in ``email_templates/`` like the others; the default ships with
-the package (bilingual, as the team reads both).
+the package (bilingual, as the team reads both). So is the owner digest
+(issue #21): ``[digest] template`` in ``email_templates/``, else the
+package's ``default_templates/<language>/digest.txt`` (+ ``.html``) in the
+workspace's ``[workspace] language`` (``zh-CN`` or ``en``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parseaddr
@@ -34,6 +37,8 @@ from crm_automation.tokens import mailto_subject, token_of
 from crm_automation.tracking import track
 
 NOTIFICATION = "_owner_notification"
+DIGEST = "digest"  # the shipped digest template's name (issue #21)
+DIGEST_NAMES = frozenset({"owner", "digest", "sender", "now"})  # what a digest template sees (app/digest.py)
 DEFAULT_TEMPLATES = Path(__file__).resolve().parent / "default_templates"
 
 
@@ -76,6 +81,7 @@ class Composer:
         self.mailto = _mailto_address(parseaddr(ob.unsubscribe_mailto or ob.from_)[1])
         self.public_url = cfg.serve.public_url  # where tracked links point (issue #19); None: never tracked
         self._defaults: Templates | None = None
+        self._digest_defaults: Templates | None = None
         self._mailto_of: tuple[str | None, str] = (None, "")  # (Message-ID, its mailto): asked twice a message
 
     def refresh(self) -> None:
@@ -172,6 +178,40 @@ class Composer:
         data = build_message(r, sender=self.cfg.outbound.from_, to_name=None, to_email=owner, message_id=message_id,
                              now=now, reply_to=view.email, extra_headers=extra)
         return Composed(data, r.subject, r.text)
+
+    def owner_digest(self, owner: str, context: Mapping[str, object], message_id: str, now: datetime) -> Composed:
+        """An owner's digest (issue #21): the digest template over its contents, to the owner, marked automatic.
+
+        ``Auto-Submitted: auto-generated`` (RFC 3834 §5) and Exchange's
+        ``X-Auto-Response-Suppress`` keep the owner's out-of-office from
+        answering it; no ``List-Unsubscribe``: it is the team's own mail,
+        turned off by removing ``[digest]``.
+        """
+        name, templates = self.digest_templates()
+        ctx = {**context, "sender": {"name": self.from_name, "email": self.from_addr, "from": self.cfg.outbound.from_},
+               "now": now.astimezone(self.cfg.timezone)}
+        r = templates.render(name, ctx)
+        data = build_message(r, sender=self.cfg.outbound.from_, to_name=None, to_email=owner, message_id=message_id,
+                             now=now, reply_to=self.cfg.outbound.reply_to,
+                             extra_headers={"Auto-Submitted": "auto-generated", "X-Auto-Response-Suppress": "All"})
+        return Composed(data, r.subject, r.text)
+
+    def digest_problems(self) -> list[str]:
+        """Every problem of the digest template (syntax, names a digest does not have, missing layouts)."""
+        name, templates = self.digest_templates()
+        return templates.check(name, set(), DIGEST_NAMES)
+
+    def digest_templates(self) -> tuple[str, Templates]:
+        """(template name, where it is): the workspace's ``[digest] template`` if it has one, else the shipped one."""
+        name = self.cfg.digest.template if self.cfg.digest is not None else DIGEST
+        if (self.templates.folder / f"{name}.txt").is_file():
+            return name, self.templates
+        if self._digest_defaults is None:
+            folder = DEFAULT_TEMPLATES / self.cfg.language
+            if not (folder / f"{DIGEST}.txt").is_file():  # a language without a shipped digest reads English
+                folder = DEFAULT_TEMPLATES / "en"
+            self._digest_defaults = Templates(folder, self.cfg.timezone)
+        return DIGEST, self._digest_defaults
 
     def _notification_templates(self) -> Templates:
         """The workspace's templates when it has its own notification, else the package's default."""

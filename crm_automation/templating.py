@@ -741,7 +741,7 @@ class Templates:
             raise ConfigError.collect(scan.problems)
         return set(scan.top), set(scan.fields)
 
-    def check(self, name: str, fields: set[str]) -> list[str]:
+    def check(self, name: str, fields: set[str], names: frozenset[str] = CONTEXT_NAMES) -> list[str]:
         """Every problem that would fail a send of this template, as lines naming file and line; never raises.
 
         The worker calls this at the start of each send pass and refuses a campaign when it
@@ -764,11 +764,11 @@ class Templates:
             return list(e.problems)
         self._adopt(name, scan)
         top, used, problems = scan.top, scan.fields, list(scan.problems)
-        known = CONTEXT_NAMES | self.text_env.globals.keys()
+        known = names | self.text_env.globals.keys()  # ``names``: a campaign's (SPEC §6), or the digest's (#21)
         for v, where in sorted(top.items()):
             if v not in known:
                 problems.append(f"{where}: uses {{{{ {v} }}}}, which templates do not have "
-                                f"(expected one of: {', '.join(sorted(CONTEXT_NAMES))})")
+                                f"(expected one of: {', '.join(sorted(names))})")
         for f, where in sorted(used.items()):
             if f not in fields:
                 problems.append(f"{where}: uses customer.{f}, which is not a field in mappings/customers.toml "

@@ -79,10 +79,12 @@ class Worker:
     @functools.cached_property
     def outbound(self) -> SendPass:
         """The send pass, made on first use: a ``fetch`` never loads the planner (a poll starts faster)."""
+        from crm_automation.app.digest import digest_source
         from crm_automation.send.stage import SendPass
 
         wait, accept_new_log = self._send_options
-        return SendPass(self.ws, self.ctx, self.composer, wait=wait, accept_new_log=accept_new_log)
+        return SendPass(self.ws, self.ctx, self.composer, wait=wait, accept_new_log=accept_new_log,
+                        digests=digest_source(self.ws))
 
     def close(self) -> None:
         """Close the log."""

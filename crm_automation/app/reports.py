@@ -18,6 +18,7 @@ from crm_automation.app.access import reading
 from crm_automation.app.results import JsonObject, JsonValue, json_value, utc_text
 from crm_automation.errors import ConfigError
 from crm_automation.models import FieldChangedDetails, Kind, SendStatus
+from crm_automation.owner_digest import OwnerProblem, owner_problems
 
 if TYPE_CHECKING:
     from crm_automation.store.activities import Activity
@@ -118,11 +119,12 @@ class Report:
     funnel: Funnel
     attention: tuple[SendProblem, ...]
     health: Health
+    owners: tuple[OwnerProblem, ...] = ()  # owners never mailed a digest (issue #21), with their customers
 
     def to_json(self) -> JsonObject:
-        """``report --json``: ``campaigns`` and ``attention`` as before issue #18, ``health`` added."""
+        """``report --json``: ``campaigns`` and ``attention`` as before issue #18, ``health``; ``owner_problems``."""
         return {"campaigns": self.funnel.to_json(), "attention": [a.to_json() for a in self.attention],
-                "health": self.health.to_json()}
+                "health": self.health.to_json(), "owner_problems": [o.to_json() for o in self.owners]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +215,10 @@ def health(ws: Workspace, now: datetime) -> Health:
 def report(ws: Workspace, now: datetime) -> Report:
     """The funnel, the uncertain and failed sends, and the health, read in one go."""
     with reading(ws) as store:
-        return Report(Funnel(tuple(store.funnel())), _send_problems(store), _health(store, now))
+        owner = ws.mapping.roles.owner
+        owners = owner_problems(((c.key, c.data.get(owner)) for c in store.customers().values()),
+                                set(store.suppressions())) if ws.cfg.digest is not None and owner else ()
+        return Report(Funnel(tuple(store.funnel())), _send_problems(store), _health(store, now), owners)
 
 
 def daily(ws: Workspace, now: datetime, days: int = CHART_DAYS, campaign: str | None = None) -> Daily:

@@ -315,7 +315,8 @@ class Dispatcher:
             if claim.result is Claim.BLOCKED:  # suppressed since this pass planned (issue #19): recorded skipped
                 res.stats["skipped_now"] += 1
             return
-        self._pending_sent = Sent(s.id, self.ctx.clock.now(), s.customer_key, s.campaign, s.step, message_id,
+        self._pending_sent = Sent(s.id, self.ctx.clock.now(), s.customer_key if out.in_timeline else None,
+                                  s.campaign, s.step, message_id,
                                   composed.subject, composed.text, self.ws.cfg.outbound.transport)
         res.stats["sent"] += 1
         self._consecutive_5xx = 0

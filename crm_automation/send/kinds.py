@@ -15,7 +15,10 @@ kind                   its key (unique in ``sends``)               at hand-over
 ``owner_notification`` the activity it forwards (``step_id`` =     the forwarded message, from the log, to the
                        its id), queued by the fetch that logged    owner address recorded when it was queued
                        the reply (``[outbound] notify_owner``)
-``owner_digest``       (owner, period) - issue #21, not built yet  registered here when it is
+``owner_digest``       (owner address, the local date): one a day  the contents read when it was planned
+                       per owner, planned by ``send/digests.py``   (``Ready.digests``), rendered from ``[digest]
+                       at ``[digest] at`` (issue #21)              template``; the suppression list at hand-over;
+                                                                   logged in no customer's timeline
 =====================  ==========================================  =============================================
 
 Owner notifications used to be recognised by their campaign's name
@@ -49,6 +52,7 @@ class Outgoing:
     recipient: str
     build: Callable[[str, datetime], Composed]
     customer: str | None = None
+    in_timeline: bool = True  # False: its ``email_out`` has no customer (a digest is no contact, issue #21)
 
 
 class MessageKind(Protocol):
@@ -95,9 +99,31 @@ class OwnerNotification:
         return Outgoing(owner, build)
 
 
+class OwnerDigest:
+    """An owner's morning digest (issue #21): mail to the team, never contact with a customer.
+
+    ``customer_key`` holds the owner's address: the hand-over's gate looks it
+    up on the suppression list in the transaction that marks it ``sending``
+    (an owner suppressed since the digest was planned is not mailed). Its
+    ``email_out`` is logged without a customer, so no customer's timeline,
+    last contact or funnel counts it; :mod:`crm_automation.store.contact`
+    reads campaign steps only, so a digest is no contact either way.
+    """
+
+    def prepare(self, s: SendRow, ready: Ready, composer: Composer, store: Store) -> Outgoing | str:
+        """The digest, from the contents read when it was planned (or again, for one queued by an earlier pass)."""
+        content = ready.digests.get((s.customer_key, s.step_id or ""))
+        if content is None:
+            return "digest contents were not read by this pass"
+        owner = s.email or s.customer_key
+        return Outgoing(owner, lambda mid, now: composer.owner_digest(owner, content.context(), mid, now),
+                        s.customer_key, in_timeline=False)
+
+
 KINDS: dict[SendKind, MessageKind] = {
     SendKind.CAMPAIGN_STEP: CampaignStep(),
     SendKind.OWNER_NOTIFICATION: OwnerNotification(),
+    SendKind.OWNER_DIGEST: OwnerDigest(),
 }
 
 

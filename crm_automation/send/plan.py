@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import chain, islice
+from typing import TYPE_CHECKING
 
 from crm_automation.edits import Review, review
 from crm_automation.errors import DataError
@@ -48,6 +49,9 @@ from crm_automation.store.due import EARLIEST
 from crm_automation.store.repo import Store
 from crm_automation.store.sends import SendKind, SendRow
 from crm_automation.workspace import Clock, Workspace
+
+if TYPE_CHECKING:
+    from crm_automation.send.digests import DigestContent
 
 log = logging.getLogger("crm_automation")
 CHUNK = 5000  # customers planned at a time: a re-plan's memory is this many customers' history (issue #23 item 3)
@@ -96,7 +100,8 @@ class Ready:
 
     ``fresh``: the campaign steps this pass's planner queued (its rules
     already applied); ``held``: campaigns whose templates have problems
-    (their sends stay queued).
+    (their sends stay queued); ``digests``: the contents of the owner
+    digests waiting to be handed over, by (owner, day) (issue #21).
     """
 
     views: dict[str, CustomerView]
@@ -104,6 +109,7 @@ class Ready:
     history: History
     fresh: frozenset[SendKey]
     held: dict[str, list[str]]
+    digests: Mapping[tuple[str, str], DigestContent] = dataclasses.field(default_factory=dict)
 
     def recheck(self, s: SendRow) -> tuple[str | None, Step | None]:
         """(why a campaign step must not go now, or None; its step): the planner's rules, once a send.

@@ -14,6 +14,7 @@ from contextlib import suppress
 from crm_automation.errors import CrmError
 from crm_automation.models import SendStatus
 from crm_automation.stage import StageContext, StageResult, recorded
+from crm_automation.store.sends import SendKind
 from crm_automation.workspace import Workspace
 
 UNCERTAIN_NOTE = ("the worker stopped while handing this message over; it may or may not have been delivered (see "
@@ -31,7 +32,8 @@ def recover(ws: Workspace, ctx: StageContext) -> StageResult:
         n_sent = n_unc = 0
         for s in stuck:
             if s.message_id in found:
-                ctx.store.mark_sent(s.id, now, customer_key=s.customer_key, campaign=s.campaign, step=s.step,
+                key = None if s.kind is SendKind.OWNER_DIGEST else s.customer_key  # a digest: no customer's
+                ctx.store.mark_sent(s.id, now, customer_key=key, campaign=s.campaign, step=s.step,
                                     message_id=s.message_id or "", subject="(recovered after a crash)", body="",
                                     source="found after a crash")
                 n_sent += 1

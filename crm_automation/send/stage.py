@@ -6,17 +6,20 @@ says in which order they run and what holds a pass (SPEC §10, issues #9, #17).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 
 from crm_automation.compose import Composer
-from crm_automation.errors import ConfigError, CrmError, ServiceError, StorageError
+from crm_automation.errors import ConfigError, CrmError, DataError, ServiceError, StorageError
 from crm_automation.planner import Plan
+from crm_automation.send.digests import DigestSource, queue_digests
 from crm_automation.send.dispatch import Dispatcher
-from crm_automation.send.plan import CampaignOutlook, Planning, dry_run_report
+from crm_automation.send.plan import CampaignOutlook, Planning, Ready, dry_run_report
 from crm_automation.send.recovery import recover
 from crm_automation.stage import StageContext, StageResult, recorded
 from crm_automation.store import identity
+from crm_automation.store.sends import DIGEST_LABEL
 from crm_automation.workspace import Workspace
 
 log = logging.getLogger("crm_automation")
@@ -26,8 +29,10 @@ class SendPass:
     """One worker's send stage: plans and queues (:class:`Planning`), then sends (:class:`Dispatcher`)."""
 
     def __init__(self, ws: Workspace, ctx: StageContext, composer: Composer,
-                 wait: Callable[[float], bool] | None = None, *, accept_new_log: bool = False) -> None:
+                 wait: Callable[[float], bool] | None = None, *, accept_new_log: bool = False,
+                 digests: DigestSource | None = None) -> None:
         self.ws = ws
+        self.digests = digests  # the owner digests' contents (issue #21), from the layer above; None: no digests
         self.ctx = ctx
         self.store = ctx.store
         self.composer = composer
@@ -71,6 +76,8 @@ class SendPass:
                 _hold(held, result.held, res)
                 return res
             ready = self.planning.queue(planned, self.composer.message_id, held)
+            if self.digests is not None:
+                ready = self._queue_digests(ready, res, self.digests)
             res.stats["planned"] = sum(p.status == "queued" for p in result.sends)
             res.stats["skipped"] = sum(p.status == "skipped" for p in result.sends)
             try:
@@ -79,6 +86,29 @@ class SendPass:
                 self._record_sent_count()
             _hold(held, result.held, res)
         return res
+
+    def _queue_digests(self, ready: Ready, res: StageResult, source: DigestSource) -> Ready:
+        """Plan the day's owner digests when due, after the campaigns (issue #21); their contents for dispatch.
+
+        A digest template with problems holds the digests (none planned,
+        queued ones stay queued, as a campaign's with a broken template) and
+        never the campaigns; nor does a digest whose contents cannot be read:
+        the problem is reported and the next pass tries again.
+        """
+        if self.ws.cfg.digest is None or self.ws.mapping.roles.owner is None:
+            return ready  # no digests: not even their template is read
+        problems = self.composer.digest_problems()
+        if problems:
+            lines = [f"owner digests held, nothing planned or sent until the template is fixed: {p}" for p in problems]
+            res.problems += lines
+            return dataclasses.replace(ready, held={**ready.held, DIGEST_LABEL: lines})
+        try:
+            contents = queue_digests(self.ws, self.store, self.ctx.clock.now(), source,
+                                     self.composer.message_id, res)
+        except (DataError, ConfigError) as e:
+            res.problems.append(f"owner digests: {e}")
+            return ready
+        return dataclasses.replace(ready, digests=contents) if contents else ready
 
     def held_for_failed_fetch(self, fetch_error: CrmError) -> StageResult:
         """The send stage of a cycle whose fetch failed: nothing sent, and why (issue #9, exit 3)."""

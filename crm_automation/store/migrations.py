@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 from crm_automation.errors import ConfigError
 from crm_automation.store.schema import (
-    create_contact,
     create_v1,
     create_v2,
     create_v3,
@@ -25,6 +24,7 @@ from crm_automation.store.schema import (
     create_v6,
     create_v7,
     create_v8,
+    create_v9,
 )
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0006_plan_by_question", create_v6),
     ("0007_send_tracking", create_v7),
     ("0008_dashboard_reads", create_v8),
-    ("0009_contact_times", create_contact),  # issue #21 (h/contact); renumber freely at merge
+    ("0009_contact_times", create_v9),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

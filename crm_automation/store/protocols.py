@@ -288,7 +288,7 @@ class Sends(Protocol):
         """Queued -> sending, committed before the hand-over; False if it was not queued."""
         ...
 
-    def mark_sent(self, send_id: int, now: datetime, *, customer_key: str, campaign: str, step: int,
+    def mark_sent(self, send_id: int, now: datetime, *, customer_key: str | None, campaign: str, step: int,
                   message_id: str, subject: str, body: str, source: str) -> None:
         """Sending -> sent, with its email_out activity."""
         ...
@@ -579,11 +579,36 @@ class PipelineRows(Protocol):
         ...
 
 
+class Digests(Protocol):
+    """What the owner digests read (issue #21): their rows by day and status, and the events since the last one."""
+
+    def digest_planned(self, day: str) -> bool:
+        """Whether any owner's digest row of this local day (``YYYY-MM-DD``) exists."""
+        ...
+
+    def digest_sends(self, status: SendStatus | None = None) -> list[SendRow]:
+        """The digests' rows (in one status when given), oldest first."""
+        ...
+
+    def last_digests(self) -> dict[str, datetime]:
+        """Owner address -> ``queued_at`` of their latest digest that was sent."""
+        ...
+
+    def digest_events(self, after: datetime, upto: datetime, owner_field: str | None
+                      ) -> list[tuple[Activity, datetime]]:
+        """Replies, bounces, unsubscribes, customers added, owner changes logged in (``after``, ``upto``]."""
+        ...
+
+    def follow_ups_sent_since(self, since: datetime) -> list[SendRow]:
+        """Campaign steps after the first handed over since ``since``."""
+        ...
+
+
 class LogStore(Log, Customers, Activities, FetchedMail, Sends, Planning, Suppressions, Tracking, Reports,
-               Contacts, PipelineRows, Protocol):
+               Contacts, Digests, PipelineRows, Protocol):
     """The whole log: every part (what ``Workspace.open_store`` returns)."""
 
 
 PARTS: tuple[type, ...] = (Log, Customers, Activities, FetchedMail, Sends, Planning, Suppressions, Tracking, Reports,
-                           Contacts, PipelineRows)
+                           Contacts, Digests, PipelineRows)
 """Every part, for tests that check the protocols describe the whole public surface."""

@@ -20,15 +20,17 @@ from crm_automation.store.activities import (
 from crm_automation.store.connection import Connection, iso, parse_iso, storage_error
 from crm_automation.store.contact import ContactLog, ContactTimes, InboundMail
 from crm_automation.store.customers import CustomerLog, SheetState, StoredCustomer, SyncStats
+from crm_automation.store.digests import DigestLog
 from crm_automation.store.due import Events, PlanLog, PlanMark
 from crm_automation.store.inbound import InboundLog
 from crm_automation.store.pipeline import PipelineLog
 from crm_automation.store.reports import FunnelRow, LastTimes, Reports
-from crm_automation.store.sends import NOTIFICATION_LABEL, SendKind, SendLog, SendRow, SentRef
+from crm_automation.store.sends import DIGEST_LABEL, NOTIFICATION_LABEL, SendKind, SendLog, SendRow, SentRef
 from crm_automation.store.suppressions import Suppression, SuppressionList
 from crm_automation.store.tracking import TokenSend, TrackingLog
 
 __all__ = [
+    "DIGEST_LABEL",
     "NOTIFICATION_LABEL",
     "PERMANENCE_SQL",
     "Activity",
@@ -56,7 +58,7 @@ __all__ = [
 
 
 class Store(CustomerLog, ActivityLog, InboundLog, SendLog, SuppressionList, TrackingLog, Reports, PlanLog,
-            ContactLog, PipelineLog, Connection):
+            ContactLog, DigestLog, PipelineLog, Connection):
     """The activity log. Open with :meth:`open`; one connection per process.
 
     Each base is one part of the log sharing this one connection:

@@ -282,8 +282,8 @@ def create_v8(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS idx_runs_job_ok ON runs(job, ok, finished_at)")
 
 
-def create_contact(db: sqlite_utils.Database) -> None:
-    """Schema (issue #21, ``contact``): contact times per customer read by grouped queries, and our own replies.
+def create_v9(db: sqlite_utils.Database) -> None:
+    """Schema version 9 (issue #21, ``contact``): contact times per customer by grouped queries; our own replies.
 
     - partial indexes on ``activities`` by (customer, time) for ``email_in``
       (the customer's latest mail) and ``reply_out`` (ours, from the Sent

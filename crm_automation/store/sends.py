@@ -40,6 +40,7 @@ _HANDED_OVER = ("SELECT {cols} FROM sends WHERE status = 'sent' AND sent_at >= :
                 "UNION ALL SELECT {cols} FROM sends WHERE status = 'uncertain' AND "
                 "COALESCE(sent_at, next_attempt_at) >= :since")
 NOTIFICATION_LABEL = "owner-notify"  # what ``sends.campaign`` shows for an owner notification (a label, not its key)
+DIGEST_LABEL = "owner-digest"  # ``sends.campaign`` of an owner digest (issue #21): a label, its key's prefix
 
 
 class SendKind(enum.StrEnum):
@@ -47,12 +48,15 @@ class SendKind(enum.StrEnum):
 
     ``campaign_step``: (campaign, step_id, customer). ``owner_notification``:
     the activity it forwards (``step_id`` holds the activity's id; one
-    notification an activity). ``owner_digest`` (issue #21) is reserved.
+    notification an activity). ``owner_digest`` (issue #21): (owner
+    address, the local date of the digest) - ``customer_key`` holds the
+    owner's address, ``step_id`` the date: one digest an owner and day.
     What each kind means to the send pass is :mod:`crm_automation.send.kinds`.
     """
 
     CAMPAIGN_STEP = "campaign_step"
     OWNER_NOTIFICATION = "owner_notification"
+    OWNER_DIGEST = "owner_digest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +122,21 @@ def notification_row(activity_id: int | None, customer_key: str, owner: str, mes
             "email": owner, "kind": SendKind.OWNER_NOTIFICATION.value}
 
 
+def digest_row(owner: str, day: str, now: datetime, *, message_id: str | None, why_not: str | None = None
+               ) -> dict[str, object]:
+    """The ``sends`` row of an owner's digest of one local day (issue #21): queued, or skipped ``why_not``.
+
+    Its key is (``owner-digest``, the day, the owner's address) in the unique
+    (campaign, step_id, customer_key) index every kind shares, so a second
+    planning of the same day - another pass, a restart after a kill - inserts
+    nothing (``INSERT OR IGNORE``). No migration: the index is schema 4's.
+    """
+    return {"campaign": DIGEST_LABEL, "step": 0, "step_id": day, "customer_key": owner,
+            "status": (SendStatus.SKIPPED if why_not else SendStatus.QUEUED).value,
+            "message_id": None if why_not else message_id, "queued_at": iso(now), "error": why_not,
+            "email": owner, "kind": SendKind.OWNER_DIGEST.value}
+
+
 class Claim(enum.Enum):
     """What :meth:`SendLog.mark_sent_and_sending` did with the next send."""
 
@@ -147,7 +166,7 @@ class Sent:
 
     send_id: int
     at: datetime
-    customer_key: str
+    customer_key: str | None  # None: a message to the team that is in no customer's timeline (a digest)
     campaign: str
     step: int
     message_id: str
@@ -367,7 +386,7 @@ class SendLog(Connection):
             "WHERE id = ? AND status = 'queued'", (message_id, iso(now), send_id))
         return cur.rowcount == 1
 
-    def mark_sent(self, send_id: int, now: datetime, *, customer_key: str, campaign: str, step: int,
+    def mark_sent(self, send_id: int, now: datetime, *, customer_key: str | None, campaign: str, step: int,
                   message_id: str, subject: str, body: str, source: str) -> None:
         """Sending -> sent, with the email_out activity, in one transaction."""
         with self.transaction():

@@ -58,7 +58,8 @@ def test_report_shows_the_funnel_the_sends_to_decide_on_and_health(ws):
     assert [(a.id, a.status, a.error) for a in result.attention] == [
         (ids[0], SendStatus.UNCERTAIN, "connection lost after DATA"), (ids[1], SendStatus.FAILED, "550 no such user")]
     data = json.loads(json.dumps(result.to_json()))  # plain JSON, nothing needs default=str
-    assert list(data) == ["campaigns", "attention", "health"]
+    assert list(data) == ["campaigns", "attention", "health", "owner_problems"]
+    assert data["owner_problems"] == []  # no [digest]: no owner is refused (issue #21)
     assert data["campaigns"] == funnel_before
     assert data["attention"][0] == {"id": ids[0], "campaign": "hello", "step": 0, "customer": "c0@example.com",
                                     "status": "uncertain", "error": "connection lost after DATA",

@@ -90,7 +90,7 @@ def test_report_json_adds_health_beside_the_funnel_and_attention(tmp_path, cli):
     r = cli("report", "--config", str(cfg), "--json", "--now", "2026-11-27T10:30")
     assert r.code == 0, r.err
     data = json.loads(r.out)
-    assert list(data) == ["campaigns", "attention", "health"]
+    assert list(data) == ["campaigns", "attention", "health", "owner_problems"]
     assert data["attention"] == []
     health = data["health"]
     assert health["at"] == "2026-11-27T02:30:00Z"

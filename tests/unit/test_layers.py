@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
     "parallel": 3, "reading": 3,
     "planner": 4, "edits": 4, "classify": 4, "match": 4, "effects": 4, "reply_text": 4, "tokens": 4,
     "templating": 4, "compose": 4, "parse": 4, "quickmime": 4, "suppression": 4, "mapping": 4, "tracking": 4,
-    "contact": 4, "outgoing": 4,
+    "contact": 4, "outgoing": 4, "owner_digest": 4,
     "sheets": 5, "mailbox": 5, "transports": 5,
     "store": 6, "config": 6, "fieldtypes": 6, "credentials": 6, "addresses": 6,
     "models": 7, "errors": 7, "files": 7, "cells": 7, "status_words": 7, "__init__": 7,

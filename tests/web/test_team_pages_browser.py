@@ -181,9 +181,13 @@ def _click(browser, css: str) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
 
+    # The page must be whole before its button is taken: a form POST answered by a redirect swaps the document
+    # twice, and an element found mid-swap belongs to neither ("Node ... does not belong to the document").
+    _wait(browser, lambda d: d.execute_script("return document.readyState") == "complete")
     old = browser.find_element(By.TAG_NAME, "html")
     browser.find_element(By.CSS_SELECTOR, css).click()
     _wait(browser, ec.staleness_of(old))
+    _wait(browser, lambda d: d.execute_script("return document.readyState") == "complete")
 
 
 def _funnel_on_page(browser) -> list[dict]:
