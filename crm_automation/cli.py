@@ -29,7 +29,7 @@ import click
 from crm_automation.errors import ConfigError, CrmError, StorageError
 
 if TYPE_CHECKING:
-    from crm_automation.app import reports
+    from crm_automation.app import pipeline, reports
     from crm_automation.app.results import JsonObject, JsonValue
     from crm_automation.checks import CheckItem
     from crm_automation.stage import Progress, StageResult
@@ -443,13 +443,21 @@ def preview(ctx: click.Context, /, template: str, key: str, out: Path | None, ca
           lambda: click.echo(f"Subject: {subject}\n\n{text}"))
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @_global
 @click.option("--csv", "as_csv", is_flag=True, help="CSV output")
 @click.pass_context
 def report(ctx: click.Context, /, as_csv: bool, **kw: Unpack[_GlobalOptions]) -> None:
-    """Per campaign and step: queued, sent, failed, uncertain, skipped, bounced, replied, unsubscribed."""
+    """Per campaign and step: queued, sent, failed, uncertain, skipped, bounced, replied, unsubscribed.
+
+    `report pipeline`: the pipeline by stage and owner (issue #21).
+    """
     o = _apply(ctx, kw)
+    if ctx.invoked_subcommand is not None:
+        if as_csv:
+            raise click.UsageError(f"put --csv after `{ctx.invoked_subcommand}`: report {ctx.invoked_subcommand} "
+                                   "--csv")
+        return
     from crm_automation.app import reports
     from crm_automation.workspace import Workspace
 
@@ -493,6 +501,88 @@ def _print_report(result: reports.Report) -> None:
             console.print(f"  #{a.id} {a.status.value} {a.campaign}/{a.step} {a.customer}: {a.error}")
     for o in result.owners:  # issue #21: owners never mailed a digest
         console.print(o.line, markup=False, highlight=False)
+
+
+@report.command("pipeline")
+@_global
+@click.option("--csv", "as_csv", is_flag=True, help="the stage x owner table as CSV")
+@click.option("--since", metavar="DATE", help="also count moves between stages since DATE (workspace local time "
+              "if no offset), e.g. 2026-11-01")
+@click.pass_context
+def report_pipeline(ctx: click.Context, /, as_csv: bool, since: str | None, **kw: Unpack[_GlobalOptions]) -> None:
+    """Per stage x owner: customers, stale, median days in stage, replies in 30 days; owners' first responses."""
+    o = _apply(ctx, kw)
+    from crm_automation.app import pipeline
+    from crm_automation.workspace import Workspace
+
+    ws = Workspace.load(o.config)
+    start = _parse_since(since, ws)
+    result = pipeline.pipeline(ws, o.clock(ws).now(), since=start)
+    if as_csv:
+        click.echo(_pipeline_csv(result), nl=False)
+        return
+    _emit(o, result.to_json(), lambda: _print_pipeline(result, ws))
+
+
+def _parse_since(value: str | None, ws: Workspace) -> datetime | None:
+    """``--since``: an ISO date or date and time; without an offset, workspace local time (a date: its midnight)."""
+    if value is None:
+        return None
+    try:
+        dt = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date (expected ISO 8601, e.g. 2026-11-01 or 2026-11-01T09:00)",
+                                 param_hint="--since") from None
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=ws.cfg.timezone)
+
+
+_PIPELINE_COLUMNS = ("stage", "owner", "customers", "stale", "median_days_in_stage", "replies_30d")
+
+
+def _pipeline_csv(result: pipeline.Pipeline) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    wr = csv.writer(buf)
+    wr.writerow(_PIPELINE_COLUMNS)
+    for c in result.cells:
+        row = c.to_json()
+        wr.writerow(["" if row[k] is None else row[k] for k in _PIPELINE_COLUMNS])
+    return buf.getvalue()
+
+
+def _print_pipeline(result: pipeline.Pipeline, ws: Workspace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def cell(value: object) -> str:
+        return "-" if value is None else str(value)
+
+    console = Console(width=140)
+    t = Table("stage", "owner", "customers", "stale", "median days in stage", "replies (30 d)",
+              title=f"pipeline at {result.at.astimezone(ws.cfg.timezone):%Y-%m-%d %H:%M}")
+    for c in result.cells:
+        t.add_row(cell(c.stage), cell(c.owner), str(c.customers), str(c.stale), cell(c.median_days_in_stage),
+                  str(c.replies))
+    console.print(t)
+    o = Table("owner", "customers", "stale", "replies (30 d)", "answered", "unanswered",
+              "median first response (working h)", title="owners, last 30 days")
+    for w in result.owners:
+        o.add_row(cell(w.owner), str(w.customers), str(w.stale), str(w.replies), str(w.answered),
+                  str(w.unanswered), cell(w.median_first_response_hours))
+    console.print(o)
+    if result.since is None:
+        return
+    since = f"{result.since.astimezone(ws.cfg.timezone):%Y-%m-%d %H:%M}"
+    f = Table("stage", "entered", "of them new", title=f"funnel since {since}")
+    for s in result.funnel:
+        f.add_row(s.stage, str(s.entered), str(s.added))
+    console.print(f)
+    m = Table("from", "to", "moves", title=f"moves between stages since {since}")
+    for mv in result.moves:
+        m.add_row(cell(mv.from_stage), cell(mv.to_stage), str(mv.count))
+    console.print(m)
 
 
 @cli.command()

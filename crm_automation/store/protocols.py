@@ -42,6 +42,7 @@ from crm_automation.store.activities import Activity, DetailsIn, InboundEvent, Q
 from crm_automation.store.contact import ContactTimes, InboundMail
 from crm_automation.store.customers import RekeyCounts, SheetState, StoredCustomer, SyncStats
 from crm_automation.store.due import Events, PlanMark
+from crm_automation.store.pipeline import CustomerRow, MailRow, MoveRow, NamedRow, TimeRow
 from crm_automation.store.reports import (
     DayCounts,
     FunnelRow,
@@ -550,6 +551,34 @@ class Contacts(Protocol):
         ...
 
 
+class PipelineRows(Protocol):
+    """The rows of ``report pipeline`` (issue #21): plain tuples for every customer at once, grouped by the caller."""
+
+    def pipeline_customers(self, stage_field: str | None, owner_field: str | None) -> list[CustomerRow]:
+        """Every customer present in the sheet: key, stage value, owner value, first seen."""
+        ...
+
+    def customer_mail(self) -> list[MailRow]:
+        """Every ``email_in`` with a customer: id, customer, received, Message-ID."""
+        ...
+
+    def our_emails(self) -> list[TimeRow]:
+        """Every email of ours to a customer (campaign step sent, or ``reply_out``): customer, time."""
+        ...
+
+    def last_stage_change(self, stage_field: str) -> list[TimeRow]:
+        """Per customer, the latest logged change of ``stage_field``."""
+        ...
+
+    def named_replies_between(self, start: datetime, end: datetime) -> list[NamedRow]:
+        """(Message-ID, time) for each message a ``reply_out`` of [start, end] names."""
+        ...
+
+    def stage_moves_between(self, stage_field: str, start: datetime, end: datetime) -> list[MoveRow]:
+        """Each change of ``stage_field`` logged in [start, end]: customer, time, old, new."""
+        ...
+
+
 class Digests(Protocol):
     """What the owner digests read (issue #21): their rows by day and status, and the events since the last one."""
 
@@ -576,10 +605,10 @@ class Digests(Protocol):
 
 
 class LogStore(Log, Customers, Activities, FetchedMail, Sends, Planning, Suppressions, Tracking, Reports,
-               Contacts, Digests, Protocol):
+               Contacts, Digests, PipelineRows, Protocol):
     """The whole log: every part (what ``Workspace.open_store`` returns)."""
 
 
 PARTS: tuple[type, ...] = (Log, Customers, Activities, FetchedMail, Sends, Planning, Suppressions, Tracking, Reports,
-                           Contacts, Digests)
+                           Contacts, Digests, PipelineRows)
 """Every part, for tests that check the protocols describe the whole public surface."""

@@ -22,6 +22,7 @@ from crm_automation.store.customers import CustomerLog, SheetState, StoredCustom
 from crm_automation.store.digests import DigestLog
 from crm_automation.store.due import Events, PlanLog, PlanMark
 from crm_automation.store.inbound import InboundLog
+from crm_automation.store.pipeline import PipelineLog
 from crm_automation.store.reports import FunnelRow, LastTimes, Reports
 from crm_automation.store.schema import PERMANENCE_SQL
 from crm_automation.store.sends import DIGEST_LABEL, NOTIFICATION_LABEL, SendKind, SendLog, SendRow, SentRef
@@ -57,11 +58,12 @@ __all__ = [
 
 
 class Store(CustomerLog, ActivityLog, InboundLog, SendLog, SuppressionList, TrackingLog, Reports, PlanLog,
-            ContactLog, DigestLog, Connection):
+            ContactLog, DigestLog, PipelineLog, Connection):
     """The activity log. Open with :meth:`open`; one connection per process.
 
     Each base is one part of the log sharing this one connection:
-    customers, activities, fetched mail, sends, suppressions, tracked links, reports, contact times.
+    customers, activities, fetched mail, sends, suppressions, tracked links, reports, contact times,
+    the pipeline's rows.
     """
 
 

@@ -170,6 +170,35 @@ EN: dict[str, str] = {
     "flash_suppress_nothing": "Nothing changed",
     "flash_unsuppressed": "Taken off the suppression list",
     "flash_unsuppress_nothing": "It was not on the list",
+    # the pipeline page (issue #21): the same numbers as `report pipeline --json`
+    "nav_pipeline": "Pipeline",
+    "pipeline_explain": ("The same numbers as `crm-automation report pipeline`. Stale: quiet longer than "
+                         "[stale_after_days] allows for the stage. Days in stage: since the customer entered their "
+                         "current stage. Replies: replies and enquiries of the last 30 days."),
+    "pipeline_empty": "No customers in the log yet.",
+    "pipeline_owners": "Owners, last 30 days",
+    "pipeline_owners_explain": ("First response: from a customer's mail to our first answer (a reply from the Sent "
+                                "folder naming it, or any later email of ours), in working hours; the median."),
+    "pipeline_since": "Moves since",
+    "pipeline_show": "Show",
+    "pipeline_bad_since": "Not a date in the past (expected e.g. 2026-11-01).",
+    "pipeline_funnel": "Customers who entered each stage",
+    "pipeline_moves": "Moves between stages",
+    "pipeline_no_moves": "No stage changes in this period.",
+    "col_owner": "Owner",
+    "col_customers": "Customers",
+    "col_stale": "Stale",
+    "col_median_days": "Median days in stage",
+    "col_replies_30d": "Replies (30 days)",
+    "col_answered": "Answered",
+    "col_unanswered": "Not answered yet",
+    "col_first_response": "Median first response (working hours)",
+    "col_entered": "Entered",
+    "col_added": "Of them new",
+    "col_from": "From",
+    "col_to": "To",
+    "col_moves": "Moves",
+    "value_none": "(none)",
 }
 
 ZH: dict[str, str] = {
@@ -316,6 +345,35 @@ ZH: dict[str, str] = {
     "flash_suppress_nothing": "没有变化",
     "flash_unsuppressed": "已移出禁发名单",
     "flash_unsuppress_nothing": "该地址不在禁发名单中",
+    # 销售漏斗页面（issue #21）：与 `report pipeline --json` 相同的数字
+    "nav_pipeline": "销售漏斗",
+    "pipeline_explain": ("与 `crm-automation report pipeline` 相同的数字。久未联系：超过 [stale_after_days] "
+                         "为该阶段设定的天数没有邮件往来。阶段天数：自客户进入当前阶段起。"
+                         "回复：最近 30 天的回信和询盘。"),
+    "pipeline_empty": "日志里还没有客户。",
+    "pipeline_owners": "负责人（最近 30 天）",
+    "pipeline_owners_explain": ("首次响应：从客户来信到我们第一次回复（“已发送”里指向它的回信，"
+                                "或之后我们发出的任何邮件），按工作时间计，取中位数。"),
+    "pipeline_since": "阶段变化起始日期",
+    "pipeline_show": "显示",
+    "pipeline_bad_since": "不是一个过去的日期（例如 2026-11-01）。",
+    "pipeline_funnel": "进入各阶段的客户",
+    "pipeline_moves": "阶段变化",
+    "pipeline_no_moves": "这段时间没有阶段变化。",
+    "col_owner": "负责人",
+    "col_customers": "客户数",
+    "col_stale": "久未联系",
+    "col_median_days": "阶段天数（中位数）",
+    "col_replies_30d": "回复（30 天）",
+    "col_answered": "已回复",
+    "col_unanswered": "尚未回复",
+    "col_first_response": "首次响应（工作小时，中位数）",
+    "col_entered": "进入",
+    "col_added": "其中新客户",
+    "col_from": "从",
+    "col_to": "到",
+    "col_moves": "次数",
+    "value_none": "（无）",
 }
 
 CATALOGS: dict[str, Mapping[str, str]] = {"en": EN, "zh-CN": ZH}

@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from crm_automation.app import customers, quarantine, reports, sends, suppressions
+from crm_automation.app import customers, pipeline, quarantine, reports, sends, suppressions
 from crm_automation.app.results import JsonValue
 from crm_automation.errors import ConfigError, CrmError
 from crm_automation.web import charts, i18n
@@ -237,6 +237,28 @@ async def health(request: Request) -> Response:
     return _page(request, "health.html", {"h": result})
 
 
+# ------------------------------------------------------------------------------------------------ pipeline
+@require_login
+async def pipeline_page(request: Request) -> Response:
+    """GET /pipeline?since=DATE: ``report pipeline --json``'s numbers, by stage and owner (issue #21)."""
+    st = state(request)
+    raw = request.query_params.get("since", "").strip()
+    since = None
+    if raw:
+        try:
+            since = datetime.fromisoformat(raw)
+        except ValueError:
+            return _page(request, "error.html", {"message_key": "pipeline_bad_since", "detail": raw},
+                         status_code=400)
+        since = since if since.tzinfo else since.replace(tzinfo=st.ws.cfg.timezone)  # as the CLI's --since
+    try:
+        result = await read(request, pipeline.pipeline, st.ws, st.clock.now(), since)
+    except ConfigError as e:
+        return _page(request, "error.html", {"message_key": "pipeline_bad_since", "detail": str(e)},
+                     status_code=400)
+    return _page(request, "pipeline.html", {"p": result.to_json(), "since": raw})
+
+
 ROUTES = [
     Route("/", dashboard, methods=["GET"]),
     Route("/attention", attention, methods=["GET"]),
@@ -247,4 +269,5 @@ ROUTES = [
     Route("/customers/unsuppress", unsuppress, methods=["POST"]),
     Route("/customers/{key:path}", customer, methods=["GET"]),
     Route("/health", health, methods=["GET"]),
+    Route("/pipeline", pipeline_page, methods=["GET"]),
 ]

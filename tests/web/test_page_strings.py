@@ -19,7 +19,7 @@ from crm_automation.models import EmailStatus, Kind, SendStatus, SuppressionReas
 from crm_automation.web import i18n
 
 WEB = Path(crm_automation.web.__file__).parent
-PAGES = ("dashboard", "attention", "customers", "customer", "health", "error", "_flash")
+PAGES = ("dashboard", "attention", "customers", "customer", "health", "error", "_flash", "pipeline")
 
 
 def _keys() -> set[str]:
