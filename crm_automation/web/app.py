@@ -41,7 +41,9 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from crm_automation.app import suppressions
 from crm_automation.web import i18n
+from crm_automation.web.batching import GroupCommit
 from crm_automation.web.limits import RateLimits
 from crm_automation.workspace import Clock, Workspace
 
@@ -72,6 +74,14 @@ class WebState:
     https: bool
     limits: RateLimits = field(default_factory=RateLimits)
     writes: asyncio.Lock = field(default_factory=asyncio.Lock)  # one app write at a time (see :func:`write`)
+    unsubscribes: GroupCommit[str, suppressions.Unsubscribed] = field(init=False)  # one-click POSTs, group-committed
+
+    def __post_init__(self) -> None:
+        self.unsubscribes = GroupCommit(self._unsubscribe_batch)
+
+    async def _unsubscribe_batch(self, tokens: Sequence[str]) -> list[suppressions.Unsubscribed]:
+        """One group of one-click unsubscribes: one transaction (issue #19; :mod:`crm_automation.web.batching`)."""
+        return await written(self, suppressions.unsubscribe_by_tokens, self.ws, tokens, self.clock.now())
 
 
 def state(request: Request) -> WebState:
@@ -97,7 +107,12 @@ async def write(request: Request, fn: Callable[..., _R], /, *args: object) -> _R
     meets the worker's short transactions, and a burst of one-click POSTs
     takes one thread, not all of them (benchmarks/bench_unsubscribe.py).
     """
-    async with state(request).writes:
+    return await written(state(request), fn, *args)
+
+
+async def written(st: WebState, fn: Callable[..., _R], /, *args: object) -> _R:
+    """:func:`write` for a caller without a request (the group commit of one-click unsubscribes)."""
+    async with st.writes:
         return await run_in_threadpool(fn, *args)
 
 
