@@ -200,8 +200,12 @@ class Connection:
         self._identity = _file_identity(path)
 
     @classmethod
-    def open(cls, path: Path | str) -> Self:
-        """Open (creating and migrating) the log; WAL mode so readers never block the worker."""
+    def open(cls, path: Path | str, *, any_thread: bool = False) -> Self:
+        """Open (creating and migrating) the log; WAL mode so readers never block the worker.
+
+        ``any_thread``: the connection may be used from any thread, one at a
+        time (the caller serialises: :class:`crm_automation.app.access.KeptWriter`).
+        """
         p = str(path)
         if p != ":memory:":
             try:
@@ -209,7 +213,7 @@ class Connection:
             except OSError as e:
                 raise ConfigError(f"{p}: cannot create the database folder: {e.strerror}") from None
         try:
-            conn = sqlite3.connect(p, isolation_level=None, timeout=BUSY_TIMEOUT)
+            conn = sqlite3.connect(p, isolation_level=None, timeout=BUSY_TIMEOUT, check_same_thread=not any_thread)
             conn.execute("PRAGMA user_version")  # reads the header: a file that is not a database fails here
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -265,6 +269,10 @@ class Connection:
         """Close the connection (checkpointing the WAL)."""
         with suppress(sqlite3.Error):
             self.conn.close()
+
+    def same_file(self) -> bool:
+        """Whether the path still names the file this connection opened (False: deleted or replaced since)."""
+        return self._identity is None or _file_identity(self.path) == self._identity
 
     def check_file(self) -> None:
         """Stop if the log file was deleted or replaced since it was opened (issue #9).

@@ -42,6 +42,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crm_automation.app import suppressions
+from crm_automation.app.access import KeptWriter
 from crm_automation.web import i18n
 from crm_automation.web.batching import GroupCommit
 from crm_automation.web.limits import RateLimits
@@ -75,13 +76,16 @@ class WebState:
     limits: RateLimits = field(default_factory=RateLimits)
     writes: asyncio.Lock = field(default_factory=asyncio.Lock)  # one app write at a time (see :func:`write`)
     unsubscribes: GroupCommit[str, suppressions.Unsubscribed] = field(init=False)  # one-click POSTs, group-committed
+    kept: KeptWriter = field(init=False)  # the one-click POSTs' write connection, kept open (issue #19)
 
     def __post_init__(self) -> None:
         self.unsubscribes = GroupCommit(self._unsubscribe_batch)
+        self.kept = KeptWriter(self.ws)
 
     async def _unsubscribe_batch(self, tokens: Sequence[str]) -> list[suppressions.Unsubscribed]:
         """One group of one-click unsubscribes: one transaction (issue #19; :mod:`crm_automation.web.batching`)."""
-        return await written(self, suppressions.unsubscribe_by_tokens, self.ws, tokens, self.clock.now())
+        now = self.clock.now()
+        return await written(self, lambda: suppressions.unsubscribe_by_tokens(self.ws, tokens, now, kept=self.kept))
 
 
 def state(request: Request) -> WebState:
