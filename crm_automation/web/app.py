@@ -170,10 +170,17 @@ def render(request: Request, template: str, context: Mapping[str, Any] | None = 
 
 
 def template_env() -> jinja2.Environment:
-    """The web templates, autoescaped (every one is HTML; sheet data like ``<script>`` shows as text)."""
-    return jinja2.Environment(loader=jinja2.PackageLoader("crm_automation.web", "templates"),
-                              autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
-                              lstrip_blocks=True)
+    """The web templates, autoescaped (every one is HTML; sheet data like ``<script>`` shows as text).
+
+    The public page is compiled here, before ``serve`` listens: compiled on
+    the first one-click POST instead, it held up the burst queued behind it
+    (issue #19, benchmarks/bench_unsubscribe.py).
+    """
+    env = jinja2.Environment(loader=jinja2.PackageLoader("crm_automation.web", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True)
+    env.get_template("unsubscribe.html")
+    return env
 
 
 class Sessions:
