@@ -26,6 +26,10 @@ for the next pass (the pass read its queue at its start).
 
 Reads take no lock and open the log read-only, so ``report`` or a web page
 works while the worker runs and can write nothing.
+
+A long-lived process may keep its write connection open between writes
+(:class:`KeptWriter`: ``serve``'s one-click unsubscribes, issue #19); it
+reopens the log when the file it opened was deleted or replaced.
 """
 
 from __future__ import annotations
