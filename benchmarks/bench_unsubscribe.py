@@ -171,6 +171,15 @@ def start_serve(cfg: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     raise SystemExit(f"serve did not start: {p.communicate()[1]}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stop_serve(p: subprocess.Popen) -> None:
     p.send_signal(signal.SIGTERM)
     try:
@@ -248,6 +257,7 @@ def one_round(template: Path, work: Path, smtp: SmtpServer, env: dict[str, str],
     shutil.copytree(template, ws)
     cfg = ws / "config.toml"
     serve, url = start_serve(cfg, env)
+    cpu0 = cpu_seconds(serve.pid)
     try:
         clients = start_clients(url, plan, spread, seed) if plan else None
         smtp.reset()
@@ -261,6 +271,7 @@ def one_round(template: Path, work: Path, smtp: SmtpServer, env: dict[str, str],
         if clients:
             posts = clients[2].recv()
             clients[0].join(30)
+        serve_cpu = cpu_seconds(serve.pid) - cpu0
     finally:
         stop_serve(serve)
     rate = smtp.rate()
@@ -268,7 +279,7 @@ def one_round(template: Path, work: Path, smtp: SmtpServer, env: dict[str, str],
     during = sum(1 for _, _, at in posts if t0 <= at <= t1)
     shutil.rmtree(ws)
     return {"rate": rate, "send_seconds": t1 - t0, "sent": sent, "smtp": smtp.counter.value, "posts": posts,
-            "acts": acts, "distinct": distinct, "sups": sups, "during": during}
+            "acts": acts, "distinct": distinct, "sups": sups, "during": during, "serve_cpu": serve_cpu}
 
 
 def burst(template: Path, work: Path, env: dict[str, str], tokens: list[str], clients: int) -> list[float]:
@@ -324,7 +335,8 @@ def main() -> None:
                   f"{len(lat)} POSTs ({w['during']} during the send), codes {codes}, "
                   f"p50 {pct(lat, 50):.1f} p99 {pct(lat, 99):.1f} max {max(lat):.1f} ms; "
                   f"log: {w['acts']} unsubscribe activities ({w['distinct']} customers), {w['sups']} suppressions; "
-                  f"sent {b['sent']}/{w['sent']}")
+                  f"sent {b['sent']}/{w['sent']}; serve CPU {w['serve_cpu'] * 1000 / max(1, len(lat)):.2f} ms a POST; "
+                  f"load average {os.getloadavg()[0]:.1f}")
         lat = [ms for w in with_posts for ms, _, _ in w["posts"]]
         ok = all(s == 200 for w in with_posts for _, s, _ in w["posts"])
         exact = all(w["acts"] == w["distinct"] == w["sups"] == n_unsub for w in with_posts)

@@ -26,10 +26,15 @@ for the next pass (the pass read its queue at its start).
 
 Reads take no lock and open the log read-only, so ``report`` or a web page
 works while the worker runs and can write nothing.
+
+A long-lived process may keep its write connection open between writes
+(:class:`KeptWriter`: ``serve``'s one-click unsubscribes, issue #19); it
+reopens the log when the file it opened was deleted or replaced.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,9 +44,9 @@ from filelock import FileLock, Timeout
 
 from crm_automation.errors import LockedError, LogBusyError, StorageError
 from crm_automation.store import connection
+from crm_automation.store.repo import Store
 
 if TYPE_CHECKING:
-    from crm_automation.store.repo import Store
     from crm_automation.workspace import Workspace
 
 
@@ -83,15 +88,65 @@ def reading(ws: Workspace) -> Iterator[Store]:
         store.close()
 
 
+class KeptWriter:
+    """One write connection kept open by a long-lived process (``serve``) for its short writes, one at a time.
+
+    Why (issue #19): opening the log (connect, WAL and cache pragmas, the
+    schema check) took ~1 ms of the ~1.7 ms of a one-click unsubscribe; a
+    process that writes all day keeps one connection instead. It is used by
+    one write at a time (a lock; any thread, as the web app's threadpool
+    runs them), and it follows the file as a fresh connection would: when
+    the path no longer names the file it opened (the log deleted, or
+    replaced by a restored backup), it is closed and the log opened again,
+    so a write never lands in a file nobody reads. After a failed write it
+    is closed too, and the next write opens the log afresh.
+    """
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+        self._store: Store | None = None
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def store(self) -> Iterator[Store]:
+        """The kept connection (opened or re-opened as needed), for one write."""
+        with self._lock:
+            if self._store is not None and not self._store.same_file():
+                self._drop()
+            if self._store is None:
+                self._store = Store.open(self.ws.cfg.database, any_thread=True)
+            try:
+                yield self._store
+            except BaseException:
+                self._drop()
+                raise
+
+    def close(self) -> None:
+        """Close the connection (the next write opens it again)."""
+        with self._lock:
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
 @contextmanager
-def writing(ws: Workspace) -> Iterator[Store]:
+def writing(ws: Workspace, kept: KeptWriter | None = None) -> Iterator[Store]:
     """The log opened for a short write beside a running worker (no workspace lock), closed afterwards.
 
     Each write of the caller is its own short transaction; one that finds the
     log busy longer than the busy timeout raises :class:`LockedError` (exit 2:
-    that transaction was rolled back, nothing of it written).
+    that transaction was rolled back, nothing of it written). With ``kept``
+    (a long-lived process's :class:`KeptWriter`), its connection is used and
+    left open.
     """
     try:
+        if kept is not None:
+            with kept.store() as store:
+                yield store
+            return
         store = ws.open_store()
     except LogBusyError as e:
         raise _busy(ws) from e

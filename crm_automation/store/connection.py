@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -96,6 +97,14 @@ def storage_error(path: str, e: sqlite3.Error, doing: str = "writing") -> CrmErr
 # for ten times the customers on a slow disk.
 BUSY_TIMEOUT = 30.0
 
+# How often a write connection tries again for the write lock while another connection holds it (seconds).
+# Why not SQLite's own busy handler: it sleeps 1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100 ms ... between tries,
+# so a write that meets a 20 ms transaction sleeps until ~33 ms, one that meets a 0.1 s transaction until ~0.18 s
+# (issue #19: the p99 of serve's one-click POSTs sat in clusters at those steps while the worker sent, and the
+# worker's send loop slept the same way behind serve's writes). Python's sqlite3 has no set_busy_handler, so the
+# write connection's busy timeout is 0 and :class:`Guarded` tries again every millisecond until BUSY_TIMEOUT.
+BUSY_POLL = 0.001
+
 # A statement's parameters: by position or by name.
 Params = Sequence[object] | Mapping[str, object]
 
@@ -109,21 +118,49 @@ class Guarded:
     the file and what to do.
     """
 
-    __slots__ = ("_c", "path")
+    __slots__ = ("_c", "path", "poll")
 
-    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: str, *, poll: bool = False) -> None:
         self._c = conn
         self.path = path
+        self.poll = poll  # the connection's busy timeout is 0: a busy log is waited for here (BUSY_POLL)
 
     def execute(self, sql: str, args: Params = ()) -> sqlite3.Cursor:
-        """``sqlite3.Connection.execute``, a disk failure raised as :func:`storage_error` says."""
+        """``sqlite3.Connection.execute``, a disk failure raised as :func:`storage_error` says.
+
+        On a polling connection a statement that finds the log busy (another
+        connection's write transaction; ``BEGIN IMMEDIATE`` above all) is tried
+        again every :data:`BUSY_POLL` seconds for up to :data:`BUSY_TIMEOUT`:
+        a statement that failed with ``SQLITE_BUSY`` changed nothing (SQLite
+        undoes the statement), so trying it again is what SQLite's own busy
+        handler does, in finer steps.
+        """
         try:
             return self._c.execute(sql, args)
         except (sqlite3.OperationalError, sqlite3.DatabaseError) as e:
+            if self.poll and _is_busy(e):
+                return self._again(sql, args, e)
             raise storage_error(self.path, e) from None
 
+    def _again(self, sql: str, args: Params, error: sqlite3.Error) -> sqlite3.Cursor:
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while time.monotonic() < deadline:
+            time.sleep(BUSY_POLL)
+            try:
+                return self._c.execute(sql, args)
+            except (sqlite3.OperationalError, sqlite3.DatabaseError) as e:
+                if not _is_busy(e):
+                    raise storage_error(self.path, e) from None
+                error = e
+        raise storage_error(self.path, error) from None
+
     def executemany(self, sql: str, args: Iterable[Params]) -> sqlite3.Cursor:
-        """``sqlite3.Connection.executemany``, a disk failure raised as :func:`storage_error` says."""
+        """``sqlite3.Connection.executemany``, a disk failure raised as :func:`storage_error` says.
+
+        Never tried again on a busy log: rows before the failing one may be
+        written (the store calls it inside its transactions, which hold the
+        write lock already, so it does not meet a busy log).
+        """
         try:
             return self._c.executemany(sql, args)
         except (sqlite3.OperationalError, sqlite3.DatabaseError) as e:
@@ -144,6 +181,10 @@ class Guarded:
         self._c.close()
 
 
+def _is_busy(e: sqlite3.Error) -> bool:
+    return getattr(e, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+
+
 class Connection:
     """The log file and its one connection; the base every part of the store shares.
 
@@ -152,15 +193,19 @@ class Connection:
     through :meth:`transaction`.
     """
 
-    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
-        self.conn = Guarded(conn, path)
+    def __init__(self, conn: sqlite3.Connection, path: str, *, poll: bool = False) -> None:
+        self.conn = Guarded(conn, path, poll=poll)
         self.path = path
         self._savepoints = 0
         self._identity = _file_identity(path)
 
     @classmethod
-    def open(cls, path: Path | str) -> Self:
-        """Open (creating and migrating) the log; WAL mode so readers never block the worker."""
+    def open(cls, path: Path | str, *, any_thread: bool = False) -> Self:
+        """Open (creating and migrating) the log; WAL mode so readers never block the worker.
+
+        ``any_thread``: the connection may be used from any thread, one at a
+        time (the caller serialises: :class:`crm_automation.app.access.KeptWriter`).
+        """
         p = str(path)
         if p != ":memory:":
             try:
@@ -168,7 +213,7 @@ class Connection:
             except OSError as e:
                 raise ConfigError(f"{p}: cannot create the database folder: {e.strerror}") from None
         try:
-            conn = sqlite3.connect(p, isolation_level=None, timeout=BUSY_TIMEOUT)
+            conn = sqlite3.connect(p, isolation_level=None, timeout=BUSY_TIMEOUT, check_same_thread=not any_thread)
             conn.execute("PRAGMA user_version")  # reads the header: a file that is not a database fails here
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -181,10 +226,11 @@ class Connection:
             raise storage_error(p, e, "opening") from None
         try:
             migrate(conn)
+            conn.execute("PRAGMA busy_timeout = 0")  # from now on a busy log is polled finely (BUSY_POLL)
         except sqlite3.DatabaseError as e:
             conn.close()
             raise storage_error(p, e, "upgrading") from None
-        return cls(conn, p)
+        return cls(conn, p, poll=True)
 
     @classmethod
     def open_readonly(cls, path: Path | str) -> Self:
@@ -223,6 +269,10 @@ class Connection:
         """Close the connection (checkpointing the WAL)."""
         with suppress(sqlite3.Error):
             self.conn.close()
+
+    def same_file(self) -> bool:
+        """Whether the path still names the file this connection opened (False: deleted or replaced since)."""
+        return self._identity is None or _file_identity(self.path) == self._identity
 
     def check_file(self) -> None:
         """Stop if the log file was deleted or replaced since it was opened (issue #9).

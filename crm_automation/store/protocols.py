@@ -69,6 +69,10 @@ class Log(Protocol):
         """Raise ConfigError when the log was deleted or replaced under a running worker."""
         ...
 
+    def same_file(self) -> bool:
+        """Whether the log's path still names the file this connection opened (a kept connection follows it)."""
+        ...
+
     def log_id(self) -> str:
         """The identity written into the log when it was created."""
         ...

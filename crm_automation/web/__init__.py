@@ -155,6 +155,7 @@ def serve(config_path: str | Path | None = None, *, host: str | None = None, por
         server.run(sockets=[sock])
     finally:
         sock.close()
+        app.state.web.kept.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if stopped:

@@ -41,7 +41,10 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from crm_automation.app import suppressions
+from crm_automation.app.access import KeptWriter
 from crm_automation.web import i18n
+from crm_automation.web.batching import GroupCommit
 from crm_automation.web.limits import RateLimits
 from crm_automation.workspace import Clock, Workspace
 
@@ -72,6 +75,17 @@ class WebState:
     https: bool
     limits: RateLimits = field(default_factory=RateLimits)
     writes: asyncio.Lock = field(default_factory=asyncio.Lock)  # one app write at a time (see :func:`write`)
+    unsubscribes: GroupCommit[str, suppressions.Unsubscribed] = field(init=False)  # one-click POSTs, group-committed
+    kept: KeptWriter = field(init=False)  # the one-click POSTs' write connection, kept open (issue #19)
+
+    def __post_init__(self) -> None:
+        self.unsubscribes = GroupCommit(self._unsubscribe_batch)
+        self.kept = KeptWriter(self.ws)
+
+    async def _unsubscribe_batch(self, tokens: Sequence[str]) -> list[suppressions.Unsubscribed]:
+        """One group of one-click unsubscribes: one transaction (issue #19; :mod:`crm_automation.web.batching`)."""
+        now = self.clock.now()
+        return await written(self, lambda: suppressions.unsubscribe_by_tokens(self.ws, tokens, now, kept=self.kept))
 
 
 def state(request: Request) -> WebState:
@@ -97,7 +111,12 @@ async def write(request: Request, fn: Callable[..., _R], /, *args: object) -> _R
     meets the worker's short transactions, and a burst of one-click POSTs
     takes one thread, not all of them (benchmarks/bench_unsubscribe.py).
     """
-    async with state(request).writes:
+    return await written(state(request), fn, *args)
+
+
+async def written(st: WebState, fn: Callable[..., _R], /, *args: object) -> _R:
+    """:func:`write` for a caller without a request (the group commit of one-click unsubscribes)."""
+    async with st.writes:
         return await run_in_threadpool(fn, *args)
 
 
@@ -151,10 +170,17 @@ def render(request: Request, template: str, context: Mapping[str, Any] | None = 
 
 
 def template_env() -> jinja2.Environment:
-    """The web templates, autoescaped (every one is HTML; sheet data like ``<script>`` shows as text)."""
-    return jinja2.Environment(loader=jinja2.PackageLoader("crm_automation.web", "templates"),
-                              autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
-                              lstrip_blocks=True)
+    """The web templates, autoescaped (every one is HTML; sheet data like ``<script>`` shows as text).
+
+    The public page is compiled here, before ``serve`` listens: compiled on
+    the first one-click POST instead, it held up the burst queued behind it
+    (issue #19, benchmarks/bench_unsubscribe.py).
+    """
+    env = jinja2.Environment(loader=jinja2.PackageLoader("crm_automation.web", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True)
+    env.get_template("unsubscribe.html")
+    return env
 
 
 class Sessions:

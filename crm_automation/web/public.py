@@ -4,9 +4,11 @@
 
 - ``POST`` with the form body ``List-Unsubscribe=One-Click`` (urlencoded or
   multipart, RFC 8058 §3.2) unsubscribes at once through
-  :func:`crm_automation.app.suppressions.unsubscribe_by_token` (the
+  :func:`crm_automation.app.suppressions.unsubscribe_by_tokens` (the
   suppression, the email status and an ``unsubscribe`` activity, in one
-  transaction) and answers 200 with a short page. Idempotent: a second POST
+  transaction with the POSTs that queued meanwhile: group commit,
+  :mod:`crm_automation.web.batching`) and answers 200 with a short page
+  once that transaction has committed. Idempotent: a second POST
   changes nothing and answers 200 again. No cookie, no CSRF token: mail
   providers send neither, and the worst a forged cross-site POST can do is
   what the link's holder can do anyway.
@@ -101,9 +103,8 @@ async def unsubscribe(request: Request) -> Response:
     if not await _one_click_body(request):
         return PlainTextResponse("expected the form body List-Unsubscribe=One-Click (RFC 8058)", status_code=400)
     try:
-        result = await write(request, suppressions.unsubscribe_by_token, st.ws, token, st.clock.now())
-    except LockedError:
-        # Until app writes go through beside a running worker (h/writers), a write can meet the worker's lock.
+        result = await st.unsubscribes.submit(token)  # group commit: with the POSTs that queued meanwhile
+    except LockedError:  # the log stayed busy past the busy timeout (another program held it): providers retry
         return PlainTextResponse("busy: try again in a minute", status_code=503, headers={"Retry-After": "60"})
     if result.outcome is Outcome.UNKNOWN_TOKEN:
         return _not_found()
