@@ -105,11 +105,16 @@ async def unsubscribe(request: Request) -> Response:
     try:
         result = await st.unsubscribes.submit(token)  # group commit: with the POSTs that queued meanwhile
     except LockedError:  # the log stayed busy past the busy timeout (another program held it): providers retry
-        return PlainTextResponse("busy: try again in a minute", status_code=503, headers={"Retry-After": "60"})
+        return _busy()
     if result.outcome is Outcome.UNKNOWN_TOKEN:
         return _not_found()
     view = {Outcome.UNSUBSCRIBED: "done", Outcome.ALREADY: "already", Outcome.NO_ADDRESS: "failed"}[result.outcome]
     return render(request, "unsubscribe.html", {"state": view, "token": token, "undo": view != "failed"})
+
+
+def _busy() -> Response:
+    """503 with Retry-After: the log stayed busy past the busy timeout (another program held it); clients retry."""
+    return PlainTextResponse("busy: try again in a minute", status_code=503, headers={"Retry-After": "60"})
 
 
 async def undo(request: Request) -> Response:
@@ -128,7 +133,7 @@ async def undo(request: Request) -> Response:
     try:
         result = await write(request, suppressions.resubscribe_by_token, st.ws, token, st.clock.now())
     except LockedError:
-        return PlainTextResponse("busy: try again in a minute", status_code=503, headers={"Retry-After": "60"})
+        return _busy()
     if result.outcome is UndoOutcome.UNKNOWN_TOKEN:
         return _not_found()
     view = {UndoOutcome.RESUBSCRIBED: "resubscribed", UndoOutcome.NOT_SUPPRESSED: "resubscribed",
@@ -144,7 +149,10 @@ async def click(request: Request) -> Response:
     token, n = request.path_params["token"], request.path_params["n"]
     if not is_token(token):
         return _not_found()
-    result = await write(request, tracking.record_click, st.ws, token, n, st.clock.now())
+    try:
+        result = await write(request, tracking.record_click, st.ws, token, n, st.clock.now())
+    except LockedError:  # the log stayed busy past the busy timeout: the reader may try the link again
+        return _busy()
     if result.outcome is TrackOutcome.UNKNOWN or result.url is None:
         return _not_found()
     return RedirectResponse(result.url, status_code=302)
@@ -162,7 +170,10 @@ async def opened(request: Request) -> Response:
     token = request.path_params["token"]
     if not is_token(token):
         return _not_found()
-    result = await write(request, tracking.record_open, st.ws, token, st.clock.now())
+    try:
+        result = await write(request, tracking.record_open, st.ws, token, st.clock.now())
+    except LockedError:  # the log stayed busy: the open goes unrecorded, the mail still shows (opens are a hint)
+        return Response(PIXEL, media_type="image/gif")
     if result.outcome is TrackOutcome.UNKNOWN:
         return _not_found()
     return Response(PIXEL, media_type="image/gif")

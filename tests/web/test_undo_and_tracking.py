@@ -83,3 +83,40 @@ def test_an_open_pixel_is_a_gif_and_logged_once(sent, web_server):
     assert _count(db, "open") == 1
     assert httpx.get(f"{srv.url}/o/crm.00000000000000000000000000000000.gif").status_code == 404
     assert _count(db, "open") == 1
+
+
+def test_a_log_busy_past_the_timeout_answers_503_to_a_click_and_still_shows_the_pixel(sent, web_server, monkeypatch):
+    """Another program holding the log's write lock makes a tracked link answer 503 (try again), never 500, and
+    an open pixel still loads (the open goes unrecorded): a reader's mail must not look broken."""
+    import sqlite3
+    import threading
+
+    from crm_automation.store import connection
+
+    cfg, db, tokens = sent
+    monkeypatch.setattr(connection, "BUSY_TIMEOUT", 0.3)
+    srv = web_server(cfg)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        con = sqlite3.connect(db, isolation_level=None)
+        con.execute("BEGIN IMMEDIATE")
+        held.set()
+        release.wait(10)
+        con.execute("ROLLBACK")
+        con.close()
+
+    t = threading.Thread(target=hold, daemon=True)
+    t.start()
+    assert held.wait(5)
+    try:
+        r = httpx.get(f"{srv.url}/c/{tokens['c2@example.com']}/0", timeout=10)
+        assert r.status_code == 503 and r.headers["retry-after"] == "60"
+        r = httpx.get(f"{srv.url}/o/{tokens['c0@example.com']}.gif", timeout=10)
+        assert r.status_code == 200 and r.content.startswith(b"GIF89a")
+    finally:
+        release.set()
+        t.join(10)
+    assert _count(db, "click") == 0 and _count(db, "open") == 0
+    assert httpx.get(f"{srv.url}/c/{tokens['c2@example.com']}/0").status_code == 302  # free again: recorded
+    assert _count(db, "click") == 1
