@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from crm_automation.mapping import MappingResult
     from crm_automation.rekey import RekeyPlan
     from crm_automation.store.customers import SheetState, StoredCustomer, SyncStats
+    from crm_automation.store.repo import Store
     from crm_automation.store.reports import LastTimes
 
 log = logging.getLogger("crm_automation")
@@ -339,26 +340,10 @@ class SheetSession:
         # The team's words and date format; the log keeps ok | bounced | unsubscribed.
         words = status_words(self.ws.mapping.writeback_language or self.ws.cfg.language)
         customers = self.store.customers()
-        contact = (self._contact_cells(customers) if "last_contact" in wb or "days_quiet" in wb else None)
+        wants_contact = "last_contact" in wb or "days_quiet" in wb
+        contact = contact_cells(self.ws, self.store, self.ctx.clock.now(), customers) if wants_contact else None
         return writeback_changes(customers, self.store.last_times(), wb, self.cells(),
                                  lambda t: words.time(t, self.ws.cfg.timezone), words.status, contact)
-
-    def _contact_cells(self, customers: dict[str, StoredCustomer]) -> dict[str, tuple[datetime | None, int]]:
-        """Key -> (last contact, days quiet) now, by :mod:`crm_automation.contact`'s rules (issue #21)."""
-        from crm_automation.contact import last_contact, quiet, stage_limit
-
-        m = self.ws.mapping
-        now, zone = self.ctx.clock.now(), self.ws.cfg.timezone
-        times = self.store.contact_times(m.roles.stage)
-        out: dict[str, tuple[datetime | None, int]] = {}
-        for k, c in customers.items():
-            t = times.get(k)
-            last = last_contact(t.last_in, t.last_out) if t is not None else None
-            stage = c.data.get(m.roles.stage) if m.roles.stage is not None else None
-            q = quiet(last, t.stage_changed if t is not None else None, c.first_seen, now, zone,
-                      stage_limit(stage, m.stale_after_days))
-            out[k] = (last.at if last is not None else None, q.days)
-        return out
 
     # ------------------------------------------------------------ new rows
     def add_senders(self, senders: dict[str, str], known: dict[str, str]) -> int:
@@ -504,6 +489,25 @@ def sheet_evidence(data: SheetData, wb: dict[str, str]) -> identity.SheetEvidenc
         return None
     rows = sorted(found)
     return identity.SheetEvidence(len(rows), tuple(rows[:5]), found[rows[0]])
+
+
+def contact_cells(ws: Workspace, store: Store, now: datetime, customers: dict[str, StoredCustomer]
+                  ) -> dict[str, tuple[datetime | None, int]]:
+    """Key -> (last contact, days quiet) at ``now``, by :mod:`crm_automation.contact`'s rules (issue #21)."""
+    from crm_automation.contact import last_contact, quiet, stage_limit
+
+    m = ws.mapping
+    zone = ws.cfg.timezone
+    times = store.contact_times(m.roles.stage)
+    out: dict[str, tuple[datetime | None, int]] = {}
+    for k, c in customers.items():
+        t = times.get(k)
+        last = last_contact(t.last_in, t.last_out) if t is not None else None
+        stage = c.data.get(m.roles.stage) if m.roles.stage is not None else None
+        q = quiet(last, t.stage_changed if t is not None else None, c.first_seen, now, zone,
+                  stage_limit(stage, m.stale_after_days))
+        out[k] = (last.at if last is not None else None, q.days)
+    return out
 
 
 def writeback_changes(customers: dict[str, StoredCustomer], last: LastTimes, wb: dict[str, str],

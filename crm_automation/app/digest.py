@@ -265,30 +265,41 @@ def digests_in(ws: Workspace, store: Store, now: datetime, owners: Mapping[str, 
     Five reads for all owners together: the customers, the events of the
     widest window, stale, waiting, today's follow-ups; then each owner's share.
     """
-    cfg = ws.cfg.working
     tz = ws.cfg.timezone
-    roles = ws.mapping.roles
-    if roles.owner is None:
+    if ws.mapping.roles.owner is None:
         return DigestBook({}, ())
     customers = store.customers()
     by_owner = owners_of(ws, customers.values())
     suppressed = set(store.suppressions())
-    problems = []
-    wanted = set(by_owner) if owners is None else set(owners) & set(by_owner)
-    for owner in sorted(wanted):
-        why = owner_problem(owner, suppressed)
-        if why is not None:
-            problems.append(OwnerProblem(owner, why, tuple(c.key for c in by_owner[owner])))
-    bad = {p.owner for p in problems}
-    wanted -= bad
+    asked = set(by_owner) if owners is None else set(owners) & set(by_owner)
+    problems = [OwnerProblem(o, why, tuple(c.key for c in by_owner[o]))
+                for o in sorted(asked) if (why := owner_problem(o, suppressed)) is not None]
+    wanted = asked - {p.owner for p in problems}
     if not wanted:
         return DigestBook({}, tuple(problems))
     day = now.astimezone(tz).date()
-    first = first_window_start(day, tz, cfg.weekday_numbers, cfg.minute_of_day)
+    first = first_window_start(day, tz, ws.cfg.working.weekday_numbers, ws.cfg.working.minute_of_day)
     last = store.last_digests()
     since = {o: last.get(o, first) for o in wanted}
     until = {o: (owners or {}).get(o, now) for o in wanted}
-    events = store.digest_events(min(since.values()), max(until.values()), roles.owner)
+    sections = _gather(ws, store, now, customers, since, until)
+    public_url = ws.cfg.serve.public_url
+    out = {}
+    for o in sorted(wanted):
+        s = sections[o]
+        keys = {m.key for m in s.waiting} | {c.key for c in s.stale}
+        out[o] = Digest(o, day, now, since[o], until[o], _cut(s.waiting), _cut(s.replies), _cut(s.stale),
+                        _cut(s.bounces), _cut(s.unsubscribes), _cut(s.due), _cut(s.assigned), s.more(),
+                        {k: _link(public_url, k) for k in keys}, tz)
+    return DigestBook(out, tuple(problems))
+
+
+def _gather(ws: Workspace, store: Store, now: datetime, customers: Mapping[str, StoredCustomer],
+            since: Mapping[str, datetime], until: Mapping[str, datetime]) -> dict[str, _Sections]:
+    """Each wanted owner's (the keys of ``since``) items, from one read of each kind for all of them."""
+    roles = ws.mapping.roles
+    owner_field = roles.owner or ""
+    events = store.digest_events(min(since.values()), max(until.values()), owner_field)
     stale = stale_in(ws, store, now).customers if ws.mapping.stale_after_days else ()
     waiting = waiting_in(ws, store, now).overdue
     due = _due_today(ws, store, now)
@@ -302,39 +313,29 @@ def digests_in(ws: Workspace, store: Store, now: datetime, owners: Mapping[str, 
 
     def owner_of(key: str) -> str | None:
         c = customers.get(key)
-        return owner_address(c.data.get(roles.owner)) if c is not None and roles.owner else None
+        return owner_address(c.data.get(owner_field)) if c is not None else None
 
-    sections = {o: _Sections() for o in wanted}
+    sections = {o: _Sections() for o in since}
     for a, logged in events:
         key = a.customer_key or ""
         whose = owner_of(key)
-        if whose is None or whose not in wanted or not since[whose] < logged <= until[whose]:
+        if whose is None or whose not in sections or not since[whose] < logged <= until[whose]:
             continue
-        found = _event(a, who(key), whose, roles.owner)
+        found = _event(a, who(key), whose, owner_field)
         if found is not None:
             getattr(sections[whose], found[0]).append(found[1])
     for m in waiting:
-        o = owner_address(m.owner)
-        if o is not None and o in wanted:
+        if (o := owner_address(m.owner)) is not None and o in sections:
             sections[o].waiting.append(m)
     for c in stale:
-        o = owner_address(c.owner)
-        if o is not None and o in wanted:
+        if (o := owner_address(c.owner)) is not None and o in sections:
             sections[o].stale.append(c)
     seen: set[tuple[str, str, str]] = set()
     for key, campaign, step, status, at in due:
-        o = owner_of(key)
-        if o is not None and o in wanted and (key, campaign, step) not in seen:
+        if (o := owner_of(key)) is not None and o in sections and (key, campaign, step) not in seen:
             seen.add((key, campaign, step))
             sections[o].due.append(DueFollowUp(who(key), campaign, step, status, at))
-    out = {}
-    for o in sorted(wanted):
-        s = sections[o]
-        keys = {m.key for m in s.waiting} | {c.key for c in s.stale}
-        out[o] = Digest(o, day, now, since[o], until[o], _cut(s.waiting), _cut(s.replies), _cut(s.stale),
-                        _cut(s.bounces), _cut(s.unsubscribes), _cut(s.due), _cut(s.assigned), s.more(),
-                        {k: _link(public_url, k) for k in keys}, tz)
-    return DigestBook(out, tuple(problems))
+    return sections
 
 
 @dataclass(slots=True)

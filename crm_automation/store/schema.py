@@ -375,6 +375,11 @@ def create_v10(db: sqlite_utils.Database) -> None:
         # status and the column in the index too: SQLite 3.40 reads them from the table otherwise
         db.execute(f"CREATE INDEX IF NOT EXISTS idx_sends_{col} ON sends(campaign, step, customer_key, status, {col}) "
                    f"WHERE status = 'sent' AND {col} = 1")
+    _follow_up_triggers(db)
+
+
+def _follow_up_triggers(db: sqlite_utils.Database) -> None:
+    """Schema 10's triggers: a send's follow-up flags recomputed whenever what they derive from is written."""
     db.execute(f"CREATE TRIGGER IF NOT EXISTS sends_follow_up_insert AFTER INSERT ON sends WHEN NEW.status = 'sent' "
                f"BEGIN UPDATE sends SET {FOLLOW_UP_SET_SQL} WHERE id = NEW.id; END")
     db.execute(f"CREATE TRIGGER IF NOT EXISTS sends_follow_up_update AFTER UPDATE OF status, sent_at, customer_key, "
