@@ -68,6 +68,18 @@ def _too_many() -> Response:
                              headers={"Retry-After": "60"})
 
 
+def _admitted(request: Request) -> str | Response:
+    """The request's token, or the answer it gets first: 429 past the client's rate, 404 for a malformed token.
+
+    Every public endpoint starts here: the rate is counted before anything
+    else, and a token that cannot be ours never reaches the log.
+    """
+    if not state(request).limits.public.hit(client_address(request)):
+        return _too_many()
+    token: str = request.path_params["token"]
+    return token if is_token(token) else _not_found()
+
+
 async def _one_click_body(request: Request) -> bool:
     """Whether the request's form is RFC 8058's ``List-Unsubscribe=One-Click`` (extra fields are ignored)."""
     length = request.headers.get("content-length")
@@ -83,9 +95,9 @@ async def _one_click_body(request: Request) -> bool:
 async def unsubscribe_page(request: Request) -> Response:
     """GET /u/{token}: the confirmation page; changes nothing."""
     st = state(request)
-    if not st.limits.public.hit(client_address(request)):
-        return _too_many()
-    token = request.path_params["token"]
+    token = _admitted(request)
+    if isinstance(token, Response):
+        return token
     found = await read(request, links.link, st.ws, token)
     if not found.known:
         return _not_found()
@@ -95,11 +107,9 @@ async def unsubscribe_page(request: Request) -> Response:
 async def unsubscribe(request: Request) -> Response:
     """POST /u/{token}: one-click unsubscribe (RFC 8058), idempotent."""
     st = state(request)
-    if not st.limits.public.hit(client_address(request)):
-        return _too_many()
-    token = request.path_params["token"]
-    if not is_token(token):
-        return _not_found()
+    token = _admitted(request)
+    if isinstance(token, Response):
+        return token
     if not await _one_click_body(request):
         return PlainTextResponse("expected the form body List-Unsubscribe=One-Click (RFC 8058)", status_code=400)
     try:
@@ -125,11 +135,9 @@ async def undo(request: Request) -> Response:
     says to reply instead. No body needed: only our page's form posts here.
     """
     st = state(request)
-    if not st.limits.public.hit(client_address(request)):
-        return _too_many()
-    token = request.path_params["token"]
-    if not is_token(token):
-        return _not_found()
+    token = _admitted(request)
+    if isinstance(token, Response):
+        return token
     try:
         result = await write(request, suppressions.resubscribe_by_token, st.ws, token, st.clock.now())
     except LockedError:
@@ -144,11 +152,10 @@ async def undo(request: Request) -> Response:
 async def click(request: Request) -> Response:
     """GET /c/{token}/{n}: log the first click on a tracked link (app.tracking.record_click), redirect (302)."""
     st = state(request)
-    if not st.limits.public.hit(client_address(request)):
-        return _too_many()
-    token, n = request.path_params["token"], request.path_params["n"]
-    if not is_token(token):
-        return _not_found()
+    token = _admitted(request)
+    if isinstance(token, Response):
+        return token
+    n = request.path_params["n"]
     try:
         result = await write(request, tracking.record_click, st.ws, token, n, st.clock.now())
     except LockedError:  # the log stayed busy past the busy timeout: the reader may try the link again
@@ -165,11 +172,9 @@ PIXEL = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c0
 async def opened(request: Request) -> Response:
     """GET /o/{token}.gif: log the first open of a send (app.tracking.record_open); a 1x1 transparent GIF."""
     st = state(request)
-    if not st.limits.public.hit(client_address(request)):
-        return _too_many()
-    token = request.path_params["token"]
-    if not is_token(token):
-        return _not_found()
+    token = _admitted(request)
+    if isinstance(token, Response):
+        return token
     try:
         result = await write(request, tracking.record_open, st.ws, token, st.clock.now())
     except LockedError:  # the log stayed busy: the open goes unrecorded, the mail still shows (opens are a hint)
