@@ -346,3 +346,21 @@ class Connection:
             with suppress(sqlite3.Error, CrmError):
                 self.conn.execute("ROLLBACK")
             raise
+
+    @contextmanager
+    def not_waiting(self) -> Iterator[None]:
+        """Inside, a write that finds the log busy fails at once with :class:`LogBusyError` instead of waiting.
+
+        For a caller that waits its own way: ``serve`` records one-click
+        unsubscribes on its event loop and, when the worker holds the write
+        lock, sleeps there (``asyncio.sleep``) and tries again, rather than
+        parking a thread in :class:`Guarded`'s poll (issue #19: handing each
+        write to a thread cost more CPU than the write). A statement that
+        failed as busy changed nothing, and ``transaction()`` rolls back what
+        came before it, so trying the whole unit again is safe.
+        """
+        poll, self.conn.poll = self.conn.poll, False
+        try:
+            yield
+        finally:
+            self.conn.poll = poll

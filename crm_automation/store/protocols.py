@@ -73,6 +73,10 @@ class Log(Protocol):
         """Whether the log's path still names the file this connection opened (a kept connection follows it)."""
         ...
 
+    def not_waiting(self) -> AbstractContextManager[None]:
+        """Inside, a write that finds the log busy fails at once (LogBusyError); the caller waits its own way."""
+        ...
+
     def log_id(self) -> str:
         """The identity written into the log when it was created."""
         ...
