@@ -30,6 +30,7 @@ that came in on Friday evening has not waited all weekend.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -111,6 +112,14 @@ def stage_limit(stage: object, limits: dict[str, int]) -> int | None:
     return limits.get(str(stage).strip())
 
 
+@functools.lru_cache(maxsize=4096)
+def _day_window(zone: ZoneInfo, day: date, start: int, end: int) -> tuple[datetime, datetime]:
+    """One day's working window, aware: kept, as the waiting list asks the same days for thousands of mails."""
+    midnight = datetime(day.year, day.month, day.day, tzinfo=zone)
+    # Wall-clock arithmetic on an aware datetime: 09:00 local stays 09:00 across a DST change.
+    return midnight + timedelta(minutes=start), midnight + timedelta(minutes=end)
+
+
 @dataclass(frozen=True, slots=True)
 class WorkingTime:
     """The team's working time: days of the week and a daily window, in the workspace's zone.
@@ -127,9 +136,7 @@ class WorkingTime:
     end: int
 
     def _window(self, day: date) -> tuple[datetime, datetime]:
-        midnight = datetime(day.year, day.month, day.day, tzinfo=self.zone)
-        # Wall-clock arithmetic on an aware datetime: 09:00 local stays 09:00 across a DST change.
-        return midnight + timedelta(minutes=self.start), midnight + timedelta(minutes=self.end)
+        return _day_window(self.zone, day, self.start, self.end)
 
     def hours_between(self, a: datetime, b: datetime) -> float:
         """Working hours from ``a`` to ``b`` (0 when ``b`` is not after ``a``).

@@ -19,7 +19,7 @@ the store's contact part, read for every customer at once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -39,7 +39,8 @@ from crm_automation.contact import (
     waited,
 )
 from crm_automation.errors import ConfigError
-from crm_automation.store.contact import ContactTimes
+from crm_automation.store.connection import parse_iso
+from crm_automation.store.contact import ContactTimes, SalesRow
 
 if TYPE_CHECKING:
     from crm_automation.store.customers import StoredCustomer
@@ -183,26 +184,65 @@ def customer_contact(ws: Workspace, c: StoredCustomer, times: ContactTimes, now:
     """One customer's :class:`CustomerContact` from their log times (for a use case with the times read)."""
     roles = ws.mapping.roles
     stage = _text(c.data.get(roles.stage)) if roles.stage is not None else None
-    since = times.stage_changed or c.first_seen
+    return _contact_of(ws, c.key, _text(c.data.get(roles.name)) if roles.name else None,
+                       _text(c.data.get(roles.owner)) if roles.owner else None, stage, c.first_seen, times, now,
+                       stage_limit(stage, ws.mapping.stale_after_days))
+
+
+def _contact_of(ws: Workspace, key: str, name: str | None, owner: str | None, stage: str | None,
+                first_seen: datetime, times: ContactTimes, now: datetime, limit: int | None) -> CustomerContact:
     contact_ = last_contact(times.last_in, times.last_out)
-    q = quiet(contact_, times.stage_changed, c.first_seen, now, ws.cfg.timezone,
-              stage_limit(stage, ws.mapping.stale_after_days))
-    return CustomerContact(c.key, _text(c.data.get(roles.name)) if roles.name else None,
-                           _text(c.data.get(roles.owner)) if roles.owner else None, stage, contact_, q, since)
+    q = quiet(contact_, times.stage_changed, first_seen, now, ws.cfg.timezone, limit)
+    return CustomerContact(key, name, owner, stage, contact_, q, times.stage_changed or first_seen)
 
 
-def _contacts(ws: Workspace, store: Store, now: datetime, owner: str | None) -> Iterator[CustomerContact]:
-    times = store.contact_times(ws.mapping.roles.stage)
-    for c in store.customers().values():
-        if _owner_matches(c, ws.mapping.roles.owner, owner):
-            yield customer_contact(ws, c, times.get(c.key, _NONE), now)
+def _latest(a: str | None, b: str | None) -> str | None:
+    """The later of two log times (ISO 8601 UTC text of one format, so the text orders as the time: as SQL's MAX)."""
+    return max(a, b) if a is not None and b is not None else a or b
+
+
+def stale_from(ws: Workspace, rows: Iterable[SalesRow], now: datetime, owner: str | None = None
+               ) -> tuple[CustomerContact, ...]:
+    """The stale customers among ``rows`` (``store.sales_rows``), quiet longest first; ``owner``: theirs only.
+
+    Only a customer whose stage has a limit can be stale, so only their
+    times are parsed and the rule (:func:`crm_automation.contact.quiet`) is
+    applied to them: 60,000 of 100,000 customers on the benchmark's log.
+    """
+    limits = ws.mapping.stale_after_days
+    wanted = owner.strip().lower() if owner is not None else None
+    local_now = now.astimezone(ws.cfg.timezone)  # the rule takes each time's local date: one conversion less
+    first_seen: dict[str, datetime] = {}  # customers synced together share one text: parsed once
+    found = []
+    for key, name, stage_v, owner_v, seen, last_in, sent, replied, changed in rows:
+        stage = _text(stage_v)
+        limit = stage_limit(stage, limits)
+        if limit is None:
+            continue
+        owner_t = _text(owner_v)
+        if wanted is not None and (owner_t is None or owner_t.lower() != wanted):
+            continue
+        if (first := first_seen.get(seen)) is None:
+            first = first_seen[seen] = parse_iso(seen) or now
+        times = ContactTimes(parse_iso(last_in), parse_iso(_latest(sent, replied)), parse_iso(changed))
+        c = _contact_of(ws, key, _text(name), owner_t, stage, first, times, local_now, limit)
+        if c.stale:
+            found.append(c)
+    found.sort(key=lambda c: (c.quiet.since, c.key))
+    return tuple(found)
+
+
+def sales_rows(ws: Workspace, store: Store) -> list[SalesRow]:
+    """Every customer present with name, stage, owner and (for the stages with a limit) their contact times."""
+    roles = ws.mapping.roles
+    return store.sales_rows(roles.name, roles.stage, roles.owner, timed=bool(ws.mapping.stale_after_days))
 
 
 def stale_in(ws: Workspace, store: Store, now: datetime, owner: str | None = None) -> Stale:
     """:func:`stale` on a log already open (the digest reads more in the same go)."""
-    found = [c for c in _contacts(ws, store, now, owner) if c.stale]
-    found.sort(key=lambda c: (c.quiet.since, c.key))
-    return Stale(now, owner, tuple(found))
+    if not ws.mapping.stale_after_days:
+        return Stale(now, owner, ())
+    return Stale(now, owner, stale_from(ws, sales_rows(ws, store), now, owner))
 
 
 def stale(ws: Workspace, now: datetime, owner: str | None = None) -> Stale:
@@ -269,4 +309,5 @@ def contact(ws: Workspace, key: str, now: datetime) -> ContactView:
 
 
 __all__ = ["ContactView", "CustomerContact", "Direction", "QuietSince", "Stale", "Waiting", "WaitingMail",
-           "contact", "customer_contact", "stale", "stale_in", "waiting", "waiting_in", "working_time"]
+           "contact", "customer_contact", "sales_rows", "stale", "stale_from", "stale_in", "waiting", "waiting_in",
+           "working_time"]

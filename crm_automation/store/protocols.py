@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 from crm_automation.models import Cursor, Customer, Decision, EmailStatus, SendStatus, StepState, SuppressionReason
 from crm_automation.store.activities import Activity, DetailsIn, InboundEvent, QuarantinedContact
-from crm_automation.store.contact import ContactTimes, InboundMail
+from crm_automation.store.contact import ContactTimes, InboundMail, SalesRow
 from crm_automation.store.customers import RekeyCounts, SheetState, StoredCustomer, SyncStats
 from crm_automation.store.due import Events, PlanMark
 from crm_automation.store.pipeline import CustomerRow, MailRow, MoveRow, NamedRow, TimeRow
@@ -550,6 +550,11 @@ class Contacts(Protocol):
         """Customer mail received since ``since`` and not before our latest email to them, oldest first."""
         ...
 
+    def sales_rows(self, name_field: str | None, stage_field: str | None, owner_field: str | None, *,
+                   timed: bool = True) -> list[SalesRow]:
+        """Every customer present: name, stage, owner, first seen, and (``timed``) their contact times."""
+        ...
+
     def inbound_customers(self, message_ids: list[str]) -> dict[str, str | None]:
         """Message-ID -> the customer (None: unknown sender) of the ``email_in`` logged under it."""
         ...
@@ -603,8 +608,8 @@ class Digests(Protocol):
         """Replies, bounces, unsubscribes, customers added, owner changes logged in (``after``, ``upto``]."""
         ...
 
-    def follow_ups_sent_since(self, since: datetime) -> list[SendRow]:
-        """Campaign steps after the first handed over since ``since``."""
+    def follow_ups_sent_since(self, since: datetime) -> list[tuple[str, str, str, datetime]]:
+        """(customer, campaign, step key, sent at) of campaign steps after the first handed over since ``since``."""
         ...
 
 
