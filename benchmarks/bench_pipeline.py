@@ -186,7 +186,13 @@ def cached(cache: Path, customers: int, activities: int, rebuild: bool) -> tuple
 
 
 def floor(ws: Any) -> Any:
-    """The same store reads as the use case, into DataFrames, one group-by: customers and median days per cell."""
+    """The same store reads as the use case, into DataFrames, one group-by: customers and median days per cell.
+
+    The reads are the report's own (``read_rows``): every customer with
+    their contact times in one query (``store.sales_rows``), the month's
+    customer mail with our first email after each, the replies naming mail,
+    the stage moves of the 30 days. The report reads no more rows than these.
+    """
     import pandas as pd
 
     from crm_automation.app.access import reading
@@ -198,6 +204,30 @@ def floor(ws: Any) -> Any:
     since = people["stage_changed"].fillna(people["first_seen"])
     people["days"] = (pd.Timestamp(NOW) - since).dt.total_seconds() / 86400
     return people.groupby(["stage", "owner"], dropna=False).agg(customers=("key", "size"), days=("days", "median"))
+
+
+def digest_floor(ws: Any) -> Any:
+    """The digests' own store reads, into one DataFrame, one group-by: each owner's stale-candidate count.
+
+    The reads one day's digests make for all owners (every customer with
+    their times; the events since the previous workday's digest moment;
+    the month's customer mail after our latest email; the follow-ups sent
+    since local midnight); not the planner's reads for the follow-ups due
+    later today, which are the send pass's own questions, not rows.
+    """
+    import pandas as pd
+
+    from crm_automation.app.access import reading
+
+    roles = ws.mapping.roles
+    with reading(ws) as store:
+        rows = store.sales_rows(roles.name, roles.stage, roles.owner)
+        store.digest_events(NOW - timedelta(days=1), NOW, roles.owner)
+        store.inbound_after_outbound(NOW - timedelta(days=30))
+        store.follow_ups_sent_since(NOW - timedelta(hours=10))
+    people = pd.DataFrame(rows, columns=["key", "name", "stage", "owner", "first_seen", "last_in", "sent",
+                                         "replied", "changed"])
+    return people.groupby("owner", dropna=False).agg(customers=("key", "size"), last_in=("last_in", "max"))
 
 
 def timed(f: Callable[[], object], runs: int) -> Rec:
@@ -232,6 +262,7 @@ def measure(work: Path, runs: int) -> Rec:
         "floor: same reads + one pandas group-by": lambda: floor(ws),
         "report pipeline": lambda: pipeline(ws, NOW),
         "report pipeline --since (30 days)": lambda: pipeline(ws, NOW, since=NOW - timedelta(days=30)),
+        "digests floor: their reads + one pandas group-by": lambda: digest_floor(ws),
         "one day's digests, 50 owners": lambda: digests(ws),
     }
     book = digests(ws)
@@ -282,19 +313,21 @@ def main() -> int:
         print(json.dumps({"build": meta, "runs": args.runs, **result}, ensure_ascii=False, indent=2))
         return 0
     cases = result["cases"]
-    base = cases["floor: same reads + one pandas group-by"]["s"]
-    base_cpu = cases["floor: same reads + one pandas group-by"]["cpu"]
     print(f"\n{args.customers:,} customers, {meta['counts']['(all activities)']:,} activities, {OWNERS} owners; "
           f"{result['cells']} stage x owner cells, {result['stale']:,} stale, {result['moves']:,} moves in 30 days; "
           f"load average {load:.1f} -> {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
     print(f"digests: {result['digests']} owners; items (all owners, before the 50-a-section cut): "
           f"{result['digest_items']}")
-    print(f"{args.runs} runs each, seconds: median wall (min-max), CPU")
+    print(f"{args.runs} runs each, seconds: median wall (min-max), CPU; x floor: the report's cases against the "
+          f"first floor, the digests against theirs")
     print("| case | wall | CPU | x floor (wall) | x floor (CPU) | under 2 s (wall / CPU) |")
     print("|---|---|---|---|---|---|")
+    base = cases["floor: same reads + one pandas group-by"]
     for name, c in cases.items():
-        print(f"| {name} | {c['s']:.2f} ({c['min']:.2f}-{c['max']:.2f}) | {c['cpu']:.2f} | {c['s'] / base:.2f} | "
-              f"{c['cpu'] / base_cpu:.2f} | {'yes' if c['s'] < TARGET_S else 'NO'} / "
+        if name.startswith("digests floor"):
+            base = c
+        print(f"| {name} | {c['s']:.2f} ({c['min']:.2f}-{c['max']:.2f}) | {c['cpu']:.2f} | {c['s'] / base['s']:.2f} | "
+              f"{c['cpu'] / base['cpu']:.2f} | {'yes' if c['s'] < TARGET_S else 'NO'} / "
               f"{'yes' if c['cpu'] < TARGET_S else 'NO'} |")
     return 0
 

@@ -173,19 +173,19 @@ class Rows:
 
     customers: pd.DataFrame  # key, stage, owner, first_seen
     contact: pd.DataFrame  # key, last_in, last_out, stage_changed: each customer's latest (NaT: none)
-    inbound: pd.DataFrame  # id, key, at, message_id: customer mail of the window
-    outbound: pd.DataFrame  # key, at: our emails to customers from the window's start
+    inbound: pd.DataFrame  # id, key, at, message_id, out_at: customer mail of the window, our first email after it
     named: pd.DataFrame  # message_id, at: messages a reply_out names
     moves: pd.DataFrame  # key, at, old, new: stage changes since ``since`` (empty without)
 
 
-def _times(values: pd.Series | list[str]) -> pd.Series:
+def _times(texts: pd.Series | list[str] | list[str | None]) -> pd.Series:
     """The log's ISO 8601 UTC text (``store.iso``: ``2026-11-27T02:00:00Z``) as aware UTC times, NaT for None.
 
     The log's one format is parsed with that exact format: 8x faster than
     pandas' general ISO 8601 parser (0.06 s against 0.47 s for 390,000
     times); a value in another ISO form falls back to the general parser.
     """
+    values = texts if isinstance(texts, pd.Series) else pd.Series(texts, dtype=object)
     try:
         return pd.Series(pd.to_datetime(values, utc=True, format=_LOG_TIME))
     except ValueError:
@@ -193,44 +193,55 @@ def _times(values: pd.Series | list[str]) -> pd.Series:
 
 
 def _texts(values: Iterable[object], *, lower: bool = False) -> pd.Series:
-    """Cells as text, stripped, NA when empty (as :mod:`crm_automation.app.sales` reads stage and owner)."""
-    text = pd.Series(list(values), dtype=object).astype("string").str.strip()
-    text = text.mask(text == "")
-    return text.str.lower() if lower else text
+    """Cells as text, stripped, NA when empty (as :mod:`crm_automation.app.sales` reads stage and owner).
+
+    A column holds a few distinct values (stages, owners) over 100,000
+    customers: each distinct value is cleaned once (0.02 s, against 0.2 s
+    for pandas' string methods over every cell).
+    """
+    cells = list(values)
+    clean: dict[object, str | None] = {}
+    for v in set(cells):
+        text = "" if v is None else str(v).strip()
+        clean[v] = (text.lower() if lower else text) or None
+    return pd.Series([clean[v] for v in cells], dtype="string")
+
+
+def _latest(a: str | None, b: str | None, *, first: bool = False) -> str | None:
+    """The later (``first``: the earlier) of two log times, None for none (the log's one ISO form orders as text)."""
+    if a is None or b is None:
+        return a or b
+    return min(a, b) if first else max(a, b)
 
 
 def read_rows(ws: Workspace, store: Store, now: datetime, since: datetime | None) -> Rows:
     """The pipeline's rows from an open log: a few set-based reads, into DataFrames.
 
-    Customer mail and our emails are read whole once: each customer's latest
-    (their last contact, for the stale rule, as ``store.contact_times``
-    reads it) and the window's rows (replies, first responses) both come
-    from that one read.
+    Every customer with their contact times (``store.sales_rows``: one query,
+    four index seeks a customer), the month's customer mail with our first
+    email after each (two seeks a mail), the replies naming mail, and the
+    stage moves since ``since``.
     """
     roles = ws.mapping.roles
     start = now - timedelta(days=WINDOW_DAYS)
-    people = store.pipeline_customers(roles.stage, roles.owner)
+    people = store.sales_rows(None, roles.stage, roles.owner)
     customers = pd.DataFrame({
-        "key": pd.Series([p[0] for p in people], dtype=object), "stage": _texts(p[1] for p in people),
-        "owner": _texts((p[2] for p in people), lower=True), "first_seen": _times([p[3] for p in people])})
-    mail = pd.DataFrame(store.customer_mail(), columns=["id", "key", "at", "message_id"])
-    mail["at"] = _times(mail["at"])
-    ours = pd.DataFrame(store.our_emails(), columns=["key", "at"])
-    ours["at"] = _times(ours["at"])
-    changed = pd.DataFrame(store.last_stage_change(roles.stage) if roles.stage else [],
-                           columns=["key", "stage_changed"])
-    changed["stage_changed"] = _times(changed["stage_changed"])
-    contact = (mail.groupby("key", sort=False)["at"].max().rename("last_in").to_frame()
-               .join(ours.groupby("key", sort=False)["at"].max().rename("last_out"), how="outer")
-               .join(changed.set_index("key"), how="outer").rename_axis("key").reset_index())
-    inbound = mail[(mail["at"] >= pd.Timestamp(start)) & (mail["at"] <= pd.Timestamp(now))]
-    outbound = ours[(ours["at"] >= pd.Timestamp(start)) & (ours["at"] <= pd.Timestamp(now))]
+        "key": pd.Series([p[0] for p in people], dtype=object), "stage": _texts(p[2] for p in people),
+        "owner": _texts((p[3] for p in people), lower=True), "first_seen": _times([p[4] for p in people])})
+    contact = pd.DataFrame({
+        "key": customers["key"], "last_in": _times([p[5] for p in people]),
+        "last_out": _times([_latest(p[6], p[7]) for p in people]), "stage_changed": _times([p[8] for p in people])})
+    mail = store.customer_mail_between(start, now)
+    inbound = pd.DataFrame({
+        "id": pd.Series([m[0] for m in mail], dtype="int64"), "key": pd.Series([m[1] for m in mail], dtype=object),
+        "at": _times([m[2] for m in mail]), "message_id": pd.Series([m[3] for m in mail], dtype=object),
+        "out_at": _times([_latest(m[4], m[5], first=True) for m in mail])})
     named = pd.DataFrame(store.named_replies_between(start, now), columns=["message_id", "at"])
     named["at"] = _times(named["at"])
     raw = store.stage_moves_between(roles.stage, since, now) if since is not None and roles.stage else []
     moves = pd.DataFrame({"key": pd.Series([m[0] for m in raw], dtype=object), "at": _times([m[1] for m in raw]),
                           "old": _texts(m[2] for m in raw), "new": _texts(m[3] for m in raw)})
-    return Rows(customers, contact, inbound, outbound, named, moves)
+    return Rows(customers, contact, inbound, named, moves)
 
 
 # ------------------------------------------------------------------------------------------------ computing
@@ -274,23 +285,22 @@ def _count(value: object) -> int:
 
 
 def _first_responses(ws: Workspace, rows: Rows, owner_of: pd.Series) -> pd.DataFrame:
-    """Per customer mail of the window: owner, answered, working hours to our first answer (NaN: none yet)."""
+    """Per customer mail of the window: owner, answered, working hours to our first answer (NaN: none yet).
+
+    Our first answer: the earlier of our first email to that customer after
+    the mail (read with it: ``out_at``) and the first reply naming it.
+    """
     mail = rows.inbound[rows.inbound["key"].isin(owner_of.index)]
     if mail.empty:
         return pd.DataFrame({"owner": pd.Series(dtype=object), "answered": pd.Series(dtype=bool),
                              "hours": pd.Series(dtype=float)})
-    mail = mail.sort_values("at")
-    out = rows.outbound.rename(columns={"at": "out_at"}).sort_values("out_at")
-    # our first email to that customer strictly after the mail (contact.answered: later than it)
-    paired = pd.merge_asof(mail, out, left_on="at", right_on="out_at", by="key", direction="forward",
-                           allow_exact_matches=False)
     first_named = rows.named.groupby("message_id")["at"].min()
-    paired["named_at"] = pd.to_datetime(paired["message_id"].map(first_named.to_dict()), utc=True)
-    answer = paired[["out_at", "named_at"]].min(axis=1)
+    named_at = pd.to_datetime(mail["message_id"].map(first_named.to_dict()), utc=True)
+    answer = pd.concat([mail["out_at"], named_at], axis=1).min(axis=1)
     working = working_time(ws)
     hours = [working.hours_between(a, b) if a is not None and b is not None else float("nan")
-             for a, b in zip(_py(paired["at"], working.zone), _py(answer, working.zone), strict=True)]
-    return pd.DataFrame({"owner": paired["key"].map(owner_of).to_numpy(), "answered": answer.notna().to_numpy(),
+             for a, b in zip(_py(mail["at"], working.zone), _py(answer, working.zone), strict=True)]
+    return pd.DataFrame({"owner": mail["key"].map(owner_of).to_numpy(), "answered": answer.notna().to_numpy(),
                          "hours": hours})
 
 

@@ -42,7 +42,7 @@ from crm_automation.store.activities import Activity, DetailsIn, InboundEvent, Q
 from crm_automation.store.contact import ContactTimes, InboundMail, SalesRow
 from crm_automation.store.customers import RekeyCounts, SheetState, StoredCustomer, SyncStats
 from crm_automation.store.due import Events, PlanMark
-from crm_automation.store.pipeline import CustomerRow, MailRow, MoveRow, NamedRow, TimeRow
+from crm_automation.store.pipeline import MailRow, MoveRow, NamedRow
 from crm_automation.store.reports import (
     DayCounts,
     FunnelRow,
@@ -563,20 +563,8 @@ class Contacts(Protocol):
 class PipelineRows(Protocol):
     """The rows of ``report pipeline`` (issue #21): plain tuples for every customer at once, grouped by the caller."""
 
-    def pipeline_customers(self, stage_field: str | None, owner_field: str | None) -> list[CustomerRow]:
-        """Every customer present in the sheet: key, stage value, owner value, first seen."""
-        ...
-
-    def customer_mail(self) -> list[MailRow]:
-        """Every ``email_in`` with a customer: id, customer, received, Message-ID."""
-        ...
-
-    def our_emails(self) -> list[TimeRow]:
-        """Every email of ours to a customer (campaign step sent, or ``reply_out``): customer, time."""
-        ...
-
-    def last_stage_change(self, stage_field: str) -> list[TimeRow]:
-        """Per customer, the latest logged change of ``stage_field``."""
+    def customer_mail_between(self, start: datetime, end: datetime) -> list[MailRow]:
+        """Each ``email_in`` of a customer in [start, end] with our first campaign step and reply after it."""
         ...
 
     def named_replies_between(self, start: datetime, end: datetime) -> list[NamedRow]:

@@ -209,3 +209,40 @@ def test_a_digest_counts_follow_ups_past_fifty_without_showing_them(ws: Workspac
         with conn:
             conn.execute("DELETE FROM sends WHERE campaign LIKE 'drip%'")
         conn.close()
+
+
+def test_each_mail_of_the_month_comes_with_our_first_email_after_it(ws: Workspace) -> None:
+    """``report pipeline``'s first responses: our first campaign step sent, and first reply, after each mail."""
+    start, end = NOW - timedelta(days=30), NOW - timedelta(days=2)  # an end before some of our emails
+    conn = sqlite3.connect(ws.cfg.database)
+    ours: dict[str, list[tuple[str, str]]] = {}
+    for key, at, what in conn.execute(
+            "SELECT customer_key, sent_at, 'sent' FROM sends WHERE status = 'sent' AND kind = 'campaign_step' "
+            "UNION ALL SELECT customer_key, occurred_at, 'reply' FROM activities WHERE kind = 'reply_out' "
+            "AND customer_key IS NOT NULL"):
+        ours.setdefault(key, []).append((at, what))
+    want = []
+    for i, key, at, mid in conn.execute(
+            "SELECT id, customer_key, occurred_at, message_id FROM activities WHERE kind = 'email_in' "
+            "AND customer_key IS NOT NULL AND occurred_at >= ? AND occurred_at <= ? ORDER BY id",
+            (iso(start), iso(end))):
+        later = sorted((t, w) for t, w in ours.get(key, []) if iso(end) >= t > at)
+        first = {w: min((t for t, x in later if x == w), default=None) for w in ("sent", "reply")}
+        want.append((i, key, at, mid, first["sent"], first["reply"]))
+    conn.close()
+    with reading(ws) as store:
+        got = sorted(store.customer_mail_between(start, end))
+    assert got == want
+    assert any(r[4] for r in got) and any(r[5] for r in got) and any(not (r[4] or r[5]) for r in got)
+
+
+def test_the_stage_moves_of_a_period_are_read_by_time(ws: Workspace) -> None:
+    """Schema 11: ``--since`` reads the period's changes of the stage field by (field, time), not every change."""
+    seen: list[str] = []
+    with reading(ws) as store:
+        store.conn._c.set_trace_callback(seen.append)
+        moves = store.stage_moves_between("stage", NOW - timedelta(days=10), NOW)
+        store.conn._c.set_trace_callback(None)
+        (sql,) = [s for s in seen if "field_changed" in s]
+        plan = " ".join(str(r) for r in store.conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
+    assert moves and "idx_activities_field_changed_at" in plan, plan
