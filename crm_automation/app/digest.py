@@ -45,6 +45,7 @@ from crm_automation.owner_digest import OwnerProblem, first_window_start, owner_
 from crm_automation.owner_digest import owner_problems as refused_owners
 from crm_automation.send.digests import DigestContent, DigestSource
 from crm_automation.send.plan import Planning
+from crm_automation.store.connection import parse_iso
 from crm_automation.store.sends import SendKind
 from crm_automation.workspace import Clock
 
@@ -235,7 +236,7 @@ def owner_problems(ws: Workspace) -> tuple[OwnerProblem, ...]:
         return owner_problems_in(ws, store)
 
 
-def _due_today(ws: Workspace, store: Store, now: datetime) -> list[tuple[str, str, str, str, datetime | None]]:
+def _due_today(ws: Workspace, store: Store, now: datetime) -> list[tuple[str, str, str, str, str | None]]:
     """(customer, campaign, step, status, at) of follow-ups going out today, local day.
 
     Sent since local midnight, queued now, or planned by the send pass's own
@@ -248,7 +249,7 @@ def _due_today(ws: Workspace, store: Store, now: datetime) -> list[tuple[str, st
     tz = ws.cfg.timezone
     local = now.astimezone(tz).date()
     midnight = datetime.combine(local, time.min, tzinfo=tz)
-    out: list[tuple[str, str, str, str, datetime | None]] = [
+    out: list[tuple[str, str, str, str, str | None]] = [  # times as the log's text: only the shown are parsed
         (key, campaign, step, SendStatus.SENT.value, at)
         for key, campaign, step, at in store.follow_ups_sent_since(midnight)]
     for s in store.sends(status=[SendStatus.QUEUED]):
@@ -354,7 +355,7 @@ def _gather(ws: Workspace, store: Store, now: datetime, rows: list[SalesRow], pe
         if (o := owner_of(key)) is not None and o in sections and (key, campaign, step) not in seen:
             seen.add((key, campaign, step))
             if len(sections[o].due) < MAX_ITEMS:
-                sections[o].due.append(DueFollowUp(who(key), campaign, step, status, at))
+                sections[o].due.append(DueFollowUp(who(key), campaign, step, status, parse_iso(at)))
             else:
                 sections[o].left_out["due"] = sections[o].left_out.get("due", 0) + 1
     return sections

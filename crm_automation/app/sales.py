@@ -211,7 +211,8 @@ def stale_from(ws: Workspace, rows: Iterable[SalesRow], now: datetime, owner: st
     """
     limits = ws.mapping.stale_after_days
     wanted = owner.strip().lower() if owner is not None else None
-    local_now = now.astimezone(ws.cfg.timezone)  # the rule takes each time's local date: one conversion less
+    zone = ws.cfg.timezone
+    local_now = now.astimezone(zone)  # the rule takes each time's local date: one conversion less
     first_seen: dict[str, datetime] = {}  # customers synced together share one text: parsed once
     found = []
     for key, name, stage_v, owner_v, seen, last_in, sent, replied, changed in rows:
@@ -224,10 +225,11 @@ def stale_from(ws: Workspace, rows: Iterable[SalesRow], now: datetime, owner: st
             continue
         if (first := first_seen.get(seen)) is None:
             first = first_seen[seen] = parse_iso(seen) or now
-        times = ContactTimes(parse_iso(last_in), parse_iso(_latest(sent, replied)), parse_iso(changed))
-        c = _contact_of(ws, key, _text(name), owner_t, stage, first, times, local_now, limit)
-        if c.stale:
-            found.append(c)
+        contact_ = last_contact(parse_iso(last_in), parse_iso(_latest(sent, replied)))
+        stage_changed = parse_iso(changed)
+        q = quiet(contact_, stage_changed, first, local_now, zone, limit)
+        if q.stale:  # as customer_contact makes it, for the stale ones only
+            found.append(CustomerContact(key, _text(name), owner_t, stage, contact_, q, stage_changed or first))
     found.sort(key=lambda c: (c.quiet.since, c.key))
     return tuple(found)
 

@@ -596,8 +596,8 @@ class Digests(Protocol):
         """Replies, bounces, unsubscribes, customers added, owner changes logged in (``after``, ``upto``]."""
         ...
 
-    def follow_ups_sent_since(self, since: datetime) -> list[tuple[str, str, str, datetime]]:
-        """(customer, campaign, step key, sent at) of campaign steps after the first handed over since ``since``."""
+    def follow_ups_sent_since(self, since: datetime) -> list[tuple[str, str, str, str]]:
+        """(customer, campaign, step key, sent at: ISO text) of campaign steps after the first sent since ``since``."""
         ...
 
 
