@@ -214,14 +214,16 @@ def stale_from(ws: Workspace, rows: Iterable[SalesRow], now: datetime, owner: st
     zone = ws.cfg.timezone
     local_now = now.astimezone(zone)  # the rule takes each time's local date: one conversion less
     first_seen: dict[str, datetime] = {}  # customers synced together share one text: parsed once
+    stages: dict[object, tuple[str | None, int | None]] = {}  # a few stage values over 100,000 customers
     found = []
     for key, name, stage_v, owner_v, seen, last_in, sent, replied, changed in rows:
-        stage = _text(stage_v)
-        limit = stage_limit(stage, limits)
+        if (known := stages.get(stage_v)) is None:
+            text = _text(stage_v)
+            known = stages[stage_v] = (text, stage_limit(text, limits))
+        stage, limit = known
         if limit is None:
             continue
-        owner_t = _text(owner_v)
-        if wanted is not None and (owner_t is None or owner_t.lower() != wanted):
+        if wanted is not None and ((o := _text(owner_v)) is None or o.lower() != wanted):
             continue
         if (first := first_seen.get(seen)) is None:
             first = first_seen[seen] = parse_iso(seen) or now
@@ -229,7 +231,8 @@ def stale_from(ws: Workspace, rows: Iterable[SalesRow], now: datetime, owner: st
         stage_changed = parse_iso(changed)
         q = quiet(contact_, stage_changed, first, local_now, zone, limit)
         if q.stale:  # as customer_contact makes it, for the stale ones only
-            found.append(CustomerContact(key, _text(name), owner_t, stage, contact_, q, stage_changed or first))
+            found.append(CustomerContact(key, _text(name), _text(owner_v), stage, contact_, q,
+                                         stage_changed or first))
     found.sort(key=lambda c: (c.quiet.since, c.key))
     return tuple(found)
 
