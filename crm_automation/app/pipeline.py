@@ -21,8 +21,10 @@ this is within a small factor of the bare reads.
 Definitions (the README repeats them):
 
 - **Stale**: :func:`crm_automation.contact.quiet` per customer whose stage has
-  a limit (the rule is applied, not re-implemented; customers in a stage
-  without a limit are never stale and are not looked at).
+  a limit, as the stale list applies it (:func:`crm_automation.app.sales.stale_from`:
+  the rule is applied, not re-implemented; customers in a stage without a
+  limit are never stale, and those written to since ``contact.fresh_since``
+  surely not, so neither is looked at further).
 - **Days in stage**: from when the customer entered their current stage
   (the latest logged change of the stage field, else when they were first
   seen) to ``now``, in days with a decimal (12.5); the median over the cell.
@@ -50,6 +52,7 @@ Definitions (the README repeats them):
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -61,12 +64,12 @@ import pandas as pd
 
 from crm_automation.app.access import reading
 from crm_automation.app.results import JsonObject, utc_text
-from crm_automation.app.sales import working_time
-from crm_automation.contact import last_contact, quiet
+from crm_automation.app.sales import stale_from, working_time
 from crm_automation.errors import ConfigError
 from crm_automation.models import FieldType
 
 if TYPE_CHECKING:
+    from crm_automation.store.contact import SalesRow
     from crm_automation.store.repo import Store
     from crm_automation.workspace import Workspace
 
@@ -176,6 +179,7 @@ class Rows:
     inbound: pd.DataFrame  # id, key, at, message_id, out_at: customer mail of the window, our first email after it
     named: pd.DataFrame  # message_id, at: messages a reply_out names
     moves: pd.DataFrame  # key, at, old, new: stage changes since ``since`` (empty without)
+    sales: list[SalesRow] = dataclasses.field(default_factory=list)  # as read: the stale rule's input
 
 
 def _times(texts: pd.Series | list[str] | list[str | None]) -> pd.Series:
@@ -224,7 +228,7 @@ def read_rows(ws: Workspace, store: Store, now: datetime, since: datetime | None
     """
     roles = ws.mapping.roles
     start = now - timedelta(days=WINDOW_DAYS)
-    people = store.sales_rows(None, roles.stage, roles.owner)
+    people = store.sales_rows(None, roles.stage, roles.owner, timed=True)
     customers = pd.DataFrame({
         "key": pd.Series([p[0] for p in people], dtype=object), "stage": _texts(p[2] for p in people),
         "owner": _texts((p[3] for p in people), lower=True), "first_seen": _times([p[4] for p in people])})
@@ -241,7 +245,7 @@ def read_rows(ws: Workspace, store: Store, now: datetime, since: datetime | None
     raw = store.stage_moves_between(roles.stage, since, now) if since is not None and roles.stage else []
     moves = pd.DataFrame({"key": pd.Series([m[0] for m in raw], dtype=object), "at": _times([m[1] for m in raw]),
                           "old": _texts(m[2] for m in raw), "new": _texts(m[3] for m in raw)})
-    return Rows(customers, contact, inbound, named, moves)
+    return Rows(customers, contact, inbound, named, moves, people)
 
 
 # ------------------------------------------------------------------------------------------------ computing
@@ -255,22 +259,17 @@ def _py(values: pd.Series, zone: ZoneInfo) -> list[datetime | None]:
     return [None if v is pd.NaT else v for v in values.dt.tz_convert(zone).dt.to_pydatetime()]
 
 
-def _stale(ws: Workspace, people: pd.DataFrame, now: datetime) -> pd.Series:
-    """Per customer, stale or not: :func:`crm_automation.contact.quiet` for those whose stage has a limit."""
-    limits = ws.mapping.stale_after_days
-    out = pd.Series(False, index=people.index)
-    if not limits or people.empty:
-        return out
-    limit = people["stage"].map(limits)
-    has = people[limit.notna()]
-    zone = ws.cfg.timezone
-    local_now = now.astimezone(zone)
-    flags = [quiet(last_contact(li, lo), changed, seen or local_now, local_now, zone, int(lim)).stale
-             for li, lo, changed, seen, lim in zip(_py(has["last_in"], zone), _py(has["last_out"], zone),
-                                                   _py(has["stage_changed"], zone), _py(has["first_seen"], zone),
-                                                   limit[limit.notna()], strict=True)]
-    out.loc[has.index] = pd.Series(flags, index=has.index, dtype=bool)
-    return out
+def _stale(ws: Workspace, rows: Rows, people: pd.DataFrame, now: datetime) -> pd.Series:
+    """Per customer, stale or not, as the stale list finds them (:func:`crm_automation.app.sales.stale_from`).
+
+    One path for the rule, shared with the digests and ``sales.stale``: it
+    applies :func:`crm_automation.contact.quiet` only where it can matter
+    (a limited stage, quiet since before ``contact.fresh_since``).
+    """
+    if not ws.mapping.stale_after_days or people.empty:
+        return pd.Series(False, index=people.index)
+    found = {c.key for c in stale_from(ws, rows.sales, now)}
+    return people["key"].isin(found)
 
 
 def _median(value: object, digits: int = 1) -> float | None:
@@ -321,7 +320,7 @@ def _order_key(stages: tuple[str, ...]) -> dict[str | None, int]:
 def compute(ws: Workspace, rows: Rows, now: datetime, since: datetime | None) -> Pipeline:
     """The :class:`Pipeline` from rows already read (pure: no I/O; ``now`` given)."""
     people = rows.customers.merge(rows.contact, on="key", how="left")
-    people["stale"] = _stale(ws, people, now)
+    people["stale"] = _stale(ws, rows, people, now)
     entered = people["stage_changed"].fillna(people["first_seen"])
     people["days"] = ((pd.Timestamp(now) - entered).dt.total_seconds() / 86400).clip(lower=0)
     replies = rows.inbound.groupby("key").size()
