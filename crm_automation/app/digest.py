@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote
 
 from crm_automation.app.access import reading
+from crm_automation.app.bulk import collector_paused
 from crm_automation.app.results import JsonObject, utc_text
 from crm_automation.app.sales import CustomerContact, WaitingMail, sales_rows, stale_from, waiting_in
 from crm_automation.models import BounceDetails, FieldChangedDetails, Kind, Permanence, SendStatus
@@ -282,6 +283,7 @@ class _People:
         return DigestCustomer(key, _text(r[1]) if r else None, _text(r[2]) if r else None, _link(public_url, key))
 
 
+@collector_paused()
 def digests_in(ws: Workspace, store: Store, now: datetime, owners: Mapping[str, datetime] | None = None
                ) -> DigestBook:
     """Every owner's digest ``now`` (or ``owners``', each with its window's end), read in one go.

@@ -63,6 +63,7 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 
 from crm_automation.app.access import reading
+from crm_automation.app.bulk import collector_paused
 from crm_automation.app.results import JsonObject, utc_text
 from crm_automation.app.sales import stale_from, working_time
 from crm_automation.errors import ConfigError
@@ -386,6 +387,7 @@ def _moves(rows: Rows, people: pd.DataFrame, since: datetime, rank: dict[str | N
     return moves, funnel
 
 
+@collector_paused()
 def pipeline(ws: Workspace, now: datetime, since: datetime | None = None) -> Pipeline:
     """The pipeline ``now`` by stage and owner; with ``since``, the moves between stages since then.
 
