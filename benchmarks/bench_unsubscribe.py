@@ -9,7 +9,11 @@ Side by side in one run, rounds taking turns, each on a fresh copy of one prepar
               RFC 8058's `List-Unsubscribe=One-Click` to /u/{token} of campaign "first"'s sends - each
               token twice (a provider retrying) - at random moments spread over the send.
 
-The unsubscribing customers are not in campaign "second"'s segment, so both rounds send the same N.
+  floor       the same send and the same POSTs, to a path `serve` has no route for: each is answered
+              404 after the HTTP server, the proxy-headers and the middleware have run, and nothing is read
+              or written. What the HTTP traffic alone costs the worker on this host (--no-floor skips it).
+
+The unsubscribing customers are not in campaign "second"'s segment, so all rounds send the same N.
 
 Measured: POST latency (client side, p50/p95/p99/max; target p99 < 50 ms); every POST answered 200;
 after each round the log holds exactly one `unsubscribe` activity and one suppression per token
@@ -45,6 +49,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 FROM = "销售部 <sales@example.com>"
+NOOP_PREFIX = "/nothing/"  # the floor's POSTs: no route, so serve answers 404 and reads and writes nothing
 
 
 # -- the counting SMTP server (child process): counts messages, notes the first and last -----------------
@@ -195,7 +200,8 @@ def stop_serve(p: subprocess.Popen) -> None:
 # -- the clients (child process) ----------------------------------------------------------------------------
 
 
-async def _clients(url: str, plan: list[list[str]], spread: float, seed: int) -> list[tuple[float, int, float]]:
+async def _clients(url: str, plan: list[list[str]], spread: float, seed: int,
+                   prefix: str = "/u/") -> list[tuple[float, int, float]]:
     """Each client: its POSTs at random moments within ``spread`` seconds, each on a new connection.
 
     Plain asyncio streams and a prebuilt HTTP/1.1 request rather than an HTTP library: on a 2-core machine
@@ -213,7 +219,7 @@ async def _clients(url: str, plan: list[list[str]], spread: float, seed: int) ->
         forwarded = f"10.{i // 250}.{i % 250}.{1 + i % 200}"
         for at, token in zip(moments, tokens, strict=True):
             await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
-            request = (f"POST /u/{token} HTTP/1.1\r\nHost: {host}\r\nX-Forwarded-For: {forwarded}\r\n"
+            request = (f"POST {prefix}{token} HTTP/1.1\r\nHost: {host}\r\nX-Forwarded-For: {forwarded}\r\n"
                        "Content-Type: application/x-www-form-urlencoded\r\nConnection: close\r\n"
                        f"Content-Length: {len(body)}\r\n\r\n").encode() + body
             start = time.perf_counter()  # a new connection for each POST, as a mail provider's would be
@@ -232,21 +238,21 @@ async def _clients(url: str, plan: list[list[str]], spread: float, seed: int) ->
     return out
 
 
-def _client_proc(url, plan, spread, seed, go, conn) -> None:
+def _client_proc(url, plan, spread, seed, go, conn, prefix) -> None:
     try:  # uvloop (installed with serve): the load generator takes less of the CPU the others are measured on
         import uvloop
         run = uvloop.run
     except ImportError:
         run = asyncio.run
     go.wait()
-    conn.send(run(_clients(url, plan, spread, seed)))
+    conn.send(run(_clients(url, plan, spread, seed, prefix)))
 
 
-def start_clients(url: str, plan: list[list[str]], spread: float, seed: int):
+def start_clients(url: str, plan: list[list[str]], spread: float, seed: int, prefix: str = "/u/"):
     ctx = mp.get_context("spawn")
     go = ctx.Event()
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_client_proc, args=(url, plan, spread, seed, go, child), daemon=True)
+    proc = ctx.Process(target=_client_proc, args=(url, plan, spread, seed, go, child, prefix), daemon=True)
     proc.start()
     time.sleep(0.5)  # let it start before the clock does
     return proc, go, parent
@@ -261,14 +267,14 @@ def pct(values: list[float], p: float) -> float:
 
 
 def one_round(template: Path, work: Path, smtp: SmtpServer, env: dict[str, str], n_send: int,
-              plan: list[list[str]] | None, spread: float, seed: int) -> dict:
-    ws = work / f"round-{seed}-{'posts' if plan else 'base'}"
+              plan: list[list[str]] | None, spread: float, seed: int, prefix: str = "/u/") -> dict:
+    ws = work / f"round-{seed}-{'base' if not plan else 'posts' if prefix == '/u/' else 'noop'}"
     shutil.copytree(template, ws)
     cfg = ws / "config.toml"
     serve, url = start_serve(cfg, env)
     cpu0 = cpu_seconds(serve.pid)
     try:
-        clients = start_clients(url, plan, spread, seed) if plan else None
+        clients = start_clients(url, plan, spread, seed, prefix) if plan else None
         smtp.reset()
         t0 = time.time()
         if clients:
@@ -322,6 +328,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="POSTs per token (a provider retrying)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of each kind, taking turns")
     ap.add_argument("--burst", action="store_true", help="also: all clients POST at one instant, no send")
+    ap.add_argument("--no-floor", action="store_true",
+                    help="skip the floor rounds: the same POSTs to a path serve answers 404 without any work")
     args = ap.parse_args()
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
@@ -335,12 +343,17 @@ def main() -> None:
         print(f"{args.sends} sends a round; {args.clients} clients x {args.tokens_per_client} tokens x "
               f"{args.repeat} POSTs = {args.clients * args.tokens_per_client * args.repeat} POSTs a round; "
               f"{args.rounds} rounds of each, taking turns; {os.cpu_count()} CPUs")
-        base, with_posts = [], []
+        base, with_posts, noop = [], [], []
         spread = 0.0
         for r in range(args.rounds):
             b = one_round(template, work, smtp, env, args.sends, None, 0, r)
             base.append(b)
             spread = spread or 0.8 * b["send_seconds"]
+            if not args.no_floor:
+                n = one_round(template, work, smtp, env, args.sends, plan, spread, r, prefix=NOOP_PREFIX)
+                noop.append(n)
+                print(f"round {r + 1}: no-op POSTs (404, nothing read or written) {n['rate']:.0f} msg/s, "
+                      f"serve CPU {n['serve_cpu'] * 1000 / max(1, len(n['posts'])):.2f} ms a POST")
             w = one_round(template, work, smtp, env, args.sends, plan, spread, r)
             with_posts.append(w)
             lat = [ms for ms, _, _ in w["posts"]]
@@ -369,6 +382,12 @@ def main() -> None:
               f"{exact}; every round sent all {args.sends}: {same_sent}")
         print(f"send rate (median): {rb:.0f} msg/s without, {rw:.0f} msg/s with the POSTs: drop {drop:.1f}% "
               f"(target < 10%: {'met' if drop < 10 else 'NOT met'})")
+        if noop:
+            rn = statistics.median(x["rate"] for x in noop)
+            codes = sorted({st for x in noop for _, st, _ in x["posts"]})
+            print(f"floor: the same POSTs to a path serve answers 404 without reading or writing anything "
+                  f"(codes {codes}): {rn:.0f} msg/s, drop {(rb - rn) / rb * 100:.1f}%; the one-click work itself "
+                  f"costs the worker {(rn - rw) / rb * 100:.1f} points more")
         if args.burst:
             b = burst(template, work, env, tokens, args.clients)
             print(f"burst, {len(b)} POSTs at one instant (no send): p50 {pct(b, 50):.1f} ms, "

@@ -7,8 +7,11 @@
   :func:`crm_automation.app.suppressions.unsubscribe_by_tokens` (the
   suppression, the email status and an ``unsubscribe`` activity, in one
   transaction with the POSTs that queued meanwhile: group commit,
-  :mod:`crm_automation.web.batching`) and answers 200 with a short page
-  once that transaction has committed. Idempotent: a second POST
+  :mod:`crm_automation.web.batching`) and answers 200 once that
+  transaction has committed: with a line of text in the request's language
+  (mail providers read only the status), or, for our confirmation page's
+  own POST (marked ``page=1``), with the page and its undo button.
+  Idempotent: a second POST
   changes nothing and answers 200 again. No cookie, no CSRF token: mail
   providers send neither, and the worst a forged cross-site POST can do is
   what the link's holder can do anyway.
@@ -44,6 +47,7 @@ No login; no customer data in it.
 
 from __future__ import annotations
 
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -53,7 +57,8 @@ from crm_automation.app.suppressions import Outcome, UndoOutcome
 from crm_automation.app.tracking import TrackOutcome
 from crm_automation.errors import LockedError
 from crm_automation.tokens import is_token
-from crm_automation.web.app import client_address, read, render, state, write
+from crm_automation.web.app import client_address, language, read, render, state, write
+from crm_automation.web.i18n import Translator
 
 ONE_CLICK = ("List-Unsubscribe", "One-Click")  # RFC 8058 §3.1: the POST body's one field
 MAX_BODY = 16 * 1024  # a one-click body is 26 bytes; anything much bigger is not one
@@ -80,16 +85,16 @@ def _admitted(request: Request) -> str | Response:
     return token if is_token(token) else _not_found()
 
 
-async def _one_click_body(request: Request) -> bool:
-    """Whether the request's form is RFC 8058's ``List-Unsubscribe=One-Click`` (extra fields are ignored)."""
+async def _one_click_form(request: Request) -> FormData | None:
+    """The request's form when it is RFC 8058's ``List-Unsubscribe=One-Click`` (extra fields allowed), else None."""
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-        return False
+        return None
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in {"application/x-www-form-urlencoded", "multipart/form-data"}:
-        return False
+        return None
     form = await request.form(max_files=0, max_fields=20)
-    return form.get(ONE_CLICK[0]) == ONE_CLICK[1]
+    return form if form.get(ONE_CLICK[0]) == ONE_CLICK[1] else None
 
 
 async def unsubscribe_page(request: Request) -> Response:
@@ -110,7 +115,8 @@ async def unsubscribe(request: Request) -> Response:
     token = _admitted(request)
     if isinstance(token, Response):
         return token
-    if not await _one_click_body(request):
+    form = await _one_click_form(request)
+    if form is None:
         return PlainTextResponse("expected the form body List-Unsubscribe=One-Click (RFC 8058)", status_code=400)
     try:
         result = await st.unsubscribes.submit(token)  # group commit: with the POSTs that queued meanwhile
@@ -119,7 +125,19 @@ async def unsubscribe(request: Request) -> Response:
     if result.outcome is Outcome.UNKNOWN_TOKEN:
         return _not_found()
     view = {Outcome.UNSUBSCRIBED: "done", Outcome.ALREADY: "already", Outcome.NO_ADDRESS: "failed"}[result.outcome]
+    if form.get("page") != "1":  # a mail provider's POST (RFC 8058 §3.2): only the status is read
+        t = Translator(language(request))
+        return PlainTextResponse(" ".join(t(key) for key in _PLAIN[view]))
     return render(request, "unsubscribe.html", {"state": view, "token": token, "undo": view != "failed"})
+
+
+# What a bare one-click POST gets: a line of text in the request's language, not the page. Mail providers POST
+# from their servers and read only the status; the page (with its undo button) is for our confirmation form,
+# which marks its POST with ``page=1``. Rendering a page nobody sees cost a tenth of serve's CPU a POST in a
+# burst, CPU the worker sending beside it needs (issue #19, benchmarks/bench_unsubscribe.py).
+_PLAIN: dict[str, tuple[str, ...]] = {"done": ("unsub_done", "unsub_done_explain"),
+                                      "already": ("unsub_already", "unsub_done_explain"),
+                                      "failed": ("unsub_failed",)}
 
 
 def _busy() -> Response:

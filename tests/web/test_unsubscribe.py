@@ -149,3 +149,21 @@ def test_an_untrusted_peer_cannot_choose_its_bucket(tmp_path, cli, web_server):
     for i in range(UNSUBSCRIBE_PER_MINUTE):
         assert httpx.get(url, headers={"X-Forwarded-For": f"203.0.113.{i}"}).status_code == 404
     assert httpx.get(url, headers={"X-Forwarded-For": "203.0.113.200"}).status_code == 429
+
+
+def test_a_providers_post_gets_a_line_of_text_and_the_pages_own_post_gets_the_page(sent, web_server):
+    """RFC 8058 POSTs come from the provider's servers, which read the status only: no page is rendered for them.
+    The confirmation page's button posts ``page=1`` and gets the page with its undo button."""
+    cfg, tokens = sent
+    srv = web_server(cfg)
+    bare = httpx.post(f"{srv.url}/u/{tokens['c0@example.com']}", data=ONE_CLICK,
+                      headers={"Accept-Language": "zh-CN,zh;q=0.9"})
+    assert bare.status_code == 200 and bare.headers["content-type"].startswith("text/plain")
+    assert bare.text == "您已成功退订。 我们不会再给您发送营销邮件。" and "<" not in bare.text
+    again = httpx.post(f"{srv.url}/u/{tokens['c0@example.com']}?lang=en", data=ONE_CLICK)
+    assert again.text == "You were already unsubscribed. We will not send you our marketing emails any more."
+    page = httpx.get(f"{srv.url}/u/{tokens['c1@example.com']}")
+    assert 'name="page" value="1"' in page.text  # the button's form marks its POST
+    posted = httpx.post(f"{srv.url}/u/{tokens['c1@example.com']}", data={**ONE_CLICK, "page": "1"})
+    assert posted.headers["content-type"].startswith("text/html") and "/undo" in posted.text
+    assert _log(cfg)[1] == [("c0@example.com", "unsubscribed"), ("c1@example.com", "unsubscribed")]
