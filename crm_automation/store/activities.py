@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from crm_automation.models import ActivityDetails, FieldChangedDetails, Kind, Permanence, details_of
-from crm_automation.store.connection import Connection, Guarded, iso, parse_iso
+from crm_automation.store.connection import Connection, Driver, iso, parse_iso
 from crm_automation.store.schema import INBOUND_KINDS_SQL, PERMANENCE_SQL
 
 _ACTIVITY_COLS = "id, customer_key, kind, occurred_at, subject, body, message_id, campaign, step, source, details"
@@ -98,7 +98,7 @@ class QuarantinedContact:
     error: str
 
 
-def insert_activity(conn: Guarded, *, kind: str, occurred_at: datetime, now: datetime,
+def insert_activity(conn: Driver, *, kind: str, occurred_at: datetime, now: datetime,
                     customer_key: str | None = None, subject: str | None = None, body: str | None = None,
                     message_id: str | None = None, in_reply_to: str | None = None, campaign: str | None = None,
                     step: int | None = None, source: str | None = None, details: DetailsIn = None,
@@ -107,16 +107,27 @@ def insert_activity(conn: Guarded, *, kind: str, occurred_at: datetime, now: dat
     if digest is not None and message_id is not None and already_logged(
             logged_digests(conn, {message_id}).get(message_id, set()), digest):
         return None
-    cur = conn.execute(INSERT_ACTIVITY_SQL, activity_row(
+    return inserted_id(conn, INSERT_ACTIVITY_SQL, activity_row(
         kind=kind, occurred_at=occurred_at, now=now, customer_key=customer_key, subject=subject, body=body,
         message_id=message_id, in_reply_to=in_reply_to, campaign=campaign, step=step, source=source,
         details=_details_dict(details), digest=digest))
-    return cur.lastrowid if cur.rowcount else None
+
+
+def inserted_id(conn: Driver, insert_sql: str, row: tuple[object, ...]) -> int | None:
+    """Run an ``INSERT ... ON CONFLICT DO NOTHING``; the new row's id, or None when it conflicted.
+
+    ``RETURNING id`` (SQLite 3.35+, PostgreSQL), not sqlite3's ``lastrowid``,
+    which psycopg does not have (issue #20); measured the same on the send
+    loop (benchmarks/bench_store_sql.py).
+    """
+    got = conn.execute(insert_sql + " RETURNING id", row).fetchone()
+    return None if got is None else int(got[0])
 
 
 INSERT_ACTIVITY_SQL = (
-    "INSERT OR IGNORE INTO activities (customer_key, kind, occurred_at, subject, body, message_id, "
-    "in_reply_to, campaign, step, source, details, logged_at, digest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)")
+    "INSERT INTO activities (customer_key, kind, occurred_at, subject, body, message_id, "
+    "in_reply_to, campaign, step, source, details, logged_at, digest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
+    "ON CONFLICT DO NOTHING")
 
 
 def activity_row(*, kind: str, occurred_at: datetime, now: datetime, customer_key: str | None,
@@ -141,7 +152,7 @@ def already_logged(digests: set[str | None], digest: str) -> bool:
 _json = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
 
 
-def logged_digests(conn: Guarded, message_ids: set[str]) -> dict[str, set[str | None]]:
+def logged_digests(conn: Driver, message_ids: set[str]) -> dict[str, set[str | None]]:
     """The content digests already logged for each of these inbound Message-IDs (None: logged before digests).
 
     Read in groups of 500 from the partial index (literal kinds, so SQLite
@@ -160,7 +171,7 @@ def logged_digests(conn: Guarded, message_ids: set[str]) -> dict[str, set[str | 
     return out
 
 
-def logged_replies(conn: Guarded, message_ids: set[str]) -> set[str]:
+def logged_replies(conn: Driver, message_ids: set[str]) -> set[str]:
     """Which of these Message-IDs are logged as ``reply_out`` (issue #21), by its unique partial index."""
     out: set[str] = set()
     ids = sorted(message_ids)
@@ -172,18 +183,18 @@ def logged_replies(conn: Guarded, message_ids: set[str]) -> set[str]:
     return out
 
 
-def insert_quarantine(conn: Guarded, *, source: str, raw: bytes, error: str, now: datetime,
+def insert_quarantine(conn: Driver, *, source: str, raw: bytes, error: str, now: datetime,
                       from_addr: str | None = None, customer_key: str | None = None, size: int | None = None) -> bool:
     """Keep a message unless it is there already (no transaction: the caller's unit owns it)."""
     digest = hashlib.sha256(raw).hexdigest()
     cur = conn.execute(
-        "INSERT OR IGNORE INTO quarantine (source, received_at, error, raw, digest, from_addr, customer_key, "
-        "size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO quarantine (source, received_at, error, raw, digest, from_addr, customer_key, "
+        "size) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         (source, iso(now), error, raw, digest, from_addr, customer_key, size if size is not None else len(raw)))
     return cur.rowcount > 0
 
 
-def count_soft_bounces(conn: Guarded, address: str, key: str | None, since: datetime) -> int:
+def count_soft_bounces(conn: Driver, address: str, key: str | None, since: datetime) -> int:
     """Distinct messages to ``address`` that soft-bounced or were delayed since ``since`` and the last reply.
 
     Issue #11: a reply proves the address works and starts the count again.

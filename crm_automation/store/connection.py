@@ -14,9 +14,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Self
+from typing import Any, Protocol, Self
 
 from crm_automation.errors import ConfigError, CrmError, LogBusyError, StorageError
+from crm_automation.store.dialect import SQLITE, Dialect
 from crm_automation.store.migrations import SCHEMA_VERSION, migrate
 
 
@@ -109,6 +110,58 @@ BUSY_POLL = 0.001
 Params = Sequence[object] | Mapping[str, object]
 
 
+class Rows(Protocol):
+    """What a statement returns on either engine: sqlite3's cursor, psycopg's (issue #20).
+
+    No ``lastrowid`` (psycopg has none): a new row's id is read with ``RETURNING id``.
+    """
+
+    @property
+    def rowcount(self) -> int:
+        """Rows the statement changed."""
+        ...
+
+    def fetchone(self) -> Any:
+        """The next row (a tuple), or None."""
+        ...
+
+    def fetchall(self) -> list[Any]:
+        """The remaining rows."""
+        ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Driver(Protocol):
+    """The guarded connection every part of the store writes through: :class:`Guarded` (SQLite) or PostgreSQL's.
+
+    Environmental failures (a full disk, a lost server) come out of it as
+    :class:`~crm_automation.errors.CrmError` naming the log.
+    """
+
+    @property
+    def path(self) -> str:
+        """The log as messages name it (a file's path; a URL without its password)."""
+        ...
+
+    def execute(self, sql: str, args: Params = ()) -> Rows:
+        """Run one statement (the store's text; the driver translates it)."""
+        ...
+
+    def executemany(self, sql: str, args: Iterable[Params]) -> Rows:
+        """Run one statement per parameter set."""
+        ...
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open."""
+        ...
+
+    def close(self) -> None:
+        """Close the connection."""
+        ...
+
+
 class Guarded:
     """The SQLite connection, with environmental failures turned into :class:`StorageError` (issue #9).
 
@@ -190,14 +243,16 @@ class Connection:
 
     ``conn`` is the guarded connection (autocommit: ``isolation_level=None``,
     so nothing is ever committed by the driver behind our back); writes go
-    through :meth:`transaction`.
+    through :meth:`transaction`. ``dialect``: the engine's spellings
+    (store/dialect.py); this class is the SQLite log.
     """
 
-    def __init__(self, conn: sqlite3.Connection, path: str, *, poll: bool = False) -> None:
-        self.conn = Guarded(conn, path, poll=poll)
-        self.path = path
+    def __init__(self, conn: Driver, *, dialect: Dialect = SQLITE) -> None:
+        self.conn = conn
+        self.path = conn.path
+        self.dialect = dialect
         self._savepoints = 0
-        self._identity = _file_identity(path)
+        self._identity = _file_identity(self.path) if dialect is SQLITE else None
 
     @classmethod
     def open(cls, path: Path | str, *, any_thread: bool = False) -> Self:
@@ -230,7 +285,7 @@ class Connection:
         except sqlite3.DatabaseError as e:
             conn.close()
             raise storage_error(p, e, "upgrading") from None
-        return cls(conn, p, poll=True)
+        return cls(Guarded(conn, p, poll=True))
 
     @classmethod
     def open_readonly(cls, path: Path | str) -> Self:
@@ -263,7 +318,7 @@ class Connection:
             conn.execute("PRAGMA query_only=ON")
         except sqlite3.DatabaseError as e:
             raise storage_error(p, e, "opening") from None
-        return cls(conn, p)
+        return cls(Guarded(conn, p))
 
     def close(self) -> None:
         """Close the connection (checkpointing the WAL)."""
@@ -333,7 +388,7 @@ class Connection:
                 raise
             self.conn.execute(f"RELEASE SAVEPOINT {name}")
             return
-        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.execute(self.dialect.begin)
         try:
             yield
         except BaseException:

@@ -31,7 +31,7 @@ _LAST_OUT_SQL = (
     "SELECT customer_key, MAX(sent_at) AS t FROM sends NOT INDEXED WHERE status = 'sent' AND kind = 'campaign_step' "
     "GROUP BY customer_key "
     "UNION ALL SELECT customer_key, MAX(occurred_at) FROM activities WHERE kind = 'reply_out' "
-    "AND customer_key IS NOT NULL GROUP BY customer_key) GROUP BY customer_key")
+    "AND customer_key IS NOT NULL GROUP BY customer_key) AS u GROUP BY customer_key")
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from crm_automation.models import (
     FieldChangedDetails,
     Kind,
 )
-from crm_automation.store.connection import Connection, Guarded, iso, parse_iso
+from crm_automation.store.connection import Connection, Driver, iso, parse_iso
 
 _dumps = json.JSONEncoder(ensure_ascii=False).encode  # fields keep the mapping's order; readable Chinese
 _PLAIN = frozenset({str, int, type(None)})  # values SQLite's json_object renders exactly as Python's json would
@@ -87,7 +87,7 @@ def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def update_email_status(conn: Guarded, key: str, status: EmailStatus) -> None:
+def update_email_status(conn: Driver, key: str, status: EmailStatus) -> None:
     """Set one customer's ``email_status`` (no transaction: the caller's unit owns it)."""
     conn.execute("UPDATE customers SET email_status = ? WHERE key = ?", (status, key))
 

@@ -161,8 +161,9 @@ class Reports(Connection):
     def start_run(self, job: str, now: datetime) -> int:
         """Record that a job started."""
         with self.transaction():
-            cur = self.conn.execute("INSERT INTO runs (job, started_at, ok) VALUES (?, ?, NULL)", (job, iso(now)))
-        return int(cur.lastrowid or 0)
+            got = self.conn.execute("INSERT INTO runs (job, started_at, ok) VALUES (?, ?, NULL) RETURNING id",
+                                    (job, iso(now))).fetchone()
+        return int(got[0])
 
     def finish_run(self, run_id: int, now: datetime, *, ok: bool, stats: Mapping[str, object],
                    error: str | None) -> None:
