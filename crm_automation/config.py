@@ -24,6 +24,7 @@ from pydantic_core import ErrorDetails
 
 from crm_automation.errors import ConfigError
 from crm_automation.status_words import DEFAULT_LANGUAGE, LANGUAGES, expected_languages
+from crm_automation.store import location
 
 CONFIG_ENV = "CRM_AUTOMATION_CONFIG"
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
@@ -32,6 +33,30 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_TIMEOUT = 86_400.0  # a day; socket timeouts overflow the platform's time_t beyond ~1e9 s (issue #17)
 # Keys whose value may be a secret typed in by mistake: their value is never repeated in a message (issue #17).
 SECRET_VALUE_KEYS = frozenset({"password_env", "secret_env", "admin_password_env"})
+
+
+def database_url_problem(value: str) -> str | None:
+    """Why ``[workspace] database`` cannot be used, when it is a URL rather than a path (None: a path, SQLite).
+
+    Issue #20 plans PostgreSQL as the shared log, by URL; this version does
+    not have that backend yet, so a ``postgresql://`` URL is refused with a
+    message that says so, rather than read as a file path (it would create a
+    folder named ``postgresql:``). A password in the URL is refused first,
+    as any secret in the config file is (SPEC §3), and never repeated.
+    """
+    kind = location.scheme(value)
+    if kind is None:
+        return None
+    shown = location.shown(value)
+    if not location.is_postgresql(value):
+        return (f"is \"{shown}\", a URL of a kind crm-automation does not use (expected the path of the activity "
+                f"log's SQLite file, such as \"var/crm.sqlite\")")
+    unavailable = ("PostgreSQL is not available in this version of crm-automation (issue #20); the activity log "
+                   "is a SQLite file for now: use its path, such as \"var/crm.sqlite\"")
+    if location.has_password(value):
+        return (f"is \"{shown}\": a password in the database URL is refused (secrets never go in the config file; "
+                f"the password is not shown). Besides, {unavailable}")
+    return f"is \"{shown}\": {unavailable}"
 
 
 class _Strict(BaseModel):
@@ -55,6 +80,14 @@ class WorkspaceSection(_Strict):
         except (ZoneInfoNotFoundError, ValueError) as e:
             msg = f"{v!r} is not an IANA time zone (expected e.g. \"Asia/Shanghai\")"
             raise ValueError(msg) from e
+        return v
+
+    @field_validator("database")
+    @classmethod
+    def _database(cls, v: str) -> str:
+        problem = database_url_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
         return v
 
     @field_validator("language")

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 from crm_automation.models import ActivityDetails, FieldChangedDetails, Kind, Permanence, details_of
 from crm_automation.store.connection import Connection, Driver, iso, parse_iso
-from crm_automation.store.schema import INBOUND_KINDS_SQL, PERMANENCE_SQL
+from crm_automation.store.schema import INBOUND_KINDS_SQL, permanence_sql
 
 _ACTIVITY_COLS = "id, customer_key, kind, occurred_at, subject, body, message_id, campaign, step, source, details"
 
@@ -203,17 +203,18 @@ def count_soft_bounces(conn: Driver, address: str, key: str | None, since: datet
     failure of the same message count once. Called by ``apply_inbound``
     inside its transaction, after the new bounce was inserted.
     """
+    j = conn.dialect.json_text
     if key is not None:
         last = conn.execute("SELECT MAX(COALESCE(logged_at, occurred_at)) FROM activities "
                             "WHERE kind = 'email_in' AND customer_key = ?", (key,)).fetchone()[0]
     else:
         last = conn.execute("SELECT MAX(COALESCE(logged_at, occurred_at)) FROM activities WHERE kind = "
-                            "'email_in' AND json_extract(details, '$.from') = ?", (address,)).fetchone()[0]
+                            f"'email_in' AND {j('details', 'from')} = ?", (address,)).fetchone()[0]
     start = max(iso(since), last or "")
     return int(conn.execute(
-        "SELECT COUNT(DISTINCT COALESCE(json_extract(details, '$.original_message_id'), message_id)) "
-        "FROM activities WHERE kind = 'bounce' AND json_extract(details, '$.recipient') = ? "
-        "AND json_extract(details, '$.permanence') IN ('soft', 'delayed') "
+        f"SELECT COUNT(DISTINCT COALESCE({j('details', 'original_message_id')}, message_id)) "
+        f"FROM activities WHERE kind = 'bounce' AND {j('details', 'recipient')} = ? "
+        f"AND {j('details', 'permanence')} IN ('soft', 'delayed') "
         "AND COALESCE(logged_at, occurred_at) >= ? AND (? = '' OR COALESCE(logged_at, occurred_at) > ?)",
         (address, start, last or "", last or "")).fetchone()[0])
 
@@ -282,7 +283,7 @@ class ActivityLog(Connection):
         return [InboundEvent(k, Kind(kind), parse_iso(t) or datetime.now(UTC), c, Permanence(p) if p else None)
                 for k, kind, t, c, p in self.conn.execute(
                     f"SELECT a.customer_key, a.kind, COALESCE(a.logged_at, a.occurred_at), a.campaign, "
-                    f"CASE WHEN a.kind = 'bounce' THEN {PERMANENCE_SQL} END FROM activities a "
+                    f"CASE WHEN a.kind = 'bounce' THEN {permanence_sql(self.dialect)} END FROM activities a "
                     f"WHERE a.customer_key IS NOT NULL AND a.kind IN {INBOUND_KINDS_SQL}")]
 
     def field_changes(self, field_name: str) -> list[tuple[str, object, datetime]]:
@@ -290,6 +291,6 @@ class ActivityLog(Connection):
         out: list[tuple[str, object, datetime]] = []
         for k, d, t in self.conn.execute(
                 "SELECT customer_key, details, occurred_at FROM activities WHERE kind = 'field_changed' "
-                "AND json_extract(details, '$.field') = ? ORDER BY id", (field_name,)):
+                f"AND {self.dialect.json_text('details', 'field')} = ? ORDER BY id", (field_name,)):
             out.append((k, FieldChangedDetails.parse(json.loads(d)).new, parse_iso(t) or datetime.now(UTC)))
         return out

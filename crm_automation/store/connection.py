@@ -18,6 +18,7 @@ from typing import Any, Protocol, Self
 
 from crm_automation.errors import ConfigError, CrmError, LogBusyError, StorageError
 from crm_automation.store.dialect import SQLITE, Dialect
+from crm_automation.store.location import is_postgresql
 from crm_automation.store.migrations import SCHEMA_VERSION, migrate
 
 
@@ -144,6 +145,11 @@ class Driver(Protocol):
         """The log as messages name it (a file's path; a URL without its password)."""
         ...
 
+    @property
+    def dialect(self) -> Dialect:
+        """The engine's spellings (store/dialect.py)."""
+        ...
+
     def execute(self, sql: str, args: Params = ()) -> Rows:
         """Run one statement (the store's text; the driver translates it)."""
         ...
@@ -172,6 +178,7 @@ class Guarded:
     """
 
     __slots__ = ("_c", "path", "poll")
+    dialect = SQLITE
 
     def __init__(self, conn: sqlite3.Connection, path: str, *, poll: bool = False) -> None:
         self._c = conn
@@ -247,12 +254,12 @@ class Connection:
     (store/dialect.py); this class is the SQLite log.
     """
 
-    def __init__(self, conn: Driver, *, dialect: Dialect = SQLITE) -> None:
+    def __init__(self, conn: Driver) -> None:
         self.conn = conn
         self.path = conn.path
-        self.dialect = dialect
+        self.dialect = conn.dialect
         self._savepoints = 0
-        self._identity = _file_identity(self.path) if dialect is SQLITE else None
+        self._identity = _file_identity(self.path) if self.dialect is SQLITE else None
 
     @classmethod
     def open(cls, path: Path | str, *, any_thread: bool = False) -> Self:
@@ -262,6 +269,10 @@ class Connection:
         time (the caller serialises: :class:`crm_automation.app.access.KeptWriter`).
         """
         p = str(path)
+        if is_postgresql(p):
+            from crm_automation.store import postgres  # psycopg is loaded only for a PostgreSQL log
+
+            return cls(postgres.connect(p))
         if p != ":memory:":
             try:
                 Path(p).parent.mkdir(parents=True, exist_ok=True)

@@ -20,18 +20,20 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from crm_automation.store.connection import Connection, iso, parse_iso
+from crm_automation.store.dialect import Dialect
 from crm_automation.store.schema import INBOUND_KINDS_SQL
+
 
 # Our latest email to each customer: campaign steps sent, and the team's own replies (both with a customer).
 # ``sends NOT INDEXED``: one scan of the table. SQLite otherwise walks idx_sends_customer for the GROUP BY and
 # looks up every row for its status, 2.4x slower at 300,000 sends; a covering index would cost the send loop
 # an index write per message (its 5% budget), so the scan it is.
-_LAST_OUT_SQL = (
-    "SELECT customer_key, MAX(t) AS t FROM ("
-    "SELECT customer_key, MAX(sent_at) AS t FROM sends NOT INDEXED WHERE status = 'sent' AND kind = 'campaign_step' "
-    "GROUP BY customer_key "
-    "UNION ALL SELECT customer_key, MAX(occurred_at) FROM activities WHERE kind = 'reply_out' "
-    "AND customer_key IS NOT NULL GROUP BY customer_key) AS u GROUP BY customer_key")
+def _last_out_sql(d: Dialect) -> str:
+    return ("SELECT customer_key, MAX(t) AS t FROM ("
+            f"SELECT customer_key, MAX(sent_at) AS t FROM {d.scan('sends')} WHERE status = 'sent' "
+            "AND kind = 'campaign_step' GROUP BY customer_key "
+            "UNION ALL SELECT customer_key, MAX(occurred_at) FROM activities WHERE kind = 'reply_out' "
+            "AND customer_key IS NOT NULL GROUP BY customer_key) AS u GROUP BY customer_key")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,13 +83,13 @@ class ContactLog(Connection):
         last_in: dict[str, str] = dict(self.conn.execute(
             "SELECT customer_key, MAX(occurred_at) FROM activities WHERE kind = 'email_in' "
             "AND customer_key IS NOT NULL GROUP BY customer_key").fetchall())
-        last_out: dict[str, str] = dict(self.conn.execute(_LAST_OUT_SQL).fetchall())
+        last_out: dict[str, str] = dict(self.conn.execute(_last_out_sql(self.dialect)).fetchall())
         staged: dict[str, str] = {}
         if stage_field is not None:
             staged = dict(self.conn.execute(
                 "SELECT customer_key, MAX(occurred_at) FROM activities WHERE kind = 'field_changed' "
-                "AND json_extract(details, '$.field') = ? AND customer_key IS NOT NULL GROUP BY customer_key",
-                (stage_field,)).fetchall())
+                f"AND {self.dialect.json_text('details', 'field')} = ? AND customer_key IS NOT NULL "
+                "GROUP BY customer_key", (stage_field,)).fetchall())
         return {k: ContactTimes(_t(last_in.get(k)), _t(last_out.get(k)), _t(staged.get(k)))
                 for k in last_in.keys() | last_out.keys() | staged.keys()}
 
@@ -101,9 +103,9 @@ class ContactLog(Connection):
         decides.
         """
         rows = self.conn.execute(
-            f"WITH last_out AS ({_LAST_OUT_SQL}), "
-            "named AS (SELECT DISTINCT j.value AS mid FROM activities r, json_each(r.details, '$.answers') j "
-            "WHERE r.kind = 'reply_out') "
+            f"WITH last_out AS ({_last_out_sql(self.dialect)}), "
+            "named AS (SELECT DISTINCT j.value AS mid FROM activities r, "
+            f"{self.dialect.json_array('r.details', 'j', 'answers')} WHERE r.kind = 'reply_out') "
             "SELECT a.id, a.customer_key, a.occurred_at, a.subject, a.message_id, "
             "a.message_id IN (SELECT mid FROM named), o.t FROM activities a "
             "LEFT JOIN last_out o ON o.customer_key = a.customer_key "

@@ -20,7 +20,7 @@ mechanism, and why:
   and ``::`` casts. For SQLite it is the identity and the store's
   :class:`~crm_automation.store.connection.Guarded` never calls it, so the
   send loop's statements reach sqlite3 exactly as before.
-- **The rest are named differences** (:class:`Dialect`'s fields): how a
+- **The rest are named differences** (:class:`Dialect`'s members): how a
   write transaction starts (``BEGIN IMMEDIATE`` takes SQLite's write lock up
   front; PostgreSQL's row locks need a plain ``BEGIN``), and the few
   spellings no common form exists for, each rendered by a method.
@@ -40,56 +40,59 @@ taught back; psycopg itself, the driver either way, costs ~280 us of client
 CPU for the same statements on PostgreSQL.
 
 Inventory of SQLite-specific constructs in ``store/`` and how each is
-handled (stage 1 of issue #20 landed the portable rewrites and this module;
-the PostgreSQL connection, its DDL and the contract suite over both
-backends come next):
+handled; the contract tests run the store's parts over both engines
+(tests/fixtures/postgres.py ``log_location``):
 
-==================================  =========================================  =================================
-construct (where)                   handling                                   status
-==================================  =========================================  =================================
-``INSERT OR IGNORE`` (activities,   ``ON CONFLICT DO NOTHING`` (portable)      done
+==================================  =========================================
+construct (where)                   handling
+==================================  =========================================
+``INSERT OR IGNORE`` (activities,   ``ON CONFLICT DO NOTHING`` (portable)
 sends, suppressions, tracking,
 inbound, quarantine)
-``UPDATE OR IGNORE`` (sends: step   ``NOT EXISTS`` on the unique key           done
-ids, campaign rename)               (portable)
-``MIN(a, b)`` scalar (sends)        ``CASE WHEN`` (portable)                   done
-subquery in FROM without alias      alias added (portable)                     done
-(contact)
-``BEGIN IMMEDIATE`` (connection)    :attr:`Dialect.begin`                      done
-``?`` / ``:name`` placeholders      :meth:`Dialect.sql` (cached)               done, PostgreSQL side unused yet
-``SAVEPOINT`` / ``RELEASE``         same in both                               nothing to do
-``cursor.lastrowid`` (activities,   ``RETURNING id`` (portable; measured the   done (psycopg has no
-inbound, reports)                   same on the send loop)                     lastrowid)
-``json_extract(x, '$.k')``          :meth:`Dialect.json_text`; SQLite's        next stage: the texts become
-(activities, contact, digests,      spelling kept exactly (its expression      functions of the dialect
-due, pipeline, schema indexes)      index matches only that spelling)
-``json_each``, ``json_object``,     ``jsonb_array_elements_text``,             next stage
-``json_set``, ``json()`` (due,      ``jsonb_build_object``, ``jsonb_set``
-reports, customers, pipeline)
-``rowid`` (customers, due: the      a ``seq`` identity column (a migration,    next stage
-sheet's insertion order)            numbered 0012+)
-``PRAGMA`` (connection set-up,      per-backend code in the connection;        next stage
-migrations' ``user_version``,       the version is the ``_migrations`` count;
-``table_info`` in rekey)            ``information_schema.columns``
-``sqlite_master`` (rekey)           ``information_schema.tables``              next stage
-``NOT INDEXED``, ``+status``        :meth:`Dialect.no_index` (SQLite's         next stage
-planner hints (contact, pipeline,   planner hints; nothing on PostgreSQL)
-sends)
-``LIKE`` (reports' search: ASCII    ``ILIKE`` on PostgreSQL                    next stage
-case-insensitive in SQLite)
-``CREATE TEMP TABLE`` /             PostgreSQL's ``pg_temp``; or a VALUES      next stage
-``temp.rekey_moves`` (rekey)        list
-typed affinity: 0/1 for booleans,   INTEGER columns on PostgreSQL too; text    next stage
-``EXISTS`` as 0/1, TEXT times       ISO times in a ``C``-collated database
-                                    (byte order, as SQLite's BINARY)
-``WITHOUT ROWID``, ``INTEGER        PostgreSQL DDL per migration (an identity  next stage
-PRIMARY KEY`` ids, partial and      column; partial and expression indexes
-expression indexes (schema)         exist there too)
-schema 10's triggers, ``IS NOT``    PL/pgSQL trigger functions,                next stage
-(schema)                            ``IS DISTINCT FROM``
-sqlite-utils in migrations          the same named migrations with PostgreSQL  next stage
-                                    DDL, recorded in ``_migrations`` alike
-==================================  =========================================  =================================
+``UPDATE OR IGNORE`` (sends: step   ``NOT EXISTS`` on the unique key (portable)
+ids, campaign rename)
+``MIN(a, b)`` scalar (sends)        ``CASE WHEN`` (portable)
+subquery in FROM without alias      alias added (portable; PostgreSQL < 16
+(contact, sends)                    requires one)
+``cursor.lastrowid`` (activities,   ``RETURNING id`` (portable; measured the
+inbound, reports)                   same on the send loop)
+``temp.rekey_moves`` (rekey)        unqualified: both engines look in the
+                                    temporary schema first
+``json_object('row', row)`` (a      ``'{"row":' || row || '}'`` (portable,
+customer_added's details)           the same text)
+``BEGIN IMMEDIATE`` (connection)    :attr:`Dialect.begin`
+``?`` / ``:name`` placeholders      :meth:`Dialect.sql` (cached, PostgreSQL)
+``SAVEPOINT`` / ``RELEASE``         the same in both
+``json_extract(x, '$.k')``          :meth:`Dialect.json_text` (compared,
+(activities, contact, digests,      indexed: SQLite's spelling kept to the
+due, pipeline, schema)              letter), :meth:`Dialect.json_value` (read
+                                    back typed), :meth:`Dialect.json_bool`
+``json_each`` (due, contact,        :meth:`Dialect.json_array`,
+pipeline, reports)                  :meth:`Dialect.json_values`
+``json_object``/``json()`` (a new   :meth:`Dialect.json_object`,
+customer's data), ``json_set``      :attr:`Dialect.json_param`,
+(rekey)                             :meth:`Dialect.json_set`
+``rowid`` (customers, due: the      :attr:`Dialect.rowid` (PostgreSQL: the
+sheet's order of arrival)           ``seq`` identity column, schema_pg.py)
+``sqlite_master`` + ``PRAGMA        :attr:`Dialect.tables_with_column`
+table_info`` (rekey)                (``information_schema.columns``)
+``NOT INDEXED``, ``+status``        :meth:`Dialect.scan`,
+planner hints (contact, pipeline,   :meth:`Dialect.no_index` (nothing on
+sends)                              PostgreSQL, which plans alone)
+``LIKE`` (reports' search: ASCII    :attr:`Dialect.like` (``ILIKE``: every
+case-insensitive in SQLite)         letter's case, not ASCII's only)
+``PRAGMA`` (connection set-up,      per engine in its connection module;
+``user_version``)                   PostgreSQL's version is the count of
+                                    ``_migrations``
+typed affinity: 0/1 truth values,   BIGINT columns holding 0/1 on
+text times, ``EXISTS`` as 0/1       PostgreSQL; ISO text times in a ``C``-
+                                    collated database (byte order, as
+                                    SQLite's BINARY); callers ``bool()`` it
+DDL: sqlite-utils, ``WITHOUT        the same named migrations in
+ROWID``, rowid ids, expression      PostgreSQL's DDL (``schema_pg.py``):
+indexes, schema 10's triggers       identity ids, PL/pgSQL triggers,
+with ``IS NOT``                     ``IS DISTINCT FROM``
+==================================  =========================================
 """
 
 from __future__ import annotations
@@ -171,9 +174,82 @@ class Dialect:
             return f"json_extract({expr}, '$.{key}')"
         return f"({expr}::jsonb ->> '{key}')"
 
+    def json_bool(self, expr: str, key: str) -> str:
+        """A JSON ``true``/``false`` of a top-level ``key`` as a condition (SQLite's 1/0; PostgreSQL's boolean)."""
+        if self.name == "sqlite":
+            return f"json_extract({expr}, '$.{key}')"
+        return f"({expr}::jsonb ->> '{key}')::boolean"
+
+    def json_value(self, expr: str, key: str) -> str:
+        """The value of a top-level ``key`` of the JSON object in ``expr``, read back typed (a number as a number)."""
+        if self.name == "sqlite":
+            return f"json_extract({expr}, '$.{key}')"
+        return f"({expr}::jsonb -> '{key}')"  # psycopg reads jsonb back as the Python value
+
+    def json_value_at(self, expr: str) -> str:
+        """As :meth:`json_value`, the key bound as the next parameter (``?``, the bare name)."""
+        if self.name == "sqlite":
+            return f"json_extract({expr}, '$.\"' || ? || '\"')"
+        return f"({expr}::jsonb -> ?)"
+
+    def json_array(self, expr: str, alias: str, key: str | None = None) -> str:
+        """A FROM item: the elements of the JSON array ``expr`` (or its ``key``), one row each, as ``alias.value``."""
+        if self.name == "sqlite":
+            return f"json_each({expr}, '$.{key}') AS {alias}" if key else f"json_each({expr}) AS {alias}"
+        arr = f"(({expr})::jsonb -> '{key}')" if key else f"({expr})::jsonb"
+        return f"jsonb_array_elements_text({arr}) AS {alias}(value)"
+
+    def json_values(self, expr: str, alias: str) -> str:
+        """A FROM item: the values of the JSON object ``expr``, one row each, as ``alias.value``."""
+        if self.name == "sqlite":
+            return f"json_each({expr}) AS {alias}"
+        return f"jsonb_each_text(({expr})::jsonb) AS {alias}"
+
+    def json_object(self, pairs: str) -> str:
+        """A JSON object's text from ``'name', value, ...`` (insertion order kept on both engines)."""
+        return f"json_object({pairs})" if self.name == "sqlite" else f"json_build_object({pairs})::text"
+
+    @property
+    def json_param(self) -> str:
+        """A parameter bound as JSON text that becomes a JSON value inside :meth:`json_object`."""
+        return "json(?)" if self.name == "sqlite" else "CAST(? AS json)"
+
+    def json_set(self, expr: str, key: str) -> str:
+        """The JSON object ``expr`` with top-level ``key`` (an identifier) set to the JSON text bound as ``?``.
+
+        PostgreSQL has ``jsonb_set`` only: the object comes back in jsonb's
+        key order, which the store never relies on (it reads ``data`` as a dict).
+        """
+        if self.name == "sqlite":
+            return f"json_set({expr}, '$.\"{key}\"', json(?))"
+        return f"jsonb_set(({expr})::jsonb, '{{{key}}}', CAST(? AS jsonb))::text"
+
+    @property
+    def tables_with_column(self) -> str:
+        """A query: the names of the log's tables that have the column bound as ``?``, sorted."""
+        if self.name == "sqlite":
+            return ("SELECT m.name FROM sqlite_master m, pragma_table_info(m.name) p WHERE m.type = 'table' "
+                    "AND m.name NOT LIKE 'sqlite%' AND p.name = ? ORDER BY m.name")
+        return ("SELECT table_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND column_name = ? ORDER BY table_name")
+
+    @property
+    def rowid(self) -> str:
+        """The customers' insertion order: SQLite's ``rowid``; PostgreSQL's ``seq`` identity (schema_pg, v1)."""
+        return "rowid" if self.name == "sqlite" else "seq"
+
+    @property
+    def like(self) -> str:
+        """Case-insensitive LIKE: SQLite's LIKE folds ASCII case; PostgreSQL's ILIKE folds all."""
+        return "LIKE" if self.name == "sqlite" else "ILIKE"
+
     def no_index(self, column: str) -> str:
         """``column`` in a condition that must not pick an index (SQLite's unary ``+``; PostgreSQL plans alone)."""
         return f"+{column}" if self.name == "sqlite" else column
+
+    def scan(self, table: str) -> str:
+        """``table`` read by one scan, no index (SQLite's ``NOT INDEXED``; PostgreSQL plans alone)."""
+        return f"{table} NOT INDEXED" if self.name == "sqlite" else table
 
 
 SQLITE = Dialect("sqlite", "BEGIN IMMEDIATE", _same)

@@ -245,13 +245,13 @@ class SendLog(Connection):
 
     def sent_step_count(self, campaign: str, step_id: str) -> int:
         """How many customers were sent one step (by the unique index's prefix)."""
-        return int(self.conn.execute("SELECT COUNT(*) FROM sends WHERE campaign = ? AND step_id = ? AND +status = "
-                                     "'sent'", (campaign, step_id)).fetchone()[0])
+        return int(self.conn.execute("SELECT COUNT(*) FROM sends WHERE campaign = ? AND step_id = ? AND "
+                                     f"{self.dialect.no_index('status')} = 'sent'", (campaign, step_id)).fetchone()[0])
 
     def has_sent_in(self, campaign: str) -> bool:
         """Whether any step of a campaign was sent (rows from before schema 4 left out)."""
-        return self.conn.execute("SELECT 1 FROM sends WHERE campaign = ? AND +status = 'sent' AND step_id IS NOT "
-                                 "NULL LIMIT 1", (campaign,)).fetchone() is not None
+        return self.conn.execute(f"SELECT 1 FROM sends WHERE campaign = ? AND {self.dialect.no_index('status')} = "
+                                 "'sent' AND step_id IS NOT NULL LIMIT 1", (campaign,)).fetchone() is not None
 
     def legacy_steps(self) -> list[tuple[str, int]]:
         """(campaign, step) of rows written before schema 4, which have no step_id yet."""

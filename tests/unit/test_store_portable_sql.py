@@ -5,6 +5,7 @@ EXISTS`` on the unique key; ``INSERT OR IGNORE`` became ``ON CONFLICT DO
 NOTHING``; SQLite's two-argument ``MIN`` a ``CASE``. The cases here are the
 ones where the old forms silently skipped a row: a rename onto a key a
 customer already has must leave that row where it was, not fail the unit.
+Each runs over both backends (``log_location``).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ T0 = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def store():
-    s = Store.open(":memory:")
+def store(log_location):
+    s = Store.open(log_location)  # each test runs on SQLite, then on PostgreSQL
     yield s
     s.close()
 

@@ -1,0 +1,171 @@
+"""The activity log on a PostgreSQL server (issue #20): the connection, its guard and the schema's migrations.
+
+``Store.open("postgresql://user@host:5432/crm")`` opens the same
+:class:`~crm_automation.store.repo.Store` over this connection instead of a
+SQLite file: every part runs the same statement texts, translated at one
+point (:data:`crm_automation.store.dialect.POSTGRESQL`). Every statement of
+the store has its PostgreSQL spelling; the contract tests run the send
+lifecycle, the transaction rule, sync, fetched mail, suppressions, rekey and
+the portable rewrites over both engines (reports, planning reads, contact,
+pipeline and digests are ported but not yet run there). Stage 1 of issue
+#20: config still refuses a PostgreSQL URL
+(``config.database_url_problem``) until the workspace around it is (its
+lock, its marker, ``check``, the password's source) and several workers
+are safe (stage 2: claims, advisory locks per stage, rate limits and
+heartbeats counted in the database).
+
+Why psycopg 3: the maintained libpq driver; libpq honours the URL's
+``sslmode``, ``PGPASSWORD``, ``~/.pgpass`` and client certificates as every
+PostgreSQL tool does, so no secret need be in the config file.
+
+The connection runs in autocommit mode and the store opens its own
+transactions (``BEGIN`` ... ``COMMIT``, savepoints inside), exactly as on
+SQLite with ``isolation_level=None``: nothing is committed behind our back.
+
+Migrations: the same names as SQLite's (``store/migrations.py``), recorded in
+the same ``_migrations`` table, each applied once in its own transaction;
+the schema version is how many are recorded (SQLite keeps it in ``PRAGMA
+user_version`` too). The DDL is PostgreSQL's own (``store/schema_pg.py``):
+types, identity columns and schema 10's triggers in PL/pgSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+
+import psycopg
+from psycopg import pq
+from psycopg.rows import TupleRow
+
+from crm_automation.errors import ConfigError, CrmError, ServiceError
+from crm_automation.store.connection import Params
+from crm_automation.store.dialect import POSTGRESQL
+from crm_automation.store.location import shown
+from crm_automation.store.migrations import MIGRATIONS
+from crm_automation.store.schema_pg import PG_MIGRATIONS
+
+# One advisory-lock key space for the migrations: two processes opening a new database at once must not both
+# create the tables (PostgreSQL's DDL is transactional, but CREATE TABLE races end in a unique violation).
+_MIGRATION_LOCK = 0x63726D20  # "crm "
+
+
+def server_error(where: str, e: psycopg.Error) -> CrmError:
+    """A server or network failure as a message for the admin (exit 3: the next pass tries again).
+
+    Decided by the exception's class (psycopg maps SQLSTATE classes to
+    them), not by its text; an error of our SQL is re-raised as it is.
+    """
+    if isinstance(e, psycopg.OperationalError):
+        return ServiceError(f"{where}: the PostgreSQL server did not answer ({str(e).strip()})",
+                            hint="check that the server is running and reachable, then run again; nothing was "
+                                 "half-written (the transaction was rolled back)")
+    raise e
+
+
+class PgGuarded:
+    """The psycopg connection with :class:`~crm_automation.store.connection.Guarded`'s surface.
+
+    Each statement is translated once (``?`` -> ``%s``, cached per text);
+    parameters are always passed, so psycopg reads ``%%`` as ``%``.
+    """
+
+    __slots__ = ("_c", "path", "trace")
+    dialect = POSTGRESQL
+
+    def __init__(self, conn: psycopg.Connection[TupleRow], path: str) -> None:
+        self._c = conn
+        self.path = path
+        # Called with each statement's text as the store wrote it: the tests count commits and savepoints with
+        # it, as they do with sqlite3's set_trace_callback (psycopg has no such hook).
+        self.trace: Callable[[str], object] | None = None
+
+    def execute(self, sql: str, args: Params = ()) -> psycopg.Cursor[TupleRow]:
+        """Run one statement; a lost server becomes a :class:`ServiceError` naming the log (password hidden)."""
+        if self.trace is not None:
+            self.trace(sql)
+        try:
+            return self._c.execute(POSTGRESQL.sql(sql).encode(), args)
+        except psycopg.OperationalError as e:
+            raise server_error(self.path, e) from None
+
+    def executemany(self, sql: str, args: Iterable[Params]) -> psycopg.Cursor[TupleRow]:
+        """Run one statement per parameter set (``rowcount``: their sum)."""
+        cur = self._c.cursor()
+        try:
+            cur.executemany(POSTGRESQL.sql(sql).encode(), args)
+        except psycopg.OperationalError as e:
+            raise server_error(self.path, e) from None
+        return cur
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open (``transaction()`` then nests a savepoint)."""
+        return self._c.info.transaction_status != pq.TransactionStatus.IDLE
+
+    @property
+    def raw(self) -> psycopg.Connection[TupleRow]:
+        """The psycopg connection itself (tests)."""
+        return self._c
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._c.close()
+
+
+def connect(url: str, *, password: str | None = None) -> PgGuarded:
+    """Connect (autocommit: the store opens its own transactions) and bring the schema up to date.
+
+    ``password``: from the variable ``[workspace] database_password_env``
+    names (issue #20), else libpq's own ``PGPASSWORD`` / ``~/.pgpass`` / a
+    client certificate apply.
+    """
+    where = shown(url)
+    try:
+        conn = psycopg.connect(url, autocommit=True, password=password) if password else \
+            psycopg.connect(url, autocommit=True)
+    except psycopg.Error as e:
+        raise ServiceError(f"{where}: cannot connect to the PostgreSQL server ({str(e).strip()})",
+                           hint="check the URL in [workspace] database, that the server runs and accepts this "
+                                "user from this machine (pg_hba.conf), and the password source") from None
+    guarded = PgGuarded(conn, where)
+    try:
+        migrate(guarded)
+    except BaseException:
+        conn.close()
+        raise
+    return guarded
+
+
+def migrate(conn: PgGuarded) -> list[str]:
+    """Apply pending migrations, each in its own transaction, under an advisory lock; return the names applied."""
+    conn.execute("SELECT pg_advisory_lock(?)", (_MIGRATION_LOCK,))
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+        done = {r[0] for r in conn.execute("SELECT name FROM _migrations")}
+        unknown = done - {name for name, _ in MIGRATIONS}
+        if unknown:
+            raise ConfigError(f"{conn.path}: the log was written by a newer crm-automation (migrations "
+                              f"{', '.join(sorted(unknown))}); upgrade before using it")
+        applied = []
+        for name, _ in MIGRATIONS:
+            if name in done:
+                continue
+            conn.execute("BEGIN")
+            try:
+                PG_MIGRATIONS[name](conn)
+                conn.execute("INSERT INTO _migrations VALUES (?, ?)", (name, datetime.now(UTC).isoformat()))
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            applied.append(name)
+        return applied
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(?)", (_MIGRATION_LOCK,))
+
+
+def schema_version(conn: PgGuarded) -> int:
+    """How many migrations the database has (``check`` reports it)."""
+    row = conn.execute("SELECT COUNT(*) FROM _migrations").fetchone()
+    return int(row[0]) if row else 0
