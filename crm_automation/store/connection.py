@@ -262,17 +262,19 @@ class Connection:
         self._identity = _file_identity(self.path) if self.dialect is SQLITE else None
 
     @classmethod
-    def open(cls, path: Path | str, *, any_thread: bool = False) -> Self:
+    def open(cls, path: Path | str, *, any_thread: bool = False, password: str | None = None) -> Self:
         """Open (creating and migrating) the log; WAL mode so readers never block the worker.
 
         ``any_thread``: the connection may be used from any thread, one at a
         time (the caller serialises: :class:`crm_automation.app.access.KeptWriter`).
+        ``path`` may be a ``postgresql://`` URL (issue #20; ``password`` from
+        ``[workspace] database_password_env``, else libpq's own sources).
         """
         p = str(path)
         if is_postgresql(p):
             from crm_automation.store import postgres  # psycopg is loaded only for a PostgreSQL log
 
-            return cls(postgres.connect(p))
+            return cls(postgres.connect(p, password=password))
         if p != ":memory:":
             try:
                 Path(p).parent.mkdir(parents=True, exist_ok=True)
@@ -299,7 +301,7 @@ class Connection:
         return cls(Guarded(conn, p, poll=True))
 
     @classmethod
-    def open_readonly(cls, path: Path | str) -> Self:
+    def open_readonly(cls, path: Path | str, *, password: str | None = None) -> Self:
         """Open the log for reading only: dry runs and ``check`` (issue #17).
 
         Why: a dry run takes no workspace lock, so it can run beside a worker;
@@ -311,7 +313,13 @@ class Connection:
         the file is left as it is.
         """
         p = str(path)
-        if p == ":memory:" or not Path(p).is_file():
+        if is_postgresql(p):
+            from crm_automation.store import postgres
+
+            pg = postgres.connect_readonly(p, password=password)
+            if pg is not None:
+                return cls(pg)
+        if p == ":memory:" or is_postgresql(p) or not Path(p).is_file():
             empty = cls.open(":memory:")
             empty.conn.execute("PRAGMA query_only=ON")  # a write raises here too, not only on a file
             return empty
@@ -358,6 +366,11 @@ class Connection:
             raise ConfigError(f"{self.path}: the activity log was replaced by another file while the worker was "
                               "running; stopping so nothing is sent twice",
                               hint="put the original log back, or start the worker again to check the new one")
+
+    def schema_version(self) -> int:
+        """How many of the named migrations the log has (``check`` reports it)."""
+        row = self.conn.execute(self.dialect.schema_version_sql).fetchone()
+        return int(row[0]) if row else 0
 
     def log_id(self) -> str:
         """The identity written into the log when it was created (table ``meta``)."""

@@ -234,6 +234,16 @@ class Dialect:
                 "AND column_name = ? ORDER BY table_name")
 
     @property
+    def schema_version_sql(self) -> str:
+        """A query: the log's schema version (SQLite's header; PostgreSQL: the migrations recorded)."""
+        return "PRAGMA user_version" if self.name == "sqlite" else "SELECT COUNT(*) FROM _migrations"
+
+    @property
+    def label(self) -> str:
+        """The engine's name as ``check`` shows it."""
+        return "SQLite" if self.name == "sqlite" else "PostgreSQL"
+
+    @property
     def rowid(self) -> str:
         """The customers' insertion order: SQLite's ``rowid``; PostgreSQL's ``seq`` identity (schema_pg, v1)."""
         return "rowid" if self.name == "sqlite" else "seq"

@@ -5,14 +5,14 @@
 SQLite file: every part runs the same statement texts, translated at one
 point (:data:`crm_automation.store.dialect.POSTGRESQL`). Every statement of
 the store has its PostgreSQL spelling; the contract tests run the send
-lifecycle, the transaction rule, sync, fetched mail, suppressions, rekey and
-the portable rewrites over both engines (reports, planning reads, contact,
-pipeline and digests are ported but not yet run there). Stage 1 of issue
-#20: config still refuses a PostgreSQL URL
-(``config.database_url_problem``) until the workspace around it is (its
-lock, its marker, ``check``, the password's source) and several workers
-are safe (stage 2: claims, advisory locks per stage, rate limits and
-heartbeats counted in the database).
+lifecycle, the transaction rule, sync, fetched mail, suppressions, rekey,
+the planning reads and the portable rewrites over both engines (reports,
+contact, pipeline and digests are ported but not yet tested there).
+``[workspace] database`` takes the URL (``config.py``: never with a
+password). Stage 1 of issue #20: one worker per
+workspace still (:class:`WorkspaceLock`, an advisory lock where SQLite has
+its lock file); stage 2 makes several safe (claims, advisory locks per
+stage, rate limits and heartbeats counted in the database).
 
 Why psycopg 3: the maintained libpq driver; libpq honours the URL's
 ``sslmode``, ``PGPASSWORD``, ``~/.pgpass`` and client certificates as every
@@ -42,7 +42,7 @@ from crm_automation.errors import ConfigError, CrmError, ServiceError
 from crm_automation.store.connection import Params
 from crm_automation.store.dialect import POSTGRESQL
 from crm_automation.store.location import shown
-from crm_automation.store.migrations import MIGRATIONS
+from crm_automation.store.migrations import MIGRATIONS, SCHEMA_VERSION
 from crm_automation.store.schema_pg import PG_MIGRATIONS
 
 # One advisory-lock key space for the migrations: two processes opening a new database at once must not both
@@ -113,6 +113,17 @@ class PgGuarded:
         self._c.close()
 
 
+def _connect(url: str, password: str | None) -> psycopg.Connection[TupleRow]:
+    try:
+        return psycopg.connect(url, autocommit=True, password=password) if password else \
+            psycopg.connect(url, autocommit=True)
+    except psycopg.Error as e:
+        raise ServiceError(f"{shown(url)}: cannot connect to the PostgreSQL server ({str(e).strip()})",
+                           hint="check the URL in [workspace] database, that the server runs and accepts this "
+                                "user from this machine (pg_hba.conf), and the password's source "
+                                "([workspace] database_password_env, PGPASSWORD or ~/.pgpass)") from None
+
+
 def connect(url: str, *, password: str | None = None) -> PgGuarded:
     """Connect (autocommit: the store opens its own transactions) and bring the schema up to date.
 
@@ -120,21 +131,42 @@ def connect(url: str, *, password: str | None = None) -> PgGuarded:
     names (issue #20), else libpq's own ``PGPASSWORD`` / ``~/.pgpass`` / a
     client certificate apply.
     """
-    where = shown(url)
-    try:
-        conn = psycopg.connect(url, autocommit=True, password=password) if password else \
-            psycopg.connect(url, autocommit=True)
-    except psycopg.Error as e:
-        raise ServiceError(f"{where}: cannot connect to the PostgreSQL server ({str(e).strip()})",
-                           hint="check the URL in [workspace] database, that the server runs and accepts this "
-                                "user from this machine (pg_hba.conf), and the password source") from None
-    guarded = PgGuarded(conn, where)
+    guarded = PgGuarded(_connect(url, password), shown(url))
     try:
         migrate(guarded)
     except BaseException:
-        conn.close()
+        guarded.close()
         raise
     return guarded
+
+
+def connect_readonly(url: str, *, password: str | None = None) -> PgGuarded | None:
+    """Connect for reading only (dry runs, ``check``): nothing migrated, every transaction read-only.
+
+    A guarantee as SQLite's ``mode=ro`` is. None when the database has no
+    log yet: the caller reads an empty one, as for a SQLite file not created
+    yet. A log of another schema version is refused (it cannot be upgraded
+    in a copy, as a SQLite file is).
+    """
+    guarded = PgGuarded(_connect(url, password), shown(url))
+    version = _recorded(guarded)
+    if version is None:
+        guarded.close()
+        return None
+    if version != SCHEMA_VERSION:
+        guarded.close()
+        raise ConfigError(f"{guarded.path}: the log's schema is version {version}, this crm-automation reads "
+                          f"version {SCHEMA_VERSION}",
+                          hint="run a command that writes (crm-automation run, sync or send) once to upgrade it")
+    guarded.execute("SET default_transaction_read_only = on")
+    return guarded
+
+
+def _recorded(conn: PgGuarded) -> int | None:
+    """How many migrations the database records; None when it has no log (no ``_migrations`` table)."""
+    if conn.execute("SELECT to_regclass('_migrations')").fetchone() == (None,):
+        return None
+    return schema_version(conn)
 
 
 def migrate(conn: PgGuarded) -> list[str]:
@@ -169,3 +201,43 @@ def schema_version(conn: PgGuarded) -> int:
     """How many migrations the database has (``check`` reports it)."""
     row = conn.execute("SELECT COUNT(*) FROM _migrations").fetchone()
     return int(row[0]) if row else 0
+
+
+# The workspace's key: one per schema, so workspaces sharing a server in schemas of one database do not block each
+# other (advisory locks are per database); hashtext is PostgreSQL's own string hash.
+_WORKSPACE_KEY = "hashtext('crm-automation workspace ' || current_schema())"
+
+
+class WorkspaceLock:
+    """One worker per PostgreSQL workspace, for now (issue #20, stage 1): a session advisory lock.
+
+    Why not yet several: the send pass's state between transactions (the
+    rate limits counted in memory, recovery taking every ``sending`` row as
+    a dead worker's, the mailbox cursor read once per pass) assumes one
+    worker, as the SQLite workspace's lock file says. Stage 2 replaces this
+    with claims (``FOR UPDATE SKIP LOCKED``), per-stage advisory locks,
+    limits counted in the database and heartbeats. The lock is held by its
+    own connection for the worker's life and dies with it (a killed worker's
+    session ends), so no stale lock is left behind, on any machine.
+    """
+
+    def __init__(self, url: str, password: str | None) -> None:
+        self.url = url
+        self.password = password
+        self._conn: psycopg.Connection[TupleRow] | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock without waiting; False when another worker holds it."""
+        conn = _connect(self.url, self.password)
+        row = conn.execute(f"SELECT pg_try_advisory_lock({_WORKSPACE_KEY})".encode()).fetchone()
+        if not (row and row[0]):
+            conn.close()
+            return False
+        self._conn = conn
+        return True
+
+    def release(self) -> None:
+        """Let go (closing the session releases the lock)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

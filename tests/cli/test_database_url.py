@@ -1,12 +1,12 @@
-"""``[workspace] database`` as a URL (issue #20, stage 1): refused clearly, a password never repeated.
+"""``[workspace] database`` as a URL (issue #20): a password in it refused and never repeated; other URLs refused.
 
-PostgreSQL by URL is planned (issue #20) but not in this version. Before,
-``database = "postgresql://..."`` was taken for a relative path: the first
-run made a folder named ``postgresql:`` in the workspace and an empty SQLite
-log in it, and went on mailing from that empty log. Now every command that
-reads the config stops with exit 2, naming the key and the value, saying
-what to use instead; a password in the URL is called out and shown as
-``***``, never echoed.
+Before, any URL was taken for a relative path: ``database =
+"postgresql://..."`` made a folder named ``postgresql:`` in the workspace
+and an empty SQLite log in it, and the worker went on mailing from that
+empty log. A PostgreSQL URL is now the PostgreSQL backend
+(tests/integration/test_workspace_backends.py); one with a password stops
+every command with exit 2, naming the key, the value with its password as
+``***``, and where a password goes instead; any other URL likewise.
 """
 
 from __future__ import annotations
@@ -25,21 +25,6 @@ def _with_database(tmp_path: Path, value: str) -> Path:
     text = cfg.read_text(encoding="utf-8").replace('database = "var/crm.sqlite"', f'database = "{value}"')
     cfg.write_text(text, encoding="utf-8")
     return cfg
-
-
-@pytest.mark.parametrize("verb", ["check", "run"])
-def test_a_postgresql_url_is_refused_as_not_available_yet(tmp_path, cli, verb):
-    url = "postgresql://crm@db.example.com:5432/crm?sslmode=verify-full"
-    cfg = _with_database(tmp_path, url)
-    r = cli(verb, "--config", str(cfg), *(["--once"] if verb == "run" else []))
-    said = r.out + r.err  # check reports on stdout, the other verbs on stderr
-    assert r.code == 2
-    assert "workspace.database" in said
-    assert url in said
-    assert "PostgreSQL is not available in this version" in said
-    assert "Traceback" not in said
-    # nothing was created from the URL taken as a path
-    assert not (cfg.parent / "postgresql:").exists()
 
 
 @pytest.mark.parametrize("url", [
