@@ -11,8 +11,8 @@ mechanism, and why:
   alias on every subquery in ``FROM`` (PostgreSQL before 16 requires one),
   a ``NOT EXISTS`` guard instead of ``UPDATE OR IGNORE``. What a statement
   returns is typed as :class:`~crm_automation.store.connection.Rows`, which
-  both drivers' cursors are. This machine's
-  SQLite is 3.40; Python's wheels and Debian 12 ship 3.40+ too.
+  both drivers' cursors are. This machine's SQLite is 3.40; Python's wheels
+  and Debian 12 ship 3.40+ too.
 - **One translation at one point**, :meth:`Dialect.sql`: the text as written
   (``?`` and ``:name`` placeholders, sqlite3's styles) becomes what the
   driver takes (psycopg's ``%s`` and ``%(name)s``, a literal ``%`` doubled),
@@ -33,8 +33,8 @@ this module (SQLite's identity, or the translation's cache lookup) the
 same; ``RETURNING id`` instead of ``lastrowid`` the same; as SQLAlchemy 2.1
 ``text()`` on the same SQLite file ~210 us, 2.5x, ~125 us more a message:
 4-6% of a whole message in ``bench_send`` (2.1-2.9 ms here), the send
-loop's 5% budget spent on nothing the store needs (Core expressions cost
-more again). The store's SQL is hand-tuned text (partial indexes matched by
+loop's 5% budget spent on nothing the store needs (Core expressions, which
+would have to be compiled, were not measured). The store's SQL is hand-tuned text (partial indexes matched by
 literals, covering indexes, planner hints) that a toolkit would have to be
 taught back; psycopg itself, the driver either way, costs ~280 us of client
 CPU for the same statements on PostgreSQL.

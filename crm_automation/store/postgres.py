@@ -6,8 +6,9 @@ SQLite file: every part runs the same statement texts, translated at one
 point (:data:`crm_automation.store.dialect.POSTGRESQL`). Every statement of
 the store has its PostgreSQL spelling; the contract tests run the send
 lifecycle, the transaction rule, sync, fetched mail, suppressions, rekey,
-the planning reads and the portable rewrites over both engines (reports,
-contact, pipeline and digests are ported but not yet tested there).
+the planning reads, reports, search, contact times, the pipeline and the
+portable rewrites over both engines (the owner digests' reads are ported
+but not yet tested there).
 ``[workspace] database`` takes the URL (``config.py``: never with a
 password). Stage 1 of issue #20: one worker per
 workspace still (:class:`WorkspaceLock`, an advisory lock where SQLite has
