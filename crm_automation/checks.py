@@ -234,6 +234,7 @@ def _log(ws: Workspace, checks: list[CheckItem]) -> int:
             identity.guard(store, ws.cfg, write=False)
             sent = store.sent_count()
             version = store.schema_version()
+            created = (isinstance(db, Path) and db.exists()) or store.dialect.name == "postgresql"  # else a stand-in
         finally:
             store.close()
     except ConfigError as e:
@@ -244,8 +245,8 @@ def _log(ws: Workspace, checks: list[CheckItem]) -> int:
         return max(e.exit_code, 3)
     # Which engine and schema version (issue #20); a URL never with a password (config refuses one anyway).
     where = f"SQLite {db.name}" if isinstance(db, Path) else f"PostgreSQL {location.shown(db)}"
-    state = (f"schema version {version}, {sent} message(s) sent" if not isinstance(db, Path) or db.exists()
-             else "not created yet (the first run creates it)")
+    state = f"schema version {version}, {sent} message(s) sent" if created else \
+        "not created yet (the first run creates it)"
     checks.append(_item("activity log", problems, f"{where}: this workspace's log, {state}"))
     return 3 if problems else 0
 

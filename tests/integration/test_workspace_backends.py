@@ -82,6 +82,17 @@ def test_check_names_the_backend_and_the_schema_version(tmp_path, cli, database)
     assert f"{engine}: this workspace's log, schema version {SCHEMA_VERSION}, 3 message(s) sent" in r.out
 
 
+def test_before_the_first_run_check_and_a_dry_run_write_nothing_to_the_server(tmp_path, cli, pg_database):
+    cfg = workspace_on(tmp_path, pg_database)
+    r = cli("check", "--config", str(cfg))
+    assert r.code == 0, r.out
+    assert f"PostgreSQL {pg_database}: this workspace's log, not created yet (the first run creates it)" in r.out
+    r = cli("send", "--dry-run", "--config", str(cfg), "--now", "2026-11-27T10:00")
+    assert r.code == 0, r.err
+    with psycopg.connect(pg_database) as conn:  # read-only: not even the migrations' table was made
+        assert conn.execute("SELECT to_regclass('_migrations')").fetchone() == (None,)
+
+
 def test_one_worker_per_postgresql_workspace_with_the_lock_files_message(tmp_path, pg_log):
     ws = Workspace.load(workspace_on(tmp_path, pg_log))
     with WorkspaceLock(ws), pytest.raises(LockedError, match="another crm-automation worker is running on this "
