@@ -10,6 +10,7 @@ with the same message as the lock file's.
 from __future__ import annotations
 
 import email
+import uuid
 from email.utils import parseaddr
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from crm_automation.store.migrations import SCHEMA_VERSION
 from crm_automation.store.repo import Store
 from crm_automation.workspace import Workspace
 from tests.fixtures.core import make_workspace
+from tests.fixtures.postgres import PASSWORD_ROLE, TEMPLATE
 
 pytestmark = pytest.mark.integration
 
@@ -131,3 +133,31 @@ def test_database_password_env_with_a_sqlite_file_is_refused(tmp_path, cli):
     r = cli("check", "--config", str(cfg))
     assert r.code == 2
     assert "workspace.database_password_env is for a PostgreSQL database" in r.out + r.err
+
+
+def test_a_server_that_asks_for_a_password_gets_it_from_database_password_env(tmp_path, cli, postgres, monkeypatch):
+    """A role that must give a password (scram-sha-256): wrong -> exit 3, never shown; right -> the run goes on."""
+    secret, wrong = "S3cret-only-in-the-environment", "Wr0ng-guess-not-for-logs"
+    name = f"t_pw_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres.url(), autocommit=True) as admin:
+        if admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (PASSWORD_ROLE,)).fetchone() is None:
+            admin.execute(f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD '{secret}'".encode())
+        admin.execute(f'CREATE DATABASE "{name}" OWNER {PASSWORD_ROLE} TEMPLATE "{TEMPLATE}"'.encode())
+    try:
+        url = f"postgresql://{PASSWORD_ROLE}@127.0.0.1:{postgres.port}/{name}"
+        cfg = workspace_on(tmp_path, url, '\ndatabase_password_env = "CRM_TEST_DB_PASSWORD"')
+        for var in ("PGPASSWORD", "PGPASSFILE"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("PGPASSFILE", str(tmp_path / "no-pgpass"))  # not the machine's ~/.pgpass
+        monkeypatch.setenv("CRM_TEST_DB_PASSWORD", wrong)
+        r = cli("run", "--once", "--config", str(cfg), "--now", "2026-11-27T10:00")
+        assert r.code == 3, r.out + r.err
+        assert "cannot connect to the PostgreSQL server" in r.err
+        assert wrong not in r.out + r.err and secret not in r.out + r.err
+        monkeypatch.setenv("CRM_TEST_DB_PASSWORD", secret)
+        r = cli("run", "--once", "--config", str(cfg), "--now", "2026-11-27T10:00")
+        assert r.code == 0, r.err
+        assert secret not in r.out + r.err
+        assert len(list((tmp_path / "ws" / "var" / "outbox").glob("*.eml"))) == 3
+    finally:
+        postgres.drop_database(name)
