@@ -141,9 +141,22 @@ class KeptWriter:
                                          password=self.ws.cfg.database_password)
             try:
                 yield self._store
+            except LogBusyError:  # nothing went wrong with the connection: the log was busy, the unit rolled back
+                raise
             except BaseException:
                 self._drop()
                 raise
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the connection is open now."""
+        return self._store is not None
+
+    def warm(self) -> None:
+        """Open the kept connection now, when the log exists (``serve`` at start: the first POST finds it open)."""
+        if Path(self.ws.cfg.database).exists():
+            with self.store():
+                pass
 
     def close(self) -> None:
         """Close the connection (the next write opens it again)."""
@@ -157,15 +170,23 @@ class KeptWriter:
 
 
 @contextmanager
-def writing(ws: Workspace, kept: KeptWriter | None = None) -> Iterator[Store]:
+def writing(ws: Workspace, kept: KeptWriter | None = None, *, wait: bool = True) -> Iterator[Store]:
     """The log opened for a short write beside a running worker (no workspace lock), closed afterwards.
 
     Each write of the caller is its own short transaction; one that finds the
     log busy longer than the busy timeout raises :class:`LockedError` (exit 2:
     that transaction was rolled back, nothing of it written). With ``kept``
     (a long-lived process's :class:`KeptWriter`), its connection is used and
-    left open.
+    left open. ``wait=False`` (with ``kept`` only): a busy log raises
+    :class:`LogBusyError` at once, and the caller tries again its own way
+    (``serve``'s event loop, :meth:`~crm_automation.store.connection.Connection.not_waiting`).
     """
+    if not wait:
+        if kept is None:
+            raise ValueError("writing(wait=False) needs a kept connection")
+        with kept.store() as store, store.not_waiting():
+            yield store
+        return
     try:
         if kept is not None:
             with kept.store() as store:
@@ -173,16 +194,22 @@ def writing(ws: Workspace, kept: KeptWriter | None = None) -> Iterator[Store]:
             return
         store = ws.open_store()
     except LogBusyError as e:
-        raise _busy(ws) from e
+        raise busy(ws) from e
     try:
         yield store
     except LogBusyError as e:
-        raise _busy(ws) from e
+        raise busy(ws) from e
     finally:
         store.close()
 
 
-def _busy(ws: Workspace) -> LockedError:
+def busy_wait() -> tuple[float, float]:
+    """How long a write waits for a busy log, and how often it tries again (seconds; read at call time)."""
+    return connection.BUSY_TIMEOUT, connection.BUSY_POLL
+
+
+def busy(ws: Workspace) -> LockedError:
+    """The error of a write that waited the whole busy timeout (exit 2: nothing was changed)."""
     return LockedError(f"{ws.cfg.database}: the activity log stayed busy (another program kept a write transaction "
                        f"open for more than {connection.BUSY_TIMEOUT:g} s); nothing was changed",
                        hint="try again in a minute; if it keeps happening, close programs that hold the log open "

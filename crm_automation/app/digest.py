@@ -39,12 +39,13 @@ from urllib.parse import quote
 
 from crm_automation.app.access import reading
 from crm_automation.app.results import JsonObject, utc_text
-from crm_automation.app.sales import CustomerContact, WaitingMail, stale_in, waiting_in
+from crm_automation.app.sales import CustomerContact, WaitingMail, sales_rows, stale_from, waiting_in
 from crm_automation.models import BounceDetails, FieldChangedDetails, Kind, Permanence, SendStatus
 from crm_automation.owner_digest import OwnerProblem, first_window_start, owner_address, owner_problem
 from crm_automation.owner_digest import owner_problems as refused_owners
 from crm_automation.send.digests import DigestContent, DigestSource
 from crm_automation.send.plan import Planning
+from crm_automation.store.connection import parse_iso
 from crm_automation.store.sends import SendKind
 from crm_automation.workspace import Clock
 
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
 
     from crm_automation.store.activities import Activity
+    from crm_automation.store.contact import SalesRow
     from crm_automation.store.customers import StoredCustomer
     from crm_automation.store.repo import Store
     from crm_automation.workspace import Workspace
@@ -234,18 +236,22 @@ def owner_problems(ws: Workspace) -> tuple[OwnerProblem, ...]:
         return owner_problems_in(ws, store)
 
 
-def _due_today(ws: Workspace, store: Store, now: datetime) -> list[tuple[str, str, str, str, datetime | None]]:
+def _due_today(ws: Workspace, store: Store, now: datetime) -> list[tuple[str, str, str, str, str | None]]:
     """(customer, campaign, step, status, at) of follow-ups going out today, local day.
 
     Sent since local midnight, queued now, or planned by the send pass's own
     planner as if it ran at the end of the day (reading only: ``record=False``).
+    The planner asks the log whom to plan (issue #23): on a log where send
+    passes run, the customers whose next look (``plan_due``) falls before
+    the end of the day, those with news since the last pass, and the queued
+    ones; on a log no pass ever planned, everyone (as a first pass does).
     """
     tz = ws.cfg.timezone
     local = now.astimezone(tz).date()
     midnight = datetime.combine(local, time.min, tzinfo=tz)
-    out: list[tuple[str, str, str, str, datetime | None]] = []
-    for s in store.follow_ups_sent_since(midnight):
-        out.append((s.customer_key, s.campaign, s.step_id or str(s.step), SendStatus.SENT.value, s.sent_at))
+    out: list[tuple[str, str, str, str, str | None]] = [  # times as the log's text: only the shown are parsed
+        (key, campaign, step, SendStatus.SENT.value, at)
+        for key, campaign, step, at in store.follow_ups_sent_since(midnight)]
     for s in store.sends(status=[SendStatus.QUEUED]):
         if s.kind is SendKind.CAMPAIGN_STEP and s.step > 0:
             out.append((s.customer_key, s.campaign, s.step_id or str(s.step), SendStatus.QUEUED.value, None))
@@ -258,6 +264,24 @@ def _due_today(ws: Workspace, store: Store, now: datetime) -> list[tuple[str, st
     return out
 
 
+class _People:
+    """The customers present, for every owner's digest: whose each is (all of them), who each is (on demand).
+
+    Only a few thousand customers are shown in 50 digests, so their name and
+    stage are made into text when asked, not for all 100,000.
+    """
+
+    def __init__(self, rows: Iterable[SalesRow]) -> None:
+        self.rows = {r[0]: r for r in rows}
+        address = {v: owner_address(v) for v in {r[3] for r in self.rows.values()}}  # 50 owners, 100,000 cells
+        self.owner = {k: o for k, r in self.rows.items() if (o := address[r[3]]) is not None}
+
+    def who(self, key: str, public_url: str | None) -> DigestCustomer:
+        """The customer as an item shows them (a customer no longer in the sheet: by key only)."""
+        r = self.rows.get(key)
+        return DigestCustomer(key, _text(r[1]) if r else None, _text(r[2]) if r else None, _link(public_url, key))
+
+
 def digests_in(ws: Workspace, store: Store, now: datetime, owners: Mapping[str, datetime] | None = None
                ) -> DigestBook:
     """Every owner's digest ``now`` (or ``owners``', each with its window's end), read in one go.
@@ -268,11 +292,14 @@ def digests_in(ws: Workspace, store: Store, now: datetime, owners: Mapping[str, 
     tz = ws.cfg.timezone
     if ws.mapping.roles.owner is None:
         return DigestBook({}, ())
-    customers = store.customers()
-    by_owner = owners_of(ws, customers.values())
-    suppressed = set(store.suppressions())
+    rows = sales_rows(ws, store)  # every customer once, for all owners: who they are, and the stale rule's times
+    people = _People(rows)
+    by_owner: dict[str, list[str]] = defaultdict(list)
+    for key, owner in people.owner.items():
+        by_owner[owner].append(key)
     asked = set(by_owner) if owners is None else set(owners) & set(by_owner)
-    problems = [OwnerProblem(o, why, tuple(c.key for c in by_owner[o]))
+    suppressed = store.suppressed_among(asked)
+    problems = [OwnerProblem(o, why, tuple(by_owner[o]))
                 for o in sorted(asked) if (why := owner_problem(o, suppressed)) is not None]
     wanted = asked - {p.owner for p in problems}
     if not wanted:
@@ -282,7 +309,7 @@ def digests_in(ws: Workspace, store: Store, now: datetime, owners: Mapping[str, 
     last = store.last_digests()
     since = {o: last.get(o, first) for o in wanted}
     until = {o: (owners or {}).get(o, now) for o in wanted}
-    sections = _gather(ws, store, now, customers, since, until)
+    sections = _gather(ws, store, now, rows, people, since, until)
     public_url = ws.cfg.serve.public_url
     out = {}
     for o in sorted(wanted):
@@ -294,26 +321,20 @@ def digests_in(ws: Workspace, store: Store, now: datetime, owners: Mapping[str, 
     return DigestBook(out, tuple(problems))
 
 
-def _gather(ws: Workspace, store: Store, now: datetime, customers: Mapping[str, StoredCustomer],
+def _gather(ws: Workspace, store: Store, now: datetime, rows: list[SalesRow], people: _People,
             since: Mapping[str, datetime], until: Mapping[str, datetime]) -> dict[str, _Sections]:
     """Each wanted owner's (the keys of ``since``) items, from one read of each kind for all of them."""
-    roles = ws.mapping.roles
-    owner_field = roles.owner or ""
+    owner_field = ws.mapping.roles.owner or ""
     events = store.digest_events(min(since.values()), max(until.values()), owner_field)
-    stale = stale_in(ws, store, now).customers if ws.mapping.stale_after_days else ()
+    stale = stale_from(ws, rows, now) if ws.mapping.stale_after_days else ()
     waiting = waiting_in(ws, store, now).overdue
     due = _due_today(ws, store, now)
     public_url = ws.cfg.serve.public_url
 
     def who(key: str) -> DigestCustomer:
-        c = customers.get(key)
-        data = c.data if c is not None else {}
-        return DigestCustomer(key, _text(data.get(roles.name)) if roles.name else None,
-                              _text(data.get(roles.stage)) if roles.stage else None, _link(public_url, key))
+        return people.who(key, public_url)
 
-    def owner_of(key: str) -> str | None:
-        c = customers.get(key)
-        return owner_address(c.data.get(owner_field)) if c is not None else None
+    owner_of = people.owner.get
 
     sections = {o: _Sections() for o in since}
     for a, logged in events:
@@ -331,10 +352,13 @@ def _gather(ws: Workspace, store: Store, now: datetime, customers: Mapping[str, 
         if (o := owner_address(c.owner)) is not None and o in sections:
             sections[o].stale.append(c)
     seen: set[tuple[str, str, str]] = set()
-    for key, campaign, step, status, at in due:
+    for key, campaign, step, status, at in due:  # a busy morning's tens of thousands: only the shown ones are made
         if (o := owner_of(key)) is not None and o in sections and (key, campaign, step) not in seen:
             seen.add((key, campaign, step))
-            sections[o].due.append(DueFollowUp(who(key), campaign, step, status, at))
+            if len(sections[o].due) < MAX_ITEMS:
+                sections[o].due.append(DueFollowUp(who(key), campaign, step, status, parse_iso(at)))
+            else:
+                sections[o].left_out["due"] = sections[o].left_out.get("due", 0) + 1
     return sections
 
 
@@ -349,11 +373,17 @@ class _Sections:
     unsubscribes: list[DigestEvent] = field(default_factory=list)
     due: list[DueFollowUp] = field(default_factory=list)
     assigned: list[DigestEvent] = field(default_factory=list)
+    left_out: dict[str, int] = field(default_factory=dict)  # items counted past MAX_ITEMS but not made
 
     def more(self) -> dict[str, int]:
         """Per section, how many items :data:`MAX_ITEMS` leaves out."""
-        return {name: len(items) - MAX_ITEMS for name in self.__slots__
-                if len(items := getattr(self, name)) > MAX_ITEMS}
+        out = {name: len(items) - MAX_ITEMS for name in _SECTIONS if len(items := getattr(self, name)) > MAX_ITEMS}
+        for name, n in self.left_out.items():
+            out[name] = out.get(name, 0) + n
+        return out
+
+
+_SECTIONS = ("waiting", "replies", "stale", "bounces", "unsubscribes", "due", "assigned")
 
 
 def _cut(items: list[T]) -> tuple[T, ...]:

@@ -21,8 +21,10 @@ this is within a small factor of the bare reads.
 Definitions (the README repeats them):
 
 - **Stale**: :func:`crm_automation.contact.quiet` per customer whose stage has
-  a limit (the rule is applied, not re-implemented; customers in a stage
-  without a limit are never stale and are not looked at).
+  a limit, as the stale list applies it (:func:`crm_automation.app.sales.stale_from`:
+  the rule is applied, not re-implemented; customers in a stage without a
+  limit are never stale, and those written to since ``contact.fresh_since``
+  surely not, so neither is looked at further).
 - **Days in stage**: from when the customer entered their current stage
   (the latest logged change of the stage field, else when they were first
   seen) to ``now``, in days with a decimal (12.5); the median over the cell.
@@ -50,6 +52,7 @@ Definitions (the README repeats them):
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -61,12 +64,12 @@ import pandas as pd
 
 from crm_automation.app.access import reading
 from crm_automation.app.results import JsonObject, utc_text
-from crm_automation.app.sales import working_time
-from crm_automation.contact import last_contact, quiet
+from crm_automation.app.sales import stale_from, working_time
 from crm_automation.errors import ConfigError
 from crm_automation.models import FieldType
 
 if TYPE_CHECKING:
+    from crm_automation.store.contact import SalesRow
     from crm_automation.store.repo import Store
     from crm_automation.workspace import Workspace
 
@@ -173,19 +176,20 @@ class Rows:
 
     customers: pd.DataFrame  # key, stage, owner, first_seen
     contact: pd.DataFrame  # key, last_in, last_out, stage_changed: each customer's latest (NaT: none)
-    inbound: pd.DataFrame  # id, key, at, message_id: customer mail of the window
-    outbound: pd.DataFrame  # key, at: our emails to customers from the window's start
+    inbound: pd.DataFrame  # id, key, at, message_id, out_at: customer mail of the window, our first email after it
     named: pd.DataFrame  # message_id, at: messages a reply_out names
     moves: pd.DataFrame  # key, at, old, new: stage changes since ``since`` (empty without)
+    sales: list[SalesRow] = dataclasses.field(default_factory=list)  # as read: the stale rule's input
 
 
-def _times(values: pd.Series | list[str]) -> pd.Series:
+def _times(texts: pd.Series | list[str] | list[str | None]) -> pd.Series:
     """The log's ISO 8601 UTC text (``store.iso``: ``2026-11-27T02:00:00Z``) as aware UTC times, NaT for None.
 
     The log's one format is parsed with that exact format: 8x faster than
     pandas' general ISO 8601 parser (0.06 s against 0.47 s for 390,000
     times); a value in another ISO form falls back to the general parser.
     """
+    values = texts if isinstance(texts, pd.Series) else pd.Series(texts, dtype=object)
     try:
         return pd.Series(pd.to_datetime(values, utc=True, format=_LOG_TIME))
     except ValueError:
@@ -193,44 +197,55 @@ def _times(values: pd.Series | list[str]) -> pd.Series:
 
 
 def _texts(values: Iterable[object], *, lower: bool = False) -> pd.Series:
-    """Cells as text, stripped, NA when empty (as :mod:`crm_automation.app.sales` reads stage and owner)."""
-    text = pd.Series(list(values), dtype=object).astype("string").str.strip()
-    text = text.mask(text == "")
-    return text.str.lower() if lower else text
+    """Cells as text, stripped, NA when empty (as :mod:`crm_automation.app.sales` reads stage and owner).
+
+    A column holds a few distinct values (stages, owners) over 100,000
+    customers: each distinct value is cleaned once (0.02 s, against 0.2 s
+    for pandas' string methods over every cell).
+    """
+    cells = list(values)
+    clean: dict[object, str | None] = {}
+    for v in set(cells):
+        text = "" if v is None else str(v).strip()
+        clean[v] = (text.lower() if lower else text) or None
+    return pd.Series([clean[v] for v in cells], dtype="string")
+
+
+def _latest(a: str | None, b: str | None, *, first: bool = False) -> str | None:
+    """The later (``first``: the earlier) of two log times, None for none (the log's one ISO form orders as text)."""
+    if a is None or b is None:
+        return a or b
+    return min(a, b) if first else max(a, b)
 
 
 def read_rows(ws: Workspace, store: Store, now: datetime, since: datetime | None) -> Rows:
     """The pipeline's rows from an open log: a few set-based reads, into DataFrames.
 
-    Customer mail and our emails are read whole once: each customer's latest
-    (their last contact, for the stale rule, as ``store.contact_times``
-    reads it) and the window's rows (replies, first responses) both come
-    from that one read.
+    Every customer with their contact times (``store.sales_rows``: one query,
+    four index seeks a customer), the month's customer mail with our first
+    email after each (two seeks a mail), the replies naming mail, and the
+    stage moves since ``since``.
     """
     roles = ws.mapping.roles
     start = now - timedelta(days=WINDOW_DAYS)
-    people = store.pipeline_customers(roles.stage, roles.owner)
+    people = store.sales_rows(None, roles.stage, roles.owner, timed=True)
     customers = pd.DataFrame({
-        "key": pd.Series([p[0] for p in people], dtype=object), "stage": _texts(p[1] for p in people),
-        "owner": _texts((p[2] for p in people), lower=True), "first_seen": _times([p[3] for p in people])})
-    mail = pd.DataFrame(store.customer_mail(), columns=["id", "key", "at", "message_id"])
-    mail["at"] = _times(mail["at"])
-    ours = pd.DataFrame(store.our_emails(), columns=["key", "at"])
-    ours["at"] = _times(ours["at"])
-    changed = pd.DataFrame(store.last_stage_change(roles.stage) if roles.stage else [],
-                           columns=["key", "stage_changed"])
-    changed["stage_changed"] = _times(changed["stage_changed"])
-    contact = (mail.groupby("key", sort=False)["at"].max().rename("last_in").to_frame()
-               .join(ours.groupby("key", sort=False)["at"].max().rename("last_out"), how="outer")
-               .join(changed.set_index("key"), how="outer").rename_axis("key").reset_index())
-    inbound = mail[(mail["at"] >= pd.Timestamp(start)) & (mail["at"] <= pd.Timestamp(now))]
-    outbound = ours[(ours["at"] >= pd.Timestamp(start)) & (ours["at"] <= pd.Timestamp(now))]
+        "key": pd.Series([p[0] for p in people], dtype=object), "stage": _texts(p[2] for p in people),
+        "owner": _texts((p[3] for p in people), lower=True), "first_seen": _times([p[4] for p in people])})
+    contact = pd.DataFrame({
+        "key": customers["key"], "last_in": _times([p[5] for p in people]),
+        "last_out": _times([_latest(p[6], p[7]) for p in people]), "stage_changed": _times([p[8] for p in people])})
+    mail = store.customer_mail_between(start, now)
+    inbound = pd.DataFrame({
+        "id": pd.Series([m[0] for m in mail], dtype="int64"), "key": pd.Series([m[1] for m in mail], dtype=object),
+        "at": _times([m[2] for m in mail]), "message_id": pd.Series([m[3] for m in mail], dtype=object),
+        "out_at": _times([_latest(m[4], m[5], first=True) for m in mail])})
     named = pd.DataFrame(store.named_replies_between(start, now), columns=["message_id", "at"])
     named["at"] = _times(named["at"])
     raw = store.stage_moves_between(roles.stage, since, now) if since is not None and roles.stage else []
     moves = pd.DataFrame({"key": pd.Series([m[0] for m in raw], dtype=object), "at": _times([m[1] for m in raw]),
                           "old": _texts(m[2] for m in raw), "new": _texts(m[3] for m in raw)})
-    return Rows(customers, contact, inbound, outbound, named, moves)
+    return Rows(customers, contact, inbound, named, moves, people)
 
 
 # ------------------------------------------------------------------------------------------------ computing
@@ -244,22 +259,17 @@ def _py(values: pd.Series, zone: ZoneInfo) -> list[datetime | None]:
     return [None if v is pd.NaT else v for v in values.dt.tz_convert(zone).dt.to_pydatetime()]
 
 
-def _stale(ws: Workspace, people: pd.DataFrame, now: datetime) -> pd.Series:
-    """Per customer, stale or not: :func:`crm_automation.contact.quiet` for those whose stage has a limit."""
-    limits = ws.mapping.stale_after_days
-    out = pd.Series(False, index=people.index)
-    if not limits or people.empty:
-        return out
-    limit = people["stage"].map(limits)
-    has = people[limit.notna()]
-    zone = ws.cfg.timezone
-    local_now = now.astimezone(zone)
-    flags = [quiet(last_contact(li, lo), changed, seen or local_now, local_now, zone, int(lim)).stale
-             for li, lo, changed, seen, lim in zip(_py(has["last_in"], zone), _py(has["last_out"], zone),
-                                                   _py(has["stage_changed"], zone), _py(has["first_seen"], zone),
-                                                   limit[limit.notna()], strict=True)]
-    out.loc[has.index] = pd.Series(flags, index=has.index, dtype=bool)
-    return out
+def _stale(ws: Workspace, rows: Rows, people: pd.DataFrame, now: datetime) -> pd.Series:
+    """Per customer, stale or not, as the stale list finds them (:func:`crm_automation.app.sales.stale_from`).
+
+    One path for the rule, shared with the digests and ``sales.stale``: it
+    applies :func:`crm_automation.contact.quiet` only where it can matter
+    (a limited stage, quiet since before ``contact.fresh_since``).
+    """
+    if not ws.mapping.stale_after_days or people.empty:
+        return pd.Series(False, index=people.index)
+    found = {c.key for c in stale_from(ws, rows.sales, now)}
+    return people["key"].isin(found)
 
 
 def _median(value: object, digits: int = 1) -> float | None:
@@ -274,23 +284,22 @@ def _count(value: object) -> int:
 
 
 def _first_responses(ws: Workspace, rows: Rows, owner_of: pd.Series) -> pd.DataFrame:
-    """Per customer mail of the window: owner, answered, working hours to our first answer (NaN: none yet)."""
+    """Per customer mail of the window: owner, answered, working hours to our first answer (NaN: none yet).
+
+    Our first answer: the earlier of our first email to that customer after
+    the mail (read with it: ``out_at``) and the first reply naming it.
+    """
     mail = rows.inbound[rows.inbound["key"].isin(owner_of.index)]
     if mail.empty:
         return pd.DataFrame({"owner": pd.Series(dtype=object), "answered": pd.Series(dtype=bool),
                              "hours": pd.Series(dtype=float)})
-    mail = mail.sort_values("at")
-    out = rows.outbound.rename(columns={"at": "out_at"}).sort_values("out_at")
-    # our first email to that customer strictly after the mail (contact.answered: later than it)
-    paired = pd.merge_asof(mail, out, left_on="at", right_on="out_at", by="key", direction="forward",
-                           allow_exact_matches=False)
     first_named = rows.named.groupby("message_id")["at"].min()
-    paired["named_at"] = pd.to_datetime(paired["message_id"].map(first_named.to_dict()), utc=True)
-    answer = paired[["out_at", "named_at"]].min(axis=1)
+    named_at = pd.to_datetime(mail["message_id"].map(first_named.to_dict()), utc=True)
+    answer = pd.concat([mail["out_at"], named_at], axis=1).min(axis=1)
     working = working_time(ws)
     hours = [working.hours_between(a, b) if a is not None and b is not None else float("nan")
-             for a, b in zip(_py(paired["at"], working.zone), _py(answer, working.zone), strict=True)]
-    return pd.DataFrame({"owner": paired["key"].map(owner_of).to_numpy(), "answered": answer.notna().to_numpy(),
+             for a, b in zip(_py(mail["at"], working.zone), _py(answer, working.zone), strict=True)]
+    return pd.DataFrame({"owner": mail["key"].map(owner_of).to_numpy(), "answered": answer.notna().to_numpy(),
                          "hours": hours})
 
 
@@ -311,7 +320,7 @@ def _order_key(stages: tuple[str, ...]) -> dict[str | None, int]:
 def compute(ws: Workspace, rows: Rows, now: datetime, since: datetime | None) -> Pipeline:
     """The :class:`Pipeline` from rows already read (pure: no I/O; ``now`` given)."""
     people = rows.customers.merge(rows.contact, on="key", how="left")
-    people["stale"] = _stale(ws, people, now)
+    people["stale"] = _stale(ws, rows, people, now)
     entered = people["stage_changed"].fillna(people["first_seen"])
     people["days"] = ((pd.Timestamp(now) - entered).dt.total_seconds() / 86400).clip(lower=0)
     replies = rows.inbound.groupby("key").size()

@@ -19,7 +19,7 @@ the store's contact part, read for every customer at once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -33,13 +33,16 @@ from crm_automation.contact import (
     QuietSince,
     WorkingTime,
     answered,
+    fresh_since,
     last_contact,
     quiet,
+    quiet_from,
     stage_limit,
     waited,
 )
 from crm_automation.errors import ConfigError
-from crm_automation.store.contact import ContactTimes
+from crm_automation.store.connection import iso, parse_iso
+from crm_automation.store.contact import ContactTimes, SalesRow
 
 if TYPE_CHECKING:
     from crm_automation.store.customers import StoredCustomer
@@ -183,26 +186,78 @@ def customer_contact(ws: Workspace, c: StoredCustomer, times: ContactTimes, now:
     """One customer's :class:`CustomerContact` from their log times (for a use case with the times read)."""
     roles = ws.mapping.roles
     stage = _text(c.data.get(roles.stage)) if roles.stage is not None else None
-    since = times.stage_changed or c.first_seen
+    return _contact_of(ws, c.key, _text(c.data.get(roles.name)) if roles.name else None,
+                       _text(c.data.get(roles.owner)) if roles.owner else None, stage, c.first_seen, times, now,
+                       stage_limit(stage, ws.mapping.stale_after_days))
+
+
+def _contact_of(ws: Workspace, key: str, name: str | None, owner: str | None, stage: str | None,
+                first_seen: datetime, times: ContactTimes, now: datetime, limit: int | None) -> CustomerContact:
     contact_ = last_contact(times.last_in, times.last_out)
-    q = quiet(contact_, times.stage_changed, c.first_seen, now, ws.cfg.timezone,
-              stage_limit(stage, ws.mapping.stale_after_days))
-    return CustomerContact(c.key, _text(c.data.get(roles.name)) if roles.name else None,
-                           _text(c.data.get(roles.owner)) if roles.owner else None, stage, contact_, q, since)
+    q = quiet(contact_, times.stage_changed, first_seen, now, ws.cfg.timezone, limit)
+    return CustomerContact(key, name, owner, stage, contact_, q, times.stage_changed or first_seen)
 
 
-def _contacts(ws: Workspace, store: Store, now: datetime, owner: str | None) -> Iterator[CustomerContact]:
-    times = store.contact_times(ws.mapping.roles.stage)
-    for c in store.customers().values():
-        if _owner_matches(c, ws.mapping.roles.owner, owner):
-            yield customer_contact(ws, c, times.get(c.key, _NONE), now)
+def _latest(a: str | None, b: str | None) -> str | None:
+    """The later of two log times (ISO 8601 UTC text of one format, so the text orders as the time: as SQL's MAX)."""
+    return max(a, b) if a is not None and b is not None else a or b
+
+
+def stale_from(ws: Workspace, rows: Iterable[SalesRow], now: datetime, owner: str | None = None
+               ) -> tuple[CustomerContact, ...]:
+    """The stale customers among ``rows`` (``store.sales_rows``), quiet longest first; ``owner``: theirs only.
+
+    Only a customer whose stage has a limit can be stale, and of them only
+    one whose quiet days count from before :func:`crm_automation.contact.fresh_since`
+    (compared as the log's text): their times are parsed and the rule
+    (:func:`crm_automation.contact.quiet`) decides. On the benchmark's log,
+    18,060 of 100,000 customers, for 17,855 stale.
+    """
+    limits = ws.mapping.stale_after_days
+    wanted = owner.strip().lower() if owner is not None else None
+    zone = ws.cfg.timezone
+    local_now = now.astimezone(zone)  # the rule takes each time's local date: one conversion less
+    first_seen: dict[str, datetime] = {}  # customers synced together share one text: parsed once
+    stages: dict[object, tuple[str | None, int | None]] = {}  # a few stage values over 100,000 customers
+    fresh_from: dict[int, str] = {}  # per limit: quiet since then or later is surely not stale
+    found = []
+    for key, name, stage_v, owner_v, seen, last_in, sent, replied, changed in rows:
+        if (known := stages.get(stage_v)) is None:
+            text = _text(stage_v)
+            known = stages[stage_v] = (text, stage_limit(text, limits))
+        stage, limit = known
+        if limit is None:
+            continue
+        if wanted is not None and ((o := _text(owner_v)) is None or o.lower() != wanted):
+            continue
+        out = _latest(sent, replied)
+        if (fresh := fresh_from.get(limit)) is None:
+            fresh = fresh_from[limit] = iso(fresh_since(local_now, zone, limit))
+        if quiet_from(_latest(last_in, out), changed, seen)[0] >= fresh:
+            continue  # written to lately: surely not stale (the log's ISO text orders as the time)
+        if (first := first_seen.get(seen)) is None:
+            first = first_seen[seen] = parse_iso(seen) or now
+        contact_ = last_contact(parse_iso(last_in), parse_iso(out))
+        stage_changed = parse_iso(changed)
+        q = quiet(contact_, stage_changed, first, local_now, zone, limit)
+        if q.stale:  # as customer_contact makes it, for the stale ones only
+            found.append(CustomerContact(key, _text(name), _text(owner_v), stage, contact_, q,
+                                         stage_changed or first))
+    found.sort(key=lambda c: (c.quiet.since, c.key))
+    return tuple(found)
+
+
+def sales_rows(ws: Workspace, store: Store) -> list[SalesRow]:
+    """Every customer present with name, stage, owner and (for the stages with a limit) their contact times."""
+    roles = ws.mapping.roles
+    return store.sales_rows(roles.name, roles.stage, roles.owner, timed=bool(ws.mapping.stale_after_days))
 
 
 def stale_in(ws: Workspace, store: Store, now: datetime, owner: str | None = None) -> Stale:
     """:func:`stale` on a log already open (the digest reads more in the same go)."""
-    found = [c for c in _contacts(ws, store, now, owner) if c.stale]
-    found.sort(key=lambda c: (c.quiet.since, c.key))
-    return Stale(now, owner, tuple(found))
+    if not ws.mapping.stale_after_days:
+        return Stale(now, owner, ())
+    return Stale(now, owner, stale_from(ws, sales_rows(ws, store), now, owner))
 
 
 def stale(ws: Workspace, now: datetime, owner: str | None = None) -> Stale:
@@ -269,4 +324,5 @@ def contact(ws: Workspace, key: str, now: datetime) -> ContactView:
 
 
 __all__ = ["ContactView", "CustomerContact", "Direction", "QuietSince", "Stale", "Waiting", "WaitingMail",
-           "contact", "customer_contact", "stale", "stale_in", "waiting", "waiting_in", "working_time"]
+           "contact", "customer_contact", "sales_rows", "stale", "stale_from", "stale_in", "waiting", "waiting_in",
+           "working_time"]

@@ -11,7 +11,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, Self
@@ -163,6 +163,10 @@ class Driver(Protocol):
         """Whether a transaction is open."""
         ...
 
+    def not_waiting(self) -> AbstractContextManager[None]:
+        """Inside, a statement that would wait for another transaction's lock raises LogBusyError at once."""
+        ...
+
     def close(self) -> None:
         """Close the connection."""
         ...
@@ -230,6 +234,15 @@ class Guarded:
     def in_transaction(self) -> bool:
         """Whether a transaction is open (``transaction()`` then nests a savepoint)."""
         return self._c.in_transaction
+
+    @contextmanager
+    def not_waiting(self) -> Iterator[None]:
+        """Inside, a busy log is not polled: the statement's ``SQLITE_BUSY`` is raised at once (LogBusyError)."""
+        poll, self.poll = self.poll, False
+        try:
+            yield
+        finally:
+            self.poll = poll
 
     @property
     def raw(self) -> sqlite3.Connection:
@@ -425,3 +438,27 @@ class Connection:
             with suppress(sqlite3.Error, CrmError):
                 self.conn.execute("ROLLBACK")
             raise
+
+    @contextmanager
+    def not_waiting(self) -> Iterator[None]:
+        """Inside, a write that finds the log busy fails at once with :class:`LogBusyError` instead of waiting.
+
+        For a caller that waits its own way: ``serve`` records one-click
+        unsubscribes on its event loop and, when the worker holds the write
+        lock, sleeps there (``asyncio.sleep``) and tries again, rather than
+        parking a thread in :class:`Guarded`'s poll (issue #19: handing each
+        write to a thread cost more CPU than the write). A statement that
+        failed as busy changed nothing, and ``transaction()`` rolls back what
+        came before it, so trying the whole unit again is safe.
+
+        Each engine's driver does it (issue #20): SQLite's write lock is the
+        whole log's, so :class:`Guarded` stops polling for it. PostgreSQL has
+        no whole-log lock (``BEGIN`` takes none; the worker and ``serve``
+        write side by side), so a write waits only for a row another
+        transaction is changing (the same send, the same address's
+        suppression); there the wait is the server's, and
+        :meth:`~crm_automation.store.postgres.PgGuarded.not_waiting` cuts it
+        to ``lock_timeout`` = 1 ms, the failure raised as LogBusyError too.
+        """
+        with self.conn.not_waiting():
+            yield

@@ -36,6 +36,28 @@ def _last_out_sql(d: Dialect) -> str:
             "AND customer_key IS NOT NULL GROUP BY customer_key) AS u GROUP BY customer_key")
 
 
+# One customer's latest times, each one index seek (a correlated MAX over the partial indexes of schema 9 and
+# ``idx_sends_sent_customer``): for 100,000 customers about 0.45 s in all, against about 1.1 s for the grouped
+# reads of :meth:`ContactLog.contact_times` plus joining them by key in Python.
+_LAST_IN = "(SELECT MAX(i.occurred_at) FROM activities i WHERE i.kind = 'email_in' AND i.customer_key = {who})"
+_LAST_SENT = ("(SELECT s.sent_at FROM sends s WHERE s.status = 'sent' AND s.customer_key = {who} "
+              "AND s.kind = 'campaign_step' ORDER BY s.sent_at DESC LIMIT 1)")  # stops at the first step met
+_LAST_REPLY_OUT = "(SELECT MAX(r.occurred_at) FROM activities r WHERE r.kind = 'reply_out' AND r.customer_key = {who})"
+# ``{field}``: ``Dialect.json_text("f.details", "field")``, on SQLite ``json_extract(f.details, '$.field')`` to the
+# letter, so the seek uses schema 9's expression index (PostgreSQL: schema_pg's index on the same expression).
+_STAGE_CHANGED = ("(SELECT MAX(f.occurred_at) FROM activities f WHERE f.kind = 'field_changed' "
+                  "AND {field} = ? AND f.customer_key = {who})")
+
+SalesRow = tuple[str, object, object, object, str, str | None, str | None, str | None, str | None]
+"""One customer present in the sheet, as :meth:`ContactLog.sales_rows` reads them.
+
+(key, name, stage and owner values as the mapping made them (None: no such
+field), first seen, latest ``email_in``, latest campaign step sent, latest
+``reply_out``, latest change of the stage field): times are the log's ISO
+8601 UTC text (``iso``), None for none, or when the row's times were not asked.
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class ContactTimes:
     """One customer's times: their latest mail to us, ours to them, the latest change of their stage field.
@@ -93,6 +115,33 @@ class ContactLog(Connection):
         return {k: ContactTimes(_t(last_in.get(k)), _t(last_out.get(k)), _t(staged.get(k)))
                 for k in last_in.keys() | last_out.keys() | staged.keys()}
 
+    def sales_rows(self, name_field: str | None, stage_field: str | None, owner_field: str | None, *,
+                   timed: bool = True) -> list[SalesRow]:
+        """Every customer present in the sheet: name, stage, owner, first seen, and (``timed``) their contact times.
+
+        One query, in the sheet's order of arrival; each customer's times cost
+        four index seeks. (Asking the times of the stages with a limit only,
+        by a condition on the stage, measured slower: the condition is
+        evaluated once per time.)
+        """
+        d = self.dialect
+
+        def value(name: str | None) -> tuple[str, list[object]]:
+            return (d.json_value_at("c.data"), [name]) if name else ("NULL", [])
+
+        staged = _STAGE_CHANGED.format(field=d.json_text("f.details", "field"), who="c.key")
+        times: list[tuple[str, list[object]]] = [
+            (_LAST_IN.format(who="c.key"), []), (_LAST_SENT.format(who="c.key"), []),
+            (_LAST_REPLY_OUT.format(who="c.key"), []), (staged, [stage_field]) if stage_field else ("NULL", [])]
+        if not timed:
+            times = [("NULL", [])] * 4
+        parts = [("c.key", []), value(name_field), value(stage_field), value(owner_field), ("c.first_seen", []),
+                 *times]
+        # The order of arrival said, not left to the scan (PostgreSQL's heap order moves with updates); on SQLite
+        # ``ORDER BY c.rowid`` is the scan's own order, no sort.
+        sql = f"SELECT {', '.join(p for p, _ in parts)} FROM customers c WHERE c.present = 1 ORDER BY c.{d.rowid}"
+        return self.conn.execute(sql, [a for _, args in parts for a in args]).fetchall()
+
     def inbound_after_outbound(self, since: datetime) -> list[InboundMail]:
         """Customer mail received since ``since`` and after our latest email to that customer, oldest first.
 
@@ -102,17 +151,24 @@ class ContactLog(Connection):
         (``named_by_reply``), and :func:`crm_automation.contact.answered`
         decides.
         """
+        # Our latest email to that customer, each a correlated MAX by index (0.05 s for a month of mail at
+        # 100,000 customers), not the grouped read of every customer's (1 s): only the month's senders are asked.
+        # The messages our replies name are read apart (0.06 s, a scan of the reply_out index): inside the same
+        # statement SQLite chose to index the whole activities table for them first (0.25 s).
+        named = {mid for (mid,) in self.conn.execute(
+            f"SELECT j.value FROM activities r, {self.dialect.json_array('r.details', 'j', 'answers')} "
+            "WHERE r.kind = 'reply_out'")}
         rows = self.conn.execute(
-            f"WITH last_out AS ({_last_out_sql(self.dialect)}), "
-            "named AS (SELECT DISTINCT j.value AS mid FROM activities r, "
-            f"{self.dialect.json_array('r.details', 'j', 'answers')} WHERE r.kind = 'reply_out') "
-            "SELECT a.id, a.customer_key, a.occurred_at, a.subject, a.message_id, "
-            "a.message_id IN (SELECT mid FROM named), o.t FROM activities a "
-            "LEFT JOIN last_out o ON o.customer_key = a.customer_key "
-            "WHERE a.kind = 'email_in' AND a.customer_key IS NOT NULL AND a.occurred_at >= ? "
-            "AND (o.t IS NULL OR a.occurred_at >= o.t) ORDER BY a.occurred_at, a.id", (iso(since),))
-        return [InboundMail(i, k, parse_iso(at) or since, subject, mid, bool(named), _t(out))
-                for i, k, at, subject, mid, named, out in rows]
+            "SELECT c.id, c.customer_key, c.occurred_at, c.subject, c.message_id, "
+            f"{_LAST_SENT.format(who='c.customer_key')}, {_LAST_REPLY_OUT.format(who='c.customer_key')} "
+            "FROM activities c WHERE c.kind = 'email_in' AND c.customer_key IS NOT NULL AND c.occurred_at >= ? "
+            "ORDER BY c.occurred_at, c.id", (iso(since),)).fetchall()
+        out = []
+        for i, k, at, subject, mid, sent, replied in rows:
+            last = max(sent, replied) if sent is not None and replied is not None else sent or replied
+            if last is None or at >= last:
+                out.append(InboundMail(i, k, parse_iso(at) or since, subject, mid, mid in named, _t(last)))
+        return out
 
     def inbound_customers(self, message_ids: list[str]) -> dict[str, str | None]:
         """Message-ID -> the customer (None: an unknown sender) of the customer mail logged under it.

@@ -72,8 +72,9 @@ pipeline, reports)                  :meth:`Dialect.json_values`
 ``json_object``/``json()`` (a new   :meth:`Dialect.json_object`,
 customer's data), ``json_set``      :attr:`Dialect.json_param`,
 (rekey)                             :meth:`Dialect.json_set`
-``rowid`` (customers, due: the      :attr:`Dialect.rowid` (PostgreSQL: the
-sheet's order of arrival)           ``seq`` identity column, schema_pg.py)
+``rowid`` (customers, due,         :attr:`Dialect.rowid` (PostgreSQL: the
+contact: the sheet's order of       ``seq`` identity column, schema_pg.py)
+arrival)
 ``sqlite_master`` + ``PRAGMA        :attr:`Dialect.tables_with_column`
 table_info`` (rekey)                (``information_schema.columns``)
 ``NOT INDEXED``, ``+status``        :meth:`Dialect.scan`,

@@ -71,8 +71,15 @@ class DigestLog(Connection):
         rows.sort(key=lambda r: r[0])
         return [(_activity(*r[:-1]), parse_iso(r[-1]) or upto) for r in rows]
 
-    def follow_ups_sent_since(self, since: datetime) -> list[SendRow]:
-        """Campaign follow-ups (a step after the first) handed over since ``since``: a digest's "sent today"."""
-        return [_send(*r) for r in self.conn.execute(
-            f"SELECT {_SEND_COLS} FROM sends WHERE status = 'sent' AND sent_at >= ? AND kind = 'campaign_step' "
-            "AND step > 0 ORDER BY sent_at, id", (iso(since),))]
+    def follow_ups_sent_since(self, since: datetime) -> list[tuple[str, str, str, str]]:
+        """Campaign follow-ups (a step after the first) handed over since ``since``: a digest's "sent today".
+
+        (customer, campaign, step key, sent at as the log's ISO text), in
+        order; the four columns only (the step key is ``step_id``, or the
+        step's place for a row from before schema 4): a busy morning hands
+        over tens of thousands, and whole rows cost 1 s to make at 40,000.
+        """
+        return self.conn.execute(
+            "SELECT customer_key, campaign, COALESCE(step_id, CAST(step AS TEXT)), sent_at FROM sends "
+            "WHERE status = 'sent' AND sent_at >= ? AND kind = 'campaign_step' AND step > 0 ORDER BY sent_at, id",
+            (iso(since),)).fetchall()

@@ -26,6 +26,7 @@ from crm_automation.store.schema import (
     create_v8,
     create_v9,
     create_v10,
+    create_v11,
 )
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0008_dashboard_reads", create_v8),
     ("0009_contact_times", create_v9),
     ("0010_send_follow_ups", create_v10),
+    ("0011_stage_moves_by_time", create_v11),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

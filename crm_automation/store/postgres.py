@@ -6,9 +6,9 @@ SQLite file: every part runs the same statement texts, translated at one
 point (:data:`crm_automation.store.dialect.POSTGRESQL`). Every statement of
 the store has its PostgreSQL spelling; the contract tests run the send
 lifecycle, the transaction rule, sync, fetched mail, suppressions, rekey,
-the planning reads, reports, search, contact times, the pipeline and the
-portable rewrites over both engines (the owner digests' reads are ported
-but not yet tested there).
+the planning reads, reports, search, contact times, the pipeline, the
+owner digests' and the stale list's reads (tests/app/test_sales_reads.py,
+one digest end to end) and the portable rewrites over both engines.
 ``[workspace] database`` takes the URL (``config.py``: never with a
 password). Stage 1 of issue #20: one worker per
 workspace still (:class:`WorkspaceLock`, an advisory lock where SQLite has
@@ -32,14 +32,16 @@ types, identity columns and schema 10's triggers in PL/pgSQL.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import psycopg
+import psycopg.errors
 from psycopg import pq
 from psycopg.rows import TupleRow
 
-from crm_automation.errors import ConfigError, CrmError, ServiceError
+from crm_automation.errors import ConfigError, CrmError, LogBusyError, ServiceError
 from crm_automation.store.connection import Params
 from crm_automation.store.dialect import POSTGRESQL
 from crm_automation.store.location import shown
@@ -55,8 +57,15 @@ def server_error(where: str, e: psycopg.Error) -> CrmError:
     """A server or network failure as a message for the admin (exit 3: the next pass tries again).
 
     Decided by the exception's class (psycopg maps SQLSTATE classes to
-    them), not by its text; an error of our SQL is re-raised as it is.
+    them), not by its text; an error of our SQL is re-raised as it is. A
+    lock wait cut short (SQLSTATE 55P03, only inside ``not_waiting``) is
+    :class:`LogBusyError`, as SQLite's busy log.
     """
+    if isinstance(e, psycopg.errors.LockNotAvailable):  # lock_timeout ran out (PgGuarded.not_waiting)
+        return LogBusyError(f"{where}: the activity log is busy (another transaction holds a row this write "
+                            f"changes: {str(e).strip()}); nothing of the transaction was kept",
+                            hint="the caller tries again; if it keeps happening, look for a long transaction "
+                                 "in pg_stat_activity")
     if isinstance(e, psycopg.OperationalError):
         return ServiceError(f"{where}: the PostgreSQL server did not answer ({str(e).strip()})",
                             hint="check that the server is running and reachable, then run again; nothing was "
@@ -71,7 +80,7 @@ class PgGuarded:
     parameters are always passed, so psycopg reads ``%%`` as ``%``.
     """
 
-    __slots__ = ("_c", "path", "trace")
+    __slots__ = ("_c", "_not_waiting", "path", "trace")
     dialect = POSTGRESQL
 
     def __init__(self, conn: psycopg.Connection[TupleRow], path: str) -> None:
@@ -80,6 +89,7 @@ class PgGuarded:
         # Called with each statement's text as the store wrote it: the tests count commits and savepoints with
         # it, as they do with sqlite3's set_trace_callback (psycopg has no such hook).
         self.trace: Callable[[str], object] | None = None
+        self._not_waiting = False  # inside not_waiting(): lock_timeout is 1 ms
 
     def execute(self, sql: str, args: Params = ()) -> psycopg.Cursor[TupleRow]:
         """Run one statement; a lost server becomes a :class:`ServiceError` naming the log (password hidden)."""
@@ -103,6 +113,33 @@ class PgGuarded:
     def in_transaction(self) -> bool:
         """Whether a transaction is open (``transaction()`` then nests a savepoint)."""
         return self._c.info.transaction_status != pq.TransactionStatus.IDLE
+
+    @contextmanager
+    def not_waiting(self) -> Iterator[None]:
+        """Inside, a statement that meets another transaction's row lock fails at once: LogBusyError.
+
+        ``Connection.not_waiting``'s contract on PostgreSQL (issue #19's
+        ``serve`` writes one-click batches on its event loop, which must not
+        sleep in the server's lock queue). There is no whole-log write lock
+        here, only row locks (and the table locks DDL takes), so "busy" means
+        another transaction holds a row this write changes. ``lock_timeout``
+        = 1 ms (0 would mean "wait for ever"), set for the session here and
+        reset after (to the session's default, which a URL's ``options`` may
+        set): ``SET LOCAL`` would need a transaction open, and the caller
+        opens it inside. The statement that timed out changed nothing, and
+        PostgreSQL aborts the transaction, which ``transaction()`` rolls
+        back, so the caller may try the whole unit again.
+        """
+        if self._not_waiting:  # nested: the outer one resets
+            yield
+            return
+        self.execute("SET lock_timeout = '1ms'")
+        self._not_waiting = True
+        try:
+            yield
+        finally:
+            self._not_waiting = False
+            self.execute("RESET lock_timeout")
 
     @property
     def raw(self) -> psycopg.Connection[TupleRow]:

@@ -39,10 +39,10 @@ from typing import Any, Protocol
 
 from crm_automation.models import Cursor, Customer, Decision, EmailStatus, SendStatus, StepState, SuppressionReason
 from crm_automation.store.activities import Activity, DetailsIn, InboundEvent, QuarantinedContact
-from crm_automation.store.contact import ContactTimes, InboundMail
+from crm_automation.store.contact import ContactTimes, InboundMail, SalesRow
 from crm_automation.store.customers import RekeyCounts, SheetState, StoredCustomer, SyncStats
 from crm_automation.store.due import Events, PlanMark
-from crm_automation.store.pipeline import CustomerRow, MailRow, MoveRow, NamedRow, TimeRow
+from crm_automation.store.pipeline import MailRow, MoveRow, NamedRow
 from crm_automation.store.reports import (
     DayCounts,
     FunnelRow,
@@ -71,6 +71,10 @@ class Log(Protocol):
 
     def same_file(self) -> bool:
         """Whether the log's path still names the file this connection opened (a kept connection follows it)."""
+        ...
+
+    def not_waiting(self) -> AbstractContextManager[None]:
+        """Inside, a write that finds the log busy fails at once (LogBusyError); the caller waits its own way."""
         ...
 
     def log_id(self) -> str:
@@ -554,6 +558,11 @@ class Contacts(Protocol):
         """Customer mail received since ``since`` and not before our latest email to them, oldest first."""
         ...
 
+    def sales_rows(self, name_field: str | None, stage_field: str | None, owner_field: str | None, *,
+                   timed: bool = True) -> list[SalesRow]:
+        """Every customer present: name, stage, owner, first seen, and (``timed``) their contact times."""
+        ...
+
     def inbound_customers(self, message_ids: list[str]) -> dict[str, str | None]:
         """Message-ID -> the customer (None: unknown sender) of the ``email_in`` logged under it."""
         ...
@@ -562,20 +571,8 @@ class Contacts(Protocol):
 class PipelineRows(Protocol):
     """The rows of ``report pipeline`` (issue #21): plain tuples for every customer at once, grouped by the caller."""
 
-    def pipeline_customers(self, stage_field: str | None, owner_field: str | None) -> list[CustomerRow]:
-        """Every customer present in the sheet: key, stage value, owner value, first seen."""
-        ...
-
-    def customer_mail(self) -> list[MailRow]:
-        """Every ``email_in`` with a customer: id, customer, received, Message-ID."""
-        ...
-
-    def our_emails(self) -> list[TimeRow]:
-        """Every email of ours to a customer (campaign step sent, or ``reply_out``): customer, time."""
-        ...
-
-    def last_stage_change(self, stage_field: str) -> list[TimeRow]:
-        """Per customer, the latest logged change of ``stage_field``."""
+    def customer_mail_between(self, start: datetime, end: datetime) -> list[MailRow]:
+        """Each ``email_in`` of a customer in [start, end] with our first campaign step and reply after it."""
         ...
 
     def named_replies_between(self, start: datetime, end: datetime) -> list[NamedRow]:
@@ -607,8 +604,8 @@ class Digests(Protocol):
         """Replies, bounces, unsubscribes, customers added, owner changes logged in (``after``, ``upto``]."""
         ...
 
-    def follow_ups_sent_since(self, since: datetime) -> list[SendRow]:
-        """Campaign steps after the first handed over since ``since``."""
+    def follow_ups_sent_since(self, since: datetime) -> list[tuple[str, str, str, str]]:
+        """(customer, campaign, step key, sent at: ISO text) of campaign steps after the first sent since ``since``."""
         ...
 
 

@@ -416,3 +416,21 @@ def _follow_up_triggers(db: sqlite_utils.Database) -> None:
                f"WHEN OLD.kind IN {FOLLOW_UP_KINDS_SQL} AND OLD.customer_key IS NOT NULL "
                f"BEGIN UPDATE sends SET {FOLLOW_UP_SET_SQL} WHERE status = 'sent' "
                f"AND customer_key = OLD.customer_key; END")
+
+
+def create_v11(db: sqlite_utils.Database) -> None:
+    """Schema version 11 (issue #21, performance): the stage moves of a period read by time, not every change.
+
+    ``report pipeline --since`` counts the changes of the stage field logged
+    in [since, now]. Schema 9's index on ``field_changed`` is by (field,
+    customer, time), so a period was found by reading every change of the
+    field (249,000 at 100,000 customers, for 63,000 in 30 days: 0.27 s);
+    by (field, time) the period is one range (0.13 s). Written only when a
+    sync logs a field change: no cost to the send or fetch loops. The field
+    is written as ``json_extract(details, '$.field')``, exactly as schema 9's
+    index and the query (SQLite uses an expression index only then; the
+    PostgreSQL port writes schema 9's expression in its dialect, this one
+    the same way). ``IF NOT EXISTS``, as schema 9.
+    """
+    db.execute("CREATE INDEX IF NOT EXISTS idx_activities_field_changed_at ON activities("
+               "json_extract(details, '$.field'), occurred_at) WHERE kind = 'field_changed'")

@@ -212,8 +212,19 @@ def v10(db: _Executes) -> None:
                    "DELETE"))
 
 
+def v11(db: _Executes) -> None:
+    """0011_stage_moves_by_time: the stage field's changes by (field, time), for ``report pipeline --since``.
+
+    The same expression as schema 9's index (:meth:`Dialect.json_text`, the
+    spelling ``PipelineLog.stage_moves_between`` compares): PostgreSQL uses
+    an expression index only for a query that writes the same expression.
+    """
+    db.execute(f"CREATE INDEX idx_activities_field_changed_at ON activities(({_JSON('details', 'field')}), "
+               "occurred_at) WHERE kind = 'field_changed'")
+
+
 PG_MIGRATIONS: dict[str, Callable[[_Executes], None]] = {
     "0001_initial": v1, "0002_sheet_state": v2, "0003_hardening": v3, "0004_step_identity": v4,
     "0005_message_kinds": v5, "0006_plan_by_question": v6, "0007_send_tracking": v7, "0008_dashboard_reads": v8,
-    "0009_contact_times": v9, "0010_send_follow_ups": v10,
+    "0009_contact_times": v9, "0010_send_follow_ups": v10, "0011_stage_moves_by_time": v11,
 }

@@ -124,13 +124,17 @@ def make_server(app: Starlette, *, trusted_proxies: list[str] | None = None) -> 
     ``proxy_headers``: the client address and scheme come from
     ``X-Forwarded-For`` / ``X-Forwarded-Proto`` only when the connection is
     from ``trusted_proxies`` (uvicorn's ``forwarded_allow_ips``); from anyone
-    else the headers are ignored. Access log off, no ``Server`` header.
+    else the headers are ignored. Access log off, no ``Server`` header. The
+    app's lifespan runs (:func:`~crm_automation.web.app.warmed`: ready before
+    the first request); no WebSocket protocol (the app has no WebSocket, and
+    loading one costs start-up time).
     """
     import uvicorn
 
     trusted = trusted_proxies if trusted_proxies is not None else ["127.0.0.1", "::1"]
     config = uvicorn.Config(app, proxy_headers=True, forwarded_allow_ips=trusted, access_log=False,
-                            log_config=None, server_header=False, lifespan="off", timeout_graceful_shutdown=5)
+                            log_config=None, server_header=False, lifespan="on", ws="none",
+                            timeout_graceful_shutdown=5)
     return uvicorn.Server(config)
 
 

@@ -22,11 +22,13 @@ Middleware, outermost first:
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -41,8 +43,9 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from crm_automation.app import suppressions
+from crm_automation.app import access, suppressions
 from crm_automation.app.access import KeptWriter
+from crm_automation.errors import LogBusyError
 from crm_automation.web import i18n
 from crm_automation.web.batching import GroupCommit
 from crm_automation.web.limits import RateLimits
@@ -83,9 +86,29 @@ class WebState:
         self.kept = KeptWriter(self.ws)
 
     async def _unsubscribe_batch(self, tokens: Sequence[str]) -> list[suppressions.Unsubscribed]:
-        """One group of one-click unsubscribes: one transaction (issue #19; :mod:`crm_automation.web.batching`)."""
-        now = self.clock.now()
-        return await written(self, lambda: suppressions.unsubscribe_by_tokens(self.ws, tokens, now, kept=self.kept))
+        """One group of one-click unsubscribes: one transaction (issue #19; :mod:`crm_automation.web.batching`).
+
+        Written here on the event loop, not in the threadpool: a batch is a
+        millisecond or two of SQLite, and handing it to a thread and back cost
+        more CPU than that (the thread's wake-up and the GIL passed back and
+        forth: a quarter of ``serve``'s CPU in a burst, measured with
+        benchmarks/bench_unsubscribe.py), CPU the worker sending beside it
+        needs. The loop never sleeps in SQLite: when the worker holds the
+        write lock the attempt fails at once, nothing written, and the loop
+        awaits the next try (other requests go on meanwhile), for up to the
+        busy timeout, then :class:`LockedError` as before.
+        """
+        timeout, poll = access.busy_wait()
+        deadline = time.monotonic() + timeout
+        now = self.clock.now()  # when the batch came to be written (the tries that find the log busy do not move it)
+        async with self.writes:
+            while True:
+                try:
+                    return suppressions.unsubscribe_by_tokens(self.ws, tokens, now, kept=self.kept, wait=False)
+                except LogBusyError:
+                    if time.monotonic() >= deadline:
+                        raise access.busy(self.ws) from None
+                    await asyncio.sleep(poll)
 
 
 def state(request: Request) -> WebState:
@@ -266,10 +289,30 @@ class RequestLog:
                       (time.perf_counter() - t0) * 1000)
 
 
+@asynccontextmanager
+async def warmed(app: Starlette) -> AsyncIterator[None]:
+    """Before ``serve`` takes its first request: start the threadpool and open the kept write connection.
+
+    Why (issue #19): both were paid by the first request otherwise — the
+    threadpool's first use imports its backend and starts a thread (tens of
+    milliseconds, more on a busy machine) — and a burst of one-click POSTs
+    queued behind it (the p99 of benchmarks/bench_unsubscribe.py's first
+    round). Run as the app's lifespan, which uvicorn completes before it
+    accepts a connection.
+    """
+    web: WebState = app.state.web
+    await run_in_threadpool(web.kept.warm)
+    # Everything loaded so far (the app, its templates, the libraries) lives as long as the process: keep it out
+    # of the garbage collector's full passes, which otherwise walk all of it every so often in the middle of a
+    # request (the CPython docs' advice for gc.freeze in a long-lived server).
+    gc.freeze()
+    yield
+
+
 def build(web: WebState, secret: str, routes: Sequence[BaseRoute]) -> Starlette:
     """The app: the routes of :mod:`~crm_automation.web.auth`, ``public`` and ``pages``, static files, middleware."""
     static = Mount("/static", app=StaticFiles(packages=[("crm_automation.web", "static")]), name="static")
-    app = Starlette(routes=[*routes, static],
+    app = Starlette(routes=[*routes, static], lifespan=warmed,
                     middleware=[Middleware(RequestLog), Middleware(SecurityHeaders),
                                 Middleware(Sessions, secret=secret, https=web.https)])
     app.state.web = web

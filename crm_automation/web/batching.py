@@ -64,6 +64,10 @@ class GroupCommit(Generic[_T, _R]):
     async def _drain(self) -> None:
         """Write batches until the queue is empty (one task at a time; started by the first item to arrive)."""
         while self._pending:
+            # Give the loop one turn before each batch: the previous batch's requests send their answers (a batch
+            # written without waiting for the log never gives the loop control, so they would wait for this one),
+            # and requests that arrived together join this batch.
+            await asyncio.sleep(0)
             batch, self._pending = self._pending[:self._max], self._pending[self._max:]
             try:
                 results = await self._run([item for item, _ in batch])

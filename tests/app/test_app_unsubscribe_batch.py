@@ -128,3 +128,82 @@ def test_a_batch_is_all_or_nothing_when_the_log_stays_busy(ws, monkeypatch):
     # and once the log is free, the same batch goes through
     results = suppressions.unsubscribe_by_tokens(ws, [t["c0@example.com"], t["c1@example.com"]], T1)
     assert [r.outcome for r in results] == [Outcome.UNSUBSCRIBED, Outcome.UNSUBSCRIBED]
+
+
+class _Holder:
+    """Another program's write transaction on the log, held until released."""
+
+    def __init__(self, db) -> None:
+        self.db, self.started, self.release = db, threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._hold, daemon=True)
+
+    def _hold(self) -> None:
+        con = sqlite3.connect(self.db, isolation_level=None)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            self.started.set()
+            self.release.wait(30)
+            con.execute("COMMIT")
+        finally:
+            con.close()
+
+    def __enter__(self) -> _Holder:
+        self.thread.start()
+        assert self.started.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.thread.join(10)
+
+
+def test_tokens_a_read_answers_need_no_write_lock(ws, monkeypatch):
+    """A provider's retry (already unsubscribed), an unknown token: answered while another writer holds the log.
+
+    Why it matters: the worker's send loop waits for every write transaction, and half of a one-click burst is
+    retries (issue #19). On the old code the batch waited for the write lock and failed after the busy timeout.
+    """
+    t = _tokens(ws)
+    suppressions.unsubscribe_by_tokens(ws, [t["c0@example.com"]], T1)
+    suppressions.suppress(ws, ["c1@example.com"], "bounced", T1)  # on the list another way
+    before = _log(ws)
+    monkeypatch.setattr(connection, "BUSY_TIMEOUT", 0.5)
+    with _Holder(ws.cfg.database):
+        started = time.monotonic()
+        results = suppressions.unsubscribe_by_tokens(ws, [t["c0@example.com"], UNKNOWN, t["c1@example.com"]],
+                                                     T1 + timedelta(minutes=1))
+        assert time.monotonic() - started < 0.4  # not a wait for the write lock
+        # a token that does need writing still waits for the lock, and gives up after the busy timeout
+        with pytest.raises(LockedError, match="nothing was changed"):
+            suppressions.unsubscribe_by_tokens(ws, [t["c0@example.com"], t["c2@example.com"]], T1)
+    assert [(r.outcome, r.customer) for r in results] == [
+        (Outcome.ALREADY, "c0@example.com"), (Outcome.UNKNOWN_TOKEN, None), (Outcome.ALREADY, "c1@example.com")]
+    assert _log(ws) == before
+
+
+def test_without_waiting_a_busy_log_fails_at_once_and_the_next_try_writes_once(ws):
+    """``wait=False`` (serve's event loop): LogBusyError at once, nothing written; tried again, written once."""
+    from crm_automation.app.access import KeptWriter, writing
+    from crm_automation.errors import LogBusyError
+
+    t = _tokens(ws)
+    kept = KeptWriter(ws)
+    try:
+        with _Holder(ws.cfg.database):
+            started = time.monotonic()
+            with pytest.raises(LogBusyError):
+                suppressions.unsubscribe_by_tokens(ws, [t["c0@example.com"]], T1, kept=kept, wait=False)
+            assert time.monotonic() - started < 0.5  # not the busy timeout (30 s)
+            assert db_rows(ws.cfg.database, "SELECT COUNT(*) FROM suppressions") == [(0,)]
+        results = suppressions.unsubscribe_by_tokens(ws, [t["c0@example.com"]], T1, kept=kept, wait=False)
+        assert [r.outcome for r in results] == [Outcome.UNSUBSCRIBED]
+        # the kept connection, used waiting (the default), waits for a busy log again
+        with _Holder(ws.cfg.database) as holder:
+            threading.Timer(0.3, holder.release.set).start()
+            results = suppressions.unsubscribe_by_tokens(ws, [t["c1@example.com"]], T1, kept=kept)
+        assert [r.outcome for r in results] == [Outcome.UNSUBSCRIBED]
+    finally:
+        kept.close()
+    assert db_rows(ws.cfg.database, "SELECT COUNT(*) FROM activities WHERE kind = 'unsubscribe'") == [(2,)]
+    with pytest.raises(ValueError, match="kept"), writing(ws, wait=False):
+        pass

@@ -9,12 +9,14 @@ admin sees when the server is away or the URL carries a password.
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from datetime import UTC, datetime
 
 import psycopg
 import pytest
 
-from crm_automation.errors import ConfigError, ServiceError
+from crm_automation.errors import ConfigError, LogBusyError, ServiceError
 from crm_automation.store.migrations import MIGRATIONS, SCHEMA_VERSION
 from crm_automation.store.postgres import schema_version
 from crm_automation.store.repo import Store
@@ -131,3 +133,42 @@ def test_a_server_lost_mid_pass_is_a_service_error_and_the_unit_is_rolled_back(p
         assert set(again.suppressions()) == {"kept@x.com"}
     finally:
         again.close()
+
+
+def test_not_waiting_fails_at_once_on_a_held_row_and_writes_other_rows_beside_it(pg_log, postgres):
+    """``not_waiting`` on PostgreSQL (issue #19's serve on the event loop): no whole-log lock, a held row is busy.
+
+    Another session inserts an address and keeps its transaction open: our
+    insert of the same address would wait for its outcome. Inside
+    ``not_waiting`` it fails at once as LogBusyError and nothing of the unit is
+    kept; another address is written beside the open transaction; after it,
+    the same write waits for the row as a plain write does.
+    """
+    store = Store.open(pg_log)
+    holder = psycopg.connect(pg_log)  # not autocommit: its INSERT's transaction stays open
+    try:
+        holder.execute("INSERT INTO suppressions (email, reason, at, source) VALUES ('held@x.com', 'manual', "
+                       "'2026-01-01T00:00:00Z', 'other')")
+
+        def first_then_held() -> None:
+            with store.transaction():
+                store.conn.execute("INSERT INTO suppressions (email, reason, at, source) VALUES ('first@x.com', "
+                                   "'manual', '2026-01-01T00:00:00Z', 'test')")
+                store.suppress("held@x.com", "manual", "test", T0)
+
+        with store.not_waiting():
+            started = time.monotonic()
+            with pytest.raises(LogBusyError, match="busy"):
+                first_then_held()
+            assert time.monotonic() - started < 0.5  # not a wait for the other session
+            assert not store.conn.in_transaction
+            assert store.suppress("beside@x.com", "manual", "test", T0)  # a row nobody holds: written at once
+        assert store.conn.execute("SHOW lock_timeout").fetchone() == ("0",)  # the session waits again
+        threading.Timer(0.3, holder.commit).start()
+        started = time.monotonic()
+        assert not store.suppress("held@x.com", "manual", "test", T0)  # waited for the commit: there already
+        assert time.monotonic() - started >= 0.25
+        assert set(store.suppressions()) == {"held@x.com", "beside@x.com"}  # "first" rolled back with its unit
+    finally:
+        holder.close()
+        store.close()

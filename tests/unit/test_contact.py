@@ -130,3 +130,30 @@ def test_waiting_counts_working_hours_against_the_limit():
     assert (w.hours, w.overdue) == (pytest.approx(8.0), False)
     w = waited(local("2026-11-06T17:00"), local("2026-11-09T16:01"), WORK, 8)
     assert w.overdue
+
+
+@pytest.mark.parametrize("zone", ["Asia/Shanghai", "Europe/London", "America/Santiago", "America/Havana"])
+def test_fresh_since_never_calls_a_stale_customer_fresh(zone):
+    """A quiet start on or after ``fresh_since`` is never stale, and the bound is at most two days early.
+
+    Checked every 20 minutes over a month around DST changes, in zones that
+    change at 01:00 (London) and at midnight (Santiago, Havana: midnight
+    skipped or repeated), for limits 1, 2, 7 and 30.
+    """
+    from crm_automation.contact import fresh_since, quiet_from
+
+    z = ZoneInfo(zone)
+    for now in (datetime(2026, 3, 30, 10, 0, tzinfo=z), datetime(2026, 4, 6, 0, 30, tzinfo=z),
+                datetime(2026, 9, 8, 23, 50, tzinfo=z), datetime(2026, 11, 3, 0, 10, tzinfo=z)):
+        for limit in (1, 2, 7, 30):
+            fresh = fresh_since(now, z, limit)
+            since = now - timedelta(days=limit + 3)
+            while since <= now:
+                q = quiet(None, None, since, now, z, limit)
+                if since >= fresh:
+                    assert not q.stale, (zone, now, limit, since)
+                elif since < fresh - timedelta(days=2):
+                    assert q.stale, (zone, now, limit, since)  # the bound is no more than a day (+ DST) short
+                since += timedelta(minutes=20)
+    assert quiet_from("2026-01-02T00:00:00Z", "2025-01-01T00:00:00Z", "2024-01-01T00:00:00Z")[1].value == "contact"
+    assert quiet_from(None, None, "2024-01-01T00:00:00Z") == ("2024-01-01T00:00:00Z", QuietSince.FIRST_SEEN)

@@ -93,3 +93,44 @@ def test_a_burst_of_posts_is_answered_each_and_recorded_once_per_token(tmp_path,
     assert db_rows(db, "SELECT COUNT(*) FROM customers WHERE email_status = 'unsubscribed'") == [(CUSTOMERS,)]
     # The POSTs that waited were written together (group commit): a handful of writes, not one per POST.
     assert clock.calls <= 5, clock.calls
+
+
+def test_serve_is_ready_before_its_first_request_and_its_loop_never_waits_in_sqlite(tmp_path, cli, web_server):
+    """The kept write connection is open when serve starts listening (its lifespan ran); while the worker holds
+    the write lock, a one-click POST waits for it on the event loop, and other requests are answered meanwhile."""
+    rows = [{"Email": f"c{i}@example.com", "Name": f"Customer {i}", "Stage": "lead", "Owner": "owner@example.com"}
+            for i in range(2)]
+    cfg = make_workspace(tmp_path / "ws", campaigns=CAMPAIGN, rows=rows)
+    assert cli("run", "--once", "--config", str(cfg), "--now", "2026-11-27T10:00").code == 0
+    db = cfg.parent / "var" / "crm.sqlite"
+    token = token_of(db_rows(db, "SELECT message_id FROM sends WHERE customer_key = 'c0@example.com'")[0][0])
+    srv = web_server(cfg)
+    assert srv.app.state.web.kept.is_open  # warmed before the first request
+
+    holding, release = threading.Event(), threading.Event()
+
+    def worker() -> None:
+        con = sqlite3.connect(db, isolation_level=None)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            holding.set()
+            release.wait(30)
+            con.execute("COMMIT")
+        finally:
+            con.close()
+
+    holder = threading.Thread(target=worker, daemon=True)
+    holder.start()
+    assert holding.wait(10)
+    with ThreadPoolExecutor(1) as pool:
+        posted = pool.submit(lambda: httpx.post(f"{srv.url}/u/{token}", data=ONE_CLICK, timeout=60))
+        time.sleep(0.5)
+        assert not posted.done()  # waiting for the log
+        started = time.monotonic()
+        page = httpx.get(f"{srv.url}/u/{token}", timeout=10)  # another request, served meanwhile
+        assert page.status_code == 200 and time.monotonic() - started < 2.0
+        release.set()
+        answer = posted.result(timeout=30)
+    holder.join(10)
+    assert answer.status_code == 200 and "You are unsubscribed" in answer.text
+    assert db_rows(db, "SELECT customer_key FROM activities WHERE kind = 'unsubscribe'") == [("c0@example.com",)]
