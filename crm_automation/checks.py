@@ -29,6 +29,7 @@ from crm_automation.credentials import login_problems
 from crm_automation.errors import ConfigError, CrmError, ServiceError
 from crm_automation.mapping import CAMPAIGNS_FILE
 from crm_automation.owner_digest import owner_problems
+from crm_automation.store import location
 from crm_automation.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -151,7 +152,7 @@ def _plan(ws: Workspace, checks: list[CheckItem], now: datetime | None, *, detai
     from crm_automation.store import identity
     from crm_automation.workspace import Clock
 
-    if not ws.cfg.database.exists():
+    if not _log_may_exist(ws):
         checks.append(_item("plan", [], "no activity log yet: the first pass starts every campaign afresh"))
         return 0
     if now is not None and now.tzinfo is None:
@@ -226,18 +227,14 @@ def _log(ws: Workspace, checks: list[CheckItem]) -> int:
     from crm_automation.store import identity
 
     db = ws.cfg.database
-    problems: list[str] = []
-    folder = db.parent
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path(folder.anchor))
-    if not os.access(existing, os.W_OK | os.X_OK) or (db.exists() and not os.access(db, os.R_OK | os.W_OK)):
-        what = db if db.exists() else existing
-        problems.append(f"{what}: not writable by this user, so the activity log {db} cannot be written "
-                        f"(expected a folder the user running crm-automation can write; [workspace] database)")
+    problems = _log_folder_problems(db) if isinstance(db, Path) else []
     try:
         store = ws.open_store(read_only=True)
         try:
             identity.guard(store, ws.cfg, write=False)
             sent = store.sent_count()
+            version = store.schema_version()
+            created = (isinstance(db, Path) and db.exists()) or store.dialect.name == "postgresql"  # else a stand-in
         finally:
             store.close()
     except ConfigError as e:
@@ -246,9 +243,29 @@ def _log(ws: Workspace, checks: list[CheckItem]) -> int:
     except CrmError as e:
         checks.append(_item("activity log", [*problems, str(e)], "", e.hint))
         return max(e.exit_code, 3)
-    state = f"{sent} message(s) sent" if db.exists() else "not created yet (the first run creates it)"
-    checks.append(_item("activity log", problems, f"{db.name}: this workspace's log, {state}"))
+    # Which engine and schema version (issue #20); a URL never with a password (config refuses one anyway).
+    where = f"SQLite {db.name}" if isinstance(db, Path) else f"PostgreSQL {location.shown(db)}"
+    state = f"schema version {version}, {sent} message(s) sent" if created else \
+        "not created yet (the first run creates it)"
+    checks.append(_item("activity log", problems, f"{where}: this workspace's log, {state}"))
     return 3 if problems else 0
+
+
+def _log_may_exist(ws: Workspace) -> bool:
+    """False only when the SQLite file is not there yet; a server's database is asked when opened."""
+    db = ws.cfg.database
+    return not isinstance(db, Path) or db.exists()
+
+
+def _log_folder_problems(db: Path) -> list[str]:
+    """The SQLite file's folder (or the first existing parent) and the file must be writable by this user."""
+    folder = db.parent
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path(folder.anchor))
+    if not os.access(existing, os.W_OK | os.X_OK) or (db.exists() and not os.access(db, os.R_OK | os.W_OK)):
+        what = db if db.exists() else existing
+        return [f"{what}: not writable by this user, so the activity log {db} cannot be written "
+                f"(expected a folder the user running crm-automation can write; [workspace] database)"]
+    return []
 
 
 def _owners(ws: Workspace, rows: list[tuple[str, Mapping[str, object]]], checks: list[CheckItem]) -> None:
@@ -261,7 +278,7 @@ def _owners(ws: Workspace, rows: list[tuple[str, Mapping[str, object]]], checks:
     if ws.cfg.digest is None or owner is None:
         return
     suppressed: set[str] = set()
-    if ws.cfg.database.exists():
+    if _log_may_exist(ws):
         with suppress(CrmError):
             store = ws.open_store(read_only=True)
             try:

@@ -24,6 +24,7 @@ from pydantic_core import ErrorDetails
 
 from crm_automation.errors import ConfigError
 from crm_automation.status_words import DEFAULT_LANGUAGE, LANGUAGES, expected_languages
+from crm_automation.store import location
 
 CONFIG_ENV = "CRM_AUTOMATION_CONFIG"
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
@@ -31,7 +32,30 @@ _WINDOW = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_TIMEOUT = 86_400.0  # a day; socket timeouts overflow the platform's time_t beyond ~1e9 s (issue #17)
 # Keys whose value may be a secret typed in by mistake: their value is never repeated in a message (issue #17).
-SECRET_VALUE_KEYS = frozenset({"password_env", "secret_env", "admin_password_env"})
+SECRET_VALUE_KEYS = frozenset({"password_env", "secret_env", "admin_password_env", "database_password_env"})
+
+
+def database_url_problem(value: str) -> str | None:
+    """Why ``[workspace] database`` cannot be used, when it is a URL rather than a path (None: usable).
+
+    A path is a SQLite file; a ``postgresql://`` URL a PostgreSQL database
+    (issue #20). A password in the URL is refused, as any secret in the
+    config file is (SPEC §3), and never repeated: it comes from the variable
+    ``database_password_env`` names, libpq's ``PGPASSWORD`` or ``~/.pgpass``,
+    or a client certificate. Any other URL is refused rather than read as a
+    file path (that made a folder named ``mysql:`` and an empty log in it).
+    """
+    if location.scheme(value) is None:
+        return None
+    shown = location.shown(value)
+    if not location.is_postgresql(value):
+        return (f"is \"{shown}\", a URL of a kind crm-automation does not use (expected the path of the activity "
+                f"log's SQLite file, such as \"var/crm.sqlite\", or a postgresql:// URL)")
+    if location.has_password(value):
+        return (f"is \"{shown}\": a password in the database URL is refused (secrets never go in the config file; "
+                "the password is not shown): name an environment variable holding it with "
+                "[workspace] database_password_env, or use PGPASSWORD, ~/.pgpass or a client certificate")
+    return None
 
 
 class _Strict(BaseModel):
@@ -43,9 +67,19 @@ class WorkspaceSection(_Strict):
 
     timezone: str = "UTC"
     database: str = "var/crm.sqlite"
+    database_password_env: str | None = None  # PostgreSQL (issue #20): the variable holding the password
     mappings: str = "mappings"
     templates: str = "email_templates"
     language: str = DEFAULT_LANGUAGE
+
+    @field_validator("database_password_env")
+    @classmethod
+    def _database_password_env(cls, v: str | None) -> str | None:
+        if v is not None and not _ENV_NAME.fullmatch(v):
+            msg = ("is not the name of an environment variable (expected a name in quotes, such as "
+                   "\"CRM_DB_PASSWORD\"); the value is not shown because it may be the password itself")
+            raise ValueError(msg)
+        return v
 
     @field_validator("timezone")
     @classmethod
@@ -55,6 +89,14 @@ class WorkspaceSection(_Strict):
         except (ZoneInfoNotFoundError, ValueError) as e:
             msg = f"{v!r} is not an IANA time zone (expected e.g. \"Asia/Shanghai\")"
             raise ValueError(msg) from e
+        return v
+
+    @field_validator("database")
+    @classmethod
+    def _database(cls, v: str) -> str:
+        problem = database_url_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
         return v
 
     @field_validator("language")
@@ -490,7 +532,7 @@ class Config:
     path: Path
     root: Path
     timezone: ZoneInfo
-    database: Path
+    database: Path | str  # a SQLite file, or a PostgreSQL URL (issue #20; never with a password)
     mappings: Path
     templates: Path
     sheet: SheetSection
@@ -506,6 +548,15 @@ class Config:
     def working(self) -> DigestSection:
         """``[digest]`` or its defaults: the working days and hours that "waiting" counts (issue #21)."""
         return self.digest if self.digest is not None else DigestSection()
+
+    database_password_env: str | None = None  # [workspace]: the variable holding PostgreSQL's password
+
+    @property
+    def database_password(self) -> str | None:
+        """PostgreSQL's password from ``database_password_env`` (None: libpq's own sources apply)."""
+        if self.database_password_env is None:
+            return None
+        return secret_from_env("workspace.database", self.database_password_env, key="database_password_env")
 
     def resolve(self, value: str) -> Path:
         """A path from the config, relative to the config file's folder."""
@@ -601,7 +652,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         # composer, `check` and the send pass all read outbound.unsubscribe_url.
         outbound = outbound.model_copy(update={"unsubscribe_url": f"{model.serve.public_url}{ONE_CLICK_PATH}"})
     return Config(
-        path=cfg_path.resolve(), root=root, timezone=ZoneInfo(ws.timezone), database=res(ws.database),
+        path=cfg_path.resolve(), root=root, timezone=ZoneInfo(ws.timezone),
+        database=ws.database if location.is_postgresql(ws.database) else res(ws.database),  # a URL as it is
+        database_password_env=ws.database_password_env,
         mappings=res(ws.mappings), templates=res(ws.templates), sheet=model.sheet, mailbox=model.mailbox,
         outbound=outbound, schedule=model.schedule, inbound=model.inbound, language=ws.language,
         serve=model.serve, digest=model.digest if "digest" in model.model_fields_set else None,
@@ -611,6 +664,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 def _cross_checks(p: Path, m: _ConfigModel) -> list[str]:
     """Rules that span keys: which keys each source needs, TLS policy, secrets."""
     out: list[str] = []
+    if m.workspace.database_password_env and not location.is_postgresql(m.workspace.database):
+        out.append(f"{p}: workspace.database_password_env is for a PostgreSQL database (database = "
+                   "\"postgresql://...\"); a SQLite file has no password")
     s = m.sheet
     if s.source in {"excel", "csv"} and not s.path:
         out.append(f"{p}: sheet.path is required when sheet.source = {s.source!r}")
@@ -657,12 +713,12 @@ def _server_checks(p: Path, section: str, s: _ServerSection) -> list[str]:
     return out
 
 
-def secret_from_env(section: str, name: str | None) -> str:
+def secret_from_env(section: str, name: str | None, *, key: str = "password_env") -> str:
     """Read a password from the environment variable ``name``; a clear error when unset."""
     if not name:
-        raise ConfigError(f"{section}.password_env is not set (name an environment variable holding the password)")
+        raise ConfigError(f"{section}.{key} is not set (name an environment variable holding the password)")
     value = os.environ.get(name)
     if not value:
-        raise ConfigError(f"{section}.password_env names ${name}, which is not set in the environment",
+        raise ConfigError(f"{section.partition('.')[0]}.{key} names ${name}, which is not set in the environment",
                           hint=f"export {name}=... before running (the value is never logged)")
     return value

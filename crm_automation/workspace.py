@@ -175,7 +175,10 @@ class Workspace:
 
     def open_store(self, *, read_only: bool = False) -> Store:
         """The activity log (``read_only``: for dry runs and ``check``, which take no lock; issue #17)."""
-        return Store.open_readonly(self.cfg.database) if read_only else Store.open(self.cfg.database)
+        password = self.cfg.database_password  # PostgreSQL's, from database_password_env (None: libpq's sources)
+        if read_only:
+            return Store.open_readonly(self.cfg.database, password=password)
+        return Store.open(self.cfg.database, password=password)
 
     def open_sheet(self) -> SheetSource:
         """The adapter for ``[sheet] source``."""

@@ -43,27 +43,46 @@ from typing import TYPE_CHECKING
 from filelock import FileLock, Timeout
 
 from crm_automation.errors import LockedError, LogBusyError, StorageError
-from crm_automation.store import connection
+from crm_automation.store import connection, location
 from crm_automation.store.repo import Store
 
 if TYPE_CHECKING:
+    from crm_automation.store import postgres
     from crm_automation.workspace import Workspace
 
 
 class WorkspaceLock:
-    """One worker per workspace: a file lock beside the log (filelock), held by a stage verb for its whole life."""
+    """One worker per workspace: a file lock beside the log (filelock), held by a stage verb for its whole life.
+
+    A PostgreSQL log (issue #20) has no file beside it: the lock is a session
+    advisory lock on the server (``store/postgres.py``), one worker per
+    workspace still, with the same message.
+    """
 
     def __init__(self, ws: Workspace) -> None:
-        self.path = Path(str(ws.cfg.database) + ".lock")
+        db = ws.cfg.database
+        self.advisory: postgres.WorkspaceLock | None = None
+        if isinstance(db, str):
+            from crm_automation.store import postgres
+
+            self.path: Path | str = location.shown(db)
+            self.advisory = postgres.WorkspaceLock(db, ws.cfg.database_password)
+            return
+        self.path = Path(str(db) + ".lock")
         try:
-            ws.cfg.database.parent.mkdir(parents=True, exist_ok=True)
+            db.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise StorageError(f"{ws.cfg.database.parent}: cannot create the folder for the activity log: "
+            raise StorageError(f"{db.parent}: cannot create the folder for the activity log: "
                                f"{e.strerror}", hint="create it, or make its parent writable, or change "
                                                      "[workspace] database") from None
         self.lock = FileLock(str(self.path))
 
     def __enter__(self) -> WorkspaceLock:
+        if self.advisory is not None:
+            if not self.advisory.acquire():
+                raise LockedError(f"{self.path}: another crm-automation worker is running on this workspace",
+                                  hint="wait for it to finish, or stop it (Ctrl-C / SIGTERM)")
+            return self
         try:
             self.lock.acquire(timeout=0)
         except Timeout:
@@ -71,10 +90,14 @@ class WorkspaceLock:
                               hint="wait for it to finish, or stop it (Ctrl-C / SIGTERM)") from None
         except OSError as e:
             raise StorageError(f"{self.path}: cannot create the workspace lock: {e.strerror}",
-                               hint=f"make {self.path.parent} writable by the user running crm-automation") from None
+                               hint=f"make {Path(self.path).parent} writable by the user running crm-automation"
+                               ) from None
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.advisory is not None:
+            self.advisory.release()
+            return
         self.lock.release()
 
 
@@ -114,7 +137,8 @@ class KeptWriter:
             if self._store is not None and not self._store.same_file():
                 self._drop()
             if self._store is None:
-                self._store = Store.open(self.ws.cfg.database, any_thread=True)
+                self._store = Store.open(self.ws.cfg.database, any_thread=True,
+                                         password=self.ws.cfg.database_password)
             try:
                 yield self._store
             except LogBusyError:  # nothing went wrong with the connection: the log was busy, the unit rolled back

@@ -1,4 +1,4 @@
-"""The activity log (SQLite): the only SQL in the project, split by what it records.
+"""The activity log (a SQLite file, or PostgreSQL: issue #20): the only SQL in the project, split by what it records.
 
 Callers use one object, :class:`crm_automation.store.repo.Store`
 (``Store.open(path)``), composed of one part per module, all sharing its
@@ -23,6 +23,10 @@ connection:
   (``LastTimes``), row counts, stage runs.
 - ``schema.py`` + ``migrations.py``: the tables, named transactional
   migrations; ``identity.py``: the workspace's marker of its log.
+- ``dialect.py``: what SQLite and PostgreSQL spell differently, in one
+  place (one text per query); ``postgres.py`` + ``schema_pg.py``: the
+  PostgreSQL connection and the same named migrations in its DDL;
+  ``location.py``: a path or a URL, and a URL shown without its password.
 - ``protocols.py``: the public surface, one typed protocol per part
   (customers, activities, fetched mail, sends, suppressions, reports), which
   another backend (PostgreSQL, issue #20) implements; mypy checks that

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from crm_automation.models import ActivityDetails, FieldChangedDetails, Kind, Permanence, details_of
-from crm_automation.store.connection import Connection, Guarded, iso, parse_iso
-from crm_automation.store.schema import INBOUND_KINDS_SQL, PERMANENCE_SQL
+from crm_automation.store.connection import Connection, Driver, iso, parse_iso
+from crm_automation.store.schema import INBOUND_KINDS_SQL, permanence_sql
 
 _ACTIVITY_COLS = "id, customer_key, kind, occurred_at, subject, body, message_id, campaign, step, source, details"
 
@@ -98,7 +98,7 @@ class QuarantinedContact:
     error: str
 
 
-def insert_activity(conn: Guarded, *, kind: str, occurred_at: datetime, now: datetime,
+def insert_activity(conn: Driver, *, kind: str, occurred_at: datetime, now: datetime,
                     customer_key: str | None = None, subject: str | None = None, body: str | None = None,
                     message_id: str | None = None, in_reply_to: str | None = None, campaign: str | None = None,
                     step: int | None = None, source: str | None = None, details: DetailsIn = None,
@@ -107,16 +107,27 @@ def insert_activity(conn: Guarded, *, kind: str, occurred_at: datetime, now: dat
     if digest is not None and message_id is not None and already_logged(
             logged_digests(conn, {message_id}).get(message_id, set()), digest):
         return None
-    cur = conn.execute(INSERT_ACTIVITY_SQL, activity_row(
+    return inserted_id(conn, INSERT_ACTIVITY_SQL, activity_row(
         kind=kind, occurred_at=occurred_at, now=now, customer_key=customer_key, subject=subject, body=body,
         message_id=message_id, in_reply_to=in_reply_to, campaign=campaign, step=step, source=source,
         details=_details_dict(details), digest=digest))
-    return cur.lastrowid if cur.rowcount else None
+
+
+def inserted_id(conn: Driver, insert_sql: str, row: tuple[object, ...]) -> int | None:
+    """Run an ``INSERT ... ON CONFLICT DO NOTHING``; the new row's id, or None when it conflicted.
+
+    ``RETURNING id`` (SQLite 3.35+, PostgreSQL), not sqlite3's ``lastrowid``,
+    which psycopg does not have (issue #20); measured the same on the send
+    loop (benchmarks/bench_store_sql.py).
+    """
+    got = conn.execute(insert_sql + " RETURNING id", row).fetchone()
+    return None if got is None else int(got[0])
 
 
 INSERT_ACTIVITY_SQL = (
-    "INSERT OR IGNORE INTO activities (customer_key, kind, occurred_at, subject, body, message_id, "
-    "in_reply_to, campaign, step, source, details, logged_at, digest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)")
+    "INSERT INTO activities (customer_key, kind, occurred_at, subject, body, message_id, "
+    "in_reply_to, campaign, step, source, details, logged_at, digest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
+    "ON CONFLICT DO NOTHING")
 
 
 def activity_row(*, kind: str, occurred_at: datetime, now: datetime, customer_key: str | None,
@@ -141,7 +152,7 @@ def already_logged(digests: set[str | None], digest: str) -> bool:
 _json = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
 
 
-def logged_digests(conn: Guarded, message_ids: set[str]) -> dict[str, set[str | None]]:
+def logged_digests(conn: Driver, message_ids: set[str]) -> dict[str, set[str | None]]:
     """The content digests already logged for each of these inbound Message-IDs (None: logged before digests).
 
     Read in groups of 500 from the partial index (literal kinds, so SQLite
@@ -160,7 +171,7 @@ def logged_digests(conn: Guarded, message_ids: set[str]) -> dict[str, set[str | 
     return out
 
 
-def logged_replies(conn: Guarded, message_ids: set[str]) -> set[str]:
+def logged_replies(conn: Driver, message_ids: set[str]) -> set[str]:
     """Which of these Message-IDs are logged as ``reply_out`` (issue #21), by its unique partial index."""
     out: set[str] = set()
     ids = sorted(message_ids)
@@ -172,18 +183,18 @@ def logged_replies(conn: Guarded, message_ids: set[str]) -> set[str]:
     return out
 
 
-def insert_quarantine(conn: Guarded, *, source: str, raw: bytes, error: str, now: datetime,
+def insert_quarantine(conn: Driver, *, source: str, raw: bytes, error: str, now: datetime,
                       from_addr: str | None = None, customer_key: str | None = None, size: int | None = None) -> bool:
     """Keep a message unless it is there already (no transaction: the caller's unit owns it)."""
     digest = hashlib.sha256(raw).hexdigest()
     cur = conn.execute(
-        "INSERT OR IGNORE INTO quarantine (source, received_at, error, raw, digest, from_addr, customer_key, "
-        "size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO quarantine (source, received_at, error, raw, digest, from_addr, customer_key, "
+        "size) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         (source, iso(now), error, raw, digest, from_addr, customer_key, size if size is not None else len(raw)))
     return cur.rowcount > 0
 
 
-def count_soft_bounces(conn: Guarded, address: str, key: str | None, since: datetime) -> int:
+def count_soft_bounces(conn: Driver, address: str, key: str | None, since: datetime) -> int:
     """Distinct messages to ``address`` that soft-bounced or were delayed since ``since`` and the last reply.
 
     Issue #11: a reply proves the address works and starts the count again.
@@ -192,17 +203,18 @@ def count_soft_bounces(conn: Guarded, address: str, key: str | None, since: date
     failure of the same message count once. Called by ``apply_inbound``
     inside its transaction, after the new bounce was inserted.
     """
+    j = conn.dialect.json_text
     if key is not None:
         last = conn.execute("SELECT MAX(COALESCE(logged_at, occurred_at)) FROM activities "
                             "WHERE kind = 'email_in' AND customer_key = ?", (key,)).fetchone()[0]
     else:
         last = conn.execute("SELECT MAX(COALESCE(logged_at, occurred_at)) FROM activities WHERE kind = "
-                            "'email_in' AND json_extract(details, '$.from') = ?", (address,)).fetchone()[0]
+                            f"'email_in' AND {j('details', 'from')} = ?", (address,)).fetchone()[0]
     start = max(iso(since), last or "")
     return int(conn.execute(
-        "SELECT COUNT(DISTINCT COALESCE(json_extract(details, '$.original_message_id'), message_id)) "
-        "FROM activities WHERE kind = 'bounce' AND json_extract(details, '$.recipient') = ? "
-        "AND json_extract(details, '$.permanence') IN ('soft', 'delayed') "
+        f"SELECT COUNT(DISTINCT COALESCE({j('details', 'original_message_id')}, message_id)) "
+        f"FROM activities WHERE kind = 'bounce' AND {j('details', 'recipient')} = ? "
+        f"AND {j('details', 'permanence')} IN ('soft', 'delayed') "
         "AND COALESCE(logged_at, occurred_at) >= ? AND (? = '' OR COALESCE(logged_at, occurred_at) > ?)",
         (address, start, last or "", last or "")).fetchone()[0])
 
@@ -271,7 +283,7 @@ class ActivityLog(Connection):
         return [InboundEvent(k, Kind(kind), parse_iso(t) or datetime.now(UTC), c, Permanence(p) if p else None)
                 for k, kind, t, c, p in self.conn.execute(
                     f"SELECT a.customer_key, a.kind, COALESCE(a.logged_at, a.occurred_at), a.campaign, "
-                    f"CASE WHEN a.kind = 'bounce' THEN {PERMANENCE_SQL} END FROM activities a "
+                    f"CASE WHEN a.kind = 'bounce' THEN {permanence_sql(self.dialect)} END FROM activities a "
                     f"WHERE a.customer_key IS NOT NULL AND a.kind IN {INBOUND_KINDS_SQL}")]
 
     def field_changes(self, field_name: str) -> list[tuple[str, object, datetime]]:
@@ -279,6 +291,6 @@ class ActivityLog(Connection):
         out: list[tuple[str, object, datetime]] = []
         for k, d, t in self.conn.execute(
                 "SELECT customer_key, details, occurred_at FROM activities WHERE kind = 'field_changed' "
-                "AND json_extract(details, '$.field') = ? ORDER BY id", (field_name,)):
+                f"AND {self.dialect.json_text('details', 'field')} = ? ORDER BY id", (field_name,)):
             out.append((k, FieldChangedDetails.parse(json.loads(d)).new, parse_iso(t) or datetime.now(UTC)))
         return out

@@ -11,12 +11,14 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Self
+from typing import Any, Protocol, Self
 
 from crm_automation.errors import ConfigError, CrmError, LogBusyError, StorageError
+from crm_automation.store.dialect import SQLITE, Dialect
+from crm_automation.store.location import is_postgresql
 from crm_automation.store.migrations import SCHEMA_VERSION, migrate
 
 
@@ -109,6 +111,67 @@ BUSY_POLL = 0.001
 Params = Sequence[object] | Mapping[str, object]
 
 
+class Rows(Protocol):
+    """What a statement returns on either engine: sqlite3's cursor, psycopg's (issue #20).
+
+    No ``lastrowid`` (psycopg has none): a new row's id is read with ``RETURNING id``.
+    """
+
+    @property
+    def rowcount(self) -> int:
+        """Rows the statement changed."""
+        ...
+
+    def fetchone(self) -> Any:
+        """The next row (a tuple), or None."""
+        ...
+
+    def fetchall(self) -> list[Any]:
+        """The remaining rows."""
+        ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Driver(Protocol):
+    """The guarded connection every part of the store writes through: :class:`Guarded` (SQLite) or PostgreSQL's.
+
+    Environmental failures (a full disk, a lost server) come out of it as
+    :class:`~crm_automation.errors.CrmError` naming the log.
+    """
+
+    @property
+    def path(self) -> str:
+        """The log as messages name it (a file's path; a URL without its password)."""
+        ...
+
+    @property
+    def dialect(self) -> Dialect:
+        """The engine's spellings (store/dialect.py)."""
+        ...
+
+    def execute(self, sql: str, args: Params = ()) -> Rows:
+        """Run one statement (the store's text; the driver translates it)."""
+        ...
+
+    def executemany(self, sql: str, args: Iterable[Params]) -> Rows:
+        """Run one statement per parameter set."""
+        ...
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open."""
+        ...
+
+    def not_waiting(self) -> AbstractContextManager[None]:
+        """Inside, a statement that would wait for another transaction's lock raises LogBusyError at once."""
+        ...
+
+    def close(self) -> None:
+        """Close the connection."""
+        ...
+
+
 class Guarded:
     """The SQLite connection, with environmental failures turned into :class:`StorageError` (issue #9).
 
@@ -119,6 +182,7 @@ class Guarded:
     """
 
     __slots__ = ("_c", "path", "poll")
+    dialect = SQLITE
 
     def __init__(self, conn: sqlite3.Connection, path: str, *, poll: bool = False) -> None:
         self._c = conn
@@ -171,6 +235,15 @@ class Guarded:
         """Whether a transaction is open (``transaction()`` then nests a savepoint)."""
         return self._c.in_transaction
 
+    @contextmanager
+    def not_waiting(self) -> Iterator[None]:
+        """Inside, a busy log is not polled: the statement's ``SQLITE_BUSY`` is raised at once (LogBusyError)."""
+        poll, self.poll = self.poll, False
+        try:
+            yield
+        finally:
+            self.poll = poll
+
     @property
     def raw(self) -> sqlite3.Connection:
         """The sqlite3 connection itself (tests inject faults through it)."""
@@ -190,23 +263,31 @@ class Connection:
 
     ``conn`` is the guarded connection (autocommit: ``isolation_level=None``,
     so nothing is ever committed by the driver behind our back); writes go
-    through :meth:`transaction`.
+    through :meth:`transaction`. ``dialect``: the engine's spellings
+    (store/dialect.py); this class is the SQLite log.
     """
 
-    def __init__(self, conn: sqlite3.Connection, path: str, *, poll: bool = False) -> None:
-        self.conn = Guarded(conn, path, poll=poll)
-        self.path = path
+    def __init__(self, conn: Driver) -> None:
+        self.conn = conn
+        self.path = conn.path
+        self.dialect = conn.dialect
         self._savepoints = 0
-        self._identity = _file_identity(path)
+        self._identity = _file_identity(self.path) if self.dialect is SQLITE else None
 
     @classmethod
-    def open(cls, path: Path | str, *, any_thread: bool = False) -> Self:
+    def open(cls, path: Path | str, *, any_thread: bool = False, password: str | None = None) -> Self:
         """Open (creating and migrating) the log; WAL mode so readers never block the worker.
 
         ``any_thread``: the connection may be used from any thread, one at a
         time (the caller serialises: :class:`crm_automation.app.access.KeptWriter`).
+        ``path`` may be a ``postgresql://`` URL (issue #20; ``password`` from
+        ``[workspace] database_password_env``, else libpq's own sources).
         """
         p = str(path)
+        if is_postgresql(p):
+            from crm_automation.store import postgres  # psycopg is loaded only for a PostgreSQL log
+
+            return cls(postgres.connect(p, password=password))
         if p != ":memory:":
             try:
                 Path(p).parent.mkdir(parents=True, exist_ok=True)
@@ -230,10 +311,10 @@ class Connection:
         except sqlite3.DatabaseError as e:
             conn.close()
             raise storage_error(p, e, "upgrading") from None
-        return cls(conn, p, poll=True)
+        return cls(Guarded(conn, p, poll=True))
 
     @classmethod
-    def open_readonly(cls, path: Path | str) -> Self:
+    def open_readonly(cls, path: Path | str, *, password: str | None = None) -> Self:
         """Open the log for reading only: dry runs and ``check`` (issue #17).
 
         Why: a dry run takes no workspace lock, so it can run beside a worker;
@@ -245,7 +326,13 @@ class Connection:
         the file is left as it is.
         """
         p = str(path)
-        if p == ":memory:" or not Path(p).is_file():
+        if is_postgresql(p):
+            from crm_automation.store import postgres
+
+            pg = postgres.connect_readonly(p, password=password)
+            if pg is not None:
+                return cls(pg)
+        if p == ":memory:" or is_postgresql(p) or not Path(p).is_file():
             empty = cls.open(":memory:")
             empty.conn.execute("PRAGMA query_only=ON")  # a write raises here too, not only on a file
             return empty
@@ -263,7 +350,7 @@ class Connection:
             conn.execute("PRAGMA query_only=ON")
         except sqlite3.DatabaseError as e:
             raise storage_error(p, e, "opening") from None
-        return cls(conn, p)
+        return cls(Guarded(conn, p))
 
     def close(self) -> None:
         """Close the connection (checkpointing the WAL)."""
@@ -292,6 +379,11 @@ class Connection:
             raise ConfigError(f"{self.path}: the activity log was replaced by another file while the worker was "
                               "running; stopping so nothing is sent twice",
                               hint="put the original log back, or start the worker again to check the new one")
+
+    def schema_version(self) -> int:
+        """How many of the named migrations the log has (``check`` reports it)."""
+        row = self.conn.execute(self.dialect.schema_version_sql).fetchone()
+        return int(row[0]) if row else 0
 
     def log_id(self) -> str:
         """The identity written into the log when it was created (table ``meta``)."""
@@ -333,7 +425,7 @@ class Connection:
                 raise
             self.conn.execute(f"RELEASE SAVEPOINT {name}")
             return
-        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.execute(self.dialect.begin)
         try:
             yield
         except BaseException:
@@ -358,9 +450,15 @@ class Connection:
         write to a thread cost more CPU than the write). A statement that
         failed as busy changed nothing, and ``transaction()`` rolls back what
         came before it, so trying the whole unit again is safe.
+
+        Each engine's driver does it (issue #20): SQLite's write lock is the
+        whole log's, so :class:`Guarded` stops polling for it. PostgreSQL has
+        no whole-log lock (``BEGIN`` takes none; the worker and ``serve``
+        write side by side), so a write waits only for a row another
+        transaction is changing (the same send, the same address's
+        suppression); there the wait is the server's, and
+        :meth:`~crm_automation.store.postgres.PgGuarded.not_waiting` cuts it
+        to ``lock_timeout`` = 1 ms, the failure raised as LogBusyError too.
         """
-        poll, self.conn.poll = self.conn.poll, False
-        try:
+        with self.conn.not_waiting():
             yield
-        finally:
-            self.conn.poll = poll

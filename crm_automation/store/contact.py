@@ -20,18 +20,20 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from crm_automation.store.connection import Connection, iso, parse_iso
+from crm_automation.store.dialect import Dialect
 from crm_automation.store.schema import INBOUND_KINDS_SQL
+
 
 # Our latest email to each customer: campaign steps sent, and the team's own replies (both with a customer).
 # ``sends NOT INDEXED``: one scan of the table. SQLite otherwise walks idx_sends_customer for the GROUP BY and
 # looks up every row for its status, 2.4x slower at 300,000 sends; a covering index would cost the send loop
 # an index write per message (its 5% budget), so the scan it is.
-_LAST_OUT_SQL = (
-    "SELECT customer_key, MAX(t) AS t FROM ("
-    "SELECT customer_key, MAX(sent_at) AS t FROM sends NOT INDEXED WHERE status = 'sent' AND kind = 'campaign_step' "
-    "GROUP BY customer_key "
-    "UNION ALL SELECT customer_key, MAX(occurred_at) FROM activities WHERE kind = 'reply_out' "
-    "AND customer_key IS NOT NULL GROUP BY customer_key) GROUP BY customer_key")
+def _last_out_sql(d: Dialect) -> str:
+    return ("SELECT customer_key, MAX(t) AS t FROM ("
+            f"SELECT customer_key, MAX(sent_at) AS t FROM {d.scan('sends')} WHERE status = 'sent' "
+            "AND kind = 'campaign_step' GROUP BY customer_key "
+            "UNION ALL SELECT customer_key, MAX(occurred_at) FROM activities WHERE kind = 'reply_out' "
+            "AND customer_key IS NOT NULL GROUP BY customer_key) AS u GROUP BY customer_key")
 
 
 # One customer's latest times, each one index seek (a correlated MAX over the partial indexes of schema 9 and
@@ -41,8 +43,10 @@ _LAST_IN = "(SELECT MAX(i.occurred_at) FROM activities i WHERE i.kind = 'email_i
 _LAST_SENT = ("(SELECT s.sent_at FROM sends s WHERE s.status = 'sent' AND s.customer_key = {who} "
               "AND s.kind = 'campaign_step' ORDER BY s.sent_at DESC LIMIT 1)")  # stops at the first step met
 _LAST_REPLY_OUT = "(SELECT MAX(r.occurred_at) FROM activities r WHERE r.kind = 'reply_out' AND r.customer_key = {who})"
+# ``{field}``: ``Dialect.json_text("f.details", "field")``, on SQLite ``json_extract(f.details, '$.field')`` to the
+# letter, so the seek uses schema 9's expression index (PostgreSQL: schema_pg's index on the same expression).
 _STAGE_CHANGED = ("(SELECT MAX(f.occurred_at) FROM activities f WHERE f.kind = 'field_changed' "
-                  "AND json_extract(f.details, '$.field') = ? AND f.customer_key = {who})")
+                  "AND {field} = ? AND f.customer_key = {who})")
 
 SalesRow = tuple[str, object, object, object, str, str | None, str | None, str | None, str | None]
 """One customer present in the sheet, as :meth:`ContactLog.sales_rows` reads them.
@@ -101,13 +105,13 @@ class ContactLog(Connection):
         last_in: dict[str, str] = dict(self.conn.execute(
             "SELECT customer_key, MAX(occurred_at) FROM activities WHERE kind = 'email_in' "
             "AND customer_key IS NOT NULL GROUP BY customer_key").fetchall())
-        last_out: dict[str, str] = dict(self.conn.execute(_LAST_OUT_SQL).fetchall())
+        last_out: dict[str, str] = dict(self.conn.execute(_last_out_sql(self.dialect)).fetchall())
         staged: dict[str, str] = {}
         if stage_field is not None:
             staged = dict(self.conn.execute(
                 "SELECT customer_key, MAX(occurred_at) FROM activities WHERE kind = 'field_changed' "
-                "AND json_extract(details, '$.field') = ? AND customer_key IS NOT NULL GROUP BY customer_key",
-                (stage_field,)).fetchall())
+                f"AND {self.dialect.json_text('details', 'field')} = ? AND customer_key IS NOT NULL "
+                "GROUP BY customer_key", (stage_field,)).fetchall())
         return {k: ContactTimes(_t(last_in.get(k)), _t(last_out.get(k)), _t(staged.get(k)))
                 for k in last_in.keys() | last_out.keys() | staged.keys()}
 
@@ -120,18 +124,22 @@ class ContactLog(Connection):
         by a condition on the stage, measured slower: the condition is
         evaluated once per time.)
         """
-        def value(name: str | None) -> tuple[str, list[object]]:
-            return ("json_extract(c.data, '$.' || ?)", [f'"{name}"']) if name else ("NULL", [])
+        d = self.dialect
 
+        def value(name: str | None) -> tuple[str, list[object]]:
+            return (d.json_value_at("c.data"), [name]) if name else ("NULL", [])
+
+        staged = _STAGE_CHANGED.format(field=d.json_text("f.details", "field"), who="c.key")
         times: list[tuple[str, list[object]]] = [
             (_LAST_IN.format(who="c.key"), []), (_LAST_SENT.format(who="c.key"), []),
-            (_LAST_REPLY_OUT.format(who="c.key"), []),
-            (_STAGE_CHANGED.format(who="c.key"), [stage_field]) if stage_field else ("NULL", [])]
+            (_LAST_REPLY_OUT.format(who="c.key"), []), (staged, [stage_field]) if stage_field else ("NULL", [])]
         if not timed:
             times = [("NULL", [])] * 4
         parts = [("c.key", []), value(name_field), value(stage_field), value(owner_field), ("c.first_seen", []),
                  *times]
-        sql = f"SELECT {', '.join(p for p, _ in parts)} FROM customers c WHERE c.present = 1"
+        # The order of arrival said, not left to the scan (PostgreSQL's heap order moves with updates); on SQLite
+        # ``ORDER BY c.rowid`` is the scan's own order, no sort.
+        sql = f"SELECT {', '.join(p for p, _ in parts)} FROM customers c WHERE c.present = 1 ORDER BY c.{d.rowid}"
         return self.conn.execute(sql, [a for _, args in parts for a in args]).fetchall()
 
     def inbound_after_outbound(self, since: datetime) -> list[InboundMail]:
@@ -148,7 +156,8 @@ class ContactLog(Connection):
         # The messages our replies name are read apart (0.06 s, a scan of the reply_out index): inside the same
         # statement SQLite chose to index the whole activities table for them first (0.25 s).
         named = {mid for (mid,) in self.conn.execute(
-            "SELECT j.value FROM activities r, json_each(r.details, '$.answers') j WHERE r.kind = 'reply_out'")}
+            f"SELECT j.value FROM activities r, {self.dialect.json_array('r.details', 'j', 'answers')} "
+            "WHERE r.kind = 'reply_out'")}
         rows = self.conn.execute(
             "SELECT c.id, c.customer_key, c.occurred_at, c.subject, c.message_id, "
             f"{_LAST_SENT.format(who='c.customer_key')}, {_LAST_REPLY_OUT.format(who='c.customer_key')} "

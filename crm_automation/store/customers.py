@@ -22,9 +22,12 @@ from crm_automation.models import (
     FieldChangedDetails,
     Kind,
 )
-from crm_automation.store.connection import Connection, Guarded, iso, parse_iso
+from crm_automation.store.connection import Connection, Driver, iso, parse_iso
 
 _dumps = json.JSONEncoder(ensure_ascii=False).encode  # fields keep the mapping's order; readable Chinese
+# A customer_added activity's details (CustomerAddedDetails) as SQLite's json_object('row', row) wrote them
+# (compact): spelled in SQL both engines read alike (issue #20).
+_ROW_DETAILS = "'{\"row\":' || row || '}'"
 _PLAIN = frozenset({str, int, type(None)})  # values SQLite's json_object renders exactly as Python's json would
 # An activity written by a sync: (customer key, kind, occurred_at, subject, body, source, details JSON).
 _SyncActivity = tuple[str, str, str, None, None, str, str]
@@ -87,7 +90,7 @@ def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def update_email_status(conn: Guarded, key: str, status: EmailStatus) -> None:
+def update_email_status(conn: Driver, key: str, status: EmailStatus) -> None:
     """Set one customer's ``email_status`` (no transaction: the caller's unit owns it)."""
     conn.execute("UPDATE customers SET email_status = ? WHERE key = ?", (status, key))
 
@@ -116,13 +119,8 @@ class CustomerLog(Connection):
         Found from the schema rather than listed, so a table a later migration
         adds with a ``customer_key`` column is re-keyed too.
         """
-        out = [("customers", "key")]
-        tables = [r[0] for r in self.conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
-        for t in tables:
-            if any(col[1] == "customer_key" for col in self.conn.execute(f"PRAGMA table_info({_quoted(t)})")):
-                out.append((t, "customer_key"))
-        return out
+        return [("customers", "key"), *((t, "customer_key") for (t,) in self.conn.execute(
+            self.dialect.tables_with_column, ("customer_key",)))]
 
     def rekey(self, moves: Sequence[tuple[str, str, object]], key_field: str, *, dry_run: bool = False) -> RekeyCounts:
         """Give customers new keys in every table, in one transaction; ``moves`` are (old, new, new field value).
@@ -144,8 +142,9 @@ class CustomerLog(Connection):
                     f"SELECT {col}, COUNT(*) FROM {_quoted(table)} GROUP BY {col}") if k in olds)
             return RekeyCounts(counts)
         self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS rekey_moves (old TEXT PRIMARY KEY, new TEXT NOT NULL)")
-        self.conn.execute("DELETE FROM temp.rekey_moves")
-        self.conn.executemany("INSERT INTO temp.rekey_moves (old, new) VALUES (?, ?)", pairs)
+        # Unqualified: a temporary table is found first on both engines (SQLite's temp, PostgreSQL's pg_temp).
+        self.conn.execute("DELETE FROM rekey_moves")
+        self.conn.executemany("INSERT INTO rekey_moves (old, new) VALUES (?, ?)", pairs)
         try:
             swap = bool({n for _, n in pairs} & {o for o, _ in pairs})
             prefix = _REKEY_PREFIX if swap else ""
@@ -153,19 +152,19 @@ class CustomerLog(Connection):
                 for table, col in targets:
                     t = _quoted(table)  # col is "key" or "customer_key" (see _keyed_columns)
                     counts[table] = self.conn.execute(
-                        f"UPDATE {t} SET {col} = ? || (SELECT new FROM temp.rekey_moves WHERE old = {t}.{col}) "
-                        f"WHERE {col} IN (SELECT old FROM temp.rekey_moves)", (prefix,)).rowcount
+                        f"UPDATE {t} SET {col} = ? || (SELECT new FROM rekey_moves WHERE old = {t}.{col}) "
+                        f"WHERE {col} IN (SELECT old FROM rekey_moves)", (prefix,)).rowcount
                     if swap:
                         self.conn.execute(f"UPDATE {t} SET {col} = substr({col}, ?) WHERE substr({col}, 1, ?) = ?",
                                           (len(prefix) + 1, len(prefix), prefix))
-                path = f'$."{key_field}"'  # field names are identifiers (mapping.py): nothing to escape
-                self.conn.executemany("UPDATE customers SET data = json_set(data, ?, json(?)) WHERE key = ?",
-                                      [(path, _dumps(v), n) for _, n, v in moves])
+                # field names are identifiers (mapping.py): nothing to escape
+                self.conn.executemany(f"UPDATE customers SET data = {self.dialect.json_set('data', key_field)} "
+                                      "WHERE key = ?", [(_dumps(v), n) for _, n, v in moves])
                 self.conn.execute("DELETE FROM sheet_state")
                 self.conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
                                   "value = excluded.value", (KEY_FIELD_META, key_field))
         finally:
-            self.conn.execute("DELETE FROM temp.rekey_moves")
+            self.conn.execute("DELETE FROM rekey_moves")
         return RekeyCounts(counts)
 
     def row_hashes(self) -> dict[str, str]:
@@ -217,14 +216,16 @@ class CustomerLog(Connection):
             else:
                 fresh = self._update_known(changed, existing, hashes, source, ts, stats, acts)
             if fresh:
-                before = self.conn.execute("SELECT coalesce(max(rowid), 0) FROM customers").fetchone()[0]
+                d = self.dialect
+                before = self.conn.execute(f"SELECT coalesce(max({d.rowid}), 0) FROM customers").fetchone()[0]
                 self._insert_customers(fresh, hashes, ts)
                 # Their customer_added activities (``{"row"}``, CustomerAddedDetails), written by SQLite from the
                 # rows just inserted: rowids only grow, and the rows went in sorted by key, so rowid order is
                 # key order.
                 self.conn.execute(
                     "INSERT INTO activities (customer_key, kind, occurred_at, source, details, logged_at) "
-                    "SELECT key, ?, ?, ?, json_object('row', row), ? FROM customers WHERE rowid > ? ORDER BY rowid",
+                    f"SELECT key, ?, ?, ?, {_ROW_DETAILS}, ? FROM customers WHERE {d.rowid} > ? "
+                    f"ORDER BY {d.rowid}",
                     (Kind.CUSTOMER_ADDED.value, ts, source, ts, before))
                 stats.added = len(fresh)
             if unchanged:
@@ -302,16 +303,17 @@ class CustomerLog(Connection):
             exprs = []
             for col in columns:
                 kinds = {v.__class__ for v in col}
-                plain = kinds <= _PLAIN and (int not in kinds or all(
+                # PostgreSQL: every value as JSON text (json_build_object cannot type a bare parameter)
+                plain = self.dialect.name == "sqlite" and kinds <= _PLAIN and (int not in kinds or all(
                     -(2**63) <= v < 2**63 for v in col if type(v) is int))
                 if not plain:
                     col[:] = [_dumps(v) for v in col]
-                exprs.append("?" if plain else "json(?)")
+                exprs.append("?" if plain else self.dialect.json_param)
             obj = ", ".join(f"'{n.replace(chr(39), chr(39) * 2)}', {e}" for n, e in zip(names, exprs, strict=True))
             at = "'" + ts.replace("'", "''") + "'"  # the same for every row: a literal, not 2 parameters a row
             self.conn.executemany(
                 "INSERT INTO customers (key, row, data, row_hash, first_seen, last_changed, email_status, present) "
-                f"VALUES (?, ?, json_object({obj}), ?, {at}, {at}, 'ok', 1)",
+                f"VALUES (?, ?, {self.dialect.json_object(obj)}, ?, {at}, {at}, 'ok', 1)",
                 zip(keys, rows, *columns, [hashes.get(k) for k in keys], strict=True))
 
     def sheet_state(self, source: str) -> SheetState | None:

@@ -66,7 +66,7 @@ class DigestLog(Connection):
         if owner_field is not None:
             rows += self.conn.execute(
                 f"SELECT {cols} FROM activities WHERE kind = 'field_changed' "
-                "AND json_extract(details, '$.field') = ? AND customer_key IS NOT NULL "
+                f"AND {self.dialect.json_text('details', 'field')} = ? AND customer_key IS NOT NULL "
                 f"AND {LOGGED_AT_SQL} > ? AND {LOGGED_AT_SQL} <= ?", (owner_field, a, b))
         rows.sort(key=lambda r: r[0])
         return [(_activity(*r[:-1]), parse_iso(r[-1]) or upto) for r in rows]

@@ -19,10 +19,16 @@ from crm_automation.models import EmailStatus, Kind, Permanence
 from crm_automation.store.activities import InboundEvent, QuarantinedContact
 from crm_automation.store.connection import Connection, iso, parse_iso
 from crm_automation.store.customers import StoredCustomer
-from crm_automation.store.schema import INBOUND_KINDS_SQL, PERMANENCE_SQL
+from crm_automation.store.dialect import Dialect
+from crm_automation.store.schema import INBOUND_KINDS_SQL, permanence_sql
 from crm_automation.store.sends import _SEND_COLS, SendRow, _send
 
-_KEYS = "(SELECT value FROM json_each(?))"
+
+def _keys_in(d: Dialect) -> str:
+    """The keys bound as one JSON array parameter, as a subquery (one statement whatever their number)."""
+    return f"(SELECT j.value FROM {d.json_array('?', 'j')})"
+
+
 EARLIEST = "0000"  # a due time before any other: look again at the next pass
 
 
@@ -75,7 +81,7 @@ class PlanLog(Connection):
     def due_by(self, now: datetime, campaigns: Iterable[str]) -> list[tuple[str, str]]:
         """(campaign, customer) of these campaigns whose next look has come (``plan_due``, by its index)."""
         return list(self.conn.execute(f"SELECT campaign, customer_key FROM plan_due WHERE due_at <= ? AND campaign "
-                                      f"IN {_KEYS}", (iso(now), _keys(campaigns))))
+                                      f"IN {_keys_in(self.dialect)}", (iso(now), _keys(campaigns))))
 
     def queued_customers(self) -> set[str]:
         """Customers with a queued send (the dispatch checks them with their history)."""
@@ -105,33 +111,35 @@ class PlanLog(Connection):
         """Customers a sync logged a change of ``field_name`` for (a ``change`` campaign re-planned)."""
         return {k for (k,) in self.conn.execute(
             "SELECT DISTINCT customer_key FROM activities WHERE kind = 'field_changed' AND "
-            "json_extract(details, '$.field') = ?", (field_name,))}
+            f"{self.dialect.json_text('details', 'field')} = ?", (field_name,))}
 
     # ------------------------------------------------------------ candidates' history, one query per kind
     def customers_among(self, keys: Iterable[str]) -> Iterator[StoredCustomer]:
         """The present customers among ``keys``, in the sheet's order of arrival (the full scan's order)."""
         for k, r, d, fs, es, p in self.conn.execute(
                 f"SELECT key, row, data, first_seen, email_status, present FROM customers WHERE present = 1 "
-                f"AND key IN {_KEYS} ORDER BY rowid", (_keys(keys),)):
+                f"AND key IN {_keys_in(self.dialect)} ORDER BY {self.dialect.rowid}", (_keys(keys),)):
             yield StoredCustomer(k, r, json.loads(d), parse_iso(fs) or datetime.now(UTC), EmailStatus(es or "ok"),
                                  bool(p))
 
     def present_keys_among(self, keys: Iterable[str]) -> Iterator[str]:
         """The present customers' keys among ``keys``, in the order :meth:`customers_among` gives them, streamed."""
         for (k,) in self.conn.execute(
-                f"SELECT key FROM customers WHERE present = 1 AND key IN {_KEYS} ORDER BY rowid", (_keys(keys),)):
+                f"SELECT key FROM customers WHERE present = 1 AND key IN {_keys_in(self.dialect)} "
+                f"ORDER BY {self.dialect.rowid}", (_keys(keys),)):
             yield k
 
     def absent_among(self, keys: Iterable[str]) -> list[str]:
         """The keys among ``keys`` of no present customer (left the sheet, or never in it), sorted."""
         return sorted(k for (k,) in self.conn.execute(
-            "SELECT value FROM json_each(?) AS j WHERE NOT EXISTS "
+            f"SELECT j.value FROM {self.dialect.json_array('?', 'j')} WHERE NOT EXISTS "
             "(SELECT 1 FROM customers WHERE key = j.value AND present = 1)", (_keys(keys),)))
 
     def sends_among(self, keys: Iterable[str]) -> list[SendRow]:
         """Every send to these customers, oldest first."""
         return [_send(*r) for r in self.conn.execute(
-            f"SELECT {_SEND_COLS} FROM sends WHERE customer_key IN {_KEYS} ORDER BY id", (_keys(keys),))]
+            f"SELECT {_SEND_COLS} FROM sends WHERE customer_key IN {_keys_in(self.dialect)} ORDER BY id",
+            (_keys(keys),))]
 
     def inbound_among(self, keys: Iterable[str]) -> list[InboundEvent]:
         """These customers' inbound activities, each bounce's permanence decoded.
@@ -142,8 +150,9 @@ class PlanLog(Connection):
         return [InboundEvent(k, Kind(kind), parse_iso(t) or datetime.now(UTC), c, Permanence(p) if p else None)
                 for k, kind, t, c, p in self.conn.execute(
                     f"SELECT a.customer_key, a.kind, COALESCE(a.logged_at, a.occurred_at), a.campaign, "
-                    f"CASE WHEN a.kind = 'bounce' THEN {PERMANENCE_SQL} END FROM activities a "
-                    f"WHERE a.customer_key IN {_KEYS} AND a.kind IN {INBOUND_KINDS_SQL} ORDER BY a.occurred_at, a.id",
+                    f"CASE WHEN a.kind = 'bounce' THEN {permanence_sql(self.dialect)} END FROM activities a "
+                    f"WHERE a.customer_key IN {_keys_in(self.dialect)} AND a.kind IN {INBOUND_KINDS_SQL} "
+                    "ORDER BY a.occurred_at, a.id",
                     (_keys(keys),))]
 
     def field_changes_among(self, fields: Iterable[str], keys: Iterable[str]) -> dict[str, list[tuple[str, object,
@@ -153,8 +162,8 @@ class PlanLog(Connection):
         if not out:
             return out
         for k, d, t in self.conn.execute(
-                f"SELECT customer_key, details, occurred_at FROM activities WHERE customer_key IN {_KEYS} "
-                "AND kind = 'field_changed' ORDER BY id", (_keys(keys),)):
+                "SELECT customer_key, details, occurred_at FROM activities WHERE customer_key IN "
+                f"{_keys_in(self.dialect)} AND kind = 'field_changed' ORDER BY id", (_keys(keys),)):
             details = json.loads(d)
             f = details.get("field")
             if f in out:
@@ -164,13 +173,14 @@ class PlanLog(Connection):
     def quarantined_among(self, keys: Iterable[str]) -> list[QuarantinedContact]:
         """These customers' quarantined messages, oldest first."""
         return [QuarantinedContact(k, parse_iso(t) or datetime.now(UTC), e) for k, t, e in self.conn.execute(
-            f"SELECT customer_key, received_at, error FROM quarantine WHERE customer_key IN {_KEYS} ORDER BY id",
+            "SELECT customer_key, received_at, error FROM quarantine WHERE customer_key IN "
+            f"{_keys_in(self.dialect)} ORDER BY id",
             (_keys(keys),))]
 
     def suppressed_among(self, emails: Iterable[str]) -> frozenset[str]:
         """Which of these addresses (lower case) are suppressed."""
         return frozenset(e for (e,) in self.conn.execute(
-            f"SELECT email FROM suppressions WHERE email IN {_KEYS}", (_keys(emails),)))
+            f"SELECT email FROM suppressions WHERE email IN {_keys_in(self.dialect)}", (_keys(emails),)))
 
     # ------------------------------------------------------------ recording a plan
     def record_plan(self, mark: PlanMark, planned_as: dict[str, str | None], due: dict[tuple[str, str], str | None],

@@ -18,7 +18,9 @@ uses the log, the two must agree:
   recorded (emptied, or an older copy put back): refused likewise.
 
 The marker lives beside the config file (``.<config name>.log-id.json``),
-so deleting the runtime folder (``var/``) does not delete it.
+so deleting the runtime folder (``var/``) does not delete it; for a
+PostgreSQL log (issue #20), shared by several machines, it is a row of the
+log's ``meta`` table instead (``_load``).
 """
 
 from __future__ import annotations
@@ -54,8 +56,8 @@ class WorkspacePaths(Protocol):
         ...
 
     @property
-    def database(self) -> Path:
-        """The activity log's file."""
+    def database(self) -> Path | str:
+        """The activity log's file, or its PostgreSQL URL (issue #20)."""
         ...
 
 
@@ -113,19 +115,19 @@ def guard(store: Store, cfg: WorkspacePaths, *, accept_new: bool = False, write:
     checks the same and leaves the marker as it is.
     """
     path = marker_path(cfg)
-    marker = read_marker(path)
+    marker = _load(store, path)
     current = Marker(store.log_id(), str(cfg.database), store.sent_count())
     if marker is None or accept_new:
         if marker is not None and (marker.log_id != current.log_id or current.sent < marker.sent):
             log.warning("%s: accepting %s as this workspace's log (--accept-new-log); the previous log had "
                         "sent %d message(s)", path, cfg.database, marker.sent)
         if write:
-            write_marker(path, current)
+            _save(store, path, current)
         return
     if marker.log_id != current.log_id:
         if marker.sent == 0:
             if write:
-                write_marker(path, current)  # the old log never mailed anyone: nothing can be sent twice
+                _save(store, path, current)  # the old log never mailed anyone: nothing can be sent twice
             return
         raise ConfigError(
             f"{cfg.database}: this is not the activity log this workspace was using (the workspace's log had "
@@ -209,7 +211,36 @@ def accept(store: Store, now: datetime) -> None:
 def record(store: Store, cfg: WorkspacePaths) -> None:
     """After a send pass: remember how many messages the log has sent (the marker only grows)."""
     path = marker_path(cfg)
-    marker = read_marker(path)
+    marker = _load(store, path)
     n = store.sent_count()
     if marker is None or marker.log_id != store.log_id() or n > marker.sent:
-        write_marker(path, Marker(store.log_id(), str(cfg.database), n))
+        _save(store, path, Marker(store.log_id(), str(cfg.database), n))
+
+
+MARKER = "workspace_marker"  # meta key: the marker of a PostgreSQL log (issue #20)
+
+
+def _load(store: Store, path: Path) -> Marker | None:
+    """The workspace's marker: the file beside the config (SQLite), or a row of the log's ``meta`` (PostgreSQL).
+
+    Why in the database for PostgreSQL (issue #20): several machines share
+    one server's log, and a file beside one machine's config is not seen by
+    the others. It still catches a log emptied or put back from an older
+    backup (fewer sent messages than the marker recorded); a whole database
+    swapped for another carries its own marker, so there the server's own
+    backups and permissions are the guard.
+    """
+    if store.dialect.name == "sqlite":
+        return read_marker(path)
+    text = store.meta(MARKER)
+    if text is None:
+        return None
+    data = json.loads(text)
+    return Marker(str(data["log_id"]), str(data.get("database", "")), int(data.get("sent", 0)))
+
+
+def _save(store: Store, path: Path, marker: Marker) -> None:
+    if store.dialect.name == "sqlite":
+        write_marker(path, marker)
+        return
+    store.set_meta(MARKER, json.dumps({"log_id": marker.log_id, "database": marker.database, "sent": marker.sent}))

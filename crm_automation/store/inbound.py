@@ -31,17 +31,18 @@ from crm_automation.store.activities import (
     already_logged,
     count_soft_bounces,
     insert_quarantine,
+    inserted_id,
     logged_digests,
     logged_replies,
 )
-from crm_automation.store.connection import Connection, Guarded, iso
+from crm_automation.store.connection import Connection, Driver, iso
 from crm_automation.store.customers import update_email_status
 from crm_automation.store.schema import INBOUND_KINDS_SQL
 from crm_automation.store.sends import SentRef, insert_sends, notification_row
 from crm_automation.store.suppressions import insert_suppression, read_suppressions
 
 
-def _set_cursor(conn: Guarded, folder: str, uidvalidity: int, last_uid: int, now: datetime) -> None:
+def _set_cursor(conn: Driver, folder: str, uidvalidity: int, last_uid: int, now: datetime) -> None:
     conn.execute(
         "INSERT INTO mailbox_state (folder, uidvalidity, last_uid, updated_at) VALUES (?, ?, ?, ?) "
         "ON CONFLICT(folder) DO UPDATE SET uidvalidity = excluded.uidvalidity, last_uid = excluded.last_uid, "
@@ -58,7 +59,7 @@ class _Batch:
     counts every earlier bounce.
     """
 
-    def __init__(self, conn: Guarded, decisions: Sequence[Decision]) -> None:
+    def __init__(self, conn: Driver, decisions: Sequence[Decision]) -> None:
         self.conn = conn
         self.known = logged_digests(conn, {a.message.message_id for d in decisions for a in d.activities
                                            if a.kind is not Kind.REPLY_OUT})
@@ -109,7 +110,7 @@ def _apply(batch: _Batch, d: Decision, now: datetime) -> bool:
             batch.rows.append(row)
             continue
         batch.flush()
-        aid = conn.execute(INSERT_ACTIVITY_SQL, row).lastrowid
+        aid = inserted_id(conn, INSERT_ACTIVITY_SQL, row)
         _caused(conn, a, now)
         if a.notify_owner is not None and a.customer_key is not None:
             owner, mid = a.notify_owner
@@ -117,7 +118,7 @@ def _apply(batch: _Batch, d: Decision, now: datetime) -> bool:
     return logged
 
 
-def _caused(conn: Guarded, a: ActivityRecord, now: datetime) -> None:
+def _caused(conn: Driver, a: ActivityRecord, now: datetime) -> None:
     """Apply the effects decided for a new activity, and the soft-bounce score's (issue #11).
 
     The score's count is read here, inside the transaction and after the
@@ -214,7 +215,7 @@ class InboundLog(Connection):
             for folder, (uidvalidity, uid) in cursors.items():
                 _set_cursor(conn, folder, uidvalidity, uid, now)
             if seen:
-                conn.executemany("INSERT OR IGNORE INTO maildir_seen (folder, name) VALUES (?, ?)", seen)
+                conn.executemany("INSERT INTO maildir_seen (folder, name) VALUES (?, ?) ON CONFLICT DO NOTHING", seen)
         return out
 
     def relink_inbound(self, index: dict[str, str], now: datetime, *,

@@ -54,14 +54,15 @@ class PipelineLog(Connection):
     def named_replies_between(self, start: datetime, end: datetime) -> list[NamedRow]:
         """(Message-ID, time) for each message a ``reply_out`` of [start, end] names in In-Reply-To/References."""
         return self.conn.execute(
-            "SELECT j.value, r.occurred_at FROM activities r, json_each(r.details, '$.answers') j "
+            f"SELECT j.value, r.occurred_at FROM activities r, {self.dialect.json_array('r.details', 'j', 'answers')} "
             "WHERE r.kind = 'reply_out' AND r.occurred_at >= ? AND r.occurred_at <= ?",
             (iso(start), iso(end))).fetchall()
 
     def stage_moves_between(self, stage_field: str, start: datetime, end: datetime) -> list[MoveRow]:
         """Each change of ``stage_field`` logged in [start, end]: customer, time, old and new value."""
+        d = self.dialect
         return self.conn.execute(
-            "SELECT customer_key, occurred_at, json_extract(details, '$.old'), json_extract(details, '$.new') "
-            "FROM activities WHERE kind = 'field_changed' AND json_extract(details, '$.field') = ? "
+            f"SELECT customer_key, occurred_at, {d.json_value('details', 'old')}, {d.json_value('details', 'new')} "
+            f"FROM activities WHERE kind = 'field_changed' AND {d.json_text('details', 'field')} = ? "
             "AND customer_key IS NOT NULL AND occurred_at >= ? AND occurred_at <= ?",
             (stage_field, iso(start), iso(end))).fetchall()

@@ -81,6 +81,10 @@ class Log(Protocol):
         """The identity written into the log when it was created."""
         ...
 
+    def schema_version(self) -> int:
+        """How many of the named migrations the log has (``check`` reports it; issue #20)."""
+        ...
+
     def meta(self, key: str) -> str | None:
         """One ``meta`` value (None when unset)."""
         ...

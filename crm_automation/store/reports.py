@@ -18,7 +18,7 @@ from itertools import pairwise
 from crm_automation.models import EmailStatus, SendStatus
 from crm_automation.store.connection import Connection, iso, parse_iso
 from crm_automation.store.customers import StoredCustomer
-from crm_automation.store.schema import EVENT_KINDS_SQL, LOGGED_AT_SQL, PERMANENCE_SQL
+from crm_automation.store.schema import EVENT_KINDS_SQL, LOGGED_AT_SQL, permanence_sql
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +161,9 @@ class Reports(Connection):
     def start_run(self, job: str, now: datetime) -> int:
         """Record that a job started."""
         with self.transaction():
-            cur = self.conn.execute("INSERT INTO runs (job, started_at, ok) VALUES (?, ?, NULL)", (job, iso(now)))
-        return int(cur.lastrowid or 0)
+            got = self.conn.execute("INSERT INTO runs (job, started_at, ok) VALUES (?, ?, NULL) RETURNING id",
+                                    (job, iso(now))).fetchone()
+        return int(got[0])
 
     def finish_run(self, run_id: int, now: datetime, *, ok: bool, stats: Mapping[str, object],
                    error: str | None) -> None:
@@ -248,7 +249,7 @@ class Reports(Connection):
         sql = (f"WITH days AS ({days}) SELECT d.i, {by}, COUNT(*) FROM days d JOIN activities a ON "
                f"a.kind IN {EVENT_KINDS_SQL} AND {t} >= d.lo AND {t} < d.hi "
                f"WHERE (a.kind != 'email_in' OR a.customer_key IS NOT NULL) "
-               f"AND (a.kind != 'bounce' OR {PERMANENCE_SQL} != 'delayed')")
+               f"AND (a.kind != 'bounce' OR {permanence_sql(self.dialect)} != 'delayed')")
         args = [*edges]
         if campaign is not None:
             sql += (" AND (a.campaign = ? OR a.campaign IS NULL AND EXISTS (SELECT 1 FROM sends s WHERE "
@@ -355,11 +356,13 @@ class Reports(Connection):
         applies only to a ``text`` that could not be part of a number.
         """
         pattern = _like(text)
-        prefilter = "(c.key LIKE :p ESCAPE '\\' OR c.data LIKE :p ESCAPE '\\') AND " if _text_only(text) else ""
+        like = self.dialect.like  # PostgreSQL: ILIKE, which ignores the case of every letter, not ASCII only
+        prefilter = f"(c.key {like} :p ESCAPE '\\' OR c.data {like} :p ESCAPE '\\') AND " if _text_only(text) else ""
         rows = self.conn.execute(
             f"SELECT key, row, data, first_seen, email_status, present FROM customers c WHERE {prefilter}"
-            "(c.key LIKE :p ESCAPE '\\' OR EXISTS (SELECT 1 FROM json_each(c.data) j WHERE CAST(j.value AS TEXT) "
-            "LIKE :p ESCAPE '\\')) ORDER BY present DESC, key LIMIT :n", {"p": pattern, "n": limit})
+            f"(c.key {like} :p ESCAPE '\\' OR EXISTS (SELECT 1 FROM {self.dialect.json_values('c.data', 'j')} "
+            f"WHERE CAST(j.value AS TEXT) {like} :p ESCAPE '\\')) ORDER BY present DESC, key LIMIT :n",
+            {"p": pattern, "n": limit})
         return [StoredCustomer(k, r, json.loads(d), parse_iso(fs) or _EPOCH, EmailStatus(es or "ok"), bool(p))
                 for k, r, d, fs, es, p in rows]
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from crm_automation.store.dialect import SQLITE, Dialect
+
 if TYPE_CHECKING:
     import sqlite_utils
 
@@ -33,8 +35,13 @@ EVENT_KINDS_SQL = "(" + ", ".join(f"'{k}'" for k in EVENT_KINDS) + ")"
 LOGGED_AT_SQL = "COALESCE(logged_at, occurred_at)"
 # A bounce activity's permanence: ``details.permanence`` (issue #11), or for rows logged before it,
 # ``details.permanent`` (true: hard; false: a delay, as they were treated then). ``a`` is ``activities``.
-PERMANENCE_SQL = ("COALESCE(json_extract(a.details, '$.permanence'), "
-                  "CASE WHEN json_extract(a.details, '$.permanent') THEN 'hard' ELSE 'delayed' END)")
+def permanence_sql(d: Dialect) -> str:
+    """:data:`PERMANENCE_SQL` in ``d``'s spelling (SQLite's to the letter)."""
+    return (f"COALESCE({d.json_text('a.details', 'permanence')}, "
+            f"CASE WHEN {d.json_bool('a.details', 'permanent')} THEN 'hard' ELSE 'delayed' END)")
+
+
+PERMANENCE_SQL = permanence_sql(SQLITE)
 
 
 def create_v1(db: sqlite_utils.Database) -> None:
@@ -318,20 +325,29 @@ def create_v9(db: sqlite_utils.Database) -> None:
 FOLLOW_UP_KINDS_SQL = "('email_in', 'bounce', 'unsubscribe')"
 
 
-def _followed(kind: str, extra: str = "") -> str:
+def _followed(kind: str, extra: str = "", cast: str = "") -> str:
     """Whether a ``kind`` activity of the send's customer was logged after the send (the funnel's "after")."""
     return (f"(sends.status = 'sent' AND EXISTS (SELECT 1 FROM activities a WHERE a.kind IN {EVENT_KINDS_SQL} "
             f"AND a.kind = '{kind}' AND a.customer_key = sends.customer_key "
-            f"AND COALESCE(a.logged_at, a.occurred_at) > sends.sent_at{extra}))")
+            f"AND COALESCE(a.logged_at, a.occurred_at) > sends.sent_at{extra})){cast}")
 
 
-# Recomputes a send's three columns from the log: what the funnel counted per step before schema 10, per send.
-# A bounce counts for its own campaign, or for every campaign when hard or of no known campaign; a delay
-# warning is no bounce (issue #11).
-_BOUNCE_COUNTS = (f" AND {PERMANENCE_SQL} != 'delayed' "
-                  f"AND ({PERMANENCE_SQL} = 'hard' OR a.campaign IS NULL OR a.campaign = sends.campaign)")
-FOLLOW_UP_SET_SQL = (f"replied = {_followed('email_in')}, unsubscribed = {_followed('unsubscribe')}, "
-                     f"bounced = {_followed('bounce', _BOUNCE_COUNTS)}")
+def follow_up_set_sql(permanence: str = PERMANENCE_SQL, cast: str = "") -> str:
+    """Recomputes a send's three columns from the log: what the funnel counted per step before schema 10, per send.
+
+    A bounce counts for its own campaign, or for every campaign when hard or
+    of no known campaign; a delay warning is no bounce (issue #11).
+    ``permanence``: :data:`PERMANENCE_SQL` in the engine's spelling;
+    ``cast``: how a truth value becomes the column's 0/1 (PostgreSQL:
+    ``::int``; SQLite's truth values are 0/1 already).
+    """
+    bounce_counts = (f" AND {permanence} != 'delayed' "
+                     f"AND ({permanence} = 'hard' OR a.campaign IS NULL OR a.campaign = sends.campaign)")
+    return (f"replied = {_followed('email_in', cast=cast)}, unsubscribed = {_followed('unsubscribe', cast=cast)}, "
+            f"bounced = {_followed('bounce', bounce_counts, cast)}")
+
+
+FOLLOW_UP_SET_SQL = follow_up_set_sql()
 
 
 def create_v10(db: sqlite_utils.Database) -> None:

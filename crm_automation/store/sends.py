@@ -29,7 +29,7 @@ from datetime import datetime
 
 from crm_automation.models import Kind, SendStatus, StepState
 from crm_automation.store.activities import insert_activity
-from crm_automation.store.connection import Connection, Guarded, iso, parse_iso
+from crm_automation.store.connection import Connection, Driver, iso, parse_iso
 from crm_automation.store.tracking import insert_links
 
 _SEND_COLS = ("id, campaign, step, customer_key, status, message_id, queued_at, sent_at, error, email, attempts, "
@@ -39,6 +39,18 @@ _HANDED_OVER = ("SELECT {cols} FROM sends WHERE status = 'sent' AND sent_at >= :
                 "SELECT {cols} FROM sends WHERE status = 'sending' AND COALESCE(sent_at, next_attempt_at) >= :since "
                 "UNION ALL SELECT {cols} FROM sends WHERE status = 'uncertain' AND "
                 "COALESCE(sent_at, next_attempt_at) >= :since")
+# SQLite's ``UPDATE OR IGNORE`` in portable SQL (store/dialect.py): a row moves to another step id or campaign
+# (the condition's ``?``) only when no row of its customer holds that key already (schema 4's unique
+# (campaign, step_id, customer_key)); such a row stays where it was, as OR IGNORE left it.
+_FREE_STEP_ID = ("NOT EXISTS (SELECT 1 FROM sends o WHERE o.campaign = sends.campaign AND o.step_id = ? "
+                 "AND o.customer_key = sends.customer_key)")
+_FREE_CAMPAIGN = ("NOT EXISTS (SELECT 1 FROM sends o WHERE o.campaign = ? AND o.step_id = sends.step_id "
+                  "AND o.customer_key = sends.customer_key)")
+_MOVE_STEPS = ("UPDATE campaign_steps SET campaign = ? WHERE campaign = ? AND NOT EXISTS (SELECT 1 FROM "
+               "campaign_steps o WHERE o.campaign = ? AND o.step_id = campaign_steps.step_id)")
+# SQLite's two-argument MIN(first_seen, ?) in portable SQL (a NULL first_seen stays NULL, as MIN left it).
+_EARLIER_FIRST_SEEN = ("UPDATE campaigns SET first_seen = CASE WHEN ? < first_seen THEN ? ELSE first_seen END "
+                       "WHERE id = ?")
 NOTIFICATION_LABEL = "owner-notify"  # what ``sends.campaign`` shows for an owner notification (a label, not its key)
 DIGEST_LABEL = "owner-digest"  # ``sends.campaign`` of an owner digest (issue #21): a label, its key's prefix
 
@@ -95,15 +107,15 @@ def _send(sid: int, campaign: str, step: int, key: str, status: str, mid: str | 
                    attempts or 0, parse_iso(next_at), step_id, SendKind(kind))
 
 
-def insert_sends(conn: Guarded, rows: Sequence[Mapping[str, object]]) -> int:
+def insert_sends(conn: Driver, rows: Sequence[Mapping[str, object]]) -> int:
     """Insert sends, leaving existing keys (campaign, step_id, customer) alone; the caller's unit owns the transaction.
 
     ``kind`` defaults to a campaign step, ``step_id`` to ``step`` as text.
     """
     cur = conn.executemany(
-        "INSERT OR IGNORE INTO sends (campaign, step, step_id, customer_key, status, message_id, queued_at, error, "
+        "INSERT INTO sends (campaign, step, step_id, customer_key, status, message_id, queued_at, error, "
         "email, attempts, kind) VALUES (:campaign, :step, :step_id, :customer_key, :status, :message_id, :queued_at, "
-        ":error, :email, 0, :kind)",
+        ":error, :email, 0, :kind) ON CONFLICT DO NOTHING",
         [{"kind": SendKind.CAMPAIGN_STEP.value, "step_id": str(r["step"]), **r} for r in rows])
     return cur.rowcount
 
@@ -129,7 +141,7 @@ def digest_row(owner: str, day: str, now: datetime, *, message_id: str | None, w
     Its key is (``owner-digest``, the day, the owner's address) in the unique
     (campaign, step_id, customer_key) index every kind shares, so a second
     planning of the same day - another pass, a restart after a kill - inserts
-    nothing (``INSERT OR IGNORE``). No migration: the index is schema 4's.
+    nothing (``ON CONFLICT DO NOTHING``). No migration: the index is schema 4's.
     """
     return {"campaign": DIGEST_LABEL, "step": 0, "step_id": day, "customer_key": owner,
             "status": (SendStatus.SKIPPED if why_not else SendStatus.QUEUED).value,
@@ -175,7 +187,7 @@ class Sent:
     source: str
 
 
-def _write_sent(conn: Guarded, s: Sent) -> None:
+def _write_sent(conn: Driver, s: Sent) -> None:
     """Sending -> sent and the ``email_out`` activity (the caller's transaction)."""
     conn.execute("UPDATE sends SET status = 'sent', sent_at = ?, error = NULL WHERE id = ?", (iso(s.at), s.send_id))
     insert_activity(conn, kind=Kind.EMAIL_OUT.value, occurred_at=s.at, now=s.at, customer_key=s.customer_key,
@@ -193,7 +205,7 @@ class SendLog(Connection):
             known = {i: parse_iso(fs) or now for i, fs in self.conn.execute("SELECT id, first_seen FROM campaigns")}
             return {i: known.get(i, now) for i in ids}
         with self.transaction():
-            self.conn.executemany("INSERT OR IGNORE INTO campaigns (id, first_seen) VALUES (?, ?)",
+            self.conn.executemany("INSERT INTO campaigns (id, first_seen) VALUES (?, ?) ON CONFLICT DO NOTHING",
                                   [(i, iso(now)) for i in ids])
         return {i: parse_iso(fs) or now for i, fs in self.conn.execute("SELECT id, first_seen FROM campaigns")
                 if i in ids}
@@ -220,7 +232,8 @@ class SendLog(Connection):
         time its first send was queued stands for the time it went out.
         """
         with self.transaction():
-            self.conn.execute("INSERT OR IGNORE INTO campaigns (id, first_seen) VALUES (?, ?)", (campaign, iso(now)))
+            self.conn.execute("INSERT INTO campaigns (id, first_seen) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                              (campaign, iso(now)))
             if since_sends:
                 self.conn.execute(
                     "UPDATE campaigns SET expanded_at = (SELECT MIN(queued_at) FROM sends WHERE campaign = ?), "
@@ -232,13 +245,13 @@ class SendLog(Connection):
 
     def sent_step_count(self, campaign: str, step_id: str) -> int:
         """How many customers were sent one step (by the unique index's prefix)."""
-        return int(self.conn.execute("SELECT COUNT(*) FROM sends WHERE campaign = ? AND step_id = ? AND +status = "
-                                     "'sent'", (campaign, step_id)).fetchone()[0])
+        return int(self.conn.execute("SELECT COUNT(*) FROM sends WHERE campaign = ? AND step_id = ? AND "
+                                     f"{self.dialect.no_index('status')} = 'sent'", (campaign, step_id)).fetchone()[0])
 
     def has_sent_in(self, campaign: str) -> bool:
         """Whether any step of a campaign was sent (rows from before schema 4 left out)."""
-        return self.conn.execute("SELECT 1 FROM sends WHERE campaign = ? AND +status = 'sent' AND step_id IS NOT "
-                                 "NULL LIMIT 1", (campaign,)).fetchone() is not None
+        return self.conn.execute(f"SELECT 1 FROM sends WHERE campaign = ? AND {self.dialect.no_index('status')} = "
+                                 "'sent' AND step_id IS NOT NULL LIMIT 1", (campaign,)).fetchone() is not None
 
     def legacy_steps(self) -> list[tuple[str, int]]:
         """(campaign, step) of rows written before schema 4, which have no step_id yet."""
@@ -248,8 +261,8 @@ class SendLog(Connection):
         """Give rows from before schema 4 their step's identity: (campaign, step) -> step_id."""
         with self.transaction():
             return sum(self.conn.execute(
-                "UPDATE OR IGNORE sends SET step_id = ? WHERE campaign = ? AND step = ? AND step_id IS NULL",
-                (k, c, n)).rowcount for (c, n), k in keys.items())
+                f"UPDATE sends SET step_id = ? WHERE campaign = ? AND step = ? AND step_id IS NULL AND "
+                f"{_FREE_STEP_ID}", (k, c, n, k)).rowcount for (c, n), k in keys.items())
 
     def record_campaign_edits(self, states: dict[str, dict[str, StepState]],
                               campaign_renames: Iterable[tuple[str, str]],
@@ -258,29 +271,31 @@ class SendLog(Connection):
 
         Renames carry the old key's sends (and the activities naming the old
         campaign) over to the new key, so the history reads as one campaign;
-        a row the new key already has is left under the old key (``OR
-        IGNORE``): that customer then has both, and is mailed neither again.
+        a row the new key already has is left under the old key
+        (``_FREE_CAMPAIGN``, what ``UPDATE OR IGNORE`` did): that customer
+        then has both, and is mailed neither again.
         A renamed campaign keeps the earlier of the two first-seen times, so
         its ``new`` and ``change`` triggers keep their audience.
         """
         with self.transaction():
             for old, new in campaign_renames:
-                self.conn.execute("UPDATE OR IGNORE sends SET campaign = ? WHERE campaign = ?", (new, old))
+                self.conn.execute(f"UPDATE sends SET campaign = ? WHERE campaign = ? AND {_FREE_CAMPAIGN}",
+                                  (new, old, new))
                 self.conn.execute("UPDATE activities SET campaign = ? WHERE campaign = ?", (new, old))
-                self.conn.execute("UPDATE OR IGNORE campaign_steps SET campaign = ? WHERE campaign = ?", (new, old))
+                self.conn.execute(_MOVE_STEPS, (new, old, new))
                 self.conn.execute("DELETE FROM campaign_steps WHERE campaign = ?", (old,))
                 row = self.conn.execute("SELECT first_seen FROM campaigns WHERE id = ?", (old,)).fetchone()
                 if row is not None and row[0]:
-                    self.conn.execute("INSERT OR IGNORE INTO campaigns (id, first_seen) VALUES (?, ?)", (new, row[0]))
-                    self.conn.execute("UPDATE campaigns SET first_seen = MIN(first_seen, ?) WHERE id = ?",
-                                      (row[0], new))
+                    self.conn.execute("INSERT INTO campaigns (id, first_seen) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                                      (new, row[0]))
+                    self.conn.execute(_EARLIER_FIRST_SEEN, (row[0], row[0], new))
                 self.conn.execute(
                     "UPDATE campaigns SET (expanded_at, expanded_as) = (SELECT expanded_at, expanded_as FROM campaigns "
                     "WHERE id = ?) WHERE id = ? AND expanded_at IS NULL", (old, new))
                 self.conn.execute("UPDATE campaigns SET renamed_to = ? WHERE id = ?", (new, old))
             for campaign, old, new in step_renames:
-                self.conn.execute("UPDATE OR IGNORE sends SET step_id = ? WHERE campaign = ? AND step_id = ?",
-                                  (new, campaign, old))
+                self.conn.execute(f"UPDATE sends SET step_id = ? WHERE campaign = ? AND step_id = ? AND "
+                                  f"{_FREE_STEP_ID}", (new, campaign, old, new))
                 self.conn.execute("DELETE FROM campaign_steps WHERE campaign = ? AND step_id = ?", (campaign, old))
             for campaign, steps in states.items():
                 self.conn.executemany(
@@ -349,7 +364,7 @@ class SendLog(Connection):
         An indexed aggregate (schema 6's partial indexes): it costs the day's
         sends, not the log's. A ``sent`` row always has its ``sent_at``.
         """
-        count: int = self.conn.execute(f"SELECT SUM(n) FROM ({_HANDED_OVER.format(cols='COUNT(*) AS n')})",
+        count: int = self.conn.execute(f"SELECT SUM(n) FROM ({_HANDED_OVER.format(cols='COUNT(*) AS n')}) AS h",
                                        {"since": iso(since)}).fetchone()[0]
         return count or 0
 

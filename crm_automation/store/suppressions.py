@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from crm_automation.models import SuppressionReason
-from crm_automation.store.connection import Connection, Guarded, iso, parse_iso
+from crm_automation.store.connection import Connection, Driver, iso, parse_iso
 
 
 def _reason(text: str) -> SuppressionReason | str:
@@ -35,20 +35,20 @@ class Suppression:
         return {"reason": self.reason, "at": iso(self.at) if self.at is not None else None, "source": self.source}
 
 
-def insert_suppression(conn: Guarded, email: str, reason: SuppressionReason, source: str, now: datetime) -> bool:
+def insert_suppression(conn: Driver, email: str, reason: SuppressionReason, source: str, now: datetime) -> bool:
     """Add an address unless it is there already (no transaction: the caller's unit owns it)."""
-    cur = conn.execute("INSERT OR IGNORE INTO suppressions (email, reason, at, source) VALUES (?,?,?,?)",
+    cur = conn.execute("INSERT INTO suppressions (email, reason, at, source) VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
                        (email.strip().lower(), reason, iso(now), source))
     return cur.rowcount > 0
 
 
-def read_suppressions(conn: Guarded) -> dict[str, Suppression]:
+def read_suppressions(conn: Driver) -> dict[str, Suppression]:
     """Email -> its entry, oldest first."""
     return {e: Suppression(_reason(r), parse_iso(a), s) for e, r, a, s in conn.execute(
         "SELECT email, reason, at, source FROM suppressions ORDER BY at, email")}
 
 
-def read_suppression_page(conn: Guarded, limit: int, offset: int) -> list[tuple[str, Suppression]]:
+def read_suppression_page(conn: Driver, limit: int, offset: int) -> list[tuple[str, Suppression]]:
     """``limit`` entries from ``offset``, in :func:`read_suppressions`' order (ties by address, so pages are stable)."""
     return [(e, Suppression(_reason(r), parse_iso(a), s)) for e, r, a, s in conn.execute(
         "SELECT email, reason, at, source FROM suppressions ORDER BY at, email LIMIT ? OFFSET ?", (limit, offset))]

@@ -9,7 +9,7 @@ never leaves a delivered message whose links lead nowhere. ``serve``
 redirects only to a URL stored here (no open redirect).
 
 Once per link per send, once per send for opens: a conditional ``UPDATE``
-(``clicked_at IS NULL``) and an ``INSERT OR IGNORE`` on a primary key,
+(``clicked_at IS NULL``) and an ``INSERT ... ON CONFLICT DO NOTHING`` on a primary key,
 each one statement, so two requests at the same instant record one
 activity, with no read-then-write race. The caller (``app/tracking.py``)
 adds the activity in the same transaction only when the statement says
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from crm_automation.store.connection import Connection, Guarded, iso
+from crm_automation.store.connection import Connection, Driver, iso
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +35,7 @@ class TokenSend:
     step: int
 
 
-def insert_links(conn: Guarded, send_id: int, links: Sequence[str]) -> None:
+def insert_links(conn: Driver, send_id: int, links: Sequence[str]) -> None:
     """Record a send's tracked links, numbered from 0 (the caller's transaction).
 
     A message built again for the same send (a 4xx retry renders it anew,
@@ -83,6 +83,6 @@ class TrackingLog(Connection):
     def mark_opened(self, send_id: int, now: datetime) -> bool:
         """Note a send's first open; False when it was opened before."""
         with self.transaction():
-            cur = self.conn.execute("INSERT OR IGNORE INTO send_opens (send_id, opened_at) VALUES (?, ?)",
+            cur = self.conn.execute("INSERT INTO send_opens (send_id, opened_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
                                     (send_id, iso(now)))
         return cur.rowcount == 1

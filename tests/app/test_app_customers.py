@@ -10,6 +10,7 @@ from crm_automation.app import customers
 from crm_automation.errors import ConfigError
 from crm_automation.workspace import Workspace
 from tests.fixtures.core import make_workspace
+from tests.fixtures.postgres import database_value
 
 ROWS = [
     {"Email": "li.lei@example.cn", "Name": "李雷", "Stage": "意向", "Owner": "sales@example.com"},
@@ -20,8 +21,8 @@ ROWS = [
 
 
 @pytest.fixture
-def ws(tmp_path, cli) -> Workspace:
-    cfg = make_workspace(tmp_path / "ws", rows=ROWS)
+def ws(tmp_path, cli, log_location) -> Workspace:
+    cfg = make_workspace(tmp_path / "ws", rows=ROWS, database=database_value(log_location))
     assert cli("sync", "--config", str(cfg)).code == 0
     return Workspace.load(cfg)
 

@@ -1,6 +1,6 @@
 """The dashboard's reads (issue #19): the funnel's ``clicked``, the per-day charts, a page of the suppression list.
 
-The log is a real SQLite file written through the store's own write paths
+The log is a real SQLite file, then a PostgreSQL database (issue #20), written through the store's own write paths
 (queue, mark sending, mark sent, add activity, suppress); the funnel's
 rewrite (three queries instead of three per step) is checked against the
 per-step query it replaced, on a log with every case that query decided.
@@ -17,7 +17,8 @@ import pytest
 from crm_automation.app import reports, suppressions
 from crm_automation.errors import ConfigError
 from crm_automation.models import SendStatus, SuppressionReason
-from crm_automation.store.repo import PERMANENCE_SQL, Store
+from crm_automation.store.repo import Store
+from crm_automation.store.schema import permanence_sql
 from crm_automation.workspace import Workspace
 from tests.fixtures.core import make_workspace
 
@@ -25,9 +26,10 @@ T0 = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)  # 10:00 in Asia/Shanghai (the tes
 
 
 @pytest.fixture
-def ws(tmp_path: Path) -> Workspace:
+def ws(tmp_path: Path, log_location: str) -> Workspace:
     """An empty CSV workspace (time zone Asia/Shanghai); its log is created by the first write."""
-    return Workspace.load(make_workspace(tmp_path / "ws"))
+    db = log_location if log_location.startswith("postgresql://") else "var/crm.sqlite"
+    return Workspace.load(make_workspace(tmp_path / "ws", database=db))
 
 
 @pytest.fixture
@@ -75,7 +77,9 @@ def click(store: Store, key: str, at: datetime, campaign: str, step: int, send_i
 # ---------------------------------------------------------------- the funnel
 
 # The funnel's "after the send" columns as they were computed before issue #19: one query per step and column.
-_BOUNCED = (f"a.kind = 'bounce' AND {PERMANENCE_SQL} != 'delayed' AND ({PERMANENCE_SQL} = 'hard' OR "
+def _bounced(store: Store) -> str:
+    permanence = permanence_sql(store.dialect)  # the engine's spelling (SQLite's is PERMANENCE_SQL)
+    return (f"a.kind = 'bounce' AND {permanence} != 'delayed' AND ({permanence} = 'hard' OR "
             "a.campaign IS NULL OR a.campaign = s.campaign)")
 
 
@@ -86,7 +90,7 @@ def per_step_reference(store: Store) -> dict[tuple[str, int], tuple[int, int, in
             "SELECT COUNT(DISTINCT s.customer_key) FROM sends s JOIN activities a ON a.customer_key = s.customer_key "
             f"WHERE s.campaign = ? AND s.step = ? AND s.status = 'sent' AND {cond} "
             "AND COALESCE(a.logged_at, a.occurred_at) > s.sent_at", (c, s)).fetchone()[0]
-            for cond in (_BOUNCED, "a.kind = 'email_in'", "a.kind = 'unsubscribe'"))
+            for cond in (_bounced(store), "a.kind = 'email_in'", "a.kind = 'unsubscribe'"))
     return out
 
 
@@ -276,7 +280,8 @@ def test_daily_for_one_campaign_counts_its_messages_and_what_followed_them(ws, s
     assert reports.daily(ws, now, days=1, campaign="nosuch").days[0].counts.sent == 0
 
 
-def test_daily_on_a_log_not_created_yet_is_all_zero_and_creates_nothing(ws):
+def test_daily_on_a_log_not_created_yet_is_all_zero_and_creates_nothing(tmp_path):
+    ws = Workspace.load(make_workspace(tmp_path / "ws"))  # SQLite's: "not created yet" is a file not made
     result = reports.daily(ws, T0, days=30)
     assert len(result.days) == 30 and result.days[-1].day == date(2026, 11, 20)
     assert all(d.counts.sent == d.counts.replied == d.counts.clicked == 0 for d in result.days)

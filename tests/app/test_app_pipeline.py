@@ -23,6 +23,7 @@ from crm_automation.app.pipeline import StageOrder
 from crm_automation.errors import ConfigError
 from crm_automation.workspace import Workspace
 from tests.fixtures.core import make_workspace
+from tests.fixtures.postgres import database_value
 
 SH = ZoneInfo("Asia/Shanghai")
 NOW = "2026-11-20T10:00"  # a Friday
@@ -73,9 +74,9 @@ def _ours(ws: Path, n: int, to: str, date: str, in_reply_to: str = "") -> None:
           f"Message-ID: <ours-{n}@example.com>\n{irt}Date: {date}\n\nHere it is.\n")
 
 
-def build_pipeline_log(root: Path, cli, extra_config: str = "") -> Path:
+def build_pipeline_log(root: Path, cli, extra_config: str = "", database: str = "var/crm.sqlite") -> Path:
     """The fixture's month, run by the worker; returns the config. Times are Asia/Shanghai."""
-    cfg = make_workspace(root, mapping=MAPPING, campaigns=QUOTE, extra_config=extra_config,
+    cfg = make_workspace(root, mapping=MAPPING, campaigns=QUOTE, extra_config=extra_config, database=database,
                          outbound='transport = "outbox"\noutbox = "var/outbox"\nsent_folder = "Sent"')
     for sub in ("new", "cur", "tmp"):
         (root / "inbox" / ".Sent" / sub).mkdir(parents=True)
@@ -109,8 +110,8 @@ def build_pipeline_log(root: Path, cli, extra_config: str = "") -> Path:
 
 
 @pytest.fixture
-def month(tmp_path, cli):
-    cfg = build_pipeline_log(tmp_path / "ws", cli)
+def month(tmp_path, cli, log_location):
+    cfg = build_pipeline_log(tmp_path / "ws", cli, database=database_value(log_location))
     return cfg, Workspace.load(cfg)
 
 

@@ -11,6 +11,7 @@ from crm_automation.app import customers, reports, suppressions
 from crm_automation.errors import ConfigError
 from crm_automation.workspace import Workspace
 from tests.fixtures.core import make_workspace
+from tests.fixtures.postgres import database_value
 
 ROWS = [
     {"Email": "Li.Lei@Example.cn", "Name": "李雷", "Stage": "意向", "Owner": "sales@example.com"},
@@ -20,8 +21,8 @@ NOW = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def ws(tmp_path, cli) -> Workspace:
-    cfg = make_workspace(tmp_path / "ws", rows=ROWS)
+def ws(tmp_path, cli, log_location) -> Workspace:
+    cfg = make_workspace(tmp_path / "ws", rows=ROWS, database=database_value(log_location))
     assert cli("sync", "--config", str(cfg)).code == 0
     return Workspace.load(cfg)
 

@@ -26,9 +26,10 @@ T0 = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)  # --now 2026-11-27T10:00 in Asia/
 
 
 @pytest.fixture
-def ws(tmp_path: Path, cli) -> Workspace:
+def ws(tmp_path: Path, cli, log_location: str) -> Workspace:
     """A CSV workspace of three customers, each mailed once by a real pass at T0."""
-    cfg = make_workspace(tmp_path / "ws", campaigns=CAMPAIGN)
+    db = log_location if log_location.startswith("postgresql://") else "var/crm.sqlite"
+    cfg = make_workspace(tmp_path / "ws", campaigns=CAMPAIGN, database=db)
     r = cli("run", "--once", "--config", str(cfg), "--now", "2026-11-27T10:00")
     assert r.code == 0, r.err
     return Workspace.load(cfg)

@@ -9,16 +9,17 @@ in: campaign steps and the team's replies, owner notifications and digests
 (not contact), ties between our mail and theirs, stage changes of the stage
 field and of others, stages with and without a limit, a stage written with
 spaces, owners in mixed case, customers who left the sheet, mail from
-unknown senders.
+unknown senders. The module runs on both engines (issue #20): its log is
+seeded, and the oracles read, through the store's own connection.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
-import sqlite3
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -26,8 +27,10 @@ from crm_automation.app import digest, sales
 from crm_automation.app.access import reading
 from crm_automation.store.connection import iso, parse_iso
 from crm_automation.store.contact import ContactTimes, InboundMail
+from crm_automation.store.repo import Store
 from crm_automation.workspace import Workspace
 from tests.fixtures.core import CSV_MAPPING, make_workspace
+from tests.fixtures.postgres import BACKENDS, fresh_pg_log
 
 NOW = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)  # 10:00 in Asia/Shanghai, a Friday
 STALE = CSV_MAPPING + '[stale_after_days]\nlead = 7\nquote = 3\n'
@@ -46,7 +49,17 @@ def _act(key: str | None, kind: str, at: datetime, *, mid: str | None = None, de
             json.dumps(details) if details is not None else None, iso(at), None)
 
 
-def seed(db: Path, keys: list[str]) -> None:
+@contextlib.contextmanager
+def log(w: Workspace) -> Iterator[Store]:
+    """The workspace's log, writable, on its engine: the test's own writes and the oracles' reads."""
+    store = Store.open(w.cfg.database)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def seed(w: Workspace, keys: list[str]) -> None:
     """A month of history in plain SQL, every case of the module docstring."""
     rng = random.Random(21)
     acts, sends = [], []
@@ -81,29 +94,34 @@ def seed(db: Path, keys: list[str]) -> None:
     acts.append(_act(None, "email_in", NOW - timedelta(days=2), mid="<stranger@x>"))
     acts.append(_act(None, "reply_out", NOW - timedelta(days=1), mid="<team-stranger@x>",
                      details={"to": ["someone@else"], "answers": ["<in1.0@x>"], "folder": "Sent", "uid": 99_999}))
-    conn = sqlite3.connect(db)
-    with conn:
-        conn.executemany("INSERT INTO activities (customer_key, kind, occurred_at, subject, body, message_id, "
-                         "in_reply_to, campaign, step, source, details, logged_at, digest) "
-                         "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", acts)
-        conn.executemany("INSERT INTO sends (campaign, step, step_id, customer_key, status, message_id, queued_at, "
-                         "sent_at, email, attempts, next_attempt_at, error, kind) "
-                         "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", sends)
-        conn.execute("UPDATE customers SET present = 0 WHERE key IN ('c3@example.com', 'c4@example.com')")
-    conn.close()
+    with log(w) as store, store.transaction():
+        store.conn.executemany("INSERT INTO activities (customer_key, kind, occurred_at, subject, body, message_id, "
+                               "in_reply_to, campaign, step, source, details, logged_at, digest) "
+                               "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", acts)
+        store.conn.executemany("INSERT INTO sends (campaign, step, step_id, customer_key, status, message_id, "
+                               "queued_at, sent_at, email, attempts, next_attempt_at, error, kind) "
+                               "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", sends)
+        store.conn.execute("UPDATE customers SET present = 0 WHERE key IN ('c3@example.com', 'c4@example.com')")
 
 
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+@pytest.fixture(scope="module", params=BACKENDS)
+def ws(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
+    """The seeded workspace, once on a SQLite file and once on a PostgreSQL database (issue #20)."""
     from crm_automation.cli import main
 
-    cfg = make_workspace(tmp_path_factory.mktemp("sales") / "ws", rows=rows(120), mapping=STALE)
-    with pytest.raises(SystemExit) as done:
-        main(["--config", str(cfg), "--now", iso(NOW - timedelta(days=45)), "-q", "sync"])
-    assert done.value.code == 0
-    workspace = Workspace.load(cfg)
-    seed(workspace.cfg.database, [f"c{i}@example.com" for i in range(120)])
-    return workspace
+    with contextlib.ExitStack() as stack:
+        database = "var/crm.sqlite"
+        if request.param == "postgresql":
+            database = stack.enter_context(fresh_pg_log(request.getfixturevalue("postgres"),
+                                                        request.getfixturevalue("pg_log_template")))
+        cfg = make_workspace(tmp_path_factory.mktemp("sales") / "ws", rows=rows(120), mapping=STALE,
+                             database=database)
+        with pytest.raises(SystemExit) as done:
+            main(["--config", str(cfg), "--now", iso(NOW - timedelta(days=45)), "-q", "sync"])
+        assert done.value.code == 0
+        workspace = Workspace.load(cfg)
+        seed(workspace, [f"c{i}@example.com" for i in range(120)])
+        yield workspace
 
 
 def oracle_stale(w: Workspace, store: object, now: datetime, owner: str | None) -> list[sales.CustomerContact]:
@@ -139,7 +157,10 @@ def test_sales_rows_reads_every_present_customer_with_their_times(ws: Workspace)
         times = store.contact_times("stage")
         present = store.customers()
     assert set(got) == set(present) and "c3@example.com" not in got
-    assert [r[0] for r in untimed] == list(present)  # the sheet's order of arrival
+    with log(ws) as store:
+        arrival = [k for (k,) in store.conn.execute(
+            f"SELECT key FROM customers WHERE present = 1 ORDER BY {store.dialect.rowid}")]
+    assert [r[0] for r in untimed] == arrival  # the sheet's order of arrival
     assert all(r[5:] == (None, None, None, None) for r in untimed)
     for key, (_, name, stage, owner, first, last_in, sent, replied, changed) in got.items():
         c = present[key]
@@ -151,12 +172,12 @@ def test_sales_rows_reads_every_present_customer_with_their_times(ws: Workspace)
             want.last_in, want.last_out, want.stage_changed), key
 
 
-_OLD_WAITING_SQL = (
+_OLD_WAITING_SQL = (  # {answers}: the reply's ``answers`` as rows, in the engine's dialect
     "WITH last_out AS (SELECT customer_key, MAX(t) AS t FROM ("
     "SELECT customer_key, MAX(sent_at) AS t FROM sends WHERE status = 'sent' AND kind = 'campaign_step' "
     "GROUP BY customer_key UNION ALL SELECT customer_key, MAX(occurred_at) FROM activities "
-    "WHERE kind = 'reply_out' AND customer_key IS NOT NULL GROUP BY customer_key) GROUP BY customer_key), "
-    "named AS (SELECT DISTINCT j.value AS mid FROM activities r, json_each(r.details, '$.answers') j "
+    "WHERE kind = 'reply_out' AND customer_key IS NOT NULL GROUP BY customer_key) AS u GROUP BY customer_key), "
+    "named AS (SELECT DISTINCT j.value AS mid FROM activities r, {answers} "
     "WHERE r.kind = 'reply_out') "
     "SELECT a.id, a.customer_key, a.occurred_at, a.subject, a.message_id, "
     "a.message_id IN (SELECT mid FROM named), o.t FROM activities a "
@@ -170,10 +191,10 @@ def test_mail_after_our_latest_email_is_what_the_grouped_read_gave(ws: Workspace
     since = NOW - timedelta(days=days)
     with reading(ws) as store:
         got = store.inbound_after_outbound(since)
-    conn = sqlite3.connect(ws.cfg.database)
-    want = [InboundMail(i, k, parse_iso(at) or since, s, mid, bool(named), parse_iso(out))
-            for i, k, at, s, mid, named, out in conn.execute(_OLD_WAITING_SQL, (iso(since),))]
-    conn.close()
+    with log(ws) as store:
+        sql = _OLD_WAITING_SQL.format(answers=store.dialect.json_array("r.details", "j", "answers"))
+        want = [InboundMail(i, k, parse_iso(at) or since, s, mid, bool(named), parse_iso(out))
+                for i, k, at, s, mid, named, out in store.conn.execute(sql, (iso(since),))]
     assert got == want
     if days == 30:
         assert any(m.named_by_reply for m in got) or any(m.last_out for m in got)
@@ -181,21 +202,20 @@ def test_mail_after_our_latest_email_is_what_the_grouped_read_gave(ws: Workspace
 
 def test_a_digest_counts_follow_ups_past_fifty_without_showing_them(ws: Workspace) -> None:
     """Follow-ups sent today are listed 50 to a digest; the rest are counted in ``more``, as before."""
-    conn = sqlite3.connect(ws.cfg.database)
     today = NOW - timedelta(hours=1)
     keys = [f"c{i}@example.com" for i in range(120) if i % len(OWNERS) == 2 and i not in (3, 4)]  # b@example.com's
-    with conn:
-        conn.executemany(
-            "INSERT INTO sends (campaign, step, step_id, customer_key, status, message_id, queued_at, sent_at, email, "
-            "attempts, kind) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            [(f"drip{j}", 1, None if j == 0 else "follow", k, "sent", f"<drip{j}.{k}>", iso(today), iso(today),
-              k, 1, "campaign_step") for j in range(3) for k in keys])
     midnight = iso(datetime(2026, 11, 19, 16, 0, tzinfo=UTC))  # local midnight of NOW's day
-    (expected,) = conn.execute(
-        "SELECT COUNT(*) FROM (SELECT DISTINCT customer_key, campaign, COALESCE(step_id, step) FROM sends "
-        "WHERE kind = 'campaign_step' AND step > 0 AND (status = 'queued' OR (status = 'sent' AND sent_at >= ?)) "
-        f"AND customer_key IN ({','.join('?' * len(keys))}))", (midnight, *keys)).fetchone()
-    conn.close()
+    with log(ws) as store:
+        with store.transaction():
+            store.conn.executemany(
+                "INSERT INTO sends (campaign, step, step_id, customer_key, status, message_id, queued_at, sent_at, "
+                "email, attempts, kind) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                [(f"drip{j}", 1, None if j == 0 else "follow", k, "sent", f"<drip{j}.{k}>", iso(today), iso(today),
+                  k, 1, "campaign_step") for j in range(3) for k in keys])
+        (expected,) = store.conn.execute(
+            "SELECT COUNT(*) FROM (SELECT DISTINCT customer_key, campaign, COALESCE(step_id, CAST(step AS TEXT)) "
+            "FROM sends WHERE kind = 'campaign_step' AND step > 0 AND (status = 'queued' OR (status = 'sent' AND "
+            f"sent_at >= ?)) AND customer_key IN ({','.join('?' * len(keys))})) AS d", (midnight, *keys)).fetchone()
     try:
         with reading(ws) as store:
             book = digest.digests_in(ws, store, NOW, {"b@example.com": NOW})
@@ -205,31 +225,28 @@ def test_a_digest_counts_follow_ups_past_fifty_without_showing_them(ws: Workspac
         assert {f.status for f in d.due} == {"sent"} and d.due[0].customer.name is not None
         assert d.due[0].step == "1"  # a row from before step keys: the step's place
     finally:
-        conn = sqlite3.connect(ws.cfg.database)
-        with conn:
-            conn.execute("DELETE FROM sends WHERE campaign LIKE 'drip%'")
-        conn.close()
+        with log(ws) as store, store.transaction():
+            store.conn.execute("DELETE FROM sends WHERE campaign LIKE 'drip%'")
 
 
 def test_each_mail_of_the_month_comes_with_our_first_email_after_it(ws: Workspace) -> None:
     """``report pipeline``'s first responses: our first campaign step sent, and first reply, after each mail."""
     start, end = NOW - timedelta(days=30), NOW - timedelta(days=2)  # an end before some of our emails
-    conn = sqlite3.connect(ws.cfg.database)
-    ours: dict[str, list[tuple[str, str]]] = {}
-    for key, at, what in conn.execute(
-            "SELECT customer_key, sent_at, 'sent' FROM sends WHERE status = 'sent' AND kind = 'campaign_step' "
-            "UNION ALL SELECT customer_key, occurred_at, 'reply' FROM activities WHERE kind = 'reply_out' "
-            "AND customer_key IS NOT NULL"):
-        ours.setdefault(key, []).append((at, what))
-    want = []
-    for i, key, at, mid in conn.execute(
-            "SELECT id, customer_key, occurred_at, message_id FROM activities WHERE kind = 'email_in' "
-            "AND customer_key IS NOT NULL AND occurred_at >= ? AND occurred_at <= ? ORDER BY id",
-            (iso(start), iso(end))):
-        later = sorted((t, w) for t, w in ours.get(key, []) if iso(end) >= t > at)
-        first = {w: min((t for t, x in later if x == w), default=None) for w in ("sent", "reply")}
-        want.append((i, key, at, mid, first["sent"], first["reply"]))
-    conn.close()
+    with log(ws) as store:
+        ours: dict[str, list[tuple[str, str]]] = {}
+        for key, at, what in store.conn.execute(
+                "SELECT customer_key, sent_at, 'sent' FROM sends WHERE status = 'sent' AND kind = 'campaign_step' "
+                "UNION ALL SELECT customer_key, occurred_at, 'reply' FROM activities WHERE kind = 'reply_out' "
+                "AND customer_key IS NOT NULL"):
+            ours.setdefault(key, []).append((at, what))
+        want = []
+        for i, key, at, mid in store.conn.execute(
+                "SELECT id, customer_key, occurred_at, message_id FROM activities WHERE kind = 'email_in' "
+                "AND customer_key IS NOT NULL AND occurred_at >= ? AND occurred_at <= ? ORDER BY id",
+                (iso(start), iso(end))):
+            later = sorted((t, w) for t, w in ours.get(key, []) if iso(end) >= t > at)
+            first = {w: min((t for t, x in later if x == w), default=None) for w in ("sent", "reply")}
+            want.append((i, key, at, mid, first["sent"], first["reply"]))
     with reading(ws) as store:
         got = sorted(store.customer_mail_between(start, end))
     assert got == want
@@ -237,12 +254,25 @@ def test_each_mail_of_the_month_comes_with_our_first_email_after_it(ws: Workspac
 
 
 def test_the_stage_moves_of_a_period_are_read_by_time(ws: Workspace) -> None:
-    """Schema 11: ``--since`` reads the period's changes of the stage field by (field, time), not every change."""
+    """Schema 11: ``--since`` reads the period's changes of the stage field by (field, time), not every change.
+
+    On PostgreSQL the planner would scan a table this small: sequential scans
+    are turned off to see that the query's expression matches the index's.
+    """
     seen: list[str] = []
+    start = NOW - timedelta(days=10)
     with reading(ws) as store:
-        store.conn._c.set_trace_callback(seen.append)
-        moves = store.stage_moves_between("stage", NOW - timedelta(days=10), NOW)
-        store.conn._c.set_trace_callback(None)
+        sqlite = store.dialect.name == "sqlite"
+        if sqlite:
+            store.conn._c.set_trace_callback(seen.append)
+        else:
+            store.conn.trace = seen.append
+        moves = store.stage_moves_between("stage", start, NOW)
         (sql,) = [s for s in seen if "field_changed" in s]
-        plan = " ".join(str(r) for r in store.conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
+        if not sqlite:
+            store.conn.execute("SET enable_seqscan = off")
+        # SQLite's trace gives the statement with its values in place; the store's hook, the text and its ``?``
+        explain = f"EXPLAIN QUERY PLAN {sql}" if sqlite else f"EXPLAIN {sql}"
+        args = () if sqlite else ("stage", iso(start), iso(NOW))
+        plan = " ".join(str(r) for r in store.conn.execute(explain, args))
     assert moves and "idx_activities_field_changed_at" in plan, plan

@@ -86,23 +86,41 @@ def _fetch(cfg: Path, env: dict[str, str], started: threading.Event | None = Non
     return proc
 
 
-def _logged(db_path: Path) -> int:
-    if not db_path.exists():
+class _Log:
+    """The log as the test reads it: a SQLite file, or the PostgreSQL database (issue #20), ``?`` placeholders."""
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+
+    def rows(self, sql: str, args: tuple = ()) -> list[tuple]:
+        if self.location.startswith("postgresql://"):
+            import psycopg
+
+            with psycopg.connect(self.location) as conn:
+                return [tuple(r) for r in conn.execute(sql.replace("?", "%s").encode(), args)]
+        if not Path(self.location).exists():
+            return []
+        with sqlite3.connect(self.location, timeout=10) as db:
+            return db.execute(sql, args).fetchall()
+
+
+def _logged(log: _Log) -> int:
+    try:
+        return log.rows("SELECT COUNT(*) FROM activities WHERE message_id IS NOT NULL")[0][0]
+    except (sqlite3.OperationalError, IndexError):
         return 0
-    with sqlite3.connect(db_path, timeout=10) as db:
-        try:
-            return db.execute("SELECT COUNT(*) FROM activities WHERE message_id IS NOT NULL").fetchone()[0]
-        except sqlite3.OperationalError:
-            return 0
 
 
-def test_fetch_killed_at_random_instants_logs_every_message_exactly_once(imap_account, tmp_path):
+def test_fetch_killed_at_random_instants_logs_every_message_exactly_once(imap_account, tmp_path, log_location):
+    """On each backend (issue #20): a SQLite file, then a PostgreSQL database."""
     boxes, expected_ids, n_quarantined = corpus()
     for folder, msgs in boxes.items():
         imap_account.load_maildir(msgs, folder)
     customers = [(f"c{i}@customer.example.com", f"客户{i}") for i in range(40)]
     cfg = write_imap_workspace(tmp_path / "ws", imap_account, customers=customers, folders=("INBOX", "Support"),
-                               password_env=PW_ENV, batch_size=10, max_message_bytes=MAX_BYTES)
+                               password_env=PW_ENV, batch_size=10, max_message_bytes=MAX_BYTES,
+                               database=log_location if log_location.startswith("postgresql://")
+                               else "var/crm.sqlite")
     env = {**os.environ, PW_ENV: imap_account.password,
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     sync = subprocess.run([sys.executable, "-m", "crm_automation", "--config", str(cfg), "sync"], env=env,
@@ -114,7 +132,7 @@ def test_fetch_killed_at_random_instants_logs_every_message_exactly_once(imap_ac
     killed = 0
     deadline = time.monotonic() + 32
     progress: list[int] = []
-    db_path = tmp_path / "ws" / "var" / "crm.sqlite"
+    log = _Log(log_location if log_location.startswith("postgresql://") else str(tmp_path / "ws" / "var" / "crm.sqlite"))
     for _ in range(KILLS):
         started = threading.Event()
         proc = _fetch(cfg, env, started)
@@ -126,7 +144,7 @@ def test_fetch_killed_at_random_instants_logs_every_message_exactly_once(imap_ac
             proc.send_signal(signal.SIGKILL)
             killed += 1
         proc.wait(timeout=30)
-        progress.append(_logged(db_path))
+        progress.append(_logged(log))
         if time.monotonic() > deadline:
             break
     final = subprocess.run([sys.executable, "-m", "crm_automation", "--config", str(cfg), "fetch"], env=env,
@@ -134,23 +152,22 @@ def test_fetch_killed_at_random_instants_logs_every_message_exactly_once(imap_ac
     assert final.returncode in (0, 1), final.stderr  # 1: the oversized messages were quarantined
     assert killed >= 3, f"seed {seed}: only {killed} runs were killed mid-fetch; the test proved little"
 
-    db = sqlite3.connect(tmp_path / "ws" / "var" / "crm.sqlite")
-    rows = db.execute(
+    rows = log.rows(
         f"SELECT message_id, COUNT(*) FROM activities WHERE kind IN ({','.join('?' * len(INBOUND))}) "
-        "GROUP BY message_id", INBOUND).fetchall()
+        "GROUP BY message_id", tuple(INBOUND))
     counts = Counter({mid: c for mid, c in rows})
     twice = {m: c for m, c in counts.items() if c != 1}
     assert not twice, f"seed {seed}: logged more than once: {twice}"
     assert set(counts) == expected_ids, (f"seed {seed}: missing {sorted(expected_ids - set(counts))[:5]}, "
                                          f"unexpected {sorted(set(counts) - expected_ids)[:5]}")
-    assert db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0] == n_quarantined
-    kinds = dict(db.execute("SELECT kind, COUNT(*) FROM activities GROUP BY kind").fetchall())
+    assert log.rows("SELECT COUNT(*) FROM quarantine")[0][0] == n_quarantined
+    kinds = dict(log.rows("SELECT kind, COUNT(*) FROM activities GROUP BY kind"))
     assert kinds.get("auto_reply") == 15, kinds
     assert kinds.get("unsubscribe") == 8, kinds
-    known = db.execute("SELECT COUNT(*) FROM activities WHERE kind = 'email_in' AND customer_key IS NOT NULL")
-    assert known.fetchone()[0] == 360 + 10
+    known = log.rows("SELECT COUNT(*) FROM activities WHERE kind = 'email_in' AND customer_key IS NOT NULL")
+    assert known[0][0] == 360 + 10
     for folder in boxes:
-        state = db.execute("SELECT uidvalidity, last_uid FROM mailbox_state WHERE folder = ?", (folder,)).fetchone()
+        (state,) = log.rows("SELECT uidvalidity, last_uid FROM mailbox_state WHERE folder = ?", (folder,))
         assert state == (imap_account.uidvalidity(folder), max(imap_account.uids(folder))), folder
         assert imap_account.seen_uids(folder) == []
     # The killed runs' helper processes (issue #13: mail is read on the other cores) saw end-of-file and left.

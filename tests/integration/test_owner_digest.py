@@ -28,6 +28,7 @@ import pytest
 from crm_automation.app.digest import digest_for, owner_problems
 from crm_automation.workspace import Workspace
 from tests.fixtures.core import make_workspace
+from tests.fixtures.postgres import database_value
 
 pytestmark = pytest.mark.integration
 
@@ -62,9 +63,10 @@ def at(text: str) -> datetime:
 
 
 def workspace(root: Path, srv, *, config: str = DIGEST, rows: list[dict[str, str]] = ROWS,
-              campaigns: str = "") -> Path:
+              campaigns: str = "", database: str = "var/crm.sqlite") -> Path:
     outbound = f'transport = "smtp"\nhost = "{srv.host}"\nport = {srv.port}\nsecurity = "none"\ntimeout = 10'
     return make_workspace(root, rows=rows, mapping=MAPPING, outbound=outbound, campaigns=campaigns,
+                          database=database,
                           extra_config=f'\n[serve]\npublic_url = "https://crm.example.com"\n{config}')
 
 
@@ -141,11 +143,12 @@ def test_a_simulated_month_one_digest_per_owner_and_workday_none_on_weekends(tmp
     assert not any(d in {"2026-11-07", "2026-11-08"} for _, d, _, _ in rows)  # a weekend: not even planned
 
 
-def test_the_digest_says_what_happened_with_links(tmp_path, smtpd, cli):
+def test_the_digest_says_what_happened_with_links(tmp_path, smtpd, cli, log_location):
+    """On both engines (issue #20): the digest's reads (events, owner changes, follow-ups today) on PostgreSQL too."""
     campaigns = ('[[campaign]]\nid = "welcome"\ntemplate = "hello"\ntrigger = "new"\ninclude_existing = true\n'
                  'follow_up = [{ after_days = 3, template = "hello" }]\n')
     rows = [*ROWS, {"Email": "a3@example.com", "Name": "Alpha Three", "Stage": "lead", "Owner": "bob@example.com"}]
-    cfg = workspace(tmp_path, smtpd, rows=rows, campaigns=campaigns)
+    cfg = workspace(tmp_path, smtpd, rows=rows, campaigns=campaigns, database=database_value(log_location))
     run(cli, cfg, "2026-11-02T10:00")  # Monday: everyone welcomed; first digests only tomorrow
     smtpd.handler.reset()
     drop(tmp_path, "a2@example.com", "<r1@example.com>", "Mon, 02 Nov 2026 18:00:00 +0800",
@@ -178,10 +181,10 @@ def test_the_digest_says_what_happened_with_links(tmp_path, smtpd, cli):
     assert d5, "a follow-up due today is something to say"
     assert "welcome" in text_of(d5[0])
     # the digest is no contact with anyone, and no customer's timeline shows it
-    con = sqlite3.connect(tmp_path / "var" / "crm.sqlite")
-    outs = con.execute("SELECT customer_key FROM activities WHERE kind = 'email_out' AND campaign = 'owner-digest'"
-                       ).fetchall()
-    con.close()
+    store = ws.open_store(read_only=True)
+    outs = store.conn.execute("SELECT customer_key FROM activities WHERE kind = 'email_out' "
+                              "AND campaign = 'owner-digest'").fetchall()
+    store.close()
     assert outs and all(k is None for (k,) in outs)
 
 

@@ -31,7 +31,7 @@ PAST = "2026-01-01T10:00"
 
 
 def write_workspace(root: Path, srv, rows: list[dict[str, str]], *, template: str | None = None,
-                    outbound: str = "") -> Path:
+                    outbound: str = "", database: str = "var/crm.sqlite") -> Path:
     """A csv-sheet workspace whose one campaign (trigger "at", in the past) mails every row."""
     (root / "mappings").mkdir(parents=True)
     (root / "email_templates").mkdir()
@@ -53,7 +53,7 @@ def write_workspace(root: Path, srv, rows: list[dict[str, str]], *, template: st
         "{{ customer.name }}您好：\n{{ customer.company }} 专享九折。\n退订：{{ unsubscribe }}\n"), encoding="utf-8")
     cfg = root / "config.toml"
     cfg.write_text(
-        '[workspace]\ntimezone = "Asia/Shanghai"\ndatabase = "var/crm.sqlite"\n\n'
+        f'[workspace]\ntimezone = "Asia/Shanghai"\ndatabase = "{database}"\n\n'
         '[sheet]\nsource = "csv"\npath = "customers.csv"\nwriteback = false\n\n'
         '[mailbox]\nsource = "maildir"\npath = "inbox"\n\n'
         f'[outbound]\ntransport = "smtp"\nfrom = "销售部 <{FROM_ADDR}>"\nhost = "{srv.host}"\nport = {srv.port}\n'
@@ -81,7 +81,13 @@ def cli(cfg: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProc
                           check=False, cwd=cfg.parent)
 
 
-def sends(cfg: Path) -> list[dict]:
+def sends(cfg: Path, database: str = "var/crm.sqlite") -> list[dict]:
+    if database.startswith("postgresql://"):
+        import psycopg
+        from psycopg.rows import dict_row
+
+        with psycopg.connect(database, row_factory=dict_row) as conn:
+            return list(conn.execute("select * from sends order by id"))
     con = sqlite3.connect(cfg.parent / "var" / "crm.sqlite")
     con.row_factory = sqlite3.Row
     try:
@@ -94,12 +100,14 @@ def sends(cfg: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_instants_never_sends_twice(tmp_path, smtpd):
+def test_sigkill_at_random_instants_never_sends_twice(tmp_path, smtpd, log_location):
+    """On each backend (issue #20): a SQLite file, then a PostgreSQL database, one worker at a time."""
     seed = int(os.environ.get("CRM_KILL_SEED", time.time_ns() % 1_000_000))
     rng = random.Random(seed)
     n = 300
     rows = customers(n)
-    cfg = write_workspace(tmp_path, smtpd, rows)
+    database = log_location if log_location.startswith("postgresql://") else "var/crm.sqlite"
+    cfg = write_workspace(tmp_path, smtpd, rows, database=database)
     r = cli(cfg, "sync")
     assert r.returncode == 0, r.stderr
     # The server commits each message, then waits 10 ms before saying 250: a kill landing
@@ -142,7 +150,7 @@ def test_sigkill_at_random_instants_never_sends_twice(tmp_path, smtpd):
     assert not dupes, f"seed {seed}: Message-IDs received more than once: {dupes}"
     assert None not in got
 
-    table = [s for s in sends(cfg) if s["campaign"] == "promo"]
+    table = [s for s in sends(cfg, database) if s["campaign"] == "promo"]
     assert Counter(s["customer_key"] for s in table) == Counter(r["email"] for r in rows), f"seed {seed}"
     statuses = Counter(s["status"] for s in table)
     print(f"seed {seed}: final statuses {dict(statuses)}")

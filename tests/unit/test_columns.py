@@ -137,8 +137,8 @@ def test_sheet_data_columns_rows_and_empty_rows():
     assert [(r.row, r.values) for r in again.rows] == [(7, {"邮箱": "c@x.com", "姓名": None})]
 
 
-def test_log_keeps_every_value_exactly_as_validated(tmp_path):
-    store = Store.open(tmp_path / "crm.sqlite")
+def test_log_keeps_every_value_exactly_as_validated(log_location):
+    store = Store.open(log_location)  # SQLite, then PostgreSQL (issue #20)
     now = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
     odd = {"email": "q@x.com", "name": 'O\'Brien "Bob" \\ 张三 \n\t\x01 😀', "vip": True, "score": 0.1 + 0.2,
            "big": 2**70, "neg": -(2**63), "none": None, "zero": False, "date": "2026-11-24", "n": 7}
@@ -196,7 +196,7 @@ def test_first_sync_bulk_path_gives_what_the_row_by_row_path_gives(tmp_path, mon
     assert fast.customers[1].data == {"email": "u1@x.com", "name": "客户1", "vip": True, "fax": None}
 
 
-def test_customer_columns_go_into_the_log_as_the_same_customers(tmp_path):
+def test_customer_columns_go_into_the_log_as_the_same_customers(log_location):
     from crm_automation.models import CustomerColumns
 
     now = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
@@ -206,7 +206,7 @@ def test_customer_columns_go_into_the_log_as_the_same_customers(tmp_path):
     assert cols[1] == Customer("k001@x.com", 2, {"email": "k001@x.com", "vip": False, "fax": None, "name": "一"})
     assert cols[-1].row == 5 and [c.row for c in cols[1:3]] == [2, 4] and len(cols) == 5
 
-    store = Store.open(tmp_path / "crm.sqlite")
+    store = Store.open(log_location)  # SQLite, then PostgreSQL (issue #20)
     stats = store.apply_sync("s.xlsx", cols, {}, {k: f"h{k}" for k in keys}, now)
     assert stats.added == 5
     got = store.customers()

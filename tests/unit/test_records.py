@@ -137,8 +137,8 @@ def _bounce(mid: str, scored_limit: int, digest: str) -> Decision:
     return Decision("INBOX", 1, 1, None, activities=(rec,))
 
 
-def test_the_store_applies_what_the_rule_decides_for_its_count(tmp_path):
-    store = Store.open(tmp_path / "crm.sqlite")
+def test_the_store_applies_what_the_rule_decides_for_its_count(log_location):
+    store = Store.open(log_location)  # SQLite, then PostgreSQL (issue #20)
     store.apply_sync("s.csv", [], {}, {}, T0)
     store.conn.execute("INSERT INTO customers (key, row, data, first_seen, email_status, present) "
                        "VALUES ('a@x.com', 2, '{}', '2026-11-01T00:00:00Z', 'ok', 1)")
@@ -150,8 +150,8 @@ def test_the_store_applies_what_the_rule_decides_for_its_count(tmp_path):
     store.close()
 
 
-def test_relinking_asks_the_core_which_status_a_reason_gives(tmp_path):
-    store = Store.open(tmp_path / "crm.sqlite")
+def test_relinking_asks_the_core_which_status_a_reason_gives(log_location):
+    store = Store.open(log_location)  # SQLite, then PostgreSQL (issue #20)
     store.suppress("new@x.com", SuppressionReason.MANUAL, "cli", T0)
     store.add_activity(kind="email_in", occurred_at=T0, now=T0, message_id="<m@x>", digest="d",
                        details=InboundDetails("new@x.com", (), "no sign", "unknown sender"))

@@ -132,8 +132,8 @@ def test_an_older_log_adopts_the_field_its_keys_were_built_from():
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store.open(tmp_path / "crm.sqlite")
+def store(log_location):
+    s = Store.open(log_location)  # SQLite, then PostgreSQL (issue #20)
     yield s
     s.close()
 

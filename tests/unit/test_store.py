@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 
 from crm_automation.mailbox.base import Cursor
@@ -42,16 +43,31 @@ def rec(mid: str, *, key: str | None = None, subject: str = "hi", source: str = 
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store.open(tmp_path / "crm.sqlite")
+def store(log_location):  # each test runs on SQLite, then on PostgreSQL (tests/fixtures/postgres.py)
+    s = Store.open(log_location)
     yield s
     s.close()
 
 
 def statements(store: Store) -> list[str]:
     seen: list[str] = []
-    store.conn.raw.set_trace_callback(seen.append)
+    if store.dialect.name == "sqlite":
+        store.conn.raw.set_trace_callback(seen.append)
+    else:
+        store.conn.trace = seen.append  # psycopg has no trace hook: the store's PostgreSQL guard offers one
     return seen
+
+
+def read_elsewhere(store: Store, sql: str) -> tuple:
+    """One row as another connection sees it (what is committed)."""
+    if store.dialect.name == "sqlite":
+        other = sqlite3.connect(store.path)
+        try:
+            return other.execute(sql).fetchone()
+        finally:
+            other.close()
+    with psycopg.connect(store.conn.raw.info.dsn, autocommit=True) as other:
+        return other.execute(sql.encode()).fetchone()
 
 
 def commits(seen: list[str]) -> int:
@@ -113,9 +129,7 @@ def test_each_writer_commits_on_its_own(store):
     sid = queue(store)
     seen = statements(store)
     store.mark_sending(sid, "<m1@x>", T0)  # one statement: SQLite commits it by itself (autocommit)
-    other = sqlite3.connect(store.path)
-    assert other.execute("SELECT status FROM sends").fetchone() == ("sending",)
-    other.close()
+    assert read_elsewhere(store, "SELECT status FROM sends") == ("sending",)
     assert commits(seen) == 0 and not store.conn.in_transaction
     store.mark_status(sid, SendStatus.UNCERTAIN, "x")
     store.suppress("a@x.com", "manual", "test", T0)
@@ -124,9 +138,7 @@ def test_each_writer_commits_on_its_own(store):
     run = store.start_run("sync", T0)
     store.finish_run(run, T0, ok=True, stats={}, error=None)
     assert commits(seen) == 6
-    other = sqlite3.connect(store.path)  # each is visible to another reader at once
-    assert other.execute("SELECT status FROM sends").fetchone() == ("uncertain",)
-    other.close()
+    assert read_elsewhere(store, "SELECT status FROM sends") == ("uncertain",)  # visible to another reader at once
 
 
 def test_writers_inside_a_callers_transaction_are_savepoints_one_commit(store):
@@ -206,7 +218,15 @@ def test_a_batch_that_fails_keeps_nothing_and_moves_no_cursor(store):
     assert store.conn.execute("SELECT COUNT(*) FROM activities").fetchone()[0] == 0
 
 
-def test_the_work_each_fetched_message_costs_the_log_does_not_grow_with_the_log(store):
+@pytest.fixture
+def sqlite_store(tmp_path):
+    """For what only SQLite can show (its virtual machine's steps)."""
+    s = Store.open(tmp_path / "crm.sqlite")
+    yield s
+    s.close()
+
+
+def test_the_work_each_fetched_message_costs_the_log_does_not_grow_with_the_log(sqlite_store):
     """No full-table scan per message (issue #13): the dedup lookup once scanned ``activities``.
 
     Counts SQLite's virtual-machine steps (a progress handler) for what one
@@ -215,6 +235,7 @@ def test_the_work_each_fetched_message_costs_the_log_does_not_grow_with_the_log(
     4,100 inbound activities already logged. Answered from indexes, the work
     stays about the same; a scan makes it forty times larger.
     """
+    store = sqlite_store
     store.apply_sync("s.csv", [Customer("a@x.com", 2, {"owner": "o@x.com"})], {}, {}, T0)
 
     def log_messages(start: int, n: int) -> None:

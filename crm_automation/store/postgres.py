@@ -1,0 +1,281 @@
+"""The activity log on a PostgreSQL server (issue #20): the connection, its guard and the schema's migrations.
+
+``Store.open("postgresql://user@host:5432/crm")`` opens the same
+:class:`~crm_automation.store.repo.Store` over this connection instead of a
+SQLite file: every part runs the same statement texts, translated at one
+point (:data:`crm_automation.store.dialect.POSTGRESQL`). Every statement of
+the store has its PostgreSQL spelling; the contract tests run the send
+lifecycle, the transaction rule, sync, fetched mail, suppressions, rekey,
+the planning reads, reports, search, contact times, the pipeline, the
+owner digests' and the stale list's reads (tests/app/test_sales_reads.py,
+one digest end to end) and the portable rewrites over both engines.
+``[workspace] database`` takes the URL (``config.py``: never with a
+password). Stage 1 of issue #20: one worker per
+workspace still (:class:`WorkspaceLock`, an advisory lock where SQLite has
+its lock file); stage 2 makes several safe (claims, advisory locks per
+stage, rate limits and heartbeats counted in the database).
+
+Why psycopg 3: the maintained libpq driver; libpq honours the URL's
+``sslmode``, ``PGPASSWORD``, ``~/.pgpass`` and client certificates as every
+PostgreSQL tool does, so no secret need be in the config file.
+
+The connection runs in autocommit mode and the store opens its own
+transactions (``BEGIN`` ... ``COMMIT``, savepoints inside), exactly as on
+SQLite with ``isolation_level=None``: nothing is committed behind our back.
+
+Migrations: the same names as SQLite's (``store/migrations.py``), recorded in
+the same ``_migrations`` table, each applied once in its own transaction;
+the schema version is how many are recorded (SQLite keeps it in ``PRAGMA
+user_version`` too). The DDL is PostgreSQL's own (``store/schema_pg.py``):
+types, identity columns and schema 10's triggers in PL/pgSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+import psycopg
+import psycopg.errors
+from psycopg import pq
+from psycopg.rows import TupleRow
+
+from crm_automation.errors import ConfigError, CrmError, LogBusyError, ServiceError
+from crm_automation.store.connection import Params
+from crm_automation.store.dialect import POSTGRESQL
+from crm_automation.store.location import shown
+from crm_automation.store.migrations import MIGRATIONS, SCHEMA_VERSION
+from crm_automation.store.schema_pg import PG_MIGRATIONS
+
+# One advisory-lock key space for the migrations: two processes opening a new database at once must not both
+# create the tables (PostgreSQL's DDL is transactional, but CREATE TABLE races end in a unique violation).
+_MIGRATION_LOCK = 0x63726D20  # "crm "
+
+
+def server_error(where: str, e: psycopg.Error) -> CrmError:
+    """A server or network failure as a message for the admin (exit 3: the next pass tries again).
+
+    Decided by the exception's class (psycopg maps SQLSTATE classes to
+    them), not by its text; an error of our SQL is re-raised as it is. A
+    lock wait cut short (SQLSTATE 55P03, only inside ``not_waiting``) is
+    :class:`LogBusyError`, as SQLite's busy log.
+    """
+    if isinstance(e, psycopg.errors.LockNotAvailable):  # lock_timeout ran out (PgGuarded.not_waiting)
+        return LogBusyError(f"{where}: the activity log is busy (another transaction holds a row this write "
+                            f"changes: {str(e).strip()}); nothing of the transaction was kept",
+                            hint="the caller tries again; if it keeps happening, look for a long transaction "
+                                 "in pg_stat_activity")
+    if isinstance(e, psycopg.OperationalError):
+        return ServiceError(f"{where}: the PostgreSQL server did not answer ({str(e).strip()})",
+                            hint="check that the server is running and reachable, then run again; nothing was "
+                                 "half-written (the transaction was rolled back)")
+    raise e
+
+
+class PgGuarded:
+    """The psycopg connection with :class:`~crm_automation.store.connection.Guarded`'s surface.
+
+    Each statement is translated once (``?`` -> ``%s``, cached per text);
+    parameters are always passed, so psycopg reads ``%%`` as ``%``.
+    """
+
+    __slots__ = ("_c", "_not_waiting", "path", "trace")
+    dialect = POSTGRESQL
+
+    def __init__(self, conn: psycopg.Connection[TupleRow], path: str) -> None:
+        self._c = conn
+        self.path = path
+        # Called with each statement's text as the store wrote it: the tests count commits and savepoints with
+        # it, as they do with sqlite3's set_trace_callback (psycopg has no such hook).
+        self.trace: Callable[[str], object] | None = None
+        self._not_waiting = False  # inside not_waiting(): lock_timeout is 1 ms
+
+    def execute(self, sql: str, args: Params = ()) -> psycopg.Cursor[TupleRow]:
+        """Run one statement; a lost server becomes a :class:`ServiceError` naming the log (password hidden)."""
+        if self.trace is not None:
+            self.trace(sql)
+        try:
+            return self._c.execute(POSTGRESQL.sql(sql).encode(), args)
+        except psycopg.OperationalError as e:
+            raise server_error(self.path, e) from None
+
+    def executemany(self, sql: str, args: Iterable[Params]) -> psycopg.Cursor[TupleRow]:
+        """Run one statement per parameter set (``rowcount``: their sum)."""
+        cur = self._c.cursor()
+        try:
+            cur.executemany(POSTGRESQL.sql(sql).encode(), args)
+        except psycopg.OperationalError as e:
+            raise server_error(self.path, e) from None
+        return cur
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open (``transaction()`` then nests a savepoint)."""
+        return self._c.info.transaction_status != pq.TransactionStatus.IDLE
+
+    @contextmanager
+    def not_waiting(self) -> Iterator[None]:
+        """Inside, a statement that meets another transaction's row lock fails at once: LogBusyError.
+
+        ``Connection.not_waiting``'s contract on PostgreSQL (issue #19's
+        ``serve`` writes one-click batches on its event loop, which must not
+        sleep in the server's lock queue). There is no whole-log write lock
+        here, only row locks (and the table locks DDL takes), so "busy" means
+        another transaction holds a row this write changes. ``lock_timeout``
+        = 1 ms (0 would mean "wait for ever"), set for the session here and
+        reset after (to the session's default, which a URL's ``options`` may
+        set): ``SET LOCAL`` would need a transaction open, and the caller
+        opens it inside. The statement that timed out changed nothing, and
+        PostgreSQL aborts the transaction, which ``transaction()`` rolls
+        back, so the caller may try the whole unit again.
+        """
+        if self._not_waiting:  # nested: the outer one resets
+            yield
+            return
+        self.execute("SET lock_timeout = '1ms'")
+        self._not_waiting = True
+        try:
+            yield
+        finally:
+            self._not_waiting = False
+            self.execute("RESET lock_timeout")
+
+    @property
+    def raw(self) -> psycopg.Connection[TupleRow]:
+        """The psycopg connection itself (tests)."""
+        return self._c
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._c.close()
+
+
+def _connect(url: str, password: str | None) -> psycopg.Connection[TupleRow]:
+    try:
+        return psycopg.connect(url, autocommit=True, password=password) if password else \
+            psycopg.connect(url, autocommit=True)
+    except psycopg.Error as e:
+        raise ServiceError(f"{shown(url)}: cannot connect to the PostgreSQL server ({str(e).strip()})",
+                           hint="check the URL in [workspace] database, that the server runs and accepts this "
+                                "user from this machine (pg_hba.conf), and the password's source "
+                                "([workspace] database_password_env, PGPASSWORD or ~/.pgpass)") from None
+
+
+def connect(url: str, *, password: str | None = None) -> PgGuarded:
+    """Connect (autocommit: the store opens its own transactions) and bring the schema up to date.
+
+    ``password``: from the variable ``[workspace] database_password_env``
+    names (issue #20), else libpq's own ``PGPASSWORD`` / ``~/.pgpass`` / a
+    client certificate apply.
+    """
+    guarded = PgGuarded(_connect(url, password), shown(url))
+    try:
+        migrate(guarded)
+    except BaseException:
+        guarded.close()
+        raise
+    return guarded
+
+
+def connect_readonly(url: str, *, password: str | None = None) -> PgGuarded | None:
+    """Connect for reading only (dry runs, ``check``): nothing migrated, every transaction read-only.
+
+    A guarantee as SQLite's ``mode=ro`` is. None when the database has no
+    log yet: the caller reads an empty one, as for a SQLite file not created
+    yet. A log of another schema version is refused (it cannot be upgraded
+    in a copy, as a SQLite file is).
+    """
+    guarded = PgGuarded(_connect(url, password), shown(url))
+    version = _recorded(guarded)
+    if version is None:
+        guarded.close()
+        return None
+    if version != SCHEMA_VERSION:
+        guarded.close()
+        raise ConfigError(f"{guarded.path}: the log's schema is version {version}, this crm-automation reads "
+                          f"version {SCHEMA_VERSION}",
+                          hint="run a command that writes (crm-automation run, sync or send) once to upgrade it")
+    guarded.execute("SET default_transaction_read_only = on")
+    return guarded
+
+
+def _recorded(conn: PgGuarded) -> int | None:
+    """How many migrations the database records; None when it has no log (no ``_migrations`` table)."""
+    if conn.execute("SELECT to_regclass('_migrations')").fetchone() == (None,):
+        return None
+    return schema_version(conn)
+
+
+def migrate(conn: PgGuarded) -> list[str]:
+    """Apply pending migrations, each in its own transaction, under an advisory lock; return the names applied."""
+    conn.execute("SELECT pg_advisory_lock(?)", (_MIGRATION_LOCK,))
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+        done = {r[0] for r in conn.execute("SELECT name FROM _migrations")}
+        unknown = done - {name for name, _ in MIGRATIONS}
+        if unknown:
+            raise ConfigError(f"{conn.path}: the log was written by a newer crm-automation (migrations "
+                              f"{', '.join(sorted(unknown))}); upgrade before using it")
+        applied = []
+        for name, _ in MIGRATIONS:
+            if name in done:
+                continue
+            conn.execute("BEGIN")
+            try:
+                PG_MIGRATIONS[name](conn)
+                conn.execute("INSERT INTO _migrations VALUES (?, ?)", (name, datetime.now(UTC).isoformat()))
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            applied.append(name)
+        return applied
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(?)", (_MIGRATION_LOCK,))
+
+
+def schema_version(conn: PgGuarded) -> int:
+    """How many migrations the database has (``check`` reports it)."""
+    row = conn.execute("SELECT COUNT(*) FROM _migrations").fetchone()
+    return int(row[0]) if row else 0
+
+
+# The workspace's key: one per schema, so workspaces sharing a server in schemas of one database do not block each
+# other (advisory locks are per database); hashtext is PostgreSQL's own string hash.
+_WORKSPACE_KEY = "hashtext('crm-automation workspace ' || current_schema())"
+
+
+class WorkspaceLock:
+    """One worker per PostgreSQL workspace, for now (issue #20, stage 1): a session advisory lock.
+
+    Why not yet several: the send pass's state between transactions (the
+    rate limits counted in memory, recovery taking every ``sending`` row as
+    a dead worker's, the mailbox cursor read once per pass) assumes one
+    worker, as the SQLite workspace's lock file says. Stage 2 replaces this
+    with claims (``FOR UPDATE SKIP LOCKED``), per-stage advisory locks,
+    limits counted in the database and heartbeats. The lock is held by its
+    own connection for the worker's life and dies with it (a killed worker's
+    session ends), so no stale lock is left behind, on any machine.
+    """
+
+    def __init__(self, url: str, password: str | None) -> None:
+        self.url = url
+        self.password = password
+        self._conn: psycopg.Connection[TupleRow] | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock without waiting; False when another worker holds it."""
+        conn = _connect(self.url, self.password)
+        row = conn.execute(f"SELECT pg_try_advisory_lock({_WORKSPACE_KEY})".encode()).fetchone()
+        if not (row and row[0]):
+            conn.close()
+            return False
+        self._conn = conn
+        return True
+
+    def release(self) -> None:
+        """Let go (closing the session releases the lock)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
