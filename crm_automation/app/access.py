@@ -34,6 +34,7 @@ reopens the log when the file it opened was deleted or replaced.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,13 +43,15 @@ from typing import TYPE_CHECKING
 
 from filelock import FileLock, Timeout
 
-from crm_automation.errors import LockedError, LogBusyError, StorageError
+from crm_automation.errors import CrmError, LockedError, LogBusyError, StorageError
 from crm_automation.store import connection, location
 from crm_automation.store.repo import Store
 
 if TYPE_CHECKING:
     from crm_automation.store import postgres
     from crm_automation.workspace import Workspace
+
+log = logging.getLogger("crm_automation.app")
 
 
 class WorkspaceLock:
@@ -153,10 +156,21 @@ class KeptWriter:
         return self._store is not None
 
     def warm(self) -> None:
-        """Open the kept connection now, when the log exists (``serve`` at start: the first POST finds it open)."""
-        if Path(self.ws.cfg.database).exists():
+        """Open the kept connection now (``serve`` at start: the first POST finds it open).
+
+        A SQLite log only when its file exists (``serve`` started before the
+        first run creates no log); a PostgreSQL log always, but a server that
+        does not answer yet does not stop ``serve`` from starting: the
+        first write tries again and answers for itself.
+        """
+        database = str(self.ws.cfg.database)
+        if not location.is_postgresql(database) and not Path(database).exists():
+            return
+        try:
             with self.store():
                 pass
+        except CrmError as e:
+            log.warning("%s", e)
 
     def close(self) -> None:
         """Close the connection (the next write opens it again)."""

@@ -111,3 +111,22 @@ def test_after_a_busy_log_the_next_write_goes_through(ws, monkeypatch):
         holder.close()
         kept.close()
     assert _suppressed(ws.cfg.database) == ["c0@example.com"]
+
+
+def test_warming_opens_an_existing_log_and_leaves_a_missing_or_unreachable_one_for_later(tmp_path, ws, caplog):
+    kept = KeptWriter(ws)
+    kept.warm()
+    assert kept.is_open
+    kept.close()
+    fresh = make_workspace(tmp_path / "fresh")  # no run yet: no log file, and warming must not create one
+    empty = KeptWriter(Workspace.load(fresh))
+    empty.warm()
+    assert not empty.is_open and not (fresh.parent / "var" / "crm.sqlite").exists()
+    down = make_workspace(tmp_path / "down")  # a PostgreSQL server that does not answer (nothing listens on port 1)
+    down.write_text(down.read_text(encoding="utf-8").replace(
+        'database = "var/crm.sqlite"', 'database = "postgresql://crm@127.0.0.1:1/crm?connect_timeout=2"'),
+        encoding="utf-8")
+    unreachable = KeptWriter(Workspace.load(down))
+    unreachable.warm()  # serve still starts; the first write tries again and answers for itself
+    assert not unreachable.is_open
+    assert "127.0.0.1" in caplog.text and "crm@" in caplog.text
