@@ -20,7 +20,7 @@ from crm_automation.errors import LockedError
 from crm_automation.store import connection
 from crm_automation.tokens import token_of
 from crm_automation.workspace import Workspace
-from tests.fixtures.core import db_rows, make_workspace
+from tests.fixtures.core import db_rows, holding_the_log, make_workspace
 
 CAMPAIGN = '[[campaign]]\nid = "hello"\ntemplate = "hello"\ntrigger = "new"\ninclude_existing = true\n'
 T1 = datetime(2026, 11, 27, 4, 0, tzinfo=UTC)
@@ -130,33 +130,6 @@ def test_a_batch_is_all_or_nothing_when_the_log_stays_busy(ws, monkeypatch):
     assert [r.outcome for r in results] == [Outcome.UNSUBSCRIBED, Outcome.UNSUBSCRIBED]
 
 
-class _Holder:
-    """Another program's write transaction on the log, held until released."""
-
-    def __init__(self, db) -> None:
-        self.db, self.started, self.release = db, threading.Event(), threading.Event()
-        self.thread = threading.Thread(target=self._hold, daemon=True)
-
-    def _hold(self) -> None:
-        con = sqlite3.connect(self.db, isolation_level=None)
-        try:
-            con.execute("BEGIN IMMEDIATE")
-            self.started.set()
-            self.release.wait(30)
-            con.execute("COMMIT")
-        finally:
-            con.close()
-
-    def __enter__(self) -> _Holder:
-        self.thread.start()
-        assert self.started.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release.set()
-        self.thread.join(10)
-
-
 def test_tokens_a_read_answers_need_no_write_lock(ws, monkeypatch):
     """A provider's retry (already unsubscribed), an unknown token: answered while another writer holds the log.
 
@@ -168,7 +141,7 @@ def test_tokens_a_read_answers_need_no_write_lock(ws, monkeypatch):
     suppressions.suppress(ws, ["c1@example.com"], "bounced", T1)  # on the list another way
     before = _log(ws)
     monkeypatch.setattr(connection, "BUSY_TIMEOUT", 0.5)
-    with _Holder(ws.cfg.database):
+    with holding_the_log(ws.cfg.database):
         started = time.monotonic()
         results = suppressions.unsubscribe_by_tokens(ws, [t["c0@example.com"], UNKNOWN, t["c1@example.com"]],
                                                      T1 + timedelta(minutes=1))
@@ -189,7 +162,7 @@ def test_without_waiting_a_busy_log_fails_at_once_and_the_next_try_writes_once(w
     t = _tokens(ws)
     kept = KeptWriter(ws)
     try:
-        with _Holder(ws.cfg.database):
+        with holding_the_log(ws.cfg.database):
             started = time.monotonic()
             with pytest.raises(LogBusyError):
                 suppressions.unsubscribe_by_tokens(ws, [t["c0@example.com"]], T1, kept=kept, wait=False)
@@ -198,8 +171,8 @@ def test_without_waiting_a_busy_log_fails_at_once_and_the_next_try_writes_once(w
         results = suppressions.unsubscribe_by_tokens(ws, [t["c0@example.com"]], T1, kept=kept, wait=False)
         assert [r.outcome for r in results] == [Outcome.UNSUBSCRIBED]
         # the kept connection, used waiting (the default), waits for a busy log again
-        with _Holder(ws.cfg.database) as holder:
-            threading.Timer(0.3, holder.release.set).start()
+        with holding_the_log(ws.cfg.database) as release:
+            threading.Timer(0.3, release.set).start()
             results = suppressions.unsubscribe_by_tokens(ws, [t["c1@example.com"]], T1, kept=kept)
         assert [r.outcome for r in results] == [Outcome.UNSUBSCRIBED]
     finally:

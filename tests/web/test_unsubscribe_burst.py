@@ -5,7 +5,6 @@ A real ``serve`` (tests/fixtures/web.py), httpx from many threads at once, the l
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +13,7 @@ import httpx
 
 from crm_automation.tokens import token_of
 from crm_automation.workspace import Clock
-from tests.fixtures.core import db_rows, make_workspace
+from tests.fixtures.core import db_rows, holding_the_log, make_workspace
 
 CAMPAIGN = '[[campaign]]\nid = "hello"\ntemplate = "hello"\ntrigger = "new"\ninclude_existing = true\n'
 ONE_CLICK = {"List-Unsubscribe": "One-Click"}
@@ -46,23 +45,6 @@ def test_a_burst_of_posts_is_answered_each_and_recorded_once_per_token(tmp_path,
     clock = CountingClock()
     srv = web_server(cfg, clock)
 
-    # The worker holds the log's write lock while the burst arrives: the POSTs queue up in serve.
-    holding, release = threading.Event(), threading.Event()
-
-    def worker() -> None:
-        con = sqlite3.connect(db, isolation_level=None)
-        try:
-            con.execute("BEGIN IMMEDIATE")
-            holding.set()
-            release.wait(30)
-            con.execute("COMMIT")
-        finally:
-            con.close()
-
-    holder = threading.Thread(target=worker, daemon=True)
-    holder.start()
-    assert holding.wait(10)
-
     # Every token twice (a provider retrying), 50 POSTs at once, each from its own client address.
     posts = [(n, token) for n, token in enumerate([*tokens.values(), *tokens.values()])]
     arrived = threading.Barrier(len(posts) + 1, timeout=30)
@@ -73,13 +55,13 @@ def test_a_burst_of_posts_is_answered_each_and_recorded_once_per_token(tmp_path,
             r = c.post(f"/u/{token}", data=ONE_CLICK, headers={"X-Forwarded-For": f"10.0.{n // 200}.{n % 200 + 1}"})
         return token, r.status_code, r.text
 
-    with ThreadPoolExecutor(len(posts)) as pool:
+    # The worker holds the log's write lock while the burst arrives: the POSTs queue up in serve.
+    with holding_the_log(db) as release, ThreadPoolExecutor(len(posts)) as pool:
         futures = [pool.submit(post, n, token) for n, token in posts]
         arrived.wait()
         time.sleep(2.0)  # the POSTs reach serve and wait there for the log
         release.set()
         answers = [f.result(timeout=60) for f in futures]
-    holder.join(10)
 
     assert {status for _, status, _ in answers} == {200}
     for token in tokens.values():  # per token: one answer says done, the other says already
@@ -107,22 +89,7 @@ def test_serve_is_ready_before_its_first_request_and_its_loop_never_waits_in_sql
     srv = web_server(cfg)
     assert srv.app.state.web.kept.is_open  # warmed before the first request
 
-    holding, release = threading.Event(), threading.Event()
-
-    def worker() -> None:
-        con = sqlite3.connect(db, isolation_level=None)
-        try:
-            con.execute("BEGIN IMMEDIATE")
-            holding.set()
-            release.wait(30)
-            con.execute("COMMIT")
-        finally:
-            con.close()
-
-    holder = threading.Thread(target=worker, daemon=True)
-    holder.start()
-    assert holding.wait(10)
-    with ThreadPoolExecutor(1) as pool:
+    with holding_the_log(db) as release, ThreadPoolExecutor(1) as pool:
         posted = pool.submit(lambda: httpx.post(f"{srv.url}/u/{token}", data=ONE_CLICK, timeout=60))
         time.sleep(0.5)
         assert not posted.done()  # waiting for the log
@@ -131,6 +98,5 @@ def test_serve_is_ready_before_its_first_request_and_its_loop_never_waits_in_sql
         assert page.status_code == 200 and time.monotonic() - started < 2.0
         release.set()
         answer = posted.result(timeout=30)
-    holder.join(10)
     assert answer.status_code == 200 and "You are unsubscribed" in answer.text
     assert db_rows(db, "SELECT customer_key FROM activities WHERE kind = 'unsubscribe'") == [("c0@example.com",)]
