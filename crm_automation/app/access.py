@@ -164,7 +164,7 @@ class KeptWriter:
         first write tries again and answers for itself.
         """
         database = str(self.ws.cfg.database)
-        if not location.is_postgresql(database) and not Path(database).exists():
+        if on_this_machine(self.ws) and not Path(database).exists():
             return
         try:
             with self.store():
@@ -215,6 +215,11 @@ def writing(ws: Workspace, kept: KeptWriter | None = None, *, wait: bool = True)
         raise busy(ws) from e
     finally:
         store.close()
+
+
+def on_this_machine(ws: Workspace) -> bool:
+    """Whether the workspace's log is a file on this machine (SQLite), not a server (PostgreSQL, issue #20)."""
+    return not location.is_postgresql(str(ws.cfg.database))
 
 
 def busy_wait() -> tuple[float, float]:

@@ -97,10 +97,17 @@ class WebState:
         write lock the attempt fails at once, nothing written, and the loop
         awaits the next try (other requests go on meanwhile), for up to the
         busy timeout, then :class:`LockedError` as before.
+
+        A PostgreSQL log (issue #20) is a server a network away: its round
+        trips would hold up the loop, so there the batch goes to the
+        threadpool as before, and the server's own lock wait applies.
         """
+        now = self.clock.now()  # when the batch came to be written (the tries that find the log busy do not move it)
+        if not access.on_this_machine(self.ws):
+            return await written(self, lambda: suppressions.unsubscribe_by_tokens(self.ws, tokens, now,
+                                                                                  kept=self.kept))
         timeout, poll = access.busy_wait()
         deadline = time.monotonic() + timeout
-        now = self.clock.now()  # when the batch came to be written (the tries that find the log busy do not move it)
         async with self.writes:
             while True:
                 try:
