@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from crm_automation.errors import CrmError, ServiceError, StorageError
+from crm_automation.fleet import Fleet, Solo
 from crm_automation.store.repo import Store
 from crm_automation.workspace import Clock
 
@@ -95,12 +96,17 @@ class StageResult:
 
 @dataclass(frozen=True, slots=True)
 class StageContext:
-    """What a stage needs besides the workspace: the log, the clock, progress and the stop flag."""
+    """What a stage needs besides the workspace: the log, the clock, progress, the stop flag, and its fleet.
+
+    ``fleet``: this worker among those sharing the log (issue #20): its
+    name, and which stages it may run now (:mod:`crm_automation.fleet`).
+    """
 
     store: Store
     clock: Clock
     progress: Progress = no_progress
     stop: threading.Event = field(default_factory=threading.Event)
+    fleet: Fleet = field(default_factory=Solo)
 
 
 @contextmanager

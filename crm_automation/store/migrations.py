@@ -27,6 +27,7 @@ from crm_automation.store.schema import (
     create_v9,
     create_v10,
     create_v11,
+    create_v12,
 )
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0009_contact_times", create_v9),
     ("0010_send_follow_ups", create_v10),
     ("0011_stage_moves_by_time", create_v11),
+    ("0012_workers", create_v12),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -434,3 +434,25 @@ def create_v11(db: sqlite_utils.Database) -> None:
     """
     db.execute("CREATE INDEX IF NOT EXISTS idx_activities_field_changed_at ON activities("
                "json_extract(details, '$.field'), occurred_at) WHERE kind = 'field_changed'")
+
+
+def create_v12(db: sqlite_utils.Database) -> None:
+    """Schema version 12 (issue #20): the workers sharing a log, and who holds each send.
+
+    ``workers``: one row per worker process (``run`` or a stage verb): its
+    host and pid, when it started, its last heartbeat and the stage it is
+    in; ``stopped_at`` once it has stopped (cleanly, or found dead by
+    another). ``crm-automation status`` lists them; the recovery rules take
+    only a dead worker's ``sending`` rows.
+
+    ``sends.holder`` (extra): the worker that has claimed a queued send or
+    holds it in ``sending`` (NULL: none, or a row from before schema 12).
+    ``sends.account`` (extra): the SMTP account a send went through, when
+    several are configured (``[[outbound.accounts]]``; NULL: ``[outbound]``'s
+    own).
+    """
+    db.execute("CREATE TABLE workers (id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, "
+               "started_at TEXT NOT NULL, heartbeat_at TEXT NOT NULL, stage TEXT, stopped_at TEXT)")
+    db.execute("ALTER TABLE sends ADD COLUMN holder TEXT")
+    db.execute("ALTER TABLE sends ADD COLUMN account TEXT")
+    db.execute("CREATE INDEX idx_sends_holder ON sends(holder) WHERE holder IS NOT NULL")

@@ -223,8 +223,19 @@ def v11(db: _Executes) -> None:
                "occurred_at) WHERE kind = 'field_changed'")
 
 
+def v12(db: _Executes) -> None:
+    """0012_workers: the workers sharing the log and who holds each send (see schema.py)."""
+    _run(db,
+         "CREATE TABLE workers (id TEXT PRIMARY KEY, host TEXT NOT NULL, pid BIGINT NOT NULL, "
+         "started_at TEXT NOT NULL, heartbeat_at TEXT NOT NULL, stage TEXT, stopped_at TEXT)",
+         "ALTER TABLE sends ADD COLUMN holder TEXT",
+         "ALTER TABLE sends ADD COLUMN account TEXT",
+         "CREATE INDEX idx_sends_holder ON sends(holder) WHERE holder IS NOT NULL")
+
+
 PG_MIGRATIONS: dict[str, Callable[[_Executes], None]] = {
     "0001_initial": v1, "0002_sheet_state": v2, "0003_hardening": v3, "0004_step_identity": v4,
     "0005_message_kinds": v5, "0006_plan_by_question": v6, "0007_send_tracking": v7, "0008_dashboard_reads": v8,
     "0009_contact_times": v9, "0010_send_follow_ups": v10, "0011_stage_moves_by_time": v11,
+    "0012_workers": v12,
 }

@@ -25,7 +25,7 @@ LAYERS: dict[str, int] = {
     "contact": 4, "outgoing": 4, "owner_digest": 4,
     "sheets": 5, "mailbox": 5, "transports": 5,
     "store": 6, "config": 6, "fieldtypes": 6, "credentials": 6, "addresses": 6,
-    "models": 7, "errors": 7, "files": 7, "cells": 7, "status_words": 7, "__init__": 7,
+    "models": 7, "errors": 7, "files": 7, "fleet": 7, "cells": 7, "status_words": 7, "__init__": 7,
 }
 
 
