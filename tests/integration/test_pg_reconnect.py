@@ -37,11 +37,14 @@ def _count(url: str, kind: str) -> int:
 def test_a_unit_whose_session_died_fails_whole_and_the_next_unit_gets_a_new_session(pg_log):
     store = Store.open(pg_log)
     try:
-        with pytest.raises(ServiceError, match="PostgreSQL server did not answer"):
+        def half_and_half() -> None:
             with store.transaction():
                 store.add_activity(kind="note", occurred_at=NOW, now=NOW, subject="first half")
                 _end_sessions(pg_log, store)
                 store.add_activity(kind="note", occurred_at=NOW, now=NOW, subject="second half")
+
+        with pytest.raises(ServiceError, match="PostgreSQL server did not answer"):
+            half_and_half()
         assert _count(pg_log, "note") == 0  # neither half: the second never ran alone on a new session
         with store.transaction():
             store.add_activity(kind="note", occurred_at=NOW, now=NOW, subject="the next unit")
