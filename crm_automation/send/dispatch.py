@@ -21,6 +21,16 @@ honoured (the send is recorded ``skipped``, reason ``suppressed``, as the
 planner records it), at the cost of two primary-key lookups in a
 transaction the pass commits anyway.
 
+Several workers may share one PostgreSQL log (issue #20): a pass does not
+read the queue once, it *claims* :data:`CLAIM_BATCH` sends at a time
+(``store/claims.py``: one statement, ``FOR UPDATE SKIP LOCKED`` there), the
+next batch before the last claimed send goes, so the next message can
+still be rendered ahead; what it did not hand over is released at the end.
+``max_per_minute`` and ``max_per_day`` are counted in the log, across all
+workers, in the same commit that marks a send ``sending`` (:class:`Rate`,
+rule :func:`rate_block`); the count kept in memory only spares a
+``MAIL FROM`` that the log would refuse.
+
 Pacing, the send window and the retry delay are pure functions of ``now``
 (:func:`in_window`, :func:`pace_wait`, :func:`retry_at`, :func:`gives_up`);
 waiting goes through one seam, ``wait(seconds) -> stopped``, which is the
@@ -59,6 +69,7 @@ from crm_automation.planner import address_block
 from crm_automation.send.kinds import Outgoing, kind_of
 from crm_automation.send.plan import Ready
 from crm_automation.stage import StageContext, StageResult
+from crm_automation.store.claims import Rate
 from crm_automation.store.repo import Store
 from crm_automation.store.sends import Claim, Gate, SendRow, Sent
 from crm_automation.transports.base import Transport
@@ -70,6 +81,12 @@ QUOTA_WAIT = timedelta(hours=1)
 MAX_CONSECUTIVE_5XX = 3
 RECIPIENT_4XX_ATTEMPTS = 10
 RECIPIENT_4XX_FOR = timedelta(days=3)
+# Sends claimed at a time (issue #20). Small, so a worker killed with a batch in hand strands little (its claims
+# wait for fleet to find it dead), and the claim's commit, one per batch, stays a small part of a message's
+# (bench_send: ~2 us a message at 16). The next batch is claimed before the last send of one goes, so the
+# message after it can be rendered while the server answers (issue #18).
+CLAIM_BATCH = 16
+LIMIT_RECHECK = 0.05  # seconds: the log refused a hand-over that this worker's count allowed; look again after
 
 
 # ---------------------------------------------------------------- pure rules
@@ -114,6 +131,15 @@ def gives_up(attempts: int, queued_at: datetime | None, now: datetime) -> bool:
     return attempts >= 3 and queued_at is not None and now - queued_at >= RECIPIENT_4XX_FOR
 
 
+def rate_block(per_minute: int, per_day: int, last_minute: int, last_day: int) -> str | None:
+    """Why one more message must not go now (hand-overs of all workers counted in the log), or None (issue #20)."""
+    if per_day and last_day >= per_day:
+        return f"max_per_day {per_day} reached (rolling 24 hours)"
+    if per_minute and last_minute >= per_minute:
+        return f"max_per_minute {per_minute} reached"
+    return None
+
+
 def is_due(s: SendRow, now: datetime) -> bool:
     """Whether a queued send may be tried now (never tried, or its 4xx retry time has come)."""
     return s.next_attempt_at is None or s.next_attempt_at <= now or s.attempts == 0
@@ -133,21 +159,24 @@ class _Claim:
     delivered) and the last message ``sending`` (recovery's, as before).
     """
 
-    __slots__ = ("failed", "gate", "links", "message_id", "now", "result", "send_id", "sent", "store")
+    __slots__ = ("failed", "gate", "holder", "links", "message_id", "now", "rate", "result", "send_id", "sent",
+                 "store")
 
     def __init__(self, store: Store, sent: Sent | None, send_id: int, message_id: str, now: datetime,
-                 gate: Gate | None, links: Sequence[str] = ()) -> None:
+                 holder: str, gate: Gate | None, links: Sequence[str] = (), rate: Rate | None = None) -> None:
         self.store, self.sent, self.send_id, self.message_id, self.now, self.gate = (
             store, sent, send_id, message_id, now, gate)
+        self.holder = holder  # this worker: only a send it claimed is marked (issue #20)
         self.links = links  # the message's tracked links (issue #19), recorded with its ``sending`` mark
+        self.rate = rate  # the limits, counted across workers in the same commit (issue #20)
         self.result: Claim | None = None  # None: the transport never asked
         self.failed = False  # the commit itself raised
 
     def __call__(self) -> bool:
-        """Commit; True when the send is ``sending`` and may go (False: skipped now, or no longer queued)."""
+        """Commit; True when the send is ``sending`` and may go (False: skipped now, over a limit, or not ours)."""
         try:
             self.result = self.store.mark_sent_and_sending(self.sent, self.send_id, self.message_id, self.now,
-                                                           self.gate, links=self.links)
+                                                           self.holder, self.gate, links=self.links, rate=self.rate)
         except CrmError:
             self.failed = True
             raise
@@ -162,6 +191,38 @@ class _Prepared:
     out: Outgoing | str  # the message to hand over, or why it is skipped
     message_id: str
     composed: Composed | DataError | ConfigError | None  # the built message, or why it cannot be built
+
+
+class _Queue:
+    """This pass's claimed sends in id order (issue #20): claims the next batch before the last one goes.
+
+    Keeping a second send in hand lets the transport's ``meanwhile`` render
+    it while the server answers the first (issue #18). ``after`` moves the
+    claims forward through the queue, so a pass reads each queued row once.
+    """
+
+    __slots__ = ("after", "done", "held", "me", "rows", "store")
+
+    def __init__(self, store: Store, me: str, held: Sequence[str]) -> None:
+        self.store, self.me, self.held = store, me, held
+        self.rows: deque[SendRow] = deque()
+        self.after = 0
+        self.done = False
+
+    def next(self, now: datetime) -> SendRow | None:
+        """The next claimed send (claiming more first when one or none is left); None: nothing more to claim."""
+        if len(self.rows) < 2 and not self.done:
+            got = self.store.claim_sends(self.me, now, CLAIM_BATCH, held=self.held, after=self.after)
+            self.rows.extend(got)
+            if got:
+                self.after = got[-1].id
+            else:
+                self.done = True
+        return self.rows.popleft() if self.rows else None
+
+    def peek(self) -> SendRow | None:
+        """The send after the current one, if claimed already (to render ahead)."""
+        return self.rows[0] if self.rows else None
 
 
 class Dispatcher:
@@ -185,40 +246,44 @@ class Dispatcher:
         ob = self.ws.cfg.outbound
         tz = self.ws.cfg.timezone
         now = self.ctx.clock.now()
-        queued = self.store.sends(status=[SendStatus.QUEUED])
-        due = [s for s in queued if is_due(s, now) and s.campaign not in ready.held]
+        me = self.ctx.fleet.worker_id
+        due, n_held = self.store.queue_counts(me, now, sorted(ready.held))
         res.stats.update({"sent": 0, "failed": 0, "retry_later": 0, "uncertain": 0, "skipped_now": 0, "waiting": 0})
         if ready.held:
-            res.stats["held"] = sum(s.campaign in ready.held for s in queued)
+            res.stats["held"] = n_held
         if not due:
             return
+        res.stats["waiting"] = due
         if not in_window(now, ob.send_window, tz):
-            res.stats["waiting"] = len(due)
             res.stats["note"] = f"outside send_window {ob.send_window} ({tz.key})"
             return
-        res.stats["waiting"] = len(due)
         transport = self.ws.open_transport()
         transport.open()
-        bar = self.ctx.progress("send", len(due))
+        bar = self.ctx.progress("send", due)
         try:
-            self._hand_over(due, ready, transport, res, limit, bar.advance)
+            self._hand_over(_Queue(self.store, me, sorted(ready.held)), ready, transport, res, limit, bar.advance)
         finally:
             self._ahead = None  # prepared for this pass's reading of the log: never carried into the next
-            self._flush_sent()
-            bar.close()
-            with suppress(CrmError, OSError):
-                transport.close()
+            try:
+                self._flush_sent()
+            finally:
+                with suppress(CrmError):  # not released: they wait until this worker is found stopped
+                    self.store.release_claims(me)
+                bar.close()
+                with suppress(CrmError, OSError):
+                    transport.close()
         res.stats["waiting"] = self.store.count_sends(SendStatus.QUEUED)
 
-    def _hand_over(self, due: list[SendRow], ready: Ready, transport: Transport, res: StageResult,
+    def _hand_over(self, queue: _Queue, ready: Ready, transport: Transport, res: StageResult,
                    limit: int | None, advance: Callable[[], None]) -> None:
         """One send after another until the queue, the window, a limit or the stop flag ends the pass."""
         ob = self.ws.cfg.outbound
         tz = self.ws.cfg.timezone
-        now = self.ctx.clock.now()
-        recent = deque(self.store.sent_times_since(now - timedelta(minutes=1)))
-        day_count = self.store.sent_count_since(now - timedelta(days=1))
-        for i, s in enumerate(due):
+        rate = Rate(None, ob.max_per_minute, ob.max_per_day, partial(rate_block, ob.max_per_minute, ob.max_per_day))
+        seen = self.store.recent_hand_overs(rate.account, self.ctx.clock.now())
+        recent, day_count = deque(seen.minute), seen.day
+        again: SendRow | None = None  # a send the log found over a limit: tried again first
+        while (s := again or queue.next(self.ctx.clock.now())) is not None:
             if self.ctx.stop.is_set() or (limit is not None and res.stats["sent"] >= limit):
                 break
             now = self.ctx.clock.now()
@@ -230,17 +295,28 @@ class Dispatcher:
                 break
             if ob.max_per_minute and not self._pace(recent, ob.max_per_minute):
                 break
-            advance()
+            if again is None:
+                advance()
+            again = None
             ahead, self._ahead = self._ahead, None
             p = ahead if ahead is not None and ahead.send_id == s.id else self._prepare(s, ready)
             if isinstance(p.out, str):
                 self.store.mark_status(s.id, SendStatus.SKIPPED, p.out)
                 res.stats["skipped_now"] += 1
                 continue
-            nxt = due[i + 1] if i + 1 < len(due) else None
-            self._deliver(s, transport, res, p, p.out, None if nxt is None else partial(self._look_ahead, nxt, ready))
+            nxt = queue.peek()
+            got = self._deliver(s, transport, res, p, p.out, rate,
+                                None if nxt is None else partial(self._look_ahead, nxt, ready))
             if res.error is not None:
                 break
+            if got is Claim.LIMITED:  # another worker took the last slot: count again from the log, then wait
+                again, self._ahead = s, p
+                seen = self.store.recent_hand_overs(rate.account, self.ctx.clock.now())
+                recent, day_count = deque(seen.minute), seen.day
+                if rate_block(ob.max_per_minute, ob.max_per_day, len(recent), day_count) is None and \
+                        self.wait(LIMIT_RECHECK):
+                    break
+                continue
             day_count += 1
             recent.append(self.ctx.clock.now())
 
@@ -286,9 +362,12 @@ class Dispatcher:
         except Exception:  # noqa: BLE001 - see the docstring: raised again at that send's own turn
             self._ahead = None
 
-    def _deliver(self, s: SendRow, transport: Transport, res: StageResult, p: _Prepared, out: Outgoing,
-                 meanwhile: Callable[[], None] | None) -> None:
-        """Mark ``sending`` (committed, as the transport's claim), hand over, record: one send, exactly once."""
+    def _deliver(self, s: SendRow, transport: Transport, res: StageResult, p: _Prepared, out: Outgoing, rate: Rate,
+                 meanwhile: Callable[[], None] | None) -> Claim | None:
+        """Mark ``sending`` (committed, as the transport's claim), hand over, record: one send, exactly once.
+
+        Returns what the claim's commit did (None: the transport never asked).
+        """
         now = self.ctx.clock.now()
         message_id, composed = p.message_id, p.composed
         if not isinstance(composed, Composed):
@@ -296,9 +375,10 @@ class Dispatcher:
                                    step=s.step)
             res.stats["failed"] += 1
             res.problems.append(f"send {s.campaign}/{s.step} to {s.customer_key}: {composed}")
-            return
+            return None
         gate = Gate(out.recipient, out.customer, address_block) if out.customer is not None else None
-        claim = _Claim(self.store, self._pending_sent, s.id, message_id, now, gate, composed.links)
+        claim = _Claim(self.store, self._pending_sent, s.id, message_id, now, self.ctx.fleet.worker_id, gate,
+                       composed.links, rate)
         self._pending_sent = None
         try:
             handed = transport.send(composed.data, sender=self.composer.from_addr, recipients=[out.recipient],
@@ -307,19 +387,20 @@ class Dispatcher:
             if claim.failed:
                 raise  # the log could not be written: the pass stops, as when marking came first
             self._outcome(s, e, now, res)
-            return
+            return claim.result
         finally:
             if claim.result is None and not claim.failed:
                 self._pending_sent = claim.sent  # never asked: the last message's record is still to be written
         if not handed:
             if claim.result is Claim.BLOCKED:  # suppressed since this pass planned (issue #19): recorded skipped
                 res.stats["skipped_now"] += 1
-            return
+            return claim.result
         self._pending_sent = Sent(s.id, self.ctx.clock.now(), s.customer_key if out.in_timeline else None,
                                   s.campaign, s.step, message_id,
                                   composed.subject, composed.text, self.ws.cfg.outbound.transport)
         res.stats["sent"] += 1
         self._consecutive_5xx = 0
+        return claim.result
 
     def _outcome(self, s: SendRow, e: CrmError, now: datetime, res: StageResult) -> None:
         """Map the transport's refusal by what comes next (see ``transports/smtp.py``)."""

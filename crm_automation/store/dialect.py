@@ -82,6 +82,10 @@ planner hints (contact, pipeline,   :meth:`Dialect.no_index` (nothing on
 sends)                              PostgreSQL, which plans alone)
 ``LIKE`` (reports' search: ASCII    :attr:`Dialect.like` (``ILIKE``: every
 case-insensitive in SQLite)         letter's case, not ASCII's only)
+row locks for a claim (claims)      :attr:`Dialect.skip_locked` (``FOR UPDATE
+                                    SKIP LOCKED``; SQLite: its write lock)
+a lock on the rate's count          :attr:`Dialect.rate_lock` (an advisory
+(claims)                            transaction lock; SQLite: its write lock)
 ``PRAGMA`` (connection set-up,      per engine in its connection module;
 ``user_version``)                   PostgreSQL's version is the count of
                                     ``_migrations``
@@ -261,6 +265,30 @@ class Dialect:
     def scan(self, table: str) -> str:
         """``table`` read by one scan, no index (SQLite's ``NOT INDEXED``; PostgreSQL plans alone)."""
         return f"{table} NOT INDEXED" if self.name == "sqlite" else table
+
+    @property
+    def skip_locked(self) -> str:
+        """Appended to a claim's inner SELECT: PostgreSQL locks the rows it picks and passes rows others lock.
+
+        Issue #20: with ``FOR UPDATE SKIP LOCKED`` a second worker claiming
+        at the same instant takes the next rows instead of waiting for the
+        first's commit (and then finding them taken). SQLite has no row
+        locks: its ``BEGIN IMMEDIATE`` serialises the claims (nothing added).
+        """
+        return "" if self.name == "sqlite" else " FOR UPDATE SKIP LOCKED"
+
+    @property
+    def rate_lock(self) -> str | None:
+        """A statement taking the rate lock of this workspace and the account bound as ``?`` until the commit.
+
+        PostgreSQL: a transaction advisory lock keyed by the schema (as the
+        workspace lock, so workspaces sharing a database never wait on each
+        other) and the account, so two workers cannot both count the last
+        free slot of a limit (issue #20). SQLite: None, the write lock is it.
+        """
+        if self.name == "sqlite":
+            return None
+        return "SELECT pg_advisory_xact_lock(hashtext('crm-automation rate ' || current_schema() || ' ' || ?))"
 
 
 SQLITE = Dialect("sqlite", "BEGIN IMMEDIATE", _same)

@@ -18,6 +18,7 @@ The parts, and what each records:
 - :class:`FetchedMail`: a fetched message's decision applied with its
   folder's cursor (exactly once), mail linked to customers added later.
 - :class:`Sends`: the exactly-once send lifecycle and the campaigns' plan state.
+- :class:`Claims`: which worker hands a send over, its ``sending`` mark and the rate limits' counts (issue #20).
 - :class:`Planning`: what the plan part asks: who can be due now, and those candidates' history (issue #23).
 - :class:`Suppressions`: the suppression list.
 - :class:`Tracking`: tracked links, clicks and opens (issue #19).
@@ -39,6 +40,7 @@ from typing import Any, Protocol
 
 from crm_automation.models import Cursor, Customer, Decision, EmailStatus, SendStatus, StepState, SuppressionReason
 from crm_automation.store.activities import Activity, DetailsIn, InboundEvent, QuarantinedContact
+from crm_automation.store.claims import Rate, RecentHandOvers
 from crm_automation.store.contact import ContactTimes, InboundMail, SalesRow
 from crm_automation.store.customers import RekeyCounts, SheetState, StoredCustomer, SyncStats
 from crm_automation.store.due import Events, PlanMark
@@ -296,10 +298,6 @@ class Sends(Protocol):
         """Insert planned sends (queued or skipped); existing keys are left alone."""
         ...
 
-    def mark_sending(self, send_id: int, message_id: str, now: datetime) -> bool:
-        """Queued -> sending, committed before the hand-over; False if it was not queued."""
-        ...
-
     def mark_sent(self, send_id: int, now: datetime, *, customer_key: str | None, campaign: str, step: int,
                   message_id: str, subject: str, body: str, source: str) -> None:
         """Sending -> sent, with its email_out activity."""
@@ -335,16 +333,47 @@ class Sends(Protocol):
         """Whether any step of a campaign was sent (rows from before schema 4 left out)."""
         ...
 
-    def mark_sent_and_sending(self, sent: Sent | None, send_id: int, message_id: str, now: datetime,
-                              gate: Gate | None = None, *, links: Sequence[str] = ()) -> Claim:
-        """Record the last message's ``sent`` and mark the next ``sending`` (with its tracked links), in one commit.
-
-        A next send that ``gate``'s rule blocks, as the log is now, is recorded ``skipped`` instead (issues #5, #19).
-        """
-        ...
-
     def sent_step_count(self, campaign: str, step_id: str) -> int:
         """How many customers were sent one step (by the unique index's prefix)."""
+        ...
+
+
+class Claims(Protocol):
+    """The hand-over among several workers (issue #20): claims, the ``sending`` mark, the rate limits' counts."""
+
+    def claim_sends(self, me: str, now: datetime, n: int, *, held: Sequence[str] = (), after: int = 0
+                    ) -> list[SendRow]:
+        """Claim up to ``n`` queued, due sends for worker ``me``, in one statement; returned in id order."""
+        ...
+
+    def release_claims(self, me: str) -> int:
+        """Let go of the queued sends ``me`` claimed and did not hand over."""
+        ...
+
+    def queue_counts(self, me: str, now: datetime, held: Sequence[str] = ()) -> tuple[int, int]:
+        """(queued sends ``me`` could claim now, queued sends of the held campaigns)."""
+        ...
+
+    def stuck_sends(self, me: str) -> list[SendRow]:
+        """Sends in ``sending`` whose holder is not alive (or none, or an earlier pass of ``me``): recovery's."""
+        ...
+
+    def recent_hand_overs(self, account: str | None, now: datetime) -> RecentHandOvers:
+        """One account's hand-overs: the last minute's times and the last 24 hours' count."""
+        ...
+
+    def mark_sending(self, send_id: int, message_id: str, now: datetime, holder: str) -> bool:
+        """Queued and claimed by ``holder`` -> sending, committed before the hand-over; False otherwise."""
+        ...
+
+    def mark_sent_and_sending(self, sent: Sent | None, send_id: int, message_id: str, now: datetime, holder: str,
+                              gate: Gate | None = None, *, links: Sequence[str] = (), rate: Rate | None = None
+                              ) -> Claim:
+        """Record the last message's ``sent`` and mark the next ``sending`` (with its tracked links), in one commit.
+
+        A next send that ``gate``'s rule blocks, as the log is now, is recorded ``skipped`` instead (issues #5,
+        #19); one over ``rate``'s limits, counted across workers, stays queued (issue #20).
+        """
         ...
 
 
@@ -609,11 +638,11 @@ class Digests(Protocol):
         ...
 
 
-class LogStore(Log, Customers, Activities, FetchedMail, Sends, Planning, Suppressions, Tracking, Reports,
+class LogStore(Log, Customers, Activities, FetchedMail, Sends, Claims, Planning, Suppressions, Tracking, Reports,
                Contacts, Digests, PipelineRows, Protocol):
     """The whole log: every part (what ``Workspace.open_store`` returns)."""
 
 
-PARTS: tuple[type, ...] = (Log, Customers, Activities, FetchedMail, Sends, Planning, Suppressions, Tracking, Reports,
-                           Contacts, Digests, PipelineRows)
+PARTS: tuple[type, ...] = (Log, Customers, Activities, FetchedMail, Sends, Claims, Planning, Suppressions, Tracking,
+                           Reports, Contacts, Digests, PipelineRows)
 """Every part, for tests that check the protocols describe the whole public surface."""

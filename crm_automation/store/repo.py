@@ -16,6 +16,7 @@ from crm_automation.store.activities import (
     InboundEvent,
     QuarantinedContact,
 )
+from crm_automation.store.claims import ClaimLog
 from crm_automation.store.connection import Connection, iso, parse_iso, storage_error
 from crm_automation.store.contact import ContactLog, ContactTimes, InboundMail
 from crm_automation.store.customers import CustomerLog, SheetState, StoredCustomer, SyncStats
@@ -57,13 +58,13 @@ __all__ = [
 ]
 
 
-class Store(CustomerLog, ActivityLog, InboundLog, SendLog, SuppressionList, TrackingLog, Reports, PlanLog,
+class Store(CustomerLog, ActivityLog, InboundLog, SendLog, ClaimLog, SuppressionList, TrackingLog, Reports, PlanLog,
             ContactLog, DigestLog, PipelineLog, Connection):
     """The activity log. Open with :meth:`open`; one connection per process.
 
     Each base is one part of the log sharing this one connection:
-    customers, activities, fetched mail, sends, suppressions, tracked links, reports, contact times,
-    the pipeline's rows.
+    customers, activities, fetched mail, sends and their claims, suppressions, tracked links, reports,
+    contact times, the pipeline's rows.
     """
 
 

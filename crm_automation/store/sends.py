@@ -4,7 +4,8 @@ One row per (campaign, step, customer), unique, so a rerun never queues a
 send twice. Its status (:class:`~crm_automation.models.SendStatus`) moves::
 
     (planned)  -> queued | skipped      queue_sends (skipped: blocked when planned, with the reason)
-    queued     -> sending               mark_sending, committed before the message is handed over
+    queued     -> queued, claimed       claim_sends: ``holder`` = one worker (store/claims.py, issue #20)
+    queued     -> sending               mark_sending (claimed by the caller), committed before the hand-over
     sending    -> sent                  mark_sent (handed over; or found handed over after a crash)
     sending    -> queued                mark_retry (4xx, quota, not connected); mark_status after a crash
                                         when the transport knows it never got the message
@@ -30,7 +31,6 @@ from datetime import datetime
 from crm_automation.models import Kind, SendStatus, StepState
 from crm_automation.store.activities import insert_activity
 from crm_automation.store.connection import Connection, Driver, iso, parse_iso
-from crm_automation.store.tracking import insert_links
 
 _SEND_COLS = ("id, campaign, step, customer_key, status, message_id, queued_at, sent_at, error, email, attempts, "
               "next_attempt_at, step_id, kind")
@@ -155,6 +155,7 @@ class Claim(enum.Enum):
     SENDING = "sending"  # marked ``sending``: hand it over now
     NOT_QUEUED = "not_queued"  # no longer queued (decided elsewhere meanwhile): leave it alone
     BLOCKED = "blocked"  # its address is blocked now: recorded ``skipped`` with the gate's reason, not handed over
+    LIMITED = "limited"  # a rate limit is reached now (counted across workers, issue #20): still queued and claimed
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +188,7 @@ class Sent:
     source: str
 
 
-def _write_sent(conn: Driver, s: Sent) -> None:
+def write_sent(conn: Driver, s: Sent) -> None:
     """Sending -> sent and the ``email_out`` activity (the caller's transaction)."""
     conn.execute("UPDATE sends SET status = 'sent', sent_at = ?, error = NULL WHERE id = ?", (iso(s.at), s.send_id))
     insert_activity(conn, kind=Kind.EMAIL_OUT.value, occurred_at=s.at, now=s.at, customer_key=s.customer_key,
@@ -380,69 +381,12 @@ class SendLog(Connection):
         with self.transaction():
             return insert_sends(self.conn, rows)
 
-    def mark_sending(self, send_id: int, message_id: str, now: datetime) -> bool:
-        """Queued -> sending, committed before the message is handed over. False if it was not queued.
-
-        The send pass calls it inside its own transaction, with the previous
-        message's ``sent`` record: one commit a message (issue #5). Atomic by
-        itself, so no savepoint on this hot path: of its two statements at
-        most one changes the row (the second only when the Message-ID differs
-        from the one queued, or none was).
-        """
-        # The Message-ID was chosen when the send was queued: left out of the SET when it is the same, so the
-        # index on it is not rewritten (a random leaf page, a WAL page of every commit, issue #18).
-        cur = self.conn.execute(
-            "UPDATE sends SET status = 'sending', attempts = attempts + 1, next_attempt_at = ? "
-            "WHERE id = ? AND status = 'queued' AND message_id = ?", (iso(now), send_id, message_id))
-        if cur.rowcount == 1:
-            return True
-        cur = self.conn.execute(
-            "UPDATE sends SET status = 'sending', message_id = ?, attempts = attempts + 1, next_attempt_at = ? "
-            "WHERE id = ? AND status = 'queued'", (message_id, iso(now), send_id))
-        return cur.rowcount == 1
-
     def mark_sent(self, send_id: int, now: datetime, *, customer_key: str | None, campaign: str, step: int,
                   message_id: str, subject: str, body: str, source: str) -> None:
         """Sending -> sent, with the email_out activity, in one transaction."""
         with self.transaction():
-            _write_sent(self.conn, Sent(send_id, now, customer_key, campaign, step, message_id, subject, body,
+            write_sent(self.conn, Sent(send_id, now, customer_key, campaign, step, message_id, subject, body,
                                         source))
-
-    def mark_sent_and_sending(self, sent: Sent | None, send_id: int, message_id: str, now: datetime,
-                              gate: Gate | None = None, *, links: Sequence[str] = ()) -> Claim:
-        """Record the last message's ``sent`` and mark the next ``sending``, in one commit (issue #5).
-
-        The same two writes as :meth:`mark_sent` and :meth:`mark_sending`,
-        without a savepoint between them: the send loop's one commit a message.
-        With a ``gate``, the next message's address and its customer's email
-        status are read in the same transaction (two primary-key lookups, one
-        statement) and its rule applied: a send blocked now is recorded
-        ``skipped`` with the rule's reason instead (issue #19: a suppression
-        committed by another process a moment ago is seen here, since
-        ``BEGIN IMMEDIATE`` reads the latest commit).
-
-        ``links``: the next message's tracked links (issue #19,
-        ``track_clicks``), recorded in the same commit as its ``sending``
-        mark; none (the default) costs nothing.
-        """
-        with self.transaction():
-            if sent is not None:
-                _write_sent(self.conn, sent)
-            if gate is not None:
-                suppressed, status = self.conn.execute(
-                    "SELECT EXISTS (SELECT 1 FROM suppressions WHERE email = ?), "
-                    "(SELECT email_status FROM customers WHERE key = ?)",
-                    (gate.email.strip().lower(), gate.customer_key)).fetchone()
-                why = gate.rule(bool(suppressed), status)
-                if why is not None:
-                    cur = self.conn.execute("UPDATE sends SET status = 'skipped', error = ? WHERE id = ? AND "
-                                            "status = 'queued'", (why, send_id))
-                    return Claim.BLOCKED if cur.rowcount == 1 else Claim.NOT_QUEUED
-            if not self.mark_sending(send_id, message_id, now):
-                return Claim.NOT_QUEUED
-            if links:
-                insert_links(self.conn, send_id, links)
-            return Claim.SENDING
 
     def mark_retry(self, send_id: int, error: str, next_attempt: datetime) -> None:
         """Sending -> queued after a 4xx answer: retried at ``next_attempt``."""

@@ -48,7 +48,8 @@ def send(store: Store, campaign: str, step: int, key: str, at: datetime, *, stat
     if status is SendStatus.QUEUED:
         return sid
     mid = f"<{campaign}.{step}.{key}>"
-    assert store.mark_sending(sid, mid, at)
+    store.claim_sends("w", at, 100)  # the send pass claims first (issue #20)
+    assert store.mark_sending(sid, mid, at, "w")
     if status is SendStatus.SENT:
         store.mark_sent(sid, at, customer_key=key, campaign=campaign, step=step, message_id=mid, subject="Hi",
                         body="text", source="outbox")
@@ -180,7 +181,8 @@ def test_each_sends_follow_ups_stay_what_the_log_says_through_every_write(store)
     late = send(store, "spring", 1, "b@x.com", t + timedelta(days=3))  # sent after b's events: none follow it
     pending = send(store, "quote", 0, "b@x.com", t, status=SendStatus.QUEUED)
     check()
-    store.mark_sending(pending, "<q.b>", t + timedelta(hours=1))
+    store.claim_sends("w", t + timedelta(hours=1), 100)
+    store.mark_sending(pending, "<q.b>", t + timedelta(hours=1), "w")
     store.mark_sent(pending, t + timedelta(hours=1), customer_key="b@x.com", campaign="quote", step=0,
                     message_id="<q.b>", subject="Hi", body="text", source="outbox")  # now the soft bounce is after it
     check()

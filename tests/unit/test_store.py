@@ -70,6 +70,13 @@ def read_elsewhere(store: Store, sql: str) -> tuple:
         return other.execute(sql.encode()).fetchone()
 
 
+ME = "host/1/me"  # the worker that claims (issue #20): mark_sending takes only a send it claimed
+
+
+def claim(store: Store, now: datetime = T0) -> None:
+    store.claim_sends(ME, now, 100)
+
+
 def commits(seen: list[str]) -> int:
     return sum(s == "COMMIT" for s in seen)
 
@@ -87,8 +94,10 @@ def test_send_lifecycle_queued_sending_sent(store):
     sid = queue(store)
     (row,) = store.sends(status=[SendStatus.QUEUED])
     assert row.status is SendStatus.QUEUED and row.attempts == 0 and row.queued_at == T0
-    assert store.mark_sending(sid, "<m1@x>", T0)
-    assert not store.mark_sending(sid, "<m1@x>", T0)  # only a queued send is claimed
+    assert not store.mark_sending(sid, "<m1@x>", T0, ME)  # not claimed yet
+    claim(store)
+    assert store.mark_sending(sid, "<m1@x>", T0, ME)
+    assert not store.mark_sending(sid, "<m1@x>", T0, ME)  # only a queued send is marked
     assert store.sends()[0].status is SendStatus.SENDING and store.sends()[0].attempts == 1
     assert store.sent_count_since(T0 - timedelta(minutes=1)) == 1  # handed over counts for the rate limits
     store.mark_sent(sid, T0, customer_key="a@x.com", campaign="c", step=0, message_id="<m1@x>", subject="Hi",
@@ -104,8 +113,9 @@ def test_send_lifecycle_queued_sending_sent(store):
 
 def test_send_lifecycle_retry_failed_uncertain_requeue(store):
     a, b, c = queue(store, "a@x.com", mid="<a@x>"), queue(store, "b@x.com", mid="<b@x>"), queue(store, "c@x.com")
+    claim(store)
     for sid in (a, b, c):
-        assert store.mark_sending(sid, f"<{sid}@x>", T0)
+        assert store.mark_sending(sid, f"<{sid}@x>", T0, ME)
     store.mark_retry(a, "451 later", T0 + timedelta(minutes=5))
     store.mark_failed(b, "550 no", T0, customer_key="b@x.com", campaign="c", step=0)
     store.mark_status(c, SendStatus.UNCERTAIN, "killed")
@@ -127,8 +137,9 @@ def test_send_lifecycle_retry_failed_uncertain_requeue(store):
 
 def test_each_writer_commits_on_its_own(store):
     sid = queue(store)
+    claim(store)
     seen = statements(store)
-    store.mark_sending(sid, "<m1@x>", T0)  # one statement: SQLite commits it by itself (autocommit)
+    store.mark_sending(sid, "<m1@x>", T0, ME)  # one statement: SQLite commits it by itself (autocommit)
     assert read_elsewhere(store, "SELECT status FROM sends") == ("sending",)
     assert commits(seen) == 0 and not store.conn.in_transaction
     store.mark_status(sid, SendStatus.UNCERTAIN, "x")
@@ -143,12 +154,13 @@ def test_each_writer_commits_on_its_own(store):
 
 def test_writers_inside_a_callers_transaction_are_savepoints_one_commit(store):
     sid, nxt = queue(store), queue(store, "b@x.com", mid="<m2@x>")
-    store.mark_sending(sid, "<m1@x>", T0)
+    claim(store)
+    store.mark_sending(sid, "<m1@x>", T0, ME)
     seen = statements(store)
     with store.transaction():  # the send pass: the last message's "sent" rides with the next one's "sending"
         store.mark_sent(sid, T0, customer_key="a@x.com", campaign="c", step=0, message_id="<m1@x>", subject="s",
                         body="b", source="outbox")
-        assert store.mark_sending(nxt, "<m2@x>", T0)
+        assert store.mark_sending(nxt, "<m2@x>", T0, ME)
     assert commits(seen) == 1
     # mark_sent (two statements) nests as a savepoint; mark_sending (one statement) needs none
     assert sum(s.startswith("SAVEPOINT") for s in seen) == 1
@@ -156,10 +168,11 @@ def test_writers_inside_a_callers_transaction_are_savepoints_one_commit(store):
 
 def test_a_failure_inside_a_callers_transaction_keeps_nothing(store):
     sid = queue(store)
+    claim(store)
 
     def claim_then_fail() -> None:
         with store.transaction():
-            store.mark_sending(sid, "<m1@x>", T0)
+            store.mark_sending(sid, "<m1@x>", T0, ME)
             store.suppress("a@x.com", "manual", "test", T0)
             raise RuntimeError
 
@@ -322,7 +335,8 @@ def test_suppressions_quarantine_and_funnel(store):
     (q,) = store.quarantined_contacts()
     assert (q.customer_key, q.received_at, q.error) == ("a@x.com", T0, "unreadable")
     sid = queue(store)
-    store.mark_sending(sid, "<m1@x>", T0)
+    claim(store)
+    store.mark_sending(sid, "<m1@x>", T0, ME)
     store.mark_sent(sid, T0, customer_key="a@x.com", campaign="c", step=0, message_id="<m1@x>", subject="s",
                     body="b", source="outbox")
     store.add_activity(kind="email_in", occurred_at=T0, now=T0 + timedelta(hours=1), customer_key="a@x.com",
