@@ -5,6 +5,13 @@ crash leaves evidence. At the next start the transport says what it can
 (the outbox sees its files); the mailbox's Sent folder answers for SMTP
 when ``sent_folder`` is set. What nobody can confirm becomes ``uncertain``:
 reported, never silently repeated.
+
+Only a dead worker's ``sending`` rows are resolved (issue #20, rule 4):
+those whose ``holder`` is not a live worker (``workers.stopped_at`` set;
+fleet finds the dead), rows from before schema 12 (no holder), and this
+worker's own from an earlier pass. With several workers on one log, a live
+worker's ``sending`` row is a hand-over in progress: with the outbox
+transport, taking it would requeue a message being written - a duplicate.
 """
 
 from __future__ import annotations
@@ -22,9 +29,9 @@ UNCERTAIN_NOTE = ("the worker stopped while handing this message over; it may or
 
 
 def recover(ws: Workspace, ctx: StageContext) -> StageResult:
-    """Resolve sends left in ``sending`` by a killed worker: found handed over, or ``uncertain``; never resent."""
+    """Resolve sends left in ``sending`` by a dead worker: found handed over, or ``uncertain``; never resent."""
     with recorded(ctx, "recover") as res:
-        stuck = ctx.store.sends(status=[SendStatus.SENDING])
+        stuck = ctx.store.stuck_sends(ctx.fleet.worker_id)
         if not stuck:
             return res
         known, found = _handed_over(ws, [s.message_id for s in stuck if s.message_id])
