@@ -200,8 +200,10 @@ def _as_before_issue_17(db) -> None:
     """Turn a log into what schema 3 wrote: steps by place only, no record of the campaigns' steps."""
     con = sqlite3.connect(db)
     with con:
-        # what later schemas added (5: sends.kind; 6: planning by question; 7: tracking; 12: workers) goes first
-        con.execute("DROP INDEX IF EXISTS idx_sends_holder")
+        # what later schemas added (5: sends.kind; 6: planning by question; 7: tracking; 12: workers; 14: the
+        # account in idx_sends_sent) goes first
+        for index in ("idx_sends_holder", "idx_sends_sent"):
+            con.execute(f"DROP INDEX IF EXISTS {index}")
         for col in ("holder", "account"):
             con.execute(f"ALTER TABLE sends DROP COLUMN {col}")
         for table in ("send_links", "send_opens", "workers"):
