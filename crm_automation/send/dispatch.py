@@ -140,11 +140,6 @@ def rate_block(per_minute: int, per_day: int, last_minute: int, last_day: int) -
     return None
 
 
-def is_due(s: SendRow, now: datetime) -> bool:
-    """Whether a queued send may be tried now (never tried, or its 4xx retry time has come)."""
-    return s.next_attempt_at is None or s.next_attempt_at <= now or s.attempts == 0
-
-
 # ---------------------------------------------------------------- the hand-over
 
 

@@ -38,14 +38,15 @@ from crm_automation.store.tracking import insert_links
 # finish), or its holder is not alive. ``workers.id`` is a primary key (never NULL), so NOT IN is plain.
 _CLAIMABLE = ("(holder IS NULL OR holder = :me OR holder NOT IN "
               "(SELECT w.id FROM workers w WHERE w.stopped_at IS NULL))")
-_DUE = "(next_attempt_at IS NULL OR next_attempt_at <= :now OR attempts = 0)"  # dispatch.is_due, in SQL
+# Due: never tried, or its 4xx retry time (dispatch.retry_at) has come.
+_DUE = "(next_attempt_at IS NULL OR next_attempt_at <= :now OR attempts = 0)"
 # The claim: one statement. ``id > :after`` keeps a pass's claims moving forward through the queue (the partial
 # index idx_sends_queued is by id), so held or not-yet-due rows are read once a pass, not once a batch.
 _CLAIM = ("UPDATE sends SET holder = :me WHERE id IN (SELECT id FROM sends WHERE status = 'queued' AND id > :after "
           f"AND {_DUE} AND {_CLAIMABLE}{{held}} ORDER BY id LIMIT :n{{lock}}) RETURNING {_SEND_COLS}")
 # Hand-overs of one account since :since (sent, sending, uncertain: what a provider may have counted), counted
 # per status so each part reads its partial index and only counts; 'sent' rows on idx_sends_sent (sent_at,
-# campaign, account; schema 14) alone. {op}: ``>=`` for the day (as sent_count_since), ``>`` for the minute.
+# campaign, account; schema 14) alone. {op}: ``>=`` for the day, ``>`` for the minute.
 _COUNT = ("SELECT SUM(n) FROM ("
           "SELECT COUNT(*) AS n FROM sends WHERE status = 'sent' AND sent_at {op} :since AND {acct} UNION ALL "
           "SELECT COUNT(*) FROM sends WHERE status = 'sending' AND COALESCE(sent_at, next_attempt_at) {op} :since "

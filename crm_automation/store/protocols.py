@@ -286,14 +286,6 @@ class Sends(Protocol):
         """Whether any message was ever sent."""
         ...
 
-    def sent_count_since(self, since: datetime) -> int:
-        """Messages handed over since ``since`` (the rate limits)."""
-        ...
-
-    def sent_times_since(self, since: datetime) -> list[datetime]:
-        """Hand-over times since ``since``, oldest first."""
-        ...
-
     def queue_sends(self, rows: Sequence[Mapping[str, object]]) -> int:
         """Insert planned sends (queued or skipped); existing keys are left alone."""
         ...

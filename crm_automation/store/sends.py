@@ -34,11 +34,6 @@ from crm_automation.store.connection import Connection, Driver, iso, parse_iso
 
 _SEND_COLS = ("id, campaign, step, customer_key, status, message_id, queued_at, sent_at, error, email, attempts, "
               "next_attempt_at, step_id, kind")
-# What was handed over since :since, one part per status so each reads its partial index (schema 6).
-_HANDED_OVER = ("SELECT {cols} FROM sends WHERE status = 'sent' AND sent_at >= :since UNION ALL "
-                "SELECT {cols} FROM sends WHERE status = 'sending' AND COALESCE(sent_at, next_attempt_at) >= :since "
-                "UNION ALL SELECT {cols} FROM sends WHERE status = 'uncertain' AND "
-                "COALESCE(sent_at, next_attempt_at) >= :since")
 # SQLite's ``UPDATE OR IGNORE`` in portable SQL (store/dialect.py): a row moves to another step id or campaign
 # (the condition's ``?``) only when no row of its customer holds that key already (schema 4's unique
 # (campaign, step_id, customer_key)); such a row stays where it was, as OR IGNORE left it.
@@ -358,22 +353,6 @@ class SendLog(Connection):
     def has_sent(self) -> bool:
         """Whether this log has recorded any message as sent (cheaper than :meth:`sent_count`)."""
         return self.conn.execute("SELECT 1 FROM sends WHERE status = 'sent' LIMIT 1").fetchone() is not None
-
-    def sent_count_since(self, since: datetime) -> int:
-        """Messages handed over since ``since`` (sent, sending, uncertain): for max_per_day/minute.
-
-        An indexed aggregate (schema 6's partial indexes): it costs the day's
-        sends, not the log's. A ``sent`` row always has its ``sent_at``.
-        """
-        count: int = self.conn.execute(f"SELECT SUM(n) FROM ({_HANDED_OVER.format(cols='COUNT(*) AS n')}) AS h",
-                                       {"since": iso(since)}).fetchone()[0]
-        return count or 0
-
-    def sent_times_since(self, since: datetime) -> list[datetime]:
-        """Hand-over times since ``since``, oldest first (rate limits across restarts)."""
-        return sorted(t for (s,) in self.conn.execute(
-            _HANDED_OVER.format(cols="COALESCE(sent_at, next_attempt_at)"), {"since": iso(since)})
-            if (t := parse_iso(s)) is not None)
 
     # ------------------------------------------------------------ the lifecycle
     def queue_sends(self, rows: Sequence[Mapping[str, object]]) -> int:

@@ -99,7 +99,7 @@ def test_send_lifecycle_queued_sending_sent(store):
     assert store.mark_sending(sid, "<m1@x>", T0, ME)
     assert not store.mark_sending(sid, "<m1@x>", T0, ME)  # only a queued send is marked
     assert store.sends()[0].status is SendStatus.SENDING and store.sends()[0].attempts == 1
-    assert store.sent_count_since(T0 - timedelta(minutes=1)) == 1  # handed over counts for the rate limits
+    assert store.recent_hand_overs(None, T0).day == 1  # handed over counts for the rate limits
     store.mark_sent(sid, T0, customer_key="a@x.com", campaign="c", step=0, message_id="<m1@x>", subject="Hi",
                     body="text", source="outbox")
     row = store.sends()[0]
