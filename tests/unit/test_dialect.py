@@ -47,3 +47,11 @@ def test_each_engines_spellings() -> None:
     assert POSTGRESQL.json_text("details", "field") == "(details::jsonb ->> 'field')"
     assert SQLITE.no_index("status") == "+status"
     assert POSTGRESQL.no_index("status") == "status"
+
+
+def test_a_claim_passes_locked_rows_on_postgresql_and_sqlites_write_lock_serialises_it() -> None:
+    assert SQLITE.skip_locked == "" and SQLITE.rate_lock is None  # BEGIN IMMEDIATE: one writer at a time
+    assert POSTGRESQL.skip_locked == " FOR UPDATE SKIP LOCKED"
+    lock = POSTGRESQL.rate_lock
+    assert lock is not None and "pg_advisory_xact_lock" in lock and "current_schema()" in lock  # per workspace
+    assert POSTGRESQL.sql(lock).endswith("|| %s))")  # and per account, bound
