@@ -28,7 +28,7 @@ from crm_automation.store.schema import (
     create_v10,
     create_v11,
     create_v12,
-    create_v14,
+    create_v13,
 )
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0010_send_follow_ups", create_v10),
     ("0011_stage_moves_by_time", create_v11),
     ("0012_workers", create_v12),
-    ("0014_claims", create_v14),
+    ("0013_claims", create_v13),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -460,8 +460,8 @@ def create_v12(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS idx_sends_holder ON sends(holder) WHERE holder IS NOT NULL")
 
 
-def create_v14(db: sqlite_utils.Database) -> None:
-    """Schema 0014_claims (issue #20, stage 2): the rate limits counted per account without reading the table.
+def create_v13(db: sqlite_utils.Database) -> None:
+    """Schema version 13 (issue #20, stage 2): the rate limits counted per account without reading the table.
 
     Several workers share one log, so ``max_per_minute`` and ``max_per_day``
     are counted in the database in the transaction that marks a send

@@ -233,8 +233,8 @@ def v12(db: _Executes) -> None:
          "CREATE INDEX idx_sends_holder ON sends(holder) WHERE holder IS NOT NULL")
 
 
-def v14(db: _Executes) -> None:
-    """0014_claims: the rate limits counted per account on the index (see schema.py)."""
+def v13(db: _Executes) -> None:
+    """0013_claims: the rate limits counted per account on the index (see schema.py)."""
     _run(db,
          "DROP INDEX IF EXISTS idx_sends_sent",
          "CREATE INDEX idx_sends_sent ON sends(sent_at, campaign, account) WHERE status = 'sent'")
@@ -244,5 +244,5 @@ PG_MIGRATIONS: dict[str, Callable[[_Executes], None]] = {
     "0001_initial": v1, "0002_sheet_state": v2, "0003_hardening": v3, "0004_step_identity": v4,
     "0005_message_kinds": v5, "0006_plan_by_question": v6, "0007_send_tracking": v7, "0008_dashboard_reads": v8,
     "0009_contact_times": v9, "0010_send_follow_ups": v10, "0011_stage_moves_by_time": v11,
-    "0012_workers": v12, "0014_claims": v14,
+    "0012_workers": v12, "0013_claims": v13,
 }
