@@ -124,10 +124,24 @@ def inserted_id(conn: Driver, insert_sql: str, row: tuple[object, ...]) -> int |
     return None if got is None else int(got[0])
 
 
-INSERT_ACTIVITY_SQL = (
-    "INSERT INTO activities (customer_key, kind, occurred_at, subject, body, message_id, "
-    "in_reply_to, campaign, step, source, details, logged_at, digest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
-    "ON CONFLICT DO NOTHING")
+_INSERT_ACTIVITY = ("INSERT INTO activities (customer_key, kind, occurred_at, subject, body, message_id, "
+                    "in_reply_to, campaign, step, source, details, logged_at, digest) VALUES ")
+_ACTIVITY_VALUES = "(?,?,?,?,?,?,?,?,?,?,?,?,?)"
+INSERT_ACTIVITY_SQL = _INSERT_ACTIVITY + _ACTIVITY_VALUES + " ON CONFLICT DO NOTHING"
+
+
+def insert_activities_sql(n: int) -> str:
+    """:data:`INSERT_ACTIVITY_SQL` for ``n`` rows at once, handing back each inserted row's unique key.
+
+    Why (issue #20): an inbound message is logged when *its* insert went in,
+    not when a read before it found nothing: another worker may insert it
+    meanwhile. ``RETURNING`` names the rows that went in by the columns of
+    their unique indexes (schema 3's (Message-ID, digest) among inbound
+    kinds, schema 9's Message-ID among ``reply_out``); one statement for a
+    batch's plain rows costs no more than the ``executemany`` it replaces.
+    """
+    return (_INSERT_ACTIVITY + ",".join([_ACTIVITY_VALUES] * n)
+            + " ON CONFLICT DO NOTHING RETURNING kind, message_id, digest")
 
 
 def activity_row(*, kind: str, occurred_at: datetime, now: datetime, customer_key: str | None,
