@@ -30,7 +30,7 @@ from crm_automation.store.activities import (
     activity_row,
     already_logged,
     count_soft_bounces,
-    insert_activities_sql,
+    insert_activities,
     insert_quarantine,
     inserted_id,
     logged_digests,
@@ -48,10 +48,6 @@ def _set_cursor(conn: Driver, folder: str, uidvalidity: int, last_uid: int, now:
         "INSERT INTO mailbox_state (folder, uidvalidity, last_uid, updated_at) VALUES (?, ?, ?, ?) "
         "ON CONFLICT(folder) DO UPDATE SET uidvalidity = excluded.uidvalidity, last_uid = excluded.last_uid, "
         "updated_at = excluded.updated_at", (folder, uidvalidity, last_uid, iso(now)))
-
-
-# Plain activities per INSERT: 13 parameters a row, 6,500 a statement, below SQLite's 32,766 and PostgreSQL's 65,535.
-_CHUNK = 500
 
 
 def _key(kind: str, message_id: str, digest: str | None) -> tuple[str, str | None]:
@@ -113,12 +109,10 @@ class _Batch:
 
     def flush(self) -> None:
         """Write the waiting rows; each decision whose row went in is logged."""
-        rows = self.rows
-        for start in range(0, len(rows), _CHUNK):
-            part = rows[start:start + _CHUNK]
-            for kind, mid, digest in self.conn.execute(insert_activities_sql(len(part)),
-                                                       [v for r in part for v in r]):
-                self.logged[self.waiting[_key(kind, mid, digest)]] = True
+        if not self.rows:
+            return
+        for kind, mid, digest in insert_activities(self.conn, self.rows):
+            self.logged[self.waiting[_key(kind, mid, digest)]] = True
         self.rows = []
         self.waiting = {}
 

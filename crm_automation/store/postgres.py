@@ -32,9 +32,10 @@ types, identity columns and schema 10's triggers in PL/pgSQL.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 import psycopg.errors
@@ -108,6 +109,24 @@ class PgGuarded:
         except psycopg.OperationalError as e:
             raise server_error(self.path, e) from None
         return cur
+
+    def insert_many(self, insert: str, values: str, tail: str, rows: Sequence[Sequence[object]]) -> list[Any]:
+        """:meth:`~crm_automation.store.connection.Driver.insert_many`: ``executemany`` handing rows back."""
+        if not rows:
+            return []
+        sql = insert + values + tail
+        if self.trace is not None:
+            self.trace(sql)
+        out: list[Any] = []
+        try:
+            with self._c.cursor() as cur:
+                cur.executemany(POSTGRESQL.sql(sql).encode(), rows, returning=True)
+                while True:
+                    out += cur.fetchall()
+                    if not cur.nextset():
+                        return out
+        except psycopg.OperationalError as e:
+            raise server_error(self.path, e) from None
 
     @property
     def in_transaction(self) -> bool:
