@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
+from crm_automation.errors import LogConflictError
 from crm_automation.models import (
     ActivityRecord,
     BounceDetails,
@@ -41,6 +42,9 @@ from crm_automation.store.customers import update_email_status
 from crm_automation.store.schema import INBOUND_KINDS_SQL
 from crm_automation.store.sends import SentRef, insert_sends, notification_row
 from crm_automation.store.suppressions import insert_suppression, read_suppressions
+
+# How often a batch is applied when the server rolls it back for waiting on another worker's (issue #20).
+TRIES = 3
 
 
 def _set_cursor(conn: Driver, folder: str, uidvalidity: int, last_uid: int, now: datetime) -> None:
@@ -234,8 +238,22 @@ class InboundLog(Connection):
         NOTHING`` on its unique index and counts as logged only when the
         insert hands it back, so whatever the isolation and whatever another
         worker committed meanwhile, each message is logged, counted and
-        forwarded to its owner once.
+        forwarded to its owner once. Two workers inserting the same messages
+        in different orders (one fetched from two folders at once) may wait
+        for each other; PostgreSQL then rolls one back, which applies its
+        batch again (:data:`TRIES` times at most; inside a caller's
+        transaction the caller decides).
         """
+        attempt = 1
+        while True:
+            try:
+                return self._apply_many(decisions, now)
+            except LogConflictError:
+                if attempt >= TRIES or self.conn.in_transaction:
+                    raise
+                attempt += 1
+
+    def _apply_many(self, decisions: Sequence[Decision], now: datetime) -> list[bool]:
         conn = self.conn
         cursors: dict[str, tuple[int, int]] = {}
         seen: list[tuple[str, str]] = []

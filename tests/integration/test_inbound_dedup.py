@@ -185,3 +185,48 @@ def test_a_message_another_worker_logged_is_a_duplicate_for_this_one(log_locatio
     finally:
         first.close()
         second.close()
+
+
+def test_a_batch_the_server_rolls_back_for_a_deadlock_is_applied_again(pg_log):
+    """Two workers insert the same two messages in opposite orders (one fetched from two folders at once).
+
+    Another session holds message 1 and then waits for message 2, which the
+    worker's batch holds while it waits for message 1: PostgreSQL rolls the
+    worker's batch back (its deadlock check runs first). The batch is applied
+    again, waits for the other session's commit and logs nothing twice;
+    before, the fetch stopped with "the server did not answer".
+    """
+    insert = ("INSERT INTO activities (kind, occurred_at, message_id, digest, logged_at) "
+              "VALUES ('email_in', '2026-12-07T02:00:00Z', %s, %s, '2026-12-07T02:00:00Z')")
+    got: dict[str, object] = {}
+    ready = threading.Event()
+
+    def worker() -> None:
+        store = Store.open(pg_log)
+        try:
+            store.conn.raw.execute("SET deadlock_timeout = '2s'")
+            got["pid"] = store.conn.raw.info.backend_pid
+            ready.set()
+            # customer replies 12, then 4 (each with its owner's note): the other session holds 4, and will want 12
+            got["new"] = store.apply_inbound_many([_decision(12, "w"), _decision(4, "w")], T0)
+        except BaseException as e:  # noqa: BLE001 - the test reports what the thread met
+            got["new"] = e
+        finally:
+            ready.set()
+            store.close()
+
+    with psycopg.connect(pg_log) as other:
+        other.execute("SET deadlock_timeout = '60s'")  # the worker's check finds the cycle first
+        other.execute(insert, ("<m4@mail.x>", "d4"))
+        thread = threading.Thread(target=worker)
+        thread.start()
+        assert ready.wait(30)
+        _blocked(pg_log, int(str(got["pid"])))
+        other.execute(insert, ("<m12@mail.x>", "d12"))  # waits for the worker, until the server rolls it back
+        other.commit()
+    thread.join(60)
+    assert got["new"] == [False, False]
+    with closing(Store.open(pg_log)) as store:
+        assert store.conn.execute("SELECT message_id, COUNT(*) FROM activities GROUP BY message_id "
+                                  "ORDER BY message_id").fetchall() == [("<m12@mail.x>", 1), ("<m4@mail.x>", 1)]
+        assert store.sends() == []  # the other session logged both: no note is the worker's to queue
