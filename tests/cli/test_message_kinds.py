@@ -36,11 +36,6 @@ def as_schema_4(db, *, status: str) -> int:
         conn.execute("ALTER TABLE campaigns DROP COLUMN planned_as")
         conn.execute("DELETE FROM meta WHERE key LIKE 'plan_%'")
         conn.execute("ALTER TABLE sends DROP COLUMN kind")
-        # and schema 12's (issue #20: the workers and who holds a send)
-        conn.execute("DROP TABLE IF EXISTS workers")
-        conn.execute("DROP INDEX IF EXISTS idx_sends_holder")
-        for column in ("holder", "account"):
-            conn.execute(f"ALTER TABLE sends DROP COLUMN {column}")
         conn.execute("DELETE FROM _migrations WHERE name >= '0005'")
         conn.execute("PRAGMA user_version = 4")
         conn.commit()
