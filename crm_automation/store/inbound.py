@@ -154,14 +154,18 @@ def _caused(conn: Driver, a: ActivityRecord, now: datetime) -> None:
     """Apply the effects decided for a new activity, and the soft-bounce score's (issue #11).
 
     The score's count is read here, inside the transaction and after the
-    bounce was inserted (it includes the earlier bounces of the batch); what
-    that count causes is the pure rule's answer (``a.scored.rule``), not ours.
+    bounce was inserted (it includes the earlier bounces of the batch), under
+    the address's lock (:attr:`~crm_automation.store.dialect.Dialect.address_lock`,
+    issue #20: it includes another worker's too); what that count causes is
+    the pure rule's answer (``a.scored.rule``), not ours.
     """
     for eff, key in a.effects:
         insert_suppression(conn, eff.email, eff.reason, eff.source, now)
         if eff.status and key is not None:
             update_email_status(conn, key, eff.status)
     if a.scored is not None:
+        if (lock := conn.dialect.address_lock) is not None:  # another worker's bounce of it: counted after its commit
+            conn.execute(lock, (a.scored.address,))
         n = count_soft_bounces(conn, a.scored.address, a.customer_key, now - a.scored.window)
         for eff in a.scored.rule(n):
             insert_suppression(conn, eff.email, eff.reason, eff.source, now)

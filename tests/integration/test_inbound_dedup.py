@@ -19,8 +19,11 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
+from crm_automation.effects import soft_bounce_score
 from crm_automation.models import (
     ActivityRecord,
+    BounceDetails,
+    BounceFailure,
     Classification,
     Customer,
     Decision,
@@ -28,6 +31,7 @@ from crm_automation.models import (
     EmailStatus,
     InboundDetails,
     Kind,
+    Permanence,
     QuarantineRecord,
     Reading,
     ReplyOutDetails,
@@ -230,3 +234,59 @@ def test_a_batch_the_server_rolls_back_for_a_deadlock_is_applied_again(pg_log):
         assert store.conn.execute("SELECT message_id, COUNT(*) FROM activities GROUP BY message_id "
                                   "ORDER BY message_id").fetchall() == [("<m12@mail.x>", 1), ("<m4@mail.x>", 1)]
         assert store.sends() == []  # the other session logged both: no note is the worker's to queue
+
+
+def _soft_bounce(n: int) -> Decision:
+    """A delivery delay for c1@x.com, its score's limit 2 soft bounces (issue #11)."""
+    mid = f"<b{n}@mx.x>"
+    cls = Classification(Kind.BOUNCE, "DSN", (BounceFailure("c1@x.com", Permanence.SOFT, "4.2.2"),))
+    msg = Reading(mid, "mailer-daemon@mx.x", "", (), "Delayed", None, None, (), "", cls, f"b{n}")
+    rec = ActivityRecord(
+        kind=Kind.BOUNCE, customer_key="c1@x.com", message=msg, occurred_at=T0, source="imap/INBOX",
+        details=BounceDetails(msg.from_addr, (), "DSN", "failed recipient c1@x.com", "c1@x.com", Permanence.SOFT,
+                              "4.2.2", False, ("c1@x.com",), None, n),
+        digest=f"b{n}:c1@x.com", scored=soft_bounce_score(cls.failures[0], limit=2, days=30, message_id=mid))
+    return Decision("INBOX", 9, n, None, activities=(rec,), label="bounce")
+
+
+def test_two_workers_logging_an_addresss_soft_bounces_at_once_both_count(log_location):
+    """Each worker logs one soft bounce of c1@x.com, the limit being two: the second to count sees both.
+
+    On PostgreSQL the second worker's count waited for nothing and saw only
+    its own bounce (the first's was not committed), and the first's only its
+    own: two soft bounces logged, the address never suppressed. Now the count
+    waits for the address's lock, held by the first worker until its commit.
+    """
+    first = Store.open(log_location)
+    _customers(first)
+    got: dict[str, object] = {}
+    opened = threading.Event()
+
+    def apply_second() -> None:
+        second = Store.open(log_location)
+        try:
+            got["pid"] = second.conn.raw.info.backend_pid if second.dialect.name == "postgresql" else None
+            opened.set()
+            got["second"] = second.apply_inbound_many([_soft_bounce(2)], T0)
+        except BaseException as e:  # noqa: BLE001 - the test reports what the thread met
+            got["second"] = e
+        finally:
+            opened.set()
+            second.close()
+
+    thread = threading.Thread(target=apply_second)
+    try:
+        with first.transaction():
+            assert first.apply_inbound_many([_soft_bounce(1)], T0) == [True]
+            thread.start()
+            assert opened.wait(30)
+            if first.dialect.name == "postgresql":
+                _blocked(log_location, int(str(got["pid"])), timeout=10)
+            else:
+                time.sleep(0.3)
+        thread.join(60)
+        assert got["second"] == [True]
+        assert first.suppressions()["c1@x.com"].reason is SuppressionReason.SOFT_BOUNCES
+        assert first.customer("c1@x.com").email_status is EmailStatus.BOUNCED
+    finally:
+        first.close()
