@@ -152,6 +152,15 @@ class LogBusyError(ServiceError):
     """
 
 
+class LogConflictError(LogBusyError):
+    """Another transaction and ours waited for each other (PostgreSQL: deadlock or serialization failure).
+
+    The server rolled ours back whole, so the unit can simply be run again
+    (issue #20: two workers writing the same rows in different orders, as
+    the same message fetched from two folders at once).
+    """
+
+
 class StorageError(ServiceError):
     """The activity log (or another file the worker writes) cannot be written: disk full, read-only, no permission.
 

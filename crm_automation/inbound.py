@@ -331,7 +331,11 @@ class _Batch:
         logged = self.store.apply_inbound_many([d for _, d in self.pending], self.ctx.clock.now())
         counts = self.counts
         for (_, d), new in zip(self.pending, logged, strict=True):
-            kind = d.label if new or d.quarantine is not None else "duplicates"
+            # Counted by what this worker's inserts did (issue #20): a message another worker logged or
+            # quarantined first is a duplicate here, never a second "quarantined".
+            if new and d.quarantine is not None:
+                log.warning("%s quarantined: %s", d.quarantine.source, d.quarantine.error)
+            kind = d.label if new else "duplicates"
             if new and d.new_sender is not None:
                 self.new_senders.setdefault(*d.new_sender)
             elif new and d.not_new_sender is not None:
@@ -425,8 +429,6 @@ class InboundPass:
             d = decide(raw, reading, f"{source.name}/{raw.folder}", self.ctx.clock.now(), self.policy, by_email,
                        self.store.sent_message_ids, self._customer, self.new_id, tokens=self.store.send_for_token,
                        owners=owners)
-            if d.quarantine is not None:
-                log.warning("%s quarantined: %s", d.quarantine.source, d.quarantine.error)
             batch.pending.append((raw, d))
             advance()
             if len(batch.pending) >= size or time.monotonic() - since >= COMMIT_SECONDS:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -124,10 +124,25 @@ def inserted_id(conn: Driver, insert_sql: str, row: tuple[object, ...]) -> int |
     return None if got is None else int(got[0])
 
 
-INSERT_ACTIVITY_SQL = (
-    "INSERT INTO activities (customer_key, kind, occurred_at, subject, body, message_id, "
-    "in_reply_to, campaign, step, source, details, logged_at, digest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
-    "ON CONFLICT DO NOTHING")
+_INSERT_ACTIVITY = ("INSERT INTO activities (customer_key, kind, occurred_at, subject, body, message_id, "
+                    "in_reply_to, campaign, step, source, details, logged_at, digest) VALUES ")
+_ACTIVITY_VALUES = "(?,?,?,?,?,?,?,?,?,?,?,?,?)"
+INSERT_ACTIVITY_SQL = _INSERT_ACTIVITY + _ACTIVITY_VALUES + " ON CONFLICT DO NOTHING"
+
+
+def insert_activities(conn: Driver, rows: Sequence[tuple[object, ...]]) -> list[tuple[str, str, str | None]]:
+    """Insert activities (:func:`activity_row` values); the (kind, Message-ID, digest) of each that went in.
+
+    Why (issue #20): an inbound message is logged when *its* insert went in,
+    not when a read before it found nothing: another worker may insert it
+    meanwhile. ``RETURNING`` names the rows that went in by the columns of
+    their unique indexes (schema 3's (Message-ID, digest) among inbound
+    kinds, schema 9's Message-ID among ``reply_out``); the driver's
+    :meth:`~crm_automation.store.connection.Driver.insert_many` sends them
+    in a way no slower than the ``executemany`` it replaces.
+    """
+    return [(str(k), str(m), d) for k, m, d in conn.insert_many(
+        _INSERT_ACTIVITY, _ACTIVITY_VALUES, " ON CONFLICT DO NOTHING RETURNING kind, message_id, digest", rows)]
 
 
 def activity_row(*, kind: str, occurred_at: datetime, now: datetime, customer_key: str | None,

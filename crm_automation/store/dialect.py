@@ -61,6 +61,8 @@ inbound, reports)                   same on the send loop)
 ``json_object('row', row)`` (a      ``'{"row":' || row || '}'`` (portable,
 customer_added's details)           the same text)
 ``BEGIN IMMEDIATE`` (connection)    :attr:`Dialect.begin`
+one address's soft-bounce count     :attr:`Dialect.address_lock` (an
+(inbound; SQLite: its write lock)   advisory transaction lock)
 ``?`` / ``:name`` placeholders      :meth:`Dialect.sql` (cached, PostgreSQL)
 ``SAVEPOINT`` / ``RELEASE``         the same in both
 ``json_extract(x, '$.k')``          :meth:`Dialect.json_text` (compared,
@@ -218,6 +220,22 @@ class Dialect:
     def json_param(self) -> str:
         """A parameter bound as JSON text that becomes a JSON value inside :meth:`json_object`."""
         return "json(?)" if self.name == "sqlite" else "CAST(? AS json)"
+
+    @property
+    def address_lock(self) -> str | None:
+        """A statement holding the address bound as ``?`` for this workspace until the commit (None: no need).
+
+        Issue #20: the soft-bounce score counts an address's bounces inside
+        the transaction that logs a new one. Under PostgreSQL's READ COMMITTED
+        two workers logging two bounces of one address at once would each
+        count without the other's (not committed yet), and a limit both reach
+        together would suppress nobody. With this transaction advisory lock
+        (keyed by the schema, as the workspace lock) the second waits for the
+        first's commit and then counts both. SQLite: its write lock serialises.
+        """
+        if self.name == "sqlite":
+            return None
+        return "SELECT pg_advisory_xact_lock(hashtext('crm-automation address ' || current_schema() || ' ' || ?))"
 
     def json_set(self, expr: str, key: str) -> str:
         """The JSON object ``expr`` with top-level ``key`` (an identifier) set to the JSON text bound as ``?``.

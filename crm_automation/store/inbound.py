@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
+from crm_automation.errors import LogConflictError
 from crm_automation.models import (
     ActivityRecord,
     BounceDetails,
@@ -30,6 +31,7 @@ from crm_automation.store.activities import (
     activity_row,
     already_logged,
     count_soft_bounces,
+    insert_activities,
     insert_quarantine,
     inserted_id,
     logged_digests,
@@ -41,12 +43,23 @@ from crm_automation.store.schema import INBOUND_KINDS_SQL
 from crm_automation.store.sends import SentRef, insert_sends, notification_row
 from crm_automation.store.suppressions import insert_suppression, read_suppressions
 
+# How often a batch is applied when the server rolls it back for waiting on another worker's (issue #20).
+TRIES = 3
+
 
 def _set_cursor(conn: Driver, folder: str, uidvalidity: int, last_uid: int, now: datetime) -> None:
     conn.execute(
         "INSERT INTO mailbox_state (folder, uidvalidity, last_uid, updated_at) VALUES (?, ?, ?, ?) "
         "ON CONFLICT(folder) DO UPDATE SET uidvalidity = excluded.uidvalidity, last_uid = excluded.last_uid, "
         "updated_at = excluded.updated_at", (folder, uidvalidity, last_uid, iso(now)))
+
+
+def _key(kind: str, message_id: str, digest: str | None) -> tuple[str, str | None]:
+    """An activity's unique key as its index has it.
+
+    ``reply_out`` by Message-ID alone (schema 9), inbound mail by (Message-ID, digest) (schema 3).
+    """
+    return (message_id, None) if kind == Kind.REPLY_OUT.value else (message_id, digest)
 
 
 class _Batch:
@@ -57,6 +70,14 @@ class _Batch:
     a soft-bounce score, an owner's note) is written at once, after the
     plain ones before it, so ids still follow mailbox order and the score
     counts every earlier bounce.
+
+    Why the outcome is the insert's (issue #20): the digests read first only
+    spare inserts of what is long logged (and honour rows from before
+    digests, which no index can). Whether a message is logged *now* is what
+    its ``INSERT ... ON CONFLICT DO NOTHING`` hands back: under PostgreSQL's
+    READ COMMITTED another worker may insert the same message between our
+    read and our insert, and the insert then waits for its commit and does
+    nothing. ``logged[i]`` is decision ``i``'s answer.
     """
 
     def __init__(self, conn: Driver, decisions: Sequence[Decision]) -> None:
@@ -68,68 +89,83 @@ class _Batch:
         self.replies = logged_replies(conn, {a.message.message_id for d in decisions for a in d.activities
                                              if a.kind is Kind.REPLY_OUT})
         self.rows: list[tuple[object, ...]] = []
+        self.waiting: dict[tuple[str, str | None], int] = {}  # a waiting row's key -> its decision's index
+        self.logged = [False] * len(decisions)
 
-    def is_new_reply(self, message_id: str) -> bool:
-        if message_id in self.replies:
+    def is_new(self, a: ActivityRecord) -> bool:
+        """Not logged before and not earlier in this batch (so each waiting row's key is unique)."""
+        mid = a.message.message_id
+        if a.kind is Kind.REPLY_OUT:
+            if mid in self.replies:
+                return False
+            self.replies.add(mid)
+            return True
+        seen = self.known.setdefault(mid, set())
+        if already_logged(seen, a.digest):
             return False
-        self.replies.add(message_id)
+        seen.add(a.digest)
         return True
 
-    def is_new(self, message_id: str, digest: str) -> bool:
-        seen = self.known.setdefault(message_id, set())
-        if already_logged(seen, digest):
-            return False
-        seen.add(digest)
-        return True
+    def add(self, i: int, a: ActivityRecord, row: tuple[object, ...]) -> None:
+        """A plain activity of decision ``i``, written at the next :meth:`flush`."""
+        self.rows.append(row)
+        self.waiting[_key(a.kind.value, a.message.message_id, a.digest)] = i
 
     def flush(self) -> None:
-        if self.rows:
-            self.conn.executemany(INSERT_ACTIVITY_SQL, self.rows)
-            self.rows = []
+        """Write the waiting rows; each decision whose row went in is logged."""
+        if not self.rows:
+            return
+        for kind, mid, digest in insert_activities(self.conn, self.rows):
+            self.logged[self.waiting[_key(kind, mid, digest)]] = True
+        self.rows = []
+        self.waiting = {}
 
 
-def _apply(batch: _Batch, d: Decision, now: datetime) -> bool:
-    """One decision's records (inside the caller's transaction); whether any activity was new."""
+def _apply(batch: _Batch, i: int, d: Decision, now: datetime) -> None:
+    """Decision ``i``'s records (inside the caller's transaction); ``batch.logged[i]`` says if any went in."""
     conn = batch.conn
-    logged = False
     q = d.quarantine
-    if q is not None:
-        insert_quarantine(conn, source=q.source, raw=q.raw, error=q.error, now=now, from_addr=q.from_addr,
-                          customer_key=q.customer_key, size=q.size)
+    if q is not None and insert_quarantine(conn, source=q.source, raw=q.raw, error=q.error, now=now,
+                                           from_addr=q.from_addr, customer_key=q.customer_key, size=q.size):
+        batch.logged[i] = True
     for a in d.activities:
-        m = a.message
-        if not (batch.is_new_reply(m.message_id) if a.kind is Kind.REPLY_OUT else batch.is_new(m.message_id,
-                                                                                                a.digest)):
+        if not batch.is_new(a):
             continue
-        logged = True
+        m = a.message
         row = activity_row(kind=a.kind.value, occurred_at=a.occurred_at, now=now, customer_key=a.customer_key,
                            subject=m.subject, body=m.reply, message_id=m.message_id, in_reply_to=m.in_reply_to,
                            campaign=a.campaign, step=a.step, source=a.source, details=a.details.to_dict(),
                            digest=a.digest)
         if not a.effects and a.scored is None and a.notify_owner is None:
-            batch.rows.append(row)
+            batch.add(i, a, row)
             continue
         batch.flush()
         aid = inserted_id(conn, INSERT_ACTIVITY_SQL, row)
+        if aid is None:  # another worker logged it first (issue #20): its effects and owner's note are theirs
+            continue
+        batch.logged[i] = True
         _caused(conn, a, now)
         if a.notify_owner is not None and a.customer_key is not None:
             owner, mid = a.notify_owner
             insert_sends(conn, [notification_row(aid, a.customer_key, owner, mid, now)])
-    return logged
 
 
 def _caused(conn: Driver, a: ActivityRecord, now: datetime) -> None:
     """Apply the effects decided for a new activity, and the soft-bounce score's (issue #11).
 
     The score's count is read here, inside the transaction and after the
-    bounce was inserted (it includes the earlier bounces of the batch); what
-    that count causes is the pure rule's answer (``a.scored.rule``), not ours.
+    bounce was inserted (it includes the earlier bounces of the batch), under
+    the address's lock (:attr:`~crm_automation.store.dialect.Dialect.address_lock`,
+    issue #20: it includes another worker's too); what that count causes is
+    the pure rule's answer (``a.scored.rule``), not ours.
     """
     for eff, key in a.effects:
         insert_suppression(conn, eff.email, eff.reason, eff.source, now)
         if eff.status and key is not None:
             update_email_status(conn, key, eff.status)
     if a.scored is not None:
+        if (lock := conn.dialect.address_lock) is not None:  # another worker's bounce of it: counted after its commit
+            conn.execute(lock, (a.scored.address,))
         n = count_soft_bounces(conn, a.scored.address, a.customer_key, now - a.scored.window)
         for eff in a.scored.rule(n):
             insert_suppression(conn, eff.email, eff.reason, eff.source, now)
@@ -185,8 +221,10 @@ class InboundLog(Connection):
         """Record one fetched message's decision and move the folder's cursor, in one transaction.
 
         Returns whether anything new was recorded (False: every activity was
-        already logged). Effects, the soft-bounce score (issue #11) and an
-        owner notification apply only to activities that are new.
+        already logged, and a quarantined message already kept). Effects,
+        the soft-bounce score (issue #11) and an owner notification apply
+        only to activities this call inserted (issue #20: not to one another
+        worker inserted first).
         """
         return self.apply_inbound_many([d], now)[0]
 
@@ -199,15 +237,34 @@ class InboundLog(Connection):
         kill re-reads the whole batch and logs each message once. Later
         decisions see the earlier ones' rows (one connection), so a message
         delivered twice within a batch is still logged once.
+
+        Several workers (issue #20): each row goes in with ``ON CONFLICT DO
+        NOTHING`` on its unique index and counts as logged only when the
+        insert hands it back, so whatever the isolation and whatever another
+        worker committed meanwhile, each message is logged, counted and
+        forwarded to its owner once. Two workers inserting the same messages
+        in different orders (one fetched from two folders at once) may wait
+        for each other; PostgreSQL then rolls one back, which applies its
+        batch again (:data:`TRIES` times at most; inside a caller's
+        transaction the caller decides).
         """
+        attempt = 1
+        while True:
+            try:
+                return self._apply_many(decisions, now)
+            except LogConflictError:
+                if attempt >= TRIES or self.conn.in_transaction:
+                    raise
+                attempt += 1
+
+    def _apply_many(self, decisions: Sequence[Decision], now: datetime) -> list[bool]:
         conn = self.conn
-        out: list[bool] = []
         cursors: dict[str, tuple[int, int]] = {}
         seen: list[tuple[str, str]] = []
         with self.transaction():
             batch = _Batch(conn, decisions)
-            for d in decisions:
-                out.append(_apply(batch, d, now))
+            for i, d in enumerate(decisions):
+                _apply(batch, i, d, now)
                 cursors[d.folder] = (d.uidvalidity, d.uid)
                 if d.seen_key is not None:
                     seen.append((d.folder, d.seen_key))
@@ -216,7 +273,7 @@ class InboundLog(Connection):
                 _set_cursor(conn, folder, uidvalidity, uid, now)
             if seen:
                 conn.executemany("INSERT INTO maildir_seen (folder, name) VALUES (?, ?) ON CONFLICT DO NOTHING", seen)
-        return out
+        return batch.logged
 
     def relink_inbound(self, index: dict[str, str], now: datetime, *,
                        status_of: Callable[[str], EmailStatus | None]) -> int:

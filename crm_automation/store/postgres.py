@@ -32,16 +32,17 @@ types, identity columns and schema 10's triggers in PL/pgSQL.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 import psycopg.errors
 from psycopg import pq
 from psycopg.rows import TupleRow
 
-from crm_automation.errors import ConfigError, CrmError, LogBusyError, ServiceError
+from crm_automation.errors import ConfigError, CrmError, LogBusyError, LogConflictError, ServiceError
 from crm_automation.store.connection import Params
 from crm_automation.store.dialect import POSTGRESQL
 from crm_automation.store.location import shown
@@ -59,13 +60,19 @@ def server_error(where: str, e: psycopg.Error) -> CrmError:
     Decided by the exception's class (psycopg maps SQLSTATE classes to
     them), not by its text; an error of our SQL is re-raised as it is. A
     lock wait cut short (SQLSTATE 55P03, only inside ``not_waiting``) is
-    :class:`LogBusyError`, as SQLite's busy log.
+    :class:`LogBusyError`, as SQLite's busy log; a transaction the server
+    rolled back because it and another waited for each other (40P01, 40001)
+    is :class:`LogConflictError`: running the unit again is right.
     """
     if isinstance(e, psycopg.errors.LockNotAvailable):  # lock_timeout ran out (PgGuarded.not_waiting)
         return LogBusyError(f"{where}: the activity log is busy (another transaction holds a row this write "
                             f"changes: {str(e).strip()}); nothing of the transaction was kept",
                             hint="the caller tries again; if it keeps happening, look for a long transaction "
                                  "in pg_stat_activity")
+    if isinstance(e, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure):  # 40P01, 40001
+        return LogConflictError(f"{where}: the transaction waited for another one that waited for it "
+                                f"({str(e).strip()}); nothing of it was kept",
+                                hint="run it again (the fetch does so itself)")
     if isinstance(e, psycopg.OperationalError):
         return ServiceError(f"{where}: the PostgreSQL server did not answer ({str(e).strip()})",
                             hint="check that the server is running and reachable, then run again; nothing was "
@@ -152,6 +159,24 @@ class PgGuarded:
         except psycopg.OperationalError as e:
             raise server_error(self.path, e) from None
         return cur
+
+    def insert_many(self, insert: str, values: str, tail: str, rows: Sequence[Sequence[object]]) -> list[Any]:
+        """:meth:`~crm_automation.store.connection.Driver.insert_many`: ``executemany`` handing rows back."""
+        if not rows:
+            return []
+        sql = insert + values + tail
+        if self.trace is not None:
+            self.trace(sql)
+        out: list[Any] = []
+        try:
+            with self._c.cursor() as cur:
+                cur.executemany(POSTGRESQL.sql(sql).encode(), rows, returning=True)
+                while True:
+                    out += cur.fetchall()
+                    if not cur.nextset():
+                        return out
+        except psycopg.OperationalError as e:
+            raise server_error(self.path, e) from None
 
     @property
     def in_transaction(self) -> bool:
