@@ -18,7 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from email import message_from_bytes
 from email.utils import parseaddr
 from pathlib import Path
@@ -104,8 +104,14 @@ def _recipients(outbox: Path) -> list[tuple[str, str]]:
     return sorted((parseaddr(m["To"])[1], str(m["Subject"])) for m in msgs)
 
 
+def _indexes(url: str) -> list[tuple[str, str]]:
+    with psycopg.connect(url) as c:
+        return c.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() "
+                         "ORDER BY indexname").fetchall()
+
+
 def test_every_table_and_row_arrives_as_it_was_and_the_switched_workspace_sends_nothing_twice(
-        sqlite_ws, cli, pg_database):
+        sqlite_ws, cli, pg_database, pg_log):
     folder, db = sqlite_ws.parent, sqlite_ws.parent / "var" / "crm.sqlite"
     r = cli("db", "copy", "--to", pg_database, "--config", str(sqlite_ws), "--json")
     assert r.code == 0, r.err
@@ -121,6 +127,7 @@ def test_every_table_and_row_arrives_as_it_was_and_the_switched_workspace_sends_
         if name == "meta":  # beside SQLite's rows: the workspace marker and the copy's stamp
             theirs = [r for r in theirs if r[0] not in ("workspace_marker", "copied_from")]
         assert theirs == mine, name
+    assert _indexes(pg_database) == _indexes(pg_log)  # every index built again, as the migrations made them
     raw = _pg_rows(pg_database, "quarantine", ["raw"])
     assert raw == [(NOT_MAIL,)]
     assert len(_sqlite_rows(db, "send_links")) > 0 and len(_sqlite_rows(db, "suppressions")) == 2
@@ -144,3 +151,217 @@ def test_every_table_and_row_arrives_as_it_was_and_the_switched_workspace_sends_
     assert len(after) == len(set(after))  # no message twice
     again = {to for to, subject in after if subject.startswith("Again")}
     assert again == {"c0@example.com", "c2@example.com", "c3@example.com", "c4@example.com"} - {"c0@example.com"}
+
+
+def _stamp_and_counts(url: str) -> tuple[str, dict[str, int]]:
+    with psycopg.connect(url) as c:
+        stamp = c.execute("SELECT value || xmin::text FROM meta WHERE key = 'copied_from'").fetchone()
+        counts = {t: c.execute(f"SELECT COUNT(*) FROM {t}".encode()).fetchone()[0]
+                  for t in ("customers", "activities", "sends", "runs", "meta")}
+    return (stamp[0] if stamp else ""), counts
+
+
+def test_a_second_copy_copies_nothing_and_says_so(sqlite_ws, cli, pg_database):
+    assert cli("db", "copy", "--to", pg_database, "--config", str(sqlite_ws)).code == 0
+    before = _stamp_and_counts(pg_database)
+    r = cli("db", "copy", "--to", pg_database, "--config", str(sqlite_ws))
+    assert r.code == 0, r.err
+    assert "nothing new to copy" in r.out
+    assert _stamp_and_counts(pg_database) == before  # not even rewritten: the stamp's row is the first copy's
+    r = cli("db", "copy", "--to", pg_database, "--config", str(sqlite_ws), "--json", "--dry-run")
+    assert json.loads(r.out)["outcome"] == "up_to_date" and json.loads(r.out)["copied"] == 0
+
+
+def test_a_log_that_moved_on_before_the_switch_is_copied_again_whole(sqlite_ws, cli, pg_database):
+    assert cli("db", "copy", "--to", pg_database, "--config", str(sqlite_ws)).code == 0
+    assert cli("suppress", "add", "late@example.com", "--config", str(sqlite_ws)).code == 0  # the SQLite log changed
+    r = cli("db", "copy", "--to", pg_database, "--config", str(sqlite_ws), "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["outcome"] == "copied_again"
+    assert ("late@example.com",) in _pg_rows(pg_database, "suppressions", ["email"])
+    db = sqlite_ws.parent / "var" / "crm.sqlite"
+    for name in ("sends", "activities", "suppressions"):
+        assert _pg_rows(pg_database, name, _columns(db, name)) == _sqlite_rows(db, name)
+
+
+def test_a_postgresql_log_written_since_the_copy_is_never_copied_over(sqlite_ws, cli, pg_database):
+    assert cli("db", "copy", "--to", pg_database, "--config", str(sqlite_ws)).code == 0
+    pg_cfg = _config(sqlite_ws.parent, pg_database, "config-pg.toml")
+    assert cli("run", "--once", "--config", str(pg_cfg), "--now", "2026-11-27T13:00").code in (0, 1)
+    before = _stamp_and_counts(pg_database)
+    r = cli("db", "copy", "--to", pg_database, "--config", str(sqlite_ws))
+    assert r.code == 2
+    assert "has been written since the copy" in r.err and "runs" in r.err
+    assert _stamp_and_counts(pg_database) == before
+
+
+def test_a_database_holding_another_workspaces_log_is_refused_by_name(sqlite_ws, cli, pg_database, tmp_path):
+    other = make_workspace(tmp_path / "other", database=pg_database)
+    assert cli("run", "--once", "--config", str(other), "--now", T0).code == 0
+    with psycopg.connect(pg_database) as c:
+        other_id = c.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()[0]
+    before = _stamp_and_counts(pg_database)
+    r = cli("db", "copy", "--to", pg_database, "--config", str(sqlite_ws))
+    assert r.code == 2
+    assert f"already holds another activity log (log id {other_id}" in r.err
+    assert pg_database in r.err and "Traceback" not in r.err
+    assert _stamp_and_counts(pg_database) == before
+
+
+def test_another_workspaces_marker_alone_is_refused(sqlite_ws, cli, pg_log):
+    with psycopg.connect(pg_log) as c:
+        c.execute("INSERT INTO meta (key, value) VALUES ('workspace_marker', %s)",
+                  (json.dumps({"log_id": "0" * 32, "database": "x", "sent": 3}),))
+    r = cli("db", "copy", "--to", pg_log, "--config", str(sqlite_ws))
+    assert r.code == 2
+    assert "already holds another activity log" in r.err
+    assert _pg_rows(pg_log, "customers", ["key"]) == []
+
+
+def test_a_workspace_already_on_postgresql_is_not_a_source(tmp_path, cli, pg_log, pg_database):
+    cfg = make_workspace(tmp_path / "ws", database=pg_log)
+    r = cli("db", "copy", "--to", pg_database, "--config", str(cfg))
+    assert r.code == 2
+    assert "already on PostgreSQL" in r.err
+    with psycopg.connect(pg_database) as c:
+        assert c.execute("SELECT to_regclass('_migrations')").fetchone() == (None,)
+
+
+def test_a_running_worker_is_told_to_stop_first(sqlite_ws, cli, pg_database):
+    with WorkspaceLock(Workspace.load(sqlite_ws)):  # what every run, sync, fetch and send holds
+        r = cli("db", "copy", "--to", pg_database, "--config", str(sqlite_ws))
+    assert r.code == 2
+    assert "another crm-automation worker is running on this workspace" in r.err
+    assert "stop the worker first" in r.err
+    with psycopg.connect(pg_database) as c:
+        assert c.execute("SELECT to_regclass('_migrations')").fetchone() == (None,)
+
+
+def test_a_worker_running_on_the_target_is_refused_too(sqlite_ws, cli, pg_log, tmp_path):
+    on_pg = Workspace.load(make_workspace(tmp_path / "pg", database=pg_log))
+    with WorkspaceLock(on_pg):
+        r = cli("db", "copy", "--to", pg_log, "--config", str(sqlite_ws))
+    assert r.code == 2
+    assert "a crm-automation worker is running on this PostgreSQL log" in r.err and "stop the worker first" in r.err
+
+
+@pytest.mark.parametrize("url", ["postgresql://crm:s3cret-pw@127.0.0.1:1/crm",
+                                 "postgresql://crm@127.0.0.1:1/crm?password=s3cret-pw"])
+def test_a_password_in_the_url_is_refused_and_never_shown(sqlite_ws, cli, url):
+    r = cli("db", "copy", "--to", url, "--config", str(sqlite_ws))
+    assert r.code == 2
+    assert "a password in the database URL is refused" in r.err
+    assert "s3cret-pw" not in r.out + r.err
+
+
+def test_the_password_comes_from_the_variable_password_env_names(sqlite_ws, cli, pg_database, postgres,
+                                                                 monkeypatch):
+    from tests.fixtures.postgres import PASSWORD_ROLE
+
+    postgres.admin(f"CREATE ROLE {PASSWORD_ROLE} LOGIN SUPERUSER PASSWORD 'right-pw'") if not _role(
+        postgres, PASSWORD_ROLE) else None
+    url = pg_database.replace(f"{postgres.user}@", f"{PASSWORD_ROLE}@")
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    r = cli("db", "copy", "--to", url, "--password-env", "CRM_TEST_COPY_PW", "--config", str(sqlite_ws))
+    assert r.code == 2 and "$CRM_TEST_COPY_PW, which is not set" in r.err
+    monkeypatch.setenv("CRM_TEST_COPY_PW", "wrong-pw")
+    r = cli("db", "copy", "--to", url, "--password-env", "CRM_TEST_COPY_PW", "--config", str(sqlite_ws))
+    assert r.code == 3 and "wrong-pw" not in r.out + r.err
+    monkeypatch.setenv("CRM_TEST_COPY_PW", "right-pw")
+    r = cli("db", "copy", "--to", url, "--password-env", "CRM_TEST_COPY_PW", "--config", str(sqlite_ws))
+    assert r.code == 0, r.err
+    assert "right-pw" not in r.out + r.err
+
+
+def _role(postgres, name: str) -> bool:
+    with psycopg.connect(postgres.url()) as c:
+        return c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone() is not None
+
+
+def test_a_dry_run_lists_each_table_and_writes_nothing(sqlite_ws, cli, pg_database):
+    r = cli("db", "copy", "--to", pg_database, "--dry-run", "--config", str(sqlite_ws))
+    assert r.code == 0, r.err
+    assert "would copy" in r.out and "dry run: nothing was written" in r.out
+    assert ["sends", "5"] in [line.split() for line in r.out.splitlines()], r.out
+    with psycopg.connect(pg_database) as c:
+        assert c.execute("SELECT to_regclass('_migrations')").fetchone() == (None,)
+
+
+def test_a_count_that_differs_after_the_copy_is_an_error_naming_the_table_and_both_counts(
+        sqlite_ws, cli, pg_log):
+    with psycopg.connect(pg_log) as c:  # a server-side trigger of someone else's that drops rows as they arrive
+        c.execute("CREATE FUNCTION drop_odd() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                  "IF NEW.id % 2 = 1 THEN RETURN NULL; END IF; RETURN NEW; END $$")
+        c.execute("CREATE TRIGGER drop_odd BEFORE INSERT ON runs FOR EACH ROW EXECUTE FUNCTION drop_odd()")
+    db = sqlite_ws.parent / "var" / "crm.sqlite"
+    n = len(_sqlite_rows(db, "runs"))
+    r = cli("db", "copy", "--to", pg_log, "--config", str(sqlite_ws))
+    assert r.code == 1
+    assert f"runs: {n} row(s) in the SQLite log, {n // 2} in PostgreSQL" in r.err
+    assert "nothing was kept" in r.err
+    assert _pg_rows(pg_log, "customers", ["key"]) == []  # rolled back whole
+
+
+def _grow(db: Path, n: int) -> None:
+    """Many more activities, so that a copy lasts long enough to be killed in the middle of a table."""
+    with sqlite3.connect(db) as c:
+        c.executemany("INSERT INTO activities (customer_key, kind, occurred_at, source, details, logged_at) "
+                      "VALUES (?, 'field_changed', ?, 'sheet', ?, ?)",
+                      ((f"c{i % 5}@example.com", f"2026-11-2{i % 7}T0{i % 10}:00:00Z",
+                        json.dumps({"field": "stage", "old": "lead", "new": f"stage {i}", "note": "x" * 200}),
+                        "2026-11-27T04:00:00Z") for i in range(n)))
+
+
+def _counts(db: Path) -> dict[str, int]:
+    with sqlite3.connect(db) as c:
+        return {t: c.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in _tables(db)}
+
+
+def _copy_process(cfg: Path, url: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "crm_automation", "db", "copy", "--to", url, "--config", str(cfg)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _backend_copying(url: str, table: str) -> int | None:
+    with psycopg.connect(url, autocommit=True) as c:
+        row = c.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE %s "
+                        "AND pid <> pg_backend_pid()", (f'COPY "{table}"%',)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _gone(url: str, pid: int) -> bool:
+    with psycopg.connect(url, autocommit=True) as c:
+        return c.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone() is None
+
+
+def test_a_copy_killed_in_the_middle_leaves_nothing_and_running_it_again_completes_it(sqlite_ws, cli, pg_database):
+    db = sqlite_ws.parent / "var" / "crm.sqlite"
+    _grow(db, 200_000)
+    proc = _copy_process(sqlite_ws, pg_database)
+    deadline = time.monotonic() + 120
+    pid = None
+    while pid is None and proc.poll() is None and time.monotonic() < deadline:
+        pid = _backend_copying(pg_database, "activities")
+        time.sleep(0.02)
+    assert pid is not None, "the copy finished or failed before it could be killed: grow the log"
+    time.sleep(0.3)  # well inside the table's rows
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    while not _gone(pg_database, pid) and time.monotonic() < deadline:  # the server rolls the transaction back
+        time.sleep(0.05)
+    with psycopg.connect(pg_database) as c:  # migrated (its own transactions), but no row of the log kept
+        assert c.execute("SELECT COUNT(*) FROM activities").fetchone() == (0,)
+        assert c.execute("SELECT COUNT(*) FROM customers").fetchone() == (0,)
+        assert c.execute("SELECT COUNT(*) FROM meta WHERE key IN ('copied_from', 'workspace_marker')").fetchone() \
+            == (0,)
+    r = cli("db", "copy", "--to", pg_database, "--config", str(sqlite_ws), "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["outcome"] == "copied"
+    assert {t["table"]: t["copied"] for t in json.loads(r.out)["tables"]} == _counts(db)
+    assert _stamp_and_counts(pg_database)[1]["activities"] == _counts(db)["activities"]
+    for name in ("customers", "sends", "quarantine", "send_links"):
+        assert _pg_rows(pg_database, name, _columns(db, name)) == _sqlite_rows(db, name)
+    assert "copy activities:" in r.err  # progress, as log lines off a terminal
+    r = cli("db", "copy", "--to", pg_database, "--config", str(sqlite_ws))
+    assert r.code == 0 and "nothing new to copy" in r.out
