@@ -133,6 +133,9 @@ def test_every_table_and_row_arrives_as_it_was_and_the_switched_workspace_sends_
     assert len(_sqlite_rows(db, "send_links")) > 0 and len(_sqlite_rows(db, "suppressions")) == 2
 
     pg_cfg = _config(folder, pg_database, "config-pg.toml")
+    r = cli("check", "--config", str(pg_cfg))
+    assert r.code == 0, r.out + r.err
+    assert f"PostgreSQL {pg_database}: this workspace's log, schema version" in r.out and "5 message(s) sent" in r.out
     for args in (("report", "--json"), ("timeline", "c0@example.com", "--json"),
                  ("timeline", "c2@example.com", "--json"), ("suppress", "list", "--json")):
         a, b = cli(*args, "--config", str(sqlite_ws)), cli(*args, "--config", str(pg_cfg))
