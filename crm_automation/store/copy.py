@@ -37,6 +37,7 @@ What is written besides the rows:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -48,7 +49,7 @@ from typing import TYPE_CHECKING, Protocol
 import psycopg
 from psycopg import sql
 
-from crm_automation.errors import ConfigError, DataError
+from crm_automation.errors import ConfigError, CrmError, DataError
 from crm_automation.store.dialect import SQLITE
 from crm_automation.store.migrations import SCHEMA_VERSION
 from crm_automation.store.postgres import server_error
@@ -298,7 +299,7 @@ def copy_all(source: Source, target: Target, tables: list[Table], extra_meta: Ma
         stamp = Stamp(log_id, at, xid, digests, {**got, "meta": got["meta"] + 1})
         target.conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (STAMP, stamp.to_json()))
     except BaseException:
-        if target.conn.in_transaction:
+        with contextlib.suppress(CrmError, psycopg.Error):  # a lost server rolls back by itself; keep the first error
             target.conn.execute("ROLLBACK")
         raise
     target.conn.execute("COMMIT")
@@ -382,7 +383,8 @@ def _copy_table(source: Source, target: Target, table: Table, types: Mapping[str
         raise server_error(target.conn.path, e) from None
     except (psycopg.Error, TypeError, ValueError, OverflowError) as e:
         raise DataError(f"{source.path}: table {table.name}: a row cannot be written to PostgreSQL "
-                        f"({type(e).__name__}: {str(e).strip()}; the row begins {_begins(row)}); nothing was copied",
+                        f"({type(e).__name__}: {str(e).strip()}; the last row sent begins {_begins(row)}); nothing was "
+                        "copied",
                         hint="a text with a NUL character, or a value of another type than its column's; "
                              "correct the row in the SQLite log and copy again") from None
     finally:

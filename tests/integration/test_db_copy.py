@@ -368,3 +368,15 @@ def test_a_copy_killed_in_the_middle_leaves_nothing_and_running_it_again_complet
     assert "copy activities:" in r.err  # progress, as log lines off a terminal
     r = cli("db", "copy", "--to", pg_database, "--config", str(sqlite_ws))
     assert r.code == 0 and "nothing new to copy" in r.out
+
+
+def test_a_row_postgresql_cannot_hold_stops_the_copy_naming_the_table_and_keeps_nothing(sqlite_ws, cli, pg_database):
+    db = sqlite_ws.parent / "var" / "crm.sqlite"
+    with sqlite3.connect(db) as c:  # SQLite keeps a NUL inside a text; PostgreSQL's TEXT cannot
+        c.execute("INSERT INTO activities (customer_key, kind, occurred_at, body) VALUES "
+                  "('c3@example.com', 'email_in', '2026-11-27T05:00:00Z', ?)", ("before\x00after",))
+    r = cli("db", "copy", "--to", pg_database, "--config", str(sqlite_ws))
+    assert r.code == 1
+    assert "table activities: a row cannot be written to PostgreSQL" in r.err and "nothing was copied" in r.err
+    assert "Traceback" not in r.err
+    assert _pg_rows(pg_database, "customers", ["key"]) == []
