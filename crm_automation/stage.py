@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -115,7 +115,9 @@ def recorded(ctx: StageContext, job: str, *, record: bool = True) -> Iterator[St
 
     The log file is checked first (deleted or replaced under the worker:
     ConfigError, the worker stops). A log that cannot be written
-    (StorageError) cannot record the stage either: that is raised.
+    (StorageError) cannot record the stage either: that is raised. A log
+    whose server went away (PostgreSQL, a ServiceError) stops the stage as
+    any other service does, even when the stage's record cannot be finished.
     ``record=False`` (dry runs, issue #17): the same handling, and nothing
     written, so the stage can run on a read-only log beside a worker.
     """
@@ -129,9 +131,14 @@ def recorded(ctx: StageContext, job: str, *, record: bool = True) -> Iterator[St
         log.warning("%s stopped: %s", job, e)
     finally:
         if run_id is not None:
-            with suppress(StorageError):  # the stage's own error already says the log cannot be written
+            try:
                 ctx.store.finish_run(run_id, ctx.clock.now(), ok=res.ok, stats=res.stats,
                                      error=str(res.error) if res.error else ("; ".join(res.problems[:5]) or None))
+            except StorageError:  # the stage's own error already says the log cannot be written
+                pass
+            except ServiceError as e:  # a log's server gone (issue #20): the stage stops, the worker carries on
+                if res.error is None:
+                    res.error = e
 
 
 def held(ctx: StageContext, job: str, error: CrmError, note: str, *, record: bool = True) -> StageResult:

@@ -26,6 +26,7 @@ succeeds. Fetch always runs, so replies, bounces and unsubscribes are logged.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -39,6 +40,8 @@ from crm_automation.sheetsync import Rekeyed, SheetSession
 from crm_automation.stage import Progress, StageContext, StageResult, address_index, held, no_progress
 from crm_automation.store import identity
 from crm_automation.workspace import Clock, Workspace
+
+log = logging.getLogger("crm_automation")
 
 if TYPE_CHECKING:
     from crm_automation.inbound import InboundPass
@@ -238,11 +241,11 @@ class Worker:
             if self.stop.is_set():
                 return
             self.refresh()
-            r = fn()
-            for one in r if isinstance(r, list) else [r]:
+            for one in _outlived(fn):
                 on_result(one)
             if wb and not self.stop.is_set():
-                on_result(self.writeback(reuse_read=metered))
+                for one in _outlived(lambda: self.writeback(reuse_read=metered)):
+                    on_result(one)
 
         # The send job fetches first and sends only on a fresh inbound view (issue #9).
         jobs: list[tuple[str, Callable[[], StageResult | list[StageResult]], bool]] = [
@@ -253,12 +256,28 @@ class Worker:
             if d is None:  # pragma: no cover - config.py validated it
                 raise ConfigError(f"[schedule] {every!r} is not an interval")
             sched.every(int(d.total_seconds())).seconds.do(job, fn, wb)
-        for r in self.run_once():
+        for r in _outlived(self.run_once):
             on_result(r)
         while not self.stop.is_set():
             sched.run_pending()
             idle = sched.idle_seconds
             self.stop.wait(min(max(idle if idle is not None else 1.0, 0.1), 1.0))
+
+
+def _outlived(fn: Callable[[], StageResult | list[StageResult]]) -> list[StageResult]:
+    """Run a scheduled job; a service lost before its stage could even be recorded stops that job, not the worker.
+
+    A stage records its own service errors (:func:`~crm_automation.stage.recorded`);
+    what is left is a log whose server is unreachable at the stage's very
+    start (PostgreSQL restarting, issue #20): the scheduled worker waits for
+    its next interval, as for a mailbox that does not answer.
+    """
+    try:
+        r = fn()
+    except ServiceError as e:
+        log.warning("%s", e)
+        return [StageResult("cycle", error=e)]
+    return r if isinstance(r, list) else [r]
 
 
 __all__ = ["Progress", "StageResult", "Worker"]

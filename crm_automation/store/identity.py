@@ -19,8 +19,8 @@ uses the log, the two must agree:
 
 The marker lives beside the config file (``.<config name>.log-id.json``),
 so deleting the runtime folder (``var/``) does not delete it; for a
-PostgreSQL log (issue #20), shared by several machines, it is a row of the
-log's ``meta`` table instead (``_load``).
+PostgreSQL log (issue #20), shared by several machines, it is also a row of
+the log's ``meta`` table (``_load`` says why both).
 """
 
 from __future__ import annotations
@@ -213,30 +213,47 @@ def record(store: Store, cfg: WorkspacePaths) -> None:
     path = marker_path(cfg)
     marker = _load(store, path)
     n = store.sent_count()
-    if marker is None or marker.log_id != store.log_id() or n > marker.sent:
-        _save(store, path, Marker(store.log_id(), str(cfg.database), n))
+    current = Marker(store.log_id(), str(cfg.database), n)
+    if marker is None or marker.log_id != current.log_id or n > marker.sent:
+        _save(store, path, current)
+    elif store.dialect.name != "sqlite":  # another machine's worker recorded first: this machine's copy catches up
+        on_file = read_marker(path)
+        if on_file is None or on_file.log_id != current.log_id or on_file.sent < n:
+            try:
+                write_marker(path, current)
+            except StorageError as e:
+                log.warning("%s", e)
 
 
 MARKER = "workspace_marker"  # meta key: the marker of a PostgreSQL log (issue #20)
 
 
 def _load(store: Store, path: Path) -> Marker | None:
-    """The workspace's marker: the file beside the config (SQLite), or a row of the log's ``meta`` (PostgreSQL).
+    """The workspace's marker: the file beside the config; for PostgreSQL also a row of the log's ``meta``.
 
-    Why in the database for PostgreSQL (issue #20): several machines share
-    one server's log, and a file beside one machine's config is not seen by
-    the others. It still catches a log emptied or put back from an older
-    backup (fewer sent messages than the marker recorded); a whole database
-    swapped for another carries its own marker, so there the server's own
-    backups and permissions are the guard.
+    Why both for PostgreSQL (issue #20): several machines share one server's
+    log, and a file beside one machine's config is not seen by the others,
+    so the log carries the marker too (a machine that joins later finds it
+    there). But a database put back from an older ``pg_dump`` carries its
+    older marker along: only a copy kept outside the database can tell. So
+    each machine keeps the file as well, and the higher count of the same
+    log wins: a restore older than this machine's last record is refused,
+    as for SQLite. The file is this machine's lower bound; a machine whose
+    config folder cannot be written still runs on the database's marker.
     """
+    on_file = read_marker(path)
     if store.dialect.name == "sqlite":
-        return read_marker(path)
+        return on_file
     text = store.meta(MARKER)
-    if text is None:
-        return None
-    data = json.loads(text)
-    return Marker(str(data["log_id"]), str(data.get("database", "")), int(data.get("sent", 0)))
+    in_log = None
+    if text is not None:
+        data = json.loads(text)
+        in_log = Marker(str(data["log_id"]), str(data.get("database", "")), int(data.get("sent", 0)))
+    if on_file is None:
+        return in_log
+    if in_log is None or on_file.log_id != in_log.log_id or on_file.sent > in_log.sent:
+        return on_file  # another log than this machine used, or a log put back older than this machine saw
+    return in_log
 
 
 def _save(store: Store, path: Path, marker: Marker) -> None:
@@ -244,6 +261,10 @@ def _save(store: Store, path: Path, marker: Marker) -> None:
         write_marker(path, marker)
         return
     store.set_meta(MARKER, marker_text(marker))
+    try:
+        write_marker(path, marker)
+    except StorageError as e:  # the database's own marker still guards (see _load)
+        log.warning("%s", e)
 
 
 def marker_text(marker: Marker) -> str:

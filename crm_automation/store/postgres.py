@@ -80,12 +80,17 @@ class PgGuarded:
     parameters are always passed, so psycopg reads ``%%`` as ``%``.
     """
 
-    __slots__ = ("_c", "_not_waiting", "path", "trace")
+    __slots__ = ("_c", "_not_waiting", "_open", "_reconnect", "path", "trace")
     dialect = POSTGRESQL
 
-    def __init__(self, conn: psycopg.Connection[TupleRow], path: str) -> None:
+    def __init__(self, conn: psycopg.Connection[TupleRow], path: str,
+                 reconnect: Callable[[], psycopg.Connection[TupleRow]] | None = None) -> None:
         self._c = conn
         self.path = path
+        # How to reach the server again after it went away (a restart, a crash): a long-lived worker carries on
+        # at its next pass instead of failing every pass until restarted (issue #20). None: never reconnect.
+        self._reconnect = reconnect
+        self._open = False  # a transaction of ours was begun on the current connection and not yet ended
         # Called with each statement's text as the store wrote it: the tests count commits and savepoints with
         # it, as they do with sqlite3's set_trace_callback (psycopg has no such hook).
         self.trace: Callable[[str], object] | None = None
@@ -95,10 +100,49 @@ class PgGuarded:
         """Run one statement; a lost server becomes a :class:`ServiceError` naming the log (password hidden)."""
         if self.trace is not None:
             self.trace(sql)
+        if self._c.closed:
+            self._again(sql)
+        text = POSTGRESQL.sql(sql).encode()
         try:
-            return self._c.execute(POSTGRESQL.sql(sql).encode(), args)
+            cur = self._c.execute(text, args)
         except psycopg.OperationalError as e:
-            raise server_error(self.path, e) from None
+            # A session the server ended while we were idle (restarted between two passes) is found only now:
+            # a unit's BEGIN, or a read outside any unit, changed nothing and is tried once on a new session (a
+            # write standing alone is not: it may have been committed before the answer was lost).
+            if not (self._c.closed and self._reconnect is not None
+                    and (sql == "BEGIN" or (not self._open and sql.lstrip()[:6].upper() == "SELECT"))):
+                raise server_error(self.path, e) from None
+            self._again(sql)
+            try:
+                cur = self._c.execute(text, args)
+            except psycopg.OperationalError as e2:
+                raise server_error(self.path, e2) from None
+        if sql == "BEGIN":
+            self._open = True
+        elif sql in ("COMMIT", "ROLLBACK"):
+            self._open = False
+        return cur
+
+    def _again(self, sql: str) -> None:
+        """A connection the server closed: open a new one, unless a transaction of ours was open on the old one.
+
+        Only at a unit's start (``BEGIN``) or outside any: a statement in the
+        middle of a transaction whose first part died with the old session
+        must fail, never run alone in autocommit on a new one (what came
+        before it in the unit was rolled back by the server).
+        """
+        if self._reconnect is None or (self._open and sql != "BEGIN"):
+            raise ServiceError(f"{self.path}: the PostgreSQL server did not answer (the connection is closed)",
+                               hint="the next pass connects again; nothing was half-written (the transaction "
+                                    "was rolled back)")
+        try:
+            self._c = self._reconnect()
+        except ServiceError as e:
+            raise ServiceError(f"{self.path}: the PostgreSQL server did not answer (the connection was closed, and "
+                               f"connecting again failed: {e})",
+                               hint="the next pass connects again; nothing was half-written (the transaction was "
+                                    "rolled back)") from None
+        self._open = False
 
     def executemany(self, sql: str, args: Iterable[Params]) -> psycopg.Cursor[TupleRow]:
         """Run one statement per parameter set (``rowcount``: their sum)."""
@@ -111,7 +155,9 @@ class PgGuarded:
 
     @property
     def in_transaction(self) -> bool:
-        """Whether a transaction is open (``transaction()`` then nests a savepoint)."""
+        """Whether a transaction is open (``transaction()`` then nests a savepoint); none on a closed connection."""
+        if self._c.closed:
+            return False  # the server ended the session, and with it any transaction: nothing to roll back
         return self._c.info.transaction_status != pq.TransactionStatus.IDLE
 
     @contextmanager
@@ -169,7 +215,7 @@ def connect(url: str, *, password: str | None = None) -> PgGuarded:
     names (issue #20), else libpq's own ``PGPASSWORD`` / ``~/.pgpass`` / a
     client certificate apply.
     """
-    guarded = PgGuarded(_connect(url, password), shown(url))
+    guarded = PgGuarded(_connect(url, password), shown(url), lambda: _connect(url, password))
     try:
         migrate(guarded)
     except BaseException:

@@ -200,8 +200,11 @@ def _as_before_issue_17(db) -> None:
     """Turn a log into what schema 3 wrote: steps by place only, no record of the campaigns' steps."""
     con = sqlite3.connect(db)
     with con:
-        # what later schemas added (5: sends.kind; 6: planning by question; 7: tracking) goes first
-        for table in ("send_links", "send_opens"):
+        # what later schemas added (5: sends.kind; 6: planning by question; 7: tracking; 12: workers) goes first
+        con.execute("DROP INDEX IF EXISTS idx_sends_holder")
+        for col in ("holder", "account"):
+            con.execute(f"ALTER TABLE sends DROP COLUMN {col}")
+        for table in ("send_links", "send_opens", "workers"):
             con.execute(f"DROP TABLE IF EXISTS {table}")
         for index in ("idx_sends_customer", "idx_sends_queued", "idx_sends_sending", "idx_sends_uncertain",
                       "idx_sends_sent", "idx_sends_legacy"):
