@@ -380,3 +380,19 @@ def test_a_row_postgresql_cannot_hold_stops_the_copy_naming_the_table_and_keeps_
     assert "table activities: a row cannot be written to PostgreSQL" in r.err and "nothing was copied" in r.err
     assert "Traceback" not in r.err
     assert _pg_rows(pg_database, "customers", ["key"]) == []
+
+
+def test_the_readmes_switch_over_in_place_goes_on_where_the_sqlite_log_stopped(sqlite_ws, cli, pg_database):
+    """The README's steps to the letter: copy, edit config.toml itself (its marker file stays), check, run."""
+    outbox = sqlite_ws.parent / "var" / "outbox"
+    before = _recipients(outbox)
+    assert cli("db", "copy", "--to", pg_database, "--config", str(sqlite_ws)).code == 0
+    text = sqlite_ws.read_text(encoding="utf-8")
+    sqlite_ws.write_text(text.replace('database = "var/crm.sqlite"', f'database = "{pg_database}"'), encoding="utf-8")
+    r = cli("check", "--config", str(sqlite_ws))
+    assert r.code == 0 and "5 message(s) sent" in r.out, r.out + r.err
+    r = cli("run", "--once", "--config", str(sqlite_ws), "--now", "2026-11-27T13:00")
+    assert r.code in (0, 1), r.err
+    assert _recipients(outbox) == before
+    r = cli("db", "copy", "--to", pg_database, "--config", str(sqlite_ws))  # the config now names the server
+    assert r.code == 2 and "already on PostgreSQL" in r.err
