@@ -18,6 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from datetime import UTC, datetime
 from email import message_from_bytes
 from email.utils import parseaddr
@@ -257,28 +258,32 @@ def test_a_password_in_the_url_is_refused_and_never_shown(sqlite_ws, cli, url):
     assert "s3cret-pw" not in r.out + r.err
 
 
-def test_the_password_comes_from_the_variable_password_env_names(sqlite_ws, cli, pg_database, postgres,
-                                                                 monkeypatch):
-    from tests.fixtures.postgres import PASSWORD_ROLE
+def test_the_password_comes_from_the_variable_password_env_names(sqlite_ws, cli, postgres, monkeypatch):
+    """A role that must give a password (scram-sha-256, tests/fixtures/postgres.py), owning its database."""
+    from tests.fixtures.postgres import PASSWORD_ROLE, TEMPLATE
 
-    postgres.admin(f"CREATE ROLE {PASSWORD_ROLE} LOGIN SUPERUSER PASSWORD 'right-pw'") if not _role(
-        postgres, PASSWORD_ROLE) else None
-    url = pg_database.replace(f"{postgres.user}@", f"{PASSWORD_ROLE}@")
-    monkeypatch.delenv("PGPASSWORD", raising=False)
-    r = cli("db", "copy", "--to", url, "--password-env", "CRM_TEST_COPY_PW", "--config", str(sqlite_ws))
-    assert r.code == 2 and "$CRM_TEST_COPY_PW, which is not set" in r.err
-    monkeypatch.setenv("CRM_TEST_COPY_PW", "wrong-pw")
-    r = cli("db", "copy", "--to", url, "--password-env", "CRM_TEST_COPY_PW", "--config", str(sqlite_ws))
-    assert r.code == 3 and "wrong-pw" not in r.out + r.err
-    monkeypatch.setenv("CRM_TEST_COPY_PW", "right-pw")
-    r = cli("db", "copy", "--to", url, "--password-env", "CRM_TEST_COPY_PW", "--config", str(sqlite_ws))
-    assert r.code == 0, r.err
-    assert "right-pw" not in r.out + r.err
-
-
-def _role(postgres, name: str) -> bool:
-    with psycopg.connect(postgres.url()) as c:
-        return c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone() is not None
+    secret = "S3cret-only-in-the-environment"  # the role's password, as test_workspace_backends.py makes it
+    name = f"t_pw_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres.url(), autocommit=True) as admin:
+        if admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (PASSWORD_ROLE,)).fetchone() is None:
+            admin.execute(f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD '{secret}'".encode())
+        admin.execute(f'CREATE DATABASE "{name}" OWNER {PASSWORD_ROLE} TEMPLATE "{TEMPLATE}"'.encode())
+    try:
+        url = f"postgresql://{PASSWORD_ROLE}@127.0.0.1:{postgres.port}/{name}"
+        for var in ("PGPASSWORD", "PGPASSFILE"):
+            monkeypatch.delenv(var, raising=False)
+        args = ("db", "copy", "--to", url, "--password-env", "CRM_TEST_COPY_PW", "--config", str(sqlite_ws))
+        r = cli(*args)
+        assert r.code == 2 and "$CRM_TEST_COPY_PW, which is not set" in r.err
+        monkeypatch.setenv("CRM_TEST_COPY_PW", "Wr0ng-guess-not-for-logs")
+        r = cli(*args)
+        assert r.code == 3 and "Wr0ng-guess" not in r.out + r.err
+        monkeypatch.setenv("CRM_TEST_COPY_PW", secret)
+        r = cli(*args)
+        assert r.code == 0, r.err
+        assert secret not in r.out + r.err
+    finally:
+        postgres.drop_database(name)
 
 
 def test_a_dry_run_lists_each_table_and_writes_nothing(sqlite_ws, cli, pg_database):
