@@ -795,6 +795,51 @@ def import_(ctx: click.Context, /, file: Path, maps: tuple[str, ...], worksheet:
     ctx.exit(1 if plan.rejected else 0)
 
 
+@cli.group()
+def db() -> None:
+    """The activity log itself: copy a workspace's SQLite log into PostgreSQL (issue #20)."""
+
+
+@db.command("copy")
+@_global
+@click.option("--to", "to", required=True, metavar="URL", help="the PostgreSQL database, postgresql://user@host:5432/"
+              "crm (no password in it: --password-env, PGPASSWORD or ~/.pgpass)")
+@click.option("--password-env", default=None, metavar="NAME", help="environment variable holding the database's "
+              "password")
+@click.option("--dry-run", is_flag=True, help="show what would be copied, table by table; write nothing")
+@click.pass_context
+def db_copy(ctx: click.Context, /, to: str, password_env: str | None, dry_run: bool,
+            **kw: Unpack[_GlobalOptions]) -> None:
+    """Copy this workspace's SQLite log into PostgreSQL (stop the worker first). Rerunnable; try --dry-run."""
+    o = _apply(ctx, kw)
+    from crm_automation.app import dbcopy
+    from crm_automation.workspace import Workspace
+
+    ws = Workspace.load(o.config)
+    result = dbcopy.copy_log(ws, to, clock=o.clock(ws), progress=_progress_factory(), password_env=password_env,
+                             dry_run=dry_run, accept_new=o.accept_new_log)
+
+    def human() -> None:
+        if result.outcome is dbcopy.Outcome.UP_TO_DATE:
+            click.echo(f"nothing new to copy: {result.target} already holds this log as it is "
+                       f"({sum(t.rows for t in result.tables)} rows in {len(result.tables)} tables)")
+            return
+        verb = "would copy" if result.dry_run else "copied"
+        again = " again (the log changed since the last copy)" if result.outcome is dbcopy.Outcome.COPIED_AGAIN else ""
+        click.echo(f"{verb} {result.copied} rows in {len(result.tables)} tables from {result.source} to "
+                   f"{result.target}{again}" + ("" if result.dry_run else
+                                                f" in {result.seconds:.1f} s; every table's count verified"))
+        for t in result.tables:
+            click.echo(f"  {t.table:<16} {t.rows:>10}")
+        if result.dry_run:
+            click.echo("dry run: nothing was written. Run without --dry-run to copy (stop the worker first).")
+        else:
+            click.echo(f'next: set [workspace] database = "{result.target}" in the config, run `crm-automation '
+                       "check`, then start the worker again")
+
+    _emit(o, result.to_json(), human)
+
+
 def _json_requested(argv: list[str] | None) -> bool:
     """Whether ``--json`` is on the command line (errors before or during parsing must honour it too)."""
     return "--json" in (sys.argv[1:] if argv is None else argv)

@@ -260,8 +260,13 @@ def _save(store: Store, path: Path, marker: Marker) -> None:
     if store.dialect.name == "sqlite":
         write_marker(path, marker)
         return
-    store.set_meta(MARKER, json.dumps({"log_id": marker.log_id, "database": marker.database, "sent": marker.sent}))
+    store.set_meta(MARKER, marker_text(marker))
     try:
         write_marker(path, marker)
     except StorageError as e:  # the database's own marker still guards (see _load)
         log.warning("%s", e)
+
+
+def marker_text(marker: Marker) -> str:
+    """A PostgreSQL log's marker as ``meta`` keeps it (``db copy`` writes the copied log's, issue #20)."""
+    return json.dumps({"log_id": marker.log_id, "database": marker.database, "sent": marker.sent})

@@ -212,6 +212,14 @@ def v10(db: _Executes) -> None:
                    "DELETE"))
 
 
+# Schema 10's triggers, by table: ``db copy`` switches them off for its transaction (store/copy.py), as it copies
+# the follow-up flags they keep.
+FOLLOW_UP_TRIGGERS: dict[str, tuple[str, ...]] = {
+    "sends": ("sends_follow_up_insert", "sends_follow_up_update"),
+    "activities": ("activities_follow_up_insert", "activities_follow_up_update", "activities_follow_up_delete"),
+}
+
+
 def v11(db: _Executes) -> None:
     """0011_stage_moves_by_time: the stage field's changes by (field, time), for ``report pipeline --since``.
 
