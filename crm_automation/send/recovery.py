@@ -5,6 +5,13 @@ crash leaves evidence. At the next start the transport says what it can
 (the outbox sees its files); the mailbox's Sent folder answers for SMTP
 when ``sent_folder`` is set. What nobody can confirm becomes ``uncertain``:
 reported, never silently repeated.
+
+Several workers (issue #20, rule 4): only ``sending`` rows whose holder is
+dead (or unknown: a row from before schema 12, or this worker's own from an
+earlier pass) are resolved. A live worker's row is in the middle of its
+hand-over: with the outbox transport, requeueing it would send it twice. The
+dead are found first (:meth:`crm_automation.fleet.Fleet.reap`); the send pass
+runs this under its ``send-plan`` stage lock, so one worker resolves a row once.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ UNCERTAIN_NOTE = ("the worker stopped while handing this message over; it may or
 def recover(ws: Workspace, ctx: StageContext) -> StageResult:
     """Resolve sends left in ``sending`` by a killed worker: found handed over, or ``uncertain``; never resent."""
     with recorded(ctx, "recover") as res:
-        stuck = ctx.store.sends(status=[SendStatus.SENDING])
+        ctx.fleet.reap(ctx.store)  # a worker found dead now gives its rows up to the query below
+        stuck = ctx.store.stuck_sends(ctx.fleet.worker_id)
         if not stuck:
             return res
         known, found = _handed_over(ws, [s.message_id for s in stuck if s.message_id])
