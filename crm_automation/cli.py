@@ -505,6 +505,19 @@ def _print_report(result: reports.Report) -> None:
         console.print(o.line, markup=False, highlight=False)
 
 
+@cli.command()
+@_global
+@click.pass_context
+def status(ctx: click.Context, /, **kw: Unpack[_GlobalOptions]) -> None:
+    """The workers of this workspace: alive and recently stopped, host, pid, heartbeat, stage, claimed sends."""
+    o = _apply(ctx, kw)
+    from crm_automation.app.status import fleet_status
+    from crm_automation.workspace import Workspace
+
+    result = fleet_status(Workspace.load(o.config))  # the wall clock: liveness is a fact of the present
+    _emit(o, result.to_json(), lambda: click.echo("\n".join(result.lines())))
+
+
 @report.command("pipeline")
 @_global
 @click.option("--csv", "as_csv", is_flag=True, help="the stage x owner table as CSV")

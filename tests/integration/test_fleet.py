@@ -11,6 +11,7 @@ in-process elsewhere. What each test shows:
   makes a worker dead although its session lives; a worker taken for dead
   stops;
 - recovery leaves a live worker's ``sending`` row alone: test_fleet_recovery.py;
+- ``status`` and ``status --json`` on both engines;
 - SQLite keeps its lock file: a second worker is refused.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from crm_automation.app.access import WorkspaceLock
+from crm_automation.app.status import WorkerState, fleet_status
 from crm_automation.errors import LockedError
 from crm_automation.fleet import reap
 from crm_automation.store import postgres
@@ -254,6 +257,8 @@ def test_two_worker_processes_run_side_by_side_and_a_sigkilled_one_is_found_dead
         # At once, not after heartbeat_timeout: the server ends the session as soon as it reads the closed socket.
         wait_until("the killed worker's lock to be free",
                    lambda: store.unlocked_workers(ids.values()) == {ids[first.proc.pid]}, timeout=5)
+        states = {w.row.pid: w.state for w in fleet_status(Workspace.load(cfg)).workers}  # what `status` shows
+        assert states == {first.proc.pid: WorkerState.DEAD, second.proc.pid: WorkerState.ALIVE}
         assert reap(store, datetime.now(UTC), timedelta(hours=1), me="test") == [ids[first.proc.pid]]
         assert [w.pid for w in store.workers()] == [second.proc.pid]  # the only one not marked stopped
     finally:
@@ -311,4 +316,66 @@ def test_the_heartbeat_records_the_stage_and_keeps_the_worker_alive(tmp_path, da
             assert reap(store, datetime.now(UTC), timedelta(seconds=3), me="test") == []
         finally:
             store.close()
+        assert [w.state for w in fleet_status(Workspace.load(cfg)).workers] == [WorkerState.ALIVE]
         assert not lock.fleet.stop.is_set()
+
+
+# ---------------------------------------------------------------- status
+
+
+def test_status_lists_the_workers_alive_and_stopped_human_and_json(tmp_path, cli, database):
+    cfg = workspace_on(tmp_path, database)
+    assert cli("run", "--once", "--config", str(cfg), "--now", NOW).code == 0  # a worker that came and went
+    with WorkspaceLock(Workspace.load(cfg)) as lock:
+        me = lock.fleet.worker_id
+        store = open_log(cfg)
+        try:
+            store.conn.execute("BEGIN")
+            store.conn.execute("UPDATE sends SET status = 'queued', holder = ? WHERE customer_key = 'c0@example.com'",
+                               (me,))
+            store.conn.execute("COMMIT")
+            assert store.beat(me, datetime.now(UTC), "send")
+        finally:
+            store.close()
+        r = cli("status", "--json", "--config", str(cfg))
+        assert r.code == 0, r.err
+        data = json.loads(r.out)
+        assert data["engine"] == ("PostgreSQL" if database.startswith("postgresql://") else "SQLite")
+        assert data["alive"] == 1 and data["heartbeat_timeout_seconds"] == 60
+        live = {w["id"]: w for w in data["workers"]}[me]
+        assert live["state"] == "alive" and live["host"] == socket.gethostname() and live["pid"] == os.getpid()
+        assert live["stage"] == "send" and live["claimed_sends"] == 1 and live["stopped"] is None
+        assert live["started"].endswith("Z") and live["heartbeat"].endswith("Z")
+        [gone] = [w for w in data["workers"] if w["id"] != me]
+        assert gone["state"] == "stopped" and gone["stopped"] is not None and gone["claimed_sends"] == 0
+        r = cli("status", "--config", str(cfg))
+        assert r.code == 0, r.err
+        lines = r.out.splitlines()
+        assert lines[0].startswith("1 worker(s) alive, 1 stopped or dead in the last 24 h")
+        assert lines[1].startswith(f"alive    {socket.gethostname()} pid {os.getpid()}")
+        assert "stage send" in lines[1] and "claimed sends 1" in lines[1] and lines[1].endswith(f"[{me}]")
+        assert lines[2].startswith("stopped ") and " stopped 20" in lines[2]
+    data = json.loads(cli("status", "--json", "--config", str(cfg)).out)
+    assert data["alive"] == 0 and {w["state"] for w in data["workers"]} == {"stopped"}
+
+
+def test_status_before_any_worker_ran_says_none_and_creates_nothing(tmp_path, cli):
+    cfg = workspace_on(tmp_path, "var/crm.sqlite")
+    r = cli("status", "--config", str(cfg))
+    assert r.code == 0, r.err
+    assert r.out.startswith("0 worker(s) alive, 0 stopped or dead")
+    assert not (tmp_path / "ws" / "var" / "crm.sqlite").exists()
+
+
+def test_status_shows_the_latest_stopped_workers_only(tmp_path, cli):
+    cfg = workspace_on(tmp_path, "var/crm.sqlite")
+    store = open_log(cfg)
+    now = datetime.now(UTC)
+    try:
+        for i in range(25):  # e.g. `crm-automation send` from cron: one stopped worker a run
+            store.register_worker(f"h/{i}/x", "h", i, now - timedelta(minutes=60 - i))
+            store.stop_workers([f"h/{i}/x"], now - timedelta(minutes=59 - i))
+    finally:
+        store.close()
+    data = json.loads(cli("status", "--json", "--config", str(cfg)).out)
+    assert [w["pid"] for w in data["workers"]] == list(range(5, 25))  # the latest 20, by start
