@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from crm_automation.app import pipeline, reports
     from crm_automation.app.results import JsonObject, JsonValue
     from crm_automation.checks import CheckItem
+    from crm_automation.fleet import Fleet
     from crm_automation.stage import Progress, StageResult
     from crm_automation.worker import Worker
     from crm_automation.workspace import Clock, Workspace
@@ -206,11 +207,12 @@ def _progress_factory() -> Progress:
     return _Lines
 
 
-def _worker(o: Ctx, ws: Workspace, stop: threading.Event | None = None, *, read_only: bool = False) -> Worker:
+def _worker(o: Ctx, ws: Workspace, stop: threading.Event | None = None, *, read_only: bool = False,
+            fleet: Fleet | None = None) -> Worker:
     from crm_automation.worker import Worker
 
     return Worker(ws, clock=o.clock(ws), progress=_progress_factory(), stop=stop, accept_new_log=o.accept_new_log,
-                  read_only=read_only)
+                  read_only=read_only, fleet=fleet)
 
 
 @contextmanager
@@ -232,8 +234,8 @@ def _locked_worker(o: Ctx, stop: threading.Event | None = None, *, lock: bool = 
         return
     from crm_automation.app.access import WorkspaceLock
 
-    with WorkspaceLock(ws):
-        w = _worker(o, ws, stop)
+    with WorkspaceLock(ws, stop) as taken:  # joins the workspace's workers (issue #20)
+        w = _worker(o, ws, taken.fleet.stop, fleet=taken.fleet)
         try:
             yield w
         finally:
@@ -501,6 +503,19 @@ def _print_report(result: reports.Report) -> None:
             console.print(f"  #{a.id} {a.status.value} {a.campaign}/{a.step} {a.customer}: {a.error}")
     for o in result.owners:  # issue #21: owners never mailed a digest
         console.print(o.line, markup=False, highlight=False)
+
+
+@cli.command()
+@_global
+@click.pass_context
+def status(ctx: click.Context, /, **kw: Unpack[_GlobalOptions]) -> None:
+    """The workers of this workspace: alive and recently stopped, host, pid, heartbeat, stage, claimed sends."""
+    o = _apply(ctx, kw)
+    from crm_automation.app.status import fleet_status
+    from crm_automation.workspace import Workspace
+
+    result = fleet_status(Workspace.load(o.config))  # the wall clock: liveness is a fact of the present
+    _emit(o, result.to_json(), lambda: click.echo("\n".join(result.lines())))
 
 
 @report.command("pipeline")

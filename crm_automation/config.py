@@ -30,6 +30,8 @@ CONFIG_ENV = "CRM_AUTOMATION_CONFIG"
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _WINDOW = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A heartbeat every third of the timeout: below 3 s a busy machine would find its own workers dead (issue #20).
+MIN_HEARTBEAT_TIMEOUT = timedelta(seconds=3)
 MAX_TIMEOUT = 86_400.0  # a day; socket timeouts overflow the platform's time_t beyond ~1e9 s (issue #17)
 # Keys whose value may be a secret typed in by mistake: their value is never repeated in a message (issue #17).
 SECRET_VALUE_KEYS = frozenset({"password_env", "secret_env", "admin_password_env", "database_password_env"})
@@ -68,6 +70,8 @@ class WorkspaceSection(_Strict):
     timezone: str = "UTC"
     database: str = "var/crm.sqlite"
     database_password_env: str | None = None  # PostgreSQL (issue #20): the variable holding the password
+    # Issue #20: a worker whose last heartbeat is older than this is dead (its `sending` rows are recovered)
+    heartbeat_timeout: str = "60s"
     mappings: str = "mappings"
     templates: str = "email_templates"
     language: str = DEFAULT_LANGUAGE
@@ -78,6 +82,16 @@ class WorkspaceSection(_Strict):
         if v is not None and not _ENV_NAME.fullmatch(v):
             msg = ("is not the name of an environment variable (expected a name in quotes, such as "
                    "\"CRM_DB_PASSWORD\"); the value is not shown because it may be the password itself")
+            raise ValueError(msg)
+        return v
+
+    @field_validator("heartbeat_timeout")
+    @classmethod
+    def _heartbeat_timeout(cls, v: str) -> str:
+        d = parse_duration(v)
+        if d is None or d < MIN_HEARTBEAT_TIMEOUT:
+            msg = (f"{v!r} is not a heartbeat timeout (expected an interval of at least "
+                   f"{int(MIN_HEARTBEAT_TIMEOUT.total_seconds())}s, such as \"60s\" or \"2m\")")
             raise ValueError(msg)
         return v
 
@@ -550,6 +564,8 @@ class Config:
         return self.digest if self.digest is not None else DigestSection()
 
     database_password_env: str | None = None  # [workspace]: the variable holding PostgreSQL's password
+    # [workspace] heartbeat_timeout (issue #20): a worker silent for longer is dead; it beats every third of it
+    heartbeat_timeout: timedelta = timedelta(seconds=60)
 
     @property
     def database_password(self) -> str | None:
@@ -655,6 +671,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         path=cfg_path.resolve(), root=root, timezone=ZoneInfo(ws.timezone),
         database=ws.database if location.is_postgresql(ws.database) else res(ws.database),  # a URL as it is
         database_password_env=ws.database_password_env,
+        heartbeat_timeout=parse_duration(ws.heartbeat_timeout) or timedelta(seconds=60),
         mappings=res(ws.mappings), templates=res(ws.templates), sheet=model.sheet, mailbox=model.mailbox,
         outbound=outbound, schedule=model.schedule, inbound=model.inbound, language=ws.language,
         serve=model.serve, digest=model.digest if "digest" in model.model_fields_set else None,

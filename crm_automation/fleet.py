@@ -8,8 +8,12 @@ fetch, the send pass's recovery and planning) asks :meth:`Fleet.exclusive`
 first and is skipped for the cycle when another worker has it.
 
 A SQLite workspace has one worker (its lock file): :class:`Solo` grants
-every stage. The PostgreSQL fleet (advisory locks, heartbeats) implements
-the same protocol.
+every stage. The PostgreSQL fleet (advisory locks, heartbeats:
+:class:`crm_automation.app.fleet.Membership`) implements the same protocol.
+
+When a worker is dead (issue #20, rule 1) is decided here, once
+(:func:`dead_workers`), and applied by :func:`reap`: the store marks the dead
+``stopped_at``, so a live worker is simply one whose row is not stopped.
 """
 
 from __future__ import annotations
@@ -17,9 +21,47 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
+
+DEFAULT_HEARTBEAT_TIMEOUT = timedelta(seconds=60)  # [workspace] heartbeat_timeout's default (config.py)
+
+
+class WorkerRecord(Protocol):
+    """What the rule reads of a worker's row (``store.workers.WorkerRow``; this module sits below the store)."""
+
+    @property
+    def id(self) -> str:
+        """The worker's name."""
+        ...
+
+    @property
+    def heartbeat_at(self) -> datetime:
+        """Its last heartbeat."""
+        ...
+
+    @property
+    def stopped_at(self) -> datetime | None:
+        """When it stopped (None: not marked stopped)."""
+        ...
+
+
+class WorkerRecords(Protocol):
+    """What :func:`reap` asks of the log (the store's ``Workers`` part)."""
+
+    def workers(self) -> Sequence[WorkerRecord]:
+        """The workers not marked stopped."""
+        ...
+
+    def unlocked_workers(self, ids: Iterable[str]) -> set[str]:
+        """Of these, those whose session lock is free (PostgreSQL)."""
+        ...
+
+    def stop_workers(self, ids: Iterable[str], now: datetime) -> list[str]:
+        """Mark these stopped; which were running."""
+        ...
 
 
 def new_worker_id() -> str:
@@ -39,12 +81,44 @@ class Fleet(Protocol):
         """Hold ``stage`` for the ``with`` block: yields None when this worker has it, else who has it (skip)."""
         ...
 
+    def doing(self, stage: str | None) -> None:
+        """The stage this worker is in now (or was last); its heartbeat records it for ``status``."""
+        ...
+
+    def reap(self, store: WorkerRecords) -> list[str]:
+        """Mark the workers found dead stopped (before recovery takes their ``sending`` rows); which were."""
+        ...
+
+
+def dead_workers(rows: Iterable[WorkerRecord], unlocked: set[str], now: datetime, timeout: timedelta, *,
+                 me: str, alone: bool = False) -> list[str]:
+    """Which running workers are dead (issue #20, rule 1): this worker never; the rest when any of these holds.
+
+    - ``alone``: this worker holds the workspace's lock file (SQLite), so no
+      other can be running: every other row is a killed process's;
+    - its session lock is free (``unlocked``, PostgreSQL): its process is
+      gone, as a killed process's connection is closed by its kernel at once;
+    - its last heartbeat is older than ``timeout``: a machine that vanished
+      (its TCP session may linger on the server for hours).
+    """
+    cutoff = now - timeout
+    return [r.id for r in rows if r.id != me and r.stopped_at is None
+            and (alone or r.id in unlocked or r.heartbeat_at < cutoff)]
+
+
+def reap(store: WorkerRecords, now: datetime, timeout: timedelta, *, me: str, alone: bool = False) -> list[str]:
+    """Find the dead workers and mark them stopped; which were (applied in one transaction)."""
+    rows = [r for r in store.workers() if r.id != me]
+    unlocked = set() if alone else store.unlocked_workers([r.id for r in rows])
+    return store.stop_workers(dead_workers(rows, unlocked, now, timeout, me=me, alone=alone), now)
+
 
 class Solo:
     """The one worker of a workspace whose lock already keeps every other out (SQLite): every stage is its own."""
 
-    def __init__(self, worker_id: str | None = None) -> None:
+    def __init__(self, worker_id: str | None = None, *, alone: bool = False) -> None:
         self._id = worker_id or new_worker_id()
+        self.alone = alone  # the log is a SQLite file: nobody else can be running (see reap)
 
     @property
     def worker_id(self) -> str:
@@ -58,3 +132,17 @@ class Solo:
     def exclusive(self, stage: str) -> AbstractContextManager[str | None]:
         """Always granted: nobody else can be running."""
         return self._granted()
+
+    def doing(self, stage: str | None) -> None:
+        """Nothing records it: a Solo worker has no heartbeat."""
+
+    def reap(self, store: WorkerRecords) -> list[str]:
+        """The rule with the default timeout; ``alone`` (a SQLite log): every other running worker is dead.
+
+        A worker a library caller builds without joining the fleet (tests,
+        one-off scripts) is Solo. On SQLite it is the one worker as before
+        (recovery resolved every ``sending`` row); on PostgreSQL it takes
+        another worker for dead only by the rule. The wall clock: heartbeats
+        are written with it, and liveness is a fact of the present.
+        """
+        return reap(store, datetime.now(UTC), DEFAULT_HEARTBEAT_TIMEOUT, me=self._id, alone=self.alone)

@@ -44,7 +44,7 @@ from crm_automation.models import (
 )
 from crm_automation.parallel import OrderedPool
 from crm_automation.reading import ReadPolicy, Unreadable, read_chunk
-from crm_automation.stage import LazyIndex, StageContext, StageResult, address_index, recorded
+from crm_automation.stage import LazyIndex, StageContext, StageResult, address_index, recorded, skipped
 from crm_automation.store.repo import Store
 from crm_automation.store.sends import SentRef
 from crm_automation.tokens import token_in_subject
@@ -390,7 +390,12 @@ class InboundPass:
                               **self.parallel)
         try:
             for folder in source.folders():
-                self._read_folder(source, folder, readers, batch, by_email, owners, bar.advance)
+                # One worker at a time per mailbox folder (issue #20): the others skip it for this cycle.
+                with self.ctx.fleet.exclusive(f"fetch {source.name} {folder}") as holder:
+                    if holder is None:
+                        self._read_folder(source, folder, readers, batch, by_email, owners, bar.advance)
+                    else:
+                        skipped(res, f"fetch {folder}", holder)
                 if self.ctx.stop.is_set():
                     break
         except BaseException:
@@ -401,7 +406,11 @@ class InboundPass:
         finally:
             bar.close()
         if self.ws.cfg.mailbox.read_sent and not self.ctx.stop.is_set():
-            replies = self._read_sent(source, by_email)
+            # The Sent folder's stage by role, not by name: its name is looked up on the server (issue #21).
+            with self.ctx.fleet.exclusive(f"fetch {source.name} :sent") as holder:
+                replies = self._read_sent(source, by_email) if holder is None else None
+                if holder is not None:
+                    skipped(res, "fetch of the Sent folder", holder)
             if replies is not None:
                 batch.counts["sent_replies"] = replies
         counts = batch.counts

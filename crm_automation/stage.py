@@ -109,6 +109,14 @@ class StageContext:
     fleet: Fleet = field(default_factory=Solo)
 
 
+def skipped(res: StageResult, stage: str, holder: str) -> None:
+    """A stage another worker holds this cycle (issue #20, rule 2): nothing done here, and who has it (exit 0)."""
+    note = f"{stage}: skipped this cycle, {holder}"
+    res.stats.setdefault("note", f"skipped: {holder}")
+    res.notes.append(note)
+    log.info("%s", note)
+
+
 @contextmanager
 def recorded(ctx: StageContext, job: str, *, record: bool = True) -> Iterator[StageResult]:
     """Record one stage in ``runs``; a service that fails stops the stage (``res.error``), not the worker.
@@ -124,6 +132,7 @@ def recorded(ctx: StageContext, job: str, *, record: bool = True) -> Iterator[St
     ctx.store.check_file()
     res = StageResult(job)
     run_id = ctx.store.start_run(job, ctx.clock.now()) if record else None
+    ctx.fleet.doing(job)  # the heartbeat records it: the stage it is in, or last was (`status`, issue #20)
     try:
         yield res
     except ServiceError as e:

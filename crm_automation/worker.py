@@ -35,10 +35,21 @@ from crm_automation.compose import Composed, Composer
 from crm_automation.config import parse_duration
 from crm_automation.effects import status_for
 from crm_automation.errors import ConfigError, CrmError, ServiceError
+from crm_automation.fleet import Fleet, Solo
 from crm_automation.models import CustomerView
 from crm_automation.sheetsync import Rekeyed, SheetSession
-from crm_automation.stage import Progress, StageContext, StageResult, address_index, held, no_progress
+from crm_automation.stage import (
+    Progress,
+    StageContext,
+    StageResult,
+    address_index,
+    held,
+    no_progress,
+    recorded,
+    skipped,
+)
 from crm_automation.store import identity
+from crm_automation.store.dialect import SQLITE
 from crm_automation.workspace import Clock, Workspace
 
 log = logging.getLogger("crm_automation")
@@ -55,7 +66,8 @@ class Worker:
 
     def __init__(self, ws: Workspace, *, clock: Clock | None = None, progress: Progress = no_progress,
                  stop: threading.Event | None = None, wait: Callable[[float], bool] | None = None,
-                 store: Store | None = None, accept_new_log: bool = False, read_only: bool = False) -> None:
+                 store: Store | None = None, accept_new_log: bool = False, read_only: bool = False,
+                 fleet: Fleet | None = None) -> None:
         self.ws = ws
         if store is None:
             # read_only: dry runs, which take no lock and so must write nothing, not even the marker (issue #17)
@@ -66,7 +78,10 @@ class Worker:
                 store.close()
                 raise
         self.store = store
-        self.ctx = StageContext(store, clock or Clock(), progress, stop or threading.Event())
+        # fleet: this worker among those sharing the log (issue #20); a library caller's worker is Solo, alone
+        # on a SQLite log as before (recovery takes every `sending` row), one among others on PostgreSQL
+        self.ctx = StageContext(store, clock or Clock(), progress, stop or threading.Event(),
+                                fleet or Solo(alone=store.dialect is SQLITE))
         self.stop = self.ctx.stop
         self.composer = Composer(ws.cfg, ws.templates, name_field=lambda: ws.mapping.roles.name)
         self.session = SheetSession(ws, self.ctx)
@@ -133,7 +148,16 @@ class Worker:
         """Read the sheet, validate, record new customers and field changes."""
         if self.ws.mapping_error is not None:
             return held(self.ctx, "sync", self.ws.mapping_error, f"{self.ws.mapping.path} cannot be loaded")
-        return self.session.sync(after_added=self.relink)
+        with self.ctx.fleet.exclusive("sync") as holder:  # one worker at a time reads the sheet (issue #20)
+            if holder is None:
+                return self.session.sync(after_added=self.relink)
+        return self._skipped("sync", holder)
+
+    def _skipped(self, stage: str, holder: str) -> StageResult:
+        """A stage another worker holds this cycle: recorded in ``runs`` with who has it, and nothing done (exit 0)."""
+        with recorded(self.ctx, stage) as res:
+            skipped(res, stage, holder)
+        return res
 
     def relink(self) -> int:
         """Attach mail logged before its sender was a customer (issue #9); after a sync that added customers."""
@@ -180,7 +204,10 @@ class Worker:
         """Fill the worker's own columns in the sheet (skipped while the last sync failed, issue #17)."""
         if self.ws.mapping_error is not None:
             return held(self.ctx, "writeback", self.ws.mapping_error, f"{self.ws.mapping.path} cannot be loaded")
-        return self.session.writeback(reuse_read=reuse_read)
+        with self.ctx.fleet.exclusive("writeback") as holder:  # one worker at a time writes the sheet (issue #20)
+            if holder is None:
+                return self.session.writeback(reuse_read=reuse_read)
+        return self._skipped("writeback", holder)
 
     def rekey(self, *, dry_run: bool = False) -> Rekeyed:
         """Move the log to the mapping's new key, from the sheet (``rekey``; issue #17)."""

@@ -2,11 +2,11 @@
 
 Two kinds of writer share the log (issue #19):
 
-- The stages (``run``, ``sync``, ``fetch``, ``send``, ``import``): one worker
-  per workspace. Their state between transactions (the sheet's fingerprint,
-  the mailbox cursor, the pending ``sent`` record, the pacing) assumes no
-  second worker, so each holds :class:`WorkspaceLock` (a file lock beside the
-  log) for its whole life; a second one stops with :class:`LockedError`.
+- The stages (``run``, ``sync``, ``fetch``, ``send``, ``import``): each
+  holds :class:`WorkspaceLock` for its whole life. On SQLite that is one
+  worker per workspace (a file lock beside the log; a second one stops with
+  :class:`LockedError`); on PostgreSQL several share it, each stage that
+  must run alone taking its own lock (issue #20, :mod:`crm_automation.app.fleet`).
 - Short writes of the application layer (``suppress``, ``unsuppress``,
   ``requeue``, an unsubscribe link; the CLI and ``serve``): they take no
   workspace lock and go through *while a worker runs*. Each is one short
@@ -48,28 +48,35 @@ from crm_automation.store import connection, location
 from crm_automation.store.repo import Store
 
 if TYPE_CHECKING:
-    from crm_automation.store import postgres
     from crm_automation.workspace import Workspace
 
 log = logging.getLogger("crm_automation.app")
 
 
 class WorkspaceLock:
-    """One worker per workspace: a file lock beside the log (filelock), held by a stage verb for its whole life.
+    """A stage verb's hold on its workspace for its whole life: one worker (SQLite) or one of several (PostgreSQL).
 
-    A PostgreSQL log (issue #20) has no file beside it: the lock is a session
-    advisory lock on the server (``store/postgres.py``), one worker per
-    workspace still, with the same message.
+    SQLite: a file lock beside the log (filelock): a second worker stops
+    with :class:`LockedError`. PostgreSQL (issue #20, stage 2): no file and
+    no exclusive lock; any number of workers share the workspace, and each
+    stage that must run in one worker at a time asks
+    :meth:`~crm_automation.app.fleet.Membership.exclusive` instead. On both,
+    the holder joins the fleet (:attr:`fleet`: its ``workers`` row, its
+    heartbeat, on PostgreSQL its session locks) and leaves it on exit.
+    ``stop``: the worker's stop flag, set if this worker is taken for dead.
+    ``join=False``: the lock file only, no ``workers`` row: ``db copy``
+    keeps the workers out of the log it copies, and must not write to it.
     """
 
-    def __init__(self, ws: Workspace) -> None:
-        db = ws.cfg.database
-        self.advisory: postgres.WorkspaceLock | None = None
-        if isinstance(db, str):
-            from crm_automation.store import postgres
+    def __init__(self, ws: Workspace, stop: threading.Event | None = None, *, join: bool = True) -> None:
+        from crm_automation.app.fleet import Membership
 
+        db = ws.cfg.database
+        self.join = join
+        self.fleet = Membership(ws, stop)
+        self.lock: FileLock | None = None
+        if isinstance(db, str):
             self.path: Path | str = location.shown(db)
-            self.advisory = postgres.WorkspaceLock(db, ws.cfg.database_password)
             return
         self.path = Path(str(db) + ".lock")
         try:
@@ -81,13 +88,21 @@ class WorkspaceLock:
         self.lock = FileLock(str(self.path))
 
     def __enter__(self) -> WorkspaceLock:
-        if self.advisory is not None:
-            if not self.advisory.acquire():
-                raise LockedError(f"{self.path}: another crm-automation worker is running on this workspace",
-                                  hint="wait for it to finish, or stop it (Ctrl-C / SIGTERM)")
+        if self.lock is not None:
+            self._lock_file(self.lock)
+        if not self.join:
             return self
         try:
-            self.lock.acquire(timeout=0)
+            self.fleet.__enter__()
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()
+            raise
+        return self
+
+    def _lock_file(self, lock: FileLock) -> None:
+        try:
+            lock.acquire(timeout=0)
         except Timeout:
             raise LockedError(f"{self.path}: another crm-automation worker is running on this workspace",
                               hint="wait for it to finish, or stop it (Ctrl-C / SIGTERM)") from None
@@ -95,13 +110,14 @@ class WorkspaceLock:
             raise StorageError(f"{self.path}: cannot create the workspace lock: {e.strerror}",
                                hint=f"make {Path(self.path).parent} writable by the user running crm-automation"
                                ) from None
-        return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.advisory is not None:
-            self.advisory.release()
-            return
-        self.lock.release()
+        try:
+            if self.join:
+                self.fleet.__exit__(*exc)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
 
 @contextmanager

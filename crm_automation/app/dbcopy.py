@@ -111,7 +111,7 @@ def copy_log(ws: Workspace, to: str, *, clock: Clock, progress: Progress, passwo
     if dry_run:  # reads only: no lock, nothing written to either side (as every dry run, issue #17)
         _check_source(ws, path, accept_new, write=False)
         return _dry_run(path, to, password, started)
-    lock = WorkspaceLock(ws)
+    lock = WorkspaceLock(ws, join=False)  # the log being copied gets no workers row
     try:
         lock.__enter__()
     except LockedError as e:
@@ -172,22 +172,24 @@ def _check_source(ws: Workspace, path: Path, accept_new: bool, *, write: bool) -
 
 @contextmanager
 def _target(url: str, password: str | None) -> Iterator[Target]:
-    """The target opened (migrated first) with its workspace lock held: no PostgreSQL worker writes during the copy."""
+    """The target opened (migrated first), with no PostgreSQL worker alive on it: nobody writes during the copy.
+
+    A worker on the target holds its worker lock for its whole life
+    (issue #20, ``store/postgres.Member``); one whose lock is taken is alive.
+    """
     from crm_automation.store import postgres
     from crm_automation.store.copy import Target
 
-    lock = postgres.WorkspaceLock(url, password)
-    if not lock.acquire():
-        raise LockedError(f"{location.shown(url)}: a crm-automation worker is running on this PostgreSQL log: "
-                          "db copy refused", hint=STOP_FIRST)
+    conn = postgres.connect(url, password=password)
     try:
-        conn = postgres.connect(url, password=password)
-        try:
-            yield Target(conn)
-        finally:
-            conn.close()
+        ids = [str(r[0]) for r in conn.execute("SELECT id FROM workers WHERE stopped_at IS NULL")]
+        alive = sorted(set(ids) - postgres.unlocked_workers(conn, ids))
+        if alive:
+            raise LockedError(f"{location.shown(url)}: a crm-automation worker is running on this PostgreSQL log "
+                              f"({', '.join(alive)}): db copy refused", hint=STOP_FIRST)
+        yield Target(conn)
     finally:
-        lock.release()
+        conn.close()
 
 
 def _copy(path: Path, target: Target, to: str, clock: Clock, progress: Progress, started: float) -> CopyResult:

@@ -6,12 +6,12 @@ crash leaves evidence. At the next start the transport says what it can
 when ``sent_folder`` is set. What nobody can confirm becomes ``uncertain``:
 reported, never silently repeated.
 
-Only a dead worker's ``sending`` rows are resolved (issue #20, rule 4):
-those whose ``holder`` is not a live worker (``workers.stopped_at`` set;
-fleet finds the dead), rows from before schema 12 (no holder), and this
-worker's own from an earlier pass. With several workers on one log, a live
-worker's ``sending`` row is a hand-over in progress: with the outbox
-transport, taking it would requeue a message being written - a duplicate.
+Several workers (issue #20, rule 4): only ``sending`` rows whose holder is
+dead (or unknown: a row from before schema 12, or this worker's own from an
+earlier pass) are resolved. A live worker's row is in the middle of its
+hand-over: with the outbox transport, requeueing it would send it twice. The
+dead are found first (:meth:`crm_automation.fleet.Fleet.reap`); the send pass
+runs this under its ``send-plan`` stage lock, so one worker resolves a row once.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ UNCERTAIN_NOTE = ("the worker stopped while handing this message over; it may or
 def recover(ws: Workspace, ctx: StageContext) -> StageResult:
     """Resolve sends left in ``sending`` by a dead worker: found handed over, or ``uncertain``; never resent."""
     with recorded(ctx, "recover") as res:
+        ctx.fleet.reap(ctx.store)  # a worker found dead now gives its rows up to the query below
         stuck = ctx.store.stuck_sends(ctx.fleet.worker_id)
         if not stuck:
             return res

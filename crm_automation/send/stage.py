@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
+from contextlib import ExitStack
 
 from crm_automation.compose import Composer
 from crm_automation.errors import ConfigError, CrmError, DataError, ServiceError, StorageError
@@ -17,7 +18,7 @@ from crm_automation.send.digests import DigestSource, queue_digests
 from crm_automation.send.dispatch import Dispatcher
 from crm_automation.send.plan import CampaignOutlook, Planning, Ready, dry_run_report
 from crm_automation.send.recovery import recover
-from crm_automation.stage import StageContext, StageResult, recorded
+from crm_automation.stage import StageContext, StageResult, recorded, skipped
 from crm_automation.store import identity
 from crm_automation.store.sends import DIGEST_LABEL
 from crm_automation.workspace import Workspace
@@ -53,39 +54,91 @@ class SendPass:
         return recover(self.ws, self.ctx)
 
     def run(self, *, dry_run: bool = False, limit: int | None = None) -> StageResult:
-        """Queue what is due and send it, exactly once each (``dry_run``: render and report, record nothing)."""
-        rec = None if dry_run else self.recover()
-        # A dry run records nothing, not even its run: it runs lock-free on a read-only log (issue #17).
-        with recorded(self.ctx, "send-dry-run" if dry_run else "send", record=not dry_run) as res:
-            if rec is not None:
+        """Queue what is due and send it, exactly once each (``dry_run``: render and report, record nothing).
+
+        Recovery, the log's guards, planning and queueing run under the
+        ``send-plan`` stage lock (issue #20, rule 2): one worker of the
+        fleet at a time, so a dead worker's row is resolved once and no
+        customer is planned twice. Dispatch runs after it is let go: sends
+        are claimed in small batches, never handed to two workers. A worker
+        whose ``send-plan`` another holds only dispatches (:meth:`_dispatch_only`).
+        """
+        if dry_run:  # records nothing, not even its run: it runs lock-free on a read-only log (issue #17)
+            with recorded(self.ctx, "send-dry-run", record=False) as res:
+                self._planned(res, dry_run=True, limit=limit)
+            return res
+        with ExitStack() as planning:
+            holder = planning.enter_context(self.ctx.fleet.exclusive("send-plan"))
+            if holder is not None:
+                planning.close()
+                return self._dispatch_only(holder, limit)
+            rec = self.recover()
+            with recorded(self.ctx, "send") as res:
                 res.problems += rec.problems
                 identity.guard(self.store, self.ws.cfg)  # emptied under a running worker: stop before mailing
-            if self._held_by_evidence(res, dry_run=dry_run):
+                queued = self._planned(res, dry_run=False, limit=limit)
+                planning.close()  # send-plan is let go: dispatch claims, it takes no stage lock
+                if queued is not None:
+                    ready, held, plan_held = queued
+                    try:
+                        self.dispatcher.send_queue(ready, res, limit)
+                    finally:
+                        self._record_sent_count()
+                    _hold(held, plan_held, res)
+        return res
+
+    def _dispatch_only(self, holder: str, limit: int | None) -> StageResult:
+        """Hand over what is queued while another worker plans (issue #20): no recovery, nothing planned or queued.
+
+        The log is read as a pass's planning reads it (``record=False``:
+        nothing written), for the hand-over's own checks of each send (its
+        customer, the campaign's rules, a reply or suppression meanwhile).
+        The guards hold here too. Owner digests wait for the worker that
+        planned them: their contents are read by that pass only.
+        """
+        with recorded(self.ctx, "send") as res:
+            res.stats["sent"] = 0
+            skipped(res, "send-plan", holder)
+            identity.guard(self.store, self.ws.cfg)
+            if self._held_by_evidence(res, dry_run=False):
                 return res
             held = self.planning.template_problems()
             res.problems += [p for problems in held.values() for p in problems]
-            planned = self.planning.plan(record=not dry_run)
-            result = planned.plan
-            res.problems += [p for problems in result.held.values() for p in problems]
-            res.notes += [n for notes in result.notes.values() for n in notes]
-            if dry_run:
-                now = self.ctx.clock.now()
-                dry_run_report(result.sends, planned.views, res, limit, held,
-                               lambda p, view: self.composer.campaign_email(
-                                   p.template, view, p.campaign, p.step, "<dry-run@localhost>", now).subject)
-                _hold(held, result.held, res)
-                return res
-            ready = self.planning.queue(planned, self.composer.message_id, held)
-            if self.digests is not None:
-                ready = self._queue_digests(ready, res, self.digests)
-            res.stats["planned"] = sum(p.status == "queued" for p in result.sends)
-            res.stats["skipped"] = sum(p.status == "skipped" for p in result.sends)
+            planned = self.planning.plan(record=False)
+            waiting = ["owner digests are handed over by the worker that plans them"]
+            ready = Ready(planned.views, {c.id: c for c in self.ws.campaigns}, planned.history, frozenset(),
+                          {**held, DIGEST_LABEL: waiting})
             try:
                 self.dispatcher.send_queue(ready, res, limit)
             finally:
                 self._record_sent_count()
-            _hold(held, result.held, res)
+            _hold(held, {}, res)
         return res
+
+    def _planned(self, res: StageResult, *, dry_run: bool, limit: int | None
+                 ) -> tuple[Ready, dict[str, list[str]], dict[str, list[str]]] | None:
+        """The guards, the plan, and (not ``dry_run``) the queue: what dispatch needs, or None (held or dry)."""
+        if self._held_by_evidence(res, dry_run=dry_run):
+            return None
+        held = self.planning.template_problems()
+        res.problems += [p for problems in held.values() for p in problems]
+        planned = self.planning.plan(record=not dry_run)
+        result = planned.plan
+        res.problems += [p for problems in result.held.values() for p in problems]
+        res.notes += [n for notes in result.notes.values() for n in notes]
+        if dry_run:
+            now = self.ctx.clock.now()
+            dry_run_report(result.sends, planned.views, res, limit, held,
+                           lambda p, view: self.composer.campaign_email(
+                               p.template, view, p.campaign, p.step, "<dry-run@localhost>", now).subject)
+            _hold(held, result.held, res)
+            return None
+        ready = self.planning.queue(planned, self.composer.message_id, held)
+        if self.digests is not None:
+            ready = self._queue_digests(ready, res, self.digests)
+        res.stats["planned"] = sum(p.status == "queued" for p in result.sends)
+        res.stats["skipped"] = sum(p.status == "skipped" for p in result.sends)
+        return ready, held, result.held
 
     def _queue_digests(self, ready: Ready, res: StageResult, source: DigestSource) -> Ready:
         """Plan the day's owner digests when due, after the campaigns (issue #21); their contents for dispatch.

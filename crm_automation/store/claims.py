@@ -133,15 +133,6 @@ class ClaimLog(Connection):
             args).fetchone()
         return int(due), int(n_held)
 
-    def stuck_sends(self, me: str) -> list[SendRow]:
-        """Sends in ``sending`` left by a worker that is not alive (or by none, or by an earlier pass of ``me``).
-
-        Recovery's selection (issue #20 rule 4): a live worker's ``sending``
-        row is its hand-over in progress and is never taken.
-        """
-        return [_send(*r) for r in self.conn.execute(
-            f"SELECT {_SEND_COLS} FROM sends WHERE status = 'sending' AND {_CLAIMABLE} ORDER BY id", {"me": me})]
-
     def recent_hand_overs(self, account: str | None, now: datetime) -> RecentHandOvers:
         """One account's hand-overs: the last minute's times (oldest first) and the last 24 hours' count."""
         times = sorted(t for (s,) in self.conn.execute(

@@ -10,10 +10,10 @@ the planning reads, reports, search, contact times, the pipeline, the
 owner digests' and the stale list's reads (tests/app/test_sales_reads.py,
 one digest end to end) and the portable rewrites over both engines.
 ``[workspace] database`` takes the URL (``config.py``: never with a
-password). Stage 1 of issue #20: one worker per
-workspace still (:class:`WorkspaceLock`, an advisory lock where SQLite has
-its lock file); stage 2 makes several safe (claims, advisory locks per
-stage, rate limits and heartbeats counted in the database).
+password). Several workers may share the log (issue #20, stage 2): each
+keeps one session of its own (:class:`Member`: its worker lock and the
+stage locks), sends are claimed row by row, rate limits counted in the
+database; SQLite keeps its lock file and one worker.
 
 Why psycopg 3: the maintained libpq driver; libpq honours the URL's
 ``sslmode``, ``PGPASSWORD``, ``~/.pgpass`` and client certificates as every
@@ -43,7 +43,7 @@ from psycopg import pq
 from psycopg.rows import TupleRow
 
 from crm_automation.errors import ConfigError, CrmError, LogBusyError, LogConflictError, ServiceError
-from crm_automation.store.connection import Params
+from crm_automation.store.connection import Driver, Params
 from crm_automation.store.dialect import POSTGRESQL
 from crm_automation.store.location import shown
 from crm_automation.store.migrations import MIGRATIONS, SCHEMA_VERSION
@@ -222,10 +222,14 @@ class PgGuarded:
         self._c.close()
 
 
-def _connect(url: str, password: str | None) -> psycopg.Connection[TupleRow]:
+def _connect(url: str, password: str | None, application_name: str | None = None) -> psycopg.Connection[TupleRow]:
+    extra: dict[str, Any] = {}  # libpq's own parameters, given beside the URL
+    if password:
+        extra["password"] = password
+    if application_name:
+        extra["application_name"] = application_name
     try:
-        return psycopg.connect(url, autocommit=True, password=password) if password else \
-            psycopg.connect(url, autocommit=True)
+        return psycopg.connect(url, autocommit=True, **extra)
     except psycopg.Error as e:
         raise ServiceError(f"{shown(url)}: cannot connect to the PostgreSQL server ({str(e).strip()})",
                            hint="check the URL in [workspace] database, that the server runs and accepts this "
@@ -312,41 +316,105 @@ def schema_version(conn: PgGuarded) -> int:
     return int(row[0]) if row else 0
 
 
-# The workspace's key: one per schema, so workspaces sharing a server in schemas of one database do not block each
-# other (advisory locks are per database); hashtext is PostgreSQL's own string hash.
-_WORKSPACE_KEY = "hashtext('crm-automation workspace ' || current_schema())"
+# Advisory-lock keys, one key space per schema so workspaces sharing a server in schemas of one database never
+# block each other (advisory locks are per database): the two-integer form (schema's space, name), apart from the
+# one-integer keys of the migrations. hashtext is PostgreSQL's own string hash; a collision of two names of one
+# space could only make a stage skip a cycle or a worker look alive a timeout longer.
+_WORKER_KEY = "hashtext('crm-automation worker ' || current_schema()), hashtext(?)"
+_STAGE_KEY = "hashtext('crm-automation stage ' || current_schema()), hashtext(?)"
+# Who holds a stage: the session's application_name, which a member sets to its worker id (issue #20, rule 2).
+_STAGE_HOLDER = ("SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                 "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 "
+                 "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                 "AND l.classid = (hashtext('crm-automation stage ' || current_schema()))::oid "
+                 "AND l.objid = (hashtext(?))::oid AND l.pid <> pg_backend_pid()")
+_APPLICATION_NAME_MAX = 63  # NAMEDATALEN - 1: longer names are cut by the server
 
 
-class WorkspaceLock:
-    """One worker per PostgreSQL workspace, for now (issue #20, stage 1): a session advisory lock.
+def unlocked_workers(conn: Driver, ids: Iterable[str]) -> set[str]:
+    """Of these workers, those whose session lock this session can take now: their session is gone (dead).
 
-    Why not yet several: the send pass's state between transactions (the
-    rate limits counted in memory, recovery taking every ``sending`` row as
-    a dead worker's, the mailbox cursor read once per pass) assumes one
-    worker, as the SQLite workspace's lock file says. Stage 2 replaces this
-    with claims (``FOR UPDATE SKIP LOCKED``), per-stage advisory locks,
-    limits counted in the database and heartbeats. The lock is held by its
-    own connection for the worker's life and dies with it (a killed worker's
-    session ends), so no stale lock is left behind, on any machine.
+    Each lock taken to look is let go at once. Never ask about the worker
+    whose own session this is (a session may take its own lock again).
+    """
+    dead = set()
+    for wid in ids:
+        row = conn.execute(f"SELECT pg_try_advisory_lock({_WORKER_KEY})", (wid,)).fetchone()
+        if row and row[0]:
+            conn.execute(f"SELECT pg_advisory_unlock({_WORKER_KEY})", (wid,))
+            dead.add(wid)
+    return dead
+
+
+class Member:
+    """A worker's own session on the server, for its whole life (issue #20): its worker lock and its stage locks.
+
+    The worker lock says "alive" to every other session: a killed worker's
+    session is closed by its kernel at once, so the lock is free at the next
+    look (:func:`unlocked_workers`). Stage locks are session advisory
+    try-locks (never a wait): one worker at a time per stage name, the
+    others skip the stage for the cycle. The session's ``application_name``
+    is the worker's id, so a refused stage can name who holds it. Used from
+    one thread (the worker's); the heartbeat has its own connection.
     """
 
-    def __init__(self, url: str, password: str | None) -> None:
+    def __init__(self, url: str, password: str | None, worker_id: str) -> None:
         self.url = url
         self.password = password
-        self._conn: psycopg.Connection[TupleRow] | None = None
+        self.worker_id = worker_id
+        self._conn: PgGuarded | None = None
+        self._joined = False  # joined and not left: a session lost meanwhile is opened again
 
-    def acquire(self) -> bool:
-        """Take the lock without waiting; False when another worker holds it."""
-        conn = _connect(self.url, self.password)
-        row = conn.execute(f"SELECT pg_try_advisory_lock({_WORKSPACE_KEY})".encode()).fetchone()
-        if not (row and row[0]):
+    def join(self) -> PgGuarded:
+        """Connect and take this worker's lock (its id is new: nobody else can hold it); the session."""
+        conn = PgGuarded(_connect(self.url, self.password, self.worker_id[:_APPLICATION_NAME_MAX]), shown(self.url))
+        row = conn.execute(f"SELECT pg_try_advisory_lock({_WORKER_KEY})", (self.worker_id,)).fetchone()
+        if not (row and row[0]):  # pragma: no cover - a hash collision with a live worker's id
             conn.close()
-            return False
+            raise ServiceError(f"{shown(self.url)}: worker {self.worker_id}'s lock is taken by another session",
+                               hint="start the worker again (it gets a new id)")
         self._conn = conn
-        return True
+        self._joined = True
+        return conn
 
-    def release(self) -> None:
-        """Let go (closing the session releases the lock)."""
+    def _session(self) -> PgGuarded:
+        """The session; a new one, holding this worker's lock again, when the server ended the last one.
+
+        A server restarted under a running worker ends every session, and
+        with it this worker's lock: the worker joins again under the same id
+        at its next stage (a worker that another took for dead meanwhile
+        finds its row stopped at its next heartbeat and stops, app/fleet.py).
+        """
+        if not self._joined:
+            raise ServiceError(f"{shown(self.url)}: this worker has no session on the server (not joined)")
+        if self._conn is None or self._conn.raw.closed:
+            self._conn = None
+            return self.join()  # raises ServiceError while the server is still away: the stage waits a pass
+        return self._conn
+
+    def try_stage(self, stage: str) -> bool:
+        """Take ``stage``'s lock without waiting; False when another worker holds it."""
+        sql = f"SELECT pg_try_advisory_lock({_STAGE_KEY})"
+        try:
+            row = self._session().execute(sql, (stage,)).fetchone()
+        except ServiceError:
+            if self._conn is None or not self._conn.raw.closed:
+                raise
+            row = self._session().execute(sql, (stage,)).fetchone()  # found closed only now: joined again
+        return bool(row and row[0])
+
+    def release_stage(self, stage: str) -> None:
+        """Let ``stage`` go (another worker may take it at once)."""
+        self._session().execute(f"SELECT pg_advisory_unlock({_STAGE_KEY})", (stage,))
+
+    def stage_holder(self, stage: str) -> str | None:
+        """The ``application_name`` of the session holding ``stage`` (a worker's id, maybe cut), or None."""
+        row = self._session().execute(_STAGE_HOLDER, (stage,)).fetchone()
+        return str(row[0]) if row and row[0] else None
+
+    def leave(self) -> None:
+        """Close the session: every lock it held is free."""
+        self._joined = False
         if self._conn is not None:
             self._conn.close()
             self._conn = None

@@ -23,6 +23,7 @@ The parts, and what each records:
 - :class:`Suppressions`: the suppression list.
 - :class:`Tracking`: tracked links, clicks and opens (issue #19).
 - :class:`Reports`: reads across tables (funnel, last contact) and stage runs.
+- :class:`Workers`: the workers sharing the log and the sends they hold (issue #20).
 - :class:`Contacts`: per customer the latest mail each way and when the
   stage last changed; customer mail not yet followed by ours (issue #21).
 
@@ -58,6 +59,7 @@ from crm_automation.store.reports import (
 from crm_automation.store.sends import Claim, Gate, SendRow, Sent, SentRef
 from crm_automation.store.suppressions import Suppression
 from crm_automation.store.tracking import TokenSend
+from crm_automation.store.workers import WorkerRow
 
 
 class Log(Protocol):
@@ -346,10 +348,6 @@ class Claims(Protocol):
         """(queued sends ``me`` could claim now, queued sends of the held campaigns)."""
         ...
 
-    def stuck_sends(self, me: str) -> list[SendRow]:
-        """Sends in ``sending`` whose holder is not alive (or none, or an earlier pass of ``me``): recovery's."""
-        ...
-
     def recent_hand_overs(self, account: str | None, now: datetime) -> RecentHandOvers:
         """One account's hand-overs: the last minute's times and the last 24 hours' count."""
         ...
@@ -630,11 +628,43 @@ class Digests(Protocol):
         ...
 
 
+class Workers(Protocol):
+    """The workers sharing the log (issue #20): registered, beating, stopped; and the sends they hold."""
+
+    def register_worker(self, worker_id: str, host: str, pid: int, now: datetime) -> None:
+        """Record a worker that starts."""
+        ...
+
+    def beat(self, worker_id: str, now: datetime, stage: str | None) -> bool:
+        """Record a heartbeat (and the stage); False when the worker's row says it stopped (found dead)."""
+        ...
+
+    def stop_workers(self, ids: Iterable[str], now: datetime) -> list[str]:
+        """Mark workers stopped; which were running until now."""
+        ...
+
+    def forget_workers(self, stopped_before: datetime) -> int:
+        """Delete the rows of workers stopped before ``stopped_before``; how many."""
+        ...
+
+    def workers(self, *, stopped_since: datetime | None = None) -> list[WorkerRow]:
+        """The workers not marked stopped, and those stopped since ``stopped_since``."""
+        ...
+
+    def unlocked_workers(self, ids: Iterable[str]) -> set[str]:
+        """Of these workers, those whose session lock is free (PostgreSQL; SQLite: none)."""
+        ...
+
+    def stuck_sends(self, worker_id: str) -> list[SendRow]:
+        """The ``sending`` rows recovery resolves: no holder, this worker's own, or a worker not running."""
+        ...
+
+
 class LogStore(Log, Customers, Activities, FetchedMail, Sends, Claims, Planning, Suppressions, Tracking, Reports,
-               Contacts, Digests, PipelineRows, Protocol):
+               Contacts, Digests, PipelineRows, Workers, Protocol):
     """The whole log: every part (what ``Workspace.open_store`` returns)."""
 
 
 PARTS: tuple[type, ...] = (Log, Customers, Activities, FetchedMail, Sends, Claims, Planning, Suppressions, Tracking,
-                           Reports, Contacts, Digests, PipelineRows)
+                           Reports, Contacts, Digests, PipelineRows, Workers)
 """Every part, for tests that check the protocols describe the whole public surface."""

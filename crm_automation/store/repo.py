@@ -29,6 +29,7 @@ from crm_automation.store.schema import PERMANENCE_SQL
 from crm_automation.store.sends import DIGEST_LABEL, NOTIFICATION_LABEL, SendKind, SendLog, SendRow, SentRef
 from crm_automation.store.suppressions import Suppression, SuppressionList
 from crm_automation.store.tracking import TokenSend, TrackingLog
+from crm_automation.store.workers import WorkerLog, WorkerRow
 
 __all__ = [
     "DIGEST_LABEL",
@@ -52,6 +53,7 @@ __all__ = [
     "Suppression",
     "SyncStats",
     "TokenSend",
+    "WorkerRow",
     "iso",
     "parse_iso",
     "storage_error",
@@ -59,12 +61,12 @@ __all__ = [
 
 
 class Store(CustomerLog, ActivityLog, InboundLog, SendLog, ClaimLog, SuppressionList, TrackingLog, Reports, PlanLog,
-            ContactLog, DigestLog, PipelineLog, Connection):
+            ContactLog, DigestLog, PipelineLog, WorkerLog, Connection):
     """The activity log. Open with :meth:`open`; one connection per process.
 
     Each base is one part of the log sharing this one connection:
     customers, activities, fetched mail, sends and their claims, suppressions, tracked links, reports,
-    contact times, the pipeline's rows.
+    contact times, the pipeline's rows, the workers sharing the log.
     """
 
 

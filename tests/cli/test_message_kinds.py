@@ -35,6 +35,11 @@ def as_schema_4(db, *, status: str) -> int:
             conn.execute(f"DROP TABLE IF EXISTS {table}")
         conn.execute("ALTER TABLE campaigns DROP COLUMN planned_as")
         conn.execute("DELETE FROM meta WHERE key LIKE 'plan_%'")
+        # and schema 12's (issue #20: the workers, who holds a send); this helper predates it
+        conn.execute("DROP TABLE IF EXISTS workers")
+        conn.execute("DROP INDEX IF EXISTS idx_sends_holder")
+        conn.execute("ALTER TABLE sends DROP COLUMN holder")
+        conn.execute("ALTER TABLE sends DROP COLUMN account")
         conn.execute("ALTER TABLE sends DROP COLUMN kind")
         conn.execute("DELETE FROM _migrations WHERE name >= '0005'")
         conn.execute("PRAGMA user_version = 4")

@@ -17,9 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from crm_automation.models import SendStatus
 from crm_automation.stage import StageResult
-from crm_automation.store.connection import iso
 from crm_automation.store.repo import Store
 from crm_automation.transports.base import Transport
 from crm_automation.worker import Worker
@@ -208,29 +206,3 @@ def test_max_per_minute_holds_across_two_workers_exactly(tmp_path, log_location,
     outboxes = [tmp_path / name / "var" / "outbox" for name in ("a", "b")]
     assert sum(len(list(o.glob("*.eml"))) for o in outboxes) == 3
     assert {r["holder"] for r in sends if r["status"] == "queued"} == {None}  # released: another may take them
-
-
-def test_recovery_leaves_a_live_workers_sending_row_and_takes_a_dead_ones(tmp_path, log_location):
-    """Rule 4: with the outbox transport, today's recovery requeued a live worker's hand-over: a duplicate."""
-    cfg = workspace(tmp_path, log_location, 3)
-    queued_by_one_worker(cfg)
-    first, second = Worker(Workspace.load(cfg)), Worker(Workspace.load(cfg))
-    try:
-        live = first.ctx.fleet.worker_id
-        with first.store.transaction():
-            for wid, stopped in ((live, None), ("gone/1/x", iso(T0))):
-                first.store.conn.execute(
-                    "INSERT INTO workers (id, host, pid, started_at, heartbeat_at, stopped_at) "
-                    "VALUES (?, 'h', 1, ?, ?, ?)", (wid, iso(T0), iso(T0), stopped))
-            ids = [r[0] for r in first.store.conn.execute("SELECT id FROM sends ORDER BY id")]
-            # The first worker is handing ids[0] over right now; a worker that died left ids[1] in ``sending``.
-            for sid, who in ((ids[0], live), (ids[1], "gone/1/x")):
-                first.store.conn.execute("UPDATE sends SET status = 'sending', holder = ? WHERE id = ?", (who, sid))
-        res = second.outbound.recover()
-        sends = {r["id"]: r for r in send_rows(second.store)}
-    finally:
-        first.close()
-        second.close()
-    assert res.stats["stuck"] == 1
-    assert (sends[ids[0]]["status"], sends[ids[0]]["holder"]) == ("sending", live)  # left to its live worker
-    assert sends[ids[1]]["status"] == SendStatus.QUEUED.value  # the outbox never got it: safe to send again
