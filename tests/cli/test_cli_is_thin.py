@@ -49,7 +49,7 @@ def _loaded(*args: str) -> set[str]:
 
 
 @pytest.mark.parametrize("args", [("--help",), ("report", "--help"), ("suppress", "add", "--help"),
-                                  ("send", "--help")])
+                                  ("send", "--help"), ("db", "copy", "--help")])
 def test_help_loads_none_of_the_heavy_modules(args):
     loaded = _loaded(*args)
     assert "click" in loaded
