@@ -154,6 +154,30 @@ def test_writers_inside_a_callers_transaction_are_savepoints_one_commit(store):
     assert sum(s.startswith("SAVEPOINT") for s in seen) == 1
 
 
+def test_savepoints_are_named_by_depth_so_a_long_lived_connection_repeats_its_statements(store):
+    """serve keeps one write connection all day (issue #19): a running count made every SAVEPOINT a new statement
+    text, each parsed afresh and pushing the store's other statements out of the driver's cache."""
+    seen = statements(store)
+    for n in range(50):
+        with store.transaction():
+            store.suppress(f"a{n}@x.com", "manual", "test", T0)  # a savepoint inside the caller's unit
+            with store.transaction():
+                store.suppress(f"b{n}@x.com", "manual", "test", T0)  # two deep
+    with pytest.raises(RuntimeError), store.transaction():
+        store.suppress("c@x.com", "manual", "test", T0)
+        with store.transaction():
+            store.suppress("d@x.com", "manual", "test", T0)
+            raise RuntimeError
+    with store.transaction():
+        store.suppress("e@x.com", "manual", "test", T0)  # the depth came back down after the failure
+    texts = {s for s in seen if "SAVEPOINT" in s}
+    assert texts == {"SAVEPOINT sp1", "RELEASE SAVEPOINT sp1", "SAVEPOINT sp2", "RELEASE SAVEPOINT sp2",
+                     "ROLLBACK TO SAVEPOINT sp1"}
+    assert commits(seen) == 51
+    assert sorted(store.suppressions()) == sorted([*(f"a{n}@x.com" for n in range(50)),
+                                                   *(f"b{n}@x.com" for n in range(50)), "e@x.com"])
+
+
 def test_a_failure_inside_a_callers_transaction_keeps_nothing(store):
     sid = queue(store)
 
