@@ -173,12 +173,14 @@ class InboundLog(Connection):
         """
         if not token or "@" in token or "<" in token or ">" in token:
             return None
-        rows = self.conn.execute(
-            "SELECT DISTINCT customer_key, campaign, step FROM sends WHERE message_id >= ? AND message_id < ? "
-            "AND kind = 'campaign_step' LIMIT 2", (f"<{token}@", f"<{token}A")).fetchall()
+        # The rows made distinct here, not by SQL's DISTINCT: that builds a temporary table for every lookup, a
+        # cost each one-click POST paid (issue #19); the range holds one row, or a handful at worst.
+        rows = {tuple(r) for r in self.conn.execute(
+            "SELECT customer_key, campaign, step FROM sends WHERE message_id >= ? AND message_id < ? "
+            "AND kind = 'campaign_step'", (f"<{token}@", f"<{token}A"))}
         if len(rows) != 1:
             return None
-        key, campaign, step = rows[0]
+        ((key, campaign, step),) = rows
         return SentRef(key, campaign, step)
 
     def apply_inbound(self, d: Decision, now: datetime) -> bool:
