@@ -31,7 +31,6 @@ from crm_automation.store.activities import (
     activity_row,
     already_logged,
     count_soft_bounces,
-    insert_activity,
     insert_quarantine,
     inserted_id,
     logged_digests,
@@ -204,9 +203,12 @@ class InboundLog(Connection):
                 return False
             if status is not None:
                 update_email_status(self.conn, customer_key, status)
-            insert_activity(self.conn, kind=Kind.UNSUBSCRIBE.value, occurred_at=now, now=now,
-                            customer_key=customer_key, campaign=campaign, step=step, source="unsubscribe link",
-                            details=details)
+            # No RETURNING (insert_activity's, for the id): nobody needs this row's id, and SQLite builds a
+            # temporary table to return one.
+            self.conn.execute(INSERT_ACTIVITY_SQL, activity_row(
+                kind=Kind.UNSUBSCRIBE.value, occurred_at=now, now=now, customer_key=customer_key, subject=None,
+                body=None, message_id=None, in_reply_to=None, campaign=campaign, step=step,
+                source="unsubscribe link", details=details.to_dict(), digest=None))
         return True
 
     def apply_inbound(self, d: Decision, now: datetime) -> bool:
