@@ -12,7 +12,9 @@
   (mail providers read only the status), or, for our confirmation page's
   own POST (marked ``page=1``), with the page and its undo button.
   Idempotent: a second POST
-  changes nothing and answers 200 again. No cookie, no CSRF token: mail
+  changes nothing and answers 200 again. A provider's exact RFC 8058 POST
+  is answered this way before the router (:mod:`crm_automation.web.oneclick`,
+  issue #19 "Performance"), with the same bytes. No cookie, no CSRF token: mail
   providers send neither, and the worst a forged cross-site POST can do is
   what the link's holder can do anyway.
 - A ``POST`` *without* that body is refused (400) and changes nothing. Why:
