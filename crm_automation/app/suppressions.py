@@ -273,17 +273,12 @@ def _unsubscribe(ws: Workspace, store: Store, token: str, now: datetime) -> Unsu
     if isinstance(found, Unsubscribed):
         return found
     ref, email = found
-    with store.transaction():
-        if not store.suppress(email, _UNSUBSCRIBED, _link_source(ref), now):
-            return Unsubscribed(token, Outcome.ALREADY, ref.customer_key, email, ref.campaign, ref.step)
-        if (status := status_for(_UNSUBSCRIBED)) is not None:
-            store.set_email_status(ref.customer_key, status)
-        store.add_activity(kind=Kind.UNSUBSCRIBE.value, occurred_at=now, now=now, customer_key=ref.customer_key,
-                           campaign=ref.campaign, step=ref.step, source="unsubscribe link",
-                           details=InboundDetails(email, (), "unsubscribe link", "token", token=token,
-                                                  token_customer=ref.customer_key,
-                                                  token_send=f"{ref.campaign}/{ref.step}",
-                                                  sender_customer=ref.customer_key))
+    details = InboundDetails(email, (), "unsubscribe link", "token", token=token, token_customer=ref.customer_key,
+                             token_send=f"{ref.campaign}/{ref.step}", sender_customer=ref.customer_key)
+    if not store.record_unsubscribe(email, _link_source(ref), now, customer_key=ref.customer_key,
+                                    campaign=ref.campaign, step=ref.step, status=status_for(_UNSUBSCRIBED),
+                                    details=details):
+        return Unsubscribed(token, Outcome.ALREADY, ref.customer_key, email, ref.campaign, ref.step)
     return Unsubscribed(token, Outcome.UNSUBSCRIBED, ref.customer_key, email, ref.campaign, ref.step)
 
 

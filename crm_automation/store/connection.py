@@ -295,7 +295,7 @@ class Connection:
         self.conn = conn
         self.path = conn.path
         self.dialect = conn.dialect
-        self._savepoints = 0
+        self._savepoints = 0  # savepoints open now (the depth of nested transactions)
         self._identity = _file_identity(self.path) if self.dialect is SQLITE else None
 
     @classmethod
@@ -438,16 +438,23 @@ class Connection:
         own stays atomic inside a caller's larger unit and costs no commit.
         """
         if self.conn.in_transaction:
+            # Named by depth, not by a running count: the names repeat, so each statement's text does too, and
+            # the driver's statement cache (sqlite3 keeps 128 prepared; PostgreSQL's translation cache) keeps
+            # them. A count made every SAVEPOINT a new text on a long-lived connection (serve's kept writer):
+            # parsed afresh each time and pushing the store's other statements out of the cache (issue #19).
             self._savepoints += 1
             name = f"sp{self._savepoints}"
-            self.conn.execute(f"SAVEPOINT {name}")
             try:
-                yield
-            except BaseException:
-                self.conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                self.conn.execute(f"SAVEPOINT {name}")
+                try:
+                    yield
+                except BaseException:
+                    self.conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                    self.conn.execute(f"RELEASE SAVEPOINT {name}")
+                    raise
                 self.conn.execute(f"RELEASE SAVEPOINT {name}")
-                raise
-            self.conn.execute(f"RELEASE SAVEPOINT {name}")
+            finally:
+                self._savepoints -= 1
             return
         self.conn.execute(self.dialect.begin)
         try:

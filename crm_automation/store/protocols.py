@@ -39,7 +39,16 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol
 
-from crm_automation.models import Cursor, Customer, Decision, EmailStatus, SendStatus, StepState, SuppressionReason
+from crm_automation.models import (
+    Cursor,
+    Customer,
+    Decision,
+    EmailStatus,
+    InboundDetails,
+    SendStatus,
+    StepState,
+    SuppressionReason,
+)
 from crm_automation.store.activities import Activity, DetailsIn, InboundEvent, QuarantinedContact
 from crm_automation.store.claims import Rate, RecentHandOvers
 from crm_automation.store.contact import ContactTimes, InboundMail, SalesRow
@@ -219,6 +228,14 @@ class FetchedMail(Protocol):
 
     def send_for_token(self, token: str) -> SentRef | None:
         """The send an unsubscribe token names (issue #17), or None."""
+        ...
+
+    def record_unsubscribe(self, email: str, source: str, now: datetime, *, customer_key: str, campaign: str,
+                           step: int, status: EmailStatus | None, details: InboundDetails) -> bool:
+        """Suppress an unsubscribe link's address, set the status, log the activity, as one unit (issue #19).
+
+        False, and nothing written, when the address was on the list already.
+        """
         ...
 
     def apply_inbound(self, d: Decision, now: datetime) -> bool:

@@ -73,7 +73,9 @@ def create_app(config_path: str | Path | None = None, clock: Clock | None = None
     Raises ConfigError for a broken workspace or a missing secret, so
     ``serve`` fails before it listens, with a message and no traceback.
     """
-    from crm_automation.web import app, auth, pages, public
+    from starlette.middleware import Middleware
+
+    from crm_automation.web import app, auth, oneclick, pages, public
 
     ws = Workspace.load(config_path)
     s = ws.cfg.serve
@@ -85,7 +87,8 @@ def create_app(config_path: str | Path | None = None, clock: Clock | None = None
     https = (s.public_url or "").startswith("https://")
     web = app.WebState(ws=ws, clock=clock or Clock(), env=app.template_env(), users=dict(s.users),
                        admin_password=admin, https=https)
-    return app.build(web, secret, [*auth.ROUTES, *public.ROUTES, *pages.ROUTES])
+    return app.build(web, secret, [*auth.ROUTES, *public.ROUTES, *pages.ROUTES],
+                     front=[Middleware(oneclick.OneClick, web=web)])
 
 
 def bind(host: str, port: int) -> socket.socket:

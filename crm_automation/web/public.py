@@ -12,7 +12,9 @@
   (mail providers read only the status), or, for our confirmation page's
   own POST (marked ``page=1``), with the page and its undo button.
   Idempotent: a second POST
-  changes nothing and answers 200 again. No cookie, no CSRF token: mail
+  changes nothing and answers 200 again. A provider's exact RFC 8058 POST
+  is answered this way before the router (:mod:`crm_automation.web.oneclick`,
+  issue #19 "Performance"), with the same bytes. No cookie, no CSRF token: mail
   providers send neither, and the worst a forged cross-site POST can do is
   what the link's holder can do anyway.
 - A ``POST`` *without* that body is refused (400) and changes nothing. Why:
@@ -64,11 +66,13 @@ ONE_CLICK = ("List-Unsubscribe", "One-Click")  # RFC 8058 §3.1: the POST body's
 MAX_BODY = 16 * 1024  # a one-click body is 26 bytes; anything much bigger is not one
 
 
-def _not_found() -> Response:
+def not_found() -> Response:
+    """404 for a token that names no send (or is not shaped as ours): plain, the same for GET and POST."""
     return PlainTextResponse("not found", status_code=404)
 
 
-def _too_many() -> Response:
+def too_many() -> Response:
+    """429 with Retry-After: the client is past :data:`~crm_automation.web.limits.UNSUBSCRIBE_PER_MINUTE`."""
     return PlainTextResponse("too many requests: wait a minute and try again", status_code=429,
                              headers={"Retry-After": "60"})
 
@@ -80,9 +84,9 @@ def _admitted(request: Request) -> str | Response:
     else, and a token that cannot be ours never reaches the log.
     """
     if not state(request).limits.public.hit(client_address(request)):
-        return _too_many()
+        return too_many()
     token: str = request.path_params["token"]
-    return token if is_token(token) else _not_found()
+    return token if is_token(token) else not_found()
 
 
 async def _one_click_form(request: Request) -> FormData | None:
@@ -105,7 +109,7 @@ async def unsubscribe_page(request: Request) -> Response:
         return token
     found = await read(request, links.link, st.ws, token)
     if not found.known:
-        return _not_found()
+        return not_found()
     return render(request, "unsubscribe.html", {"state": "confirm", "token": token, "undo": False})
 
 
@@ -121,15 +125,17 @@ async def unsubscribe(request: Request) -> Response:
     try:
         result = await st.unsubscribes.submit(token)  # group commit: with the POSTs that queued meanwhile
     except LockedError:  # the log stayed busy past the busy timeout (another program held it): providers retry
-        return _busy()
+        return busy()
     if result.outcome is Outcome.UNKNOWN_TOKEN:
-        return _not_found()
-    view = {Outcome.UNSUBSCRIBED: "done", Outcome.ALREADY: "already", Outcome.NO_ADDRESS: "failed"}[result.outcome]
+        return not_found()
+    view = VIEWS[result.outcome]
     if form.get("page") != "1":  # a mail provider's POST (RFC 8058 §3.2): only the status is read
-        t = Translator(language(request))
-        return PlainTextResponse(" ".join(t(key) for key in _PLAIN[view]))
+        return plain_answer(view, language(request))
     return render(request, "unsubscribe.html", {"state": view, "token": token, "undo": view != "failed"})
 
+
+# What each outcome of a POST shows (the page's state; the plain answer's lines).
+VIEWS = {Outcome.UNSUBSCRIBED: "done", Outcome.ALREADY: "already", Outcome.NO_ADDRESS: "failed"}
 
 # What a bare one-click POST gets: a line of text in the request's language, not the page. Mail providers POST
 # from their servers and read only the status; the page (with its undo button) is for our confirmation form,
@@ -140,7 +146,13 @@ _PLAIN: dict[str, tuple[str, ...]] = {"done": ("unsub_done", "unsub_done_explain
                                       "failed": ("unsub_failed",)}
 
 
-def _busy() -> Response:
+def plain_answer(view: str, lang: str) -> Response:
+    """A mail provider's answer to a one-click POST: one line of text in ``lang`` (see :data:`_PLAIN`)."""
+    t = Translator(lang)
+    return PlainTextResponse(" ".join(t(key) for key in _PLAIN[view]))
+
+
+def busy() -> Response:
     """503 with Retry-After: the log stayed busy past the busy timeout (another program held it); clients retry."""
     return PlainTextResponse("busy: try again in a minute", status_code=503, headers={"Retry-After": "60"})
 
@@ -159,9 +171,9 @@ async def undo(request: Request) -> Response:
     try:
         result = await write(request, suppressions.resubscribe_by_token, st.ws, token, st.clock.now())
     except LockedError:
-        return _busy()
+        return busy()
     if result.outcome is UndoOutcome.UNKNOWN_TOKEN:
-        return _not_found()
+        return not_found()
     view = {UndoOutcome.RESUBSCRIBED: "resubscribed", UndoOutcome.NOT_SUPPRESSED: "resubscribed",
             UndoOutcome.NOT_THIS_LINK: "not_this_link", UndoOutcome.NO_ADDRESS: "failed"}[result.outcome]
     return render(request, "unsubscribe.html", {"state": view, "token": token, "undo": False})
@@ -177,9 +189,9 @@ async def click(request: Request) -> Response:
     try:
         result = await write(request, tracking.record_click, st.ws, token, n, st.clock.now())
     except LockedError:  # the log stayed busy past the busy timeout: the reader may try the link again
-        return _busy()
+        return busy()
     if result.outcome is TrackOutcome.UNKNOWN or result.url is None:
-        return _not_found()
+        return not_found()
     return RedirectResponse(result.url, status_code=302)
 
 
@@ -198,7 +210,7 @@ async def opened(request: Request) -> Response:
     except LockedError:  # the log stayed busy: the open goes unrecorded, the mail still shows (opens are a hint)
         return Response(PIXEL, media_type="image/gif")
     if result.outcome is TrackOutcome.UNKNOWN:
-        return _not_found()
+        return not_found()
     return Response(PIXEL, media_type="image/gif")
 
 

@@ -20,6 +20,7 @@ from crm_automation.models import (
     Customer,
     CustomerAddedDetails,
     Decision,
+    EmailStatus,
     InboundDetails,
     Kind,
     NoDetails,
@@ -28,6 +29,7 @@ from crm_automation.models import (
     Reading,
     SendFailedDetails,
     SendStatus,
+    SuppressionReason,
 )
 from crm_automation.store.repo import FunnelRow, SendKind, SentRef, SheetState, Store, Suppression
 
@@ -164,6 +166,60 @@ def test_writers_inside_a_callers_transaction_are_savepoints_one_commit(store):
     assert commits(seen) == 1
     # mark_sent (two statements) nests as a savepoint; mark_sending (one statement) needs none
     assert sum(s.startswith("SAVEPOINT") for s in seen) == 1
+
+
+def test_savepoints_are_named_by_depth_so_a_long_lived_connection_repeats_its_statements(store):
+    """serve keeps one write connection all day (issue #19): a running count made every SAVEPOINT a new statement
+    text, each parsed afresh and pushing the store's other statements out of the driver's cache."""
+    seen = statements(store)
+    for n in range(50):
+        with store.transaction():
+            store.suppress(f"a{n}@x.com", "manual", "test", T0)  # a savepoint inside the caller's unit
+            with store.transaction():
+                store.suppress(f"b{n}@x.com", "manual", "test", T0)  # two deep
+
+    def fail_two_deep() -> None:
+        with store.transaction():
+            store.suppress("c@x.com", "manual", "test", T0)
+            with store.transaction():
+                store.suppress("d@x.com", "manual", "test", T0)
+                raise RuntimeError
+
+    with pytest.raises(RuntimeError):
+        fail_two_deep()
+    with store.transaction():
+        store.suppress("e@x.com", "manual", "test", T0)  # the depth came back down after the failure
+    texts = {s for s in seen if "SAVEPOINT" in s}
+    assert texts == {"SAVEPOINT sp1", "RELEASE SAVEPOINT sp1", "SAVEPOINT sp2", "RELEASE SAVEPOINT sp2",
+                     "ROLLBACK TO SAVEPOINT sp1"}
+    assert commits(seen) == 51
+    assert sorted(store.suppressions()) == sorted([*(f"a{n}@x.com" for n in range(50)),
+                                                   *(f"b{n}@x.com" for n in range(50)), "e@x.com"])
+
+
+def test_an_unsubscribe_link_is_recorded_as_one_unit_and_only_once(store):
+    """record_unsubscribe (issue #19): suppression, status and activity in one savepoint of the caller's unit,
+    not one each; nothing at all when the address was on the list already."""
+    store.apply_sync("s.csv", [Customer("a@x.com", 2, {"email": "a@x.com"})], {}, {}, T0)
+    details = InboundDetails("a@x.com", (), "unsubscribe link", "token", token="crm.1", token_customer="a@x.com",
+                             token_send="c/0", sender_customer="a@x.com")
+
+    def record() -> bool:
+        return store.record_unsubscribe("A@x.com ", "unsubscribe link c/0", T0, customer_key="a@x.com",
+                                        campaign="c", step=0, status=EmailStatus.UNSUBSCRIBED, details=details)
+
+    seen = statements(store)
+    with store.transaction():
+        assert record()
+    assert sum(s.startswith("SAVEPOINT") for s in seen) == 1 and commits(seen) == 1
+    assert store.suppression("a@x.com") == Suppression(SuppressionReason.UNSUBSCRIBED, T0, "unsubscribe link c/0")
+    assert store.customer("a@x.com").email_status is EmailStatus.UNSUBSCRIBED
+    (act,) = [a for a in store.timeline("a@x.com") if a.kind is Kind.UNSUBSCRIBE]
+    assert (act.campaign, act.step, act.occurred_at, act.details) == ("c", 0, T0, details)
+    store.set_email_status("a@x.com", EmailStatus.OK)
+    assert not record()  # on the list already: nothing written, the status left as it is
+    assert store.customer("a@x.com").email_status is EmailStatus.OK
+    assert [a.kind for a in store.timeline("a@x.com")].count(Kind.UNSUBSCRIBE) == 1
 
 
 def test_a_failure_inside_a_callers_transaction_keeps_nothing(store):
