@@ -211,11 +211,6 @@ def _as_before_issue_17(db) -> None:
         for index in ("idx_sends_customer", "idx_sends_queued", "idx_sends_sending", "idx_sends_uncertain",
                       "idx_sends_sent", "idx_sends_legacy"):
             con.execute(f"DROP INDEX IF EXISTS {index}")
-        # and schema 12's (issue #20: the workers, who holds a send); this helper predates it
-        con.execute("DROP TABLE IF EXISTS workers")
-        con.execute("DROP INDEX IF EXISTS idx_sends_holder")
-        con.execute("ALTER TABLE sends DROP COLUMN holder")
-        con.execute("ALTER TABLE sends DROP COLUMN account")
         con.execute("DROP TABLE IF EXISTS plan_due")
         con.execute("ALTER TABLE campaigns DROP COLUMN planned_as")
         con.execute("ALTER TABLE sends DROP COLUMN kind")
