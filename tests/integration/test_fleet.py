@@ -135,6 +135,31 @@ def test_a_send_pass_whose_send_plan_another_worker_holds_is_skipped_naming_it(t
     assert len(list(outbox.glob("*.eml"))) == 3
 
 
+def test_a_worker_whose_send_plan_another_holds_hands_over_what_is_queued(tmp_path, cli, pg_log):
+    """Claims make dispatch safe in every worker: only the planning waits for the holder of ``send-plan``."""
+    cfg = workspace_on(tmp_path, pg_log)
+    assert cli("sync", "--config", str(cfg), "--now", NOW).code == 0
+    outbox = tmp_path / "ws" / "var" / "outbox"
+    r = cli("send", "--limit", "1", "--config", str(cfg), "--now", NOW)  # plans and queues 3, hands 1 over
+    assert r.code == 0, r.err
+    assert len(list(outbox.glob("*.eml"))) == 1
+    with WorkspaceLock(Workspace.load(cfg)) as first, first.fleet.exclusive("send-plan") as holder:
+        assert holder is None
+        r = cli("send", "--json", "--config", str(cfg), "--now", NOW)
+        assert r.code == 0, r.err
+        stage = json.loads(r.out)["stages"][-1]
+        assert stage["job"] == "send" and stage["stats"]["sent"] == 2
+        assert stage["notes"] == [f"send-plan: skipped this cycle, held by worker {first.fleet.worker_id}"]
+    mails = list(outbox.glob("*.eml"))
+    assert len(mails) == 3
+    store = open_log(cfg)
+    try:
+        sent = [s for s in store.sends() if s.status.value == "sent"]
+    finally:
+        store.close()
+    assert len(sent) == 3 and len({s.customer_key for s in sent}) == 3
+
+
 def test_a_mailbox_folder_another_worker_fetches_is_skipped_and_the_others_read(tmp_path, cli, pg_log):
     cfg = workspace_on(tmp_path, pg_log)
     (tmp_path / "ws" / "inbox" / "new" / "1.a").write_bytes(
