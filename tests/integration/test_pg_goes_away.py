@@ -13,7 +13,6 @@ test and must not be stopped).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from collections import Counter
@@ -21,16 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fixtures.postgres import (
-    PgCluster,
-    find_pg_bin,
-    missing_postgres,
-    require_postgres,
-    start_postgres,
-    start_server,
-    stop_postgres,
-    stop_server,
-)
+from tests.fixtures.postgres import PgCluster, start_server, stop_server, throwaway_cluster
 from tests.integration.test_send_kill import _env, cli, cli_args, customers, sends, write_workspace
 
 pytestmark = pytest.mark.integration
@@ -39,14 +29,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def own_cluster() -> Iterator[PgCluster]:
     """A cluster of this test's own, which it may stop and start."""
-    pg_bin = find_pg_bin()
-    require_postgres(missing_postgres(pg_bin, euid=os.geteuid()))
-    assert pg_bin is not None
-    cluster = start_postgres(pg_bin)
-    try:
+    with throwaway_cluster() as cluster:
         yield cluster
-    finally:
-        stop_postgres(cluster)
 
 
 @pytest.mark.slow
