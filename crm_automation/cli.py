@@ -786,7 +786,10 @@ def import_(ctx: click.Context, /, file: Path, maps: tuple[str, ...], worksheet:
     if dry_run:  # reads the export and the sheet only: no lock, so it works while a worker runs (issue #17)
         plan, written = import_file(ws, file, column_map, worksheet=worksheet, dry_run=True)
     else:
-        with WorkspaceLock(ws):
+        from crm_automation.fleet import holding
+
+        # the sheet's other writers wait (issue #20: on PostgreSQL other workers may be running)
+        with WorkspaceLock(ws) as taken, holding(taken.fleet, ("sync", "writeback"), "import"):
             plan, written = import_file(ws, file, column_map, worksheet=worksheet, dry_run=False)
     n_report = write_report(plan, report_path) if report_path else 0
     summary: JsonObject = {

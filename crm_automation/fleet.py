@@ -22,9 +22,11 @@ import os
 import secrets
 import socket
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
+
+from crm_automation.errors import LockedError
 
 DEFAULT_HEARTBEAT_TIMEOUT = timedelta(seconds=60)  # [workspace] heartbeat_timeout's default (config.py)
 
@@ -111,6 +113,35 @@ def reap(store: WorkerRecords, now: datetime, timeout: timedelta, *, me: str, al
     rows = [r for r in store.workers() if r.id != me]
     unlocked = set() if alone else store.unlocked_workers([r.id for r in rows])
     return store.stop_workers(dead_workers(rows, unlocked, now, timeout, me=me, alone=alone), now)
+
+
+STOP_WORKERS_FIRST = ("stop the workers (`systemctl stop 'crm-automation@*'`, or Ctrl-C), run it, then start them "
+                      "again; `crm-automation status` lists them")
+
+
+@contextmanager
+def holding(fleet: Fleet, stages: Sequence[str], what: str) -> Iterator[None]:
+    """Hold every one of ``stages`` for the block, or refuse ``what`` (:class:`LockedError`, nothing done).
+
+    For the verbs that change what those stages read or write and must not
+    run beside them (issue #20): ``import`` writes the sheet (``sync`` and
+    ``writeback`` read and write it), ``rekey`` rewrites every key of the
+    log. On a SQLite workspace the lock file already keeps every other
+    worker out, and every stage is granted.
+    """
+    with ExitStack() as held:
+        for stage in stages:
+            holder = held.enter_context(fleet.exclusive(stage))
+            if holder is not None:
+                raise LockedError(f"{what} refused: the {stage} stage is {holder}; nothing was changed",
+                                  hint=STOP_WORKERS_FIRST)
+        yield
+
+
+def others_alive(fleet: Fleet, store: WorkerRecords) -> list[str]:
+    """The other workers alive now (the dead reaped first): who must stop before a verb that needs the log alone."""
+    fleet.reap(store)
+    return [r.id for r in store.workers() if r.id != fleet.worker_id]
 
 
 class Solo:

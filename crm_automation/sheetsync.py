@@ -40,7 +40,8 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from crm_automation.cells import cell_text
-from crm_automation.errors import ConfigError, CrmError, DataError, ServiceError
+from crm_automation.errors import ConfigError, CrmError, DataError, LockedError, ServiceError
+from crm_automation.fleet import STOP_WORKERS_FIRST, holding, others_alive
 from crm_automation.models import SheetData
 from crm_automation.sheets.base import SheetSource, WriteResult
 from crm_automation.sheets.grid import norm_key
@@ -390,6 +391,37 @@ class SheetSession:
         return rekey_log(self, dry_run=dry_run)
 
 
+REKEY_STAGES = ("sync", "send-plan", "writeback")  # the stages that read or write customers' keys in bulk
+
+
+def _rekey_alone(session: SheetSession, moves: list[tuple[str, str, object]], current: str,
+                 stats: dict[str, object]) -> RekeyCounts:
+    """Apply the moves in one transaction, with no other worker alive (issue #20), recorded as a run.
+
+    On PostgreSQL other workers may share the log: a send recorded or a
+    reply logged under an old key while the keys move would belong to no
+    customer. So the re-key holds the stages that read customers' keys in
+    bulk (a worker starting meanwhile skips them) and refuses while any other
+    worker is alive (:func:`~crm_automation.fleet.others_alive`).
+    """
+    fleet = session.ctx.fleet
+    with holding(fleet, REKEY_STAGES, "rekey"):
+        others = others_alive(fleet, session.store)
+        if others:
+            raise LockedError(f"rekey refused: {len(others)} other worker(s) are running on this workspace "
+                              f"({', '.join(others)}); nothing was changed", hint=STOP_WORKERS_FIRST)
+        run_id = session.store.start_run("rekey", session.ctx.clock.now())
+        try:
+            counts = session.store.rekey(moves, current)
+        except CrmError as e:  # rolled back: the log is as it was; the run says why
+            with suppress(CrmError):
+                session.store.finish_run(run_id, session.ctx.clock.now(), ok=False, stats=stats, error=str(e))
+            raise
+        session.store.finish_run(run_id, session.ctx.clock.now(), ok=True, error=None,
+                                 stats={**stats, "rows": counts.tables})
+    return counts
+
+
 def rekey_log(session: SheetSession, *, dry_run: bool = False) -> Rekeyed:
     """Move every customer's history to the key the mapping now names, from the sheet (issue #17).
 
@@ -414,16 +446,8 @@ def rekey_log(session: SheetSession, *, dry_run: bool = False) -> Rekeyed:
     moves = [(m.old, m.new, m.value) for m in plan.moves]
     if dry_run:
         return Rekeyed(recorded_key, current, True, plan, session.store.rekey(moves, current, dry_run=True))
-    stats: dict[str, object] = {"from": recorded_key, "to": current, "customers": len(plan.moves)}
-    run_id = session.store.start_run("rekey", session.ctx.clock.now())
-    try:
-        counts = session.store.rekey(moves, current)
-    except CrmError as e:  # rolled back: the log is as it was; the run says why
-        with suppress(CrmError):
-            session.store.finish_run(run_id, session.ctx.clock.now(), ok=False, stats=stats, error=str(e))
-        raise
-    session.store.finish_run(run_id, session.ctx.clock.now(), ok=True, error=None,
-                          stats={**stats, "rows": counts.tables})
+    counts = _rekey_alone(session, moves, current, {"from": recorded_key, "to": current,
+                                                    "customers": len(plan.moves)})
     session._synced = None  # the next sync reads the sheet again
     log.info("re-keyed %d customer(s) from %s to %s", len(plan.moves), recorded_key, current)
     return Rekeyed(recorded_key, current, False, plan, counts)
