@@ -48,11 +48,18 @@ from crm_automation.store.suppressions import insert_suppression, read_suppressi
 TRIES = 3
 
 
+# A folder's cursor never moves back under the same UIDVALIDITY: two workers (issue #20) may commit batches of
+# one folder out of order (the later UIDs first), and the earlier batch must not rewind the cursor past what the
+# later one logged (it would cost a re-read). A new UIDVALIDITY (the folder was rebuilt) sets it as given.
+_SET_CURSOR = (
+    "INSERT INTO mailbox_state (folder, uidvalidity, last_uid, updated_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT(folder) DO UPDATE SET uidvalidity = excluded.uidvalidity, last_uid = CASE WHEN "
+    "mailbox_state.uidvalidity = excluded.uidvalidity AND mailbox_state.last_uid > excluded.last_uid THEN "
+    "mailbox_state.last_uid ELSE excluded.last_uid END, updated_at = excluded.updated_at")
+
+
 def _set_cursor(conn: Driver, folder: str, uidvalidity: int, last_uid: int, now: datetime) -> None:
-    conn.execute(
-        "INSERT INTO mailbox_state (folder, uidvalidity, last_uid, updated_at) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT(folder) DO UPDATE SET uidvalidity = excluded.uidvalidity, last_uid = excluded.last_uid, "
-        "updated_at = excluded.updated_at", (folder, uidvalidity, last_uid, iso(now)))
+    conn.execute(_SET_CURSOR, (folder, uidvalidity, last_uid, iso(now)))
 
 
 def _key(kind: str, message_id: str, digest: str | None) -> tuple[str, str | None]:

@@ -276,6 +276,20 @@ def test_a_batch_of_fetched_messages_is_one_commit_with_each_folders_cursor_at_i
     assert store.conn.execute("SELECT COUNT(*) FROM activities").fetchone()[0] == 4
 
 
+def test_a_folders_cursor_never_moves_back_under_the_same_uidvalidity(store):
+    """Issue #20: two workers' batches of one folder may commit out of order; the earlier must not rewind it."""
+    def dec(uid: int, validity: int = 7) -> Decision:
+        return Decision("INBOX", validity, uid, None, activities=(rec(f"<m{uid}.{validity}@x>", digest=f"d{uid}"),))
+
+    store.apply_inbound_many([dec(9)], T0)  # the later batch commits first
+    store.apply_inbound_many([dec(4)], T0)
+    assert store.mailbox_cursor("INBOX") == Cursor(7, 9)
+    store.apply_inbound_many([dec(12)], T0)
+    assert store.mailbox_cursor("INBOX") == Cursor(7, 12)
+    store.apply_inbound_many([dec(3, validity=8)], T0)  # the folder was rebuilt: its new numbering counts
+    assert store.mailbox_cursor("INBOX") == Cursor(8, 3)
+
+
 def test_a_batch_that_fails_keeps_nothing_and_moves_no_cursor(store):
     good = rec("<a@x>", source="m", digest="d")
     bad = rec("<b@x>", source="m", details=InboundDetails("", (object(),), "", None),
