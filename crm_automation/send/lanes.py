@@ -76,8 +76,9 @@ class Lanes:
 
     def __init__(self, ws: Workspace, store: Store, router: Router, rule: RateRule, now: datetime) -> None:
         self.ws, self.router = ws, router
+        others = bool(ws.cfg.outbound.accounts)
         self.by_label = {a.label: Lane(a, Rate(a.name, a.per_minute, a.per_day,
-                                               partial(rule, a.per_minute, a.per_day)),
+                                               partial(rule, a.per_minute, a.per_day), others),
                                        store.recent_hand_overs(a.name, now)) for a in router.accounts}
         self.only = next(iter(self.by_label.values())) if len(self.by_label) == 1 else None
 

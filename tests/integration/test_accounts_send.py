@@ -241,6 +241,23 @@ def test_a_streak_of_5xx_about_the_sender_stops_only_that_account(tmp_path, smtp
     assert any(p.startswith("account a: 3 messages in a row were refused") for p in res.problems), res.problems
 
 
+def test_a_quota_answer_stops_only_that_account_and_its_send_waits_an_hour(tmp_path, smtp_server):
+    srv_default, srv_a = smtp_server(), smtp_server()
+    srv_a.handler.data_reply = "550 5.4.5 Daily user sending quota exceeded."
+    n = 30
+    cfg = workspace(tmp_path, str(tmp_path / "crm.sqlite"), people(n), (srv_default.host, srv_default.port),
+                    (srv_a.host, srv_a.port))
+    res = one_pass(cfg)
+    assert res.error is None, res
+    for_a = {r["Email"] for r in people(n) if expected_account(cfg, r["Email"]) == "a"}
+    assert {m.rcpt_tos[0] for m in srv_default.messages} == {r["Email"] for r in people(n)} - for_a
+    assert srv_a.handler.data_seen == 1  # one refused, then a was left alone
+    # the refused one waits an hour (it names a: the account that tried it), the others were never tried
+    assert Counter(sends(cfg)[e] for e in for_a) == {("queued", "a"): 1, ("queued", None): len(for_a) - 1}
+    assert res.stats["retry_later"] == 1
+    assert any(p.startswith("account a: ") and "quota" in p for p in res.problems), res.problems
+
+
 def test_the_pass_stops_with_an_error_when_no_account_is_left(tmp_path):
     cfg = workspace(tmp_path, str(tmp_path / "crm.sqlite"), people(10), ("127.0.0.1", closed_port()),
                     ("127.0.0.1", closed_port()))

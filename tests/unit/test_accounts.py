@@ -12,10 +12,15 @@ import pytest
 
 from crm_automation.config import load_config
 from crm_automation.errors import ConfigError
+from crm_automation.inbound import InboundPolicy
 from crm_automation.send.accounts import UNLIMITED_WEIGHT, Router, accounts_of, choose, routing_key
-from crm_automation.store.sends import SendKind, SendRow, SendStatus
+from crm_automation.send.dispatch import rate_block
+from crm_automation.store.claims import Rate
+from crm_automation.store.repo import Store
+from crm_automation.store.sends import Claim, SendKind, SendRow, SendStatus
 from crm_automation.workspace import Workspace
 from tests.fixtures.core import make_workspace
+from tests.unit.test_claims import T0, A, queue, worker
 
 QQ = '''
 [[outbound.accounts]]
@@ -189,8 +194,30 @@ def test_a_pinned_campaign_wins_and_owner_mail_is_hashed_on_the_owner(tmp_path):
 
 def test_the_accounts_addresses_are_our_own_never_new_customers(tmp_path):
     """``new_senders = "add_to_sheet"`` never adds an account's From or login (a bounce copy, a test mail)."""
-    from crm_automation.inbound import InboundPolicy
-
     own = InboundPolicy.of(Workspace.load(config(tmp_path, QQ))).own_addresses
     assert own["sales@qq.com"] == "outbound.accounts[qq].from"
     assert own["sales@example.com"] == "outbound.from"
+
+
+def test_a_send_handed_over_by_the_default_account_no_longer_names_another(log_location):
+    """A 4xx retry (or a requeue) of a send an account tried, now sent by [outbound]'s own: counted there, not there.
+
+    With accounts configured the hand-over clears an account an earlier attempt recorded (``Rate.others``); a
+    workspace without accounts writes nothing more than it did.
+    """
+    store = Store.open(log_location)
+    try:
+        sid, other = queue(store, 2)
+        worker(store, A)
+        store.claim_sends(A, T0, 2)
+        with store.transaction():  # an earlier attempt through account "qq", then a 4xx: queued again
+            store.conn.execute("UPDATE sends SET account = 'qq' WHERE id IN (?, ?)", (sid, other))
+        default = Rate(None, 0, 5, lambda m, d: rate_block(0, 5, m, d), others=True)
+        assert store.mark_sent_and_sending(None, sid, "<m0@x>", T0, A, rate=default) is Claim.SENDING
+        assert store.conn.execute("SELECT account FROM sends WHERE id = ?", (sid,)).fetchone()[0] is None
+        assert store.recent_hand_overs(None, T0).day == 1 and store.recent_hand_overs("qq", T0).day == 0
+        alone = Rate(None, 0, 5, lambda m, d: rate_block(0, 5, m, d))  # no accounts: the row is left as it is
+        assert store.mark_sent_and_sending(None, other, "<m1@x>", T0, A, rate=alone) is Claim.SENDING
+        assert store.conn.execute("SELECT account FROM sends WHERE id = ?", (other,)).fetchone()[0] == "qq"
+    finally:
+        store.close()
