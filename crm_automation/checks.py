@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, NotRequired, TypedDict
 
-from crm_automation.config import Config, MailboxSection, OutboundSection, config_warnings
+from crm_automation.config import AccountSection, Config, MailboxSection, OutboundSection, config_warnings
 from crm_automation.credentials import login_problems
 from crm_automation.errors import ConfigError, CrmError, ServiceError
 from crm_automation.mapping import CAMPAIGNS_FILE
@@ -199,11 +199,13 @@ def _describe(c: CampaignOutlook) -> list[str]:
 def _logins(cfg: Config, checks: list[CheckItem]) -> int:
     """The servers' logins as ``run`` will need them: secrets present, token program installed, CA file loadable."""
     problems: list[str] = []
-    servers: list[tuple[str, MailboxSection | OutboundSection]] = []
+    servers: list[tuple[str, MailboxSection | OutboundSection | AccountSection]] = []
     if cfg.mailbox.source == "imap":
         servers.append(("mailbox", cfg.mailbox))
     if cfg.outbound.transport == "smtp":
-        servers.append(("outbound", cfg.outbound))
+        if cfg.outbound.sends_itself:
+            servers.append(("outbound", cfg.outbound))
+        servers += [(f"outbound.accounts[{a.name}]", a) for a in cfg.outbound.accounts]  # issue #20 part 3
     if not servers:
         return 0
     for section, s in servers:
@@ -309,13 +311,26 @@ def _mailbox(ws: Workspace, checks: list[CheckItem]) -> int:
 
 
 def _connect(ws: Workspace, checks: list[CheckItem]) -> int:
+    """Connect and log in to the mailbox and every SMTP account: one line each (issue #20 part 3)."""
     code = _mailbox(ws, checks) if ws.cfg.mailbox.source != "maildir" else 0
-    try:
-        t = ws.open_transport()
-        t.open()
-        t.close()
-        checks.append(_item("outbound", [], f"{t.name}: connected and logged in"))
-    except CrmError as e:
-        checks.append(_item("outbound", [str(e)], "", e.hint))
-        code = max(code, e.exit_code)
+    ob = ws.cfg.outbound
+    accounts: list[str | None] = [None] if ob.sends_itself else []
+    accounts += [a.name for a in ob.accounts] if ob.transport == "smtp" else []
+    for account in accounts:
+        name = "outbound" if account is None else f"outbound account {account}"
+        try:
+            t = ws.open_transport() if account is None else ws.open_transport(account)
+            t.open()
+            t.close()
+            checks.append(_item(name, [], f"{t.name}: connected and logged in"
+                                + ("" if account is None else f" as {_login_of(ob, account)}")))
+        except CrmError as e:
+            checks.append(_item(name, [str(e)], "", e.hint))
+            code = max(code, e.exit_code)
     return code
+
+
+def _login_of(ob: OutboundSection, account: str) -> str:
+    """The account's login name (or server) for ``check``'s line: which account this line is about."""
+    a = next(x for x in ob.accounts if x.name == account)
+    return f"{a.username or 'no login'} on {a.host}:{a.port or 'default port'}"

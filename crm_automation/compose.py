@@ -58,6 +58,27 @@ class Composed:
 
 
 @dataclass(frozen=True, slots=True)
+class Sender:
+    """Who a message is from: ``[outbound]``'s from/reply_to, or an SMTP account's (issue #20, part 3).
+
+    ``name``/``addr`` are ``from_`` parsed once (templates see them as
+    ``sender.name``/``sender.email``; ``addr`` is also the envelope's ``MAIL
+    FROM``, which QQ Mail, 163 and Exmail require to be the logged-in account).
+    """
+
+    from_: str
+    reply_to: str | None = None
+    name: str = ""
+    addr: str = ""
+
+    @classmethod
+    def of(cls, from_: str, reply_to: str | None) -> Sender:
+        """The sender with its display name and address parsed."""
+        name, addr = parseaddr(from_)
+        return cls(from_, reply_to, name, addr)
+
+
+@dataclass(frozen=True, slots=True)
 class InboundNote:
     """What the owner is told about a customer's message (from its ``email_in`` activity)."""
 
@@ -76,7 +97,8 @@ class Composer:
         self.templates = templates
         # the mapping's name role (issue #18), asked at each use: the worker reloads an edited mapping
         self.name_field = name_field
-        self.from_name, self.from_addr = parseaddr(ob.from_)
+        self.sender = Sender.of(ob.from_, ob.reply_to)  # ``[outbound]``'s own; an account's is passed to build
+        self.from_name, self.from_addr = self.sender.name, self.sender.addr
         self.domain = _id_domain(self.from_addr.rpartition("@")[2])
         self.mailto = _mailto_address(parseaddr(ob.unsubscribe_mailto or ob.from_)[1])
         self.public_url = cfg.serve.public_url  # where tracked links point (issue #19); None: never tracked
@@ -126,22 +148,26 @@ class Composer:
         return ", ".join(parts)
 
     def context(self, view: CustomerView, campaign_id: str, step: int, message_id: str,
-                now: datetime) -> dict[str, Any]:
-        """The names a campaign template sees (SPEC §6)."""
+                now: datetime, sender: Sender | None = None) -> dict[str, Any]:
+        """The names a campaign template sees (SPEC §6); ``sender``: the account's (default ``[outbound]``'s)."""
+        who = sender or self.sender
         return {"customer": {**view.data, "_key": view.key}, "campaign": {"id": campaign_id, "step": step},
-                "sender": {"name": self.from_name, "email": self.from_addr, "from": self.cfg.outbound.from_},
+                "sender": {"name": who.name, "email": who.addr, "from": who.from_},
                 "unsubscribe": self.unsubscribe_link(view.email or "", message_id),
                 "now": now.astimezone(self.cfg.timezone)}
 
     def campaign_email(self, template: str, view: CustomerView, campaign_id: str, step: int, message_id: str,
-                       now: datetime, *, track_clicks: bool = False, track_opens: bool = False) -> Composed:
+                       now: datetime, *, track_clicks: bool = False, track_opens: bool = False,
+                       sender: Sender | None = None) -> Composed:
         """Render and build one campaign email; a DataError names the template or the bad address.
 
         ``track_clicks``/``track_opens``: the campaign's (issue #19); they
         change the message only when ``[serve] public_url`` is set (``check``
-        says so otherwise), and cost nothing when off.
+        says so otherwise), and cost nothing when off. ``sender``: the SMTP
+        account's From and Reply-To (issue #20 part 3; None: ``[outbound]``'s).
         """
-        r = self.templates.render(template, self.context(view, campaign_id, step, message_id, now))
+        who = sender or self.sender
+        r = self.templates.render(template, self.context(view, campaign_id, step, message_id, now, who))
         ob = self.cfg.outbound
         name = value if isinstance(value := self._name(view), str) else None
         if not view.email or "@" not in view.email or any(c in view.email for c in " \r\n<>,;\""):
@@ -152,8 +178,8 @@ class Composer:
             t = track(r.text, r.html, base=self.public_url, token=token_of(message_id), clicks=track_clicks,
                       opens=track_opens, keep=(self.unsubscribe_link(view.email, message_id),))
             sent, links = dataclasses.replace(r, text=t.text, html=t.html), t.links
-        data = build_message(sent, sender=ob.from_, to_name=name, to_email=view.email, message_id=message_id,
-                             now=now, reply_to=ob.reply_to,
+        data = build_message(sent, sender=who.from_, to_name=name, to_email=view.email, message_id=message_id,
+                             now=now, reply_to=who.reply_to,
                              list_unsubscribe=self.list_unsubscribe(view.email, message_id),
                              one_click=bool(ob.unsubscribe_url))
         return Composed(data, r.subject, r.text, links)
@@ -164,7 +190,7 @@ class Composer:
         return view.data.get(field) if field else None
 
     def owner_notification(self, view: CustomerView, note: InboundNote, owner: str, message_id: str,
-                           now: datetime) -> Composed:
+                           now: datetime, sender: Sender | None = None) -> Composed:
         """The owner's note: who wrote, what they newly wrote, and a reply link that keeps the thread."""
         name = self._name(view) or view.key
         reply_link = f"mailto:{view.email}?subject={quote('Re: ' + note.subject)}"
@@ -175,11 +201,12 @@ class Composer:
                "now": now.astimezone(self.cfg.timezone)}
         r = self._notification_templates().render(NOTIFICATION, ctx)
         extra = {"In-Reply-To": note.message_id, "References": note.message_id} if note.message_id else {}
-        data = build_message(r, sender=self.cfg.outbound.from_, to_name=None, to_email=owner, message_id=message_id,
-                             now=now, reply_to=view.email, extra_headers=extra)
+        data = build_message(r, sender=(sender or self.sender).from_, to_name=None, to_email=owner,
+                             message_id=message_id, now=now, reply_to=view.email, extra_headers=extra)
         return Composed(data, r.subject, r.text)
 
-    def owner_digest(self, owner: str, context: Mapping[str, object], message_id: str, now: datetime) -> Composed:
+    def owner_digest(self, owner: str, context: Mapping[str, object], message_id: str, now: datetime,
+                     sender: Sender | None = None) -> Composed:
         """An owner's digest (issue #21): the digest template over its contents, to the owner, marked automatic.
 
         ``Auto-Submitted: auto-generated`` (RFC 3834 §5) and Exchange's
@@ -188,11 +215,12 @@ class Composer:
         turned off by removing ``[digest]``.
         """
         name, templates = self.digest_templates()
-        ctx = {**context, "sender": {"name": self.from_name, "email": self.from_addr, "from": self.cfg.outbound.from_},
+        who = sender or self.sender
+        ctx = {**context, "sender": {"name": who.name, "email": who.addr, "from": who.from_},
                "now": now.astimezone(self.cfg.timezone)}
         r = templates.render(name, ctx)
-        data = build_message(r, sender=self.cfg.outbound.from_, to_name=None, to_email=owner, message_id=message_id,
-                             now=now, reply_to=self.cfg.outbound.reply_to,
+        data = build_message(r, sender=who.from_, to_name=None, to_email=owner, message_id=message_id,
+                             now=now, reply_to=who.reply_to,
                              extra_headers={"Auto-Submitted": "auto-generated", "X-Auto-Response-Suppress": "All"})
         return Composed(data, r.subject, r.text)
 

@@ -217,8 +217,42 @@ class MailboxSection(_ServerSection):
     read_sent: bool = True
 
 
+_ACCOUNT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+DEFAULT_ACCOUNT = "default"  # how reports name ``[outbound]``'s own server (``sends.account`` NULL)
+
+
+class AccountSection(_ServerSection):
+    """One ``[[outbound.accounts]]`` entry: another SMTP account the send pass may use (issue #20, part 3).
+
+    The server keys are ``[outbound]``'s, checked the same way. ``from``
+    defaults to ``outbound.from``, but QQ Mail, 163 and Tencent Exmail refuse
+    a From that is not the logged-in account, so each account usually names
+    its own. ``max_per_minute``/``max_per_day`` are this account's (0: no
+    limit), counted across workers (``sends.account``).
+    """
+
+    name: str
+    from_: str | None = Field(default=None, alias="from")
+    reply_to: str | None = None
+    max_per_minute: int = Field(default=30, ge=0)
+    max_per_day: int = Field(default=1500, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _ACCOUNT_NAME.fullmatch(v):
+            msg = (f"{v!r} is not an account name (expected letters, digits, \"-\", \"_\" and \".\", such as "
+                   "\"qq\" or \"exmail-2\": it is recorded with every send and named in campaigns.toml)")
+            raise ValueError(msg)
+        if v.lower() == DEFAULT_ACCOUNT:
+            msg = (f"{v!r} is reserved: reports call [outbound]'s own server \"default\" (expected another name, "
+                   "such as \"qq\" or \"exmail\")")
+            raise ValueError(msg)
+        return v
+
+
 class OutboundSection(_ServerSection):
-    """``[outbound]``."""
+    """``[outbound]``; ``accounts``: further SMTP accounts (``[[outbound.accounts]]``, issue #20 part 3)."""
 
     transport: Literal["outbox", "smtp"] = "outbox"
     outbox: str = "var/outbox"
@@ -232,6 +266,17 @@ class OutboundSection(_ServerSection):
     sent_folder: str | None = None
     notify_owner: bool = False
     one_per_cycle: bool = True
+    accounts: list[AccountSection] = Field(default_factory=list)
+
+    @property
+    def sends_itself(self) -> bool:
+        """Whether ``[outbound]``'s own server sends: always, unless accounts are listed and ``host`` is left out."""
+        return self.transport != "smtp" or bool(self.host) or not self.accounts
+
+    @property
+    def account_names(self) -> tuple[str, ...]:
+        """The names a campaign may pin (``account`` in campaigns.toml): ``"default"`` for ``[outbound]``'s own."""
+        return ((DEFAULT_ACCOUNT,) if self.sends_itself else ()) + tuple(a.name for a in self.accounts)
 
     @field_validator("send_window")
     @classmethod
@@ -591,7 +636,14 @@ def find_config(explicit: str | os.PathLike[str] | None) -> Path:
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
-    parts = [str(p) for p in loc if not str(p).startswith(("function-", "literal["))]
+    parts: list[str] = []
+    for p in loc:
+        if str(p).startswith(("function-", "literal[")):
+            continue
+        if isinstance(p, int) and parts and parts[-1].endswith("accounts"):
+            parts[-1] += f"[{p}]"  # outbound.accounts[1].port: the entry by its place (its name may be the fault)
+        else:
+            parts.append(str(p))
     out = ".".join(parts)
     return out.replace("from_", "from")
 
@@ -701,12 +753,36 @@ def _cross_checks(p: Path, m: _ConfigModel) -> list[str]:
         if not mb.folders:
             out.append(f"{p}: mailbox.folders is empty (expected at least one folder, e.g. [\"INBOX\"])")
     ob = m.outbound
-    if ob.transport == "smtp":
+    if ob.transport == "smtp" and ob.sends_itself:
         out += _server_checks(p, "outbound", ob)
     from email.utils import parseaddr
 
     if "@" not in parseaddr(ob.from_)[1]:
         out.append(f"{p}: outbound.from is {ob.from_!r} (expected an address like \"Sales <sales@example.com>\")")
+    return out + _account_checks(p, ob)
+
+
+def _account_checks(p: Path, ob: OutboundSection) -> list[str]:
+    """``[[outbound.accounts]]`` (issue #20, part 3): SMTP only, unique names, each a complete server section."""
+    from email.utils import parseaddr
+
+    out: list[str] = []
+    if ob.accounts and ob.transport != "smtp":
+        out.append(f"{p}: outbound.accounts are SMTP accounts, but outbound.transport is {ob.transport!r} "
+                   "(expected transport = \"smtp\", or remove the [[outbound.accounts]] entries)")
+        return out
+    seen: dict[str, int] = {}
+    for i, a in enumerate(ob.accounts):
+        section = f"outbound.accounts[{a.name}]"
+        first = seen.setdefault(a.name.lower(), i)
+        if first != i:
+            out.append(f"{p}: outbound.accounts[{i}] name {a.name!r} is already the name of outbound.accounts"
+                       f"[{first}] (expected a unique name: each send records the account it went through)")
+        out += _server_checks(p, section, a)
+        for key, value in (("from", a.from_), ("reply_to", a.reply_to)):
+            if value is not None and "@" not in parseaddr(value)[1]:
+                out.append(f"{p}: {section}.{key} is {value!r} (expected an address like "
+                           "\"Sales <sales@example.com>\")")
     return out
 
 

@@ -100,9 +100,11 @@ def _own_addresses(ws: Workspace) -> dict[str, str]:
     """Our addresses (outbound from, reply_to, unsubscribe_mailto, the servers' user names) -> the key naming each."""
     ob, mb = ws.cfg.outbound, ws.cfg.mailbox
     out: dict[str, str] = {}
+    accounts = [(f"outbound.accounts[{a.name}].{key}", value) for a in ob.accounts  # issue #20 part 3
+                for key, value in (("from", a.from_), ("reply_to", a.reply_to), ("username", a.username))]
     for label, value in (("outbound.from", ob.from_), ("outbound.reply_to", ob.reply_to),
                          ("outbound.unsubscribe_mailto", ob.unsubscribe_mailto),
-                         ("mailbox.username", mb.username), ("outbound.username", ob.username)):
+                         ("mailbox.username", mb.username), ("outbound.username", ob.username), *accounts):
         addr = parseaddr(value)[1].strip().lower() if value else ""
         if "@" in addr:
             out.setdefault(addr, label)

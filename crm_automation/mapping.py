@@ -103,6 +103,7 @@ class _CampaignModel(_Strict):
     # strict: "yes" or 1 is refused with the type expected, not read as true (issue #19; off is the safe default)
     track_clicks: bool = Field(default=False, strict=True)
     track_opens: bool = Field(default=False, strict=True)
+    account: str | None = Field(default=None, min_length=1)  # issue #20 part 3: the SMTP account it always uses
 
     @field_validator("at")
     @classmethod
@@ -172,6 +173,9 @@ class Campaign:
     # ``[serve] public_url`` (see :mod:`crm_automation.tracking`)
     track_clicks: bool = False
     track_opens: bool = False
+    # issue #20 part 3: ``[[outbound.accounts]]`` name (``"default"``: ``[outbound]``'s own) every send of it goes
+    # through; None: the customer's account by the rule of :mod:`crm_automation.send.accounts`
+    account: str | None = None
 
     def step(self, key: str) -> Step | None:
         """The step known by ``key`` (see :attr:`Step.key`), or None when the campaign no longer has it."""
@@ -758,8 +762,13 @@ def _off_choices(where: str, spec: FieldSpec, values: Sequence[object]) -> list[
             for v in values if str(v) not in spec.choices]
 
 
-def load_campaigns(mappings_dir: Path, mapping: Mapping, tz: ZoneInfo) -> list[Campaign]:
-    """Load and check mappings/campaigns.toml (a missing file means no campaigns)."""
+def load_campaigns(mappings_dir: Path, mapping: Mapping, tz: ZoneInfo,
+                   accounts: Sequence[str] | None = None) -> list[Campaign]:
+    """Load and check mappings/campaigns.toml (a missing file means no campaigns).
+
+    ``accounts``: the SMTP accounts a campaign may pin (``[outbound]
+    account_names``); None: not checked here.
+    """
     path = mappings_dir / CAMPAIGNS_FILE
     if not path.exists():
         return []
@@ -779,13 +788,16 @@ def load_campaigns(mappings_dir: Path, mapping: Mapping, tz: ZoneInfo) -> list[C
         found, at = _campaign_problems(where, c, mapping, tz)
         steps, step_problems = _campaign_steps(where, c)
         problems += found + step_problems
+        if c.account is not None and accounts is not None and c.account not in accounts:
+            problems.append(f"{where}: account = {c.account!r} is not an SMTP account of config.toml (expected one "
+                            f"of {', '.join(repr(a) for a in accounts) or 'none: no [[outbound.accounts]] listed'})")
         out.append(Campaign(
             id=c.id, trigger=Trigger(c.trigger), steps=tuple(steps),
             where={k: tuple(str(x) for x in (v if isinstance(v, list) else [v])) for k, v in c.where.items()},
             stop_on=frozenset(c.stop_on), field=c.field, to=None if c.to is None else str(c.to), at=at,
             include_existing=c.include_existing, enabled=c.enabled,
             skip_if_already_wrote=c.skip_if_already_wrote is not False, renamed_from=c.renamed_from,
-            resend=c.resend, track_clicks=c.track_clicks, track_opens=c.track_opens,
+            resend=c.resend, track_clicks=c.track_clicks, track_opens=c.track_opens, account=c.account,
         ))
     problems += _rename_problems(path, out)
     if problems:

@@ -95,7 +95,7 @@ class Workspace:
             problems += e.problems
         if mapping is not None:
             try:
-                campaigns = load_campaigns(cfg.mappings, mapping, cfg.timezone)
+                campaigns = load_campaigns(cfg.mappings, mapping, cfg.timezone, cfg.outbound.account_names)
             except ConfigError as e:
                 problems += e.problems
         if problems:
@@ -145,7 +145,8 @@ class Workspace:
         elif self.mapping_error is not None:
             return False  # the campaigns are validated once the mapping is fixed (it changes again then)
         try:
-            campaigns = load_campaigns(self.cfg.mappings, self.mapping, self.cfg.timezone)
+            campaigns = load_campaigns(self.cfg.mappings, self.mapping, self.cfg.timezone,
+                                       self.cfg.outbound.account_names)
         except ConfigError as e:
             self.campaigns_error = ConfigError(e.message, problems=e.problems, hint=_RELOAD_HINT)
             log.warning("%s cannot be loaded as it is now; sending waits for the fix: %s", camp_path, e)
@@ -205,12 +206,24 @@ class Workspace:
 
         return ImapSource.from_config(self.cfg)
 
-    def open_transport(self) -> Transport:
-        """The adapter for ``[outbound] transport``."""
-        if self.cfg.outbound.transport == "outbox":
+    def open_transport(self, account: str | None = None) -> Transport:
+        """The adapter for ``[outbound] transport``; ``account``: that ``[[outbound.accounts]]`` entry's server.
+
+        Without ``account``, ``[outbound]``'s own server, or the first listed
+        account's when ``[outbound]`` has none (issue #20 part 3; recovery
+        and the like only ask the transport what it can tell).
+        """
+        ob = self.cfg.outbound
+        if ob.transport == "outbox":
             from crm_automation.transports.outbox import OutboxTransport
 
             return OutboxTransport.from_config(self.cfg)
         from crm_automation.transports.smtp import SmtpTransport
 
-        return SmtpTransport.from_config(self.cfg)
+        if account is None and not ob.sends_itself:
+            account = ob.accounts[0].name
+        server = next((a for a in ob.accounts if a.name == account), None) if account is not None else None
+        if account is not None and server is None:
+            raise ConfigError(f"{self.cfg.path}: no [[outbound.accounts]] entry is named {account!r} "
+                              f"(expected one of {', '.join(ob.account_names)})")
+        return SmtpTransport.from_config(self.cfg, server, f"outbound.accounts[{account}]" if server else "outbound")

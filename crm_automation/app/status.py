@@ -11,6 +11,10 @@ killed one shows as ``dead`` once its heartbeat is older than the timeout (or
 as stopped when the next worker starts).
 
 Liveness is a fact of the present: it is judged by the wall clock, not ``--now``.
+
+Each SMTP account's use of its limits (issue #20 part 3) is counted from the
+log, so it covers every worker: hand-overs in the last 24 hours against
+``max_per_day`` and in the last minute against ``max_per_minute``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import TYPE_CHECKING
 from crm_automation.app.access import reading
 from crm_automation.app.results import JsonObject, utc_text
 from crm_automation.fleet import dead_workers
+from crm_automation.send.accounts import accounts_of
 from crm_automation.store import location
 from crm_automation.workspace import Clock
 
@@ -58,6 +63,30 @@ class WorkerStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountUse:
+    """One SMTP account's hand-overs (all workers, from the log) against its limits (0: no limit)."""
+
+    name: str
+    last_day: int
+    per_day: int
+    last_minute: int
+    per_minute: int
+
+    def to_json(self) -> JsonObject:
+        """``status --json``: one object per account."""
+        return {"account": self.name, "last_24h": self.last_day, "max_per_day": self.per_day,
+                "last_minute": self.last_minute, "max_per_minute": self.per_minute}
+
+    def line(self) -> str:
+        """``status``'s line for the account."""
+        def of(n: int, limit: int) -> str:
+            return f"{n}/{limit}" if limit else f"{n} (no limit)"
+
+        return (f"account {self.name}: {of(self.last_day, self.per_day)} in the last 24 h, "
+                f"{of(self.last_minute, self.per_minute)} in the last minute")
+
+
+@dataclass(frozen=True, slots=True)
 class FleetStatus:
     """The workers alive and recently stopped, as of ``now``."""
 
@@ -65,6 +94,7 @@ class FleetStatus:
     timeout: timedelta
     now: datetime
     workers: tuple[WorkerStatus, ...]
+    accounts: tuple[AccountUse, ...] = ()
 
     def alive(self) -> list[WorkerStatus]:
         """The workers alive now."""
@@ -74,7 +104,7 @@ class FleetStatus:
         """``status --json``."""
         return {"engine": self.engine, "heartbeat_timeout_seconds": int(self.timeout.total_seconds()),
                 "now": utc_text(self.now), "alive": len(self.alive()),
-                "workers": [w.to_json() for w in self.workers]}
+                "workers": [w.to_json() for w in self.workers], "accounts": [a.to_json() for a in self.accounts]}
 
     def lines(self) -> list[str]:
         """``status``'s text: a summary, then one line a worker (alive first; at most :data:`SHOWN_STOPPED` stopped)."""
@@ -90,7 +120,7 @@ class FleetStatus:
             if r.stopped_at is not None:
                 line += f"  stopped {utc_text(r.stopped_at)}"
             out.append(f"{line}  [{r.id}]")
-        return out
+        return out + [a.line() for a in self.accounts]
 
 
 def fleet_status(ws: Workspace, now: datetime | None = None) -> FleetStatus:
@@ -104,7 +134,11 @@ def fleet_status(ws: Workspace, now: datetime | None = None) -> FleetStatus:
         rows = [r for r in rows if r.stopped_at is None or r in stopped[:SHOWN_STOPPED]]
         running = [r for r in rows if r.stopped_at is None]
         dead = set(dead_workers(running, store.unlocked_workers([r.id for r in running]), now, timeout, me=""))
+        uses = []
+        for a in accounts_of(ws.cfg.outbound):
+            seen = store.recent_hand_overs(a.name, now)
+            uses.append(AccountUse(a.label, seen.day, a.per_day, len(seen.minute), a.per_minute))
     engine = "PostgreSQL" if location.is_postgresql(str(ws.cfg.database)) else "SQLite"
     states = tuple(WorkerStatus(r, WorkerState.STOPPED if r.stopped_at is not None else
                                 WorkerState.DEAD if r.id in dead else WorkerState.ALIVE) for r in rows)
-    return FleetStatus(engine, timeout, now, states)
+    return FleetStatus(engine, timeout, now, states, tuple(uses))

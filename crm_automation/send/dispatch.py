@@ -31,6 +31,17 @@ workers, in the same commit that marks a send ``sending`` (:class:`Rate`,
 rule :func:`rate_block`); the count kept in memory only spares a
 ``MAIL FROM`` that the log would refuse.
 
+Several SMTP accounts (issue #20, part 3): each send goes through the
+account :mod:`crm_automation.send.accounts` names (a campaign's pin, else
+weighted rendezvous hashing of the customer), built with that account's
+From and Reply-To, counted against that account's limits (``sends.account``)
+and handed to that account's connection (:mod:`crm_automation.send.lanes`:
+opened at its first send, closed at the pass's end). An account at its
+``max_per_day``, or taken out by a failure about it, leaves its sends
+queued while the others send; one that must wait for ``max_per_minute`` has
+its sends set aside while another may send now. With one account all of
+this is the pass as it was.
+
 Pacing, the send window and the retry delay are pure functions of ``now``
 (:func:`in_window`, :func:`pace_wait`, :func:`retry_at`, :func:`gives_up`);
 waiting goes through one seam, ``wait(seconds) -> stopped``, which is the
@@ -50,9 +61,8 @@ from datetime import datetime, timedelta
 from functools import partial
 from zoneinfo import ZoneInfo
 
-from crm_automation.compose import Composed, Composer
+from crm_automation.compose import Composed, Composer, Sender
 from crm_automation.config import parse_window
-from crm_automation.effects import bounce_effects
 from crm_automation.errors import (
     About,
     ConfigError,
@@ -64,15 +74,17 @@ from crm_automation.errors import (
     TransientSendError,
     UncertainSendError,
 )
-from crm_automation.models import BounceFailure, Kind, Permanence, SendStatus
+from crm_automation.models import SendStatus
 from crm_automation.planner import address_block
+from crm_automation.send.accounts import Router, accounts_of
 from crm_automation.send.kinds import Outgoing, kind_of
+from crm_automation.send.lanes import PARK_MAX, Lane, Lanes
 from crm_automation.send.plan import Ready
+from crm_automation.send.refusals import mailbox_full, refused_recipient
 from crm_automation.stage import StageContext, StageResult
 from crm_automation.store.claims import Rate
 from crm_automation.store.repo import Store
 from crm_automation.store.sends import Claim, Gate, SendRow, Sent
-from crm_automation.transports.base import Transport
 from crm_automation.workspace import Workspace
 
 RETRY_BASE = timedelta(minutes=5)
@@ -137,6 +149,23 @@ def rate_block(per_minute: int, per_day: int, last_minute: int, last_day: int) -
         return f"max_per_day {per_day} reached (rolling 24 hours)"
     if per_minute and last_minute >= per_minute:
         return f"max_per_minute {per_minute} reached"
+    return None
+
+
+def _must_wait(lane: Lane, now: datetime) -> float:
+    """Seconds until the lane's account may hand one more message over by its ``max_per_minute`` (0.0: now)."""
+    return pace_wait(lane.recent, lane.account.per_minute, now)
+
+
+def _unparked(parked: deque[SendRow], lanes: Lanes, now: datetime) -> SendRow | None:
+    """The first send set aside whose account need not wait any more (or sends no more: it is dropped then)."""
+    if not parked:
+        return None
+    for i, s in enumerate(parked):
+        lane = lanes.of(s)
+        if lane.out is not None or lane.day_full or _must_wait(lane, now) <= 0:
+            del parked[i]
+            return s
     return None
 
 
@@ -229,7 +258,7 @@ class Dispatcher:
         self.store = ctx.store
         self.composer = composer
         self.wait = wait  # the clock seam: sleep, or return True when asked to stop
-        self._consecutive_5xx = 0
+        self.accounts = accounts_of(ws.cfg.outbound)  # [outbound]'s own and [[outbound.accounts]] (issue #20)
         # The ``sent`` record of the message just handed over rides in the same commit as the next
         # message's ``sending`` mark: one commit a message instead of two, same exactly-once guarantee.
         self._pending_sent: Sent | None = None
@@ -252,11 +281,11 @@ class Dispatcher:
         if not in_window(now, ob.send_window, tz):
             res.stats["note"] = f"outside send_window {ob.send_window} ({tz.key})"
             return
-        transport = self.ws.open_transport()
-        transport.open()
+        pins = {c.id: c.account for c in self.ws.campaigns if c.account is not None}
+        lanes = Lanes(self.ws, self.store, Router(self.accounts, pins), rate_block, now)
         bar = self.ctx.progress("send", due)
         try:
-            self._hand_over(_Queue(self.store, me, sorted(ready.held)), ready, transport, res, limit, bar.advance)
+            self._hand_over(_Queue(self.store, me, sorted(ready.held)), ready, lanes, res, limit, bar.advance)
         finally:
             self._ahead = None  # prepared for this pass's reading of the log: never carried into the next
             try:
@@ -265,55 +294,83 @@ class Dispatcher:
                 with suppress(CrmError):  # not released: they wait until this worker is found stopped
                     self.store.release_claims(me)
                 bar.close()
-                with suppress(CrmError, OSError):
-                    transport.close()
+                lanes.close()
         res.stats["waiting"] = self.store.count_sends(SendStatus.QUEUED)
 
-    def _hand_over(self, queue: _Queue, ready: Ready, transport: Transport, res: StageResult,
+    def _hand_over(self, queue: _Queue, ready: Ready, lanes: Lanes, res: StageResult,
                    limit: int | None, advance: Callable[[], None]) -> None:
-        """One send after another until the queue, the window, a limit or the stop flag ends the pass."""
+        """One send after another until the queue, the window, the limits or the stop flag ends the pass.
+
+        Several accounts (issue #20 part 3): a send whose account is taken
+        out or at its ``max_per_day`` stays queued and the pass goes on; one
+        whose account must wait for ``max_per_minute`` is set aside while
+        another account may send now, and waited for only when none may.
+        """
         ob = self.ws.cfg.outbound
         tz = self.ws.cfg.timezone
-        rate = Rate(None, ob.max_per_minute, ob.max_per_day, partial(rate_block, ob.max_per_minute, ob.max_per_day))
-        seen = self.store.recent_hand_overs(rate.account, self.ctx.clock.now())
-        recent, day_count = deque(seen.minute), seen.day
         again: SendRow | None = None  # a send the log found over a limit: tried again first
-        while (s := again or queue.next(self.ctx.clock.now())) is not None:
+        parked: deque[SendRow] = deque()  # sends set aside while their account waits for max_per_minute
+        while True:
+            now = self.ctx.clock.now()
+            s, waited = again, again is not None  # waited: not set aside again, its account is waited for
+            if s is None and (s := _unparked(parked, lanes, now)) is None and (s := queue.next(now)) is None:
+                if not parked:
+                    break
+                s, waited = parked.popleft(), True
             if self.ctx.stop.is_set() or (limit is not None and res.stats["sent"] >= limit):
                 break
             now = self.ctx.clock.now()
             if not in_window(now, ob.send_window, tz):
                 res.stats["note"] = f"send_window {ob.send_window} closed during the pass"
                 break
-            if ob.max_per_day and day_count >= ob.max_per_day:
-                res.stats["note"] = f"max_per_day {ob.max_per_day} reached (rolling 24 hours)"
-                break
-            if ob.max_per_minute and not self._pace(recent, ob.max_per_minute):
-                break
+            lane = lanes.of(s)
+            if lane.out is not None or lane.day_full:
+                if lane.out is None:
+                    lanes.note_full(lane, res)
+                if not lanes.any_left():
+                    break
+                again = None
+                continue  # stays queued (claimed until the pass ends): a later pass, or another worker, sends it
+            if lane.account.per_minute and _must_wait(lane, now) > 0:
+                if not waited and len(parked) < PARK_MAX and lanes.other_ready(lane, now, _must_wait):
+                    parked.append(s)
+                    continue
+                if not self._pace(lane.recent, lane.account.per_minute):
+                    break
             if again is None:
                 advance()
             again = None
-            ahead, self._ahead = self._ahead, None
-            p = ahead if ahead is not None and ahead.send_id == s.id else self._prepare(s, ready)
-            if isinstance(p.out, str):
-                self.store.mark_status(s.id, SendStatus.SKIPPED, p.out)
-                res.stats["skipped_now"] += 1
+            if (got := self._one(s, lane, lanes, ready, queue, res)) is None:
                 continue
-            nxt = queue.peek()
-            got = self._deliver(s, transport, res, p, p.out, rate,
-                                None if nxt is None else partial(self._look_ahead, nxt, ready))
             if res.error is not None:
                 break
             if got is Claim.LIMITED:  # another worker took the last slot: count again from the log, then wait
-                again, self._ahead = s, p
-                seen = self.store.recent_hand_overs(rate.account, self.ctx.clock.now())
-                recent, day_count = deque(seen.minute), seen.day
-                if rate_block(ob.max_per_minute, ob.max_per_day, len(recent), day_count) is None and \
-                        self.wait(LIMIT_RECHECK):
+                again = s
+                lane.recount(self.store.recent_hand_overs(lane.rate.account, self.ctx.clock.now()))
+                if rate_block(lane.account.per_minute, lane.account.per_day, len(lane.recent), lane.day) is None \
+                        and self.wait(LIMIT_RECHECK):
                     break
                 continue
-            day_count += 1
-            recent.append(self.ctx.clock.now())
+            lane.counted(self.ctx.clock.now())
+
+    def _one(self, s: SendRow, lane: Lane, lanes: Lanes, ready: Ready, queue: _Queue, res: StageResult
+             ) -> Claim | bool | None:
+        """Prepare (or take the prepared) send and hand it over; None: skipped before any hand-over was tried.
+
+        Returns what the claim's commit did, or False when the transport never asked.
+        """
+        ahead, self._ahead = self._ahead, None
+        p = ahead if ahead is not None and ahead.send_id == s.id else self._prepare(s, ready, lane.account.sender)
+        if isinstance(p.out, str):
+            self.store.mark_status(s.id, SendStatus.SKIPPED, p.out)
+            res.stats["skipped_now"] += 1
+            return None
+        nxt = queue.peek()
+        ahead_of = None if nxt is None else partial(self._look_ahead, nxt, ready, lanes.of(nxt).account.sender)
+        got = self._deliver(s, lane, lanes, res, p, p.out, ahead_of)
+        if got is Claim.LIMITED:
+            self._ahead = p  # the same message goes when the log allows
+        return False if got is None else got
 
     def _flush_sent(self) -> None:
         """Commit the ``sent`` record still held for the last message handed over."""
@@ -332,18 +389,18 @@ class Dispatcher:
             if self.wait(min(max(wait, 0.05), 5.0)):
                 return False
 
-    def _prepare(self, s: SendRow, ready: Ready) -> _Prepared:
-        """The send's message, built (or the error building it), or why it is skipped; writes nothing."""
+    def _prepare(self, s: SendRow, ready: Ready, sender: Sender) -> _Prepared:
+        """The send's message, built for its account's ``sender`` (or the error), or why it is skipped; no writes."""
         out = kind_of(s).prepare(s, ready, self.composer, self.store)
         if isinstance(out, str):
             return _Prepared(s.id, out, "", None)
         message_id = s.message_id or self.composer.message_id()
         try:
-            return _Prepared(s.id, out, message_id, out.build(message_id, self.ctx.clock.now()))
+            return _Prepared(s.id, out, message_id, out.build(message_id, self.ctx.clock.now(), sender))
         except (DataError, ConfigError) as e:
             return _Prepared(s.id, out, message_id, e)
 
-    def _look_ahead(self, s: SendRow, ready: Ready) -> None:
+    def _look_ahead(self, s: SendRow, ready: Ready, sender: Sender) -> None:
         """Prepare the next send while the server decides about this one (the transport's ``meanwhile``).
 
         Pure work (rendering, building the bytes): nothing is written, so a
@@ -353,15 +410,17 @@ class Dispatcher:
         turn, where the error is raised as it always was.
         """
         try:
-            self._ahead = self._prepare(s, ready)
+            self._ahead = self._prepare(s, ready, sender)
         except Exception:  # noqa: BLE001 - see the docstring: raised again at that send's own turn
             self._ahead = None
 
-    def _deliver(self, s: SendRow, transport: Transport, res: StageResult, p: _Prepared, out: Outgoing, rate: Rate,
+    def _deliver(self, s: SendRow, lane: Lane, lanes: Lanes, res: StageResult, p: _Prepared, out: Outgoing,
                  meanwhile: Callable[[], None] | None) -> Claim | None:
         """Mark ``sending`` (committed, as the transport's claim), hand over, record: one send, exactly once.
 
         Returns what the claim's commit did (None: the transport never asked).
+        An error about the account (no connection, login refused, quota, a
+        5xx streak) takes ``lane`` out (:meth:`Lanes.take_out`).
         """
         now = self.ctx.clock.now()
         message_id, composed = p.message_id, p.composed
@@ -371,17 +430,23 @@ class Dispatcher:
             res.stats["failed"] += 1
             res.problems.append(f"send {s.campaign}/{s.step} to {s.customer_key}: {composed}")
             return None
+        try:
+            transport = lanes.transport(lane)
+        except ServiceError as e:  # cannot connect or log in: nothing was tried, the send stays queued
+            lanes.take_out(lane, e, res)
+            return None
         gate = Gate(out.recipient, out.customer, address_block) if out.customer is not None else None
         claim = _Claim(self.store, self._pending_sent, s.id, message_id, now, self.ctx.fleet.worker_id, gate,
-                       composed.links, rate)
+                       composed.links, lane.rate)
         self._pending_sent = None
         try:
-            handed = transport.send(composed.data, sender=self.composer.from_addr, recipients=[out.recipient],
+            handed = transport.send(composed.data, sender=lane.account.sender.addr, recipients=[out.recipient],
                                     message_id=message_id, meanwhile=meanwhile, claim=claim)
         except CrmError as e:
             if claim.failed:
                 raise  # the log could not be written: the pass stops, as when marking came first
-            self._outcome(s, e, now, res)
+            if (stop := self._outcome(s, e, now, res, lane)) is not None:
+                lanes.take_out(lane, stop, res)
             return claim.result
         finally:
             if claim.result is None and not claim.failed:
@@ -390,15 +455,20 @@ class Dispatcher:
             if claim.result is Claim.BLOCKED:  # suppressed since this pass planned (issue #19): recorded skipped
                 res.stats["skipped_now"] += 1
             return claim.result
+        source = self.ws.cfg.outbound.transport if lane.account.name is None else f"smtp:{lane.account.name}"
         self._pending_sent = Sent(s.id, self.ctx.clock.now(), s.customer_key if out.in_timeline else None,
-                                  s.campaign, s.step, message_id,
-                                  composed.subject, composed.text, self.ws.cfg.outbound.transport)
+                                  s.campaign, s.step, message_id, composed.subject, composed.text, source)
         res.stats["sent"] += 1
-        self._consecutive_5xx = 0
+        lane.streak = 0
         return claim.result
 
-    def _outcome(self, s: SendRow, e: CrmError, now: datetime, res: StageResult) -> None:
-        """Map the transport's refusal by what comes next (see ``transports/smtp.py``)."""
+    def _outcome(self, s: SendRow, e: CrmError, now: datetime, res: StageResult, lane: Lane) -> CrmError | None:
+        """Map the transport's refusal by what comes next (see ``transports/smtp.py``); the account's error, or None.
+
+        A returned error is about the account, not this message (quota, no
+        connection, a 5xx streak about our sender): the account sends no more
+        this pass.
+        """
         if isinstance(e, UncertainSendError):
             self.store.mark_status(s.id, SendStatus.UNCERTAIN, str(e))
             res.stats["uncertain"] += 1
@@ -407,17 +477,18 @@ class Dispatcher:
             # The provider refuses more mail for now; failing the queue would be wrong (issue #5): wait.
             self.store.mark_retry(s.id, str(e), now + QUOTA_WAIT)
             res.stats["retry_later"] += 1
-            res.error = e
+            return e
         elif isinstance(e, TransientSendError):
             self._deferred(s, e, now, res)
         elif isinstance(e, PermanentSendError):
-            self._refused(s, e, now, res)
+            return self._refused(s, e, now, res, lane)
         elif isinstance(e, ServiceError):
             # Raised only when the message was not handed over (no connection): safe to queue again.
             self.store.mark_retry(s.id, str(e), now)
-            res.error = e
+            return e
         else:
             raise e
+        return None
 
     def _deferred(self, s: SendRow, e: TransientSendError, now: datetime, res: StageResult) -> None:
         """A 4xx answer: this send waits (a growing delay); one recipient's 4xx gives up after a while.
@@ -437,7 +508,8 @@ class Dispatcher:
         self.store.mark_retry(s.id, str(e), retry_at(now, s.attempts))
         res.stats["retry_later"] += 1
 
-    def _refused(self, s: SendRow, e: PermanentSendError, now: datetime, res: StageResult) -> None:
+    def _refused(self, s: SendRow, e: PermanentSendError, now: datetime, res: StageResult, lane: Lane
+                 ) -> ServiceError | None:
         """The send fails; an unknown recipient is a hard bounce, a full mailbox a soft one; a streak stops the pass.
 
         Only answers about our account, sender or connection (``About.SENDER``)
@@ -447,67 +519,25 @@ class Dispatcher:
         res.stats["failed"] += 1
         res.problems.append(f"send {s.campaign}/{s.step} to {s.customer_key}: {e}")
         if e.about is About.RECIPIENT_UNKNOWN and e.recipient is not None:
-            self._refused_recipient(s, e, e.recipient, now)
+            refused_recipient(self.store, s, e, e.recipient, now)
             res.stats["bounced_at_rcpt"] = res.stats.get("bounced_at_rcpt", 0) + 1
-            return
+            return None
         if e.about is About.MAILBOX_FULL and e.recipient is not None:
-            self._mailbox_full(s, e, e.recipient, now)
+            mailbox_full(self.store, self.ws.cfg.inbound, s, e, e.recipient, now)
             res.stats["mailbox_full"] = res.stats.get("mailbox_full", 0) + 1
-            return
+            return None
         self.store.mark_failed(s.id, str(e), now, customer_key=s.customer_key, campaign=s.campaign, step=s.step)
         if e.about is not About.SENDER:
-            return
-        self._consecutive_5xx += 1
-        if self._consecutive_5xx >= MAX_CONSECUTIVE_5XX:
-            res.error = ServiceError(
-                f"{self._consecutive_5xx} messages in a row were refused with a 5xx answer; stopping this pass "
+            return None
+        lane.streak += 1
+        if lane.streak < MAX_CONSECUTIVE_5XX:
+            return None
+        if len(self.accounts) == 1:
+            return ServiceError(
+                f"{lane.streak} messages in a row were refused with a 5xx answer; stopping this pass "
                 f"so the rest of the queue is not failed too (last: {e})",
                 hint="check [outbound] from and the account; `crm-automation requeue --all-failed` resends")
-
-    def _refused_recipient(self, s: SendRow, e: PermanentSendError, address: str, now: datetime) -> None:
-        """The send failed, and the address is a hard bounce: activity, suppression, email_status, one commit."""
-        with self.store.transaction():
-            self.store.mark_failed(s.id, str(e), now, customer_key=s.customer_key, campaign=s.campaign, step=s.step)
-            self.store.add_activity(
-                kind=Kind.BOUNCE.value, occurred_at=now, now=now, customer_key=s.customer_key,
-                subject=f"refused at RCPT: {e.code} {e.enhanced or ''}".strip(), campaign=s.campaign, step=s.step,
-                message_id=s.message_id, source="smtp",
-                details={"recipient": address.lower(), "permanence": Permanence.HARD.value, "permanent": True,
-                         "status": e.enhanced or str(e.code or ""), "evidence": f"refused at RCPT: {e}",
-                         "recipients": [address.lower()], "original_message_id": s.message_id})
-            for eff in bounce_effects(BounceFailure(address, Permanence.HARD), soft_count=0, soft_limit=0):
-                self.store.suppress(eff.email, eff.reason, f"refused at RCPT for {s.message_id}", now)
-                if eff.status:
-                    self.store.set_email_status(s.customer_key, eff.status)
-
-    def _mailbox_full(self, s: SendRow, e: PermanentSendError, address: str, now: datetime) -> None:
-        """The send failed, and that mailbox is full: a soft bounce, scored as a fetched one is, in one commit.
-
-        Issue #17: ``552 5.2.2`` for one recipient is that mailbox, not our
-        sending quota. Logged like an inbound soft bounce (``permanence``
-        soft, ``original_message_id`` this send's), so it stops the campaign's
-        sequence (planner ``History.lost``) and counts in ``[inbound]
-        soft_bounce_limit`` / ``soft_bounce_days`` (:func:`effects.bounce_effects`).
-        """
-        addr = address.lower()
-        policy = self.ws.cfg.inbound
-        status = e.enhanced or str(e.code or "")
-        with self.store.transaction():
-            self.store.mark_failed(s.id, str(e), now, customer_key=s.customer_key, campaign=s.campaign, step=s.step)
-            self.store.add_activity(
-                kind=Kind.BOUNCE.value, occurred_at=now, now=now, customer_key=s.customer_key,
-                subject=f"mailbox full at send: {e.code} {e.enhanced or ''}".strip(), campaign=s.campaign,
-                step=s.step, message_id=s.message_id, source="smtp",
-                details={"recipient": addr, "permanence": Permanence.SOFT.value, "permanent": False,
-                         "status": status, "evidence": f"mailbox full: {e}", "recipients": [addr],
-                         "original_message_id": s.message_id})
-            if not policy.soft_bounce_limit:
-                return
-            n = self.store.soft_bounce_count(addr, s.customer_key, now - timedelta(days=policy.soft_bounce_days))
-            for eff in bounce_effects(BounceFailure(addr, Permanence.SOFT, status), soft_count=n,
-                                      soft_limit=policy.soft_bounce_limit):
-                self.store.suppress(eff.email, eff.reason,
-                                    f"{n} soft bounces within {policy.soft_bounce_days} days (last {s.message_id})",
-                                    now)
-                if eff.status:
-                    self.store.set_email_status(s.customer_key, eff.status)
+        return ServiceError(
+            f"account {lane.account.label}: {lane.streak} messages in a row were refused with a 5xx answer "
+            f"about the sender; this account sends no more in this pass (last: {e})",
+            hint="check this account's from and login; `crm-automation requeue --all-failed` resends")

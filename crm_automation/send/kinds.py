@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from crm_automation.compose import Composed, Composer, InboundNote
+from crm_automation.compose import Composed, Composer, InboundNote, Sender
 from crm_automation.send.plan import Ready
 from crm_automation.store.repo import Store
 from crm_automation.store.sends import SendKind, SendRow
@@ -50,7 +50,7 @@ class Outgoing:
     """
 
     recipient: str
-    build: Callable[[str, datetime], Composed]
+    build: Callable[[str, datetime, Sender | None], Composed]  # (Message-ID, now, the account's sender)
     customer: str | None = None
     in_timeline: bool = True  # False: its ``email_out`` has no customer (a digest is no contact, issue #21)
 
@@ -75,8 +75,9 @@ class CampaignStep:
         template, number, campaign = step.template, step.number, s.campaign
         camp = ready.campaigns[campaign]  # recheck found it
         clicks, opens = camp.track_clicks, camp.track_opens
-        return Outgoing(view.email or "", lambda mid, now: composer.campaign_email(
-            template, view, campaign, number, mid, now, track_clicks=clicks, track_opens=opens), s.customer_key)
+        return Outgoing(view.email or "", lambda mid, now, sender: composer.campaign_email(
+            template, view, campaign, number, mid, now, track_clicks=clicks, track_opens=opens, sender=sender),
+            s.customer_key)
 
 
 class OwnerNotification:
@@ -90,11 +91,11 @@ class OwnerNotification:
         activity_id = int(s.step_id) if s.step_id is not None else s.step  # its key: the activity it forwards
         owner = s.email or ""
 
-        def build(message_id: str, now: datetime) -> Composed:
+        def build(message_id: str, now: datetime, sender: Sender | None) -> Composed:
             a = store.activity(activity_id)
             note = (InboundNote(subject=a.subject or "", body=a.body or "", message_id=a.message_id) if a is not None
                     else InboundNote(subject="", body="", message_id=None))
-            return composer.owner_notification(view, note, owner, message_id, now)
+            return composer.owner_notification(view, note, owner, message_id, now, sender)
 
         return Outgoing(owner, build)
 
@@ -116,8 +117,8 @@ class OwnerDigest:
         if content is None:
             return "digest contents were not read by this pass"
         owner = s.email or s.customer_key
-        return Outgoing(owner, lambda mid, now: composer.owner_digest(owner, content.context(), mid, now),
-                        s.customer_key, in_timeline=False)
+        return Outgoing(owner, lambda mid, now, sender: composer.owner_digest(
+            owner, content.context(), mid, now, sender), s.customer_key, in_timeline=False)
 
 
 KINDS: dict[SendKind, MessageKind] = {

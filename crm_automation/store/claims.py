@@ -78,6 +78,10 @@ class Rate:
     per_minute: int
     per_day: int
     rule: Callable[[int, int], str | None]
+    # Several accounts are configured (issue #20 part 3): a hand-over through ``[outbound]``'s own (account None)
+    # clears an account an earlier attempt of the same send recorded (a 4xx retry, a requeue), so the row names the
+    # account that really sent it and is counted against that account's limits. False: nothing more is written.
+    others: bool = False
 
     @property
     def counted(self) -> bool:
@@ -209,6 +213,8 @@ class ClaimLog(Connection):
                 return Claim.NOT_QUEUED
             if rate is not None and rate.account is not None:
                 self.conn.execute("UPDATE sends SET account = ? WHERE id = ?", (rate.account, send_id))
+            elif rate is not None and rate.others:
+                self.conn.execute("UPDATE sends SET account = NULL WHERE id = ? AND account IS NOT NULL", (send_id,))
             if links:
                 insert_links(self.conn, send_id, links)
             return Claim.SENDING

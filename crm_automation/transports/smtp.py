@@ -65,7 +65,7 @@ from crm_automation.errors import (
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from crm_automation.config import Config
+    from crm_automation.config import AccountSection, Config
 
 log = logging.getLogger(__name__)
 
@@ -287,17 +287,18 @@ class SmtpTransport(SmtpConnection):
     name = "smtp"
 
     @classmethod
-    def from_config(cls, cfg: Config) -> SmtpTransport:
-        """Build the transport from ``[outbound]``; secrets are read at connect time, not here."""
-        ob = cfg.outbound
+    def from_config(cls, cfg: Config, server: AccountSection | None = None, section: str = "outbound"
+                    ) -> SmtpTransport:
+        """Build the transport from ``[outbound]`` or an account (``server``, issue #20); secrets at connect time."""
+        ob = server if server is not None else cfg.outbound
         if not ob.host:
-            raise ConfigError(f"{cfg.path}: outbound.host is required when outbound.transport = \"smtp\"")
+            raise ConfigError(f"{cfg.path}: {section}.host is required when outbound.transport = \"smtp\"")
         ca_file = str(cfg.resolve(ob.ca_file)) if ob.ca_file else None
         return cls(
             ob.host,
             ob.port,
             security=ob.security,
-            credentials=lambda: load_credentials("outbound", ob),
+            credentials=lambda: load_credentials(section, ob),
             ca_file=ca_file,
             timeout=ob.timeout,
             allow_insecure=ob.allow_insecure,
