@@ -352,12 +352,18 @@ def _hung_up(conn: psycopg.Connection[TupleRow]) -> bool:
     would have made it do.
     """
     try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    except (OSError, ValueError, psycopg.Error):
+        fd = conn.fileno()
+    except psycopg.Error:
         return True
+    if hasattr(select, "poll"):  # no limit on the descriptor's number (select's is 1024)
+        waiting = select.poll()
+        waiting.register(fd, select.POLLIN)
+        readable = bool(waiting.poll(0))
+    else:  # pragma: no cover - Windows
+        readable = bool(select.select([fd], [], [], 0)[0])
     if readable:
         conn.close()
-    return bool(readable)
+    return readable
 
 
 @lru_cache(maxsize=1024)
