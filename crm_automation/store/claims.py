@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from crm_automation.store.connection import Connection, iso, parse_iso
+from crm_automation.store.connection import Connection, Driver, Rows, iso, parse_iso
 from crm_automation.store.sends import _SEND_COLS, Claim, Gate, SendRow, Sent, _send, write_sent
 from crm_automation.store.tracking import insert_links
 
@@ -116,7 +116,7 @@ class ClaimLog(Connection):
         """
         args: dict[str, object] = {"me": me, "now": iso(now), "n": n, "after": after}
         sql = _CLAIM.format(held=_held(held, args), lock=self.dialect.skip_locked)
-        with self.transaction():
+        with self.transaction(pipelined=True):  # PostgreSQL: BEGIN and the claim in one round trip, COMMIT in one
             rows = self.conn.execute(sql, args).fetchall()
         return sorted((_send(*r) for r in rows), key=lambda s: s.id)
 
@@ -155,23 +155,12 @@ class ClaimLog(Connection):
         (issue #20): a row another worker claimed, or already marked, is not
         changed. The send pass calls it inside its own transaction, with the
         previous message's ``sent`` record: one commit a message (issue #5).
-        Atomic by itself, so no savepoint on this hot path: of its two
-        statements at most one changes the row (the second only when the
-        Message-ID differs from the one queued, or none was). ``holder``
-        stays on the ``sending`` row: recovery leaves a live holder's alone.
+        Atomic by itself, so no savepoint on this hot path (see
+        :func:`_mark_sending`). ``holder`` stays on the ``sending`` row:
+        recovery leaves a live holder's alone.
         """
-        # The Message-ID was chosen when the send was queued: left out of the SET when it is the same, so the
-        # index on it is not rewritten (a random leaf page, a WAL page of every commit, issue #18).
-        cur = self.conn.execute(
-            "UPDATE sends SET status = 'sending', attempts = attempts + 1, next_attempt_at = ? "
-            "WHERE id = ? AND status = 'queued' AND holder = ? AND message_id = ?",
-            (iso(now), send_id, holder, message_id))
-        if cur.rowcount == 1:
-            return True
-        cur = self.conn.execute(
-            "UPDATE sends SET status = 'sending', message_id = ?, attempts = attempts + 1, next_attempt_at = ? "
-            "WHERE id = ? AND status = 'queued' AND holder = ?", (message_id, iso(now), send_id, holder))
-        return cur.rowcount == 1
+        same, other = _mark_sending(self.conn, send_id, message_id, now, holder, None)
+        return same.rowcount + other.rowcount == 1
 
     def mark_sent_and_sending(self, sent: Sent | None, send_id: int, message_id: str, now: datetime, holder: str,
                               gate: Gate | None = None, *, links: Sequence[str] = (), rate: Rate | None = None
@@ -191,36 +180,105 @@ class ClaimLog(Connection):
         counted here, under the rate lock (issue #20): a send over a limit
         stays queued and claimed (:attr:`Claim.LIMITED`). ``links``: the next
         message's tracked links (issue #19), recorded with its ``sending`` mark.
+
+        Pipelined (issue #20, PostgreSQL one worker within 1.5x of SQLite):
+        the writes whose answers nothing waits for (the rate lock, the
+        ``sent`` record) go with the reads the rule needs (the gate's row,
+        the counts), answered together: one round trip; the mark (or the
+        skip) and the commit: a second. The mark's row count is read after
+        the commit was answered, so ``SENDING`` is only ever returned for a
+        mark already durable. Links are written only where the mark went
+        through, so with links the mark's answer is waited for first (a
+        third round trip, for messages with tracked links only).
         """
-        with self.transaction():
+        counts: tuple[Rows | None, Rows | None] | None = None
+        changed: tuple[Rows, ...] = ()
+        result = Claim.SENDING
+        with self.transaction(pipelined=True):
             if rate is not None and rate.counted and (lock := self.dialect.rate_lock) is not None:
                 self.conn.execute(lock, (rate.account or "",))  # before any row of this transaction is written
             if sent is not None:
                 write_sent(self.conn, sent)
+            if rate is not None and rate.counted:
+                counts = self._counts(rate, now)
+            why = None
             if gate is not None:
                 suppressed, status = self.conn.execute(
                     "SELECT EXISTS (SELECT 1 FROM suppressions WHERE email = ?), "
                     "(SELECT email_status FROM customers WHERE key = ?)",
                     (gate.email.strip().lower(), gate.customer_key)).fetchone()
                 why = gate.rule(bool(suppressed), status)
-                if why is not None:
-                    cur = self.conn.execute("UPDATE sends SET status = 'skipped', error = ? WHERE id = ? AND "
-                                            "status = 'queued'", (why, send_id))
-                    return Claim.BLOCKED if cur.rowcount == 1 else Claim.NOT_QUEUED
-            if rate is not None and rate.counted and self._over_limit(rate, now):
-                return Claim.LIMITED
-            if not self.mark_sending(send_id, message_id, now, holder):
-                return Claim.NOT_QUEUED
-            if rate is not None and rate.account is not None:
-                self.conn.execute("UPDATE sends SET account = ? WHERE id = ?", (rate.account, send_id))
-            elif rate is not None and rate.others:
-                self.conn.execute("UPDATE sends SET account = NULL WHERE id = ? AND account IS NOT NULL", (send_id,))
-            if links:
-                insert_links(self.conn, send_id, links)
-            return Claim.SENDING
+            if why is not None:
+                changed = (self.conn.execute("UPDATE sends SET status = 'skipped', error = ? WHERE id = ? AND "
+                                             "status = 'queued'", (why, send_id)),)
+                result = Claim.BLOCKED
+            elif rate is not None and counts is not None and _over(rate, counts):
+                result = Claim.LIMITED
+            else:
+                changed = _mark_sending(self.conn, send_id, message_id, now, holder,
+                                        rate.account if rate is not None else None,
+                                        set_account=rate is not None and (rate.account is not None or rate.others),
+                                        returning=bool(links))
+                if links:  # only with the mark: its answer is waited for here (a round trip, links only)
+                    if sum(len(c.fetchall()) for c in changed) != 1:
+                        return Claim.NOT_QUEUED
+                    insert_links(self.conn, send_id, links)
+                    changed = ()
+        if changed and sum(c.rowcount for c in changed) != 1:
+            return Claim.NOT_QUEUED
+        return result
 
-    def _over_limit(self, rate: Rate, now: datetime) -> bool:
-        """Whether ``rate``'s rule refuses one more hand-over now (counted in the caller's transaction)."""
-        minute = self._count(_MINUTE, now - timedelta(minutes=1), rate.account) if rate.per_minute else 0
-        day = self._count(_DAY, now - timedelta(days=1), rate.account) if rate.per_day else 0
-        return rate.rule(minute, day) is not None
+    def _counts(self, rate: Rate, now: datetime) -> tuple[Rows | None, Rows | None]:
+        """The account's hand-overs in the last minute and day (None: that limit is not set), read by :func:`_over`.
+
+        Sent at once, read later: on PostgreSQL they ride with the gate's read.
+        """
+        args = {"account": rate.account}
+        minute = self.conn.execute(_MINUTE[rate.account is None], {**args, "since": iso(now - timedelta(minutes=1))}
+                                   ) if rate.per_minute else None
+        day = self.conn.execute(_DAY[rate.account is None], {**args, "since": iso(now - timedelta(days=1))}
+                                ) if rate.per_day else None
+        return minute, day
+
+
+def _over(rate: Rate, counts: tuple[Rows | None, Rows | None]) -> bool:
+    """Whether ``rate``'s rule refuses one more hand-over, given the counts :meth:`ClaimLog._counts` sent."""
+    minute, day = (0 if c is None else int(c.fetchone()[0] or 0) for c in counts)
+    return rate.rule(minute, day) is not None
+
+
+def _mark_sending(conn: Driver, send_id: int, message_id: str, now: datetime, holder: str, account: str | None,
+                  *, set_account: bool = False, returning: bool = False) -> tuple[Rows, Rows]:
+    """Queued and claimed by ``holder`` -> sending; the two statements' answers (their row counts sum to 0 or 1).
+
+    ``account``: the SMTP account it goes through (``sends.account``; None:
+    ``[outbound]``'s own), written by the mark itself when ``set_account``
+    (several accounts are configured, issue #20 part 3: a hand-over through
+    ``[outbound]``'s own then clears an account an earlier attempt recorded,
+    so the row is counted against the account that really sent it); else
+    the column is left as it is.
+    ``returning``: each hands back the row's id when it marked it, for a
+    caller that must know before its next statement (rows can be waited
+    for inside a pipeline; a row count only after it; SQLite wants a
+    ``RETURNING`` statement's rows read before the ``COMMIT``).
+
+    The Message-ID was chosen when the send was queued: left out of the SET
+    when it is the same, so the index on it is not rewritten (a random leaf
+    page, a WAL page of every commit, issue #18); the second statement sets
+    it where it differs (or none was queued). Their conditions exclude each
+    other, so both are sent without waiting for the first one's answer
+    (issue #20: one round trip on PostgreSQL); on SQLite the second is a
+    primary-key look-up that finds nothing.
+    """
+    at = iso(now)
+    tail = " RETURNING id" if returning else ""
+    same = conn.execute(
+        "UPDATE sends SET status = 'sending', attempts = attempts + 1, next_attempt_at = ?, "
+        "account = CASE WHEN ? THEN ? ELSE account END WHERE id = ? AND status = 'queued' AND holder = ? "
+        "AND message_id = ?" + tail, (at, set_account, account, send_id, holder, message_id))
+    other = conn.execute(
+        "UPDATE sends SET status = 'sending', message_id = ?, attempts = attempts + 1, next_attempt_at = ?, "
+        "account = CASE WHEN ? THEN ? ELSE account END WHERE id = ? AND status = 'queued' AND holder = ? "
+        "AND (message_id IS NULL OR message_id <> ?)" + tail,
+        (message_id, at, set_account, account, send_id, holder, message_id))
+    return same, other

@@ -11,7 +11,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, Self
@@ -183,6 +183,19 @@ class Driver(Protocol):
         """Inside, a statement that would wait for another transaction's lock raises LogBusyError at once."""
         ...
 
+    def pipeline(self) -> AbstractContextManager[None]:
+        """Inside, a statement may go to the server before the answer to the last one came back.
+
+        For a hot unit (:meth:`Connection.transaction` with ``pipelined``):
+        an answer is waited for only where rows are read and at the block's
+        end (a ``rowcount`` is read after the block), so a failure may
+        surface at a later read or at the end rather than at its statement.
+        SQLite runs in our process: nothing to wait for, a no-op. PostgreSQL:
+        psycopg's pipeline mode, the block one implicit transaction
+        (:attr:`Dialect.pipeline_is_transaction`; issue #20).
+        """
+        ...
+
     def close(self) -> None:
         """Close the connection."""
         ...
@@ -267,6 +280,10 @@ class Guarded:
             yield
         finally:
             self.poll = poll
+
+    def pipeline(self) -> AbstractContextManager[None]:
+        """:meth:`Driver.pipeline`: SQLite answers each statement in our process, so there is nothing to overlap."""
+        return nullcontext()
 
     @property
     def raw(self) -> sqlite3.Connection:
@@ -428,7 +445,7 @@ class Connection:
                                   "value = excluded.value", (key, value))
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, *, pipelined: bool = False) -> Iterator[None]:
         """One atomic unit: everything inside commits together or not at all.
 
         Outermost: ``BEGIN IMMEDIATE`` ... ``COMMIT`` (the write lock is taken
@@ -436,7 +453,23 @@ class Connection:
         Inside another transaction: a ``SAVEPOINT``, released on success and
         rolled back alone on an exception, so a writer that is atomic on its
         own stays atomic inside a caller's larger unit and costs no commit.
+
+        ``pipelined`` (the send loop's units, issue #20): the outermost unit
+        runs in the driver's :meth:`~Driver.pipeline`: on PostgreSQL its
+        statements travel together, answered where the unit reads rows and
+        at its end, where the commit is waited for before the block is left
+        (a ``sending`` mark is durable before the hand-over). Only for a
+        unit that reads rows where it needs them and row counts after the
+        block: an error surfaces at the next read or at the end, not at the
+        statement that caused it, and nothing of the unit is kept. No
+        nested ``transaction()`` inside (PostgreSQL has no savepoint in a
+        pipeline's implicit transaction). A session found dead meanwhile is
+        not reconnected inside the unit: it fails whole (ServiceError); the
+        next unit connects again.
         """
+        if pipelined and not self.conn.in_transaction:
+            yield from self._pipelined()
+            return
         if self.conn.in_transaction:
             # Named by depth, not by a running count: the names repeat, so each statement's text does too, and
             # the driver's statement cache (sqlite3 keeps 128 prepared; PostgreSQL's translation cache) keeps
@@ -468,6 +501,26 @@ class Connection:
         except CrmError:  # disk full and the like: nothing of this unit is kept
             with suppress(sqlite3.Error, CrmError):
                 self.conn.execute("ROLLBACK")
+            raise
+
+    def _pipelined(self) -> Iterator[None]:
+        """The outermost unit of :meth:`transaction` in the driver's pipeline (see there).
+
+        Where the pipeline is a transaction by itself (PostgreSQL), no
+        ``BEGIN``/``COMMIT`` is sent: two statements a message fewer.
+        """
+        own = not self.dialect.pipeline_is_transaction
+        try:
+            with self.conn.pipeline():
+                if own:
+                    self.conn.execute(self.dialect.begin)
+                yield
+                if own:
+                    self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:  # the pipeline has ended: this ROLLBACK is answered on its own
+                with suppress(sqlite3.Error, CrmError):
+                    self.conn.execute("ROLLBACK")
             raise
 
     @contextmanager

@@ -88,6 +88,10 @@ row locks for a claim (claims)      :attr:`Dialect.skip_locked` (``FOR UPDATE
                                     SKIP LOCKED``; SQLite: its write lock)
 a lock on the rate's count          :attr:`Dialect.rate_lock` (an advisory
 (claims)                            transaction lock; SQLite: its write lock)
+a pipelined unit's transaction     :attr:`Dialect.pipeline_is_transaction`
+(claims: the send loop's commit)    (PostgreSQL: the pipeline's implicit
+                                    transaction, no ``BEGIN``/``COMMIT``;
+                                    SQLite: ``BEGIN IMMEDIATE``/``COMMIT``)
 ``PRAGMA`` (connection set-up,      per engine in its connection module;
 ``user_version``)                   PostgreSQL's version is the count of
                                     ``_migrations``
@@ -166,6 +170,11 @@ class Dialect:
     name: str  # "sqlite" | "postgresql": what ``check`` reports as the backend
     begin: str  # the statement opening a write transaction
     translate: Callable[[str], str]  # a statement as written in the store -> as the driver takes it
+    # Whether the driver's pipeline block (Driver.pipeline) is by itself one transaction, so a pipelined unit
+    # sends no BEGIN/COMMIT (issue #20). PostgreSQL: the statements between two Syncs of the extended protocol
+    # run as one implicit transaction, committed at the Sync if all succeeded, rolled back otherwise
+    # (PostgreSQL's docs, "Message Flow: Pipelining"). SQLite has no such thing: BEGIN IMMEDIATE ... COMMIT.
+    pipeline_is_transaction: bool = False
 
     def sql(self, text: str) -> str:
         """``text`` as this engine's driver takes it (cached per text; SQLite: unchanged)."""
@@ -310,4 +319,4 @@ class Dialect:
 
 
 SQLITE = Dialect("sqlite", "BEGIN IMMEDIATE", _same)
-POSTGRESQL = Dialect("postgresql", "BEGIN", to_pyformat)
+POSTGRESQL = Dialect("postgresql", "BEGIN", to_pyformat, pipeline_is_transaction=True)

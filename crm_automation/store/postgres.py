@@ -32,9 +32,11 @@ types, identity columns and schema 10's triggers in PL/pgSQL.
 
 from __future__ import annotations
 
+import select
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import psycopg
@@ -87,7 +89,7 @@ class PgGuarded:
     parameters are always passed, so psycopg reads ``%%`` as ``%``.
     """
 
-    __slots__ = ("_c", "_not_waiting", "_open", "_reconnect", "path", "trace")
+    __slots__ = ("_c", "_not_waiting", "_open", "_pipe", "_reconnect", "path", "trace")
     dialect = POSTGRESQL
 
     def __init__(self, conn: psycopg.Connection[TupleRow], path: str,
@@ -102,14 +104,21 @@ class PgGuarded:
         # it, as they do with sqlite3's set_trace_callback (psycopg has no such hook).
         self.trace: Callable[[str], object] | None = None
         self._not_waiting = False  # inside not_waiting(): lock_timeout is 1 ms
+        self._pipe: psycopg.Pipeline | None = None  # inside pipeline(): psycopg's pipeline of this connection
 
-    def execute(self, sql: str, args: Params = ()) -> psycopg.Cursor[TupleRow]:
-        """Run one statement; a lost server becomes a :class:`ServiceError` naming the log (password hidden)."""
+    def execute(self, sql: str, args: Params = ()) -> psycopg.Cursor[TupleRow] | Pending:
+        """Run one statement; a lost server becomes a :class:`ServiceError` naming the log (password hidden).
+
+        Inside :meth:`pipeline` the statement is only sent: its answer is
+        read when the caller reads it (:class:`Pending`).
+        """
         if self.trace is not None:
             self.trace(sql)
+        text = _text(sql)
+        if self._pipe is not None:
+            return self._send(sql, text, args)
         if self._c.closed:
             self._again(sql)
-        text = POSTGRESQL.sql(sql).encode()
         try:
             cur = self._c.execute(text, args)
         except psycopg.OperationalError as e:
@@ -129,6 +138,71 @@ class PgGuarded:
         elif sql in ("COMMIT", "ROLLBACK"):
             self._open = False
         return cur
+
+    def _send(self, sql: str, text: bytes, args: Params) -> Pending:
+        """A statement of a pipelined unit: sent, its answer left to the reader (never reconnected: see pipeline)."""
+        try:
+            cur = self._c.execute(text, args)
+        except psycopg.OperationalError as e:
+            raise server_error(self.path, e) from None
+        if sql == "BEGIN":
+            self._open = True
+        elif sql in ("COMMIT", "ROLLBACK"):
+            self._open = False
+        return Pending(cur, self)
+
+    @contextmanager
+    def pipeline(self) -> Iterator[None]:
+        """:meth:`~crm_automation.store.connection.Driver.pipeline`: psycopg's pipeline mode (issue #20).
+
+        Why: on loopback each answer costs a round trip and two context
+        switches, as much as a small statement itself; the send loop's unit
+        was six statements, six waits. Inside, statements are sent at once
+        and answered in order; a read of rows (:class:`Pending`) waits for
+        the answers up to its statement (a Flush, which ends nothing), the
+        block's end for all of them (a Sync).
+
+        The block is one transaction with no ``BEGIN``: the statements
+        before a Sync run as one implicit transaction, which the Sync commits
+        if every one succeeded; after a failed one the server skips the rest
+        and rolls back (PostgreSQL's docs, "Message Flow: Pipelining"). The
+        Sync is sent only when the block ends without an exception; on any
+        exception (a server error read inside, a bug, Ctrl-C) the session is
+        closed instead, so the server rolls back whatever was sent and no
+        half unit can be committed by a Sync; the next unit connects again.
+
+        Entered only at a unit's start (:meth:`Connection.transaction`): a
+        session found closed there is opened again, as for ``BEGIN``. Here
+        no statement of the unit's own can find that out (its first answer
+        comes after its writes were sent, and a session lost then fails the
+        unit), so the socket is looked at first (:func:`_hung_up`): a server
+        restarted between two units has said so and closed it. A session
+        lost inside the unit is not opened again: the unit fails whole with
+        :class:`ServiceError`.
+        """
+        if self._pipe is not None:
+            yield
+            return
+        if self._c.closed or _hung_up(self._c):
+            self._again("BEGIN")
+        block = self._c.pipeline()
+        try:
+            self._pipe = block.__enter__()
+        except psycopg.OperationalError as e:
+            raise server_error(self.path, e) from None
+        try:
+            yield
+        except BaseException:
+            self._pipe = None
+            self._c.close()  # never Sync a unit that did not finish: the server rolls back what it got
+            with suppress(psycopg.Error):
+                block.__exit__(None, None, None)  # only psycopg's own state: the closed session sends nothing
+            raise
+        self._pipe = None
+        try:
+            block.__exit__(None, None, None)
+        except psycopg.OperationalError as e:
+            raise server_error(self.path, e) from None
 
     def _again(self, sql: str) -> None:
         """A connection the server closed: open a new one, unless a transaction of ours was open on the old one.
@@ -155,7 +229,7 @@ class PgGuarded:
         """Run one statement per parameter set (``rowcount``: their sum)."""
         cur = self._c.cursor()
         try:
-            cur.executemany(POSTGRESQL.sql(sql).encode(), args)
+            cur.executemany(_text(sql), args)
         except psycopg.OperationalError as e:
             raise server_error(self.path, e) from None
         return cur
@@ -170,7 +244,7 @@ class PgGuarded:
         out: list[Any] = []
         try:
             with self._c.cursor() as cur:
-                cur.executemany(POSTGRESQL.sql(sql).encode(), rows, returning=True)
+                cur.executemany(_text(sql), rows, returning=True)
                 while True:
                     out += cur.fetchall()
                     if not cur.nextset():
@@ -181,6 +255,8 @@ class PgGuarded:
     @property
     def in_transaction(self) -> bool:
         """Whether a transaction is open (``transaction()`` then nests a savepoint); none on a closed connection."""
+        if self._pipe is not None:
+            return True  # the pipeline's implicit transaction (libpq's status says ACTIVE while answers are owed)
         if self._c.closed:
             return False  # the server ended the session, and with it any transaction: nothing to roll back
         return self._c.info.transaction_status != pq.TransactionStatus.IDLE
@@ -220,6 +296,80 @@ class PgGuarded:
     def close(self) -> None:
         """Close the connection."""
         self._c.close()
+
+
+class Pending:
+    """The answer to a statement sent in a pipeline (:meth:`PgGuarded.pipeline`), read when the caller reads it.
+
+    The rows wait for their answer (psycopg asks the server to flush what
+    it has: one round trip, the transaction goes on). ``rowcount`` is read
+    after the pipeline has ended, when every answer is in: waiting for it
+    inside would take a Sync, which commits the pipeline's implicit
+    transaction half-way (:meth:`PgGuarded.pipeline`). A lost server raises
+    :class:`ServiceError` here, as it would have at the statement.
+    """
+
+    __slots__ = ("_cur", "_guard")
+
+    def __init__(self, cur: psycopg.Cursor[TupleRow], guard: PgGuarded) -> None:
+        self._cur = cur
+        self._guard = guard
+
+    @property
+    def rowcount(self) -> int:
+        """Rows the statement changed: read after the pipeline (see the class)."""
+        if self._cur.pgresult is None:
+            raise RuntimeError("a pipelined statement's row count is read after its unit (its answer is not in)")
+        return self._cur.rowcount
+
+    def fetchone(self) -> Any:
+        """The next row (waiting for the answer if need be), or None."""
+        try:
+            return self._cur.fetchone()
+        except psycopg.OperationalError as e:
+            raise server_error(self._guard.path, e) from None
+
+    def fetchall(self) -> list[Any]:
+        """The remaining rows (waiting for the answer if need be)."""
+        try:
+            return self._cur.fetchall()
+        except psycopg.OperationalError as e:
+            raise server_error(self._guard.path, e) from None
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.fetchall())
+
+
+def _hung_up(conn: psycopg.Connection[TupleRow]) -> bool:
+    """Whether the server is ending this idle session: its socket has something to read (no wait, one poll).
+
+    An idle session of ours is sent nothing (no LISTEN; notices and
+    parameter changes come with a statement's answer) unless the server
+    ends it (a restart, ``pg_terminate_backend``): a FATAL message, which
+    libpq takes for a notice while idle, then the end of the stream,
+    maybe a moment later. So readable means going away: the connection is
+    closed here, and the caller opens a new one, as a failed ``BEGIN``
+    would have made it do.
+    """
+    try:
+        fd = conn.fileno()
+    except psycopg.Error:
+        return True
+    if hasattr(select, "poll"):  # no limit on the descriptor's number (select's is 1024)
+        waiting = select.poll()
+        waiting.register(fd, select.POLLIN)
+        readable = bool(waiting.poll(0))
+    else:  # pragma: no cover - Windows
+        readable = bool(select.select([fd], [], [], 0)[0])
+    if readable:
+        conn.close()
+    return readable
+
+
+@lru_cache(maxsize=1024)
+def _text(sql: str) -> bytes:
+    """The store's text as psycopg takes it: translated (store/dialect.py) and encoded, once per text."""
+    return POSTGRESQL.sql(sql).encode()
 
 
 def _connect(url: str, password: str | None, application_name: str | None = None) -> psycopg.Connection[TupleRow]:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from crm_automation.models import Kind, SendStatus, StepState
-from crm_automation.store.activities import insert_activity
+from crm_automation.store.activities import INSERT_ACTIVITY_SQL, activity_row, insert_activity
 from crm_automation.store.connection import Connection, Driver, iso, parse_iso
 
 _SEND_COLS = ("id, campaign, step, customer_key, status, message_id, queued_at, sent_at, error, email, attempts, "
@@ -184,11 +184,16 @@ class Sent:
 
 
 def write_sent(conn: Driver, s: Sent) -> None:
-    """Sending -> sent and the ``email_out`` activity (the caller's transaction)."""
+    """Sending -> sent and the ``email_out`` activity (the caller's transaction).
+
+    Neither answer is read (the activity's id is not needed): on a
+    pipelined unit both go to the server without a wait (issue #20).
+    """
     conn.execute("UPDATE sends SET status = 'sent', sent_at = ?, error = NULL WHERE id = ?", (iso(s.at), s.send_id))
-    insert_activity(conn, kind=Kind.EMAIL_OUT.value, occurred_at=s.at, now=s.at, customer_key=s.customer_key,
-                    subject=s.subject, body=s.body, message_id=s.message_id, campaign=s.campaign, step=s.step,
-                    source=s.source)
+    conn.execute(INSERT_ACTIVITY_SQL, activity_row(
+        kind=Kind.EMAIL_OUT.value, occurred_at=s.at, now=s.at, customer_key=s.customer_key, subject=s.subject,
+        body=s.body, message_id=s.message_id, in_reply_to=None, campaign=s.campaign, step=s.step, source=s.source,
+        details={}, digest=None))
 
 
 class SendLog(Connection):
