@@ -116,7 +116,7 @@ class PgGuarded:
             self.trace(sql)
         text = _text(sql)
         if self._pipe is not None:
-            return self._send(sql, text, args)
+            return self._send(text, args)
         if self._c.closed:
             self._again(sql)
         try:
@@ -139,16 +139,16 @@ class PgGuarded:
             self._open = False
         return cur
 
-    def _send(self, sql: str, text: bytes, args: Params) -> Pending:
-        """A statement of a pipelined unit: sent, its answer left to the reader (never reconnected: see pipeline)."""
+    def _send(self, text: bytes, args: Params) -> Pending:
+        """A statement of a pipelined unit: sent, its answer left to the reader (never reconnected: see pipeline).
+
+        No ``_open`` to keep: the unit sends no ``BEGIN``/``COMMIT`` here,
+        the pipeline is its transaction (``Dialect.pipeline_is_transaction``).
+        """
         try:
             cur = self._c.execute(text, args)
         except psycopg.OperationalError as e:
             raise server_error(self.path, e) from None
-        if sql == "BEGIN":
-            self._open = True
-        elif sql in ("COMMIT", "ROLLBACK"):
-            self._open = False
         return Pending(cur, self)
 
     @contextmanager
